@@ -1,0 +1,63 @@
+"""Wall time of `plan` commands as a user runs them: a fresh Python process each time, imports included.
+
+Run from the repository root:  python -m benchmarks.cli_latency [--repeat 10]
+Writes benchmarks/results/cli_latency.json and cli_latency.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+COMMANDS = [
+    ["analyze", "--model", "llama-3.1-405b"],
+    ["analyze", "--model", "deepseek-v3", "--json"],
+    ["presets"],
+    ["--help"],
+]
+RESULTS = Path(__file__).parent / "results"
+
+
+def _plan_executable() -> list[str]:
+    found = shutil.which("plan")
+    return [found] if found else [sys.executable, "-m", "cli"]
+
+
+def measure(args: list[str], repeat: int) -> dict:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        done = subprocess.run(_plan_executable() + args, capture_output=True, text=True)
+        times.append(time.perf_counter() - start)
+        if done.returncode != 0:
+            raise SystemExit(f"plan {' '.join(args)} failed: {done.stderr}")
+    return {"command": "plan " + " ".join(args), "repeat": repeat, "median_s": statistics.median(times),
+            "min_s": min(times), "max_s": max(times)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeat", type=int, default=10)
+    options = parser.parse_args()
+    rows = [measure(args, options.repeat) for args in COMMANDS]
+    record = {"machine": f"{platform.machine()}, {platform.python_implementation()} {platform.python_version()}",
+              "date": time.strftime("%Y-%m-%d"), "results": rows}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "cli_latency.json").write_text(json.dumps(record, indent=2) + "\n")
+    lines = [f"# CLI wall time ({record['machine']}, {record['date']})", "",
+             "| command | median s | min s | max s | runs |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| `{r['command']}` | {r['median_s']:.3f} | {r['min_s']:.3f} | {r['max_s']:.3f} | {r['repeat']} |"
+              for r in rows]
+    (RESULTS / "cli_latency.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""`plan`: the command group and its error policy.
+
+Exit codes: 0 ok, 1 infeasible / validation failed, 2 bad input (an unknown model, a malformed file, a
+bad flag). Bad input prints one line naming what is wrong and how to fix it, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from cli.analyze_cmd import analyze
+from cli.presets_cmd import presets
+
+
+class _Plan(click.Group):
+    def invoke(self, ctx: click.Context) -> object:
+        from hardware import HardwareError
+        from models import ModelError
+
+        try:
+            return super().invoke(ctx)
+        except (ModelError, HardwareError) as err:
+            click.echo(f"error: {err}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Plan, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="plan")
+def plan() -> None:
+    """Find the best way to run a transformer on a GPU cluster.
+
+    \b
+    Examples:
+      plan presets
+      plan analyze --model llama-3.1-70b
+      plan analyze --model ./config.json --seq-len 8192 --json
+    """
+
+
+plan.add_command(presets)
+plan.add_command(analyze)
+
+
+def main() -> None:
+    plan()

@@ -1,0 +1,2 @@
+"""Solved plan → launch files and commands, one small module per framework. Built by the emitters issue;
+empty until then."""

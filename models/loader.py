@@ -1,0 +1,147 @@
+"""`load_model(ref)`: a preset name or alias, a ``config.json`` (or a folder holding one), a HuggingFace
+repo id, or a dict (HF ``config.json`` form or `ModelSpec` fields) → a validated `ModelSpec`.
+
+Resolution order for a string: an existing path, then a preset name/alias (case-insensitive), then a
+HF repo id (``org/name``). A repo's ``config.json`` already in the local Hugging Face cache (``HF_HOME``)
+is used without a network call; otherwise ``huggingface_hub`` downloads it, honouring ``HF_HUB_OFFLINE``.
+Nothing else here touches the network.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from plan_common.validation import describe_validation_error
+
+from models.errors import ModelError
+from models.hf_config import looks_like_hf_config, spec_fields_from_hf
+from models.presets import get_preset, preset_names_and_aliases
+from models.spec import ModelSpec
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+def build_spec(fields: dict[str, Any], *, what: str) -> ModelSpec:
+    """ModelSpec(**fields), with pydantic's errors turned into one ModelError naming every field."""
+    try:
+        return ModelSpec.model_validate(fields)
+    except ValidationError as err:
+        raise ModelError(describe_validation_error(err, what)) from None
+
+
+def spec_from_dict(data: dict[str, Any], *, name: str | None = None, what: str = "model dict") -> ModelSpec:
+    """A dict in HF ``config.json`` form (has ``model_type`` or ``architectures``) or in ModelSpec's form."""
+    if looks_like_hf_config(data):
+        label = name or data.get("_name_or_path") or data.get("model_type") or "hf-model"
+        return build_spec(spec_fields_from_hf(data, name=str(label)), what=what)
+    fields = dict(data)
+    fields.setdefault("name", name or "custom-model")
+    return build_spec(fields, what=what)
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    text = path.read_text()
+    try:
+        data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ModelError(f"{path}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
+    except yaml.YAMLError as err:
+        raise ModelError(f"{path}: not valid YAML ({err})") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{path}: expected a JSON object of model fields, got {type(data).__name__}")
+    return data
+
+
+def _from_path(path: Path) -> ModelSpec:
+    if path.is_dir():
+        config = path / "config.json"
+        if not config.is_file():
+            raise ModelError(f"folder {path} holds no config.json; pass the config file itself or its folder")
+        path = config
+    data = _read_file(path)
+    default_name = path.parent.name if path.name == "config.json" else path.stem
+    return spec_from_dict(data, name=data.get("name") or default_name, what=str(path))
+
+
+def _from_hub(repo_id: str) -> ModelSpec:
+    """A repo's config.json: from the local cache when it is there (no network call), else downloaded."""
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+    )
+
+    local = "download its config.json and pass the file: plan analyze --model ./config.json"
+    # LocalEntryNotFoundError subclasses EntryNotFoundError: it must be caught first.
+    cached = try_to_load_from_cache(repo_id, "config.json")
+    try:
+        path = cached if isinstance(cached, str) else hf_hub_download(repo_id, "config.json")
+    except GatedRepoError:
+        raise ModelError(
+            f"Hugging Face repo {repo_id!r} is gated: accept its license on huggingface.co and log in "
+            f"(HF_TOKEN), or {local}"
+        ) from None
+    except RepositoryNotFoundError:
+        raise ModelError(
+            f"{repo_id!r} is not a preset (see `plan presets`) nor a Hugging Face repo this machine can see "
+            "(no such repo, or it is private)"
+        ) from None
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled):
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        why = "HF_HUB_OFFLINE is set" if offline else "the Hugging Face Hub cannot be reached"
+        raise ModelError(
+            f"{why} and {repo_id}/config.json is not in the local cache ({_cache_dir()}); {local}"
+        ) from None
+    except EntryNotFoundError:
+        raise ModelError(f"Hugging Face repo {repo_id!r} has no config.json at its root") from None
+    except OSError as err:  # network errors that huggingface_hub lets through
+        raise ModelError(f"could not reach the Hugging Face Hub for {repo_id!r} ({err}); {local}") from None
+    data = _read_file(Path(path))
+    return spec_from_dict(data, name=repo_id, what=f"{repo_id}/config.json")
+
+
+def _cache_dir() -> str:
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
+def load_model(ref: str | os.PathLike[str] | dict[str, Any] | ModelSpec) -> ModelSpec:
+    """Resolve ``ref`` to a ModelSpec (see the module docstring); raise ModelError with a fix otherwise."""
+    if isinstance(ref, ModelSpec):
+        return ref
+    if isinstance(ref, dict):
+        return spec_from_dict(ref)
+    if not isinstance(ref, (str, os.PathLike)):
+        raise ModelError(
+            f"model reference must be a preset name, a path, a Hugging Face repo id or a dict; got {type(ref).__name__}"
+        )
+    text = os.fspath(ref).strip()
+    if not text:
+        raise ModelError("model reference is empty; give a preset name (see `plan presets`), a path or a repo id")
+    path = Path(text).expanduser()
+    if path.exists():
+        return _from_path(path)
+    preset = get_preset(text)
+    if preset is not None:
+        return preset.to_spec()
+    if text.endswith((".json", ".yaml", ".yml")) or text.startswith((".", "/", "~")):
+        raise ModelError(f"no such file or folder: {text}")
+    if _REPO_ID.match(text):
+        return _from_hub(text)
+    known = preset_names_and_aliases()
+    matches = difflib.get_close_matches(text.lower(), list(known), n=8, cutoff=0.5)
+    close = list(dict.fromkeys(known[m] for m in matches))[:5]
+    hint = f"; did you mean {', '.join(close)}?" if close else "; `plan presets` lists them"
+    raise ModelError(f"unknown model {text!r}: not a preset, a file, or an org/name repo id{hint}")

@@ -1,0 +1,1 @@
+"""Helpers every layer shares and that belong to none of them (kept tiny on purpose)."""

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from cli.format import count, flops, gib, table
+
+if TYPE_CHECKING:
+    from models.report import ModelReport
 
 
 @click.command()
@@ -32,7 +37,7 @@ def analyze(model_ref: str, seq_len: int, as_json: bool) -> None:
     click.echo(_render(report))
 
 
-def _render(report) -> str:  # noqa: ANN001 - a models.report.ModelReport
+def _render(report: ModelReport) -> str:
     spec, p, f = report.model, report.params, report.flops
     title = spec.display_name or spec.name
     lines = [f"{title}  [{spec.name}, {spec.architecture}]"]

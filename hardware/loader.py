@@ -11,14 +11,13 @@ preset), or ``base: <preset>`` plus the fields to change, merged key by key into
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
+from plan_common.files import read_mapping
 from plan_common.validation import describe_validation_error
 
 from hardware.errors import HardwareError
@@ -57,19 +56,6 @@ def _fields_from_dict(data: dict[str, Any]) -> dict[str, Any]:
         # a partial GPU override ("gpu: {memory_bytes: 96 GB}") starts from the preset's GPU
         fields = {**fields, "node": {**fields["node"], "gpu": gpu_by_name(base_gpu).model_dump()}}
     return _merge(fields, data)
-
-
-def _read_file(path: Path) -> dict[str, Any]:
-    text = path.read_text()
-    try:
-        data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
-    except json.JSONDecodeError as err:
-        raise HardwareError(f"{path}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
-    except yaml.YAMLError as err:
-        raise HardwareError(f"{path}: not valid YAML ({err})") from None
-    if not isinstance(data, dict):
-        raise HardwareError(f"{path}: expected a mapping of cluster fields, got {type(data).__name__}")
-    return data
 
 
 def _resize(fields: dict[str, Any], nodes: int | None, gpus: int | None, what: str) -> dict[str, Any]:
@@ -111,7 +97,7 @@ def load_cluster(
         text = os.fspath(ref).strip()
         path = Path(text).expanduser()
         if path.is_file():
-            fields, what = _fields_from_dict(_read_file(path)), str(path)
+            fields, what = _fields_from_dict(read_mapping(path, HardwareError, "cluster fields")), str(path)
         elif path.is_dir():
             raise HardwareError(f"{path} is a folder; pass a cluster file (JSON or YAML)")
         elif cluster_preset(text) is not None:

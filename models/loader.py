@@ -10,15 +10,14 @@ Nothing else here touches the network.
 from __future__ import annotations
 
 import difflib
-import json
 import os
 import re
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
+from plan_common.files import read_mapping
 from plan_common.validation import describe_validation_error
 
 from models.errors import ModelError
@@ -47,26 +46,13 @@ def spec_from_dict(data: dict[str, Any], *, name: str | None = None, what: str =
     return build_spec(fields, what=what)
 
 
-def _read_file(path: Path) -> dict[str, Any]:
-    text = path.read_text()
-    try:
-        data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ModelError(f"{path}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
-    except yaml.YAMLError as err:
-        raise ModelError(f"{path}: not valid YAML ({err})") from None
-    if not isinstance(data, dict):
-        raise ModelError(f"{path}: expected a JSON object of model fields, got {type(data).__name__}")
-    return data
-
-
 def _from_path(path: Path) -> ModelSpec:
     if path.is_dir():
         config = path / "config.json"
         if not config.is_file():
             raise ModelError(f"folder {path} holds no config.json; pass the config file itself or its folder")
         path = config
-    data = _read_file(path)
+    data = read_mapping(path, ModelError, "model fields")
     default_name = path.parent.name if path.name == "config.json" else path.stem
     return spec_from_dict(data, name=data.get("name") or default_name, what=str(path))
 
@@ -107,7 +93,7 @@ def _from_hub(repo_id: str) -> ModelSpec:
         raise ModelError(f"Hugging Face repo {repo_id!r} has no config.json at its root") from None
     except OSError as err:  # network errors that huggingface_hub lets through
         raise ModelError(f"could not reach the Hugging Face Hub for {repo_id!r} ({err}); {local}") from None
-    data = _read_file(Path(path))
+    data = read_mapping(Path(path), ModelError, "model fields")
     return spec_from_dict(data, name=repo_id, what=f"{repo_id}/config.json")
 
 

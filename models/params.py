@@ -18,6 +18,10 @@ implementations lay them out (HF `transformers` modeling files; Megatron-LM for 
   the output head's RMSNorm (d); the embedding and output head are shared with the main model.
 
 Active parameters (per token) = total − routed experts + ``experts_per_token`` experts per MoE layer.
+
+Buffers are not parameters and are not counted: rotary ``inv_freq`` (stored per layer in the Llama 2 -hf
+checkpoints) and DeepSeek-V3's ``e_score_correction_bias`` (a buffer in `transformers`, updated by the
+auxiliary-loss-free balancing rule rather than by gradients; 256 values per MoE layer).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """`plan`: the command group and its error policy.
 
 Exit codes: 0 ok, 1 infeasible / validation failed, 2 bad input (an unknown model, a malformed file, a
-bad flag). Bad input prints one line naming what is wrong and how to fix it, never a traceback.
+bad flag). Bad input — every `ModelError` and `HardwareError` — prints one line naming what is wrong and
+how to fix it. Anything else is a bug in `plan` and surfaces as Python's traceback (exit 1).
 """
 
 from __future__ import annotations

@@ -43,8 +43,7 @@ def presets(kind: str, as_json: bool) -> None:
                          rows, right=(1, 2, 3, 4, 5)))
     if "clusters" in data:
         rows = [(c["name"], c["node"]["gpu"]["name"], f"{c['num_nodes']} x {c['node']['gpus_per_node']}",
-                 c["node"]["intra_node_fabric"], c["inter_node_fabric"],
-                 f"{c['node']['nics_per_node'] * c['node']['nic_bandwidth'] * 8 / c['node']['gpus_per_node'] / 1e9:.0f}",
+                 c["node"]["intra_node_fabric"], c["inter_node_fabric"], f"{c['nic_gbit_s_per_gpu']:.0f}",
                  c["nvlink_domain_size"])
                 for c in data["clusters"]]
         out.append(table(["cluster", "gpu", "nodes x gpus", "in node", "between nodes", "NIC Gb/s per GPU",
@@ -77,7 +76,12 @@ def _gpus() -> list[dict]:
 
 
 def _clusters() -> list[dict]:
-    from hardware import list_clusters, load_cluster
-    from hardware.presets import cluster_aliases
+    from hardware import ClusterSpec, list_clusters
+    from hardware.presets import cluster_aliases, preset_cluster_fields
 
-    return [{**load_cluster(n).model_dump(), "aliases": list(cluster_aliases(n))} for n in list_clusters()]
+    rows = []
+    for name in list_clusters():
+        cluster = ClusterSpec.model_validate(preset_cluster_fields(name))
+        rows.append({**cluster.model_dump(), "aliases": list(cluster_aliases(name)),
+                     "nic_gbit_s_per_gpu": cluster.node.nic_bandwidth_per_gpu * 8 / 1e9})
+    return rows

@@ -12,16 +12,15 @@ preset), or ``base: <preset>`` plus the fields to change, merged key by key into
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from plan_common.files import read_mapping
+from plan_common.files import existing_path, looks_like_path, read_mapping
 from plan_common.validation import describe_validation_error
 
 from hardware.errors import HardwareError
-from hardware.presets import cluster_preset, gpu_by_name, unknown_cluster
+from hardware.presets import cluster_preset, gpu_by_name, preset_cluster_fields, unknown_cluster
 from hardware.spec import ClusterSpec
 
 
@@ -35,13 +34,6 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _preset_fields(name: str) -> tuple[dict[str, Any], int]:
-    preset = cluster_preset(name)
-    if preset is None:
-        raise unknown_cluster(name)
-    return {**preset.cluster, "num_nodes": preset.default_nodes}, preset.default_nodes
-
-
 def _fields_from_dict(data: dict[str, Any]) -> dict[str, Any]:
     data = dict(data)
     base = data.pop("base", None)
@@ -49,7 +41,7 @@ def _fields_from_dict(data: dict[str, Any]) -> dict[str, Any]:
         return data
     if not isinstance(base, str):
         raise HardwareError(f"field 'base' must name a cluster preset, got {base!r}")
-    fields, _ = _preset_fields(base)
+    fields = preset_cluster_fields(base)
     base_gpu = fields["node"]["gpu"]
     new_gpu = data.get("node", {}).get("gpu") if isinstance(data.get("node"), dict) else None
     if isinstance(base_gpu, str) and isinstance(new_gpu, dict):
@@ -69,9 +61,9 @@ def _resize(fields: dict[str, Any], nodes: int | None, gpus: int | None, what: s
         if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
             raise HardwareError(f"gpus must be a positive integer, got {gpus!r}")
         node = fields.get("node")
-        per_node = node.gpus_per_node if hasattr(node, "gpus_per_node") else (node or {}).get("gpus_per_node")
-        if not isinstance(per_node, int) or per_node < 1:
-            raise HardwareError(f"{what}: cannot size by GPU count without node.gpus_per_node")
+        per_node = node.get("gpus_per_node") if isinstance(node, dict) else None
+        if isinstance(per_node, bool) or not isinstance(per_node, int) or per_node < 1:
+            raise HardwareError(f"{what}: cannot size by GPU count without an integer node.gpus_per_node")
         if gpus % per_node:
             lower, upper = gpus // per_node * per_node, (gpus // per_node + 1) * per_node
             options = f"{lower} or {upper}" if lower else f"{upper}"
@@ -95,15 +87,17 @@ def load_cluster(
         fields, what = _fields_from_dict(ref), "cluster dict"
     elif isinstance(ref, (str, os.PathLike)):
         text = os.fspath(ref).strip()
-        path = Path(text).expanduser()
-        if path.is_file():
+        if not text:
+            raise HardwareError("cluster reference is empty; give a preset name (see `plan presets`) or a file")
+        path = existing_path(text, HardwareError)
+        if path is not None and path.is_file():
             fields, what = _fields_from_dict(read_mapping(path, HardwareError, "cluster fields")), str(path)
-        elif path.is_dir():
-            raise HardwareError(f"{path} is a folder; pass a cluster file (JSON or YAML)")
+        elif path is not None:
+            shadow = " (a preset of that name exists: run from another folder)" if cluster_preset(text) else ""
+            raise HardwareError(f"{path} is a folder; pass a cluster file (JSON or YAML){shadow}")
         elif cluster_preset(text) is not None:
-            fields, _ = _preset_fields(text)
-            what = f"cluster preset {text}"
-        elif text.endswith((".json", ".yaml", ".yml")) or text.startswith((".", "/", "~")):
+            fields, what = preset_cluster_fields(text), f"cluster preset {text}"
+        elif looks_like_path(text):
             raise HardwareError(f"no such cluster file: {text}")
         else:
             raise unknown_cluster(text)

@@ -16,6 +16,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, PositiveInt
 
+from plan_common.files import alias_index
+
 from hardware.errors import HardwareError
 from hardware.spec import ClusterSpec, GPUSpec
 
@@ -33,16 +35,6 @@ def _read(filename: str) -> list[dict[str, Any]]:
     return json.loads(resources.files("hardware").joinpath("data", filename).read_text())
 
 
-def _index(entries: dict[str, tuple[str, ...]], kind: str) -> dict[str, str]:
-    """Lower-cased name or alias → canonical name; an alias claimed twice is a data error."""
-    index: dict[str, str] = {}
-    for name, aliases in entries.items():
-        for key in (name, *aliases):
-            if index.setdefault(key.lower(), name) != name:
-                raise HardwareError(f"{kind} alias {key!r} is claimed by {index[key.lower()]} and {name}")
-    return index
-
-
 @lru_cache(maxsize=1)
 def _gpus() -> tuple[dict[str, GPUSpec], dict[str, tuple[str, ...]], dict[str, str]]:
     specs, aliases = {}, {}
@@ -50,13 +42,13 @@ def _gpus() -> tuple[dict[str, GPUSpec], dict[str, tuple[str, ...]], dict[str, s
         entry = dict(entry)
         aliases[entry["name"]] = tuple(entry.pop("aliases", ()))
         specs[entry["name"]] = GPUSpec.model_validate(entry)
-    return specs, aliases, _index(aliases, "GPU")
+    return specs, aliases, alias_index(aliases, "GPU", HardwareError)
 
 
 @lru_cache(maxsize=1)
 def _clusters() -> tuple[dict[str, ClusterPreset], dict[str, str]]:
     presets = {p["name"]: ClusterPreset.model_validate(p) for p in _read("clusters.json")}
-    return presets, _index({n: p.aliases for n, p in presets.items()}, "cluster")
+    return presets, alias_index({n: p.aliases for n, p in presets.items()}, "cluster", HardwareError)
 
 
 def _not_found(kind: str, ref: str, index: dict[str, str], listing: str) -> HardwareError:
@@ -75,6 +67,8 @@ def list_clusters() -> list[str]:
 
 def gpu_by_name(name: str) -> GPUSpec:
     """The GPU preset called ``name`` or one of its aliases (case-insensitive)."""
+    if not isinstance(name, str):
+        raise HardwareError(f"a GPU name must be a string such as 'h100-sxm-80gb', got {name!r}")
     specs, _, index = _gpus()
     key = index.get(name.strip().lower())
     if key is None:
@@ -83,9 +77,18 @@ def gpu_by_name(name: str) -> GPUSpec:
 
 
 def cluster_preset(name: str) -> ClusterPreset | None:
+    """The cluster preset called ``name`` or one of its aliases (case-insensitive), or None."""
     presets, index = _clusters()
     key = index.get(name.strip().lower())
     return None if key is None else presets[key]
+
+
+def preset_cluster_fields(name: str) -> dict[str, Any]:
+    """ClusterSpec fields of a preset at its default size (``num_nodes`` included)."""
+    preset = cluster_preset(name)
+    if preset is None:
+        raise unknown_cluster(name)
+    return {**preset.cluster, "num_nodes": preset.default_nodes}
 
 
 def unknown_cluster(name: str) -> HardwareError:

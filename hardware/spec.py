@@ -13,13 +13,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, NonNegativeInt, PositiveInt, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, model_validator
 
 from hardware.units import parse_bytes, parse_flops, parse_rate
 
-Bytes = Annotated[int, BeforeValidator(parse_bytes), Field(gt=0)]
-Rate = Annotated[float, BeforeValidator(parse_rate), Field(ge=0)]
-FlopRate = Annotated[float, BeforeValidator(parse_flops), Field(gt=0)]
+COUNT_LIMIT = 2**31
+PositiveInt = Annotated[StrictInt, Field(ge=1, le=COUNT_LIMIT)]
+NonNegativeInt = Annotated[StrictInt, Field(ge=0, le=COUNT_LIMIT)]
+"""Counts are strict integers (no "8", no true)."""
+
+Bytes = Annotated[int, BeforeValidator(parse_bytes), Field(gt=0, le=2**60)]
+Rate = Annotated[float, BeforeValidator(parse_rate), Field(ge=0, le=1e18)]
+FlopRate = Annotated[float, BeforeValidator(parse_flops), Field(gt=0, le=1e21)]
 
 Precision = Literal["fp32", "tf32", "bf16", "fp16", "fp8", "fp4"]
 PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "bf16", "fp16", "fp8", "fp4")

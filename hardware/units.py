@@ -34,7 +34,10 @@ def _parse(value: object, what: str, pattern: re.Pattern[str], examples: str, sc
             except ValueError:
                 raise UnitError(f"cannot read {value!r} as {what}; write it like {examples}") from None
     else:
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            raise UnitError(f"{what} {value!r} is out of range") from None
     if not math.isfinite(number) or number < 0:
         raise UnitError(f"{what} must be a finite number >= 0, got {value!r}")
     return number

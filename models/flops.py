@@ -85,10 +85,10 @@ def _score_width(spec: ModelSpec) -> int:
     return heads * 2 * spec.head_dim
 
 
-def attention_score_flops(spec: ModelSpec, span_tokens: int, *, causal: bool, layers: int | None = None) -> float:
-    """Forward FLOPs of Q·Kᵀ and P·V for one token, over ``layers`` layers (default: all)."""
-    layers = spec.num_layers if layers is None else layers
-    sliding = min(spec.sliding_window_layers or 0, layers)
+def attention_score_flops(spec: ModelSpec, span_tokens: int, *, causal: bool) -> float:
+    """Forward FLOPs of Q·Kᵀ and P·V for one token, over all layers."""
+    layers = spec.num_layers
+    sliding = spec.sliding_window_layers or 0
     global_keys = keys_per_query(span_tokens, None, causal=causal)
     window_keys = keys_per_query(span_tokens, spec.sliding_window, causal=causal)
     return 2.0 * _score_width(spec) * ((layers - sliding) * global_keys + sliding * window_keys)

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from plan_common.files import read_mapping
+from plan_common.files import existing_path, looks_like_path, read_mapping
 from plan_common.validation import describe_validation_error
 
 from models.errors import ModelError
@@ -46,15 +46,20 @@ def spec_from_dict(data: dict[str, Any], *, name: str | None = None, what: str =
     return build_spec(fields, what=what)
 
 
-def _from_path(path: Path) -> ModelSpec:
+def _from_path(path: Path, *, shadows_preset: bool = False) -> ModelSpec:
     if path.is_dir():
         config = path / "config.json"
         if not config.is_file():
-            raise ModelError(f"folder {path} holds no config.json; pass the config file itself or its folder")
+            shadow = " (a preset of that name exists: run from another folder to use it)" if shadows_preset else ""
+            raise ModelError(f"folder {path} holds no config.json; pass the config file itself or its folder{shadow}")
         path = config
     data = read_mapping(path, ModelError, "model fields")
-    default_name = path.parent.name if path.name == "config.json" else path.stem
-    return spec_from_dict(data, name=data.get("name") or default_name, what=str(path))
+    recorded = data.get("_name_or_path")  # HF configs record the checkpoint they came from
+    if isinstance(recorded, str) and recorded:
+        name = recorded
+    else:
+        name = path.parent.name if path.name == "config.json" else path.stem
+    return spec_from_dict(data, name=name, what=str(path))
 
 
 def _from_hub(repo_id: str) -> ModelSpec:
@@ -63,10 +68,17 @@ def _from_hub(repo_id: str) -> ModelSpec:
     from huggingface_hub.errors import (
         EntryNotFoundError,
         GatedRepoError,
+        HFValidationError,
         LocalEntryNotFoundError,
         OfflineModeIsEnabled,
         RepositoryNotFoundError,
     )
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise ModelError(f"{repo_id!r} is not a preset, a file, nor a valid Hugging Face repo id ({err})") from None
 
     local = "download its config.json and pass the file: plan analyze --model ./config.json"
     # LocalEntryNotFoundError subclasses EntryNotFoundError: it must be caught first.
@@ -116,13 +128,13 @@ def load_model(ref: str | os.PathLike[str] | dict[str, Any] | ModelSpec) -> Mode
     text = os.fspath(ref).strip()
     if not text:
         raise ModelError("model reference is empty; give a preset name (see `plan presets`), a path or a repo id")
-    path = Path(text).expanduser()
-    if path.exists():
-        return _from_path(path)
+    path = existing_path(text, ModelError)
+    if path is not None:
+        return _from_path(path, shadows_preset=get_preset(text) is not None)
     preset = get_preset(text)
     if preset is not None:
         return preset.to_spec()
-    if text.endswith((".json", ".yaml", ".yml")) or text.startswith((".", "/", "~")):
+    if looks_like_path(text):
         raise ModelError(f"no such file or folder: {text}")
     if _REPO_ID.match(text):
         return _from_hub(text)

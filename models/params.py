@@ -133,7 +133,7 @@ def shared_expert_params(spec: ModelSpec) -> int:
     """All shared experts of one MoE layer, with Qwen2-MoE's d → 1 gate."""
     assert spec.moe is not None
     m = spec.moe
-    per = mlp_params(spec.hidden_size, m.shared_expert_ffn_hidden_size, gated=spec.mlp_gated, bias=False)
+    per = mlp_params(spec.hidden_size, m.shared_expert_ffn_hidden_size, gated=spec.mlp_gated, bias=m.shared_expert_bias)
     return m.num_shared_experts * per + (spec.hidden_size if m.shared_expert_gate else 0)
 
 

@@ -15,6 +15,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from plan_common.files import alias_index
+
 from models.errors import ModelError
 from models.hf_config import spec_fields_from_hf
 from models.spec import ModelSpec
@@ -89,13 +91,7 @@ def _all_presets() -> dict[str, ModelPreset]:
 @lru_cache(maxsize=1)
 def _index() -> dict[str, str]:
     """Lower-cased preset name or alias → preset name."""
-    index: dict[str, str] = {}
-    for preset in _all_presets().values():
-        for key in (preset.name, *preset.aliases):
-            if key.lower() in index:
-                raise ModelError(f"preset alias {key!r} is claimed by {index[key.lower()]} and {preset.name}")
-            index[key.lower()] = preset.name
-    return index
+    return alias_index({p.name: p.aliases for p in _all_presets().values()}, "preset", ModelError)
 
 
 def list_presets() -> list[str]:
@@ -105,6 +101,8 @@ def list_presets() -> list[str]:
 
 def get_preset(name: str) -> ModelPreset | None:
     """The preset called ``name`` or one of its aliases (case-insensitive), or None."""
+    if not isinstance(name, str):
+        raise ModelError(f"a preset name must be a string, got {name!r}")
     key = _index().get(name.strip().lower())
     return None if key is None else _all_presets()[key]
 

@@ -20,13 +20,20 @@ Conventions (every field is in the model's own units: counts, not bytes):
 from __future__ import annotations
 
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
+
 
 if TYPE_CHECKING:
     from models.flops import FlopsBreakdown
     from models.params import ParamBreakdown
+
+SIZE_LIMIT = 2**31
+"""Largest size any field may take: far above every real model, low enough that FLOPs stay finite."""
+PositiveInt = Annotated[StrictInt, Field(ge=1, le=SIZE_LIMIT)]
+NonNegativeInt = Annotated[StrictInt, Field(ge=0, le=SIZE_LIMIT)]
+"""Sizes are strict integers (no "64", no true) up to SIZE_LIMIT."""
 
 Activation = Literal["silu", "gelu", "gelu_tanh", "relu", "relu2"]
 """Elementwise MLP activations. With ``mlp_gated`` silu is SwiGLU and gelu/gelu_tanh is GeGLU
@@ -56,10 +63,11 @@ class MoESpec(_Frozen):
 
     ``shared_expert_ffn_hidden_size`` is the width of ONE shared expert; ``num_shared_experts`` of them
     run on every token. ``shared_expert_gate`` is Qwen2-MoE's sigmoid gate on the shared expert.
-    ``router_bias`` / ``expert_bias``: gpt-oss adds biases to the router and inside each expert.
+    ``router_bias`` / ``expert_bias``: gpt-oss adds biases to the router and inside each expert;
+    ``shared_expert_bias``: DeepSeek-V2 with ``mlp_bias`` biases its shared experts.
     """
 
-    num_experts: int = Field(ge=2)
+    num_experts: Annotated[StrictInt, Field(ge=2, le=SIZE_LIMIT)]
     experts_per_token: PositiveInt
     expert_ffn_hidden_size: PositiveInt
     num_shared_experts: NonNegativeInt = 0
@@ -67,6 +75,7 @@ class MoESpec(_Frozen):
     shared_expert_gate: bool = False
     router_bias: bool = False
     expert_bias: bool = False
+    shared_expert_bias: bool = False
     dense_layers: tuple[NonNegativeInt, ...] = ()
 
     @model_validator(mode="after")
@@ -89,7 +98,7 @@ class MoESpec(_Frozen):
 class ModelSpec(_Frozen):
     """Architecture of a decoder-only transformer. See the module docstring for conventions."""
 
-    name: str = Field(min_length=1)
+    name: Annotated[str, Field(min_length=1)]
     architecture: str = "custom"
     display_name: str | None = None
     is_estimate: bool = False
@@ -147,6 +156,7 @@ class ModelSpec(_Frozen):
             and isinstance(heads, int)
             and isinstance(hidden, int)
             and heads > 0
+            and hidden > 0
             and hidden % heads == 0
         ):
             data["head_dim"] = hidden // heads
@@ -158,13 +168,16 @@ class ModelSpec(_Frozen):
             first_k = moe.pop("first_k_dense_layers", 0)
             freq = moe.pop("moe_layer_frequency", 1)
             layers = data.get("num_layers")
-            if isinstance(first_k, int) and isinstance(freq, int) and freq >= 1 and isinstance(layers, int):
-                moe["dense_layers"] = tuple(i for i in range(layers) if i < first_k or i % freq != 0)
-            else:
+            if "dense_layers" in moe:
+                raise ValueError("give moe.dense_layers or the first_k_dense_layers/moe_layer_frequency shorthand, not both")
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in (first_k, freq, layers)) or (
+                first_k < 0 or freq < 1 or not 0 < layers <= SIZE_LIMIT
+            ):
                 raise ValueError(
                     "moe.first_k_dense_layers (int >= 0) and moe.moe_layer_frequency (int >= 1) need an "
                     f"integer num_layers; got {first_k!r}, {freq!r}, {layers!r}"
                 )
+            moe["dense_layers"] = tuple(i for i in range(layers) if i < first_k or i % freq != 0)
             data["moe"] = moe
         return data
 

@@ -66,8 +66,36 @@ def test_analyze_table_names_the_model_and_totals():
 def test_bad_input_exits_2_naming_the_problem(args, message):
     result = run(*args)
     assert result.exit_code == 2
-    assert message in result.output
-    assert "Traceback" not in result.output
+    assert isinstance(result.exception, SystemExit)  # handled, not a crash
+    assert message in result.stderr
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        '{"model_type": ["llama"], "hidden_size": 64}',
+        '{"model_type": "llama", "hidden_act": {"a": 1}}',
+        '{"model_type": "gemma2", "num_hidden_layers": "4"}',
+        '{"name": "x", "hidden_size": 1e400}',
+        "[1, 2, 3]",
+        "name: x\nhidden_size: [4096\n",
+    ],
+)
+def test_malformed_model_files_give_one_error_line(tmp_path, content):
+    path = tmp_path / ("model.yaml" if content.startswith("name:") else "config.json")
+    path.write_text(content)
+    result = run("analyze", "--model", str(path))
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit)
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+
+
+def test_presets_listing_ignores_files_named_like_presets(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dgx-h100").mkdir()
+    (tmp_path / "llama-7b").write_text("not json")
+    result = run("presets")
+    assert result.exit_code == 0, result.output
+    assert "dgx-h100" in result.output
 
 
 def test_bad_config_file_exits_2_without_traceback(tmp_path):

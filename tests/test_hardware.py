@@ -90,6 +90,13 @@ def test_cluster_sizing():
         (lambda: load_cluster({"base": "dgx-h100", "fabric": "ib"}), "'fabric' is not a known field"),
         (lambda: load_cluster({"base": "dgx-h100", "inter_node_fabric": "ib"}), "inter_node_fabric.*'infiniband'"),
         (lambda: load_cluster(3.5), "must be a preset name"),
+        (lambda: load_cluster(""), "cluster reference is empty"),
+        (lambda: load_cluster("a" * 300), "not a usable path"),
+        (lambda: load_cluster({"base": "dgx-h100", "num_nodes": True}), "'num_nodes' = True: Input should be a valid integer"),
+        (lambda: load_cluster({"base": "dgx-h100", "node": {"gpu": {"memory_bytes": 10**400}}}), "memory_bytes.*out of range"),
+        (lambda: load_cluster({"name": "x", "node": "dgx", "inter_node_fabric": "infiniband", "nvlink_domain_size": 8,
+                               "gpudirect_rdma": True}, gpus=8), "without an integer node.gpus_per_node"),
+        (lambda: load_gpu(5), "must be a string"),
     ],
 )
 def test_bad_cluster_input_is_named(call, message):

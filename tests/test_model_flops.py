@@ -103,8 +103,7 @@ def test_moe_training_flops_match_flop_counter(name, seq):
     batch = 2
     measured = training_flops(config, seq, device="cpu", batch=batch)
     ours = load_model(config).flops_per_token(seq) * seq * batch
-    assert ours == pytest.approx(measured, rel=0.02)
-    assert ours == pytest.approx(measured, rel=1e-12)
+    assert ours == pytest.approx(measured, rel=1e-12)  # the issue asks for 2%; the count is exact
 
 
 @pytest.mark.slow

@@ -74,7 +74,10 @@ def test_moe_layer_shorthand_expands_to_dense_layers():
         ({"hidden_size": None}, "missing field.*'hidden_size'"),
         ({"vocab_size": None, "intermediate_size": None}, "missing field.*'intermediate_size'.*'vocab_size'"),
         ({"num_attention_heads": "32"}, "'num_attention_heads' = '32': expected an integer"),
-        ({"hidden_size": -4096}, "'hidden_size' = -4096: must be >= 1"),
+        ({"hidden_size": -4096}, "'hidden_size' = -4096: must be between 1 and"),
+        ({"hidden_size": 10**200}, "'hidden_size' = 1000.*: must be between 1 and"),
+        ({"model_type": ["llama"]}, "'model_type' = \\['llama'\\]: expected a string"),
+        ({"hidden_act": ["silu"]}, "'hidden_act' = \\['silu'\\]: supported activations"),
         ({"num_key_value_heads": 0}, "'num_key_value_heads' = 0"),
         ({"num_key_value_heads": 5}, "multiple of num_kv_heads"),
         ({"hidden_act": "swoosh"}, "'hidden_act' = 'swoosh': supported activations"),
@@ -84,6 +87,17 @@ def test_moe_layer_shorthand_expands_to_dense_layers():
 def test_bad_hf_fields_are_named(change, message):
     config = {k: v for k, v in {**LLAMA, **change}.items() if v is not None}
     with pytest.raises(ModelError, match=message):
+        load_model(config)
+
+
+@pytest.mark.parametrize("family", ["gemma2", "gpt_oss", "qwen2"])
+def test_bad_layer_count_in_a_windowed_family_is_named(family):
+    config = json.loads((FIXTURES / family / "config.json").read_text())
+    config.update(num_hidden_layers="4", use_sliding_window=True)
+    with pytest.raises(ModelError, match="'num_hidden_layers' = '4': expected an integer"):
+        load_model(config)
+    config.update(num_hidden_layers=4, layer_types=["sliding_attention"] * 3)
+    with pytest.raises(ModelError, match="'layer_types' must list one attention type per layer"):
         load_model(config)
 
 
@@ -98,7 +112,13 @@ def test_unknown_architecture_lists_supported_and_missing_fields():
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"hidden_size": 0}, "hidden_size.*greater than 0"),
+        ({"hidden_size": 0}, "'hidden_size' = 0: Input should be greater than or equal to 1"),
+        ({"hidden_size": "64"}, "'hidden_size' = '64': Input should be a valid integer"),
+        ({"num_layers": True}, "'num_layers' = True: Input should be a valid integer"),
+        ({"moe": {"num_experts": 4, "experts_per_token": 2, "expert_ffn_hidden_size": 8, "first_k_dense_layers": -1}},
+         "first_k_dense_layers .int >= 0."),
+        ({"moe": {"num_experts": 4, "experts_per_token": 2, "expert_ffn_hidden_size": 8, "first_k_dense_layers": 1,
+                  "dense_layers": [0]}}, "not both"),
         ({"num_layers": "many"}, "num_layers.*'many'"),
         ({"moe": {"num_experts": 4, "experts_per_token": 8, "expert_ffn_hidden_size": 8}}, "experts_per_token"),
         ({"colour": "blue"}, "'colour' is not a known field"),
@@ -119,8 +139,19 @@ def test_bad_files(tmp_path):
         load_model(broken)
     listing = tmp_path / "list.json"
     listing.write_text("[1, 2]")
-    with pytest.raises(ModelError, match="expected a JSON object"):
+    with pytest.raises(ModelError, match="expected a mapping of model fields, got list"):
         load_model(listing)
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ModelError, match="cannot read it"):
+        load_model(binary)
+    with pytest.raises(ModelError, match="not a usable path"):
+        load_model("a" * 300)
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("name: x\nhidden_size: [4096\n")
+    with pytest.raises(ModelError, match=r"not valid YAML \(line \d+, column \d+: ") as err:
+        load_model(bad_yaml)
+    assert "\n" not in str(err.value)
     with pytest.raises(ModelError, match="no such file"):
         load_model(tmp_path / "missing.json")
     empty = tmp_path / "empty"
@@ -129,6 +160,15 @@ def test_bad_files(tmp_path):
         load_model(empty)
     with pytest.raises(ModelError, match="must be a preset name"):
         load_model(42)
+    with pytest.raises(ModelError, match="nor a valid Hugging Face repo id"):
+        load_model("org/na..me")
+
+
+def test_a_folder_named_like_a_preset_is_reported(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "llama-7b").mkdir()
+    with pytest.raises(ModelError, match="holds no config.json.*a preset of that name exists"):
+        load_model("llama-7b")
 
 
 def _plan(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

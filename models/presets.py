@@ -15,11 +15,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from plan_common.files import alias_index
-
 from models.errors import ModelError
 from models.hf_config import spec_fields_from_hf
 from models.spec import ModelSpec
+from plan_common.files import alias_index
 
 
 class OfficialCounts(BaseModel):
@@ -29,7 +28,8 @@ class OfficialCounts(BaseModel):
     so a reader knows how precise the figure is. ``checkpoint_total_params``: the element count of the
     released weights (e.g. HF safetensors metadata), with ``checkpoint_extra_elements`` stored there that
     are not parameters of the model (rotary buffers, a duplicated tied head) and the reason.
-    ``active_excludes_input_embedding``: the vendor's active figure leaves out the embedding lookup.
+    ``active_excludes_input_embedding`` / ``total_excludes_embedding``: the vendor's figure leaves out
+    the embedding (a convention some vendors use; the preset's notes give the arithmetic).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -40,6 +40,7 @@ class OfficialCounts(BaseModel):
     active_params: int | None = None
     active_unit: float | None = None
     active_excludes_input_embedding: bool = False
+    total_excludes_embedding: bool = False
     checkpoint_total_params: int | None = None
     checkpoint_extra_elements: int = 0
     checkpoint_extra_reason: str | None = None

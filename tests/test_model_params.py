@@ -22,11 +22,12 @@ def headline_ok(ours: int, stated: int, unit: float) -> bool:
     return abs(ours - stated) <= 0.005 * stated or stated - unit / 2 <= ours < stated + unit
 
 
-def test_every_preset_has_an_official_figure_and_a_source():
+def test_every_preset_has_a_source_and_says_why_when_it_has_no_official_figure():
     for name in list_presets():
         preset = get_preset(name)
-        assert preset.official is not None, name
         assert preset.source, name
+        if preset.official is None:
+            assert any("no official parameter count" in note.lower() for note in preset.notes), name
 
 
 @pytest.mark.parametrize("name", WITH_OFFICIAL)
@@ -34,7 +35,8 @@ def test_total_params_match_the_official_figure(name):
     """The checkpoint's element count when one is recorded (exact, after the documented non-parameter
     tensors it also stores), else the stated headline within 0.5% or its stated precision."""
     official = get_preset(name).official
-    ours = load_model(name).total_params
+    spec = load_model(name)
+    ours = spec.total_params - (spec.params.embedding if official.total_excludes_embedding else 0)
     if official.checkpoint_total_params is not None:
         assert ours == official.checkpoint_total_params - official.checkpoint_extra_elements
     else:

@@ -16,10 +16,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, PositiveInt
 
-from plan_common.files import alias_index
-
 from hardware.errors import HardwareError
-from hardware.spec import ClusterSpec, GPUSpec
+from hardware.spec import GPUSpec
+from plan_common.files import alias_index
 
 
 class ClusterPreset(BaseModel):

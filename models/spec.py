@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
-
 if TYPE_CHECKING:
     from models.flops import FlopsBreakdown
     from models.params import ParamBreakdown

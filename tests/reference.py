@@ -58,3 +58,53 @@ def with_layers(config: dict[str, Any], layers: int, **overrides: Any) -> dict[s
     if isinstance(out.get("layer_types"), list):
         out["layer_types"] = out["layer_types"][:layers]
     return out
+
+
+def training_step_peak(
+    config: dict[str, Any], seq_len: int, *, batch: int = 1, dtype: str = "bfloat16",
+    optimizer: str = "adamw", checkpointing: bool = False, attention: str = "sdpa",
+) -> dict[str, int]:
+    """Peak bytes by category that `torch.distributed._tools.mem_tracker.MemTracker` records over one
+    training step (forward, causal-LM loss, backward, ``optimizer.step()``, ``zero_grad()``).
+
+    Method: build the model with ``from_config(cfg, dtype=...)`` inside ``FakeTensorMode`` (no memory is
+    allocated, so real widths cost nothing; ``.to(dtype)`` does not work there; MoE models run there with
+    transformers' default ``grouped_mm`` experts, whose routing has no data-dependent control flow,
+    unlike the ``eager`` experts loop); optionally ``gradient_checkpointing_enable()``; ``MemTracker().track_external(model, optimizer)``; run two steps
+    and ``reset_mod_stats()`` after the first, so the peak is that of a steady-state step (optimizer
+    states exist, gradients were freed by ``zero_grad(set_to_none=True)``). The optimizers are torch's
+    AdamW and SGD (momentum 0.9), both ``foreach=True``. Returns the peak snapshot's categories
+    (``PARAM``, ``GRAD``, ``OPT``, ``ACT``, ``TEMP``, ...) in bytes.
+    """
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    cfg = transformers.AutoConfig.for_model(**config)
+    cfg._attn_implementation = attention
+    torch.manual_seed(0)
+    with FakeTensorMode():
+        model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=getattr(torch, dtype))
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        model.train()
+        params = model.parameters()
+        if optimizer == "adamw":
+            opt = torch.optim.AdamW(params, lr=1e-4, foreach=True)
+        elif optimizer == "sgd":
+            opt = torch.optim.SGD(params, lr=1e-4, momentum=0.9, foreach=True)
+        else:
+            raise ValueError(f"optimizer must be adamw or sgd, got {optimizer!r}")
+        tracker = MemTracker()
+        tracker.track_external(model, opt)
+        ids = torch.randint(0, config["vocab_size"], (batch, seq_len))
+        with tracker:
+            for step in range(2):
+                model(input_ids=ids, labels=ids).loss.backward()
+                opt.step()
+                opt.zero_grad()
+                if step == 0:
+                    tracker.reset_mod_stats()
+        peak = tracker.get_tracker_snapshot("peak")
+    (device_stats,) = peak.values()
+    return {str(kind).rsplit(".", 1)[-1]: int(value) for kind, value in device_stats.items()}
+

@@ -143,8 +143,8 @@ def test_megatron_closed_form_for_gpt3():
     """Narayanan et al. 2021 (arXiv 2104.04473) §5.1: F = 72·B·s·l·h²·(1 + s/(6h) + V/(12·l·h)) per
     iteration for a GPT with a 4h MLP, without recomputation counted."""
     spec = load_model("gpt-3-175b")
-    s, l, h, v = 2048, spec.num_layers, spec.hidden_size, spec.vocab_size
-    megatron = 72 * s * l * h**2 * (1 + s / (6 * h) + v / (12 * l * h))
+    s, layers, h, v = 2048, spec.num_layers, spec.hidden_size, spec.vocab_size
+    megatron = 72 * s * layers * h**2 * (1 + s / (6 * h) + v / (12 * layers * h))
     assert spec.flops_per_token(s) * s == pytest.approx(megatron, rel=1e-12)
 
 

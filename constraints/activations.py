@@ -1,0 +1,169 @@
+"""Activation memory kept for the backward pass, per token of a micro-batch, per GPU, for one layer.
+
+Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer Models", §4, Table 2)
+count the tensors each op saves; we do the same for the real block (GQA/MLA widths, gated or plain MLPs,
+MoE routing, no dropout masks unless dropout > 0), for two implementations (``Plan.kernels``):
+
+``fused`` — Megatron-Core with Transformer Engine. Per layer: each norm keeps its input (b·h) and an fp32
+  1/σ (4 bytes); each GEMM block keeps its input (b·h); flash attention keeps Q, K, V, its output and the
+  fp32 log-sum-exp per head (Dao 2023); the fused SwiGLU/GeLU keeps the FC1 output and FC2 input
+  (b·(1+g)·f + b·f); bias-dropout-add keeps a 1-byte mask per hidden element when dropout > 0. With the
+  classic MHA/GeLU/dropout block this reproduces Korthikanti's 34·s·b·h (without SP) exactly.
+``unfused`` — PyTorch eager modules as HF ``transformers`` writes them (measured with PyTorch's
+  MemTracker in tests/test_memory_reference.py): Llama-style RMSNorm keeps an fp32 copy of its input, the
+  cast back and the scaled output ((4 + 2b)·h + 4); nn.LayerNorm keeps input and output (2b·h + 8);
+  QK-norm its fp32 input and the cast per head; SDPA attention Q, K, V, output and log-sum-exp; eager
+  attention Q, K and V expanded to all heads, fp32 softmax and its cast (4 + b)·H·s, output; the gated
+  MLP gate, act, up and product (4·b·f), a plain MLP its two intermediates (2·b·f); MoE with
+  transformers' default ``grouped_mm`` experts: the router's fp32 softmax and top-k, and per routed
+  token the gathered input, gate_up output, activation, product and down output (2·b·h + 4·b·f_e).
+
+Parallelism: tensor-parallel regions (Q, K, V, attention output, MLP interiors) are split by tp; the rest
+(norm inputs and outputs, GEMM inputs, masks) only with sequence parallelism (Korthikanti §4.2.2).
+Context parallelism splits the sequence: tokens per GPU = micro_batch · seq_len / cp. Routed experts:
+balanced routing gives the etp ranks of an expert k·T·etp/tp routed tokens each, with the FFN widths split
+by etp.
+Recompute: ``selective`` recomputes the attention core (Korthikanti et al. 2022 §5; Megatron-Core
+``--recompute-granularity selective``, whose default module is ``core_attn``): it drops eager attention's
+score matrices and flash attention's log-sum-exp, and keeps everything else;
+``selective_mm`` (PyTorch selective checkpointing with torchtitan's op policy, torchtitan
+``activation_checkpoint.py``) keeps the layer input, attention's output and log-sum-exp and the outputs
+of every other matmul (the 1st, 3rd, … of the layer); ``full`` keeps only each layer's input (b·h, /tp
+with SP) and rebuilds one layer at a time in backward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from constraints.arrays import PlanArrays, code
+from constraints.plan import Workload
+from constraints.structure import ModelFacts
+
+LOSS_BYTES_PER_VOCAB_UNFUSED = 12.0
+"""HF causal-LM loss at its peak, per token and vocabulary entry: logits in the model dtype kept with the
+outputs, their fp32 upcast and log-softmax (MemTracker on LlamaForCausalLM: 4·V bytes kept as activations
+plus 8·V temporaries at the peak, for bf16 and fp32 alike; tests/test_memory_reference.py)."""
+
+
+def activation_bytes(p: PlanArrays) -> np.ndarray:
+    """Bytes per activation element: 4 in fp32, else 2 (fp8 GEMMs keep bf16 activations)."""
+    return np.where(p.precision == code("precision", "fp32"), 4.0, 2.0)
+
+
+@dataclass
+class LayerActivations:
+    """Bytes per token of the micro-batch (tokens on this GPU's CP rank), per GPU, (n,) arrays: what one
+    dense / MoE layer keeps without recompute (``*_full``) and with the plan's recompute (``*_kept``)."""
+
+    dense_full: np.ndarray
+    moe_full: np.ndarray
+    dense_kept: np.ndarray
+    moe_kept: np.ndarray
+
+
+def _norm(f: ModelFacts, b: np.ndarray, fused: np.ndarray, width: float) -> np.ndarray:
+    """One normalisation over ``width`` features, output included (it is the next GEMM's input)."""
+    unfused = np.where(f.norm_is_layernorm, 2 * b * width + 8, (4 + 2 * b) * width + 4)
+    return np.where(fused, 2 * b * width + 4, unfused)
+
+
+def layer_activations(f: ModelFacts, p: PlanArrays, w: Workload) -> LayerActivations:
+    b = activation_bytes(p)
+    fused = p.kernels == code("kernels", "fused")
+    flash = p.attention_kernel == code("attention_kernel", "flash")
+    tp = p.tp.astype(float)
+    sp_div = np.where(p.sequence_parallel, tp, 1.0)  # divisor of the non-tensor-parallel regions
+    mask = 1.0 if w.dropout > 0 else 0.0
+    h = f.hidden
+
+    # attention block: norm (+ its output = QKV input), QK-norm, core, output
+    replicated_attn = _norm(f, b, fused, h) + b * f.latent_width + mask * h
+    # QK-norm keeps its fp32 input, 1/σ and the cast back; rotary saves only cos/sin, not the norm output
+    qk_norm = np.where(fused, 0.0, (4 + b) * f.qk_norm_width + 4 * (f.heads + f.kv_heads)) if f.qk_norm_width else 0.0
+    qkv = b * (f.q_width + f.k_width + f.v_width)
+    lse = 4.0 * f.heads
+    # eager attention: the score matrix over the keys each query sees (HF computes it in full for
+    # sliding-window layers too and masks afterwards; Megatron's unfused softmax likewise)
+    keys = w.seq_len
+    eager_scores = np.where(fused, b + mask * (1 + b), 4 + b) * f.heads * keys
+    # HF's eager path expands K and V to every query head (repeat_kv)
+    eager_extra = np.where(fused, 0.0, b * ((f.q_width - f.k_width) + (f.out_width - f.v_width)))
+    core = np.where(flash, lse, eager_scores)
+    tensor_attn = qkv + qk_norm + b * f.out_width + np.where(flash, 0.0, eager_extra)
+    attention_full = replicated_attn / sp_div + (tensor_attn + core) / tp
+    # MLP blocks
+    gate = 1.0 if f.gated else 0.0
+    mlp_norm = _norm(f, b, fused, h) + mask * h
+
+    def ffn(width: float) -> np.ndarray:
+        fused_ffn = b * (1 + gate) * width + b * width
+        unfused_ffn = b * width * (4.0 if f.gated else 2.0)
+        return np.where(fused, fused_ffn, unfused_ffn)
+
+    dense_mlp = mlp_norm / sp_div + ffn(f.ffn) / tp
+    if f.experts:
+        k = f.top_k
+        # router: fp32 softmax over the experts, top-k indices (int64) and weights (fp32), their sum
+        router = np.where(fused, 8.0 * f.experts, 4.0 * f.experts + 12.0 * k + 4.0)
+        # each GPU computes k·T·etp/tp routed tokens (the etp ranks of an expert share them) with the
+        # expert widths split by etp: hidden-sized tensors k·(etp/tp)·T, FFN-sized k·T/tp.
+        # unfused = transformers' grouped_mm experts: per routed token the gathered input and the down
+        # projection's output (2·b·h), gate_up output, activation and product (4·b·f_e), three int64
+        # permutation indices and the routing weight (26 bytes)
+        routed_fused = 2 * b * h * p.etp / tp + b * ((1 + gate) * f.expert_ffn + f.expert_ffn) / tp
+        routed_unfused = (2 * b * h + 4 * b * f.expert_ffn + 26.0) / tp
+        routed = k * np.where(fused, routed_fused, routed_unfused)
+        moe_mlp = (mlp_norm + router) / sp_div + routed + (ffn(f.shared_ffn) / tp if f.shared_ffn else 0.0)
+    else:
+        moe_mlp = np.zeros_like(b)
+
+    dense_full = attention_full + dense_mlp
+    moe_full = attention_full + moe_mlp
+    layer_input = b * h / sp_div
+
+    # selective_mm (torchtitan's op policy): the layer input, the attention output and log-sum-exp, and
+    # the outputs of the odd-numbered matmuls; an MoE block's grouped GEMMs are not matmuls to the policy
+    def saved_outputs(mms: tuple) -> np.ndarray:
+        width = np.zeros_like(b)
+        for i, (_, n, mode) in enumerate(mms, start=1):
+            if i % 2:
+                width = width + np.select([mode == "column", mode == "row"], [n / tp, h / sp_div], default=n * 1.0)
+        return b * width
+
+    sdpa = (b * f.out_width + lse) / tp
+    dense_sac = layer_input + sdpa + saved_outputs(f.attention_matmuls + (f.mlp_matmuls(f.ffn) if f.ffn else ()))
+    moe_sac = layer_input + sdpa + saved_outputs(f.attention_matmuls)
+
+    recompute = p.recompute
+    modes = [recompute == code("recompute", "full"), recompute == code("recompute", "selective"),
+             recompute == code("recompute", "selective_mm")]
+    # selective: the attention core's own tensors go (eager's score matrices, flash's log-sum-exp);
+    # its inputs Q, K, V and its output (the next GEMM's input) stay
+    attention_selective = attention_full - core / tp
+    dense_kept = np.select(modes, [layer_input, attention_selective + dense_mlp, dense_sac], default=dense_full)
+    moe_kept = np.select(modes, [layer_input, attention_selective + moe_mlp, moe_sac], default=moe_full)
+    return LayerActivations(dense_full=dense_full, moe_full=moe_full, dense_kept=dense_kept, moe_kept=moe_kept)
+
+
+def head_and_loss_bytes(f: ModelFacts, p: PlanArrays) -> np.ndarray:
+    """Per token, on the last stage, once per micro-batch: final norm, then logits and the loss at its
+    peak. Fused: Megatron's vocab-parallel cross-entropy, (4·h + 4·V)/tp (``theoretical_memory_usage``:
+    "Inputs to output layer and CE loss"); unfused: `LOSS_BYTES_PER_VOCAB_UNFUSED` · V."""
+    b = activation_bytes(p)
+    fused = p.kernels == code("kernels", "fused")
+    tp = p.tp.astype(float)
+    sp_div = np.where(p.sequence_parallel, tp, 1.0)
+    final_norm = _norm(f, b, fused, f.hidden) / sp_div
+    loss = np.where(fused, 4.0 * f.hidden + 4.0 * f.vocab, LOSS_BYTES_PER_VOCAB_UNFUSED * f.vocab) / tp
+    return final_norm + loss
+
+
+def first_stage_bytes(f: ModelFacts, p: PlanArrays, head_dim: int) -> np.ndarray:
+    """Per token, on the first stage per micro-batch in flight: the int64 token ids, and for unfused
+    (HF) models the rotary cos/sin tables each forward builds (2·b·head_dim)."""
+    b = activation_bytes(p)
+    rotary = np.where(p.kernels == code("kernels", "fused"), 0.0, 2 * b * head_dim)
+    return 8.0 + rotary

@@ -1,0 +1,166 @@
+"""Plans as columns of numpy arrays, so that one cost model serves both a single plan (`estimate`) and
+hundreds of thousands of them at once (the solver's tables, the exhaustive oracle).
+
+Categorical fields are stored as integer codes: the index of the value in the tuples of
+`constraints.plan` (e.g. recompute 0 none, 1 selective, 2 selective_mm, 3 full). Every cost function takes a `PlanArrays`
+and returns arrays of shape (n,) (or (n, stages)); a scalar `estimate` is the same computation on n = 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+
+from constraints.plan import (
+    ATTENTION_KERNELS,
+    KERNELS,
+    OFFLOADS,
+    OPTIMIZERS,
+    PRECISIONS,
+    RECOMPUTES,
+    SCHEDULES,
+    SHARDINGS,
+    Plan,
+)
+
+_CATEGORICAL = {
+    "sharding": SHARDINGS,
+    "recompute": RECOMPUTES,
+    "precision": PRECISIONS,
+    "optimizer": OPTIMIZERS,
+    "offload": OFFLOADS,
+    "schedule": SCHEDULES,
+    "kernels": KERNELS,
+    "attention_kernel": ATTENTION_KERNELS,
+}
+_BOOLEAN = ("sequence_parallel", "master_weights", "persistent_grads", "tp_comm_overlap", "grad_reduce_overlap",
+            "param_gather_overlap")
+_INTEGER = ("tp", "pp", "dp", "cp", "ep", "etp", "vpp", "micro_batch_size", "shard_group")
+ALL_LAYERS = 2**30
+"""``recompute_layers`` of a plan that recomputes every layer (Plan.recompute_layers None)."""
+
+
+def code(field: str, value: str) -> int:
+    """The integer code of a categorical value (e.g. code("recompute", "full") == 2)."""
+    return _CATEGORICAL[field].index(value)
+
+
+@dataclass
+class PlanArrays:
+    """n plans, one numpy array per field (see the module docstring). ``layers_per_stage`` is an (n, P)
+    array of explicit stage sizes (0 beyond a plan's own stages; an all-zero row takes the default
+    split), or None when no plan of the batch gives them."""
+
+    tp: np.ndarray
+    pp: np.ndarray
+    dp: np.ndarray
+    cp: np.ndarray
+    ep: np.ndarray
+    etp: np.ndarray
+    vpp: np.ndarray
+    micro_batch_size: np.ndarray
+    shard_group: np.ndarray
+    recompute_layers: np.ndarray
+    sequence_parallel: np.ndarray
+    sharding: np.ndarray
+    recompute: np.ndarray
+    precision: np.ndarray
+    master_weights: np.ndarray
+    optimizer: np.ndarray
+    offload: np.ndarray
+    schedule: np.ndarray
+    kernels: np.ndarray
+    attention_kernel: np.ndarray
+    persistent_grads: np.ndarray
+    tp_comm_overlap: np.ndarray
+    grad_reduce_overlap: np.ndarray
+    param_gather_overlap: np.ndarray
+    layers_per_stage: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.tp)
+
+    @classmethod
+    def from_plans(cls, plans: Sequence[Plan]) -> PlanArrays:
+        columns: dict[str, np.ndarray] = {}
+        for name in _INTEGER:
+            columns[name] = np.array([getattr(p, name) for p in plans], dtype=np.int64)
+        columns["recompute_layers"] = np.array(
+            [ALL_LAYERS if p.recompute_layers is None else p.recompute_layers for p in plans], dtype=np.int64)
+        for name in _BOOLEAN:
+            columns[name] = np.array([getattr(p, name) for p in plans], dtype=bool)
+        for name, values in _CATEGORICAL.items():
+            columns[name] = np.array([values.index(getattr(p, name)) for p in plans], dtype=np.int64)
+        explicit = [p.layers_per_stage for p in plans]
+        if any(e is not None for e in explicit):
+            width = max(len(e) for e in explicit if e is not None)
+            matrix = np.zeros((len(plans), width), dtype=np.int64)  # a zero row: the default split
+            for i, e in enumerate(explicit):
+                if e is not None:
+                    matrix[i, : len(e)] = e
+            columns["layers_per_stage"] = matrix
+        return cls(**columns)
+
+    @classmethod
+    def product(cls, **choices: Sequence[Any]) -> PlanArrays:
+        """Every combination of the given values of `Plan` fields (categorical ones as their names), the
+        other fields at `Plan`'s defaults. As in `Plan`: etp follows tp and the schedule follows vpp unless
+        given; ``hsdp_shard_size`` (used with sharding "hsdp") sets the shard group. No layers_per_stage."""
+        allowed = (set(_INTEGER) - {"shard_group"}) | set(_BOOLEAN) | set(_CATEGORICAL) | {"recompute_layers", "hsdp_shard_size"}
+        unknown = sorted(set(choices) - allowed)
+        if unknown:
+            raise ValueError(f"cannot enumerate {', '.join(unknown)}; fields: {', '.join(sorted(allowed))}")
+        sizes = [len(values) for values in choices.values()]
+        if not all(sizes):
+            raise ValueError("every field enumerated needs at least one value")
+        positions = np.indices(sizes).reshape(len(sizes), -1) if sizes else np.zeros((0, 1), dtype=np.int64)
+        n = positions.shape[1]
+        columns: dict[str, np.ndarray] = {}
+        for (name, values), index in zip(choices.items(), positions, strict=True):
+            if name in _CATEGORICAL:
+                table = np.array([_CATEGORICAL[name].index(v) for v in values], dtype=np.int64)
+            elif name == "recompute_layers":
+                table = np.array([ALL_LAYERS if v is None else v for v in values], dtype=np.int64)
+            else:
+                table = np.array(values, dtype=bool if name in _BOOLEAN else np.int64)
+            columns[name] = table[index]
+        default = Plan()
+        for name in _INTEGER + _BOOLEAN:
+            if name not in columns and name not in ("etp", "shard_group"):
+                columns[name] = np.full(n, getattr(default, name), dtype=bool if name in _BOOLEAN else np.int64)
+        for name, values in _CATEGORICAL.items():
+            if name not in columns and name != "schedule":
+                columns[name] = np.full(n, values.index(getattr(default, name)), dtype=np.int64)
+        columns.setdefault("recompute_layers", np.full(n, ALL_LAYERS, dtype=np.int64))
+        columns.setdefault("etp", columns["tp"].copy())
+        columns.setdefault("schedule", np.where(columns["vpp"] > 1, code("schedule", "interleaved"), code("schedule", "1f1b")))
+        hsdp = columns.pop("hsdp_shard_size", np.ones(n, dtype=np.int64))
+        sharding = columns["sharding"]
+        columns["shard_group"] = np.select(
+            [sharding == code("sharding", "none"), sharding == code("sharding", "hsdp")],
+            [np.ones(n, dtype=np.int64), hsdp], default=columns["dp"] * columns["cp"])
+        return cls(**columns)
+
+    def plan(self, i: int) -> Plan:
+        """The `Plan` in row ``i``."""
+        values: dict[str, Any] = {name: int(getattr(self, name)[i]) for name in _INTEGER if name != "shard_group"}
+        values |= {name: bool(getattr(self, name)[i]) for name in _BOOLEAN}
+        values |= {name: table[int(getattr(self, name)[i])] for name, table in _CATEGORICAL.items()}
+        layers = int(self.recompute_layers[i])
+        values["recompute_layers"] = None if layers == ALL_LAYERS else layers
+        if values["sharding"] == "hsdp":
+            values["hsdp_shard_size"] = int(self.shard_group[i])
+        if self.layers_per_stage is not None and self.layers_per_stage[i].any():
+            values["layers_per_stage"] = tuple(int(v) for v in self.layers_per_stage[i, : values["pp"]])
+        return Plan(**values)
+
+    def take(self, index: np.ndarray) -> PlanArrays:
+        """The plans at ``index`` (a boolean mask or integer positions)."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = None if value is None else value[index]
+        return PlanArrays(**out)

@@ -1,0 +1,99 @@
+"""`check(model, cluster, plan, workload) -> list[Violation]`: every rule a plan breaks — the structural
+rules of `constraints.rules` and, priced by the cost model, whether it fits in GPU memory. An empty list
+means the plan can run."""
+
+from __future__ import annotations
+
+from constraints.arrays import PlanArrays
+from constraints.efficiency import Efficiency
+from constraints.estimate import estimate
+from constraints.evaluate import evaluate
+from constraints.plan import Plan, Workload
+from constraints.rules import UNPRICEABLE, Violation, structural_violations
+from constraints.runtime import RuntimeAllowance
+from constraints.states import bytes_per_param
+from constraints.structure import model_facts
+from hardware import ClusterSpec
+from models import ModelSpec
+
+GIB = 2**30
+
+
+def check(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workload, *,
+          allow_cross_domain: bool = False, efficiency: Efficiency | None = None,
+          runtime: RuntimeAllowance | None = None) -> list[Violation]:
+    out = structural_violations(model, cluster, plan, workload, allow_cross_domain=allow_cross_domain)
+    if any(v.rule in UNPRICEABLE for v in out):
+        return out
+    est = estimate(model, cluster, plan, workload, efficiency=efficiency, runtime=runtime)
+    if not est.fits:
+        mem = est.memory
+        out.append(Violation(
+            rule="memory_fits",
+            message=(f"stage {mem.stage} needs {mem.total / GIB:.1f} GiB per GPU (weights {mem.weights / GIB:.1f}, "
+                     f"gradients {mem.gradients / GIB:.1f}, optimizer {mem.optimizer / GIB:.1f}, activations "
+                     f"{mem.activations / GIB:.1f}, KV cache {mem.kv_cache / GIB:.1f}, runtime "
+                     f"{mem.overhead / GIB:.1f}); the GPU has {mem.usable / GIB:.1f} GiB"),
+            fix=_memory_fix(model, cluster, plan, workload, efficiency, runtime),
+        ))
+    return out
+
+
+def _memory_fix(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workload, efficiency: Efficiency | None,
+                runtime: RuntimeAllowance | None) -> str:
+    """The single changes that make the plan fit, each priced by the cost model (one batch), smallest
+    footprint first; when none does alone, the levers to combine."""
+    candidates = [(what, changed) for what, changed in _levers(plan)
+                  if not structural_violations(model, cluster, changed, workload, allow_cross_domain=True)]
+    if candidates:
+        result = evaluate(model, cluster, workload, [c for _, c in candidates], efficiency=efficiency, runtime=runtime)
+        fitting = sorted((float(result.memory.total[i]), what) for i, (what, _) in enumerate(candidates) if result.fits[i])
+        if fitting:
+            return "; ".join(f"{what} ({total / GIB:.1f} GiB)" for total, what in fitting[:4])
+    if not workload.training:
+        return "no single change fits: raise tp or pp together, serve fewer sequences at once, or use more GPUs"
+    per = bytes_per_param(PlanArrays.from_plans([plan]), model_facts(model).adafactor_state_ratio)
+    per_param = float(per.resident_weights[0] + per.grads[0] + per.master[0] + per.optimizer[0])
+    states = per_param * model.total_params
+    capacity = cluster.total_gpus * cluster.gpu.memory_bytes
+    if states > capacity:
+        needed = int(-(-states // cluster.gpu.memory_bytes))
+        return (f"the model states alone need {states / 1e12:.2f} TB ({per_param:g} bytes per parameter with "
+                f"{plan.precision} {plan.optimizer}); the {cluster.total_gpus} GPUs hold {capacity / 1e12:.2f} TB even "
+                f"fully sharded: use at least {needed} GPUs, or 8-bit optimizer states / optimizer offload")
+    return ("no single change fits: combine recompute, sharding, 8-bit optimizer states and more tp/pp, "
+            "or use more GPUs")
+
+
+def _levers(plan: Plan) -> list[tuple[str, Plan]]:
+    """One-change variants of ``plan`` that lower memory (same GPU count)."""
+    out = []
+
+    def lever(what: str, **update) -> None:
+        changed = Plan.model_validate(plan.model_dump() | update)
+        if changed != plan:
+            out.append((what, changed))
+
+    for mode in ("selective", "full"):
+        if plan.recompute in ("none", "selective") and mode != plan.recompute:
+            lever(f"recompute {mode}", recompute=mode, recompute_layers=None)
+    if plan.recompute == "full" and plan.recompute_layers is not None:
+        lever("recompute every layer", recompute_layers=None)
+    if plan.dp * plan.cp > 1:
+        for sharding in ("zero1", "zero2", "fsdp"):
+            if ("none", "zero1", "zero2", "zero3", "fsdp", "hsdp").index(sharding) > \
+                    ("none", "zero1", "zero2", "zero3", "fsdp", "hsdp").index(plan.sharding):
+                lever(f"sharding {sharding}", sharding=sharding, zero_stage=None, hsdp_shard_size=None)
+    if plan.micro_batch_size > 1:
+        lever("micro-batch 1", micro_batch_size=1)
+    if plan.tp > 1 and not plan.sequence_parallel:
+        lever("sequence parallelism", sequence_parallel=True)
+    if plan.optimizer == "adamw":
+        lever("8-bit AdamW", optimizer="adamw8bit")
+    if plan.offload == "none" and plan.sharding != "none":
+        lever("offload the optimizer to the CPU", offload="optimizer")
+    if plan.dp % 2 == 0:
+        lever(f"tp {2 * plan.tp} (dp {plan.dp // 2})", tp=2 * plan.tp, dp=plan.dp // 2, etp=None, layers_per_stage=None,
+              sequence_parallel=plan.sequence_parallel or plan.tp == 1)
+        lever(f"pp {2 * plan.pp} (dp {plan.dp // 2})", pp=2 * plan.pp, dp=plan.dp // 2, layers_per_stage=None)
+    return out

@@ -1,0 +1,77 @@
+"""Time of NCCL-style collectives on the cluster's real topology (α-β model).
+
+A process group is described by its size n and its stride s in the global rank order (Megatron-Core's
+default order tp-cp-ep-dp-pp: TP ranks are adjacent, then CP, then DP; PP is outermost). GPUs form fast
+domains of D = max(NVLink domain, GPUs per node) ranks — 8 on a DGX, 72 on an NVL72 rack, a PCIe server's
+GPUs — joined by the intra-node bandwidth B₁; domains are joined by the NICs, B₂ per GPU. A group puts
+n₁ = min(n, max(D // s, 1)) members in each of n₂ = ⌈n / n₁⌉ domains.
+
+Ring reduce-scatter / all-gather of a buffer of M bytes, hierarchical (intra-domain ring, then one ring
+per GPU across domains on its own NIC, as NCCL's multi-rail rings do; Thakur et al. 2005 for rings,
+Jeaugey 2019 "Massively scale your deep learning training with NCCL 2.4" for the hierarchy):
+    t = (n₁−1)/n₁ · M/(η₁B₁) + (n₂−1)/n₂ · (M/n₁)/(η₂B₂) + (n₁−1)·α₁ + (n₂−1)·α₂
+All-reduce is a reduce-scatter plus an all-gather (twice that). All-to-all: each GPU sends (n−1)/n of
+M, its intra-domain share over B₁ and the rest over its NIC concurrently (the slower sets the time).
+Point-to-point: M over B₁ within a domain, else over the NIC. η are NCCL bus efficiencies, α per-step
+latencies (``Efficiency.network_bus``, ``Efficiency.latency_s``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from constraints.efficiency import Efficiency
+from hardware import ClusterSpec
+
+
+@dataclass(frozen=True)
+class Fabric:
+    domain: int
+    intra_bw: float
+    inter_bw: float
+    intra_alpha: float
+    inter_alpha: float
+
+    @classmethod
+    def of(cls, cluster: ClusterSpec, eff: Efficiency) -> Fabric:
+        domain = min(max(cluster.nvlink_domain_gpus, cluster.node.gpus_per_node), cluster.total_gpus)
+        inter = cluster.node.nic_bandwidth_per_gpu * eff.network_bus["inter_node"]
+        return cls(
+            domain=domain,
+            intra_bw=cluster.node.intra_node_bandwidth * eff.network_bus["intra_node"],
+            inter_bw=inter if inter > 0 else np.inf,
+            intra_alpha=eff.latency_s["intra_node"],
+            inter_alpha=eff.latency_s["inter_node"],
+        )
+
+    def split(self, size: np.ndarray, stride: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(members per domain, domains spanned) of groups of ``size`` ranks ``stride`` apart."""
+        size = np.asarray(size, dtype=np.int64)
+        per_domain = np.minimum(size, np.maximum(self.domain // np.maximum(stride, 1), 1))
+        return per_domain, -(-size // per_domain)
+
+    def reduce_scatter(self, nbytes: np.ndarray, size: np.ndarray, stride: np.ndarray) -> np.ndarray:
+        """Ring reduce-scatter (equally, all-gather) of ``nbytes`` over the group (seconds)."""
+        n1, n2 = self.split(size, stride)
+        intra = (n1 - 1) / n1 * nbytes / self.intra_bw + (n1 - 1) * self.intra_alpha
+        inter = (n2 - 1) / n2 * (nbytes / n1) / self.inter_bw + (n2 - 1) * self.inter_alpha
+        return np.where(size > 1, intra + inter, 0.0)
+
+    def all_reduce(self, nbytes: np.ndarray, size: np.ndarray, stride: np.ndarray) -> np.ndarray:
+        return 2.0 * self.reduce_scatter(nbytes, size, stride)
+
+    def all_to_all(self, nbytes: np.ndarray, size: np.ndarray, stride: np.ndarray) -> np.ndarray:
+        """Each GPU exchanges (n−1)/n of ``nbytes`` with the other members."""
+        n1, n2 = self.split(size, stride)
+        size_f = np.maximum(np.asarray(size, dtype=float), 1.0)
+        intra = nbytes * (n1 - 1) / size_f / self.intra_bw
+        inter = nbytes * (size_f - n1) / size_f / self.inter_bw
+        latency = (n1 - 1) * self.intra_alpha + (n2 - 1) * self.inter_alpha
+        return np.where(size > 1, np.maximum(intra, inter) + latency, 0.0)
+
+    def send(self, nbytes: np.ndarray, stride: np.ndarray) -> np.ndarray:
+        """Point-to-point transfer to the rank ``stride`` away."""
+        inside = stride < self.domain
+        return np.where(inside, nbytes / self.intra_bw + self.intra_alpha, nbytes / self.inter_bw + self.inter_alpha)

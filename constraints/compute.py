@@ -1,0 +1,197 @@
+"""Compute time of one micro-batch through one layer (and the embedding / LM head), per GPU.
+
+Three physical parts, each with its own roof:
+- GEMMs: 2·M·K·N FLOPs at the GEMM precision's dense peak × η_gemm, or the bytes they move
+  ((M·K + K·N + M·N)·element size) at HBM bandwidth × η_mem, whichever is slower (roofline, Williams et
+  al. 2009) — so the thin GEMMs of high tensor parallelism and small micro-batches pay for their memory
+  traffic. Backward runs two GEMMs of the same size per forward GEMM (input and weight gradients).
+- attention core (flash): the Q·Kᵀ and P·V FLOPs of the unmasked (query, key) pairs — causal halves them,
+  sliding windows cap them — at the bf16 peak × η_attn; backward executes 2.5× the forward FLOPs
+  (FlashAttention-2, Dao 2023 §3.1).
+- memory-bound elementwise kernels: norms, RoPE, activation functions, residual/bias-dropout-add, MoE
+  permutation, fp8 casts, at HBM bandwidth × η_mem; backward moves about twice the forward bytes.
+Plus a fixed launch cost per kernel, and per MoE layer and pass the host time that dropless routing's
+device-to-host synchronisation exposes (``Efficiency.moe_host_sync_s``). Tensor parallelism splits the GEMM widths and the heads; context
+parallelism splits the tokens; each GPU of an MoE layer computes the routed share k·T/tp of its tokens.
+GEMMs run at fp8 under fp8 training except the LM head and router (Transformer Engine's recipe).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from constraints.activations import activation_bytes
+from constraints.arrays import PlanArrays, code
+from constraints.efficiency import Efficiency
+from constraints.plan import PRECISIONS, Workload
+from constraints.structure import ModelFacts
+from hardware import GPUSpec
+from models import ModelSpec
+
+KERNELS_PER_LAYER_FORWARD = 14
+"""Kernels one fused transformer layer launches in forward: 2 norms, QKV and output GEMMs, RoPE, attention,
+2 bias-dropout-adds, FC1, activation, FC2, and ~3 communication kernels (TP/SP)."""
+
+
+@dataclass
+class LayerTimes:
+    """Seconds per micro-batch on one GPU, (n,) arrays: forward and backward of one dense and one MoE
+    layer, the attention core (forward) alone (what selective recompute repeats and what CP overlaps), and
+    the GEMM time of one layer (what TP communication can hide behind)."""
+
+    dense_forward: np.ndarray
+    dense_backward: np.ndarray
+    moe_forward: np.ndarray
+    moe_backward: np.ndarray
+    attention_forward: np.ndarray
+    dense_gemm_forward: np.ndarray
+    moe_gemm_forward: np.ndarray
+    moe_expert_forward: np.ndarray
+    dense_sac_recompute: np.ndarray
+    moe_sac_recompute: np.ndarray
+    head_forward: np.ndarray
+    head_backward: np.ndarray
+
+
+class Roofline:
+    """Peaks of one GPU for the plans' precisions, with the efficiency factors applied."""
+
+    def __init__(self, gpu: GPUSpec, eff: Efficiency, p: PlanArrays):
+        arch = gpu.architecture
+        peaks = np.zeros(len(PRECISIONS))
+        for i, precision in enumerate(PRECISIONS):
+            if gpu.supports(precision):
+                peaks[i] = gpu.peak_flops[precision] * eff.gemm_fraction(arch, precision)
+        self.gemm_flops = peaks[p.precision]  # 0 where the GPU lacks the precision (a rule rejects those)
+        half = "bf16" if gpu.supports("bf16") else "fp16"
+        self.half_flops = gpu.peak_flops[half] * eff.gemm_fraction(arch, half)
+        self.attention_flops = gpu.peak_flops[half] * eff.attention_fraction(arch)
+        self.hbm = gpu.hbm_bandwidth * eff.memory_bound
+        self.launch = eff.kernel_launch_s
+        self.moe_sync = eff.moe_host_sync_s
+
+
+def _gemm(roof: Roofline, flops_rate: np.ndarray, m: np.ndarray, k: np.ndarray, n: np.ndarray, b: np.ndarray) -> np.ndarray:
+    compute = 2.0 * m * k * n / np.maximum(flops_rate, 1e-30)
+    traffic = (m * k + k * n + m * n) * b / roof.hbm
+    return np.maximum(compute, traffic)
+
+
+def _matmul_time(roof: Roofline, rate: np.ndarray, m: np.ndarray, mm: tuple[int, int, str], tp: np.ndarray,
+                 b: np.ndarray) -> np.ndarray:
+    k, n, mode = mm
+    kk = k / tp if mode == "row" else k * np.ones_like(tp)
+    nn = n / tp if mode == "column" else n * np.ones_like(tp)
+    return _gemm(roof, rate, m, kk, nn, b)
+
+
+def _sequence(roof: Roofline, rate: np.ndarray, m: np.ndarray, mms: tuple, tp: np.ndarray,
+              b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(all, even-numbered) forward times of a matmul sequence; torchtitan's selective policy recomputes
+    the even-numbered ones (counted from 1 within a layer)."""
+    total = np.zeros_like(tp)
+    even = np.zeros_like(tp)
+    for i, mm in enumerate(mms, start=1):
+        t = _matmul_time(roof, rate, m, mm, tp, b)
+        total = total + t
+        if i % 2 == 0:
+            even = even + t
+    return total, even
+
+
+def elementwise_bytes_per_token(f: ModelFacts, p: PlanArrays, b: np.ndarray, tp: np.ndarray, width: float,
+                                routed: float = 0.0) -> np.ndarray:
+    """Forward bytes the memory-bound kernels of one layer move per token (see the module docstring).
+    Fused: each norm reads and writes h, each of the 2 residual adds reads 2h and writes h, RoPE reads
+    and writes q and k, the activation reads (1+g)·f and writes f, fp8 casts read b and write 1 byte per
+    GEMM input. Unfused PyTorch eager ops (HF's RMSNorm: upcast, square, mean, multiply, downcast,
+    scale — (28 + 4b)·h; RoPE's rotate-half slices, concatenation, two multiplies and an add — 5 passes;
+    SiLU then product — (1 + g + 3)·f) move more."""
+    fused = p.kernels == code("kernels", "fused")
+    fp8 = p.precision == code("precision", "fp8")
+    h = f.hidden
+    sp_div = np.where(p.sequence_parallel, tp, 1.0)
+    norm = np.where(fused, 2 * b * h, (28 + 4 * b) * h)
+    norms = f.norms_per_layer * norm / sp_div
+    residual = 2 * 3 * b * h / sp_div
+    rope = np.where(fused, 1.0, 5.0) * 2 * b * (f.q_width + f.k_width) / tp
+    gate = 1.0 if f.gated else 0.0
+    activation = np.where(fused, (2 + gate), (2 + gate + 2 * gate)) * b * width / tp
+    cast = np.where(fp8, (b + 1.0) * (2 * h + f.out_width / tp + width / tp), 0.0)
+    return norms + residual + rope + activation + cast + routed
+
+
+def layer_times(spec: ModelSpec, f: ModelFacts, gpu: GPUSpec, eff: Efficiency, p: PlanArrays, w: Workload,
+                keys: tuple[float, float]) -> LayerTimes:
+    roof = Roofline(gpu, eff, p)
+    b = activation_bytes(p)
+    tp = p.tp.astype(float)
+    tokens = p.micro_batch_size * w.seq_len / p.cp.astype(float)
+    fp8 = p.precision == code("precision", "fp8")
+    gemm_b = np.where(fp8, 1.0, b)
+    rate = roof.gemm_flops
+    one = np.ones(len(p))
+
+    attn_gemm, attn_even = _sequence(roof, rate, tokens, f.attention_matmuls, tp, gemm_b)
+
+    # attention core over the keys each query sees (global and sliding-window layers averaged)
+    global_keys, window_keys = keys
+    sliding = (spec.sliding_window_layers or 0) / spec.num_layers
+    keys_avg = (1 - sliding) * global_keys + sliding * window_keys
+    core_flops = 2.0 * (f.heads / tp) * ((f.q_width + f.out_width) / f.heads) * keys_avg * tokens
+    attention = core_flops / roof.attention_flops
+
+    # dense MLP: the attention sequence continues into it (torchtitan counts matmuls per layer)
+    dense_mlp = np.zeros(len(p))
+    dense_even = attn_even
+    if f.ffn:
+        full_seq, even_seq = _sequence(roof, rate, tokens, f.attention_matmuls + f.mlp_matmuls(f.ffn), tp, gemm_b)
+        dense_mlp = full_seq - attn_gemm
+        dense_even = even_seq
+
+    moe_gemm = np.zeros(len(p))
+    expert_gemm = np.zeros(len(p))
+    routed_bytes = 0.0
+    moe_width = 0.0
+    if f.experts:
+        etp = p.etp.astype(float)
+        routed = f.top_k * tokens * etp / tp  # routed tokens this GPU's expert shards compute
+        local_experts = f.experts / p.ep
+        per_expert = routed / local_experts
+        for mm in f.mlp_matmuls(f.expert_ffn):
+            expert_gemm = expert_gemm + local_experts * _matmul_time(roof, rate, per_expert, mm, etp, gemm_b)
+        moe_gemm = moe_gemm + expert_gemm
+        if f.shared_ffn:
+            moe_gemm = moe_gemm + _sequence(roof, rate, tokens, f.mlp_matmuls(f.shared_ffn), tp, gemm_b)[0]
+        moe_gemm = moe_gemm + _gemm(roof, roof.half_flops * one, tokens, f.hidden * one, f.experts * one, b)
+        # permute, unpermute and the routing softmax: read and write k copies of each token's hidden state
+        routed_bytes = 4.0 * f.top_k * f.hidden * b / tp + 8.0 * f.experts
+        moe_width = f.top_k * f.expert_ffn + f.shared_ffn
+
+    dense_elementwise = elementwise_bytes_per_token(f, p, b, tp, f.ffn) * tokens / roof.hbm
+    moe_elementwise = elementwise_bytes_per_token(f, p, b, tp, moe_width, routed_bytes) * tokens / roof.hbm
+    launch = KERNELS_PER_LAYER_FORWARD * roof.launch
+
+    dense_forward = attn_gemm + dense_mlp + attention + dense_elementwise + launch
+    moe_forward = attn_gemm + moe_gemm + attention + moe_elementwise + launch + roof.moe_sync
+    backward = lambda gemm, elementwise: 2 * gemm + 2.5 * attention + 2 * elementwise + 2 * launch  # noqa: E731
+
+    # LM head and loss (last stage): GEMM at half precision, softmax/cross-entropy reads logits ~3 times
+    head_gemm = _gemm(roof, roof.half_flops * one, tokens, f.hidden * one, f.vocab / tp, b)
+    head_elementwise = 3 * 4.0 * f.vocab / tp * tokens / roof.hbm
+    return LayerTimes(
+        dense_forward=dense_forward,
+        dense_backward=backward(attn_gemm + dense_mlp, dense_elementwise),
+        moe_forward=moe_forward,
+        moe_backward=backward(attn_gemm + moe_gemm, moe_elementwise) + roof.moe_sync,
+        attention_forward=attention,
+        dense_gemm_forward=attn_gemm + dense_mlp,
+        moe_gemm_forward=attn_gemm + moe_gemm,
+        moe_expert_forward=expert_gemm,
+        dense_sac_recompute=dense_even + dense_elementwise,
+        moe_sac_recompute=attn_even + moe_gemm + moe_elementwise,
+        head_forward=head_gemm + head_elementwise,
+        head_backward=2 * head_gemm + head_elementwise,
+    )

@@ -1,0 +1,74 @@
+"""The named efficiency factors of the time model (``data/efficiency.json``), overridable.
+
+`Efficiency.default()` reads the data file; `Efficiency.with_overrides({"gemm": {"hopper": {"bf16": 0.7}}})`
+returns a copy with some factors replaced (what calibration fits and what a user can pass).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    gemm: dict[str, dict[str, float]]
+    attention: dict[str, float]
+    memory_bound: float
+    network_bus: dict[str, float]
+    latency_s: dict[str, float]
+    overlap: dict[str, float]
+    kernel_launch_s: float
+    moe_host_sync_s: float
+
+    @classmethod
+    def default(cls) -> Efficiency:
+        data = json.loads(resources.files("constraints").joinpath("data", "efficiency.json").read_text())
+        return cls(**{key: data[key]["value"] for key in cls.__dataclass_fields__})
+
+    def with_overrides(self, overrides: dict[str, Any]) -> Efficiency:
+        """A copy with ``overrides`` merged in, key by key (e.g. ``{"gemm": {"hopper": {"bf16": 0.7}}}``).
+        Unknown keys, a number where a table belongs (or the reverse) and values out of range
+        (fractions in [0, 1], seconds ≥ 0) raise ValueError naming the key."""
+        values = {key: copy.deepcopy(getattr(self, key)) for key in self.__dataclass_fields__}
+        for key, value in overrides.items():
+            if key not in values:
+                raise ValueError(f"unknown efficiency factor {key!r}; known: {', '.join(values)}")
+            values[key] = _merge(values[key], value, key)
+        return Efficiency(**values)
+
+    def gemm_fraction(self, architecture: str, precision: str) -> float:
+        table = self.gemm.get(architecture)
+        if table is None:
+            raise ValueError(f"no GEMM efficiency for GPU architecture {architecture!r}; known: {', '.join(self.gemm)}")
+        if precision not in table:
+            raise ValueError(f"no {precision} GEMM efficiency for {architecture}; known: {', '.join(table)}")
+        return table[precision]
+
+    def attention_fraction(self, architecture: str) -> float:
+        if architecture not in self.attention:
+            raise ValueError(f"no attention efficiency for {architecture!r}; known: {', '.join(self.attention)}")
+        return self.attention[architecture]
+
+
+def _merge(current: Any, override: Any, where: str) -> Any:
+    """``override`` merged into ``current`` (a number or a nested table of numbers), validated."""
+    if isinstance(current, dict):
+        if not isinstance(override, dict):
+            raise ValueError(f"efficiency factor {where!r} is a table ({', '.join(current)}), got {override!r}")
+        merged = dict(current)
+        for key, value in override.items():
+            if key not in current:
+                raise ValueError(f"unknown efficiency factor {where}.{key}; known: {', '.join(current)}")
+            merged[key] = _merge(current[key], value, f"{where}.{key}")
+        return merged
+    if isinstance(override, bool) or not isinstance(override, (int, float)):
+        raise ValueError(f"efficiency factor {where!r} must be a number, got {override!r}")
+    seconds = where.endswith("_s") or where.startswith("latency_s")
+    if override < 0 or (not seconds and override > 1):
+        bounds = "≥ 0 (seconds)" if seconds else "in [0, 1] (a fraction of a peak)"
+        raise ValueError(f"efficiency factor {where!r} must be {bounds}, got {override!r}")
+    return float(override)

@@ -1,0 +1,167 @@
+"""`estimate(model, cluster, plan, workload) -> Estimate`: memory and step time of one plan, with notes
+that say in words why each term is what it is. It is `evaluate` on a batch of one, for any plan the cost
+model can price: it raises `PlanError` for the rules in `constraints.rules.UNPRICEABLE` (use `check` for
+the full list of a plan's problems)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from constraints.arrays import PlanArrays
+from constraints.efficiency import Efficiency
+from constraints.errors import PlanError
+from constraints.evaluate import Evaluation, evaluate
+from constraints.memory import micro_batches
+from constraints.plan import Plan, Workload
+from constraints.rules import UNPRICEABLE, structural_violations
+from constraints.runtime import RuntimeAllowance
+from hardware import ClusterSpec
+from models import ModelSpec
+
+GIB = 2**30
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class MemoryBreakdown(_Frozen):
+    """Bytes on one GPU of the most loaded pipeline stage (``stage``, 0-based), at its peak."""
+
+    weights: int
+    gradients: int
+    optimizer: int
+    activations: int
+    kv_cache: int
+    overhead: int
+    total: int
+    stage: int
+    in_flight_microbatches: float
+    usable: int
+
+
+class TimeBreakdown(_Frozen):
+    """Seconds per optimizer step, exposed after overlap; they sum to ``Estimate.step_time_s``."""
+
+    compute: float
+    tp_comm: float
+    cp_comm: float
+    ep_comm: float
+    dp_comm: float
+    pp_comm: float
+    bubble: float
+    optimizer: float
+
+
+class Estimate(_Frozen):
+    """What a plan costs. ``mfu``: model FLOPs per step (training: forward + backward, recompute not
+    counted; `models.flops` conventions) over step time, GPUs and the dense peak of the plan's GEMM
+    precision."""
+
+    memory: MemoryBreakdown
+    fits: bool
+    step_time_s: float
+    time: TimeBreakdown
+    tokens_per_s: float
+    model_tflops_per_gpu: float
+    mfu: float
+    notes: tuple[str, ...]
+
+
+def estimate(
+    model: ModelSpec,
+    cluster: ClusterSpec,
+    plan: Plan,
+    workload: Workload,
+    *,
+    efficiency: Efficiency | None = None,
+    runtime: RuntimeAllowance | None = None,
+) -> Estimate:
+    fatal = [v for v in structural_violations(model, cluster, plan, workload) if v.rule in UNPRICEABLE]
+    if fatal:
+        raise PlanError("; ".join(f"{v.message}: {v.fix}" for v in fatal))
+    arrays = PlanArrays.from_plans([plan])
+    e = evaluate(model, cluster, workload, arrays, efficiency=efficiency, runtime=runtime)
+    m, t = e.memory, e.time
+    memory = MemoryBreakdown(
+        weights=int(m.weights[0]), gradients=int(m.gradients[0]), optimizer=int(m.optimizer[0]),
+        activations=int(m.activations[0]), kv_cache=int(m.kv_cache[0]), overhead=int(m.overhead[0]),
+        total=int(m.total[0]), stage=int(m.stage[0]), in_flight_microbatches=float(m.in_flight[0]),
+        usable=int(e.usable_memory),
+    )
+    time = TimeBreakdown(
+        compute=float(t.compute[0]), tp_comm=float(t.tp_comm[0]), cp_comm=float(t.cp_comm[0]),
+        ep_comm=float(t.ep_comm[0]), dp_comm=float(t.dp_comm[0]), pp_comm=float(t.pp_comm[0]),
+        bubble=float(t.bubble[0]), optimizer=float(t.optimizer[0]),
+    )
+    return Estimate(
+        memory=memory,
+        fits=bool(e.fits[0]),
+        step_time_s=float(t.step[0]),
+        time=time,
+        tokens_per_s=float(e.tokens_per_s[0]),
+        model_tflops_per_gpu=float(e.model_tflops_per_gpu[0]),
+        mfu=float(e.mfu[0]),
+        notes=tuple(_notes(model, cluster, plan, workload, e, arrays, memory, time)),
+    )
+
+
+def _pct(part: float, whole: float) -> str:
+    return f"{100 * part / whole:.0f}%" if whole else "0%"
+
+
+def _notes(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workload, e: Evaluation,
+           arrays: PlanArrays, mem: MemoryBreakdown, time: TimeBreakdown) -> list[str]:
+    notes = []
+    step = e.time.step[0]
+    m = int(micro_batches(arrays, workload)[0])
+    if plan.pp > 1:
+        where = {0: "the first stage (it also holds the embedding and the most micro-batches in flight)",
+                 plan.pp - 1: "the last stage (it also holds the LM head and the logits)"}.get(mem.stage, "a middle stage")
+        notes.append(f"Most loaded GPU: pipeline stage {mem.stage} of {plan.pp}, {where}.")
+    states = mem.weights + mem.gradients + mem.optimizer
+    group = plan.shard_group
+    shard = f" ({plan.sharding} over {group} ranks)" if plan.sharding != "none" else " (not sharded: ZeRO-1/FSDP would divide them)"
+    notes.append(f"Model states {states / GIB:.1f} GiB: weights {mem.weights / GIB:.1f}, gradients "
+                 f"{mem.gradients / GIB:.1f}, optimizer and master weights {mem.optimizer / GIB:.1f}{shard}.")
+    if workload.training:
+        notes.append(f"Activations {mem.activations / GIB:.1f} GiB for {mem.in_flight_microbatches:g} micro-batch(es) "
+                     f"in flight of {plan.micro_batch_size} x {workload.seq_len} tokens with recompute '{plan.recompute}'.")
+    if mem.kv_cache:
+        notes.append(f"KV cache {mem.kv_cache / GIB:.1f} GiB for {workload.global_batch_size} sequences of {workload.seq_len} tokens.")
+    notes.append(f"Runtime allowance {mem.overhead / GIB:.1f} GiB: CUDA context, NCCL buffers, allocator fragmentation.")
+    if not e.fits[0]:
+        over = (mem.total - mem.usable) / GIB
+        notes.append(f"Does not fit: {mem.total / GIB:.1f} GiB needed, {mem.usable / GIB:.1f} GiB on the GPU "
+                     f"({over:.1f} GiB over). Options: recompute, shard optimizer states (zero1/fsdp), more "
+                     "tensor or pipeline parallelism, a smaller micro-batch, or an 8-bit optimizer.")
+    notes.append(f"Step {step:.3f} s: compute {time.compute:.3f} s ({_pct(time.compute, step)}), MFU "
+                 f"{100 * e.mfu[0]:.1f}% of the {plan.precision} dense peak ({e.peak_flops[0] / 1e12:.0f} TFLOP/s), "
+                 "counting model FLOPs without recompute.")
+    if time.bubble > 0:
+        notes.append(f"Pipeline bubble {time.bubble:.3f} s ({_pct(time.bubble, step)}) with {m} micro-batches over "
+                     f"{plan.pp} stages and {plan.vpp} virtual stage(s): more micro-batches, interleaving (vpp) or "
+                     "fewer stages shrink it.")
+    if plan.pp > 1:
+        notes.append(f"Slowest pipeline stage per micro-batch: stage {int(e.time.critical_stage[0])}; it sets the "
+                     "pace of the pipeline, so moving layers off it (layers_per_stage) shortens the step.")
+    communication = [
+        (time.tp_comm, plan.tp, "Tensor-parallel communication",
+         "keep TP inside the NVLink domain and enable TP communication overlap",
+         "Tensor-parallel collectives are hidden behind the GEMMs (tp_comm_overlap)."),
+        (time.cp_comm, plan.cp, "Context-parallel ring exchange", "longer sequences per rank hide it",
+         "The context-parallel ring exchange is hidden behind attention."),
+        (time.ep_comm, plan.ep, "Expert all-to-all", "an expert-parallel group inside the NVLink domain is faster",
+         "Expert all-to-all is hidden behind the MoE layers' other compute (attention, router, shared experts)."),
+        (time.pp_comm, plan.pp, "Pipeline sends", "fewer stages or a larger micro-batch amortise them", None),
+        (time.dp_comm, plan.dp * plan.cp, "Data-parallel communication",
+         "gradient-reduction overlap and larger batches per step hide more of it",
+         "Data-parallel gradient reduction is hidden behind backward."),
+    ]
+    for seconds, degree, what, advice, hidden in communication:
+        if seconds > 0:
+            notes.append(f"{what} exposed: {seconds:.3f} s ({_pct(seconds, step)}); {advice}.")
+        elif degree > 1 and hidden:
+            notes.append(hidden)
+    notes.append(f"Optimizer update {time.optimizer:.3f} s.")
+    return notes

@@ -1,0 +1,116 @@
+"""The cost model over many plans at once: `evaluate(model, cluster, workload, plans)` → arrays.
+
+`estimate` (one plan, with notes) runs exactly this on a batch of one, so the two cannot disagree.
+Per-stage quantities are (n, P) arrays with P the batch's largest pp; plans are evaluated in groups of
+equal pp so that a pp = 1 plan does not pay for another plan's 16 stages (every row's arithmetic is the
+same whatever its batch, so the grouping changes no number).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, is_dataclass
+
+import numpy as np
+
+from constraints.arrays import PlanArrays
+from constraints.compute import layer_times
+from constraints.efficiency import Efficiency
+from constraints.memory import MemoryArrays, stage_memory
+from constraints.plan import PRECISIONS, Plan, Workload
+from constraints.runtime import RuntimeAllowance
+from constraints.stages import stage_layout, stage_params
+from constraints.states import bytes_per_param, shard_divisors
+from constraints.structure import attention_keys, model_facts
+from constraints.timing import StepTimes, step_times
+from hardware import ClusterSpec
+from models import ModelSpec
+
+
+@dataclass
+class Evaluation:
+    """Cost-model outputs for n plans ((n,) arrays)."""
+
+    memory: MemoryArrays
+    time: StepTimes
+    usable_memory: float
+    fits: np.ndarray
+    tokens_per_s: np.ndarray
+    model_flops_per_step: float
+    model_tflops_per_gpu: np.ndarray
+    mfu: np.ndarray
+    peak_flops: np.ndarray
+
+
+def evaluate(
+    model: ModelSpec,
+    cluster: ClusterSpec,
+    workload: Workload,
+    plans: PlanArrays | Sequence[Plan],
+    *,
+    efficiency: Efficiency | None = None,
+    runtime: RuntimeAllowance | None = None,
+) -> Evaluation:
+    p = plans if isinstance(plans, PlanArrays) else PlanArrays.from_plans(plans)
+    eff = efficiency or Efficiency.default()
+    rt = runtime or RuntimeAllowance.default()
+    depths = np.unique(p.pp)
+    if len(depths) == 1:
+        return _evaluate(model, cluster, workload, p, eff, rt)
+    groups = [np.flatnonzero(p.pp == depth) for depth in depths]
+    parts = [_evaluate(model, cluster, workload, p.take(rows), eff, rt) for rows in groups]
+    return _scatter(parts, groups, len(p))
+
+
+def _scatter(parts: list, groups: list[np.ndarray], n: int):
+    """Reassemble per-group results (dataclasses of (k,) arrays and scalars) into one of n rows."""
+    first = parts[0]
+    if is_dataclass(first):
+        return type(first)(**{f.name: _scatter([getattr(x, f.name) for x in parts], groups, n) for f in fields(first)})
+    if isinstance(first, np.ndarray):
+        out = np.empty(n, dtype=first.dtype)
+        for part, rows in zip(parts, groups, strict=True):
+            out[rows] = part
+        return out
+    return first  # a scalar shared by every group
+
+
+def _evaluate(model: ModelSpec, cluster: ClusterSpec, workload: Workload, p: PlanArrays, eff: Efficiency,
+              rt: RuntimeAllowance) -> Evaluation:
+    f = model_facts(model)
+    layout = stage_layout(f, p)
+    params = stage_params(f, p, layout, train_mtp=workload.train_mtp)
+    per = bytes_per_param(p, f.adafactor_state_ratio)
+    div = shard_divisors(p)
+    kv_latent = (model.mla.kv_lora_rank + model.mla.qk_rope_head_dim) if model.mla else 0
+    memory = stage_memory(f, cluster, p, workload, rt, layout, params, per, div, kv_latent=kv_latent,
+                          kv_head_dim=model.head_dim or 0)
+    times = layer_times(model, f, cluster.gpu, eff, p, workload, attention_keys(model, workload.seq_len, causal=True))
+    step = step_times(f, cluster, eff, p, workload, layout, params, times, per, div)
+
+    usable = float(cluster.gpu.memory_bytes)
+    tokens = workload.global_batch_size * workload.seq_len
+    flops_per_token = model.flops_per_token(workload.seq_len, include_mtp=workload.train_mtp)
+    if not workload.training:
+        flops_per_token /= 3.0  # forward only
+    model_flops = flops_per_token * tokens
+    world = (p.tp * p.pp * p.dp * p.cp).astype(float)
+    peaks = np.array([cluster.gpu.peak_flops.get(name, np.nan) for name in PRECISIONS])[p.precision]
+    # a precision the GPU lacks cannot run: infinite step time, no throughput (rules.precision_supported)
+    supported = np.isfinite(peaks)
+    step.step = np.where(supported, step.step, np.inf)
+    tflops = model_flops / step.step / world / 1e12
+    return Evaluation(
+        memory=memory,
+        time=step,
+        usable_memory=usable,
+        fits=memory.total <= usable,
+        tokens_per_s=tokens / step.step,
+        model_flops_per_step=model_flops,
+        model_tflops_per_gpu=tflops,
+        mfu=np.where(supported, tflops * 1e12 / peaks, 0.0),
+        peak_flops=peaks,
+    )
+
+
+__all__ = ["Evaluation", "evaluate"]

@@ -1,0 +1,189 @@
+"""Memory per GPU for every pipeline stage, and the most loaded one.
+
+Per stage: model states (`constraints.states` × parameters of the stage's GPU, `constraints.stages`),
+activations (`constraints.activations`) times the micro-batches in flight, the LM head and loss peak on
+the last stage, the layers FSDP/ZeRO-3 gathers, the KV cache when serving, and the runtime allowance.
+
+Micro-batches in flight on pipeline rank i (m micro-batches per step):
+- 1F1B and zero-bubble (ZB-H1 keeps 1F1B's peak, Qi et al. 2023 §3): min(pp − i, m) (Narayanan 2021).
+- interleaved with vpp chunks: min(2·(pp − i − 1) + (vpp − 1)·pp + 1, m·vpp) chunks of 1/vpp of the
+  stage (Megatron-LM ``get_pp_warmup_microbatches``), which on rank 0 is pp · (1 + (pp − 1)/(pp·vpp))
+  micro-batches, Megatron's "interleaved schedule memory penalty".
+Gradient buffers: persistent plans hold them throughout; otherwise they appear as backward frees
+activations, so the peak is the larger of the end of forward (all activations, no gradients) and the
+backward of the stage's first layer (one layer's activations, every other gradient); the breakdown
+reports what is present at the peak.
+Transients on top of the kept activations, one at a time: the LM head and loss on the last stage at the
+end of a micro-batch's forward, or one layer rebuilt by full recompute during backward. The optimizer
+step is a second candidate peak: gradients plus the step's temporaries, once activations are freed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from constraints.activations import (
+    first_stage_bytes,
+    head_and_loss_bytes,
+    layer_activations,
+)
+from constraints.arrays import PlanArrays, code
+from constraints.plan import Workload
+from constraints.runtime import RuntimeAllowance
+from constraints.stages import StageLayout, StageParams
+from constraints.states import (
+    BytesPerParam,
+    ShardDivisors,
+    gathers_weights,
+    optimizer_step_temporaries,
+)
+from constraints.structure import ModelFacts
+from hardware import ClusterSpec
+
+
+@dataclass
+class MemoryArrays:
+    """Bytes on one GPU of the most loaded stage and which stage that is, (n,) arrays."""
+
+    weights: np.ndarray
+    gradients: np.ndarray
+    optimizer: np.ndarray
+    activations: np.ndarray
+    kv_cache: np.ndarray
+    overhead: np.ndarray
+    total: np.ndarray
+    stage: np.ndarray
+    in_flight: np.ndarray
+
+
+def recomputed_share(p: PlanArrays, layout: StageLayout) -> np.ndarray:
+    """Share of each rank's layers whose activations follow the plan's recompute mode ((n, P)): all of
+    them, except under ``full`` with ``recompute_layers``, where only that many (Megatron's block method)."""
+    full = (p.recompute == code("recompute", "full"))[:, None]
+    layers = np.maximum(layout.layers, 1)
+    partial = np.minimum(p.recompute_layers[:, None], layers) / layers
+    return np.where(full, partial, 1.0)
+
+
+def micro_batches(p: PlanArrays, w: Workload) -> np.ndarray:
+    """Micro-batches per pipeline per step: global batch / (dp · micro-batch), at least 1."""
+    return np.maximum(w.global_batch_size // (p.dp * p.micro_batch_size), 1)
+
+
+def in_flight(p: PlanArrays, w: Workload, stage_index: np.ndarray) -> np.ndarray:
+    """Micro-batch equivalents of activations held by each stage ((n, P))."""
+    pp = p.pp[:, None]
+    vpp = p.vpp[:, None]
+    m = micro_batches(p, w)[:, None]
+    plain = np.minimum(pp - stage_index, m)
+    chunks = np.minimum(2 * (pp - stage_index - 1) + (vpp - 1) * pp + 1, m * vpp)
+    interleaved = p.schedule[:, None] == code("schedule", "interleaved")
+    return np.where(interleaved, chunks / vpp, plain).astype(float)
+
+
+def kv_cache_bytes_per_token_layer(f: ModelFacts, p: PlanArrays, mla_latent: int, head_dim: int) -> np.ndarray:
+    """Cached bytes per token per layer on one GPU: 2 · (KV heads / tp) · head_dim (KV heads replicated
+    when fewer than tp), or MLA's latent + rope key, which is not split (DeepSeek-V2 §2.1.2)."""
+    b = np.where(p.precision == code("precision", "fp32"), 4.0, 2.0)
+    if mla_latent:
+        return b * mla_latent
+    heads_per_gpu = np.ceil(f.kv_heads / p.tp)
+    return b * 2 * heads_per_gpu * head_dim
+
+
+def stage_memory(
+    f: ModelFacts, cluster: ClusterSpec, p: PlanArrays, w: Workload, runtime: RuntimeAllowance, layout: StageLayout,
+    params: StageParams, per: BytesPerParam, div: ShardDivisors, *, kv_latent: int, kv_head_dim: int,
+) -> MemoryArrays:
+    col = lambda a: np.asarray(a, dtype=float)[:, None]  # noqa: E731 - (n,) → (n, 1) for stage broadcasting
+
+    training = w.training
+    offload_params = col(p.offload == code("offload", "params"))
+    offload_states = col(p.offload != code("offload", "none"))
+    weights = col(per.resident_weights) * (params.dense / col(div.weights) + params.expert / col(div.expert_weights))
+    weights = np.where(offload_params > 0, 0.0, weights)
+    gathered = np.where(col(gathers_weights(p)) > 0, 2 * params.largest_layer * col(per.weights), 0.0)
+    weights = weights + gathered
+    if training:
+        grads = col(per.grads) * (params.dense / col(div.grads) + params.expert / col(div.expert_grads))
+        states_per_param = col(per.master + per.optimizer)
+        states = states_per_param * (params.dense / col(div.states) + params.expert / col(div.expert_states))
+        states = np.where(offload_states > 0, 0.0, states)
+    else:
+        grads = states = np.zeros_like(weights)
+
+    tokens = col(p.micro_batch_size * w.seq_len / p.cp)
+    acts = layer_activations(f, p, w)
+    flight = in_flight(p, w, layout.index) if training else np.ones_like(weights)
+    if training:
+        # full recompute on the first recompute_layers of the rank's layers; the rest keep everything
+        share = recomputed_share(p, layout)
+        dense_kept = share * col(acts.dense_kept) + (1 - share) * col(acts.dense_full)
+        moe_kept = share * col(acts.moe_kept) + (1 - share) * col(acts.moe_full)
+        per_microbatch = layout.dense_layers * dense_kept + layout.moe_layers * moe_kept
+        per_microbatch = per_microbatch + np.where(layout.first, col(first_stage_bytes(f, p, f.head_dim_q)), 0.0)
+        activations = flight * per_microbatch * tokens
+        # on top of what is kept, one transient at a time: the LM head and loss (last stage, end of a
+        # micro-batch's forward) or, with full recompute, one rebuilt layer during backward
+        rebuild = np.maximum(np.where(layout.dense_layers > 0, col(acts.dense_full), 0.0),
+                             np.where(layout.moe_layers > 0, col(acts.moe_full), 0.0))
+        full = col(p.recompute == code("recompute", "full"))
+        transient = np.where(full > 0, rebuild, 0.0)
+    else:  # serving: one layer's working set at a time
+        activations = np.zeros_like(weights)
+        transient = np.maximum(col(acts.dense_full), col(acts.moe_full))
+    transient = np.maximum(transient, np.where(layout.last, col(head_and_loss_bytes(f, p)), 0.0))
+    activations = activations + transient * tokens
+
+    if w.kind == "inference":
+        sequences = col(np.maximum(w.global_batch_size // p.dp, 1))
+        kv = layout.layers * col(kv_cache_bytes_per_token_layer(f, p, kv_latent, kv_head_dim)) * sequences * w.seq_len
+        kv = kv / col(p.cp)
+    else:
+        kv = np.zeros_like(weights)
+
+    # Candidate peaks: forward/backward (activations, plus gradients when their buffers persist) and
+    # the optimizer step (gradients and the step's temporaries, activations freed).
+    persistent = col(p.persistent_grads) > 0
+    compute_phase = activations + np.where(persistent, grads, 0.0)
+    grads_in_compute = np.where(persistent, grads, 0.0)
+    if training:
+        # Without persistent buffers gradients appear as backward proceeds. Backward of the stage's
+        # first layer is the other extreme: every later layer's and the head's gradients exist, of the
+        # kept activations only that layer's remain, plus its rebuild under full recompute.
+        layers = np.maximum(layout.layers, 1)
+        kept_layers = (layout.dense_layers * dense_kept + layout.moe_layers * moe_kept) * tokens
+        late_acts = activations - transient * tokens - kept_layers * (layers - 1) / layers
+        late_acts = late_acts + np.where(full > 0, rebuild, 0.0) * tokens
+        stage_params_total = np.maximum(params.dense + params.expert, 1.0)
+        late_share = np.clip(1 - (params.largest_layer + params.embedding) / stage_params_total, 0.0, 1.0)
+        late = late_acts + late_share * grads
+        use_late = ~persistent & (late > compute_phase)
+        compute_phase = np.where(use_late, late, compute_phase)
+        activations = np.where(use_late, late_acts, activations)
+        grads_in_compute = np.where(use_late, late_share * grads, grads_in_compute)
+    step_temp = col(optimizer_step_temporaries(p, per)) * (params.dense + params.expert) / col(div.states)
+    step_temp = np.where(offload_states > 0, 0.0, step_temp) if training else np.zeros_like(weights)
+    step_phase = grads + step_temp
+    in_step = step_phase > compute_phase
+    grads_at_peak = np.where(in_step, grads, grads_in_compute)
+    activations = np.where(in_step, 0.0, activations)
+    states = states + np.where(in_step, step_temp, 0.0)
+    overhead = col(runtime.fixed_bytes(p, cluster)) + runtime.fragmentation * activations
+    totals = weights + states + grads_at_peak + activations + kv + overhead
+    totals = np.where(layout.valid, totals, -np.inf)
+    stage = np.argmax(totals, axis=1)
+    pick = lambda a: np.take_along_axis(np.broadcast_to(a, totals.shape), stage[:, None], axis=1)[:, 0]  # noqa: E731
+    return MemoryArrays(
+        weights=pick(weights),
+        gradients=pick(grads_at_peak),
+        optimizer=pick(states),
+        activations=pick(activations),
+        kv_cache=pick(kv),
+        overhead=pick(overhead),
+        total=pick(totals),
+        stage=stage,
+        in_flight=pick(flight),
+    )

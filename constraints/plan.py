@@ -1,0 +1,134 @@
+"""`Plan` (how a model runs: parallel degrees and execution choices) and `Workload` (what it runs).
+
+Both are the cost model's inputs; the solver re-exports them. Conventions:
+- World size = tp · pp · dp · cp. Expert parallelism lives inside it (Megatron-Core's convention):
+  ``ep · etp`` must divide ``dp · cp · tp``; ``etp`` (expert tensor parallel) defaults to ``tp``.
+- ``sharding`` of model states over the data-parallel group (dp · cp ranks, as Megatron's distributed
+  optimizer and FSDP shard over DP × CP): ``zero1`` optimizer states and master weights, ``zero2`` +
+  gradients, ``zero3``/``fsdp`` + parameters, ``hsdp`` = fsdp within groups of ``hsdp_shard_size``
+  ranks, replicated across them. ``zero_stage`` is an alias (0–3) kept for DeepSpeed users.
+- ``precision`` is the GEMM precision. With ``master_weights`` (the default, "mixed precision"), bf16 /
+  fp16 / fp8 training keeps fp32 master weights, fp32 gradients for accumulation and reduction, and fp32
+  optimizer states (Megatron-LM, DeepSpeed, FSDP's MixedPrecision); without, weights, gradients and
+  states stay in the parameter dtype (plain ``model.to(bfloat16)`` training). fp8 keeps bf16 weights and
+  activations (Transformer Engine casts per GEMM).
+- ``kernels``: ``fused`` = Megatron-Core / Transformer Engine (fused norms, fused SwiGLU, fused
+  cross-entropy); ``unfused`` = PyTorch eager modules as HF ``transformers`` writes them (the recipe the
+  memory tests measure). ``attention_kernel``: ``flash`` keeps no s² matrix, ``eager`` materialises it.
+- ``recompute``: ``selective`` recomputes the attention core (Korthikanti et al. 2022 §5; Megatron-Core
+  ``--recompute-granularity selective`` with its default module ``core_attn``); ``selective_mm`` is
+  PyTorch selective activation checkpointing with torchtitan's op policy (keep the outputs of attention
+  and of every other matmul, recompute the rest); ``full`` keeps only each layer's input and recomputes the layer — on every layer, or on the
+  first ``recompute_layers`` of each pipeline rank's layers (Megatron-Core ``--recompute-method block
+  --recompute-num-layers``).
+- ``persistent_grads``: gradient buffers live across steps (DDP, FSDP, Megatron, DeepSpeed). A plain
+  single-process loop with ``zero_grad(set_to_none=True)`` frees them each step (False).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
+
+Degree = Annotated[StrictInt, Field(ge=1, le=2**20)]
+
+SHARDINGS = ("none", "zero1", "zero2", "zero3", "fsdp", "hsdp")
+RECOMPUTES = ("none", "selective", "selective_mm", "full")
+PRECISIONS = ("bf16", "fp16", "fp8", "fp32")
+OPTIMIZERS = ("adamw", "adamw8bit", "adafactor", "lion", "sgd")
+OFFLOADS = ("none", "optimizer", "params")
+SCHEDULES = ("1f1b", "interleaved", "zero_bubble")
+KERNELS = ("fused", "unfused")
+ATTENTION_KERNELS = ("flash", "eager")
+WORKLOAD_KINDS = ("pretrain", "finetune", "inference")
+_ZERO_STAGE_SHARDING = {0: "none", 1: "zero1", 2: "zero2", 3: "zero3"}
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Plan(_Frozen):
+    """One way to run a model. Every field has a default; see the module docstring for conventions."""
+
+    tp: Degree = 1
+    pp: Degree = 1
+    dp: Degree = 1
+    cp: Degree = 1
+    ep: Degree = 1
+    etp: Degree | None = None
+    vpp: Degree = 1
+    micro_batch_size: Degree = 1
+    sequence_parallel: bool = False
+    sharding: Literal["none", "zero1", "zero2", "zero3", "fsdp", "hsdp"] = "none"
+    zero_stage: Annotated[StrictInt, Field(ge=0, le=3)] | None = None
+    hsdp_shard_size: Degree | None = None
+    recompute: Literal["none", "selective", "selective_mm", "full"] = "none"
+    recompute_layers: Degree | None = None
+    precision: Literal["bf16", "fp16", "fp8", "fp32"] = "bf16"
+    master_weights: bool = True
+    optimizer: Literal["adamw", "adamw8bit", "adafactor", "lion", "sgd"] = "adamw"
+    offload: Literal["none", "optimizer", "params"] = "none"
+    schedule: Literal["1f1b", "interleaved", "zero_bubble"] | None = None
+    layers_per_stage: tuple[Degree, ...] | None = None
+    kernels: Literal["fused", "unfused"] = "fused"
+    attention_kernel: Literal["flash", "eager"] = "flash"
+    persistent_grads: bool = True
+    tp_comm_overlap: bool = True
+    grad_reduce_overlap: bool = True
+    param_gather_overlap: bool = True
+
+    @model_validator(mode="after")
+    def _normalise(self) -> Plan:
+        """Resolve the aliases (zero_stage, etp, schedule) so that one plan has one form."""
+        if self.zero_stage is not None:
+            implied = _ZERO_STAGE_SHARDING[self.zero_stage]
+            if self.sharding not in ("none", implied) and not (self.zero_stage == 3 and self.sharding == "fsdp"):
+                raise ValueError(f"zero_stage {self.zero_stage} contradicts sharding '{self.sharding}'")
+            if self.sharding == "none":
+                object.__setattr__(self, "sharding", implied)
+        if self.etp is None:
+            object.__setattr__(self, "etp", self.tp)
+        if self.schedule is None:
+            object.__setattr__(self, "schedule", "interleaved" if self.vpp > 1 else "1f1b")
+        if self.sharding == "hsdp" and self.hsdp_shard_size is None:
+            raise ValueError("sharding 'hsdp' needs hsdp_shard_size (the ranks each replica is sharded over)")
+        if self.sharding != "hsdp" and self.hsdp_shard_size is not None:
+            raise ValueError("hsdp_shard_size is only meaningful with sharding 'hsdp'")
+        if self.recompute_layers is not None and self.recompute != "full":
+            raise ValueError("recompute_layers applies to recompute 'full' only")
+        if self.layers_per_stage is not None and len(self.layers_per_stage) != self.pp:
+            raise ValueError(f"layers_per_stage lists {len(self.layers_per_stage)} stages but pp is {self.pp}")
+        return self
+
+    @property
+    def world_size(self) -> int:
+        return self.tp * self.pp * self.dp * self.cp
+
+    @property
+    def shard_group(self) -> int:
+        """Ranks that model states are sharded over (1 when unsharded): dp·cp, or the HSDP shard size."""
+        if self.sharding == "none":
+            return 1
+        if self.sharding == "hsdp":
+            assert self.hsdp_shard_size is not None
+            return self.hsdp_shard_size
+        return self.dp * self.cp
+
+
+class Workload(_Frozen):
+    """What runs: ``seq_len`` tokens per sequence, ``global_batch_size`` sequences per optimizer step
+    (for ``inference``: sequences served at once, each with a ``seq_len``-token context).
+    ``dropout`` is the hidden/attention dropout probability (0 in modern pre-training); ``train_mtp``
+    trains DeepSeek-V3's multi-token-prediction modules too."""
+
+    kind: Literal["pretrain", "finetune", "inference"] = "pretrain"
+    seq_len: Degree
+    global_batch_size: Degree
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    train_mtp: bool = False
+
+    @property
+    def training(self) -> bool:
+        return self.kind != "inference"

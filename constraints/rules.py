@@ -1,0 +1,126 @@
+"""The structural rules a plan must satisfy to run — divisibility, topology, precision, consistency —
+each named, explained and carrying the fix (`constraints.check` adds the memory rule).
+
+The divisibility rules are those Megatron-Core enforces at start-up (``megatron/training/arguments.py``
+``validate_args`` and the model-parallel initialisation): heads and KV heads by TP, layers by PP·VPP,
+experts by EP, expert model parallelism inside the data × context × tensor ranks, sequence by 2·CP for
+load-balanced causal context parallelism, global batch by DP × micro-batch, micro-batches by PP for the
+interleaved schedule. Vocabularies are not checked: frameworks pad them to a multiple of 128·tp.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from constraints.plan import Plan, Workload
+from hardware import ClusterSpec
+from models import ModelSpec
+
+
+class Violation(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    """One broken rule: its name, what is wrong with this plan, and what would fix it."""
+
+    rule: str
+    message: str
+    fix: str
+
+
+def _divisors(n: int, limit: int | None = None) -> str:
+    values = [d for d in range(1, n + 1) if n % d == 0 and (limit is None or d <= limit)]
+    return ", ".join(map(str, values[:12])) + (" ..." if len(values) > 12 else "")
+
+
+def structural_violations(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workload, *,
+                          allow_cross_domain: bool = False) -> list[Violation]:
+    """The rules that need no cost model (divisibility, topology, precision, consistency)."""
+    out: list[Violation] = []
+
+    def rule(name: str, ok: bool, message: str, fix: str) -> None:
+        if not ok:
+            out.append(Violation(rule=name, message=message, fix=fix))
+
+    gpus = cluster.total_gpus
+    rule("world_size", plan.world_size == gpus,
+         f"tp·pp·dp·cp = {plan.tp}·{plan.pp}·{plan.dp}·{plan.cp} = {plan.world_size} but the cluster has {gpus} GPUs",
+         f"choose degrees whose product is {gpus} (e.g. dp = {max(gpus // (plan.tp * plan.pp * plan.cp), 1)})")
+    heads = model.num_attention_heads
+    rule("attention_heads_by_tp", heads % plan.tp == 0,
+         f"{heads} attention heads do not split over tp = {plan.tp}",
+         f"use tp in {_divisors(heads, 64)}")
+    if model.mla is None:
+        kv = model.num_kv_heads
+        rule("kv_heads_by_tp", kv % plan.tp == 0,
+             f"{kv} KV heads do not split over tp = {plan.tp} (Megatron-Core requires num_query_groups % tp == 0)",
+             f"use tp in {_divisors(kv, 64)}")
+    if model.ffn_hidden_size and model.num_dense_layers:
+        rule("ffn_by_tp", model.ffn_hidden_size % plan.tp == 0,
+             f"MLP width {model.ffn_hidden_size} does not split over tp = {plan.tp}",
+             f"use tp in {_divisors(model.ffn_hidden_size, 64)}")
+    if plan.layers_per_stage is None:
+        stages = plan.pp * plan.vpp
+        rule("layers_by_pp", model.num_layers % stages == 0,
+             f"{model.num_layers} layers do not split evenly into pp·vpp = {stages} stages",
+             f"use pp·vpp in {_divisors(model.num_layers)} or give layers_per_stage")
+    else:
+        rule("layers_per_stage_sum", sum(plan.layers_per_stage) == model.num_layers,
+             f"layers_per_stage sums to {sum(plan.layers_per_stage)}, the model has {model.num_layers} layers",
+             "give one layer count per stage that add up to the model's layers")
+        rule("layers_per_stage_vpp", plan.vpp == 1, "layers_per_stage with vpp > 1 is not supported",
+             "use vpp 1 with explicit stages, or the default split with interleaving")
+    m = workload.global_batch_size // max(plan.dp * plan.micro_batch_size, 1)
+    rule("batch_by_dp_microbatch", workload.global_batch_size % (plan.dp * plan.micro_batch_size) == 0,
+         f"global batch {workload.global_batch_size} is not a multiple of dp·micro_batch = {plan.dp * plan.micro_batch_size}",
+         f"use a micro-batch dividing {workload.global_batch_size // plan.dp if workload.global_batch_size >= plan.dp else 1}, or a global batch that is a multiple of {plan.dp * plan.micro_batch_size}")
+    if plan.schedule == "interleaved":
+        rule("interleaved_needs_vpp", plan.vpp > 1 and plan.pp > 1,
+             "the interleaved schedule needs pp > 1 and vpp > 1", "set vpp > 1 with pp > 1, or use 1f1b")
+        rule("interleaved_microbatches_by_pp", m % plan.pp == 0,
+             f"the interleaved schedule needs the {m} micro-batches to be a multiple of pp = {plan.pp}",
+             "change the global batch or the micro-batch size")
+    if plan.vpp > 1:
+        rule("vpp_needs_interleaved", plan.schedule == "interleaved",
+             f"vpp = {plan.vpp} needs the interleaved schedule", "set schedule 'interleaved' or vpp 1")
+    if model.moe is not None:
+        experts = model.moe.num_experts
+        rule("experts_by_ep", experts % plan.ep == 0,
+             f"{experts} experts do not split over ep = {plan.ep}", f"use ep in {_divisors(experts)}")
+        rule("expert_ffn_by_etp", model.moe.expert_ffn_hidden_size % plan.etp == 0,
+             f"expert width {model.moe.expert_ffn_hidden_size} does not split over etp = {plan.etp}",
+             f"use etp in {_divisors(model.moe.expert_ffn_hidden_size, 64)}")
+        inner = plan.dp * plan.cp * plan.tp
+        rule("expert_parallel_inside_dp_cp_tp", inner % (plan.ep * plan.etp) == 0,
+             f"ep·etp = {plan.ep * plan.etp} must divide dp·cp·tp = {inner} (Megatron-Core's expert layout)",
+             "lower ep or etp, or raise dp")
+        rule("moe_tp_needs_sequence_parallel", plan.tp == 1 or plan.sequence_parallel,
+             "Megatron-Core MoE with tp > 1 requires sequence parallelism", "set sequence_parallel")
+    else:
+        rule("ep_without_experts", plan.ep == 1, f"ep = {plan.ep} but {model.name} has no experts", "set ep 1")
+    if plan.cp > 1:
+        rule("sequence_by_2cp", workload.seq_len % (2 * plan.cp) == 0,
+             f"seq_len {workload.seq_len} is not a multiple of 2·cp = {2 * plan.cp} (load-balanced causal context parallelism)",
+             f"use cp with 2·cp dividing {workload.seq_len}")
+    rule("sequence_parallel_needs_tp", plan.tp > 1 or not plan.sequence_parallel,
+         "sequence parallelism needs tp > 1", "unset sequence_parallel or raise tp")
+    domain = cluster.nvlink_domain_gpus
+    rule("tp_cp_inside_nvlink", allow_cross_domain or plan.tp * plan.cp <= max(domain, 1),
+         f"tp·cp = {plan.tp * plan.cp} spans beyond the {domain}-GPU NVLink domain: every layer's collectives would cross the network",
+         f"keep tp·cp ≤ {domain}, or allow crossing the domain explicitly")
+    gpu = cluster.gpu
+    rule("precision_supported", gpu.supports(plan.precision),
+         f"{gpu.display_name} has no {plan.precision} tensor cores",
+         f"use one of {', '.join(p for p in ('bf16', 'fp16', 'fp8', 'fp32') if gpu.supports(p))}")
+    if plan.sharding == "hsdp":
+        rule("hsdp_shard_divides_dp", (plan.dp * plan.cp) % (plan.hsdp_shard_size or 1) == 0,
+             f"hsdp_shard_size {plan.hsdp_shard_size} must divide dp·cp = {plan.dp * plan.cp}",
+             f"use a shard size in {_divisors(plan.dp * plan.cp)}")
+    rule("param_offload_needs_sharding", plan.offload != "params" or plan.sharding in ("zero3", "fsdp", "hsdp"),
+         "offloading parameters needs ZeRO-3/FSDP/HSDP (DeepSpeed offload_param, FSDP CPUOffload)",
+         "set sharding zero3 or fsdp")
+    return out
+
+
+UNPRICEABLE = ("precision_supported", "layers_per_stage_sum")
+"""Rules without which the cost model has no meaning (no tensor cores for the precision; stages that
+do not hold the model): `estimate` refuses such plans, `check` reports them alone."""

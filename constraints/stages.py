@@ -1,0 +1,129 @@
+"""Which layers each pipeline rank holds, and how many parameters sit on one GPU of each rank.
+
+Default split (no ``layers_per_stage``): the L layers are cut into pp · vpp virtual stages of L // (pp·vpp)
+layers; the remainder goes one layer each to the virtual stages in the middle, because the first and the
+last stage also carry the embedding and the LM head. Rank i holds virtual stages i, i + pp, i + 2·pp, …
+(Megatron's interleaved assignment, Narayanan et al. 2021 §2.2); with vpp = 1 that is one contiguous block.
+
+Parameters per GPU of a stage (Megatron-Core's placement): attention, dense MLPs and shared experts split
+by tp; norms and routers replicated; routed experts split by ep (whole experts) and etp (inside an
+expert); the token embedding (vocab-parallel, /tp) and learned positions on the first stage; the LM head
+(/tp) and final norm on the last stage, where a tied head is a second copy unless pp = 1; DeepSeek-V3's MTP
+modules on the last stage when trained.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from constraints.arrays import PlanArrays
+from constraints.structure import ModelFacts
+
+
+@dataclass
+class StageLayout:
+    """(n, P) arrays, P = the largest pp of the batch; stages >= a plan's pp are invalid (zeros)."""
+
+    valid: np.ndarray
+    first: np.ndarray
+    last: np.ndarray
+    index: np.ndarray
+    layers: np.ndarray
+    moe_layers: np.ndarray
+
+    @property
+    def dense_layers(self) -> np.ndarray:
+        return self.layers - self.moe_layers
+
+
+def stage_layout(facts: ModelFacts, p: PlanArrays) -> StageLayout:
+    n = len(p)
+    explicit = p.layers_per_stage
+    width = int(p.pp.max()) if explicit is None else max(int(p.pp.max()), explicit.shape[1])
+    index = np.broadcast_to(np.arange(width), (n, width))
+    pp = p.pp[:, None]
+    valid = index < pp
+    layers, moe = _default_split(facts, p, index, valid)
+    if explicit is not None:  # rows with explicit stages (all-zero rows use the default split)
+        given = np.zeros((n, width), dtype=np.int64)
+        given[:, : explicit.shape[1]] = explicit
+        given = np.where(valid, given, 0)
+        starts = np.cumsum(given, axis=1) - given
+        ends = np.minimum(starts + given, facts.layers)
+        given_moe = facts.moe_prefix[ends] - facts.moe_prefix[np.minimum(starts, facts.layers)]
+        has = (given.sum(axis=1) > 0)[:, None]
+        layers = np.where(has, given, layers)
+        moe = np.where(has, given_moe, moe)
+    return StageLayout(
+        valid=valid,
+        first=index == 0,
+        last=index == pp - 1,
+        index=index,
+        layers=layers,
+        moe_layers=moe,
+    )
+
+
+def _default_split(facts: ModelFacts, p: PlanArrays, index: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(layers, MoE layers) per rank under the default split (module docstring), (n, P)."""
+    pp = p.pp[:, None]
+    chunk = np.arange(int(p.vpp.max()))[None, None, :]  # k: which virtual stage of the rank
+    vpp = p.vpp[:, None, None]
+    total = pp[:, :, None] * vpp  # virtual stages S
+    virtual = chunk * pp[:, :, None] + index[:, :, None]  # v = k·pp + i
+    base = facts.layers // total
+    rem = facts.layers % total
+    lo = (total - rem) // 2
+    extra_before = np.clip(virtual - lo, 0, rem)
+    size = base + ((virtual >= lo) & (virtual < lo + rem))
+    start = virtual * base + extra_before
+    live = (chunk < vpp) & valid[:, :, None]
+    start = np.where(live, np.minimum(start, facts.layers), 0)
+    end = np.where(live, np.minimum(start + size, facts.layers), 0)
+    return (end - start).sum(axis=2), (facts.moe_prefix[end] - facts.moe_prefix[start]).sum(axis=2)
+
+
+@dataclass
+class StageParams:
+    """Parameters on ONE GPU of each stage, (n, P): ``dense`` ones (sharded over the data-parallel group)
+    and ``expert`` ones (sharded over the expert-data-parallel group), those of one layer (the unit
+    FSDP/ZeRO-3 gathers at a time) and the input embedding's (first stage)."""
+
+    dense: np.ndarray
+    expert: np.ndarray
+    largest_layer: np.ndarray
+    embedding: np.ndarray
+
+
+def stage_params(facts: ModelFacts, p: PlanArrays, layout: StageLayout, *, train_mtp: bool) -> StageParams:
+    tp = p.tp[:, None].astype(float)
+    ep = p.ep[:, None].astype(float)
+    etp = p.etp[:, None].astype(float)
+    per_layer_split = facts.attention_params / tp + facts.norm_params_per_layer
+    dense = (
+        layout.layers * per_layer_split
+        + layout.dense_layers * facts.dense_mlp_params / tp
+        + layout.moe_layers * (facts.shared_params / tp + facts.router_params)
+    )
+    token_embedding = facts.embedding_params - facts.position_params
+    embedding = np.where(layout.first, token_embedding / tp + facts.position_params, 0.0)
+    dense = dense + embedding
+    separate_head = (not facts.tied) or (p.pp[:, None] > 1)
+    head = np.where(separate_head, facts.head_params / tp, 0.0) + facts.final_norm_params
+    dense = dense + np.where(layout.last, head, 0.0)
+    if train_mtp and facts.mtp_layers:
+        dense = dense + np.where(layout.last, facts.mtp_layers * facts.mtp_params / tp, 0.0)
+    experts_per_gpu = facts.experts / ep
+    expert = layout.moe_layers * experts_per_gpu * facts.expert_params / etp
+    dense_layer = per_layer_split + facts.dense_mlp_params / tp
+    moe_layer = per_layer_split + facts.shared_params / tp + facts.router_params + experts_per_gpu * facts.expert_params / etp
+    largest = np.where(layout.moe_layers > 0, moe_layer, 0.0)
+    largest = np.maximum(largest, np.where(layout.dense_layers > 0, dense_layer, 0.0))
+    return StageParams(
+        dense=np.where(layout.valid, dense, 0.0),
+        expert=np.where(layout.valid, expert, 0.0),
+        largest_layer=np.where(layout.valid, largest, 0.0),
+        embedding=np.where(layout.valid, embedding, 0.0),
+    )

@@ -1,0 +1,117 @@
+"""Bytes of model states per parameter on one GPU: weights, gradients, fp32 master weights, optimizer
+states, and how ZeRO / FSDP / HSDP shard each and offload removes them.
+
+Per parameter (Rajbhandari et al. 2020, "ZeRO", §3; Megatron-LM ``theoretical_memory_usage.py``:
+18 bytes per parameter without, 6 + 12/d with the distributed optimizer):
+- working weights: 2 bytes (bf16, fp16, and fp8 training, which keeps bf16 weights and casts per GEMM),
+  4 bytes (fp32); FSDP/HSDP with mixed precision keep none between uses (the fp32 shard is the master);
+- with master weights (mixed precision): a 4-byte fp32 master copy, 4-byte fp32 gradients (Megatron
+  accumulates and reduces gradients in fp32), and optimizer states in fp32; without: gradients and
+  states in the weight dtype;
+- optimizer states: AdamW 2 moments; 8-bit AdamW 2 one-byte moments (bitsandbytes block-wise
+  quantisation, plus one fp32 absmax per 2048-value block and moment); Lion 1 moment (Chen et al. 2023);
+  SGD with momentum 1; Adafactor its factored second moment (`ModelFacts.adafactor_state_ratio`).
+Sharding groups: ZeRO-1 shards master weights and optimizer states, ZeRO-2 also gradients, ZeRO-3 / FSDP
+/ HSDP also weights; dense parameters over the data-parallel group (dp · cp, or the HSDP shard size),
+routed experts over the expert-data-parallel group dp · cp · tp / (ep · etp) (Megatron-Core). Offloading
+the optimizer moves master weights and optimizer states to the host; offloading parameters (ZeRO-Infinity,
+FSDP CPU offload) also the weights, leaving only what is gathered for the layer being computed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from constraints.arrays import PlanArrays, code
+
+ADAM_8BIT_BLOCK = 2048  # bitsandbytes block-wise quantisation block size (Dettmers et al. 2022, §2)
+
+
+@dataclass
+class BytesPerParam:
+    """(n,) arrays: bytes per parameter before sharding. ``weights`` is the compute copy (what GEMMs read
+    and FSDP gathers); ``resident_weights`` what stays on the GPU of it between uses."""
+
+    weights: np.ndarray
+    resident_weights: np.ndarray
+    grads: np.ndarray
+    master: np.ndarray
+    optimizer: np.ndarray
+
+
+def bytes_per_param(p: PlanArrays, adafactor_state_ratio: float) -> BytesPerParam:
+    fp32 = p.precision == code("precision", "fp32")
+    weights = np.where(fp32, 4.0, 2.0)
+    mixed = p.master_weights & ~fp32
+    state = np.where(mixed | fp32, 4.0, weights)
+    grads = np.where(mixed, 4.0, weights)
+    master = np.where(mixed, 4.0, 0.0)
+    opt = p.optimizer
+    moments = np.select(
+        [opt == code("optimizer", "adamw"), opt == code("optimizer", "adamw8bit"), opt == code("optimizer", "lion"),
+         opt == code("optimizer", "sgd")],
+        [2.0 * state, 2.0 * (1.0 + 4.0 / ADAM_8BIT_BLOCK), state, state],
+        default=adafactor_state_ratio * state,
+    )
+    # FSDP / HSDP with mixed precision shard the fp32 parameters themselves (the master copy) and cast
+    # to the compute dtype only in the per-layer all-gather (FSDP2 MixedPrecisionPolicy, FSDP1
+    # MixedPrecision): no resident low-precision copy. DeepSpeed ZeRO-3 keeps fp16/bf16 partitions too.
+    fsdp = (p.sharding == code("sharding", "fsdp")) | (p.sharding == code("sharding", "hsdp"))
+    resident = np.where(fsdp & mixed, 0.0, weights)
+    return BytesPerParam(weights=weights, resident_weights=resident, grads=grads, master=master, optimizer=moments)
+
+
+def expert_data_parallel(p: PlanArrays) -> np.ndarray:
+    """Ranks holding the same expert shard: dp · cp · tp / (ep · etp) (Megatron-Core's expert DP group)."""
+    return np.maximum(p.dp * p.cp * p.tp // (p.ep * p.etp), 1)
+
+
+@dataclass
+class ShardDivisors:
+    """What each state is divided by, for dense and for expert parameters ((n,) arrays)."""
+
+    weights: np.ndarray
+    grads: np.ndarray
+    states: np.ndarray
+    expert_weights: np.ndarray
+    expert_grads: np.ndarray
+    expert_states: np.ndarray
+
+
+def shard_divisors(p: PlanArrays) -> ShardDivisors:
+    s = p.sharding
+    group = p.shard_group.astype(float)
+    expert_group = np.minimum(expert_data_parallel(p), np.where(s == code("sharding", "hsdp"), group, np.inf))
+    expert_group = np.where(s == code("sharding", "none"), 1.0, expert_group)
+    shards_weights = (s == code("sharding", "zero3")) | (s == code("sharding", "fsdp")) | (s == code("sharding", "hsdp"))
+    shards_grads = shards_weights | (s == code("sharding", "zero2"))
+    shards_states = shards_grads | (s == code("sharding", "zero1"))
+    one = np.ones_like(group)
+    return ShardDivisors(
+        weights=np.where(shards_weights, group, one),
+        grads=np.where(shards_grads, group, one),
+        states=np.where(shards_states, group, one),
+        expert_weights=np.where(shards_weights, expert_group, one),
+        expert_grads=np.where(shards_grads, expert_group, one),
+        expert_states=np.where(shards_states, expert_group, one),
+    )
+
+
+def gathers_weights(p: PlanArrays) -> np.ndarray:
+    """Plans whose weights are sharded and all-gathered per layer (ZeRO-3, FSDP, HSDP) or offloaded."""
+    s = p.sharding
+    return (s == code("sharding", "zero3")) | (s == code("sharding", "fsdp")) | (s == code("sharding", "hsdp")) | (
+        p.offload == code("offload", "params")
+    )
+
+
+def optimizer_step_temporaries(p: PlanArrays, per: BytesPerParam) -> np.ndarray:
+    """Bytes per parameter the optimizer step allocates transiently. PyTorch's foreach AdamW (the
+    default on GPUs) builds one full list ``exp_avg_sq.sqrt()`` in the state dtype (torch.optim.adam
+    ``_multi_tensor_adam``); foreach SGD and the fused optimizers of Megatron / Transformer Engine /
+    DeepSpeed update in place. Only ``unfused`` plans run PyTorch's optimizers."""
+    adamw = p.optimizer == code("optimizer", "adamw")
+    unfused = p.kernels == code("kernels", "unfused")
+    return np.where(adamw & unfused, per.optimizer / 2.0, 0.0)

@@ -1,0 +1,336 @@
+"""The cost model against formulas other people wrote and against its own invariants.
+
+References: Megatron-LM's ``megatron/training/theoretical_memory_usage.py`` (activations per layer with
+sequence parallelism + selective recompute, and without sequence parallelism; 18 bytes per parameter,
+6 + 12/d with the distributed optimizer; the interleaved schedule's memory penalty), DeepSeek-V2 §2.1.2
+(MLA caches kv_lora_rank + rope dims per token and layer), and the pipeline bubble (pp − 1)/(vpp · m)
+of Narayanan et al. 2021. The PyTorch measurements are in test_memory_reference.py, the published runs
+in test_published_runs.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+
+from constraints import (
+    Efficiency,
+    Plan,
+    PlanArrays,
+    RuntimeAllowance,
+    Workload,
+    estimate,
+    evaluate,
+)
+from constraints.activations import layer_activations
+from constraints.structure import model_facts
+from hardware import load_cluster
+from models import load_model
+
+GIB = 2**30
+LLAMA_8B = load_model("llama-3.1-8b")
+LLAMA_70B = load_model("llama-3.1-70b")
+GPT3 = load_model("gpt-3-175b")
+DEEPSEEK = load_model("deepseek-v3")
+MIXTRAL = load_model("mixtral-8x7b")
+PRETRAIN = Workload(kind="pretrain", seq_len=4096, global_batch_size=256)
+
+
+def h100(nodes: int):
+    return load_cluster("dgx-h100", nodes=nodes)
+
+
+# -- Megatron-LM's theoretical memory ------------------------------------------------------------------
+
+@pytest.mark.parametrize("tp", [1, 2, 8])
+def test_fused_layer_matches_megatron_with_sequence_parallel_and_selective_recompute(tp):
+    """Megatron: s·b·h·(18 + 4·f/h)/t per layer (Korthikanti Table 2, 34·s·b·h/t for f = 4h); ours adds
+    only the two norms' fp32 1/σ (4 bytes per token each), which Megatron leaves out."""
+    h, f = GPT3.hidden_size, GPT3.ffn_hidden_size
+    plan = Plan(tp=tp, sequence_parallel=tp > 1, recompute="selective")
+    ours = layer_activations(model_facts(GPT3), PlanArrays.from_plans([plan]), Workload(
+        seq_len=2048, global_batch_size=8, dropout=0.1)).dense_kept[0]
+    megatron = (18 + 4 * f / h) * h / tp
+    assert ours == pytest.approx(megatron + 8 / tp, abs=1e-9)
+
+
+@pytest.mark.parametrize("tp", [1, 2, 8])
+def test_fused_layer_matches_megatron_without_sequence_parallel(tp):
+    """Megatron: s·b·h·(10 + 24/t) per layer; ours adds the norms' 1/σ and flash attention's fp32
+    log-sum-exp per head (4·a/t bytes per token)."""
+    h, a = GPT3.hidden_size, GPT3.num_attention_heads
+    plan = Plan(tp=tp, recompute="none")
+    ours = layer_activations(model_facts(GPT3), PlanArrays.from_plans([plan]), Workload(
+        seq_len=2048, global_batch_size=8, dropout=0.1)).dense_kept[0]
+    assert ours == pytest.approx((10 + 24 / tp) * h + 8 + 4 * a / tp, abs=1e-9)
+
+
+@pytest.mark.parametrize("pp,vpp", [(4, 2), (8, 5), (16, 4)])
+def test_interleaved_first_stage_holds_megatrons_penalty(pp, vpp):
+    """Megatron: interleaving multiplies the first stage's pp in-flight micro-batches by
+    1 + (pp − 1)/(pp · vpp)."""
+    plan = Plan(tp=8, pp=pp, dp=64 // (8 * pp) if pp <= 8 else 1, vpp=vpp, sequence_parallel=True)
+    cluster = h100(plan.world_size // 8)
+    layers = pp * vpp
+    model = load_model({"name": "uniform", "hidden_size": 4096, "num_layers": layers, "num_attention_heads": 32,
+                        "ffn_hidden_size": 14336, "vocab_size": 32000})
+    est = estimate(model, cluster, plan, Workload(seq_len=4096, global_batch_size=512 * plan.dp))
+    assert est.memory.stage == 0
+    assert est.memory.in_flight_microbatches == pytest.approx(pp * (1 + (pp - 1) / (pp * vpp)))
+
+
+def test_one_f_one_b_stage_i_holds_pp_minus_i_microbatches():
+    cluster = h100(1)
+    model = LLAMA_8B
+    for pp in (2, 4, 8):
+        plan = Plan(pp=pp, dp=8 // pp)
+        work = Workload(seq_len=4096, global_batch_size=64 * plan.dp)
+        evaluation = evaluate(model, cluster, work, [plan])
+        assert evaluation.memory.in_flight[0] == min(pp - evaluation.memory.stage[0], 64)
+    few = Plan(pp=8)  # 2 micro-batches: no stage holds more than 2
+    est = estimate(model, cluster, few, Workload(seq_len=4096, global_batch_size=2))
+    assert est.memory.in_flight_microbatches == 2
+
+
+@pytest.mark.parametrize("sharding,bytes_per_param", [("none", 18.0), ("zero1", 6 + 12 / 8)])
+def test_model_states_match_megatrons_bytes_per_parameter(sharding, bytes_per_param):
+    """Megatron: 18 bytes per parameter (bf16 weights, fp32 gradients, fp32 master and two Adam moments),
+    6 + 12/d with the distributed optimizer (ZeRO-1 over the data-parallel group)."""
+    plan = Plan(dp=8, sharding=sharding, precision="bf16", optimizer="adamw")
+    mem = estimate(LLAMA_8B, h100(1), plan, PRETRAIN).memory
+    states = mem.weights + mem.gradients + mem.optimizer
+    assert states == pytest.approx(bytes_per_param * LLAMA_8B.total_params, rel=1e-12)
+
+
+# -- model states --------------------------------------------------------------------------------------
+
+def test_sharding_stages_shrink_states_in_order():
+    cluster = h100(2)
+    states = {}
+    for sharding in ("none", "zero1", "zero2", "zero3"):
+        mem = estimate(LLAMA_70B, cluster, Plan(tp=8, dp=2, sharding=sharding, sequence_parallel=True), PRETRAIN).memory
+        states[sharding] = (mem.weights, mem.gradients, mem.optimizer)
+    assert states["zero1"][2] == pytest.approx(states["none"][2] / 2)          # optimizer + master halve
+    assert states["zero1"][:2] == states["none"][:2]
+    assert states["zero2"][1] == pytest.approx(states["none"][1] / 2)          # + gradients
+    assert states["zero3"][0] < states["none"][0]                               # + weights (one layer gathered)
+
+
+def test_distributed_optimizer_shards_over_data_and_context_parallel_ranks():
+    cluster = h100(1)
+    plain = estimate(LLAMA_8B, cluster, Plan(dp=8, sharding="zero1"), PRETRAIN).memory
+    with_cp = estimate(LLAMA_8B, cluster, Plan(dp=4, cp=2, sharding="zero1"), PRETRAIN).memory
+    assert with_cp.optimizer == plain.optimizer  # 8 = dp · cp ranks either way
+
+
+def test_fsdp_keeps_fp32_shards_and_no_resident_bf16_copy():
+    """FSDP2 mixed precision: 4 (fp32 shard) + 4 (fp32 gradient) + 8 (Adam) bytes per parameter / d,
+    and in bf16 only the layers gathered for compute (the current one and the prefetched next)."""
+    mem = estimate(LLAMA_8B, h100(1), Plan(dp=8, sharding="fsdp"), PRETRAIN).memory
+    assert mem.gradients + mem.optimizer == pytest.approx(16 * LLAMA_8B.total_params / 8, rel=1e-12)
+    h, f, kv = 4096, 14336, 8 * 128
+    layer = h * (h + 2 * kv + h) + 3 * h * f + 2 * h  # q, k, v, o; gate, up, down; two RMSNorms
+    assert mem.weights == 2 * layer * 2
+
+
+def test_hsdp_shards_within_its_group():
+    cluster = h100(4)
+    hsdp = estimate(LLAMA_8B, cluster, Plan(dp=32, sharding="hsdp", hsdp_shard_size=8), PRETRAIN).memory
+    fsdp8 = estimate(LLAMA_8B, h100(1), Plan(dp=8, sharding="fsdp"), Workload(seq_len=4096, global_batch_size=64)).memory
+    assert hsdp.optimizer == pytest.approx(fsdp8.optimizer)
+
+
+@pytest.mark.parametrize("optimizer,state_bytes", [("adamw", 8.0), ("adamw8bit", 2 * (1 + 4 / 2048)),
+                                                    ("lion", 4.0), ("sgd", 4.0)])
+def test_optimizer_state_bytes(optimizer, state_bytes):
+    """fp32 master (4 bytes) plus the optimizer's states: Adam 2 fp32 moments, bitsandbytes 8-bit Adam
+    2 one-byte moments with an fp32 absmax per 2048-value block, Lion and SGD one fp32 moment."""
+    mem = estimate(LLAMA_8B, h100(1), Plan(dp=8, optimizer=optimizer), PRETRAIN).memory
+    assert mem.optimizer == pytest.approx((4 + state_bytes) * LLAMA_8B.total_params, rel=1e-12)
+
+
+def test_adafactor_keeps_factored_second_moments_only():
+    adafactor = estimate(LLAMA_8B, h100(1), Plan(dp=8, optimizer="adafactor"), PRETRAIN).memory.optimizer
+    master = 4 * LLAMA_8B.total_params
+    assert 0 < adafactor - master < 0.01 * master  # row + column statistics: ~ (m + n)/(m·n) of a matrix
+
+
+def test_offload_moves_states_to_the_host():
+    cluster = h100(1)
+    kept = estimate(LLAMA_8B, cluster, Plan(dp=8, sharding="zero3"), PRETRAIN).memory
+    optimizer_off = estimate(LLAMA_8B, cluster, Plan(dp=8, sharding="zero3", offload="optimizer"), PRETRAIN).memory
+    params_off = estimate(LLAMA_8B, cluster, Plan(dp=8, sharding="zero3", offload="params"), PRETRAIN).memory
+    assert kept.optimizer > 0 and optimizer_off.optimizer == 0
+    assert params_off.weights < optimizer_off.weights
+
+
+# -- activations ----------------------------------------------------------------------------------------
+
+def test_context_parallelism_splits_the_sequence():
+    cluster = h100(1)
+    one = estimate(LLAMA_8B, cluster, Plan(dp=8), PRETRAIN).memory.activations
+    two = estimate(LLAMA_8B, cluster, Plan(dp=4, cp=2), PRETRAIN).memory.activations
+    assert two == pytest.approx(one / 2, rel=0.01)
+
+
+def test_sequence_parallelism_splits_the_replicated_regions():
+    cluster = h100(1)
+    without = estimate(LLAMA_8B, cluster, Plan(tp=8), PRETRAIN).memory.activations
+    with_sp = estimate(LLAMA_8B, cluster, Plan(tp=8, sequence_parallel=True), PRETRAIN).memory.activations
+    assert with_sp < 0.6 * without
+
+
+def test_recompute_ladder():
+    cluster = h100(1)
+    acts = {mode: estimate(LLAMA_8B, cluster, Plan(dp=8, recompute=mode), PRETRAIN).memory.activations
+            for mode in ("none", "selective", "selective_mm", "full")}
+    assert acts["full"] < acts["selective_mm"] < acts["selective"] <= acts["none"]
+    partial = estimate(LLAMA_8B, cluster, Plan(dp=8, recompute="full", recompute_layers=16), PRETRAIN).memory.activations
+    assert acts["full"] < partial < acts["none"]
+
+
+def test_eager_attention_keeps_the_score_matrix():
+    cluster = h100(1)
+    flash = estimate(LLAMA_8B, cluster, Plan(dp=8), PRETRAIN).memory.activations
+    eager = estimate(LLAMA_8B, cluster, Plan(dp=8, attention_kernel="eager"), PRETRAIN).memory.activations
+    # fused eager softmax keeps the bf16 scores, 2 bytes per head and (query, key) pair, where flash
+    # attention kept an fp32 log-sum-exp per head and query
+    layers, heads, s = LLAMA_8B.num_layers, LLAMA_8B.num_attention_heads, 4096
+    assert eager - flash == layers * heads * s * (2 * s - 4)
+
+
+def test_dropout_adds_its_masks():
+    """One byte per hidden element for each of the two dropout masks after attention and the MLP."""
+    plan = PlanArrays.from_plans([Plan()])
+    facts = model_facts(GPT3)
+    without = layer_activations(facts, plan, Workload(seq_len=2048, global_batch_size=1)).dense_kept[0]
+    with_masks = layer_activations(facts, plan, Workload(seq_len=2048, global_batch_size=1, dropout=0.1)).dense_kept[0]
+    assert with_masks - without == 2 * GPT3.hidden_size
+
+
+def test_uneven_stages_pick_the_most_loaded_rank():
+    cluster = h100(1)
+    work = Workload(seq_len=4096, global_batch_size=64)
+    back_heavy = estimate(LLAMA_8B, cluster, Plan(pp=2, dp=4, layers_per_stage=(2, 30)), work)
+    front_heavy = estimate(LLAMA_8B, cluster, Plan(pp=2, dp=4, layers_per_stage=(30, 2)), work)
+    assert back_heavy.memory.stage == 1 and front_heavy.memory.stage == 0
+
+
+def test_kv_cache_for_serving():
+    """batch × context × layers × 2 · kv_heads · head_dim × bytes; MLA caches kv_lora_rank + rope dims."""
+    serve = Workload(kind="inference", seq_len=8192, global_batch_size=16)
+    llama = estimate(LLAMA_8B, h100(1), Plan(tp=1, dp=8), serve).memory.kv_cache
+    assert llama == 16 // 8 * 8192 * 32 * 2 * 8 * 128 * 2
+    split = estimate(LLAMA_8B, h100(1), Plan(tp=8), serve).memory.kv_cache
+    assert split == 16 * 8192 * 32 * 2 * 1 * 128 * 2  # 8 KV heads over 8 GPUs: one each
+    deepseek = estimate(DEEPSEEK, h100(4), Plan(tp=8, pp=4), serve).memory.kv_cache
+    per_token = DEEPSEEK.kv_cache_elements_per_token * 2  # (512 + 64) · 61 bf16 elements
+    assert per_token == (512 + 64) * 61 * 2
+    # the rank with the most layers holds ⌈61/4⌉ of them; MLA's latent is not split by tp
+    assert deepseek == 16 * 8192 * 16 * (512 + 64) * 2
+
+
+# -- runtime allowance ----------------------------------------------------------------------------------
+
+def test_runtime_allowance_terms_are_adjustable():
+    cluster = h100(1)
+    plan = Plan(tp=8)
+    base = estimate(LLAMA_8B, cluster, plan, PRETRAIN)
+    more = estimate(LLAMA_8B, cluster, plan, PRETRAIN, runtime=dataclasses.replace(
+        RuntimeAllowance.default(), cuda_context_bytes=RuntimeAllowance.default().cuda_context_bytes + GIB))
+    assert more.memory.overhead - base.memory.overhead == GIB
+    assert more.memory.total - base.memory.total == GIB
+
+
+def test_expert_all_to_all_across_nodes_uses_network_channels_per_peer():
+    """NCCL opens all fast-domain channels (32 on a DGX H100) per peer inside a node, and
+    max(1, ⌈NIC bandwidth / 14 GB/s⌉) per peer once a peer is remote (src/graph/paths.cc)."""
+    runtime = RuntimeAllowance.default()
+    plans = PlanArrays.from_plans([Plan(dp=8, ep=8), Plan(dp=16, ep=16)])
+    inside, across = runtime.nccl_bytes(plans, h100(2))
+    per_channel = runtime.nccl_bytes_per_peer_channel
+    ring = runtime.nccl_channels * per_channel  # the data-parallel ring
+    assert inside == ring + 7 * 32 * per_channel
+    net_channels = math.ceil(h100(2).node.nic_bandwidth_per_gpu / 14e9)
+    assert net_channels == 4  # 400 Gb/s = 50 GB/s per GPU
+    assert across == ring + 15 * net_channels * per_channel
+
+
+# -- time -----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("schedule,vpp,beta", [("1f1b", 1, 1.0), ("interleaved", 2, 0.5), ("zero_bubble", 1, 1 / 3)])
+def test_pipeline_bubble_is_at_most_pp_minus_one_over_vpp_m(schedule, vpp, beta):
+    """Bubble / busy time = β · (Σ tᵢ − max tᵢ)/(m · max tᵢ) ≤ β · (pp − 1)/m, equal for balanced stages."""
+    pp, m = 4, 32
+    plan = Plan(tp=8, pp=pp, vpp=vpp, schedule=schedule, sequence_parallel=True)
+    est = estimate(LLAMA_70B, h100(4), plan, Workload(seq_len=4096, global_batch_size=m))
+    t = est.time
+    busy = t.compute + t.tp_comm + t.cp_comm + t.ep_comm + t.pp_comm
+    bound = beta * (pp - 1) / m
+    assert 0.85 * bound <= t.bubble / busy <= bound + 1e-12
+
+
+def test_step_time_parts_add_up():
+    est = estimate(MIXTRAL, h100(4), Plan(tp=2, pp=2, dp=8, ep=8, sequence_parallel=True, sharding="zero1"), PRETRAIN)
+    t = est.time
+    parts = t.compute + t.tp_comm + t.cp_comm + t.ep_comm + t.dp_comm + t.pp_comm + t.bubble + t.optimizer
+    assert parts == pytest.approx(est.step_time_s, rel=1e-12)
+    assert est.tokens_per_s == pytest.approx(PRETRAIN.global_batch_size * PRETRAIN.seq_len / est.step_time_s)
+
+
+def test_mfu_counts_model_flops_without_recompute():
+    cluster = h100(1)
+    plain = estimate(LLAMA_8B, cluster, Plan(dp=8), PRETRAIN)
+    full = estimate(LLAMA_8B, cluster, Plan(dp=8, recompute="full"), PRETRAIN)
+    flops = LLAMA_8B.flops_per_token(PRETRAIN.seq_len) * PRETRAIN.seq_len * PRETRAIN.global_batch_size
+    peak = cluster.gpu.peak_flops["bf16"]
+    for est in (plain, full):
+        assert est.mfu == pytest.approx(flops / (est.step_time_s * 8 * peak), rel=1e-12)
+    assert full.step_time_s > plain.step_time_s and full.mfu < plain.mfu
+
+
+def test_tensor_parallel_communication_follows_the_fabric():
+    cluster = h100(2)
+    plan = Plan(tp=8, pp=2, sequence_parallel=True, tp_comm_overlap=False)
+    fast = estimate(LLAMA_70B, cluster, plan, PRETRAIN).time.tp_comm
+    slow_nvlink = Efficiency.default().with_overrides({"network_bus": {"intra_node": 0.4}})
+    slow = estimate(LLAMA_70B, cluster, plan, PRETRAIN, efficiency=slow_nvlink).time.tp_comm
+    assert 1.8 * fast < slow < 2 * fast  # half the bus bandwidth: twice the transfer, the same latency
+    overlapped = estimate(LLAMA_70B, cluster, plan.model_copy(update={"tp_comm_overlap": True}), PRETRAIN).time.tp_comm
+    assert overlapped < fast
+    across = estimate(LLAMA_70B, cluster, Plan(tp=16, sequence_parallel=True, tp_comm_overlap=False), PRETRAIN)
+    assert across.time.tp_comm > 3 * fast  # a TP group spanning two nodes runs over the NICs
+
+
+def test_data_parallel_reduction_is_hidden_by_overlap():
+    cluster = h100(4)
+    plan = Plan(tp=8, dp=4, sequence_parallel=True, sharding="zero1")
+    small = Workload(seq_len=4096, global_batch_size=4)
+    exposed = estimate(LLAMA_70B, cluster, plan.model_copy(update={"grad_reduce_overlap": False}), small).time.dp_comm
+    hidden = estimate(LLAMA_70B, cluster, plan, small).time.dp_comm
+    assert hidden < exposed
+
+
+def test_efficiency_overrides_change_what_they_name():
+    cluster = h100(1)
+    plan = Plan(dp=8)
+    base = estimate(LLAMA_8B, cluster, plan, PRETRAIN)
+    faster = estimate(LLAMA_8B, cluster, plan, PRETRAIN,
+                      efficiency=Efficiency.default().with_overrides({"gemm": {"hopper": {"bf16": 0.8}}}))
+    assert faster.time.compute < base.time.compute
+    assert faster.memory == base.memory
+    fp8_untouched = Efficiency.default().with_overrides({"gemm": {"hopper": {"bf16": 0.8}}})
+    assert fp8_untouched.gemm["hopper"]["fp8"] == Efficiency.default().gemm["hopper"]["fp8"]
+    with pytest.raises(ValueError, match="unknown efficiency factor 'gemmm'"):
+        Efficiency.default().with_overrides({"gemmm": 0.5})
+
+
+# -- scalar and vectorized forms ------------------------------------------------------------------------
+
+def test_notes_explain_the_terms():
+    est = estimate(LLAMA_70B, h100(1), Plan(tp=8), PRETRAIN)
+    assert not est.fits
+    text = " ".join(est.notes)
+    assert "Does not fit" in text and "GiB" in text and "Model states" in text

@@ -1,0 +1,105 @@
+"""`check()`: each rule, broken on purpose, is reported by name with a message that states the facts and a
+fix; a valid plan breaks none; `estimate` refuses the plans it cannot price."""
+
+from __future__ import annotations
+
+import pytest
+
+from constraints import Plan, PlanError, Workload, check, estimate
+from constraints.rules import UNPRICEABLE
+from hardware import load_cluster
+from models import load_model
+
+LLAMA_8B = load_model("llama-3.1-8b")      # 32 heads, 8 KV heads, MLP 14336, 32 layers
+LLAMA_70B = load_model("llama-3.1-70b")
+MIXTRAL = load_model("mixtral-8x7b")       # 8 experts of width 14336
+DGX = load_cluster("dgx-h100", nodes=2)   # 16 GPUs, 8 per NVLink domain
+WORK = Workload(seq_len=4096, global_batch_size=64)
+
+# (rule, model, plan, workload, cluster, words the message must contain)
+CASES = [
+    ("world_size", LLAMA_8B, Plan(tp=8, dp=1), WORK, DGX, ["= 8", "16 GPUs"]),
+    ("attention_heads_by_tp", load_model({"name": "odd", "hidden_size": 3072, "num_layers": 4, "num_attention_heads": 24,
+                                          "num_kv_heads": 8, "ffn_hidden_size": 8192, "vocab_size": 32000}),
+     Plan(tp=16), WORK, DGX, ["24 attention heads", "tp = 16"]),
+    ("kv_heads_by_tp", LLAMA_8B, Plan(tp=16, sequence_parallel=True), WORK, DGX, ["8 KV heads", "tp = 16"]),
+    ("ffn_by_tp", load_model({"name": "odd-mlp", "hidden_size": 4096, "num_layers": 4, "num_attention_heads": 32,
+                              "num_kv_heads": 8, "ffn_hidden_size": 11000, "vocab_size": 32000}),
+     Plan(tp=16, sequence_parallel=True), WORK, DGX, ["11000", "tp = 16"]),
+    ("layers_by_pp", load_model({"name": "thirty", "hidden_size": 4096, "num_layers": 30, "num_attention_heads": 32,
+                                 "num_kv_heads": 8, "ffn_hidden_size": 14336, "vocab_size": 32000}),
+     Plan(pp=4, dp=4), WORK, DGX, ["30 layers", "pp·vpp = 4"]),
+    ("layers_per_stage_sum", LLAMA_8B, Plan(pp=2, dp=8, layers_per_stage=(10, 10)), WORK, DGX, ["sums to 20", "32 layers"]),
+    ("layers_per_stage_vpp", LLAMA_8B, Plan(pp=2, dp=8, vpp=2, layers_per_stage=(16, 16)), WORK, DGX, ["vpp > 1"]),
+    ("batch_by_dp_microbatch", LLAMA_8B, Plan(dp=16, micro_batch_size=3), WORK, DGX, ["global batch 64", "48"]),
+    ("interleaved_needs_vpp", LLAMA_8B, Plan(pp=2, dp=8, schedule="interleaved"), WORK, DGX, ["vpp > 1"]),
+    ("interleaved_microbatches_by_pp", LLAMA_8B, Plan(pp=4, dp=4, vpp=2), Workload(seq_len=4096, global_batch_size=24),
+     DGX, ["6 micro-batches", "pp = 4"]),
+    ("vpp_needs_interleaved", LLAMA_8B, Plan(pp=2, dp=8, vpp=2, schedule="1f1b"), WORK, DGX, ["vpp = 2"]),
+    ("experts_by_ep", MIXTRAL, Plan(dp=16, ep=16), WORK, DGX, ["8 experts", "ep = 16"]),
+    ("expert_ffn_by_etp", load_model({"name": "odd-moe", "hidden_size": 4096, "num_layers": 4, "num_attention_heads": 32,
+                                      "num_kv_heads": 8, "vocab_size": 32000,
+                                      "moe": {"num_experts": 8, "experts_per_token": 2, "expert_ffn_hidden_size": 1000}}),
+     Plan(tp=16, sequence_parallel=True), WORK, DGX, ["expert width 1000", "etp = 16"]),
+    ("expert_parallel_inside_dp_cp_tp", MIXTRAL, Plan(pp=16, ep=8), WORK, DGX, ["ep·etp = 8", "dp·cp·tp = 1"]),
+    ("moe_tp_needs_sequence_parallel", MIXTRAL, Plan(tp=2, dp=8), WORK, DGX, ["sequence parallelism"]),
+    ("ep_without_experts", LLAMA_8B, Plan(dp=16, ep=2), WORK, DGX, ["ep = 2", "no experts"]),
+    ("sequence_by_2cp", LLAMA_8B, Plan(dp=8, cp=2), Workload(seq_len=4098, global_batch_size=64), DGX, ["4098", "2·cp = 4"]),
+    ("sequence_parallel_needs_tp", LLAMA_8B, Plan(dp=16, sequence_parallel=True), WORK, DGX, ["tp > 1"]),
+    ("tp_cp_inside_nvlink", LLAMA_8B, Plan(tp=8, cp=2, sequence_parallel=True), WORK, DGX, ["tp·cp = 16", "8-GPU NVLink domain"]),
+    ("precision_supported", LLAMA_8B, Plan(dp=16, precision="fp8"), WORK, load_cluster("dgx-a100", nodes=2), ["fp8"]),
+    ("hsdp_shard_divides_dp", LLAMA_8B, Plan(dp=16, sharding="hsdp", hsdp_shard_size=3), WORK, DGX, ["hsdp_shard_size 3", "16"]),
+    ("param_offload_needs_sharding", LLAMA_8B, Plan(dp=16, offload="params"), WORK, DGX, ["ZeRO-3"]),
+    ("memory_fits", LLAMA_70B, Plan(dp=16), WORK, DGX, ["GiB per GPU", "the GPU has"]),
+]
+
+
+@pytest.mark.parametrize("rule,model,plan,workload,cluster,words", CASES, ids=[c[0] for c in CASES])
+def test_each_rule_reports_its_violation(rule, model, plan, workload, cluster, words):
+    violations = check(model, cluster, plan, workload)
+    named = {v.rule: v for v in violations}
+    assert rule in named, f"{rule} not reported; got {[v.rule for v in violations]}"
+    violation = named[rule]
+    for word in words:
+        assert word in violation.message, f"{word!r} not in {violation.message!r}"
+    assert violation.fix
+
+
+def test_every_rule_has_a_case():
+    """A new rule needs a test here: the rule names in the source are exactly the cases above."""
+    import inspect
+    import re
+
+    import constraints.check as check_module
+    import constraints.rules as rules_module
+
+    source = inspect.getsource(rules_module) + inspect.getsource(check_module)
+    names = set(re.findall(r'rule\("([a-z0-9_]+)"', source)) | set(re.findall(r'rule="([a-z0-9_]+)"', source))
+    assert names == {c[0] for c in CASES}
+
+
+def test_a_valid_plan_breaks_no_rule():
+    plan = Plan(tp=8, pp=1, dp=2, sequence_parallel=True, sharding="zero1", recompute="selective")
+    assert check(LLAMA_8B, DGX, plan, WORK) == []
+    moe = Plan(tp=2, dp=8, ep=8, etp=1, sequence_parallel=True, sharding="zero1", recompute="full")
+    assert check(MIXTRAL, DGX, moe, WORK) == []
+
+
+def test_fixes_name_values_that_work():
+    (violation,) = [v for v in check(LLAMA_8B, DGX, Plan(tp=16, sequence_parallel=True), WORK) if v.rule == "kv_heads_by_tp"]
+    assert violation.fix == "use tp in 1, 2, 4, 8"
+
+
+def test_crossing_the_nvlink_domain_can_be_allowed():
+    plan = Plan(tp=16, sequence_parallel=True)
+    assert "tp_cp_inside_nvlink" in {v.rule for v in check(LLAMA_70B, DGX, plan, WORK)}
+    assert "tp_cp_inside_nvlink" not in {v.rule for v in check(LLAMA_70B, DGX, plan, WORK, allow_cross_domain=True)}
+
+
+@pytest.mark.parametrize("rule", UNPRICEABLE)
+def test_estimate_refuses_plans_it_cannot_price(rule):
+    case = next(c for c in CASES if c[0] == rule)
+    _, model, plan, workload, cluster, words = case
+    with pytest.raises(PlanError) as error:
+        estimate(model, cluster, plan, workload)
+    assert all(word in str(error.value) for word in words)

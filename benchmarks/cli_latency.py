@@ -19,6 +19,11 @@ from pathlib import Path
 COMMANDS = [
     ["analyze", "--model", "llama-3.1-405b"],
     ["analyze", "--model", "deepseek-v3", "--json"],
+    ["estimate", "--model", "llama-3.1-70b", "--cluster", "dgx-h100", "--nodes", "8", "--tp", "8", "--pp", "2",
+     "--sequence-parallel", "--sharding", "zero1"],
+    ["estimate", "--model", "deepseek-v3", "--cluster", "dgx-h100", "--nodes", "128", "--tp", "2", "--pp", "8",
+     "--layers-per-stage", "7,8,8,8,8,8,8,6", "--ep", "64", "--etp", "1", "--sequence-parallel", "--sharding", "zero1",
+     "--recompute", "full", "--global-batch", "8192", "--json"],
     ["presets"],
     ["--help"],
 ]

@@ -1,0 +1,209 @@
+"""Step time of published training runs, predicted by the cost model from their own layouts.
+
+Run from the repository root:  python -m benchmarks.published_runs
+Writes benchmarks/results/published_runs.json and published_runs.md: per row the model, GPUs, layout,
+published and predicted tokens/s per GPU, and the relative error; then the median and 90th percentile of
+the absolute errors (issue 3 targets: ≤ 12 % and ≤ 25 %).
+
+Data: benchmarks/data/published_runs_dev.json (114 runs with sources, from the project's reference data).
+A row is used when it publishes a step time or tokens/s and its layout is complete (tp, pp, micro and
+global batch, sequence length, precision — stated or implied by the source's own note). What each row
+needs beyond what it states is assumed the way the source's framework defaults it, and listed per row:
+- the model: the preset named in MODEL_PRESETS; the cluster: the preset of its GPU (CLUSTER_PRESETS);
+- dp = GPUs / (tp · pp · cp) — some MoE tables print the expert-data-parallel size instead;
+- Megatron/NeMo recipes: sequence parallelism when tp > 1, the distributed optimizer (ZeRO-1 over
+  dp · cp), communication overlap on, no recompute unless stated, expert TP 1 unless stated;
+- FSDP2 (torchtitan, NeMo AutoModel) and MaxText rows: parameters, gradients and states sharded over
+  dp · cp (fsdp); torchtitan's float8 linears = fp8 GEMMs, its "selective" activation checkpointing is
+  its op-level policy (selective_mm), and rows without torch.compile run eager (unfused) kernels;
+- when a row does not state recompute and its layout does not fit our memory model without it, the least
+  recompute that fits (selective, then full) — a run that trained did not run out of memory.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from constraints.efficiency import Efficiency
+from constraints.evaluate import evaluate
+from constraints.plan import Plan, Workload
+from hardware import load_cluster
+from models import load_model
+
+DATA = Path(__file__).parent / "data" / "published_runs_dev.json"
+RESULTS = Path(__file__).parent / "results"
+
+MODEL_PRESETS = {
+    "GPT3-20B": "gpt3-20b", "GPT3-175B": "gpt-3-175b", "GPT-3 175B (NeMo Megatron)": "gpt-3-175b",
+    "LLAMA2-7B": "llama-2-7b", "LLAMA2-13B": "llama-2-13b", "Llama 2 13B": "llama-2-13b", "Llama 2 70B": "llama-2-70b",
+    "Nemotron-8B": "nemotron-3-8b", "Nemotron-22B": "nemotron-3-22b", "Nemotron-4 15B": "nemotron-4-15b",
+    "Nemotron-4 340B": "nemotron-4-340b",
+    "LLAMA3-8B": "llama-3-8b", "LLAMA3_8B": "llama-3-8b", "Llama 3 8B": "llama-3-8b", "Llama 3.1 8B": "llama-3.1-8b",
+    "LLAMA3-70B": "llama-3.1-70b", "LLAMA3_70B": "llama-3.1-70b", "Llama3 70B": "llama-3.1-70b",
+    "Llama 3 70B": "llama-3.1-70b", "Llama 3 70B (MaxText/JAX)": "llama-3.1-70b", "Llama 3.1 70B": "llama-3.1-70b",
+    "LLAMA3.1_405B": "llama-3.1-405b", "Llama 3.1 405B": "llama-3.1-405b",
+    "DeepSeekV3 (dropless)": "deepseek-v3", "DeepSeekV3 (w/o MTP)": "deepseek-v3", "DeepSeekV3 (w/ MTP)": "deepseek-v3",
+    "DeepSeek V3 671B": "deepseek-v3", "DeepSeek-V3 671B": "deepseek-v3", "Kimi K2": "kimi-k2",
+    "Qwen3_30B_a3B (tokendrop)": "qwen3-30b-a3b", "Qwen3_30B_a3B": "qwen3-30b-a3b", "Qwen3 MoE 30B (30B-A3B)": "qwen3-30b-a3b",
+    "Qwen3_235B_a22B (tokendrop)": "qwen3-235b-a22b", "Qwen3_235B_a22B": "qwen3-235b-a22b",
+    "GPT OSS 120B": "gpt-oss-120b", "GPT-OSS 120B": "gpt-oss-120b", "Grok-1 314B": "grok-1",
+    "Llama 4 Maverick 400B": "llama-4-maverick",
+}
+CLUSTER_PRESETS = {
+    "H100": "dgx-h100", "H100 (DGX-H100)": "dgx-h100", "A100 (Selene)": "dgx-a100", "A100 80GB": "dgx-a100",
+    "H100 96GB HBM2e SXM, 500W power limit (Grand Teton)": "grand-teton-h100-96gb",
+    "H100 94/95GB HBM2e, lower-TDP SXM": "grand-teton-h100-96gb",
+    "GB200": "gb200-nvl72", "GB200 (DGX-GB200)": "gb200-nvl72", "B200 (DGX-B200)": "dgx-b200",
+    "GB300 (DGX-GB300)": "gb300-nvl72",
+}
+FSDP_SOURCES = ("torchtitan", "AutoModel", "MaxText")
+
+
+@dataclass
+class Row:
+    id: int
+    model: str
+    gpus: int
+    layout: str
+    published: float
+    predicted: float | None = None
+    error: float | None = None
+    memory_gib: float | None = None
+    fits: bool | None = None
+    assumptions: list[str] = field(default_factory=list)
+    excluded: str | None = None
+
+
+def _precision(run: dict) -> str | None:
+    stated = (run.get("precision") or "").lower()
+    if "fp8" in stated or "float8" in stated:
+        return "fp8"
+    if stated.startswith("bf16") or "half" in stated:
+        return "bf16"
+    if "FP8 implied" in (run.get("notes") or ""):
+        return "fp8"
+    return None
+
+
+def _plan(run: dict, assumptions: list[str]) -> Plan:
+    tp, pp, cp = run["tp"] or 1, run["pp"] or 1, run.get("cp") or 1
+    gpus = run["num_gpus"]
+    dp = gpus // (tp * pp * cp)
+    if run.get("dp") not in (None, dp):
+        assumptions.append(f"dp = {dp} (GPUs/(tp·pp·cp)); the source prints {run['dp']}")
+    vpp = run.get("virtual_pipeline_stages") or 1
+    if pp == 1 and vpp > 1:
+        assumptions.append(f"vpp {vpp} ignored: pp = 1")
+        vpp = 1
+    fsdp_source = any(tag in run["source"] for tag in FSDP_SOURCES) or "FSDP" in (run.get("dp_sharding") or "")
+    fsdp = fsdp_source and "FSDP=0" not in (run.get("dp_sharding") or "")
+    recompute = (run.get("activation_recompute") or "none").split()[0]
+    torchtitan = "torchtitan" in run["source"]
+    if torchtitan and recompute == "selective":
+        recompute = "selective_mm"
+        assumptions.append("selective = torchtitan's op-level policy (selective_mm)")
+    compiled = "torch.compile" in (run.get("notes") or "")
+    kernels = "unfused" if torchtitan and not compiled else "fused"
+    if kernels == "unfused":
+        assumptions.append("eager PyTorch kernels (no torch.compile)")
+    moe = run.get("ep") is not None and (run.get("ep") or 1) > 1
+    etp = run.get("expert_tp") or (1 if moe else tp)
+    sp = run.get("sequence_parallel")
+    if sp is None:
+        sp = tp > 1
+        assumptions.append(f"sequence parallel {'on' if sp else 'off'} (NeMo/Megatron default with tp {tp})")
+    return Plan(
+        tp=tp, pp=pp, dp=dp, cp=cp, ep=run.get("ep") or 1, etp=etp, vpp=vpp,
+        micro_batch_size=run["micro_batch_size"], sequence_parallel=bool(sp),
+        sharding="fsdp" if fsdp else ("zero1" if dp * cp > 1 else "none"),
+        recompute=recompute if recompute in ("none", "selective", "selective_mm", "full") else "none",
+        precision=_precision(run), kernels=kernels,
+    )
+
+
+def rows(efficiency: Efficiency | None = None) -> list[Row]:
+    """Every published run with a throughput, predicted under ``efficiency`` (default: the data file's)."""
+    out = []
+    for run in json.loads(DATA.read_text()):
+        published = run.get("tokens_per_sec_per_gpu")
+        if published is None and run.get("step_time_s"):
+            published = run["global_batch_size"] * run["seq_length"] / run["step_time_s"] / run["num_gpus"]
+        if published is None:
+            continue
+        layout = f"tp{run['tp']} pp{run['pp']} cp{run.get('cp') or 1} ep{run.get('ep') or 1} vpp{run.get('virtual_pipeline_stages') or 1} mbs{run.get('micro_batch_size')}"
+        row = Row(run["id"], run["model_name"], run["num_gpus"], layout, float(published))
+        missing = [k for k in ("tp", "pp", "micro_batch_size", "global_batch_size", "seq_length") if run.get(k) is None]
+        if _precision(run) is None:
+            missing.append("precision")
+        if run.get("ep") is None and (run.get("num_experts") or 0) > 1:
+            missing.append("ep (an MoE model)")
+        if missing:
+            row.excluded = "incomplete layout: " + ", ".join(missing)
+            out.append(row)
+            continue
+        assumptions: list[str] = []
+        model = load_model(MODEL_PRESETS[run["model_name"]])
+        cluster = load_cluster(CLUSTER_PRESETS[run["gpu_type"]], gpus=run["num_gpus"])
+        plan = _plan(run, assumptions)
+        workload = Workload(seq_len=run["seq_length"], global_batch_size=run["global_batch_size"],
+                            train_mtp="w/ MTP" in run["model_name"])
+        result = evaluate(model, cluster, workload, [plan], efficiency=efficiency)
+        if run.get("activation_recompute") is None and not result.fits[0]:
+            # a run that trained did not run out of memory: take the least recompute that fits —
+            # selective (the attention core), then full recompute of the fewest layers per pipeline rank
+            layers = -(-model.num_layers // plan.pp)
+            candidates = [plan.model_copy(update={"recompute": "selective"})]
+            candidates += [plan.model_copy(update={"recompute": "full", "recompute_layers": n}) for n in range(1, layers + 1)]
+            trial = evaluate(model, cluster, workload, candidates, efficiency=efficiency)
+            if trial.fits.any():
+                best = int(np.argmax(trial.fits))
+                plan = candidates[best]
+                result = evaluate(model, cluster, workload, [plan], efficiency=efficiency)
+                how = "selective" if best == 0 else f"full recompute of {best} of {layers} layers per rank"
+                assumptions.append(f"recompute {how}: the least that fits our memory model")
+        row.predicted = float(result.tokens_per_s[0] / run["num_gpus"])
+        row.error = row.predicted / row.published - 1
+        row.memory_gib = float(result.memory.total[0] / 2**30)
+        row.fits = bool(result.fits[0])
+        row.assumptions = assumptions
+        out.append(row)
+    return out
+
+
+def summary(all_rows: list[Row]) -> dict:
+    errors = [abs(r.error) for r in all_rows if r.error is not None]
+    return {"rows_used": len(errors), "rows_excluded": sum(r.excluded is not None for r in all_rows),
+            "median_abs_error": statistics.median(errors), "p90_abs_error": float(np.percentile(errors, 90))}
+
+
+def main() -> None:
+    start = time.perf_counter()
+    all_rows = rows()
+    stats = summary(all_rows)
+    stats["seconds"] = time.perf_counter() - start
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "published_runs.json").write_text(json.dumps({"summary": stats, "rows": [r.__dict__ for r in all_rows]}, indent=2) + "\n")
+    lines = ["| id | model | GPUs | layout | published tok/s/GPU | predicted | error | memory GiB | notes |",
+             "|---:|---|---:|---|---:|---:|---:|---:|---|"]
+    for r in all_rows:
+        if r.excluded:
+            lines.append(f"| {r.id} | {r.model} | {r.gpus} | {r.layout} | {r.published:.0f} | | | | excluded: {r.excluded} |")
+        else:
+            lines.append(f"| {r.id} | {r.model} | {r.gpus} | {r.layout} | {r.published:.0f} | {r.predicted:.0f} | "
+                         f"{100 * r.error:+.1f}% | {r.memory_gib:.1f}{'' if r.fits else ' (OOM)'} | {'; '.join(r.assumptions)} |")
+    head = (f"# Published runs: predicted vs published\n\nmedian |error| {100 * stats['median_abs_error']:.1f}%, "
+            f"90th percentile {100 * stats['p90_abs_error']:.1f}% over {stats['rows_used']} rows "
+            f"({stats['rows_excluded']} excluded)\n")
+    (RESULTS / "published_runs.md").write_text(head + "\n" + "\n".join(lines) + "\n")
+    print(head)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

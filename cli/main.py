@@ -1,7 +1,7 @@
 """`plan`: the command group and its error policy.
 
 Exit codes: 0 ok, 1 infeasible / validation failed, 2 bad input (an unknown model, a malformed file, a
-bad flag). Bad input — every `ModelError` and `HardwareError` — prints one line naming what is wrong and
+bad flag). Bad input — every `ModelError`, `HardwareError` and `PlanError` — prints one line naming what is wrong and
 how to fix it. Anything else is a bug in `plan` and surfaces as Python's traceback (exit 1).
 """
 
@@ -12,17 +12,19 @@ import sys
 import click
 
 from cli.analyze_cmd import analyze
+from cli.estimate_cmd import estimate
 from cli.presets_cmd import presets
 
 
 class _Plan(click.Group):
     def invoke(self, ctx: click.Context) -> object:
+        from constraints import PlanError
         from hardware import HardwareError
         from models import ModelError
 
         try:
             return super().invoke(ctx)
-        except (ModelError, HardwareError) as err:
+        except (ModelError, HardwareError, PlanError) as err:
             click.echo(f"error: {err}", err=True)
             sys.exit(2)
 
@@ -37,11 +39,13 @@ def plan() -> None:
       plan presets
       plan analyze --model llama-3.1-70b
       plan analyze --model ./config.json --seq-len 8192 --json
+      plan estimate --model llama-3.1-70b --cluster dgx-h100 --nodes 8 --tp 8 --pp 2
     """
 
 
 plan.add_command(presets)
 plan.add_command(analyze)
+plan.add_command(estimate)
 
 
 def main() -> None:

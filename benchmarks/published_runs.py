@@ -16,8 +16,9 @@ needs beyond what it states is assumed the way the source's framework defaults i
 - FSDP2 (torchtitan, NeMo AutoModel) and MaxText rows: parameters, gradients and states sharded over
   dp · cp (fsdp); torchtitan's float8 linears = fp8 GEMMs, its "selective" activation checkpointing is
   its op-level policy (selective_mm), and rows without torch.compile run eager (unfused) kernels;
-- when a row does not state recompute and its layout does not fit our memory model without it, the least
-  recompute that fits (selective, then full) — a run that trained did not run out of memory.
+- when a row does not state recompute and its layout does not fit our memory model without it, the
+  fastest recompute that fits (Megatron's selective modules, or full recompute of some layers per rank):
+  a run that trained did not run out of memory, and its authors tuned it.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from constraints.check import selective_ladder
 from constraints.efficiency import Efficiency
 from constraints.evaluate import evaluate
 from constraints.plan import Plan, Workload
@@ -155,18 +157,21 @@ def rows(efficiency: Efficiency | None = None) -> list[Row]:
                             train_mtp="w/ MTP" in run["model_name"])
         result = evaluate(model, cluster, workload, [plan], efficiency=efficiency)
         if run.get("activation_recompute") is None and not result.fits[0]:
-            # a run that trained did not run out of memory: take the least recompute that fits —
-            # selective (the attention core), then full recompute of the fewest layers per pipeline rank
+            # a run that trained did not run out of memory, and its authors tuned it: take the fastest
+            # recompute that fits — Megatron's selective modules, or full recompute of some layers per rank
             layers = -(-model.num_layers // plan.pp)
-            candidates = [plan.model_copy(update={"recompute": "selective"})]
+            candidates = [plan.model_copy(update={"recompute": "selective", "recompute_modules": modules})
+                          for modules in selective_ladder(model)]
             candidates += [plan.model_copy(update={"recompute": "full", "recompute_layers": n}) for n in range(1, layers + 1)]
+            candidates = [Plan.model_validate(c.model_dump()) for c in candidates]
             trial = evaluate(model, cluster, workload, candidates, efficiency=efficiency)
             if trial.fits.any():
-                best = int(np.argmax(trial.fits))
+                best = int(np.argmax(np.where(trial.fits, trial.tokens_per_s, -1.0)))
                 plan = candidates[best]
                 result = evaluate(model, cluster, workload, [plan], efficiency=efficiency)
-                how = "selective" if best == 0 else f"full recompute of {best} of {layers} layers per rank"
-                assumptions.append(f"recompute {how}: the least that fits our memory model")
+                how = (f"selective ({', '.join(plan.recompute_modules)})" if plan.recompute == "selective"
+                       else f"full recompute of {plan.recompute_layers} of {layers} layers per rank")
+                assumptions.append(f"recompute {how}: the fastest that fits our memory model")
         row.predicted = float(result.tokens_per_s[0] / run["num_gpus"])
         row.error = row.predicted / row.published - 1
         row.memory_gib = float(result.memory.total[0] / 2**30)

@@ -1,5 +1,6 @@
 """`plan estimate`: memory and step time of a plan the user already runs (or considers), with the rules it
-breaks. Exit 0 when the plan is valid and fits, 1 when it breaks a rule (it is still priced), 2 on bad input.
+breaks. Exit 0 when the plan is valid and fits, 1 when it breaks a rule (it is still priced), 2 on bad input
+and for plans the cost model cannot price (`constraints.PlanError`, e.g. fp8 on a GPU without it).
 
 ``--json`` prints ``{"plan", "workload", "estimate", "violations"}``: the resolved `constraints.Plan` and
 `constraints.Workload`, the `constraints.Estimate` and the `constraints.Violation` list of `check`.
@@ -37,6 +38,9 @@ PLAN_OPTIONS = [
     click.option("--recompute", type=click.Choice(["none", "selective", "selective_mm", "full"]),
                  help="Activation recomputation [default: none]."),
     click.option("--recompute-layers", type=click.IntRange(min=1), help="With --recompute full: layers per pipeline rank."),
+    click.option("--recompute-modules",
+                 help="With --recompute selective: Megatron modules, comma-separated, of core_attn, layernorm, "
+                      "mla_up_proj, mlp, moe_act, moe, shared_experts [default: core_attn]."),
     click.option("--precision", type=click.Choice(["bf16", "fp16", "fp8", "fp32"]), help="GEMM precision [default: bf16]."),
     click.option("--master-weights/--no-master-weights", default=None,
                  help="Keep fp32 master weights, gradients and states [default: yes]."),
@@ -50,6 +54,8 @@ PLAN_OPTIONS = [
                  help="fused: Megatron/Transformer Engine; unfused: PyTorch eager / HF transformers [default: fused]."),
     click.option("--attention-kernel", type=click.Choice(["flash", "eager"]), help="Attention kernel [default: flash]."),
     click.option("--tp-comm-overlap/--no-tp-comm-overlap", default=None, help="Overlap TP collectives with GEMMs [default: yes]."),
+    click.option("--ep-comm-overlap/--no-ep-comm-overlap", default=None,
+                 help="Overlap one micro-batch's expert all-to-all with another's compute [default: yes]."),
     click.option("--grad-reduce-overlap/--no-grad-reduce-overlap", default=None,
                  help="Overlap the gradient reduction with backward [default: yes]."),
     click.option("--param-gather-overlap/--no-param-gather-overlap", default=None,
@@ -93,7 +99,7 @@ def estimate(model_ref: str, cluster_ref: str, nodes: int | None, gpus: int | No
       plan estimate -m mixtral-8x7b -c dgx-h100 --nodes 2 --tp 2 --ep 8 --etp 1 --sequence-parallel --json
       plan estimate -m llama-3.1-8b -c dgx-h100 --nodes 1 --kind inference --seq-len 8192 --global-batch 64 --tp 8
     """
-    from constraints import Workload, check
+    from constraints import check
     from constraints import estimate as estimate_plan
     from hardware import load_cluster
     from models import load_model
@@ -101,8 +107,9 @@ def estimate(model_ref: str, cluster_ref: str, nodes: int | None, gpus: int | No
     model = load_model(model_ref)
     cluster = load_cluster(cluster_ref, nodes=nodes, gpus=gpus)
     plan = build_plan(plan_file, plan_fields, cluster.total_gpus)
-    workload = Workload(kind=kind, seq_len=seq_len, dropout=dropout, train_mtp=train_mtp,
-                        global_batch_size=global_batch or plan.dp * plan.micro_batch_size * (4 * plan.pp if plan.pp > 1 else 1))
+    default_batch = plan.dp * plan.micro_batch_size * (4 * plan.pp if plan.pp > 1 else 1)
+    workload = build_workload(kind=kind, seq_len=seq_len, dropout=dropout, train_mtp=train_mtp,
+                              global_batch_size=global_batch or default_batch)
     efficiency = load_efficiency(efficiency_file)
     violations = check(model, cluster, plan, workload, allow_cross_domain=allow_cross_domain, efficiency=efficiency)
     result = estimate_plan(model, cluster, plan, workload, efficiency=efficiency)
@@ -129,6 +136,8 @@ def build_plan(plan_file: Path | None, flags: dict[str, Any], gpus: int) -> Plan
     given = {name: value for name, value in flags.items() if value is not None}
     if "layers_per_stage" in given:
         given["layers_per_stage"] = parse_stages(given["layers_per_stage"])
+    if "recompute_modules" in given:
+        given["recompute_modules"] = tuple(m.strip() for m in given["recompute_modules"].split(",") if m.strip())
     fields |= given
     if fields.get("dp") is None:
         others = 1
@@ -143,6 +152,18 @@ def build_plan(plan_file: Path | None, flags: dict[str, Any], gpus: int) -> Plan
         return Plan.model_validate(fields)
     except ValidationError as err:
         raise PlanError(describe_validation_error(err, "plan")) from None
+
+
+def build_workload(**fields: Any) -> Workload:
+    from pydantic import ValidationError
+
+    from constraints import PlanError, Workload
+    from plan_common.validation import describe_validation_error
+
+    try:
+        return Workload(**fields)
+    except ValidationError as err:
+        raise PlanError(describe_validation_error(err, "workload")) from None
 
 
 def parse_stages(text: str) -> tuple[int, ...]:
@@ -182,7 +203,8 @@ def describe_plan(plan: Plan) -> str:
     if plan.sequence_parallel:
         parts.append("sequence parallel")
     parts.append(plan.sharding if plan.sharding != "hsdp" else f"hsdp/{plan.hsdp_shard_size}")
-    parts.append(f"recompute {plan.recompute}" + (f" ({plan.recompute_layers} layers)" if plan.recompute_layers else ""))
+    parts.append(f"recompute {plan.recompute}" + (f" ({plan.recompute_layers} layers)" if plan.recompute_layers else "")
+                 + (f" ({', '.join(plan.recompute_modules)})" if plan.recompute_modules else ""))
     parts.append(f"{plan.precision}{'' if plan.master_weights else ' (no master weights)'}")
     parts.append(plan.optimizer + ("" if plan.offload == "none" else f", offload {plan.offload}"))
     parts.append(f"{plan.schedule} schedule" if plan.pp > 1 else "")

@@ -23,9 +23,12 @@ Parallelism: tensor-parallel regions (Q, K, V, attention output, MLP interiors) 
 Context parallelism splits the sequence: tokens per GPU = micro_batch · seq_len / cp. Routed experts:
 balanced routing gives the etp ranks of an expert k·T·etp/tp routed tokens each, with the FFN widths split
 by etp.
-Recompute: ``selective`` recomputes the attention core (Korthikanti et al. 2022 §5; Megatron-Core
-``--recompute-granularity selective``, whose default module is ``core_attn``): it drops eager attention's
-score matrices and flash attention's log-sum-exp, and keeps everything else;
+Recompute: ``selective`` recomputes ``Plan.recompute_modules`` (Megatron-Core's selective recompute
+modules, `megatron/core/transformer/transformer_layer.py`), each dropping what it rebuilds: ``core_attn``
+the attention core's own tensors (eager attention's score matrices, flash attention's log-sum-exp;
+Korthikanti et al. 2022 §5), ``layernorm`` each norm's output, ``mla_up_proj`` MLA's up-projected Q, K and
+V, ``mlp`` a dense MLP block but its input, ``moe_act`` the routed experts' activation output, ``moe``
+an MoE block but its input, ``shared_experts`` the shared experts' interiors;
 ``selective_mm`` (PyTorch selective checkpointing with torchtitan's op policy, torchtitan
 ``activation_checkpoint.py``) keeps the layer input, attention's output and log-sum-exp and the outputs
 of every other matmul (the 1st, 3rd, … of the layer); ``full`` keeps only each layer's input (b·h, /tp
@@ -39,7 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from constraints.arrays import PlanArrays, code
-from constraints.plan import Workload
+from constraints.plan import RECOMPUTE_MODULES, Workload
 from constraints.structure import ModelFacts
 
 LOSS_BYTES_PER_VOCAB_UNFUSED = 12.0
@@ -137,14 +140,27 @@ def layer_activations(f: ModelFacts, p: PlanArrays, w: Workload) -> LayerActivat
     dense_sac = layer_input + sdpa + saved_outputs(f.attention_matmuls + (f.mlp_matmuls(f.ffn) if f.ffn else ()))
     moe_sac = layer_input + sdpa + saved_outputs(f.attention_matmuls)
 
+    # selective: what each recomputed module frees; a whole-block module (mlp, moe) subsumes the
+    # smaller ones inside its block (that block's norm output, moe_act, shared_experts)
+    on = {name: (p.recompute_modules >> i & 1) > 0 for i, name in enumerate(RECOMPUTE_MODULES)}
+    norm_output = b * h / sp_div
+    attention_freed = (on["core_attn"] * core / tp + on["mla_up_proj"] * (qkv / tp if f.latent_width else 0.0)
+                       + on["layernorm"] * (f.norms_per_layer - 1) * norm_output)
+    mlp_block = dense_mlp - (layer_input + mask * h / sp_div)  # all but its input and the dropout mask
+    dense_freed = attention_freed + np.where(on["mlp"], mlp_block, on["layernorm"] * norm_output)
+    if f.experts:
+        moe_block = moe_mlp - (layer_input + mask * h / sp_div)
+        parts = (on["layernorm"] * norm_output + on["moe_act"] * k * b * f.expert_ffn / tp
+                 + on["shared_experts"] * (ffn(f.shared_ffn) / tp if f.shared_ffn else 0.0))
+        moe_freed = attention_freed + np.where(on["moe"], moe_block, parts)
+    else:
+        moe_freed = attention_freed
+
     recompute = p.recompute
     modes = [recompute == code("recompute", "full"), recompute == code("recompute", "selective"),
              recompute == code("recompute", "selective_mm")]
-    # selective: the attention core's own tensors go (eager's score matrices, flash's log-sum-exp);
-    # its inputs Q, K, V and its output (the next GEMM's input) stay
-    attention_selective = attention_full - core / tp
-    dense_kept = np.select(modes, [layer_input, attention_selective + dense_mlp, dense_sac], default=dense_full)
-    moe_kept = np.select(modes, [layer_input, attention_selective + moe_mlp, moe_sac], default=moe_full)
+    dense_kept = np.select(modes, [layer_input, dense_full - dense_freed, dense_sac], default=dense_full)
+    moe_kept = np.select(modes, [layer_input, moe_full - moe_freed, moe_sac], default=moe_full)
     return LayerActivations(dense_full=dense_full, moe_full=moe_full, dense_kept=dense_kept, moe_kept=moe_kept)
 
 

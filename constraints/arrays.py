@@ -20,6 +20,7 @@ from constraints.plan import (
     OFFLOADS,
     OPTIMIZERS,
     PRECISIONS,
+    RECOMPUTE_MODULES,
     RECOMPUTES,
     SCHEDULES,
     SHARDINGS,
@@ -36,15 +37,20 @@ _CATEGORICAL = {
     "kernels": KERNELS,
     "attention_kernel": ATTENTION_KERNELS,
 }
-_BOOLEAN = ("sequence_parallel", "master_weights", "persistent_grads", "tp_comm_overlap", "grad_reduce_overlap",
-            "param_gather_overlap")
+_BOOLEAN = ("sequence_parallel", "master_weights", "persistent_grads", "tp_comm_overlap", "ep_comm_overlap",
+            "grad_reduce_overlap", "param_gather_overlap")
 _INTEGER = ("tp", "pp", "dp", "cp", "ep", "etp", "vpp", "micro_batch_size", "shard_group")
 ALL_LAYERS = 2**30
 """``recompute_layers`` of a plan that recomputes every layer (Plan.recompute_layers None)."""
 
 
+def module_mask(modules: Sequence[str] | None) -> int:
+    """``recompute_modules`` as a bit mask: bit i set when `RECOMPUTE_MODULES`[i] is recomputed."""
+    return sum(1 << RECOMPUTE_MODULES.index(m) for m in modules or ())
+
+
 def code(field: str, value: str) -> int:
-    """The integer code of a categorical value (e.g. code("recompute", "full") == 2)."""
+    """The integer code of a categorical value (e.g. code("recompute", "full") == 3)."""
     return _CATEGORICAL[field].index(value)
 
 
@@ -64,6 +70,7 @@ class PlanArrays:
     micro_batch_size: np.ndarray
     shard_group: np.ndarray
     recompute_layers: np.ndarray
+    recompute_modules: np.ndarray  # bit mask over RECOMPUTE_MODULES (0 unless recompute is selective)
     sequence_parallel: np.ndarray
     sharding: np.ndarray
     recompute: np.ndarray
@@ -76,6 +83,7 @@ class PlanArrays:
     attention_kernel: np.ndarray
     persistent_grads: np.ndarray
     tp_comm_overlap: np.ndarray
+    ep_comm_overlap: np.ndarray
     grad_reduce_overlap: np.ndarray
     param_gather_overlap: np.ndarray
     layers_per_stage: np.ndarray | None = None
@@ -90,6 +98,7 @@ class PlanArrays:
             columns[name] = np.array([getattr(p, name) for p in plans], dtype=np.int64)
         columns["recompute_layers"] = np.array(
             [ALL_LAYERS if p.recompute_layers is None else p.recompute_layers for p in plans], dtype=np.int64)
+        columns["recompute_modules"] = np.array([module_mask(p.recompute_modules) for p in plans], dtype=np.int64)
         for name in _BOOLEAN:
             columns[name] = np.array([getattr(p, name) for p in plans], dtype=bool)
         for name, values in _CATEGORICAL.items():
@@ -108,8 +117,10 @@ class PlanArrays:
     def product(cls, **choices: Sequence[Any]) -> PlanArrays:
         """Every combination of the given values of `Plan` fields (categorical ones as their names), the
         other fields at `Plan`'s defaults. As in `Plan`: etp follows tp and the schedule follows vpp unless
-        given; ``hsdp_shard_size`` (used with sharding "hsdp") sets the shard group. No layers_per_stage."""
-        allowed = (set(_INTEGER) - {"shard_group"}) | set(_BOOLEAN) | set(_CATEGORICAL) | {"recompute_layers", "hsdp_shard_size"}
+        given; ``hsdp_shard_size`` (used with sharding "hsdp") sets the shard group; ``recompute_modules``
+        values are tuples of module names (empty: the default core_attn). No layers_per_stage."""
+        allowed = (set(_INTEGER) - {"shard_group"}) | set(_BOOLEAN) | set(_CATEGORICAL) | {
+            "recompute_layers", "recompute_modules", "hsdp_shard_size"}
         unknown = sorted(set(choices) - allowed)
         if unknown:
             raise ValueError(f"cannot enumerate {', '.join(unknown)}; fields: {', '.join(sorted(allowed))}")
@@ -124,6 +135,8 @@ class PlanArrays:
                 table = np.array([_CATEGORICAL[name].index(v) for v in values], dtype=np.int64)
             elif name == "recompute_layers":
                 table = np.array([ALL_LAYERS if v is None else v for v in values], dtype=np.int64)
+            elif name == "recompute_modules":
+                table = np.array([module_mask(v) for v in values], dtype=np.int64)
             else:
                 table = np.array(values, dtype=bool if name in _BOOLEAN else np.int64)
             columns[name] = table[index]
@@ -135,6 +148,10 @@ class PlanArrays:
             if name not in columns and name != "schedule":
                 columns[name] = np.full(n, values.index(getattr(default, name)), dtype=np.int64)
         columns.setdefault("recompute_layers", np.full(n, ALL_LAYERS, dtype=np.int64))
+        # as in Plan: selective recompute means core_attn unless modules are given; other modes have none
+        selective = columns["recompute"] == code("recompute", "selective")
+        modules = columns.get("recompute_modules", np.full(n, module_mask(("core_attn",)), dtype=np.int64))
+        columns["recompute_modules"] = np.where(selective, np.where(modules > 0, modules, module_mask(("core_attn",))), 0)
         columns.setdefault("etp", columns["tp"].copy())
         columns.setdefault("schedule", np.where(columns["vpp"] > 1, code("schedule", "interleaved"), code("schedule", "1f1b")))
         hsdp = columns.pop("hsdp_shard_size", np.ones(n, dtype=np.int64))
@@ -151,6 +168,8 @@ class PlanArrays:
         values |= {name: table[int(getattr(self, name)[i])] for name, table in _CATEGORICAL.items()}
         layers = int(self.recompute_layers[i])
         values["recompute_layers"] = None if layers == ALL_LAYERS else layers
+        mask = int(self.recompute_modules[i])
+        values["recompute_modules"] = tuple(m for j, m in enumerate(RECOMPUTE_MODULES) if mask >> j & 1) or None
         if values["sharding"] == "hsdp":
             values["hsdp_shard_size"] = int(self.shard_group[i])
         if self.layers_per_stage is not None and self.layers_per_stage[i].any():

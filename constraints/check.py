@@ -43,7 +43,7 @@ def _memory_fix(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Wo
                 runtime: RuntimeAllowance | None) -> str:
     """The single changes that make the plan fit, each priced by the cost model (one batch), smallest
     footprint first; when none does alone, the levers to combine."""
-    candidates = [(what, changed) for what, changed in _levers(plan)
+    candidates = [(what, changed) for what, changed in _levers(model, plan)
                   if not structural_violations(model, cluster, changed, workload, allow_cross_domain=True)]
     if candidates:
         result = evaluate(model, cluster, workload, [c for _, c in candidates], efficiency=efficiency, runtime=runtime)
@@ -65,7 +65,17 @@ def _memory_fix(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Wo
             "or use more GPUs")
 
 
-def _levers(plan: Plan) -> list[tuple[str, Plan]]:
+def selective_ladder(model: ModelSpec) -> list[tuple[str, ...]]:
+    """Selective-recompute module sets from cheap to thorough, keeping the ones that apply to the model:
+    norms and the attention core; + the MoE activation and MLA's up-projections; + whole MLP/MoE blocks."""
+    cheap = ["core_attn", "layernorm"]
+    medium = cheap + (["moe_act"] if model.moe else []) + (["mla_up_proj"] if model.mla else [])
+    blocks = medium + (["mlp"] if model.num_dense_layers else []) + (["moe"] if model.moe else [])
+    ladder = [tuple(cheap), tuple(medium), tuple(blocks)]
+    return [m for i, m in enumerate(ladder) if m not in ladder[:i]]
+
+
+def _levers(model: ModelSpec, plan: Plan) -> list[tuple[str, Plan]]:
     """One-change variants of ``plan`` that lower memory (same GPU count)."""
     out = []
 
@@ -74,9 +84,12 @@ def _levers(plan: Plan) -> list[tuple[str, Plan]]:
         if changed != plan:
             out.append((what, changed))
 
-    for mode in ("selective", "full"):
-        if plan.recompute in ("none", "selective") and mode != plan.recompute:
-            lever(f"recompute {mode}", recompute=mode, recompute_layers=None)
+    if plan.recompute in ("none", "selective"):
+        current = set(plan.recompute_modules or ())
+        for modules in selective_ladder(model):
+            if set(modules) - current:
+                lever(f"recompute selective ({', '.join(modules)})", recompute="selective", recompute_modules=modules)
+        lever("recompute full", recompute="full", recompute_modules=None, recompute_layers=None)
     if plan.recompute == "full" and plan.recompute_layers is not None:
         lever("recompute every layer", recompute_layers=None)
     if plan.dp * plan.cp > 1:

@@ -59,9 +59,6 @@ class Fabric:
         inter = (n2 - 1) / n2 * (nbytes / n1) / self.inter_bw + (n2 - 1) * self.inter_alpha
         return np.where(size > 1, intra + inter, 0.0)
 
-    def all_reduce(self, nbytes: np.ndarray, size: np.ndarray, stride: np.ndarray) -> np.ndarray:
-        return 2.0 * self.reduce_scatter(nbytes, size, stride)
-
     def all_to_all(self, nbytes: np.ndarray, size: np.ndarray, stride: np.ndarray) -> np.ndarray:
         """Each GPU exchanges (n−1)/n of ``nbytes`` with the other members."""
         n1, n2 = self.split(size, stride)

@@ -25,10 +25,9 @@ import numpy as np
 from constraints.activations import activation_bytes
 from constraints.arrays import PlanArrays, code
 from constraints.efficiency import Efficiency
-from constraints.plan import PRECISIONS, Workload
+from constraints.plan import PRECISIONS, RECOMPUTE_MODULES, Workload
 from constraints.structure import ModelFacts
 from hardware import GPUSpec
-from models import ModelSpec
 
 KERNELS_PER_LAYER_FORWARD = 14
 """Kernels one fused transformer layer launches in forward: 2 norms, QKV and output GEMMs, RoPE, attention,
@@ -38,8 +37,10 @@ KERNELS_PER_LAYER_FORWARD = 14
 @dataclass
 class LayerTimes:
     """Seconds per micro-batch on one GPU, (n,) arrays: forward and backward of one dense and one MoE
-    layer, the attention core (forward) alone (what selective recompute repeats and what CP overlaps), and
-    the GEMM time of one layer (what TP communication can hide behind)."""
+    layer, the attention core (forward) alone (what selective recompute repeats and what CP overlaps), the
+    GEMM time of one layer (what TP communication can hide behind), and what can hide an MoE layer's
+    expert all-to-all: another micro-batch's work on the layer (everything but the host synchronisation
+    and the launches) with batch-level overlap, else only the shared experts."""
 
     dense_forward: np.ndarray
     dense_backward: np.ndarray
@@ -49,6 +50,10 @@ class LayerTimes:
     dense_gemm_forward: np.ndarray
     moe_gemm_forward: np.ndarray
     moe_expert_forward: np.ndarray
+    moe_overlappable_forward: np.ndarray
+    moe_shared_forward: np.ndarray
+    dense_module_recompute: np.ndarray  # (n, len(RECOMPUTE_MODULES)): forward time each selective module repeats
+    moe_module_recompute: np.ndarray
     dense_sac_recompute: np.ndarray
     moe_sac_recompute: np.ndarray
     head_forward: np.ndarray
@@ -65,9 +70,12 @@ class Roofline:
             if gpu.supports(precision):
                 peaks[i] = gpu.peak_flops[precision] * eff.gemm_fraction(arch, precision)
         self.gemm_flops = peaks[p.precision]  # 0 where the GPU lacks the precision (a rule rejects those)
+        # attention, the LM head and the router run in 16 bits under fp8 training (Transformer Engine), in
+        # fp32 when the plan is fp32 (no flash kernel exists for fp32: attention at the fp32 GEMM rate)
+        fp32 = p.precision == code("precision", "fp32")
         half = "bf16" if gpu.supports("bf16") else "fp16"
-        self.half_flops = gpu.peak_flops[half] * eff.gemm_fraction(arch, half)
-        self.attention_flops = gpu.peak_flops[half] * eff.attention_fraction(arch)
+        self.half_flops = np.where(fp32, self.gemm_flops, gpu.peak_flops[half] * eff.gemm_fraction(arch, half))
+        self.attention_flops = np.where(fp32, self.gemm_flops, gpu.peak_flops[half] * eff.attention_fraction(arch))
         self.hbm = gpu.hbm_bandwidth * eff.memory_bound
         self.launch = eff.kernel_launch_s
         self.moe_sync = eff.moe_host_sync_s
@@ -101,29 +109,29 @@ def _sequence(roof: Roofline, rate: np.ndarray, m: np.ndarray, mms: tuple, tp: n
     return total, even
 
 
-def elementwise_bytes_per_token(f: ModelFacts, p: PlanArrays, b: np.ndarray, tp: np.ndarray, width: float,
-                                routed: float = 0.0) -> np.ndarray:
-    """Forward bytes the memory-bound kernels of one layer move per token (see the module docstring).
-    Fused: each norm reads and writes h, each of the 2 residual adds reads 2h and writes h, RoPE reads
-    and writes q and k, the activation reads (1+g)·f and writes f, fp8 casts read b and write 1 byte per
-    GEMM input. Unfused PyTorch eager ops (HF's RMSNorm: upcast, square, mean, multiply, downcast,
-    scale — (28 + 4b)·h; RoPE's rotate-half slices, concatenation, two multiplies and an add — 5 passes;
-    SiLU then product — (1 + g + 3)·f) move more."""
+def elementwise_parts(f: ModelFacts, p: PlanArrays, b: np.ndarray, tp: np.ndarray, width: float) -> dict[str, np.ndarray]:
+    """Forward bytes per token that the memory-bound kernels of one layer move, by kernel (see the module
+    docstring), with an MLP of ``width``. Fused: each norm reads and writes h, each of the 2 residual adds
+    reads 2h and writes h, RoPE reads and writes q and k, the activation reads (1+g)·f and writes f, fp8
+    casts read b and write 1 byte per GEMM input. Unfused PyTorch eager ops (HF's RMSNorm: upcast,
+    square, mean, multiply, downcast, scale — (28 + 4b)·h; RoPE's rotate-half slices, concatenation, two
+    multiplies and an add — 5 passes; SiLU then product — (1 + g + 3)·f) move more."""
     fused = p.kernels == code("kernels", "fused")
     fp8 = p.precision == code("precision", "fp8")
     h = f.hidden
     sp_div = np.where(p.sequence_parallel, tp, 1.0)
     norm = np.where(fused, 2 * b * h, (28 + 4 * b) * h)
-    norms = f.norms_per_layer * norm / sp_div
-    residual = 2 * 3 * b * h / sp_div
-    rope = np.where(fused, 1.0, 5.0) * 2 * b * (f.q_width + f.k_width) / tp
     gate = 1.0 if f.gated else 0.0
-    activation = np.where(fused, (2 + gate), (2 + gate + 2 * gate)) * b * width / tp
-    cast = np.where(fp8, (b + 1.0) * (2 * h + f.out_width / tp + width / tp), 0.0)
-    return norms + residual + rope + activation + cast + routed
+    return {
+        "norms": f.norms_per_layer * norm / sp_div,
+        "residual": 2 * 3 * b * h / sp_div,
+        "rope": np.where(fused, 1.0, 5.0) * 2 * b * (f.q_width + f.k_width) / tp,
+        "activation": np.where(fused, (2 + gate), (2 + gate + 2 * gate)) * b * width / tp,
+        "cast": np.where(fp8, (b + 1.0) * (2 * h + f.out_width / tp + width / tp), 0.0),
+    }
 
 
-def layer_times(spec: ModelSpec, f: ModelFacts, gpu: GPUSpec, eff: Efficiency, p: PlanArrays, w: Workload,
+def layer_times(f: ModelFacts, gpu: GPUSpec, eff: Efficiency, p: PlanArrays, w: Workload,
                 keys: tuple[float, float]) -> LayerTimes:
     roof = Roofline(gpu, eff, p)
     b = activation_bytes(p)
@@ -138,7 +146,7 @@ def layer_times(spec: ModelSpec, f: ModelFacts, gpu: GPUSpec, eff: Efficiency, p
 
     # attention core over the keys each query sees (global and sliding-window layers averaged)
     global_keys, window_keys = keys
-    sliding = (spec.sliding_window_layers or 0) / spec.num_layers
+    sliding = f.sliding_layer_share
     keys_avg = (1 - sliding) * global_keys + sliding * window_keys
     core_flops = 2.0 * (f.heads / tp) * ((f.q_width + f.out_width) / f.heads) * keys_avg * tokens
     attention = core_flops / roof.attention_flops
@@ -153,8 +161,8 @@ def layer_times(spec: ModelSpec, f: ModelFacts, gpu: GPUSpec, eff: Efficiency, p
 
     moe_gemm = np.zeros(len(p))
     expert_gemm = np.zeros(len(p))
+    shared_gemm = np.zeros(len(p))
     routed_bytes = 0.0
-    moe_width = 0.0
     if f.experts:
         etp = p.etp.astype(float)
         routed = f.top_k * tokens * etp / tp  # routed tokens this GPU's expert shards compute
@@ -162,24 +170,44 @@ def layer_times(spec: ModelSpec, f: ModelFacts, gpu: GPUSpec, eff: Efficiency, p
         per_expert = routed / local_experts
         for mm in f.mlp_matmuls(f.expert_ffn):
             expert_gemm = expert_gemm + local_experts * _matmul_time(roof, rate, per_expert, mm, etp, gemm_b)
-        moe_gemm = moe_gemm + expert_gemm
         if f.shared_ffn:
-            moe_gemm = moe_gemm + _sequence(roof, rate, tokens, f.mlp_matmuls(f.shared_ffn), tp, gemm_b)[0]
-        moe_gemm = moe_gemm + _gemm(roof, roof.half_flops * one, tokens, f.hidden * one, f.experts * one, b)
+            shared_gemm = _sequence(roof, rate, tokens, f.mlp_matmuls(f.shared_ffn), tp, gemm_b)[0]
+        router_gemm = _gemm(roof, roof.half_flops, tokens, f.hidden * one, f.experts * one, b)
+        moe_gemm = expert_gemm + shared_gemm + router_gemm
         # permute, unpermute and the routing softmax: read and write k copies of each token's hidden state
-        routed_bytes = 4.0 * f.top_k * f.hidden * b / tp + 8.0 * f.experts
-        moe_width = f.top_k * f.expert_ffn + f.shared_ffn
+        routed_bytes = (4.0 * f.top_k * f.hidden * b / tp + 8.0 * f.experts) * tokens / roof.hbm
 
-    dense_elementwise = elementwise_bytes_per_token(f, p, b, tp, f.ffn) * tokens / roof.hbm
-    moe_elementwise = elementwise_bytes_per_token(f, p, b, tp, moe_width, routed_bytes) * tokens / roof.hbm
+    seconds = lambda parts: {name: value * tokens / roof.hbm for name, value in parts.items()}  # noqa: E731
+    dense_parts = seconds(elementwise_parts(f, p, b, tp, f.ffn))
+    moe_parts = seconds(elementwise_parts(f, p, b, tp, f.top_k * f.expert_ffn + f.shared_ffn))
+    dense_elementwise = sum(dense_parts.values())
+    moe_elementwise = sum(moe_parts.values()) + routed_bytes
     launch = KERNELS_PER_LAYER_FORWARD * roof.launch
 
     dense_forward = attn_gemm + dense_mlp + attention + dense_elementwise + launch
     moe_forward = attn_gemm + moe_gemm + attention + moe_elementwise + launch + roof.moe_sync
     backward = lambda gemm, elementwise: 2 * gemm + 2.5 * attention + 2 * elementwise + 2 * launch  # noqa: E731
 
+    # selective recompute: the forward work each module repeats, per layer (RECOMPUTE_MODULES order)
+    up_projections = tuple(mm for mm in f.attention_matmuls if mm[2] == "column" and mm[0] != f.hidden)
+    up_gemm = sum((_matmul_time(roof, rate, tokens, mm, tp, gemm_b) for mm in up_projections), np.zeros(len(p)))
+    norm_one = dense_parts["norms"] / f.norms_per_layer
+    moe_share = (f.top_k * f.expert_ffn / (f.top_k * f.expert_ffn + f.shared_ffn)) if f.experts else 0.0
+    zero = np.zeros(len(p))
+    modules = {
+        "core_attn": (attention, attention),
+        "layernorm": (dense_parts["norms"], moe_parts["norms"]),
+        "mla_up_proj": (up_gemm + dense_parts["rope"], up_gemm + moe_parts["rope"]),
+        "mlp": (dense_mlp + dense_parts["activation"] + norm_one, zero),
+        "moe_act": (zero, moe_share * moe_parts["activation"]),
+        "moe": (zero, moe_gemm + moe_parts["activation"] + routed_bytes + norm_one + roof.moe_sync),
+        "shared_experts": (zero, shared_gemm + (1 - moe_share) * moe_parts["activation"] if f.experts else zero),
+    }
+    dense_modules = np.stack([modules[name][0] for name in RECOMPUTE_MODULES], axis=1)
+    moe_modules = np.stack([modules[name][1] for name in RECOMPUTE_MODULES], axis=1)
+
     # LM head and loss (last stage): GEMM at half precision, softmax/cross-entropy reads logits ~3 times
-    head_gemm = _gemm(roof, roof.half_flops * one, tokens, f.hidden * one, f.vocab / tp, b)
+    head_gemm = _gemm(roof, roof.half_flops, tokens, f.hidden * one, f.vocab / tp, b)
     head_elementwise = 3 * 4.0 * f.vocab / tp * tokens / roof.hbm
     return LayerTimes(
         dense_forward=dense_forward,
@@ -190,6 +218,10 @@ def layer_times(spec: ModelSpec, f: ModelFacts, gpu: GPUSpec, eff: Efficiency, p
         dense_gemm_forward=attn_gemm + dense_mlp,
         moe_gemm_forward=attn_gemm + moe_gemm,
         moe_expert_forward=expert_gemm,
+        moe_overlappable_forward=moe_forward - launch - roof.moe_sync,
+        moe_shared_forward=shared_gemm,
+        dense_module_recompute=dense_modules,
+        moe_module_recompute=moe_modules,
         dense_sac_recompute=dense_even + dense_elementwise,
         moe_sac_recompute=attn_even + moe_gemm + moe_elementwise,
         head_forward=head_gemm + head_elementwise,

@@ -32,7 +32,8 @@ class Efficiency:
     def with_overrides(self, overrides: dict[str, Any]) -> Efficiency:
         """A copy with ``overrides`` merged in, key by key (e.g. ``{"gemm": {"hopper": {"bf16": 0.7}}}``).
         Unknown keys, a number where a table belongs (or the reverse) and values out of range
-        (fractions in [0, 1], seconds ≥ 0) raise ValueError naming the key."""
+        (fractions of a peak in (0, 1], overlap fractions in [0, 1], seconds ≥ 0) raise ValueError
+        naming the key."""
         values = {key: copy.deepcopy(getattr(self, key)) for key in self.__dataclass_fields__}
         for key, value in overrides.items():
             if key not in values:
@@ -67,8 +68,12 @@ def _merge(current: Any, override: Any, where: str) -> Any:
         return merged
     if isinstance(override, bool) or not isinstance(override, (int, float)):
         raise ValueError(f"efficiency factor {where!r} must be a number, got {override!r}")
-    seconds = where.endswith("_s") or where.startswith("latency_s")
-    if override < 0 or (not seconds and override > 1):
-        bounds = "≥ 0 (seconds)" if seconds else "in [0, 1] (a fraction of a peak)"
+    if where.endswith("_s") or where.startswith("latency_s"):
+        ok, bounds = override >= 0, "≥ 0 (seconds)"
+    elif where.startswith("overlap"):
+        ok, bounds = 0 <= override <= 1, "in [0, 1] (the fraction of the compute that hides communication)"
+    else:
+        ok, bounds = 0 < override <= 1, "in (0, 1] (a fraction of a peak)"
+    if not ok:
         raise ValueError(f"efficiency factor {where!r} must be {bounds}, got {override!r}")
     return float(override)

@@ -135,6 +135,9 @@ def _notes(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workloa
         notes.append(f"Does not fit: {mem.total / GIB:.1f} GiB needed, {mem.usable / GIB:.1f} GiB on the GPU "
                      f"({over:.1f} GiB over). Options: recompute, shard optimizer states (zero1/fsdp), more "
                      "tensor or pipeline parallelism, a smaller micro-batch, or an 8-bit optimizer.")
+    if not workload.training:
+        notes.append("Serving: the step is one forward pass over the batch's contexts (prefill); tokens/s counts "
+                     "the context tokens processed, not generated tokens.")
     notes.append(f"Step {step:.3f} s: compute {time.compute:.3f} s ({_pct(time.compute, step)}), MFU "
                  f"{100 * e.mfu[0]:.1f}% of the {plan.precision} dense peak ({e.peak_flops[0] / 1e12:.0f} TFLOP/s), "
                  "counting model FLOPs without recompute.")
@@ -158,6 +161,9 @@ def _notes(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workloa
          "gradient-reduction overlap and larger batches per step hide more of it",
          "Data-parallel gradient reduction is hidden behind backward."),
     ]
+    if plan.tp > 1 and plan.tp_comm_overlap and not plan.sequence_parallel:
+        notes.append("tp_comm_overlap needs sequence parallelism (Megatron-Core): without it the TP all-reduces "
+                     "are not overlapped; enable sequence_parallel.")
     for seconds, degree, what, advice, hidden in communication:
         if seconds > 0:
             notes.append(f"{what} exposed: {seconds:.3f} s ({_pct(seconds, step)}); {advice}.")

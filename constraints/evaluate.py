@@ -52,6 +52,8 @@ def evaluate(
     runtime: RuntimeAllowance | None = None,
 ) -> Evaluation:
     p = plans if isinstance(plans, PlanArrays) else PlanArrays.from_plans(plans)
+    if len(p) == 0:
+        raise ValueError("evaluate needs at least one plan")
     eff = efficiency or Efficiency.default()
     rt = runtime or RuntimeAllowance.default()
     depths = np.unique(p.pp)
@@ -78,14 +80,14 @@ def _scatter(parts: list, groups: list[np.ndarray], n: int):
 def _evaluate(model: ModelSpec, cluster: ClusterSpec, workload: Workload, p: PlanArrays, eff: Efficiency,
               rt: RuntimeAllowance) -> Evaluation:
     f = model_facts(model)
-    layout = stage_layout(f, p)
-    params = stage_params(f, p, layout, train_mtp=workload.train_mtp)
+    layout = stage_layout(f, p, train_mtp=workload.train_mtp)
+    params = stage_params(f, p, layout)
     per = bytes_per_param(p, f.adafactor_state_ratio)
     div = shard_divisors(p)
     kv_latent = (model.mla.kv_lora_rank + model.mla.qk_rope_head_dim) if model.mla else 0
     memory = stage_memory(f, cluster, p, workload, rt, layout, params, per, div, kv_latent=kv_latent,
                           kv_head_dim=model.head_dim or 0)
-    times = layer_times(model, f, cluster.gpu, eff, p, workload, attention_keys(model, workload.seq_len, causal=True))
+    times = layer_times(f, cluster.gpu, eff, p, workload, attention_keys(model, workload.seq_len, causal=True))
     step = step_times(f, cluster, eff, p, workload, layout, params, times, per, div)
 
     usable = float(cluster.gpu.memory_bytes)

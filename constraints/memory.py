@@ -104,7 +104,10 @@ def stage_memory(
     offload_states = col(p.offload != code("offload", "none"))
     weights = col(per.resident_weights) * (params.dense / col(div.weights) + params.expert / col(div.expert_weights))
     weights = np.where(offload_params > 0, 0.0, weights)
-    gathered = np.where(col(gathers_weights(p)) > 0, 2 * params.largest_layer * col(per.weights), 0.0)
+    # FSDP / ZeRO-3 hold the unit being computed and prefetch the next: a layer and the largest of a layer,
+    # the embedding (first stage) and the LM head (last stage), gathered in the compute dtype
+    unit = np.maximum(params.largest_layer, np.maximum(params.embedding, params.head))
+    gathered = np.where(col(gathers_weights(p)) > 0, (params.largest_layer + unit) * col(per.weights), 0.0)
     weights = weights + gathered
     if training:
         grads = col(per.grads) * (params.dense / col(div.grads) + params.expert / col(div.expert_grads))
@@ -138,9 +141,11 @@ def stage_memory(
     activations = activations + transient * tokens
 
     if w.kind == "inference":
-        sequences = col(np.maximum(w.global_batch_size // p.dp, 1))
-        kv = layout.layers * col(kv_cache_bytes_per_token_layer(f, p, kv_latent, kv_head_dim)) * sequences * w.seq_len
-        kv = kv / col(p.cp)
+        sequences = col(-(-w.global_batch_size // p.dp))  # the most loaded data-parallel replica
+        cached = layout.layers * w.seq_len
+        if f.sliding_window:  # sliding-window layers keep only the window (spread evenly over the stages)
+            cached = cached - layout.layers * f.sliding_layer_share * max(w.seq_len - f.sliding_window, 0)
+        kv = cached * col(kv_cache_bytes_per_token_layer(f, p, kv_latent, kv_head_dim)) * sequences / col(p.cp)
     else:
         kv = np.zeros_like(weights)
 

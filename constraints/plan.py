@@ -15,8 +15,10 @@ Both are the cost model's inputs; the solver re-exports them. Conventions:
 - ``kernels``: ``fused`` = Megatron-Core / Transformer Engine (fused norms, fused SwiGLU, fused
   cross-entropy); ``unfused`` = PyTorch eager modules as HF ``transformers`` writes them (the recipe the
   memory tests measure). ``attention_kernel``: ``flash`` keeps no s² matrix, ``eager`` materialises it.
-- ``recompute``: ``selective`` recomputes the attention core (Korthikanti et al. 2022 §5; Megatron-Core
-  ``--recompute-granularity selective`` with its default module ``core_attn``); ``selective_mm`` is
+- ``recompute``: ``selective`` recomputes the modules in ``recompute_modules`` (Megatron-Core
+  ``--recompute-granularity selective --recompute-modules ...``; the default, ``core_attn``, is the
+  attention core of Korthikanti et al. 2022 §5; ``layernorm``, ``mla_up_proj``, ``mlp``, ``moe_act``,
+  ``moe`` and ``shared_experts`` are Megatron-Core's other modules); ``selective_mm`` is
   PyTorch selective activation checkpointing with torchtitan's op policy (keep the outputs of attention
   and of every other matmul, recompute the rest); ``full`` keeps only each layer's input and recomputes the layer — on every layer, or on the
   first ``recompute_layers`` of each pipeline rank's layers (Megatron-Core ``--recompute-method block
@@ -32,9 +34,12 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 Degree = Annotated[StrictInt, Field(ge=1, le=2**20)]
+Count = Annotated[StrictInt, Field(ge=1, le=2**24)]  # tokens per sequence, sequences per step
 
 SHARDINGS = ("none", "zero1", "zero2", "zero3", "fsdp", "hsdp")
 RECOMPUTES = ("none", "selective", "selective_mm", "full")
+RECOMPUTE_MODULES = ("core_attn", "layernorm", "mla_up_proj", "mlp", "moe_act", "moe", "shared_experts")
+RecomputeModule = Literal["core_attn", "layernorm", "mla_up_proj", "mlp", "moe_act", "moe", "shared_experts"]
 PRECISIONS = ("bf16", "fp16", "fp8", "fp32")
 OPTIMIZERS = ("adamw", "adamw8bit", "adafactor", "lion", "sgd")
 OFFLOADS = ("none", "optimizer", "params")
@@ -66,6 +71,7 @@ class Plan(_Frozen):
     hsdp_shard_size: Degree | None = None
     recompute: Literal["none", "selective", "selective_mm", "full"] = "none"
     recompute_layers: Degree | None = None
+    recompute_modules: tuple[RecomputeModule, ...] | None = None
     precision: Literal["bf16", "fp16", "fp8", "fp32"] = "bf16"
     master_weights: bool = True
     optimizer: Literal["adamw", "adamw8bit", "adafactor", "lion", "sgd"] = "adamw"
@@ -76,6 +82,7 @@ class Plan(_Frozen):
     attention_kernel: Literal["flash", "eager"] = "flash"
     persistent_grads: bool = True
     tp_comm_overlap: bool = True
+    ep_comm_overlap: bool = True
     grad_reduce_overlap: bool = True
     param_gather_overlap: bool = True
 
@@ -98,6 +105,12 @@ class Plan(_Frozen):
             raise ValueError("hsdp_shard_size is only meaningful with sharding 'hsdp'")
         if self.recompute_layers is not None and self.recompute != "full":
             raise ValueError("recompute_layers applies to recompute 'full' only")
+        if self.recompute == "selective":
+            modules = self.recompute_modules or ("core_attn",)
+            canonical = tuple(m for m in RECOMPUTE_MODULES if m in modules)
+            object.__setattr__(self, "recompute_modules", canonical)
+        elif self.recompute_modules is not None:
+            raise ValueError("recompute_modules applies to recompute 'selective' only")
         if self.layers_per_stage is not None and len(self.layers_per_stage) != self.pp:
             raise ValueError(f"layers_per_stage lists {len(self.layers_per_stage)} stages but pp is {self.pp}")
         return self
@@ -124,8 +137,8 @@ class Workload(_Frozen):
     trains DeepSeek-V3's multi-token-prediction modules too."""
 
     kind: Literal["pretrain", "finetune", "inference"] = "pretrain"
-    seq_len: Degree
-    global_batch_size: Degree
+    seq_len: Count
+    global_batch_size: Count
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
     train_mtp: bool = False
 

@@ -18,9 +18,9 @@ from models import ModelSpec
 
 
 class Violation(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
     """One broken rule: its name, what is wrong with this plan, and what would fix it."""
+
+    model_config = ConfigDict(frozen=True)
 
     rule: str
     message: str
@@ -103,8 +103,25 @@ def structural_violations(model: ModelSpec, cluster: ClusterSpec, plan: Plan, wo
              f"use cp with 2·cp dividing {workload.seq_len}")
     rule("sequence_parallel_needs_tp", plan.tp > 1 or not plan.sequence_parallel,
          "sequence parallelism needs tp > 1", "unset sequence_parallel or raise tp")
-    domain = cluster.nvlink_domain_gpus
-    rule("tp_cp_inside_nvlink", allow_cross_domain or plan.tp * plan.cp <= max(domain, 1),
+    if plan.sequence_parallel and plan.tp > 1:
+        local = workload.seq_len // plan.cp
+        rule("sequence_by_tp_with_sp", workload.seq_len % plan.cp == 0 and local % plan.tp == 0,
+             f"sequence parallelism splits each rank's {local}-token sequence over tp = {plan.tp}, which does not divide it",
+             f"use a sequence length that is a multiple of cp·tp = {plan.cp * plan.tp}")
+    if plan.cp > 1:
+        rule("cp_needs_flash_attention", plan.attention_kernel == "flash",
+             "context parallelism runs ring attention inside the fused attention kernel (Transformer Engine); eager attention has none",
+             "use attention_kernel 'flash' or cp 1")
+    if plan.recompute_layers is not None:
+        per_rank = -(-model.num_layers // (plan.pp * plan.vpp))
+        if plan.layers_per_stage is not None:
+            per_rank = max(plan.layers_per_stage)
+        rule("recompute_layers_within_stage", plan.recompute_layers <= per_rank,
+             f"recompute_layers {plan.recompute_layers} exceeds the {per_rank} layers of a pipeline (virtual) stage",
+             f"use recompute_layers ≤ {per_rank}, or leave it unset to recompute every layer")
+    # the fast domain: the NVLink domain, or the node's GPUs where they share no NVLink (PCIe servers)
+    domain = min(max(cluster.nvlink_domain_gpus, cluster.node.gpus_per_node), cluster.total_gpus)
+    rule("tp_cp_inside_nvlink", allow_cross_domain or plan.tp * plan.cp <= domain,
          f"tp·cp = {plan.tp * plan.cp} spans beyond the {domain}-GPU NVLink domain: every layer's collectives would cross the network",
          f"keep tp·cp ≤ {domain}, or allow crossing the domain explicitly")
     gpu = cluster.gpu
@@ -118,6 +135,12 @@ def structural_violations(model: ModelSpec, cluster: ClusterSpec, plan: Plan, wo
     rule("param_offload_needs_sharding", plan.offload != "params" or plan.sharding in ("zero3", "fsdp", "hsdp"),
          "offloading parameters needs ZeRO-3/FSDP/HSDP (DeepSpeed offload_param, FSDP CPUOffload)",
          "set sharding zero3 or fsdp")
+    rule("optimizer_offload_needs_sharding", plan.offload != "optimizer" or plan.sharding != "none",
+         "offloading the optimizer needs ZeRO (DeepSpeed offload_optimizer, stage ≥ 1) or FSDP",
+         "set sharding zero1 or higher, or offload none")
+    rule("deepspeed_pipeline_zero1_only", plan.pp == 1 or plan.sharding not in ("zero2", "zero3"),
+         f"DeepSpeed's pipeline engine supports ZeRO stage 1 only; sharding '{plan.sharding}' with pp = {plan.pp} does not start",
+         "use zero1 with pipeline parallelism, or fsdp (torchtitan composes FSDP with pipelining)")
     return out
 
 

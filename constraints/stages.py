@@ -8,8 +8,9 @@ last stage also carry the embedding and the LM head. Rank i holds virtual stages
 Parameters per GPU of a stage (Megatron-Core's placement): attention, dense MLPs and shared experts split
 by tp; norms and routers replicated; routed experts split by ep (whole experts) and etp (inside an
 expert); the token embedding (vocab-parallel, /tp) and learned positions on the first stage; the LM head
-(/tp) and final norm on the last stage, where a tied head is a second copy unless pp = 1; DeepSeek-V3's MTP
-modules on the last stage when trained.
+(/tp) and final norm on the last stage, where a tied head is a second copy unless pp = 1. DeepSeek-V3's MTP modules, when trained,
+sit on the last stage: each is one more decoder layer (MoE when the model is, split like any other) plus
+its projection and norms, and one more pass through the shared LM head.
 """
 
 from __future__ import annotations
@@ -32,13 +33,14 @@ class StageLayout:
     index: np.ndarray
     layers: np.ndarray
     moe_layers: np.ndarray
+    mtp: np.ndarray  # MTP modules on the stage (counted in layers / moe_layers too)
 
     @property
     def dense_layers(self) -> np.ndarray:
         return self.layers - self.moe_layers
 
 
-def stage_layout(facts: ModelFacts, p: PlanArrays) -> StageLayout:
+def stage_layout(facts: ModelFacts, p: PlanArrays, *, train_mtp: bool = False) -> StageLayout:
     n = len(p)
     explicit = p.layers_per_stage
     width = int(p.pp.max()) if explicit is None else max(int(p.pp.max()), explicit.shape[1])
@@ -56,13 +58,16 @@ def stage_layout(facts: ModelFacts, p: PlanArrays) -> StageLayout:
         has = (given.sum(axis=1) > 0)[:, None]
         layers = np.where(has, given, layers)
         moe = np.where(has, given_moe, moe)
+    last = index == pp - 1
+    mtp = np.where(last, facts.mtp_layers if train_mtp else 0, 0)
     return StageLayout(
         valid=valid,
         first=index == 0,
-        last=index == pp - 1,
+        last=last,
         index=index,
-        layers=layers,
-        moe_layers=moe,
+        layers=layers + mtp,
+        moe_layers=moe + (mtp if facts.experts else 0),
+        mtp=mtp,
     )
 
 
@@ -89,19 +94,21 @@ def _default_split(facts: ModelFacts, p: PlanArrays, index: np.ndarray, valid: n
 class StageParams:
     """Parameters on ONE GPU of each stage, (n, P): ``dense`` ones (sharded over the data-parallel group)
     and ``expert`` ones (sharded over the expert-data-parallel group), those of one layer (the unit
-    FSDP/ZeRO-3 gathers at a time) and the input embedding's (first stage)."""
+    FSDP/ZeRO-3 gathers at a time), the input embedding's (first stage) and the LM head's (last stage)."""
 
     dense: np.ndarray
     expert: np.ndarray
     largest_layer: np.ndarray
     embedding: np.ndarray
+    head: np.ndarray
 
 
-def stage_params(facts: ModelFacts, p: PlanArrays, layout: StageLayout, *, train_mtp: bool) -> StageParams:
+def stage_params(facts: ModelFacts, p: PlanArrays, layout: StageLayout) -> StageParams:
     tp = p.tp[:, None].astype(float)
     ep = p.ep[:, None].astype(float)
     etp = p.etp[:, None].astype(float)
-    per_layer_split = facts.attention_params / tp + facts.norm_params_per_layer
+    replicated_attention = facts.attention_params - facts.attention_split_params
+    per_layer_split = facts.attention_split_params / tp + replicated_attention + facts.norm_params_per_layer
     dense = (
         layout.layers * per_layer_split
         + layout.dense_layers * facts.dense_mlp_params / tp
@@ -111,10 +118,9 @@ def stage_params(facts: ModelFacts, p: PlanArrays, layout: StageLayout, *, train
     embedding = np.where(layout.first, token_embedding / tp + facts.position_params, 0.0)
     dense = dense + embedding
     separate_head = (not facts.tied) or (p.pp[:, None] > 1)
-    head = np.where(separate_head, facts.head_params / tp, 0.0) + facts.final_norm_params
-    dense = dense + np.where(layout.last, head, 0.0)
-    if train_mtp and facts.mtp_layers:
-        dense = dense + np.where(layout.last, facts.mtp_layers * facts.mtp_params / tp, 0.0)
+    head = np.where(layout.last, np.where(separate_head, facts.head_params / tp, 0.0) + facts.final_norm_params, 0.0)
+    dense = dense + head
+    dense = dense + layout.mtp * facts.mtp_extra_params / tp
     experts_per_gpu = facts.experts / ep
     expert = layout.moe_layers * experts_per_gpu * facts.expert_params / etp
     dense_layer = per_layer_split + facts.dense_mlp_params / tp
@@ -126,4 +132,5 @@ def stage_params(facts: ModelFacts, p: PlanArrays, layout: StageLayout, *, train
         expert=np.where(layout.valid, expert, 0.0),
         largest_layer=np.where(layout.valid, largest, 0.0),
         embedding=np.where(layout.valid, embedding, 0.0),
+        head=np.where(layout.valid, head, 0.0),
     )

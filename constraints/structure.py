@@ -39,7 +39,8 @@ class ModelFacts:
     expert_ffn: int
     shared_ffn: int  # total width of the shared experts
     is_moe: tuple[bool, ...]  # per layer
-    attention_params: int
+    attention_params: int  # per layer; the part split by tensor parallelism is attention_split_params
+    attention_split_params: int  # column- and row-parallel projections (MLA's down-projections stay whole)
     dense_mlp_params: int
     norm_params_per_layer: int
     router_params: int
@@ -50,9 +51,11 @@ class ModelFacts:
     head_params: int  # LM head weights (V·d, whether tied or not: a tied head still exists on the last stage)
     tied: bool
     final_norm_params: int
-    mtp_params: int
     mtp_layers: int
+    mtp_extra_params: int  # each MTP module beyond its decoder layer: the 2d → d projection and 3 norms
     adafactor_state_ratio: float  # Adafactor's factored second-moment elements per parameter
+    sliding_window: int  # tokens a sliding-window layer attends to (0: none)
+    sliding_layer_share: float  # fraction of the layers that use the sliding window
     attention_matmuls: tuple[tuple[int, int, str], ...]  # (in, out, TP split) in forward order
 
     def mlp_matmuls(self, width: int) -> tuple[tuple[int, int, str], ...]:
@@ -157,6 +160,7 @@ def model_facts(spec: ModelSpec) -> ModelFacts:
         shared_ffn=(moe.num_shared_experts * moe.shared_expert_ffn_hidden_size) if moe else 0,
         is_moe=tuple(i not in dense for i in range(spec.num_layers)),
         attention_params=P.attention_params(spec),
+        attention_split_params=sum(k * n for k, n, mode in _attention_matmuls(spec) if mode != "replicated"),
         dense_mlp_params=P.dense_mlp_params(spec),
         norm_params_per_layer=spec.norms_per_layer * P.norm_params(spec, d),
         router_params=P.router_params(spec) if moe else 0,
@@ -167,9 +171,11 @@ def model_facts(spec: ModelSpec) -> ModelFacts:
         head_params=spec.vocab_size * d,
         tied=spec.tie_word_embeddings,
         final_norm_params=P.norm_params(spec, d),
-        mtp_params=spec.params.mtp // spec.mtp_layers if spec.mtp_layers else 0,
         mtp_layers=spec.mtp_layers,
+        mtp_extra_params=P.mtp_module_params(spec) - P.layer_params(spec, moe_layer=moe is not None) if spec.mtp_layers else 0,
         adafactor_state_ratio=_adafactor_ratio(spec),
+        sliding_window=spec.sliding_window or 0,
+        sliding_layer_share=(spec.sliding_window_layers or 0) / spec.num_layers,
         attention_matmuls=_attention_matmuls(spec),
     )
 

@@ -2,29 +2,40 @@
 data-parallel reduction and the optimizer update.
 
 Per micro-batch on pipeline rank i (`constraints.compute` for the compute):
-- forward + backward of its layers, plus recompute (full: the layers' forward again; selective: the
-  attention core again; selective_mm: every other matmul and the elementwise kernels, MoE blocks
-  entirely), plus the LM head on the last stage;
+- forward + backward of its layers, plus recompute (full: the layers' forward again, collectives
+  included, not the LM head; selective: each recomputed module's forward — the attention core, norms,
+  MLA up-projections, a dense MLP or MoE block with its collectives, the experts' activation, the
+  shared experts; selective_mm: every other matmul and the elementwise kernels, MoE blocks entirely),
+  plus the LM head on the last stage (once more per trained MTP module);
 - tensor parallelism: per layer and pass, two all-gathers and two reduce-scatters of the micro-batch's
   hidden states with sequence parallelism, or two all-reduces without — the same ring volume,
-  4 · RS(T·h·b) (Korthikanti et al. 2022 §4.2.2); with ``tp_comm_overlap`` the GEMMs hide up to
-  η_tp of their time of it;
+  4 · RS(T·h·b) (Korthikanti et al. 2022 §4.2.2); ``tp_comm_overlap`` (which Megatron allows only with
+  sequence parallelism) hides up to η_tp of the GEMMs' time of it;
 - context parallelism: ring attention passes the rank's K and V cp − 1 times forward (K, V and their
   gradients backward), hidden behind attention up to η_cp (Liu et al. 2023, Ring Attention);
-- expert parallelism: an all-to-all dispatch and combine per MoE layer and pass, hidden behind the
-  layer's other compute (attention, router, shared experts) up to η_ep (Megatron-Core's a2a overlap);
+- expert parallelism: an all-to-all dispatch and combine per MoE layer and pass; with ``ep_comm_overlap``
+  (Megatron-Core's ``--overlap-moe-expert-parallel-comm``: one micro-batch's all-to-all runs while
+  another computes, as in DeepSeek-V3's DualPipe) hidden behind up to η_ep of the layer's compute (not
+  the host synchronisation that must precede a dispatch), else only behind the shared experts
+  (``--moe-shared-expert-overlap``);
 - pipeline parallelism: the activations sent to the next stage forward and their gradient backward
-  (vpp times with interleaving);
-- ZeRO-3 / FSDP / HSDP: all-gather of the stage's weights forward and backward and reduce-scatter of its
-  gradients, hidden behind that micro-batch's compute up to η_dp.
+  (vpp times with interleaving, where the last rank also sends its chunks back to the first);
+- ZeRO-3 / FSDP / HSDP: all-gather of the stage's weights forward (hidden behind forward up to η_dp with
+  ``param_gather_overlap``) and again backward, the reduce-scatter of its gradients, and for HSDP the
+  all-reduce of the gradient shards across replicas (hidden behind backward with
+  ``grad_reduce_overlap``); with parameters offloaded, their copy over PCIe each pass;
+- ZeRO-2 (DeepSpeed): the gradient reduce-scatter after every micro-batch's backward, since only the
+  rank's shard of gradients is kept.
 Pipeline of m micro-batches with per-rank times tᵢ: m · max tᵢ + β · (Σ tᵢ − max tᵢ), with the bubble
 factor β = 1 for 1F1B ((pp − 1)/m of the step for balanced stages, Narayanan et al. 2021), 1/vpp
 interleaved, 1/3 for zero-bubble ZB-H1 (Qi et al. 2023, §3).
-Once per step and rank: the data-parallel gradient reduction (reduce-scatter with a distributed
-optimizer / ZeRO-1-2, all-reduce otherwise, over dp·cp for dense and the expert-data-parallel group for
-expert weights), hidden behind the last backward up to η_dp with ``grad_reduce_overlap``; the parameter
-all-gather after a sharded update, hidden behind the next forward with ``param_gather_overlap``; and the
-memory-bound optimizer update of the rank's share of parameters (over PCIe when offloaded).
+Once per step and rank: the data-parallel gradient reduction — all-reduce without sharding,
+reduce-scatter with ZeRO-1 / Megatron's distributed optimizer, over dp·cp for dense and the
+expert-data-parallel group for expert weights — hidden behind the last backward up to η_dp with
+``grad_reduce_overlap``; the parameter all-gather after a ZeRO-1/2 update, hidden behind the next
+forward with ``param_gather_overlap``; and the memory-bound optimizer update of the rank's share of
+parameters (its gradients and weights over PCIe when the optimizer is offloaded; the host's own Adam time
+is not modelled).
 """
 
 from __future__ import annotations
@@ -39,20 +50,15 @@ from constraints.collectives import Fabric
 from constraints.compute import LayerTimes
 from constraints.efficiency import Efficiency
 from constraints.memory import micro_batches, recomputed_share
-from constraints.plan import Workload
+from constraints.plan import RECOMPUTE_MODULES, Workload
 from constraints.stages import StageLayout, StageParams
-from constraints.states import (
-    BytesPerParam,
-    ShardDivisors,
-    expert_data_parallel,
-    gathers_weights,
-)
+from constraints.states import BytesPerParam, ShardDivisors, expert_data_parallel, gathers_weights
 from constraints.structure import ModelFacts
 from hardware import ClusterSpec
 
-ADAM_UPDATE_PASSES = 2
-"""The fused Adam update reads and writes every state once: bytes moved = 2 × (master + moments) + the
-gradient read + the new weight written."""
+STATE_PASSES = 2
+"""A fused optimizer update reads and writes each of its states once: bytes moved = 2 × (master + optimizer
+states) + the gradient read + the new weight written."""
 
 
 @dataclass
@@ -90,66 +96,87 @@ def step_times(
     dense_l, moe_l = layout.dense_layers, layout.moe_layers
     layers = layout.layers
     training = w.training
+    heads = layout.last + layout.mtp  # LM head passes on the stage
 
-    forward = dense_l * col(times.dense_forward) + moe_l * col(times.moe_forward)
-    forward = forward + np.where(layout.last, col(times.head_forward), 0.0)
-    backward = dense_l * col(times.dense_backward) + moe_l * col(times.moe_backward)
-    backward = backward + np.where(layout.last, col(times.head_backward), 0.0)
+    layer_forward = dense_l * col(times.dense_forward) + moe_l * col(times.moe_forward)
+    forward = layer_forward + heads * col(times.head_forward)
+    backward = dense_l * col(times.dense_backward) + moe_l * col(times.moe_backward) + heads * col(times.head_backward)
     gemm_fwd = dense_l * col(times.dense_gemm_forward) + moe_l * col(times.moe_gemm_forward)
     attention_fwd = layers * col(times.attention_forward)
-    selective = attention_fwd
     sac = dense_l * col(times.dense_sac_recompute) + moe_l * col(times.moe_sac_recompute)
     mode = p.recompute[:, None]
-    recompute = np.select([mode == code("recompute", "full"), mode == code("recompute", "selective"),
-                           mode == code("recompute", "selective_mm")],
-                          [recomputed_share(p, layout) * forward, selective, sac], default=0.0)
+    full = recomputed_share(p, layout) * (mode == code("recompute", "full"))  # share of layers rebuilt
+    bits = (p.recompute_modules[:, None] >> np.arange(len(RECOMPUTE_MODULES))) & 1  # (n, modules)
+    on = {name: col(bits[:, i]) for i, name in enumerate(RECOMPUTE_MODULES)}
+    modules = (dense_l * col((times.dense_module_recompute * bits).sum(axis=1))
+               + moe_l * col((times.moe_module_recompute * bits).sum(axis=1)))
+    recompute = np.select([mode == code("recompute", "selective"), mode == code("recompute", "selective_mm")],
+                          [modules, sac], default=full * layer_forward)
     if not training:
         backward = recompute = np.zeros_like(forward)
+        full = np.zeros_like(forward)
+        on = dict.fromkeys(on, 0.0)
 
     # tensor parallelism: 4 reduce-scatter-equivalents of the hidden states per layer and pass
     hidden_bytes = tokens * f.hidden * b
     tp_per_pass = 4 * layers * col(fabric.reduce_scatter(hidden_bytes, tp, 1))
-    overlap_tp = col(p.tp_comm_overlap) > 0
-    tp_exposed = _hidden(tp_per_pass, gemm_fwd, eff.overlap["tp"], overlap_tp)
+    overlap_tp = col(p.tp_comm_overlap & p.sequence_parallel) > 0
+    tp_forward = _hidden(tp_per_pass, gemm_fwd, eff.overlap["tp"], overlap_tp)
+    # recompute repeats the forward collectives: all of them under full, the MLP / MoE block's half
+    # under the mlp / moe modules
+    block_share = (on["mlp"] * dense_l + on["moe"] * moe_l) / np.maximum(layers, 1) / 2
+    tp_exposed = (1 + full + block_share) * tp_forward
     if training:
         tp_exposed = tp_exposed + _hidden(tp_per_pass, 2 * gemm_fwd, eff.overlap["tp"], overlap_tp)
 
     # context parallelism: ring exchange of K and V, hidden behind attention
     kv_bytes = tokens * (f.k_width + f.v_width) * b / tp
     ring = col((cp - 1) * fabric.send(kv_bytes, tp)) * layers
-    cp_exposed = np.maximum(ring - eff.overlap["cp"] * attention_fwd, 0.0)
+    cp_exposed = (1 + full) * np.maximum(ring - eff.overlap["cp"] * attention_fwd, 0.0)
     if training:
         cp_exposed = cp_exposed + np.maximum(2 * ring - eff.overlap["cp"] * 2.5 * attention_fwd, 0.0)
 
     # expert parallelism: dispatch and combine all-to-alls per MoE layer and pass
     routed_bytes = f.top_k * tokens * f.hidden * b / tp if f.experts else np.zeros(len(p))
     a2a = 2 * moe_l * col(fabric.all_to_all(routed_bytes, ep, etp))
-    moe_other = moe_l * col(times.moe_forward - times.moe_expert_forward)
-    ep_comm = np.maximum(a2a - eff.overlap["ep"] * moe_other, 0.0)
+    cover = moe_l * np.where(col(p.ep_comm_overlap) > 0, col(times.moe_overlappable_forward), col(times.moe_shared_forward))
+    ep_comm = (1 + full + on["moe"]) * np.maximum(a2a - eff.overlap["ep"] * cover, 0.0)
     if training:
-        ep_comm = ep_comm + np.maximum(2 * a2a - eff.overlap["ep"] * 2 * moe_other, 0.0)
+        ep_comm = ep_comm + np.maximum(2 * a2a - eff.overlap["ep"] * 2 * cover, 0.0)
 
     # pipeline send/receive of the stage boundary's activations (vpp times with interleaving)
     sp_div = np.where(p.sequence_parallel, tp, 1)
     boundary = col(fabric.send(hidden_bytes / sp_div, tp * cp * dp) * p.vpp)
-    pp_comm = np.where(layout.last, 0.0, boundary) + np.where(layout.first | ~training, 0.0, boundary)
+    wraps = col(p.vpp) > 1  # interleaved chunks continue from the last rank to the first
+    pp_comm = np.where(layout.last & ~wraps, 0.0, boundary) + np.where((layout.first & ~wraps) | ~training, 0.0, boundary)
     pp_comm = np.where(col(p.pp) > 1, pp_comm, 0.0)
 
-    # ZeRO-3 / FSDP / HSDP: gather weights forward and backward, reduce-scatter gradients, per micro-batch
-    gathered = col(gathers_weights(p) & (p.offload != code("offload", "params")))
-    expert_group = expert_data_parallel(p)
-    dense_group = (col(p.shard_group), col(tp))
-    expert_groups = (col(expert_group), col(etp * ep))
-    weight_bytes = params.dense * col(per.weights), params.expert * col(per.weights)
-    grad_bytes = params.dense * col(per.grads), params.expert * col(per.grads)
-    fsdp = (2 * fabric.reduce_scatter(weight_bytes[0], *dense_group) + fabric.reduce_scatter(grad_bytes[0], *dense_group)
-            + 2 * fabric.reduce_scatter(weight_bytes[1], *expert_groups)
-            + fabric.reduce_scatter(grad_bytes[1], *expert_groups))
-    fsdp = np.where(gathered > 0, fsdp, 0.0) if training else np.zeros_like(forward)
-    fsdp_exposed = _hidden(fsdp, forward + backward, eff.overlap["dp"], True)
+    # data parallelism per micro-batch: FSDP-style gathers and reductions, ZeRO-2's gradient reduce-scatter
+    weights = params.dense * col(per.weights), params.expert * col(per.weights)
+    grads = params.dense * col(per.grads), params.expert * col(per.grads)
+    shard = (col(div.weights), col(tp)), (col(div.expert_weights), col(ep * etp))
+    gathered = col(gathers_weights(p)) > 0
+    all_gather = fabric.reduce_scatter(weights[0], *shard[0]) + fabric.reduce_scatter(weights[1], *shard[1])
+    grad_scatter = fabric.reduce_scatter(grads[0], *shard[0]) + fabric.reduce_scatter(grads[1], *shard[1])
+    replicas = (col(dp * cp) / col(div.weights), col(expert_data_parallel(p)) / col(div.expert_weights))
+    across_replicas = 2 * (fabric.reduce_scatter(grads[0] / shard[0][0], replicas[0], col(tp) * shard[0][0])
+                           + fabric.reduce_scatter(grads[1] / shard[1][0], replicas[1], col(ep * etp) * shard[1][0]))
+    offloaded_params = col(p.offload == code("offload", "params")) > 0
+    host_copy = np.where(offloaded_params, (weights[0] / shard[0][0] + weights[1] / shard[1][0])
+                         / (cluster.gpu.pcie_bandwidth * eff.memory_bound), 0.0)
+    zero2 = col(p.sharding == code("sharding", "zero2")) > 0
+    dp_groups = (col(dp * cp), col(tp)), (col(expert_data_parallel(p)), col(ep * etp))
+    reduce_scatter_dp = fabric.reduce_scatter(grads[0], *dp_groups[0]) + fabric.reduce_scatter(grads[1], *dp_groups[1])
+    fetch_forward = np.where(gathered, all_gather + host_copy, 0.0)
+    fetch_backward = np.where(gathered, all_gather + grad_scatter + across_replicas + host_copy, 0.0)
+    fetch_backward = fetch_backward + np.where(zero2, reduce_scatter_dp, 0.0)
+    if not training:
+        fetch_backward = np.zeros_like(forward)
+    dp_per_microbatch = (_hidden(fetch_forward, forward, eff.overlap["dp"], col(p.param_gather_overlap) > 0)
+                         + _hidden(fetch_backward, backward, eff.overlap["dp"], col(p.grad_reduce_overlap) > 0))
 
     compute = forward + backward + recompute
-    per_microbatch = compute + tp_exposed + cp_exposed + ep_comm + pp_comm + fsdp_exposed
+    per_microbatch = compute + tp_exposed + cp_exposed + ep_comm + pp_comm + dp_per_microbatch
     per_microbatch = np.where(layout.valid, per_microbatch, -np.inf)
     critical = np.argmax(per_microbatch, axis=1)
     pick = lambda a: np.take_along_axis(np.broadcast_to(a, per_microbatch.shape), critical[:, None], axis=1)[:, 0]  # noqa: E731
@@ -162,19 +189,15 @@ def step_times(
 
     # once per step: gradient reduction, parameter gather, optimizer update
     if training:
-        sharded_states = (div.states > 1) & ~gathers_weights(p)
-        reduce = np.where(col(sharded_states), 1.0, 2.0)  # reduce-scatter, or all-reduce
-        dp_groups = (col(dp * cp), col(tp))
-        dp_time = reduce * (fabric.reduce_scatter(grad_bytes[0], *dp_groups)
-                            + fabric.reduce_scatter(grad_bytes[1], *expert_groups))
-        dp_time = np.where(gathered > 0, 0.0, dp_time)
-        # reduction buckets overlap the last micro-batch's backward, parameter gathers the next forward
-        dp_exposed = _hidden(dp_time, backward, eff.overlap["dp"], col(p.grad_reduce_overlap) > 0)
-        gather_time = np.where(col(sharded_states), fabric.reduce_scatter(weight_bytes[0], *dp_groups)
-                               + fabric.reduce_scatter(weight_bytes[1], *expert_groups), 0.0)
-        gather_exposed = _hidden(gather_time, forward, eff.overlap["dp"], col(p.param_gather_overlap) > 0)
+        unsharded = col(p.sharding == code("sharding", "none")) > 0
+        zero1 = col(p.sharding == code("sharding", "zero1")) > 0
+        reduction = np.select([unsharded, zero1], [2 * reduce_scatter_dp, reduce_scatter_dp], default=0.0)
+        dp_exposed = _hidden(reduction, backward, eff.overlap["dp"], col(p.grad_reduce_overlap) > 0)
+        param_gather = fabric.reduce_scatter(weights[0], *dp_groups[0]) + fabric.reduce_scatter(weights[1], *dp_groups[1])
+        param_gather = np.where(zero1 | zero2, param_gather, 0.0)
+        gather_exposed = _hidden(param_gather, forward, eff.overlap["dp"], col(p.param_gather_overlap) > 0)
         updated = params.dense / col(div.states) + params.expert / col(div.expert_states)
-        update_bytes = updated * col(ADAM_UPDATE_PASSES * (per.master + per.optimizer) + per.grads + per.weights)
+        update_bytes = updated * col(STATE_PASSES * (per.master + per.optimizer) + per.grads + per.weights)
         offloaded = col(p.offload != code("offload", "none")) > 0
         pcie = cluster.gpu.pcie_bandwidth * eff.memory_bound
         hbm = cluster.gpu.hbm_bandwidth * eff.memory_bound
@@ -195,7 +218,7 @@ def step_times(
         cp_comm=m * pick(cp_exposed),
         ep_comm=m * pick(ep_comm),
         pp_comm=m * pick(pp_comm),
-        dp_comm=m * pick(fsdp_exposed) + dp_once,
+        dp_comm=m * pick(dp_per_microbatch) + dp_once,
         bubble=pipeline - m * t_max,
         optimizer=optimizer,
         critical_stage=critical,

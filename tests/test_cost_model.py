@@ -127,12 +127,13 @@ def test_distributed_optimizer_shards_over_data_and_context_parallel_ranks():
 
 def test_fsdp_keeps_fp32_shards_and_no_resident_bf16_copy():
     """FSDP2 mixed precision: 4 (fp32 shard) + 4 (fp32 gradient) + 8 (Adam) bytes per parameter / d,
-    and in bf16 only the layers gathered for compute (the current one and the prefetched next)."""
+    and in bf16 only the units gathered for compute: the current one and the prefetched next, of which
+    the LM head (with the final norm) is the largest here."""
     mem = estimate(LLAMA_8B, h100(1), Plan(dp=8, sharding="fsdp"), PRETRAIN).memory
     assert mem.gradients + mem.optimizer == pytest.approx(16 * LLAMA_8B.total_params / 8, rel=1e-12)
-    h, f, kv = 4096, 14336, 8 * 128
+    h, f, kv, vocab = 4096, 14336, 8 * 128, 128256
     layer = h * (h + 2 * kv + h) + 3 * h * f + 2 * h  # q, k, v, o; gate, up, down; two RMSNorms
-    assert mem.weights == 2 * layer * 2
+    assert mem.weights == (layer + vocab * h + h) * 2
 
 
 def test_hsdp_shards_within_its_group():
@@ -334,3 +335,151 @@ def test_notes_explain_the_terms():
     assert not est.fits
     text = " ".join(est.notes)
     assert "Does not fit" in text and "GiB" in text and "Model states" in text
+
+
+# -- data-parallel communication per sharding -----------------------------------------------------------
+
+def _dp_comm(plan: Plan, work: Workload, nodes: int = 4) -> float:
+    return estimate(LLAMA_8B, h100(nodes), plan, work).time.dp_comm
+
+
+def test_hsdp_with_one_rank_per_shard_costs_what_ddp_costs():
+    """HSDP sharded over 1 rank is DDP: one all-reduce of the gradients (one micro-batch, overlap off)."""
+    work = Workload(seq_len=4096, global_batch_size=32)
+    off = dict(grad_reduce_overlap=False, param_gather_overlap=False)
+    ddp = _dp_comm(Plan(dp=32, **off), work)
+    hsdp = _dp_comm(Plan(dp=32, sharding="hsdp", hsdp_shard_size=1, **off), work)
+    assert ddp > 0 and hsdp == pytest.approx(ddp, rel=1e-9)
+
+
+def test_fsdp_communication_honours_the_overlap_switches():
+    work = Workload(seq_len=4096, global_batch_size=64)
+    hidden = _dp_comm(Plan(dp=32, sharding="fsdp"), work)
+    exposed = _dp_comm(Plan(dp=32, sharding="fsdp", grad_reduce_overlap=False, param_gather_overlap=False), work)
+    assert exposed > hidden
+
+
+def test_zero2_reduces_gradients_every_micro_batch():
+    """ZeRO-2 keeps only its gradient shard, so it reduce-scatters after each micro-batch; ZeRO-1 once."""
+    work = Workload(seq_len=4096, global_batch_size=256)  # 8 micro-batches per replica
+    off = dict(grad_reduce_overlap=False, param_gather_overlap=False)
+    zero1 = _dp_comm(Plan(dp=32, sharding="zero1", **off), work)
+    zero2 = _dp_comm(Plan(dp=32, sharding="zero2", **off), work)
+    assert zero2 > 4 * zero1
+
+
+def test_host_synchronisation_does_not_hide_the_expert_all_to_all():
+    """Dropless routing waits for the token counts before dispatching: that wait covers nothing."""
+    model = load_model("qwen3-30b-a3b")
+    plan = Plan(dp=64, ep=16, sharding="zero1")
+    work = Workload(seq_len=4096, global_batch_size=512)
+    with_sync = estimate(model, h100(8), plan, work).time.ep_comm
+    no_sync = estimate(model, h100(8), plan, work, efficiency=Efficiency.default().with_overrides({"moe_host_sync_s": 0.0}))
+    assert with_sync == pytest.approx(no_sync.time.ep_comm) and with_sync > 0
+
+
+def test_full_recompute_does_not_rerun_the_lm_head():
+    """Megatron checkpoints the transformer layers: the recompute cost does not depend on the vocabulary."""
+    def recompute_cost(vocab: int) -> float:
+        model = load_model({"name": f"v{vocab}", "hidden_size": 4096, "num_layers": 8, "num_attention_heads": 32,
+                            "num_kv_heads": 8, "ffn_hidden_size": 14336, "vocab_size": vocab})
+        times = [estimate(model, h100(1), Plan(dp=8, recompute=r), PRETRAIN).time.compute for r in ("none", "full")]
+        return times[1] - times[0]
+    assert recompute_cost(32000) == pytest.approx(recompute_cost(256000), rel=1e-9)
+
+
+def test_fp32_plans_stay_below_the_fp32_peak():
+    """Every FLOP of an fp32 plan (attention and the LM head included) runs at most at η_gemm(fp32) of
+    the fp32 peak: the FLOPs executed (causal attention) over the step stay below it."""
+    cluster = h100(1)
+    est = estimate(LLAMA_8B, cluster, Plan(dp=8, precision="fp32", master_weights=False), PRETRAIN)
+    executed = LLAMA_8B.flops_per_token(PRETRAIN.seq_len, causal=True) * PRETRAIN.seq_len * PRETRAIN.global_batch_size
+    achieved = executed / (est.step_time_s * 8 * cluster.gpu.peak_flops["fp32"])
+    assert 0.5 < achieved <= Efficiency.default().gemm["hopper"]["fp32"]
+
+
+# -- DeepSeek-V3: MLA placement and MTP modules --------------------------------------------------------
+
+def test_mla_down_projections_are_replicated_over_tensor_parallel_ranks():
+    """Megatron-Core builds MLA's q/kv down-projections (and their norms) whole on every TP rank."""
+    facts = model_facts(DEEPSEEK)
+    h, q_lora, kv_lora, rope = 7168, 1536, 512, 64  # DeepSeek-V3 config.json
+    assert facts.attention_params - facts.attention_split_params == h * q_lora + h * (kv_lora + rope) + q_lora + kv_lora
+
+
+def test_mtp_modules_split_like_a_moe_layer():
+    """A trained MTP module adds one MoE layer (experts over ep) plus its projection and norms to the last
+    stage, and its compute."""
+    from models import params as P
+
+    plan = Plan(pp=16, dp=16, ep=16, sharding="zero1", recompute="full")
+    work = Workload(seq_len=4096, global_batch_size=256)
+    base = estimate(DEEPSEEK, h100(32), plan, work)
+    mtp = estimate(DEEPSEEK, h100(32), plan, work.model_copy(update={"train_mtp": True}))
+    experts = DEEPSEEK.moe.num_experts * P.expert_params(DEEPSEEK)
+    per_gpu = P.mtp_module_params(DEEPSEEK) - experts + experts / 16
+    if mtp.memory.stage == base.memory.stage == 15:
+        assert mtp.memory.weights - base.memory.weights == pytest.approx(2 * per_gpu, rel=1e-9)
+    last = evaluate(DEEPSEEK, h100(32), work.model_copy(update={"train_mtp": True}), [plan])
+    assert mtp.time.compute > base.time.compute and last.time.step[0] > base.step_time_s
+
+
+def test_sliding_window_layers_cache_only_the_window():
+    model = load_model("gpt-oss-120b")  # 36 layers, 18 with a 128-token window; 8 KV heads of 64
+    serve = Workload(kind="inference", seq_len=131072, global_batch_size=1)
+    kv = estimate(model, h100(1), Plan(tp=8), serve).memory.kv_cache
+    assert kv == (18 * 131072 + 18 * 128) * 2 * 1 * 64 * 2  # one KV head per GPU at tp 8
+
+
+def test_evaluate_needs_plans():
+    with pytest.raises(ValueError, match="at least one plan"):
+        evaluate(LLAMA_8B, h100(1), PRETRAIN, [])
+
+
+# -- Megatron's selective recompute modules ------------------------------------------------------------
+
+def _kept(model, **plan) -> tuple[float, float]:
+    acts = layer_activations(model_facts(model), PlanArrays.from_plans([Plan(**plan)]), Workload(seq_len=4096, global_batch_size=8))
+    return float(acts.dense_kept[0]), float(acts.moe_kept[0])
+
+
+def test_each_selective_module_frees_what_it_rebuilds():
+    """Per token and layer (bf16, tp 4 with SP): layernorm frees each norm's output (b·h/t), moe_act the
+    routed experts' activation output (k·b·f_e/t), mla_up_proj MLA's Q, K, V (b·(q+k+v)/t), mlp and moe
+    whole blocks but their input."""
+    tp, b = 4, 2
+    base = dict(tp=tp, sequence_parallel=True, recompute="selective")
+    core_dense, core_moe = _kept(DEEPSEEK, **base)
+    ln_dense, ln_moe = _kept(DEEPSEEK, **base, recompute_modules=("core_attn", "layernorm"))
+    assert core_dense - ln_dense == pytest.approx(2 * b * 7168 / tp)
+    _, act_moe = _kept(DEEPSEEK, **base, recompute_modules=("core_attn", "moe_act"))
+    assert core_moe - act_moe == pytest.approx(8 * b * 2048 / tp)
+    up_dense, _ = _kept(DEEPSEEK, **base, recompute_modules=("core_attn", "mla_up_proj"))
+    assert core_dense - up_dense == pytest.approx(b * 128 * (192 + 192 + 128) / tp)
+    _, moe_block = _kept(DEEPSEEK, **base, recompute_modules=("core_attn", "moe", "moe_act", "layernorm"))
+    _, only_moe = _kept(DEEPSEEK, **base, recompute_modules=("core_attn", "moe", "layernorm"))
+    assert moe_block == only_moe  # moe subsumes moe_act
+    mlp_dense, _ = _kept(LLAMA_70B, **base, recompute_modules=("core_attn", "mlp"))
+    full_dense, _ = _kept(LLAMA_70B, **base)
+    f = 28672
+    assert full_dense - mlp_dense == pytest.approx((2 * b * f + b * f) / tp + (b * 8192 + 4) / tp)
+
+
+def test_selective_modules_trade_memory_for_time():
+    cluster, work = h100(4), Workload(seq_len=4096, global_batch_size=256)
+    ladder = [("core_attn",), ("core_attn", "layernorm"), ("core_attn", "layernorm", "moe_act"),
+              ("core_attn", "layernorm", "moe_act", "moe")]
+    results = [estimate(MIXTRAL, cluster, Plan(tp=2, dp=16, ep=8, sequence_parallel=True, sharding="zero1",
+                                                recompute="selective", recompute_modules=m), work) for m in ladder]
+    memory = [r.memory.activations for r in results]
+    compute = [r.time.compute for r in results]
+    assert memory == sorted(memory, reverse=True) and len(set(memory)) == len(memory)
+    assert compute == sorted(compute) and len(set(compute)) == len(compute)
+
+
+def test_batch_level_overlap_hides_the_expert_all_to_all():
+    work = Workload(seq_len=4096, global_batch_size=512)
+    plan = Plan(pp=8, dp=32, ep=32, sharding="zero1", recompute="full", layers_per_stage=(7, 8, 8, 8, 8, 8, 8, 6))
+    overlapped = estimate(DEEPSEEK, h100(32), plan, work).time.ep_comm
+    serial = estimate(DEEPSEEK, h100(32), plan.model_copy(update={"ep_comm_overlap": False}), work).time.ep_comm
+    assert serial > overlapped

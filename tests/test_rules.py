@@ -50,6 +50,13 @@ CASES = [
     ("precision_supported", LLAMA_8B, Plan(dp=16, precision="fp8"), WORK, load_cluster("dgx-a100", nodes=2), ["fp8"]),
     ("hsdp_shard_divides_dp", LLAMA_8B, Plan(dp=16, sharding="hsdp", hsdp_shard_size=3), WORK, DGX, ["hsdp_shard_size 3", "16"]),
     ("param_offload_needs_sharding", LLAMA_8B, Plan(dp=16, offload="params"), WORK, DGX, ["ZeRO-3"]),
+    ("optimizer_offload_needs_sharding", LLAMA_8B, Plan(dp=16, offload="optimizer"), WORK, DGX, ["offloading the optimizer"]),
+    ("deepspeed_pipeline_zero1_only", LLAMA_8B, Plan(pp=2, dp=8, sharding="zero2"), WORK, DGX, ["ZeRO stage 1 only", "pp = 2"]),
+    ("sequence_by_tp_with_sp", LLAMA_8B, Plan(tp=8, dp=2, sequence_parallel=True), Workload(seq_len=4100, global_batch_size=64),
+     DGX, ["4100-token", "tp = 8"]),
+    ("cp_needs_flash_attention", LLAMA_8B, Plan(dp=8, cp=2, attention_kernel="eager"), WORK, DGX, ["ring attention"]),
+    ("recompute_layers_within_stage", LLAMA_8B, Plan(pp=4, dp=4, recompute="full", recompute_layers=9), WORK, DGX,
+     ["recompute_layers 9", "8 layers"]),
     ("memory_fits", LLAMA_70B, Plan(dp=16), WORK, DGX, ["GiB per GPU", "the GPU has"]),
 ]
 
@@ -88,6 +95,15 @@ def test_a_valid_plan_breaks_no_rule():
 def test_fixes_name_values_that_work():
     (violation,) = [v for v in check(LLAMA_8B, DGX, Plan(tp=16, sequence_parallel=True), WORK) if v.rule == "kv_heads_by_tp"]
     assert violation.fix == "use tp in 1, 2, 4, 8"
+
+
+def test_pcie_servers_count_the_node_as_the_fast_domain():
+    """A PCIe server has no NVLink domain, but TP inside the node is what its users run."""
+    l40s = load_cluster("pcie-l40s", nodes=2)  # 4 GPUs per node, no NVLink
+    inside = check(LLAMA_8B, l40s, Plan(tp=4, dp=2, sequence_parallel=True), WORK)
+    across = check(LLAMA_8B, l40s, Plan(tp=8, sequence_parallel=True), WORK)
+    assert "tp_cp_inside_nvlink" not in {v.rule for v in inside}
+    assert "tp_cp_inside_nvlink" in {v.rule for v in across}
 
 
 def test_crossing_the_nvlink_domain_can_be_allowed():

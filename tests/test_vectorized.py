@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from constraints import Plan, PlanArrays, Workload, estimate, evaluate
+from constraints.plan import RECOMPUTE_MODULES
 from hardware import load_cluster
 from models import load_model
 
@@ -34,6 +35,7 @@ def plans(draw, layers: int) -> Plan:
         hsdp_shard_size=dp if sharding == "hsdp" else None,
         recompute=recompute,
         recompute_layers=draw(st.sampled_from([None, 1, 3])) if recompute == "full" else None,
+        recompute_modules=tuple(draw(st.sets(st.sampled_from(RECOMPUTE_MODULES)))) or None if recompute == "selective" else None,
         precision=draw(st.sampled_from(["bf16", "fp8", "fp32"])), master_weights=draw(st.booleans()),
         optimizer=draw(st.sampled_from(["adamw", "adamw8bit", "adafactor", "lion", "sgd"])),
         offload=draw(st.sampled_from(["none", "optimizer"])) if sharding != "none" else "none",

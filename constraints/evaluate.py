@@ -1,9 +1,9 @@
 """The cost model over many plans at once: `evaluate(model, cluster, workload, plans)` → arrays.
 
 `estimate` (one plan, with notes) runs exactly this on a batch of one, so the two cannot disagree.
-Per-stage quantities are (n, P) arrays with P the batch's largest pp; plans are evaluated in groups of
-equal pp so that a pp = 1 plan does not pay for another plan's 16 stages (every row's arithmetic is the
-same whatever its batch, so the grouping changes no number).
+Per-stage quantities are (n, C) arrays over each plan's rank classes (`constraints.stages`); plans are
+evaluated in groups of equal pp so that a pp = 1 plan does not pay for another plan's stage layout
+(every row's arithmetic is the same whatever its batch, so the grouping changes no number).
 """
 
 from __future__ import annotations

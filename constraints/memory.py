@@ -59,7 +59,7 @@ class MemoryArrays:
 
 
 def recomputed_share(p: PlanArrays, layout: StageLayout) -> np.ndarray:
-    """Share of each rank's layers whose activations follow the plan's recompute mode ((n, P)): all of
+    """Share of each rank's layers whose activations follow the plan's recompute mode ((n, C)): all of
     them, except under ``full`` with ``recompute_layers``, where only that many (Megatron's block method)."""
     full = (p.recompute == code("recompute", "full"))[:, None]
     layers = np.maximum(layout.layers, 1)
@@ -73,7 +73,8 @@ def micro_batches(p: PlanArrays, w: Workload) -> np.ndarray:
 
 
 def in_flight(p: PlanArrays, w: Workload, stage_index: np.ndarray) -> np.ndarray:
-    """Micro-batch equivalents of activations held by each stage ((n, P))."""
+    """Micro-batch equivalents of activations held by a rank of each class ((n, C); ``stage_index`` is the
+    class's lowest rank)."""
     pp = p.pp[:, None]
     vpp = p.vpp[:, None]
     m = micro_batches(p, w)[:, None]
@@ -189,6 +190,6 @@ def stage_memory(
         kv_cache=pick(kv),
         overhead=pick(overhead),
         total=pick(totals),
-        stage=stage,
+        stage=np.take_along_axis(layout.index, stage[:, None], axis=1)[:, 0],
         in_flight=pick(flight),
     )

@@ -5,6 +5,11 @@ layers; the remainder goes one layer each to the virtual stages in the middle, b
 last stage also carry the embedding and the LM head. Rank i holds virtual stages i, i + pp, i + 2·pp, …
 (Megatron's interleaved assignment, Narayanan et al. 2021 §2.2); with vpp = 1 that is one contiguous block.
 
+Ranks that hold the same layers (count, MoE count, first/last role) are priced once, as a rank class:
+its time per micro-batch is the same for all of them, and its memory is that of the lowest-indexed one,
+which holds the most micro-batches in flight. A class carries how many ranks it stands for (``weight``)
+and that rank's index, so a 128-stage pipeline costs a handful of classes, not 128 stages.
+
 Parameters per GPU of a stage (Megatron-Core's placement): attention, dense MLPs and shared experts split
 by tp; norms and routers replicated; routed experts split by ep (whole experts) and etp (inside an
 expert); the token embedding (vocab-parallel, /tp) and learned positions on the first stage; the LM head
@@ -25,12 +30,14 @@ from constraints.structure import ModelFacts
 
 @dataclass
 class StageLayout:
-    """(n, P) arrays, P = the largest pp of the batch; stages >= a plan's pp are invalid (zeros)."""
+    """(n, C) arrays over the rank classes of each plan (see the module docstring); C = the most classes
+    any plan of the batch has, and the columns beyond a plan's own classes are invalid (zeros)."""
 
     valid: np.ndarray
     first: np.ndarray
     last: np.ndarray
-    index: np.ndarray
+    index: np.ndarray  # the representative (lowest) rank index of the class
+    weight: np.ndarray  # how many ranks the class stands for
     layers: np.ndarray
     moe_layers: np.ndarray
     mtp: np.ndarray  # MTP modules on the stage (counted in layers / moe_layers too)
@@ -41,6 +48,20 @@ class StageLayout:
 
 
 def stage_layout(facts: ModelFacts, p: PlanArrays, *, train_mtp: bool = False) -> StageLayout:
+    """The rank classes of each plan. A layout depends only on pp, vpp and the explicit stages, so it is
+    computed once per distinct combination and shared by the plans that have it."""
+    keys = np.stack([p.pp, p.vpp], axis=1)
+    if p.layers_per_stage is not None:
+        keys = np.concatenate([keys, p.layers_per_stage], axis=1)
+    distinct, inverse = np.unique(keys, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    if len(distinct) < len(p):
+        layout = _layout(facts, p.take(np.unique(inverse, return_index=True)[1]), train_mtp)
+        return StageLayout(**{name: getattr(layout, name)[inverse] for name in StageLayout.__dataclass_fields__})
+    return _layout(facts, p, train_mtp)
+
+
+def _layout(facts: ModelFacts, p: PlanArrays, train_mtp: bool) -> StageLayout:
     n = len(p)
     explicit = p.layers_per_stage
     width = int(p.pp.max()) if explicit is None else max(int(p.pp.max()), explicit.shape[1])
@@ -60,14 +81,40 @@ def stage_layout(facts: ModelFacts, p: PlanArrays, *, train_mtp: bool = False) -
         moe = np.where(has, given_moe, moe)
     last = index == pp - 1
     mtp = np.where(last, facts.mtp_layers if train_mtp else 0, 0)
+    return _classes(valid, index == 0, last, layers + mtp, moe + (mtp if facts.experts else 0), mtp)
+
+
+def _classes(valid: np.ndarray, first: np.ndarray, last: np.ndarray, layers: np.ndarray, moe: np.ndarray,
+             mtp: np.ndarray) -> StageLayout:
+    """Group each plan's ranks (n, P) into classes of identical ranks (module docstring)."""
+    n, width = valid.shape
+    span = int(layers.max()) + 1
+    key = ((layers * span + moe) * 2 + first) * 2 + last
+    sentinel = np.iinfo(np.int64).max
+    key = np.where(valid, key, sentinel)
+    order = np.argsort(key, axis=1, kind="stable")  # equal keys keep rank order: the first is the lowest
+    sorted_key = np.take_along_axis(key, order, axis=1)
+    starts = np.ones((n, width), dtype=bool)
+    starts[:, 1:] = sorted_key[:, 1:] != sorted_key[:, :-1]
+    starts &= sorted_key != sentinel
+    class_of = np.cumsum(starts, axis=1) - 1
+    count = int(starts.sum(axis=1).max())
+    rows = np.broadcast_to(np.arange(n)[:, None], (n, width))
+    weight = np.zeros((n, count), dtype=np.int64)
+    np.add.at(weight, (rows[sorted_key != sentinel], class_of[sorted_key != sentinel]), 1)
+    rep = np.zeros((n, count), dtype=np.int64)
+    rep[rows[starts], class_of[starts]] = order[starts]
+    cls_valid = weight > 0
+    pick = lambda a: np.where(cls_valid, np.take_along_axis(a, rep, axis=1), 0)  # noqa: E731
     return StageLayout(
-        valid=valid,
-        first=index == 0,
-        last=last,
-        index=index,
-        layers=layers + mtp,
-        moe_layers=moe + (mtp if facts.experts else 0),
-        mtp=mtp,
+        valid=cls_valid,
+        first=pick(first).astype(bool),
+        last=pick(last).astype(bool),
+        index=rep,
+        weight=weight,
+        layers=pick(layers),
+        moe_layers=pick(moe),
+        mtp=pick(mtp),
     )
 
 
@@ -92,7 +139,7 @@ def _default_split(facts: ModelFacts, p: PlanArrays, index: np.ndarray, valid: n
 
 @dataclass
 class StageParams:
-    """Parameters on ONE GPU of each stage, (n, P): ``dense`` ones (sharded over the data-parallel group)
+    """Parameters on ONE GPU of each rank class, (n, C): ``dense`` ones (sharded over the data-parallel group)
     and ``expert`` ones (sharded over the expert-data-parallel group), those of one layer (the unit
     FSDP/ZeRO-3 gathers at a time), the input embedding's (first stage) and the LM head's (last stage)."""
 

@@ -181,7 +181,7 @@ def step_times(
     critical = np.argmax(per_microbatch, axis=1)
     pick = lambda a: np.take_along_axis(np.broadcast_to(a, per_microbatch.shape), critical[:, None], axis=1)[:, 0]  # noqa: E731
     t_max = pick(per_microbatch)
-    total = np.where(layout.valid, per_microbatch, 0.0).sum(axis=1)
+    total = (layout.weight * np.where(layout.valid, per_microbatch, 0.0)).sum(axis=1)
     m = micro_batches(p, w).astype(float)
     bubble_factor = np.select([p.schedule == code("schedule", "interleaved"), p.schedule == code("schedule", "zero_bubble")],
                               [1.0 / p.vpp, 1.0 / 3.0], default=1.0)
@@ -221,5 +221,5 @@ def step_times(
         dp_comm=m * pick(dp_per_microbatch) + dp_once,
         bubble=pipeline - m * t_max,
         optimizer=optimizer,
-        critical_stage=critical,
+        critical_stage=np.take_along_axis(layout.index, critical[:, None], axis=1)[:, 0],
     )

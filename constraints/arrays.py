@@ -176,6 +176,23 @@ class PlanArrays:
             values["layers_per_stage"] = tuple(int(v) for v in self.layers_per_stage[i, : values["pp"]])
         return Plan(**values)
 
+    @classmethod
+    def concat(cls, parts: Sequence[PlanArrays]) -> PlanArrays:
+        """The plans of ``parts`` one after the other."""
+        out: dict[str, np.ndarray | None] = {}
+        for f in fields(cls):
+            values = [getattr(part, f.name) for part in parts]
+            if f.name != "layers_per_stage":
+                out[f.name] = np.concatenate(values)
+            elif all(v is None for v in values):
+                out[f.name] = None
+            else:
+                width = max(v.shape[1] for v in values if v is not None)
+                out[f.name] = np.concatenate([np.zeros((len(part), width), dtype=np.int64) if v is None
+                                              else np.pad(v, ((0, 0), (0, width - v.shape[1])))
+                                              for part, v in zip(parts, values, strict=True)])
+        return cls(**out)
+
     def take(self, index: np.ndarray) -> PlanArrays:
         """The plans at ``index`` (a boolean mask or integer positions)."""
         out = {}

@@ -8,7 +8,9 @@ evaluated in groups of equal pp so that a pp = 1 plan does not pay for another p
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields, is_dataclass
 
 import numpy as np
@@ -51,16 +53,48 @@ def evaluate(
     efficiency: Efficiency | None = None,
     runtime: RuntimeAllowance | None = None,
 ) -> Evaluation:
+    """Memory, step time, fit and throughput of every plan (the module docstring's formulas), one row each."""
+    return _grouped(_evaluate, model, cluster, workload, plans, efficiency, runtime)
+
+
+def peak_memory(
+    model: ModelSpec,
+    cluster: ClusterSpec,
+    workload: Workload,
+    plans: PlanArrays | Sequence[Plan],
+    *,
+    runtime: RuntimeAllowance | None = None,
+) -> MemoryArrays:
+    """The memory half of `evaluate` alone (the same numbers), for searches that only ask what fits."""
+    return _grouped(_memory, model, cluster, workload, plans, None, runtime)
+
+
+PARALLEL_ROWS = 100_000
+"""Batches at least this large are split over the machine's cores (numpy releases the GIL in its array
+loops, so threads run them in parallel; each row's arithmetic is unchanged)."""
+
+
+def _grouped(function, model, cluster, workload, plans, efficiency, runtime):
     p = plans if isinstance(plans, PlanArrays) else PlanArrays.from_plans(plans)
     if len(p) == 0:
         raise ValueError("evaluate needs at least one plan")
     eff = efficiency or Efficiency.default()
     rt = runtime or RuntimeAllowance.default()
+    workers = min(os.cpu_count() or 1, 8)
+    if len(p) >= PARALLEL_ROWS and workers > 1:
+        chunks = np.array_split(np.arange(len(p)), workers)
+        with ThreadPoolExecutor(workers) as pool:
+            parts = list(pool.map(lambda rows: _by_depth(function, model, cluster, workload, p.take(rows), eff, rt), chunks))
+        return _scatter(parts, chunks, len(p))
+    return _by_depth(function, model, cluster, workload, p, eff, rt)
+
+
+def _by_depth(function, model, cluster, workload, p, eff, rt):
     depths = np.unique(p.pp)
     if len(depths) == 1:
-        return _evaluate(model, cluster, workload, p, eff, rt)
+        return function(model, cluster, workload, p, eff, rt)
     groups = [np.flatnonzero(p.pp == depth) for depth in depths]
-    parts = [_evaluate(model, cluster, workload, p.take(rows), eff, rt) for rows in groups]
+    parts = [function(model, cluster, workload, p.take(rows), eff, rt) for rows in groups]
     return _scatter(parts, groups, len(p))
 
 
@@ -77,8 +111,13 @@ def _scatter(parts: list, groups: list[np.ndarray], n: int):
     return first  # a scalar shared by every group
 
 
-def _evaluate(model: ModelSpec, cluster: ClusterSpec, workload: Workload, p: PlanArrays, eff: Efficiency,
-              rt: RuntimeAllowance) -> Evaluation:
+def _memory(model: ModelSpec, cluster: ClusterSpec, workload: Workload, p: PlanArrays, eff: Efficiency,
+            rt: RuntimeAllowance) -> MemoryArrays:
+    return _priced(model, cluster, workload, p, rt, with_time=False)[0]
+
+
+def _priced(model: ModelSpec, cluster: ClusterSpec, workload: Workload, p: PlanArrays, rt: RuntimeAllowance, *,
+            with_time: bool, eff: Efficiency | None = None) -> tuple[MemoryArrays, StepTimes | None]:
     f = model_facts(model)
     layout = stage_layout(f, p, train_mtp=workload.train_mtp)
     params = stage_params(f, p, layout)
@@ -87,9 +126,17 @@ def _evaluate(model: ModelSpec, cluster: ClusterSpec, workload: Workload, p: Pla
     kv_latent = (model.mla.kv_lora_rank + model.mla.qk_rope_head_dim) if model.mla else 0
     memory = stage_memory(f, cluster, p, workload, rt, layout, params, per, div, kv_latent=kv_latent,
                           kv_head_dim=model.head_dim or 0)
+    if not with_time:
+        return memory, None
+    assert eff is not None
     times = layer_times(f, cluster.gpu, eff, p, workload, attention_keys(model, workload.seq_len, causal=True))
-    step = step_times(f, cluster, eff, p, workload, layout, params, times, per, div)
+    return memory, step_times(f, cluster, eff, p, workload, layout, params, times, per, div)
 
+
+def _evaluate(model: ModelSpec, cluster: ClusterSpec, workload: Workload, p: PlanArrays, eff: Efficiency,
+              rt: RuntimeAllowance) -> Evaluation:
+    memory, step = _priced(model, cluster, workload, p, rt, with_time=True, eff=eff)
+    assert step is not None
     usable = float(cluster.gpu.memory_bytes)
     tokens = workload.global_batch_size * workload.seq_len
     flops_per_token = model.flops_per_token(workload.seq_len, include_mtp=workload.train_mtp)
@@ -115,4 +162,4 @@ def _evaluate(model: ModelSpec, cluster: ClusterSpec, workload: Workload, p: Pla
     )
 
 
-__all__ = ["Evaluation", "evaluate"]
+__all__ = ["Evaluation", "evaluate", "peak_memory"]

@@ -60,10 +60,11 @@ class MemoryArrays:
 
 def recomputed_share(p: PlanArrays, layout: StageLayout) -> np.ndarray:
     """Share of each rank's layers whose activations follow the plan's recompute mode ((n, C)): all of
-    them, except under ``full`` with ``recompute_layers``, where only that many (Megatron's block method)."""
+    them, except under ``full`` with ``recompute_layers``, where only that many of each of the rank's vpp
+    model chunks (Megatron's block method counts per virtual pipeline stage)."""
     full = (p.recompute == code("recompute", "full"))[:, None]
     layers = np.maximum(layout.layers, 1)
-    partial = np.minimum(p.recompute_layers[:, None], layers) / layers
+    partial = np.minimum(p.recompute_layers[:, None] * p.vpp[:, None], layers) / layers
     return np.where(full, partial, 1.0)
 
 

@@ -79,6 +79,8 @@ def structural_violations(model: ModelSpec, cluster: ClusterSpec, plan: Plan, wo
         rule("interleaved_microbatches_by_pp", m % plan.pp == 0,
              f"the interleaved schedule needs the {m} micro-batches to be a multiple of pp = {plan.pp}",
              "change the global batch or the micro-batch size")
+    rule("pipeline_schedule_needs_pp", plan.schedule != "zero_bubble" or plan.pp > 1,
+         "the zero-bubble schedule needs pipeline parallelism (pp > 1)", "use schedule 1f1b with pp 1, or raise pp")
     if plan.vpp > 1:
         rule("vpp_needs_interleaved", plan.schedule == "interleaved",
              f"vpp = {plan.vpp} needs the interleaved schedule", "set schedule 'interleaved' or vpp 1")

@@ -53,12 +53,26 @@ def stage_layout(facts: ModelFacts, p: PlanArrays, *, train_mtp: bool = False) -
     keys = np.stack([p.pp, p.vpp], axis=1)
     if p.layers_per_stage is not None:
         keys = np.concatenate([keys, p.layers_per_stage], axis=1)
-    distinct, inverse = np.unique(keys, axis=0, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    if len(distinct) < len(p):
-        layout = _layout(facts, p.take(np.unique(inverse, return_index=True)[1]), train_mtp)
+    first, inverse = _distinct_rows(keys)
+    if len(first) < len(p):
+        layout = _layout(facts, p.take(first), train_mtp)
         return StageLayout(**{name: getattr(layout, name)[inverse] for name in StageLayout.__dataclass_fields__})
     return _layout(facts, p, train_mtp)
+
+
+def _distinct_rows(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(index of each distinct row's first occurrence, the distinct row of every row) of an integer matrix.
+    Rows are hashed to one int64 first (sorting wide rows is slow); a hash shared by different rows falls
+    back to the exact row-wise comparison."""
+    weights = np.random.default_rng(0).integers(1, 2**61, size=keys.shape[1], dtype=np.int64) | 1
+    hashed = (keys.astype(np.int64) * weights).sum(axis=1)  # wraps modulo 2**64, as intended
+    _, first, inverse = np.unique(hashed, return_index=True, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    if np.array_equal(keys[first][inverse], keys):
+        return first, inverse
+    rows = np.ascontiguousarray(keys).view(np.dtype((np.void, keys.dtype.itemsize * keys.shape[1]))).ravel()
+    _, first, inverse = np.unique(rows, return_index=True, return_inverse=True)
+    return first, inverse.reshape(-1)
 
 
 def _layout(facts: ModelFacts, p: PlanArrays, train_mtp: bool) -> StageLayout:

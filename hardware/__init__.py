@@ -4,6 +4,7 @@ from hardware.errors import HardwareError
 from hardware.loader import load_cluster
 from hardware.presets import gpu_by_name as load_gpu
 from hardware.presets import list_clusters, list_gpus
+from hardware.prices import default_price, price_offers
 from hardware.spec import PRECISIONS, ClusterSpec, GPUSpec, NodeSpec
 
 __all__ = [
@@ -12,8 +13,10 @@ __all__ = [
     "GPUSpec",
     "HardwareError",
     "NodeSpec",
+    "default_price",
     "list_clusters",
     "list_gpus",
     "load_cluster",
     "load_gpu",
+    "price_offers",
 ]

@@ -35,6 +35,7 @@ CASES = [
     ("interleaved_needs_vpp", LLAMA_8B, Plan(pp=2, dp=8, schedule="interleaved"), WORK, DGX, ["vpp > 1"]),
     ("interleaved_microbatches_by_pp", LLAMA_8B, Plan(pp=4, dp=4, vpp=2), Workload(seq_len=4096, global_batch_size=24),
      DGX, ["6 micro-batches", "pp = 4"]),
+    ("pipeline_schedule_needs_pp", LLAMA_8B, Plan(dp=16, schedule="zero_bubble"), WORK, DGX, ["zero-bubble"]),
     ("vpp_needs_interleaved", LLAMA_8B, Plan(pp=2, dp=8, vpp=2, schedule="1f1b"), WORK, DGX, ["vpp = 2"]),
     ("experts_by_ep", MIXTRAL, Plan(dp=16, ep=16), WORK, DGX, ["8 experts", "ep = 16"]),
     ("expert_ffn_by_etp", load_model({"name": "odd-moe", "hidden_size": 4096, "num_layers": 4, "num_attention_heads": 32,

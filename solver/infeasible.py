@@ -1,0 +1,204 @@
+"""Why a search has no feasible plan, and what would give it one.
+
+The request's constraints — each pin, each range, memory (every plan fits on its GPU) and the throughput
+target — become CP-SAT assumption literals over the plans of the relaxed space (`SearchSpace.relaxed`:
+no pins or ranges, but every value they name). Plans that satisfy the same constraints are one row, so the
+model is tiny; CP-SAT's sufficient assumptions for infeasibility, minimised by deletion, are the smallest
+set of the request's constraints that cannot hold together. Then each nearest change — more nodes,
+8-bit optimizer states, optimizer offload, full recompute, a shorter sequence, dropping a conflicting pin
+or range — is tried by pricing its space, and the ones that work are reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+import numpy as np
+from ortools.sat.python import cp_model
+
+from constraints import Plan, PlanArrays, check
+from constraints.arrays import code, module_mask
+from constraints.plan import (
+    OFFLOADS,
+    OPTIMIZERS,
+    PRECISIONS,
+    RECOMPUTES,
+    SCHEDULES,
+    SHARDINGS,
+)
+from hardware import load_cluster
+from solver.candidates import Candidates
+from solver.errors import Infeasible
+from solver.explain import describe
+from solver.space import SearchSpace
+
+GIB = 2**30
+_CATEGORIES = {"sharding": SHARDINGS, "recompute": RECOMPUTES, "precision": PRECISIONS, "optimizer": OPTIMIZERS,
+               "offload": OFFLOADS, "schedule": SCHEDULES}
+
+
+def _matches(plans: PlanArrays, name: str, values: list) -> np.ndarray:
+    """Rows whose field ``name`` takes one of ``values``."""
+    if name in _CATEGORIES:
+        codes = [code(name, v) for v in values]
+        return np.isin(getattr(plans, name), codes)
+    if name == "recompute_modules":
+        return np.isin(plans.recompute_modules, [module_mask(v) for v in values])
+    if name == "recompute_layers":
+        return np.isin(plans.recompute_layers, values)
+    if name == "hsdp_shard_size":
+        return np.isin(plans.shard_group, values) & (plans.sharding == code("sharding", "hsdp"))
+    if name == "sequence_parallel":
+        return np.isin(plans.sequence_parallel, values)
+    if name == "layers_per_stage":
+        if plans.layers_per_stage is None:
+            return np.zeros(len(plans), dtype=bool)
+        rows = plans.layers_per_stage
+        out = np.zeros(len(plans), dtype=bool)
+        for stages in values:
+            stages = tuple(stages)
+            padded = np.zeros(rows.shape[1], dtype=np.int64)
+            padded[: len(stages)] = stages[: rows.shape[1]]
+            out |= np.all(rows == padded, axis=1) & (len(stages) <= rows.shape[1])
+        return out
+    return np.isin(getattr(plans, name), values)
+
+
+def _constraints(space: SearchSpace, candidates: Candidates, fits: np.ndarray, fast: np.ndarray | None,
+                 target: float | None) -> list[tuple[str, np.ndarray]]:
+    """(words, rows satisfying it) for every constraint of the request."""
+    out = []
+    for name, value in space.fixed.items():
+        if name in ("kernels", "attention_kernel", "master_weights", "persistent_grads") or name.endswith("overlap"):
+            continue
+        out.append((f"{name} fixed to {value}", _matches(candidates.plans, name, [value])))
+    for name in space.ranges:
+        values = space.range_values(name)
+        out.append((f"{name} limited to {values}", _matches(candidates.plans, name, values)))
+    usable = space.cluster.gpu.memory_bytes / GIB
+    out.append((f"every plan must fit in the GPU's {usable:.1f} GiB", fits))
+    if target is not None and fast is not None:
+        out.append((f"throughput of at least {target:,.0f} tokens/s", fast))
+    return out
+
+
+def _core(constraints: list[tuple[str, np.ndarray]]) -> list[int]:
+    """The smallest set of constraint indices no row satisfies together (deletion-minimised CP-SAT core)."""
+    signatures = np.unique(np.stack([mask for _, mask in constraints], axis=1), axis=0)
+    model = cp_model.CpModel()
+    rows = [model.NewBoolVar(f"row_{i}") for i in range(len(signatures))]
+    model.AddExactlyOne(rows) if rows else model.AddBoolOr([])
+    literals = [model.NewBoolVar(f"constraint_{j}") for j in range(len(constraints))]
+    for i, signature in enumerate(signatures):
+        for j, satisfied in enumerate(signature):
+            if not satisfied:
+                model.AddImplication(literals[j], rows[i].Not())
+    def infeasible(subset: list[int]) -> bool:
+        model.ClearAssumptions()
+        model.AddAssumptions([literals[j] for j in subset])
+        solver = cp_model.CpSolver()
+        solver.parameters.num_workers = 1
+        return solver.Solve(model) == cp_model.INFEASIBLE
+    everything = list(range(len(constraints)))
+    if not infeasible(everything):
+        return []
+    model.ClearAssumptions()
+    model.AddAssumptions(literals)
+    solver = cp_model.CpSolver()
+    solver.parameters.num_workers = 1
+    solver.Solve(model)
+    core = sorted({j for j in range(len(literals)) if literals[j].Index() in solver.SufficientAssumptionsForInfeasibility()})
+    core = core or everything
+    for j in list(core):
+        trial = [k for k in core if k != j]
+        if trial and infeasible(trial):
+            core = trial
+    return core
+
+
+def diagnose(space: SearchSpace, *, target: float | None, price: Callable[[SearchSpace], Candidates | None],
+             feasible: Callable[[Candidates], np.ndarray]) -> Infeasible:
+    """The `Infeasible` error of a search of ``space`` (see the module docstring). ``price`` prices a space;
+    ``feasible`` marks the candidates that satisfy memory and the target."""
+    relaxed = space.relaxed()
+    candidates = price(relaxed)
+    if candidates is None:
+        return _no_plan_at_all(space)
+    e = candidates.evaluation
+    fits = e.fits & np.isfinite(e.time.step)
+    fast = e.tokens_per_s >= target if target is not None else None
+    constraints = _constraints(space, candidates, fits, fast, target)
+    core = _core(constraints)
+    conflicts = [constraints[j][0] for j in core] or ["the search space's own rules"]
+    facts = _facts(space, candidates, fits, fast)
+    suggestions = _suggestions(space, target, price, feasible, [constraints[j][0] for j in core])
+    message = ("No plan satisfies: " + "; ".join(conflicts) + ". " + " ".join(facts)
+               + (" Changes that make it feasible: " + "; ".join(suggestions) + "." if suggestions
+                  else " No single change tried (more nodes, 8-bit optimizer states, optimizer offload, full "
+                       "recompute, a shorter sequence) makes it feasible."))
+    return Infeasible(message, conflicts, suggestions, {"facts": facts})
+
+
+def _facts(space: SearchSpace, candidates: Candidates, fits: np.ndarray, fast: np.ndarray | None) -> list[str]:
+    e = candidates.evaluation
+    usable = space.cluster.gpu.memory_bytes
+    facts = []
+    least = int(np.argmin(e.memory.total))
+    plan = candidates.plans.plan(least)
+    facts.append(f"The least memory any plan needs is {e.memory.total[least] / GIB:.1f} GiB per GPU ({describe(plan)}); "
+                 f"the GPU has {usable / GIB:.1f} GiB.")
+    per_param = 2 + 4 + 4 + 8  # bf16 weights, fp32 gradients, fp32 master weights, two fp32 Adam moments
+    states = space.model.total_params * per_param
+    capacity = space.cluster.total_gpus * usable
+    if states > capacity:
+        facts.append(f"{space.model.display_name or space.model.name} in bf16 with AdamW needs {states / 2**40:.2f} TiB "
+                     f"for its weights, gradients and optimizer states; {space.cluster.total_gpus} × "
+                     f"{usable / GIB:.1f} GiB hold {capacity / 2**40:.2f} TiB even fully sharded.")
+    if fast is not None and fits.any():
+        best = float(e.tokens_per_s[fits].max())
+        facts.append(f"The fastest plan that fits reaches {best:,.0f} tokens/s.")
+    return facts
+
+
+def _suggestions(space: SearchSpace, target: float | None, price, feasible, conflicts: list[str]) -> list[str]:
+    """Each nearest change that makes the search feasible, checked by pricing its space."""
+    trials: list[tuple[str, SearchSpace]] = []
+    nodes = space.cluster.num_nodes
+    for factor in (2, 4, 8):
+        trials.append((f"{factor * nodes} nodes ({factor * space.cluster.total_gpus} GPUs)",
+                       replace(space, cluster=load_cluster(space.cluster, nodes=factor * nodes))))
+    without = {k: v for k, v in space.fixed.items() if k not in ("optimizer",)}
+    trials.append(("8-bit AdamW optimizer states", replace(space, fixed=without, ranges={**space.ranges, "optimizer": ["adamw8bit"]})))
+    without = {k: v for k, v in space.fixed.items() if k not in ("offload",)}
+    trials.append(("optimizer offload to CPU memory", replace(space, fixed=without, ranges={**space.ranges, "offload": ["optimizer"]})))
+    if space.fixed.get("recompute") not in (None, "full"):
+        fixed = {k: v for k, v in space.fixed.items() if k not in ("recompute", "recompute_modules", "recompute_layers")}
+        trials.append(("full recompute", replace(space, fixed={**fixed, "recompute": "full"})))
+    seq = space.workload.seq_len
+    if seq >= 2:
+        trials.append((f"sequences of {seq // 2} tokens", replace(space, workload=space.workload.model_copy(update={"seq_len": seq // 2}))))
+    for name in list(space.fixed) + list(space.ranges):
+        if any(text.startswith(f"{name} ") for text in conflicts):
+            trials.append((f"free {name}", replace(space, fixed={k: v for k, v in space.fixed.items() if k != name},
+                                                   ranges={k: v for k, v in space.ranges.items() if k != name})))
+    working = []
+    for words, trial in trials:
+        try:
+            candidates = price(trial)
+        except ValueError:
+            continue
+        if candidates is not None and feasible(candidates).any():
+            best = float(candidates.evaluation.tokens_per_s[feasible(candidates)].max())
+            working.append(f"{words} (best {best:,.0f} tokens/s)")
+    return working
+
+
+def _no_plan_at_all(space: SearchSpace) -> Infeasible:
+    """No structurally valid plan exists, pins aside: the rules a simple plan breaks say why."""
+    plan = Plan(dp=space.cluster.total_gpus)
+    rules = [v for v in check(space.model, space.cluster, plan, space.workload) if v.rule != "memory_fits"]
+    conflicts = [f"{v.message} ({v.fix})" for v in rules] or ["no degrees, layout and batch split satisfy the rules"]
+    return Infeasible("No plan of this shape exists: " + "; ".join(conflicts) + ".", conflicts,
+                      [], {"facts": []})
+

@@ -1,0 +1,103 @@
+"""CP-SAT over a table of candidate plans: one Boolean per row, exactly one chosen; criteria are integer
+columns (fixed point, `solver.objectives`), so CP-SAT and the oracle decide on the same numbers.
+
+`Selection` builds the model apart from solving it: `forbid` rows, bound a criterion (`at_most`), then
+`minimize` one criterion at a time — a lexicographic search adds each optimum (relaxed by its tolerance)
+as a bound before the next, and a final stage on a unique tie rank picks exactly one plan.
+`frontier` runs ε-constraint sweeps for Pareto sets, each point a proved optimum of its slice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from ortools.sat.python import cp_model
+
+
+@dataclass(frozen=True)
+class Optimum:
+    row: int
+    value: int
+    proved: bool
+
+
+class Selection:
+    def __init__(self, rows: int, *, time_limit_s: float = 30.0, workers: int = 2):
+        self.model = cp_model.CpModel()
+        self.x = [self.model.NewBoolVar(f"plan_{i}") for i in range(rows)]
+        self.model.AddExactlyOne(self.x)
+        self.time_limit_s = time_limit_s
+        self.workers = workers
+
+    def expression(self, column: np.ndarray) -> cp_model.LinearExpr:
+        return cp_model.LinearExpr.WeightedSum(self.x, [int(v) for v in column])
+
+    def forbid(self, rows: Sequence[int] | np.ndarray) -> None:
+        for row in rows:
+            self.model.Add(self.x[int(row)] == 0)
+
+    def at_most(self, column: np.ndarray, bound: int) -> None:
+        self.model.Add(self.expression(column) <= int(bound))
+
+    def minimize(self, column: np.ndarray) -> Optimum | None:
+        """The row minimising ``column`` under the constraints so far (None when none is left)."""
+        self.model.Minimize(self.expression(column))
+        solver = cp_model.CpSolver()
+        solver.parameters.max_time_in_seconds = self.time_limit_s
+        solver.parameters.num_workers = self.workers
+        status = solver.Solve(self.model)
+        if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+            return None
+        row = next(i for i, var in enumerate(self.x) if solver.Value(var))
+        return Optimum(row=row, value=int(round(solver.ObjectiveValue())), proved=status == cp_model.OPTIMAL)
+
+
+def lexicographic(selection: Selection, stages: Sequence[tuple[np.ndarray, float]], tie_rank: np.ndarray) -> Optimum | None:
+    """Minimise each (column, tolerance) in turn — keeping every earlier one within (1 + tolerance) of
+    its optimum — then the tie rank. ``proved`` holds when every stage was proved optimal."""
+    proved = True
+    first: Optimum | None = None
+    for column, tolerance in stages:
+        best = selection.minimize(column)
+        if best is None:
+            return None
+        first = first or best
+        proved &= best.proved
+        selection.at_most(column, int(np.floor(best.value * (1 + tolerance))) if best.value > 0 else best.value)
+    pick = selection.minimize(tie_rank)
+    if pick is None:
+        return None
+    return Optimum(row=pick.row, value=first.value if first else pick.value, proved=proved and pick.proved)
+
+
+def frontier(rows: int, objectives: Sequence[np.ndarray], tie_rank: np.ndarray, allowed: np.ndarray,
+             time_limit_s: float) -> list[tuple[int, bool]]:
+    """Pareto set over 2 or 3 integer columns by ε-constraint sweeps: with the last column bounded by each
+    of its levels (3 objectives), repeatedly minimise the first, then the second with the first held,
+    and bound the second below the point found. Returns (row, proved) per non-dominated point."""
+    first, second = objectives[0], objectives[1]
+    third = objectives[2] if len(objectives) == 3 else None
+    levels = sorted(set(third[allowed].tolist())) if third is not None else [None]
+    points: dict[int, bool] = {}
+    for level in levels:
+        bound_second: int | None = None
+        while True:
+            selection = Selection(rows, time_limit_s=time_limit_s)
+            selection.forbid(np.flatnonzero(~allowed))
+            if level is not None:
+                selection.at_most(third, level)
+            if bound_second is not None:
+                selection.at_most(second, bound_second)
+            stages = [(first, 0.0), (second, 0.0)] + ([(third, 0.0)] if third is not None else [])
+            best = lexicographic(selection, stages, tie_rank)
+            if best is None:
+                break
+            points[best.row] = points.get(best.row, True) and best.proved
+            bound_second = int(second[best.row]) - 1
+    chosen = np.array(sorted(points), dtype=np.int64)
+    matrix = np.stack([c[chosen] for c in objectives], axis=1)
+    keep = [i for i in range(len(chosen))
+            if not any(np.all(matrix[j] <= matrix[i]) and np.any(matrix[j] < matrix[i]) for j in range(len(chosen)))]
+    return [(int(chosen[i]), points[int(chosen[i])]) for i in keep]

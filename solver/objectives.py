@@ -1,0 +1,101 @@
+"""The objectives a search can optimise, as integer criteria (fixed point) that CP-SAT and the oracle
+both decide on.
+
+- ``throughput``: the step time (tokens per step are fixed by the workload), in nanoseconds.
+- ``cost``: US dollars per step = step time × GPUs × price per GPU-hour / 3600, in nano-dollars; the price
+  is the user's, else the median on-demand offer of the GPU (`hardware.prices`).
+- ``memory_headroom``: the GPU's memory minus the plan's peak, maximised: the peak in bytes, minimised.
+- ``gpus``: the GPU count (searched over cluster sizes; needs a throughput target).
+- ``simplicity``: `simplicity_score`, minimised.
+Ties on every objective asked for break deterministically by simplicity, then step time, then memory,
+then the plan's fields in the order of `TIE_ORDER`, sequence parallelism and the stage sizes (smaller
+first).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from constraints import PlanArrays
+from constraints.arrays import ALL_LAYERS, code, module_mask
+from solver.candidates import Candidates
+
+OBJECTIVES = ("throughput", "cost", "memory_headroom", "gpus", "simplicity")
+TIE_ORDER = ("tp", "pp", "cp", "ep", "etp", "vpp", "micro_batch_size", "sharding", "recompute", "recompute_modules",
+             "recompute_layers", "precision", "optimizer", "offload", "schedule", "dp")
+SHARDING_COMPLEXITY = {"none": 0, "zero1": 1, "zero2": 2, "zero3": 2, "fsdp": 2, "hsdp": 3}
+
+
+def simplicity_score(p: PlanArrays) -> np.ndarray:
+    """How much a plan asks of its user, an integer (lower is simpler): one point per parallelism used
+    besides data parallelism (tp, pp, cp, ep) and for interleaving or uneven stages; sharding none 0,
+    zero1 1, zero2 / zero3 / fsdp 2, hsdp 3; recompute selective 1 (2 with modules beyond the attention
+    core), full 2 (3 on some layers only), selective_mm 2; optimizer offload 2, parameter offload 3; fp8 1;
+    an optimizer other than AdamW 1; the zero-bubble schedule 1."""
+    score = (p.tp > 1).astype(np.int64) + (p.pp > 1) + (p.cp > 1) + (p.ep > 1) + (p.vpp > 1)
+    if p.layers_per_stage is not None:  # the search gives explicit stages only to uneven splits
+        score = score + p.layers_per_stage.any(axis=1)
+    for name, points in SHARDING_COMPLEXITY.items():
+        score = score + points * (p.sharding == code("sharding", name))
+    core = module_mask(("core_attn",))
+    score = score + np.select(
+        [p.recompute == code("recompute", "selective"), p.recompute == code("recompute", "full"),
+         p.recompute == code("recompute", "selective_mm")],
+        [1 + (p.recompute_modules != core), 2 + (p.recompute_layers != ALL_LAYERS), 2], default=0)
+    score = score + 2 * (p.offload == code("offload", "optimizer")) + 3 * (p.offload == code("offload", "params"))
+    score = score + (p.precision == code("precision", "fp8")) + (p.optimizer != code("optimizer", "adamw"))
+    return score + (p.schedule == code("schedule", "zero_bubble"))
+
+
+@dataclass
+class Criteria:
+    """Per candidate: the integer criteria (minimised) and the readable values they come from."""
+
+    step_ns: np.ndarray
+    cost_nusd: np.ndarray
+    memory_bytes: np.ndarray
+    gpus: np.ndarray
+    simplicity: np.ndarray
+    tie_rank: np.ndarray
+    tokens_per_s: np.ndarray
+    usd_per_hour: np.ndarray
+
+    def column(self, objective: str) -> np.ndarray:
+        return {"throughput": self.step_ns, "cost": self.cost_nusd, "memory_headroom": self.memory_bytes,
+                "gpus": self.gpus, "simplicity": self.simplicity}[objective]
+
+    def values(self, row: int, usable: float) -> dict[str, float]:
+        """The readable objective values of one candidate."""
+        return {
+            "tokens_per_s": float(self.tokens_per_s[row]),
+            "step_time_s": float(self.step_ns[row]) / 1e9,
+            "usd_per_hour": float(self.usd_per_hour[row]),
+            "usd_per_million_tokens": float(self.usd_per_hour[row] / 3600 / self.tokens_per_s[row] * 1e6),
+            "memory_headroom_gib": float((usable - self.memory_bytes[row]) / 2**30),
+            "gpus": int(self.gpus[row]),
+            "simplicity": int(self.simplicity[row]),
+        }
+
+
+def criteria(candidates: Candidates, price_per_gpu_hour: float | None) -> Criteria:
+    e = candidates.evaluation
+    step = e.time.step
+    finite = np.isfinite(step)
+    step_ns = np.where(finite, np.round(np.where(finite, step, 0) * 1e9), np.iinfo(np.int64).max // 4).astype(np.int64)
+    price = price_per_gpu_hour if price_per_gpu_hour is not None else 0.0
+    usd_per_hour = candidates.gpus * price
+    cost = np.round(np.where(finite, step, 0) * usd_per_hour / 3600 * 1e9).astype(np.int64)
+    memory = np.ceil(e.memory.total).astype(np.int64)
+    plans = candidates.plans
+    keys = [getattr(plans, name) for name in TIE_ORDER] + [plans.sequence_parallel.astype(np.int64)]
+    if plans.layers_per_stage is not None:
+        keys += list(plans.layers_per_stage.T)
+    order = np.lexsort(keys[::-1])
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    return Criteria(step_ns=step_ns, cost_nusd=cost, memory_bytes=memory, gpus=candidates.gpus.astype(np.int64),
+                    simplicity=simplicity_score(plans).astype(np.int64), tie_rank=rank,
+                    tokens_per_s=e.tokens_per_s, usd_per_hour=usd_per_hour)
+

@@ -1,0 +1,417 @@
+"""The search space: the values each plan variable may take for a model, a cluster and a workload, and the
+enumeration of every structurally valid plan in it as `PlanArrays` (numpy columns).
+
+Default domains (a variable pinned with ``fixed`` takes only that value; ``ranges`` replaces a default
+domain by the listed values, or by the values within ``(low, high)`` for integer degrees):
+- ``tp``: divisors of the attention heads that also divide the KV heads (not for MLA), the dense MLP width
+  and the expert width, at most the fast domain (the NVLink domain, or a PCIe server's node) unless
+  crossing it is allowed;
+- ``cp``: powers of two with ``seq_len`` divisible by 2·cp and tp·cp within the fast domain (same rule);
+- ``pp``: 1 … layers; ``dp`` = GPUs / (tp·pp·cp), whole;
+- ``ep``: divisors of the experts with ep·etp dividing dp·cp·tp; ``etp``: 1 or tp (MoE models only);
+- ``vpp`` (interleaved schedule): 2 … 8 with every virtual stage holding the same number of layers and the
+  micro-batches a multiple of pp;
+- ``layers_per_stage``: the even split when layers divide pp·vpp; with uneven stages allowed (vpp 1,
+  pp ≥ 2), also lighter first and last stages — the middle stages hold ⌈L/pp⌉ or ⌈L/pp⌉ + 1 layers and
+  the first and last share the rest (each keeping ≥ 1 layer), since they also carry the embedding and the
+  LM head (Megatron's ``--decoder-first/last-pipeline-num-layers``);
+- ``micro_batch_size``: 1, 2, 4, 8, 16 dividing the per-replica batch;
+- ``sequence_parallel``: on whenever tp > 1 allows it — in the cost model it never costs time or memory
+  (pin it or give a range to search it);
+- ``sharding``: none, zero1 and fsdp; zero2 with pp = 1 (DeepSpeed's pipeline engine takes ZeRO-1 only);
+  hsdp sharded over one node's GPUs when dp·cp spans several nodes; none when dp·cp = 1; zero3 (DeepSpeed)
+  when asked for — FSDP shards the same states with less resident memory;
+- ``recompute``: none; selective with Megatron's module ladder (`constraints.check.selective_ladder`);
+  full on every layer; and full on the fewest layers per virtual stage that fit (found after pricing,
+  `solver.candidates`);
+- ``precision``: bf16; ``optimizer``: adamw; ``offload``: none; ``schedule``: 1f1b, interleaved when
+  vpp > 1 — open fp8, other optimizers, CPU offload or zero_bubble with ``ranges`` (an infeasible search
+  says which of them would make it feasible).
+Fixed for every plan searched: fused kernels, flash attention, fp32 master weights, persistent gradient
+buffers and every communication overlap on (Megatron-Core's production settings).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pydantic import TypeAdapter, ValidationError
+
+from constraints.arrays import ALL_LAYERS, PlanArrays, code, module_mask
+from constraints.check import selective_ladder
+from constraints.plan import RECOMPUTE_MODULES, RECOMPUTES, Plan, Workload
+from hardware import ClusterSpec
+from models import ModelSpec
+from solver.errors import SolverInputError
+
+MICRO_BATCHES = (1, 2, 4, 8, 16)
+MAX_VPP = 8
+SEARCHED = (
+    "tp", "pp", "dp", "cp", "ep", "etp", "vpp", "micro_batch_size", "sequence_parallel", "sharding",
+    "hsdp_shard_size", "recompute", "recompute_modules", "recompute_layers", "precision", "optimizer", "offload",
+    "schedule", "layers_per_stage",
+)
+"""Plan fields the search ranges over (``fixed`` and ``ranges`` accept these)."""
+SETTINGS = ("kernels", "attention_kernel", "master_weights", "persistent_grads", "tp_comm_overlap", "ep_comm_overlap",
+            "grad_reduce_overlap", "param_gather_overlap")
+"""Plan fields held at one value in a search (``fixed`` may set them)."""
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """What may vary: the pins, the ranges and the structural options of one search."""
+
+    model: ModelSpec
+    cluster: ClusterSpec
+    workload: Workload
+    fixed: dict[str, Any] = field(default_factory=dict)
+    ranges: dict[str, Any] = field(default_factory=dict)
+    allow_uneven_stages: bool = True
+    allow_cross_domain: bool = False
+    widen: bool = False  # ranges add to the default domains instead of replacing them (`relaxed`)
+
+    def __post_init__(self) -> None:
+        fixed = dict(self.fixed)
+        if "zero_stage" in fixed:  # DeepSpeed's name for the sharding
+            stage = _validated("zero_stage", fixed.pop("zero_stage"), "fixed")
+            fixed["sharding"] = ("none", "zero1", "zero2", "zero3")[stage]
+        for kind, given in (("fixed", fixed), ("ranges", self.ranges)):
+            allowed = SEARCHED + SETTINGS if kind == "fixed" else SEARCHED
+            for name, value in given.items():
+                if name not in allowed:
+                    raise SolverInputError(f"{kind}: {name!r} is not a plan variable; use one of {', '.join(allowed)}")
+                if kind == "fixed":
+                    fixed[name] = _validated(name, value, kind)
+                elif not (isinstance(value, tuple) and len(value) == 2 and all(type(v) is int for v in value)):
+                    if not isinstance(value, (list, tuple)) or not value:
+                        raise SolverInputError(f"ranges: {name} needs a non-empty list of values or a (low, high) "
+                                               f"pair of integers, got {value!r}")
+                    for v in value:
+                        _validated(name, v, kind)
+        object.__setattr__(self, "fixed", fixed)
+        try:
+            Plan(**self.settings())
+        except ValidationError as err:
+            raise SolverInputError(f"fixed: {err.errors(include_url=False)[0]['msg']}") from None
+
+    # -- domains ------------------------------------------------------------------------------------
+
+    @property
+    def fast_domain(self) -> int:
+        c = self.cluster
+        return min(max(c.nvlink_domain_gpus, c.node.gpus_per_node), c.total_gpus)
+
+    def domain(self, name: str, default: Sequence[Any]) -> list[Any]:
+        """The values of ``name``: the pin, else the range (a list, or (low, high) for integers), else
+        ``default``."""
+        if name in self.fixed:
+            return [self.fixed[name]]
+        given = self.ranges.get(name)
+        if given is None:
+            return list(default)
+        values = self.range_values(name)
+        return list(default) + [v for v in values if v not in default] if self.widen else values
+
+    def range_values(self, name: str) -> list[Any]:
+        """The values a range admits (a list, or the candidates within (low, high) for integers)."""
+        given = self.ranges[name]
+        if isinstance(given, tuple) and len(given) == 2 and all(type(v) is int for v in given):
+            low, high = given
+            return [v for v in _integer_candidates(name, self, high) if low <= v <= high]
+        return [tuple(v) if isinstance(v, list) else v for v in given]
+
+    def relaxed(self) -> SearchSpace:
+        """The space without pins or ranges, but holding every value they name (for diagnosing an
+        infeasible search: each pin and range becomes a constraint there)."""
+        ranges: dict[str, Any] = {name: self.range_values(name) for name in self.ranges}
+        for name, value in self.fixed.items():
+            if name in SEARCHED:
+                ranges[name] = list(ranges.get(name, [])) + [value]
+        return SearchSpace(self.model, self.cluster, self.workload, fixed=self.settings(), ranges=ranges,
+                           allow_uneven_stages=self.allow_uneven_stages, allow_cross_domain=self.allow_cross_domain,
+                           widen=True)
+
+    def settings(self) -> dict[str, Any]:
+        return {name: self.fixed[name] for name in SETTINGS if name in self.fixed}
+
+
+def _validated(name: str, value: Any, kind: str) -> Any:
+    """``value`` checked against the `Plan` field's type (e.g. tp a positive integer, sharding one of its
+    names); SolverInputError naming the field and what it accepts otherwise."""
+    annotation = int if name == "zero_stage" else Plan.model_fields[name].annotation
+    try:
+        checked = TypeAdapter(annotation).validate_python(value, strict=name != "recompute_modules")
+    except ValidationError as err:
+        raise SolverInputError(f"{kind}: {name} = {value!r}: {err.errors(include_url=False)[0]['msg']}") from None
+    if checked is None or (isinstance(checked, int) and not isinstance(checked, bool) and not 0 <= checked <= 2**20) \
+            or (name == "zero_stage" and checked not in (0, 1, 2, 3)):
+        raise SolverInputError(f"{kind}: {name} = {value!r} is out of range")
+    return tuple(checked) if isinstance(checked, list) else checked
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _integer_candidates(name: str, space: SearchSpace, high: int) -> list[int]:
+    """All values an integer variable may take up to ``high`` (for ranges)."""
+    if name in ("micro_batch_size",):
+        return [2**i for i in range(int(math.log2(max(high, 1))) + 1)]
+    return list(range(1, high + 1))
+
+
+def _tp_domain(space: SearchSpace) -> list[int]:
+    """The tp values the model's widths admit, within the pin or range."""
+    m = space.model
+    limit = m.num_attention_heads if space.allow_cross_domain else min(space.fast_domain, m.num_attention_heads)
+    widths = [m.num_attention_heads] + ([m.num_kv_heads] if m.mla is None else [])
+    if m.ffn_hidden_size and m.num_dense_layers:
+        widths.append(m.ffn_hidden_size)
+    if m.moe is not None:
+        widths.append(m.moe.expert_ffn_hidden_size)
+    return [d for d in space.domain("tp", range(1, limit + 1)) if 1 <= d <= limit and all(w % d == 0 for w in widths)]
+
+
+def _cp_domain(space: SearchSpace) -> list[int]:
+    """The cp values the sequence admits, within the pin or range."""
+    limit = space.cluster.total_gpus if space.allow_cross_domain else space.fast_domain
+    seq = space.workload.seq_len
+    return [c for c in space.domain("cp", [2**i for i in range(16)])
+            if 1 <= c <= limit and (c == 1 or seq % (2 * c) == 0)]
+
+
+# -- enumeration --------------------------------------------------------------------------------------
+
+def degree_combinations(space: SearchSpace) -> list[tuple[int, int, int, int, int, int]]:
+    """(tp, cp, pp, dp, ep, etp) with tp·cp·pp·dp = GPUs and every divisibility rule on degrees."""
+    m, gpus = space.model, space.cluster.total_gpus
+    tps = _tp_domain(space)
+    cps = _cp_domain(space)
+    pps = space.domain("pp", range(1, m.num_layers + 1))
+    out = []
+    for tp, cp, pp in itertools.product(tps, cps, pps):
+        if gpus % (tp * cp * pp) or (not space.allow_cross_domain and tp * cp > space.fast_domain):
+            continue
+        dp = gpus // (tp * cp * pp)
+        if ("dp" in space.fixed or "dp" in space.ranges) and dp not in space.domain("dp", [dp]):
+            continue
+        if m.moe is None:
+            eps, etps = space.domain("ep", [1]), space.domain("etp", [tp])
+        else:
+            eps = space.domain("ep", _divisors(m.moe.num_experts))
+            etps = space.domain("etp", sorted({1, tp}))
+        for ep, etp in itertools.product(eps, etps):
+            if m.moe is None and ep != 1:
+                continue
+            if m.moe is not None and (m.moe.num_experts % ep or (dp * cp * tp) % (ep * etp)
+                                      or m.moe.expert_ffn_hidden_size % etp):
+                continue
+            out.append((tp, cp, pp, dp, ep, etp))
+    return out
+
+
+def stage_layouts(space: SearchSpace, pp: int) -> list[tuple[int, tuple[int, ...] | None]]:
+    """(vpp, layers_per_stage) options of a pp-deep pipeline (module docstring)."""
+    layers = space.model.num_layers
+    out: list[tuple[int, tuple[int, ...] | None]] = []
+    if "layers_per_stage" in space.fixed or "layers_per_stage" in space.ranges:
+        given = [tuple(s) for s in space.domain("layers_per_stage", []) if len(s) == pp and sum(s) == layers]
+        if not space.widen:
+            return [(1, stages) for stages in given]
+        out = [(1, stages) for stages in given]
+    vpps = space.domain("vpp", range(1, MAX_VPP + 1)) if pp > 1 else [1]
+    for vpp in vpps:
+        if vpp >= 1 and layers % (pp * vpp) == 0:
+            out.append((vpp, None))
+    if space.allow_uneven_stages and 1 in vpps:
+        out += [(1, stages) for stages in uneven_splits(layers, pp)]
+    return list(dict.fromkeys(out))
+
+
+def uneven_splits(layers: int, pp: int) -> list[tuple[int, ...]]:
+    """Stage splits with lighter first and last stages (module docstring): middle stages of ⌈L/pp⌉ or
+    ⌈L/pp⌉ + 1 layers, the first and last sharing the rest, each between 1 and a middle stage."""
+    if pp < 2:
+        return []
+    out = []
+    base = -(-layers // pp)
+    for middle in (base, base + 1):
+        rest = layers - (pp - 2) * middle
+        for first in range(1, middle + 1):
+            last = rest - first
+            if 1 <= last <= middle and (first, last) != (middle, middle):
+                out.append((first,) + (middle,) * (pp - 2) + (last,))
+    return out
+
+
+@dataclass(frozen=True)
+class Execution:
+    """One combination of the per-plan execution choices (codes as in `constraints.arrays`)."""
+
+    micro_batch_size: int
+    sequence_parallel: bool
+    sharding: int
+    hsdp_shard_size: int
+    recompute: int
+    recompute_modules: int
+    precision: int
+    optimizer: int
+    offload: int
+    zero_bubble: bool
+
+
+def executions(space: SearchSpace) -> list[Execution]:
+    """Every combination of micro-batch, SP, sharding, recompute, precision, optimizer, offload and
+    schedule choice; the plan-dependent rules are applied by `enumerate_plans`."""
+    gpu = space.cluster.gpu
+    shardings = space.domain("sharding", ["none", "zero1", "zero2", "fsdp", "hsdp"])
+    recomputes = space.domain("recompute", ["none", "selective", "full"])
+    ladder = [tuple(modules) for modules in space.domain("recompute_modules", selective_ladder(space.model))]
+    variants = []
+    for mode in recomputes:
+        if mode == "selective":
+            variants += [(code("recompute", mode), module_mask(modules)) for modules in ladder]
+        elif mode in RECOMPUTES:
+            variants.append((code("recompute", mode), 0))
+    hsdp_sizes = space.domain("hsdp_shard_size", [space.cluster.node.gpus_per_node])
+    # the schedule of a vpp > 1 layout is interleaved; the others pick 1f1b or zero_bubble here
+    flat = [s for s in space.domain("schedule", ["1f1b", "interleaved"]) if s != "interleaved"] or ["1f1b"]
+    out = []
+    for mbs, sp, sharding, (recompute, modules), precision, optimizer, offload, schedule in itertools.product(
+            space.domain("micro_batch_size", MICRO_BATCHES), space.domain("sequence_parallel", [False, True]),
+            shardings, variants, space.domain("precision", ["bf16"]), space.domain("optimizer", ["adamw"]),
+            space.domain("offload", ["none"]), flat):
+        if not gpu.supports(precision):
+            continue
+        for size in (hsdp_sizes if sharding == "hsdp" else [1]):
+            out.append(Execution(mbs, bool(sp), code("sharding", sharding), size, recompute, modules,
+                                 code("precision", precision), code("optimizer", optimizer), code("offload", offload),
+                                 schedule == "zero_bubble"))
+    return out
+
+
+Structure = tuple[int, int, int, int, int, int, int, "tuple[int, ...] | None"]
+"""(tp, cp, pp, dp, ep, etp, vpp, layers_per_stage): the degrees and the pipeline layout of a plan."""
+
+
+def structures(space: SearchSpace) -> list[Structure]:
+    """Every valid combination of degrees and pipeline layout."""
+    return [(tp, cp, pp, dp, ep, etp, vpp, stages)
+            for tp, cp, pp, dp, ep, etp in degree_combinations(space)
+            for vpp, stages in stage_layouts(space, pp)]
+
+
+def enumerate_plans(space: SearchSpace, rows: list[Structure] | None = None,
+                    execs: list[Execution] | None = None) -> PlanArrays:
+    """Every structurally valid plan of the space (module docstring) as columns, or of the given
+    structures and execution choices."""
+    return enumerate_with_structure(space, rows, execs)[0]
+
+
+def enumerate_with_structure(space: SearchSpace, rows: list[Structure] | None = None,
+                             execs: list[Execution] | None = None) -> tuple[PlanArrays, np.ndarray]:
+    """`enumerate_plans`, with the index into ``rows`` of each plan's structure."""
+    rows = structures(space) if rows is None else rows
+    execs = executions(space) if execs is None else execs
+    if not rows or not execs:
+        return _empty(), np.zeros(0, dtype=np.int64)
+    structure = {name: np.array([r[i] for r in rows], dtype=np.int64)
+                 for i, name in enumerate(("tp", "cp", "pp", "dp", "ep", "etp", "vpp"))}
+    width = max((len(r[7]) for r in rows if r[7] is not None), default=0)
+    stages = np.zeros((len(rows), width), dtype=np.int64)
+    for i, r in enumerate(rows):
+        if r[7] is not None:
+            stages[i, : len(r[7])] = r[7]
+    e = {name: np.array([getattr(x, name) for x in execs]) for name in Execution.__dataclass_fields__}
+    s_idx = np.repeat(np.arange(len(rows)), len(execs))
+    e_idx = np.tile(np.arange(len(execs)), len(rows))
+    col = {name: values[s_idx] for name, values in structure.items()}
+    col |= {name: values[e_idx] for name, values in e.items()}
+    col["structure"] = s_idx
+    keep = _valid(space, col)
+    col = {name: values[keep] for name, values in col.items()}
+    layers_per_stage = stages[s_idx][keep] if width else None
+    return _plan_arrays(space, col, layers_per_stage), col["structure"]
+
+
+def least_memory_executions(space: SearchSpace) -> list[Execution]:
+    """The execution choices among which a structure's smallest memory lies: the smallest micro-batch
+    (memory never falls with a larger one: in-flight micro-batches × size is capped by the replica's batch),
+    full recompute and the most thorough selective module set (one of the two keeps least; every other
+    recompute choice keeps more than both), and every value of the other choices."""
+    execs = executions(space)
+    smallest = min(e.micro_batch_size for e in execs)
+    execs = [e for e in execs if e.micro_batch_size == smallest]
+    selective = [e.recompute_modules for e in execs if e.recompute == code("recompute", "selective")]
+    thorough = max(selective, key=lambda mask: bin(mask).count("1"), default=None)
+    chosen = [e for e in execs if e.recompute == code("recompute", "full")
+              or (e.recompute == code("recompute", "selective") and e.recompute_modules == thorough)]
+    return chosen or execs
+
+
+def _valid(space: SearchSpace, c: dict[str, np.ndarray]) -> np.ndarray:
+    """The plan-level rules of `constraints.rules` on the combined columns."""
+    m, w = space.model, space.workload
+    replicas = c["dp"] * c["micro_batch_size"]
+    ok = (w.global_batch_size % replicas == 0) & (c["micro_batch_size"] <= np.maximum(w.global_batch_size // c["dp"], 1))
+    micro = w.global_batch_size // replicas
+    sp_possible = (c["tp"] > 1) & ((w.seq_len // c["cp"]) % c["tp"] == 0)
+    ok &= sp_possible | ~c["sequence_parallel"]
+    if m.moe is not None:
+        ok &= (c["tp"] == 1) | c["sequence_parallel"]
+    if "sequence_parallel" not in space.fixed and "sequence_parallel" not in space.ranges:
+        ok &= c["sequence_parallel"] == sp_possible  # on wherever it can be: it never costs time or memory
+    data = c["dp"] * c["cp"]
+    s = c["sharding"]
+    ok &= (s == code("sharding", "none")) | (data > 1)
+    ok &= (c["pp"] == 1) | ~np.isin(s, [code("sharding", "zero2"), code("sharding", "zero3")])
+    hsdp = s == code("sharding", "hsdp")
+    ok &= ~hsdp | ((c["hsdp_shard_size"] > 1) & (c["hsdp_shard_size"] < data) & (data % c["hsdp_shard_size"] == 0))
+    ok &= (c["offload"] == code("offload", "none")) | (s != code("sharding", "none"))
+    schedules = space.domain("schedule", ["1f1b", "interleaved"])
+    interleaved = c["vpp"] > 1
+    ok &= ~interleaved | (("interleaved" in schedules) & ~c["zero_bubble"] & (micro % c["pp"] == 0))
+    ok &= interleaved | c["zero_bubble"] | ("1f1b" in schedules)
+    ok &= ~c["zero_bubble"] | (c["pp"] > 1)
+    return ok
+
+
+def _plan_arrays(space: SearchSpace, c: dict[str, np.ndarray], layers_per_stage: np.ndarray | None) -> PlanArrays:
+    n = len(c["tp"])
+    default = Plan(**space.settings())
+    const = lambda value, dtype=np.int64: np.full(n, value, dtype=dtype)  # noqa: E731
+    schedule = np.where(c["vpp"] > 1, code("schedule", "interleaved"),
+                        np.where(c["zero_bubble"], code("schedule", "zero_bubble"), code("schedule", "1f1b")))
+    data = c["dp"] * c["cp"]
+    s = c["sharding"]
+    shard_group = np.select([s == code("sharding", "none"), s == code("sharding", "hsdp")], [const(1), c["hsdp_shard_size"]],
+                            default=data)
+    recompute_layers = const(ALL_LAYERS)
+    if "recompute_layers" in space.fixed:
+        recompute_layers = np.where(c["recompute"] == code("recompute", "full"), space.fixed["recompute_layers"], ALL_LAYERS)
+    return PlanArrays(
+        tp=c["tp"], pp=c["pp"], dp=c["dp"], cp=c["cp"], ep=c["ep"], etp=c["etp"], vpp=c["vpp"],
+        micro_batch_size=c["micro_batch_size"].astype(np.int64), shard_group=shard_group.astype(np.int64),
+        recompute_layers=recompute_layers.astype(np.int64), recompute_modules=c["recompute_modules"].astype(np.int64),
+        sequence_parallel=c["sequence_parallel"].astype(bool), sharding=s.astype(np.int64),
+        recompute=c["recompute"].astype(np.int64), precision=c["precision"].astype(np.int64),
+        master_weights=const(default.master_weights, bool), optimizer=c["optimizer"].astype(np.int64),
+        offload=c["offload"].astype(np.int64), schedule=schedule.astype(np.int64),
+        kernels=const(code("kernels", default.kernels)), attention_kernel=const(code("attention_kernel", default.attention_kernel)),
+        persistent_grads=const(default.persistent_grads, bool), tp_comm_overlap=const(default.tp_comm_overlap, bool),
+        ep_comm_overlap=const(default.ep_comm_overlap, bool), grad_reduce_overlap=const(default.grad_reduce_overlap, bool),
+        param_gather_overlap=const(default.param_gather_overlap, bool),
+        layers_per_stage=layers_per_stage,
+    )
+
+
+def _empty() -> PlanArrays:
+    return PlanArrays.product(tp=[1]).take(np.zeros(0, dtype=bool))
+
+
+__all__ = ["SEARCHED", "SETTINGS", "SearchSpace", "enumerate_plans", "RECOMPUTE_MODULES", "uneven_splits"]

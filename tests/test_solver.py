@@ -1,0 +1,230 @@
+"""The CP-SAT search against the exhaustive oracle (`solver.exhaustive`), on generated instances small
+enough to enumerate plan by plan: the same optimum (and, with the unique tie rank, the same plan), the same
+top-k alternatives, the same Pareto set, infeasible exactly when the oracle finds nothing; every returned
+plan passes `check()` and keeps the pins."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from constraints import Plan, Workload, check
+from hardware import load_cluster
+from models import load_model
+from solver import Infeasible, Solution, SolverInputError, pareto, solve
+from solver.exhaustive import oracle
+from solver.frontier import nondominated
+from solver.space import SearchSpace, enumerate_with_structure
+
+SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def small_cluster(nodes: int, per_node: int, memory: str):
+    return load_cluster({"base": "dgx-h100", "num_nodes": nodes, "nvlink_domain_size": per_node,
+                         "node": {"gpus_per_node": per_node, "nics_per_node": per_node, "gpu_numa_nodes": None,
+                                  "gpu": {"memory_bytes": memory}}})
+
+
+@st.composite
+def instances(draw):
+    heads = draw(st.sampled_from([4, 8]))
+    spec = {"name": "generated", "hidden_size": draw(st.sampled_from([256, 512])), "num_layers": draw(st.sampled_from([2, 3, 4])),
+            "num_attention_heads": heads, "num_kv_heads": draw(st.sampled_from([h for h in (1, 2, 4, 8) if heads % h == 0])),
+            "vocab_size": draw(st.sampled_from([1000, 8000]))}
+    if draw(st.booleans()):
+        spec["moe"] = {"num_experts": draw(st.sampled_from([2, 4])), "experts_per_token": 1,
+                       "expert_ffn_hidden_size": draw(st.sampled_from([256, 512]))}
+    else:
+        spec["ffn_hidden_size"] = draw(st.sampled_from([512, 1024]))
+    cluster = small_cluster(draw(st.sampled_from([1, 2])), draw(st.sampled_from([1, 2, 4])),
+                            draw(st.sampled_from(["1 GiB", "2 GiB", "16 GiB"])))
+    workload = Workload(kind=draw(st.sampled_from(["pretrain", "finetune"])), seq_len=draw(st.sampled_from([128, 512])),
+                        global_batch_size=draw(st.sampled_from([1, 4, 8])))
+    objective = draw(st.sampled_from([["throughput"], ["memory_headroom"], ["simplicity", "throughput"],
+                                      ["throughput", "simplicity"], ["cost"]]))
+    tolerance = draw(st.sampled_from([0.0, 0.05])) if len(objective) > 1 else 0.0
+    fixed = draw(st.sampled_from([{}, {}, {"tp": 2}, {"pp": 2}, {"recompute": "full"}, {"sharding": "zero1"}]))
+    return load_model(spec), cluster, workload, objective, tolerance, fixed
+
+
+def _key(plan: Plan) -> str:
+    return plan.model_dump_json()
+
+
+@SETTINGS
+@given(instances())
+def test_vectorized_enumeration_is_the_brute_force_space(case):
+    """`solver.space`'s vectorized rules produce exactly the plans that pass `check()`'s rules and the
+    space's conventions, enumerated one by one."""
+    model, cluster, workload, _, _, fixed = case
+    brute = oracle(model, cluster, workload, fixed=fixed, brute_force=True)
+    fast = oracle(model, cluster, workload, fixed=fixed, brute_force=False)
+    assert (brute is None) == (fast is None)
+    if brute is not None:
+        as_set = lambda r: {_key(r.candidates.plans.plan(i)) for i in range(len(r.candidates))}  # noqa: E731
+        assert as_set(brute) == as_set(fast)
+
+
+@SETTINGS
+@given(instances(), st.sampled_from([0, 2]))
+def test_cp_sat_optimum_equals_the_oracle(case, top_k):
+    model, cluster, workload, objective, tolerance, fixed = case
+    expected = oracle(model, cluster, workload, objective=objective, tolerance=tolerance, fixed=fixed, top_k=top_k)
+    try:
+        found = solve(model, cluster, workload, objective=objective, tolerance=tolerance, fixed=fixed, top_k=top_k,
+                      node_counts=[cluster.num_nodes])
+    except Infeasible:
+        assert expected is None
+        return
+    assert expected is not None, "the solver found a plan where the oracle found none"
+    assert found.optimal
+    assert found.plan == expected.plan
+    plans = [found.plan] + [a.plan for a in found.alternatives]
+    assert plans == [expected.candidates.plans.plan(r) for r in expected.rows]
+    for plan in plans:
+        assert check(model, cluster, plan, workload) == []
+        assert all(getattr(plan, name) == value for name, value in fixed.items())
+
+
+@SETTINGS
+@given(instances(), st.sampled_from([("throughput", "memory_headroom"), ("throughput", "simplicity"),
+                                     ("throughput", "memory_headroom", "simplicity")]))
+def test_pareto_set_equals_the_oracles(case, objectives):
+    model, cluster, workload, _, _, fixed = case
+    everything = oracle(model, cluster, workload, fixed=fixed)
+    try:
+        front = pareto(model, cluster, workload, objectives=objectives, fixed=fixed)
+    except Infeasible:
+        assert everything is None
+        return
+    assert everything is not None
+    crit, rows = everything.criteria, np.flatnonzero(everything.feasible)
+    matrix = np.stack([crit.column(name)[rows] for name in objectives], axis=1)
+    best = {tuple(matrix[i]) for i in range(len(rows))
+            if not any(np.all(matrix[j] <= matrix[i]) and np.any(matrix[j] < matrix[i]) for j in range(len(rows)))}
+    assert len(front) == len(best)
+    vectors = set()
+    for solution in front:
+        assert solution.optimal
+        assert check(model, cluster, solution.plan, workload) == []
+        index = next(i for i in range(len(everything.candidates))
+                     if everything.candidates.plans.plan(i) == solution.plan)
+        vectors.add(tuple(crit.column(name)[index] for name in objectives))
+    assert vectors == best
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 60), st.integers(1, 2), st.integers(0, 2), st.booleans(), st.integers(0, 10**6))
+def test_frontier_equals_brute_force(n, fine_columns, coarse_columns, grouped, seed):
+    rng = np.random.default_rng(seed)
+    fine = rng.integers(0, 8, (n, fine_columns))
+    coarse = rng.integers(0, 3, (n, coarse_columns))
+    groups = rng.integers(0, 3, n) if grouped else np.zeros(n, dtype=np.int64)
+    criteria = np.concatenate([fine, coarse], axis=1)
+    expected = np.ones(n, dtype=bool)
+    for i, j in itertools.product(range(n), range(n)):
+        if i != j and groups[i] == groups[j] and np.all(criteria[j] <= criteria[i]) and np.any(criteria[j] < criteria[i]):
+            expected[i] = False
+    assert np.array_equal(nondominated(fine, coarse, groups if grouped else None), expected)
+
+
+# -- fixed instances ---------------------------------------------------------------------------------------
+
+LLAMA_70B = load_model("llama-3.1-70b")
+WORK = Workload(seq_len=8192, global_batch_size=512)
+
+
+def test_llama_70b_on_64_h100s_is_proved_and_explained():
+    found = solve(LLAMA_70B, load_cluster("dgx-h100", nodes=8), WORK)
+    assert found.optimal and check(LLAMA_70B, load_cluster("dgx-h100", nodes=8), found.plan, WORK) == []
+    text = " ".join(found.explanation)
+    assert "proved optimal by CP-SAT" in text and "Runner-up" in text
+    assert found.estimate.fits and found.objective["tokens_per_s"] == pytest.approx(found.estimate.tokens_per_s)
+
+
+def test_pins_and_ranges_are_kept():
+    cluster = load_cluster("dgx-h100", nodes=8)
+    found = solve(LLAMA_70B, cluster, WORK, fixed={"tp": 4}, ranges={"pp": (2, 8), "micro_batch_size": [1]})
+    assert found.plan.tp == 4 and 2 <= found.plan.pp <= 8 and found.plan.micro_batch_size == 1
+
+
+def test_solution_round_trips_through_json():
+    found = solve(load_model("llama-3.1-8b"), load_cluster("dgx-h100", nodes=1), Workload(seq_len=4096, global_batch_size=64))
+    again = Solution.model_validate_json(found.model_dump_json())
+    assert again == found
+    assert json.loads(found.model_dump_json())["plan"]["tp"] == found.plan.tp
+
+
+def test_searches_are_deterministic():
+    cluster = load_cluster("dgx-h100", nodes=2)
+    work = Workload(seq_len=4096, global_batch_size=128)
+    first = solve(load_model("mixtral-8x7b"), cluster, work, top_k=2)
+    second = solve(load_model("mixtral-8x7b"), cluster, work, top_k=2)
+    assert first.plan == second.plan and first.alternatives == second.alternatives
+
+
+def test_fewest_gpus_that_reach_a_throughput():
+    cluster = load_cluster("dgx-h100", nodes=8)
+    fast = solve(LLAMA_70B, cluster, WORK, objective="throughput")
+    target = fast.objective["tokens_per_s"] * 0.4
+    fewest = solve(LLAMA_70B, cluster, WORK, objective=["gpus", "throughput"], min_tokens_per_s=target)
+    assert fewest.gpus < cluster.total_gpus and fewest.objective["tokens_per_s"] >= target
+    assert fewest.search.gpu_counts == (8, 16, 32, 64)
+
+
+def test_infeasible_memory_says_why_and_what_helps():
+    with pytest.raises(Infeasible) as error:
+        solve(LLAMA_70B, load_cluster("dgx-h100", nodes=1), Workload(seq_len=8192, global_batch_size=64))
+    text = str(error.value)
+    assert error.value.conflicts == ["every plan must fit in the GPU's 79.6 GiB"]
+    assert "TiB for its weights, gradients and optimizer states" in text
+    assert any(s.startswith("2 nodes (16 GPUs)") for s in error.value.suggestions)
+
+
+def test_infeasible_pins_name_the_conflict():
+    cluster = load_cluster("dgx-h100", nodes=8)
+    with pytest.raises(Infeasible) as error:
+        solve(LLAMA_70B, cluster, WORK, fixed={"tp": 1, "pp": 1, "cp": 1, "recompute": "none"})
+    conflicts = error.value.conflicts
+    assert "every plan must fit in the GPU's 79.6 GiB" in conflicts
+    assert any(c.startswith("tp fixed to 1") or c.startswith("pp fixed to 1") for c in conflicts)
+    assert any(s.startswith("free ") for s in error.value.suggestions)
+
+
+def test_infeasible_target_names_the_target():
+    with pytest.raises(Infeasible) as error:
+        solve(load_model("llama-3.1-8b"), load_cluster("dgx-h100", nodes=1), Workload(seq_len=4096, global_batch_size=64),
+              objective=["gpus"], min_tokens_per_s=1e9)
+    assert any("throughput of at least" in c for c in error.value.conflicts)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    (dict(objective="speed"), "unknown objective 'speed'"),
+    (dict(objective=["throughput", "throughput"]), "twice"),
+    (dict(objective={"throughput": -1}), "weights must be"),
+    (dict(fixed={"tensor_parallel": 8}), "'tensor_parallel' is not a plan variable"),
+    (dict(fixed={"tp": "eight"}), "tp = 'eight'"),
+    (dict(fixed={"sharding": "zero4"}), "sharding = 'zero4'"),
+    (dict(ranges={"pp": []}), "non-empty list"),
+    (dict(objective="gpus"), "needs min_tokens_per_s"),
+    (dict(tolerance=2.0), "tolerance must be in [0, 1)"),
+    (dict(top_k=-1), "top_k must be"),
+])
+def test_bad_requests_name_the_field(kwargs, message):
+    with pytest.raises(SolverInputError, match=None) as error:
+        solve(load_model("llama-3.1-8b"), load_cluster("dgx-h100", nodes=1), Workload(seq_len=4096, global_batch_size=64),
+              **kwargs)
+    assert message in str(error.value)
+
+
+def test_space_rejects_unknown_ranges_values():
+    with pytest.raises(SolverInputError, match="precision = 'fp6'"):
+        SearchSpace(LLAMA_70B, load_cluster("dgx-h100", nodes=1), WORK, ranges={"precision": ["bf16", "fp6"]})
+    plans, _ = enumerate_with_structure(SearchSpace(LLAMA_70B, load_cluster("dgx-h100", nodes=1), WORK,
+                                                    ranges={"precision": ["bf16", "fp8"]}))
+    assert set(np.unique(plans.precision)) == {0, 2}

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from cli.format import gib, table
+from cli.options import MODEL_OPTIONS, TARGET_OPTIONS, WORKLOAD_OPTIONS, build_workload, load_efficiency, with_options
 
 if TYPE_CHECKING:
     from constraints import Estimate, Plan, Violation, Workload
@@ -63,30 +64,15 @@ PLAN_OPTIONS = [
 ]
 
 
-def plan_options(command):
-    for option in reversed(PLAN_OPTIONS):
-        command = option(command)
-    return command
-
-
 @click.command()
-@click.option("--model", "-m", "model_ref", required=True,
-              help="Preset name or alias (see `plan presets`), a config.json or its folder, or a HF repo id.")
-@click.option("--cluster", "-c", "cluster_ref", required=True, help="Cluster preset (see `plan presets`) or a cluster file.")
-@click.option("--nodes", type=click.IntRange(min=1), help="Number of nodes [default: the cluster's].")
-@click.option("--gpus", type=click.IntRange(min=1), help="Total GPUs (instead of --nodes).")
+@with_options(TARGET_OPTIONS)
 @click.option("--plan", "plan_file", type=click.Path(dir_okay=False, path_type=Path),
               help="A plan file (JSON/YAML of Plan fields); flags override its fields.")
-@plan_options
-@click.option("--kind", type=click.Choice(["pretrain", "finetune", "inference"]), default="pretrain", show_default=True)
-@click.option("--seq-len", type=click.IntRange(min=1), default=4096, show_default=True, help="Tokens per sequence.")
+@with_options(PLAN_OPTIONS)
+@with_options(WORKLOAD_OPTIONS)
 @click.option("--global-batch", type=click.IntRange(min=1),
               help="Sequences per optimizer step (serving: sequences at once) [default: dp·micro-batch·4·pp].")
-@click.option("--dropout", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.0, show_default=True)
-@click.option("--train-mtp", is_flag=True, help="Also train DeepSeek-V3's multi-token-prediction modules.")
-@click.option("--efficiency", "efficiency_file", type=click.Path(dir_okay=False, path_type=Path),
-              help="Efficiency-factor overrides (JSON/YAML, keys of constraints/data/efficiency.json).")
-@click.option("--allow-cross-domain", is_flag=True, help="Do not flag TP/CP groups that span NVLink domains.")
+@with_options(MODEL_OPTIONS)
 @click.option("--json", "as_json", is_flag=True, help="Print plan, workload, estimate and violations as JSON.")
 def estimate(model_ref: str, cluster_ref: str, nodes: int | None, gpus: int | None, plan_file: Path | None,
              kind: str, seq_len: int, global_batch: int | None, dropout: float, train_mtp: bool,
@@ -154,18 +140,6 @@ def build_plan(plan_file: Path | None, flags: dict[str, Any], gpus: int) -> Plan
         raise PlanError(describe_validation_error(err, "plan")) from None
 
 
-def build_workload(**fields: Any) -> Workload:
-    from pydantic import ValidationError
-
-    from constraints import PlanError, Workload
-    from plan_common.validation import describe_validation_error
-
-    try:
-        return Workload(**fields)
-    except ValidationError as err:
-        raise PlanError(describe_validation_error(err, "workload")) from None
-
-
 def parse_stages(text: str) -> tuple[int, ...]:
     from constraints import PlanError
 
@@ -176,21 +150,6 @@ def parse_stages(text: str) -> tuple[int, ...]:
     if any(n < 1 for n in stages):
         raise PlanError(f"--layers-per-stage needs at least one layer per stage, got {text!r}")
     return stages
-
-
-def load_efficiency(path: Path | None):
-    """The data file's efficiency factors with the overrides in ``path`` merged in."""
-    from constraints import Efficiency, PlanError
-    from plan_common.files import read_mapping
-
-    if path is None:
-        return None
-    try:
-        return Efficiency.default().with_overrides(read_mapping(path, PlanError, "efficiency factors"))
-    except PlanError:
-        raise
-    except (ValueError, TypeError) as err:
-        raise PlanError(f"{path}: {err}") from None
 
 
 def describe_plan(plan: Plan) -> str:

@@ -1,8 +1,8 @@
 """`plan`: the command group and its error policy.
 
 Exit codes: 0 ok, 1 infeasible / validation failed, 2 bad input (an unknown model, a malformed file, a
-bad flag). Bad input — every `ModelError`, `HardwareError` and `PlanError` — prints one line naming what is wrong and
-how to fix it. Anything else is a bug in `plan` and surfaces as Python's traceback (exit 1).
+bad flag). Bad input — every `ModelError`, `HardwareError`, `PlanError` and `SolverInputError` — prints one line
+naming what is wrong and how to fix it. Anything else is a bug in `plan` and surfaces as Python's traceback (exit 1).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import click
 from cli.analyze_cmd import analyze
 from cli.estimate_cmd import estimate
 from cli.presets_cmd import presets
+from cli.solve_cmd import pareto, solve
 
 
 class _Plan(click.Group):
@@ -21,10 +22,11 @@ class _Plan(click.Group):
         from constraints import PlanError
         from hardware import HardwareError
         from models import ModelError
+        from solver import SolverInputError
 
         try:
             return super().invoke(ctx)
-        except (ModelError, HardwareError, PlanError) as err:
+        except (ModelError, HardwareError, PlanError, SolverInputError) as err:
             click.echo(f"error: {err}", err=True)
             sys.exit(2)
 
@@ -40,12 +42,17 @@ def plan() -> None:
       plan analyze --model llama-3.1-70b
       plan analyze --model ./config.json --seq-len 8192 --json
       plan estimate --model llama-3.1-70b --cluster dgx-h100 --nodes 8 --tp 8 --pp 2
+      plan solve --model llama-3.1-70b --cluster dgx-h100 --nodes 8 --seq-len 8192 --global-batch 512
+      plan pareto --model llama-3.1-70b --cluster dgx-h100 --nodes 8 -o throughput,cost,gpus
     """
 
 
 plan.add_command(presets)
 plan.add_command(analyze)
 plan.add_command(estimate)
+plan.add_command(solve)
+plan.add_command(solve, name="recommend")
+plan.add_command(pareto)
 
 
 def main() -> None:

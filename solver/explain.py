@@ -69,6 +69,7 @@ def explain(*, objective: str, proved: bool, plans: int, fitting: int, candidate
                      f"({1 - unfit_step / step:.1%} less) but needs {unfit_memory / GIB:.1f} GiB per GPU "
                      f"(the GPU has {winner_estimate.memory.usable / GIB:.1f} GiB).")
     headroom = (winner_estimate.memory.usable - winner_estimate.memory.total) / GIB
-    lines.append(f"Memory headroom {headroom:.1f} GiB per GPU on pipeline stage {winner_estimate.memory.stage}.")
+    where = f" on pipeline stage {winner_estimate.memory.stage}, the most loaded" if winner.pp > 1 else ""
+    lines.append(f"Memory headroom {headroom:.1f} GiB per GPU{where}.")
     return lines
 

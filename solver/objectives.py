@@ -5,7 +5,8 @@ both decide on.
 - ``cost``: US dollars per step = step time × GPUs × price per GPU-hour / 3600, in nano-dollars; the price
   is the user's, else the median on-demand offer of the GPU (`hardware.prices`).
 - ``memory_headroom``: the GPU's memory minus the plan's peak, maximised: the peak in bytes, minimised.
-- ``gpus``: the GPU count (searched over cluster sizes; needs a throughput target).
+- ``gpus``: the GPU count (searched over cluster sizes): the fewest that fit, or that reach the
+  throughput target when one is given.
 - ``simplicity``: `simplicity_score`, minimised.
 Ties on every objective asked for break deterministically by simplicity, then step time, then memory,
 then the plan's fields in the order of `TIE_ORDER`, sequence parallelism and the stage sizes (smaller

@@ -63,8 +63,6 @@ class _Search:
                  fixed: Mapping[str, Any] | None, ranges: Mapping[str, Any] | None, allow_uneven_stages: bool,
                  allow_cross_domain: bool, price_per_gpu_hour: float | None, min_tokens_per_s: float | None,
                  node_counts: Sequence[int] | None, efficiency: Efficiency | None, runtime: RuntimeAllowance | None):
-        if "gpus" in names and min_tokens_per_s is None:
-            raise SolverInputError("objective 'gpus' needs min_tokens_per_s: the fewest GPUs that reach what throughput?")
         if min_tokens_per_s is not None and not min_tokens_per_s > 0:
             raise SolverInputError(f"min_tokens_per_s must be > 0, got {min_tokens_per_s!r}")
         self.model, self.workload, self.target = model, workload, min_tokens_per_s
@@ -156,7 +154,9 @@ def solve(model: ModelSpec, cluster: ClusterSpec, workload: Workload, *, objecti
     """The optimal plan (module docstring). ``objective``: a name, a list (lexicographic; each earlier
     objective kept within ``tolerance`` of its optimum), or {name: weight} (weighted sum of each objective
     over its own optimum). ``fixed`` pins plan fields (e.g. {"tp": 8}); ``ranges`` lists or bounds their
-    values (e.g. {"pp": (1, 8), "precision": ["bf16", "fp8"]}). ``top_k`` adds that many runner-ups."""
+    values (e.g. {"pp": (1, 8), "precision": ["bf16", "fp8"]}). ``min_tokens_per_s`` keeps only plans that
+    reach that throughput (with ``gpus``: the fewest GPUs that meet it; without: the fewest that fit).
+    ``top_k`` adds that many runner-ups."""
     started = time.perf_counter()
     names, weights = _parse_objective(objective)
     if not 0 <= tolerance < 1:

@@ -211,7 +211,7 @@ def test_infeasible_target_names_the_target():
     (dict(fixed={"tp": "eight"}), "tp = 'eight'"),
     (dict(fixed={"sharding": "zero4"}), "sharding = 'zero4'"),
     (dict(ranges={"pp": []}), "non-empty list"),
-    (dict(objective="gpus"), "needs min_tokens_per_s"),
+    (dict(min_tokens_per_s=-5.0), "min_tokens_per_s must be > 0"),
     (dict(tolerance=2.0), "tolerance must be in [0, 1)"),
     (dict(top_k=-1), "top_k must be"),
 ])

@@ -1,0 +1,68 @@
+"""Options and input builders shared by the commands that take a model, a cluster and a workload
+(`plan estimate`, `plan solve`, `plan pareto`): one definition of each flag, one error policy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+if TYPE_CHECKING:
+    from constraints import Efficiency, Workload
+
+TARGET_OPTIONS = [
+    click.option("--model", "-m", "model_ref", required=True,
+                 help="Preset name or alias (see `plan presets`), a config.json or its folder, or a HF repo id."),
+    click.option("--cluster", "-c", "cluster_ref", required=True, help="Cluster preset (see `plan presets`) or a cluster file."),
+    click.option("--nodes", type=click.IntRange(min=1), help="Number of nodes [default: the cluster's]."),
+    click.option("--gpus", type=click.IntRange(min=1), help="Total GPUs (instead of --nodes)."),
+]
+WORKLOAD_OPTIONS = [
+    click.option("--kind", type=click.Choice(["pretrain", "finetune", "inference"]), default="pretrain", show_default=True),
+    click.option("--seq-len", type=click.IntRange(min=1), default=4096, show_default=True, help="Tokens per sequence."),
+    click.option("--dropout", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.0, show_default=True),
+    click.option("--train-mtp", is_flag=True, help="Also train DeepSeek-V3's multi-token-prediction modules."),
+]
+MODEL_OPTIONS = [
+    click.option("--efficiency", "efficiency_file", type=click.Path(dir_okay=False, path_type=Path),
+                 help="Efficiency-factor overrides (JSON/YAML, keys of constraints/data/efficiency.json)."),
+    click.option("--allow-cross-domain", is_flag=True, help="Let TP and CP groups span NVLink domains."),
+]
+
+
+def with_options(options: list):
+    """Apply a list of click options to a command, in the listed order."""
+    def decorate(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+    return decorate
+
+
+def build_workload(**fields: Any) -> Workload:
+    """A `Workload`, or `PlanError` naming the bad field."""
+    from pydantic import ValidationError
+
+    from constraints import PlanError, Workload
+    from plan_common.validation import describe_validation_error
+
+    try:
+        return Workload(**fields)
+    except ValidationError as err:
+        raise PlanError(describe_validation_error(err, "workload")) from None
+
+
+def load_efficiency(path: Path | None) -> Efficiency | None:
+    """The data file's efficiency factors with the overrides in ``path`` merged in."""
+    from constraints import Efficiency, PlanError
+    from plan_common.files import read_mapping
+
+    if path is None:
+        return None
+    try:
+        return Efficiency.default().with_overrides(read_mapping(path, PlanError, "efficiency factors"))
+    except PlanError:
+        raise
+    except (ValueError, TypeError) as err:
+        raise PlanError(f"{path}: {err}") from None

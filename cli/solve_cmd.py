@@ -1,0 +1,322 @@
+"""`plan solve` (alias `plan recommend`): the best plan for an objective, proved optimal; `plan pareto`:
+the non-dominated plans over two or three objectives. Exit 0 with a plan, 1 when no plan is feasible (the
+conflicting constraints and the changes that would help are printed), 2 on bad input.
+
+``--json`` prints the API's serialisation: `solver.Solution` for `solve`, a list of them for `pareto`, and
+``{"infeasible": {"message", "conflicts", "suggestions"}}`` when nothing is feasible.
+
+Pins and ranges name `constraints.Plan` fields: ``--fix tp=8 --fix recompute=full`` (``zero_stage=1`` is
+DeepSpeed's name for a sharding), ``--range pp=1:8`` (integers from 1 to 8), ``--range precision=bf16,fp8``
+(a list); tuple fields take comma-separated items (``--fix layers_per_stage=19,21,21,19``) and a range of
+them separates the tuples with ``;``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from cli.format import gib, table
+from cli.options import MODEL_OPTIONS, TARGET_OPTIONS, WORKLOAD_OPTIONS, build_workload, load_efficiency, with_options
+
+if TYPE_CHECKING:
+    from constraints import Workload
+    from hardware import ClusterSpec
+    from models import ModelSpec
+    from solver import Infeasible, Solution
+
+DEFAULT_BATCH_TOKENS = 2**22
+"""Tokens per optimizer step when ``--global-batch`` is not given for training: 4M, Llama 3's initial
+pre-training batch (Llama 3 Herd of Models, §3.4.1: "an initial batch size of 4M tokens and sequences of
+length 4,096")."""
+TRUE, FALSE = ("true", "yes", "on"), ("false", "no", "off")
+
+SEARCH_OPTIONS = [
+    click.option("--fix", "fix", multiple=True, metavar="NAME=VALUE",
+                 help="Pin a plan field, e.g. tp=8, sharding=zero1, recompute=full (repeatable)."),
+    click.option("--range", "ranges", multiple=True, metavar="NAME=LOW:HIGH|A,B,..",
+                 help="Search a field over a range or list, e.g. pp=1:8, precision=bf16,fp8, "
+                      "optimizer=adamw,adamw8bit (repeatable; replaces the default domain)."),
+    click.option("--global-batch", type=click.IntRange(min=1),
+                 help="Sequences per optimizer step (serving: sequences at once) "
+                      "[default for training: 4M tokens' worth, 2^22 / seq-len; required for inference]."),
+    click.option("--price", "price_per_gpu_hour", type=click.FloatRange(min=0, min_open=True),
+                 help="USD per GPU-hour for the cost objective [default: the median on-demand offer in "
+                      "hardware/data/prices.json]."),
+    click.option("--min-tokens-per-s", type=click.FloatRange(min=0, min_open=True),
+                 help="Throughput every plan must reach (needed by the gpus objective)."),
+    click.option("--node-counts", help="Cluster sizes (nodes, comma-separated) the cost and gpus objectives search "
+                                       "[default: powers of two up to --nodes, and --nodes]."),
+    click.option("--even-stages", is_flag=True, help="Only even pipeline stages (no lighter first/last stage)."),
+    click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
+                 help="CP-SAT time limit per solve (seconds); a plan found within it but not proved says so."),
+]
+
+
+@click.command()
+@with_options(TARGET_OPTIONS)
+@with_options(WORKLOAD_OPTIONS)
+@click.option("--objective", "-o", default="throughput", show_default=True,
+              help="throughput, cost, memory_headroom, gpus or simplicity; a comma list is lexicographic "
+                   "(gpus,throughput); name=weight pairs are weighted (throughput=1,cost=0.5).")
+@click.option("--tolerance", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.0, show_default=True,
+              help="Lexicographic slack: later objectives may cost each earlier one this fraction of its optimum.")
+@click.option("--top-k", type=click.IntRange(0, 100), default=0, show_default=True,
+              help="Also list the best plans of this many other layouts.")
+@with_options(SEARCH_OPTIONS)
+@with_options(MODEL_OPTIONS)
+@click.option("--json", "as_json", is_flag=True, help="Print the solver.Solution as JSON.")
+def solve(model_ref: str, cluster_ref: str, nodes: int | None, gpus: int | None, kind: str, seq_len: int,
+          dropout: float, train_mtp: bool, objective: str, tolerance: float, top_k: int, as_json: bool,
+          **search: Any) -> None:
+    """The best plan for an objective, proved optimal by CP-SAT, and why it wins.
+
+    \b
+    Examples:
+      plan solve --model llama-3.1-70b --cluster dgx-h100 --nodes 8 --seq-len 8192 --global-batch 512
+      plan solve -m deepseek-v3 -c dgx-h100 --nodes 256 --fix precision=fp8 --top-k 3
+      plan solve -m llama-3.1-8b -c dgx-h100 --nodes 4 -o gpus,throughput --min-tokens-per-s 200000
+      plan recommend -m mixtral-8x7b -c dgx-a100 --nodes 2 -o cost --range optimizer=adamw,adamw8bit --json
+    """
+    from solver import Infeasible
+    from solver import solve as solve_plan
+
+    model, cluster, workload = _inputs(model_ref, cluster_ref, nodes, gpus, kind, seq_len, dropout, train_mtp,
+                                       search.pop("global_batch"))
+    try:
+        found = solve_plan(model, cluster, workload, objective=parse_objective(objective), tolerance=tolerance,
+                           top_k=top_k, **_search_arguments(search))
+    except Infeasible as err:
+        _report_infeasible(err, as_json)
+    if as_json:
+        click.echo(found.model_dump_json(indent=2))
+    else:
+        click.echo(render_solution(model, cluster, workload, found, objective))
+
+
+@click.command()
+@with_options(TARGET_OPTIONS)
+@with_options(WORKLOAD_OPTIONS)
+@click.option("--objectives", "-o", default="throughput,memory_headroom", show_default=True,
+              help="Two or three of throughput, cost, memory_headroom, gpus, simplicity, comma-separated.")
+@with_options(SEARCH_OPTIONS)
+@with_options(MODEL_OPTIONS)
+@click.option("--json", "as_json", is_flag=True, help="Print the list of solver.Solution as JSON.")
+def pareto(model_ref: str, cluster_ref: str, nodes: int | None, gpus: int | None, kind: str, seq_len: int,
+           dropout: float, train_mtp: bool, objectives: str, as_json: bool, **search: Any) -> None:
+    """The plans no other plan beats on every objective at once, each proved optimal in its slice.
+
+    \b
+    Examples:
+      plan pareto --model llama-3.1-70b --cluster dgx-h100 --nodes 8 --seq-len 8192 --global-batch 512
+      plan pareto -m llama-3.1-8b -c dgx-h100 --nodes 8 -o throughput,cost,gpus
+    """
+    from solver import Infeasible
+    from solver import pareto as pareto_plans
+
+    model, cluster, workload = _inputs(model_ref, cluster_ref, nodes, gpus, kind, seq_len, dropout, train_mtp,
+                                       search.pop("global_batch"))
+    names = [name.strip() for name in objectives.split(",") if name.strip()]
+    try:
+        front = pareto_plans(model, cluster, workload, objectives=names, **_search_arguments(search))
+    except Infeasible as err:
+        _report_infeasible(err, as_json)
+    if as_json:
+        click.echo(json.dumps([s.model_dump(mode="json") for s in front], indent=2))
+    else:
+        click.echo(render_front(model, cluster, workload, front, names))
+
+
+# -- parsing --------------------------------------------------------------------------------------------
+
+def _inputs(model_ref: str, cluster_ref: str, nodes: int | None, gpus: int | None, kind: str, seq_len: int,
+            dropout: float, train_mtp: bool, global_batch: int | None) -> tuple[ModelSpec, ClusterSpec, Workload]:
+    from hardware import load_cluster
+    from models import load_model
+    from solver import SolverInputError
+
+    if global_batch is None:
+        if kind == "inference":
+            raise SolverInputError("--global-batch is required for --kind inference: how many sequences are served at once?")
+        global_batch = max(DEFAULT_BATCH_TOKENS // seq_len, 1)
+    model = load_model(model_ref)
+    cluster = load_cluster(cluster_ref, nodes=nodes, gpus=gpus)
+    workload = build_workload(kind=kind, seq_len=seq_len, dropout=dropout, train_mtp=train_mtp,
+                              global_batch_size=global_batch)
+    return model, cluster, workload
+
+
+def _search_arguments(options: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of `solver.solve` / `solver.pareto` from the shared search options."""
+    counts = options["node_counts"]
+    return {
+        "fixed": parse_assignments(options["fix"], "--fix", ranged=False),
+        "ranges": parse_assignments(options["ranges"], "--range", ranged=True),
+        "allow_uneven_stages": not options["even_stages"],
+        "allow_cross_domain": options["allow_cross_domain"],
+        "price_per_gpu_hour": options["price_per_gpu_hour"],
+        "min_tokens_per_s": options["min_tokens_per_s"],
+        "node_counts": _integers(counts, "--node-counts") if counts else None,
+        "efficiency": load_efficiency(options["efficiency_file"]),
+        "time_limit_s": options["time_limit"],
+    }
+
+
+def parse_objective(text: str) -> str | list[str] | dict[str, float]:
+    """``throughput`` → a name; ``gpus,throughput`` → lexicographic; ``throughput=1,cost=0.5`` → weights."""
+    from solver import SolverInputError
+
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not any("=" in part for part in parts):
+        return parts[0] if len(parts) == 1 else parts
+    weights = {}
+    for part in parts:
+        name, _, weight = part.partition("=")
+        try:
+            weights[name.strip()] = float(weight)
+        except ValueError:
+            raise SolverInputError(f"--objective: weight of {name.strip()!r} must be a number, got {weight!r} "
+                                   "(write name=weight pairs, e.g. throughput=1,cost=0.5)") from None
+    return weights
+
+
+def parse_assignments(items: tuple[str, ...], flag: str, *, ranged: bool) -> dict[str, Any]:
+    """``NAME=VALUE`` items as a dict; the solver checks each name and value against `constraints.Plan`."""
+    from solver import SolverInputError
+
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or not name or not text.strip():
+            raise SolverInputError(f"{flag} takes NAME=VALUE (e.g. {'pp=1:8' if ranged else 'tp=8'}), got {item!r}")
+        if name in out:
+            raise SolverInputError(f"{flag} names {name} twice")
+        out[name] = _range(name, text.strip(), flag) if ranged else _value(name, text.strip())
+    return out
+
+
+def _range(name: str, text: str, flag: str) -> tuple[int, int] | list[Any]:
+    from solver import SolverInputError
+
+    if ":" in text:
+        low, _, high = text.partition(":")
+        try:
+            return int(low), int(high)
+        except ValueError:
+            raise SolverInputError(f"{flag} {name}={text}: LOW:HIGH takes two integers") from None
+    if _is_tuple_field(name):
+        return [_value(name, item) for item in text.split(";") if item.strip()]
+    return [_value(name, item) for item in text.split(",") if item.strip()]
+
+
+def _value(name: str, text: str) -> Any:
+    """A typed value for a `Plan` field (the solver validates it and names the allowed values)."""
+    if _is_tuple_field(name):
+        return [_scalar(item.strip()) for item in text.split(",") if item.strip()]
+    return _scalar(text)
+
+
+def _scalar(text: str) -> Any:
+    lowered = text.lower()
+    if lowered in TRUE or lowered in FALSE:
+        return lowered in TRUE
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def _is_tuple_field(name: str) -> bool:
+    from constraints import Plan
+
+    field = Plan.model_fields.get(name)
+    return field is not None and "tuple" in str(field.annotation)
+
+
+def _integers(text: str, flag: str) -> list[int]:
+    from solver import SolverInputError
+
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise SolverInputError(f"{flag} takes comma-separated integers (e.g. 1,2,4,8), got {text!r}") from None
+
+
+# -- output -----------------------------------------------------------------------------------------------
+
+def _report_infeasible(err: Infeasible, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({"infeasible": {"message": str(err), "conflicts": err.conflicts,
+                                              "suggestions": err.suggestions}}, indent=2))
+    else:
+        lines = [f"infeasible: {err}"]
+        if err.conflicts:
+            lines += ["", "constraints that cannot hold together:"] + [f"  - {c}" for c in err.conflicts]
+        if err.suggestions:
+            lines += ["", "changes that make it feasible (each checked):"] + [f"  - {s}" for s in err.suggestions]
+        click.echo("\n".join(lines))
+    raise SystemExit(1)
+
+
+def _header(model: ModelSpec, cluster: ClusterSpec, workload: Workload, gpu_counts: tuple[int, ...]) -> str:
+    sizes = f"{cluster.total_gpus} GPUs" if len(gpu_counts) == 1 else f"searching {', '.join(map(str, gpu_counts))} GPUs"
+    return (f"{model.display_name or model.name} on {cluster.node.name} nodes ({sizes}); {workload.kind}, "
+            f"{workload.seq_len} tokens x {workload.global_batch_size} sequences per step")
+
+
+def _cost(values: dict[str, float]) -> str:
+    if not values["usd_per_hour"]:
+        return "no price (give --price)"
+    return f"${values['usd_per_hour']:,.2f}/h, ${values['usd_per_million_tokens']:.3f} per million tokens"
+
+
+def render_solution(model: ModelSpec, cluster: ClusterSpec, workload: Workload, found: Solution, objective: str) -> str:
+    from cli.estimate_cmd import describe_plan
+    from solver.explain import describe
+
+    est, values = found.estimate, found.objective
+    proof = "proved optimal by CP-SAT" if found.optimal else "best found within the time limit, NOT proved optimal"
+    rows = [
+        ("GPUs", f"{found.gpus}"),
+        ("throughput", f"{values['tokens_per_s']:,.0f} tokens/s, MFU {100 * est.mfu:.1f}%"),
+        ("step time", f"{values['step_time_s']:.3f} s"),
+        ("memory per GPU", f"{gib(est.memory.total)} of {gib(est.memory.usable)} "
+                           f"(headroom {values['memory_headroom_gib']:.2f} GiB)"),
+        ("cost", _cost(values)),
+        ("simplicity", f"{values['simplicity']:.0f} (lower is simpler)"),
+    ]
+    lines = [_header(model, cluster, workload, found.search.gpu_counts),
+             f"objective {objective}: {proof} in {found.solve_time_s:.2f} s", "",
+             f"plan: {describe_plan(found.plan)}", "", table(["", "value"], rows), "", "why:"]
+    lines += [f"  - {line}" for line in found.explanation]
+    if found.alternatives:
+        alt_rows = [(i + 1, describe(a.plan), f"{a.objective['tokens_per_s']:,.0f}", f"{a.objective['step_time_s']:.3f}",
+                     f"{a.objective['memory_headroom_gib']:.2f}", f"{a.objective['gpus']:.0f}")
+                    for i, a in enumerate(found.alternatives)]
+        lines += ["", "best plans of other layouts:",
+                  table(["#", "plan", "tokens/s", "step s", "headroom GiB", "GPUs"], alt_rows, right=(0, 2, 3, 4, 5))]
+    return "\n".join(lines)
+
+
+def render_front(model: ModelSpec, cluster: ClusterSpec, workload: Workload, front: list[Solution],
+                 names: list[str]) -> str:
+    from solver.explain import describe
+
+    rows = []
+    for i, s in enumerate(front):
+        v = s.objective
+        cost = f"{v['usd_per_million_tokens']:.3f}" if v["usd_per_hour"] else "-"
+        rows.append((i + 1, s.gpus, f"{v['tokens_per_s']:,.0f}", f"{v['step_time_s']:.3f}",
+                     f"{v['memory_headroom_gib']:.2f}", cost, f"{v['simplicity']:.0f}", describe(s.plan)))
+    proved = sum(s.optimal for s in front)
+    elapsed = max((s.solve_time_s for s in front), default=0.0)
+    return "\n".join([
+        _header(model, cluster, workload, front[0].search.gpu_counts),
+        f"Pareto set over {', '.join(names)}: {len(front)} plans, {proved} proved optimal in their ε-slice, "
+        f"in {elapsed:.2f} s", "",
+        table(["#", "GPUs", "tokens/s", "step s", "headroom GiB", "$/M tokens", "simplicity", "plan"], rows,
+              right=(0, 1, 2, 3, 4, 5, 6)),
+    ])

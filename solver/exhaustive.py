@@ -193,4 +193,4 @@ def _best(crit: Criteria, objective: list[str], tolerance: float, rows: np.ndarr
         if name not in objective:
             column = crit.column(name)[rows]
             rows = rows[column == column.min()]
-    return int(rows[np.argmin(crit.tie_rank[rows])])
+    return int(rows[np.argmin(crit.tie_rank(rows))])

@@ -59,9 +59,21 @@ class Criteria:
     memory_bytes: np.ndarray
     gpus: np.ndarray
     simplicity: np.ndarray
-    tie_rank: np.ndarray
     tokens_per_s: np.ndarray
     usd_per_hour: np.ndarray
+    plans: PlanArrays
+
+    def tie_rank(self, rows: np.ndarray) -> np.ndarray:
+        """The deterministic tie-break among ``rows`` (module docstring): each row's position, 0 first, in
+        the order of the plan's fields (`TIE_ORDER`), sequence parallelism and stage sizes."""
+        p = self.plans
+        keys = [getattr(p, name)[rows] for name in TIE_ORDER] + [p.sequence_parallel[rows].astype(np.int64)]
+        if p.layers_per_stage is not None:
+            keys += list(p.layers_per_stage[rows].T)
+        order = np.lexsort(keys[::-1])
+        rank = np.empty(len(order), dtype=np.int64)
+        rank[order] = np.arange(len(order))
+        return rank
 
     def column(self, objective: str) -> np.ndarray:
         return {"throughput": self.step_ns, "cost": self.cost_nusd, "memory_headroom": self.memory_bytes,
@@ -89,14 +101,7 @@ def criteria(candidates: Candidates, price_per_gpu_hour: float | None) -> Criter
     usd_per_hour = candidates.gpus * price
     cost = np.round(np.where(finite, step, 0) * usd_per_hour / 3600 * 1e9).astype(np.int64)
     memory = np.ceil(e.memory.total).astype(np.int64)
-    plans = candidates.plans
-    keys = [getattr(plans, name) for name in TIE_ORDER] + [plans.sequence_parallel.astype(np.int64)]
-    if plans.layers_per_stage is not None:
-        keys += list(plans.layers_per_stage.T)
-    order = np.lexsort(keys[::-1])
-    rank = np.empty(len(order), dtype=np.int64)
-    rank[order] = np.arange(len(order))
     return Criteria(step_ns=step_ns, cost_nusd=cost, memory_bytes=memory, gpus=candidates.gpus.astype(np.int64),
-                    simplicity=simplicity_score(plans).astype(np.int64), tie_rank=rank,
-                    tokens_per_s=e.tokens_per_s, usd_per_hour=usd_per_hour)
+                    simplicity=simplicity_score(candidates.plans).astype(np.int64), tokens_per_s=e.tokens_per_s,
+                    usd_per_hour=usd_per_hour, plans=candidates.plans)
 

@@ -183,7 +183,7 @@ def solve(model: ModelSpec, cluster: ClusterSpec, workload: Workload, *, objecti
                                       np.stack([crit.simplicity[open_rows], crit.gpus[open_rows]], axis=1))]
         candidates = candidates or len(rows)
         selection = Selection(len(rows), time_limit_s=time_limit_s)
-        best = lexicographic(selection, _stages(names, weights, crit, rows, tolerance, selection), crit.tie_rank[rows])
+        best = lexicographic(selection, _stages(names, weights, crit, rows, tolerance, selection), crit.tie_rank(rows))
         if best is None:
             break
         picks.append(int(rows[best.row]))
@@ -216,7 +216,7 @@ def _order(crit: Criteria, names: list[str], weights: dict[str, float] | None, r
     """``rows`` sorted best first by the objective (numpy, for the explanation only)."""
     keys = [crit.column(n)[rows] for n in names] if weights is None else [
         sum(w * crit.column(n)[rows] / max(crit.column(n)[rows].min(), 1) for n, w in weights.items())]
-    keys += [crit.simplicity[rows], crit.step_ns[rows], crit.memory_bytes[rows], crit.tie_rank[rows]]
+    keys += [crit.simplicity[rows], crit.step_ns[rows], crit.memory_bytes[rows], crit.tie_rank(rows)]
     return rows[np.lexsort(keys[::-1])]
 
 
@@ -265,7 +265,7 @@ def pareto(model: ModelSpec, cluster: ClusterSpec, workload: Workload, *,
     coarse = np.stack([crit.column(n)[rows] for n in coarse_names], axis=1) if coarse_names else np.zeros((len(rows), 0), np.int64)
     rows = rows[first_fronts(fine, coarse, k=1)]
     ordered = sorted(range(len(names)), key=lambda i: len(set(columns[i][rows].tolist())), reverse=True)
-    points = frontier(len(rows), [columns[i][rows] for i in ordered], crit.tie_rank[rows], np.ones(len(rows), bool),
+    points = frontier(len(rows), [columns[i][rows] for i in ordered], crit.tie_rank(rows), np.ones(len(rows), bool),
                       time_limit_s)
     usable = float(cands.evaluation.usable_memory)
     out = []

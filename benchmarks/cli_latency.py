@@ -24,6 +24,11 @@ COMMANDS = [
     ["estimate", "--model", "deepseek-v3", "--cluster", "dgx-h100", "--nodes", "128", "--tp", "2", "--pp", "8",
      "--layers-per-stage", "7,8,8,8,8,8,8,6", "--ep", "64", "--etp", "1", "--sequence-parallel", "--sharding", "zero1",
      "--recompute", "full", "--global-batch", "8192", "--json"],
+    ["solve", "--model", "llama-3.1-70b", "--cluster", "dgx-h100", "--nodes", "8", "--seq-len", "8192",
+     "--global-batch", "512"],
+    ["solve", "--model", "llama-3.1-8b", "--cluster", "dgx-h100", "--nodes", "1", "--top-k", "3", "--json"],
+    ["pareto", "--model", "llama-3.1-70b", "--cluster", "dgx-h100", "--nodes", "8", "--seq-len", "8192",
+     "--global-batch", "512"],
     ["presets"],
     ["--help"],
 ]

@@ -35,8 +35,8 @@ from constraints.check import selective_ladder
 from constraints.efficiency import Efficiency
 from constraints.evaluate import evaluate
 from constraints.plan import Plan, Workload
-from hardware import load_cluster
-from models import load_model
+from hardware import ClusterSpec, load_cluster
+from models import ModelSpec, load_model
 
 DATA = Path(__file__).parent / "data" / "published_runs_dev.json"
 RESULTS = Path(__file__).parent / "results"
@@ -129,54 +129,81 @@ def _plan(run: dict, assumptions: list[str]) -> Plan:
     )
 
 
+@dataclass
+class Setup:
+    """A published run as cost-model inputs: its model, cluster, workload and layout (module docstring)."""
+
+    model: ModelSpec
+    cluster: ClusterSpec
+    workload: Workload
+    plan: Plan
+    assumptions: list[str]
+
+
+def layout_text(run: dict) -> str:
+    return (f"tp{run['tp']} pp{run['pp']} cp{run.get('cp') or 1} ep{run.get('ep') or 1} "
+            f"vpp{run.get('virtual_pipeline_stages') or 1} mbs{run.get('micro_batch_size')}")
+
+
+def runs() -> list[dict]:
+    return json.loads(DATA.read_text())
+
+
+def setup(run: dict, efficiency: Efficiency | None = None) -> Setup | str:
+    """The run's inputs, or why its layout is incomplete."""
+    missing = [k for k in ("tp", "pp", "micro_batch_size", "global_batch_size", "seq_length") if run.get(k) is None]
+    if _precision(run) is None:
+        missing.append("precision")
+    if run.get("ep") is None and (run.get("num_experts") or 0) > 1:
+        missing.append("ep (an MoE model)")
+    if missing:
+        return "incomplete layout: " + ", ".join(missing)
+    assumptions: list[str] = []
+    model = load_model(MODEL_PRESETS[run["model_name"]])
+    cluster = load_cluster(CLUSTER_PRESETS[run["gpu_type"]], gpus=run["num_gpus"])
+    plan = _plan(run, assumptions)
+    workload = Workload(seq_len=run["seq_length"], global_batch_size=run["global_batch_size"],
+                        train_mtp="w/ MTP" in run["model_name"])
+    result = evaluate(model, cluster, workload, [plan], efficiency=efficiency)
+    if run.get("activation_recompute") is None and not result.fits[0]:
+        # a run that trained did not run out of memory, and its authors tuned it: take the fastest
+        # recompute that fits — Megatron's selective modules, or full recompute of some layers per rank
+        layers = -(-model.num_layers // plan.pp)
+        candidates = [plan.model_copy(update={"recompute": "selective", "recompute_modules": modules})
+                      for modules in selective_ladder(model)]
+        candidates += [plan.model_copy(update={"recompute": "full", "recompute_layers": n}) for n in range(1, layers + 1)]
+        candidates = [Plan.model_validate(c.model_dump()) for c in candidates]
+        trial = evaluate(model, cluster, workload, candidates, efficiency=efficiency)
+        if trial.fits.any():
+            best = int(np.argmax(np.where(trial.fits, trial.tokens_per_s, -1.0)))
+            plan = candidates[best]
+            how = (f"selective ({', '.join(plan.recompute_modules)})" if plan.recompute == "selective"
+                   else f"full recompute of {plan.recompute_layers} of {layers} layers per rank")
+            assumptions.append(f"recompute {how}: the fastest that fits our memory model")
+    return Setup(model, cluster, workload, plan, assumptions)
+
+
 def rows(efficiency: Efficiency | None = None) -> list[Row]:
     """Every published run with a throughput, predicted under ``efficiency`` (default: the data file's)."""
     out = []
-    for run in json.loads(DATA.read_text()):
+    for run in runs():
         published = run.get("tokens_per_sec_per_gpu")
         if published is None and run.get("step_time_s"):
             published = run["global_batch_size"] * run["seq_length"] / run["step_time_s"] / run["num_gpus"]
         if published is None:
             continue
-        layout = f"tp{run['tp']} pp{run['pp']} cp{run.get('cp') or 1} ep{run.get('ep') or 1} vpp{run.get('virtual_pipeline_stages') or 1} mbs{run.get('micro_batch_size')}"
-        row = Row(run["id"], run["model_name"], run["num_gpus"], layout, float(published))
-        missing = [k for k in ("tp", "pp", "micro_batch_size", "global_batch_size", "seq_length") if run.get(k) is None]
-        if _precision(run) is None:
-            missing.append("precision")
-        if run.get("ep") is None and (run.get("num_experts") or 0) > 1:
-            missing.append("ep (an MoE model)")
-        if missing:
-            row.excluded = "incomplete layout: " + ", ".join(missing)
+        row = Row(run["id"], run["model_name"], run["num_gpus"], layout_text(run), float(published))
+        inputs = setup(run, efficiency)
+        if isinstance(inputs, str):
+            row.excluded = inputs
             out.append(row)
             continue
-        assumptions: list[str] = []
-        model = load_model(MODEL_PRESETS[run["model_name"]])
-        cluster = load_cluster(CLUSTER_PRESETS[run["gpu_type"]], gpus=run["num_gpus"])
-        plan = _plan(run, assumptions)
-        workload = Workload(seq_len=run["seq_length"], global_batch_size=run["global_batch_size"],
-                            train_mtp="w/ MTP" in run["model_name"])
-        result = evaluate(model, cluster, workload, [plan], efficiency=efficiency)
-        if run.get("activation_recompute") is None and not result.fits[0]:
-            # a run that trained did not run out of memory, and its authors tuned it: take the fastest
-            # recompute that fits — Megatron's selective modules, or full recompute of some layers per rank
-            layers = -(-model.num_layers // plan.pp)
-            candidates = [plan.model_copy(update={"recompute": "selective", "recompute_modules": modules})
-                          for modules in selective_ladder(model)]
-            candidates += [plan.model_copy(update={"recompute": "full", "recompute_layers": n}) for n in range(1, layers + 1)]
-            candidates = [Plan.model_validate(c.model_dump()) for c in candidates]
-            trial = evaluate(model, cluster, workload, candidates, efficiency=efficiency)
-            if trial.fits.any():
-                best = int(np.argmax(np.where(trial.fits, trial.tokens_per_s, -1.0)))
-                plan = candidates[best]
-                result = evaluate(model, cluster, workload, [plan], efficiency=efficiency)
-                how = (f"selective ({', '.join(plan.recompute_modules)})" if plan.recompute == "selective"
-                       else f"full recompute of {plan.recompute_layers} of {layers} layers per rank")
-                assumptions.append(f"recompute {how}: the fastest that fits our memory model")
+        result = evaluate(inputs.model, inputs.cluster, inputs.workload, [inputs.plan], efficiency=efficiency)
         row.predicted = float(result.tokens_per_s[0] / run["num_gpus"])
         row.error = row.predicted / row.published - 1
         row.memory_gib = float(result.memory.total[0] / 2**30)
         row.fits = bool(result.fits[0])
-        row.assumptions = assumptions
+        row.assumptions = inputs.assumptions
         out.append(row)
     return out
 

@@ -3,14 +3,24 @@
 - `solve(model, cluster, workload, objective=..., fixed=..., ranges=...) -> Solution`
 - `pareto(model, cluster, workload, objectives=(...)) -> list[Solution]`
 - `Infeasible` (the conflicting constraints and the changes that would help), `SolverInputError`.
-`Plan` and `Workload` are re-exported from `constraints`.
+`Plan` and `Workload` are re-exported from `constraints`. The search modules (and OR-Tools) load on first
+use, so catching the error types costs a command nothing.
 """
 
-from constraints import Plan, Workload
+from importlib import import_module
+
 from solver.errors import Infeasible, SolverInputError
-from solver.objectives import OBJECTIVES
-from solver.solution import Alternative, SearchStats, Solution
-from solver.solve import pareto, solve
+
+_LAZY = {"solve": "solver.search", "pareto": "solver.search", "Solution": "solver.solution",
+         "Alternative": "solver.solution", "SearchStats": "solver.solution", "OBJECTIVES": "solver.objectives",
+         "Plan": "constraints", "Workload": "constraints"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'solver' has no attribute {name!r}")
+
 
 __all__ = ["OBJECTIVES", "Alternative", "Infeasible", "Plan", "SearchStats", "Solution", "SolverInputError",
            "Workload", "pareto", "solve"]

@@ -27,6 +27,7 @@ from constraints.plan import (
     SCHEDULES,
     SHARDINGS,
 )
+from constraints.rules import structural_violations
 from hardware import load_cluster
 from solver.candidates import Candidates
 from solver.errors import Infeasible
@@ -72,7 +73,8 @@ def _constraints(space: SearchSpace, candidates: Candidates, fits: np.ndarray, f
     for name, value in space.fixed.items():
         if name in ("kernels", "attention_kernel", "master_weights", "persistent_grads") or name.endswith("overlap"):
             continue
-        out.append((f"{name} fixed to {value}", _matches(candidates.plans, name, [value])))
+        rows = _matches(candidates.plans, name, [value])
+        out.append((f"{name} fixed to {value}" + ("" if rows.any() else _why_no_plan(space, name, value)), rows))
     for name in space.ranges:
         values = space.range_values(name)
         out.append((f"{name} limited to {values}", _matches(candidates.plans, name, values)))
@@ -81,6 +83,21 @@ def _constraints(space: SearchSpace, candidates: Candidates, fits: np.ndarray, f
     if target is not None and fast is not None:
         out.append((f"throughput of at least {target:,.0f} tokens/s", fast))
     return out
+
+
+def _why_no_plan(space: SearchSpace, name: str, value) -> str:
+    """Why no valid plan takes a pinned value: the rules a plan with it (and dp filling the cluster) breaks."""
+    try:
+        fields = {name: value}
+        others = (value if name == "tp" else 1) * (value if name == "pp" else 1) * (value if name == "cp" else 1)
+        if name != "dp" and isinstance(others, int) and others > 0:
+            fields["dp"] = max(space.cluster.total_gpus // others, 1)
+        plan = Plan(**fields)
+    except (ValueError, TypeError):
+        return ""
+    broken = structural_violations(space.model, space.cluster, plan, space.workload,
+                                   allow_cross_domain=space.allow_cross_domain)
+    return f" (no valid plan has it: {'; '.join(v.message for v in broken)})" if broken else ""
 
 
 def _core(constraints: list[tuple[str, np.ndarray]]) -> list[int]:

@@ -228,3 +228,11 @@ def test_space_rejects_unknown_ranges_values():
     plans, _ = enumerate_with_structure(SearchSpace(LLAMA_70B, load_cluster("dgx-h100", nodes=1), WORK,
                                                     ranges={"precision": ["bf16", "fp8"]}))
     assert set(np.unique(plans.precision)) == {0, 2}
+
+
+def test_an_impossible_pin_says_which_rule_forbids_it():
+    with pytest.raises(Infeasible) as error:
+        solve(LLAMA_70B, load_cluster("dgx-h100", nodes=8), WORK, fixed={"tp": 3})
+    assert len(error.value.conflicts) == 1
+    assert error.value.conflicts[0].startswith("tp fixed to 3 (no valid plan has it: ")
+    assert "64 attention heads do not split over tp = 3" in error.value.conflicts[0]

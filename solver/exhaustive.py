@@ -29,7 +29,7 @@ from constraints.rules import structural_violations
 from hardware import ClusterSpec, default_price
 from models import ModelSpec
 from solver.candidates import Candidates
-from solver.objectives import Criteria, criteria
+from solver.objectives import Criteria, criteria, weighted_score
 from solver.space import MAX_VPP, MICRO_BATCHES, SearchSpace, enumerate_with_structure, uneven_splits
 
 
@@ -117,12 +117,14 @@ def _conventional(space: SearchSpace, plan: Plan) -> bool:
     return True
 
 
-def oracle(model: ModelSpec, cluster: ClusterSpec, workload: Workload, *, objective: Sequence[str] = ("throughput",),
+def oracle(model: ModelSpec, cluster: ClusterSpec, workload: Workload, *,
+           objective: Sequence[str] | Mapping[str, float] = ("throughput",),
            tolerance: float = 0.0, fixed: Mapping[str, Any] | None = None, ranges: Mapping[str, Any] | None = None,
            allow_uneven_stages: bool = True, allow_cross_domain: bool = False, min_tokens_per_s: float | None = None,
            top_k: int = 0, brute_force: bool = True, price_per_gpu_hour: float | None = None) -> OracleResult | None:
     """The optimum (and the best plans of the next ``top_k`` layouts) by exhaustive enumeration, for a
-    lexicographic ``objective`` on one cluster size; None when no plan is feasible."""
+    lexicographic (a list) or weighted (a dict) ``objective`` on one cluster size; None when no plan is
+    feasible."""
     started = time.perf_counter()
     space = SearchSpace(model, cluster, workload, fixed=dict(fixed or {}), ranges=dict(ranges or {}),
                         allow_uneven_stages=allow_uneven_stages, allow_cross_domain=allow_cross_domain)
@@ -150,7 +152,7 @@ def oracle(model: ModelSpec, cluster: ClusterSpec, workload: Workload, *, object
     for _ in range(top_k + 1):
         if len(open_rows) == 0:
             break
-        best = _best(crit, list(objective), tolerance, open_rows)
+        best = _best(crit, objective, tolerance, open_rows)
         rows.append(best)
         open_rows = open_rows[layout[open_rows] != layout[best]]
     if not rows:
@@ -182,13 +184,17 @@ def _every_depth(space: SearchSpace, plans: PlanArrays, layout: np.ndarray) -> t
     return PlanArrays.concat([plans, extra]), np.concatenate([layout, layout[parents]])
 
 
-def _best(crit: Criteria, objective: list[str], tolerance: float, rows: np.ndarray) -> int:
-    """The lexicographic optimum over ``rows``, with the solver's tolerance and tie-break semantics."""
-    for i, name in enumerate(objective):
-        column = crit.column(name)[rows]
-        best = int(column.min())
-        bound = int(np.floor(best * (1 + tolerance))) if i < len(objective) - 1 and best > 0 else best
-        rows = rows[column <= bound]
+def _best(crit: Criteria, objective: Sequence[str] | Mapping[str, float], tolerance: float, rows: np.ndarray) -> int:
+    """The optimum over ``rows``, with the solver's tolerance, weighting and tie-break semantics."""
+    if isinstance(objective, Mapping):
+        score = weighted_score(crit, dict(objective), rows)
+        rows = rows[score == score.min()]
+    else:
+        for i, name in enumerate(objective):
+            column = crit.column(name)[rows]
+            best = int(column.min())
+            bound = int(np.floor(best * (1 + tolerance))) if i < len(objective) - 1 and best > 0 else best
+            rows = rows[column <= bound]
     for name in ("simplicity", "throughput", "memory_headroom"):
         if name not in objective:
             column = crit.column(name)[rows]

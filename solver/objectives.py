@@ -24,6 +24,8 @@ from constraints.arrays import ALL_LAYERS, code, module_mask
 from solver.candidates import Candidates
 
 OBJECTIVES = ("throughput", "cost", "memory_headroom", "gpus", "simplicity")
+WEIGHT_SCALE = 10**9
+"""Fixed-point unit of a weighted score (1e-9 of one objective's optimum)."""
 TIE_ORDER = ("tp", "pp", "cp", "ep", "etp", "vpp", "micro_batch_size", "sharding", "recompute", "recompute_modules",
              "recompute_layers", "precision", "optimizer", "offload", "schedule", "dp")
 SHARDING_COMPLEXITY = {"none": 0, "zero1": 1, "zero2": 2, "zero3": 2, "fsdp": 2, "hsdp": 3}
@@ -105,3 +107,12 @@ def criteria(candidates: Candidates, price_per_gpu_hour: float | None) -> Criter
                     simplicity=simplicity_score(candidates.plans).astype(np.int64), tokens_per_s=e.tokens_per_s,
                     usd_per_hour=usd_per_hour, plans=candidates.plans)
 
+
+def weighted_score(crit: Criteria, weights: dict[str, float], rows: np.ndarray) -> np.ndarray:
+    """Σ weight × objective / the objective's best over ``rows``, in `WEIGHT_SCALE` fixed point: each
+    objective counts relative to its own optimum, so weights compare like with like."""
+    score = np.zeros(len(rows))
+    for name, weight in weights.items():
+        column = crit.column(name)[rows]
+        score += weight * column / max(int(column.min()), 1)
+    return np.round(score * WEIGHT_SCALE).astype(np.int64)

@@ -28,12 +28,11 @@ from solver.explain import explain
 from solver.frontier import first_fronts
 from solver.infeasible import diagnose
 from solver.model import Selection, frontier, lexicographic
-from solver.objectives import OBJECTIVES, Criteria, criteria
+from solver.objectives import OBJECTIVES, Criteria, criteria, weighted_score
 from solver.solution import Alternative, SearchStats, Solution
 from solver.space import SearchSpace
 
 Objective = str | Sequence[str] | Mapping[str, float]
-WEIGHT_SCALE = 10**9
 
 
 def _parse_objective(objective: Objective) -> tuple[list[str], dict[str, float] | None]:
@@ -127,18 +126,12 @@ class _Search:
 
 
 def _stages(names: list[str], weights: dict[str, float] | None, crit: Criteria, rows: np.ndarray,
-            tolerance: float, selection: Selection) -> list[tuple[np.ndarray, float]]:
+            tolerance: float) -> list[tuple[np.ndarray, float]]:
     """The lexicographic stages of an objective (columns over ``rows``), tie-breaks included."""
     if weights is None:
         stages = [(crit.column(name)[rows], tolerance if i < len(names) - 1 else 0.0) for i, name in enumerate(names)]
     else:
-        score = np.zeros(len(rows))
-        for name, weight in weights.items():
-            column = crit.column(name)[rows]
-            best = selection.minimize(column)
-            assert best is not None
-            score += weight * column / max(best.value, 1)
-        stages = [(np.round(score * WEIGHT_SCALE).astype(np.int64), 0.0)]
+        stages = [(weighted_score(crit, weights, rows), 0.0)]
     for name in ("simplicity", "throughput", "memory_headroom"):
         if name not in names:
             stages.append((crit.column(name)[rows], 0.0))
@@ -183,7 +176,7 @@ def solve(model: ModelSpec, cluster: ClusterSpec, workload: Workload, *, objecti
                                       np.stack([crit.simplicity[open_rows], crit.gpus[open_rows]], axis=1))]
         candidates = candidates or len(rows)
         selection = Selection(len(rows), time_limit_s=time_limit_s)
-        best = lexicographic(selection, _stages(names, weights, crit, rows, tolerance, selection), crit.tie_rank(rows))
+        best = lexicographic(selection, _stages(names, weights, crit, rows, tolerance), crit.tie_rank(rows))
         if best is None:
             break
         picks.append(int(rows[best.row]))
@@ -214,8 +207,7 @@ def solve(model: ModelSpec, cluster: ClusterSpec, workload: Workload, *, objecti
 
 def _order(crit: Criteria, names: list[str], weights: dict[str, float] | None, rows: np.ndarray) -> np.ndarray:
     """``rows`` sorted best first by the objective (numpy, for the explanation only)."""
-    keys = [crit.column(n)[rows] for n in names] if weights is None else [
-        sum(w * crit.column(n)[rows] / max(crit.column(n)[rows].min(), 1) for n, w in weights.items())]
+    keys = [crit.column(n)[rows] for n in names] if weights is None else [weighted_score(crit, weights, rows)]
     keys += [crit.simplicity[rows], crit.step_ns[rows], crit.memory_bytes[rows], crit.tie_rank(rows)]
     return rows[np.lexsort(keys[::-1])]
 

@@ -46,8 +46,9 @@ def instances(draw):
     workload = Workload(kind=draw(st.sampled_from(["pretrain", "finetune"])), seq_len=draw(st.sampled_from([128, 512])),
                         global_batch_size=draw(st.sampled_from([1, 4, 8])))
     objective = draw(st.sampled_from([["throughput"], ["memory_headroom"], ["simplicity", "throughput"],
-                                      ["throughput", "simplicity"], ["cost"]]))
-    tolerance = draw(st.sampled_from([0.0, 0.05])) if len(objective) > 1 else 0.0
+                                      ["throughput", "simplicity"], ["cost"], {"throughput": 1.0, "memory_headroom": 0.5},
+                                      {"simplicity": 1.0, "throughput": 2.0}]))
+    tolerance = draw(st.sampled_from([0.0, 0.05])) if isinstance(objective, list) and len(objective) > 1 else 0.0
     fixed = draw(st.sampled_from([{}, {}, {"tp": 2}, {"pp": 2}, {"recompute": "full"}, {"sharding": "zero1"}]))
     return load_model(spec), cluster, workload, objective, tolerance, fixed
 

@@ -62,7 +62,7 @@ def _virtual_stage_layers(space: SearchSpace, plans: PlanArrays) -> np.ndarray:
 def _partial_recompute(space: SearchSpace, plans: PlanArrays, fits: np.ndarray, every_depth: bool,
                        runtime: RuntimeAllowance | None) -> tuple[PlanArrays, np.ndarray] | None:
     """The partial-recompute plans (module docstring) and the row of each one's full-recompute parent."""
-    if "recompute_layers" in space.fixed:
+    if "recompute_layers" in space.fixed or not space.allow_partial_recompute:
         return None
     full = (plans.recompute == code("recompute", "full")) & (plans.recompute_layers == ALL_LAYERS)
     depth = _virtual_stage_layers(space, plans)

@@ -60,7 +60,8 @@ def _raw_plans(space: SearchSpace) -> list[Plan]:
         if mode == "selective":
             recomputes += [("selective", modules, None) for modules in ladder]
         elif mode == "full":
-            layers = space.domain("recompute_layers", [None] + list(range(1, m.num_layers + 1)))
+            depths = list(range(1, m.num_layers + 1)) if space.allow_partial_recompute else []
+            layers = space.domain("recompute_layers", [None] + depths)
             recomputes += [("full", None, k) for k in layers]
         else:
             recomputes.append((mode, None, None))
@@ -120,14 +121,16 @@ def _conventional(space: SearchSpace, plan: Plan) -> bool:
 def oracle(model: ModelSpec, cluster: ClusterSpec, workload: Workload, *,
            objective: Sequence[str] | Mapping[str, float] = ("throughput",),
            tolerance: float = 0.0, fixed: Mapping[str, Any] | None = None, ranges: Mapping[str, Any] | None = None,
-           allow_uneven_stages: bool = True, allow_cross_domain: bool = False, min_tokens_per_s: float | None = None,
+           allow_uneven_stages: bool = True, allow_cross_domain: bool = False, allow_partial_recompute: bool = True,
+           min_tokens_per_s: float | None = None,
            top_k: int = 0, brute_force: bool = True, price_per_gpu_hour: float | None = None) -> OracleResult | None:
     """The optimum (and the best plans of the next ``top_k`` layouts) by exhaustive enumeration, for a
     lexicographic (a list) or weighted (a dict) ``objective`` on one cluster size; None when no plan is
     feasible."""
     started = time.perf_counter()
     space = SearchSpace(model, cluster, workload, fixed=dict(fixed or {}), ranges=dict(ranges or {}),
-                        allow_uneven_stages=allow_uneven_stages, allow_cross_domain=allow_cross_domain)
+                        allow_uneven_stages=allow_uneven_stages, allow_cross_domain=allow_cross_domain,
+                        allow_partial_recompute=allow_partial_recompute)
     if brute_force:
         plans = _raw_plans(space)
         if not plans:
@@ -169,7 +172,7 @@ def _price(cluster: ClusterSpec) -> float | None:
 
 def _every_depth(space: SearchSpace, plans: PlanArrays, layout: np.ndarray) -> tuple[PlanArrays, np.ndarray]:
     """The plans plus every partial full-recompute depth of each full-recompute plan."""
-    if "recompute_layers" in space.fixed or not space.workload.training:
+    if "recompute_layers" in space.fixed or not space.workload.training or not space.allow_partial_recompute:
         return plans, layout
     full = np.flatnonzero((plans.recompute == code("recompute", "full")) & (plans.recompute_layers == ALL_LAYERS))
     even = -(-space.model.num_layers // (plans.pp * plans.vpp))

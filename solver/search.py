@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -60,7 +61,7 @@ class _Search:
 
     def __init__(self, model: ModelSpec, cluster: ClusterSpec, workload: Workload, names: list[str], *,
                  fixed: Mapping[str, Any] | None, ranges: Mapping[str, Any] | None, allow_uneven_stages: bool,
-                 allow_cross_domain: bool, price_per_gpu_hour: float | None, min_tokens_per_s: float | None,
+                 allow_cross_domain: bool, allow_partial_recompute: bool, price_per_gpu_hour: float | None, min_tokens_per_s: float | None,
                  node_counts: Sequence[int] | None, efficiency: Efficiency | None, runtime: RuntimeAllowance | None):
         if min_tokens_per_s is not None and not min_tokens_per_s > 0:
             raise SolverInputError(f"min_tokens_per_s must be > 0, got {min_tokens_per_s!r}")
@@ -68,13 +69,12 @@ class _Search:
         self.efficiency, self.runtime = efficiency, runtime
         self.every_depth = "memory_headroom" in names
         self.space = SearchSpace(model, cluster, workload, fixed=dict(fixed or {}), ranges=dict(ranges or {}),
-                                 allow_uneven_stages=allow_uneven_stages, allow_cross_domain=allow_cross_domain)
+                                 allow_uneven_stages=allow_uneven_stages, allow_cross_domain=allow_cross_domain,
+                                 allow_partial_recompute=allow_partial_recompute)
         self.price = self._price(cluster, price_per_gpu_hour, required="cost" in names)
         sizes = self._node_counts(cluster, names, node_counts)
         self.clusters = {n * cluster.node.gpus_per_node: load_cluster(cluster, nodes=n) for n in sizes}
-        parts = [self.priced(SearchSpace(model, c, workload, fixed=self.space.fixed, ranges=self.space.ranges,
-                                         allow_uneven_stages=allow_uneven_stages, allow_cross_domain=allow_cross_domain))
-                 for c in self.clusters.values()]
+        parts = [self.priced(replace(self.space, cluster=c)) for c in self.clusters.values()]
         parts = [p for p in parts if p is not None]
         self.candidates = Candidates.concat(parts) if parts else None
 
@@ -140,8 +140,8 @@ def _stages(names: list[str], weights: dict[str, float] | None, crit: Criteria, 
 
 def solve(model: ModelSpec, cluster: ClusterSpec, workload: Workload, *, objective: Objective = "throughput",
           tolerance: float = 0.0, fixed: Mapping[str, Any] | None = None, ranges: Mapping[str, Any] | None = None,
-          allow_uneven_stages: bool = True, allow_cross_domain: bool = False, price_per_gpu_hour: float | None = None,
-          min_tokens_per_s: float | None = None, node_counts: Sequence[int] | None = None, top_k: int = 0,
+          allow_uneven_stages: bool = True, allow_cross_domain: bool = False, allow_partial_recompute: bool = True,
+          price_per_gpu_hour: float | None = None, min_tokens_per_s: float | None = None, node_counts: Sequence[int] | None = None, top_k: int = 0,
           efficiency: Efficiency | None = None, runtime: RuntimeAllowance | None = None,
           time_limit_s: float = 30.0) -> Solution:
     """The optimal plan (module docstring). ``objective``: a name, a list (lexicographic; each earlier
@@ -157,7 +157,8 @@ def solve(model: ModelSpec, cluster: ClusterSpec, workload: Workload, *, objecti
     if type(top_k) is not int or not 0 <= top_k <= 100:
         raise SolverInputError(f"top_k must be an integer in [0, 100], got {top_k!r}")
     search = _Search(model, cluster, workload, names, fixed=fixed, ranges=ranges, allow_uneven_stages=allow_uneven_stages,
-                     allow_cross_domain=allow_cross_domain, price_per_gpu_hour=price_per_gpu_hour,
+                     allow_cross_domain=allow_cross_domain, allow_partial_recompute=allow_partial_recompute,
+                     price_per_gpu_hour=price_per_gpu_hour,
                      min_tokens_per_s=min_tokens_per_s, node_counts=node_counts, efficiency=efficiency, runtime=runtime)
     cands = search.candidates
     if cands is None:
@@ -198,7 +199,7 @@ def solve(model: ModelSpec, cluster: ClusterSpec, workload: Workload, *, objecti
     )
     alternatives = tuple(Alternative(plan=cands.plans.plan(r), objective=crit.values(r, usable)) for r in picks[1:])
     return Solution(
-        plan=plan, estimate=result, objective=crit.values(winner, usable), optimal=proved,
+        plan=plan, model=model, cluster=search.cluster_of(gpus), workload=workload, estimate=result, objective=crit.values(winner, usable), optimal=proved,
         solve_time_s=time.perf_counter() - started, gpus=gpus, explanation=tuple(lines), alternatives=alternatives,
         search=SearchStats(plans=len(cands), fitting=int(feasible.sum()), candidates=candidates,
                            gpu_counts=tuple(sorted(search.clusters))),
@@ -231,7 +232,7 @@ def _fastest_unfit(cands: Candidates, crit: Criteria, winner: int) -> tuple[Plan
 def pareto(model: ModelSpec, cluster: ClusterSpec, workload: Workload, *,
            objectives: Sequence[str] = ("throughput", "memory_headroom"), fixed: Mapping[str, Any] | None = None,
            ranges: Mapping[str, Any] | None = None, allow_uneven_stages: bool = True, allow_cross_domain: bool = False,
-           price_per_gpu_hour: float | None = None, min_tokens_per_s: float | None = None,
+           allow_partial_recompute: bool = True, price_per_gpu_hour: float | None = None, min_tokens_per_s: float | None = None,
            node_counts: Sequence[int] | None = None, efficiency: Efficiency | None = None,
            runtime: RuntimeAllowance | None = None, time_limit_s: float = 30.0) -> list[Solution]:
     """The non-dominated plans over two or three ``objectives``, best first by the first objective; each
@@ -241,7 +242,8 @@ def pareto(model: ModelSpec, cluster: ClusterSpec, workload: Workload, *,
     if not 2 <= len(names) <= 3:
         raise SolverInputError(f"pareto needs 2 or 3 objectives, got {names}")
     search = _Search(model, cluster, workload, names, fixed=fixed, ranges=ranges, allow_uneven_stages=allow_uneven_stages,
-                     allow_cross_domain=allow_cross_domain, price_per_gpu_hour=price_per_gpu_hour,
+                     allow_cross_domain=allow_cross_domain, allow_partial_recompute=allow_partial_recompute,
+                     price_per_gpu_hour=price_per_gpu_hour,
                      min_tokens_per_s=min_tokens_per_s, node_counts=node_counts, efficiency=efficiency, runtime=runtime)
     cands = search.candidates
     if cands is None or not search.feasible(cands).any():
@@ -266,7 +268,7 @@ def pareto(model: ModelSpec, cluster: ClusterSpec, workload: Workload, *,
         plan = cands.plans.plan(row)
         gpus = int(cands.gpus[row])
         out.append(Solution(
-            plan=plan, estimate=search.estimate(plan, gpus), objective=crit.values(row, usable), optimal=proved,
+            plan=plan, model=model, cluster=search.cluster_of(gpus), workload=workload, estimate=search.estimate(plan, gpus), objective=crit.values(row, usable), optimal=proved,
             solve_time_s=time.perf_counter() - started, gpus=gpus,
             explanation=(f"Pareto point over {', '.join(names)}: no plan of the space is at least as good in every one "
                          "and better in one (each point proved optimal by CP-SAT in its ε-slice).",),

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-from constraints import Estimate, Plan
+from constraints import Estimate, Plan, Workload
+from hardware import ClusterSpec
+from models import ModelSpec
 
 
 class _Frozen(BaseModel):
@@ -33,9 +35,13 @@ class SearchStats(_Frozen):
 class Solution(_Frozen):
     """``objective``: tokens_per_s, step_time_s, usd_per_hour, usd_per_million_tokens,
     memory_headroom_gib, gpus and simplicity of the plan. ``optimal``: CP-SAT proved every stage of the
-    objective optimal over the search space (``search``)."""
+    objective optimal over the search space (``search``). ``model``, ``cluster`` (at the plan's GPU
+    count) and ``workload`` make a saved solution self-contained: the emitters need nothing else."""
 
     plan: Plan
+    model: ModelSpec
+    cluster: ClusterSpec
+    workload: Workload
     estimate: Estimate
     objective: dict[str, float]
     optimal: bool

@@ -73,6 +73,7 @@ class SearchSpace:
     ranges: dict[str, Any] = field(default_factory=dict)
     allow_uneven_stages: bool = True
     allow_cross_domain: bool = False
+    allow_partial_recompute: bool = True  # full recompute of only some layers (Megatron's block method)
     widen: bool = False  # ranges add to the default domains instead of replacing them (`relaxed`)
 
     def __post_init__(self) -> None:
@@ -134,7 +135,7 @@ class SearchSpace:
                 ranges[name] = list(ranges.get(name, [])) + [value]
         return SearchSpace(self.model, self.cluster, self.workload, fixed=self.settings(), ranges=ranges,
                            allow_uneven_stages=self.allow_uneven_stages, allow_cross_domain=self.allow_cross_domain,
-                           widen=True)
+                           allow_partial_recompute=self.allow_partial_recompute, widen=True)
 
     def settings(self) -> dict[str, Any]:
         return {name: self.fixed[name] for name in SETTINGS if name in self.fixed}

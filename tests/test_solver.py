@@ -72,13 +72,14 @@ def test_vectorized_enumeration_is_the_brute_force_space(case):
 
 
 @SETTINGS
-@given(instances(), st.sampled_from([0, 2]))
-def test_cp_sat_optimum_equals_the_oracle(case, top_k):
+@given(instances(), st.sampled_from([0, 2]), st.booleans())
+def test_cp_sat_optimum_equals_the_oracle(case, top_k, partial):
     model, cluster, workload, objective, tolerance, fixed = case
-    expected = oracle(model, cluster, workload, objective=objective, tolerance=tolerance, fixed=fixed, top_k=top_k)
+    expected = oracle(model, cluster, workload, objective=objective, tolerance=tolerance, fixed=fixed, top_k=top_k,
+                      allow_partial_recompute=partial)
     try:
         found = solve(model, cluster, workload, objective=objective, tolerance=tolerance, fixed=fixed, top_k=top_k,
-                      node_counts=[cluster.num_nodes])
+                      node_counts=[cluster.num_nodes], allow_partial_recompute=partial)
     except Infeasible:
         assert expected is None
         return

@@ -1,7 +1,7 @@
 """`plan`: the command group and its error policy.
 
 Exit codes: 0 ok, 1 infeasible / validation failed, 2 bad input (an unknown model, a malformed file, a
-bad flag). Bad input — every `ModelError`, `HardwareError`, `PlanError` and `SolverInputError` — prints one line
+bad flag). Bad input — every `ModelError`, `HardwareError`, `PlanError`, `SolverInputError` and `EmitError` — prints one line
 naming what is wrong and how to fix it. Anything else is a bug in `plan` and surfaces as Python's traceback (exit 1).
 """
 
@@ -13,6 +13,7 @@ import click
 
 from cli.analyze_cmd import analyze
 from cli.estimate_cmd import estimate
+from cli.launch_cmd import launch, slurm
 from cli.presets_cmd import presets
 from cli.solve_cmd import pareto, solve
 
@@ -20,13 +21,14 @@ from cli.solve_cmd import pareto, solve
 class _Plan(click.Group):
     def invoke(self, ctx: click.Context) -> object:
         from constraints import PlanError
+        from emitters.errors import EmitError
         from hardware import HardwareError
         from models import ModelError
         from solver import SolverInputError
 
         try:
             return super().invoke(ctx)
-        except (ModelError, HardwareError, PlanError, SolverInputError) as err:
+        except (ModelError, HardwareError, PlanError, SolverInputError, EmitError) as err:
             click.echo(f"error: {err}", err=True)
             sys.exit(2)
 
@@ -53,6 +55,8 @@ plan.add_command(estimate)
 plan.add_command(solve)
 plan.add_command(solve, name="recommend")
 plan.add_command(pareto)
+plan.add_command(launch)
+plan.add_command(slurm)
 
 
 def main() -> None:

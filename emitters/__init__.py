@@ -1,2 +1,43 @@
-"""Solved plan → launch files and commands, one small module per framework. Built by the emitters issue;
-empty until then."""
+"""Solved plan → launch files and commands, one small module per framework, deciding nothing:
+
+- `emit(solution, target, **options) -> dict[filename, content]` (options: `emitters.job.OPTIONS`);
+- `list_targets()`; `constraints(target)`: the pins, ranges and switches that keep a search inside what the
+  target can express (`plan launch` solves with them);
+- `EmitError` for a plan the framework cannot express, naming the framework and the dimension.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+from emitters import deepspeed, slurm, torchrun
+from emitters.errors import EmitError
+from emitters.job import Job
+
+_TARGETS: dict[str, ModuleType] = {m.TARGET: m for m in (torchrun, deepspeed, slurm)}
+
+
+def list_targets() -> list[str]:
+    return sorted(_TARGETS)
+
+
+def _module(target: str) -> ModuleType:
+    if target not in _TARGETS:
+        raise EmitError(f"unknown target {target!r}; use one of {', '.join(list_targets())}")
+    return _TARGETS[target]
+
+
+def constraints(target: str) -> dict[str, Any]:
+    """Keyword arguments for `solver.solve` that keep the plan expressible by ``target``."""
+    found = getattr(_module(target), "CONSTRAINTS", {})
+    return {key: dict(value) if isinstance(value, dict) else value for key, value in found.items()}
+
+
+def emit(solution, target: str, **options: Any) -> dict[str, str]:
+    """The files of ``target`` for a solved plan (`solver.Solution`)."""
+    module = _module(target)
+    return module.emit(Job.from_solution(solution, **options))
+
+
+__all__ = ["EmitError", "constraints", "emit", "list_targets"]

@@ -1,0 +1,139 @@
+"""`plan launch`: solve (or read a saved `plan solve --json`) and write the launch files of a framework;
+`plan slurm`: the same with the SLURM target and its options. The search is kept inside what the target
+can express (`emitters.constraints`). Exit 0 with the files written, 1 when no plan is feasible, 2 on bad
+input or a plan the target cannot express (`emitters.EmitError`)."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cli.options import MODEL_OPTIONS, WORKLOAD_OPTIONS, with_options
+from cli.solve_cmd import SEARCH_OPTIONS, _inputs, _report_infeasible, _search_arguments, parse_objective
+
+SOURCE_OPTIONS = [
+    click.option("--model", "-m", "model_ref", help="Preset name or alias, a config.json or its folder, or a HF repo id."),
+    click.option("--cluster", "-c", "cluster_ref", help="Cluster preset or a cluster file."),
+    click.option("--nodes", type=click.IntRange(min=1), help="Number of nodes [default: the cluster's]."),
+    click.option("--gpus", type=click.IntRange(min=1), help="Total GPUs (instead of --nodes)."),
+    click.option("--solution", "solution_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                 help="A saved `plan solve --json` (instead of --model/--cluster: no search is run)."),
+    click.option("--objective", "-o", default="throughput", show_default=True, help="As in `plan solve`."),
+]
+LAUNCH_OPTIONS = [
+    click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+                 help="Directory for the files (created if missing)."),
+    click.option("--script", default="train.py", show_default=True, help="The training script the launcher runs."),
+    click.option("--script-arg", "script_args", multiple=True, help="An argument for the script (repeatable)."),
+    click.option("--master-port", type=click.IntRange(1024, 65535), default=29500, show_default=True),
+    click.option("--job-name", default="plan", show_default=True),
+]
+SLURM_OPTIONS = [
+    click.option("--time", "slurm_time", default="24:00:00", show_default=True, help="SLURM --time ([days-]HH:MM:SS)."),
+    click.option("--partition", help="SLURM partition."),
+    click.option("--account", help="SLURM account."),
+]
+
+
+def _solution(target: str, options: dict[str, Any]):
+    """The solution to emit: read from --solution, or solved inside the target's constraints."""
+    from emitters import constraints, list_targets
+    from solver import Infeasible, Solution, SolverInputError, solve
+
+    solution_file = options.pop("solution_file")
+    if solution_file is not None:
+        if options["model_ref"] or options["cluster_ref"]:
+            raise SolverInputError("give either --solution or --model/--cluster, not both")
+        try:
+            return Solution.model_validate_json(solution_file.read_text())
+        except ValueError as err:
+            raise SolverInputError(f"{solution_file}: not a `plan solve --json` output ({str(err).splitlines()[0]})") from None
+    if not options["model_ref"] or not options["cluster_ref"]:
+        raise SolverInputError("give --model and --cluster (or --solution FILE)")
+    model, cluster, workload = _inputs(options["model_ref"], options["cluster_ref"], options["nodes"], options["gpus"],
+                                       options["kind"], options["seq_len"], options["dropout"], options["train_mtp"],
+                                       options["global_batch"])
+    search = _search_arguments(options)
+    limits = constraints(target)
+    for name, value in search["fixed"].items():
+        needed = limits.get("fixed", {}).get(name, value)
+        if needed != value:
+            raise SolverInputError(f"--fix {name}={value}: the {target} target can only run {name} = {needed}; "
+                                   f"drop the pin or choose another target of {', '.join(list_targets())}")
+    search["fixed"] = limits.get("fixed", {}) | search["fixed"]
+    search["ranges"] = limits.get("ranges", {}) | search["ranges"]
+    search["allow_partial_recompute"] = limits.get("allow_partial_recompute", True)
+    try:
+        return solve(model, cluster, workload, objective=parse_objective(options["objective"]), **search)
+    except Infeasible as err:
+        _report_infeasible(err, False)
+
+
+def _write(target: str, options: dict[str, Any]) -> None:
+    from emitters import EmitError, emit
+    from solver.explain import describe
+
+    solution = _solution(target, options)
+    emit_options = {"script": options["script"], "script_args": options["script_args"],
+                    "master_port": options["master_port"], "job_name": options["job_name"]}
+    slurm = {"time_limit": options.get("slurm_time"), "partition": options.get("partition"), "account": options.get("account")}
+    emit_options |= {k: v for k, v in slurm.items() if v is not None}
+    try:
+        files = emit(solution, target, **emit_options)
+    except EmitError as err:
+        click.echo(f"error: {err}", err=True)
+        raise SystemExit(2) from None
+    out: Path = options["out_dir"]
+    out.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        path = out / name
+        path.write_text(content)
+        if content.startswith("#!"):
+            path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    click.echo(f"{target}: {describe(solution.plan)} on {solution.gpus} GPUs "
+               f"({'proved optimal' if solution.optimal else 'not proved optimal'})")
+    for name in files:
+        click.echo(f"  wrote {out / name}")
+
+
+@click.command()
+@click.option("--target", "-t", required=True, help="torchrun, deepspeed or slurm (see `emitters.list_targets`).")
+@with_options(SOURCE_OPTIONS)
+@with_options(WORKLOAD_OPTIONS)
+@with_options(SEARCH_OPTIONS)
+@with_options(MODEL_OPTIONS)
+@with_options(LAUNCH_OPTIONS)
+def launch(target: str, **options: Any) -> None:
+    """Write the launch files of a framework for the best plan it can run.
+
+    \b
+    Examples:
+      plan launch --model llama-3.1-70b --cluster dgx-h100 --nodes 2 --target deepspeed --out run/
+      plan solve -m llama-3.1-8b -c dgx-h100 --nodes 1 --json > plan.json
+      plan launch --solution plan.json --target torchrun --out run/ --script train.py --script-arg --lr=3e-4
+    """
+    from emitters import EmitError, list_targets
+
+    if target not in list_targets():
+        raise EmitError(f"unknown target {target!r}; use one of {', '.join(list_targets())}")
+    _write(target, options)
+
+
+@click.command()
+@with_options(SOURCE_OPTIONS)
+@with_options(WORKLOAD_OPTIONS)
+@with_options(SEARCH_OPTIONS)
+@with_options(MODEL_OPTIONS)
+@with_options(LAUNCH_OPTIONS)
+@with_options(SLURM_OPTIONS)
+def slurm(**options: Any) -> None:
+    """An sbatch script that runs the best plan with srun + torchrun.
+
+    \b
+    Example:
+      plan slurm --model llama-3.1-70b --cluster dgx-h100 --nodes 4 --partition gpu --time 48:00:00 --out run/
+    """
+    _write("slurm", options)

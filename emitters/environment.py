@@ -1,0 +1,55 @@
+"""NCCL and CUDA environment recommendations derived from the cluster, each with its one-line reason, and
+their rendering as shell exports. Variable names and values: NCCL user guide's environment variables and
+the `NCCL_PARAM` defaults in NCCL's source (see the research notes' table); each recommendation is one
+NCCL would not pick by itself, or one a framework asserts."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+
+from hardware import ClusterSpec
+
+
+@dataclass(frozen=True)
+class Variable:
+    name: str
+    value: str
+    reason: str
+
+
+def nccl_environment(cluster: ClusterSpec) -> list[Variable]:
+    """The NCCL settings the cluster's fabric calls for."""
+    out = []
+    node = cluster.node
+    if cluster.num_nodes > 1 and cluster.inter_node_fabric in ("infiniband", "roce"):
+        out.append(Variable("NCCL_IB_HCA", "mlx5", f"use the RDMA NICs ({cluster.inter_node_fabric}) for inter-node "
+                                                   "traffic, never the management Ethernet"))
+        if cluster.gpudirect_rdma and 2 * node.nics_per_node >= node.gpus_per_node:
+            out.append(Variable("NCCL_NET_GDR_LEVEL", "PXB", "GPUDirect RDMA between a GPU and a NIC behind the same PCIe "
+                                                              "switches (the node has one NIC per GPU or per GPU pair)"))
+    if node.intra_node_fabric == "nvswitch" and cluster.in_network_reduction:
+        out.append(Variable("NCCL_NVLS_ENABLE", "1", "NVLink SHARP: all-reduce inside the NVSwitch "
+                                                     "(NCCL's default 2 enables it only where it detects support)"))
+    if node.intra_node_fabric == "pcie":
+        out.append(Variable("NCCL_P2P_LEVEL", "PXB", "no NVLink: peer-to-peer only between GPUs under one PCIe switch, "
+                                                     "through host memory otherwise"))
+    return out
+
+
+def exports(variables: list[Variable]) -> list[str]:
+    """``export NAME=value  # reason`` lines."""
+    return [f"export {v.name}={shlex.quote(v.value)}  # {v.reason}" for v in variables]
+
+
+def script(summary: str, variables: list[Variable], body: list[str]) -> str:
+    """A bash script: what it runs, strict mode, the environment with reasons, then ``body``."""
+    head = ["#!/usr/bin/env bash", f"# {summary}", "# Written by `plan launch`; every setting below comes from the solved plan.",
+            "set -euo pipefail", ""]
+    return "\n".join(head + exports(variables) + ([""] if variables else []) + body) + "\n"
+
+
+def command(words: list[str], indent: str = "  ") -> str:
+    """A shell command, one argument group per line; words holding ``$`` stay double-quoted for expansion."""
+    rendered = [f'"{w}"' if "$" in w else shlex.quote(w) for w in words]
+    return (" \\\n" + indent).join(rendered)

@@ -1,0 +1,67 @@
+"""What every emitter reads: the solved plan with its model, cluster and workload, and the launch options
+(the training script and its arguments, the rendezvous port, the job name)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from constraints import Plan, Workload
+from emitters.errors import EmitError
+from hardware import ClusterSpec
+from models import ModelSpec
+from solver import Solution
+
+OPTIONS = ("script", "script_args", "master_port", "job_name", "time_limit", "partition", "account")
+"""Launch options every target accepts (`emitters.emit(..., **options)`)."""
+
+
+@dataclass(frozen=True)
+class Job:
+    plan: Plan
+    model: ModelSpec
+    cluster: ClusterSpec
+    workload: Workload
+    script: str = "train.py"
+    script_args: tuple[str, ...] = ()
+    master_port: int = 29500
+    job_name: str = "plan"
+    time_limit: str = "24:00:00"
+    partition: str | None = None
+    account: str | None = None
+    summary: str = field(default="")
+
+    @classmethod
+    def from_solution(cls, solution: Solution, **options) -> Job:
+        from solver.explain import describe
+
+        unknown = set(options) - set(OPTIONS)
+        if unknown:
+            raise EmitError(f"unknown emit option(s) {sorted(unknown)}; use {', '.join(OPTIONS)}")
+        if "time_limit" in options and not re.fullmatch(r"(\d+-)?\d{1,2}:\d{2}:\d{2}", options["time_limit"]):
+            raise EmitError(f"time_limit must read [days-]HH:MM:SS (SLURM's --time), got {options['time_limit']!r}")
+        options["script_args"] = tuple(options.get("script_args", ()))
+        port = options.get("master_port", 29500)
+        if type(port) is not int or not 1024 <= port <= 65535:
+            raise EmitError(f"master_port must be an integer in 1024–65535, got {port!r}")
+        summary = (f"{solution.model.display_name or solution.model.name} on {solution.cluster.num_nodes} x "
+                   f"{solution.cluster.node.name} ({solution.cluster.total_gpus} GPUs): {describe(solution.plan)}")
+        return cls(solution.plan, solution.model, solution.cluster, solution.workload, summary=summary, **options)
+
+    @property
+    def nodes(self) -> int:
+        return self.cluster.num_nodes
+
+    @property
+    def gpus_per_node(self) -> int:
+        return self.cluster.node.gpus_per_node
+
+    @property
+    def gradient_accumulation(self) -> int:
+        """Micro-batches per data-parallel replica per step: global batch / (micro-batch × dp)."""
+        return self.workload.global_batch_size // (self.plan.micro_batch_size * self.plan.dp)
+
+
+def unsupported(framework: str, dimension: str, instead: str) -> EmitError:
+    """The error for a plan dimension a framework cannot express."""
+    return EmitError(f"{framework} cannot express {dimension}; {instead}")

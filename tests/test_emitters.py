@@ -1,0 +1,170 @@
+"""The emitters without the frameworks installed: the files hold the plan's numbers, use only names the
+frameworks define (`emitters/data/allowlists.json`), shell output passes `bash -n`, a plan a framework
+cannot express is refused naming the framework and the dimension, and `plan launch` / `plan slurm` write
+the files. The frameworks' own parsers check the same files in tests/test_emitters_validators.py."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from cli.main import plan
+from emitters import EmitError, constraints, emit, list_targets
+from tests.emitter_cases import _solve, deepspeed_cases, launcher_cases
+
+ALLOW = json.loads((Path(__file__).parent.parent / "emitters" / "data" / "allowlists.json").read_text())
+
+
+def _flags(script: str, program: str) -> list[str]:
+    """The ``--name`` flags of the ``program`` command in a script (continuation lines joined)."""
+    text = script.replace("\\\n", " ")
+    line = next(row for row in text.splitlines() if re.search(rf"(^|\s){program}\s", row))
+    words = shlex.split(line, posix=True)
+    start = words.index(program)
+    flags = []
+    for word in words[start + 1:]:
+        if not word.startswith("--"):
+            break  # the script and its own arguments follow the launcher's flags
+        flags.append(word.split("=")[0])
+    return flags
+
+
+def test_targets_are_listed():
+    assert list_targets() == ["deepspeed", "slurm", "torchrun"]
+
+
+@pytest.mark.parametrize("case", list(deepspeed_cases()))
+def test_deepspeed_config_holds_the_plan(case):
+    solution = deepspeed_cases()[case]
+    files = emit(solution, "deepspeed")
+    ds = json.loads(files["ds_config.json"])
+    p = solution.plan
+    assert ds["train_batch_size"] == solution.workload.global_batch_size == (
+        ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] * p.dp)
+    assert ds["train_micro_batch_size_per_gpu"] == p.micro_batch_size
+    assert ("bf16" in ds) != ("fp16" in ds) and ds[p.precision]["enabled"] is True
+    assert ds["zero_optimization"]["stage"] == {"none": 0, "zero1": 1, "zero2": 2, "zero3": 3, "fsdp": 3, "hsdp": 3}[p.sharding]
+    assert ds["zero_optimization"].get("zero_hpz_partition_size") == (p.hsdp_shard_size if p.sharding == "hsdp" else None)
+    assert ("offload_optimizer" in ds["zero_optimization"]) == (p.offload != "none")
+    assert ("offload_param" in ds["zero_optimization"]) == (p.offload == "params")
+    assert ds.get("tensor_parallel", {}).get("autotp_size", 1) == p.tp
+    assert ("activation_checkpointing" in ds) == (p.recompute == "full")
+    assert set(ds) <= set(ALLOW["deepspeed_top_level_keys"])
+    assert set(ds.get("activation_checkpointing", {})) <= set(ALLOW["deepspeed_activation_checkpointing_keys"])
+    assert set(_flags(files["launch.sh"], "deepspeed")) <= set(ALLOW["deepspeed_launcher_flags"])
+
+
+def test_deepspeed_cases_span_its_dimensions():
+    plans = [s.plan for s in deepspeed_cases().values()]
+    assert {p.sharding for p in plans} >= {"none", "zero1", "zero2", "zero3", "hsdp"}
+    assert {p.offload for p in plans} == {"none", "optimizer", "params"}
+    assert {p.precision for p in plans} == {"bf16", "fp16"} and any(p.tp > 1 for p in plans)
+    assert any(p.recompute == "full" for p in plans)
+
+
+@pytest.mark.parametrize("target", ["torchrun", "slurm"])
+@pytest.mark.parametrize("case", ["single node", "four nodes"])
+def test_launchers_use_torchrun_flags_and_the_plan(target, case):
+    solution = launcher_cases()[case]
+    files = emit(solution, target, script="pretrain.py", script_args=("--lr", "3e-4"))
+    script = files["launch.sh" if target == "torchrun" else "job.sbatch"]
+    flags = _flags(script, "torchrun")
+    assert set(flags) <= set(ALLOW["torchrun_flags"])
+    assert f"--nproc-per-node={solution.cluster.node.gpus_per_node}" in script
+    assert ("--standalone" in flags) == (solution.cluster.num_nodes == 1)
+    assert "pretrain.py" in script and "3e-4" in script
+    assert json.loads(files["plan.json"])["plan"] == solution.plan.model_dump(mode="json")
+    if target == "slurm":
+        directives = [line.split()[1].split("=")[0] for line in script.splitlines() if line.startswith("#SBATCH")]
+        assert set(directives) <= set(ALLOW["sbatch_options"])
+        assert f"#SBATCH --nodes={solution.cluster.num_nodes}" in script
+
+
+@pytest.mark.parametrize("target", ["torchrun", "slurm", "deepspeed"])
+def test_scripts_are_valid_bash_with_known_nccl_variables(target, tmp_path):
+    solution = launcher_cases()["four nodes"] if target != "deepspeed" else deepspeed_cases()["hsdp"]
+    for name, content in emit(solution, target).items():
+        if content.startswith("#!"):
+            path = tmp_path / name
+            path.write_text(content)
+            assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0
+            exported = re.findall(r"^export (\w+)=(\S+)", content, re.M)
+            assert exported and all(name in ALLOW["nccl_variables"] for name, _ in exported)
+            levels = [value for name, value in exported if name.endswith("_LEVEL")]
+            assert all(v in ALLOW["nccl_level_values"] for v in levels)
+
+
+@pytest.mark.parametrize(("fixed", "words"), [
+    ({"cp": 2}, "context parallelism (cp 2)"),
+    ({"pp": 2, "cp": 1}, "pipeline stages in its config (pp 2"),
+    ({"recompute": "selective", "cp": 1, "pp": 1, "sequence_parallel": False}, "recompute selective"),
+])
+def test_deepspeed_refuses_what_it_cannot_express(fixed, words):
+    from constraints import Workload
+    from hardware import load_cluster
+    from models import load_model
+    from solver import solve
+
+    solution = solve(load_model("llama-3.1-8b"), load_cluster("dgx-h100", nodes=1), Workload(seq_len=4096, global_batch_size=64),
+                     fixed=fixed)
+    with pytest.raises(EmitError, match="DeepSpeed cannot express") as error:
+        emit(solution, "deepspeed")
+    assert words in str(error.value)
+
+
+def test_constraints_keep_a_search_expressible():
+    solution = _solve("llama-3.1-70b", 2, "deepspeed")
+    emit(solution, "deepspeed")  # no EmitError
+    assert constraints("deepspeed")["fixed"]["cp"] == 1 and constraints("torchrun") == {}
+
+
+def test_bad_options_and_targets():
+    solution = launcher_cases()["single node"]
+    with pytest.raises(EmitError, match="unknown target 'megatron-lm'"):
+        emit(solution, "megatron-lm")
+    with pytest.raises(EmitError, match="unknown emit option"):
+        emit(solution, "torchrun", nodes=3)
+    with pytest.raises(EmitError, match="time_limit must read"):
+        emit(solution, "slurm", time_limit="two days")
+
+
+def test_plan_launch_writes_the_files(tmp_path):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(plan, ["launch", "--model", "llama-3.1-70b", "--cluster", "dgx-h100", "--nodes", "2",
+                                       "--target", "deepspeed", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["ds_config.json", "launch.sh"]
+    assert (out / "launch.sh").stat().st_mode & 0o111
+    assert json.loads((out / "ds_config.json").read_text())["train_batch_size"] == 1024  # 4M tokens of 4096
+
+
+def test_plan_launch_from_a_saved_solution_and_plan_slurm(tmp_path):
+    saved = tmp_path / "plan.json"
+    saved.write_text(launcher_cases()["four nodes"].model_dump_json())
+    result = CliRunner().invoke(plan, ["launch", "--solution", str(saved), "--target", "torchrun", "--out", str(tmp_path / "a")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "a" / "plan.json").read_text())["plan"] == launcher_cases()["four nodes"].plan.model_dump(mode="json")
+    result = CliRunner().invoke(plan, ["slurm", "--solution", str(saved), "--partition", "gpu", "--time", "48:00:00",
+                                       "--out", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "b" / "job.sbatch").read_text()
+    assert "#SBATCH --partition=gpu" in text and "#SBATCH --time=48:00:00" in text
+
+
+def test_plan_launch_bad_input_exits_2(tmp_path):
+    run = CliRunner().invoke
+    assert "unknown target" in run(plan, ["launch", "-m", "llama-3.1-8b", "-c", "dgx-h100", "--target", "nope",
+                                          "--out", str(tmp_path)]).output
+    saved = tmp_path / "bad.json"
+    saved.write_text("{}")
+    result = run(plan, ["launch", "--solution", str(saved), "--target", "torchrun", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "not a `plan solve --json` output" in result.output
+    result = run(plan, ["launch", "-m", "llama-3.1-8b", "-c", "dgx-h100", "--target", "deepspeed", "--fix", "cp=2",
+                        "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "--fix cp=2: the deepspeed target can only run cp = 1" in result.output

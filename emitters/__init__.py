@@ -8,14 +8,14 @@
 
 from __future__ import annotations
 
+from importlib import import_module
 from types import ModuleType
 from typing import Any
 
-from emitters import deepspeed, slurm, torchrun
 from emitters.errors import EmitError
-from emitters.job import Job
 
-_TARGETS: dict[str, ModuleType] = {m.TARGET: m for m in (torchrun, deepspeed, slurm)}
+_TARGETS = ("deepspeed", "slurm", "torchrun")
+"""One module per target, `emitters.<target>` (loaded on first use: catching `EmitError` costs nothing)."""
 
 
 def list_targets() -> list[str]:
@@ -25,7 +25,7 @@ def list_targets() -> list[str]:
 def _module(target: str) -> ModuleType:
     if target not in _TARGETS:
         raise EmitError(f"unknown target {target!r}; use one of {', '.join(list_targets())}")
-    return _TARGETS[target]
+    return import_module(f"emitters.{target}")
 
 
 def constraints(target: str) -> dict[str, Any]:
@@ -36,6 +36,8 @@ def constraints(target: str) -> dict[str, Any]:
 
 def emit(solution, target: str, **options: Any) -> dict[str, str]:
     """The files of ``target`` for a solved plan (`solver.Solution`)."""
+    from emitters.job import Job
+
     module = _module(target)
     return module.emit(Job.from_solution(solution, **options))
 

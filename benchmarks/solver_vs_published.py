@@ -33,14 +33,11 @@ from constraints import Plan, check, estimate
 from constraints.check import selective_ladder
 from solver import Infeasible, solve
 from solver.explain import describe
-from solver.space import MAX_VPP, MICRO_BATCHES, SEARCHED, SearchSpace, enumerate_plans
+from solver.space import DEFAULTS, SEARCHED, SearchSpace, enumerate_plans
 
 RESULTS = Path(__file__).parent / "results"
-DEFAULTS: dict[str, list[Any]] = {
-    "sharding": ["none", "zero1", "zero2", "fsdp", "hsdp"], "recompute": ["none", "selective", "full"],
-    "schedule": ["1f1b", "interleaved"], "micro_batch_size": list(MICRO_BATCHES), "vpp": list(range(1, MAX_VPP + 1)),
-}
-"""The default domains (`solver.space` docstring) of the fields a published run may go beyond."""
+WIDENED = ("sharding", "recompute", "schedule", "micro_batch_size", "vpp")
+"""The fields whose default domain (`solver.space.DEFAULTS`) a published run may go beyond."""
 
 
 @dataclass
@@ -68,9 +65,9 @@ class Comparison:
 def widened_ranges(inputs: Setup) -> dict[str, Any]:
     """Default domains plus the published plan's value where it lies outside them."""
     plan, ranges = inputs.plan, {}
-    for name, values in DEFAULTS.items():
-        if getattr(plan, name) not in values:
-            ranges[name] = values + [getattr(plan, name)]
+    for name in WIDENED:
+        if getattr(plan, name) not in DEFAULTS[name]:
+            ranges[name] = list(DEFAULTS[name]) + [getattr(plan, name)]
     if plan.recompute == "selective" and plan.recompute_modules not in selective_ladder(inputs.model):
         ranges["recompute_modules"] = [list(m) for m in selective_ladder(inputs.model)] + [list(plan.recompute_modules)]
     if plan.tp > 1 and not plan.sequence_parallel:

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from cli.options import MODEL_OPTIONS, WORKLOAD_OPTIONS, with_options
-from cli.solve_cmd import SEARCH_OPTIONS, _inputs, _report_infeasible, _search_arguments, parse_objective
+from cli.solve_cmd import SEARCH_OPTIONS, build_inputs, parse_objective, report_infeasible, search_arguments
 
 SOURCE_OPTIONS = [
     click.option("--model", "-m", "model_ref", help="Preset name or alias, a config.json or its folder, or a HF repo id."),
@@ -53,10 +53,10 @@ def _solution(target: str, options: dict[str, Any]):
             raise SolverInputError(f"{solution_file}: not a `plan solve --json` output ({str(err).splitlines()[0]})") from None
     if not options["model_ref"] or not options["cluster_ref"]:
         raise SolverInputError("give --model and --cluster (or --solution FILE)")
-    model, cluster, workload = _inputs(options["model_ref"], options["cluster_ref"], options["nodes"], options["gpus"],
+    model, cluster, workload = build_inputs(options["model_ref"], options["cluster_ref"], options["nodes"], options["gpus"],
                                        options["kind"], options["seq_len"], options["dropout"], options["train_mtp"],
                                        options["global_batch"])
-    search = _search_arguments(options)
+    search = search_arguments(options)
     limits = constraints(target)
     for name, value in search["fixed"].items():
         needed = limits.get("fixed", {}).get(name, value)
@@ -69,7 +69,7 @@ def _solution(target: str, options: dict[str, Any]):
     try:
         return solve(model, cluster, workload, objective=parse_objective(options["objective"]), **search)
     except Infeasible as err:
-        _report_infeasible(err, False)
+        report_infeasible(err, False)
 
 
 def _write(target: str, options: dict[str, Any]) -> None:

@@ -83,13 +83,13 @@ def solve(model_ref: str, cluster_ref: str, nodes: int | None, gpus: int | None,
     from solver import Infeasible
     from solver import solve as solve_plan
 
-    model, cluster, workload = _inputs(model_ref, cluster_ref, nodes, gpus, kind, seq_len, dropout, train_mtp,
+    model, cluster, workload = build_inputs(model_ref, cluster_ref, nodes, gpus, kind, seq_len, dropout, train_mtp,
                                        search.pop("global_batch"))
     try:
         found = solve_plan(model, cluster, workload, objective=parse_objective(objective), tolerance=tolerance,
-                           top_k=top_k, **_search_arguments(search))
+                           top_k=top_k, **search_arguments(search))
     except Infeasible as err:
-        _report_infeasible(err, as_json)
+        report_infeasible(err, as_json)
     if as_json:
         click.echo(found.model_dump_json(indent=2))
     else:
@@ -116,13 +116,13 @@ def pareto(model_ref: str, cluster_ref: str, nodes: int | None, gpus: int | None
     from solver import Infeasible
     from solver import pareto as pareto_plans
 
-    model, cluster, workload = _inputs(model_ref, cluster_ref, nodes, gpus, kind, seq_len, dropout, train_mtp,
+    model, cluster, workload = build_inputs(model_ref, cluster_ref, nodes, gpus, kind, seq_len, dropout, train_mtp,
                                        search.pop("global_batch"))
     names = [name.strip() for name in objectives.split(",") if name.strip()]
     try:
-        front = pareto_plans(model, cluster, workload, objectives=names, **_search_arguments(search))
+        front = pareto_plans(model, cluster, workload, objectives=names, **search_arguments(search))
     except Infeasible as err:
-        _report_infeasible(err, as_json)
+        report_infeasible(err, as_json)
     if as_json:
         click.echo(json.dumps([s.model_dump(mode="json") for s in front], indent=2))
     else:
@@ -131,7 +131,7 @@ def pareto(model_ref: str, cluster_ref: str, nodes: int | None, gpus: int | None
 
 # -- parsing --------------------------------------------------------------------------------------------
 
-def _inputs(model_ref: str, cluster_ref: str, nodes: int | None, gpus: int | None, kind: str, seq_len: int,
+def build_inputs(model_ref: str, cluster_ref: str, nodes: int | None, gpus: int | None, kind: str, seq_len: int,
             dropout: float, train_mtp: bool, global_batch: int | None) -> tuple[ModelSpec, ClusterSpec, Workload]:
     from hardware import load_cluster
     from models import load_model
@@ -148,7 +148,7 @@ def _inputs(model_ref: str, cluster_ref: str, nodes: int | None, gpus: int | Non
     return model, cluster, workload
 
 
-def _search_arguments(options: dict[str, Any]) -> dict[str, Any]:
+def search_arguments(options: dict[str, Any]) -> dict[str, Any]:
     """The keyword arguments of `solver.solve` / `solver.pareto` from the shared search options."""
     counts = options["node_counts"]
     return {
@@ -247,7 +247,7 @@ def _integers(text: str, flag: str) -> list[int]:
 
 # -- output -----------------------------------------------------------------------------------------------
 
-def _report_infeasible(err: Infeasible, as_json: bool) -> None:
+def report_infeasible(err: Infeasible, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"infeasible": {"message": str(err), "conflicts": err.conflicts,
                                               "suggestions": err.suggestions}}, indent=2))

@@ -26,11 +26,11 @@ from constraints import Plan, PlanArrays, Workload, evaluate
 from constraints.arrays import ALL_LAYERS, code
 from constraints.check import selective_ladder
 from constraints.rules import structural_violations
-from hardware import ClusterSpec, default_price
+from hardware import ClusterSpec
 from models import ModelSpec
 from solver.candidates import Candidates
-from solver.objectives import Criteria, criteria, weighted_score
-from solver.space import MAX_VPP, MICRO_BATCHES, SearchSpace, enumerate_with_structure, uneven_splits
+from solver.objectives import Criteria, criteria, gpu_hour_price, weighted_score
+from solver.space import SearchSpace, enumerate_with_structure, uneven_splits
 
 
 @dataclass
@@ -56,7 +56,7 @@ def _raw_plans(space: SearchSpace) -> list[Plan]:
     eps = space.domain("ep", range(1, m.moe.num_experts + 1)) if m.moe else [1]
     ladder = [tuple(x) for x in space.domain("recompute_modules", selective_ladder(m))]
     recomputes = []
-    for mode in space.domain("recompute", ["none", "selective", "full"]):
+    for mode in space.default_domain("recompute"):
         if mode == "selective":
             recomputes += [("selective", modules, None) for modules in ladder]
         elif mode == "full":
@@ -65,9 +65,9 @@ def _raw_plans(space: SearchSpace) -> list[Plan]:
             recomputes += [("full", None, k) for k in layers]
         else:
             recomputes.append((mode, None, None))
-    shardings = [(s, size) for s in space.domain("sharding", ["none", "zero1", "zero2", "fsdp", "hsdp"])
+    shardings = [(s, size) for s in space.default_domain("sharding")
                  for size in (space.domain("hsdp_shard_size", [c.node.gpus_per_node]) if s == "hsdp" else [None])]
-    schedules = space.domain("schedule", ["1f1b", "interleaved"])
+    schedules = space.default_domain("schedule")
     out = []
     for tp, cp, pp in itertools.product(tps, cps, pps):
         if c.total_gpus % (tp * cp * pp):
@@ -76,17 +76,17 @@ def _raw_plans(space: SearchSpace) -> list[Plan]:
         if ("dp" in space.fixed or "dp" in space.ranges) and dp not in space.domain("dp", [dp]):
             continue
         etps = space.domain("etp", sorted({1, tp})) if m.moe else [tp]
-        layouts = [(v, None) for v in (space.domain("vpp", range(1, MAX_VPP + 1)) if pp > 1 else [1])]
+        layouts = [(v, None) for v in (space.default_domain("vpp") if pp > 1 else [1])]
         if space.allow_uneven_stages and 1 in [v for v, _ in layouts]:
             layouts += [(1, s) for s in uneven_splits(m.num_layers, pp)]
         if "layers_per_stage" in space.fixed or "layers_per_stage" in space.ranges:
             layouts = [(1, tuple(s)) for s in space.domain("layers_per_stage", [])]
         for ep, etp, (vpp, stages), mbs, sp, (sharding, size), (recompute, modules, k), precision, optimizer, \
                 offload, schedule in itertools.product(
-                    eps, etps, layouts, space.domain("micro_batch_size", MICRO_BATCHES),
-                    space.domain("sequence_parallel", [False, True]), shardings, recomputes,
-                    space.domain("precision", ["bf16"]), space.domain("optimizer", ["adamw"]),
-                    space.domain("offload", ["none"]), schedules):
+                    eps, etps, layouts, space.default_domain("micro_batch_size"),
+                    space.default_domain("sequence_parallel"), shardings, recomputes,
+                    space.default_domain("precision"), space.default_domain("optimizer"),
+                    space.default_domain("offload"), schedules):
             try:
                 plan = Plan(tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, etp=etp, vpp=vpp, micro_batch_size=mbs,
                             sequence_parallel=sp, sharding=sharding, hsdp_shard_size=size, recompute=recompute,
@@ -145,7 +145,7 @@ def oracle(model: ModelSpec, cluster: ClusterSpec, workload: Workload, *,
         arrays, layout = _every_depth(space, arrays, layout)
     result = evaluate(model, cluster, workload, arrays)
     candidates = Candidates(arrays, result, np.full(len(arrays), cluster.total_gpus, dtype=np.int64), layout)
-    price = price_per_gpu_hour if price_per_gpu_hour is not None else _price(cluster)
+    price = gpu_hour_price(cluster, price_per_gpu_hour, required=False)
     crit = criteria(candidates, price)
     feasible = result.fits & np.isfinite(result.time.step)
     if min_tokens_per_s is not None:
@@ -161,13 +161,6 @@ def oracle(model: ModelSpec, cluster: ClusterSpec, workload: Workload, *,
     if not rows:
         return None
     return OracleResult(rows, candidates, crit, feasible, time.perf_counter() - started)
-
-
-def _price(cluster: ClusterSpec) -> float | None:
-    try:
-        return default_price(cluster.gpu)
-    except ValueError:
-        return None
 
 
 def _every_depth(space: SearchSpace, plans: PlanArrays, layout: np.ndarray) -> tuple[PlanArrays, np.ndarray]:

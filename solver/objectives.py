@@ -21,7 +21,9 @@ import numpy as np
 
 from constraints import PlanArrays
 from constraints.arrays import ALL_LAYERS, code, module_mask
+from hardware import ClusterSpec, HardwareError, default_price
 from solver.candidates import Candidates
+from solver.errors import SolverInputError
 
 OBJECTIVES = ("throughput", "cost", "memory_headroom", "gpus", "simplicity")
 WEIGHT_SCALE = 10**9
@@ -116,3 +118,18 @@ def weighted_score(crit: Criteria, weights: dict[str, float], rows: np.ndarray) 
         column = crit.column(name)[rows]
         score += weight * column / max(int(column.min()), 1)
     return np.round(score * WEIGHT_SCALE).astype(np.int64)
+
+
+def gpu_hour_price(cluster: ClusterSpec, given: float | None, *, required: bool) -> float | None:
+    """The price per GPU-hour of the ``cost`` objective: the user's, else the median on-demand offer of the
+    GPU (`hardware.default_price`); None when the GPU has no offer and ``required`` is False."""
+    if given is not None:
+        if not given > 0:
+            raise SolverInputError(f"price_per_gpu_hour must be > 0, got {given!r}")
+        return float(given)
+    try:
+        return default_price(cluster.gpu)
+    except HardwareError as err:
+        if required:
+            raise SolverInputError(str(err)) from None
+        return None

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from constraints import Efficiency, Plan, RuntimeAllowance, Workload, estimate
-from hardware import ClusterSpec, HardwareError, default_price, load_cluster
+from hardware import ClusterSpec, load_cluster
 from models import ModelSpec
 from solver.candidates import Candidates, priced_candidates
 from solver.errors import Infeasible, SolverInputError
@@ -29,7 +29,7 @@ from solver.explain import explain
 from solver.frontier import first_fronts
 from solver.infeasible import diagnose
 from solver.model import Selection, frontier, lexicographic
-from solver.objectives import OBJECTIVES, Criteria, criteria, weighted_score
+from solver.objectives import OBJECTIVES, Criteria, criteria, gpu_hour_price, weighted_score
 from solver.solution import Alternative, SearchStats, Solution
 from solver.space import SearchSpace
 
@@ -71,25 +71,13 @@ class _Search:
         self.space = SearchSpace(model, cluster, workload, fixed=dict(fixed or {}), ranges=dict(ranges or {}),
                                  allow_uneven_stages=allow_uneven_stages, allow_cross_domain=allow_cross_domain,
                                  allow_partial_recompute=allow_partial_recompute)
-        self.price = self._price(cluster, price_per_gpu_hour, required="cost" in names)
+        self.price = gpu_hour_price(cluster, price_per_gpu_hour, required="cost" in names)
         sizes = self._node_counts(cluster, names, node_counts)
         self.clusters = {n * cluster.node.gpus_per_node: load_cluster(cluster, nodes=n) for n in sizes}
         parts = [self.priced(replace(self.space, cluster=c)) for c in self.clusters.values()]
         parts = [p for p in parts if p is not None]
         self.candidates = Candidates.concat(parts) if parts else None
 
-    @staticmethod
-    def _price(cluster: ClusterSpec, given: float | None, *, required: bool) -> float | None:
-        if given is not None:
-            if not given > 0:
-                raise SolverInputError(f"price_per_gpu_hour must be > 0, got {given!r}")
-            return float(given)
-        try:
-            return default_price(cluster.gpu)
-        except HardwareError as err:
-            if required:
-                raise SolverInputError(str(err)) from None
-            return None
 
     @staticmethod
     def _node_counts(cluster: ClusterSpec, names: list[str], given: Sequence[int] | None) -> list[int]:
@@ -106,6 +94,14 @@ class _Search:
     def priced(self, space: SearchSpace, *, prune: bool = True) -> Candidates | None:
         return priced_candidates(space, every_recompute_depth=self.every_depth, prune=prune,
                                  efficiency=self.efficiency, runtime=self.runtime)
+
+    def solvable(self) -> tuple[Candidates, np.ndarray, Criteria]:
+        """The candidates, which of them are feasible, and their criteria; `Infeasible` when none is."""
+        cands = self.candidates
+        feasible = self.feasible(cands) if cands is not None else None
+        if feasible is None or not feasible.any():
+            raise self.infeasible()
+        return cands, feasible, criteria(cands, self.price)
 
     def feasible(self, candidates: Candidates) -> np.ndarray:
         e = candidates.evaluation
@@ -160,13 +156,7 @@ def solve(model: ModelSpec, cluster: ClusterSpec, workload: Workload, *, objecti
                      allow_cross_domain=allow_cross_domain, allow_partial_recompute=allow_partial_recompute,
                      price_per_gpu_hour=price_per_gpu_hour,
                      min_tokens_per_s=min_tokens_per_s, node_counts=node_counts, efficiency=efficiency, runtime=runtime)
-    cands = search.candidates
-    if cands is None:
-        raise search.infeasible()
-    feasible = search.feasible(cands)
-    if not feasible.any():
-        raise search.infeasible()
-    crit = criteria(cands, search.price)
+    cands, feasible, crit = search.solvable()
     picks: list[int] = []
     proved = True
     candidates = 0
@@ -245,11 +235,7 @@ def pareto(model: ModelSpec, cluster: ClusterSpec, workload: Workload, *,
                      allow_cross_domain=allow_cross_domain, allow_partial_recompute=allow_partial_recompute,
                      price_per_gpu_hour=price_per_gpu_hour,
                      min_tokens_per_s=min_tokens_per_s, node_counts=node_counts, efficiency=efficiency, runtime=runtime)
-    cands = search.candidates
-    if cands is None or not search.feasible(cands).any():
-        raise search.infeasible()
-    feasible = search.feasible(cands)
-    crit = criteria(cands, search.price)
+    cands, feasible, crit = search.solvable()
     columns = [crit.column(n) for n in names]
     # reduce to the rows non-dominated in the asked objectives (exact for their Pareto set)
     rows = np.flatnonzero(feasible)

@@ -49,8 +49,19 @@ from hardware import ClusterSpec
 from models import ModelSpec
 from solver.errors import SolverInputError
 
-MICRO_BATCHES = (1, 2, 4, 8, 16)
 MAX_VPP = 8
+DEFAULTS: dict[str, tuple] = {
+    "micro_batch_size": (1, 2, 4, 8, 16),
+    "vpp": tuple(range(1, MAX_VPP + 1)),
+    "sequence_parallel": (False, True),
+    "sharding": ("none", "zero1", "zero2", "fsdp", "hsdp"),
+    "recompute": ("none", "selective", "full"),
+    "precision": ("bf16",),
+    "optimizer": ("adamw",),
+    "offload": ("none",),
+    "schedule": ("1f1b", "interleaved"),
+}
+"""The default domains of the execution choices (module docstring); the rules then narrow them per plan."""
 SEARCHED = (
     "tp", "pp", "dp", "cp", "ep", "etp", "vpp", "micro_batch_size", "sequence_parallel", "sharding",
     "hsdp_shard_size", "recompute", "recompute_modules", "recompute_layers", "precision", "optimizer", "offload",
@@ -117,6 +128,10 @@ class SearchSpace:
             return list(default)
         values = self.range_values(name)
         return list(default) + [v for v in values if v not in default] if self.widen else values
+
+    def default_domain(self, name: str) -> list[Any]:
+        """`domain` of a field over its default values (`DEFAULTS`)."""
+        return self.domain(name, DEFAULTS[name])
 
     def range_values(self, name: str) -> list[Any]:
         """The values a range admits (a list, or the candidates within (low, high) for integers)."""
@@ -225,7 +240,7 @@ def stage_layouts(space: SearchSpace, pp: int) -> list[tuple[int, tuple[int, ...
         if not space.widen:
             return [(1, stages) for stages in given]
         out = [(1, stages) for stages in given]
-    vpps = space.domain("vpp", range(1, MAX_VPP + 1)) if pp > 1 else [1]
+    vpps = space.default_domain("vpp") if pp > 1 else [1]
     for vpp in vpps:
         if vpp >= 1 and layers % (pp * vpp) == 0:
             out.append((vpp, None))
@@ -270,8 +285,8 @@ def executions(space: SearchSpace) -> list[Execution]:
     """Every combination of micro-batch, SP, sharding, recompute, precision, optimizer, offload and
     schedule choice; the plan-dependent rules are applied by `enumerate_plans`."""
     gpu = space.cluster.gpu
-    shardings = space.domain("sharding", ["none", "zero1", "zero2", "fsdp", "hsdp"])
-    recomputes = space.domain("recompute", ["none", "selective", "full"])
+    shardings = space.default_domain("sharding")
+    recomputes = space.default_domain("recompute")
     ladder = [tuple(modules) for modules in space.domain("recompute_modules", selective_ladder(space.model))]
     variants = []
     for mode in recomputes:
@@ -281,12 +296,12 @@ def executions(space: SearchSpace) -> list[Execution]:
             variants.append((code("recompute", mode), 0))
     hsdp_sizes = space.domain("hsdp_shard_size", [space.cluster.node.gpus_per_node])
     # the schedule of a vpp > 1 layout is interleaved; the others pick 1f1b or zero_bubble here
-    flat = [s for s in space.domain("schedule", ["1f1b", "interleaved"]) if s != "interleaved"] or ["1f1b"]
+    flat = [s for s in space.default_domain("schedule") if s != "interleaved"] or ["1f1b"]
     out = []
     for mbs, sp, sharding, (recompute, modules), precision, optimizer, offload, schedule in itertools.product(
-            space.domain("micro_batch_size", MICRO_BATCHES), space.domain("sequence_parallel", [False, True]),
-            shardings, variants, space.domain("precision", ["bf16"]), space.domain("optimizer", ["adamw"]),
-            space.domain("offload", ["none"]), flat):
+            space.default_domain("micro_batch_size"), space.default_domain("sequence_parallel"),
+            shardings, variants, space.default_domain("precision"), space.default_domain("optimizer"),
+            space.default_domain("offload"), flat):
         if not gpu.supports(precision):
             continue
         for size in (hsdp_sizes if sharding == "hsdp" else [1]):
@@ -374,7 +389,7 @@ def _valid(space: SearchSpace, c: dict[str, np.ndarray]) -> np.ndarray:
     hsdp = s == code("sharding", "hsdp")
     ok &= ~hsdp | ((c["hsdp_shard_size"] > 1) & (c["hsdp_shard_size"] < data) & (data % c["hsdp_shard_size"] == 0))
     ok &= (c["offload"] == code("offload", "none")) | (s != code("sharding", "none"))
-    schedules = space.domain("schedule", ["1f1b", "interleaved"])
+    schedules = space.default_domain("schedule")
     interleaved = c["vpp"] > 1
     ok &= ~interleaved | (("interleaved" in schedules) & ~c["zero_bubble"] & (micro % c["pp"] == 0))
     ok &= interleaved | c["zero_bubble"] | ("1f1b" in schedules)

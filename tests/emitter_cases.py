@@ -4,6 +4,8 @@ optimizer and of parameters, fp16 and full recompute."""
 
 from __future__ import annotations
 
+import re
+import shlex
 from functools import cache
 
 from constraints import Workload
@@ -40,3 +42,11 @@ def deepspeed_cases() -> dict[str, Solution]:
 @cache
 def launcher_cases() -> dict[str, Solution]:
     return {"single node": _solve(EIGHT_B, 1, "torchrun"), "four nodes": _solve("llama-3.1-70b", 4, "torchrun")}
+
+
+def command_words(script: str, program: str) -> list[str]:
+    """The words after ``program`` on its command line in a script (continuation lines joined)."""
+    text = script.replace("\\\n", " ")
+    line = next(row for row in text.splitlines() if re.search(rf"(^|\s){program}\s", row))
+    words = shlex.split(line)
+    return words[words.index(program) + 1:]

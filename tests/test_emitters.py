@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 import subprocess
 from pathlib import Path
 
@@ -16,19 +15,15 @@ from click.testing import CliRunner
 
 from cli.main import plan
 from emitters import EmitError, constraints, emit, list_targets
-from tests.emitter_cases import _solve, deepspeed_cases, launcher_cases
+from tests.emitter_cases import _solve, command_words, deepspeed_cases, launcher_cases
 
 ALLOW = json.loads((Path(__file__).parent.parent / "emitters" / "data" / "allowlists.json").read_text())
 
 
 def _flags(script: str, program: str) -> list[str]:
-    """The ``--name`` flags of the ``program`` command in a script (continuation lines joined)."""
-    text = script.replace("\\\n", " ")
-    line = next(row for row in text.splitlines() if re.search(rf"(^|\s){program}\s", row))
-    words = shlex.split(line, posix=True)
-    start = words.index(program)
+    """The ``--name`` flags of the ``program`` command in a script."""
     flags = []
-    for word in words[start + 1:]:
+    for word in command_words(script, program):
         if not word.startswith("--"):
             break  # the script and its own arguments follow the launcher's flags
         flags.append(word.split("=")[0])

@@ -9,14 +9,13 @@ import copy
 import json
 import os
 import re
-import shlex
 import shutil
 import subprocess
 
 import pytest
 
 from emitters import emit
-from tests.emitter_cases import deepspeed_cases, launcher_cases
+from tests.emitter_cases import command_words, deepspeed_cases, launcher_cases
 
 pytestmark = pytest.mark.validators
 ENV = {"MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500", "HOSTFILE": "/tmp/hostfile", "JOB_ID": "42",
@@ -25,11 +24,8 @@ ENV = {"MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500", "HOSTFILE": "/tmp/host
 
 def _argv(script: str, program: str) -> list[str]:
     """The arguments after ``program`` in a script, with the script's variables expanded as a node would."""
-    text = script.replace("\\\n", " ")
-    line = next(row for row in text.splitlines() if re.search(rf"(^|\s){program}\s", row))
-    words = shlex.split(line)
-    expanded = [re.sub(r"\$\{(\w+):-[^}]*\}|\$(\w+)", lambda m: ENV[m.group(1) or m.group(2)], w) for w in words]
-    return expanded[expanded.index(program) + 1:]
+    return [re.sub(r"\$\{(\w+):-[^}]*\}|\$(\w+)", lambda m: ENV[m.group(1) or m.group(2)], w)
+            for w in command_words(script, program)]
 
 
 @pytest.mark.parametrize("target", ["torchrun", "slurm"])

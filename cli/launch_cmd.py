@@ -26,7 +26,8 @@ SOURCE_OPTIONS = [
 LAUNCH_OPTIONS = [
     click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
                  help="Directory for the files (created if missing)."),
-    click.option("--script", default="train.py", show_default=True, help="The training script the launcher runs."),
+    click.option("--script", help="The training script the launcher runs [default: the target's: train.py, "
+                 "pretrain_gpt.py for megatron; torchtitan runs its own trainer]."),
     click.option("--script-arg", "script_args", multiple=True, help="An argument for the script (repeatable)."),
     click.option("--master-port", type=click.IntRange(1024, 65535), default=29500, show_default=True),
     click.option("--job-name", default="plan", show_default=True),

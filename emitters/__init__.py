@@ -14,7 +14,7 @@ from typing import Any
 
 from emitters.errors import EmitError
 
-_TARGETS = ("deepspeed", "slurm", "torchrun")
+_TARGETS = ("accelerate", "deepspeed", "megatron", "sglang", "slurm", "torchrun", "torchtitan", "vllm")
 """One module per target, `emitters.<target>` (loaded on first use: catching `EmitError` costs nothing)."""
 
 

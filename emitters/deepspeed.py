@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import json
 
-from emitters.environment import command, nccl_environment, script
+from emitters.environment import HERE, command, nccl_environment, script
 from emitters.job import Job, unsupported
-from emitters.torchrun import rendezvous_lines
+from emitters.torchrun import SCRIPT, rendezvous_lines, script_words
 
 TARGET = "deepspeed"
 CONSTRAINTS = {"fixed": {"cp": 1, "ep": 1, "pp": 1, "sequence_parallel": False}, "ranges": {"recompute": ["none", "full"]},
@@ -90,12 +90,12 @@ def launcher_words(job: Job) -> list[str]:
     words = ["deepspeed", f"--num_nodes={job.nodes}", f"--num_gpus={job.gpus_per_node}"]
     if job.nodes > 1:
         words += ["--hostfile=$HOSTFILE", "--master_addr=$MASTER_ADDR", "--master_port=$MASTER_PORT"]
-    return words + [job.script, *job.script_args, "--deepspeed_config", "ds_config.json"]
+    return words + script_words(job, SCRIPT) + ["--deepspeed_config", "$HERE/ds_config.json"]
 
 
 def emit(job: Job) -> dict[str, str]:
     ds = config(job)
-    body = []
+    body = [HERE]
     if job.nodes > 1:
         body += ['# HOSTFILE lists the nodes, one "hostname slots=' + str(job.gpus_per_node) + '" line each (pdsh reaches them).',
                  ': "${HOSTFILE:?set HOSTFILE to the DeepSpeed hostfile}"', *rendezvous_lines(job)]

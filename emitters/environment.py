@@ -37,6 +37,10 @@ def nccl_environment(cluster: ClusterSpec) -> list[Variable]:
     return out
 
 
+HERE = 'HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"  # the folder of this script and its files'
+"""The line that lets a script name the files written beside it as ``$HERE/...`` from any directory."""
+
+
 def exports(variables: list[Variable]) -> list[str]:
     """``export NAME=value  # reason`` lines."""
     return [f"export {v.name}={shlex.quote(v.value)}  # {v.reason}" for v in variables]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from constraints import Plan, Workload
+from constraints import MemoryBreakdown, Plan, Workload
 from emitters.errors import EmitError
 from hardware import ClusterSpec
 from models import ModelSpec
@@ -22,7 +22,8 @@ class Job:
     model: ModelSpec
     cluster: ClusterSpec
     workload: Workload
-    script: str = "train.py"
+    memory: MemoryBreakdown  # the plan's per-GPU memory at its peak (the serving targets size their pools by it)
+    script: str | None = None  # None: the target's own (train.py, pretrain_gpt.py, torchtitan.train)
     script_args: tuple[str, ...] = ()
     master_port: int = 29500
     job_name: str = "plan"
@@ -46,7 +47,8 @@ class Job:
             raise EmitError(f"master_port must be an integer in 1024–65535, got {port!r}")
         summary = (f"{solution.model.display_name or solution.model.name} on {solution.cluster.num_nodes} x "
                    f"{solution.cluster.node.name} ({solution.cluster.total_gpus} GPUs): {describe(solution.plan)}")
-        return cls(solution.plan, solution.model, solution.cluster, solution.workload, summary=summary, **options)
+        return cls(solution.plan, solution.model, solution.cluster, solution.workload, solution.estimate.memory,
+                   summary=summary, **options)
 
     @property
     def nodes(self) -> int:

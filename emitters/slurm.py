@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from emitters.environment import command, nccl_environment, script
 from emitters.job import Job
-from emitters.torchrun import plan_file, torchrun_words
+from emitters.torchrun import SCRIPT, plan_file, script_words, torchrun_words
 
 TARGET = "slurm"
 
@@ -28,7 +28,7 @@ def emit(job: Job) -> dict[str, str]:
     if job.nodes > 1:
         body += ['MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
                  f"MASTER_PORT={job.master_port}", 'JOB_ID="$SLURM_JOB_ID"', "export MASTER_ADDR MASTER_PORT JOB_ID", ""]
-    body.append("srun --kill-on-bad-exit=1 " + command(torchrun_words(job)))
+    body.append("srun --kill-on-bad-exit=1 " + command(torchrun_words(job) + script_words(job, SCRIPT)))
     text = script(job.summary, nccl_environment(job.cluster), body)
     shebang, rest = text.split("\n", 1)
     return {"job.sbatch": "\n".join([shebang, *directives(job), rest]), "plan.json": plan_file(job)}

@@ -11,18 +11,24 @@ from emitters.environment import command, nccl_environment, script
 from emitters.job import Job
 
 TARGET = "torchrun"
+SCRIPT = "train.py"
 RDZV_ID = "${JOB_ID:-plan}"
 
 
 def torchrun_words(job: Job) -> list[str]:
-    """The torchrun command and the script with its arguments."""
+    """The torchrun command up to the script."""
     words = ["torchrun", f"--nproc-per-node={job.gpus_per_node}"]
     if job.nodes == 1:
         words.append("--standalone")
     else:
         words += [f"--nnodes={job.nodes}", "--rdzv-backend=c10d", "--rdzv-endpoint=$MASTER_ADDR:$MASTER_PORT",
                   f"--rdzv-id={RDZV_ID}"]
-    return words + [job.script, *job.script_args]
+    return words
+
+
+def script_words(job: Job, default: str) -> list[str]:
+    """The training script (``default`` unless the job names one) and its arguments."""
+    return [job.script or default, *job.script_args]
 
 
 def rendezvous_lines(job: Job) -> list[str]:
@@ -42,5 +48,5 @@ def plan_file(job: Job) -> str:
 
 def emit(job: Job) -> dict[str, str]:
     body = ["# Run this on every node (the same command on each)." if job.nodes > 1 else "# Single node.",
-            *rendezvous_lines(job), "exec " + command(torchrun_words(job))]
+            *rendezvous_lines(job), "exec " + command(torchrun_words(job) + script_words(job, SCRIPT))]
     return {"launch.sh": script(job.summary, nccl_environment(job.cluster), body), "plan.json": plan_file(job)}

@@ -1,6 +1,8 @@
 """Solved plans that together span what each emitter expresses (shared by the fast emitter tests and the
 validator tests): single and multi-node; for DeepSpeed every ZeRO stage, HSDP, AutoTP, CPU offload of the
-optimizer and of parameters, fp16 and full recompute."""
+optimizer and of parameters, fp16 and full recompute; for Megatron every parallel dimension (TP, PP with
+virtual and uneven stages, CP, EP, expert-TP, SP), every recompute form, fp8, each sharding, MoE with MLA,
+shared experts, dense layers and MTP, and a Blackwell node."""
 
 from __future__ import annotations
 
@@ -18,9 +20,11 @@ EIGHT_B = "llama-3.1-8b"
 WORK = Workload(seq_len=4096, global_batch_size=128)
 
 
-def _solve(model: str, nodes: int, target: str, fixed: dict | None = None, ranges: dict | None = None) -> Solution:
+def _solve(model: str, nodes: int, target: str, fixed: dict | None = None, ranges: dict | None = None,
+           cluster: str = "dgx-h100", workload: Workload = WORK) -> Solution:
+    """The best plan inside the target's constraints, with the case's pins and ranges on top."""
     limits = constraints(target)
-    return solve(load_model(model), load_cluster("dgx-h100", nodes=nodes), WORK,
+    return solve(load_model(model), load_cluster(cluster, nodes=nodes), workload,
                  fixed=limits.get("fixed", {}) | (fixed or {}), ranges=limits.get("ranges", {}) | (ranges or {}),
                  allow_partial_recompute=limits.get("allow_partial_recompute", True))
 
@@ -40,6 +44,75 @@ def deepspeed_cases() -> dict[str, Solution]:
 
 
 @cache
+def megatron_cases() -> dict[str, Solution]:
+    long = Workload(seq_len=32768, global_batch_size=64)
+    mtp = Workload(seq_len=4096, global_batch_size=4096, train_mtp=True)
+    return {
+        "tp pp vpp sp fsdp selective": _solve("llama-3.1-70b", 4, "megatron"),
+        "cp zero1 full recompute": _solve(EIGHT_B, 2, "megatron", {"cp": 2, "sharding": "zero1", "recompute": "full"},
+                                          workload=long),
+        "fp8 block recompute uneven stages": _solve(
+            EIGHT_B, 3, "megatron", {"pp": 3, "tp": 2, "sharding": "zero1"},
+            {"precision": ["fp8"], "recompute": ["full"]}),
+        "moe ep etp alltoall": _solve("mixtral-8x7b", 2, "megatron", {"ep": 4, "etp": 1}),
+        "mla shared experts dense layers mtp": _solve(
+            "deepseek-v3", 32, "megatron", {"tp": 2, "pp": 16, "ep": 8, "etp": 1, "vpp": 1, "cp": 1}, workload=mtp),
+        "hsdp": _solve(EIGHT_B, 2, "megatron", {"sharding": "hsdp", "tp": 1, "pp": 1}),
+        "zero2 offload optimizer": _solve(EIGHT_B, 1, "megatron", {"sharding": "zero2"}, {"offload": ["optimizer"]}),
+        "no sharding gelu learned positions": _solve("gpt-3-175b", 8, "megatron", {"sharding": "none"}),
+        "blackwell tp": _solve("llama-3.1-70b", 2, "megatron", {"tp": 4, "sharding": "zero1"}, cluster="dgx-b200"),
+    }
+
+
+@cache
+def torchtitan_cases() -> dict[str, Solution]:
+    return {
+        "fsdp tp pp interleaved": _solve("llama-3.1-70b", 4, "torchtitan"),
+        "hsdp per-op selective": _solve(EIGHT_B, 2, "torchtitan", {"sharding": "hsdp", "recompute": "selective_mm"}),
+        "ddp tp sp pp vpp": _solve(EIGHT_B, 2, "torchtitan", {"sharding": "none", "tp": 2, "pp": 2, "vpp": 2}),
+        "uneven stages cp full recompute": _solve(EIGHT_B, 3, "torchtitan", {"pp": 3, "tp": 2, "cp": 2, "recompute": "full"}),
+        "zero2 cp": _solve(EIGHT_B, 2, "torchtitan", {"cp": 2, "sharding": "zero2"}),
+        "moe ep": _solve("qwen3-30b-a3b", 2, "torchtitan", {"ep": 4, "etp": 1, "tp": 1}),
+        "mla moe ep": _solve("deepseek-v2-lite", 1, "torchtitan", {"ep": 8, "etp": 1, "cp": 1}),
+        "fp8 base config, param offload": _solve("llama-3.1-405b", 8, "torchtitan", {"sharding": "fsdp", "pp": 1},
+                                                 {"precision": ["fp8"], "offload": ["params"]}),
+    }
+
+
+@cache
+def accelerate_cases() -> dict[str, Solution]:
+    return {
+        "megatron plugin tp pp sp zero1": _solve("llama-3.1-70b", 4, "accelerate", {"tp": 8, "pp": 2}),
+        "megatron plugin ep etp cp full recompute": _solve(
+            "mixtral-8x7b", 2, "accelerate", {"ep": 4, "etp": 1, "cp": 2, "pp": 2, "recompute": "full"}),
+        "fsdp2 hsdp": _solve(EIGHT_B, 2, "accelerate", {"sharding": "hsdp"}),
+        "fsdp2 tp cp recompute fp8": _solve(EIGHT_B, 2, "accelerate", {"sharding": "fsdp", "tp": 2, "cp": 2, "recompute": "full"},
+                                           {"precision": ["fp8"]}),
+        "fsdp2 zero2": _solve(EIGHT_B, 1, "accelerate", {"sharding": "zero2", "tp": 1}),
+        "fsdp2 param offload": _solve(EIGHT_B, 1, "accelerate", {"sharding": "fsdp", "tp": 1}, {"offload": ["params"]}),
+        "deepspeed zero1 offload": _solve(EIGHT_B, 2, "accelerate", {"sharding": "zero1", "tp": 1, "pp": 1},
+                                          {"offload": ["optimizer"]}),
+        "ddp": _solve("llama-3.2-1b", 1, "accelerate", {"sharding": "none", "tp": 1, "pp": 1, "recompute": "none"}),
+    }
+
+
+SERVE = Workload(kind="inference", seq_len=8192, global_batch_size=64)
+
+
+@cache
+def serving_cases(target: str) -> dict[str, Solution]:
+    """Inference plans for vLLM and SGLang: one node, replicas over nodes, a replica over nodes, MoE with EP."""
+    ep = {"vllm": 8, "sglang": 4}[target]
+    return {
+        "one node": _solve("llama-3.1-70b", 1, target, workload=SERVE),
+        "replicas over nodes": _solve("llama-3.1-70b", 2, target, {"tp": 4, "pp": 1}, workload=SERVE),
+        "replica over nodes": _solve("llama-3.1-405b", 2, target, {"tp": 8, "pp": 2, "dp": 1}, workload=SERVE),
+        "moe ep fp8": _solve("mixtral-8x7b", 1, target, {"ep": ep, "tp": ep if target == "sglang" else 4},
+                             {"precision": ["fp8"]}, workload=SERVE),
+    }
+
+
+@cache
 def launcher_cases() -> dict[str, Solution]:
     return {"single node": _solve(EIGHT_B, 1, "torchrun"), "four nodes": _solve("llama-3.1-70b", 4, "torchrun")}
 
@@ -47,6 +120,7 @@ def launcher_cases() -> dict[str, Solution]:
 def command_words(script: str, program: str) -> list[str]:
     """The words after ``program`` on its command line in a script (continuation lines joined)."""
     text = script.replace("\\\n", " ")
-    line = next(row for row in text.splitlines() if re.search(rf"(^|\s){program}\s", row))
+    line = next(row for row in text.splitlines()
+                if not row.lstrip().startswith("#") and re.search(rf"(^|\s){program}\s", row))
     words = shlex.split(line)
     return words[words.index(program) + 1:]

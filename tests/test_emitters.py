@@ -15,7 +15,17 @@ from click.testing import CliRunner
 
 from cli.main import plan
 from emitters import EmitError, constraints, emit, list_targets
-from tests.emitter_cases import _solve, command_words, deepspeed_cases, launcher_cases
+from tests.emitter_cases import (
+    SERVE,
+    _solve,
+    accelerate_cases,
+    command_words,
+    deepspeed_cases,
+    launcher_cases,
+    megatron_cases,
+    serving_cases,
+    torchtitan_cases,
+)
 
 ALLOW = json.loads((Path(__file__).parent.parent / "emitters" / "data" / "allowlists.json").read_text())
 
@@ -31,7 +41,7 @@ def _flags(script: str, program: str) -> list[str]:
 
 
 def test_targets_are_listed():
-    assert list_targets() == ["deepspeed", "slurm", "torchrun"]
+    assert list_targets() == ["accelerate", "deepspeed", "megatron", "sglang", "slurm", "torchrun", "torchtitan", "vllm"]
 
 
 @pytest.mark.parametrize("case", list(deepspeed_cases()))
@@ -81,18 +91,110 @@ def test_launchers_use_torchrun_flags_and_the_plan(target, case):
         assert f"#SBATCH --nodes={solution.cluster.num_nodes}" in script
 
 
-@pytest.mark.parametrize("target", ["torchrun", "slurm", "deepspeed"])
+MULTI_NODE = {"torchrun": lambda: launcher_cases()["four nodes"], "slurm": lambda: launcher_cases()["four nodes"],
+              "deepspeed": lambda: deepspeed_cases()["hsdp"], "megatron": lambda: megatron_cases()["hsdp"],
+              "torchtitan": lambda: torchtitan_cases()["zero2 cp"], "accelerate": lambda: accelerate_cases()["fsdp2 hsdp"],
+              "vllm": lambda: serving_cases("vllm")["replicas over nodes"],
+              "sglang": lambda: serving_cases("sglang")["replica over nodes"]}
+
+
+@pytest.mark.parametrize("target", sorted(MULTI_NODE))
 def test_scripts_are_valid_bash_with_known_nccl_variables(target, tmp_path):
-    solution = launcher_cases()["four nodes"] if target != "deepspeed" else deepspeed_cases()["hsdp"]
-    for name, content in emit(solution, target).items():
+    scripts = 0
+    for name, content in emit(MULTI_NODE[target](), target).items():
         if content.startswith("#!"):
             path = tmp_path / name
             path.write_text(content)
             assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0
             exported = re.findall(r"^export (\w+)=(\S+)", content, re.M)
-            assert exported and all(name in ALLOW["nccl_variables"] for name, _ in exported)
+            assert exported and all(name in ALLOW["nccl_variables"] for name, _ in exported if name.startswith("NCCL_"))
             levels = [value for name, value in exported if name.endswith("_LEVEL")]
             assert all(v in ALLOW["nccl_level_values"] for v in levels)
+            scripts += 1
+    assert scripts == 1
+
+
+def _arguments(script: str, program: str) -> list[str]:
+    """Every ``--name`` flag on the ``program`` command line (also after its positional words)."""
+    return [w.split("=")[0] for w in command_words(script, program) if w.startswith("--")]
+
+
+@pytest.mark.parametrize("case", list(megatron_cases()))
+def test_megatron_flags_are_megatrons_and_hold_the_plan(case):
+    solution = megatron_cases()[case]
+    p = solution.plan
+    text = emit(solution, "megatron")["launch.sh"]
+    assert set(_arguments(text, "pretrain_gpt.py")) <= set(ALLOW["megatron_flags"])
+    for flag in (f"--tensor-model-parallel-size={p.tp}", f"--pipeline-model-parallel-size={p.pp}",
+                 f"--context-parallel-size={p.cp}", f"--micro-batch-size={p.micro_batch_size}",
+                 f"--global-batch-size={solution.workload.global_batch_size}"):
+        assert flag in text
+    connections = re.search(r"^export CUDA_DEVICE_MAX_CONNECTIONS=(\d+)", text, re.M)
+    fsdp = p.sharding in ("zero2", "zero3", "fsdp", "hsdp")
+    hopper = solution.cluster.node.gpu.compute_capability.startswith("9")
+    assert (connections.group(1) if connections else None) == ("8" if fsdp else "1" if (p.tp > 1 or p.cp > 1) and hopper
+                                                              else None)
+
+
+def test_megatron_cases_span_every_dimension():
+    plans = [s.plan for s in megatron_cases().values()]
+    assert all(any(getattr(p, d) > 1 for p in plans) for d in ("tp", "pp", "cp", "ep", "vpp", "dp"))
+    assert any(p.etp != p.tp for p in plans) and any(p.sequence_parallel for p in plans)
+    assert {p.sharding for p in plans} >= {"none", "zero1", "zero2", "fsdp", "hsdp"}
+    assert {p.recompute for p in plans} == {"none", "selective", "full"} and any(p.recompute_layers for p in plans)
+    assert "fp8" in {p.precision for p in plans} and any(p.layers_per_stage for p in plans)
+
+
+@pytest.mark.parametrize("case", list(torchtitan_cases()))
+def test_torchtitan_keys_are_torchtitans(case):
+    solution = torchtitan_cases()[case]
+    files = emit(solution, "torchtitan")
+    words = command_words(files["launch.sh"], "torchtitan.train")
+    assert words[:4] == ["--module", "plan_config", "--config", "plan"]
+    assert words[-1].split(":")[1] in ALLOW["torchtitan_checkpoint_subcommands"]
+    for word in words[4:-1]:
+        section, key = word[2:].split("=")[0].split(".", 1)
+        assert key.removeprefix("no_") in ALLOW["torchtitan_keys"][section], word
+    compile(files["plan_config.py"], "plan_config.py", "exec")
+
+
+@pytest.mark.parametrize("case", list(accelerate_cases()))
+def test_accelerate_keys_are_accelerates(case):
+    import yaml
+
+    data = yaml.safe_load(emit(accelerate_cases()[case], "accelerate")["accelerate_config.yaml"])
+    assert set(data) <= set(ALLOW["accelerate_top_level_keys"])
+    for section in ("fsdp_config", "deepspeed_config", "megatron_lm_config", "parallelism_config", "fp8_config"):
+        prefix = {"fp8_config": "fp8_"}.get(section, "")
+        assert {prefix + key for key in data.get(section, {})} <= set(ALLOW["accelerate_section_keys"]), section
+    assert data["num_processes"] == accelerate_cases()[case].cluster.total_gpus
+
+
+@pytest.mark.parametrize("target", ["vllm", "sglang"])
+def test_serving_flags_are_the_servers(target):
+    for solution in serving_cases(target).values():
+        text = emit(solution, target)["serve.sh"]
+        program = "serve" if target == "vllm" else "sglang.launch_server"
+        flags = set(_arguments(text, program)) - {"--headless"}
+        assert flags <= set(ALLOW[f"{target}_{'serve_' if target == 'vllm' else ''}flags"])
+        assert str(solution.workload.seq_len) in text and f"={solution.plan.tp}" in text
+
+
+@pytest.mark.parametrize(("target", "make", "words"), [
+    ("accelerate", lambda: _solve("mixtral-8x7b", 2, "megatron", {"ep": 4, "etp": 1, "sharding": "fsdp", "pp": 1}),
+     "Accelerate cannot express ep 4 with fsdp"),
+    ("torchtitan", lambda: _solve("mistral-7b", 1, "torchtitan"),
+     "torchtitan 0.3.0 cannot express the model mistral-7b"),
+    ("megatron", lambda: _solve("llama-3.1-8b", 1, "torchtitan", {"recompute": "selective_mm"}),
+     "Megatron-LM cannot express torchtitan's per-op selective recompute"),
+    ("vllm", lambda: launcher_cases()["single node"], "vLLM cannot express a training plan"),
+    ("sglang", lambda: _solve("llama-3.1-8b", 1, "torchrun", {"sharding": "fsdp"}, workload=SERVE),
+     "SGLang cannot express fsdp sharding"),
+])
+def test_targets_refuse_what_they_cannot_express(target, make, words):
+    with pytest.raises(EmitError, match="cannot express") as error:
+        emit(make(), target)
+    assert words in str(error.value)
 
 
 @pytest.mark.parametrize(("fixed", "words"), [

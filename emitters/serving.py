@@ -1,0 +1,65 @@
+"""What the serving targets (vLLM, SGLang) share: the model reference, the memory fraction the plan
+needs, the multi-node lines, and the checks of an inference plan's degrees."""
+
+from __future__ import annotations
+
+import math
+
+from emitters.job import Job, unsupported
+from models.presets import get_preset
+
+PORT = 8000
+
+
+def model_reference(job: Job) -> str:
+    """The Hugging Face repo id: the preset's alias that names one, the model's own name when it is one,
+    else ``$MODEL`` (the script asks for it)."""
+    preset = get_preset(job.model.name)
+    repos = [alias for alias in (preset.aliases if preset else ()) if "/" in alias]
+    if repos:
+        return repos[0]
+    return job.model.name if "/" in job.model.name else ""
+
+
+def model_lines(job: Job) -> list[str]:
+    """Shell lines that set ``MODEL`` (a default when the repo id is known)."""
+    repo = model_reference(job)
+    if repo:
+        return [f'MODEL="${{MODEL:-{repo}}}"  # or a local checkpoint folder']
+    return [f'MODEL="${{MODEL:?set MODEL to the Hugging Face repo or local folder of {job.model.name}}}"']
+
+
+def memory_fraction(job: Job, used_bytes: int, floor: float) -> float:
+    """``used_bytes`` of the plan over the GPU's capacity, rounded up to a hundredth, at least ``floor``
+    (the engine's own default: a larger pool only adds concurrency)."""
+    capacity = job.cluster.node.gpu.memory_bytes
+    return max(floor, math.ceil(100 * used_bytes / capacity) / 100)
+
+
+def dtype(job: Job) -> str:
+    """The weights' dtype flag value: fp8 plans keep bf16 checkpoints and quantize online."""
+    return "float16" if job.plan.precision == "fp16" else "bfloat16"
+
+
+def check(job: Job, name: str) -> None:
+    p = job.plan
+    if job.workload.training:
+        raise unsupported(name, "a training plan", "solve with --kind inference")
+    if p.sharding != "none":
+        raise unsupported(name, f"{p.sharding} sharding (serving replicates the weights over dp)",
+                          f"solve for it with `plan launch --target {name.lower()}`")
+    if p.cp > 1:
+        raise unsupported(name, f"context parallelism (cp {p.cp}) for these plans", "solve with --fix cp=1")
+    if p.vpp > 1 or p.layers_per_stage is not None and len(set(p.layers_per_stage)) > 1:
+        raise unsupported(name, "virtual or uneven pipeline stages", "solve with --fix vpp=1")
+    if p.precision == "fp32":
+        raise unsupported(name, "fp32 serving in this emitter", "solve with --range precision=bf16,fp8")
+
+
+def node_lines(job: Job) -> list[str]:
+    """Multi-node: the first node's address and this node's rank, asked of the user."""
+    if job.nodes == 1:
+        return []
+    return [f"# Run this on each of the {job.nodes} nodes with NODE_RANK = 0 .. {job.nodes - 1} (0 on MASTER_ADDR).",
+            ': "${MASTER_ADDR:?set MASTER_ADDR to the address of the node with NODE_RANK 0}"',
+            ': "${NODE_RANK:?set NODE_RANK to the index of this node}"']

@@ -1,0 +1,71 @@
+"""vLLM (0.33): the ``vllm serve`` command for an inference plan's degrees (flags: vLLM's own serve
+parser, `vllm.entrypoints.cli.serve`, checked with its engine arguments in the validator tests).
+
+TP, PP and DP sizes; ``--enable-expert-parallel`` when the plan has EP (vLLM's EP group is TP × DP, so the
+plan's ep must equal tp·dp); ``--max-model-len`` = the workload's context, ``--max-num-seqs`` = its
+concurrent sequences; ``--kv-cache-dtype auto`` (the model dtype, as the cost model prices the cache);
+fp8 plans quantize the bf16 checkpoint online (``--quantization fp8``); ``--gpu-memory-utilization`` =
+the plan's peak memory over the GPU's capacity, at least vLLM's default 0.9 (vLLM fills the rest with
+KV-cache blocks).
+Multi-node: replicas within a node spread over the nodes as data-parallel ranks
+(``--data-parallel-size-local``, the first node's address, each node's start rank; nodes other than the
+first run ``--headless``); a replica larger than a node runs on vLLM's multiprocessing backend across
+nodes (``--nnodes``, ``--node-rank``, ``--master-addr``), one replica only.
+"""
+
+from __future__ import annotations
+
+from emitters.environment import command, nccl_environment, script
+from emitters.job import Job, unsupported
+from emitters.serving import PORT, check, dtype, memory_fraction, model_lines, node_lines
+
+TARGET = "vllm"
+NAME = "vLLM"
+CONSTRAINTS = {"fixed": {"sharding": "none", "cp": 1, "vpp": 1}}
+DEFAULT_UTILIZATION = 0.9  # vLLM's default --gpu-memory-utilization
+RPC_PORT = 13345  # vLLM's default --data-parallel-rpc-port
+
+
+def arguments(job: Job) -> list[str]:
+    check(job, NAME)
+    p, w = job.plan, job.workload
+    if p.ep > 1 and p.ep != p.tp * p.dp:
+        raise unsupported(NAME, f"ep {p.ep} with tp {p.tp} · dp {p.dp} (its expert-parallel group is TP × DP)",
+                          f"solve with --fix ep={p.tp * p.dp} or ep=1")
+    out = [f"--tensor-parallel-size={p.tp}", f"--pipeline-parallel-size={p.pp}", f"--data-parallel-size={p.dp}",
+           f"--max-model-len={w.seq_len}", f"--max-num-seqs={w.global_batch_size}", f"--dtype={dtype(job)}",
+           "--kv-cache-dtype=auto",
+           f"--gpu-memory-utilization={memory_fraction(job, job.memory.total, DEFAULT_UTILIZATION)}",
+           f"--port={PORT}"]
+    if p.ep > 1:
+        out.append("--enable-expert-parallel")
+    if p.precision == "fp8":
+        out.append("--quantization=fp8")
+    return out + node_arguments(job)
+
+
+def node_arguments(job: Job) -> list[str]:
+    p = job.plan
+    if job.nodes == 1:
+        return []
+    replica = p.tp * p.pp
+    if replica <= job.gpus_per_node:
+        local = job.gpus_per_node // replica
+        return [f"--data-parallel-size-local={local}", "--data-parallel-address=$MASTER_ADDR",
+                f"--data-parallel-rpc-port={RPC_PORT}", f"--data-parallel-start-rank=$((NODE_RANK * {local}))"]
+    if p.dp > 1:
+        raise unsupported(NAME, f"dp {p.dp} with replicas of {replica} GPUs spanning nodes in one command",
+                          "solve with --fix dp=1, or launch one replica per node group")
+    return ["--distributed-executor-backend=mp", f"--nnodes={job.nodes}", "--node-rank=$NODE_RANK",
+            "--master-addr=$MASTER_ADDR", f"--master-port={job.master_port}"]
+
+
+def emit(job: Job) -> dict[str, str]:
+    words = ["vllm", "serve", "$MODEL", *arguments(job)]
+    body = model_lines(job) + node_lines(job)
+    if job.nodes > 1:
+        body += ["HEADLESS=()", "if (( NODE_RANK > 0 )); then HEADLESS=(--headless); fi  # the API server runs on node 0",
+                 ""]
+        words.append("${HEADLESS[@]}")
+    body.append("exec " + command(words))
+    return {"serve.sh": script(job.summary, nccl_environment(job.cluster), body)}

@@ -453,3 +453,29 @@ def test_sbatch_validator_rejects_a_bad_option(tmp_path):
     path.write_text(text)
     done = _sbatch(path, tmp_path)
     assert "unrecognized option" in done.stderr and "Unable to contact" not in done.stderr
+
+
+def test_plan_launch_deepspeed_output_passes_the_validators(tmp_path):
+    """The issue's example: `plan launch --model llama-3.1-70b --cluster dgx-h100 --nodes 2 --target deepspeed`."""
+    from click.testing import CliRunner
+
+    from cli.main import plan
+
+    result = CliRunner().invoke(plan, ["launch", "--model", "llama-3.1-70b", "--cluster", "dgx-h100", "--nodes", "2",
+                                       "--target", "deepspeed", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "ds_config.json").read_text())
+    dp = 16 // data.get("tensor_parallel", {}).get("autotp_size", 1)
+    config = _deepspeed_config(data, dp)
+    assert config.train_batch_size == config.train_micro_batch_size_per_gpu * config.gradient_accumulation_steps * dp
+    from deepspeed.launcher.runner import parse_args
+
+    launcher = parse_args(_argv((tmp_path / "launch.sh").read_text(), "deepspeed"))
+    assert launcher.num_nodes == 2 and launcher.num_gpus == 8
+    script = tmp_path / "launch.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.skip("shellcheck is not installed (pip install -e '.[validators]')")
+    done = subprocess.run([shellcheck, "--shell=bash", str(script)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout

@@ -20,7 +20,7 @@ import json
 
 from emitters.environment import HERE, command, nccl_environment, script
 from emitters.job import Job, unsupported
-from emitters.torchrun import SCRIPT, script_words
+from emitters.torchrun import SCRIPT, node_rank_lines, script_words
 
 TARGET = "accelerate"
 CONSTRAINTS = {"fixed": {"vpp": 1}, "ranges": {"recompute": ["none", "full"]}, "allow_partial_recompute": False}
@@ -153,12 +153,7 @@ def launcher_words(job: Job) -> list[str]:
 
 def emit(job: Job) -> dict[str, str]:
     data = config(job)
-    body = [HERE]
-    if job.nodes > 1:
-        body += ["# Run this on every node with NODE_RANK = 0 .. " + str(job.nodes - 1) + " (0 on MASTER_ADDR).",
-                 ': "${MASTER_ADDR:?set MASTER_ADDR to the address of the node with NODE_RANK 0}"',
-                 ': "${NODE_RANK:?set NODE_RANK to the index of this node}"', ""]
-    body.append("exec " + command(launcher_words(job)))
+    body = [HERE, *node_rank_lines(job), "exec " + command(launcher_words(job))]
     header = f"# {job.summary}\n# Written by `plan launch` for Accelerate's {data['distributed_type']} plugin.\n"
     return {"accelerate_config.yaml": header + yaml_text(data) + "\n",
             "launch.sh": script(job.summary, nccl_environment(job.cluster), body)}

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from emitters.environment import Variable, command, nccl_environment, script
 from emitters.job import Job, unsupported
-from emitters.torchrun import rendezvous_lines, script_words, torchrun_words
+from emitters.torchrun import rendezvous_lines, torchrun_words
 
 TARGET = "megatron"
 SCRIPT = "pretrain_gpt.py"
@@ -232,8 +232,9 @@ def environment(job: Job) -> list[Variable]:
 
 
 def emit(job: Job) -> dict[str, str]:
-    words = torchrun_words(job) + script_words(job, SCRIPT)[:1] + arguments(job) + list(job.script_args) + ["$@"]
-    body = ["# Arguments to this script go on to " + (job.script or SCRIPT) + " (your --data-path, --tokenizer-type/-model,",
+    script_name = job.script or SCRIPT
+    words = torchrun_words(job) + [script_name, *arguments(job), *job.script_args, "$@"]
+    body = ["# Arguments to this script go on to " + script_name + " (your --data-path, --tokenizer-type/-model,",
             "# --save, --lr, --train-iters ...); with none it trains 100 steps on Megatron's mock data.",
             "if (( $# == 0 )); then",
             "  set -- " + " ".join(mock_data_arguments(job)),

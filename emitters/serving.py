@@ -1,5 +1,5 @@
 """What the serving targets (vLLM, SGLang) share: the model reference, the memory fraction the plan
-needs, the multi-node lines, and the checks of an inference plan's degrees."""
+needs and the checks of an inference plan's degrees."""
 
 from __future__ import annotations
 
@@ -55,11 +55,3 @@ def check(job: Job, name: str) -> None:
     if p.precision == "fp32":
         raise unsupported(name, "fp32 serving in this emitter", "solve with --range precision=bf16,fp8")
 
-
-def node_lines(job: Job) -> list[str]:
-    """Multi-node: the first node's address and this node's rank, asked of the user."""
-    if job.nodes == 1:
-        return []
-    return [f"# Run this on each of the {job.nodes} nodes with NODE_RANK = 0 .. {job.nodes - 1} (0 on MASTER_ADDR).",
-            ': "${MASTER_ADDR:?set MASTER_ADDR to the address of the node with NODE_RANK 0}"',
-            ': "${NODE_RANK:?set NODE_RANK to the index of this node}"']

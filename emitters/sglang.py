@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from emitters.environment import command, nccl_environment, script
 from emitters.job import Job, unsupported
-from emitters.serving import PORT, check, dtype, memory_fraction, model_lines, node_lines
+from emitters.serving import PORT, check, dtype, memory_fraction, model_lines
+from emitters.torchrun import node_rank_lines
 
 TARGET = "sglang"
 NAME = "SGLang"
@@ -40,5 +41,5 @@ def arguments(job: Job) -> list[str]:
 
 def emit(job: Job) -> dict[str, str]:
     words = ["python3", "-m", "sglang.launch_server", "--model-path=$MODEL", *arguments(job)]
-    body = model_lines(job) + node_lines(job) + ["exec " + command(words)]
+    body = model_lines(job) + node_rank_lines(job) + ["exec " + command(words)]
     return {"serve.sh": script(job.summary, nccl_environment(job.cluster), body)}

@@ -39,6 +39,16 @@ def rendezvous_lines(job: Job) -> list[str]:
             f'MASTER_PORT="${{MASTER_PORT:-{job.master_port}}}"', ""]
 
 
+def node_rank_lines(job: Job) -> list[str]:
+    """Multi-node launchers run once per node with its rank: shell lines asking for the first node's address
+    and this node's rank (none on one node)."""
+    if job.nodes == 1:
+        return []
+    return [f"# Run this on each of the {job.nodes} nodes with NODE_RANK = 0 .. {job.nodes - 1} (0 on MASTER_ADDR).",
+            ': "${MASTER_ADDR:?set MASTER_ADDR to the address of the node with NODE_RANK 0}"',
+            ': "${NODE_RANK:?set NODE_RANK to the index of this node}"']
+
+
 def plan_file(job: Job) -> str:
     """The layout for the training script: the plan's fields plus the batch arithmetic."""
     data = {"plan": job.plan.model_dump(mode="json"), "workload": job.workload.model_dump(mode="json"),

@@ -164,10 +164,10 @@ def plan_config(job: Job) -> str:
 
 
 def emit(job: Job) -> dict[str, str]:
-    words = torchrun_words(job) + ["-m", "torchtitan.train", "--module", "plan_config", "--config", "plan",
-                                   *arguments(job), *job.script_args, subcommand(job)]
     if job.script:
         raise unsupported(NAME, "another training script", "it runs its own trainer (-m torchtitan.train)")
+    words = torchrun_words(job) + ["-m", "torchtitan.train", "--module", "plan_config", "--config", "plan",
+                                   *arguments(job), *job.script_args, subcommand(job)]
     body = ["# plan_config.py sits beside this script; torchtitan imports it by module name.",
             HERE, 'export PYTHONPATH="$HERE${PYTHONPATH:+:$PYTHONPATH}"',
             *rendezvous_lines(job), "exec " + command(words)]

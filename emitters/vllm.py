@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from emitters.environment import command, nccl_environment, script
 from emitters.job import Job, unsupported
-from emitters.serving import PORT, check, dtype, memory_fraction, model_lines, node_lines
+from emitters.serving import PORT, check, dtype, memory_fraction, model_lines
+from emitters.torchrun import node_rank_lines
 
 TARGET = "vllm"
 NAME = "vLLM"
@@ -62,7 +63,7 @@ def node_arguments(job: Job) -> list[str]:
 
 def emit(job: Job) -> dict[str, str]:
     words = ["vllm", "serve", "$MODEL", *arguments(job)]
-    body = model_lines(job) + node_lines(job)
+    body = model_lines(job) + node_rank_lines(job)
     if job.nodes > 1:
         body += ["HEADLESS=()", "if (( NODE_RANK > 0 )); then HEADLESS=(--headless); fi  # the API server runs on node 0",
                  ""]

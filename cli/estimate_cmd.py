@@ -1,24 +1,32 @@
 """`plan estimate`: memory and step time of a plan the user already runs (or considers), with the rules it
-breaks. Exit 0 when the plan is valid and fits, 1 when it breaks a rule (it is still priced), 2 on bad input
-and for plans the cost model cannot price (`constraints.PlanError`, e.g. fp8 on a GPU without it).
+breaks and, with ``--tokens``, the time and cost to train on a token budget. Exit 0 when the plan is valid
+and fits, 1 when it breaks a rule (it is still priced where the hardware can run it at all: fp8 on a GPU
+without fp8 is not), 2 on bad input.
 
-``--json`` prints ``{"plan", "workload", "estimate", "violations"}``: the resolved `constraints.Plan` and
-`constraints.Workload`, the `constraints.Estimate` and the `constraints.Violation` list of `check`.
+``--json`` prints the `constraints.Assessment` (``plan``, ``workload``, ``gpus``, ``estimate``,
+``violations``, ``budget``). Also the plan flags, sizing and rendering that `plan validate` shares.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from cli.format import gib, table
-from cli.options import MODEL_OPTIONS, TARGET_OPTIONS, WORKLOAD_OPTIONS, build_workload, load_efficiency, with_options
+from cli.format import bad, gib, good, heading, quiet, side_by_side, table
+from cli.options import (
+    MODEL_OPTIONS,
+    TARGET_OPTIONS,
+    WORKLOAD_OPTIONS,
+    build_workload,
+    load_efficiency,
+    load_target_cluster,
+    with_options,
+)
 
 if TYPE_CHECKING:
-    from constraints import Estimate, Plan, Violation, Workload
+    from constraints import Assessment, Budget, Estimate, Plan, Workload
     from hardware import ClusterSpec
     from models import ModelSpec
 
@@ -64,67 +72,106 @@ PLAN_OPTIONS = [
 ]
 
 
+BUDGET_OPTIONS = [
+    click.option("--tokens", type=click.FloatRange(min=0, min_open=True),
+                 help="Training token budget (e.g. 1e12): adds the time and cost to train on it."),
+    click.option("--price", "price_per_gpu_hour", type=click.FloatRange(min=0, min_open=True),
+                 help="USD per GPU-hour for the cost [default: the median on-demand offer in hardware/data/prices.json]."),
+]
+
+
 @click.command()
 @with_options(TARGET_OPTIONS)
 @click.option("--plan", "plan_file", type=click.Path(dir_okay=False, path_type=Path),
-              help="A plan file (JSON/YAML of Plan fields); flags override its fields.")
+              help="A plan file: JSON/YAML of Plan fields, or a saved `plan solve --json`; flags override its fields.")
 @with_options(PLAN_OPTIONS)
 @with_options(WORKLOAD_OPTIONS)
 @click.option("--global-batch", type=click.IntRange(min=1),
               help="Sequences per optimizer step (serving: sequences at once) [default: dp·micro-batch·4·pp].")
+@with_options(BUDGET_OPTIONS)
 @with_options(MODEL_OPTIONS)
-@click.option("--json", "as_json", is_flag=True, help="Print plan, workload, estimate and violations as JSON.")
-def estimate(model_ref: str, cluster_ref: str, nodes: int | None, gpus: int | None, plan_file: Path | None,
-             kind: str, seq_len: int, global_batch: int | None, dropout: float, train_mtp: bool,
-             efficiency_file: Path | None, allow_cross_domain: bool, as_json: bool, **plan_fields: Any) -> None:
-    """Memory and step time of a plan, with the rules it breaks.
+@click.option("--json", "as_json", is_flag=True, help="Print the constraints.Assessment as JSON.")
+def estimate(model_ref: str, cluster_ref: str | None, nodes: int | None, gpus: int | None, plan_file: Path | None,
+             kind: str, seq_len: int, global_batch: int | None, dropout: float, train_mtp: bool, tokens: float | None,
+             price_per_gpu_hour: float | None, efficiency_file: Path | None, allow_cross_domain: bool, as_json: bool,
+             **plan_fields: Any) -> None:
+    """Memory and step time of a plan, with the rules it breaks; with --tokens, the time and cost to
+    train on a token budget. Exit 1 when the plan breaks a rule (it is still priced).
 
     \b
     Examples:
       plan estimate --model llama-3.1-70b --cluster dgx-h100 --nodes 8 --tp 8 --pp 2 --sequence-parallel --sharding zero1
+      plan estimate -m llama-3.1-70b -c dgx-h100 --nodes 64 --tp 8 --pp 4 --seq-len 8192 --tokens 15e12 --price 2.5
       plan estimate -m mixtral-8x7b -c dgx-h100 --nodes 2 --tp 2 --ep 8 --etp 1 --sequence-parallel --json
       plan estimate -m llama-3.1-8b -c dgx-h100 --nodes 1 --kind inference --seq-len 8192 --global-batch 64 --tp 8
     """
-    from constraints import check
-    from constraints import estimate as estimate_plan
-    from hardware import load_cluster
     from models import load_model
 
     model = load_model(model_ref)
-    cluster = load_cluster(cluster_ref, nodes=nodes, gpus=gpus)
-    plan = build_plan(plan_file, plan_fields, cluster.total_gpus)
-    default_batch = plan.dp * plan.micro_batch_size * (4 * plan.pp if plan.pp > 1 else 1)
+    fields = plan_fields_from(plan_file, plan_fields)
+    cluster = load_target_cluster(cluster_ref, nodes, gpus, given_world_size(fields))
+    plan = build_plan(fields, cluster.total_gpus)
     workload = build_workload(kind=kind, seq_len=seq_len, dropout=dropout, train_mtp=train_mtp,
-                              global_batch_size=global_batch or default_batch)
-    efficiency = load_efficiency(efficiency_file)
-    violations = check(model, cluster, plan, workload, allow_cross_domain=allow_cross_domain, efficiency=efficiency)
-    result = estimate_plan(model, cluster, plan, workload, efficiency=efficiency)
+                              global_batch_size=global_batch or default_global_batch(plan))
+    report = assess_plan(model, cluster, plan, workload, tokens=tokens, price_per_gpu_hour=price_per_gpu_hour,
+                         efficiency_file=efficiency_file, allow_cross_domain=allow_cross_domain)
     if as_json:
-        click.echo(json.dumps({
-            "plan": plan.model_dump(mode="json"), "workload": workload.model_dump(mode="json"),
-            "estimate": result.model_dump(mode="json"), "violations": [v.model_dump(mode="json") for v in violations],
-        }, indent=2))
+        click.echo(report.model_dump_json(indent=2))
     else:
-        click.echo(render(model, cluster, plan, workload, result, violations))
-    if violations:
+        click.echo(render(model, cluster, report))
+    if report.violations:
         raise SystemExit(1)
 
 
-def build_plan(plan_file: Path | None, flags: dict[str, Any], gpus: int) -> Plan:
-    """A `Plan` from a plan file and flags (flags win); dp defaults to what the other degrees leave."""
-    from pydantic import ValidationError
+def default_global_batch(plan: Plan) -> int:
+    """Sequences per step when none is given: one micro-batch per replica, 4·pp of them with a pipeline
+    (Megatron's rule of thumb: at least 4 micro-batches per stage keep the 1F1B bubble under 20%)."""
+    return plan.dp * plan.micro_batch_size * (4 * plan.pp if plan.pp > 1 else 1)
 
-    from constraints import Plan, PlanError
+
+def assess_plan(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workload, *, tokens: float | None,
+                price_per_gpu_hour: float | None, efficiency_file: Path | None, allow_cross_domain: bool) -> Assessment:
+    from constraints import assess
+
+    return assess(model, cluster, plan, workload, tokens=tokens, price_per_gpu_hour=price_per_gpu_hour,
+                  allow_cross_domain=allow_cross_domain, efficiency=load_efficiency(efficiency_file))
+
+
+def plan_fields_from(plan_file: Path | None, flags: dict[str, Any]) -> dict[str, Any]:
+    """`Plan` fields from a plan file (Plan fields, or a saved solution's ``plan``) and flags (flags win)."""
+    from constraints import PlanError
     from plan_common.files import read_mapping
-    from plan_common.validation import describe_validation_error
 
     fields: dict[str, Any] = read_mapping(plan_file, PlanError, "Plan fields") if plan_file else {}
+    if isinstance(fields.get("plan"), dict) and "estimate" in fields:  # a `plan solve --json` output
+        fields = dict(fields["plan"])
     given = {name: value for name, value in flags.items() if value is not None}
     if "layers_per_stage" in given:
         given["layers_per_stage"] = parse_stages(given["layers_per_stage"])
     if "recompute_modules" in given:
         given["recompute_modules"] = tuple(m.strip() for m in given["recompute_modules"].split(",") if m.strip())
-    fields |= given
+    return fields | given
+
+
+def given_world_size(fields: dict[str, Any]) -> int | None:
+    """tp·pp·dp·cp when dp is given (the plan then says how many GPUs it runs on), else None."""
+    if not isinstance(fields.get("dp"), int):
+        return None
+    size = 1
+    for name in ("tp", "pp", "dp", "cp"):
+        value = fields.get(name, 1)
+        size *= value if isinstance(value, int) and value > 0 else 1
+    return size
+
+
+def build_plan(fields: dict[str, Any], gpus: int) -> Plan:
+    """A `Plan` from its fields; dp defaults to what the other degrees leave of the ``gpus``."""
+    from pydantic import ValidationError
+
+    from constraints import Plan, PlanError
+    from plan_common.validation import describe_validation_error
+
+    fields = dict(fields)
     if fields.get("dp") is None:
         others = 1
         for name in ("tp", "pp", "cp"):
@@ -161,7 +208,7 @@ def describe_plan(plan: Plan) -> str:
     parts.append(f"micro-batch {plan.micro_batch_size}")
     if plan.sequence_parallel:
         parts.append("sequence parallel")
-    parts.append(plan.sharding if plan.sharding != "hsdp" else f"hsdp/{plan.hsdp_shard_size}")
+    parts.append({"none": "no sharding", "hsdp": f"hsdp/{plan.hsdp_shard_size}"}.get(plan.sharding, plan.sharding))
     parts.append(f"recompute {plan.recompute}" + (f" ({plan.recompute_layers} layers)" if plan.recompute_layers else "")
                  + (f" ({', '.join(plan.recompute_modules)})" if plan.recompute_modules else ""))
     parts.append(f"{plan.precision}{'' if plan.master_weights else ' (no master weights)'}")
@@ -170,39 +217,61 @@ def describe_plan(plan: Plan) -> str:
     return ", ".join(p for p in parts if p)
 
 
-def render(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workload, est: Estimate,
-           violations: list[Violation]) -> str:
-    mem, t = est.memory, est.time
+def memory_table(est: Estimate) -> str:
+    mem = est.memory
+    where = f"stage {mem.stage}" if mem.stage or est.memory.in_flight_microbatches > 1 else "every GPU"
+    rows = [
+        ("weights", gib(mem.weights)), ("gradients", gib(mem.gradients)),
+        ("optimizer + master weights", gib(mem.optimizer)), ("activations", gib(mem.activations)),
+        ("KV cache", gib(mem.kv_cache)), ("runtime (CUDA, NCCL, frag.)", gib(mem.overhead)),
+        ("total", gib(mem.total) if est.fits else bad(gib(mem.total))), ("GPU memory", gib(mem.usable)),
+    ]
+    return table([f"memory per GPU ({where})", ""], rows, right=(1,))
+
+
+def time_table(est: Estimate) -> str:
+    t, step = est.time, est.step_time_s
+    parts = [("compute (incl. recompute)", t.compute), ("TP comm (exposed)", t.tp_comm),
+             ("CP comm (exposed)", t.cp_comm), ("expert all-to-all (exposed)", t.ep_comm),
+             ("DP / FSDP comm (exposed)", t.dp_comm), ("pipeline sends", t.pp_comm),
+             ("pipeline bubble", t.bubble), ("optimizer update", t.optimizer)]
+    rows = [(name, f"{value:.3f}", f"{100 * value / step:.1f}%") for name, value in parts if value > 0]
+    rows.append(("step", f"{step:.3f}", "100.0%"))
+    return table(["time per step", "seconds", "share"], rows, right=(1, 2))
+
+
+def render_budget(budget: Budget) -> str:
+    days = budget.time_s / 86400
+    cost = f"${budget.usd:,.0f} at ${budget.price_per_gpu_hour:.2f} per GPU-hour ({budget.price_basis})" \
+        if budget.usd is not None else f"no price ({budget.price_basis}: --price)"
+    rows = [("tokens", f"{budget.tokens:.3g}"), ("optimizer steps", f"{budget.steps:,}"),
+            ("wall time", f"{days:,.1f} days ({budget.time_s / 3600:,.0f} h)"),
+            ("GPU-hours", f"{budget.gpu_hours:,.0f}"), ("cost", cost)]
+    return table(["training to the token budget", ""], rows)
+
+
+def render(model: ModelSpec, cluster: ClusterSpec, report: Assessment) -> str:
+    plan, workload, est, violations = report.plan, report.workload, report.estimate, report.violations
     micro = max(workload.global_batch_size // (plan.dp * plan.micro_batch_size), 1)
     lines = [
-        f"{model.display_name or model.name} on {cluster.num_nodes} x {cluster.node.name} ({cluster.total_gpus} GPUs)",
-        f"plan: {describe_plan(plan)}",
+        f"{model.display_name or model.name} on {cluster.total_gpus} GPUs: {cluster.num_nodes} x {cluster.node.name}",
+        heading(f"plan: {describe_plan(plan)}"),
         f"workload: {workload.kind}, {workload.seq_len} tokens x {workload.global_batch_size} sequences"
         + (f" ({micro} micro-batches per pipeline per step)" if workload.training else ""),
         "",
     ]
-    where = f"stage {mem.stage} of {plan.pp}" if plan.pp > 1 else "every GPU"
-    memory_rows = [
-        ("weights", gib(mem.weights)), ("gradients", gib(mem.gradients)),
-        ("optimizer states + master weights", gib(mem.optimizer)), ("activations", gib(mem.activations)),
-        ("KV cache", gib(mem.kv_cache)), ("runtime (CUDA context, NCCL, fragmentation)", gib(mem.overhead)),
-        ("total", gib(mem.total)), ("GPU memory", gib(mem.usable)),
-    ]
-    lines.append(table([f"memory per GPU ({where})", ""], memory_rows, right=(1,)))
-    lines.append(f"fits: {'yes' if est.fits else 'NO'}")
-    lines.append("")
-    step = est.step_time_s
-    parts = [("compute (incl. recompute)", t.compute), ("tensor-parallel comm (exposed)", t.tp_comm),
-             ("context-parallel comm (exposed)", t.cp_comm), ("expert all-to-all (exposed)", t.ep_comm),
-             ("data-parallel / FSDP comm (exposed)", t.dp_comm), ("pipeline sends", t.pp_comm),
-             ("pipeline bubble", t.bubble), ("optimizer update", t.optimizer)]
-    rows = [(name, f"{value:.3f}", f"{100 * value / step:.1f}%") for name, value in parts if value > 0]
-    rows.append(("step", f"{step:.3f}", "100.0%"))
-    lines.append(table(["time per step", "seconds", "share"], rows, right=(1, 2)))
-    lines.append(f"throughput: {est.tokens_per_s:,.0f} tokens/s, {est.model_tflops_per_gpu:.0f} model TFLOP/s per GPU, "
-                 f"MFU {100 * est.mfu:.1f}% (model FLOPs, recompute excluded, over the {plan.precision} dense peak)")
-    lines += ["", "notes:"] + [f"  - {note}" for note in est.notes]
+    if est is not None:
+        lines.append(side_by_side(memory_table(est), time_table(est)))
+        lines.append(f"fits: {good('yes') if est.fits else bad('NO')}")
+        lines.append(f"throughput: {est.tokens_per_s:,.0f} tokens/s, {est.model_tflops_per_gpu:.0f} model TFLOP/s per GPU, "
+                     f"MFU {100 * est.mfu:.1f}% (model FLOPs, recompute excluded, over the {plan.precision} dense peak)")
+        if report.budget is not None:
+            lines += ["", render_budget(report.budget)]
+        if not quiet():
+            lines += ["", "notes:"] + [f"  - {note}" for note in est.notes]
+    else:
+        lines.append(bad("not priced: the plan cannot run on this hardware (below)"))
     if violations:
-        lines += ["", "rules broken:"]
+        lines += ["", bad("rules broken:")]
         lines += [f"  - {v.rule}: {v.message}. Fix: {v.fix}." for v in violations]
     return "\n".join(lines)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+import click
 
 
 def count(n: float) -> str:
@@ -27,12 +31,68 @@ def flops(n: float) -> str:
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]], right: Sequence[int] = ()) -> str:
-    """Columns aligned to their widest cell; columns listed in ``right`` are right-aligned."""
+    """Columns aligned to their widest cell (styled cells measured without their colour codes); columns
+    listed in ``right`` are right-aligned."""
     cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    widths = [max(len(click.unstyle(r[i])) for r in cells) for i in range(len(headers))]
+
+    def pad(cell: str, width: int, align_right: bool) -> str:
+        fill = " " * (width - len(click.unstyle(cell)))
+        return fill + cell if align_right else cell + fill
 
     def line(row: list[str]) -> str:
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip()
+        return "  ".join(pad(c, w, i in right) for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip()
 
-    rule = "  ".join("-" * w for w in widths)
+    rule = "  ".join("-" * w for w in widths).rstrip()
     return "\n".join([line(cells[0]), rule] + [line(r) for r in cells[1:]])
+
+
+def side_by_side(left: str, right: str, gap: int = 4) -> str:
+    """Two blocks of lines next to each other (the memory and the time breakdown, say)."""
+    a, b = left.splitlines(), right.splitlines()
+    width = max((len(click.unstyle(line)) for line in a), default=0) + gap
+    rows = []
+    for i in range(max(len(a), len(b))):
+        line = a[i] if i < len(a) else ""
+        pad = " " * (width - len(click.unstyle(line)))
+        rows.append((line + pad + (b[i] if i < len(b) else "")).rstrip())
+    return "\n".join(rows)
+
+
+# -- terminal behaviour ------------------------------------------------------------------------------------
+# click.echo drops ANSI styles when the stream is not a terminal (and when `plan --no-color` or NO_COLOR
+# is set: `cli.main` turns the context's colour off), so styled text is safe to pipe.
+
+def heading(text: str) -> str:
+    return click.style(text, bold=True)
+
+
+def good(text: str) -> str:
+    return click.style(text, fg="green")
+
+
+def bad(text: str) -> str:
+    return click.style(text, fg="red", bold=True)
+
+
+def quiet() -> bool:
+    """``--quiet``: only the result, no notes, explanations or progress."""
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx and ctx.meta.get("plan.quiet"))
+
+
+@contextmanager
+def progress(label: str) -> Iterator[Callable[[str], None] | None]:
+    """A status line on stderr that rewrites itself, for searches that can take over a second, erased at
+    the end; None (no reporting) when stderr is not a terminal or under ``--quiet``."""
+    if quiet() or not sys.stderr.isatty():
+        yield None
+        return
+
+    def report(status: str) -> None:
+        click.echo("\r\033[K" + (f"{label}: {status}" if status else ""), nl=False, err=True, color=True)  # a terminal
+
+    try:
+        yield report
+    finally:
+        report("")

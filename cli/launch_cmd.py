@@ -11,26 +11,31 @@ from typing import Any
 
 import click
 
+from cli.format import quiet
 from cli.options import MODEL_OPTIONS, WORKLOAD_OPTIONS, with_options
-from cli.solve_cmd import SEARCH_OPTIONS, build_inputs, parse_objective, report_infeasible, search_arguments
+from cli.solve_cmd import PIN_FLAGS, SEARCH_OPTIONS, build_inputs, parse_objective, report_infeasible, search_arguments
 
 SOURCE_OPTIONS = [
     click.option("--model", "-m", "model_ref", help="Preset name or alias, a config.json or its folder, or a HF repo id."),
-    click.option("--cluster", "-c", "cluster_ref", help="Cluster preset or a cluster file."),
+    click.option("--cluster", "-c", "cluster_ref",
+                 help="Cluster preset or a cluster file [default: dgx-h100, said on stderr]."),
     click.option("--nodes", type=click.IntRange(min=1), help="Number of nodes [default: the cluster's]."),
-    click.option("--gpus", type=click.IntRange(min=1), help="Total GPUs (instead of --nodes)."),
+    click.option("--gpus", type=click.IntRange(min=1),
+                 help="Total GPUs: whole nodes, or part of one node; with --nodes, spread evenly over them."),
     click.option("--solution", "solution_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
                  help="A saved `plan solve --json` (instead of --model/--cluster: no search is run)."),
     click.option("--objective", "-o", default="throughput", show_default=True, help="As in `plan solve`."),
 ]
 LAUNCH_OPTIONS = [
-    click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
-                 help="Directory for the files (created if missing)."),
+    click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+                 help="Directory for the files (created if missing) [default: print them]."),
     click.option("--script", help="The training script the launcher runs [default: the target's: train.py, "
                  "pretrain_gpt.py for megatron; torchtitan runs its own trainer]."),
     click.option("--script-arg", "script_args", multiple=True, help="An argument for the script (repeatable)."),
     click.option("--master-port", type=click.IntRange(1024, 65535), default=29500, show_default=True),
     click.option("--job-name", default="plan", show_default=True),
+    click.option("--json", "as_json", is_flag=True,
+                 help='Print {"target", "solution" (solver.Solution), "files" ({name: content})} as JSON.'),
 ]
 SLURM_OPTIONS = [
     click.option("--time", "slurm_time", default="24:00:00", show_default=True, help="SLURM --time ([days-]HH:MM:SS)."),
@@ -39,7 +44,7 @@ SLURM_OPTIONS = [
 ]
 
 
-def _solution(target: str, options: dict[str, Any]):
+def _solution(target: str, options: dict[str, Any], as_json: bool):
     """The solution to emit: read from --solution, or solved inside the target's constraints."""
     from emitters import constraints, list_targets
     from solver import Infeasible, Solution, SolverInputError, solve
@@ -48,16 +53,18 @@ def _solution(target: str, options: dict[str, Any]):
     if solution_file is not None:
         if options["model_ref"] or options["cluster_ref"]:
             raise SolverInputError("give either --solution or --model/--cluster, not both")
+        if any(options.get(name) is not None for name in PIN_FLAGS) or options["fix"] or options["ranges"]:
+            raise SolverInputError("--solution is already solved: drop --tp/--pp/--dp/--cp/--ep, --fix and --range")
         try:
             return Solution.model_validate_json(solution_file.read_text())
         except ValueError as err:
             raise SolverInputError(f"{solution_file}: not a `plan solve --json` output ({str(err).splitlines()[0]})") from None
-    if not options["model_ref"] or not options["cluster_ref"]:
-        raise SolverInputError("give --model and --cluster (or --solution FILE)")
-    model, cluster, workload = build_inputs(options["model_ref"], options["cluster_ref"], options["nodes"], options["gpus"],
-                                       options["kind"], options["seq_len"], options["dropout"], options["train_mtp"],
-                                       options["global_batch"])
+    if not options["model_ref"]:
+        raise SolverInputError("give --model (and --cluster), or --solution FILE")
     search = search_arguments(options)
+    model, cluster, workload = build_inputs(options["model_ref"], options["cluster_ref"], options["nodes"], options["gpus"],
+                                            options["kind"], options["seq_len"], options["dropout"], options["train_mtp"],
+                                            options["global_batch"], search["fixed"])
     limits = constraints(target)
     for name, value in search["fixed"].items():
         needed = limits.get("fixed", {}).get(name, value)
@@ -70,14 +77,17 @@ def _solution(target: str, options: dict[str, Any]):
     try:
         return solve(model, cluster, workload, objective=parse_objective(options["objective"]), **search)
     except Infeasible as err:
-        report_infeasible(err, False)
+        report_infeasible(err, as_json)
 
 
 def _write(target: str, options: dict[str, Any]) -> None:
+    import json
+
     from emitters import EmitError, emit
     from solver.explain import describe
 
-    solution = _solution(target, options)
+    as_json = options.pop("as_json")
+    solution = _solution(target, options, as_json)
     emit_options = {"script": options["script"], "script_args": options["script_args"],
                     "master_port": options["master_port"], "job_name": options["job_name"]}
     slurm = {"time_limit": options.get("slurm_time"), "partition": options.get("partition"), "account": options.get("account")}
@@ -87,21 +97,29 @@ def _write(target: str, options: dict[str, Any]) -> None:
     except EmitError as err:
         click.echo(f"error: {err}", err=True)
         raise SystemExit(2) from None
-    out: Path = options["out_dir"]
-    out.mkdir(parents=True, exist_ok=True)
-    for name, content in files.items():
-        path = out / name
-        path.write_text(content)
-        if content.startswith("#!"):
-            path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    out: Path | None = options["out_dir"]
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, content in files.items():
+            path = out / name
+            path.write_text(content)
+            if content.startswith("#!"):
+                path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    if as_json:
+        click.echo(json.dumps({"target": target, "solution": solution.model_dump(mode="json"), "files": files}, indent=2))
+        return
     click.echo(f"{target}: {describe(solution.plan)} on {solution.gpus} GPUs "
                f"({'proved optimal' if solution.optimal else 'not proved optimal'})")
-    for name in files:
-        click.echo(f"  wrote {out / name}")
+    if out is not None:
+        click.echo("\n".join(f"  wrote {out / name}" for name in files))
+        return
+    for name, content in files.items():
+        click.echo(f"\n==> {name} <==  (--out DIR writes the files)\n{content.rstrip()}")
 
 
 @click.command()
-@click.option("--target", "-t", required=True, help="torchrun, deepspeed or slurm (see `emitters.list_targets`).")
+@click.option("--target", "-t", help="accelerate, deepspeed, megatron, sglang, slurm, torchrun, torchtitan or vllm "
+                                     "[default: torchrun, said on stderr].")
 @with_options(SOURCE_OPTIONS)
 @with_options(WORKLOAD_OPTIONS)
 @with_options(SEARCH_OPTIONS)
@@ -113,11 +131,16 @@ def launch(target: str, **options: Any) -> None:
     \b
     Examples:
       plan launch --model llama-3.1-70b --cluster dgx-h100 --nodes 2 --target deepspeed --out run/
+      plan launch --model llama-3.1-8b --nodes 2 --gpus 4 --tp 2 --pp 2 --dp 1
       plan solve -m llama-3.1-8b -c dgx-h100 --nodes 1 --json > plan.json
       plan launch --solution plan.json --target torchrun --out run/ --script train.py --script-arg --lr=3e-4
     """
     from emitters import EmitError, list_targets
 
+    if target is None:
+        target = "torchrun"
+        if not quiet():
+            click.echo("note: no --target given: writing torchrun files (choose with --target)", err=True)
     if target not in list_targets():
         raise EmitError(f"unknown target {target!r}; use one of {', '.join(list_targets())}")
     _write(target, options)

@@ -10,14 +10,19 @@ import click
 
 if TYPE_CHECKING:
     from constraints import Efficiency, Workload
+    from hardware import ClusterSpec
 
 TARGET_OPTIONS = [
     click.option("--model", "-m", "model_ref", required=True,
                  help="Preset name or alias (see `plan presets`), a config.json or its folder, or a HF repo id."),
-    click.option("--cluster", "-c", "cluster_ref", required=True, help="Cluster preset (see `plan presets`) or a cluster file."),
+    click.option("--cluster", "-c", "cluster_ref",
+                 help="Cluster preset (see `plan presets`) or a cluster file [default: dgx-h100, said on stderr]."),
     click.option("--nodes", type=click.IntRange(min=1), help="Number of nodes [default: the cluster's]."),
-    click.option("--gpus", type=click.IntRange(min=1), help="Total GPUs (instead of --nodes)."),
+    click.option("--gpus", type=click.IntRange(min=1),
+                 help="Total GPUs: whole nodes, or part of one node; with --nodes, spread evenly over them."),
 ]
+DEFAULT_CLUSTER = "dgx-h100"
+"""The cluster a command uses without ``--cluster``: one DGX H100 node (the quick start's hardware)."""
 WORKLOAD_OPTIONS = [
     click.option("--kind", type=click.Choice(["pretrain", "finetune", "inference"]), default="pretrain", show_default=True),
     click.option("--seq-len", type=click.IntRange(min=1), default=4096, show_default=True, help="Tokens per sequence."),
@@ -38,6 +43,25 @@ def with_options(options: list):
             command = option(command)
         return command
     return decorate
+
+
+def load_target_cluster(cluster_ref: str | None, nodes: int | None, gpus: int | None,
+                        plan_gpus: int | None = None) -> ClusterSpec:
+    """The cluster of ``--cluster`` (default `DEFAULT_CLUSTER`, announced on stderr so that it is never
+    silent), sized by ``--nodes`` / ``--gpus``, else by ``plan_gpus`` (the GPUs a fully given plan runs
+    on), else the preset's own size."""
+    from cli.format import quiet
+    from hardware import load_cluster
+
+    if nodes is None and gpus is None:
+        gpus = plan_gpus
+    if cluster_ref is None:
+        cluster = load_cluster(DEFAULT_CLUSTER, nodes=nodes, gpus=gpus)
+        if not quiet():
+            click.echo(f"note: no --cluster given: using {DEFAULT_CLUSTER} ({cluster.num_nodes} x {cluster.node.name}, "
+                       f"{cluster.total_gpus} x {cluster.gpu.name})", err=True)
+        return cluster
+    return load_cluster(cluster_ref, nodes=nodes, gpus=gpus)
 
 
 def build_workload(**fields: Any) -> Workload:

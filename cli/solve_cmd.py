@@ -18,8 +18,16 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from cli.format import gib, table
-from cli.options import MODEL_OPTIONS, TARGET_OPTIONS, WORKLOAD_OPTIONS, build_workload, load_efficiency, with_options
+from cli.format import bad, gib, good, heading, progress, quiet, side_by_side, table
+from cli.options import (
+    MODEL_OPTIONS,
+    TARGET_OPTIONS,
+    WORKLOAD_OPTIONS,
+    build_workload,
+    load_efficiency,
+    load_target_cluster,
+    with_options,
+)
 
 if TYPE_CHECKING:
     from constraints import Workload
@@ -32,8 +40,16 @@ DEFAULT_BATCH_TOKENS = 2**22
 pre-training batch (Llama 3 Herd of Models, §3.4.1: "an initial batch size of 4M tokens and sequences of
 length 4,096")."""
 TRUE, FALSE = ("true", "yes", "on"), ("false", "no", "off")
+PIN_FLAGS = ("tp", "pp", "dp", "cp", "ep")
+"""Degrees with a flag of their own (``--tp 8`` = ``--fix tp=8``)."""
 
 SEARCH_OPTIONS = [
+    click.option("--tp", type=click.IntRange(min=1), help="Pin the tensor-parallel degree (= --fix tp=N)."),
+    click.option("--pp", type=click.IntRange(min=1), help="Pin the pipeline-parallel degree."),
+    click.option("--dp", type=click.IntRange(min=1),
+                 help="Pin the data-parallel degree (without --nodes/--gpus the cluster is sized to tp·pp·dp·cp)."),
+    click.option("--cp", type=click.IntRange(min=1), help="Pin the context-parallel degree."),
+    click.option("--ep", type=click.IntRange(min=1), help="Pin the expert-parallel degree."),
     click.option("--fix", "fix", multiple=True, metavar="NAME=VALUE",
                  help="Pin a plan field, e.g. tp=8, sharding=zero1, recompute=full (repeatable)."),
     click.option("--range", "ranges", multiple=True, metavar="NAME=LOW:HIGH|A,B,..",
@@ -83,11 +99,13 @@ def solve(model_ref: str, cluster_ref: str, nodes: int | None, gpus: int | None,
     from solver import Infeasible
     from solver import solve as solve_plan
 
+    arguments = search_arguments(search)
     model, cluster, workload = build_inputs(model_ref, cluster_ref, nodes, gpus, kind, seq_len, dropout, train_mtp,
-                                       search.pop("global_batch"))
+                                            search["global_batch"], arguments["fixed"])
     try:
-        found = solve_plan(model, cluster, workload, objective=parse_objective(objective), tolerance=tolerance,
-                           top_k=top_k, **search_arguments(search))
+        with progress("solve") as report:
+            found = solve_plan(model, cluster, workload, objective=parse_objective(objective), tolerance=tolerance,
+                               top_k=top_k, progress=report, **arguments)
     except Infeasible as err:
         report_infeasible(err, as_json)
     if as_json:
@@ -116,11 +134,13 @@ def pareto(model_ref: str, cluster_ref: str, nodes: int | None, gpus: int | None
     from solver import Infeasible
     from solver import pareto as pareto_plans
 
+    arguments = search_arguments(search)
     model, cluster, workload = build_inputs(model_ref, cluster_ref, nodes, gpus, kind, seq_len, dropout, train_mtp,
-                                       search.pop("global_batch"))
+                                            search["global_batch"], arguments["fixed"])
     names = [name.strip() for name in objectives.split(",") if name.strip()]
     try:
-        front = pareto_plans(model, cluster, workload, objectives=names, **search_arguments(search))
+        with progress("pareto") as report:
+            front = pareto_plans(model, cluster, workload, objectives=names, progress=report, **arguments)
     except Infeasible as err:
         report_infeasible(err, as_json)
     if as_json:
@@ -131,28 +151,50 @@ def pareto(model_ref: str, cluster_ref: str, nodes: int | None, gpus: int | None
 
 # -- parsing --------------------------------------------------------------------------------------------
 
-def build_inputs(model_ref: str, cluster_ref: str, nodes: int | None, gpus: int | None, kind: str, seq_len: int,
-            dropout: float, train_mtp: bool, global_batch: int | None) -> tuple[ModelSpec, ClusterSpec, Workload]:
-    from hardware import load_cluster
+def build_inputs(model_ref: str, cluster_ref: str | None, nodes: int | None, gpus: int | None, kind: str, seq_len: int,
+                 dropout: float, train_mtp: bool, global_batch: int | None,
+                 fixed: dict[str, Any]) -> tuple[ModelSpec, ClusterSpec, Workload]:
+    """Model, cluster and workload of a search. Without --nodes/--gpus, a pinned dp sizes the cluster to
+    tp·pp·dp·cp GPUs (unpinned degrees count 1)."""
     from models import load_model
+
+    model = load_model(model_ref)
+    plan_gpus = None
+    if isinstance(fixed.get("dp"), int):
+        plan_gpus = 1
+        for name in ("tp", "pp", "dp", "cp"):
+            value = fixed.get(name, 1)
+            plan_gpus *= value if isinstance(value, int) and value > 0 else 1
+    cluster = load_target_cluster(cluster_ref, nodes, gpus, plan_gpus)
+    workload = build_workload(kind=kind, seq_len=seq_len, dropout=dropout, train_mtp=train_mtp,
+                              global_batch_size=search_batch(kind, seq_len, global_batch))
+    return model, cluster, workload
+
+
+def search_batch(kind: str, seq_len: int, global_batch: int | None) -> int:
+    """``--global-batch``, or for training `DEFAULT_BATCH_TOKENS` worth of sequences; serving must say."""
     from solver import SolverInputError
 
-    if global_batch is None:
-        if kind == "inference":
-            raise SolverInputError("--global-batch is required for --kind inference: how many sequences are served at once?")
-        global_batch = max(DEFAULT_BATCH_TOKENS // seq_len, 1)
-    model = load_model(model_ref)
-    cluster = load_cluster(cluster_ref, nodes=nodes, gpus=gpus)
-    workload = build_workload(kind=kind, seq_len=seq_len, dropout=dropout, train_mtp=train_mtp,
-                              global_batch_size=global_batch)
-    return model, cluster, workload
+    if global_batch is not None:
+        return global_batch
+    if kind == "inference":
+        raise SolverInputError("--global-batch is required for --kind inference: how many sequences are served at once?")
+    return max(DEFAULT_BATCH_TOKENS // seq_len, 1)
 
 
 def search_arguments(options: dict[str, Any]) -> dict[str, Any]:
     """The keyword arguments of `solver.solve` / `solver.pareto` from the shared search options."""
+    from solver import SolverInputError
+
     counts = options["node_counts"]
+    fixed = parse_assignments(options["fix"], "--fix", ranged=False)
+    for name in PIN_FLAGS:
+        if options.get(name) is not None:
+            if name in fixed:
+                raise SolverInputError(f"--{name} and --fix {name}= both pin {name}: give one")
+            fixed[name] = options[name]
     return {
-        "fixed": parse_assignments(options["fix"], "--fix", ranged=False),
+        "fixed": fixed,
         "ranges": parse_assignments(options["ranges"], "--range", ranged=True),
         "allow_uneven_stages": not options["even_stages"],
         "allow_cross_domain": options["allow_cross_domain"],
@@ -274,11 +316,11 @@ def _cost(values: dict[str, float]) -> str:
 
 
 def render_solution(model: ModelSpec, cluster: ClusterSpec, workload: Workload, found: Solution, objective: str) -> str:
-    from cli.estimate_cmd import describe_plan
+    from cli.estimate_cmd import describe_plan, memory_table, time_table
     from solver.explain import describe
 
     est, values = found.estimate, found.objective
-    proof = "proved optimal by CP-SAT" if found.optimal else "best found within the time limit, NOT proved optimal"
+    proof = good("proved optimal by CP-SAT") if found.optimal else bad("best found within the time limit, NOT proved optimal")
     rows = [
         ("GPUs", f"{found.gpus}"),
         ("throughput", f"{values['tokens_per_s']:,.0f} tokens/s, MFU {100 * est.mfu:.1f}%"),
@@ -290,7 +332,10 @@ def render_solution(model: ModelSpec, cluster: ClusterSpec, workload: Workload, 
     ]
     lines = [_header(model, cluster, workload, found.search.gpu_counts),
              f"objective {objective}: {proof} in {found.solve_time_s:.2f} s", "",
-             f"plan: {describe_plan(found.plan)}", "", table(["", "value"], rows), "", "why:"]
+             heading(f"plan: {describe_plan(found.plan)}"), "", table(["", "value"], rows)]
+    if quiet():
+        return "\n".join(lines)
+    lines += ["", side_by_side(memory_table(est), time_table(est)), "", "why:"]
     lines += [f"  - {line}" for line in found.explanation]
     if found.alternatives:
         alt_rows = [(i + 1, describe(a.plan), f"{a.objective['tokens_per_s']:,.0f}", f"{a.objective['step_time_s']:.3f}",

@@ -3,12 +3,18 @@ divisibility / compatibility rules a plan must satisfy, each named and explained
 
 - `estimate(model, cluster, plan, workload) -> Estimate`: memory and time of one plan, with notes.
 - `check(model, cluster, plan, workload) -> list[Violation]`: every rule the plan breaks, with its fix.
+- `assess(model, cluster, plan, workload, tokens=...) -> Assessment`: estimate, violations and the
+  time and cost to train on a token budget (`Budget`), as `plan estimate` / `plan validate` print them.
+- `compare_sharding(model, cluster, plan, workload) -> ShardingComparison`: DDP, ZeRO-1/2/3, FSDP, HSDP
+  on one plan, with a recommendation.
+- `describe_topology(cluster) -> TopologyReport`: bandwidth tiers and collective costs by group size.
 - `evaluate(model, cluster, workload, plans) -> Evaluation`: the same cost model over arrays of plans
   (numpy), for the solver and the oracle; `estimate` is `evaluate` on a batch of one.
 - `Efficiency` and `RuntimeAllowance`: the named, overridable factors (``data/*.json``).
 """
 
 from constraints.arrays import PlanArrays
+from constraints.assess import Assessment, Budget, assess, training_budget
 from constraints.check import check
 from constraints.efficiency import Efficiency
 from constraints.errors import PlanError
@@ -17,8 +23,11 @@ from constraints.evaluate import Evaluation, evaluate
 from constraints.plan import Plan, Workload
 from constraints.rules import Violation, structural_violations
 from constraints.runtime import RuntimeAllowance
+from constraints.sharding import ShardingComparison, ShardingOption, compare_sharding
+from constraints.topology import GroupCost, Tier, TopologyReport, describe_topology
 
 __all__ = [
-    "Efficiency", "Estimate", "Evaluation", "MemoryBreakdown", "Plan", "PlanArrays", "PlanError", "RuntimeAllowance",
-    "TimeBreakdown", "Violation", "Workload", "check", "estimate", "evaluate", "structural_violations",
+    "Assessment", "Budget", "Efficiency", "Estimate", "Evaluation", "GroupCost", "MemoryBreakdown", "Plan", "PlanArrays", "PlanError", "RuntimeAllowance",
+    "ShardingComparison", "ShardingOption", "Tier", "TimeBreakdown", "TopologyReport", "Violation", "Workload", "assess", "check", "compare_sharding", "describe_topology", "estimate", "evaluate", "structural_violations",
+    "training_budget",
 ]

@@ -26,6 +26,13 @@ from constraints.efficiency import Efficiency
 from hardware import ClusterSpec
 
 
+def ring_bytes(nbytes: np.ndarray, size: np.ndarray) -> np.ndarray:
+    """Bytes each rank sends in a ring reduce-scatter or all-gather of ``nbytes`` over ``size`` ranks:
+    (n−1)/n · M — the same total for the hierarchical ring, (n₁−1)/n₁·M + (n₂−1)/n₂·M/n₁ = (n−1)/n·M."""
+    size_f = np.maximum(np.asarray(size, dtype=float), 1.0)
+    return (size_f - 1) / size_f * nbytes
+
+
 @dataclass(frozen=True)
 class Fabric:
     domain: int

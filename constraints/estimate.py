@@ -65,6 +65,8 @@ class Estimate(_Frozen):
     tokens_per_s: float
     model_tflops_per_gpu: float
     mfu: float
+    dp_comm_bytes: float
+    """Bytes one GPU sends per step in data-parallel and sharding collectives (`StepTimes.dp_bytes`)."""
     notes: tuple[str, ...]
 
 
@@ -102,6 +104,7 @@ def estimate(
         tokens_per_s=float(e.tokens_per_s[0]),
         model_tflops_per_gpu=float(e.model_tflops_per_gpu[0]),
         mfu=float(e.mfu[0]),
+        dp_comm_bytes=float(t.dp_bytes[0]),
         notes=tuple(_notes(model, cluster, plan, workload, e, arrays, memory, time)),
     )
 

@@ -46,7 +46,7 @@ import numpy as np
 
 from constraints.activations import activation_bytes
 from constraints.arrays import PlanArrays, code
-from constraints.collectives import Fabric
+from constraints.collectives import Fabric, ring_bytes
 from constraints.compute import LayerTimes
 from constraints.efficiency import Efficiency
 from constraints.memory import micro_batches, recomputed_share
@@ -77,6 +77,11 @@ class StepTimes:
     bubble: np.ndarray
     optimizer: np.ndarray
     critical_stage: np.ndarray
+    dp_bytes: np.ndarray
+    """Bytes one GPU of the busiest stage sends per step in data-parallel and sharding collectives (ring
+    volumes, `collectives.ring_bytes`: the all-reduce of gradients counts twice, ZeRO-3/FSDP gather the
+    weights forward and backward and reduce-scatter the gradients every micro-batch — Rajbhandari et al.
+    2020 §7: 2Ψ for DDP and ZeRO-1/2, 3Ψ for ZeRO-3, per micro-batch for the latter)."""
 
 
 def _hidden(comm: np.ndarray, cover: np.ndarray, fraction: float, enabled: np.ndarray | bool) -> np.ndarray:
@@ -174,6 +179,12 @@ def step_times(
         fetch_backward = np.zeros_like(forward)
     dp_per_microbatch = (_hidden(fetch_forward, forward, eff.overlap["dp"], col(p.param_gather_overlap) > 0)
                          + _hidden(fetch_backward, backward, eff.overlap["dp"], col(p.grad_reduce_overlap) > 0))
+    # the same collectives as bytes sent per GPU
+    gather_bytes = ring_bytes(weights[0], shard[0][0]) + ring_bytes(weights[1], shard[1][0])
+    replica_bytes = 2 * (ring_bytes(grads[0] / shard[0][0], replicas[0]) + ring_bytes(grads[1] / shard[1][0], replicas[1]))
+    sharded_bytes = 2 * gather_bytes + ring_bytes(grads[0], shard[0][0]) + ring_bytes(grads[1], shard[1][0]) + replica_bytes
+    dp_scatter_bytes = ring_bytes(grads[0], dp_groups[0][0]) + ring_bytes(grads[1], dp_groups[1][0])
+    bytes_per_microbatch = np.where(gathered, sharded_bytes, 0.0) + np.where(zero2, dp_scatter_bytes, 0.0)
 
     compute = forward + backward + recompute
     per_microbatch = compute + tp_exposed + cp_exposed + ep_comm + pp_comm + dp_per_microbatch
@@ -207,8 +218,13 @@ def step_times(
         pick_once = lambda a: np.take_along_axis(np.broadcast_to(a, once.shape), once_stage[:, None], axis=1)[:, 0]  # noqa: E731
         dp_once = pick_once(dp_exposed + gather_exposed)
         optimizer = pick_once(update)
+        weight_gather_bytes = ring_bytes(weights[0], dp_groups[0][0]) + ring_bytes(weights[1], dp_groups[1][0])
+        once_bytes = (np.select([unsharded, zero1], [2 * dp_scatter_bytes, dp_scatter_bytes], default=0.0)
+                      + np.where(zero1 | zero2, weight_gather_bytes, 0.0))
+        step_bytes = col(micro_batches(p, w).astype(float)) * bytes_per_microbatch + once_bytes
+        dp_bytes = np.where(layout.valid, step_bytes, 0.0).max(axis=1)
     else:
-        dp_once = optimizer = np.zeros(len(p))
+        dp_once = optimizer = dp_bytes = np.zeros(len(p))
 
     step = pipeline + dp_once + optimizer
     return StepTimes(
@@ -222,4 +238,5 @@ def step_times(
         bubble=pipeline - m * t_max,
         optimizer=optimizer,
         critical_stage=np.take_along_axis(layout.index, critical[:, None], axis=1)[:, 0],
+        dp_bytes=dp_bytes,
     )

@@ -15,8 +15,13 @@ parallelism, selective or partial recompute, fp8 (Transformer Engine, in the mod
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
+from constraints import Violation
 from emitters.environment import HERE, command, nccl_environment, script
+from emitters.errors import EmitError
 from emitters.job import Job, unsupported
 from emitters.torchrun import SCRIPT, rendezvous_lines, script_words
 
@@ -101,3 +106,134 @@ def emit(job: Job) -> dict[str, str]:
                  ': "${HOSTFILE:?set HOSTFILE to the DeepSpeed hostfile}"', *rendezvous_lines(job)]
     body.append("exec " + command(launcher_words(job)))
     return {"ds_config.json": json.dumps(ds, indent=2) + "\n", "launch.sh": script(job.summary, nccl_environment(job.cluster), body)}
+
+
+# -- reading a user's ds_config.json (the inverse of `config`) ------------------------------------------------
+
+READ_OPTIMIZERS = {"adamw": "adamw", "adam": "adamw", "fusedadam": "adamw", "cpuadam": "adamw", "lion": "lion",
+                   "fusedlion": "lion", "cpulion": "lion"}
+"""DeepSpeed optimizer types (case-insensitive) and the `Plan` optimizer they are; DeepSpeed's Adam applies
+decoupled weight decay by default (``adam_w_mode``), so Adam is AdamW here."""
+OFFLOAD_DEVICES = ("none", "cpu", "nvme")
+
+
+@dataclass(frozen=True)
+class ReadConfig:
+    """What a ``ds_config.json`` says about a plan: the `Plan` fields it determines, the global batch in
+    sequences (None when it cannot be derived), the rules it breaks (`constraints.Violation`) and what the
+    reader assumed or left out."""
+
+    plan_fields: dict[str, Any]
+    global_batch_size: int | None
+    findings: tuple[Violation, ...]
+    notes: tuple[str, ...]
+
+
+def _section(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = data.get(key, {})
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise EmitError(f"DeepSpeed config: {key} must be an object, got {type(value).__name__}")
+    return value
+
+
+def _count(data: Mapping[str, Any], key: str, path: str, notes: list[str]) -> int | None:
+    """A positive integer, None when absent or "auto" (HF Trainer fills those in)."""
+    value = data.get(key)
+    if value is None:
+        return None
+    if value == "auto":
+        notes.append(f'{path} is "auto" (the HF Trainer fills it in): taken from the other batch values or the flags')
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise EmitError(f"DeepSpeed config: {path} must be a positive integer (or \"auto\"), got {value!r}")
+    return value
+
+
+def _batch(train: int | None, micro: int | None, accumulation: int | None, dp: int) -> tuple[int | None, int | None, int | None]:
+    """DeepSpeed 0.19's `DeepSpeedConfig._set_batch_related_parameters`: any two of the triple give the
+    third (integer division, as DeepSpeed does); one alone means no accumulation."""
+    if train is not None and micro is not None and accumulation is None:
+        accumulation = train // micro // dp
+    elif train is not None and accumulation is not None and micro is None:
+        micro = train // dp // accumulation
+    elif micro is not None and accumulation is not None and train is None:
+        train = micro * accumulation * dp
+    elif train is not None and micro is None:
+        accumulation, micro = 1, train // dp
+    elif micro is not None and train is None:
+        train, accumulation = micro * dp, 1
+    return train, micro, accumulation
+
+
+def _offload(zero: Mapping[str, Any], key: str) -> bool:
+    device = _section(zero, key).get("device", "none")
+    if device not in OFFLOAD_DEVICES:
+        raise EmitError(f"DeepSpeed config: zero_optimization.{key}.device must be one of "
+                        f"{', '.join(OFFLOAD_DEVICES)}, got {device!r}")
+    return device != "none"
+
+
+def read_config(data: Mapping[str, Any], world_size: int) -> ReadConfig:
+    """The plan a ``ds_config.json`` runs on ``world_size`` GPUs (keys of DeepSpeed's config documentation:
+    the batch triple, ``zero_optimization`` with ``stage``, ``overlap_comm``, ``zero_hpz_partition_size``,
+    ``offload_optimizer`` / ``offload_param``; ``bf16`` / ``fp16``; ``optimizer.type``;
+    ``tensor_parallel.autotp_size``; ``activation_checkpointing``). DeepSpeed's data-parallel size — what
+    ZeRO shards over and the batch counts — is world_size / autotp_size."""
+    notes: list[str] = []
+    tp = _section(data, "tensor_parallel").get("autotp_size", 1)
+    if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1 or world_size % tp:
+        raise EmitError(f"DeepSpeed config: tensor_parallel.autotp_size must be a positive integer dividing the "
+                        f"{world_size} GPUs, got {tp!r}")
+    dp = world_size // tp
+    fields: dict[str, Any] = {"tp": tp, "dp": dp, "pp": 1, "cp": 1, "master_weights": True}
+
+    zero = _section(data, "zero_optimization")
+    stage = zero.get("stage", 0)
+    if stage not in STAGES.values() or isinstance(stage, bool):
+        raise EmitError(f"DeepSpeed config: zero_optimization.stage must be 0, 1, 2 or 3, got {stage!r}")
+    hpz = zero.get("zero_hpz_partition_size", 1)
+    if stage == 3 and isinstance(hpz, int) and hpz > 1:
+        fields |= {"sharding": "hsdp", "hsdp_shard_size": hpz}
+    else:
+        fields["sharding"] = {0: "none", 1: "zero1", 2: "zero2", 3: "zero3"}[stage]
+    if "overlap_comm" in zero:
+        fields["grad_reduce_overlap"] = bool(zero["overlap_comm"])
+    fields["offload"] = "params" if _offload(zero, "offload_param") else "optimizer" if _offload(zero, "offload_optimizer") else "none"
+    if "nvme" in (_section(zero, "offload_param").get("device"), _section(zero, "offload_optimizer").get("device")):
+        notes.append("NVMe offload is modelled as CPU offload (its bandwidth is lower)")
+
+    enabled = [p for p in ("bf16", "fp16") if _section(data, p).get("enabled") in (True, "auto")]
+    if len(enabled) == 2:
+        raise EmitError("DeepSpeed config: bf16.enabled and fp16.enabled are both true; DeepSpeed allows one")
+    fields["precision"] = enabled[0] if enabled else "fp32"
+
+    optimizer = _section(data, "optimizer").get("type")
+    if isinstance(optimizer, str) and optimizer.lower() in READ_OPTIMIZERS:
+        fields["optimizer"] = READ_OPTIMIZERS[optimizer.lower()]
+    elif optimizer is not None:
+        notes.append(f"optimizer.type {optimizer!r} is not modelled: priced as AdamW (give --optimizer)")
+    if "activation_checkpointing" in data:
+        fields["recompute"] = "full"
+        notes.append("activation_checkpointing present: full recompute assumed (DeepSpeed applies it only where "
+                     "the model calls deepspeed.checkpointing or enables its own checkpointing)")
+
+    given = (_count(data, "train_batch_size", "train_batch_size", notes),
+             _count(data, "train_micro_batch_size_per_gpu", "train_micro_batch_size_per_gpu", notes),
+             _count(data, "gradient_accumulation_steps", "gradient_accumulation_steps", notes))
+    train, micro, accumulation = _batch(*given, dp)
+    findings = []
+    if train is not None and micro is not None and accumulation is not None:
+        if micro < 1 or accumulation < 1 or train != micro * accumulation * dp:
+            findings.append(Violation(
+                rule="deepspeed_batch",
+                message=(f"train_batch_size {train} != train_micro_batch_size_per_gpu {micro} x "
+                         f"gradient_accumulation_steps {accumulation} x data-parallel size {dp}; DeepSpeed rejects it"),
+                fix=f"set train_batch_size to {max(micro, 1) * max(accumulation, 1) * dp} (or drop one of the three "
+                    "and let DeepSpeed derive it)"))
+        fields["micro_batch_size"] = max(micro, 1)
+    else:
+        notes.append("the batch is not fixed by the config: give --global-batch and --micro-batch")
+    return ReadConfig(plan_fields=fields, global_batch_size=train if train and train > 0 else None,
+                      findings=tuple(findings), notes=tuple(notes))

@@ -54,28 +54,61 @@ def _fields_from_dict(data: dict[str, Any]) -> dict[str, Any]:
     return _merge(fields, data)
 
 
+def _positive(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise HardwareError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _partial_node(fields: dict[str, Any], used: int, per_node: int, what: str) -> dict[str, Any]:
+    """The cluster when a job uses ``used`` of each node's ``per_node`` GPUs (e.g. 4 GPUs of a DGX): each
+    used GPU keeps its own NIC rail and NUMA placement (the first ``used`` GPUs, as CUDA_VISIBLE_DEVICES=0..k-1
+    selects), and an NVLink domain spanning several nodes (NVL72) keeps its node count."""
+    node = dict(fields["node"])
+    domain = fields.get("nvlink_domain_size")
+    if isinstance(domain, int) and domain >= per_node:
+        if domain % per_node:
+            raise HardwareError(f"{what}: cannot use {used} of {per_node} GPUs per node with an NVLink domain of {domain}")
+        domain = domain // per_node * used
+    elif isinstance(domain, int) and used % domain:
+        raise HardwareError(f"{what}: {used} GPUs per node would split its NVLink groups of {domain}; use a multiple of {domain}")
+    nics = node.get("nics_per_node")
+    if isinstance(nics, int) and nics:
+        node["nics_per_node"] = max(nics * used // per_node, 1)
+    if isinstance(node.get("gpu_numa_nodes"), (list, tuple)):
+        node["gpu_numa_nodes"] = list(node["gpu_numa_nodes"])[:used]
+    node["gpus_per_node"] = used
+    node["name"] = f"{node.get('name', 'node')} ({used} of {per_node} GPUs)"
+    return {**fields, "node": node, "nvlink_domain_size": domain}
+
+
 def _resize(fields: dict[str, Any], nodes: int | None, gpus: int | None, what: str) -> dict[str, Any]:
-    if nodes is not None and gpus is not None:
-        raise HardwareError("give either nodes or gpus, not both")
+    """Size the cluster: ``nodes`` whole nodes; ``gpus`` in total (whole nodes, or one partly used node when
+    fewer than a node's GPUs); both: ``gpus`` spread evenly over ``nodes`` nodes."""
+    if nodes is None and gpus is None:
+        return fields
     if nodes is not None:
-        if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
-            raise HardwareError(f"nodes must be a positive integer, got {nodes!r}")
+        _positive(nodes, "nodes")
+    if gpus is None:
         return {**fields, "num_nodes": nodes}
-    if gpus is not None:
-        if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
-            raise HardwareError(f"gpus must be a positive integer, got {gpus!r}")
-        node = fields.get("node")
-        per_node = node.get("gpus_per_node") if isinstance(node, dict) else None
-        if isinstance(per_node, bool) or not isinstance(per_node, int) or per_node < 1:
-            raise HardwareError(f"{what}: cannot size by GPU count without an integer node.gpus_per_node")
+    _positive(gpus, "gpus")
+    node = fields.get("node")
+    per_node = node.get("gpus_per_node") if isinstance(node, dict) else None
+    if isinstance(per_node, bool) or not isinstance(per_node, int) or per_node < 1:
+        raise HardwareError(f"{what}: cannot size by GPU count without an integer node.gpus_per_node")
+    if nodes is None:
+        if gpus < per_node:
+            return _partial_node({**fields, "num_nodes": 1}, gpus, per_node, what)
         if gpus % per_node:
             lower, upper = gpus // per_node * per_node, (gpus // per_node + 1) * per_node
-            options = f"{lower} or {upper}" if lower else f"{upper}"
-            raise HardwareError(
-                f"gpus={gpus} is not a multiple of the {per_node} GPUs per node of {what}; use {options}"
-            )
+            raise HardwareError(f"gpus={gpus} is not a multiple of the {per_node} GPUs per node of {what}; use {lower} "
+                                f"or {upper}, or give nodes too to spread them evenly")
         return {**fields, "num_nodes": gpus // per_node}
-    return fields
+    if gpus % nodes or gpus // nodes > per_node:
+        raise HardwareError(f"gpus={gpus} cannot be spread evenly over {nodes} nodes of {per_node} GPUs each; give a "
+                            f"multiple of {nodes} up to {nodes * per_node}")
+    sized = {**fields, "num_nodes": nodes}
+    return sized if gpus == nodes * per_node else _partial_node(sized, gpus // nodes, per_node, what)
 
 
 def load_cluster(
@@ -84,7 +117,9 @@ def load_cluster(
     nodes: int | None = None,
     gpus: int | None = None,
 ) -> ClusterSpec:
-    """Resolve ``ref`` (see the module docstring) and size it by ``nodes`` or total ``gpus``."""
+    """Resolve ``ref`` (see the module docstring) and size it: ``nodes`` whole nodes, or ``gpus`` in total
+    (a multiple of the GPUs per node, or fewer than one node's: a partly used node), or both (``gpus``
+    spread evenly over ``nodes`` nodes, e.g. nodes=2, gpus=4 uses 2 GPUs of each)."""
     if isinstance(ref, ClusterSpec):
         fields, what = ref.model_dump(), f"cluster {ref.name}"
     elif isinstance(ref, dict):

@@ -2,6 +2,7 @@
 
 - `solve(model, cluster, workload, objective=..., fixed=..., ranges=...) -> Solution`
 - `pareto(model, cluster, workload, objectives=(...)) -> list[Solution]`
+- `compare(models, clusters, workload) -> list[Comparison]`: the best plan of every pair, side by side
 - `Infeasible` (the conflicting constraints and the changes that would help), `SolverInputError`.
 `Plan` and `Workload` are re-exported from `constraints`. The search modules (and OR-Tools) load on first
 use, so catching the error types costs a command nothing.
@@ -12,7 +13,8 @@ from importlib import import_module
 from solver.errors import Infeasible, SolverInputError
 
 _LAZY = {"solve": "solver.search", "pareto": "solver.search", "Solution": "solver.solution",
-         "Alternative": "solver.solution", "SearchStats": "solver.solution", "OBJECTIVES": "solver.objectives",
+         "Alternative": "solver.solution", "SearchStats": "solver.solution",
+         "compare": "solver.comparison", "Comparison": "solver.comparison", "InfeasibleCell": "solver.comparison", "OBJECTIVES": "solver.objectives",
          "Plan": "constraints", "Workload": "constraints"}
 
 
@@ -22,5 +24,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'solver' has no attribute {name!r}")
 
 
-__all__ = ["OBJECTIVES", "Alternative", "Infeasible", "Plan", "SearchStats", "Solution", "SolverInputError",
-           "Workload", "pareto", "solve"]
+__all__ = ["OBJECTIVES", "Alternative", "Comparison", "Infeasible", "InfeasibleCell", "Plan", "SearchStats", "Solution", "SolverInputError",
+           "Workload", "compare", "pareto", "solve"]

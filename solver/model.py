@@ -9,7 +9,7 @@ as a bound before the next, and a final stage on a unique tie rank picks exactly
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,7 +73,7 @@ def lexicographic(selection: Selection, stages: Sequence[tuple[np.ndarray, float
 
 
 def frontier(rows: int, objectives: Sequence[np.ndarray], tie_rank: np.ndarray, allowed: np.ndarray,
-             time_limit_s: float) -> list[tuple[int, bool]]:
+             time_limit_s: float, progress: Callable[[str], None] | None = None) -> list[tuple[int, bool]]:
     """Pareto set over 2 or 3 integer columns by ε-constraint sweeps: with the last column bounded by each
     of its levels (3 objectives), repeatedly minimise the first, then the second with the first held,
     and bound the second below the point found. Returns (row, proved) per non-dominated point."""
@@ -96,6 +96,9 @@ def frontier(rows: int, objectives: Sequence[np.ndarray], tie_rank: np.ndarray, 
                 break
             points[best.row] = points.get(best.row, True) and best.proved
             bound_second = int(second[best.row]) - 1
+            if progress is not None:
+                where = f", slice {levels.index(level) + 1} of {len(levels)}" if level is not None else ""
+                progress(f"{len(points)} Pareto points{where}")
     chosen = np.array(sorted(points), dtype=np.int64)
     matrix = np.stack([c[chosen] for c in objectives], axis=1)
     keep = [i for i in range(len(chosen))

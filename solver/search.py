@@ -14,7 +14,7 @@ default powers of two up to the cluster's nodes, and its own size). An empty fea
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -34,6 +34,8 @@ from solver.solution import Alternative, SearchStats, Solution
 from solver.space import SearchSpace
 
 Objective = str | Sequence[str] | Mapping[str, float]
+Progress = Callable[[str], None]
+"""Called with a short status line as a long search advances (the CLI shows it on a terminal)."""
 
 
 def _parse_objective(objective: Objective) -> tuple[list[str], dict[str, float] | None]:
@@ -62,7 +64,8 @@ class _Search:
     def __init__(self, model: ModelSpec, cluster: ClusterSpec, workload: Workload, names: list[str], *,
                  fixed: Mapping[str, Any] | None, ranges: Mapping[str, Any] | None, allow_uneven_stages: bool,
                  allow_cross_domain: bool, allow_partial_recompute: bool, price_per_gpu_hour: float | None, min_tokens_per_s: float | None,
-                 node_counts: Sequence[int] | None, efficiency: Efficiency | None, runtime: RuntimeAllowance | None):
+                 node_counts: Sequence[int] | None, efficiency: Efficiency | None, runtime: RuntimeAllowance | None,
+                 progress: Progress | None = None):
         if min_tokens_per_s is not None and not min_tokens_per_s > 0:
             raise SolverInputError(f"min_tokens_per_s must be > 0, got {min_tokens_per_s!r}")
         self.model, self.workload, self.target = model, workload, min_tokens_per_s
@@ -74,10 +77,14 @@ class _Search:
         self.price = gpu_hour_price(cluster, price_per_gpu_hour, required="cost" in names)
         sizes = self._node_counts(cluster, names, node_counts)
         self.clusters = {n * cluster.node.gpus_per_node: load_cluster(cluster, nodes=n) for n in sizes}
-        parts = [self.priced(replace(self.space, cluster=c)) for c in self.clusters.values()]
-        parts = [p for p in parts if p is not None]
+        parts = []
+        for gpus, sized in self.clusters.items():
+            part = self.priced(replace(self.space, cluster=sized))
+            if progress is not None:
+                progress(f"priced {0 if part is None else len(part):,} plans on {gpus} GPUs")
+            if part is not None:
+                parts.append(part)
         self.candidates = Candidates.concat(parts) if parts else None
-
 
     @staticmethod
     def _node_counts(cluster: ClusterSpec, names: list[str], given: Sequence[int] | None) -> list[int]:
@@ -139,13 +146,13 @@ def solve(model: ModelSpec, cluster: ClusterSpec, workload: Workload, *, objecti
           allow_uneven_stages: bool = True, allow_cross_domain: bool = False, allow_partial_recompute: bool = True,
           price_per_gpu_hour: float | None = None, min_tokens_per_s: float | None = None, node_counts: Sequence[int] | None = None, top_k: int = 0,
           efficiency: Efficiency | None = None, runtime: RuntimeAllowance | None = None,
-          time_limit_s: float = 30.0) -> Solution:
+          time_limit_s: float = 30.0, progress: Progress | None = None) -> Solution:
     """The optimal plan (module docstring). ``objective``: a name, a list (lexicographic; each earlier
     objective kept within ``tolerance`` of its optimum), or {name: weight} (weighted sum of each objective
     over its own optimum). ``fixed`` pins plan fields (e.g. {"tp": 8}); ``ranges`` lists or bounds their
     values (e.g. {"pp": (1, 8), "precision": ["bf16", "fp8"]}). ``min_tokens_per_s`` keeps only plans that
     reach that throughput (with ``gpus``: the fewest GPUs that meet it; without: the fewest that fit).
-    ``top_k`` adds that many runner-ups."""
+    ``top_k`` adds that many runner-ups. ``progress`` receives status lines as the search advances."""
     started = time.perf_counter()
     names, weights = _parse_objective(objective)
     if not 0 <= tolerance < 1:
@@ -155,7 +162,8 @@ def solve(model: ModelSpec, cluster: ClusterSpec, workload: Workload, *, objecti
     search = _Search(model, cluster, workload, names, fixed=fixed, ranges=ranges, allow_uneven_stages=allow_uneven_stages,
                      allow_cross_domain=allow_cross_domain, allow_partial_recompute=allow_partial_recompute,
                      price_per_gpu_hour=price_per_gpu_hour,
-                     min_tokens_per_s=min_tokens_per_s, node_counts=node_counts, efficiency=efficiency, runtime=runtime)
+                     min_tokens_per_s=min_tokens_per_s, node_counts=node_counts, efficiency=efficiency, runtime=runtime,
+                     progress=progress)
     cands, feasible, crit = search.solvable()
     picks: list[int] = []
     proved = True
@@ -224,9 +232,11 @@ def pareto(model: ModelSpec, cluster: ClusterSpec, workload: Workload, *,
            ranges: Mapping[str, Any] | None = None, allow_uneven_stages: bool = True, allow_cross_domain: bool = False,
            allow_partial_recompute: bool = True, price_per_gpu_hour: float | None = None, min_tokens_per_s: float | None = None,
            node_counts: Sequence[int] | None = None, efficiency: Efficiency | None = None,
-           runtime: RuntimeAllowance | None = None, time_limit_s: float = 30.0) -> list[Solution]:
+           runtime: RuntimeAllowance | None = None, time_limit_s: float = 30.0,
+           progress: Progress | None = None) -> list[Solution]:
     """The non-dominated plans over two or three ``objectives``, best first by the first objective; each
-    is CP-SAT's proved optimum of its ε-slice (``Solution.optimal``)."""
+    is CP-SAT's proved optimum of its ε-slice (``Solution.optimal``). ``progress`` receives status lines
+    (plans priced, points found) as the sweep advances."""
     started = time.perf_counter()
     names, weights = _parse_objective(list(objectives))
     if not 2 <= len(names) <= 3:
@@ -234,7 +244,8 @@ def pareto(model: ModelSpec, cluster: ClusterSpec, workload: Workload, *,
     search = _Search(model, cluster, workload, names, fixed=fixed, ranges=ranges, allow_uneven_stages=allow_uneven_stages,
                      allow_cross_domain=allow_cross_domain, allow_partial_recompute=allow_partial_recompute,
                      price_per_gpu_hour=price_per_gpu_hour,
-                     min_tokens_per_s=min_tokens_per_s, node_counts=node_counts, efficiency=efficiency, runtime=runtime)
+                     min_tokens_per_s=min_tokens_per_s, node_counts=node_counts, efficiency=efficiency, runtime=runtime,
+                     progress=progress)
     cands, feasible, crit = search.solvable()
     columns = [crit.column(n) for n in names]
     # reduce to the rows non-dominated in the asked objectives (exact for their Pareto set)
@@ -246,7 +257,7 @@ def pareto(model: ModelSpec, cluster: ClusterSpec, workload: Workload, *,
     rows = rows[first_fronts(fine, coarse, k=1)]
     ordered = sorted(range(len(names)), key=lambda i: len(set(columns[i][rows].tolist())), reverse=True)
     points = frontier(len(rows), [columns[i][rows] for i in ordered], crit.tie_rank(rows), np.ones(len(rows), bool),
-                      time_limit_s)
+                      time_limit_s, progress)
     usable = float(cands.evaluation.usable_memory)
     out = []
     for local, proved in sorted(points, key=lambda pr: tuple(columns[i][rows[pr[0]]] for i in range(len(names)))):

@@ -38,7 +38,7 @@ def test_table_shows_both_breakdowns_and_the_notes():
                  "--sequence-parallel", "--sharding", "zero1", "--recompute", "full")
     assert result.exit_code == 0, result.output
     out = result.output
-    for words in ("memory per GPU", "optimizer states + master weights", "activations", "fits: yes", "time per step",
+    for words in ("memory per GPU", "optimizer + master weights", "activations", "fits: yes", "time per step",
                   "Expert all-to-all", "MFU", "notes:", "dp 8"):
         assert words in out, words
 
@@ -75,10 +75,8 @@ def test_efficiency_overrides_change_the_time(tmp_path):
     ("args", "message"),
     [
         (["--tp", "3"], "tp·pp·cp = 3 does not divide the cluster's 8 GPUs"),
-        (["--precision", "fp8", "-c", "dgx-a100"], "no fp8 tensor cores"),
         (["--recompute-layers", "2"], "recompute_layers applies to recompute 'full' only"),
         (["--layers-per-stage", "3,x"], "comma-separated integers"),
-        (["--pp", "2", "--layers-per-stage", "10,10"], "layers_per_stage sums to 20"),
         (["--sharding", "hsdp"], "needs hsdp_shard_size"),
         (["--sharding", "zoro1"], "--sharding"),
         (["--nodes", "0"], "--nodes"),
@@ -90,6 +88,19 @@ def test_bad_input_exits_2_naming_the_problem(args, message):
     assert result.exit_code == 2, result.output
     assert isinstance(result.exception, SystemExit)
     assert message in result.stderr
+
+
+@pytest.mark.parametrize(("args", "rule", "message"), [
+    (["--precision", "fp8", "-c", "dgx-a100"], "precision_supported", "no fp8 tensor cores"),
+    (["--pp", "2", "--layers-per-stage", "10,10"], "layers_per_stage_sum", "layers_per_stage sums to 20"),
+])
+def test_a_plan_the_hardware_cannot_run_fails_unpriced(args, rule, message):
+    cluster = [] if "-c" in args else ["-c", "dgx-h100"]
+    result = run("estimate", "-m", "llama-3.1-8b", *cluster, *args)
+    assert result.exit_code == 1, result.output
+    assert "not priced" in result.output and message in result.output
+    data = json.loads(run("estimate", "-m", "llama-3.1-8b", *cluster, *args, "--json").output)
+    assert data["estimate"] is None and [v["rule"] for v in data["violations"]] == [rule]
 
 
 @pytest.mark.parametrize(("content", "message"), [

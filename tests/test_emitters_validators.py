@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import io
 import json
 import math
@@ -33,7 +32,7 @@ from tests.emitter_cases import (
     serving_cases,
     torchtitan_cases,
 )
-from tests.validators.shims import load_megatron, stub_triton
+from tests.validators.shims import deepspeed_config, load_megatron, stub_triton
 
 pytestmark = pytest.mark.validators
 ENV = {"MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500", "HOSTFILE": "/tmp/hostfile", "JOB_ID": "42",
@@ -63,31 +62,11 @@ def test_torch_parses_the_torchrun_command(target, case):
         assert config.rdzv_backend == "c10d" and config.rdzv_endpoint == "10.0.0.1:29500" and config.run_id == "42"
 
 
-class _FakeMPU:
-    """The data-parallel size DeepSpeed's batch rule uses (Megatron-style mpu interface)."""
-
-    def __init__(self, dp: int):
-        self.dp = dp
-
-    def get_data_parallel_world_size(self) -> int:
-        return self.dp
-
-
-def _deepspeed_config(data: dict, dp: int):
-    dsc = pytest.importorskip("deepspeed.runtime.config")
-    original = dsc.dist.get_rank
-    dsc.dist.get_rank = lambda *a, **k: 0  # no process group: DeepSpeed asks for the rank first
-    try:
-        return dsc.DeepSpeedConfig(copy.deepcopy(data), mpu=_FakeMPU(dp))
-    finally:
-        dsc.dist.get_rank = original
-
-
 @pytest.mark.parametrize("case", list(deepspeed_cases()))
 def test_deepspeed_accepts_the_config_and_the_launcher(case):
     solution = deepspeed_cases()[case]
     files = emit(solution, "deepspeed")
-    config = _deepspeed_config(json.loads(files["ds_config.json"]), solution.plan.dp)
+    config = deepspeed_config(json.loads(files["ds_config.json"]), solution.plan.dp)
     p = solution.plan
     assert config.train_batch_size == solution.workload.global_batch_size
     assert config.gradient_accumulation_steps * config.train_micro_batch_size_per_gpu * p.dp == config.train_batch_size
@@ -110,7 +89,7 @@ def test_deepspeed_catches_a_broken_batch():
     data = json.loads(emit(solution, "deepspeed")["ds_config.json"])
     data["train_batch_size"] += solution.plan.dp
     with pytest.raises(AssertionError):
-        _deepspeed_config(data, solution.plan.dp)
+        deepspeed_config(data, solution.plan.dp)
 
 
 def _all_scripts():
@@ -466,7 +445,7 @@ def test_plan_launch_deepspeed_output_passes_the_validators(tmp_path):
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "ds_config.json").read_text())
     dp = 16 // data.get("tensor_parallel", {}).get("autotp_size", 1)
-    config = _deepspeed_config(data, dp)
+    config = deepspeed_config(data, dp)
     assert config.train_batch_size == config.train_micro_batch_size_per_gpu * config.gradient_accumulation_steps * dp
     from deepspeed.launcher.runner import parse_args
 

@@ -74,11 +74,24 @@ def test_cluster_sizing():
     assert load_cluster("dgx-h100").node.nic_bandwidth_per_gpu == 50e9  # 400 Gb/s per GPU
 
 
+def test_partly_used_nodes_keep_each_gpus_links():
+    four = load_cluster("dgx-h100", gpus=4)  # 4 GPUs of one DGX
+    assert (four.num_nodes, four.total_gpus, four.nvlink_domain_gpus) == (1, 4, 4)
+    assert four.node.gpu_numa_nodes == (0, 0, 0, 0) and four.node.nic_bandwidth_per_gpu == 50e9
+    spread = load_cluster("dgx-h100", nodes=2, gpus=4)  # 2 GPUs of each of 2 nodes
+    assert (spread.num_nodes, spread.node.gpus_per_node, spread.nvlink_domain_size) == (2, 2, 2)
+    assert spread.node.nic_bandwidth_per_gpu == 50e9 and "2 of 8 GPUs" in spread.node.name
+    assert load_cluster("dgx-h100", nodes=2, gpus=16) == load_cluster("dgx-h100", nodes=2)
+    trays = load_cluster("gb200-nvl72", nodes=18, gpus=36)  # 2 of each tray's 4 GPUs: the rack is still one domain
+    assert trays.nvlink_domain_gpus == 36
+
+
 @pytest.mark.parametrize(
     ("call", "message"),
     [
         (lambda: load_cluster("dgx-h100", gpus=12), "not a multiple of the 8 GPUs per node.*use 8 or 16"),
-        (lambda: load_cluster("dgx-h100", nodes=2, gpus=16), "either nodes or gpus"),
+        (lambda: load_cluster("dgx-h100", nodes=2, gpus=5), "cannot be spread evenly over 2 nodes"),
+        (lambda: load_cluster("dgx-h100", nodes=2, gpus=32), "cannot be spread evenly over 2 nodes"),
         (lambda: load_cluster("dgx-h100", nodes=0), "nodes must be a positive integer"),
         (lambda: load_cluster("dgx-h10"), "did you mean.*dgx-h100"),
         (lambda: load_cluster("./missing.yaml"), "no such cluster file"),

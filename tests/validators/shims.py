@@ -6,6 +6,8 @@
 - `load_megatron(arch)`: megatron-core ≥ 0.17 ships ``megatron/training/arguments.py`` but only as a cp312
   wheel; `install.sh` unpacks it into ``.validators/megatron``. It uses ``typing.override`` (3.12) and asks
   the GPU's architecture and Transformer Engine's version, which are answered here for the target GPU.
+- `deepspeed_config(data, dp)`: DeepSpeed's own `DeepSpeedConfig` parse of a ds_config dict for a
+  data-parallel size, without a process group (a Megatron-style mpu answers the size).
 """
 
 from __future__ import annotations
@@ -108,3 +110,29 @@ def load_megatron(compute_capability: str):
     arguments.is_te_min_version = lambda *args, **kwargs: True
     torch.cuda.get_device_capability = lambda *args, **kwargs: (major, minor)
     return arguments
+
+
+class _DataParallelSize:
+    """The data-parallel size DeepSpeed's batch rule uses (Megatron-style mpu interface)."""
+
+    def __init__(self, dp: int):
+        self.dp = dp
+
+    def get_data_parallel_world_size(self) -> int:
+        return self.dp
+
+
+def deepspeed_config(data: dict, dp: int):
+    """`deepspeed.runtime.config.DeepSpeedConfig` of ``data`` at ``dp`` data-parallel ranks (skips the test
+    when DeepSpeed is not installed)."""
+    import copy
+
+    import pytest
+
+    dsc = pytest.importorskip("deepspeed.runtime.config")
+    original = dsc.dist.get_rank
+    dsc.dist.get_rank = lambda *a, **k: 0  # no process group: DeepSpeed asks for the rank first
+    try:
+        return dsc.DeepSpeedConfig(copy.deepcopy(data), mpu=_DataParallelSize(dp))
+    finally:
+        dsc.dist.get_rank = original

@@ -3,7 +3,9 @@
 - `emit(solution, target, **options) -> dict[filename, content]` (options: `emitters.job.OPTIONS`);
 - `list_targets()`; `constraints(target)`: the pins, ranges and switches that keep a search inside what the
   target can express (`plan launch` solves with them);
-- `EmitError` for a plan the framework cannot express, naming the framework and the dimension.
+- `EmitError` for a plan the framework cannot express, naming the framework and the dimension;
+- `read_config(data, world_size) -> ReadConfig`: a user's DeepSpeed JSON read back into `Plan` fields, the
+  global batch, findings and notes (`emitters.deepspeed`, loaded on first use).
 """
 
 from __future__ import annotations
@@ -42,4 +44,14 @@ def emit(solution, target: str, **options: Any) -> dict[str, str]:
     return module.emit(Job.from_solution(solution, **options))
 
 
-__all__ = ["EmitError", "constraints", "emit", "list_targets"]
+_READERS = {"ReadConfig": "deepspeed", "read_config": "deepspeed"}
+"""Names exported from a target's module, imported when first asked for."""
+
+
+def __getattr__(name: str) -> Any:
+    if name in _READERS:
+        return getattr(import_module(f"emitters.{_READERS[name]}"), name)
+    raise AttributeError(f"module 'emitters' has no attribute {name!r}")
+
+
+__all__ = ["EmitError", "ReadConfig", "constraints", "emit", "list_targets", "read_config"]

@@ -110,18 +110,43 @@ def emit(job: Job) -> dict[str, str]:
 
 # -- reading a user's ds_config.json (the inverse of `config`) ------------------------------------------------
 
-READ_OPTIMIZERS = {"adamw": "adamw", "adam": "adamw", "fusedadam": "adamw", "cpuadam": "adamw", "lion": "lion",
-                   "fusedlion": "lion", "cpulion": "lion"}
-"""DeepSpeed optimizer types (case-insensitive) and the `Plan` optimizer they are; DeepSpeed's Adam applies
-decoupled weight decay by default (``adam_w_mode``), so Adam is AdamW here."""
+DOCS = "https://www.deepspeed.ai/docs/config-json/"
+SHARDINGS = {0: "none", 1: "zero1", 2: "zero2", 3: "zero3"}
+"""``zero_optimization.stage`` → `Plan.sharding` (the inverse of `STAGES`; FSDP is written as ZeRO-3 and reads
+back as zero3, HSDP as ZeRO-3 with ``zero_hpz_partition_size`` > 1)."""
+READ_OPTIMIZERS = {name.lower(): optimizer for optimizer, name in OPTIMIZERS.items()} | {"adam": "adamw"}
+"""DeepSpeed's own ``optimizer.type`` values (matched case-insensitively, as `DeepSpeedConfig` does) and the
+`Plan` optimizer they are: DeepSpeed's Adam applies decoupled weight decay by default (``adam_w_mode``) and keeps
+the same two fp32 states as AdamW, so Adam is adamw here."""
 OFFLOAD_DEVICES = ("none", "cpu", "nvme")
+BATCH_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
+MODELLED_KEYS = frozenset({*BATCH_KEYS, "zero_optimization", "bf16", "bfloat16", "fp16", "torch_autocast", "optimizer",
+                           "tensor_parallel", "activation_checkpointing", "sequence_parallel_size"})
+NEUTRAL_KEYS = frozenset({
+    "scheduler", "gradient_clipping", "steps_per_print", "wall_clock_breakdown", "dump_state", "memory_breakdown",
+    "prescale_gradients", "gradient_predivide_factor", "gradient_allreduce_op", "zero_allow_untested_optimizer",
+    "zero_force_ds_cpu_optimizer", "tensorboard", "wandb", "csv_monitor", "comet", "flops_profiler", "comms_logger",
+    "checkpoint", "aio", "dataloader_drop_last", "log_level", "disable_python_gc"})
+"""Top-level keys that change neither the plan nor its cost (logging, learning-rate schedule, clipping,
+checkpointing, NVMe tuning); any other key the reader does not model is listed in a note."""
+REMOVED_KEYS = ("nebula", "compression_training", "amp", "quantize_training", "sparse_gradients", "eigenvalue",
+                "sparse_attention", "elasticity", "graph_harvesting", "curriculum_learning", "progressive_layer_drop")
+REMOVED_ZERO_KEYS = ("mics_shard_size", "mics_hierarchical_params_gather", "zeropp_loco_param")
+"""Keys DeepSpeed 0.19 refuses (`deepspeed.runtime.config._reject_removed_config_keys` raises
+DeepSpeedConfigError): features it removed."""
+UNMODELLED_ZERO_KEYS = ("zero_quantized_weights", "zero_quantized_nontrainable_weights", "zero_quantized_gradients",
+                        "zenflow")
+AUTO = "auto"  # the HF Trainer / Accelerate integration fills these in from its own arguments
 
 
 @dataclass(frozen=True)
 class ReadConfig:
-    """What a ``ds_config.json`` says about a plan: the `Plan` fields it determines, the global batch in
-    sequences (None when it cannot be derived), the rules it breaks (`constraints.Violation`) and what the
-    reader assumed or left out."""
+    """What a ``ds_config.json`` says about a plan.
+
+    ``plan_fields``: the `constraints.Plan` fields the config determines (a field it leaves open is absent);
+    ``global_batch_size``: sequences per optimizer step (train_batch_size, given or derived), None when the config
+    does not fix it; ``findings``: `constraints.Violation` for what DeepSpeed itself rejects or what makes the plan
+    inconsistent; ``notes``: what the reader assumed or left out ("auto" values, keys it does not model)."""
 
     plan_fields: dict[str, Any]
     global_batch_size: int | None
@@ -129,111 +154,272 @@ class ReadConfig:
     notes: tuple[str, ...]
 
 
-def _section(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
-    value = data.get(key, {})
+def _bad(path: str, allowed: str, value: Any) -> EmitError:
+    shown = repr(value)
+    return EmitError(f"DeepSpeed config: {path} must be {allowed}, got {shown if len(shown) <= 60 else shown[:57] + '...'}")
+
+
+def _section(data: Mapping[str, Any], key: str, path: str) -> Mapping[str, Any]:
+    """The object at ``key`` ({} when absent or null)."""
+    value = data.get(key)
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise EmitError(f"DeepSpeed config: {key} must be an object, got {type(value).__name__}")
+        raise _bad(path, "an object", value)
     return value
 
 
-def _count(data: Mapping[str, Any], key: str, path: str, notes: list[str]) -> int | None:
-    """A positive integer, None when absent or "auto" (HF Trainer fills those in)."""
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _count(data: Mapping[str, Any], key: str, notes: list[str]) -> int | None:
+    """A positive integer batch value; None when absent, null or "auto"."""
     value = data.get(key)
     if value is None:
         return None
-    if value == "auto":
-        notes.append(f'{path} is "auto" (the HF Trainer fills it in): taken from the other batch values or the flags')
+    if value == AUTO:
+        notes.append(f'{key} is "auto" (the HF Trainer / Accelerate fill it in): read as not given')
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise EmitError(f"DeepSpeed config: {path} must be a positive integer (or \"auto\"), got {value!r}")
+    if not _integer(value) or value < 1:
+        raise _bad(key, 'a positive integer (or "auto")', value)
     return value
 
 
-def _batch(train: int | None, micro: int | None, accumulation: int | None, dp: int) -> tuple[int | None, int | None, int | None]:
-    """DeepSpeed 0.19's `DeepSpeedConfig._set_batch_related_parameters`: any two of the triple give the
-    third (integer division, as DeepSpeed does); one alone means no accumulation."""
-    if train is not None and micro is not None and accumulation is None:
-        accumulation = train // micro // dp
-    elif train is not None and accumulation is not None and micro is None:
-        micro = train // dp // accumulation
-    elif micro is not None and accumulation is not None and train is None:
-        train = micro * accumulation * dp
-    elif train is not None and micro is None:
-        accumulation, micro = 1, train // dp
-    elif micro is not None and train is None:
-        train, accumulation = micro * dp, 1
-    return train, micro, accumulation
+def _batch(train: int | None, micro: int | None, accumulation: int | None,
+           dp: int) -> tuple[int | None, int | None, int | None]:
+    """DeepSpeed 0.19's `DeepSpeedConfig._set_batch_related_parameters`, case for case: all three are kept as
+    given; any two give the third by floor division (train // micro // dp, train // dp // accumulation) or by
+    product; train_batch_size alone means accumulation 1 and micro = train // dp; the micro-batch alone means
+    accumulation 1 and train = micro × dp; with neither train nor micro (DeepSpeed asserts) all are None."""
+    if train is not None and micro is not None and accumulation is not None:
+        return train, micro, accumulation
+    if train is not None and micro is not None:
+        return train, micro, train // micro // dp
+    if train is not None and accumulation is not None:
+        return train, train // dp // accumulation, accumulation
+    if micro is not None and accumulation is not None:
+        return micro * accumulation * dp, micro, accumulation
+    if train is not None:
+        return train, train // dp, 1
+    if micro is not None:
+        return micro * dp, micro, 1
+    return None, None, None
 
 
-def _offload(zero: Mapping[str, Any], key: str) -> bool:
-    device = _section(zero, key).get("device", "none")
+def _batch_fix(given: tuple[int | None, int | None, int | None], train: int, dp: int) -> str:
+    """The train_batch_size that `DeepSpeedConfig._batch_assertion` accepts, keeping what the user gave."""
+    _, micro, accumulation = given
+    if micro is not None and accumulation is not None:
+        return f"set train_batch_size to {micro * accumulation * dp} (micro-batch {micro} × {accumulation} steps × {dp} ranks)"
+    unit = (micro or 1) * (accumulation or 1) * dp
+    lower, upper = train // unit * unit, (train // unit + 1) * unit
+    per = " × ".join([*(["train_micro_batch_size_per_gpu " + str(micro)] if micro else []),
+                      *(["gradient_accumulation_steps " + str(accumulation)] if accumulation else []), f"{dp} ranks"])
+    values = f"{lower} or {upper}" if lower else str(upper)
+    return f"set train_batch_size to {values} (a multiple of {per}), so that DeepSpeed's derivation divides evenly"
+
+
+def _enabled(section: Mapping[str, Any], path: str) -> bool | str:
+    value = section.get("enabled", False)
+    if value is None:
+        return False
+    if value != AUTO and not isinstance(value, bool):
+        raise _bad(path, 'true, false or "auto"', value)
+    return value
+
+
+def _precision(data: Mapping[str, Any], notes: list[str]) -> str | None:
+    """``bf16`` (or its old name ``bfloat16``) / ``fp16`` ``enabled``, else ``torch_autocast``; None when "auto"
+    leaves it to the HF Trainer."""
+    bf16_key = "bf16" if data.get("bf16") is not None or "bfloat16" not in data else "bfloat16"
+    flags = {"bf16": _enabled(_section(data, bf16_key, bf16_key), f"{bf16_key}.enabled"),
+             "fp16": _enabled(_section(data, "fp16", "fp16"), "fp16.enabled")}
+    on = [name for name, flag in flags.items() if flag is True]
+    if len(on) == 2:
+        raise EmitError(f"DeepSpeed config: {bf16_key}.enabled and fp16.enabled are both true; DeepSpeed allows at most "
+                        "one (bfloat16 and fp16 modes cannot be simultaneously enabled)")
+    for name, key in (("bf16", bf16_key), ("fp16", "fp16")):
+        if _section(data, key, key).get(f"{name}_master_weights_and_grads") is True:
+            notes.append(f"{key}.{name}_master_weights_and_grads is not modelled: priced with fp32 master weights and gradients")
+    if on:
+        return on[0]
+    auto = [f"{bf16_key if name == 'bf16' else name}.enabled" for name, flag in flags.items() if flag == AUTO]
+    if auto:
+        notes.append(f'{" and ".join(auto)} {"is" if len(auto) == 1 else "are"} "auto" (the HF Trainer sets it from '
+                     '--bf16/--fp16): precision left to the caller')
+        return None
+    autocast = _section(data, "torch_autocast", "torch_autocast")
+    if _enabled(autocast, "torch_autocast.enabled") is True:
+        dtype = {"torch.bfloat16": "bf16", "bf16": "bf16", "bfloat16": "bf16", "torch.float16": "fp16", "fp16": "fp16",
+                 "float16": "fp16", "half": "fp16"}.get(str(autocast.get("dtype")))
+        notes.append("torch_autocast: priced as " + (f"{dtype} mixed precision (fp32 weights, autocast GEMMs)" if dtype
+                     else "fp32 (its dtype is not given: precision left to the caller)"))
+        return dtype
+    return "fp32"
+
+
+def _offload_device(zero: Mapping[str, Any], key: str, legacy: str) -> str:
+    """``zero_optimization.<key>.device``; the deprecated boolean ``<legacy>`` means cpu when the new key is absent."""
+    path = f"zero_optimization.{key}"
+    section = _section(zero, key, path)
+    if not section and zero.get(legacy) is not None:
+        if not isinstance(zero[legacy], bool):
+            raise _bad(f"zero_optimization.{legacy}", "true or false", zero[legacy])
+        return "cpu" if zero[legacy] else "none"
+    device = section.get("device", "none")
     if device not in OFFLOAD_DEVICES:
-        raise EmitError(f"DeepSpeed config: zero_optimization.{key}.device must be one of "
-                        f"{', '.join(OFFLOAD_DEVICES)}, got {device!r}")
-    return device != "none"
+        raise _bad(f"{path}.device", " or ".join(repr(d) for d in OFFLOAD_DEVICES), device)
+    return device
+
+
+def _zero(data: Mapping[str, Any], notes: list[str]) -> tuple[dict[str, Any], Mapping[str, Any]]:
+    """sharding, hsdp_shard_size, grad_reduce_overlap and offload from ``zero_optimization``."""
+    if isinstance(data.get("zero_optimization"), bool):  # DeepSpeed's deprecated form: true is stage 1
+        notes.append("zero_optimization: true/false is DeepSpeed's deprecated form, read as stage 1/0")
+        zero: Mapping[str, Any] = {"stage": int(data["zero_optimization"])}
+    else:
+        zero = _section(data, "zero_optimization", "zero_optimization")
+    stage = zero.get("stage", 0)
+    if not _integer(stage) or stage not in SHARDINGS:
+        raise _bad("zero_optimization.stage", "0, 1, 2 or 3", stage)
+    fields: dict[str, Any] = {"sharding": SHARDINGS[stage]}
+
+    hpz = zero.get("zero_hpz_partition_size", 1)
+    if not _integer(hpz) or hpz < 0:
+        raise _bad("zero_optimization.zero_hpz_partition_size", "a non-negative integer", hpz)
+    if hpz > 1 and stage == 3:
+        fields |= {"sharding": "hsdp", "hsdp_shard_size": hpz}
+        notes.append(f"zero_hpz_partition_size {hpz} (ZeRO++ hpZ) read as HSDP over groups of {hpz} ranks (the inverse of "
+                     "the emitter): hpZ keeps a secondary parameter shard per group, gradients and optimizer states "
+                     "stay sharded over all data-parallel ranks")
+    elif hpz > 1:
+        notes.append(f"zero_hpz_partition_size {hpz} ignored: ZeRO++ hpZ applies to stage 3 only")
+
+    overlap = zero.get("overlap_comm")
+    if overlap is not None and not isinstance(overlap, bool):
+        raise _bad("zero_optimization.overlap_comm", "true or false", overlap)
+    if stage == 0:
+        notes.append("stage 0: DeepSpeed all-reduces the gradients after the backward pass (overlap_comm is a ZeRO "
+                     "option); grad_reduce_overlap left to the caller")
+    elif overlap is None:
+        fields["grad_reduce_overlap"] = stage == 3  # DeepSpeedZeroConfig.overlap_comm_valid
+        notes.append(f"overlap_comm not given: DeepSpeed's default for stage {stage} ({'on' if stage == 3 else 'off'})")
+    else:
+        fields["grad_reduce_overlap"] = overlap
+
+    optimizer = _offload_device(zero, "offload_optimizer", "cpu_offload")
+    param = _offload_device(zero, "offload_param", "cpu_offload_param")
+    if stage == 0 and (optimizer, param) != ("none", "none"):
+        notes.append("offload ignored: DeepSpeed offloads with ZeRO stages 1-3 only")
+        optimizer = param = "none"
+    if param != "none" and stage < 3:
+        notes.append(f"zero_optimization.offload_param ignored: DeepSpeed offloads parameters with stage 3 only (stage {stage})")
+        param = "none"
+    fields["offload"] = "params" if param != "none" else "optimizer" if optimizer != "none" else "none"
+    if param != "none" and optimizer == "none":
+        notes.append("offload_param without offload_optimizer: priced as the plan's 'params' offload, which moves "
+                     "the optimizer states too (DeepSpeed keeps them on the GPU here, so the memory is understated)")
+    if "nvme" in (optimizer, param):
+        notes.append("NVMe offload is modelled as CPU offload (its bandwidth is lower)")
+    ratio = _section(zero, "offload_optimizer", "zero_optimization.offload_optimizer").get("ratio", 1.0)
+    if optimizer != "none" and isinstance(ratio, int | float) and ratio < 1:
+        notes.append(f"offload_optimizer.ratio {ratio} (partial offload) is priced as full optimizer offload")
+    unmodelled = [key for key in UNMODELLED_ZERO_KEYS if zero.get(key)]
+    if unmodelled:
+        notes.append(f"not modelled: zero_optimization.{', zero_optimization.'.join(unmodelled)}")
+    return fields, zero
 
 
 def read_config(data: Mapping[str, Any], world_size: int) -> ReadConfig:
-    """The plan a ``ds_config.json`` runs on ``world_size`` GPUs (keys of DeepSpeed's config documentation:
-    the batch triple, ``zero_optimization`` with ``stage``, ``overlap_comm``, ``zero_hpz_partition_size``,
-    ``offload_optimizer`` / ``offload_param``; ``bf16`` / ``fp16``; ``optimizer.type``;
-    ``tensor_parallel.autotp_size``; ``activation_checkpointing``). DeepSpeed's data-parallel size — what
-    ZeRO shards over and the batch counts — is world_size / autotp_size."""
+    """The plan that a ``ds_config.json`` (`DOCS`) runs on ``world_size`` GPUs; the inverse of `config`.
+
+    Keys read: the batch triple ``train_batch_size`` / ``train_micro_batch_size_per_gpu`` /
+    ``gradient_accumulation_steps`` (any two give the third, as `_batch` derives them; "auto" is not given);
+    ``zero_optimization``: ``stage`` (0 none, 1 zero1, 2 zero2, 3 zero3), ``zero_hpz_partition_size`` > 1 at stage 3
+    (hsdp), ``overlap_comm`` (grad_reduce_overlap; DeepSpeed's default, on at stage 3 only, when absent),
+    ``offload_optimizer.device`` / ``offload_param.device`` cpu or nvme (offload optimizer / params);
+    ``bf16.enabled`` / ``fp16.enabled`` (precision, fp32 when neither; master weights stay fp32);
+    ``optimizer.type`` (Adam/AdamW adamw, Lion lion); ``tensor_parallel.autotp_size`` (tp); ``activation_checkpointing``
+    (full recompute). DeepSpeed's data-parallel size (what ZeRO shards over and the batch counts) is
+    world_size / autotp_size. Raises `EmitError` naming the key, the value and what is allowed for input that
+    DeepSpeed refuses to parse or that cannot be a plan."""
+    if not _integer(world_size) or world_size < 1:
+        raise EmitError(f"DeepSpeed config: the world size must be a positive integer, got {world_size!r}")
+    if not isinstance(data, Mapping):
+        raise _bad("the config", "a JSON object", data)
     notes: list[str] = []
-    tp = _section(data, "tensor_parallel").get("autotp_size", 1)
-    if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1 or world_size % tp:
-        raise EmitError(f"DeepSpeed config: tensor_parallel.autotp_size must be a positive integer dividing the "
-                        f"{world_size} GPUs, got {tp!r}")
+    findings: list[Violation] = []
+
+    tp = _section(data, "tensor_parallel", "tensor_parallel").get("autotp_size", 1)
+    if tp in (None, 0):  # DeepSpeed's default 0: AutoTP off
+        tp = 1
+    if not _integer(tp) or tp < 1 or world_size % tp:
+        raise _bad("tensor_parallel.autotp_size", f"a positive integer dividing the world size {world_size}", tp)
     dp = world_size // tp
-    fields: dict[str, Any] = {"tp": tp, "dp": dp, "pp": 1, "cp": 1, "master_weights": True}
+    if tp > 1:
+        notes.append(f"the batch counts dp = {world_size} / autotp_size {tp} = {dp} ranks, as DeepSpeed does when the "
+                     f"script passes an mpu (DeepSpeed's AutoTP example); without one DeepSpeedConfig counts all {world_size}")
+    sp = data.get("sequence_parallel_size", 1)
+    if sp not in (None, 1):
+        raise EmitError(f"DeepSpeed config: sequence_parallel_size {sp!r} (Ulysses sequence parallelism) is not "
+                        "modelled: remove it, or validate the plan with flags instead of --deepspeed")
+    fields: dict[str, Any] = {"tp": tp, "dp": dp, "pp": 1, "cp": 1}
+    if "pipeline" in data:
+        notes.append("pipeline: stages are set in code (PipelineModule) and not read; pp 1 assumed")
 
-    zero = _section(data, "zero_optimization")
-    stage = zero.get("stage", 0)
-    if stage not in STAGES.values() or isinstance(stage, bool):
-        raise EmitError(f"DeepSpeed config: zero_optimization.stage must be 0, 1, 2 or 3, got {stage!r}")
-    hpz = zero.get("zero_hpz_partition_size", 1)
-    if stage == 3 and isinstance(hpz, int) and hpz > 1:
-        fields |= {"sharding": "hsdp", "hsdp_shard_size": hpz}
-    else:
-        fields["sharding"] = {0: "none", 1: "zero1", 2: "zero2", 3: "zero3"}[stage]
-    if "overlap_comm" in zero:
-        fields["grad_reduce_overlap"] = bool(zero["overlap_comm"])
-    fields["offload"] = "params" if _offload(zero, "offload_param") else "optimizer" if _offload(zero, "offload_optimizer") else "none"
-    if "nvme" in (_section(zero, "offload_param").get("device"), _section(zero, "offload_optimizer").get("device")):
-        notes.append("NVMe offload is modelled as CPU offload (its bandwidth is lower)")
+    zero_fields, zero = _zero(data, notes)
+    fields |= zero_fields
+    precision = _precision(data, notes)
+    if precision is not None:
+        fields["precision"] = precision
+    fields["master_weights"] = True
 
-    enabled = [p for p in ("bf16", "fp16") if _section(data, p).get("enabled") in (True, "auto")]
-    if len(enabled) == 2:
-        raise EmitError("DeepSpeed config: bf16.enabled and fp16.enabled are both true; DeepSpeed allows one")
-    fields["precision"] = enabled[0] if enabled else "fp32"
-
-    optimizer = _section(data, "optimizer").get("type")
-    if isinstance(optimizer, str) and optimizer.lower() in READ_OPTIMIZERS:
+    optimizer = _section(data, "optimizer", "optimizer").get("type")
+    if optimizer is None:
+        notes.append("no optimizer section: the script's own optimizer runs; optimizer left to the caller")
+    elif not isinstance(optimizer, str):
+        raise _bad("optimizer.type", "a string", optimizer)
+    elif optimizer.lower() in READ_OPTIMIZERS:
         fields["optimizer"] = READ_OPTIMIZERS[optimizer.lower()]
-    elif optimizer is not None:
-        notes.append(f"optimizer.type {optimizer!r} is not modelled: priced as AdamW (give --optimizer)")
-    if "activation_checkpointing" in data:
-        fields["recompute"] = "full"
-        notes.append("activation_checkpointing present: full recompute assumed (DeepSpeed applies it only where "
-                     "the model calls deepspeed.checkpointing or enables its own checkpointing)")
+    else:
+        notes.append(f"optimizer.type {optimizer!r} is not modelled: optimizer left to the caller")
 
-    given = (_count(data, "train_batch_size", "train_batch_size", notes),
-             _count(data, "train_micro_batch_size_per_gpu", "train_micro_batch_size_per_gpu", notes),
-             _count(data, "gradient_accumulation_steps", "gradient_accumulation_steps", notes))
+    checkpointing = data.get("activation_checkpointing")
+    if checkpointing is not None:
+        checkpointing = _section(data, "activation_checkpointing", "activation_checkpointing")
+        fields["recompute"] = "full"
+        notes.append("activation_checkpointing present: full recompute assumed (DeepSpeed applies it only where the "
+                     "model calls deepspeed.checkpointing.checkpoint or enables its own gradient checkpointing)")
+        if checkpointing.get("cpu_checkpointing"):
+            notes.append("activation_checkpointing.cpu_checkpointing is not modelled: checkpoints priced on the GPU")
+
+    given = tuple(_count(data, key, notes) for key in BATCH_KEYS)
     train, micro, accumulation = _batch(*given, dp)
-    findings = []
-    if train is not None and micro is not None and accumulation is not None:
+    if train is None or micro is None or accumulation is None:
+        notes.append("the batch is not fixed by the config (DeepSpeed needs train_batch_size or "
+                     "train_micro_batch_size_per_gpu): global batch and micro-batch left to the caller")
+    else:
         if micro < 1 or accumulation < 1 or train != micro * accumulation * dp:
             findings.append(Violation(
                 rule="deepspeed_batch",
-                message=(f"train_batch_size {train} != train_micro_batch_size_per_gpu {micro} x "
-                         f"gradient_accumulation_steps {accumulation} x data-parallel size {dp}; DeepSpeed rejects it"),
-                fix=f"set train_batch_size to {max(micro, 1) * max(accumulation, 1) * dp} (or drop one of the three "
-                    "and let DeepSpeed derive it)"))
-        fields["micro_batch_size"] = max(micro, 1)
-    else:
-        notes.append("the batch is not fixed by the config: give --global-batch and --micro-batch")
-    return ReadConfig(plan_fields=fields, global_batch_size=train if train and train > 0 else None,
-                      findings=tuple(findings), notes=tuple(notes))
+                message=(f"DeepSpeed rejects the batch: train_batch_size {train} != train_micro_batch_size_per_gpu "
+                         f"{micro} × gradient_accumulation_steps {accumulation} × {dp} data-parallel ranks"
+                         + ("" if all(v is not None for v in given) else " (derived as DeepSpeed does, by floor division)")),
+                fix=_batch_fix(given, train, dp)))
+        if micro >= 1:
+            fields["micro_batch_size"] = micro
+
+    for key in REMOVED_KEYS:
+        if key in data:
+            findings.append(Violation(rule="deepspeed_removed_key", message=f"DeepSpeed 0.19 removed {key} and rejects a config that has it",
+                                      fix=f"remove {key}"))
+    for key in REMOVED_ZERO_KEYS:
+        if key in zero:
+            findings.append(Violation(rule="deepspeed_removed_key",
+                                      message=f"DeepSpeed 0.19 removed zero_optimization.{key} and rejects a config that has it",
+                                      fix=f"remove zero_optimization.{key}"))
+    unknown = sorted(set(data) - MODELLED_KEYS - NEUTRAL_KEYS - set(REMOVED_KEYS) - {"pipeline"})
+    if unknown:
+        notes.append(f"not modelled: {', '.join(unknown)}")
+    return ReadConfig(plan_fields=fields, global_batch_size=train, findings=tuple(findings), notes=tuple(notes))

@@ -20,6 +20,8 @@ from cli.options import (
     TARGET_OPTIONS,
     WORKLOAD_OPTIONS,
     build_workload,
+    degree_product,
+    given_world_size,
     load_efficiency,
     load_target_cluster,
     with_options,
@@ -153,17 +155,6 @@ def plan_fields_from(plan_file: Path | None, flags: dict[str, Any]) -> dict[str,
     return fields | given
 
 
-def given_world_size(fields: dict[str, Any]) -> int | None:
-    """tp·pp·dp·cp when dp is given (the plan then says how many GPUs it runs on), else None."""
-    if not isinstance(fields.get("dp"), int):
-        return None
-    size = 1
-    for name in ("tp", "pp", "dp", "cp"):
-        value = fields.get(name, 1)
-        size *= value if isinstance(value, int) and value > 0 else 1
-    return size
-
-
 def build_plan(fields: dict[str, Any], gpus: int) -> Plan:
     """A `Plan` from its fields; dp defaults to what the other degrees leave of the ``gpus``."""
     from pydantic import ValidationError
@@ -173,10 +164,7 @@ def build_plan(fields: dict[str, Any], gpus: int) -> Plan:
 
     fields = dict(fields)
     if fields.get("dp") is None:
-        others = 1
-        for name in ("tp", "pp", "cp"):
-            value = fields.get(name, 1)
-            others *= value if isinstance(value, int) and value > 0 else 1
+        others = degree_product(fields, ("tp", "pp", "cp"))
         if gpus % others:
             raise PlanError(f"tp·pp·cp = {others} does not divide the cluster's {gpus} GPUs; give --dp, "
                             "or degrees whose product divides the GPU count")

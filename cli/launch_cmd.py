@@ -83,7 +83,7 @@ def _solution(target: str, options: dict[str, Any], as_json: bool):
 def _write(target: str, options: dict[str, Any]) -> None:
     import json
 
-    from emitters import EmitError, emit
+    from emitters import emit
     from solver.explain import describe
 
     as_json = options.pop("as_json")
@@ -92,11 +92,7 @@ def _write(target: str, options: dict[str, Any]) -> None:
                     "master_port": options["master_port"], "job_name": options["job_name"]}
     slurm = {"time_limit": options.get("slurm_time"), "partition": options.get("partition"), "account": options.get("account")}
     emit_options |= {k: v for k, v in slurm.items() if v is not None}
-    try:
-        files = emit(solution, target, **emit_options)
-    except EmitError as err:
-        click.echo(f"error: {err}", err=True)
-        raise SystemExit(2) from None
+    files = emit(solution, target, **emit_options)  # EmitError: bad input, reported by `cli.main`
     out: Path | None = options["out_dir"]
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)

@@ -45,6 +45,21 @@ def with_options(options: list):
     return decorate
 
 
+def degree_product(fields: dict[str, Any], names: tuple[str, ...]) -> int:
+    """The product of the plan degrees ``names`` in ``fields`` (a missing or invalid degree counts 1:
+    `Plan` validation reports it)."""
+    product = 1
+    for name in names:
+        value = fields.get(name, 1)
+        product *= value if isinstance(value, int) and value > 0 else 1
+    return product
+
+
+def given_world_size(fields: dict[str, Any]) -> int | None:
+    """tp·pp·dp·cp when dp is given (the plan then says how many GPUs it runs on), else None."""
+    return degree_product(fields, ("tp", "pp", "dp", "cp")) if isinstance(fields.get("dp"), int) else None
+
+
 def load_target_cluster(cluster_ref: str | None, nodes: int | None, gpus: int | None,
                         plan_gpus: int | None = None) -> ClusterSpec:
     """The cluster of ``--cluster`` (default `DEFAULT_CLUSTER`, announced on stderr so that it is never

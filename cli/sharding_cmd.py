@@ -10,13 +10,14 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from cli.estimate_cmd import build_plan, default_global_batch, given_world_size
+from cli.estimate_cmd import build_plan, default_global_batch
 from cli.format import bad, gib, good, heading, quiet, table
 from cli.options import (
     MODEL_OPTIONS,
     TARGET_OPTIONS,
     WORKLOAD_OPTIONS,
     build_workload,
+    given_world_size,
     load_efficiency,
     load_target_cluster,
     with_options,

@@ -24,6 +24,7 @@ from cli.options import (
     TARGET_OPTIONS,
     WORKLOAD_OPTIONS,
     build_workload,
+    given_world_size,
     load_efficiency,
     load_target_cluster,
     with_options,
@@ -159,13 +160,7 @@ def build_inputs(model_ref: str, cluster_ref: str | None, nodes: int | None, gpu
     from models import load_model
 
     model = load_model(model_ref)
-    plan_gpus = None
-    if isinstance(fixed.get("dp"), int):
-        plan_gpus = 1
-        for name in ("tp", "pp", "dp", "cp"):
-            value = fixed.get(name, 1)
-            plan_gpus *= value if isinstance(value, int) and value > 0 else 1
-    cluster = load_target_cluster(cluster_ref, nodes, gpus, plan_gpus)
+    cluster = load_target_cluster(cluster_ref, nodes, gpus, given_world_size(fixed))
     workload = build_workload(kind=kind, seq_len=seq_len, dropout=dropout, train_mtp=train_mtp,
                               global_batch_size=search_batch(kind, seq_len, global_batch))
     return model, cluster, workload

@@ -17,7 +17,6 @@ from cli.estimate_cmd import (
     build_plan,
     default_global_batch,
     describe_plan,
-    given_world_size,
     plan_fields_from,
 )
 from cli.format import bad, gib, good, heading, quiet
@@ -26,6 +25,7 @@ from cli.options import (
     TARGET_OPTIONS,
     WORKLOAD_OPTIONS,
     build_workload,
+    given_world_size,
     load_target_cluster,
     with_options,
 )

@@ -13,12 +13,12 @@ import math
 
 from pydantic import BaseModel, ConfigDict
 
-from constraints.check import check
+from constraints.check import check_and_estimate
 from constraints.efficiency import Efficiency
 from constraints.errors import PlanError
-from constraints.estimate import Estimate, estimate
+from constraints.estimate import Estimate
 from constraints.plan import Plan, Workload
-from constraints.rules import UNPRICEABLE, Violation
+from constraints.rules import Violation
 from hardware import ClusterSpec, HardwareError, default_price, price_offers
 from models import ModelSpec
 
@@ -86,12 +86,10 @@ def assess(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workloa
            price_per_gpu_hour: float | None = None, allow_cross_domain: bool = False,
            efficiency: Efficiency | None = None) -> Assessment:
     """The `Assessment` of one plan; ``tokens`` adds the `Budget` to train on that many tokens."""
-    violations = tuple(check(model, cluster, plan, workload, allow_cross_domain=allow_cross_domain,
-                             efficiency=efficiency))
-    priceable = not any(v.rule in UNPRICEABLE for v in violations)
-    est = estimate(model, cluster, plan, workload, efficiency=efficiency) if priceable else None
+    violations, est = check_and_estimate(model, cluster, plan, workload, allow_cross_domain=allow_cross_domain,
+                                         efficiency=efficiency)
     budget = None
     if tokens is not None and est is not None:
         budget = training_budget(est, workload, cluster.total_gpus, tokens, cluster, price_per_gpu_hour)
-    return Assessment(plan=plan, workload=workload, gpus=cluster.total_gpus, estimate=est, violations=violations,
+    return Assessment(plan=plan, workload=workload, gpus=cluster.total_gpus, estimate=est, violations=tuple(violations),
                       budget=budget)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from constraints.arrays import PlanArrays
 from constraints.efficiency import Efficiency
-from constraints.estimate import estimate
+from constraints.estimate import Estimate, estimate
 from constraints.evaluate import evaluate
 from constraints.plan import Plan, Workload
 from constraints.rules import UNPRICEABLE, Violation, structural_violations
@@ -22,9 +22,18 @@ GIB = 2**30
 def check(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workload, *,
           allow_cross_domain: bool = False, efficiency: Efficiency | None = None,
           runtime: RuntimeAllowance | None = None) -> list[Violation]:
+    return check_and_estimate(model, cluster, plan, workload, allow_cross_domain=allow_cross_domain,
+                              efficiency=efficiency, runtime=runtime)[0]
+
+
+def check_and_estimate(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workload, *,
+                       allow_cross_domain: bool = False, efficiency: Efficiency | None = None,
+                       runtime: RuntimeAllowance | None = None) -> tuple[list[Violation], Estimate | None]:
+    """`check`'s violations and the `Estimate` its memory rule priced (None when a rule of `UNPRICEABLE`
+    makes the plan unpriceable), for callers that report both."""
     out = structural_violations(model, cluster, plan, workload, allow_cross_domain=allow_cross_domain)
     if any(v.rule in UNPRICEABLE for v in out):
-        return out
+        return out, None
     est = estimate(model, cluster, plan, workload, efficiency=efficiency, runtime=runtime)
     if not est.fits:
         mem = est.memory
@@ -36,7 +45,7 @@ def check(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workload
                      f"{mem.overhead / GIB:.1f}); the GPU has {mem.usable / GIB:.1f} GiB"),
             fix=_memory_fix(model, cluster, plan, workload, efficiency, runtime),
         ))
-    return out
+    return out, est
 
 
 def _memory_fix(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workload, efficiency: Efficiency | None,

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-from constraints.check import check
+from constraints.check import check_and_estimate
 from constraints.efficiency import Efficiency
-from constraints.estimate import MemoryBreakdown, estimate
+from constraints.estimate import MemoryBreakdown
 from constraints.plan import Plan, Workload
 from constraints.rules import UNPRICEABLE, Violation
 from hardware import ClusterSpec
@@ -103,16 +103,15 @@ def compare_sharding(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workloa
     ranks (default: a node's GPUs over tp·cp) when that splits the data-parallel group."""
     options = []
     for variant in _variants(plan, cluster, hsdp_shard_size):
-        violations = tuple(check(model, cluster, variant, workload, allow_cross_domain=allow_cross_domain,
-                                 efficiency=efficiency))
-        if any(v.rule in UNPRICEABLE for v in violations):
+        violations, est = check_and_estimate(model, cluster, variant, workload, allow_cross_domain=allow_cross_domain,
+                                             efficiency=efficiency)
+        if est is None:
             return ShardingComparison(options=(), recommended=None,
                                       reason="; ".join(f"{v.message}: {v.fix}" for v in violations if v.rule in UNPRICEABLE))
-        est = estimate(model, cluster, variant, workload, efficiency=efficiency)
         options.append(ShardingOption(
             sharding=variant.sharding, name=NAMES[variant.sharding] + (f"/{variant.hsdp_shard_size}" if variant.hsdp_shard_size else ""),
             plan=variant, memory=est.memory, fits=est.fits, step_time_s=est.step_time_s, dp_comm_s=est.time.dp_comm,
-            dp_comm_bytes=est.dp_comm_bytes, violations=violations))
+            dp_comm_bytes=est.dp_comm_bytes, violations=tuple(violations)))
     running = [o for o in options if not o.violations]
     if running:
         best = _recommend(running)

@@ -75,11 +75,12 @@ def test_each_rule_reports_its_violation(rule, model, plan, workload, cluster, w
 
 def test_every_rule_has_a_case():
     """A new rule needs a test here: the rule names in the source are exactly the cases above."""
+    import importlib
     import inspect
     import re
 
-    import constraints.check as check_module
-    import constraints.rules as rules_module
+    check_module = importlib.import_module("constraints.check")  # the module: `constraints.check` is the function
+    rules_module = importlib.import_module("constraints.rules")
 
     source = inspect.getsource(rules_module) + inspect.getsource(check_module)
     names = set(re.findall(r'rule\("([a-z0-9_]+)"', source)) | set(re.findall(r'rule="([a-z0-9_]+)"', source))

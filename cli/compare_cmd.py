@@ -79,8 +79,8 @@ def render(rows: list[Comparison], seq_len: int, batch: int, with_budget: bool) 
                  f"{v['tokens_per_s']:,.0f}", f"{100 * s.estimate.mfu:.1f}", f"{v['usd_per_hour']:,.0f}" if v["usd_per_hour"] else "-",
                  cost)
         if with_budget:
-            b = row.budget
-            cells += (f"{b.time_s / 86400:,.1f}", f"{b.usd:,.0f}" if b and b.usd is not None else "-") if b else ("-", "-")
+            b = row.budget  # every solved pair has one when a budget is asked
+            cells += (f"{b.time_s / 86400:,.1f}", f"{b.usd:,.0f}" if b.usd is not None else "-")
         table_rows.append(cells)
     headers = ["model", "cluster", "GPUs", "best plan", "memory GiB", "tokens/s", "MFU %", "$/h", "$/M tokens"]
     if with_budget:

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict
 
 from constraints.check import check_and_estimate
 from constraints.efficiency import Efficiency
+from constraints.errors import PlanError
 from constraints.estimate import MemoryBreakdown
 from constraints.plan import Plan, Workload
 from constraints.rules import UNPRICEABLE, Violation
@@ -65,6 +66,10 @@ def _variants(plan: Plan, cluster: ClusterSpec, hsdp_shard_size: int | None) -> 
     group = plan.dp * plan.cp
     base = plan.model_dump() | {"zero_stage": None, "hsdp_shard_size": None}
     out = [Plan.model_validate(base | {"sharding": s}) for s in ("none", "zero1", "zero2", "zero3", "fsdp")]
+    if hsdp_shard_size is not None and not (isinstance(hsdp_shard_size, int) and 1 < hsdp_shard_size < group
+                                            and group % hsdp_shard_size == 0):
+        raise PlanError(f"hsdp_shard_size {hsdp_shard_size!r} must divide the data-parallel group of dp·cp = {group} "
+                        "ranks and lie strictly between 1 and it (1 is no sharding, the whole group is FSDP)")
     shard = hsdp_shard_size or max(cluster.node.gpus_per_node // (plan.tp * plan.cp), 1)
     if 1 < shard < group and group % shard == 0:
         out.append(Plan.model_validate(base | {"sharding": "hsdp", "hsdp_shard_size": shard}))

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict
 
 from constraints.collectives import Fabric
 from constraints.efficiency import Efficiency
+from constraints.errors import PlanError
 from hardware import ClusterSpec
 
 MESSAGE_BYTES = 2**30
@@ -61,6 +62,8 @@ def group_sizes(total: int, domain: int) -> list[int]:
 
 def describe_topology(cluster: ClusterSpec, *, message_bytes: int = MESSAGE_BYTES,
                       efficiency: Efficiency | None = None) -> TopologyReport:
+    if isinstance(message_bytes, bool) or not isinstance(message_bytes, int) or message_bytes < 1:
+        raise PlanError(f"message_bytes must be a positive integer (bytes), got {message_bytes!r}")
     eff = efficiency or Efficiency.default()
     fabric = Fabric.of(cluster, eff)
     node = cluster.node

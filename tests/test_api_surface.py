@@ -163,3 +163,17 @@ def test_pin_flags_are_fix_shortcuts():
     assert both.exit_code == 2 and "both pin tp" in both.stderr
     sized = json.loads(_run("solve", "-m", "llama-3.1-8b", "--tp", "2", "--dp", "2", "--json").stdout)
     assert sized["gpus"] == 4 and sized["plan"]["tp"] == 2  # a pinned dp sizes the cluster
+
+
+def test_bad_api_arguments_name_the_field():
+    from constraints import PlanError
+
+    model, cluster = load_model("llama-3.1-8b"), load_cluster("dgx-h100", nodes=2)
+    work = Workload(seq_len=2048, global_batch_size=16)
+    for bad in (3, 16, 1):
+        with pytest.raises(PlanError, match="hsdp_shard_size"):
+            compare_sharding(model, cluster, Plan(dp=16), work, hsdp_shard_size=bad)
+    with pytest.raises(PlanError, match="message_bytes"):
+        describe_topology(cluster, message_bytes=0)
+    with pytest.raises(PlanError, match="tokens must be a positive number"):
+        assess(model, cluster, Plan(dp=16), work, tokens=-1.0)

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 @click.option("--model", "-m", "model_refs", multiple=True, required=True,
               help="A model (preset, config.json, HF repo id); repeat for each model.")
 @click.option("--cluster", "-c", "cluster_refs", multiple=True,
-              help="A cluster preset or file; repeat for each [default: dgx-h100, said on stderr].")
+              help="A cluster preset or file; repeat for each [default: the detected node, else dgx-h100; said on stderr].")
 @click.option("--nodes", type=click.IntRange(min=1), help="Nodes of every cluster [default: each cluster's].")
 @click.option("--gpus", type=click.IntRange(min=1), help="Total GPUs of every cluster (instead of --nodes).")
 @with_options(WORKLOAD_OPTIONS)

@@ -18,7 +18,7 @@ from cli.solve_cmd import PIN_FLAGS, SEARCH_OPTIONS, build_inputs, parse_objecti
 SOURCE_OPTIONS = [
     click.option("--model", "-m", "model_ref", help="Preset name or alias, a config.json or its folder, or a HF repo id."),
     click.option("--cluster", "-c", "cluster_ref",
-                 help="Cluster preset or a cluster file [default: dgx-h100, said on stderr]."),
+                 help="Cluster preset or a cluster file [default: the detected node, else dgx-h100; said on stderr]."),
     click.option("--nodes", type=click.IntRange(min=1), help="Number of nodes [default: the cluster's]."),
     click.option("--gpus", type=click.IntRange(min=1),
                  help="Total GPUs: whole nodes, or part of one node; with --nodes, spread evenly over them."),

@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+
+from cli.format import quiet
 
 if TYPE_CHECKING:
     from constraints import Efficiency, Workload
@@ -16,7 +19,8 @@ TARGET_OPTIONS = [
     click.option("--model", "-m", "model_ref", required=True,
                  help="Preset name or alias (see `plan presets`), a config.json or its folder, or a HF repo id."),
     click.option("--cluster", "-c", "cluster_ref",
-                 help="Cluster preset (see `plan presets`) or a cluster file [default: dgx-h100, said on stderr]."),
+                 help="Cluster preset (see `plan presets`), a cluster file, or 'detect' (this machine) "
+                      "[default: the detected node, else dgx-h100; said on stderr]."),
     click.option("--nodes", type=click.IntRange(min=1), help="Number of nodes [default: the cluster's]."),
     click.option("--gpus", type=click.IntRange(min=1),
                  help="Total GPUs: whole nodes, or part of one node; with --nodes, spread evenly over them."),
@@ -60,23 +64,61 @@ def given_world_size(fields: dict[str, Any]) -> int | None:
     return degree_product(fields, ("tp", "pp", "dp", "cp")) if isinstance(fields.get("dp"), int) else None
 
 
+DETECT_ENV = "PLAN_DETECT"
+"""Where a command without ``--cluster`` looks for the node: unset or ``auto`` reads this machine,
+``off`` skips detection (the default preset is used), a folder replays that recorded snapshot."""
+DETECT_REF = "detect"
+"""``--cluster detect``: this machine's node, or an error saying why it cannot be read."""
+
+
+def _detect(nodes: int | None, gpus: int | None, required: bool) -> ClusterSpec | None:
+    """The detected node sized by ``nodes`` / ``gpus``; None (or, when ``required``, the
+    `DetectionError`) when there is no GPU to read or the node cannot be modelled."""
+    from hardware.detect import DetectionError, detect_node, sized_cluster
+
+    setting = os.environ.get(DETECT_ENV, "auto")
+    if setting == "off" and not required:
+        return None
+    try:
+        detection = detect_node(None if setting in ("auto", "off") else setting)
+    except DetectionError:
+        if required:
+            raise
+        return None  # no GPU here: the default preset is used, and announced
+    try:
+        return sized_cluster(detection, nodes=nodes, gpus=gpus)
+    except DetectionError as err:
+        if required:
+            raise
+        if not quiet():
+            click.echo(f"note: the detected node is not used: {err}", err=True)
+        return None
+
+
 def load_target_cluster(cluster_ref: str | None, nodes: int | None, gpus: int | None,
                         plan_gpus: int | None = None) -> ClusterSpec:
-    """The cluster of ``--cluster`` (default `DEFAULT_CLUSTER`, announced on stderr so that it is never
-    silent), sized by ``--nodes`` / ``--gpus``, else by ``plan_gpus`` (the GPUs a fully given plan runs
-    on), else the preset's own size."""
-    from cli.format import quiet
+    """The cluster of ``--cluster``, sized by ``--nodes`` / ``--gpus``, else by ``plan_gpus`` (the GPUs
+    a fully given plan runs on), else the preset's own size. Without ``--cluster``: the node detected on
+    this machine (`DETECT_ENV`), else `DEFAULT_CLUSTER`; either is announced on stderr, never silent."""
     from hardware import load_cluster
 
     if nodes is None and gpus is None:
         gpus = plan_gpus
-    if cluster_ref is None:
-        cluster = load_cluster(DEFAULT_CLUSTER, nodes=nodes, gpus=gpus)
+    if cluster_ref == DETECT_REF:
+        return _detect(nodes, gpus, required=True)
+    if cluster_ref is not None:
+        return load_cluster(cluster_ref, nodes=nodes, gpus=gpus)
+    cluster = _detect(nodes, gpus, required=False)
+    if cluster is not None:
         if not quiet():
-            click.echo(f"note: no --cluster given: using {DEFAULT_CLUSTER} ({cluster.num_nodes} x {cluster.node.name}, "
-                       f"{cluster.total_gpus} x {cluster.gpu.name})", err=True)
+            click.echo(f"note: no --cluster given: using the detected node ({cluster.num_nodes} x {cluster.node.name}, "
+                       f"{cluster.total_gpus} x {cluster.gpu.name}); --cluster names other hardware", err=True)
         return cluster
-    return load_cluster(cluster_ref, nodes=nodes, gpus=gpus)
+    cluster = load_cluster(DEFAULT_CLUSTER, nodes=nodes, gpus=gpus)
+    if not quiet():
+        click.echo(f"note: no --cluster given: using {DEFAULT_CLUSTER} ({cluster.num_nodes} x {cluster.node.name}, "
+                   f"{cluster.total_gpus} x {cluster.gpu.name})", err=True)
+    return cluster
 
 
 def build_workload(**fields: Any) -> Workload:

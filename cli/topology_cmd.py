@@ -1,46 +1,123 @@
 """`plan topology`: a cluster as the cost model sees it — GPU, node, network, the bandwidth tiers and the
-cost of collectives over growing groups (`constraints.describe_topology`). ``--json`` prints the
-`constraints.TopologyReport`."""
+cost of collectives over growing groups (`constraints.describe_topology`) — for a preset or file given
+with ``--cluster``, or for the node this machine is (read through NVML, sysfs and nvidia-smi; see
+`hardware.detect`), shown first as a connection matrix like ``nvidia-smi topo -m``.
+
+``--json`` prints the `constraints.TopologyReport`; for a detected node, ``{"detection": Detection,
+"topology": TopologyReport | null}``.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
 from cli.format import gib, heading, quiet, table
-from cli.options import load_efficiency, load_target_cluster
+from cli.options import DETECT_ENV, DETECT_REF, load_efficiency, load_target_cluster
 
 if TYPE_CHECKING:
     from constraints import TopologyReport
+    from hardware import Detection
 
 
 @click.command()
 @click.option("--cluster", "-c", "cluster_ref",
-              help="Cluster preset (see `plan presets`) or a cluster file [default: dgx-h100, said on stderr].")
-@click.option("--nodes", type=click.IntRange(min=1), help="Number of nodes [default: the cluster's].")
+              help="Cluster preset (see `plan presets`) or a cluster file [default: this machine's node].")
+@click.option("--nodes", type=click.IntRange(min=1), help="Number of nodes [default: the cluster's; 1 detected node].")
 @click.option("--gpus", type=click.IntRange(min=1), help="Total GPUs (whole nodes, or part of one node).")
+@click.option("--snapshot", type=click.Path(file_okay=False, path_type=Path),
+              help="Read a recorded snapshot folder instead of this machine (see --record).")
+@click.option("--record", type=click.Path(path_type=Path),
+              help="Also write what was read on this machine to this new folder (a snapshot to share or replay).")
 @click.option("--message", "message_mib", type=click.IntRange(min=1), default=1024, show_default=True,
               help="Collective message size (MiB).")
 @click.option("--efficiency", "efficiency_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Efficiency-factor overrides (bus efficiencies, latencies).")
-@click.option("--json", "as_json", is_flag=True, help="Print the constraints.TopologyReport as JSON.")
-def topology(cluster_ref: str | None, nodes: int | None, gpus: int | None, message_mib: int,
-             efficiency_file: Path | None, as_json: bool) -> None:
-    """The interconnect of a cluster and what collectives cost on it.
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def topology(cluster_ref: str | None, nodes: int | None, gpus: int | None, snapshot: Path | None, record: Path | None,
+             message_mib: int, efficiency_file: Path | None, as_json: bool) -> None:
+    """The interconnect of this machine's node, or of a cluster, and what collectives cost on it.
 
     \b
     Examples:
+      plan topology                          # this machine: NVLink/NVSwitch, PCIe, NUMA, NICs
+      plan topology --nodes 4 --json         # four such nodes
+      plan topology --record my-node/        # ... and save what was read, to share or replay
+      plan topology --snapshot my-node/      # replay a recorded node
       plan topology --cluster dgx-h100 --nodes 4
       plan topology --cluster gb200-nvl72 --gpus 144 --message 256
-      plan topology --cluster my-cluster.yaml --json
     """
     from constraints import describe_topology
+    from hardware import DetectionError, detect_node, record_snapshot
+    from hardware.detect import sized_cluster
 
-    cluster = load_target_cluster(cluster_ref, nodes, gpus)
-    report = describe_topology(cluster, message_bytes=message_mib * 2**20, efficiency=load_efficiency(efficiency_file))
-    click.echo(report.model_dump_json(indent=2) if as_json else render(report))
+    efficiency = load_efficiency(efficiency_file)
+    if cluster_ref not in (None, DETECT_REF):
+        if snapshot or record:
+            raise DetectionError("--snapshot and --record read a node; they do not go with --cluster")
+        report = describe_topology(load_target_cluster(cluster_ref, nodes, gpus), message_bytes=message_mib * 2**20,
+                                   efficiency=efficiency)
+        click.echo(report.model_dump_json(indent=2) if as_json else render(report))
+        return
+    if snapshot and record:
+        raise DetectionError("--record reads this machine; --snapshot replays another: give one of them")
+    if record:
+        record_snapshot(record)
+        if not quiet():
+            click.echo(f"note: recorded this node in {record}/ (replay it with --snapshot {record})", err=True)
+    setting = os.environ.get(DETECT_ENV, "auto")
+    source = snapshot or record or (None if setting in ("auto", "off") else setting)
+    detection = detect_node(source)
+    report = None
+    if detection.cluster is not None:
+        report = describe_topology(sized_cluster(detection, nodes=nodes, gpus=gpus),
+                                   message_bytes=message_mib * 2**20, efficiency=efficiency)
+    if as_json:
+        click.echo(json.dumps({"detection": detection.model_dump(mode="json"),
+                               "topology": None if report is None else report.model_dump(mode="json")}, indent=2))
+    else:
+        click.echo(render_detection(detection))
+        if report is not None:
+            click.echo("\n" + render(report))
+    if detection.cluster is None:
+        raise DetectionError(f"the node cannot be modelled: {detection.problem}")
+
+
+def render_detection(detection: Detection) -> str:
+    """The node as read: GPUs, the connection matrix with the network ports, and what each modelled
+    fact was taken from."""
+    facts = detection.facts
+    where = facts.recorded or "this machine"
+    lines = [heading(f"node read from {where} ({', '.join(facts.sources)})")]
+    gpu_rows = [(f"GPU{g.index}", g.name, gib(g.memory_bytes) if g.memory_bytes else "?",
+                 f"Gen{g.pcie_generation} x{g.pcie_width}" if g.pcie_generation and g.pcie_width else "?",
+                 "?" if g.numa_node is None else str(g.numa_node), g.cpu_affinity or "?", g.bus_id or "?")
+                for g in facts.gpus]
+    lines.append(table(["GPU", "name", "memory", "PCIe max", "NUMA", "CPU affinity", "bus id"], gpu_rows))
+    ports = [n for n in facts.nics or () if n.gpu_connections or n.name in detection.network_ports]
+    if facts.gpu_connections:
+        names = [f"GPU{g.index}" for g in facts.gpus]
+        columns = names + [f"NIC{k}" for k in range(len(ports))]
+        rows = [(name, *row, *(n.gpu_connections[i] if n.gpu_connections else "?" for n in ports))
+                for i, (name, row) in enumerate(zip(names, facts.gpu_connections, strict=True))]
+        lines += ["", table(["", *columns], rows)]
+    if ports:
+        nic_rows = [(f"NIC{k}", n.name, n.kind or "?", f"{n.rate * 8 / 1e9:.0f} Gb/s" if n.rate else "?",
+                     {True: "active", False: "down", None: "?"}[n.active], "yes" if n.name in detection.network_ports else "")
+                    for k, n in enumerate(ports)]
+        lines += ["", table(["NIC", "device", "kind", "rate", "state", "carries GPU traffic"], nic_rows)]
+    if detection.cluster is not None:
+        lines += ["", f"modelled as: {detection.cluster.node.name}, NVLink domain {detection.nvlink_domain_size}, "
+                      f"{detection.intra_node_bandwidth / 1e9:.0f} GB/s per GPU per direction"
+                  + (f"; matches preset {detection.matching_preset}" if detection.matching_preset else "")]
+    if not quiet():
+        lines += ["", table(["fact", "taken from"], list(detection.provenance.items()))]
+        lines += [f"warning: {w}" for w in detection.warnings]
+    return "\n".join(lines)
 
 
 def render(report: TopologyReport) -> str:

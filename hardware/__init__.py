@@ -1,5 +1,7 @@
-"""Hardware facts: `GPUSpec`, `NodeSpec`, `ClusterSpec`, presets with sources, cluster files."""
+"""Hardware facts: `GPUSpec`, `NodeSpec`, `ClusterSpec`, presets with sources, cluster files, and the
+node this machine is (`detect_cluster`)."""
 
+from hardware.detect import Detection, DetectionError, detect_cluster, detect_node, record_snapshot
 from hardware.errors import HardwareError
 from hardware.loader import load_cluster
 from hardware.presets import gpu_by_name as load_gpu
@@ -10,13 +12,18 @@ from hardware.spec import PRECISIONS, ClusterSpec, GPUSpec, NodeSpec
 __all__ = [
     "PRECISIONS",
     "ClusterSpec",
+    "Detection",
+    "DetectionError",
     "GPUSpec",
     "HardwareError",
     "NodeSpec",
     "default_price",
+    "detect_cluster",
+    "detect_node",
     "list_clusters",
     "list_gpus",
     "load_cluster",
     "load_gpu",
     "price_offers",
+    "record_snapshot",
 ]

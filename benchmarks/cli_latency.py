@@ -34,6 +34,8 @@ COMMANDS = [
     ["validate", "--model", "llama-3.1-70b", "--tp", "4", "--dp", "1"],
     ["sharding", "--model", "llama-3.1-8b", "--cluster", "dgx-h100", "--nodes", "2", "--global-batch", "64"],
     ["topology", "--cluster", "dgx-h100", "--nodes", "4"],
+    ["topology", "--snapshot", "tests/fixtures/topology/dgx-h100", "--nodes", "4"],  # detection, replayed
+    ["estimate", "--model", "llama-3.1-8b", "--tp", "8"],  # no --cluster: tries this machine's NVML first
     ["compare", "--model", "llama-3.1-8b", "--model", "llama-3.1-70b", "--cluster", "dgx-h100", "--nodes", "8"],
     ["launch", "--model", "llama-3.1-8b", "--cluster", "dgx-h100", "--nodes", "2", "--target", "megatron"],
     ["--help"],

@@ -79,12 +79,15 @@ def _detect(nodes: int | None, gpus: int | None, required: bool) -> ClusterSpec 
     setting = os.environ.get(DETECT_ENV, "auto")
     if setting == "off" and not required:
         return None
+    snapshot = None if setting in ("auto", "off") else setting
     try:
-        detection = detect_node(None if setting in ("auto", "off") else setting)
-    except DetectionError:
+        detection = detect_node(snapshot)
+    except DetectionError as err:
         if required:
             raise
-        return None  # no GPU here: the default preset is used, and announced
+        if (snapshot is not None or not str(err).startswith("no NVIDIA GPU detected")) and not quiet():
+            click.echo(f"note: no node detected: {err}", err=True)  # a broken snapshot or a failing NVML is said
+        return None  # the default preset is used, and announced
     try:
         return sized_cluster(detection, nodes=nodes, gpus=gpus)
     except DetectionError as err:

@@ -18,13 +18,7 @@ __all__ = ["Detection", "DetectionError", "detect_cluster", "detect_node", "reco
 def detect_node(snapshot: str | os.PathLike[str] | None = None) -> Detection:
     """This machine (or a recorded ``snapshot`` folder) read and interpreted. Raises `DetectionError`
     (a `HardwareError`) when nothing can be read — no driver, no GPU — with the way forward."""
-    from hardware.detect.nvml_source import NvmlUnavailable
-
-    try:
-        sources = load_snapshot(Path(snapshot)) if snapshot is not None else live_sources()
-    except NvmlUnavailable as err:
-        raise DetectionError(f"no NVIDIA GPU detected on this machine: {err}. Name the hardware instead: "
-                             "--cluster PRESET (see `plan presets`) or a cluster file") from None
+    sources = load_snapshot(Path(snapshot)) if snapshot is not None else live_sources()
     return classify(read_node(sources))
 
 

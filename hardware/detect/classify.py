@@ -27,14 +27,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from hardware.detect.facts import NicFacts, NodeFacts, nvlink_count
+from hardware.detect.facts import NicFacts, NodeFacts, nvlink_count, shares_pcie_switch
 from hardware.errors import HardwareError
 from hardware.presets import cluster_preset, gpu_by_name, list_clusters, list_gpus, preset_cluster_fields
 from hardware.spec import ClusterSpec, GPUSpec
 from hardware.units import parse_rate
 from plan_common.validation import describe_validation_error
-
-RAIL_CONNECTIONS = ("PIX", "PXB")
 
 
 @lru_cache(maxsize=1)
@@ -102,8 +100,8 @@ def _gpu(facts: NodeFacts) -> tuple[str, GPUSpec]:
     names = Counter(g.name for g in facts.gpus)
     if len(names) > 1:
         listing = ", ".join(f"{count}x {name}" for name, count in names.items())
-        raise _Unmodelled(f"mixed GPU models ({listing}); the planner models identical GPUs: select one model "
-                          "with CUDA_VISIBLE_DEVICES, or give --cluster")
+        raise _Unmodelled(f"mixed GPU models ({listing}); the planner models identical GPUs: describe the GPUs "
+                          "you will train on with --cluster PRESET or a cluster file")
     if any(g.mig_enabled for g in facts.gpus):
         raise _Unmodelled("MIG is enabled: the planner places work on whole GPUs; disable MIG "
                           "(nvidia-smi -mig 0) or give --cluster")
@@ -146,14 +144,14 @@ def _fabric(facts: NodeFacts, gpu: GPUSpec, notes: dict[str, str], warnings: lis
         return "pcie", 1, 0, None
     groups = _groups(matrix) if matrix else [[0]]
     pair_links = {nvlink_count(matrix[i][j]) for g in groups for i in g for j in g if i != j} if matrix else set()
-    size = len(groups[0])
-    if not pair_links or size == 1:
+    if not pair_links:
         return "pcie", 1, 0, None
-    if len({len(g) for g in groups}) > 1 or len(pair_links) > 1 or 0 in pair_links:
+    sizes = {len(g) for g in groups}
+    if len(sizes) > 1 or len(pair_links) > 1 or 0 in pair_links:
         warnings.append("NVLink joins the GPUs unevenly (not equal, fully connected groups): TP and CP are "
                         "priced at PCIe bandwidth; describe the node in a cluster file for a finer model")
         return "pcie", 1, 0, None
-    links = pair_links.pop()
+    size, links = sizes.pop(), pair_links.pop()
     generation = _generation(facts, gpu, notes)
     max_links = round(gpu.nvlink_bandwidth / nvlink_link_bandwidth(generation)) if generation and gpu.nvlink_bandwidth else None
     switched = any(link.remote_type == "switch" for g in facts.gpus for link in g.nvlinks or ())
@@ -161,9 +159,13 @@ def _fabric(facts: NodeFacts, gpu: GPUSpec, notes: dict[str, str], warnings: lis
         notes["intra_node_fabric"] = ("NVML: links end at NVSwitch" if switched else
                                       f"{links} links to each of {size - 1} peers exceed the {max_links} links of one {gpu.display_name}")
         return "nvswitch", size, links, generation
-    if size == 2:
-        notes["intra_node_fabric"] = f"NVLink only within pairs ({links} links): bridged cards"
+    if size == 2 and "pcie" in gpu.form_factor.lower():
+        notes["intra_node_fabric"] = f"NVLink only within pairs ({links} links) of PCIe cards: bridged"
         return "nvlink_bridge", 2, links, generation
+    if size == 2 and links == max_links:
+        notes["intra_node_fabric"] = (f"2 {gpu.form_factor} GPUs joined by all their {links} links: a slice of "
+                                      "an NVSwitch baseboard")
+        return "nvswitch", 2, links, generation
     notes["intra_node_fabric"] = f"direct NVLink mesh of {size} GPUs, {links} links per pair"
     return "nvlink_mesh", size, links * (size - 1), generation
 
@@ -203,7 +205,7 @@ def _network(nics: tuple[NicFacts, ...] | None, notes: dict[str, str]) -> tuple[
         return [], "ethernet"
     usable = [n for n in nics if n.active is not False and n.rate]
     rdma = [n for n in usable if n.kind in ("infiniband", "roce")]
-    rails = [n for n in rdma if n.gpu_connections and min(map(_distance, n.gpu_connections)) <= 2]
+    rails = [n for n in rdma if shares_pcie_switch(n.gpu_connections)]
     chosen = rails or rdma or [n for n in usable if n.kind == "ethernet"]
     if not chosen:
         unknown = [n.name for n in nics if not n.rate]
@@ -216,12 +218,6 @@ def _network(nics: tuple[NicFacts, ...] | None, notes: dict[str, str]) -> tuple[
     notes["nics_per_node"] = f"{why} at {top * 8 / 1e9:.0f} Gb/s: {', '.join(n.name for n in chosen)}"
     kinds = {n.kind for n in chosen}
     return chosen, "infiniband" if kinds == {"infiniband"} else "roce" if "ethernet" not in kinds else "ethernet"
-
-
-def _distance(code: str) -> int:
-    """Nearness of a PCIe connection code: PIX 1, PXB 2, PHB 3, NODE 4, SYS 5."""
-    order = ("X", "PIX", "PXB", "PHB", "NODE", "SYS")
-    return order.index(code) if code in order else len(order)
 
 
 def _node_key(fields: dict[str, Any]) -> tuple[Any, ...]:
@@ -281,22 +277,29 @@ def _from_preset(fields: dict[str, Any], facts: NodeFacts, ports: list[NicFacts]
     if evidence:
         fields["gpudirect_rdma"] = rdma_ports
         notes["gpudirect_rdma"] = f"peer-memory module loaded ({', '.join(evidence)})" + ("" if rdma_ports else ", but no RDMA port")
-    elif evidence is not None or sources_read_host(facts):
-        notes["gpudirect_rdma"] = "no nvidia-peermem / nv_peer_mem (the files NCCL checks are absent)"
+    elif evidence is not None:
+        notes["gpudirect_rdma"] = ("no nvidia-peermem / nv_peer_mem (the files NCCL checks are absent): off; NCCL "
+                                   "can also reach GPU memory through DMA-BUF (open kernel modules, Linux >= 5.12), "
+                                   "which this reading cannot establish")
     elif base is not None:
         fields["gpudirect_rdma"] = base["gpudirect_rdma"] and rdma_ports
         notes["gpudirect_rdma"] = f"host not recorded: taken from preset {preset}"
     else:
         notes["gpudirect_rdma"] = "host not recorded: off"
-    unrated_rails = [n.name for n in facts.nics or () if not n.rate and n.gpu_connections
-                     and min(map(_distance, n.gpu_connections)) <= 2]
-    if base is not None and not ports and unrated_rails and base["node"]["nics_per_node"]:
+    unrated_rails = [n.name for n in facts.nics or () if not n.rate and shares_pcie_switch(n.gpu_connections)]
+    if base is not None and not ports and base["node"]["nics_per_node"] and (unrated_rails or facts.nics is None):
         node = fields["node"]
-        node["nics_per_node"], node["nic_bandwidth"] = len(unrated_rails), parse_rate(base["node"]["nic_bandwidth"])
+        node["nics_per_node"] = len(unrated_rails) or base["node"]["nics_per_node"]
+        node["nic_bandwidth"] = parse_rate(base["node"]["nic_bandwidth"])
         fields["inter_node_fabric"] = base["inter_node_fabric"]
         fields["gpudirect_rdma"] = base["gpudirect_rdma"] if evidence is None else bool(evidence)
-        notes["nics_per_node"] = (f"{len(unrated_rails)} ports share a PCIe switch with a GPU ({', '.join(unrated_rails)}); "
-                                  f"their rate and fabric were not recorded: taken from preset {preset}")
+        notes["nics_per_node"] = ((f"{len(unrated_rails)} ports share a PCIe switch with a GPU ({', '.join(unrated_rails)}); "
+                                   "their rate and fabric were not recorded") if unrated_rails else
+                                  "no network port was recorded") + f": taken from preset {preset}"
+    c2c = base["node"].get("c2c_bandwidth") if base is not None else None
+    if c2c and not any(g.c2c_enabled is False for g in facts.gpus):
+        fields["node"]["c2c_bandwidth"] = parse_rate(c2c)
+        notes["c2c_bandwidth"] = f"NVLink-C2C rate of preset {preset} (NVML reports the mode, not the rate)"
     if base is not None:
         fields["in_network_reduction"] = base["in_network_reduction"]
         notes["in_network_reduction"] = f"not visible to NVML: taken from preset {preset}"
@@ -309,14 +312,16 @@ def _from_preset(fields: dict[str, Any], facts: NodeFacts, ports: list[NicFacts]
     return preset
 
 
-def sources_read_host(facts: NodeFacts) -> bool:
-    return "sysfs" in facts.sources
-
-
 def classify(facts: NodeFacts) -> Detection:
     """Interpret one node's facts; never raises for a node it cannot model (``problem`` says why)."""
     notes: dict[str, str] = {}
     warnings = list(facts.warnings)
+    refused = sorted({f"GPU{i}-GPU{j} {code}" for i, row in enumerate(facts.p2p or ()) for j, code in enumerate(row)
+                      if i < j and code != "OK"})
+    if refused:
+        warnings.append(f"peer-to-peer access is not supported between {', '.join(refused[:4])}"
+                        f"{' ...' if len(refused) > 4 else ''}: NCCL stages those transfers through host memory, "
+                        "slower than the link bandwidth modelled")
     if any(g.virtualization == "passthrough" for g in facts.gpus):
         warnings.append("GPU passed through to a virtual machine: NVLinks and PCIe placement may be hidden")
     try:

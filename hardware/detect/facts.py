@@ -14,9 +14,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-CONNECTIONS = ("X", "PIX", "PXB", "PHB", "NODE", "SYS")
-"""PCIe connection codes from nearest to farthest (``nvidia-smi topo -m`` legend)."""
 _NVLINK = re.compile(r"NV(\d+)$")
+
+
+def shares_pcie_switch(codes: tuple[str, ...] | None) -> bool:
+    """A port with ``PIX`` or ``PXB`` to some GPU: behind the same PCIe switch (the rail NICs NCCL
+    pairs with GPUs)."""
+    return bool(codes) and any(code in ("PIX", "PXB") for code in codes)
 
 
 def nvlink_count(code: str) -> int:
@@ -50,7 +54,9 @@ class LinkFacts(_Frozen):
 
 
 class GpuFacts(_Frozen):
-    """One GPU. ``nvlinks`` is None when NVML could not tell (unsupported call, pass-through VM)."""
+    """One GPU. ``numa_node`` is the CPU-side NUMA node it is attached to (sysfs, or the matrix's
+    "NUMA Affinity"); ``memory_numa_node`` the node its own memory forms on Grace systems (NVML,
+    "GPU NUMA ID"). ``nvlinks`` is None when NVML could not tell (unsupported call, pass-through VM)."""
 
     index: int
     name: str
@@ -58,6 +64,7 @@ class GpuFacts(_Frozen):
     compute_capability: str | None = None
     bus_id: str | None = None
     numa_node: int | None = None
+    memory_numa_node: int | None = None
     cpu_affinity: str | None = None
     pcie_generation: int | None = None
     pcie_width: int | None = None

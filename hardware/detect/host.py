@@ -15,6 +15,7 @@ from typing import Any
 
 from hardware.detect.facts import HostFacts, NicFacts, normal_bus_id
 from hardware.detect.recording import Unsupported, maybe
+from hardware.detect.smi import LINK_LAYERS
 
 PEER_MEMORY_PATHS = (
     "/sys/kernel/mm/memory_peers/nv_mem/version",
@@ -81,7 +82,7 @@ def _rdma_ports(files: Any) -> list[NicFacts]:
             layer = maybe(files.read, f"{base}/ports/{port}/link_layer")
             state = maybe(files.read, f"{base}/ports/{port}/state")
             nics.append(NicFacts(
-                name=device if port == "1" else f"{device}:{port}", kind="roce" if layer == "Ethernet" else "infiniband",
+                name=device if port == "1" else f"{device}:{port}", kind=LINK_LAYERS.get(layer or ""),
                 rate=_rate(maybe(files.read, f"{base}/ports/{port}/rate")),
                 active=None if state is None else state.endswith("ACTIVE"),
                 numa_node=_numa(files, f"{base}/device/numa_node"), bus_id=bus))
@@ -147,8 +148,18 @@ def read_nics(files: Any, gpu_paths: list[str | None], gpu_numa: list[int | None
     return tuple(nics)
 
 
-def read_host(files: Any) -> HostFacts:
+def _cpu_numa_nodes(files: Any) -> int | None:
+    """NUMA nodes that hold CPUs (``/sys/devices/system/node/has_cpu``, a CPU-list such as ``0-1``):
+    Grace systems add memory-only nodes for GPU memory, which are not sockets; without that file, the
+    ``nodeN`` folders."""
+    listed = maybe(files.read, "/sys/devices/system/node/has_cpu")
+    if listed and re.fullmatch(r"[\d,-]+", listed):
+        return sum(int(b) - int(a) + 1 if b else 1 for a, _, b in (part.partition("-") for part in listed.split(",")))
     nodes = maybe(files.listdir, "/sys/devices/system/node")
+    return (sum(1 for n in nodes if re.fullmatch(r"node\d+", n)) or None) if nodes is not None else None
+
+
+def read_host(files: Any) -> HostFacts:
     cpu_lines = maybe(files.read_lines, "/proc/cpuinfo", ["model name", "physical id"]) or []
     models = [line.partition(":")[2].strip() for line in cpu_lines if line.startswith("model name")]
     sockets = {line.partition(":")[2].strip() for line in cpu_lines if line.startswith("physical id")}
@@ -156,7 +167,7 @@ def read_host(files: Any) -> HostFacts:
     kib = re.findall(r"(\d+)\s*kB", memory[0]) if memory else []
     evidence = tuple(path for path in PEER_MEMORY_PATHS if maybe(files.read, path) is not None)
     return HostFacts(
-        numa_nodes=(sum(1 for n in nodes if re.fullmatch(r"node\d+", n)) or None) if nodes is not None else None,
+        numa_nodes=_cpu_numa_nodes(files),
         cpu=(f"{len(sockets)}x {models[0]}" if len(sockets) > 1 else models[0]) if models else None,
         memory_bytes=int(kib[0]) * 1024 if kib else None,
         gpudirect_rdma=evidence)

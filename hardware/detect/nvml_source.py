@@ -9,6 +9,7 @@ reference: https://docs.nvidia.com/deploy/nvml-api/ (nvmlDeviceGetNvLinkState, .
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 from typing import Any
@@ -42,12 +43,16 @@ class LiveNvml:
         self._handles: dict[int, Any] = {}
 
     def _call(self, function: str, *args: Any) -> Any:
+        """One NVML call; its failures — an NVML error, a function this nvidia-ml-py lacks, an argument
+        its ctypes layer refuses — are `Unsupported`, so that one failing question never ends a reading."""
         try:
             return getattr(self._nvml, function)(*args)
         except self._nvml.NVMLError as err:
             raise Unsupported(f"{function}: {_text(err)}") from None
         except AttributeError:
             raise Unsupported(f"{function} is not in this nvidia-ml-py") from None
+        except (ctypes.ArgumentError, TypeError) as err:
+            raise Unsupported(f"{function}: {err}") from None
 
     def _handle(self, index: int) -> Any:
         if index not in self._handles:
@@ -73,6 +78,8 @@ class LiveNvml:
         return _text(self._call("nvmlDeviceGetPciInfo", self._handle(index)).busId)
 
     def numa_node(self, index: int) -> int:
+        """The GPU's OWN memory NUMA node, where GPU memory is a NUMA node (Grace: GH200, GB200;
+        nvidia-smi's "GPU NUMA ID"); NOT_SUPPORTED elsewhere. Not the CPU side (sysfs gives that)."""
         return int(self._call("nvmlDeviceGetNumaNodeId", self._handle(index)))
 
     def cpu_affinity(self, index: int) -> list[int]:
@@ -123,8 +130,9 @@ class LiveNvml:
 
     def p2p_read(self, index: int, other: int) -> str:
         """Peer-to-peer read status between two GPUs in ``nvidia-smi topo -p2p r``'s codes."""
-        status = self._call("nvmlDeviceGetP2PStatus", self._handle(index), self._handle(other),
-                            self._nvml.NVML_P2P_CAPS_INDEX_READ)
+        # NVML_P2P_CAPS_INDEX_READ is 0; nvidia-ml-py 13.x defines it as the tuple (0,) (a stray comma),
+        # which ctypes refuses, so the value of nvmlGpuP2PCapsIndex_t is written here.
+        status = self._call("nvmlDeviceGetP2PStatus", self._handle(index), self._handle(other), 0)
         return P2P_CODES.get(int(status), "U")
 
     def common_ancestor(self, index: int, other: int) -> str:
@@ -173,7 +181,7 @@ def read_gpu(nvml: Any, index: int) -> GpuFacts:
     return GpuFacts(
         index=index, name=nvml.name(index), memory_bytes=maybe(nvml.memory_total, index),
         compute_capability=None if capability is None else f"{capability[0]}.{capability[1]}",
-        bus_id=None if bus is None else normal_bus_id(bus), numa_node=maybe(nvml.numa_node, index),
+        bus_id=None if bus is None else normal_bus_id(bus), memory_numa_node=maybe(nvml.numa_node, index),
         cpu_affinity=_cpu_list(affinity) if affinity else None,
         pcie_generation=None if pcie is None else pcie[0], pcie_width=None if pcie is None else pcie[1],
         c2c_enabled=maybe(nvml.c2c_enabled, index), mig_enabled=maybe(nvml.mig_enabled, index),
@@ -183,9 +191,12 @@ def read_gpu(nvml: Any, index: int) -> GpuFacts:
 def _connection(nvml: Any, gpus: tuple[GpuFacts, ...], i: int, j: int) -> str | None:
     """``NV<k>`` for k links between the two GPUs — direct links to j's bus id, or through NVSwitches
     (k = the fewer switch links of the two, as nvidia-smi reports ``NV18`` on a DGX H100) — else the
-    PCIe code of their common ancestor; None when NVML can tell neither."""
+    PCIe code of their common ancestor; None when NVML cannot tell (an active link whose far end is of
+    unknown type, or neither NVLink nor ancestor answered), so that ``nvidia-smi topo -m`` is read."""
     a, b = gpus[i], gpus[j]
     if a.nvlinks is not None and b.nvlinks is not None:
+        if any(link.active and link.remote_type in (None, "unknown") for g in (a, b) for link in g.nvlinks):
+            return None
         direct = sum(1 for link in a.nvlinks if link.active and link.remote_type == "gpu"
                      and link.remote_bus_id == b.bus_id)
         if direct:

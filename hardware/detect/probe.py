@@ -25,8 +25,8 @@ from typing import Any
 
 from hardware.detect.facts import GpuFacts, HostFacts, NicFacts, NodeFacts, nvlink_count
 from hardware.detect.host import LiveFiles, gpu_placement, read_host, read_nics
-from hardware.detect.nvml_source import LiveNvml, read_nvml
-from hardware.detect.recording import Recorder, Replay, Unsupported
+from hardware.detect.nvml_source import LiveNvml, NvmlUnavailable, read_nvml
+from hardware.detect.recording import Recorder, Replay, Unsupported, maybe
 from hardware.detect.smi import (
     ParseError,
     TopoMatrix,
@@ -73,8 +73,13 @@ def _run_topo() -> str | None:
 
 
 def live_sources() -> Sources:
-    """This machine; `NvmlUnavailable` (a `HardwareError`) when NVML cannot start."""
-    return Sources(nvml=LiveNvml(), files=LiveFiles(), topo_text=_run_topo)
+    """This machine; `DetectionError` with the way forward when NVML cannot start (no driver, no GPU)."""
+    try:
+        nvml = LiveNvml()
+    except NvmlUnavailable as err:
+        raise DetectionError(f"no NVIDIA GPU detected on this machine: {err}. Name the hardware instead: "
+                             "--cluster PRESET (see `plan presets`) or a cluster file") from None
+    return Sources(nvml=nvml, files=LiveFiles(), topo_text=_run_topo)
 
 
 def _read_text(folder: Path, name: str) -> str | None:
@@ -132,12 +137,17 @@ def _with_topo(gpus: tuple[GpuFacts, ...], topo: TopoMatrix) -> tuple[GpuFacts, 
         "cpu_affinity": g.cpu_affinity or topo.cpu_affinity.get(f"GPU{g.index}")}) for g in gpus)
 
 
+def _device(nic: NicFacts) -> str:
+    """The RDMA device of a port (``mlx5_0:2`` → ``mlx5_0``), as the matrix names it."""
+    return nic.name.partition(":")[0]
+
+
 def _topo_nics(nics: list[NicFacts], topo: TopoMatrix) -> list[NicFacts]:
     """Attach the matrix's NIC-to-GPU codes by device name; NICs only the matrix names are added."""
     by_name = {topo.nic_names.get(column, column): column for column in topo.nics}
-    merged = [nic.model_copy(update={"gpu_connections": topo.nic_connections(by_name[nic.name.split(":")[0]])})
-              if nic.gpu_connections is None and nic.name.split(":")[0] in by_name else nic for nic in nics]
-    known = {nic.name.split(":")[0] for nic in nics}
+    merged = [nic.model_copy(update={"gpu_connections": topo.nic_connections(by_name[_device(nic)])})
+              if nic.gpu_connections is None and _device(nic) in by_name else nic for nic in nics]
+    known = {_device(nic) for nic in nics}
     merged += [NicFacts(name=name, gpu_connections=topo.nic_connections(column))
                for name, column in by_name.items() if name not in known]
     return merged
@@ -161,15 +171,29 @@ def _gpus_from_text(sources: Sources, used: list[str], warnings: list[str]) -> t
         used.append("nvidia-smi topo -m")
         models = {g.name for g in gpus}
         if len(topo.gpus) != len(gpus) and len(models) == 1:
-            warnings.append(f"the GPU facts ({len(gpus)} x {gpus[0].name}) come from another machine than the "
-                            f"{len(topo.gpus)}-GPU matrix; they stand for every GPU of it")
+            warnings.append(f"the GPU facts cover {len(gpus)} x {gpus[0].name}, the matrix {len(topo.gpus)} GPUs (outputs "
+                            "of two machines, or a cut output): the model's facts stand for every GPU")
             gpus = [gpus[0].model_copy(update={"index": k, "bus_id": None}) for k in range(len(topo.gpus))]
     return tuple(gpus), topo
 
 
 def read_node(sources: Sources) -> NodeFacts:
     """One node's facts: NVML first, ``nvidia-smi -q`` when there is no NVML reading, the topo matrix
-    where NVML could not report the links, sysfs for NICs and the host (``ibstat`` in its absence)."""
+    where NVML could not report the links, sysfs for NICs and the host (``ibstat`` in its absence).
+    A snapshot whose recorded answers do not have the shape the live sources give is a
+    `DetectionError` naming the snapshot."""
+    if sources.label is None:
+        return _read_node(sources)
+    try:
+        return _read_node(sources)
+    except (TypeError, ValueError, IndexError, KeyError, AttributeError) as err:
+        if isinstance(err, DetectionError):
+            raise
+        raise DetectionError(f"{sources.label}: an answer has the wrong shape ({type(err).__name__}: {err}); "
+                             "record the node again with `plan topology --record DIR`") from None
+
+
+def _read_node(sources: Sources) -> NodeFacts:
     used, warnings = [], []
     connections = p2p = topo = None
     if sources.nvml is not None:
@@ -180,13 +204,17 @@ def read_node(sources: Sources) -> NodeFacts:
                                  "(see `plan presets`) or a cluster file") from None
         used.append("NVML")
         if not gpus:
-            raise DetectionError("NVML reports no GPU on this machine")
+            raise DetectionError("NVML reports no GPU on this machine; name the hardware with --cluster PRESET "
+                                 "(see `plan presets`)")
     else:
         gpus, topo = _gpus_from_text(sources, used, warnings)
     if len(gpus) > 1 and (connections is None or any(g.nvlinks is None for g in gpus)):
-        topo = topo or _parsed(sources.topo_text(), parse_topo_matrix, "nvidia-smi topo -m")
+        try:
+            topo = topo or _parsed(sources.topo_text(), parse_topo_matrix, "nvidia-smi topo -m")
+        except DetectionError as err:  # NVML's reading stands; the fallback only fills its gaps
+            warnings.append(f"{err}: the fallback matrix is not used")
         if topo is not None and len(topo.gpus) != len(gpus):
-            warnings.append(f"nvidia-smi topo -m lists {len(topo.gpus)} GPUs, NVML {len(gpus)}: matrix ignored")
+            warnings.append(f"nvidia-smi topo -m lists {len(topo.gpus)} GPUs, NVML {len(gpus)}: matrix not used")
             topo = None
         if topo is not None and sources.nvml is not None:
             used.append("nvidia-smi topo -m")
@@ -228,7 +256,7 @@ def record_snapshot(folder: str | Path) -> NodeFacts:
     (path / FILES_FILE).write_text(json.dumps(files.calls, indent=1, sort_keys=True) + "\n")
     if topo_text is not None:
         (path / TOPO_FILE).write_text(topo_text)
-    driver = live.nvml.driver_version()
+    driver = maybe(live.nvml.driver_version) or "version not reported"
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     (path / SOURCES_FILE).write_text(
         f"Recorded by `plan topology --record` on {platform.node() or 'an unnamed host'} at {stamp}\n\n"

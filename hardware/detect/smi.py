@@ -13,9 +13,14 @@ from dataclasses import dataclass, field
 from hardware.detect.facts import GpuFacts, NicFacts, normal_bus_id
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_DEVICE = re.compile(r"^(GPU\d+|NIC\d+|mlx\d+_\d+|[a-z]+\d*_\d+)$")
+_DEVICE = re.compile(r"^(GPU\d+|NIC\d+|[A-Za-z][\w.-]*)$")
 _CODE = re.compile(r"^(X|NV\d+|PIX|PXB|PHB|NODE|SYS|SOC)$")
 _TRAILING = ("CPU Affinity", "NUMA Affinity", "GPU NUMA ID")
+
+
+LINK_LAYERS = {"InfiniBand": "infiniband", "Ethernet": "roce"}
+"""An RDMA port's link layer → its kind (RoCE is RDMA over an Ethernet link layer); another value (AWS
+EFA reads "Unknown") leaves the kind unknown."""
 
 
 class ParseError(ValueError):
@@ -58,8 +63,11 @@ def parse_topo_matrix(text: str) -> TopoMatrix:
     if header_at is None:
         raise ParseError("no header row with GPU0 (expected the output of `nvidia-smi topo -m`)")
     header = lines[header_at]
-    devices = [token for token in header.split() if _DEVICE.match(token)]
     trailing = sorted((header.find(name), name) for name in _TRAILING if name in header)
+    devices = header[:trailing[0][0]].split() if trailing else header.split()
+    unnamed = [d for d in devices if not _DEVICE.match(d)]
+    if unnamed:
+        raise ParseError(f"header columns {', '.join(unnamed)} are not device names (expected GPU0, NIC0, mlx5_0, ...)")
     gpus = [d for d in devices if d.startswith("GPU")]
     matrix = TopoMatrix(gpus=gpus, nics=[d for d in devices if not d.startswith("GPU")], codes={})
     for line in lines[header_at + 1:]:
@@ -70,7 +78,7 @@ def parse_topo_matrix(text: str) -> TopoMatrix:
             continue
         row, values = tokens[0], tokens[1:]
         codes, rest = values[:len(devices)], values[len(devices):]
-        if len(codes) < len(devices) or not all(_CODE.match(c) for c in codes):
+        if len(codes) < len(devices) or not all(_CODE.match(c) for c in codes) or (rest and _CODE.match(rest[0])):
             raise ParseError(f"row {row}: expected {len(devices)} connection codes, got {' '.join(values)!r}")
         for column, code in zip(devices, codes, strict=True):
             matrix.codes[(row, column)] = "SYS" if code == "SOC" else code
@@ -165,7 +173,7 @@ def parse_ibstat(text: str) -> list[NicFacts]:
             name = device if port == "1" else f"{device}:{port}"
             rate = fields.get("Rate")
             nics.append(NicFacts(
-                name=name, kind="infiniband" if fields.get("Link layer", "InfiniBand") == "InfiniBand" else "roce",
+                name=name, kind=LINK_LAYERS.get(fields.get("Link layer", "")),
                 rate=float(rate) * 1e9 / 8 if rate and re.match(r"^[\d.]+$", rate) else None,
                 active=fields.get("State") == "Active"))
 

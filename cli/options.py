@@ -71,15 +71,20 @@ DETECT_REF = "detect"
 """``--cluster detect``: this machine's node, or an error saying why it cannot be read."""
 
 
+def detection_snapshot() -> str | None:
+    """The snapshot folder `DETECT_ENV` names, or None for this machine (unset, ``auto`` or ``off``)."""
+    setting = os.environ.get(DETECT_ENV, "auto")
+    return None if setting in ("auto", "off") else setting
+
+
 def _detect(nodes: int | None, gpus: int | None, required: bool) -> ClusterSpec | None:
     """The detected node sized by ``nodes`` / ``gpus``; None (or, when ``required``, the
     `DetectionError`) when there is no GPU to read or the node cannot be modelled."""
     from hardware.detect import DetectionError, detect_node, sized_cluster
 
-    setting = os.environ.get(DETECT_ENV, "auto")
-    if setting == "off" and not required:
+    if os.environ.get(DETECT_ENV) == "off" and not required:
         return None
-    snapshot = None if setting in ("auto", "off") else setting
+    snapshot = detection_snapshot()
     try:
         detection = detect_node(snapshot)
     except DetectionError as err:

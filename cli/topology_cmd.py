@@ -10,14 +10,13 @@ with ``--cluster``, or for the node this machine is (read through NVML, sysfs an
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
 from cli.format import gib, heading, quiet, table
-from cli.options import DETECT_ENV, DETECT_REF, load_efficiency, load_target_cluster
+from cli.options import DETECT_REF, detection_snapshot, load_efficiency, load_target_cluster
 
 if TYPE_CHECKING:
     from constraints import TopologyReport
@@ -69,8 +68,7 @@ def topology(cluster_ref: str | None, nodes: int | None, gpus: int | None, snaps
         record_snapshot(record)
         if not quiet():
             click.echo(f"note: recorded this node in {record}/ (replay it with --snapshot {record})", err=True)
-    setting = os.environ.get(DETECT_ENV, "auto")
-    source = snapshot or record or (None if setting in ("auto", "off") else setting)
+    source = snapshot or record or detection_snapshot()
     detection = detect_node(source)
     report = None
     if detection.cluster is not None:

@@ -6,8 +6,8 @@ Rules (each field's origin is kept in `Detection.provenance`):
 - NVLink domain: GPUs joined by NVLink form groups; when every group is fully connected with the same
   link count per pair, a group is the domain. It is an NVSwitch fabric when a GPU reaches more peers
   with that many links than it has links (18 per pair to 7 peers needs 126 links; an H100 has 18), or
-  when NVML reports the links ending at a switch; two GPUs per group are bridged cards; otherwise a
-  direct mesh. Uneven NVLink (a DGX-1 style hybrid cube mesh) is modelled as PCIe, with a warning.
+  when NVML reports the links ending at a switch (two SXM GPUs joined by all their links are a slice
+  of a switch board); PCIe cards joined in pairs are bridged; otherwise a direct mesh. Uneven NVLink (a DGX-1 style hybrid cube mesh) is modelled as PCIe, with a warning.
 - Bandwidth per GPU per direction: NVSwitch and bridge — links × per-link bandwidth; mesh — links to
   all peers × per-link; PCIe — GT/s × lanes / 8 (`hardware/data/links.json`).
 - Network: the RDMA ports at their highest line rate that share a PCIe switch with a GPU (PIX/PXB, the
@@ -79,17 +79,26 @@ class Detection(BaseModel):
 
     facts: NodeFacts
     gpu_preset: str | None = None
-    fabric: str | None = None
-    nvlink_domain_size: int = 1
     links_per_gpu: int = 0
     nvlink_generation: int | None = None
-    intra_node_bandwidth: float = 0.0
     network_ports: tuple[str, ...] = ()
     matching_preset: str | None = None
     provenance: dict[str, str] = {}
     warnings: tuple[str, ...] = ()
     cluster: ClusterSpec | None = None
     problem: str | None = None
+
+    @property
+    def fabric(self) -> str | None:
+        return None if self.cluster is None else self.cluster.node.intra_node_fabric
+
+    @property
+    def nvlink_domain_size(self) -> int:
+        return 1 if self.cluster is None else self.cluster.nvlink_domain_size
+
+    @property
+    def intra_node_bandwidth(self) -> float:
+        return 0.0 if self.cluster is None else self.cluster.node.intra_node_bandwidth
 
 
 class _Unmodelled(Exception):
@@ -229,12 +238,12 @@ def _node_key(fields: dict[str, Any]) -> tuple[Any, ...]:
 def matching_preset(fields: dict[str, Any]) -> str | None:
     """The cluster preset whose node has the same GPU, GPU count, fabric and bandwidth (and, where the
     node's network was read, the same ports), else None."""
-    key = _node_key(fields)
-    same = [name for name in list_clusters() if _node_key(preset_cluster_fields(name)) == key]
-    node = fields["node"]
-    networked = [name for name in same if (preset_cluster_fields(name)["node"]["nics_per_node"], parse_rate(
-        preset_cluster_fields(name)["node"].get("nic_bandwidth", 0))) == (node["nics_per_node"], node["nic_bandwidth"])]
-    return (networked or same or [None])[0]
+    key, node = _node_key(fields), fields["node"]
+    same = {name: preset_cluster_fields(name)["node"] for name in list_clusters()
+            if _node_key(preset_cluster_fields(name)) == key}
+    networked = [name for name, base in same.items() if (base["nics_per_node"], parse_rate(base.get("nic_bandwidth", 0)))
+                 == (node["nics_per_node"], node["nic_bandwidth"])]
+    return (networked or list(same) or [None])[0]
 
 
 def _spec_fields(facts: NodeFacts, gpu: GPUSpec, notes: dict[str, str], warnings: list[str]) -> tuple[dict[str, Any], Any]:
@@ -272,8 +281,19 @@ def _from_preset(fields: dict[str, Any], facts: NodeFacts, ports: list[NicFacts]
     spans trays, and GPUDirect RDMA when the snapshot did not record the host."""
     preset = matching_preset(fields)
     base = preset_cluster_fields(preset) if preset else None
+    unrated_rails = [n.name for n in facts.nics or () if not n.rate and shares_pcie_switch(n.gpu_connections)]
+    if base is not None and not ports and base["node"]["nics_per_node"] and (unrated_rails or facts.nics is None):
+        node = fields["node"]
+        node["nics_per_node"] = len(unrated_rails) or base["node"]["nics_per_node"]
+        node["nic_bandwidth"] = parse_rate(base["node"]["nic_bandwidth"])
+        fields["inter_node_fabric"] = base["inter_node_fabric"]
+        notes["nics_per_node"] = ((f"{len(unrated_rails)} ports share a PCIe switch with a GPU ({', '.join(unrated_rails)}); "
+                                   "their rate and fabric were not recorded") if unrated_rails else
+                                  "no network port was recorded") + f": taken from preset {preset}"
+        rdma_ports = fields["inter_node_fabric"] in ("infiniband", "roce")
+    else:
+        rdma_ports = any(p.kind in ("infiniband", "roce") for p in ports)
     evidence = facts.host.gpudirect_rdma
-    rdma_ports = any(p.kind in ("infiniband", "roce") for p in ports)
     if evidence:
         fields["gpudirect_rdma"] = rdma_ports
         notes["gpudirect_rdma"] = f"peer-memory module loaded ({', '.join(evidence)})" + ("" if rdma_ports else ", but no RDMA port")
@@ -286,16 +306,6 @@ def _from_preset(fields: dict[str, Any], facts: NodeFacts, ports: list[NicFacts]
         notes["gpudirect_rdma"] = f"host not recorded: taken from preset {preset}"
     else:
         notes["gpudirect_rdma"] = "host not recorded: off"
-    unrated_rails = [n.name for n in facts.nics or () if not n.rate and shares_pcie_switch(n.gpu_connections)]
-    if base is not None and not ports and base["node"]["nics_per_node"] and (unrated_rails or facts.nics is None):
-        node = fields["node"]
-        node["nics_per_node"] = len(unrated_rails) or base["node"]["nics_per_node"]
-        node["nic_bandwidth"] = parse_rate(base["node"]["nic_bandwidth"])
-        fields["inter_node_fabric"] = base["inter_node_fabric"]
-        fields["gpudirect_rdma"] = base["gpudirect_rdma"] if evidence is None else bool(evidence)
-        notes["nics_per_node"] = ((f"{len(unrated_rails)} ports share a PCIe switch with a GPU ({', '.join(unrated_rails)}); "
-                                   "their rate and fabric were not recorded") if unrated_rails else
-                                  "no network port was recorded") + f": taken from preset {preset}"
     c2c = base["node"].get("c2c_bandwidth") if base is not None else None
     if c2c and not any(g.c2c_enabled is False for g in facts.gpus):
         fields["node"]["c2c_bandwidth"] = parse_rate(c2c)
@@ -341,8 +351,6 @@ def classify(facts: NodeFacts) -> Detection:
             raise _Unmodelled(describe_validation_error(err, "detected node")) from None
     except _Unmodelled as why:
         return Detection(facts=facts, provenance=notes, warnings=tuple(warnings), problem=str(why))
-    return Detection(facts=facts, gpu_preset=preset_gpu, fabric=cluster.node.intra_node_fabric,
-                     nvlink_domain_size=cluster.nvlink_domain_size, links_per_gpu=links,
-                     nvlink_generation=generation, intra_node_bandwidth=cluster.node.intra_node_bandwidth,
+    return Detection(facts=facts, gpu_preset=preset_gpu, links_per_gpu=links, nvlink_generation=generation,
                      network_ports=tuple(p.name for p in ports), matching_preset=matched, provenance=notes,
                      warnings=tuple(warnings), cluster=cluster)

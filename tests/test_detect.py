@@ -123,6 +123,8 @@ def test_nvml_that_cannot_list_gpus_is_a_clear_error(tmp_path):
         detect_node(unlabelled)
     with pytest.raises(DetectionError, match="no such folder"):
         detect_node(tmp_path / "missing")
+    with pytest.raises(DetectionError, match="snapshot must be a folder path"):
+        detect_cluster(snapshot=123)
 
 
 def test_this_machine_without_a_driver_says_the_way_forward(monkeypatch):

@@ -18,6 +18,9 @@ __all__ = ["Detection", "DetectionError", "detect_cluster", "detect_node", "reco
 def detect_node(snapshot: str | os.PathLike[str] | None = None) -> Detection:
     """This machine (or a recorded ``snapshot`` folder) read and interpreted. Raises `DetectionError`
     (a `HardwareError`) when nothing can be read — no driver, no GPU — with the way forward."""
+    if snapshot is not None and not isinstance(snapshot, (str, os.PathLike)):
+        raise DetectionError(f"snapshot must be a folder path (written by `plan topology --record DIR`), "
+                             f"got {type(snapshot).__name__}")
     sources = load_snapshot(Path(snapshot)) if snapshot is not None else live_sources()
     return classify(read_node(sources))
 

@@ -47,7 +47,7 @@ RESULTS = Path(__file__).parent / "results"
 
 def _plan_executable() -> list[str]:
     found = shutil.which("plan")
-    return [found] if found else [sys.executable, "-m", "cli"]
+    return [found] if found else [sys.executable, "-m", "parallelplan"]
 
 
 def measure(args: list[str], repeat: int) -> dict:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 import benchmarks.published_runs as runs
-from constraints.efficiency import Efficiency
+from parallelplan.constraints.efficiency import Efficiency
 
 GRIDS: list[tuple[tuple[str, ...], np.ndarray]] = [
     (("gemm", "hopper", "bf16"), np.linspace(0.5, 0.8, 13)),

@@ -31,12 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
-from constraints.check import selective_ladder
-from constraints.efficiency import Efficiency
-from constraints.evaluate import evaluate
-from constraints.plan import Plan, Workload
-from hardware import ClusterSpec, load_cluster
-from models import ModelSpec, load_model
+from parallelplan.constraints.check import selective_ladder
+from parallelplan.constraints.efficiency import Efficiency
+from parallelplan.constraints.evaluate import evaluate
+from parallelplan.constraints.plan import Plan, Workload
+from parallelplan.hardware import ClusterSpec, load_cluster
+from parallelplan.models import ModelSpec, load_model
 
 DATA = Path(__file__).parent / "data" / "published_runs_dev.json"
 RESULTS = Path(__file__).parent / "results"

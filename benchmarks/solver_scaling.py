@@ -41,12 +41,12 @@ from typing import Any
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from constraints import Workload
-from hardware import load_cluster
-from models import load_model
-from solver import Infeasible, pareto, solve
-from solver.exhaustive import oracle
-from solver.space import SearchSpace, executions, structures
+from parallelplan.constraints import Workload
+from parallelplan.hardware import load_cluster
+from parallelplan.models import load_model
+from parallelplan.solver import Infeasible, pareto, solve
+from parallelplan.solver.exhaustive import oracle
+from parallelplan.solver.space import SearchSpace, executions, structures
 
 RESULTS = Path(__file__).parent / "results"
 BASELINE = RESULTS / "solver_scaling_baseline.json"
@@ -166,7 +166,7 @@ def run_case(case: Case, *, with_oracle: bool = True) -> Result:
 
 
 def _describe(plan) -> str:
-    from solver.explain import describe
+    from parallelplan.solver.explain import describe
 
     return describe(plan)
 

@@ -29,11 +29,11 @@ from typing import Any
 import numpy as np
 
 from benchmarks.published_runs import Setup, layout_text, runs, setup
-from constraints import Plan, check, estimate
-from constraints.check import selective_ladder
-from solver import Infeasible, solve
-from solver.explain import describe
-from solver.space import DEFAULTS, SEARCHED, SearchSpace, enumerate_plans
+from parallelplan.constraints import Plan, check, estimate
+from parallelplan.constraints.check import selective_ladder
+from parallelplan.solver import Infeasible, solve
+from parallelplan.solver.explain import describe
+from parallelplan.solver.space import DEFAULTS, SEARCHED, SearchSpace, enumerate_plans
 
 RESULTS = Path(__file__).parent / "results"
 WIDENED = ("sharding", "recompute", "schedule", "micro_batch_size", "vpp")

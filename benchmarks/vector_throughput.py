@@ -17,9 +17,9 @@ import platform
 import time
 from pathlib import Path
 
-from constraints import PlanArrays, Workload, evaluate
-from hardware import load_cluster
-from models import load_model
+from parallelplan.constraints import PlanArrays, Workload, evaluate
+from parallelplan.hardware import load_cluster
+from parallelplan.models import load_model
 
 RESULTS = Path(__file__).parent / "results"
 REPEATS = 5

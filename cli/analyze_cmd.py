@@ -6,10 +6,10 @@ from typing import TYPE_CHECKING
 
 import click
 
-from cli.format import count, flops, gib, table
+from parallelplan.cli.format import count, flops, gib, table
 
 if TYPE_CHECKING:
-    from models.report import ModelReport
+    from parallelplan.models.report import ModelReport
 
 
 @click.command()
@@ -27,8 +27,8 @@ def analyze(model_ref: str, seq_len: int, as_json: bool) -> None:
       plan analyze --model deepseek-v3 --seq-len 4096 --json
       plan analyze --model ./my-model/config.json
     """
-    from models import load_model
-    from models.report import analyze_model
+    from parallelplan.models import load_model
+    from parallelplan.models.report import analyze_model
 
     report = analyze_model(load_model(model_ref), seq_len)
     if as_json:

@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from cli.format import bad, heading, progress, quiet, table
-from cli.options import MODEL_OPTIONS, WORKLOAD_OPTIONS, build_workload, load_target_cluster, with_options
-from cli.solve_cmd import SEARCH_OPTIONS, parse_objective, search_arguments, search_batch
+from parallelplan.cli.format import bad, heading, progress, quiet, table
+from parallelplan.cli.options import MODEL_OPTIONS, WORKLOAD_OPTIONS, build_workload, load_target_cluster, with_options
+from parallelplan.cli.solve_cmd import SEARCH_OPTIONS, parse_objective, search_arguments, search_batch
 
 if TYPE_CHECKING:
-    from solver import Comparison
+    from parallelplan.solver import Comparison
 
 
 @click.command()
@@ -42,9 +42,9 @@ def compare(model_refs: tuple[str, ...], cluster_refs: tuple[str, ...], nodes: i
       plan compare -m llama-3.1-70b -c dgx-h100 -c dgx-a100 -c hgx-h200 --nodes 16 --tokens 1e12
       plan compare -m mixtral-8x7b -m qwen3-30b-a3b -c dgx-h100 --nodes 4 -o cost --json
     """
-    from models import load_model
-    from solver import SolverInputError
-    from solver import compare as compare_pairs
+    from parallelplan.models import load_model
+    from parallelplan.solver import SolverInputError
+    from parallelplan.solver import compare as compare_pairs
 
     if len(set(model_refs)) != len(model_refs) or len(set(cluster_refs)) != len(cluster_refs):
         raise SolverInputError("--model and --cluster each name a value once")
@@ -64,7 +64,7 @@ def compare(model_refs: tuple[str, ...], cluster_refs: tuple[str, ...], nodes: i
 
 
 def render(rows: list[Comparison], seq_len: int, batch: int, with_budget: bool) -> str:
-    from solver.explain import describe
+    from parallelplan.solver.explain import describe
 
     table_rows = []
     for row in rows:

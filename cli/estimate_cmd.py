@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from cli.format import bad, gib, good, heading, quiet, side_by_side, table
-from cli.options import (
+from parallelplan.cli.format import bad, gib, good, heading, quiet, side_by_side, table
+from parallelplan.cli.options import (
     MODEL_OPTIONS,
     TARGET_OPTIONS,
     WORKLOAD_OPTIONS,
@@ -28,9 +28,9 @@ from cli.options import (
 )
 
 if TYPE_CHECKING:
-    from constraints import Assessment, Budget, Estimate, Plan, Workload
-    from hardware import ClusterSpec
-    from models import ModelSpec
+    from parallelplan.constraints import Assessment, Budget, Estimate, Plan, Workload
+    from parallelplan.hardware import ClusterSpec
+    from parallelplan.models import ModelSpec
 
 PLAN_OPTIONS = [
     click.option("--tp", type=click.IntRange(min=1), help="Tensor-parallel degree."),
@@ -107,7 +107,7 @@ def estimate(model_ref: str, cluster_ref: str | None, nodes: int | None, gpus: i
       plan estimate -m mixtral-8x7b -c dgx-h100 --nodes 2 --tp 2 --ep 8 --etp 1 --sequence-parallel --json
       plan estimate -m llama-3.1-8b -c dgx-h100 --nodes 1 --kind inference --seq-len 8192 --global-batch 64 --tp 8
     """
-    from models import load_model
+    from parallelplan.models import load_model
 
     model = load_model(model_ref)
     fields = plan_fields_from(plan_file, plan_fields)
@@ -133,7 +133,7 @@ def default_global_batch(plan: Plan) -> int:
 
 def assess_plan(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workload, *, tokens: float | None,
                 price_per_gpu_hour: float | None, efficiency_file: Path | None, allow_cross_domain: bool) -> Assessment:
-    from constraints import assess
+    from parallelplan.constraints import assess
 
     return assess(model, cluster, plan, workload, tokens=tokens, price_per_gpu_hour=price_per_gpu_hour,
                   allow_cross_domain=allow_cross_domain, efficiency=load_efficiency(efficiency_file))
@@ -141,8 +141,8 @@ def assess_plan(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Wo
 
 def plan_fields_from(plan_file: Path | None, flags: dict[str, Any]) -> dict[str, Any]:
     """`Plan` fields from a plan file (Plan fields, or a saved solution's ``plan``) and flags (flags win)."""
-    from constraints import PlanError
-    from plan_common.files import read_mapping
+    from parallelplan.common.files import read_mapping
+    from parallelplan.constraints import PlanError
 
     fields: dict[str, Any] = read_mapping(plan_file, PlanError, "Plan fields") if plan_file else {}
     if isinstance(fields.get("plan"), dict) and "estimate" in fields:  # a `plan solve --json` output
@@ -159,8 +159,8 @@ def build_plan(fields: dict[str, Any], gpus: int) -> Plan:
     """A `Plan` from its fields; dp defaults to what the other degrees leave of the ``gpus``."""
     from pydantic import ValidationError
 
-    from constraints import Plan, PlanError
-    from plan_common.validation import describe_validation_error
+    from parallelplan.common.validation import describe_validation_error
+    from parallelplan.constraints import Plan, PlanError
 
     fields = dict(fields)
     if fields.get("dp") is None:
@@ -176,7 +176,7 @@ def build_plan(fields: dict[str, Any], gpus: int) -> Plan:
 
 
 def parse_stages(text: str) -> tuple[int, ...]:
-    from constraints import PlanError
+    from parallelplan.constraints import PlanError
 
     try:
         stages = tuple(int(part) for part in text.split(","))

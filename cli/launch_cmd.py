@@ -11,9 +11,16 @@ from typing import Any
 
 import click
 
-from cli.format import quiet
-from cli.options import MODEL_OPTIONS, WORKLOAD_OPTIONS, with_options
-from cli.solve_cmd import PIN_FLAGS, SEARCH_OPTIONS, build_inputs, parse_objective, report_infeasible, search_arguments
+from parallelplan.cli.format import quiet
+from parallelplan.cli.options import MODEL_OPTIONS, WORKLOAD_OPTIONS, with_options
+from parallelplan.cli.solve_cmd import (
+    PIN_FLAGS,
+    SEARCH_OPTIONS,
+    build_inputs,
+    parse_objective,
+    report_infeasible,
+    search_arguments,
+)
 
 SOURCE_OPTIONS = [
     click.option("--model", "-m", "model_ref", help="Preset name or alias, a config.json or its folder, or a HF repo id."),
@@ -46,8 +53,8 @@ SLURM_OPTIONS = [
 
 def _solution(target: str, options: dict[str, Any], as_json: bool):
     """The solution to emit: read from --solution, or solved inside the target's constraints."""
-    from emitters import constraints, list_targets
-    from solver import Infeasible, Solution, SolverInputError, solve
+    from parallelplan.emitters import constraints, list_targets
+    from parallelplan.solver import Infeasible, Solution, SolverInputError, solve
 
     solution_file = options.pop("solution_file")
     if solution_file is not None:
@@ -83,8 +90,8 @@ def _solution(target: str, options: dict[str, Any], as_json: bool):
 def _write(target: str, options: dict[str, Any]) -> None:
     import json
 
-    from emitters import emit
-    from solver.explain import describe
+    from parallelplan.emitters import emit
+    from parallelplan.solver.explain import describe
 
     as_json = options.pop("as_json")
     solution = _solution(target, options, as_json)
@@ -131,7 +138,7 @@ def launch(target: str, **options: Any) -> None:
       plan solve -m llama-3.1-8b -c dgx-h100 --nodes 1 --json > plan.json
       plan launch --solution plan.json --target torchrun --out run/ --script train.py --script-arg --lr=3e-4
     """
-    from emitters import EmitError, list_targets
+    from parallelplan.emitters import EmitError, list_targets
 
     if target is None:
         target = "torchrun"

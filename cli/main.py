@@ -18,16 +18,16 @@ import sys
 
 import click
 
-from cli.analyze_cmd import analyze
-from cli.compare_cmd import compare
-from cli.estimate_cmd import estimate
-from cli.launch_cmd import launch, slurm
-from cli.presets_cmd import presets
-from cli.sharding_cmd import sharding
-from cli.solve_cmd import pareto, solve
-from cli.topology_cmd import topology
-from cli.unavailable import UNAVAILABLE
-from cli.validate_cmd import validate
+from parallelplan.cli.analyze_cmd import analyze
+from parallelplan.cli.compare_cmd import compare
+from parallelplan.cli.estimate_cmd import estimate
+from parallelplan.cli.launch_cmd import launch, slurm
+from parallelplan.cli.presets_cmd import presets
+from parallelplan.cli.sharding_cmd import sharding
+from parallelplan.cli.solve_cmd import pareto, solve
+from parallelplan.cli.topology_cmd import topology
+from parallelplan.cli.unavailable import UNAVAILABLE
+from parallelplan.cli.validate_cmd import validate
 
 
 def _flag(name: str):
@@ -52,11 +52,11 @@ class _Plan(click.Group):
         super().add_command(cmd, name)
 
     def invoke(self, ctx: click.Context) -> object:
-        from constraints import PlanError
-        from emitters.errors import EmitError
-        from hardware import HardwareError
-        from models import ModelError
-        from solver import SolverInputError
+        from parallelplan.constraints import PlanError
+        from parallelplan.emitters.errors import EmitError
+        from parallelplan.hardware import HardwareError
+        from parallelplan.models import ModelError
+        from parallelplan.solver import SolverInputError
 
         if os.environ.get("NO_COLOR"):
             ctx.color = False
@@ -91,7 +91,7 @@ def _shared(command: click.Command) -> click.Command:
 
 @_shared
 @click.group(cls=_Plan, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="plan")
+@click.version_option(package_name="parallelplan", prog_name="plan")
 @click.option("--color/--no-color", default=None,
               help="Colour the tables [default: only on a terminal, and not when NO_COLOR is set].")
 @click.pass_context
@@ -121,4 +121,4 @@ for command in UNAVAILABLE:
 
 
 def main() -> None:
-    plan()
+    plan(prog_name="plan")

@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from cli.format import quiet
+from parallelplan.cli.format import quiet
 
 if TYPE_CHECKING:
-    from constraints import Efficiency, Workload
-    from hardware import ClusterSpec
+    from parallelplan.constraints import Efficiency, Workload
+    from parallelplan.hardware import ClusterSpec
 
 TARGET_OPTIONS = [
     click.option("--model", "-m", "model_ref", required=True,
@@ -80,7 +80,7 @@ def detection_snapshot() -> str | None:
 def _detect(nodes: int | None, gpus: int | None, required: bool) -> ClusterSpec | None:
     """The detected node sized by ``nodes`` / ``gpus``; None (or, when ``required``, the
     `DetectionError`) when there is no GPU to read or the node cannot be modelled."""
-    from hardware.detect import DetectionError, detect_node, sized_cluster
+    from parallelplan.hardware.detect import DetectionError, detect_node, sized_cluster
 
     if os.environ.get(DETECT_ENV) == "off" and not required:
         return None
@@ -108,7 +108,7 @@ def load_target_cluster(cluster_ref: str | None, nodes: int | None, gpus: int | 
     """The cluster of ``--cluster``, sized by ``--nodes`` / ``--gpus``, else by ``plan_gpus`` (the GPUs
     a fully given plan runs on), else the preset's own size. Without ``--cluster``: the node detected on
     this machine (`DETECT_ENV`), else `DEFAULT_CLUSTER`; either is announced on stderr, never silent."""
-    from hardware import load_cluster
+    from parallelplan.hardware import load_cluster
 
     if nodes is None and gpus is None:
         gpus = plan_gpus
@@ -133,8 +133,8 @@ def build_workload(**fields: Any) -> Workload:
     """A `Workload`, or `PlanError` naming the bad field."""
     from pydantic import ValidationError
 
-    from constraints import PlanError, Workload
-    from plan_common.validation import describe_validation_error
+    from parallelplan.common.validation import describe_validation_error
+    from parallelplan.constraints import PlanError, Workload
 
     try:
         return Workload(**fields)
@@ -144,8 +144,8 @@ def build_workload(**fields: Any) -> Workload:
 
 def load_efficiency(path: Path | None) -> Efficiency | None:
     """The data file's efficiency factors with the overrides in ``path`` merged in."""
-    from constraints import Efficiency, PlanError
-    from plan_common.files import read_mapping
+    from parallelplan.common.files import read_mapping
+    from parallelplan.constraints import Efficiency, PlanError
 
     if path is None:
         return None

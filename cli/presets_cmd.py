@@ -6,7 +6,7 @@ import json
 
 import click
 
-from cli.format import count, table
+from parallelplan.cli.format import count, table
 
 
 @click.command()
@@ -52,7 +52,7 @@ def presets(kind: str, as_json: bool) -> None:
 
 
 def _models() -> list[dict]:
-    from models import get_preset, list_presets
+    from parallelplan.models import get_preset, list_presets
 
     rows = []
     for name in list_presets():
@@ -69,15 +69,15 @@ def _models() -> list[dict]:
 
 
 def _gpus() -> list[dict]:
-    from hardware import list_gpus, load_gpu
-    from hardware.presets import gpu_aliases
+    from parallelplan.hardware import list_gpus, load_gpu
+    from parallelplan.hardware.presets import gpu_aliases
 
     return [{**load_gpu(n).model_dump(), "aliases": list(gpu_aliases(n))} for n in list_gpus()]
 
 
 def _clusters() -> list[dict]:
-    from hardware import ClusterSpec, list_clusters
-    from hardware.presets import cluster_aliases, preset_cluster_fields
+    from parallelplan.hardware import ClusterSpec, list_clusters
+    from parallelplan.hardware.presets import cluster_aliases, preset_cluster_fields
 
     rows = []
     for name in list_clusters():

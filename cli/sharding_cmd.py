@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from cli.estimate_cmd import build_plan, default_global_batch
-from cli.format import bad, gib, good, heading, quiet, table
-from cli.options import (
+from parallelplan.cli.estimate_cmd import build_plan, default_global_batch
+from parallelplan.cli.format import bad, gib, good, heading, quiet, table
+from parallelplan.cli.options import (
     MODEL_OPTIONS,
     TARGET_OPTIONS,
     WORKLOAD_OPTIONS,
@@ -24,9 +24,9 @@ from cli.options import (
 )
 
 if TYPE_CHECKING:
-    from constraints import Plan, ShardingComparison, Workload
-    from hardware import ClusterSpec
-    from models import ModelSpec
+    from parallelplan.constraints import Plan, ShardingComparison, Workload
+    from parallelplan.hardware import ClusterSpec
+    from parallelplan.models import ModelSpec
 
 
 @click.command()
@@ -58,8 +58,8 @@ def sharding(model_ref: str, cluster_ref: str | None, nodes: int | None, gpus: i
       plan sharding --model llama-3.1-8b --cluster dgx-a100 --dp 16 --global-batch 256
       plan sharding -m llama-3.1-70b -c dgx-h100 --nodes 4 --tp 8 --recompute full --json
     """
-    from constraints import compare_sharding
-    from models import load_model
+    from parallelplan.constraints import compare_sharding
+    from parallelplan.models import load_model
 
     model = load_model(model_ref)
     fields = {name: value for name, value in plan_fields.items() if value is not None}

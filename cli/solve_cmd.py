@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from cli.format import bad, gib, good, heading, progress, quiet, side_by_side, table
-from cli.options import (
+from parallelplan.cli.format import bad, gib, good, heading, progress, quiet, side_by_side, table
+from parallelplan.cli.options import (
     MODEL_OPTIONS,
     TARGET_OPTIONS,
     WORKLOAD_OPTIONS,
@@ -31,10 +31,10 @@ from cli.options import (
 )
 
 if TYPE_CHECKING:
-    from constraints import Workload
-    from hardware import ClusterSpec
-    from models import ModelSpec
-    from solver import Infeasible, Solution
+    from parallelplan.constraints import Workload
+    from parallelplan.hardware import ClusterSpec
+    from parallelplan.models import ModelSpec
+    from parallelplan.solver import Infeasible, Solution
 
 DEFAULT_BATCH_TOKENS = 2**22
 """Tokens per optimizer step when ``--global-batch`` is not given for training: 4M, Llama 3's initial
@@ -97,8 +97,8 @@ def solve(model_ref: str, cluster_ref: str, nodes: int | None, gpus: int | None,
       plan solve -m llama-3.1-8b -c dgx-h100 --nodes 4 -o gpus,throughput --min-tokens-per-s 200000
       plan recommend -m mixtral-8x7b -c dgx-a100 --nodes 2 -o cost --range optimizer=adamw,adamw8bit --json
     """
-    from solver import Infeasible
-    from solver import solve as solve_plan
+    from parallelplan.solver import Infeasible
+    from parallelplan.solver import solve as solve_plan
 
     arguments = search_arguments(search)
     model, cluster, workload = build_inputs(model_ref, cluster_ref, nodes, gpus, kind, seq_len, dropout, train_mtp,
@@ -132,8 +132,8 @@ def pareto(model_ref: str, cluster_ref: str, nodes: int | None, gpus: int | None
       plan pareto --model llama-3.1-70b --cluster dgx-h100 --nodes 8 --seq-len 8192 --global-batch 512
       plan pareto -m llama-3.1-8b -c dgx-h100 --nodes 8 -o throughput,cost,gpus
     """
-    from solver import Infeasible
-    from solver import pareto as pareto_plans
+    from parallelplan.solver import Infeasible
+    from parallelplan.solver import pareto as pareto_plans
 
     arguments = search_arguments(search)
     model, cluster, workload = build_inputs(model_ref, cluster_ref, nodes, gpus, kind, seq_len, dropout, train_mtp,
@@ -157,7 +157,7 @@ def build_inputs(model_ref: str, cluster_ref: str | None, nodes: int | None, gpu
                  fixed: dict[str, Any]) -> tuple[ModelSpec, ClusterSpec, Workload]:
     """Model, cluster and workload of a search. Without --nodes/--gpus, a pinned dp sizes the cluster to
     tp·pp·dp·cp GPUs (unpinned degrees count 1)."""
-    from models import load_model
+    from parallelplan.models import load_model
 
     model = load_model(model_ref)
     cluster = load_target_cluster(cluster_ref, nodes, gpus, given_world_size(fixed))
@@ -168,7 +168,7 @@ def build_inputs(model_ref: str, cluster_ref: str | None, nodes: int | None, gpu
 
 def search_batch(kind: str, seq_len: int, global_batch: int | None) -> int:
     """``--global-batch``, or for training `DEFAULT_BATCH_TOKENS` worth of sequences; serving must say."""
-    from solver import SolverInputError
+    from parallelplan.solver import SolverInputError
 
     if global_batch is not None:
         return global_batch
@@ -179,7 +179,7 @@ def search_batch(kind: str, seq_len: int, global_batch: int | None) -> int:
 
 def search_arguments(options: dict[str, Any]) -> dict[str, Any]:
     """The keyword arguments of `solver.solve` / `solver.pareto` from the shared search options."""
-    from solver import SolverInputError
+    from parallelplan.solver import SolverInputError
 
     counts = options["node_counts"]
     fixed = parse_assignments(options["fix"], "--fix", ranged=False)
@@ -203,7 +203,7 @@ def search_arguments(options: dict[str, Any]) -> dict[str, Any]:
 
 def parse_objective(text: str) -> str | list[str] | dict[str, float]:
     """``throughput`` → a name; ``gpus,throughput`` → lexicographic; ``throughput=1,cost=0.5`` → weights."""
-    from solver import SolverInputError
+    from parallelplan.solver import SolverInputError
 
     parts = [part.strip() for part in text.split(",") if part.strip()]
     if not any("=" in part for part in parts):
@@ -221,7 +221,7 @@ def parse_objective(text: str) -> str | list[str] | dict[str, float]:
 
 def parse_assignments(items: tuple[str, ...], flag: str, *, ranged: bool) -> dict[str, Any]:
     """``NAME=VALUE`` items as a dict; the solver checks each name and value against `constraints.Plan`."""
-    from solver import SolverInputError
+    from parallelplan.solver import SolverInputError
 
     out: dict[str, Any] = {}
     for item in items:
@@ -236,7 +236,7 @@ def parse_assignments(items: tuple[str, ...], flag: str, *, ranged: bool) -> dic
 
 
 def _range(name: str, text: str, flag: str) -> tuple[int, int] | list[Any]:
-    from solver import SolverInputError
+    from parallelplan.solver import SolverInputError
 
     if ":" in text:
         low, _, high = text.partition(":")
@@ -267,14 +267,14 @@ def _scalar(text: str) -> Any:
 
 
 def _is_tuple_field(name: str) -> bool:
-    from constraints import Plan
+    from parallelplan.constraints import Plan
 
     field = Plan.model_fields.get(name)
     return field is not None and "tuple" in str(field.annotation)
 
 
 def _integers(text: str, flag: str) -> list[int]:
-    from solver import SolverInputError
+    from parallelplan.solver import SolverInputError
 
     try:
         return [int(part) for part in text.split(",") if part.strip()]
@@ -311,8 +311,8 @@ def _cost(values: dict[str, float]) -> str:
 
 
 def render_solution(model: ModelSpec, cluster: ClusterSpec, workload: Workload, found: Solution, objective: str) -> str:
-    from cli.estimate_cmd import describe_plan, memory_table, time_table
-    from solver.explain import describe
+    from parallelplan.cli.estimate_cmd import describe_plan, memory_table, time_table
+    from parallelplan.solver.explain import describe
 
     est, values = found.estimate, found.objective
     proof = good("proved optimal by CP-SAT") if found.optimal else bad("best found within the time limit, NOT proved optimal")
@@ -343,7 +343,7 @@ def render_solution(model: ModelSpec, cluster: ClusterSpec, workload: Workload, 
 
 def render_front(model: ModelSpec, cluster: ClusterSpec, workload: Workload, front: list[Solution],
                  names: list[str]) -> str:
-    from solver.explain import describe
+    from parallelplan.solver.explain import describe
 
     rows = []
     for i, s in enumerate(front):

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING
 
 import click
 
-from cli.format import gib, heading, quiet, table
-from cli.options import DETECT_REF, detection_snapshot, load_efficiency, load_target_cluster
+from parallelplan.cli.format import gib, heading, quiet, table
+from parallelplan.cli.options import DETECT_REF, detection_snapshot, load_efficiency, load_target_cluster
 
 if TYPE_CHECKING:
-    from constraints import TopologyReport
-    from hardware import Detection
+    from parallelplan.constraints import TopologyReport
+    from parallelplan.hardware import Detection
 
 
 @click.command()
@@ -50,9 +50,9 @@ def topology(cluster_ref: str | None, nodes: int | None, gpus: int | None, snaps
       plan topology --cluster dgx-h100 --nodes 4
       plan topology --cluster gb200-nvl72 --gpus 144 --message 256
     """
-    from constraints import describe_topology
-    from hardware import DetectionError, detect_node, record_snapshot
-    from hardware.detect import sized_cluster
+    from parallelplan.constraints import describe_topology
+    from parallelplan.hardware import DetectionError, detect_node, record_snapshot
+    from parallelplan.hardware.detect import sized_cluster
 
     efficiency = load_efficiency(efficiency_file)
     if cluster_ref not in (None, DETECT_REF):

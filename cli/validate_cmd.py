@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from cli.estimate_cmd import (
+from parallelplan.cli.estimate_cmd import (
     PLAN_OPTIONS,
     assess_plan,
     build_plan,
@@ -19,8 +19,8 @@ from cli.estimate_cmd import (
     describe_plan,
     plan_fields_from,
 )
-from cli.format import bad, gib, good, heading, quiet
-from cli.options import (
+from parallelplan.cli.format import bad, gib, good, heading, quiet
+from parallelplan.cli.options import (
     MODEL_OPTIONS,
     TARGET_OPTIONS,
     WORKLOAD_OPTIONS,
@@ -31,9 +31,9 @@ from cli.options import (
 )
 
 if TYPE_CHECKING:
-    from constraints import Assessment
-    from hardware import ClusterSpec
-    from models import ModelSpec
+    from parallelplan.constraints import Assessment
+    from parallelplan.hardware import ClusterSpec
+    from parallelplan.models import ModelSpec
 
 
 @click.command()
@@ -61,8 +61,8 @@ def validate(model_ref: str, cluster_ref: str | None, nodes: int | None, gpus: i
       plan validate --model llama-3.1-8b --nodes 2 --deepspeed ds_config.json
       plan validate --model llama-3.1-8b --plan strategy.yaml --json
     """
-    from constraints import PlanError
-    from models import load_model
+    from parallelplan.constraints import PlanError
+    from parallelplan.models import load_model
 
     if plan_file and deepspeed_file:
         raise PlanError("give either --plan or --deepspeed, not both")
@@ -94,8 +94,8 @@ def validate(model_ref: str, cluster_ref: str | None, nodes: int | None, gpus: i
 def _read_deepspeed(path: Path, world_size: int):
     import json
 
-    from emitters.deepspeed import read_config
-    from emitters.errors import EmitError
+    from parallelplan.emitters.deepspeed import read_config
+    from parallelplan.emitters.errors import EmitError
 
     try:
         data = json.loads(path.read_text())

@@ -13,18 +13,18 @@ divisibility / compatibility rules a plan must satisfy, each named and explained
 - `Efficiency` and `RuntimeAllowance`: the named, overridable factors (``data/*.json``).
 """
 
-from constraints.arrays import PlanArrays
-from constraints.assess import Assessment, Budget, assess, training_budget
-from constraints.check import check
-from constraints.efficiency import Efficiency
-from constraints.errors import PlanError
-from constraints.estimate import Estimate, MemoryBreakdown, TimeBreakdown, estimate
-from constraints.evaluate import Evaluation, evaluate
-from constraints.plan import Plan, Workload
-from constraints.rules import Violation, structural_violations
-from constraints.runtime import RuntimeAllowance
-from constraints.sharding import ShardingComparison, ShardingOption, compare_sharding
-from constraints.topology import GroupCost, Tier, TopologyReport, describe_topology
+from parallelplan.constraints.arrays import PlanArrays
+from parallelplan.constraints.assess import Assessment, Budget, assess, training_budget
+from parallelplan.constraints.check import check
+from parallelplan.constraints.efficiency import Efficiency
+from parallelplan.constraints.errors import PlanError
+from parallelplan.constraints.estimate import Estimate, MemoryBreakdown, TimeBreakdown, estimate
+from parallelplan.constraints.evaluate import Evaluation, evaluate
+from parallelplan.constraints.plan import Plan, Workload
+from parallelplan.constraints.rules import Violation, structural_violations
+from parallelplan.constraints.runtime import RuntimeAllowance
+from parallelplan.constraints.sharding import ShardingComparison, ShardingOption, compare_sharding
+from parallelplan.constraints.topology import GroupCost, Tier, TopologyReport, describe_topology
 
 __all__ = [
     "Assessment", "Budget", "Efficiency", "Estimate", "Evaluation", "GroupCost", "MemoryBreakdown", "Plan", "PlanArrays", "PlanError", "RuntimeAllowance",

@@ -41,9 +41,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from constraints.arrays import PlanArrays, code
-from constraints.plan import RECOMPUTE_MODULES, Workload
-from constraints.structure import ModelFacts
+from parallelplan.constraints.arrays import PlanArrays, code
+from parallelplan.constraints.plan import RECOMPUTE_MODULES, Workload
+from parallelplan.constraints.structure import ModelFacts
 
 LOSS_BYTES_PER_VOCAB_UNFUSED = 12.0
 """HF causal-LM loss at its peak, per token and vocabulary entry: logits in the model dtype kept with the

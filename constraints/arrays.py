@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from constraints.plan import (
+from parallelplan.constraints.plan import (
     ATTENTION_KERNELS,
     KERNELS,
     OFFLOADS,

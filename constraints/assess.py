@@ -13,14 +13,14 @@ import math
 
 from pydantic import BaseModel, ConfigDict
 
-from constraints.check import check_and_estimate
-from constraints.efficiency import Efficiency
-from constraints.errors import PlanError
-from constraints.estimate import Estimate
-from constraints.plan import Plan, Workload
-from constraints.rules import Violation
-from hardware import ClusterSpec, HardwareError, default_price, price_offers
-from models import ModelSpec
+from parallelplan.constraints.check import check_and_estimate
+from parallelplan.constraints.efficiency import Efficiency
+from parallelplan.constraints.errors import PlanError
+from parallelplan.constraints.estimate import Estimate
+from parallelplan.constraints.plan import Plan, Workload
+from parallelplan.constraints.rules import Violation
+from parallelplan.hardware import ClusterSpec, HardwareError, default_price, price_offers
+from parallelplan.models import ModelSpec
 
 
 class _Frozen(BaseModel):

@@ -4,17 +4,17 @@ means the plan can run."""
 
 from __future__ import annotations
 
-from constraints.arrays import PlanArrays
-from constraints.efficiency import Efficiency
-from constraints.estimate import Estimate, estimate
-from constraints.evaluate import evaluate
-from constraints.plan import Plan, Workload
-from constraints.rules import UNPRICEABLE, Violation, structural_violations
-from constraints.runtime import RuntimeAllowance
-from constraints.states import bytes_per_param
-from constraints.structure import model_facts
-from hardware import ClusterSpec
-from models import ModelSpec
+from parallelplan.constraints.arrays import PlanArrays
+from parallelplan.constraints.efficiency import Efficiency
+from parallelplan.constraints.estimate import Estimate, estimate
+from parallelplan.constraints.evaluate import evaluate
+from parallelplan.constraints.plan import Plan, Workload
+from parallelplan.constraints.rules import UNPRICEABLE, Violation, structural_violations
+from parallelplan.constraints.runtime import RuntimeAllowance
+from parallelplan.constraints.states import bytes_per_param
+from parallelplan.constraints.structure import model_facts
+from parallelplan.hardware import ClusterSpec
+from parallelplan.models import ModelSpec
 
 GIB = 2**30
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from constraints.efficiency import Efficiency
-from hardware import ClusterSpec
+from parallelplan.constraints.efficiency import Efficiency
+from parallelplan.hardware import ClusterSpec
 
 
 def ring_bytes(nbytes: np.ndarray, size: np.ndarray) -> np.ndarray:

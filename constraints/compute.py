@@ -22,12 +22,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from constraints.activations import activation_bytes
-from constraints.arrays import PlanArrays, code
-from constraints.efficiency import Efficiency
-from constraints.plan import PRECISIONS, RECOMPUTE_MODULES, Workload
-from constraints.structure import ModelFacts
-from hardware import GPUSpec
+from parallelplan.constraints.activations import activation_bytes
+from parallelplan.constraints.arrays import PlanArrays, code
+from parallelplan.constraints.efficiency import Efficiency
+from parallelplan.constraints.plan import PRECISIONS, RECOMPUTE_MODULES, Workload
+from parallelplan.constraints.structure import ModelFacts
+from parallelplan.hardware import GPUSpec
 
 KERNELS_PER_LAYER_FORWARD = 14
 """Kernels one fused transformer layer launches in forward: 2 norms, QKV and output GEMMs, RoPE, attention,

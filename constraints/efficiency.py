@@ -26,7 +26,7 @@ class Efficiency:
 
     @classmethod
     def default(cls) -> Efficiency:
-        data = json.loads(resources.files("constraints").joinpath("data", "efficiency.json").read_text())
+        data = json.loads(resources.files("parallelplan.constraints").joinpath("data", "efficiency.json").read_text())
         return cls(**{key: data[key]["value"] for key in cls.__dataclass_fields__})
 
     def with_overrides(self, overrides: dict[str, Any]) -> Efficiency:

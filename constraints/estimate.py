@@ -7,16 +7,16 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-from constraints.arrays import PlanArrays
-from constraints.efficiency import Efficiency
-from constraints.errors import PlanError
-from constraints.evaluate import Evaluation, evaluate
-from constraints.memory import micro_batches
-from constraints.plan import Plan, Workload
-from constraints.rules import UNPRICEABLE, structural_violations
-from constraints.runtime import RuntimeAllowance
-from hardware import ClusterSpec
-from models import ModelSpec
+from parallelplan.constraints.arrays import PlanArrays
+from parallelplan.constraints.efficiency import Efficiency
+from parallelplan.constraints.errors import PlanError
+from parallelplan.constraints.evaluate import Evaluation, evaluate
+from parallelplan.constraints.memory import micro_batches
+from parallelplan.constraints.plan import Plan, Workload
+from parallelplan.constraints.rules import UNPRICEABLE, structural_violations
+from parallelplan.constraints.runtime import RuntimeAllowance
+from parallelplan.hardware import ClusterSpec
+from parallelplan.models import ModelSpec
 
 GIB = 2**30
 

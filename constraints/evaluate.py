@@ -15,18 +15,18 @@ from dataclasses import dataclass, fields, is_dataclass
 
 import numpy as np
 
-from constraints.arrays import PlanArrays
-from constraints.compute import layer_times
-from constraints.efficiency import Efficiency
-from constraints.memory import MemoryArrays, stage_memory
-from constraints.plan import PRECISIONS, Plan, Workload
-from constraints.runtime import RuntimeAllowance
-from constraints.stages import stage_layout, stage_params
-from constraints.states import bytes_per_param, shard_divisors
-from constraints.structure import attention_keys, model_facts
-from constraints.timing import StepTimes, step_times
-from hardware import ClusterSpec
-from models import ModelSpec
+from parallelplan.constraints.arrays import PlanArrays
+from parallelplan.constraints.compute import layer_times
+from parallelplan.constraints.efficiency import Efficiency
+from parallelplan.constraints.memory import MemoryArrays, stage_memory
+from parallelplan.constraints.plan import PRECISIONS, Plan, Workload
+from parallelplan.constraints.runtime import RuntimeAllowance
+from parallelplan.constraints.stages import stage_layout, stage_params
+from parallelplan.constraints.states import bytes_per_param, shard_divisors
+from parallelplan.constraints.structure import attention_keys, model_facts
+from parallelplan.constraints.timing import StepTimes, step_times
+from parallelplan.hardware import ClusterSpec
+from parallelplan.models import ModelSpec
 
 
 @dataclass

@@ -24,23 +24,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from constraints.activations import (
+from parallelplan.constraints.activations import (
     first_stage_bytes,
     head_and_loss_bytes,
     layer_activations,
 )
-from constraints.arrays import PlanArrays, code
-from constraints.plan import Workload
-from constraints.runtime import RuntimeAllowance
-from constraints.stages import StageLayout, StageParams
-from constraints.states import (
+from parallelplan.constraints.arrays import PlanArrays, code
+from parallelplan.constraints.plan import Workload
+from parallelplan.constraints.runtime import RuntimeAllowance
+from parallelplan.constraints.stages import StageLayout, StageParams
+from parallelplan.constraints.states import (
     BytesPerParam,
     ShardDivisors,
     gathers_weights,
     optimizer_step_temporaries,
 )
-from constraints.structure import ModelFacts
-from hardware import ClusterSpec
+from parallelplan.constraints.structure import ModelFacts
+from parallelplan.hardware import ClusterSpec
 
 
 @dataclass

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-from constraints.plan import Plan, Workload
-from hardware import ClusterSpec
-from models import ModelSpec
+from parallelplan.constraints.plan import Plan, Workload
+from parallelplan.hardware import ClusterSpec
+from parallelplan.models import ModelSpec
 
 
 class Violation(BaseModel):

@@ -20,9 +20,9 @@ from importlib import resources
 
 import numpy as np
 
-from constraints.arrays import PlanArrays
-from hardware import ClusterSpec
-from hardware.units import parse_bytes, parse_rate
+from parallelplan.constraints.arrays import PlanArrays
+from parallelplan.hardware import ClusterSpec
+from parallelplan.hardware.units import parse_bytes, parse_rate
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class RuntimeAllowance:
 
     @classmethod
     def default(cls) -> RuntimeAllowance:
-        data = json.loads(resources.files("constraints").joinpath("data", "runtime.json").read_text())
+        data = json.loads(resources.files("parallelplan.constraints").joinpath("data", "runtime.json").read_text())
         return cls(
             cuda_context_bytes=parse_bytes(data["cuda_context_bytes"]["value"]),
             nccl_channels=int(data["nccl_channels"]["value"]),

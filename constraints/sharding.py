@@ -21,14 +21,14 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-from constraints.check import check_and_estimate
-from constraints.efficiency import Efficiency
-from constraints.errors import PlanError
-from constraints.estimate import MemoryBreakdown
-from constraints.plan import Plan, Workload
-from constraints.rules import UNPRICEABLE, Violation
-from hardware import ClusterSpec
-from models import ModelSpec
+from parallelplan.constraints.check import check_and_estimate
+from parallelplan.constraints.efficiency import Efficiency
+from parallelplan.constraints.errors import PlanError
+from parallelplan.constraints.estimate import MemoryBreakdown
+from parallelplan.constraints.plan import Plan, Workload
+from parallelplan.constraints.rules import UNPRICEABLE, Violation
+from parallelplan.hardware import ClusterSpec
+from parallelplan.models import ModelSpec
 
 GIB = 2**30
 AS_FAST = 0.01

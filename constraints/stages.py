@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from constraints.arrays import PlanArrays
-from constraints.structure import ModelFacts
+from parallelplan.constraints.arrays import PlanArrays
+from parallelplan.constraints.structure import ModelFacts
 
 
 @dataclass

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from constraints.arrays import PlanArrays, code
+from parallelplan.constraints.arrays import PlanArrays, code
 
 ADAM_8BIT_BLOCK = 2048  # bitsandbytes block-wise quantisation block size (Dettmers et al. 2022, §2)
 

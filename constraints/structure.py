@@ -12,9 +12,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from models import ModelSpec
-from models import params as P
-from models.flops import keys_per_query
+from parallelplan.models import ModelSpec
+from parallelplan.models import params as P
+from parallelplan.models.flops import keys_per_query
 
 
 @dataclass(frozen=True)

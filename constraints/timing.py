@@ -44,17 +44,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from constraints.activations import activation_bytes
-from constraints.arrays import PlanArrays, code
-from constraints.collectives import Fabric, ring_bytes
-from constraints.compute import LayerTimes
-from constraints.efficiency import Efficiency
-from constraints.memory import micro_batches, recomputed_share
-from constraints.plan import RECOMPUTE_MODULES, Workload
-from constraints.stages import StageLayout, StageParams
-from constraints.states import BytesPerParam, ShardDivisors, expert_data_parallel, gathers_weights
-from constraints.structure import ModelFacts
-from hardware import ClusterSpec
+from parallelplan.constraints.activations import activation_bytes
+from parallelplan.constraints.arrays import PlanArrays, code
+from parallelplan.constraints.collectives import Fabric, ring_bytes
+from parallelplan.constraints.compute import LayerTimes
+from parallelplan.constraints.efficiency import Efficiency
+from parallelplan.constraints.memory import micro_batches, recomputed_share
+from parallelplan.constraints.plan import RECOMPUTE_MODULES, Workload
+from parallelplan.constraints.stages import StageLayout, StageParams
+from parallelplan.constraints.states import BytesPerParam, ShardDivisors, expert_data_parallel, gathers_weights
+from parallelplan.constraints.structure import ModelFacts
+from parallelplan.hardware import ClusterSpec
 
 STATE_PASSES = 2
 """A fused optimizer update reads and writes each of its states once: bytes moved = 2 × (master + optimizer

@@ -11,10 +11,10 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from constraints.collectives import Fabric
-from constraints.efficiency import Efficiency
-from constraints.errors import PlanError
-from hardware import ClusterSpec
+from parallelplan.constraints.collectives import Fabric
+from parallelplan.constraints.efficiency import Efficiency
+from parallelplan.constraints.errors import PlanError
+from parallelplan.hardware import ClusterSpec
 
 MESSAGE_BYTES = 2**30
 """The message the collective table prices: 1 GiB, large enough that bandwidth, not latency, dominates

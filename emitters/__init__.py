@@ -14,7 +14,8 @@ from importlib import import_module
 from types import ModuleType
 from typing import Any
 
-from emitters.errors import EmitError
+from parallelplan.common.lazy import lazy_exports
+from parallelplan.emitters.errors import EmitError
 
 _TARGETS = ("accelerate", "deepspeed", "megatron", "sglang", "slurm", "torchrun", "torchtitan", "vllm")
 """One module per target, `emitters.<target>` (loaded on first use: catching `EmitError` costs nothing)."""
@@ -27,7 +28,7 @@ def list_targets() -> list[str]:
 def _module(target: str) -> ModuleType:
     if target not in _TARGETS:
         raise EmitError(f"unknown target {target!r}; use one of {', '.join(list_targets())}")
-    return import_module(f"emitters.{target}")
+    return import_module(f"parallelplan.emitters.{target}")
 
 
 def constraints(target: str) -> dict[str, Any]:
@@ -38,20 +39,14 @@ def constraints(target: str) -> dict[str, Any]:
 
 def emit(solution, target: str, **options: Any) -> dict[str, str]:
     """The files of ``target`` for a solved plan (`solver.Solution`)."""
-    from emitters.job import Job
+    from parallelplan.emitters.job import Job
 
     module = _module(target)
     return module.emit(Job.from_solution(solution, **options))
 
 
-_READERS = {"ReadConfig": "deepspeed", "read_config": "deepspeed"}
+__getattr__, __dir__ = lazy_exports(__name__, {"ReadConfig": "parallelplan.emitters.deepspeed",
+                                                "read_config": "parallelplan.emitters.deepspeed"})
 """Names exported from a target's module, imported when first asked for."""
-
-
-def __getattr__(name: str) -> Any:
-    if name in _READERS:
-        return getattr(import_module(f"emitters.{_READERS[name]}"), name)
-    raise AttributeError(f"module 'emitters' has no attribute {name!r}")
-
 
 __all__ = ["EmitError", "ReadConfig", "constraints", "emit", "list_targets", "read_config"]

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import json
 
-from emitters.environment import HERE, command, nccl_environment, script
-from emitters.job import Job, unsupported
-from emitters.torchrun import SCRIPT, node_rank_lines, script_words
+from parallelplan.emitters.environment import HERE, command, nccl_environment, script
+from parallelplan.emitters.job import Job, unsupported
+from parallelplan.emitters.torchrun import SCRIPT, node_rank_lines, script_words
 
 TARGET = "accelerate"
 CONSTRAINTS = {"fixed": {"vpp": 1}, "ranges": {"recompute": ["none", "full"]}, "allow_partial_recompute": False}

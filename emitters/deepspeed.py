@@ -19,11 +19,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from constraints import Violation
-from emitters.environment import HERE, command, nccl_environment, script
-from emitters.errors import EmitError
-from emitters.job import Job, unsupported
-from emitters.torchrun import SCRIPT, rendezvous_lines, script_words
+from parallelplan.constraints import Violation
+from parallelplan.emitters.environment import HERE, command, nccl_environment, script
+from parallelplan.emitters.errors import EmitError
+from parallelplan.emitters.job import Job, unsupported
+from parallelplan.emitters.torchrun import SCRIPT, rendezvous_lines, script_words
 
 TARGET = "deepspeed"
 CONSTRAINTS = {"fixed": {"cp": 1, "ep": 1, "pp": 1, "sequence_parallel": False}, "ranges": {"recompute": ["none", "full"]},

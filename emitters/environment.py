@@ -8,7 +8,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
-from hardware import ClusterSpec
+from parallelplan.hardware import ClusterSpec
 
 
 @dataclass(frozen=True)

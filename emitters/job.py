@@ -6,11 +6,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from constraints import MemoryBreakdown, Plan, Workload
-from emitters.errors import EmitError
-from hardware import ClusterSpec
-from models import ModelSpec
-from solver import Solution
+from parallelplan.constraints import MemoryBreakdown, Plan, Workload
+from parallelplan.emitters.errors import EmitError
+from parallelplan.hardware import ClusterSpec
+from parallelplan.models import ModelSpec
+from parallelplan.solver import Solution
 
 OPTIONS = ("script", "script_args", "master_port", "job_name", "time_limit", "partition", "account")
 """Launch options every target accepts (`emitters.emit(..., **options)`)."""
@@ -34,7 +34,7 @@ class Job:
 
     @classmethod
     def from_solution(cls, solution: Solution, **options) -> Job:
-        from solver.explain import describe
+        from parallelplan.solver.explain import describe
 
         unknown = set(options) - set(OPTIONS)
         if unknown:

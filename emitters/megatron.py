@@ -27,9 +27,9 @@ passed on to ``pretrain_gpt.py``; with none it trains on Megatron's mock data.
 
 from __future__ import annotations
 
-from emitters.environment import Variable, command, nccl_environment, script
-from emitters.job import Job, unsupported
-from emitters.torchrun import rendezvous_lines, torchrun_words
+from parallelplan.emitters.environment import Variable, command, nccl_environment, script
+from parallelplan.emitters.job import Job, unsupported
+from parallelplan.emitters.torchrun import rendezvous_lines, torchrun_words
 
 TARGET = "megatron"
 SCRIPT = "pretrain_gpt.py"

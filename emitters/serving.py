@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import math
 
-from emitters.job import Job, unsupported
-from models.presets import get_preset
+from parallelplan.emitters.job import Job, unsupported
+from parallelplan.models.presets import get_preset
 
 PORT = 8000
 

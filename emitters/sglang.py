@@ -10,10 +10,10 @@ command on every node with ``--nnodes``, ``--node-rank`` and ``--dist-init-addr`
 
 from __future__ import annotations
 
-from emitters.environment import command, nccl_environment, script
-from emitters.job import Job, unsupported
-from emitters.serving import PORT, check, dtype, memory_fraction, model_lines
-from emitters.torchrun import node_rank_lines
+from parallelplan.emitters.environment import command, nccl_environment, script
+from parallelplan.emitters.job import Job, unsupported
+from parallelplan.emitters.serving import PORT, check, dtype, memory_fraction, model_lines
+from parallelplan.emitters.torchrun import node_rank_lines
 
 TARGET = "sglang"
 NAME = "SGLang"

@@ -5,9 +5,9 @@ the partition and account when given."""
 
 from __future__ import annotations
 
-from emitters.environment import command, nccl_environment, script
-from emitters.job import Job
-from emitters.torchrun import SCRIPT, plan_file, script_words, torchrun_words
+from parallelplan.emitters.environment import command, nccl_environment, script
+from parallelplan.emitters.job import Job
+from parallelplan.emitters.torchrun import SCRIPT, plan_file, script_words, torchrun_words
 
 TARGET = "slurm"
 

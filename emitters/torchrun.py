@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 
-from emitters.environment import command, nccl_environment, script
-from emitters.job import Job
+from parallelplan.emitters.environment import command, nccl_environment, script
+from parallelplan.emitters.job import Job
 
 TARGET = "torchrun"
 SCRIPT = "train.py"

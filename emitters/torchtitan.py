@@ -24,9 +24,9 @@ import json
 from functools import cache
 from importlib import resources
 
-from emitters.environment import HERE, command, nccl_environment, script
-from emitters.job import Job, unsupported
-from emitters.torchrun import rendezvous_lines, torchrun_words
+from parallelplan.emitters.environment import HERE, command, nccl_environment, script
+from parallelplan.emitters.job import Job, unsupported
+from parallelplan.emitters.torchrun import rendezvous_lines, torchrun_words
 
 TARGET = "torchtitan"
 VERSION = "0.3.0"
@@ -42,7 +42,7 @@ NAME = f"torchtitan {VERSION}"
 @cache
 def models() -> dict[str, dict]:
     """The models torchtitan ships, keyed by our preset name (`emitters/data/torchtitan.json`)."""
-    return json.loads(resources.files("emitters").joinpath("data/torchtitan.json").read_text())["models"]
+    return json.loads(resources.files("parallelplan.emitters").joinpath("data/torchtitan.json").read_text())["models"]
 
 
 def entry(job: Job) -> dict:

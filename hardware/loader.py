@@ -16,16 +16,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from hardware.errors import HardwareError
-from hardware.presets import (
+from parallelplan.common.files import existing_path, looks_like_path, read_mapping
+from parallelplan.common.validation import describe_validation_error
+from parallelplan.hardware.errors import HardwareError
+from parallelplan.hardware.presets import (
     cluster_preset,
     gpu_by_name,
     preset_cluster_fields,
     unknown_cluster,
 )
-from hardware.spec import ClusterSpec
-from plan_common.files import existing_path, looks_like_path, read_mapping
-from plan_common.validation import describe_validation_error
+from parallelplan.hardware.spec import ClusterSpec
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -16,9 +16,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, PositiveInt
 
-from hardware.errors import HardwareError
-from hardware.spec import GPUSpec
-from plan_common.files import alias_index
+from parallelplan.common.files import alias_index
+from parallelplan.hardware.errors import HardwareError
+from parallelplan.hardware.spec import GPUSpec
 
 
 class ClusterPreset(BaseModel):
@@ -31,7 +31,7 @@ class ClusterPreset(BaseModel):
 
 
 def _read(filename: str) -> list[dict[str, Any]]:
-    return json.loads(resources.files("hardware").joinpath("data", filename).read_text())
+    return json.loads(resources.files("parallelplan.hardware").joinpath("data", filename).read_text())
 
 
 @lru_cache(maxsize=1)

@@ -10,8 +10,8 @@ from importlib import resources
 
 from pydantic import BaseModel, ConfigDict
 
-from hardware.errors import HardwareError
-from hardware.spec import GPUSpec
+from parallelplan.hardware.errors import HardwareError
+from parallelplan.hardware.spec import GPUSpec
 
 
 class PriceOffer(BaseModel):
@@ -28,7 +28,7 @@ class PriceOffer(BaseModel):
 
 @lru_cache(maxsize=1)
 def price_offers() -> tuple[PriceOffer, ...]:
-    data = json.loads(resources.files("hardware").joinpath("data", "prices.json").read_text())
+    data = json.loads(resources.files("parallelplan.hardware").joinpath("data", "prices.json").read_text())
     return tuple(PriceOffer.model_validate(entry) for entry in data["prices"])
 
 

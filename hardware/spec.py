@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, model_validator
 
-from hardware.units import parse_bytes, parse_flops, parse_rate
+from parallelplan.hardware.units import parse_bytes, parse_flops, parse_rate
 
 COUNT_LIMIT = 2**31
 PositiveInt = Annotated[StrictInt, Field(ge=1, le=COUNT_LIMIT)]
@@ -100,7 +100,7 @@ class NodeSpec(_Frozen):
     def _gpu_by_name(cls, data: Any) -> Any:
         """``gpu`` may name a GPU preset ("h100-sxm-80gb") instead of spelling out a GPUSpec."""
         if isinstance(data, dict) and isinstance(data.get("gpu"), str):
-            from hardware.presets import gpu_by_name
+            from parallelplan.hardware.presets import gpu_by_name
 
             data = {**data, "gpu": gpu_by_name(data["gpu"])}
         return data

@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
-from models.params import attention_weight_shapes, mlp_params
+from parallelplan.models.params import attention_weight_shapes, mlp_params
 
 if TYPE_CHECKING:
-    from models.spec import ModelSpec
+    from parallelplan.models.spec import ModelSpec
 
 
 class FlopsBreakdown(BaseModel):

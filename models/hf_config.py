@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from models.errors import ModelError
-from models.spec import SIZE_LIMIT
+from parallelplan.models.errors import ModelError
+from parallelplan.models.spec import SIZE_LIMIT
 
 _ACTIVATIONS = {
     "silu": "silu",

@@ -17,12 +17,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from models.errors import ModelError
-from models.hf_config import looks_like_hf_config, spec_fields_from_hf
-from models.presets import get_preset, preset_names_and_aliases
-from models.spec import ModelSpec
-from plan_common.files import existing_path, looks_like_path, read_mapping
-from plan_common.validation import describe_validation_error
+from parallelplan.common.files import existing_path, looks_like_path, read_mapping
+from parallelplan.common.validation import describe_validation_error
+from parallelplan.models.errors import ModelError
+from parallelplan.models.hf_config import looks_like_hf_config, spec_fields_from_hf
+from parallelplan.models.presets import get_preset, preset_names_and_aliases
+from parallelplan.models.spec import ModelSpec
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
-    from models.spec import ModelSpec
+    from parallelplan.models.spec import ModelSpec
 
 
 class ParamBreakdown(BaseModel):

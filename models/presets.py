@@ -15,10 +15,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from models.errors import ModelError
-from models.hf_config import spec_fields_from_hf
-from models.spec import ModelSpec
-from plan_common.files import alias_index
+from parallelplan.common.files import alias_index
+from parallelplan.models.errors import ModelError
+from parallelplan.models.hf_config import spec_fields_from_hf
+from parallelplan.models.spec import ModelSpec
 
 
 class OfficialCounts(BaseModel):
@@ -68,7 +68,7 @@ class ModelPreset(BaseModel):
         return self
 
     def to_spec(self) -> ModelSpec:
-        from models.loader import build_spec
+        from parallelplan.models.loader import build_spec
 
         meta = {"display_name": self.display_name, "source": self.source, "notes": self.notes}
         if self.hf_config is not None:
@@ -82,7 +82,7 @@ class ModelPreset(BaseModel):
 @lru_cache(maxsize=1)
 def _all_presets() -> dict[str, ModelPreset]:
     presets = {}
-    for entry in sorted(resources.files("models").joinpath("presets").iterdir(), key=lambda p: p.name):
+    for entry in sorted(resources.files("parallelplan.models").joinpath("presets").iterdir(), key=lambda p: p.name):
         if entry.name.endswith(".json"):
             preset = ModelPreset.model_validate(json.loads(entry.read_text()))
             presets[preset.name] = preset

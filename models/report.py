@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-from models.flops import FlopsBreakdown, decode_flops_per_token
-from models.params import ParamBreakdown
-from models.spec import ModelSpec
+from parallelplan.models.flops import FlopsBreakdown, decode_flops_per_token
+from parallelplan.models.params import ParamBreakdown
+from parallelplan.models.spec import ModelSpec
 
 WEIGHT_BYTES_PER_PARAM: dict[str, float] = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "fp4": 4.25 / 8}
 KV_CACHE_BYTES_PER_ELEMENT = 2

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 if TYPE_CHECKING:
-    from models.flops import FlopsBreakdown
-    from models.params import ParamBreakdown
+    from parallelplan.models.flops import FlopsBreakdown
+    from parallelplan.models.params import ParamBreakdown
 
 SIZE_LIMIT = 2**31
 """Largest size any field may take: far above every real model, low enough that FLOPs stay finite."""
@@ -247,7 +247,7 @@ class ModelSpec(_Frozen):
 
     @cached_property
     def params(self) -> ParamBreakdown:
-        from models.params import count_parameters
+        from parallelplan.models.params import count_parameters
 
         return count_parameters(self)
 
@@ -262,7 +262,7 @@ class ModelSpec(_Frozen):
         return self.params.active
 
     def flops(self, seq_len: int, *, causal: bool = False, include_mtp: bool = False) -> FlopsBreakdown:
-        from models.flops import count_flops
+        from parallelplan.models.flops import count_flops
 
         return count_flops(self, seq_len, causal=causal, include_mtp=include_mtp)
 

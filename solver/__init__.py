@@ -8,21 +8,16 @@
 use, so catching the error types costs a command nothing.
 """
 
-from importlib import import_module
+from parallelplan.common.lazy import lazy_exports
+from parallelplan.solver.errors import Infeasible, SolverInputError
 
-from solver.errors import Infeasible, SolverInputError
-
-_LAZY = {"solve": "solver.search", "pareto": "solver.search", "Solution": "solver.solution",
-         "Alternative": "solver.solution", "SearchStats": "solver.solution",
-         "compare": "solver.comparison", "Comparison": "solver.comparison", "InfeasibleCell": "solver.comparison", "OBJECTIVES": "solver.objectives",
-         "Plan": "constraints", "Workload": "constraints"}
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'solver' has no attribute {name!r}")
-
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "solve": "parallelplan.solver.search", "pareto": "parallelplan.solver.search",
+    "Solution": "parallelplan.solver.solution", "Alternative": "parallelplan.solver.solution",
+    "SearchStats": "parallelplan.solver.solution", "compare": "parallelplan.solver.comparison",
+    "Comparison": "parallelplan.solver.comparison", "InfeasibleCell": "parallelplan.solver.comparison",
+    "OBJECTIVES": "parallelplan.solver.objectives", "Plan": "parallelplan.constraints",
+    "Workload": "parallelplan.constraints"})
 
 __all__ = ["OBJECTIVES", "Alternative", "Comparison", "Infeasible", "InfeasibleCell", "Plan", "SearchStats", "Solution", "SolverInputError",
            "Workload", "compare", "pareto", "solve"]

@@ -14,10 +14,10 @@ from dataclasses import dataclass, fields, is_dataclass
 
 import numpy as np
 
-from constraints import Efficiency, PlanArrays, RuntimeAllowance, evaluate
-from constraints.arrays import ALL_LAYERS, code
-from constraints.evaluate import Evaluation, peak_memory
-from solver.space import SearchSpace, enumerate_with_structure, least_memory_executions, structures
+from parallelplan.constraints import Efficiency, PlanArrays, RuntimeAllowance, evaluate
+from parallelplan.constraints.arrays import ALL_LAYERS, code
+from parallelplan.constraints.evaluate import Evaluation, peak_memory
+from parallelplan.solver.space import SearchSpace, enumerate_with_structure, least_memory_executions, structures
 
 
 @dataclass

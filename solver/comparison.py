@@ -9,12 +9,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from constraints import Budget, Workload, training_budget
-from hardware import ClusterSpec
-from models import ModelSpec
-from solver.errors import Infeasible, SolverInputError
-from solver.search import Progress, solve
-from solver.solution import Solution
+from parallelplan.constraints import Budget, Workload, training_budget
+from parallelplan.hardware import ClusterSpec
+from parallelplan.models import ModelSpec
+from parallelplan.solver.errors import Infeasible, SolverInputError
+from parallelplan.solver.search import Progress, solve
+from parallelplan.solver.solution import Solution
 
 
 class InfeasibleCell(BaseModel):

@@ -22,15 +22,15 @@ from typing import Any
 
 import numpy as np
 
-from constraints import Plan, PlanArrays, Workload, evaluate
-from constraints.arrays import ALL_LAYERS, code
-from constraints.check import selective_ladder
-from constraints.rules import structural_violations
-from hardware import ClusterSpec
-from models import ModelSpec
-from solver.candidates import Candidates
-from solver.objectives import Criteria, criteria, gpu_hour_price, weighted_score
-from solver.space import SearchSpace, enumerate_with_structure, uneven_splits
+from parallelplan.constraints import Plan, PlanArrays, Workload, evaluate
+from parallelplan.constraints.arrays import ALL_LAYERS, code
+from parallelplan.constraints.check import selective_ladder
+from parallelplan.constraints.rules import structural_violations
+from parallelplan.hardware import ClusterSpec
+from parallelplan.models import ModelSpec
+from parallelplan.solver.candidates import Candidates
+from parallelplan.solver.objectives import Criteria, criteria, gpu_hour_price, weighted_score
+from parallelplan.solver.space import SearchSpace, enumerate_with_structure, uneven_splits
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from constraints import Estimate, Plan
+from parallelplan.constraints import Estimate, Plan
 
 GIB = 2**30
 TERMS = (("compute", "compute"), ("tp_comm", "tensor-parallel communication"), ("cp_comm", "context-parallel exchange"),

@@ -17,9 +17,9 @@ from dataclasses import replace
 import numpy as np
 from ortools.sat.python import cp_model
 
-from constraints import Plan, PlanArrays, check
-from constraints.arrays import code, module_mask
-from constraints.plan import (
+from parallelplan.constraints import Plan, PlanArrays, check
+from parallelplan.constraints.arrays import code, module_mask
+from parallelplan.constraints.plan import (
     OFFLOADS,
     OPTIMIZERS,
     PRECISIONS,
@@ -27,12 +27,12 @@ from constraints.plan import (
     SCHEDULES,
     SHARDINGS,
 )
-from constraints.rules import structural_violations
-from hardware import load_cluster
-from solver.candidates import Candidates
-from solver.errors import Infeasible
-from solver.explain import describe
-from solver.space import SearchSpace
+from parallelplan.constraints.rules import structural_violations
+from parallelplan.hardware import load_cluster
+from parallelplan.solver.candidates import Candidates
+from parallelplan.solver.errors import Infeasible
+from parallelplan.solver.explain import describe
+from parallelplan.solver.space import SearchSpace
 
 GIB = 2**30
 _CATEGORIES = {"sharding": SHARDINGS, "recompute": RECOMPUTES, "precision": PRECISIONS, "optimizer": OPTIMIZERS,

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from constraints import PlanArrays
-from constraints.arrays import ALL_LAYERS, code, module_mask
-from hardware import ClusterSpec, HardwareError, default_price
-from solver.candidates import Candidates
-from solver.errors import SolverInputError
+from parallelplan.constraints import PlanArrays
+from parallelplan.constraints.arrays import ALL_LAYERS, code, module_mask
+from parallelplan.hardware import ClusterSpec, HardwareError, default_price
+from parallelplan.solver.candidates import Candidates
+from parallelplan.solver.errors import SolverInputError
 
 OBJECTIVES = ("throughput", "cost", "memory_headroom", "gpus", "simplicity")
 WEIGHT_SCALE = 10**9

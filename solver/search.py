@@ -20,18 +20,18 @@ from typing import Any
 
 import numpy as np
 
-from constraints import Efficiency, Plan, RuntimeAllowance, Workload, estimate
-from hardware import ClusterSpec, load_cluster
-from models import ModelSpec
-from solver.candidates import Candidates, priced_candidates
-from solver.errors import Infeasible, SolverInputError
-from solver.explain import explain
-from solver.frontier import first_fronts
-from solver.infeasible import diagnose
-from solver.model import Selection, frontier, lexicographic
-from solver.objectives import OBJECTIVES, Criteria, criteria, gpu_hour_price, weighted_score
-from solver.solution import Alternative, SearchStats, Solution
-from solver.space import SearchSpace
+from parallelplan.constraints import Efficiency, Plan, RuntimeAllowance, Workload, estimate
+from parallelplan.hardware import ClusterSpec, load_cluster
+from parallelplan.models import ModelSpec
+from parallelplan.solver.candidates import Candidates, priced_candidates
+from parallelplan.solver.errors import Infeasible, SolverInputError
+from parallelplan.solver.explain import explain
+from parallelplan.solver.frontier import first_fronts
+from parallelplan.solver.infeasible import diagnose
+from parallelplan.solver.model import Selection, frontier, lexicographic
+from parallelplan.solver.objectives import OBJECTIVES, Criteria, criteria, gpu_hour_price, weighted_score
+from parallelplan.solver.solution import Alternative, SearchStats, Solution
+from parallelplan.solver.space import SearchSpace
 
 Objective = str | Sequence[str] | Mapping[str, float]
 Progress = Callable[[str], None]

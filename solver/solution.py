@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-from constraints import Estimate, Plan, Workload
-from hardware import ClusterSpec
-from models import ModelSpec
+from parallelplan.constraints import Estimate, Plan, Workload
+from parallelplan.hardware import ClusterSpec
+from parallelplan.models import ModelSpec
 
 
 class _Frozen(BaseModel):

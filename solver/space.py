@@ -42,12 +42,12 @@ from typing import Any
 import numpy as np
 from pydantic import TypeAdapter, ValidationError
 
-from constraints.arrays import ALL_LAYERS, PlanArrays, code, module_mask
-from constraints.check import selective_ladder
-from constraints.plan import RECOMPUTE_MODULES, RECOMPUTES, Plan, Workload
-from hardware import ClusterSpec
-from models import ModelSpec
-from solver.errors import SolverInputError
+from parallelplan.constraints.arrays import ALL_LAYERS, PlanArrays, code, module_mask
+from parallelplan.constraints.check import selective_ladder
+from parallelplan.constraints.plan import RECOMPUTE_MODULES, RECOMPUTES, Plan, Workload
+from parallelplan.hardware import ClusterSpec
+from parallelplan.models import ModelSpec
+from parallelplan.solver.errors import SolverInputError
 
 MAX_VPP = 8
 DEFAULTS: dict[str, tuple] = {

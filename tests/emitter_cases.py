@@ -10,11 +10,11 @@ import re
 import shlex
 from functools import cache
 
-from constraints import Workload
-from emitters import constraints
-from hardware import load_cluster
-from models import load_model
-from solver import Solution, solve
+from parallelplan.constraints import Workload
+from parallelplan.emitters import constraints
+from parallelplan.hardware import load_cluster
+from parallelplan.models import load_model
+from parallelplan.solver import Solution, solve
 
 EIGHT_B = "llama-3.1-8b"
 WORK = Workload(seq_len=4096, global_batch_size=128)

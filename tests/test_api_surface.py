@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cli.main import plan as plan_cli
-from constraints import (
+from parallelplan.cli.main import plan as plan_cli
+from parallelplan.constraints import (
     Assessment,
     Estimate,
     Plan,
@@ -25,16 +25,42 @@ from constraints import (
     describe_topology,
     estimate,
 )
-from hardware import load_cluster
-from models import load_model
+from parallelplan.hardware import load_cluster
+from parallelplan.models import load_model
 
 
 def test_design_names_are_importable():
-    from constraints import check, estimate  # noqa: F401
-    from emitters import emit, list_targets  # noqa: F401
-    from hardware import ClusterSpec, list_clusters, load_cluster  # noqa: F401
-    from models import ModelSpec, list_presets, load_model  # noqa: F401
-    from solver import Plan, Solution, Workload, compare, pareto, solve  # noqa: F401
+    from parallelplan.constraints import check, estimate  # noqa: F401
+    from parallelplan.emitters import emit, list_targets  # noqa: F401
+    from parallelplan.hardware import ClusterSpec, list_clusters, load_cluster  # noqa: F401
+    from parallelplan.models import ModelSpec, list_presets, load_model  # noqa: F401
+    from parallelplan.solver import Plan, Solution, Workload, compare, pareto, solve  # noqa: F401
+
+
+def test_public_api_from_the_namespace_root_is_the_layers_own_objects():
+    """`from parallelplan import ...` gives the very objects the layers define (no copies, no wrappers),
+    for every name it exports; it imports none of them until asked (the CLI's start-up pays nothing)."""
+    import importlib
+    import subprocess
+    import sys
+
+    import parallelplan
+
+    for name in parallelplan.__all__:
+        value = getattr(parallelplan, name)
+        if name != "__version__":
+            home = importlib.import_module(parallelplan._EXPORTS[name])
+            assert value is getattr(home, name), name
+        assert name in dir(parallelplan)
+    for name in ("load_model", "load_cluster", "detect_cluster", "estimate", "check", "solve", "pareto", "Workload",
+                 "Plan", "Solution", "emit", "list_targets", "Infeasible", "ModelError", "EmitError"):
+        assert name in parallelplan.__all__, name
+    with pytest.raises(AttributeError, match="parallelplan.*no_such_name"):
+        parallelplan.no_such_name  # noqa: B018
+    loaded = subprocess.run([sys.executable, "-c", "import json, sys, parallelplan; print(json.dumps(sorted(m for m in sys.modules "
+                             "if m.startswith(('parallelplan.', 'ortools', 'numpy', 'pydantic')))))"],
+                            capture_output=True, text=True, check=True).stdout
+    assert json.loads(loaded) == ["parallelplan.common", "parallelplan.common.lazy"]
 
 
 @settings(max_examples=25, deadline=None)
@@ -166,7 +192,7 @@ def test_pin_flags_are_fix_shortcuts():
 
 
 def test_bad_api_arguments_name_the_field():
-    from constraints import PlanError
+    from parallelplan.constraints import PlanError
 
     model, cluster = load_model("llama-3.1-8b"), load_cluster("dgx-h100", nodes=2)
     work = Workload(seq_len=2048, global_batch_size=16)

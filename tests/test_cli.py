@@ -10,9 +10,9 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from cli.main import plan
-from models import list_presets, load_model
-from models.report import analyze_model
+from parallelplan.cli.main import plan
+from parallelplan.models import list_presets, load_model
+from parallelplan.models.report import analyze_model
 
 
 def run(*args: str):
@@ -101,7 +101,7 @@ def test_presets_listing_ignores_files_named_like_presets(tmp_path, monkeypatch)
 def test_bad_config_file_exits_2_without_traceback(tmp_path):
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"model_type": "llama", "hidden_size": -1}))
-    done = subprocess.run([sys.executable, "-m", "cli", "analyze", "--model", str(config)],
+    done = subprocess.run([sys.executable, "-m", "parallelplan", "analyze", "--model", str(config)],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert done.stderr.startswith("error: ") and "'hidden_size' = -1" in done.stderr

@@ -10,10 +10,10 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from cli.main import plan
-from constraints import Assessment, Plan, Workload, assess, compare_sharding, describe_topology
-from hardware import load_cluster
-from models import load_model
+from parallelplan.cli.main import plan
+from parallelplan.constraints import Assessment, Plan, Workload, assess, compare_sharding, describe_topology
+from parallelplan.hardware import load_cluster
+from parallelplan.models import load_model
 
 
 def run(*args: str):
@@ -225,7 +225,7 @@ def test_long_searches_report_progress_on_a_terminal_only(monkeypatch):
 
     args = ["pareto", "-m", "llama-3.1-8b", "-c", "dgx-h100", "--nodes", "2", "-o", "throughput,memory_headroom"]
     assert run(*args).stderr == ""  # not a terminal: nothing
-    monkeypatch.setattr("cli.format.sys", SimpleNamespace(stderr=SimpleNamespace(isatty=lambda: True)))
+    monkeypatch.setattr("parallelplan.cli.format.sys", SimpleNamespace(stderr=SimpleNamespace(isatty=lambda: True)))
     shown = run(*args)
     assert shown.exit_code == 0
     assert "pareto: priced" in shown.stderr and "Pareto points" in shown.stderr

@@ -8,10 +8,10 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from cli.main import plan
-from constraints import Plan, Workload, check, estimate
-from hardware import load_cluster
-from models import load_model
+from parallelplan.cli.main import plan
+from parallelplan.constraints import Plan, Workload, check, estimate
+from parallelplan.hardware import load_cluster
+from parallelplan.models import load_model
 
 
 def run(*args: str):

@@ -8,12 +8,12 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from cli.main import plan
-from cli.solve_cmd import DEFAULT_BATCH_TOKENS, parse_assignments, parse_objective
-from constraints import Plan, Workload
-from hardware import load_cluster
-from models import load_model
-from solver import pareto, solve
+from parallelplan.cli.main import plan
+from parallelplan.cli.solve_cmd import DEFAULT_BATCH_TOKENS, parse_assignments, parse_objective
+from parallelplan.constraints import Plan, Workload
+from parallelplan.hardware import load_cluster
+from parallelplan.models import load_model
+from parallelplan.solver import pareto, solve
 
 EIGHT_B = ["-m", "llama-3.1-8b", "-c", "dgx-h100", "--nodes", "1", "--seq-len", "4096", "--global-batch", "64"]
 

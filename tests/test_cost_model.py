@@ -15,7 +15,7 @@ import math
 
 import pytest
 
-from constraints import (
+from parallelplan.constraints import (
     Efficiency,
     Plan,
     PlanArrays,
@@ -24,10 +24,10 @@ from constraints import (
     estimate,
     evaluate,
 )
-from constraints.activations import layer_activations
-from constraints.structure import model_facts
-from hardware import load_cluster
-from models import load_model
+from parallelplan.constraints.activations import layer_activations
+from parallelplan.constraints.structure import model_facts
+from parallelplan.hardware import load_cluster
+from parallelplan.models import load_model
 
 GIB = 2**30
 LLAMA_8B = load_model("llama-3.1-8b")
@@ -410,7 +410,7 @@ def test_mla_down_projections_are_replicated_over_tensor_parallel_ranks():
 def test_mtp_modules_split_like_a_moe_layer():
     """A trained MTP module adds one MoE layer (experts over ep) plus its projection and norms to the last
     stage, and its compute."""
-    from models import params as P
+    from parallelplan.models import params as P
 
     plan = Plan(pp=16, dp=16, ep=16, sharding="zero1", recompute="full")
     work = Workload(seq_len=4096, global_batch_size=256)

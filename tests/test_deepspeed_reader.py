@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from constraints import Plan
-from emitters import EmitError, ReadConfig, emit, read_config
+from parallelplan.constraints import Plan
+from parallelplan.emitters import EmitError, ReadConfig, emit, read_config
 from tests.emitter_cases import deepspeed_cases
 from tests.validators.shims import deepspeed_config
 
@@ -317,7 +317,7 @@ def test_a_bad_value_is_shown_with_what_is_allowed():
 def test_plan_validate_reads_a_deepspeed_config(tmp_path):
     from click.testing import CliRunner
 
-    from cli.main import plan
+    from parallelplan.cli.main import plan
 
     solution = deepspeed_cases()["zero1"]
     path = tmp_path / "ds_config.json"

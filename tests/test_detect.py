@@ -13,12 +13,12 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cli.main import plan
-from hardware import DetectionError, detect_cluster, detect_node, load_cluster
-from hardware.detect.host import pci_connection
-from hardware.detect.probe import load_snapshot, read_node
-from hardware.detect.recording import Recorder, Replay
-from hardware.detect.smi import ParseError, parse_ibstat, parse_smi_query, parse_topo_matrix
+from parallelplan.cli.main import plan
+from parallelplan.hardware import DetectionError, detect_cluster, detect_node, load_cluster
+from parallelplan.hardware.detect.host import pci_connection
+from parallelplan.hardware.detect.probe import load_snapshot, read_node
+from parallelplan.hardware.detect.recording import Recorder, Replay
+from parallelplan.hardware.detect.smi import ParseError, parse_ibstat, parse_smi_query, parse_topo_matrix
 
 SNAPSHOTS = Path(__file__).parent / "fixtures" / "topology"
 DESCRIPTIVE = ("name", "source", "notes")
@@ -230,7 +230,7 @@ def _nvml_answers(folder: Path) -> dict:
 
 @pytest.mark.parametrize("machine", ["dgx-h100", "pcie-h100nvl-bridged"])
 def test_nvml_reader_and_topo_parser_agree(machine):
-    from hardware.detect.nvml_source import read_nvml
+    from parallelplan.hardware.detect.nvml_source import read_nvml
 
     folder = SNAPSHOTS / machine
     gpus, connections, _ = read_nvml(Replay(_nvml_answers(folder)))
@@ -258,8 +258,8 @@ def test_any_nvlink_matrix_gives_a_valid_cluster_or_says_why(gpus, data):
     """Equal, fully connected NVLink groups of H100 SXM GPUs become the domain (NVSwitch when the links to
     all peers exceed the GPU's 18, mesh otherwise); anything uneven is priced as PCIe with a warning;
     never an exception."""
-    from hardware.detect.classify import classify
-    from hardware.detect.facts import GpuFacts, NodeFacts
+    from parallelplan.hardware.detect.classify import classify
+    from parallelplan.hardware.detect.facts import GpuFacts, NodeFacts
 
     group = data.draw(st.sampled_from([k for k in (1, 2, 4, 8) if gpus % k == 0]))
     links = data.draw(st.integers(1, 18))

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cli.main import plan
-from emitters import EmitError, constraints, emit, list_targets
+from parallelplan.cli.main import plan
+from parallelplan.emitters import EmitError, constraints, emit, list_targets
 from tests.emitter_cases import (
     SERVE,
     _solve,
@@ -203,10 +203,10 @@ def test_targets_refuse_what_they_cannot_express(target, make, words):
     ({"recompute": "selective", "cp": 1, "pp": 1, "sequence_parallel": False}, "recompute selective"),
 ])
 def test_deepspeed_refuses_what_it_cannot_express(fixed, words):
-    from constraints import Workload
-    from hardware import load_cluster
-    from models import load_model
-    from solver import solve
+    from parallelplan.constraints import Workload
+    from parallelplan.hardware import load_cluster
+    from parallelplan.models import load_model
+    from parallelplan.solver import solve
 
     solution = solve(load_model("llama-3.1-8b"), load_cluster("dgx-h100", nodes=1), Workload(seq_len=4096, global_batch_size=64),
                      fixed=fixed)

@@ -22,7 +22,7 @@ import warnings
 
 import pytest
 
-from emitters import emit
+from parallelplan.emitters import emit
 from tests.emitter_cases import (
     accelerate_cases,
     command_words,
@@ -325,8 +325,8 @@ def test_accelerate_loads_and_launches_the_config(case, tmp_path):
 
 
 def test_accelerate_cases_use_every_plugin():
-    from emitters.accelerate import plugin
-    from emitters.job import Job
+    from parallelplan.emitters.accelerate import plugin
+    from parallelplan.emitters.job import Job
 
     assert {plugin(Job.from_solution(s)) for s in accelerate_cases().values()} == {
         "MEGATRON_LM", "FSDP", "DEEPSPEED", "MULTI_GPU"}
@@ -438,7 +438,7 @@ def test_plan_launch_deepspeed_output_passes_the_validators(tmp_path):
     """The issue's example: `plan launch --model llama-3.1-70b --cluster dgx-h100 --nodes 2 --target deepspeed`."""
     from click.testing import CliRunner
 
-    from cli.main import plan
+    from parallelplan.cli.main import plan
 
     result = CliRunner().invoke(plan, ["launch", "--model", "llama-3.1-70b", "--cluster", "dgx-h100", "--nodes", "2",
                                        "--target", "deepspeed", "--out", str(tmp_path)])

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hardware import ClusterSpec, HardwareError, list_clusters, list_gpus, load_cluster, load_gpu
-from hardware.units import UnitError, parse_bytes, parse_flops, parse_rate
+from parallelplan.hardware import ClusterSpec, HardwareError, list_clusters, list_gpus, load_cluster, load_gpu
+from parallelplan.hardware.units import UnitError, parse_bytes, parse_flops, parse_rate
 
 
 def test_units():

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from models import ModelError, load_model
+from parallelplan.models import ModelError, load_model
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hf_configs"
 FAMILIES = sorted(p.name for p in FIXTURES.iterdir() if p.is_dir() and p.name != "falcon")

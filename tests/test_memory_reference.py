@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from reference import training_step_peak, with_layers
 
-from constraints import Plan, Workload, estimate
-from hardware import load_cluster
-from models import load_model
+from parallelplan.constraints import Plan, Workload, estimate
+from parallelplan.hardware import load_cluster
+from parallelplan.models import load_model
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hf_configs"
 TOLERANCE = 0.05

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from models import decode_flops_per_token, get_preset, load_model
-from models.flops import keys_per_query
+from parallelplan.models import decode_flops_per_token, get_preset, load_model
+from parallelplan.models.flops import keys_per_query
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hf_configs"
 SEQ = 512  # below every sliding window of the dense presets checked here (Phi-3: 2047)

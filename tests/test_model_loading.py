@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from models import ModelError, ModelSpec, load_model
+from parallelplan.models import ModelError, ModelSpec, load_model
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hf_configs"
 LLAMA = json.loads((FIXTURES / "llama" / "config.json").read_text())
@@ -172,7 +172,7 @@ def test_a_folder_named_like_a_preset_is_reported(tmp_path, monkeypatch):
 
 
 def _plan(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "parallelplan", *args], capture_output=True, text=True,
                           env={**os.environ, **env}, timeout=120)
 
 

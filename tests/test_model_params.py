@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from models import get_preset, list_presets, load_model
+from parallelplan.models import get_preset, list_presets, load_model
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hf_configs"
 
@@ -93,7 +93,7 @@ FAMILIES = sorted(p.name for p in FIXTURES.iterdir() if p.is_dir())
 
 
 def test_a_real_config_ships_for_every_supported_family():
-    from models.hf_config import FAMILIES as SUPPORTED
+    from parallelplan.models.hf_config import FAMILIES as SUPPORTED
 
     sources = json.loads((FIXTURES / "SOURCES.json").read_text())
     assert set(FAMILIES) == set(SUPPORTED) == set(sources)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from models import ModelSpec, load_model
+from parallelplan.models import ModelSpec, load_model
 
 
 @st.composite

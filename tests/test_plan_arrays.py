@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from constraints import Plan, PlanArrays
+from parallelplan.constraints import Plan, PlanArrays
 
 
 def test_product_enumerates_every_combination_with_plan_defaults():

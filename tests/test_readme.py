@@ -35,7 +35,7 @@ def test_readme_user_guide_commands_run_as_written(tmp_path, monkeypatch):
 
     from click.testing import CliRunner
 
-    from cli.main import plan
+    from parallelplan.cli.main import plan
 
     monkeypatch.chdir(tmp_path)
     commands = _guide_commands()

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from constraints import Plan, PlanError, Workload, check, estimate
-from constraints.rules import UNPRICEABLE
-from hardware import load_cluster
-from models import load_model
+from parallelplan.constraints import Plan, PlanError, Workload, check, estimate
+from parallelplan.constraints.rules import UNPRICEABLE
+from parallelplan.hardware import load_cluster
+from parallelplan.models import load_model
 
 LLAMA_8B = load_model("llama-3.1-8b")      # 32 heads, 8 KV heads, MLP 14336, 32 layers
 LLAMA_70B = load_model("llama-3.1-70b")
@@ -79,8 +79,8 @@ def test_every_rule_has_a_case():
     import inspect
     import re
 
-    check_module = importlib.import_module("constraints.check")  # the module: `constraints.check` is the function
-    rules_module = importlib.import_module("constraints.rules")
+    check_module = importlib.import_module("parallelplan.constraints.check")  # the module: `constraints.check` is the function
+    rules_module = importlib.import_module("parallelplan.constraints.rules")
 
     source = inspect.getsource(rules_module) + inspect.getsource(check_module)
     names = set(re.findall(r'rule\("([a-z0-9_]+)"', source)) | set(re.findall(r'rule="([a-z0-9_]+)"', source))

@@ -13,13 +13,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from constraints import Plan, Workload, check
-from hardware import load_cluster
-from models import load_model
-from solver import Infeasible, Solution, SolverInputError, pareto, solve
-from solver.exhaustive import oracle
-from solver.frontier import nondominated
-from solver.space import SearchSpace, enumerate_with_structure
+from parallelplan.constraints import Plan, Workload, check
+from parallelplan.hardware import load_cluster
+from parallelplan.models import load_model
+from parallelplan.solver import Infeasible, Solution, SolverInputError, pareto, solve
+from parallelplan.solver.exhaustive import oracle
+from parallelplan.solver.frontier import nondominated
+from parallelplan.solver.space import SearchSpace, enumerate_with_structure
 
 SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from constraints import Plan, PlanArrays, Workload, estimate, evaluate
-from constraints.plan import RECOMPUTE_MODULES
-from hardware import load_cluster
-from models import load_model
+from parallelplan.constraints import Plan, PlanArrays, Workload, estimate, evaluate
+from parallelplan.constraints.plan import RECOMPUTE_MODULES
+from parallelplan.hardware import load_cluster
+from parallelplan.models import load_model
 
 MODELS = {name: load_model(name) for name in ("llama-3.1-8b", "mixtral-8x7b", "deepseek-v2-lite", "gpt-3-175b")}
 CLUSTERS = {name: load_cluster(name, nodes=2) for name in ("dgx-h100", "dgx-a100", "gb200-nvl72")}

@@ -8,9 +8,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from hardware.detect.classify import Detection, classify
-from hardware.detect.probe import DetectionError, live_sources, load_snapshot, read_node, record_snapshot
-from hardware.spec import ClusterSpec
+from parallelplan.hardware.detect.classify import Detection, classify
+from parallelplan.hardware.detect.probe import DetectionError, live_sources, load_snapshot, read_node, record_snapshot
+from parallelplan.hardware.spec import ClusterSpec
 
 __all__ = ["Detection", "DetectionError", "detect_cluster", "detect_node", "record_snapshot", "sized_cluster"]
 
@@ -28,7 +28,7 @@ def detect_node(snapshot: str | os.PathLike[str] | None = None) -> Detection:
 def sized_cluster(detection: Detection, *, nodes: int | None = None, gpus: int | None = None) -> ClusterSpec:
     """The detected node's `ClusterSpec` sized like `load_cluster`; a node that cannot be modelled, or
     several nodes without a network port, is a `DetectionError` saying why and what to give instead."""
-    from hardware.loader import load_cluster
+    from parallelplan.hardware.loader import load_cluster
 
     if detection.cluster is None:
         raise DetectionError(f"the detected node cannot be modelled: {detection.problem}")

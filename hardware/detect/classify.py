@@ -27,17 +27,17 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from hardware.detect.facts import NicFacts, NodeFacts, nvlink_count, shares_pcie_switch
-from hardware.errors import HardwareError
-from hardware.presets import cluster_preset, gpu_by_name, list_clusters, list_gpus, preset_cluster_fields
-from hardware.spec import ClusterSpec, GPUSpec
-from hardware.units import parse_rate
-from plan_common.validation import describe_validation_error
+from parallelplan.common.validation import describe_validation_error
+from parallelplan.hardware.detect.facts import NicFacts, NodeFacts, nvlink_count, shares_pcie_switch
+from parallelplan.hardware.errors import HardwareError
+from parallelplan.hardware.presets import cluster_preset, gpu_by_name, list_clusters, list_gpus, preset_cluster_fields
+from parallelplan.hardware.spec import ClusterSpec, GPUSpec
+from parallelplan.hardware.units import parse_rate
 
 
 @lru_cache(maxsize=1)
 def _links() -> dict[str, Any]:
-    return json.loads(resources.files("hardware").joinpath("data", "links.json").read_text())
+    return json.loads(resources.files("parallelplan.hardware").joinpath("data", "links.json").read_text())
 
 
 def nvlink_link_bandwidth(generation: int) -> float | None:

@@ -13,9 +13,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from hardware.detect.facts import HostFacts, NicFacts, normal_bus_id
-from hardware.detect.recording import Unsupported, maybe
-from hardware.detect.smi import LINK_LAYERS
+from parallelplan.hardware.detect.facts import HostFacts, NicFacts, normal_bus_id
+from parallelplan.hardware.detect.recording import Unsupported, maybe
+from parallelplan.hardware.detect.smi import LINK_LAYERS
 
 PEER_MEMORY_PATHS = (
     "/sys/kernel/mm/memory_peers/nv_mem/version",

@@ -14,9 +14,9 @@ import math
 import os
 from typing import Any
 
-from hardware.detect.facts import GpuFacts, LinkFacts, normal_bus_id
-from hardware.detect.recording import Unsupported, maybe
-from hardware.errors import HardwareError
+from parallelplan.hardware.detect.facts import GpuFacts, LinkFacts, normal_bus_id
+from parallelplan.hardware.detect.recording import Unsupported, maybe
+from parallelplan.hardware.errors import HardwareError
 
 
 class NvmlUnavailable(HardwareError):

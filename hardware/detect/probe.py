@@ -23,11 +23,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from hardware.detect.facts import GpuFacts, HostFacts, NicFacts, NodeFacts, nvlink_count
-from hardware.detect.host import LiveFiles, gpu_placement, read_host, read_nics
-from hardware.detect.nvml_source import LiveNvml, NvmlUnavailable, read_nvml
-from hardware.detect.recording import Recorder, Replay, Unsupported, maybe
-from hardware.detect.smi import (
+from parallelplan.hardware.detect.facts import GpuFacts, HostFacts, NicFacts, NodeFacts, nvlink_count
+from parallelplan.hardware.detect.host import LiveFiles, gpu_placement, read_host, read_nics
+from parallelplan.hardware.detect.nvml_source import LiveNvml, NvmlUnavailable, read_nvml
+from parallelplan.hardware.detect.recording import Recorder, Replay, Unsupported, maybe
+from parallelplan.hardware.detect.smi import (
     ParseError,
     TopoMatrix,
     parse_gpu_list,
@@ -35,7 +35,7 @@ from hardware.detect.smi import (
     parse_smi_query,
     parse_topo_matrix,
 )
-from hardware.errors import HardwareError
+from parallelplan.hardware.errors import HardwareError
 
 NVML_FILE, FILES_FILE, SOURCES_FILE = "nvml.json", "sysfs.json", "SOURCES.md"
 TOPO_FILE, QUERY_FILE, IBSTAT_FILE = "nvidia-smi-topo-m.txt", "nvidia-smi-q.txt", "ibstat.txt"

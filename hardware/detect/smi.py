@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from hardware.detect.facts import GpuFacts, NicFacts, normal_bus_id
+from parallelplan.hardware.detect.facts import GpuFacts, NicFacts, normal_bus_id
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _DEVICE = re.compile(r"^(GPU\d+|NIC\d+|[A-Za-z][\w.-]*)$")

@@ -1,0 +1,3 @@
+from parallelplan.cli.main import main
+
+main()

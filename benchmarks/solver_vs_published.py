@@ -87,7 +87,7 @@ def compare(run: dict) -> Comparison:
         return row
     m, c, w, plan = inputs.model, inputs.cluster, inputs.workload, inputs.plan
     row.assumptions, row.published_plan = inputs.assumptions, describe(plan)
-    cross = plan.tp * plan.cp > min(max(c.nvlink_domain_gpus, c.node.gpus_per_node), c.total_gpus)
+    cross = plan.tp > min(max(c.nvlink_domain_gpus, c.node.gpus_per_node), c.total_gpus)
     violations = check(m, c, plan, w, allow_cross_domain=cross)
     row.feasible = not violations
     row.broken_rules = [f"{v.rule}: {v.message}" for v in violations]

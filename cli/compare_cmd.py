@@ -9,9 +9,16 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from parallelplan.cli.format import bad, heading, progress, quiet, table
-from parallelplan.cli.options import MODEL_OPTIONS, WORKLOAD_OPTIONS, build_workload, load_target_cluster, with_options
-from parallelplan.cli.solve_cmd import SEARCH_OPTIONS, parse_objective, search_arguments, search_batch
+from parallelplan.cli.format import bad, heading, plural, progress, quiet, table
+from parallelplan.cli.options import (
+    MODEL_OPTIONS,
+    WORKLOAD_OPTIONS,
+    build_workload,
+    default_global_batch,
+    load_target_cluster,
+    with_options,
+)
+from parallelplan.cli.solve_cmd import SEARCH_OPTIONS, parse_objective, search_arguments
 
 if TYPE_CHECKING:
     from parallelplan.solver import Comparison
@@ -51,7 +58,7 @@ def compare(model_refs: tuple[str, ...], cluster_refs: tuple[str, ...], nodes: i
     models = [load_model(ref) for ref in model_refs]
     clusters = [load_target_cluster(ref, nodes, gpus) for ref in (cluster_refs or (None,))]
     workload = build_workload(kind=kind, seq_len=seq_len, dropout=dropout, train_mtp=train_mtp,
-                              global_batch_size=search_batch(kind, seq_len, search["global_batch"]))
+                              global_batch_size=search["global_batch"] or default_global_batch(kind, seq_len))
     with progress("compare") as report:
         rows = compare_pairs(models, clusters, workload, tokens=tokens, progress=report,
                              objective=parse_objective(objective), **search_arguments(search))
@@ -85,7 +92,7 @@ def render(rows: list[Comparison], seq_len: int, batch: int, with_budget: bool) 
     headers = ["model", "cluster", "GPUs", "best plan", "memory GiB", "tokens/s", "MFU %", "$/h", "$/M tokens"]
     if with_budget:
         headers += ["days to budget", "$ to budget"]
-    lines = [heading(f"best plans, {seq_len} tokens x {batch} sequences per step"),
+    lines = [heading(f"best plans, {seq_len} tokens x {plural(batch, 'sequence')} per step"),
              table(headers, table_rows, right=(2, 4, 5, 6, 7, 8, 9, 10))]
     failed = [row for row in rows if row.infeasible is not None]
     if failed and not quiet():

@@ -14,12 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from parallelplan.cli.format import bad, gib, good, heading, quiet, side_by_side, table
+from parallelplan.cli.format import bad, gib, good, heading, plural, quiet, side_by_side, table, tight_warning
 from parallelplan.cli.options import (
+    GLOBAL_BATCH_OPTION,
     MODEL_OPTIONS,
     TARGET_OPTIONS,
     WORKLOAD_OPTIONS,
     build_workload,
+    default_global_batch,
     degree_product,
     given_world_size,
     load_efficiency,
@@ -88,8 +90,7 @@ BUDGET_OPTIONS = [
               help="A plan file: JSON/YAML of Plan fields, or a saved `plan solve --json`; flags override its fields.")
 @with_options(PLAN_OPTIONS)
 @with_options(WORKLOAD_OPTIONS)
-@click.option("--global-batch", type=click.IntRange(min=1),
-              help="Sequences per optimizer step (serving: sequences at once) [default: dp·micro-batch·4·pp].")
+@GLOBAL_BATCH_OPTION
 @with_options(BUDGET_OPTIONS)
 @with_options(MODEL_OPTIONS)
 @click.option("--json", "as_json", is_flag=True, help="Print the constraints.Assessment as JSON.")
@@ -114,7 +115,7 @@ def estimate(model_ref: str, cluster_ref: str | None, nodes: int | None, gpus: i
     cluster = load_target_cluster(cluster_ref, nodes, gpus, given_world_size(fields))
     plan = build_plan(fields, cluster.total_gpus)
     workload = build_workload(kind=kind, seq_len=seq_len, dropout=dropout, train_mtp=train_mtp,
-                              global_batch_size=global_batch or default_global_batch(plan))
+                              global_batch_size=global_batch or default_global_batch(kind, seq_len, plan))
     report = assess_plan(model, cluster, plan, workload, tokens=tokens, price_per_gpu_hour=price_per_gpu_hour,
                          efficiency_file=efficiency_file, allow_cross_domain=allow_cross_domain)
     if as_json:
@@ -123,12 +124,6 @@ def estimate(model_ref: str, cluster_ref: str | None, nodes: int | None, gpus: i
         click.echo(render(model, cluster, report))
     if report.violations:
         raise SystemExit(1)
-
-
-def default_global_batch(plan: Plan) -> int:
-    """Sequences per step when none is given: one micro-batch per replica, 4·pp of them with a pipeline
-    (Megatron's rule of thumb: at least 4 micro-batches per stage keep the 1F1B bubble under 20%)."""
-    return plan.dp * plan.micro_batch_size * (4 * plan.pp if plan.pp > 1 else 1)
 
 
 def assess_plan(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workload, *, tokens: float | None,
@@ -187,9 +182,11 @@ def parse_stages(text: str) -> tuple[int, ...]:
     return stages
 
 
-def describe_plan(plan: Plan) -> str:
+def describe_plan(plan: Plan, model: ModelSpec) -> str:
+    """The plan's every choice in words; the expert degrees only for a MoE ``model`` (a dense model has no
+    experts to place: its ep and etp change nothing, and a wrong ep is reported as a broken rule)."""
     parts = [f"tp {plan.tp} · pp {plan.pp} · dp {plan.dp} · cp {plan.cp}"]
-    if plan.ep > 1:
+    if model.is_moe:
         parts.append(f"ep {plan.ep} (etp {plan.etp})")
     if plan.vpp > 1:
         parts.append(f"vpp {plan.vpp}")
@@ -243,16 +240,18 @@ def render(model: ModelSpec, cluster: ClusterSpec, report: Assessment) -> str:
     micro = max(workload.global_batch_size // (plan.dp * plan.micro_batch_size), 1)
     lines = [
         f"{model.display_name or model.name} on {cluster.total_gpus} GPUs: {cluster.num_nodes} x {cluster.node.name}",
-        heading(f"plan: {describe_plan(plan)}"),
-        f"workload: {workload.kind}, {workload.seq_len} tokens x {workload.global_batch_size} sequences"
-        + (f" ({micro} micro-batches per pipeline per step)" if workload.training else ""),
+        heading(f"plan: {describe_plan(plan, model)}"),
+        f"workload: {workload.kind}, {workload.seq_len} tokens x {plural(workload.global_batch_size, 'sequence')}"
+        + (f" ({plural(micro, 'micro-batch', 'micro-batches')} per pipeline per step)" if workload.training else ""),
         "",
     ]
     if est is not None:
         lines.append(side_by_side(memory_table(est), time_table(est)))
-        lines.append(f"fits: {good('yes') if est.fits else bad('NO')}")
+        lines.append(f"fits: {good('yes') + tight_warning(est.memory) if est.fits else bad('NO')}")
         lines.append(f"throughput: {est.tokens_per_s:,.0f} tokens/s, {est.model_tflops_per_gpu:.0f} model TFLOP/s per GPU, "
-                     f"MFU {100 * est.mfu:.1f}% (model FLOPs, recompute excluded, over the {plan.precision} dense peak)")
+                     f"MFU {100 * est.mfu:.1f}% (model FLOPs, recompute excluded, over the bf16 dense peak for every precision)"
+                     + ("" if est.precision_peak_utilization == est.mfu else
+                        f"; {100 * est.precision_peak_utilization:.1f}% of the {plan.precision} dense peak"))
         if report.budget is not None:
             lines += ["", render_budget(report.budget)]
         if not quiet():

@@ -30,6 +30,12 @@ def flops(n: float) -> str:
     return f"{n:.0f} FLOP"
 
 
+def plural(n: int, noun: str, nouns: str | None = None) -> str:
+    """A count with its noun in the right number: '1 sequence', '64 sequences', '2 micro-batches'
+    (``nouns``: the plural where it is not ``noun`` + 's')."""
+    return f"{n} {noun if n == 1 else nouns or noun + 's'}"
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]], right: Sequence[int] = ()) -> str:
     """Columns aligned to their widest cell (styled cells measured without their colour codes); columns
     listed in ``right`` are right-aligned."""
@@ -96,3 +102,11 @@ def progress(label: str) -> Iterator[Callable[[str], None] | None]:
         yield report
     finally:
         report("")
+
+
+def tight_warning(memory) -> str:
+    """``"; TIGHT: ..."`` for a plan that fits with less headroom than its runtime allowance
+    (`MemoryBreakdown.tight`), else ``""``."""
+    if not memory.tight:
+        return ""
+    return "; " + bad(f"TIGHT: less than the {gib(memory.overhead)} runtime allowance, the model's least certain term, is left")

@@ -53,6 +53,9 @@ SLURM_OPTIONS = [
 
 def _solution(target: str, options: dict[str, Any], as_json: bool):
     """The solution to emit: read from --solution, or solved inside the target's constraints."""
+    from pydantic import ValidationError
+
+    from parallelplan.common.validation import describe_validation_error
     from parallelplan.emitters import constraints, list_targets
     from parallelplan.solver import Infeasible, Solution, SolverInputError, solve
 
@@ -62,10 +65,11 @@ def _solution(target: str, options: dict[str, Any], as_json: bool):
             raise SolverInputError("give either --solution or --model/--cluster, not both")
         if any(options.get(name) is not None for name in PIN_FLAGS) or options["fix"] or options["ranges"]:
             raise SolverInputError("--solution is already solved: drop --tp/--pp/--dp/--cp/--ep, --fix and --range")
-        try:
-            return Solution.model_validate_json(solution_file.read_text())
-        except ValueError as err:
-            raise SolverInputError(f"{solution_file}: not a `plan solve --json` output ({str(err).splitlines()[0]})") from None
+        try:  # bytes: pydantic reports a file that is not UTF-8 as invalid JSON, like any other malformed file
+            return Solution.model_validate_json(solution_file.read_bytes())
+        except ValidationError as err:
+            raise SolverInputError(describe_validation_error(err, f"{solution_file}: not a `plan solve --json` output")
+                                   + " (give the whole, unedited output of `plan solve --json`)") from None
     if not options["model_ref"]:
         raise SolverInputError("give --model (and --cluster), or --solution FILE")
     search = search_arguments(options)
@@ -74,10 +78,14 @@ def _solution(target: str, options: dict[str, Any], as_json: bool):
                                             options["global_batch"], search["fixed"])
     limits = constraints(target)
     for name, value in search["fixed"].items():
-        needed = limits.get("fixed", {}).get(name, value)
-        if needed != value:
-            raise SolverInputError(f"--fix {name}={value}: the {target} target can only run {name} = {needed}; "
-                                   f"drop the pin or choose another target of {', '.join(list_targets())}")
+        needed = _refused(limits, name, value)
+        if needed is not None:
+            flag = f"--{name} {value}" if name in PIN_FLAGS and options[name] is not None else f"--fix {name}={value}"
+            others = [other for other in list_targets()
+                      if other != target and _refused(constraints(other), name, value) is None]
+            instead = f"drop the pin, or choose a target that runs it: {', '.join(others)}" if others \
+                else "drop the pin (no target runs it)"
+            raise SolverInputError(f"{flag}: the {target} target can only run {needed}; {instead}")
     search["fixed"] = limits.get("fixed", {}) | search["fixed"]
     search["ranges"] = limits.get("ranges", {}) | search["ranges"]
     search["allow_partial_recompute"] = limits.get("allow_partial_recompute", True)
@@ -85,6 +93,17 @@ def _solution(target: str, options: dict[str, Any], as_json: bool):
         return solve(model, cluster, workload, objective=parse_objective(options["objective"]), **search)
     except Infeasible as err:
         report_infeasible(err, as_json)
+
+
+def _refused(limits: dict[str, Any], name: str, value: Any) -> str | None:
+    """What a target whose `emitters.constraints` are ``limits`` runs instead of ``name`` = ``value``
+    (``cp = 1``, ``recompute in none, full``), or None when it runs that value."""
+    fixed, allowed = limits.get("fixed", {}), limits.get("ranges", {}).get(name)
+    if name in fixed and fixed[name] != value:
+        return f"{name} = {fixed[name]}"
+    if allowed is not None and value not in allowed:
+        return f"{name} {'=' if len(allowed) == 1 else 'in'} {', '.join(map(str, allowed))}"
+    return None
 
 
 def _write(target: str, options: dict[str, Any]) -> None:

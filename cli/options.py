@@ -12,7 +12,7 @@ import click
 from parallelplan.cli.format import quiet
 
 if TYPE_CHECKING:
-    from parallelplan.constraints import Efficiency, Workload
+    from parallelplan.constraints import Efficiency, Plan, Workload
     from parallelplan.hardware import ClusterSpec
 
 TARGET_OPTIONS = [
@@ -36,7 +36,7 @@ WORKLOAD_OPTIONS = [
 MODEL_OPTIONS = [
     click.option("--efficiency", "efficiency_file", type=click.Path(dir_okay=False, path_type=Path),
                  help="Efficiency-factor overrides (JSON/YAML, keys of constraints/data/efficiency.json)."),
-    click.option("--allow-cross-domain", is_flag=True, help="Let TP and CP groups span NVLink domains."),
+    click.option("--allow-cross-domain", is_flag=True, help="Let TP groups span NVLink domains (CP groups always may: their ring is priced over the network)."),
 ]
 
 
@@ -72,14 +72,17 @@ DETECT_REF = "detect"
 
 
 def detection_snapshot() -> str | None:
-    """The snapshot folder `DETECT_ENV` names, or None for this machine (unset, ``auto`` or ``off``)."""
-    setting = os.environ.get(DETECT_ENV, "auto")
+    """The snapshot folder `DETECT_ENV` names, or None for this machine (unset, empty, ``auto`` or ``off``:
+    an empty value is a cleared setting, not the current folder)."""
+    setting = os.environ.get(DETECT_ENV) or "auto"
     return None if setting in ("auto", "off") else setting
 
 
 def _detect(nodes: int | None, gpus: int | None, required: bool) -> ClusterSpec | None:
     """The detected node sized by ``nodes`` / ``gpus``; None (or, when ``required``, the
-    `DetectionError`) when there is no GPU to read or the node cannot be modelled."""
+    `DetectionError`) when there is no GPU to read or the node cannot be modelled. A snapshot folder
+    that cannot be read is a `DetectionError` either way: the user named it, so falling back to the
+    default preset would price other hardware than they asked for."""
     from parallelplan.hardware.detect import DetectionError, detect_node, sized_cluster
 
     if os.environ.get(DETECT_ENV) == "off" and not required:
@@ -88,10 +91,15 @@ def _detect(nodes: int | None, gpus: int | None, required: bool) -> ClusterSpec 
     try:
         detection = detect_node(snapshot)
     except DetectionError as err:
+        if snapshot is not None:
+            raise DetectionError(
+                f"{DETECT_ENV}={snapshot}: {err}. A snapshot folder holds SOURCES.md and the readings "
+                "`plan topology --record DIR` writes (nvml.json, sysfs.json) or nvidia-smi outputs; point "
+                f"{DETECT_ENV} at one, or set {DETECT_ENV}=auto (this machine) or off (the default cluster)") from None
         if required:
             raise
-        if (snapshot is not None or not str(err).startswith("no NVIDIA GPU detected")) and not quiet():
-            click.echo(f"note: no node detected: {err}", err=True)  # a broken snapshot or a failing NVML is said
+        if not str(err).startswith("no NVIDIA GPU detected") and not quiet():
+            click.echo(f"note: no node detected: {err}", err=True)  # a failing NVML is said
         return None  # the default preset is used, and announced
     try:
         return sized_cluster(detection, nodes=nodes, gpus=gpus)
@@ -127,6 +135,38 @@ def load_target_cluster(cluster_ref: str | None, nodes: int | None, gpus: int | 
         click.echo(f"note: no --cluster given: using {DEFAULT_CLUSTER} ({cluster.num_nodes} x {cluster.node.name}, "
                    f"{cluster.total_gpus} x {cluster.gpu.name})", err=True)
     return cluster
+
+
+DEFAULT_BATCH_TOKENS = 2**22
+"""Tokens per optimizer step when ``--global-batch`` is not given for training: 4M, Llama 3's initial
+pre-training batch (Llama 3 Herd of Models, §3.4.1: "an initial batch size of 4M tokens and sequences of
+length 4,096")."""
+GLOBAL_BATCH_DEFAULT = ("for training, 4M tokens' worth (2^22 / seq-len), rounded up to a multiple of dp·micro-batch "
+                        "for a given plan; for serving, a given plan's dp·micro-batch (a search must be told)")
+"""What `default_global_batch` does, in the words of the commands' help."""
+GLOBAL_BATCH_HELP = f"Sequences per optimizer step (serving: sequences at once) [default: {GLOBAL_BATCH_DEFAULT}]."
+
+
+GLOBAL_BATCH_OPTION = click.option("--global-batch", type=click.IntRange(min=1), help=GLOBAL_BATCH_HELP)
+
+
+def default_global_batch(kind: str, seq_len: int, plan: Plan | None = None) -> int:
+    """The global batch when ``--global-batch`` is not given, one rule for every command (so that
+    re-estimating a solved plan reproduces its numbers): for training, `DEFAULT_BATCH_TOKENS` worth of
+    sequences — for a given ``plan`` rounded up to a multiple of dp·micro-batch, the batches it can run;
+    for serving, a given plan's own dp·micro-batch sequences at once, and a search (no plan) must be told
+    (`SolverInputError`)."""
+    if kind == "inference":
+        if plan is None:
+            from parallelplan.solver import SolverInputError
+
+            raise SolverInputError("--global-batch is required for --kind inference: how many sequences are served at once?")
+        return plan.dp * plan.micro_batch_size
+    sequences = max(DEFAULT_BATCH_TOKENS // seq_len, 1)
+    if plan is None:
+        return sequences
+    replicas = plan.dp * plan.micro_batch_size
+    return -(-sequences // replicas) * replicas
 
 
 def build_workload(**fields: Any) -> Workload:

@@ -10,13 +10,15 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from parallelplan.cli.estimate_cmd import build_plan, default_global_batch
-from parallelplan.cli.format import bad, gib, good, heading, quiet, table
+from parallelplan.cli.estimate_cmd import build_plan
+from parallelplan.cli.format import bad, gib, good, heading, plural, quiet, table
 from parallelplan.cli.options import (
+    GLOBAL_BATCH_OPTION,
     MODEL_OPTIONS,
     TARGET_OPTIONS,
     WORKLOAD_OPTIONS,
     build_workload,
+    default_global_batch,
     given_world_size,
     load_efficiency,
     load_target_cluster,
@@ -43,8 +45,7 @@ if TYPE_CHECKING:
               show_default=True)
 @click.option("--hsdp-shard-size", type=click.IntRange(min=2), help="HSDP shard group [default: a node's GPUs / (tp·cp)].")
 @with_options(WORKLOAD_OPTIONS)
-@click.option("--global-batch", type=click.IntRange(min=1),
-              help="Sequences per optimizer step [default: one micro-batch per replica (4·pp with a pipeline)].")
+@GLOBAL_BATCH_OPTION
 @with_options(MODEL_OPTIONS)
 @click.option("--json", "as_json", is_flag=True, help="Print the constraints.ShardingComparison as JSON.")
 def sharding(model_ref: str, cluster_ref: str | None, nodes: int | None, gpus: int | None, hsdp_shard_size: int | None,
@@ -66,7 +67,7 @@ def sharding(model_ref: str, cluster_ref: str | None, nodes: int | None, gpus: i
     cluster = load_target_cluster(cluster_ref, nodes, gpus, given_world_size(fields))
     plan = build_plan(fields, cluster.total_gpus)
     workload = build_workload(kind=kind, seq_len=seq_len, dropout=dropout, train_mtp=train_mtp,
-                              global_batch_size=global_batch or default_global_batch(plan))
+                              global_batch_size=global_batch or default_global_batch(kind, seq_len, plan))
     result = compare_sharding(model, cluster, plan, workload, hsdp_shard_size=hsdp_shard_size,
                               allow_cross_domain=allow_cross_domain, efficiency=load_efficiency(efficiency_file))
     if as_json:
@@ -81,23 +82,30 @@ def render(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workloa
     micro = max(workload.global_batch_size // (plan.dp * plan.micro_batch_size), 1)
     lines = [f"{model.display_name or model.name} on {cluster.total_gpus} x {cluster.gpu.name}: tp {plan.tp} · pp {plan.pp} "
              f"· dp {plan.dp} · cp {plan.cp}, micro-batch {plan.micro_batch_size}, recompute {plan.recompute}, "
-             f"{plan.precision} {plan.optimizer}; {workload.seq_len} tokens x {workload.global_batch_size} sequences "
-             f"({micro} micro-batch(es) per replica per step)", ""]
+             f"{plan.precision} {plan.optimizer}; {workload.seq_len} tokens x {plural(workload.global_batch_size, 'sequence')} "
+             f"({plural(micro, 'micro-batch', 'micro-batches')} per replica per step)", ""]
     rows = []
     for o in result.options:
         mem = o.memory
-        mark = good("<- recommended") if o.sharding == result.recommended else ""
-        rows.append((o.name, gib(mem.weights), gib(mem.gradients), gib(mem.optimizer), gib(mem.activations),
+        # the recommendation is marked in its "runs" cell (it always runs), not in a column of its own:
+        # a column empty on every other row has no header to stand under
+        runs = good("yes, recommended") if o.sharding == result.recommended else \
+            "yes" if not o.violations else bad(", ".join(v.rule for v in o.violations))
+        rows.append((o.name, f"{o.state_bytes_per_param:g}", gib(mem.weights), gib(mem.gradients), gib(mem.optimizer), gib(mem.activations),
                      gib(mem.total) if o.fits else bad(gib(mem.total)), f"{o.dp_comm_bytes / 1e9:.1f}",
-                     f"{o.dp_comm_s:.3f}", f"{o.step_time_s:.3f}",
-                     "yes" if not o.violations else bad(", ".join(v.rule for v in o.violations)), mark))
+                     f"{o.dp_comm_s:.3f}", f"{o.step_time_s:.3f}", runs))
     usable = result.options[0].memory.usable if result.options else 0
-    lines.append(table(["sharding", "weights", "gradients", "optimizer", "activations", f"total (of {gib(usable)})",
-                        "sent GB/GPU/step", "exposed comm s", "step s", "runs", ""], rows,
-                       right=(1, 2, 3, 4, 5, 6, 7, 8)))
+    lines.append(table(["sharding", "states B/param", "weights", "gradients", "optimizer", "activations",
+                        f"total (of {gib(usable)})", "sent GB/GPU/step", "exposed comm s", "step s", "runs"], rows,
+                       right=(1, 2, 3, 4, 5, 6, 7, 8, 9)))
     lines += ["", heading("recommendation: " + (next(o.name for o in result.options if o.sharding == result.recommended)
                                                 if result.recommended else "none runs"))]
     lines.append(result.reason)
+    recipes: dict[str, list[str]] = {}
+    for o in result.options:
+        recipes.setdefault(o.state_recipe, []).append(o.name)
+    lines += ["", "model states before sharding ('states B/param'):"]
+    lines += [f"  - {', '.join(names)}: {recipe}" for recipe, names in recipes.items()]
     if not quiet():
         lines += ["", "Memory is per GPU on the most loaded pipeline stage; 'sent' counts the ring volume of the "
                       "data-parallel collectives (gradient reduction, parameter gathers) one GPU sends per step; "

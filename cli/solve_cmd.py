@@ -18,12 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from parallelplan.cli.format import bad, gib, good, heading, progress, quiet, side_by_side, table
+from parallelplan.cli.format import bad, gib, good, heading, plural, progress, quiet, side_by_side, table, tight_warning
 from parallelplan.cli.options import (
+    GLOBAL_BATCH_OPTION,
     MODEL_OPTIONS,
     TARGET_OPTIONS,
     WORKLOAD_OPTIONS,
     build_workload,
+    default_global_batch,
     given_world_size,
     load_efficiency,
     load_target_cluster,
@@ -36,10 +38,6 @@ if TYPE_CHECKING:
     from parallelplan.models import ModelSpec
     from parallelplan.solver import Infeasible, Solution
 
-DEFAULT_BATCH_TOKENS = 2**22
-"""Tokens per optimizer step when ``--global-batch`` is not given for training: 4M, Llama 3's initial
-pre-training batch (Llama 3 Herd of Models, §3.4.1: "an initial batch size of 4M tokens and sequences of
-length 4,096")."""
 TRUE, FALSE = ("true", "yes", "on"), ("false", "no", "off")
 PIN_FLAGS = ("tp", "pp", "dp", "cp", "ep")
 """Degrees with a flag of their own (``--tp 8`` = ``--fix tp=8``)."""
@@ -56,9 +54,7 @@ SEARCH_OPTIONS = [
     click.option("--range", "ranges", multiple=True, metavar="NAME=LOW:HIGH|A,B,..",
                  help="Search a field over a range or list, e.g. pp=1:8, precision=bf16,fp8, "
                       "optimizer=adamw,adamw8bit (repeatable; replaces the default domain)."),
-    click.option("--global-batch", type=click.IntRange(min=1),
-                 help="Sequences per optimizer step (serving: sequences at once) "
-                      "[default for training: 4M tokens' worth, 2^22 / seq-len; required for inference]."),
+    GLOBAL_BATCH_OPTION,
     click.option("--price", "price_per_gpu_hour", type=click.FloatRange(min=0, min_open=True),
                  help="USD per GPU-hour for the cost objective [default: the median on-demand offer in "
                       "hardware/data/prices.json]."),
@@ -162,19 +158,8 @@ def build_inputs(model_ref: str, cluster_ref: str | None, nodes: int | None, gpu
     model = load_model(model_ref)
     cluster = load_target_cluster(cluster_ref, nodes, gpus, given_world_size(fixed))
     workload = build_workload(kind=kind, seq_len=seq_len, dropout=dropout, train_mtp=train_mtp,
-                              global_batch_size=search_batch(kind, seq_len, global_batch))
+                              global_batch_size=global_batch or default_global_batch(kind, seq_len))
     return model, cluster, workload
-
-
-def search_batch(kind: str, seq_len: int, global_batch: int | None) -> int:
-    """``--global-batch``, or for training `DEFAULT_BATCH_TOKENS` worth of sequences; serving must say."""
-    from parallelplan.solver import SolverInputError
-
-    if global_batch is not None:
-        return global_batch
-    if kind == "inference":
-        raise SolverInputError("--global-batch is required for --kind inference: how many sequences are served at once?")
-    return max(DEFAULT_BATCH_TOKENS // seq_len, 1)
 
 
 def search_arguments(options: dict[str, Any]) -> dict[str, Any]:
@@ -241,9 +226,12 @@ def _range(name: str, text: str, flag: str) -> tuple[int, int] | list[Any]:
     if ":" in text:
         low, _, high = text.partition(":")
         try:
-            return int(low), int(high)
+            low, high = int(low), int(high)
         except ValueError:
             raise SolverInputError(f"{flag} {name}={text}: LOW:HIGH takes two integers") from None
+        if low > high:  # an empty range: said here, before the solver reports an empty domain
+            raise SolverInputError(f"{flag} {name}={text}: low {low} is above high {high}; write {name}={high}:{low}")
+        return low, high
     if _is_tuple_field(name):
         return [_value(name, item) for item in text.split(";") if item.strip()]
     return [_value(name, item) for item in text.split(",") if item.strip()]
@@ -301,7 +289,7 @@ def report_infeasible(err: Infeasible, as_json: bool) -> None:
 def _header(model: ModelSpec, cluster: ClusterSpec, workload: Workload, gpu_counts: tuple[int, ...]) -> str:
     sizes = f"{cluster.total_gpus} GPUs" if len(gpu_counts) == 1 else f"searching {', '.join(map(str, gpu_counts))} GPUs"
     return (f"{model.display_name or model.name} on {cluster.node.name} nodes ({sizes}); {workload.kind}, "
-            f"{workload.seq_len} tokens x {workload.global_batch_size} sequences per step")
+            f"{workload.seq_len} tokens x {plural(workload.global_batch_size, 'sequence')} per step")
 
 
 def _cost(values: dict[str, float]) -> str:
@@ -321,16 +309,17 @@ def render_solution(model: ModelSpec, cluster: ClusterSpec, workload: Workload, 
         ("throughput", f"{values['tokens_per_s']:,.0f} tokens/s, MFU {100 * est.mfu:.1f}%"),
         ("step time", f"{values['step_time_s']:.3f} s"),
         ("memory per GPU", f"{gib(est.memory.total)} of {gib(est.memory.usable)} "
-                           f"(headroom {values['memory_headroom_gib']:.2f} GiB)"),
+                           f"(headroom {values['memory_headroom_gib']:.2f} GiB{tight_warning(est.memory)})"),
         ("cost", _cost(values)),
         ("simplicity", f"{values['simplicity']:.0f} (lower is simpler)"),
     ]
     lines = [_header(model, cluster, workload, found.search.gpu_counts),
              f"objective {objective}: {proof} in {found.solve_time_s:.2f} s", "",
-             heading(f"plan: {describe_plan(found.plan)}"), "", table(["", "value"], rows)]
+             heading(f"plan: {describe_plan(found.plan, model)}"), "", table(["", "value"], rows)]
     if quiet():
         return "\n".join(lines)
-    lines += ["", side_by_side(memory_table(est), time_table(est)), "", "why:"]
+    lines += ["", side_by_side(memory_table(est), time_table(est)),
+              f"model states: {est.state_recipe} before sharding ({found.plan.sharding})", "", "why:"]
     lines += [f"  - {line}" for line in found.explanation]
     if found.alternatives:
         alt_rows = [(i + 1, describe(a.plan), f"{a.objective['tokens_per_s']:,.0f}", f"{a.objective['step_time_s']:.3f}",
@@ -350,7 +339,8 @@ def render_front(model: ModelSpec, cluster: ClusterSpec, workload: Workload, fro
         v = s.objective
         cost = f"{v['usd_per_million_tokens']:.3f}" if v["usd_per_hour"] else "-"
         rows.append((i + 1, s.gpus, f"{v['tokens_per_s']:,.0f}", f"{v['step_time_s']:.3f}",
-                     f"{v['memory_headroom_gib']:.2f}", cost, f"{v['simplicity']:.0f}", describe(s.plan)))
+                     f"{v['memory_headroom_gib']:.2f}" + (" tight" if s.estimate.memory.tight else ""), cost,
+                     f"{v['simplicity']:.0f}", describe(s.plan)))
     proved = sum(s.optimal for s in front)
     elapsed = max((s.solve_time_s for s in front), default=0.0)
     return "\n".join([

@@ -15,16 +15,17 @@ from parallelplan.cli.estimate_cmd import (
     PLAN_OPTIONS,
     assess_plan,
     build_plan,
-    default_global_batch,
     describe_plan,
     plan_fields_from,
 )
-from parallelplan.cli.format import bad, gib, good, heading, quiet
+from parallelplan.cli.format import bad, gib, good, heading, plural, quiet
 from parallelplan.cli.options import (
+    GLOBAL_BATCH_DEFAULT,
     MODEL_OPTIONS,
     TARGET_OPTIONS,
     WORKLOAD_OPTIONS,
     build_workload,
+    default_global_batch,
     given_world_size,
     load_target_cluster,
     with_options,
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
 @with_options(PLAN_OPTIONS)
 @with_options(WORKLOAD_OPTIONS)
 @click.option("--global-batch", type=click.IntRange(min=1),
-              help="Sequences per optimizer step [default: the DeepSpeed config's, else dp·micro-batch·4·pp].")
+              help=f"Sequences per optimizer step [default: the DeepSpeed config's; else {GLOBAL_BATCH_DEFAULT}].")
 @with_options(MODEL_OPTIONS)
 @click.option("--json", "as_json", is_flag=True, help="Print the constraints.Assessment as JSON.")
 def validate(model_ref: str, cluster_ref: str | None, nodes: int | None, gpus: int | None, plan_file: Path | None,
@@ -78,7 +79,7 @@ def validate(model_ref: str, cluster_ref: str | None, nodes: int | None, gpus: i
         cluster = load_target_cluster(cluster_ref, nodes, gpus, given_world_size(fields))
     plan = build_plan(fields, cluster.total_gpus)
     workload = build_workload(kind=kind, seq_len=seq_len, dropout=dropout, train_mtp=train_mtp,
-                              global_batch_size=global_batch or default_global_batch(plan))
+                              global_batch_size=global_batch or default_global_batch(kind, seq_len, plan))
     report = assess_plan(model, cluster, plan, workload, tokens=None, price_per_gpu_hour=None,
                          efficiency_file=efficiency_file, allow_cross_domain=allow_cross_domain)
     if read is not None and read.findings:
@@ -108,10 +109,10 @@ def _read_deepspeed(path: Path, world_size: int):
 
 def render(model: ModelSpec, cluster: ClusterSpec, report: Assessment, notes: tuple[str, ...]) -> str:
     plan, est, findings = report.plan, report.estimate, report.violations
-    verdict = good("PASS: the plan runs and fits") if not findings else bad(f"FAIL: {len(findings)} finding(s)")
+    verdict = good("PASS: the plan runs and fits") if not findings else bad(f"FAIL: {plural(len(findings), 'finding')}")
     lines = [f"{model.display_name or model.name} on {cluster.total_gpus} GPUs: {cluster.num_nodes} x {cluster.node.name}; "
-             f"{report.workload.kind}, {report.workload.seq_len} tokens x {report.workload.global_batch_size} sequences",
-             heading(f"plan: {describe_plan(plan)}"), "", verdict]
+             f"{report.workload.kind}, {report.workload.seq_len} tokens x {plural(report.workload.global_batch_size, 'sequence')}",
+             heading(f"plan: {describe_plan(plan, model)}"), "", verdict]
     for v in findings:
         lines += [f"  x {v.rule}: {v.message}", f"    fix: {v.fix}"]
     if est is not None:

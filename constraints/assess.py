@@ -19,7 +19,7 @@ from parallelplan.constraints.errors import PlanError
 from parallelplan.constraints.estimate import Estimate
 from parallelplan.constraints.plan import Plan, Workload
 from parallelplan.constraints.rules import Violation
-from parallelplan.hardware import ClusterSpec, HardwareError, default_price, price_offers
+from parallelplan.hardware import ClusterSpec, HardwareError, checked_price, default_price, price_offers
 from parallelplan.models import ModelSpec
 
 
@@ -76,8 +76,8 @@ def training_budget(est: Estimate, workload: Workload, gpus: int, tokens: float,
             offers = [o for o in price_offers() if o.gpu == cluster.gpu.name]
             providers = len({o.provider for o in offers})
             basis = f"median of {len(offers)} on-demand offers from {providers} providers in hardware/data/prices.json"
-    elif not price > 0:
-        raise PlanError(f"price per GPU-hour must be > 0, got {price!r}")
+    else:
+        price = checked_price(price, PlanError)
     return Budget(tokens=float(tokens), steps=steps, time_s=time_s, gpu_hours=gpu_hours, price_per_gpu_hour=price,
                   price_basis=basis, usd=None if price is None else gpu_hours * price)
 

@@ -4,14 +4,13 @@ means the plan can run."""
 
 from __future__ import annotations
 
-from parallelplan.constraints.arrays import PlanArrays
 from parallelplan.constraints.efficiency import Efficiency
 from parallelplan.constraints.estimate import Estimate, estimate
 from parallelplan.constraints.evaluate import evaluate
 from parallelplan.constraints.plan import Plan, Workload
 from parallelplan.constraints.rules import UNPRICEABLE, Violation, structural_violations
 from parallelplan.constraints.runtime import RuntimeAllowance
-from parallelplan.constraints.states import bytes_per_param
+from parallelplan.constraints.states import state_recipe
 from parallelplan.constraints.structure import model_facts
 from parallelplan.hardware import ClusterSpec
 from parallelplan.models import ModelSpec
@@ -51,9 +50,13 @@ def check_and_estimate(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workl
 def _memory_fix(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workload, efficiency: Efficiency | None,
                 runtime: RuntimeAllowance | None) -> str:
     """The single changes that make the plan fit, each priced by the cost model (one batch), smallest
-    footprint first; when none does alone, the levers to combine."""
-    candidates = [(what, changed) for what, changed in _levers(model, plan)
-                  if not structural_violations(model, cluster, changed, workload, allow_cross_domain=True)]
+    footprint first; when none does alone, the levers to combine. A change counts when it breaks no rule
+    the plan does not already break (the plan's other violations have fixes of their own)."""
+    def rules(p: Plan) -> set[str]:
+        return {v.rule for v in structural_violations(model, cluster, p, workload, allow_cross_domain=True)}
+
+    already = rules(plan)
+    candidates = [(what, changed) for what, changed in _levers(model, plan) if rules(changed) <= already]
     if candidates:
         result = evaluate(model, cluster, workload, [c for _, c in candidates], efficiency=efficiency, runtime=runtime)
         fitting = sorted((float(result.memory.total[i]), what) for i, (what, _) in enumerate(candidates) if result.fits[i])
@@ -61,14 +64,12 @@ def _memory_fix(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Wo
             return "; ".join(f"{what} ({total / GIB:.1f} GiB)" for total, what in fitting[:4])
     if not workload.training:
         return "no single change fits: raise tp or pp together, serve fewer sequences at once, or use more GPUs"
-    per = bytes_per_param(PlanArrays.from_plans([plan]), model_facts(model).adafactor_state_ratio)
-    per_param = float(per.resident_weights[0] + per.grads[0] + per.master[0] + per.optimizer[0])
-    states = per_param * model.total_params
+    recipe = state_recipe(plan, model_facts(model).adafactor_state_ratio)
+    states = recipe.bytes_per_param * model.total_params
     capacity = cluster.total_gpus * cluster.gpu.memory_bytes
     if states > capacity:
         needed = int(-(-states // cluster.gpu.memory_bytes))
-        return (f"the model states alone need {states / 1e12:.2f} TB ({per_param:g} bytes per parameter with "
-                f"{plan.precision} {plan.optimizer}); the {cluster.total_gpus} GPUs hold {capacity / 1e12:.2f} TB even "
+        return (f"the model states alone need {states / 1e12:.2f} TB at {recipe}; the {cluster.total_gpus} GPUs hold {capacity / 1e12:.2f} TB even "
                 f"fully sharded: use at least {needed} GPUs, or 8-bit optimizer states / optimizer offload")
     return ("no single change fits: combine recompute, sharding, 8-bit optimizer states and more tp/pp, "
             "or use more GPUs")

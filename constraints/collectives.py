@@ -12,7 +12,8 @@ Jeaugey 2019 "Massively scale your deep learning training with NCCL 2.4" for the
     t = (n₁−1)/n₁ · M/(η₁B₁) + (n₂−1)/n₂ · (M/n₁)/(η₂B₂) + (n₁−1)·α₁ + (n₂−1)·α₂
 All-reduce is a reduce-scatter plus an all-gather (twice that). All-to-all: each GPU sends (n−1)/n of
 M, its intra-domain share over B₁ and the rest over its NIC concurrently (the slower sets the time).
-Point-to-point: M over B₁ within a domain, else over the NIC. η are NCCL bus efficiencies, α per-step
+Point-to-point: M over B₁ within a domain, else over the NIC; a step of a ring (CP's K/V exchange) is as
+slow as its slowest hop, so over the NIC once the group spans domains. η are NCCL bus efficiencies, α per-step
 latencies (``Efficiency.network_bus``, ``Efficiency.latency_s``).
 """
 
@@ -74,6 +75,13 @@ class Fabric:
         inter = nbytes * (size_f - n1) / size_f / self.inter_bw
         latency = (n1 - 1) * self.intra_alpha + (n2 - 1) * self.inter_alpha
         return np.where(size > 1, np.maximum(intra, inter) + latency, 0.0)
+
+    def ring_step(self, nbytes: np.ndarray, size: np.ndarray, stride: np.ndarray) -> np.ndarray:
+        """One step of a ring over the group: every member sends ``nbytes`` to the next at once, and the
+        step lasts as long as its slowest hop — over the NIC as soon as the group spans several domains
+        (the ring's hops between domains), within the domain otherwise."""
+        _, domains = self.split(size, stride)
+        return np.where(domains > 1, nbytes / self.inter_bw + self.inter_alpha, nbytes / self.intra_bw + self.intra_alpha)
 
     def send(self, nbytes: np.ndarray, stride: np.ndarray) -> np.ndarray:
         """Point-to-point transfer to the rank ``stride`` away."""

@@ -15,6 +15,8 @@ from parallelplan.constraints.memory import micro_batches
 from parallelplan.constraints.plan import Plan, Workload
 from parallelplan.constraints.rules import UNPRICEABLE, structural_violations
 from parallelplan.constraints.runtime import RuntimeAllowance
+from parallelplan.constraints.states import StateRecipe, state_recipe
+from parallelplan.constraints.structure import model_facts
 from parallelplan.hardware import ClusterSpec
 from parallelplan.models import ModelSpec
 
@@ -39,6 +41,18 @@ class MemoryBreakdown(_Frozen):
     in_flight_microbatches: float
     usable: int
 
+    @property
+    def headroom(self) -> int:
+        return self.usable - self.total
+
+    @property
+    def tight(self) -> bool:
+        """Fits with less headroom than the runtime allowance (``overhead``: CUDA context, NCCL buffers,
+        fragmentation). That allowance is the least certain term of the model — each of its figures is one
+        reported measurement (``data/runtime.json``) — so a plan that would not survive it being twice as
+        large may run out of memory for real."""
+        return 0 <= self.headroom < self.overhead
+
 
 class TimeBreakdown(_Frozen):
     """Seconds per optimizer step, exposed after overlap; they sum to ``Estimate.step_time_s``."""
@@ -55,8 +69,9 @@ class TimeBreakdown(_Frozen):
 
 class Estimate(_Frozen):
     """What a plan costs. ``mfu``: model FLOPs per step (training: forward + backward, recompute not
-    counted; `models.flops` conventions) over step time, GPUs and the dense peak of the plan's GEMM
-    precision."""
+    counted; `models.flops` conventions) over step time, GPUs and the GPU's bf16 dense peak, whatever the
+    plan's precision (`GPUSpec.mfu_peak_flops`); ``precision_peak_utilization``: the same over the dense
+    peak of the plan's own precision (twice the bf16 peak for fp8 on Hopper, so half the MFU)."""
 
     memory: MemoryBreakdown
     fits: bool
@@ -65,6 +80,12 @@ class Estimate(_Frozen):
     tokens_per_s: float
     model_tflops_per_gpu: float
     mfu: float
+    precision_peak_utilization: float
+    state_bytes_per_param: float
+    """Bytes of weights, gradients, master weights and optimizer states per parameter before sharding (the
+    plan's recipe: 18 for Megatron/DeepSpeed mixed-precision AdamW, 16 for FSDP; `states.state_recipe`)."""
+    state_recipe: str
+    """The same in words, term by term."""
     dp_comm_bytes: float
     """Bytes one GPU sends per step in data-parallel and sharding collectives (`StepTimes.dp_bytes`)."""
     notes: tuple[str, ...]
@@ -84,6 +105,7 @@ def estimate(
         raise PlanError("; ".join(f"{v.message}: {v.fix}" for v in fatal))
     arrays = PlanArrays.from_plans([plan])
     e = evaluate(model, cluster, workload, arrays, efficiency=efficiency, runtime=runtime)
+    recipe = state_recipe(plan, model_facts(model).adafactor_state_ratio)
     m, t = e.memory, e.time
     memory = MemoryBreakdown(
         weights=int(m.weights[0]), gradients=int(m.gradients[0]), optimizer=int(m.optimizer[0]),
@@ -104,8 +126,11 @@ def estimate(
         tokens_per_s=float(e.tokens_per_s[0]),
         model_tflops_per_gpu=float(e.model_tflops_per_gpu[0]),
         mfu=float(e.mfu[0]),
+        precision_peak_utilization=float(e.precision_peak_utilization[0]),
+        state_bytes_per_param=recipe.bytes_per_param,
+        state_recipe=str(recipe),
         dp_comm_bytes=float(t.dp_bytes[0]),
-        notes=tuple(_notes(model, cluster, plan, workload, e, arrays, memory, time)),
+        notes=tuple(_notes(model, cluster, plan, workload, e, arrays, memory, time, recipe)),
     )
 
 
@@ -114,7 +139,7 @@ def _pct(part: float, whole: float) -> str:
 
 
 def _notes(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workload, e: Evaluation,
-           arrays: PlanArrays, mem: MemoryBreakdown, time: TimeBreakdown) -> list[str]:
+           arrays: PlanArrays, mem: MemoryBreakdown, time: TimeBreakdown, recipe: StateRecipe) -> list[str]:
     notes = []
     step = e.time.step[0]
     m = int(micro_batches(arrays, workload)[0])
@@ -126,7 +151,8 @@ def _notes(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workloa
     group = plan.shard_group
     shard = f" ({plan.sharding} over {group} ranks)" if plan.sharding != "none" else " (not sharded: ZeRO-1/FSDP would divide them)"
     notes.append(f"Model states {states / GIB:.1f} GiB: weights {mem.weights / GIB:.1f}, gradients "
-                 f"{mem.gradients / GIB:.1f}, optimizer and master weights {mem.optimizer / GIB:.1f}{shard}.")
+                 f"{mem.gradients / GIB:.1f}, optimizer and master weights {mem.optimizer / GIB:.1f}{shard}; "
+                 f"{recipe} before sharding.")
     if workload.training:
         notes.append(f"Activations {mem.activations / GIB:.1f} GiB for {mem.in_flight_microbatches:g} micro-batch(es) "
                      f"in flight of {plan.micro_batch_size} x {workload.seq_len} tokens with recompute '{plan.recompute}'.")
@@ -141,9 +167,11 @@ def _notes(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workloa
     if not workload.training:
         notes.append("Serving: the step is one forward pass over the batch's contexts (prefill); tokens/s counts "
                      "the context tokens processed, not generated tokens.")
+    own_peak = "" if e.peak_flops[0] == cluster.gpu.mfu_peak_flops else \
+        f"; {100 * e.precision_peak_utilization[0]:.1f}% of the {plan.precision} dense peak, {e.peak_flops[0] / 1e12:.0f} TFLOP/s"
     notes.append(f"Step {step:.3f} s: compute {time.compute:.3f} s ({_pct(time.compute, step)}), MFU "
-                 f"{100 * e.mfu[0]:.1f}% of the {plan.precision} dense peak ({e.peak_flops[0] / 1e12:.0f} TFLOP/s), "
-                 "counting model FLOPs without recompute.")
+                 f"{100 * e.mfu[0]:.1f}% of the bf16 dense peak, {cluster.gpu.mfu_peak_flops / 1e12:.0f} TFLOP/s (the "
+                 f"convention for every precision{own_peak}), counting model FLOPs without recompute.")
     if time.bubble > 0:
         notes.append(f"Pipeline bubble {time.bubble:.3f} s ({_pct(time.bubble, step)}) with {m} micro-batches over "
                      f"{plan.pp} stages and {plan.vpp} virtual stage(s): more micro-batches, interleaving (vpp) or "

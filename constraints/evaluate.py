@@ -41,6 +41,9 @@ class Evaluation:
     model_flops_per_step: float
     model_tflops_per_gpu: np.ndarray
     mfu: np.ndarray
+    """Model FLOP/s per GPU over the GPU's bf16 dense peak (`GPUSpec.mfu_peak_flops`), for every precision."""
+    precision_peak_utilization: np.ndarray
+    """Model FLOP/s per GPU over the dense peak of the plan's own precision (``peak_flops``)."""
     peak_flops: np.ndarray
 
 
@@ -157,7 +160,8 @@ def _evaluate(model: ModelSpec, cluster: ClusterSpec, workload: Workload, p: Pla
         tokens_per_s=tokens / step.step,
         model_flops_per_step=model_flops,
         model_tflops_per_gpu=tflops,
-        mfu=np.where(supported, tflops * 1e12 / peaks, 0.0),
+        mfu=np.where(supported, tflops * 1e12 / cluster.gpu.mfu_peak_flops, 0.0),
+        precision_peak_utilization=np.where(supported, tflops * 1e12 / peaks, 0.0),
         peak_flops=peaks,
     )
 

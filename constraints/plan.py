@@ -33,7 +33,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
-Degree = Annotated[StrictInt, Field(ge=1, le=2**20)]
+from parallelplan.hardware.spec import MAX_GPUS
+
+Degree = Annotated[StrictInt, Field(ge=1, le=MAX_GPUS)]
 Count = Annotated[StrictInt, Field(ge=1, le=2**24)]  # tokens per sequence, sequences per step
 
 SHARDINGS = ("none", "zero1", "zero2", "zero3", "fsdp", "hsdp")

@@ -123,9 +123,12 @@ def structural_violations(model: ModelSpec, cluster: ClusterSpec, plan: Plan, wo
              f"use recompute_layers ≤ {per_rank}, or leave it unset to recompute every layer")
     # the fast domain: the NVLink domain, or the node's GPUs where they share no NVLink (PCIe servers)
     domain = min(max(cluster.nvlink_domain_gpus, cluster.node.gpus_per_node), cluster.total_gpus)
-    rule("tp_cp_inside_nvlink", allow_cross_domain or plan.tp * plan.cp <= domain,
-         f"tp·cp = {plan.tp * plan.cp} spans beyond the {domain}-GPU NVLink domain: every layer's collectives would cross the network",
-         f"keep tp·cp ≤ {domain}, or allow crossing the domain explicitly")
+    # CP may span domains: its ring passes K/V once per step, hidden behind attention, and is priced over
+    # the network when it crosses it (ring attention across nodes is how 128K-token runs are laid out:
+    # Llama 3, Dubey et al. 2024, §3.3.2); TP's per-layer collectives are not hidden that way.
+    rule("tp_inside_nvlink", allow_cross_domain or plan.tp <= domain,
+         f"tp = {plan.tp} spans beyond the {domain}-GPU NVLink domain: every layer's tensor-parallel collectives would cross the network",
+         f"keep tp ≤ {domain}, or allow crossing the domain explicitly")
     gpu = cluster.gpu
     rule("precision_supported", gpu.supports(plan.precision),
          f"{gpu.display_name} has no {plan.precision} tensor cores",

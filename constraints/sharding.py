@@ -53,6 +53,10 @@ class ShardingOption(_Frozen):
     step_time_s: float
     dp_comm_s: float
     dp_comm_bytes: float
+    state_bytes_per_param: float
+    state_recipe: str
+    """The model states per parameter before sharding (`Estimate.state_recipe`): 18 bytes with ZeRO's
+    mixed-precision AdamW, 16 with FSDP/HSDP, whose fp32 parameters are the master copy."""
     violations: tuple[Violation, ...]
 
 
@@ -116,7 +120,8 @@ def compare_sharding(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workloa
         options.append(ShardingOption(
             sharding=variant.sharding, name=NAMES[variant.sharding] + (f"/{variant.hsdp_shard_size}" if variant.hsdp_shard_size else ""),
             plan=variant, memory=est.memory, fits=est.fits, step_time_s=est.step_time_s, dp_comm_s=est.time.dp_comm,
-            dp_comm_bytes=est.dp_comm_bytes, violations=tuple(violations)))
+            dp_comm_bytes=est.dp_comm_bytes, state_bytes_per_param=est.state_bytes_per_param, state_recipe=est.state_recipe,
+            violations=tuple(violations)))
     running = [o for o in options if not o.violations]
     if running:
         best = _recommend(running)

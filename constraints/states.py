@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from parallelplan.constraints.arrays import PlanArrays, code
+from parallelplan.constraints.plan import Plan
 
 ADAM_8BIT_BLOCK = 2048  # bitsandbytes block-wise quantisation block size (Dettmers et al. 2022, §2)
 
@@ -61,6 +62,35 @@ def bytes_per_param(p: PlanArrays, adafactor_state_ratio: float) -> BytesPerPara
     fsdp = (p.sharding == code("sharding", "fsdp")) | (p.sharding == code("sharding", "hsdp"))
     resident = np.where(fsdp & mixed, 0.0, weights)
     return BytesPerParam(weights=weights, resident_weights=resident, grads=grads, master=master, optimizer=moments)
+
+
+@dataclass(frozen=True)
+class StateRecipe:
+    """One plan's model states per parameter before sharding (`bytes_per_param` of the plan), in words."""
+
+    bytes_per_param: float
+    terms: str
+    """e.g. "bf16 weights 2 + fp32 gradients 4 + fp32 master weights 4 + adamw states 8"."""
+
+    def __str__(self) -> str:
+        return f"{self.bytes_per_param:g} bytes per parameter ({self.terms})"
+
+
+def state_recipe(plan: Plan, adafactor_state_ratio: float) -> StateRecipe:
+    """What ``plan`` (a `constraints.Plan`) keeps per parameter: Megatron / DeepSpeed mixed precision
+    holds 18 bytes (2 + 4 + 4 + 8 with AdamW); FSDP/HSDP 16, its sharded fp32 parameters being the master
+    copy (cast in each layer's all-gather, so no resident bf16 copy)."""
+    per = bytes_per_param(PlanArrays.from_plans([plan]), adafactor_state_ratio)
+    dtype = {2.0: "bf16" if plan.precision != "fp16" else "fp16", 4.0: "fp32"}
+    weights, resident = float(per.weights[0]), float(per.resident_weights[0])
+    grads, master, states = float(per.grads[0]), float(per.master[0]), float(per.optimizer[0])
+    terms = [f"{dtype[weights]} weights {resident:g}" if resident else
+             f"fp32 parameters {master:g}, the master copy gathered as {dtype[weights]} layer by layer,",
+             f"{dtype[grads]} gradients {grads:g}"]
+    if master and resident:
+        terms.append(f"fp32 master weights {master:g}")
+    terms.append(f"{plan.optimizer} states {states:g}")
+    return StateRecipe(bytes_per_param=resident + grads + master + states, terms=" + ".join(terms))
 
 
 def expert_data_parallel(p: PlanArrays) -> np.ndarray:

@@ -136,7 +136,7 @@ def step_times(
 
     # context parallelism: ring exchange of K and V, hidden behind attention
     kv_bytes = tokens * (f.k_width + f.v_width) * b / tp
-    ring = col((cp - 1) * fabric.send(kv_bytes, tp)) * layers
+    ring = col((cp - 1) * fabric.ring_step(kv_bytes, cp, tp)) * layers
     cp_exposed = (1 + full) * np.maximum(ring - eff.overlap["cp"] * attention_fwd, 0.0)
     if training:
         cp_exposed = cp_exposed + np.maximum(2 * ring - eff.overlap["cp"] * 2.5 * attention_fwd, 0.0)

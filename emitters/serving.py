@@ -36,6 +36,15 @@ def memory_fraction(job: Job, used_bytes: int, floor: float) -> float:
     return max(floor, math.ceil(100 * used_bytes / capacity) / 100)
 
 
+def sequences_per_replica(job: Job) -> int:
+    """The concurrent sequences of one data-parallel replica, the limit each engine takes per DP rank
+    (vLLM's ``--max-num-seqs``: every DP rank is an engine core with its own scheduler; SGLang's
+    ``--max-running-requests``: without DP attention every DP worker's scheduler applies it whole). The
+    workload's sequences split over dp, the most loaded replica taking the remainder: what the cost model
+    prices the KV cache at (`constraints.memory.stage_memory`), so the engine admits what the plan fits."""
+    return -(-job.workload.global_batch_size // job.plan.dp)
+
+
 def dtype(job: Job) -> str:
     """The weights' dtype flag value: fp8 plans keep bf16 checkpoints and quantize online."""
     return "float16" if job.plan.precision == "fp16" else "bfloat16"

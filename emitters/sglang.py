@@ -2,17 +2,18 @@
 `ServerArgs.add_cli_args`, checked with ``ServerArgs.from_cli_args`` in the validator tests).
 
 TP, PP and DP sizes (SGLang's world is dp·tp·pp); ``--ep-size`` for the plan's EP; ``--context-length`` =
-the workload's context, ``--max-running-requests`` = its concurrent sequences; ``--kv-cache-dtype auto``;
-fp8 plans quantize online (``--quantization fp8``); ``--mem-fraction-static`` = the plan's weights and KV
-cache over the GPU's capacity (SGLang's static pool holds exactly those), at least 0.8. Multi-node: the same
-command on every node with ``--nnodes``, ``--node-rank`` and ``--dist-init-addr`` of the first node.
+the workload's context, ``--max-running-requests`` = its concurrent sequences per data-parallel rank
+(each DP worker's scheduler applies it); ``--kv-cache-dtype auto``; fp8 plans quantize online
+(``--quantization fp8``); ``--mem-fraction-static`` = the plan's weights and KV cache over the GPU's
+capacity (SGLang's static pool holds exactly those), at least 0.8. Multi-node: the same command on every
+node with ``--nnodes``, ``--node-rank`` and ``--dist-init-addr`` of the first node.
 """
 
 from __future__ import annotations
 
 from parallelplan.emitters.environment import command, nccl_environment, script
 from parallelplan.emitters.job import Job, unsupported
-from parallelplan.emitters.serving import PORT, check, dtype, memory_fraction, model_lines
+from parallelplan.emitters.serving import PORT, check, dtype, memory_fraction, model_lines, sequences_per_replica
 from parallelplan.emitters.torchrun import node_rank_lines
 
 TARGET = "sglang"
@@ -29,7 +30,7 @@ def arguments(job: Job) -> list[str]:
                           f"solve with --fix ep={p.tp} or ep=1")
     static = job.memory.weights + job.memory.kv_cache
     out = [f"--tp-size={p.tp}", f"--pp-size={p.pp}", f"--dp-size={p.dp}", f"--ep-size={p.ep}",
-           f"--context-length={w.seq_len}", f"--max-running-requests={w.global_batch_size}", f"--dtype={dtype(job)}",
+           f"--context-length={w.seq_len}", f"--max-running-requests={sequences_per_replica(job)}", f"--dtype={dtype(job)}",
            "--kv-cache-dtype=auto", f"--mem-fraction-static={memory_fraction(job, static, MIN_STATIC_FRACTION)}",
            f"--port={PORT}"]
     if p.precision == "fp8":

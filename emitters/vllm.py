@@ -3,10 +3,10 @@ parser, `vllm.entrypoints.cli.serve`, checked with its engine arguments in the v
 
 TP, PP and DP sizes; ``--enable-expert-parallel`` when the plan has EP (vLLM's EP group is TP × DP, so the
 plan's ep must equal tp·dp); ``--max-model-len`` = the workload's context, ``--max-num-seqs`` = its
-concurrent sequences; ``--kv-cache-dtype auto`` (the model dtype, as the cost model prices the cache);
-fp8 plans quantize the bf16 checkpoint online (``--quantization fp8``); ``--gpu-memory-utilization`` =
-the plan's peak memory over the GPU's capacity, at least vLLM's default 0.9 (vLLM fills the rest with
-KV-cache blocks).
+concurrent sequences per data-parallel rank (vLLM applies it per DP engine); ``--kv-cache-dtype auto``
+(the model dtype, as the cost model prices the cache); fp8 plans quantize the bf16 checkpoint online
+(``--quantization fp8``); ``--gpu-memory-utilization`` = the plan's peak memory over the GPU's capacity,
+at least vLLM's default 0.9 (vLLM fills the rest with KV-cache blocks).
 Multi-node: replicas within a node spread over the nodes as data-parallel ranks
 (``--data-parallel-size-local``, the first node's address, each node's start rank; nodes other than the
 first run ``--headless``); a replica larger than a node runs on vLLM's multiprocessing backend across
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from parallelplan.emitters.environment import command, nccl_environment, script
 from parallelplan.emitters.job import Job, unsupported
-from parallelplan.emitters.serving import PORT, check, dtype, memory_fraction, model_lines
+from parallelplan.emitters.serving import PORT, check, dtype, memory_fraction, model_lines, sequences_per_replica
 from parallelplan.emitters.torchrun import node_rank_lines
 
 TARGET = "vllm"
@@ -34,7 +34,7 @@ def arguments(job: Job) -> list[str]:
         raise unsupported(NAME, f"ep {p.ep} with tp {p.tp} · dp {p.dp} (its expert-parallel group is TP × DP)",
                           f"solve with --fix ep={p.tp * p.dp} or ep=1")
     out = [f"--tensor-parallel-size={p.tp}", f"--pipeline-parallel-size={p.pp}", f"--data-parallel-size={p.dp}",
-           f"--max-model-len={w.seq_len}", f"--max-num-seqs={w.global_batch_size}", f"--dtype={dtype(job)}",
+           f"--max-model-len={w.seq_len}", f"--max-num-seqs={sequences_per_replica(job)}", f"--dtype={dtype(job)}",
            "--kv-cache-dtype=auto",
            f"--gpu-memory-utilization={memory_fraction(job, job.memory.total, DEFAULT_UTILIZATION)}",
            f"--port={PORT}"]

@@ -6,7 +6,7 @@ from parallelplan.hardware.errors import HardwareError
 from parallelplan.hardware.loader import load_cluster
 from parallelplan.hardware.presets import gpu_by_name as load_gpu
 from parallelplan.hardware.presets import list_clusters, list_gpus
-from parallelplan.hardware.prices import default_price, price_offers
+from parallelplan.hardware.prices import checked_price, default_price, price_offers
 from parallelplan.hardware.spec import PRECISIONS, ClusterSpec, GPUSpec, NodeSpec
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "GPUSpec",
     "HardwareError",
     "NodeSpec",
+    "checked_price",
     "default_price",
     "detect_cluster",
     "detect_node",

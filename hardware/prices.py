@@ -26,6 +26,21 @@ class PriceOffer(BaseModel):
     source: str
 
 
+MAX_PRICE_PER_GPU_HOUR = 1000.0
+"""The highest price per GPU-hour (USD) a user may give: a hundred times the dearest on-demand offer on
+record (``data/prices.json``), and low enough that any step's cost on the largest cluster stays exact in
+the solver's fixed-point (nano-USD, int64) cost table."""
+
+
+def checked_price(price: float, error: type[ValueError]) -> float:
+    """A price per GPU-hour the user gave, as a float; ``error`` (the calling layer's type) naming the
+    allowed values when it is not a number in (0, `MAX_PRICE_PER_GPU_HOUR`] (inf and nan included)."""
+    if isinstance(price, bool) or not isinstance(price, (int, float)) or not 0 < price <= MAX_PRICE_PER_GPU_HOUR:
+        raise error(f"price per GPU-hour must be a number of USD above 0 and at most {MAX_PRICE_PER_GPU_HOUR:,.0f}, "
+                    f"got {price!r}")
+    return float(price)
+
+
 @lru_cache(maxsize=1)
 def price_offers() -> tuple[PriceOffer, ...]:
     data = json.loads(resources.files("parallelplan.hardware").joinpath("data", "prices.json").read_text())

@@ -21,6 +21,10 @@ COUNT_LIMIT = 2**31
 PositiveInt = Annotated[StrictInt, Field(ge=1, le=COUNT_LIMIT)]
 NonNegativeInt = Annotated[StrictInt, Field(ge=0, le=COUNT_LIMIT)]
 """Counts are strict integers (no "8", no true)."""
+MAX_GPUS = 2**20
+"""The largest cluster (and so the largest parallel degree) modelled: 1,048,576 GPUs, five times the
+largest training clusters announced in 2026, and small enough that every count and product of degrees stays
+exact in the solver's fixed-point tables."""
 
 Bytes = Annotated[int, BeforeValidator(parse_bytes), Field(gt=0, le=2**60)]
 Rate = Annotated[float, BeforeValidator(parse_rate), Field(ge=0, le=1e18)]
@@ -70,6 +74,13 @@ class GPUSpec(_Frozen):
 
     def supports(self, precision: str) -> bool:
         return precision in self.peak_flops
+
+    @property
+    def mfu_peak_flops(self) -> float:
+        """The dense peak MFU is reported against for plans of every precision: bf16 (fp16 on GPUs without
+        bf16) — the convention of PaLM's MFU (Chowdhery et al. 2022, appendix B) and of published runs, so
+        that an fp8 or fp32 plan's MFU is comparable with a bf16 plan's."""
+        return self.peak_flops.get("bf16", self.peak_flops.get("fp16"))
 
 
 class NodeSpec(_Frozen):
@@ -152,6 +163,9 @@ class ClusterSpec(_Frozen):
             )
         if self.node.intra_node_fabric == "pcie" and domain != 1:
             raise ValueError("a node without NVLink (intra_node_fabric 'pcie') has nvlink_domain_size 1")
+        if self.total_gpus > MAX_GPUS:
+            raise ValueError(f"{self.num_nodes:,} nodes of {per_node} GPUs are {self.total_gpus:,} GPUs; plan models "
+                             f"clusters of up to {MAX_GPUS:,} GPUs ({MAX_GPUS // per_node:,} such nodes)")
         if self.num_nodes > 1 and self.node.nics_per_node == 0:
             raise ValueError(f"{self.num_nodes} nodes need network cards: nics_per_node is 0")
         return self

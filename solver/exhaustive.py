@@ -30,7 +30,7 @@ from parallelplan.hardware import ClusterSpec
 from parallelplan.models import ModelSpec
 from parallelplan.solver.candidates import Candidates
 from parallelplan.solver.objectives import Criteria, criteria, gpu_hour_price, weighted_score
-from parallelplan.solver.space import SearchSpace, enumerate_with_structure, uneven_splits
+from parallelplan.solver.space import SearchSpace, cp_candidates, enumerate_with_structure, uneven_splits
 
 
 @dataclass
@@ -51,7 +51,7 @@ def _raw_plans(space: SearchSpace) -> list[Plan]:
     m, c, w = space.model, space.cluster, space.workload
     limit = c.total_gpus if space.allow_cross_domain else space.fast_domain
     tps = space.domain("tp", range(1, min(m.num_attention_heads, limit) + 1))
-    cps = space.domain("cp", [2**i for i in range(16) if 2**i <= limit])
+    cps = space.domain("cp", cp_candidates(w.seq_len, c.total_gpus))
     pps = space.domain("pp", range(1, m.num_layers + 1))
     eps = space.domain("ep", range(1, m.moe.num_experts + 1)) if m.moe else [1]
     ladder = [tuple(x) for x in space.domain("recompute_modules", selective_ladder(m))]

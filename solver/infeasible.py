@@ -28,6 +28,8 @@ from parallelplan.constraints.plan import (
     SHARDINGS,
 )
 from parallelplan.constraints.rules import structural_violations
+from parallelplan.constraints.states import state_recipe
+from parallelplan.constraints.structure import model_facts
 from parallelplan.hardware import load_cluster
 from parallelplan.solver.candidates import Candidates
 from parallelplan.solver.errors import Infeasible
@@ -165,13 +167,13 @@ def _facts(space: SearchSpace, candidates: Candidates, fits: np.ndarray, fast: n
     plan = candidates.plans.plan(least)
     facts.append(f"The least memory any plan needs is {e.memory.total[least] / GIB:.1f} GiB per GPU ({describe(plan)}); "
                  f"the GPU has {usable / GIB:.1f} GiB.")
-    per_param = 2 + 4 + 4 + 8  # bf16 weights, fp32 gradients, fp32 master weights, two fp32 Adam moments
-    states = space.model.total_params * per_param
+    recipe = state_recipe(plan, model_facts(space.model).adafactor_state_ratio)  # as the least-memory plan keeps them
+    states = space.model.total_params * recipe.bytes_per_param
     capacity = space.cluster.total_gpus * usable
     if states > capacity:
-        facts.append(f"{space.model.display_name or space.model.name} in bf16 with AdamW needs {states / 2**40:.2f} TiB "
-                     f"for its weights, gradients and optimizer states; {space.cluster.total_gpus} × "
-                     f"{usable / GIB:.1f} GiB hold {capacity / 2**40:.2f} TiB even fully sharded.")
+        facts.append(f"{space.model.display_name or space.model.name} in {plan.precision} with {plan.optimizer} needs "
+                     f"{states / 2**40:.2f} TiB for its weights, gradients and optimizer states at {recipe}; "
+                     f"{space.cluster.total_gpus} × {usable / GIB:.1f} GiB hold {capacity / 2**40:.2f} TiB even fully sharded.")
     if fast is not None and fits.any():
         best = float(e.tokens_per_s[fits].max())
         facts.append(f"The fastest plan that fits reaches {best:,.0f} tokens/s.")

@@ -21,7 +21,7 @@ import numpy as np
 
 from parallelplan.constraints import PlanArrays
 from parallelplan.constraints.arrays import ALL_LAYERS, code, module_mask
-from parallelplan.hardware import ClusterSpec, HardwareError, default_price
+from parallelplan.hardware import ClusterSpec, HardwareError, checked_price, default_price
 from parallelplan.solver.candidates import Candidates
 from parallelplan.solver.errors import SolverInputError
 
@@ -96,14 +96,25 @@ class Criteria:
         }
 
 
+UNPRICED = np.iinfo(np.int64).max // 4
+"""The fixed-point value of a plan that cannot be priced (an infinite step) or whose value would not fit:
+above every real value, and summable a few times without overflow."""
+
+
+def _fixed_point(values: np.ndarray, scale: float) -> np.ndarray:
+    """``values`` × ``scale`` rounded to int64, `UNPRICED` where not finite or beyond it."""
+    scaled = np.asarray(values, dtype=float) * scale
+    usable = np.isfinite(scaled) & (scaled < UNPRICED)
+    return np.where(usable, np.round(np.where(usable, scaled, 0)), UNPRICED).astype(np.int64)
+
+
 def criteria(candidates: Candidates, price_per_gpu_hour: float | None) -> Criteria:
     e = candidates.evaluation
     step = e.time.step
-    finite = np.isfinite(step)
-    step_ns = np.where(finite, np.round(np.where(finite, step, 0) * 1e9), np.iinfo(np.int64).max // 4).astype(np.int64)
+    step_ns = _fixed_point(step, 1e9)
     price = price_per_gpu_hour if price_per_gpu_hour is not None else 0.0
     usd_per_hour = candidates.gpus * price
-    cost = np.round(np.where(finite, step, 0) * usd_per_hour / 3600 * 1e9).astype(np.int64)
+    cost = _fixed_point(np.where(np.isfinite(step), step, np.inf) * usd_per_hour / 3600, 1e9)
     memory = np.ceil(e.memory.total).astype(np.int64)
     return Criteria(step_ns=step_ns, cost_nusd=cost, memory_bytes=memory, gpus=candidates.gpus.astype(np.int64),
                     simplicity=simplicity_score(candidates.plans).astype(np.int64), tokens_per_s=e.tokens_per_s,
@@ -124,9 +135,7 @@ def gpu_hour_price(cluster: ClusterSpec, given: float | None, *, required: bool)
     """The price per GPU-hour of the ``cost`` objective: the user's, else the median on-demand offer of the
     GPU (`hardware.default_price`); None when the GPU has no offer and ``required`` is False."""
     if given is not None:
-        if not given > 0:
-            raise SolverInputError(f"price_per_gpu_hour must be > 0, got {given!r}")
-        return float(given)
+        return checked_price(given, SolverInputError)
     try:
         return default_price(cluster.gpu)
     except HardwareError as err:

@@ -13,6 +13,7 @@ default powers of two up to the cluster's nodes, and its own size). An empty fea
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
@@ -141,6 +142,20 @@ def _stages(names: list[str], weights: dict[str, float] | None, crit: Criteria, 
     return stages
 
 
+def _checked_time_limit(time_limit_s: float) -> float:
+    """CP-SAT's time limit per optimisation, a finite number of seconds above 0."""
+    if isinstance(time_limit_s, bool) or not isinstance(time_limit_s, (int, float)) \
+            or not 0 < time_limit_s < math.inf:
+        raise SolverInputError(f"time_limit_s must be a finite number of seconds above 0, got {time_limit_s!r}")
+    return float(time_limit_s)
+
+
+def _out_of_time(time_limit_s: float, candidates: int) -> SolverInputError:
+    """The error when CP-SAT's time ran out before it found any plan (only with a tiny limit)."""
+    return SolverInputError(f"time_limit_s = {time_limit_s:g} s ran out before CP-SAT found any of the {candidates:,} "
+                            "candidate plans; allow more time (the default, 30 s, is far more than a search needs)")
+
+
 def solve(model: ModelSpec, cluster: ClusterSpec, workload: Workload, *, objective: Objective = "throughput",
           tolerance: float = 0.0, fixed: Mapping[str, Any] | None = None, ranges: Mapping[str, Any] | None = None,
           allow_uneven_stages: bool = True, allow_cross_domain: bool = False, allow_partial_recompute: bool = True,
@@ -159,6 +174,7 @@ def solve(model: ModelSpec, cluster: ClusterSpec, workload: Workload, *, objecti
         raise SolverInputError(f"tolerance must be in [0, 1), got {tolerance!r}")
     if type(top_k) is not int or not 0 <= top_k <= 100:
         raise SolverInputError(f"top_k must be an integer in [0, 100], got {top_k!r}")
+    time_limit_s = _checked_time_limit(time_limit_s)
     search = _Search(model, cluster, workload, names, fixed=fixed, ranges=ranges, allow_uneven_stages=allow_uneven_stages,
                      allow_cross_domain=allow_cross_domain, allow_partial_recompute=allow_partial_recompute,
                      price_per_gpu_hour=price_per_gpu_hour,
@@ -177,6 +193,8 @@ def solve(model: ModelSpec, cluster: ClusterSpec, workload: Workload, *, objecti
         selection = Selection(len(rows), time_limit_s=time_limit_s)
         best = lexicographic(selection, _stages(names, weights, crit, rows, tolerance), crit.tie_rank(rows))
         if best is None:
+            if not picks:
+                raise _out_of_time(time_limit_s, len(rows))
             break
         picks.append(int(rows[best.row]))
         proved &= best.proved if len(picks) == 1 else True
@@ -241,6 +259,7 @@ def pareto(model: ModelSpec, cluster: ClusterSpec, workload: Workload, *,
     names, weights = _parse_objective(list(objectives))
     if not 2 <= len(names) <= 3:
         raise SolverInputError(f"pareto needs 2 or 3 objectives, got {names}")
+    time_limit_s = _checked_time_limit(time_limit_s)
     search = _Search(model, cluster, workload, names, fixed=fixed, ranges=ranges, allow_uneven_stages=allow_uneven_stages,
                      allow_cross_domain=allow_cross_domain, allow_partial_recompute=allow_partial_recompute,
                      price_per_gpu_hour=price_per_gpu_hour,
@@ -258,6 +277,8 @@ def pareto(model: ModelSpec, cluster: ClusterSpec, workload: Workload, *,
     ordered = sorted(range(len(names)), key=lambda i: len(set(columns[i][rows].tolist())), reverse=True)
     points = frontier(len(rows), [columns[i][rows] for i in ordered], crit.tie_rank(rows), np.ones(len(rows), bool),
                       time_limit_s, progress)
+    if not points:
+        raise _out_of_time(time_limit_s, len(rows))
     usable = float(cands.evaluation.usable_memory)
     out = []
     for local, proved in sorted(points, key=lambda pr: tuple(columns[i][rows[pr[0]]] for i in range(len(names)))):

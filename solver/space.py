@@ -6,7 +6,8 @@ domain by the listed values, or by the values within ``(low, high)`` for integer
 - ``tp``: divisors of the attention heads that also divide the KV heads (not for MLA), the dense MLP width
   and the expert width, at most the fast domain (the NVLink domain, or a PCIe server's node) unless
   crossing it is allowed;
-- ``cp``: powers of two with ``seq_len`` divisible by 2·cp and tp·cp within the fast domain (same rule);
+- ``cp``: powers of two with ``seq_len`` divisible by 2·cp into chunks of at least one attention tile
+  (`ATTENTION_TILE_TOKENS`), across domains too (its ring is priced over the network when it crosses one);
 - ``pp``: 1 … layers; ``dp`` = GPUs / (tp·pp·cp), whole;
 - ``ep``: divisors of the experts with ep·etp dividing dp·cp·tp; ``etp``: 1 or tp (MoE models only);
 - ``vpp`` (interleaved schedule): 2 … 8 with every virtual stage holding the same number of layers and the
@@ -193,11 +194,26 @@ def _tp_domain(space: SearchSpace) -> list[int]:
     return [d for d in space.domain("tp", range(1, limit + 1)) if 1 <= d <= limit and all(w % d == 0 for w in widths)]
 
 
+ATTENTION_TILE_TOKENS = 128
+"""Query rows per thread block of the fused attention kernels (FlashAttention-2, Dao 2023, §3.3: blocks of
+128 for head dimensions up to 128; FlashAttention-3 and cuDNN's fused attention likewise). The cost model
+prices attention at one efficiency whatever the length of the chunk a rank computes, which holds while each
+of context parallelism's 2·cp load-balanced chunks fills at least one such block."""
+
+
+def cp_candidates(seq_len: int, gpus: int) -> list[int]:
+    """The default cp values: powers of two up to the GPUs whose 2·cp chunks of the sequence are whole and
+    at least `ATTENTION_TILE_TOKENS` long (the search and the oracle share them; a range or a pin may go
+    beyond)."""
+    return [c for c in (2**i for i in range(21)) if c <= gpus
+            and (c == 1 or (seq_len % (2 * c) == 0 and seq_len // (2 * c) >= ATTENTION_TILE_TOKENS))]
+
+
 def _cp_domain(space: SearchSpace) -> list[int]:
-    """The cp values the sequence admits, within the pin or range."""
-    limit = space.cluster.total_gpus if space.allow_cross_domain else space.fast_domain
-    seq = space.workload.seq_len
-    return [c for c in space.domain("cp", [2**i for i in range(16)])
+    """The cp values the sequence admits, within the pin or range; CP groups may span NVLink domains
+    (rule tp_inside_nvlink: only TP must stay inside)."""
+    limit, seq = space.cluster.total_gpus, space.workload.seq_len
+    return [c for c in space.domain("cp", cp_candidates(seq, limit))
             if 1 <= c <= limit and (c == 1 or seq % (2 * c) == 0)]
 
 
@@ -211,7 +227,7 @@ def degree_combinations(space: SearchSpace) -> list[tuple[int, int, int, int, in
     pps = space.domain("pp", range(1, m.num_layers + 1))
     out = []
     for tp, cp, pp in itertools.product(tps, cps, pps):
-        if gpus % (tp * cp * pp) or (not space.allow_cross_domain and tp * cp > space.fast_domain):
+        if gpus % (tp * cp * pp):
             continue
         dp = gpus // (tp * cp * pp)
         if ("dp" in space.fixed or "dp" in space.ranges) and dp not in space.domain("dp", [dp]):

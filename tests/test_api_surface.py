@@ -170,7 +170,7 @@ def test_quick_start_launch_with_an_explicit_layout():
     assert "tp 2 · pp 2 · dp 1" in fits.stdout and "==> launch.sh <==" in fits.stdout and "--nnodes=2" in fits.stdout
     assert "--nproc-per-node=2" in fits.stdout
     too_big = _run("launch", "--model", "llama-3.1-70b", "--nodes", "2", "--gpus", "4", "--tp", "2", "--pp", "2", "--dp", "1")
-    assert too_big.exit_code == 1 and "1.16 TiB" in too_big.stdout
+    assert too_big.exit_code == 1 and "1.03 TiB" in too_big.stdout and "16 bytes per parameter" in too_big.stdout
 
 
 def test_launch_json_holds_the_solution_and_the_files(tmp_path):

@@ -29,7 +29,7 @@ def test_validate_quick_start_fails_on_memory_with_the_fix():
     assert "no --cluster given: using dgx-h100" in result.stderr  # the default is said, never silent
     data = json.loads(run("validate", "--model", "llama-3.1-70b", "--tp", "4", "--dp", "1", "--json").stdout)
     model, cluster = load_model("llama-3.1-70b"), load_cluster("dgx-h100", gpus=4)
-    expected = assess(model, cluster, Plan(tp=4, dp=1), Workload(seq_len=4096, global_batch_size=1))
+    expected = assess(model, cluster, Plan(tp=4, dp=1), Workload(seq_len=4096, global_batch_size=2**22 // 4096))  # the 4M-token default
     assert Assessment.model_validate(data) == expected
     assert data["gpus"] == 4 and [v["rule"] for v in data["violations"]] == ["memory_fits"]
 
@@ -93,7 +93,8 @@ def test_sharding_json_is_the_api_and_names_a_recommendation():
     assert data == expected.model_dump(mode="json")
     assert [o["sharding"] for o in data["options"]] == ["none", "zero1", "zero2", "zero3", "fsdp", "hsdp"]
     chosen = next(o for o in data["options"] if o["sharding"] == data["recommended"])
-    assert f"recommendation: {chosen['name']}" in table.output and "<- recommended" in table.output
+    assert f"recommendation: {chosen['name']}" in table.output
+    assert any(line.startswith(chosen["name"]) and line.endswith("yes, recommended") for line in table.output.splitlines())
 
 
 # -- topology -----------------------------------------------------------------------------------------

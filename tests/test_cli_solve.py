@@ -9,7 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from parallelplan.cli.main import plan
-from parallelplan.cli.solve_cmd import DEFAULT_BATCH_TOKENS, parse_assignments, parse_objective
+from parallelplan.cli.options import DEFAULT_BATCH_TOKENS
+from parallelplan.cli.solve_cmd import parse_assignments, parse_objective
 from parallelplan.constraints import Plan, Workload
 from parallelplan.hardware import load_cluster
 from parallelplan.models import load_model

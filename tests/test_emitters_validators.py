@@ -367,7 +367,7 @@ def test_vllm_parses_the_serve_command(case):
         args, engine = _vllm_engine_args(argv)
         assert (engine.tensor_parallel_size, engine.pipeline_parallel_size, engine.data_parallel_size) == (p.tp, p.pp, p.dp)
         assert engine.enable_expert_parallel == (p.ep > 1) and engine.max_model_len == w.seq_len
-        assert engine.max_num_seqs == w.global_batch_size and engine.model == "org/model"
+        assert engine.max_num_seqs == -(-w.global_batch_size // p.dp) and engine.model == "org/model"  # per DP engine
         assert (engine.quantization == "fp8") == (p.precision == "fp8")
         assert args.headless == bool(headless)
     with pytest.raises(ValueError, match="gpu_memory_utilization"):  # not vacuous: vLLM rejects a utilization above 1
@@ -389,7 +389,7 @@ def test_sglang_parses_the_server_command(case):
         warnings.simplefilter("ignore")
         args = ServerArgs.from_cli_args(parser.parse_args(_argv(emit(solution, "sglang")["serve.sh"], "sglang.launch_server")))
     assert (args.tp_size, args.pp_size, args.dp_size, args.ep_size) == (p.tp, p.pp, p.dp, p.ep)
-    assert args.context_length == w.seq_len and args.max_running_requests == w.global_batch_size
+    assert args.context_length == w.seq_len and args.max_running_requests == -(-w.global_batch_size // p.dp)  # per DP worker
     assert args.nnodes == solution.cluster.num_nodes and args.model_path == "org/model"
     assert 0 < args.mem_fraction_static <= 1
 

@@ -47,7 +47,7 @@ CASES = [
     ("ep_without_experts", LLAMA_8B, Plan(dp=16, ep=2), WORK, DGX, ["ep = 2", "no experts"]),
     ("sequence_by_2cp", LLAMA_8B, Plan(dp=8, cp=2), Workload(seq_len=4098, global_batch_size=64), DGX, ["4098", "2·cp = 4"]),
     ("sequence_parallel_needs_tp", LLAMA_8B, Plan(dp=16, sequence_parallel=True), WORK, DGX, ["tp > 1"]),
-    ("tp_cp_inside_nvlink", LLAMA_8B, Plan(tp=8, cp=2, sequence_parallel=True), WORK, DGX, ["tp·cp = 16", "8-GPU NVLink domain"]),
+    ("tp_inside_nvlink", LLAMA_8B, Plan(tp=16, sequence_parallel=True), WORK, DGX, ["tp = 16", "8-GPU NVLink domain"]),
     ("precision_supported", LLAMA_8B, Plan(dp=16, precision="fp8"), WORK, load_cluster("dgx-a100", nodes=2), ["fp8"]),
     ("hsdp_shard_divides_dp", LLAMA_8B, Plan(dp=16, sharding="hsdp", hsdp_shard_size=3), WORK, DGX, ["hsdp_shard_size 3", "16"]),
     ("param_offload_needs_sharding", LLAMA_8B, Plan(dp=16, offload="params"), WORK, DGX, ["ZeRO-3"]),
@@ -104,14 +104,32 @@ def test_pcie_servers_count_the_node_as_the_fast_domain():
     l40s = load_cluster("pcie-l40s", nodes=2)  # 4 GPUs per node, no NVLink
     inside = check(LLAMA_8B, l40s, Plan(tp=4, dp=2, sequence_parallel=True), WORK)
     across = check(LLAMA_8B, l40s, Plan(tp=8, sequence_parallel=True), WORK)
-    assert "tp_cp_inside_nvlink" not in {v.rule for v in inside}
-    assert "tp_cp_inside_nvlink" in {v.rule for v in across}
+    assert "tp_inside_nvlink" not in {v.rule for v in inside}
+    assert "tp_inside_nvlink" in {v.rule for v in across}
+
+
+def test_context_parallel_groups_may_span_nodes_and_their_ring_crosses_the_network():
+    """Ring attention across nodes is a normal long-context layout (Llama 3 405B at 128K: tp 8, cp 16);
+    once the CP group spans NVLink domains, its K/V ring steps run at the NIC's bandwidth."""
+    from parallelplan.constraints.collectives import Fabric
+    from parallelplan.constraints.efficiency import Efficiency
+
+    long = Workload(seq_len=131072, global_batch_size=16)
+    assert check(LLAMA_8B, load_cluster("dgx-h100", nodes=4), Plan(tp=8, cp=4, sequence_parallel=True, recompute="full"), long) == []
+    fabric = Fabric.of(DGX, Efficiency.default())
+    inside, across = fabric.ring_step(1e9, 4, 2), fabric.ring_step(1e9, 8, 2)  # 8 GPUs vs 16 GPUs spanned
+    assert inside == pytest.approx(1e9 / fabric.intra_bw + fabric.intra_alpha)
+    assert across == pytest.approx(1e9 / fabric.inter_bw + fabric.inter_alpha)
+    short = Workload(seq_len=8192, global_batch_size=16)  # too little attention to hide a ring over the NIC
+    narrow = estimate(LLAMA_70B, DGX, Plan(tp=2, cp=4, dp=2, sequence_parallel=True), short)
+    wide = estimate(LLAMA_70B, DGX, Plan(tp=2, cp=8, sequence_parallel=True), short)
+    assert narrow.time.cp_comm == 0 < wide.time.cp_comm
 
 
 def test_crossing_the_nvlink_domain_can_be_allowed():
     plan = Plan(tp=16, sequence_parallel=True)
-    assert "tp_cp_inside_nvlink" in {v.rule for v in check(LLAMA_70B, DGX, plan, WORK)}
-    assert "tp_cp_inside_nvlink" not in {v.rule for v in check(LLAMA_70B, DGX, plan, WORK, allow_cross_domain=True)}
+    assert "tp_inside_nvlink" in {v.rule for v in check(LLAMA_70B, DGX, plan, WORK)}
+    assert "tp_inside_nvlink" not in {v.rule for v in check(LLAMA_70B, DGX, plan, WORK, allow_cross_domain=True)}
 
 
 @pytest.mark.parametrize("rule", UNPRICEABLE)

@@ -21,10 +21,10 @@ from parallelplan.cli.options import (
     TARGET_OPTIONS,
     WORKLOAD_OPTIONS,
     build_workload,
+    cost_model,
     default_global_batch,
     degree_product,
     given_world_size,
-    load_efficiency,
     load_target_cluster,
     with_options,
 )
@@ -96,7 +96,8 @@ BUDGET_OPTIONS = [
 @click.option("--json", "as_json", is_flag=True, help="Print the constraints.Assessment as JSON.")
 def estimate(model_ref: str, cluster_ref: str | None, nodes: int | None, gpus: int | None, plan_file: Path | None,
              kind: str, seq_len: int, global_batch: int | None, dropout: float, train_mtp: bool, tokens: float | None,
-             price_per_gpu_hour: float | None, efficiency_file: Path | None, allow_cross_domain: bool, as_json: bool,
+             price_per_gpu_hour: float | None, efficiency_file: Path | None, calibration_file: Path | None,
+             allow_cross_domain: bool, as_json: bool,
              **plan_fields: Any) -> None:
     """Memory and step time of a plan, with the rules it breaks; with --tokens, the time and cost to
     train on a token budget. Exit 1 when the plan breaks a rule (it is still priced).
@@ -117,7 +118,7 @@ def estimate(model_ref: str, cluster_ref: str | None, nodes: int | None, gpus: i
     workload = build_workload(kind=kind, seq_len=seq_len, dropout=dropout, train_mtp=train_mtp,
                               global_batch_size=global_batch or default_global_batch(kind, seq_len, plan))
     report = assess_plan(model, cluster, plan, workload, tokens=tokens, price_per_gpu_hour=price_per_gpu_hour,
-                         efficiency_file=efficiency_file, allow_cross_domain=allow_cross_domain)
+                         costs=cost_model(efficiency_file, calibration_file), allow_cross_domain=allow_cross_domain)
     if as_json:
         click.echo(report.model_dump_json(indent=2))
     else:
@@ -127,11 +128,12 @@ def estimate(model_ref: str, cluster_ref: str | None, nodes: int | None, gpus: i
 
 
 def assess_plan(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workload, *, tokens: float | None,
-                price_per_gpu_hour: float | None, efficiency_file: Path | None, allow_cross_domain: bool) -> Assessment:
+                price_per_gpu_hour: float | None, costs: dict[str, Any], allow_cross_domain: bool) -> Assessment:
+    """`constraints.assess` with the command's cost model (`cli.options.cost_model`)."""
     from parallelplan.constraints import assess
 
     return assess(model, cluster, plan, workload, tokens=tokens, price_per_gpu_hour=price_per_gpu_hour,
-                  allow_cross_domain=allow_cross_domain, efficiency=load_efficiency(efficiency_file))
+                  allow_cross_domain=allow_cross_domain, **costs)
 
 
 def plan_fields_from(plan_file: Path | None, flags: dict[str, Any]) -> dict[str, Any]:

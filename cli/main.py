@@ -19,6 +19,7 @@ import sys
 import click
 
 from parallelplan.cli.analyze_cmd import analyze
+from parallelplan.cli.calibrate_cmd import calibrate
 from parallelplan.cli.compare_cmd import compare
 from parallelplan.cli.estimate_cmd import estimate
 from parallelplan.cli.launch_cmd import launch, slurm
@@ -113,7 +114,7 @@ def plan(ctx: click.Context, color: bool | None) -> None:
         ctx.color = color
 
 
-for command in (presets, analyze, topology, estimate, validate, sharding, solve, pareto, compare, launch, slurm):
+for command in (presets, analyze, topology, estimate, validate, sharding, solve, pareto, compare, launch, slurm, calibrate):
     plan.add_command(command)
 plan.add_command(solve, name="recommend")
 for command in UNAVAILABLE:

@@ -36,6 +36,10 @@ WORKLOAD_OPTIONS = [
 MODEL_OPTIONS = [
     click.option("--efficiency", "efficiency_file", type=click.Path(dir_okay=False, path_type=Path),
                  help="Efficiency-factor overrides (JSON/YAML, keys of constraints/data/efficiency.json)."),
+    click.option("--calibration", "calibration_file", type=click.Path(dir_okay=False, path_type=Path),
+                 envvar="PLAN_CALIBRATION", show_envvar=True,
+                 help="A calibration profile (`plan calibrate RUNS --out FILE`): its fitted efficiency factors and "
+                      "runtime allowance price every plan; --efficiency overrides it."),
     click.option("--allow-cross-domain", is_flag=True, help="Let TP groups span NVLink domains (CP groups always may: their ring is priced over the network)."),
 ]
 
@@ -182,16 +186,27 @@ def build_workload(**fields: Any) -> Workload:
         raise PlanError(describe_validation_error(err, "workload")) from None
 
 
-def load_efficiency(path: Path | None) -> Efficiency | None:
-    """The data file's efficiency factors with the overrides in ``path`` merged in."""
+def load_efficiency(path: Path | None, base: Efficiency | None = None) -> Efficiency | None:
+    """``base`` (else the data file's) efficiency factors with the overrides in ``path`` merged in."""
     from parallelplan.common.files import read_mapping
     from parallelplan.constraints import Efficiency, PlanError
 
     if path is None:
-        return None
+        return base
     try:
-        return Efficiency.default().with_overrides(read_mapping(path, PlanError, "efficiency factors"))
+        return (base or Efficiency.default()).with_overrides(read_mapping(path, PlanError, "efficiency factors"))
     except PlanError:
         raise
     except (ValueError, TypeError) as err:
         raise PlanError(f"{path}: {err}") from None
+
+
+def cost_model(efficiency_file: Path | None, calibration_file: Path | None) -> dict[str, Any]:
+    """The ``efficiency`` and ``runtime`` keyword arguments of the API: a calibration profile's
+    (``--calibration`` / ``PLAN_CALIBRATION``), then ``--efficiency``'s overrides on top; None = defaults."""
+    efficiency = runtime = None
+    if calibration_file is not None:
+        from parallelplan.constraints.calibration import load_profile
+
+        efficiency, runtime = load_profile(calibration_file)
+    return {"efficiency": load_efficiency(efficiency_file, efficiency), "runtime": runtime}

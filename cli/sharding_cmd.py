@@ -18,9 +18,9 @@ from parallelplan.cli.options import (
     TARGET_OPTIONS,
     WORKLOAD_OPTIONS,
     build_workload,
+    cost_model,
     default_global_batch,
     given_world_size,
-    load_efficiency,
     load_target_cluster,
     with_options,
 )
@@ -50,7 +50,8 @@ if TYPE_CHECKING:
 @click.option("--json", "as_json", is_flag=True, help="Print the constraints.ShardingComparison as JSON.")
 def sharding(model_ref: str, cluster_ref: str | None, nodes: int | None, gpus: int | None, hsdp_shard_size: int | None,
              kind: str, seq_len: int, dropout: float, train_mtp: bool, global_batch: int | None,
-             efficiency_file: Path | None, allow_cross_domain: bool, as_json: bool, **plan_fields: Any) -> None:
+             efficiency_file: Path | None, calibration_file: Path | None, allow_cross_domain: bool, as_json: bool,
+             **plan_fields: Any) -> None:
     """Compare DDP, ZeRO-1/2/3, FSDP and HSDP for a model, DP size and GPU.
 
     \b
@@ -69,7 +70,7 @@ def sharding(model_ref: str, cluster_ref: str | None, nodes: int | None, gpus: i
     workload = build_workload(kind=kind, seq_len=seq_len, dropout=dropout, train_mtp=train_mtp,
                               global_batch_size=global_batch or default_global_batch(kind, seq_len, plan))
     result = compare_sharding(model, cluster, plan, workload, hsdp_shard_size=hsdp_shard_size,
-                              allow_cross_domain=allow_cross_domain, efficiency=load_efficiency(efficiency_file))
+                              allow_cross_domain=allow_cross_domain, **cost_model(efficiency_file, calibration_file))
     if as_json:
         click.echo(result.model_dump_json(indent=2))
     else:

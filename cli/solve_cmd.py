@@ -25,9 +25,9 @@ from parallelplan.cli.options import (
     TARGET_OPTIONS,
     WORKLOAD_OPTIONS,
     build_workload,
+    cost_model,
     default_global_batch,
     given_world_size,
-    load_efficiency,
     load_target_cluster,
     with_options,
 )
@@ -181,7 +181,7 @@ def search_arguments(options: dict[str, Any]) -> dict[str, Any]:
         "price_per_gpu_hour": options["price_per_gpu_hour"],
         "min_tokens_per_s": options["min_tokens_per_s"],
         "node_counts": _integers(counts, "--node-counts") if counts else None,
-        "efficiency": load_efficiency(options["efficiency_file"]),
+        **cost_model(options["efficiency_file"], options["calibration_file"]),
         "time_limit_s": options["time_limit"],
     }
 

@@ -6,9 +6,6 @@ from __future__ import annotations
 import click
 
 PLANNED = {
-    "calibrate": ("fit the cost model's efficiency factors to step times measured on your cluster",
-                  "python -m benchmarks.fit_efficiency refits them to the published runs; `--efficiency FILE` "
-                  "on estimate/solve takes your own factors"),
     "optimize": ("tune a running job's plan from its measured profile",
                  "`plan solve` with `--fix` for what you cannot change"),
     "profile": ("measure per-layer time and memory of a model on this machine's GPUs",

@@ -25,6 +25,7 @@ from parallelplan.cli.options import (
     TARGET_OPTIONS,
     WORKLOAD_OPTIONS,
     build_workload,
+    cost_model,
     default_global_batch,
     given_world_size,
     load_target_cluster,
@@ -51,7 +52,8 @@ if TYPE_CHECKING:
 @click.option("--json", "as_json", is_flag=True, help="Print the constraints.Assessment as JSON.")
 def validate(model_ref: str, cluster_ref: str | None, nodes: int | None, gpus: int | None, plan_file: Path | None,
              deepspeed_file: Path | None, kind: str, seq_len: int, global_batch: int | None, dropout: float,
-             train_mtp: bool, efficiency_file: Path | None, allow_cross_domain: bool, as_json: bool,
+             train_mtp: bool, efficiency_file: Path | None, calibration_file: Path | None, allow_cross_domain: bool,
+             as_json: bool,
              **plan_fields: Any) -> None:
     """Check your own configuration against every rule and the memory model.
 
@@ -81,7 +83,7 @@ def validate(model_ref: str, cluster_ref: str | None, nodes: int | None, gpus: i
     workload = build_workload(kind=kind, seq_len=seq_len, dropout=dropout, train_mtp=train_mtp,
                               global_batch_size=global_batch or default_global_batch(kind, seq_len, plan))
     report = assess_plan(model, cluster, plan, workload, tokens=None, price_per_gpu_hour=None,
-                         efficiency_file=efficiency_file, allow_cross_domain=allow_cross_domain)
+                         costs=cost_model(efficiency_file, calibration_file), allow_cross_domain=allow_cross_domain)
     if read is not None and read.findings:
         report = report.model_copy(update={"violations": tuple(read.findings) + report.violations})
     if as_json:

@@ -11,10 +11,13 @@ divisibility / compatibility rules a plan must satisfy, each named and explained
 - `evaluate(model, cluster, workload, plans) -> Evaluation`: the same cost model over arrays of plans
   (numpy), for the solver and the oracle; `estimate` is `evaluate` on a batch of one.
 - `Efficiency` and `RuntimeAllowance`: the named, overridable factors (``data/*.json``).
+- `calibrate(read_runs(path)) -> Calibration`: those factors fitted to measured runs; `load_profile` reads
+  the profile it writes back into an `Efficiency` and a `RuntimeAllowance`.
 """
 
 from parallelplan.constraints.arrays import PlanArrays
 from parallelplan.constraints.assess import Assessment, Budget, assess, training_budget
+from parallelplan.constraints.calibration import Calibration, MeasuredRun, calibrate, load_profile, read_runs
 from parallelplan.constraints.check import check
 from parallelplan.constraints.efficiency import Efficiency
 from parallelplan.constraints.errors import PlanError
@@ -27,7 +30,7 @@ from parallelplan.constraints.sharding import ShardingComparison, ShardingOption
 from parallelplan.constraints.topology import GroupCost, Tier, TopologyReport, describe_topology
 
 __all__ = [
-    "Assessment", "Budget", "Efficiency", "Estimate", "Evaluation", "GroupCost", "MemoryBreakdown", "Plan", "PlanArrays", "PlanError", "RuntimeAllowance",
+    "Assessment", "Budget", "Calibration", "Efficiency", "MeasuredRun", "calibrate", "load_profile", "read_runs", "Estimate", "Evaluation", "GroupCost", "MemoryBreakdown", "Plan", "PlanArrays", "PlanError", "RuntimeAllowance",
     "ShardingComparison", "ShardingOption", "Tier", "TimeBreakdown", "TopologyReport", "Violation", "Workload", "assess", "check", "compare_sharding", "describe_topology", "estimate", "evaluate", "structural_violations",
     "training_budget",
 ]

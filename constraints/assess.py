@@ -19,6 +19,7 @@ from parallelplan.constraints.errors import PlanError
 from parallelplan.constraints.estimate import Estimate
 from parallelplan.constraints.plan import Plan, Workload
 from parallelplan.constraints.rules import Violation
+from parallelplan.constraints.runtime import RuntimeAllowance
 from parallelplan.hardware import ClusterSpec, HardwareError, checked_price, default_price, price_offers
 from parallelplan.models import ModelSpec
 
@@ -84,10 +85,10 @@ def training_budget(est: Estimate, workload: Workload, gpus: int, tokens: float,
 
 def assess(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workload, *, tokens: float | None = None,
            price_per_gpu_hour: float | None = None, allow_cross_domain: bool = False,
-           efficiency: Efficiency | None = None) -> Assessment:
+           efficiency: Efficiency | None = None, runtime: RuntimeAllowance | None = None) -> Assessment:
     """The `Assessment` of one plan; ``tokens`` adds the `Budget` to train on that many tokens."""
     violations, est = check_and_estimate(model, cluster, plan, workload, allow_cross_domain=allow_cross_domain,
-                                         efficiency=efficiency)
+                                         efficiency=efficiency, runtime=runtime)
     budget = None
     if tokens is not None and est is not None:
         budget = training_budget(est, workload, cluster.total_gpus, tokens, cluster, price_per_gpu_hour)

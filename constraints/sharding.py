@@ -27,6 +27,7 @@ from parallelplan.constraints.errors import PlanError
 from parallelplan.constraints.estimate import MemoryBreakdown
 from parallelplan.constraints.plan import Plan, Workload
 from parallelplan.constraints.rules import UNPRICEABLE, Violation
+from parallelplan.constraints.runtime import RuntimeAllowance
 from parallelplan.hardware import ClusterSpec
 from parallelplan.models import ModelSpec
 
@@ -107,13 +108,13 @@ def _reason(best: ShardingOption, options: list[ShardingOption]) -> str:
 
 def compare_sharding(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workload, *,
                      hsdp_shard_size: int | None = None, allow_cross_domain: bool = False,
-                     efficiency: Efficiency | None = None) -> ShardingComparison:
+                     efficiency: Efficiency | None = None, runtime: RuntimeAllowance | None = None) -> ShardingComparison:
     """Every sharding on ``plan`` (its own ``sharding`` is replaced); HSDP shards over ``hsdp_shard_size``
     ranks (default: a node's GPUs over tp·cp) when that splits the data-parallel group."""
     options = []
     for variant in _variants(plan, cluster, hsdp_shard_size):
         violations, est = check_and_estimate(model, cluster, variant, workload, allow_cross_domain=allow_cross_domain,
-                                             efficiency=efficiency)
+                                             efficiency=efficiency, runtime=runtime)
         if est is None:
             return ShardingComparison(options=(), recommended=None,
                                       reason="; ".join(f"{v.message}: {v.fix}" for v in violations if v.rule in UNPRICEABLE))

@@ -1,9 +1,17 @@
 """Step time of published training runs, predicted by the cost model from their own layouts.
 
-Run from the repository root:  python -m benchmarks.published_runs
+Run from the repository root:  python -m benchmarks.published_runs [--no-cross-validation]
 Writes benchmarks/results/published_runs.json and published_runs.md: per row the model, GPUs, layout,
 published and predicted tokens/s per GPU, and the relative error; then the median and 90th percentile of
 the absolute errors (issue 3 targets: ≤ 12 % and ≤ 25 %).
+
+Cross-validation (issue 15; minutes): the efficiency factors refitted by `plan calibrate`'s fit
+(`constraints.calibration.calibrate`) on the rows of every source suite but one — the publication or
+benchmark suite, `source_suite` — and the held-out suite's rows predicted with them: leave-one-source-out,
+so a suite's own quirks cannot tune the factors that predict it. Beside it, the same fit on every row
+(in-sample) and the data file's factors; the error per class (dense / MoE, software stack, GPU, scale).
+Caveat: a factor the remaining rows cannot tell (e.g. Blackwell's when its only suite is held out) keeps the
+data file's value, which `benchmarks.fit_efficiency` fitted on all rows; each fold lists what it held.
 
 Data: benchmarks/data/published_runs_dev.json (114 runs with sources, from the project's reference data).
 A row is used when it publishes a step time or tokens/s and its layout is complete (tp, pp, micro and
@@ -31,10 +39,12 @@ from pathlib import Path
 
 import numpy as np
 
+from parallelplan.constraints.calibration import MeasuredRun, calibrate
 from parallelplan.constraints.check import selective_ladder
 from parallelplan.constraints.efficiency import Efficiency
 from parallelplan.constraints.evaluate import evaluate
 from parallelplan.constraints.plan import Plan, Workload
+from parallelplan.constraints.rules import structural_violations
 from parallelplan.hardware import ClusterSpec, load_cluster
 from parallelplan.models import ModelSpec, load_model
 
@@ -187,9 +197,7 @@ def rows(efficiency: Efficiency | None = None) -> list[Row]:
     """Every published run with a throughput, predicted under ``efficiency`` (default: the data file's)."""
     out = []
     for run in runs():
-        published = run.get("tokens_per_sec_per_gpu")
-        if published is None and run.get("step_time_s"):
-            published = run["global_batch_size"] * run["seq_length"] / run["step_time_s"] / run["num_gpus"]
+        published = _published(run)
         if published is None:
             continue
         row = Row(run["id"], run["model_name"], run["num_gpus"], layout_text(run), float(published))
@@ -208,33 +216,125 @@ def rows(efficiency: Efficiency | None = None) -> list[Row]:
     return out
 
 
+def source_suite(run: dict) -> str:
+    """The publication or benchmark suite of a row: its source up to the first comma or parenthesis (the
+    same suite's releases, e.g. NeMo 25.09 and 25.11, fall together)."""
+    return run["source"].split(",")[0].split(" (")[0].strip()
+
+
+def row_classes(run: dict) -> dict[str, str]:
+    """The classes a row's error is tabulated by."""
+    stack = next((s for s in ("torchtitan", "AutoModel", "MaxText") if s in run["source"]), "Megatron-Core / NeMo")
+    gpus = run["num_gpus"]
+    return {"model": "MoE" if run.get("model_type") == "moe" or (run.get("num_experts") or 0) > 1 else "dense",
+            "stack": stack, "GPU": CLUSTER_PRESETS[run["gpu_type"]],
+            "scale": "≤ 64 GPUs" if gpus <= 64 else "65–512 GPUs" if gpus <= 512 else "> 512 GPUs"}
+
+
+def cross_validated(efficiency: Efficiency | None = None) -> dict:
+    """Leave-one-source-out predictions, in-sample predictions, and what each fold fitted (module docstring)."""
+    used = [(run, setup(run, efficiency)) for run in runs() if _published(run) is not None]
+    # calibration takes layouts the rules accept (rows with Megatron's uneven interleaved stages are not)
+    used = [(run, inputs) for run, inputs in used if not isinstance(inputs, str) and not structural_violations(
+        inputs.model, inputs.cluster, inputs.plan, inputs.workload, allow_cross_domain=True)]
+    measured = [MeasuredRun(row=run["id"], model=inputs.model, cluster=inputs.cluster, plan=inputs.plan,
+                            workload=inputs.workload,
+                            step_time_s=run["global_batch_size"] * run["seq_length"] / (_published(run) * run["num_gpus"]))
+                for run, inputs in used]
+    base = efficiency or Efficiency.default()
+    full = calibrate(measured, efficiency=base, cross_validate=False)
+    held_out: dict[int, float] = {}
+    folds = []
+    for suite in sorted({source_suite(run) for run, _ in used}):
+        train = [m for (run, _), m in zip(used, measured, strict=True) if source_suite(run) != suite]
+        fold = calibrate(train, efficiency=base, cross_validate=False)
+        fitted = base.with_overrides(fold.efficiency_overrides())
+        for run, inputs in used:
+            if source_suite(run) == suite:
+                step = evaluate(inputs.model, inputs.cluster, inputs.workload, [inputs.plan], efficiency=fitted).time.step[0]
+                held_out[run["id"]] = run["global_batch_size"] * run["seq_length"] / (float(step) * run["num_gpus"])
+        folds.append({"held_out": suite, "rows": sum(source_suite(run) == suite for run, _ in used),
+                      "fitted": {f.name: round(f.after, 4) for f in fold.factors if f.fitted and not f.name.startswith("runtime.")},
+                      "held": [f.name for f in fold.factors if not f.fitted and not f.name.startswith("runtime.")]})
+    in_sample = {run["id"]: run["global_batch_size"] * run["seq_length"] / (r.after_s * run["num_gpus"])
+                 for (run, _), r in zip(used, full.runs, strict=True)}
+    return {"held_out": held_out, "in_sample": in_sample, "folds": folds,
+            "classes": {run["id"]: row_classes(run) for run, _ in used}, "suites": {run["id"]: source_suite(run) for run, _ in used}}
+
+
+def _published(run: dict) -> float | None:
+    published = run.get("tokens_per_sec_per_gpu")
+    if published is None and run.get("step_time_s"):
+        published = run["global_batch_size"] * run["seq_length"] / run["step_time_s"] / run["num_gpus"]
+    return published
+
+
 def summary(all_rows: list[Row]) -> dict:
     errors = [abs(r.error) for r in all_rows if r.error is not None]
     return {"rows_used": len(errors), "rows_excluded": sum(r.excluded is not None for r in all_rows),
             "median_abs_error": statistics.median(errors), "p90_abs_error": float(np.percentile(errors, 90))}
 
 
+def _spread(errors: list[float]) -> str:
+    return (f"median {100 * statistics.median(errors):.1f}%, p90 {100 * float(np.percentile(errors, 90)):.1f}%"
+            if errors else "-")
+
+
 def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--no-cross-validation", action="store_true", help="Only the data file's factors (a second).")
+    args = parser.parse_args()
     start = time.perf_counter()
     all_rows = rows()
     stats = summary(all_rows)
+    cv = None if args.no_cross_validation else cross_validated()
+    used = [r for r in all_rows if r.error is not None and (cv is None or r.id in cv["held_out"])]
+    if cv is not None:
+        def errors(kind: str, rows_: list[Row]) -> list[float]:
+            return [abs(cv[kind][r.id] / r.published - 1) for r in rows_ if r.id in cv[kind]]
+
+        stats["cross_validated"] = {"median_abs_error": statistics.median(errors("held_out", used)),
+                                    "p90_abs_error": float(np.percentile(errors("held_out", used), 90))}
+        stats["in_sample"] = {"median_abs_error": statistics.median(errors("in_sample", used)),
+                              "p90_abs_error": float(np.percentile(errors("in_sample", used), 90))}
+        stats["folds"] = cv["folds"]
+        stats["cross_validated"]["rows"] = len(cv["held_out"])
     stats["seconds"] = time.perf_counter() - start
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "published_runs.json").write_text(json.dumps({"summary": stats, "rows": [r.__dict__ for r in all_rows]}, indent=2) + "\n")
-    lines = ["| id | model | GPUs | layout | published tok/s/GPU | predicted | error | memory GiB | notes |",
-             "|---:|---|---:|---|---:|---:|---:|---:|---|"]
+    rows_json = [r.__dict__ | ({} if cv is None or r.id not in cv["held_out"] else
+                               {"cross_validated": cv["held_out"][r.id], "in_sample": cv["in_sample"][r.id],
+                                "suite": cv["suites"][r.id], **cv["classes"][r.id]}) for r in all_rows]
+    (RESULTS / "published_runs.json").write_text(json.dumps({"summary": stats, "rows": rows_json}, indent=2) + "\n")
+    lines = ["| id | model | GPUs | layout | published tok/s/GPU | predicted | error | held-out error | memory GiB | notes |",
+             "|---:|---|---:|---|---:|---:|---:|---:|---:|---|"]
     for r in all_rows:
         if r.excluded:
-            lines.append(f"| {r.id} | {r.model} | {r.gpus} | {r.layout} | {r.published:.0f} | | | | excluded: {r.excluded} |")
+            lines.append(f"| {r.id} | {r.model} | {r.gpus} | {r.layout} | {r.published:.0f} | | | | | excluded: {r.excluded} |")
         else:
+            held = "" if cv is None or r.id not in cv["held_out"] else f"{100 * (cv['held_out'][r.id] / r.published - 1):+.1f}%"
             lines.append(f"| {r.id} | {r.model} | {r.gpus} | {r.layout} | {r.published:.0f} | {r.predicted:.0f} | "
-                         f"{100 * r.error:+.1f}% | {r.memory_gib:.1f}{'' if r.fits else ' (OOM)'} | {'; '.join(r.assumptions)} |")
+                         f"{100 * r.error:+.1f}% | {held} | {r.memory_gib:.1f}{'' if r.fits else ' (OOM)'} | {'; '.join(r.assumptions)} |")
     head = (f"# Published runs: predicted vs published\n\nmedian |error| {100 * stats['median_abs_error']:.1f}%, "
             f"90th percentile {100 * stats['p90_abs_error']:.1f}% over {stats['rows_used']} rows "
-            f"({stats['rows_excluded']} excluded)\n")
+            f"({stats['rows_excluded']} excluded), with the data file's factors\n")
+    if cv is not None:
+        head += (f"\nleave-one-source-out (factors refitted without the row's suite) over the {len(cv['held_out'])} rows whose "
+                 f"layouts the rules accept: {_spread(errors('held_out', used))}; in-sample (refitted on them all): "
+                 f"{_spread(errors('in_sample', used))}; the data file's factors on the same rows: "
+                 f"{_spread([abs(r.error) for r in used if r.id in cv['held_out']])}\n"
+                 "\n| class | value | rows | data file | held out | in sample |\n|---|---|---:|---|---|---|\n")
+        for kind in ("model", "stack", "GPU", "scale"):
+            for value in sorted({cv["classes"][r.id][kind] for r in used}):
+                members = [r for r in used if cv["classes"][r.id][kind] == value]
+                head += (f"| {kind} | {value} | {len(members)} | {_spread([abs(r.error) for r in members])} | "
+                         f"{_spread(errors('held_out', members))} | {_spread(errors('in_sample', members))} |\n")
+        head += "\n| held-out suite | rows | factors refitted on the others | held at the data file's value |\n|---|---:|---|---|\n"
+        head += "".join(f"| {f['held_out']} | {f['rows']} | {', '.join(f'{k} {v}' for k, v in f['fitted'].items())} | "
+                        f"{', '.join(f['held'])} |\n" for f in cv["folds"])
     (RESULTS / "published_runs.md").write_text(head + "\n" + "\n".join(lines) + "\n")
     print(head)
-    print("\n".join(lines))
 
 
 if __name__ == "__main__":

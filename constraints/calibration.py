@@ -71,8 +71,8 @@ class MeasuredRun(_Frozen):
     """One measured run: what ran, on what, and what it took (``row``: its 1-based row in the file)."""
 
     row: int
-    model: str
-    cluster: str
+    model: str | ModelSpec
+    cluster: str | ClusterSpec
     nodes: int | None = None
     gpus: int | None = None
     plan: Plan
@@ -231,17 +231,19 @@ class _Priced:
     """The runs grouped by (model, cluster, workload), each group priced in one vectorized call."""
 
     def __init__(self, runs: list[MeasuredRun]):
-        models: dict[str, ModelSpec] = {}
+        models: dict[Any, ModelSpec] = {}
         clusters: dict[tuple, ClusterSpec] = {}
         groups: dict[tuple, list[int]] = {}
         self.plans: list[Plan] = []
         for i, run in enumerate(runs):
             where = f"row {run.row}"
+            model_key = run.model if isinstance(run.model, str) else id(run.model)  # a name, or a spec given as is
             try:
-                models.setdefault(run.model, load_model(run.model))
+                if model_key not in models:
+                    models[model_key] = load_model(run.model)
             except ModelError as err:
                 raise PlanError(f"{where}, column 'model': {err}") from None
-            key = (run.cluster, run.nodes, run.gpus)
+            key = (run.cluster if isinstance(run.cluster, str) else id(run.cluster), run.nodes, run.gpus)
             try:
                 if key not in clusters:
                     clusters[key] = load_cluster(run.cluster, nodes=run.nodes, gpus=run.gpus)
@@ -258,11 +260,11 @@ class _Priced:
             if plan.world_size != cluster.total_gpus:
                 raise PlanError(f"{where}: tp·pp·dp·cp = {plan.world_size} but the cluster has {cluster.total_gpus} GPUs "
                                 "(columns nodes / gpus)")
-            broken = structural_violations(models[run.model], cluster, plan, run.workload, allow_cross_domain=True)
+            broken = structural_violations(models[model_key], cluster, plan, run.workload, allow_cross_domain=True)
             if broken:
                 raise PlanError(f"{where}: the layout breaks rule {broken[0].rule}: {broken[0].message}")
             self.plans.append(plan)
-            groups.setdefault((run.model, key, run.workload), []).append(i)
+            groups.setdefault((model_key, key, run.workload), []).append(i)
         self.groups = [(models[m], clusters[k], w, np.array(rows)) for (m, k, w), rows in groups.items()]
         self.n = len(runs)
 

@@ -23,3 +23,16 @@ def test_published_runs_within_the_error_bar():
 def test_excluded_rows_say_what_they_lack():
     excluded = [r for r in rows() if r.excluded]
     assert excluded and all(r.excluded.startswith("incomplete layout: ") for r in excluded)
+
+
+def test_rows_are_grouped_by_source_suite_for_cross_validation():
+    """Leave-one-source-out folds: releases of one suite fall together (NeMo 25.09 and 25.11), each suite is
+    a fold, and every row has the classes its error is tabulated by."""
+    from benchmarks.published_runs import row_classes, runs, source_suite
+
+    suites = {source_suite(run) for run in runs()}
+    nemo = {source_suite(run) for run in runs() if "Megatron-Bridge performance summary, 25." in run["source"]}
+    assert len(nemo) == 1 and len(suites) >= 6
+    for run in runs():
+        classes = row_classes(run)
+        assert set(classes) == {"model", "stack", "GPU", "scale"} and classes["model"] in ("dense", "MoE")

@@ -317,18 +317,23 @@ def _with(efficiency: Efficiency, paths: list[tuple[str, ...]], values: np.ndarr
     return efficiency.with_overrides(overrides)
 
 
+def _inward(value: float, fraction: float, low: float, high: float) -> float:
+    """A step of ``fraction`` of the bound range from ``value``, upward unless that would leave the range."""
+    step = fraction * (high - low)
+    return step if value + step <= high else -step
+
+
 def _fit_step(priced: _Priced, measured: np.ndarray, efficiency: Efficiency, runtime: RuntimeAllowance,
-              paths: list[tuple[str, ...]], bounds: tuple[np.ndarray, np.ndarray], start: np.ndarray):
-    """The factor values minimising the soft-L1 loss of the log ratios over the runs, and the residuals'
-    Jacobian there (scipy's ``OptimizeResult``). Tolerances of 1e-6 in log step time: far below what the
-    measurements resolve."""
+              paths: list[tuple[str, ...]], bounds: tuple[np.ndarray, np.ndarray], start: np.ndarray) -> np.ndarray:
+    """The factor values minimising the soft-L1 loss of the log ratios over the runs. Tolerances of 1e-6
+    in log step time: far below what the measurements resolve."""
     from scipy.optimize import least_squares
 
     def residuals(x: np.ndarray) -> np.ndarray:
         return np.log(priced.evaluate(_with(efficiency, paths, x), runtime)[0] / measured)
 
     return least_squares(residuals, start, bounds=bounds, loss="soft_l1", f_scale=0.05, diff_step=1e-3,
-                         x_scale="jac", ftol=1e-6, xtol=1e-6, gtol=1e-6)
+                         x_scale="jac", ftol=1e-6, xtol=1e-6, gtol=1e-6).x
 
 
 def _log_jacobian(priced: _Priced, efficiency: Efficiency, runtime: RuntimeAllowance, paths: list[tuple[str, ...]],
@@ -338,7 +343,7 @@ def _log_jacobian(priced: _Priced, efficiency: Efficiency, runtime: RuntimeAllow
     base = np.log(priced.evaluate(_with(efficiency, paths, x), runtime)[0])
     jac = np.empty((len(base), len(paths)))
     for j in range(len(paths)):
-        h = 1e-3 * (bounds[1][j] - bounds[0][j]) * (1 if x[j] + 1e-3 * (bounds[1][j] - bounds[0][j]) <= bounds[1][j] else -1)
+        h = _inward(x[j], 1e-3, bounds[0][j], bounds[1][j])
         shifted = x.copy()
         shifted[j] += h
         jac[:, j] = (np.log(priced.evaluate(_with(efficiency, paths, shifted), runtime)[0]) - base) / h
@@ -369,14 +374,14 @@ def calibrate(runs: list[MeasuredRun], *, efficiency: Efficiency | None = None,
     eff, rt = efficiency or Efficiency.default(), runtime or RuntimeAllowance.default()
     priced = _Priced(runs)
     measured = np.array([r.step_time_s for r in runs])
-    before, memory_before, _ = priced.evaluate(eff, rt)
+    before, memory_before, activations = priced.evaluate(eff, rt)  # memory does not depend on the efficiency
 
     # which factors the runs can tell: sensitivity of log step time to each, by a forward difference
     candidates = _candidates(priced, eff)
     effects = []  # Δ log step time of every run per unit of each factor's bound range
     for path, low, high in candidates:
         value = _read(eff, path)
-        step = SENSITIVITY_STEP * (high - low) * (1 if value + SENSITIVITY_STEP * (high - low) <= high else -1)
+        step = _inward(value, SENSITIVITY_STEP, low, high)
         shifted = priced.evaluate(_with(eff, [path], np.array([value + step])), rt)[0]
         effects.append(np.log(shifted / before) / (SENSITIVITY_STEP * np.sign(step)))
     sensitivity = [float(np.mean(np.abs(e))) for e in effects]
@@ -397,12 +402,11 @@ def calibrate(runs: list[MeasuredRun], *, efficiency: Efficiency | None = None,
     low = np.array([candidates[j][1] for j in chosen])
     high = np.array([candidates[j][2] for j in chosen])
     start = np.clip([_read(eff, p) for p in paths], low, high) if paths else np.array([])
-    fit = _fit_step(priced, measured, eff, rt, paths, (low, high), start) if paths else None
-    fitted = fit.x if fit is not None else start
+    fitted = _fit_step(priced, measured, eff, rt, paths, (low, high), start) if paths else start
     eff_after = _with(eff, paths, fitted) if paths else eff
 
     cross = None
-    if cross_validate and len(runs) >= 2 and fit is not None:
+    if cross_validate and len(runs) >= 2 and paths:
         cross = np.empty(len(runs))
         everyone, folds = np.arange(len(runs)), min(len(runs), FOLDS)
         log_step, jac = _log_jacobian(priced, eff, rt, paths, fitted, (low, high))
@@ -416,10 +420,9 @@ def calibrate(runs: list[MeasuredRun], *, efficiency: Efficiency | None = None,
     rt_after = rt
     with_peak = np.array([i for i, r in enumerate(runs) if r.peak_memory_bytes is not None], dtype=int)
     memory_terms = _catalogue()["memory"]
-    _, memory_base, activations = priced.evaluate(eff_after, rt)
     if len(with_peak):
         peaks = np.array([runs[i].peak_memory_bytes for i in with_peak])
-        tensors = memory_base[with_peak] - rt.cuda_context_bytes - rt.fragmentation * activations[with_peak]
+        tensors = memory_before[with_peak] - rt.cuda_context_bytes - rt.fragmentation * activations[with_peak]
         names = ["cuda_context_bytes", "fragmentation"] if len(with_peak) >= 2 else ["cuda_context_bytes"]
         columns = [np.ones(len(with_peak)), activations[with_peak]][:len(names)]
         bounds = ([memory_terms[n]["bounds"][0] for n in names], [memory_terms[n]["bounds"][1] for n in names])

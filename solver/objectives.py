@@ -114,7 +114,7 @@ def criteria(candidates: Candidates, price_per_gpu_hour: float | None) -> Criter
     step_ns = _fixed_point(step, 1e9)
     price = price_per_gpu_hour if price_per_gpu_hour is not None else 0.0
     usd_per_hour = candidates.gpus * price
-    cost = _fixed_point(np.where(np.isfinite(step), step, np.inf) * usd_per_hour / 3600, 1e9)
+    cost = _fixed_point(step * usd_per_hour / 3600, 1e9)
     memory = np.ceil(e.memory.total).astype(np.int64)
     return Criteria(step_ns=step_ns, cost_nusd=cost, memory_bytes=memory, gpus=candidates.gpus.astype(np.int64),
                     simplicity=simplicity_score(candidates.plans).astype(np.int64), tokens_per_s=e.tokens_per_s,

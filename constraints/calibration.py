@@ -476,11 +476,13 @@ def load_profile(path: Path) -> tuple[Efficiency, RuntimeAllowance]:
         raise PlanError(f"{path}: not a calibration profile (written by `plan calibrate RUNS --out FILE`)")
     try:
         efficiency = Efficiency.default().with_overrides(data.get("efficiency", {}))
-        runtime = RuntimeAllowance.default()
-        unknown = [k for k in data.get("runtime", {}) if k not in ("cuda_context_bytes", "fragmentation")]
-        if unknown:
-            raise ValueError(f"unknown runtime term {unknown[0]!r}; known: cuda_context_bytes, fragmentation")
-        runtime = replace(runtime, **{k: float(v) for k, v in data.get("runtime", {}).items()})
     except (ValueError, TypeError) as err:
         raise PlanError(f"{path}: {err}") from None
-    return efficiency, runtime
+    terms = _catalogue()["memory"]  # the terms calibration fits, with their bounds
+    for name, value in data.get("runtime", {}).items():
+        if name not in terms:
+            raise PlanError(f"{path}: unknown runtime term {name!r}; known: {', '.join(terms)}")
+        low, high = terms[name]["bounds"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            raise PlanError(f"{path}: runtime term {name!r} must be a number in [{low}, {high}], got {value!r}")
+    return efficiency, replace(RuntimeAllowance.default(), **{k: float(v) for k, v in data.get("runtime", {}).items()})

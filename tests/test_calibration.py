@@ -138,3 +138,16 @@ def test_a_malformed_file_is_one_line(tmp_path):
     broken.write_text("[{\"model\": ")
     result = CliRunner().invoke(plan_cli, ["calibrate", str(broken)])
     assert result.exit_code == 2 and "not valid JSON" in result.stderr
+
+
+@pytest.mark.parametrize("profile, words", [
+    ({"runtime": {"fragmentation": -5}}, ["'fragmentation'", "[0.0, 0.5]", "-5"]),
+    ({"runtime": {"cuda_context_bytes": "lots"}}, ["'cuda_context_bytes'", "'lots'"]),
+    ({"runtime": {"foo": 1}}, ["unknown runtime term 'foo'", "cuda_context_bytes, fragmentation"]),
+    ({"efficiency": {"gemm": 3}}, ["'gemm'", "table"]),
+])
+def test_a_bad_calibration_profile_is_bad_input(tmp_path, profile, words):
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(profile))
+    result = CliRunner().invoke(plan_cli, ["estimate", "-m", MODEL, "-c", "dgx-h100", "--calibration", str(path)])
+    assert result.exit_code == 2 and all(w in result.stderr for w in words), result.stderr

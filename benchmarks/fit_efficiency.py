@@ -3,7 +3,8 @@ fitted values were obtained).
 
 Run from the repository root:  python -m benchmarks.fit_efficiency [--sweeps 3]
 Prints the fitted factors (JSON) and the resulting median / 90th-percentile errors; it writes nothing —
-copy values into constraints/data/efficiency.json by hand, with the date.
+copy values into constraints/data/efficiency.json (shared factors) and stacks.json (attention and
+overlap per stack) by hand, with the date.
 
 Method: coordinate descent over a grid per factor, each bounded to its physically plausible range (e.g.
 a GEMM can reach 50-80% of dense peak, flash attention 40-70%), minimising a robust loss — the mean
@@ -30,10 +31,11 @@ GRIDS: list[tuple[tuple[str, ...], np.ndarray]] = [
     (("gemm", "blackwell", "bf16"), np.linspace(0.5, 0.8, 13)),
     (("gemm", "blackwell", "fp8"), np.linspace(0.4, 0.75, 15)),
     (("gemm", "ampere", "bf16"), np.linspace(0.5, 0.85, 15)),
-    (("attention", "hopper"), np.linspace(0.4, 0.7, 7)),
-    (("attention", "blackwell"), np.linspace(0.4, 0.7, 7)),
-    (("overlap", "tp"), np.linspace(0.0, 1.0, 11)),
-    (("overlap", "ep"), np.linspace(0.0, 1.0, 11)),
+    (("attention", "megatron", "hopper"), np.linspace(0.3, 0.7, 9)),
+    (("attention", "megatron", "blackwell"), np.linspace(0.4, 0.7, 7)),
+    (("attention", "torchtitan", "hopper"), np.linspace(0.15, 0.45, 13)),
+    (("overlap", "megatron", "tp"), np.linspace(0.0, 1.0, 11)),
+    (("overlap", "megatron", "ep"), np.linspace(0.0, 1.0, 11)),
     (("memory_bound",), np.linspace(0.5, 0.9, 9)),
     (("moe_host_sync_s",), np.linspace(0.0, 4e-3, 17)),
 ]
@@ -43,7 +45,16 @@ TIED = {  # factors fitted as one: Blackwell Ultra and fp16 follow Blackwell and
     ("gemm", "blackwell", "fp8"): [("gemm", "blackwell-ultra", "fp8")],
     ("gemm", "hopper", "bf16"): [("gemm", "hopper", "fp16")],
     ("gemm", "ampere", "bf16"): [("gemm", "ampere", "fp16")],
-    ("attention", "blackwell"): [("attention", "blackwell-ultra")],
+    # MaxText runs the same cuDNN attention and is unfitted: it follows Megatron (data/stacks.json)
+    ("attention", "megatron", "hopper"): [("attention", "maxtext", "hopper")],
+    ("attention", "megatron", "blackwell"): [("attention", "megatron", "blackwell-ultra"), ("attention", "maxtext", "blackwell"),
+                                             ("attention", "maxtext", "blackwell-ultra")],
+    ("overlap", "megatron", "tp"): [("overlap", "maxtext", "tp")],
+    ("overlap", "megatron", "ep"): [("overlap", "maxtext", "ep")],
+    # FlashAttention-2 through SDPA: one kernel, whichever PyTorch stack calls it (data/stacks.json)
+    ("attention", "torchtitan", "hopper"): [("attention", stack, arch) for stack in ("torchtitan", "deepspeed", "custom")
+                                            for arch in ("hopper", "blackwell", "blackwell-ultra")
+                                            if (stack, arch) != ("torchtitan", "hopper")],
 }
 
 

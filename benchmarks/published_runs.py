@@ -13,7 +13,10 @@ so a suite's own quirks cannot tune the factors that predict it. Beside it, the 
 Caveat: a factor the remaining rows cannot tell (e.g. Blackwell's when its only suite is held out) keeps the
 data file's value, which `benchmarks.fit_efficiency` fitted on all rows; each fold lists what it held.
 
-Data: benchmarks/data/published_runs_dev.json (114 runs with sources, from the project's reference data).
+Data: benchmarks/data/published_runs_dev.json (114 runs with sources, from the project's reference data,
+each with the software ``stack`` it ran on, `Workload.stack`: torchtitan for the torchtitan suites, maxtext
+for the MaxText recipes, megatron for Megatron-LM, NeMo and NeMo AutoModel — whose runs use Transformer
+Engine's kernels, per their notes).
 A row is used when it publishes a step time or tokens/s and its layout is complete (tp, pp, micro and
 global batch, sequence length, precision — stated or implied by the source's own note). What each row
 needs beyond what it states is assumed the way the source's framework defaults it, and listed per row:
@@ -23,7 +26,8 @@ needs beyond what it states is assumed the way the source's framework defaults i
   dp · cp), communication overlap on, no recompute unless stated, expert TP 1 unless stated;
 - FSDP2 (torchtitan, NeMo AutoModel) and MaxText rows: parameters, gradients and states sharded over
   dp · cp (fsdp); torchtitan's float8 linears = fp8 GEMMs, its "selective" activation checkpointing is
-  its op-level policy (selective_mm), and rows without torch.compile run eager (unfused) kernels;
+  its op-level policy (selective_mm), rows without torch.compile (stated, or implied by async TP or
+  float8) run eager (unfused) kernels, and TP communication is overlapped only with async TP;
 - when a row does not state recompute and its layout does not fit our memory model without it, the
   fastest recompute that fits (Megatron's selective modules, or full recompute of some layers per rank):
   a run that trained did not run out of memory, and its authors tuned it.
@@ -116,14 +120,22 @@ def _plan(run: dict, assumptions: list[str]) -> Plan:
     fsdp_source = any(tag in run["source"] for tag in FSDP_SOURCES) or "FSDP" in (run.get("dp_sharding") or "")
     fsdp = fsdp_source and "FSDP=0" not in (run.get("dp_sharding") or "")
     recompute = (run.get("activation_recompute") or "none").split()[0]
-    torchtitan = "torchtitan" in run["source"]
+    torchtitan = run["stack"] == "torchtitan"
     if torchtitan and recompute == "selective":
         recompute = "selective_mm"
         assumptions.append("selective = torchtitan's op-level policy (selective_mm)")
-    compiled = "torch.compile" in (run.get("notes") or "")
+    notes = run.get("notes") or ""
+    async_tp = torchtitan and tp > 1 and any(tag in notes for tag in ("AsyncTP", "Async TP"))
+    float8 = torchtitan and _precision(run) == "fp8"
+    compiled = "torch.compile" in notes or async_tp or float8
     kernels = "unfused" if torchtitan and not compiled else "fused"
     if kernels == "unfused":
         assumptions.append("eager PyTorch kernels (no torch.compile)")
+    elif torchtitan and "torch.compile" not in notes:
+        assumptions.append("torch.compile on: " + ("async TP requires it (torchtitan's parallelize raises without it)"
+                                                   if async_tp else "torchtitan's float8 linears are run compiled"))
+    if torchtitan and tp > 1:
+        assumptions.append(f"async TP {'on' if async_tp else 'off'} (torchtitan's default: off)")
     moe = run.get("ep") is not None and (run.get("ep") or 1) > 1
     etp = run.get("expert_tp") or (1 if moe else tp)
     sp = run.get("sequence_parallel")
@@ -135,7 +147,7 @@ def _plan(run: dict, assumptions: list[str]) -> Plan:
         micro_batch_size=run["micro_batch_size"], sequence_parallel=bool(sp),
         sharding="fsdp" if fsdp else ("zero1" if dp * cp > 1 else "none"),
         recompute=recompute if recompute in ("none", "selective", "selective_mm", "full") else "none",
-        precision=_precision(run), kernels=kernels,
+        precision=_precision(run), kernels=kernels, tp_comm_overlap=not torchtitan or async_tp,
     )
 
 
@@ -173,7 +185,7 @@ def setup(run: dict, efficiency: Efficiency | None = None) -> Setup | str:
     cluster = load_cluster(CLUSTER_PRESETS[run["gpu_type"]], gpus=run["num_gpus"])
     plan = _plan(run, assumptions)
     workload = Workload(seq_len=run["seq_length"], global_batch_size=run["global_batch_size"],
-                        train_mtp="w/ MTP" in run["model_name"])
+                        train_mtp="w/ MTP" in run["model_name"], stack=run["stack"])
     result = evaluate(model, cluster, workload, [plan], efficiency=efficiency)
     if run.get("activation_recompute") is None and not result.fits[0]:
         # a run that trained did not run out of memory, and its authors tuned it: take the fastest
@@ -224,7 +236,7 @@ def source_suite(run: dict) -> str:
 
 def row_classes(run: dict) -> dict[str, str]:
     """The classes a row's error is tabulated by."""
-    stack = next((s for s in ("torchtitan", "AutoModel", "MaxText") if s in run["source"]), "Megatron-Core / NeMo")
+    stack = "megatron (AutoModel)" if "AutoModel" in run["source"] else run["stack"]
     gpus = run["num_gpus"]
     return {"model": "MoE" if run.get("model_type") == "moe" or (run.get("num_experts") or 0) > 1 else "dense",
             "stack": stack, "GPU": CLUSTER_PRESETS[run["gpu_type"]],
@@ -285,7 +297,12 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-cross-validation", action="store_true", help="Only the data file's factors (a second).")
+    parser.add_argument("--update-intervals", action="store_true",
+                        help="Write the held-out residuals into constraints/data/uncertainty.json (the step-time "
+                             "prediction intervals every estimate carries).")
     args = parser.parse_args()
+    if args.update_intervals and args.no_cross_validation:
+        parser.error("--update-intervals needs the cross-validation")
     start = time.perf_counter()
     all_rows = rows()
     stats = summary(all_rows)
@@ -334,7 +351,26 @@ def main() -> None:
         head += "".join(f"| {f['held_out']} | {f['rows']} | {', '.join(f'{k} {v}' for k, v in f['fitted'].items())} | "
                         f"{', '.join(f['held'])} |\n" for f in cv["folds"])
     (RESULTS / "published_runs.md").write_text(head + "\n" + "\n".join(lines) + "\n")
+    if args.update_intervals:
+        write_intervals(step_residuals(cv, {r.id: r.published for r in used}))
     print(head)
+
+
+def step_residuals(cv: dict, published: dict[int, float]) -> list[dict]:
+    """log(measured / predicted step time) of every held-out row — log(predicted / published tokens/s) —
+    with its suite and model class (`constraints.uncertainty`)."""
+    return [{"id": run_id, "suite": cv["suites"][run_id], "class": cv["classes"][run_id]["model"].lower(),
+             "log_ratio": round(float(np.log(cv["held_out"][run_id] / published[run_id])), 6)}
+            for run_id in sorted(published) if run_id in cv["held_out"]]
+
+
+def write_intervals(residuals: list[dict]) -> None:
+    path = Path(__file__).parents[1] / "constraints" / "data" / "uncertainty.json"
+    data = json.loads(path.read_text())
+    data["step_time"] = {"source": f"python -m benchmarks.published_runs --update-intervals ({time.strftime('%Y-%m-%d')}): "
+                                   "leave-one-source-out residuals of the published runs the rules accept",
+                         "residuals": residuals}
+    path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
 
 
 if __name__ == "__main__":

@@ -9,9 +9,9 @@ which also states what each row assumes):
 1. feasible: `constraints.check` finds no broken rule in the published plan (else the rules are listed);
 2. in the space: the search space with every searched field pinned to the published plan's value holds
    exactly that plan — so the open search below ranges over a space that holds the experts' choice;
-3. the open search: the run's GPUs, batch, sequence, precision and kernels; every other plan variable over
-   its default domain widened by the published value (e.g. vpp 12, selective_mm recompute, SP off, TP·CP
-   across NVLink domains when the run does that). Because the solver is exact over a space holding the
+3. the open search: the run's GPUs, batch, sequence, precision, kernels and TP overlap (what its stack
+   ran); every other plan variable over its default domain widened by the published value (e.g. vpp 12,
+   selective_mm recompute, SP off, TP·CP across NVLink domains when the run does that). Because the solver is exact over a space holding the
    published plan, its plan is predicted at least as fast; the benchmark checks that it is.
 Reported: how often our plan has the experts' degrees (tp, pp, cp, ep) and their whole layout (also vpp and
 micro-batch), and the predicted speed-up we claim over them (median, 90th percentile, largest).
@@ -94,7 +94,7 @@ def compare(run: dict) -> Comparison:
     published = estimate(m, c, plan, w)
     row.published_tokens_per_s = published.tokens_per_s
     search = dict(ranges=widened_ranges(inputs), allow_cross_domain=cross,
-                  fixed={"precision": plan.precision, "kernels": plan.kernels})
+                  fixed={"precision": plan.precision, "kernels": plan.kernels, "tp_comm_overlap": plan.tp_comm_overlap})
     if row.feasible:
         pinned = SearchSpace(m, c, w, fixed=search["fixed"] | _pins(plan), ranges=search["ranges"], allow_cross_domain=cross)
         members = enumerate_plans(pinned)

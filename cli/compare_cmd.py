@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from parallelplan.cli.format import bad, heading, plural, progress, quiet, table
+from parallelplan.cli.format import bad, heading, plural, progress, quiet, step_range, table
 from parallelplan.cli.options import (
     MODEL_OPTIONS,
     WORKLOAD_OPTIONS,
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 @with_options(MODEL_OPTIONS)
 @click.option("--json", "as_json", is_flag=True, help="Print the list of solver.Comparison as JSON.")
 def compare(model_refs: tuple[str, ...], cluster_refs: tuple[str, ...], nodes: int | None, gpus: int | None, kind: str,
-            seq_len: int, dropout: float, train_mtp: bool, objective: str, tokens: float | None, as_json: bool,
+            seq_len: int, dropout: float, train_mtp: bool, stack: str | None, objective: str, tokens: float | None, as_json: bool,
             **search: Any) -> None:
     """Best plans of several models and/or clusters, side by side.
 
@@ -57,7 +57,7 @@ def compare(model_refs: tuple[str, ...], cluster_refs: tuple[str, ...], nodes: i
         raise SolverInputError("--model and --cluster each name a value once")
     models = [load_model(ref) for ref in model_refs]
     clusters = [load_target_cluster(ref, nodes, gpus) for ref in (cluster_refs or (None,))]
-    workload = build_workload(kind=kind, seq_len=seq_len, dropout=dropout, train_mtp=train_mtp,
+    workload = build_workload(kind=kind, seq_len=seq_len, dropout=dropout, train_mtp=train_mtp, stack=stack,
                               global_batch_size=search["global_batch"] or default_global_batch(kind, seq_len))
     with progress("compare") as report:
         rows = compare_pairs(models, clusters, workload, tokens=tokens, progress=report,
@@ -77,23 +77,24 @@ def render(rows: list[Comparison], seq_len: int, batch: int, with_budget: bool) 
     for row in rows:
         s = row.solution
         if s is None:
-            table_rows.append((row.model, row.cluster, row.gpus, bad("infeasible"), "-", "-", "-", "-", "-")
+            table_rows.append((row.model, row.cluster, row.gpus, bad("infeasible"), "-", "-", "-", "-", "-", "-")
                               + (("-", "-") if with_budget else ()))
             continue
         v = s.objective
         cost = f"{v['usd_per_million_tokens']:.3f}" if v["usd_per_hour"] else "-"
         cells = (row.model, row.cluster, s.gpus, describe(s.plan), f"{s.estimate.memory.total / 2**30:.1f}",
-                 f"{v['tokens_per_s']:,.0f}", f"{100 * s.estimate.mfu:.1f}", f"{v['usd_per_hour']:,.0f}" if v["usd_per_hour"] else "-",
-                 cost)
+                 f"{v['tokens_per_s']:,.0f}", step_range(s.estimate.step_time_interval_s), f"{100 * s.estimate.mfu:.1f}",
+                 f"{v['usd_per_hour']:,.0f}" if v["usd_per_hour"] else "-", cost)
         if with_budget:
             b = row.budget  # every solved pair has one when a budget is asked
             cells += (f"{b.time_s / 86400:,.1f}", f"{b.usd:,.0f}" if b.usd is not None else "-")
         table_rows.append(cells)
-    headers = ["model", "cluster", "GPUs", "best plan", "memory GiB", "tokens/s", "MFU %", "$/h", "$/M tokens"]
+    headers = ["model", "cluster", "GPUs", "best plan", "memory GiB", "tokens/s", "step s, 80% interval", "MFU %", "$/h",
+               "$/M tokens"]
     if with_budget:
         headers += ["days to budget", "$ to budget"]
     lines = [heading(f"best plans, {seq_len} tokens x {plural(batch, 'sequence')} per step"),
-             table(headers, table_rows, right=(2, 4, 5, 6, 7, 8, 9, 10))]
+             table(headers, table_rows, right=(2, 4, 5, 6, 7, 8, 9, 10, 11))]
     failed = [row for row in rows if row.infeasible is not None]
     if failed and not quiet():
         lines += ["", "infeasible:"]

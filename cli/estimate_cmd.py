@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from parallelplan.cli.format import bad, gib, good, heading, plural, quiet, side_by_side, table, tight_warning
+from parallelplan.cli.format import bad, fit_text, gib, heading, plural, quiet, side_by_side, step_range, table
 from parallelplan.cli.options import (
     GLOBAL_BATCH_OPTION,
     MODEL_OPTIONS,
@@ -95,8 +95,9 @@ BUDGET_OPTIONS = [
 @with_options(MODEL_OPTIONS)
 @click.option("--json", "as_json", is_flag=True, help="Print the constraints.Assessment as JSON.")
 def estimate(model_ref: str, cluster_ref: str | None, nodes: int | None, gpus: int | None, plan_file: Path | None,
-             kind: str, seq_len: int, global_batch: int | None, dropout: float, train_mtp: bool, tokens: float | None,
+             kind: str, seq_len: int, global_batch: int | None, dropout: float, train_mtp: bool, stack: str | None, tokens: float | None,
              price_per_gpu_hour: float | None, efficiency_file: Path | None, calibration_file: Path | None,
+             memory_margin: float,
              allow_cross_domain: bool, as_json: bool,
              **plan_fields: Any) -> None:
     """Memory and step time of a plan, with the rules it breaks; with --tokens, the time and cost to
@@ -115,10 +116,10 @@ def estimate(model_ref: str, cluster_ref: str | None, nodes: int | None, gpus: i
     fields = plan_fields_from(plan_file, plan_fields)
     cluster = load_target_cluster(cluster_ref, nodes, gpus, given_world_size(fields))
     plan = build_plan(fields, cluster.total_gpus)
-    workload = build_workload(kind=kind, seq_len=seq_len, dropout=dropout, train_mtp=train_mtp,
+    workload = build_workload(kind=kind, seq_len=seq_len, dropout=dropout, train_mtp=train_mtp, stack=stack,
                               global_batch_size=global_batch or default_global_batch(kind, seq_len, plan))
     report = assess_plan(model, cluster, plan, workload, tokens=tokens, price_per_gpu_hour=price_per_gpu_hour,
-                         costs=cost_model(efficiency_file, calibration_file), allow_cross_domain=allow_cross_domain)
+                         costs=cost_model(efficiency_file, calibration_file, memory_margin), allow_cross_domain=allow_cross_domain)
     if as_json:
         click.echo(report.model_dump_json(indent=2))
     else:
@@ -224,6 +225,7 @@ def time_table(est: Estimate) -> str:
              ("pipeline bubble", t.bubble), ("optimizer update", t.optimizer)]
     rows = [(name, f"{value:.3f}", f"{100 * value / step:.1f}%") for name, value in parts if value > 0]
     rows.append(("step", f"{step:.3f}", "100.0%"))
+    rows.append(("step, 80% interval", step_range(est.step_time_interval_s), ""))
     return table(["time per step", "seconds", "share"], rows, right=(1, 2))
 
 
@@ -244,12 +246,13 @@ def render(model: ModelSpec, cluster: ClusterSpec, report: Assessment) -> str:
         f"{model.display_name or model.name} on {cluster.total_gpus} GPUs: {cluster.num_nodes} x {cluster.node.name}",
         heading(f"plan: {describe_plan(plan, model)}"),
         f"workload: {workload.kind}, {workload.seq_len} tokens x {plural(workload.global_batch_size, 'sequence')}"
-        + (f" ({plural(micro, 'micro-batch', 'micro-batches')} per pipeline per step)" if workload.training else ""),
+        + (f" ({plural(micro, 'micro-batch', 'micro-batches')} per pipeline per step)" if workload.training else "")
+        + f", on {workload.stack}",
         "",
     ]
     if est is not None:
         lines.append(side_by_side(memory_table(est), time_table(est)))
-        lines.append(f"fits: {good('yes') + tight_warning(est.memory) if est.fits else bad('NO')}")
+        lines.append(f"fits: {fit_text(est.memory)}")
         lines.append(f"throughput: {est.tokens_per_s:,.0f} tokens/s, {est.model_tflops_per_gpu:.0f} model TFLOP/s per GPU, "
                      f"MFU {100 * est.mfu:.1f}% (model FLOPs, recompute excluded, over the bf16 dense peak for every precision)"
                      + ("" if est.precision_peak_utilization == est.mfu else

@@ -104,9 +104,18 @@ def progress(label: str) -> Iterator[Callable[[str], None] | None]:
         report("")
 
 
-def tight_warning(memory) -> str:
-    """``"; TIGHT: ..."`` for a plan that fits with less headroom than its runtime allowance
-    (`MemoryBreakdown.tight`), else ``""``."""
-    if not memory.tight:
-        return ""
-    return "; " + bad(f"TIGHT: less than the {gib(memory.overhead)} runtime allowance, the model's least certain term, is left")
+def fit_text(memory) -> str:
+    """Whether a plan fits, against its memory range (`MemoryBreakdown.verdict`): yes, AT RISK or NO, with
+    the range when it matters."""
+    if memory.verdict == "yes":
+        return good("yes") + f" (at most {gib(memory.high)} of {gib(memory.usable)})"
+    if memory.verdict == "no":
+        return bad("NO") + f": at least {gib(memory.low)}, {gib(memory.usable)} on the GPU"
+    return bad("AT RISK") + (f": {gib(memory.low)} to {gib(memory.high)} may be measured, {gib(memory.usable)} on the GPU "
+                             "(the runtime allowance and the activations' deviation; `plan calibrate` with measured "
+                             "peaks narrows it)")
+
+
+def step_range(interval: tuple[float, float]) -> str:
+    """The 80% step-time interval: '1.10–1.45'."""
+    return f"{interval[0]:.3f}–{interval[1]:.3f}"

@@ -56,6 +56,7 @@ def _solution(target: str, options: dict[str, Any], as_json: bool):
     from pydantic import ValidationError
 
     from parallelplan.common.validation import describe_validation_error
+    from parallelplan.constraints.efficiency import stack_of_target
     from parallelplan.emitters import constraints, list_targets
     from parallelplan.solver import Infeasible, Solution, SolverInputError, solve
 
@@ -66,15 +67,21 @@ def _solution(target: str, options: dict[str, Any], as_json: bool):
         if any(options.get(name) is not None for name in PIN_FLAGS) or options["fix"] or options["ranges"]:
             raise SolverInputError("--solution is already solved: drop --tp/--pp/--dp/--cp/--ep, --fix and --range")
         try:  # bytes: pydantic reports a file that is not UTF-8 as invalid JSON, like any other malformed file
-            return Solution.model_validate_json(solution_file.read_bytes())
+            solution = Solution.model_validate_json(solution_file.read_bytes())
         except ValidationError as err:
             raise SolverInputError(describe_validation_error(err, f"{solution_file}: not a `plan solve --json` output")
                                    + " (give the whole, unedited output of `plan solve --json`)") from None
+        runs = stack_of_target(target)
+        if runs is not None and solution.workload.stack != runs and not quiet():
+            click.echo(f"note: {solution_file} was priced for the {solution.workload.stack} stack and {target} runs "
+                       f"{runs}: its step time does not hold there (solve with --target {target} to price it)", err=True)
+        return solution
     if not options["model_ref"]:
         raise SolverInputError("give --model (and --cluster), or --solution FILE")
+    options["stack"] = target_stack(target, options["stack"])
     search = search_arguments(options)
     model, cluster, workload = build_inputs(options["model_ref"], options["cluster_ref"], options["nodes"], options["gpus"],
-                                            options["kind"], options["seq_len"], options["dropout"], options["train_mtp"],
+                                            options["kind"], options["seq_len"], options["dropout"], options["train_mtp"], options["stack"],
                                             options["global_batch"], search["fixed"])
     limits = constraints(target)
     for name, value in search["fixed"].items():
@@ -93,6 +100,20 @@ def _solution(target: str, options: dict[str, Any], as_json: bool):
         return solve(model, cluster, workload, objective=parse_objective(options["objective"]), **search)
     except Infeasible as err:
         report_infeasible(err, as_json)
+
+
+def target_stack(target: str, given: str | None) -> str | None:
+    """The stack a plan for ``target`` is priced on: the one the target runs (``--stack`` may only repeat
+    it), or for a serving target ``--stack`` as given."""
+    from parallelplan.constraints.efficiency import stack_of_target, stacks
+    from parallelplan.solver import SolverInputError
+
+    runs = stack_of_target(target)
+    if given is not None and runs is not None and given != runs:
+        others = ", ".join(stacks()[given]["targets"]) or "none: use plan solve"
+        raise SolverInputError(f"--stack {given}: the {target} target runs {runs}; drop --stack, "
+                               f"or choose a target that runs {given} ({others})")
+    return runs or given
 
 
 def _refused(limits: dict[str, Any], name: str, value: Any) -> str | None:

@@ -32,6 +32,9 @@ WORKLOAD_OPTIONS = [
     click.option("--seq-len", type=click.IntRange(min=1), default=4096, show_default=True, help="Tokens per sequence."),
     click.option("--dropout", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.0, show_default=True),
     click.option("--train-mtp", is_flag=True, help="Also train DeepSeek-V3's multi-token-prediction modules."),
+    click.option("--stack", type=click.Choice(["megatron", "torchtitan", "deepspeed", "maxtext", "custom"]),
+                 help="The software that runs the plan: its attention kernel and what its overlap hides price the step "
+                      "(constraints/data/stacks.json) [default: megatron; plan launch: the target's]."),
 ]
 MODEL_OPTIONS = [
     click.option("--efficiency", "efficiency_file", type=click.Path(dir_okay=False, path_type=Path),
@@ -41,6 +44,9 @@ MODEL_OPTIONS = [
                  help="A calibration profile (`plan calibrate RUNS --out FILE`): its fitted efficiency factors and "
                       "runtime allowance price every plan; --efficiency overrides it."),
     click.option("--allow-cross-domain", is_flag=True, help="Let TP groups span NVLink domains (CP groups always may: their ring is priced over the network)."),
+    click.option("--memory-margin", type=click.FloatRange(0.0, 0.5, max_open=True), default=0.0, show_default=True,
+                 help="Fraction of GPU memory every plan must leave free (0.05 = fit in 95%): room for what the "
+                      "estimate's memory range says the run may measure above it."),
 ]
 
 
@@ -180,6 +186,8 @@ def build_workload(**fields: Any) -> Workload:
     from parallelplan.common.validation import describe_validation_error
     from parallelplan.constraints import PlanError, Workload
 
+    if fields.get("stack") is None:  # not given: the Workload's default stack
+        fields.pop("stack", None)
     try:
         return Workload(**fields)
     except ValidationError as err:
@@ -201,12 +209,19 @@ def load_efficiency(path: Path | None, base: Efficiency | None = None) -> Effici
         raise PlanError(f"{path}: {err}") from None
 
 
-def cost_model(efficiency_file: Path | None, calibration_file: Path | None) -> dict[str, Any]:
+def cost_model(efficiency_file: Path | None, calibration_file: Path | None, memory_margin: float = 0.0) -> dict[str, Any]:
     """The ``efficiency`` and ``runtime`` keyword arguments of the API: a calibration profile's
-    (``--calibration`` / ``PLAN_CALIBRATION``), then ``--efficiency``'s overrides on top; None = defaults."""
+    (``--calibration`` / ``PLAN_CALIBRATION``), then ``--efficiency``'s overrides on top, and
+    ``--memory-margin`` in the runtime allowance; None = defaults."""
+    from dataclasses import replace
+
     efficiency = runtime = None
     if calibration_file is not None:
         from parallelplan.constraints.calibration import load_profile
 
         efficiency, runtime = load_profile(calibration_file)
+    if memory_margin:
+        from parallelplan.constraints.runtime import RuntimeAllowance
+
+        runtime = replace(runtime or RuntimeAllowance.default(), memory_margin=memory_margin)
     return {"efficiency": load_efficiency(efficiency_file, efficiency), "runtime": runtime}

@@ -18,7 +18,19 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from parallelplan.cli.format import bad, gib, good, heading, plural, progress, quiet, side_by_side, table, tight_warning
+from parallelplan.cli.format import (
+    bad,
+    fit_text,
+    gib,
+    good,
+    heading,
+    plural,
+    progress,
+    quiet,
+    side_by_side,
+    step_range,
+    table,
+)
 from parallelplan.cli.options import (
     GLOBAL_BATCH_OPTION,
     MODEL_OPTIONS,
@@ -82,7 +94,7 @@ SEARCH_OPTIONS = [
 @with_options(MODEL_OPTIONS)
 @click.option("--json", "as_json", is_flag=True, help="Print the solver.Solution as JSON.")
 def solve(model_ref: str, cluster_ref: str, nodes: int | None, gpus: int | None, kind: str, seq_len: int,
-          dropout: float, train_mtp: bool, objective: str, tolerance: float, top_k: int, as_json: bool,
+          dropout: float, train_mtp: bool, stack: str | None, objective: str, tolerance: float, top_k: int, as_json: bool,
           **search: Any) -> None:
     """The best plan for an objective, proved optimal by CP-SAT, and why it wins.
 
@@ -97,7 +109,7 @@ def solve(model_ref: str, cluster_ref: str, nodes: int | None, gpus: int | None,
     from parallelplan.solver import solve as solve_plan
 
     arguments = search_arguments(search)
-    model, cluster, workload = build_inputs(model_ref, cluster_ref, nodes, gpus, kind, seq_len, dropout, train_mtp,
+    model, cluster, workload = build_inputs(model_ref, cluster_ref, nodes, gpus, kind, seq_len, dropout, train_mtp, stack,
                                             search["global_batch"], arguments["fixed"])
     try:
         with progress("solve") as report:
@@ -120,7 +132,7 @@ def solve(model_ref: str, cluster_ref: str, nodes: int | None, gpus: int | None,
 @with_options(MODEL_OPTIONS)
 @click.option("--json", "as_json", is_flag=True, help="Print the list of solver.Solution as JSON.")
 def pareto(model_ref: str, cluster_ref: str, nodes: int | None, gpus: int | None, kind: str, seq_len: int,
-           dropout: float, train_mtp: bool, objectives: str, as_json: bool, **search: Any) -> None:
+           dropout: float, train_mtp: bool, stack: str | None, objectives: str, as_json: bool, **search: Any) -> None:
     """The plans no other plan beats on every objective at once, each proved optimal in its slice.
 
     \b
@@ -132,7 +144,7 @@ def pareto(model_ref: str, cluster_ref: str, nodes: int | None, gpus: int | None
     from parallelplan.solver import pareto as pareto_plans
 
     arguments = search_arguments(search)
-    model, cluster, workload = build_inputs(model_ref, cluster_ref, nodes, gpus, kind, seq_len, dropout, train_mtp,
+    model, cluster, workload = build_inputs(model_ref, cluster_ref, nodes, gpus, kind, seq_len, dropout, train_mtp, stack,
                                             search["global_batch"], arguments["fixed"])
     names = [name.strip() for name in objectives.split(",") if name.strip()]
     try:
@@ -149,7 +161,7 @@ def pareto(model_ref: str, cluster_ref: str, nodes: int | None, gpus: int | None
 # -- parsing --------------------------------------------------------------------------------------------
 
 def build_inputs(model_ref: str, cluster_ref: str | None, nodes: int | None, gpus: int | None, kind: str, seq_len: int,
-                 dropout: float, train_mtp: bool, global_batch: int | None,
+                 dropout: float, train_mtp: bool, stack: str | None, global_batch: int | None,
                  fixed: dict[str, Any]) -> tuple[ModelSpec, ClusterSpec, Workload]:
     """Model, cluster and workload of a search. Without --nodes/--gpus, a pinned dp sizes the cluster to
     tp·pp·dp·cp GPUs (unpinned degrees count 1)."""
@@ -157,7 +169,7 @@ def build_inputs(model_ref: str, cluster_ref: str | None, nodes: int | None, gpu
 
     model = load_model(model_ref)
     cluster = load_target_cluster(cluster_ref, nodes, gpus, given_world_size(fixed))
-    workload = build_workload(kind=kind, seq_len=seq_len, dropout=dropout, train_mtp=train_mtp,
+    workload = build_workload(kind=kind, seq_len=seq_len, dropout=dropout, train_mtp=train_mtp, stack=stack,
                               global_batch_size=global_batch or default_global_batch(kind, seq_len))
     return model, cluster, workload
 
@@ -181,7 +193,7 @@ def search_arguments(options: dict[str, Any]) -> dict[str, Any]:
         "price_per_gpu_hour": options["price_per_gpu_hour"],
         "min_tokens_per_s": options["min_tokens_per_s"],
         "node_counts": _integers(counts, "--node-counts") if counts else None,
-        **cost_model(options["efficiency_file"], options["calibration_file"]),
+        **cost_model(options["efficiency_file"], options["calibration_file"], options["memory_margin"]),
         "time_limit_s": options["time_limit"],
     }
 
@@ -289,7 +301,12 @@ def report_infeasible(err: Infeasible, as_json: bool) -> None:
 def _header(model: ModelSpec, cluster: ClusterSpec, workload: Workload, gpu_counts: tuple[int, ...]) -> str:
     sizes = f"{cluster.total_gpus} GPUs" if len(gpu_counts) == 1 else f"searching {', '.join(map(str, gpu_counts))} GPUs"
     return (f"{model.display_name or model.name} on {cluster.node.name} nodes ({sizes}); {workload.kind}, "
-            f"{workload.seq_len} tokens x {plural(workload.global_batch_size, 'sequence')} per step")
+            f"{workload.seq_len} tokens x {plural(workload.global_batch_size, 'sequence')} per step on {workload.stack}")
+
+
+def _headroom(found: Solution) -> str:
+    """Memory headroom, marked when the plan's memory range reaches past the GPU (`MemoryBreakdown.verdict`)."""
+    return f"{found.objective['memory_headroom_gib']:.2f}" + (" at risk" if found.estimate.memory.verdict == "at risk" else "")
 
 
 def _cost(values: dict[str, float]) -> str:
@@ -300,6 +317,7 @@ def _cost(values: dict[str, float]) -> str:
 
 def render_solution(model: ModelSpec, cluster: ClusterSpec, workload: Workload, found: Solution, objective: str) -> str:
     from parallelplan.cli.estimate_cmd import describe_plan, memory_table, time_table
+    from parallelplan.constraints.uncertainty import step_interval
     from parallelplan.solver.explain import describe
 
     est, values = found.estimate, found.objective
@@ -307,9 +325,9 @@ def render_solution(model: ModelSpec, cluster: ClusterSpec, workload: Workload, 
     rows = [
         ("GPUs", f"{found.gpus}"),
         ("throughput", f"{values['tokens_per_s']:,.0f} tokens/s, MFU {100 * est.mfu:.1f}%"),
-        ("step time", f"{values['step_time_s']:.3f} s"),
-        ("memory per GPU", f"{gib(est.memory.total)} of {gib(est.memory.usable)} "
-                           f"(headroom {values['memory_headroom_gib']:.2f} GiB{tight_warning(est.memory)})"),
+        ("step time", f"{values['step_time_s']:.3f} s (80% interval {step_range(est.step_time_interval_s)} s)"),
+        ("memory per GPU", f"{gib(est.memory.total)} of {gib(est.memory.usable)} (headroom {values['memory_headroom_gib']:.2f} GiB)"),
+        ("fits", fit_text(est.memory)),
         ("cost", _cost(values)),
         ("simplicity", f"{values['simplicity']:.0f} (lower is simpler)"),
     ]
@@ -323,10 +341,12 @@ def render_solution(model: ModelSpec, cluster: ClusterSpec, workload: Workload, 
     lines += [f"  - {line}" for line in found.explanation]
     if found.alternatives:
         alt_rows = [(i + 1, describe(a.plan), f"{a.objective['tokens_per_s']:,.0f}", f"{a.objective['step_time_s']:.3f}",
+                     step_range(step_interval(a.objective["step_time_s"], model.is_moe)),
                      f"{a.objective['memory_headroom_gib']:.2f}", f"{a.objective['gpus']:.0f}")
                     for i, a in enumerate(found.alternatives)]
         lines += ["", "best plans of other layouts:",
-                  table(["#", "plan", "tokens/s", "step s", "headroom GiB", "GPUs"], alt_rows, right=(0, 2, 3, 4, 5))]
+                  table(["#", "plan", "tokens/s", "step s", "80% interval s", "headroom GiB", "GPUs"], alt_rows,
+                        right=(0, 2, 3, 4, 5, 6))]
     return "\n".join(lines)
 
 
@@ -339,14 +359,13 @@ def render_front(model: ModelSpec, cluster: ClusterSpec, workload: Workload, fro
         v = s.objective
         cost = f"{v['usd_per_million_tokens']:.3f}" if v["usd_per_hour"] else "-"
         rows.append((i + 1, s.gpus, f"{v['tokens_per_s']:,.0f}", f"{v['step_time_s']:.3f}",
-                     f"{v['memory_headroom_gib']:.2f}" + (" tight" if s.estimate.memory.tight else ""), cost,
-                     f"{v['simplicity']:.0f}", describe(s.plan)))
+                     step_range(s.estimate.step_time_interval_s), _headroom(s), cost, f"{v['simplicity']:.0f}", describe(s.plan)))
     proved = sum(s.optimal for s in front)
     elapsed = max((s.solve_time_s for s in front), default=0.0)
     return "\n".join([
         _header(model, cluster, workload, front[0].search.gpu_counts),
         f"Pareto set over {', '.join(names)}: {len(front)} plans, {proved} proved optimal in their ε-slice, "
         f"in {elapsed:.2f} s", "",
-        table(["#", "GPUs", "tokens/s", "step s", "headroom GiB", "$/M tokens", "simplicity", "plan"], rows,
-              right=(0, 1, 2, 3, 4, 5, 6)),
+        table(["#", "GPUs", "tokens/s", "step s", "80% interval s", "headroom GiB", "$/M tokens", "simplicity", "plan"],
+              rows, right=(0, 1, 2, 3, 4, 5, 6, 7)),
     ])

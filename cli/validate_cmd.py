@@ -18,7 +18,7 @@ from parallelplan.cli.estimate_cmd import (
     describe_plan,
     plan_fields_from,
 )
-from parallelplan.cli.format import bad, gib, good, heading, plural, quiet
+from parallelplan.cli.format import bad, fit_text, gib, good, heading, plural, quiet, step_range
 from parallelplan.cli.options import (
     GLOBAL_BATCH_DEFAULT,
     MODEL_OPTIONS,
@@ -52,7 +52,8 @@ if TYPE_CHECKING:
 @click.option("--json", "as_json", is_flag=True, help="Print the constraints.Assessment as JSON.")
 def validate(model_ref: str, cluster_ref: str | None, nodes: int | None, gpus: int | None, plan_file: Path | None,
              deepspeed_file: Path | None, kind: str, seq_len: int, global_batch: int | None, dropout: float,
-             train_mtp: bool, efficiency_file: Path | None, calibration_file: Path | None, allow_cross_domain: bool,
+             train_mtp: bool, stack: str | None, efficiency_file: Path | None, calibration_file: Path | None,
+             memory_margin: float, allow_cross_domain: bool,
              as_json: bool,
              **plan_fields: Any) -> None:
     """Check your own configuration against every rule and the memory model.
@@ -77,13 +78,14 @@ def validate(model_ref: str, cluster_ref: str | None, nodes: int | None, gpus: i
         read = _read_deepspeed(deepspeed_file, cluster.total_gpus)
         fields = read.plan_fields | fields  # flags win
         global_batch = global_batch or read.global_batch_size
+        stack = stack or "deepspeed"  # a DeepSpeed config runs on DeepSpeed
     else:
         cluster = load_target_cluster(cluster_ref, nodes, gpus, given_world_size(fields))
     plan = build_plan(fields, cluster.total_gpus)
-    workload = build_workload(kind=kind, seq_len=seq_len, dropout=dropout, train_mtp=train_mtp,
+    workload = build_workload(kind=kind, seq_len=seq_len, dropout=dropout, train_mtp=train_mtp, stack=stack,
                               global_batch_size=global_batch or default_global_batch(kind, seq_len, plan))
     report = assess_plan(model, cluster, plan, workload, tokens=None, price_per_gpu_hour=None,
-                         costs=cost_model(efficiency_file, calibration_file), allow_cross_domain=allow_cross_domain)
+                         costs=cost_model(efficiency_file, calibration_file, memory_margin), allow_cross_domain=allow_cross_domain)
     if read is not None and read.findings:
         report = report.model_copy(update={"violations": tuple(read.findings) + report.violations})
     if as_json:
@@ -118,8 +120,9 @@ def render(model: ModelSpec, cluster: ClusterSpec, report: Assessment, notes: tu
     for v in findings:
         lines += [f"  x {v.rule}: {v.message}", f"    fix: {v.fix}"]
     if est is not None:
-        lines += ["", f"memory per GPU {gib(est.memory.total)} of {gib(est.memory.usable)}; step {est.step_time_s:.3f} s, "
-                      f"{est.tokens_per_s:,.0f} tokens/s, MFU {100 * est.mfu:.1f}% (`plan estimate` for the breakdown)"]
+        lines += ["", f"memory per GPU {gib(est.memory.total)} of {gib(est.memory.usable)}, fits: {fit_text(est.memory)}",
+                  f"step {est.step_time_s:.3f} s (80% interval {step_range(est.step_time_interval_s)} s), "
+                  f"{est.tokens_per_s:,.0f} tokens/s, MFU {100 * est.mfu:.1f}% (`plan estimate` for the breakdown)"]
     if notes and not quiet():
         lines += ["", "read from the DeepSpeed config:"] + [f"  - {note}" for note in notes]
     return "\n".join(lines)

@@ -6,7 +6,8 @@ model reproduces what their software stack reaches on their machines. Every othe
 Runs (`read_runs`): a CSV file, or a JSON list of objects (or ``{"runs": [...]}``), one run per row:
 ``model`` and ``cluster`` (what ``load_model`` / ``load_cluster`` take), ``nodes`` or ``gpus``,
 ``seq_len``, ``global_batch_size``, ``step_time_s`` or ``tokens_per_s``, optionally ``peak_memory_gib``
-(the largest ``torch.cuda.max_memory_reserved`` over the GPUs) and ``kind``, and any `Plan` field as a
+(the largest ``torch.cuda.max_memory_reserved`` over the GPUs), ``kind`` and ``stack`` (the software that
+ran it, `Workload.stack`; default megatron), and any `Plan` field as a
 column (``tp``, ``pp``, ``micro_batch_size``, ``sharding``, ``recompute``, ...; lists separated by ``;``;
 an empty cell takes the field's default, ``dp`` the GPUs left by tp·pp·cp).
 
@@ -59,7 +60,7 @@ vector left after projecting out the already chosen factors') is its own: otherw
 it apart from them, and fitting both would trade one against the other."""
 RUNS_PER_FACTOR = 3
 FOLDS = 5
-RUN_COLUMNS = ("model", "cluster", "nodes", "gpus", "kind", "seq_len", "global_batch_size", "step_time_s",
+RUN_COLUMNS = ("model", "cluster", "nodes", "gpus", "kind", "stack", "seq_len", "global_batch_size", "step_time_s",
                "tokens_per_s", "peak_memory_gib")
 
 
@@ -201,8 +202,8 @@ def _run(path: Path, row: int, cells: dict[str, Any]) -> MeasuredRun:
                                   or not 0 < value < math.inf):
             raise PlanError(f"{where}, column {column!r}: must be a positive number, got {value!r}")
     try:
-        workload = Workload(kind=values.get("kind", "pretrain"), seq_len=values["seq_len"],
-                            global_batch_size=values["global_batch_size"])
+        workload = Workload(kind=values.get("kind", "pretrain"), stack=values.get("stack", "megatron"),
+                            seq_len=values["seq_len"], global_batch_size=values["global_batch_size"])
     except ValidationError as err:
         raise PlanError(f"{where}: {describe_validation_error(err, 'workload')}") from None
     if "step_time_s" in values:
@@ -300,11 +301,13 @@ def _catalogue() -> dict[str, Any]:
 
 def _candidates(priced: _Priced, efficiency: Efficiency) -> list[tuple[tuple[str, ...], float, float]]:
     """(path, low, high) of every step-time factor the runs' hardware and precisions name."""
-    used = {(cluster.gpu.architecture, priced.plans[i].precision) for _, cluster, _, rows in priced.groups for i in rows}
+    used = {(cluster.gpu.architecture, priced.plans[i].precision, workload.stack)
+            for _, cluster, workload, rows in priced.groups for i in rows}
     out = []
     for entry in _catalogue()["step_time"]:
-        for arch, precision in sorted(used):
-            path = tuple(arch if part == "<arch>" else precision if part == "<precision>" else part for part in entry["path"])
+        for arch, precision, stack in sorted(used):
+            named = {"<arch>": arch, "<precision>": precision, "<stack>": stack}
+            path = tuple(named.get(part, part) for part in entry["path"])
             if _read(efficiency, path) is not None and all(path != seen for seen, _, _ in out):
                 out.append((path, *entry["bounds"]))
     return out

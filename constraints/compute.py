@@ -6,7 +6,7 @@ Three physical parts, each with its own roof:
   al. 2009) — so the thin GEMMs of high tensor parallelism and small micro-batches pay for their memory
   traffic. Backward runs two GEMMs of the same size per forward GEMM (input and weight gradients).
 - attention core (flash): the Q·Kᵀ and P·V FLOPs of the unmasked (query, key) pairs — causal halves them,
-  sliding windows cap them — at the bf16 peak × η_attn; backward executes 2.5× the forward FLOPs
+  sliding windows cap them — at the bf16 peak × η_attn of the workload's stack (its attention kernel); backward executes 2.5× the forward FLOPs
   (FlashAttention-2, Dao 2023 §3.1).
 - memory-bound elementwise kernels: norms, RoPE, activation functions, residual/bias-dropout-add, MoE
   permutation, fp8 casts, at HBM bandwidth × η_mem; backward moves about twice the forward bytes.
@@ -63,7 +63,7 @@ class LayerTimes:
 class Roofline:
     """Peaks of one GPU for the plans' precisions, with the efficiency factors applied."""
 
-    def __init__(self, gpu: GPUSpec, eff: Efficiency, p: PlanArrays):
+    def __init__(self, gpu: GPUSpec, eff: Efficiency, p: PlanArrays, stack: str):
         arch = gpu.architecture
         peaks = np.zeros(len(PRECISIONS))
         for i, precision in enumerate(PRECISIONS):
@@ -75,7 +75,7 @@ class Roofline:
         fp32 = p.precision == code("precision", "fp32")
         half = "bf16" if gpu.supports("bf16") else "fp16"
         self.half_flops = np.where(fp32, self.gemm_flops, gpu.peak_flops[half] * eff.gemm_fraction(arch, half))
-        self.attention_flops = np.where(fp32, self.gemm_flops, gpu.peak_flops[half] * eff.attention_fraction(arch))
+        self.attention_flops = np.where(fp32, self.gemm_flops, gpu.peak_flops[half] * eff.attention_fraction(arch, stack))
         self.hbm = gpu.hbm_bandwidth * eff.memory_bound
         self.launch = eff.kernel_launch_s
         self.moe_sync = eff.moe_host_sync_s
@@ -133,7 +133,7 @@ def elementwise_parts(f: ModelFacts, p: PlanArrays, b: np.ndarray, tp: np.ndarra
 
 def layer_times(f: ModelFacts, gpu: GPUSpec, eff: Efficiency, p: PlanArrays, w: Workload,
                 keys: tuple[float, float]) -> LayerTimes:
-    roof = Roofline(gpu, eff, p)
+    roof = Roofline(gpu, eff, p, w.stack)
     b = activation_bytes(p)
     tp = p.tp.astype(float)
     tokens = p.micro_batch_size * w.seq_len / p.cp.astype(float)

@@ -1,7 +1,17 @@
-"""The named efficiency factors of the time model (``data/efficiency.json``), overridable.
+"""The named efficiency factors of the time model, overridable.
 
-`Efficiency.default()` reads the data file; `Efficiency.with_overrides({"gemm": {"hopper": {"bf16": 0.7}}})`
-returns a copy with some factors replaced (what calibration fits and what a user can pass).
+Shared by every software stack (``data/efficiency.json``): GEMM, memory-bound kernels, NCCL bus
+bandwidth and latency, kernel launches, MoE host synchronisation. Per stack (``data/stacks.json``,
+`Workload.stack`): ``attention[stack][arch]``, the fraction of the 16-bit dense peak the stack's attention
+kernel reaches (forward; backward executes 2.5× the forward matmul FLOPs at the same fraction, Dao 2023
+FlashAttention-2 §3.1), and ``overlap[stack][kind]``, the fraction of the overlappable compute that
+actually hides communication of kind tp (TP collectives behind GEMMs), dp (gradient reduction / parameter
+gathers behind backward / forward), cp (the ring's K/V exchange behind attention), ep (expert all-to-alls
+behind another micro-batch's work or the shared experts) — 0 where the stack has no such mechanism.
+
+`Efficiency.default()` reads the data files; `Efficiency.with_overrides({"gemm": {"hopper": {"bf16": 0.7}}})`
+(or ``{"attention": {"torchtitan": {"hopper": 0.3}}}``) returns a copy with some factors replaced (what
+calibration fits and what a user can pass).
 """
 
 from __future__ import annotations
@@ -9,6 +19,7 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import dataclass
+from functools import cache
 from importlib import resources
 from typing import Any
 
@@ -16,18 +27,20 @@ from typing import Any
 @dataclass(frozen=True)
 class Efficiency:
     gemm: dict[str, dict[str, float]]
-    attention: dict[str, float]
+    attention: dict[str, dict[str, float]]
     memory_bound: float
     network_bus: dict[str, float]
     latency_s: dict[str, float]
-    overlap: dict[str, float]
+    overlap: dict[str, dict[str, float]]
     kernel_launch_s: float
     moe_host_sync_s: float
 
     @classmethod
     def default(cls) -> Efficiency:
         data = json.loads(resources.files("parallelplan.constraints").joinpath("data", "efficiency.json").read_text())
-        return cls(**{key: data[key]["value"] for key in cls.__dataclass_fields__})
+        shared = {key: entry["value"] for key, entry in data.items() if key in cls.__dataclass_fields__}
+        per_stack = {key: {name: stack[key] for name, stack in stacks().items()} for key in ("attention", "overlap")}
+        return cls(**shared, **per_stack)
 
     def with_overrides(self, overrides: dict[str, Any]) -> Efficiency:
         """A copy with ``overrides`` merged in, key by key (e.g. ``{"gemm": {"hopper": {"bf16": 0.7}}}``).
@@ -49,10 +62,26 @@ class Efficiency:
             raise ValueError(f"no {precision} GEMM efficiency for {architecture}; known: {', '.join(table)}")
         return table[precision]
 
-    def attention_fraction(self, architecture: str) -> float:
-        if architecture not in self.attention:
-            raise ValueError(f"no attention efficiency for {architecture!r}; known: {', '.join(self.attention)}")
-        return self.attention[architecture]
+    def attention_fraction(self, architecture: str, stack: str) -> float:
+        table = self.attention[stack]
+        if architecture not in table:
+            raise ValueError(f"no attention efficiency for {architecture!r} under {stack}; known: {', '.join(table)}")
+        return table[architecture]
+
+
+def stacks() -> dict[str, dict[str, Any]]:
+    """The software stacks of ``data/stacks.json``, by name: what each runs and its factors, with sources."""
+    return _stacks_file()["stacks"]
+
+
+@cache
+def _stacks_file() -> dict[str, Any]:
+    return json.loads(resources.files("parallelplan.constraints").joinpath("data", "stacks.json").read_text())
+
+
+def stack_of_target(target: str) -> str | None:
+    """The stack a launch target runs (``stacks.json``'s ``targets``), or None for a serving target."""
+    return next((name for name, stack in stacks().items() if target in stack["targets"]), None)
 
 
 def _merge(current: Any, override: Any, where: str) -> Any:

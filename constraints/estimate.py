@@ -17,6 +17,7 @@ from parallelplan.constraints.rules import UNPRICEABLE, structural_violations
 from parallelplan.constraints.runtime import RuntimeAllowance
 from parallelplan.constraints.states import StateRecipe, state_recipe
 from parallelplan.constraints.structure import model_facts
+from parallelplan.constraints.uncertainty import Verdict, memory_range, step_interval, verdict
 from parallelplan.hardware import ClusterSpec
 from parallelplan.models import ModelSpec
 
@@ -28,7 +29,9 @@ class _Frozen(BaseModel):
 
 
 class MemoryBreakdown(_Frozen):
-    """Bytes on one GPU of the most loaded pipeline stage (``stage``, 0-based), at its peak."""
+    """Bytes on one GPU of the most loaded pipeline stage (``stage``, 0-based), at its peak; ``low`` and
+    ``high`` bound what the run may measure (`constraints.uncertainty`: the activations' deviation from
+    MemTracker on the model's class, the runtime allowance between half and twice its value)."""
 
     weights: int
     gradients: int
@@ -40,18 +43,24 @@ class MemoryBreakdown(_Frozen):
     stage: int
     in_flight_microbatches: float
     usable: int
+    low: int
+    high: int
 
     @property
     def headroom(self) -> int:
         return self.usable - self.total
 
     @property
+    def verdict(self) -> Verdict:
+        """``yes`` when even ``high`` fits the GPU, ``no`` when even ``low`` does not, else ``at risk``."""
+        return verdict(self.low, self.high, self.usable)
+
+    @property
     def tight(self) -> bool:
-        """Fits with less headroom than the runtime allowance (``overhead``: CUDA context, NCCL buffers,
-        fragmentation). That allowance is the least certain term of the model — each of its figures is one
-        reported measurement (``data/runtime.json``) — so a plan that would not survive it being twice as
-        large may run out of memory for real."""
-        return 0 <= self.headroom < self.overhead
+        """Fits as estimated, but not at the top of the range: the runtime allowance (CUDA context, NCCL
+        buffers, fragmentation; each figure one reported measurement, ``data/runtime.json``) or the
+        tensors' deviation could take it over."""
+        return self.total <= self.usable and self.verdict == "at risk"
 
 
 class TimeBreakdown(_Frozen):
@@ -75,7 +84,12 @@ class Estimate(_Frozen):
 
     memory: MemoryBreakdown
     fits: bool
+    """The point estimate of memory fits the GPU; ``fit`` says it against the range."""
+    fit: Verdict
     step_time_s: float
+    step_time_interval_s: tuple[float, float]
+    """The 80% prediction interval of the step time: the spread of the model's leave-one-source-out errors
+    on published runs of the model's class (`constraints.uncertainty`)."""
     time: TimeBreakdown
     tokens_per_s: float
     model_tflops_per_gpu: float
@@ -107,11 +121,13 @@ def estimate(
     e = evaluate(model, cluster, workload, arrays, efficiency=efficiency, runtime=runtime)
     recipe = state_recipe(plan, model_facts(model).adafactor_state_ratio)
     m, t = e.memory, e.time
+    low, high = memory_range(float(m.total[0] - m.overhead[0]), float(m.activations[0] + m.kv_cache[0]), float(m.overhead[0]),
+                             model.is_moe)
     memory = MemoryBreakdown(
         weights=int(m.weights[0]), gradients=int(m.gradients[0]), optimizer=int(m.optimizer[0]),
         activations=int(m.activations[0]), kv_cache=int(m.kv_cache[0]), overhead=int(m.overhead[0]),
         total=int(m.total[0]), stage=int(m.stage[0]), in_flight_microbatches=float(m.in_flight[0]),
-        usable=int(e.usable_memory),
+        usable=int(e.usable_memory), low=int(low), high=int(high),
     )
     time = TimeBreakdown(
         compute=float(t.compute[0]), tp_comm=float(t.tp_comm[0]), cp_comm=float(t.cp_comm[0]),
@@ -121,7 +137,9 @@ def estimate(
     return Estimate(
         memory=memory,
         fits=bool(e.fits[0]),
+        fit=memory.verdict,
         step_time_s=float(t.step[0]),
+        step_time_interval_s=step_interval(float(t.step[0]), model.is_moe),
         time=time,
         tokens_per_s=float(e.tokens_per_s[0]),
         model_tflops_per_gpu=float(e.model_tflops_per_gpu[0]),

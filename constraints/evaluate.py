@@ -140,7 +140,7 @@ def _evaluate(model: ModelSpec, cluster: ClusterSpec, workload: Workload, p: Pla
               rt: RuntimeAllowance) -> Evaluation:
     memory, step = _priced(model, cluster, workload, p, rt, with_time=True, eff=eff)
     assert step is not None
-    usable = float(cluster.gpu.memory_bytes)
+    usable = rt.usable(cluster)
     tokens = workload.global_batch_size * workload.seq_len
     flops_per_token = model.flops_per_token(workload.seq_len, include_mtp=workload.train_mtp)
     if not workload.training:

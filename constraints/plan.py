@@ -49,6 +49,8 @@ SCHEDULES = ("1f1b", "interleaved", "zero_bubble")
 KERNELS = ("fused", "unfused")
 ATTENTION_KERNELS = ("flash", "eager")
 WORKLOAD_KINDS = ("pretrain", "finetune", "inference")
+STACKS = ("megatron", "torchtitan", "deepspeed", "maxtext", "custom")
+"""The software stacks of ``data/stacks.json`` (`Workload.stack`)."""
 _ZERO_STAGE_SHARDING = {0: "none", 1: "zero1", 2: "zero2", 3: "zero3"}
 
 
@@ -136,13 +138,16 @@ class Workload(_Frozen):
     """What runs: ``seq_len`` tokens per sequence, ``global_batch_size`` sequences per optimizer step
     (for ``inference``: sequences served at once, each with a ``seq_len``-token context).
     ``dropout`` is the hidden/attention dropout probability (0 in modern pre-training); ``train_mtp``
-    trains DeepSeek-V3's multi-token-prediction modules too."""
+    trains DeepSeek-V3's multi-token-prediction modules too. ``stack`` is the software that runs it
+    (``data/stacks.json``: its attention kernel and overlap mechanisms price the step; a launch target
+    implies its stack)."""
 
     kind: Literal["pretrain", "finetune", "inference"] = "pretrain"
     seq_len: Count
     global_batch_size: Count
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
     train_mtp: bool = False
+    stack: Literal["megatron", "torchtitan", "deepspeed", "maxtext", "custom"] = "megatron"
 
     @property
     def training(self) -> bool:

@@ -9,6 +9,8 @@
   channel per 14 GB/s of the GPU's NIC bandwidth, at least one per NIC — for every peer, since NCCL
   takes the minimum over the peers.
 - Allocator fragmentation and miscellaneous temporaries: a fraction of activation memory.
+A ``memory_margin`` (the user's choice, 0 by default) holds that fraction of the GPU's memory free: a plan
+fits when its peak stays within the rest (`usable`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,11 @@ class RuntimeAllowance:
     nccl_bytes_per_peer_channel: float
     nccl_net_bandwidth_per_channel: float
     fragmentation: float
+    memory_margin: float = 0.0
+
+    def usable(self, cluster: ClusterSpec) -> float:
+        """Bytes a plan may take on one GPU: its memory less the margin."""
+        return cluster.gpu.memory_bytes * (1.0 - self.memory_margin)
 
     @classmethod
     def default(cls) -> RuntimeAllowance:

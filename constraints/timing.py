@@ -10,7 +10,8 @@ Per micro-batch on pipeline rank i (`constraints.compute` for the compute):
 - tensor parallelism: per layer and pass, two all-gathers and two reduce-scatters of the micro-batch's
   hidden states with sequence parallelism, or two all-reduces without — the same ring volume,
   4 · RS(T·h·b) (Korthikanti et al. 2022 §4.2.2); ``tp_comm_overlap`` (which Megatron allows only with
-  sequence parallelism) hides up to η_tp of the GEMMs' time of it;
+  sequence parallelism) hides up to η_tp of the GEMMs' time of it (η: the overlap fractions of the workload's stack,
+  `Efficiency.overlap`, 0 where the stack has no such mechanism);
 - context parallelism: ring attention passes the rank's K and V cp − 1 times forward (K, V and their
   gradients backward), hidden behind attention up to η_cp (Liu et al. 2023, Ring Attention);
 - expert parallelism: an all-to-all dispatch and combine per MoE layer and pass; with ``ep_comm_overlap``
@@ -94,6 +95,7 @@ def step_times(
     params: StageParams, times: LayerTimes, per: BytesPerParam, div: ShardDivisors,
 ) -> StepTimes:
     fabric = Fabric.of(cluster, eff)
+    hide = eff.overlap[w.stack]  # what the stack's overlap mechanisms hide, by kind
     col = lambda a: np.asarray(a, dtype=float)[:, None]  # noqa: E731
     b = activation_bytes(p)
     tp, cp, dp, ep, etp = p.tp, p.cp, p.dp, p.ep, p.etp
@@ -126,28 +128,28 @@ def step_times(
     hidden_bytes = tokens * f.hidden * b
     tp_per_pass = 4 * layers * col(fabric.reduce_scatter(hidden_bytes, tp, 1))
     overlap_tp = col(p.tp_comm_overlap & p.sequence_parallel) > 0
-    tp_forward = _hidden(tp_per_pass, gemm_fwd, eff.overlap["tp"], overlap_tp)
+    tp_forward = _hidden(tp_per_pass, gemm_fwd, hide["tp"], overlap_tp)
     # recompute repeats the forward collectives: all of them under full, the MLP / MoE block's half
     # under the mlp / moe modules
     block_share = (on["mlp"] * dense_l + on["moe"] * moe_l) / np.maximum(layers, 1) / 2
     tp_exposed = (1 + full + block_share) * tp_forward
     if training:
-        tp_exposed = tp_exposed + _hidden(tp_per_pass, 2 * gemm_fwd, eff.overlap["tp"], overlap_tp)
+        tp_exposed = tp_exposed + _hidden(tp_per_pass, 2 * gemm_fwd, hide["tp"], overlap_tp)
 
     # context parallelism: ring exchange of K and V, hidden behind attention
     kv_bytes = tokens * (f.k_width + f.v_width) * b / tp
     ring = col((cp - 1) * fabric.ring_step(kv_bytes, cp, tp)) * layers
-    cp_exposed = (1 + full) * np.maximum(ring - eff.overlap["cp"] * attention_fwd, 0.0)
+    cp_exposed = (1 + full) * np.maximum(ring - hide["cp"] * attention_fwd, 0.0)
     if training:
-        cp_exposed = cp_exposed + np.maximum(2 * ring - eff.overlap["cp"] * 2.5 * attention_fwd, 0.0)
+        cp_exposed = cp_exposed + np.maximum(2 * ring - hide["cp"] * 2.5 * attention_fwd, 0.0)
 
     # expert parallelism: dispatch and combine all-to-alls per MoE layer and pass
     routed_bytes = f.top_k * tokens * f.hidden * b / tp if f.experts else np.zeros(len(p))
     a2a = 2 * moe_l * col(fabric.all_to_all(routed_bytes, ep, etp))
     cover = moe_l * np.where(col(p.ep_comm_overlap) > 0, col(times.moe_overlappable_forward), col(times.moe_shared_forward))
-    ep_comm = (1 + full + on["moe"]) * np.maximum(a2a - eff.overlap["ep"] * cover, 0.0)
+    ep_comm = (1 + full + on["moe"]) * np.maximum(a2a - hide["ep"] * cover, 0.0)
     if training:
-        ep_comm = ep_comm + np.maximum(2 * a2a - eff.overlap["ep"] * 2 * cover, 0.0)
+        ep_comm = ep_comm + np.maximum(2 * a2a - hide["ep"] * 2 * cover, 0.0)
 
     # pipeline send/receive of the stage boundary's activations (vpp times with interleaving)
     sp_div = np.where(p.sequence_parallel, tp, 1)
@@ -177,8 +179,8 @@ def step_times(
     fetch_backward = fetch_backward + np.where(zero2, reduce_scatter_dp, 0.0)
     if not training:
         fetch_backward = np.zeros_like(forward)
-    dp_per_microbatch = (_hidden(fetch_forward, forward, eff.overlap["dp"], col(p.param_gather_overlap) > 0)
-                         + _hidden(fetch_backward, backward, eff.overlap["dp"], col(p.grad_reduce_overlap) > 0))
+    dp_per_microbatch = (_hidden(fetch_forward, forward, hide["dp"], col(p.param_gather_overlap) > 0)
+                         + _hidden(fetch_backward, backward, hide["dp"], col(p.grad_reduce_overlap) > 0))
     # the same collectives as bytes sent per GPU
     gather_bytes = ring_bytes(weights[0], shard[0][0]) + ring_bytes(weights[1], shard[1][0])
     replica_bytes = 2 * (ring_bytes(grads[0] / shard[0][0], replicas[0]) + ring_bytes(grads[1] / shard[1][0], replicas[1]))
@@ -203,10 +205,10 @@ def step_times(
         unsharded = col(p.sharding == code("sharding", "none")) > 0
         zero1 = col(p.sharding == code("sharding", "zero1")) > 0
         reduction = np.select([unsharded, zero1], [2 * reduce_scatter_dp, reduce_scatter_dp], default=0.0)
-        dp_exposed = _hidden(reduction, backward, eff.overlap["dp"], col(p.grad_reduce_overlap) > 0)
+        dp_exposed = _hidden(reduction, backward, hide["dp"], col(p.grad_reduce_overlap) > 0)
         param_gather = fabric.reduce_scatter(weights[0], *dp_groups[0]) + fabric.reduce_scatter(weights[1], *dp_groups[1])
         param_gather = np.where(zero1 | zero2, param_gather, 0.0)
-        gather_exposed = _hidden(param_gather, forward, eff.overlap["dp"], col(p.param_gather_overlap) > 0)
+        gather_exposed = _hidden(param_gather, forward, hide["dp"], col(p.param_gather_overlap) > 0)
         updated = params.dense / col(div.states) + params.expert / col(div.expert_states)
         update_bytes = updated * col(STATE_PASSES * (per.master + per.optimizer) + per.grads + per.weights)
         offloaded = col(p.offload != code("offload", "none")) > 0

@@ -30,7 +30,8 @@ from parallelplan.emitters.torchrun import rendezvous_lines, torchrun_words
 
 TARGET = "torchtitan"
 VERSION = "0.3.0"
-CONSTRAINTS = {"ranges": {"sharding": ["none", "zero2", "fsdp", "hsdp"], "recompute": ["none", "selective_mm", "full"],
+CONSTRAINTS = {"fixed": {"tp_comm_overlap": False},  # async TP is not emitted (data/stacks.json, torchtitan)
+               "ranges": {"sharding": ["none", "zero2", "fsdp", "hsdp"], "recompute": ["none", "selective_mm", "full"],
                           "schedule": ["1f1b", "interleaved"], "precision": ["bf16"]},
                "allow_partial_recompute": False}
 SCHEDULES = {"1f1b": "1F1B", "interleaved": "Interleaved1F1B"}

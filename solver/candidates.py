@@ -88,7 +88,7 @@ def _partial_recompute(space: SearchSpace, plans: PlanArrays, fits: np.ndarray, 
         trial.recompute_layers = mid[active]
         memory = peak_memory(space.model, space.cluster, space.workload, trial, runtime=runtime)
         ok = np.zeros(len(rows), dtype=bool)
-        ok[active] = memory.total <= space.cluster.gpu.memory_bytes
+        ok[active] = memory.total <= _usable(space, runtime)
         high = np.where(active & ok, mid, high)
         low = np.where(active & ~ok, mid + 1, low)
     found = low <= limit
@@ -97,6 +97,11 @@ def _partial_recompute(space: SearchSpace, plans: PlanArrays, fits: np.ndarray, 
     out = parent.take(np.flatnonzero(found))
     out.recompute_layers = low[found]
     return out, rows[found]
+
+
+def _usable(space: SearchSpace, runtime: RuntimeAllowance | None) -> float:
+    """The bytes a plan may take per GPU (`RuntimeAllowance.usable`: less the memory margin)."""
+    return (runtime or RuntimeAllowance.default()).usable(space.cluster)
 
 
 def _structures_that_can_fit(space: SearchSpace, rows: list, runtime: RuntimeAllowance | None) -> np.ndarray:
@@ -111,7 +116,7 @@ def _structures_that_can_fit(space: SearchSpace, rows: list, runtime: RuntimeAll
     np.minimum.at(least, owner, memory)
     probed = np.zeros(len(rows), dtype=bool)
     probed[owner] = True
-    return np.flatnonzero((least <= space.cluster.gpu.memory_bytes) | ~probed)
+    return np.flatnonzero((least <= _usable(space, runtime)) | ~probed)
 
 
 def priced_candidates(space: SearchSpace, *, every_recompute_depth: bool = False, prune: bool = True,
@@ -126,7 +131,7 @@ def priced_candidates(space: SearchSpace, *, every_recompute_depth: bool = False
     if len(plans) == 0:
         return None
     if workload.training:
-        fits = peak_memory(model, cluster, workload, plans, runtime=runtime).total <= cluster.gpu.memory_bytes
+        fits = peak_memory(model, cluster, workload, plans, runtime=runtime).total <= _usable(space, runtime)
         partial = _partial_recompute(space, plans, fits, every_recompute_depth, runtime)
         if partial is not None:
             plans = PlanArrays.concat([plans, partial[0]])

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from parallelplan.constraints import Plan, PlanArrays, Workload, evaluate
+from parallelplan.constraints import Plan, PlanArrays, RuntimeAllowance, Workload, evaluate
 from parallelplan.constraints.arrays import ALL_LAYERS, code
 from parallelplan.constraints.check import selective_ladder
 from parallelplan.constraints.rules import structural_violations
@@ -123,7 +123,8 @@ def oracle(model: ModelSpec, cluster: ClusterSpec, workload: Workload, *,
            tolerance: float = 0.0, fixed: Mapping[str, Any] | None = None, ranges: Mapping[str, Any] | None = None,
            allow_uneven_stages: bool = True, allow_cross_domain: bool = False, allow_partial_recompute: bool = True,
            min_tokens_per_s: float | None = None,
-           top_k: int = 0, brute_force: bool = True, price_per_gpu_hour: float | None = None) -> OracleResult | None:
+           top_k: int = 0, brute_force: bool = True, price_per_gpu_hour: float | None = None,
+           runtime: RuntimeAllowance | None = None) -> OracleResult | None:
     """The optimum (and the best plans of the next ``top_k`` layouts) by exhaustive enumeration, for a
     lexicographic (a list) or weighted (a dict) ``objective`` on one cluster size; None when no plan is
     feasible."""
@@ -143,7 +144,7 @@ def oracle(model: ModelSpec, cluster: ClusterSpec, workload: Workload, *,
         if len(arrays) == 0:
             return None
         arrays, layout = _every_depth(space, arrays, layout)
-    result = evaluate(model, cluster, workload, arrays)
+    result = evaluate(model, cluster, workload, arrays, runtime=runtime)
     candidates = Candidates(arrays, result, np.full(len(arrays), cluster.total_gpus, dtype=np.int64), layout)
     price = gpu_hour_price(cluster, price_per_gpu_hour, required=False)
     crit = criteria(candidates, price)

@@ -80,7 +80,7 @@ def _constraints(space: SearchSpace, candidates: Candidates, fits: np.ndarray, f
     for name in space.ranges:
         values = space.range_values(name)
         out.append((f"{name} limited to {values}", _matches(candidates.plans, name, values)))
-    usable = space.cluster.gpu.memory_bytes / GIB
+    usable = candidates.evaluation.usable_memory / GIB  # less the --memory-margin, when one is given
     out.append((f"every plan must fit in the GPU's {usable:.1f} GiB", fits))
     if target is not None and fast is not None:
         out.append((f"throughput of at least {target:,.0f} tokens/s", fast))
@@ -161,7 +161,7 @@ def diagnose(space: SearchSpace, *, target: float | None, price: Callable[[Searc
 
 def _facts(space: SearchSpace, candidates: Candidates, fits: np.ndarray, fast: np.ndarray | None) -> list[str]:
     e = candidates.evaluation
-    usable = space.cluster.gpu.memory_bytes
+    usable = e.usable_memory
     facts = []
     least = int(np.argmin(e.memory.total))
     plan = candidates.plans.plan(least)

@@ -46,7 +46,7 @@ def synthetic_runs(truth: Efficiency, runtime: RuntimeAllowance, noise: float, s
 @settings(max_examples=4, deadline=None)
 @given(gemm=st.floats(0.5, 0.85), overlap=st.floats(0.1, 0.9), seed=st.integers(0, 1000))
 def test_the_fit_recovers_the_factors_that_made_the_runs(gemm, overlap, seed):
-    truth = Efficiency.default().with_overrides({"gemm": {"hopper": {"bf16": gemm}}, "overlap": {"tp": overlap}})
+    truth = Efficiency.default().with_overrides({"gemm": {"hopper": {"bf16": gemm}}, "overlap": {"megatron": {"tp": overlap}}})
     runs = synthetic_runs(truth, RuntimeAllowance.default(), noise=0.01, seed=seed)
     result = calibrate(runs)
     fitted = {f.name: f for f in result.factors}

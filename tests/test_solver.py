@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import itertools
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from parallelplan.constraints import Plan, Workload, check
+from parallelplan.constraints import Plan, RuntimeAllowance, Workload, check
 from parallelplan.hardware import load_cluster
 from parallelplan.models import load_model
 from parallelplan.solver import Infeasible, Solution, SolverInputError, pareto, solve
@@ -72,19 +73,22 @@ def test_vectorized_enumeration_is_the_brute_force_space(case):
 
 
 @SETTINGS
-@given(instances(), st.sampled_from([0, 2]), st.booleans())
-def test_cp_sat_optimum_equals_the_oracle(case, top_k, partial):
+@given(instances(), st.sampled_from([0, 2]), st.booleans(), st.sampled_from([0.0, 0.0, 0.3]))
+def test_cp_sat_optimum_equals_the_oracle(case, top_k, partial, margin):
+    """Also with a memory margin (`--memory-margin`): every plan must then fit in the rest of the GPU."""
     model, cluster, workload, objective, tolerance, fixed = case
+    runtime = replace(RuntimeAllowance.default(), memory_margin=margin)
     expected = oracle(model, cluster, workload, objective=objective, tolerance=tolerance, fixed=fixed, top_k=top_k,
-                      allow_partial_recompute=partial)
+                      allow_partial_recompute=partial, runtime=runtime)
     try:
         found = solve(model, cluster, workload, objective=objective, tolerance=tolerance, fixed=fixed, top_k=top_k,
-                      node_counts=[cluster.num_nodes], allow_partial_recompute=partial)
+                      node_counts=[cluster.num_nodes], allow_partial_recompute=partial, runtime=runtime)
     except Infeasible:
         assert expected is None
         return
     assert expected is not None, "the solver found a plan where the oracle found none"
     assert found.optimal
+    assert found.estimate.memory.total <= found.estimate.memory.usable == int((1 - margin) * cluster.gpu.memory_bytes)
     assert found.plan == expected.plan
     plans = [found.plan] + [a.plan for a in found.alternatives]
     assert plans == [expected.candidates.plans.plan(r) for r in expected.rows]

@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from parallelplan.common.validation import describe_validation_error
 from parallelplan.constraints.efficiency import Efficiency
 from parallelplan.constraints.errors import PlanError
-from parallelplan.constraints.evaluate import evaluate
+from parallelplan.constraints.evaluate import evaluate, step_time_function
 from parallelplan.constraints.plan import Plan, Workload
 from parallelplan.constraints.rules import structural_violations
 from parallelplan.constraints.runtime import RuntimeAllowance
@@ -268,6 +268,7 @@ class _Priced:
             groups.setdefault((model_key, key, run.workload), []).append(i)
         self.groups = [(models[m], clusters[k], w, np.array(rows)) for (m, k, w), rows in groups.items()]
         self.n = len(runs)
+        self._step_functions: dict[RuntimeAllowance, dict[int, Any]] = {}
 
     def evaluate(self, efficiency: Efficiency, runtime: RuntimeAllowance) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(step time, peak memory, activation bytes) of every run, in run order."""
@@ -276,6 +277,17 @@ class _Priced:
             e = evaluate(model, cluster, workload, [self.plans[i] for i in rows], efficiency=efficiency, runtime=runtime)
             step[rows], memory[rows], activations[rows] = e.time.step, e.memory.total, e.memory.activations
         return step, memory, activations
+
+    def step(self, efficiency: Efficiency, runtime: RuntimeAllowance) -> np.ndarray:
+        """The step time of every run (what the fit evaluates hundreds of times: only the efficiency-dependent
+        part is recomputed, `evaluate.step_time_function`)."""
+        functions = self._step_functions.setdefault(runtime, {})
+        out = np.empty(self.n)
+        for g, (model, cluster, workload, rows) in enumerate(self.groups):
+            if g not in functions:
+                functions[g] = step_time_function(model, cluster, workload, [self.plans[i] for i in rows], runtime=runtime)
+            out[rows] = functions[g](efficiency)
+        return out
 
 
 # -- fitting ------------------------------------------------------------------------------------------
@@ -333,7 +345,7 @@ def _fit_step(priced: _Priced, measured: np.ndarray, efficiency: Efficiency, run
     from scipy.optimize import least_squares
 
     def residuals(x: np.ndarray) -> np.ndarray:
-        return np.log(priced.evaluate(_with(efficiency, paths, x), runtime)[0] / measured)
+        return np.log(priced.step(_with(efficiency, paths, x), runtime) / measured)
 
     return least_squares(residuals, start, bounds=bounds, loss="soft_l1", f_scale=0.05, diff_step=1e-3,
                          x_scale="jac", ftol=1e-6, xtol=1e-6, gtol=1e-6).x
@@ -343,13 +355,13 @@ def _log_jacobian(priced: _Priced, efficiency: Efficiency, runtime: RuntimeAllow
                   x: np.ndarray, bounds: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """log step time of every run at ``x``, and its Jacobian in the factors (forward differences of 0.1%
     of each factor's bound range, stepping inward at an upper bound)."""
-    base = np.log(priced.evaluate(_with(efficiency, paths, x), runtime)[0])
+    base = np.log(priced.step(_with(efficiency, paths, x), runtime))
     jac = np.empty((len(base), len(paths)))
     for j in range(len(paths)):
         h = _inward(x[j], 1e-3, bounds[0][j], bounds[1][j])
         shifted = x.copy()
         shifted[j] += h
-        jac[:, j] = (np.log(priced.evaluate(_with(efficiency, paths, shifted), runtime)[0]) - base) / h
+        jac[:, j] = (np.log(priced.step(_with(efficiency, paths, shifted), runtime)) - base) / h
     return base, jac
 
 
@@ -385,7 +397,7 @@ def calibrate(runs: list[MeasuredRun], *, efficiency: Efficiency | None = None,
     for path, low, high in candidates:
         value = _read(eff, path)
         step = _inward(value, SENSITIVITY_STEP, low, high)
-        shifted = priced.evaluate(_with(eff, [path], np.array([value + step])), rt)[0]
+        shifted = priced.step(_with(eff, [path], np.array([value + step])), rt)
         effects.append(np.log(shifted / before) / (SENSITIVITY_STEP * np.sign(step)))
     sensitivity = [float(np.mean(np.abs(e))) for e in effects]
     budget = max(len(runs) // RUNS_PER_FACTOR, 1)
@@ -417,7 +429,7 @@ def calibrate(runs: list[MeasuredRun], *, efficiency: Efficiency | None = None,
         for fold in range(folds):
             held = everyone[everyone % folds == fold]
             x = _held_out_fit(fitted, residuals, jac, everyone[everyone % folds != fold], (low, high))
-            cross[held] = priced.evaluate(_with(eff, paths, x), rt)[0][held]
+            cross[held] = priced.step(_with(eff, paths, x), rt)[held]
 
     # memory: measured = tensors + context + fragmentation × activations, linear in the two terms
     rt_after = rt

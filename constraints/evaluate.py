@@ -9,7 +9,7 @@ evaluated in groups of equal pp so that a pp = 1 plan does not pay for another p
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields, is_dataclass
 
@@ -116,30 +116,57 @@ def _scatter(parts: list, groups: list[np.ndarray], n: int):
 
 def _memory(model: ModelSpec, cluster: ClusterSpec, workload: Workload, p: PlanArrays, eff: Efficiency,
             rt: RuntimeAllowance) -> MemoryArrays:
-    return _priced(model, cluster, workload, p, rt, with_time=False)[0]
+    return _Structure(model, cluster, workload, p, rt).memory
 
 
-def _priced(model: ModelSpec, cluster: ClusterSpec, workload: Workload, p: PlanArrays, rt: RuntimeAllowance, *,
-            with_time: bool, eff: Efficiency | None = None) -> tuple[MemoryArrays, StepTimes | None]:
-    f = model_facts(model)
-    layout = stage_layout(f, p, train_mtp=workload.train_mtp)
-    params = stage_params(f, p, layout)
-    per = bytes_per_param(p, f.adafactor_state_ratio)
-    div = shard_divisors(p)
-    kv_latent = (model.mla.kv_lora_rank + model.mla.qk_rope_head_dim) if model.mla else 0
-    memory = stage_memory(f, cluster, p, workload, rt, layout, params, per, div, kv_latent=kv_latent,
-                          kv_head_dim=model.head_dim or 0)
-    if not with_time:
-        return memory, None
-    assert eff is not None
-    times = layer_times(f, cluster.gpu, eff, p, workload, attention_keys(model, workload.seq_len, causal=True))
-    return memory, step_times(f, cluster, eff, p, workload, layout, params, times, per, div)
+class _Structure:
+    """What one depth group of plans is, whatever the efficiency factors: its stage layout, parameters,
+    bytes per parameter, shard divisors, memory and attention spans; `step_times` prices it."""
+
+    def __init__(self, model: ModelSpec, cluster: ClusterSpec, workload: Workload, p: PlanArrays, rt: RuntimeAllowance):
+        self.cluster, self.workload, self.p = cluster, workload, p
+        self.f = f = model_facts(model)
+        self.layout = stage_layout(f, p, train_mtp=workload.train_mtp)
+        self.params = stage_params(f, p, self.layout)
+        self.per = bytes_per_param(p, f.adafactor_state_ratio)
+        self.div = shard_divisors(p)
+        kv_latent = (model.mla.kv_lora_rank + model.mla.qk_rope_head_dim) if model.mla else 0
+        self.memory = stage_memory(f, cluster, p, workload, rt, self.layout, self.params, self.per, self.div,
+                                   kv_latent=kv_latent, kv_head_dim=model.head_dim or 0)
+        self.keys = attention_keys(model, workload.seq_len, causal=True)
+        # a precision the GPU lacks cannot run: infinite step time, no throughput (rules.precision_supported)
+        self.peaks = np.array([cluster.gpu.peak_flops.get(name, np.nan) for name in PRECISIONS])[p.precision]
+
+    def step_times(self, eff: Efficiency) -> StepTimes:
+        times = layer_times(self.f, self.cluster.gpu, eff, self.p, self.workload, self.keys)
+        step = step_times(self.f, self.cluster, eff, self.p, self.workload, self.layout, self.params, times, self.per,
+                          self.div)
+        step.step = np.where(np.isfinite(self.peaks), step.step, np.inf)
+        return step
+
+
+def step_time_function(model: ModelSpec, cluster: ClusterSpec, workload: Workload, plans: Sequence[Plan], *,
+                       runtime: RuntimeAllowance | None = None) -> Callable[[Efficiency], np.ndarray]:
+    """The step times of ``plans`` as a function of the efficiency factors alone, everything else computed
+    once: what calibration evaluates hundreds of times (the same numbers as `evaluate(...).time.step`)."""
+    p = PlanArrays.from_plans(plans)
+    rt = runtime or RuntimeAllowance.default()
+    groups = [np.flatnonzero(p.pp == depth) for depth in np.unique(p.pp)]
+    structures = [(rows, _Structure(model, cluster, workload, p.take(rows), rt)) for rows in groups]
+
+    def step(eff: Efficiency) -> np.ndarray:
+        out = np.empty(len(p))
+        for rows, structure in structures:
+            out[rows] = structure.step_times(eff).step
+        return out
+
+    return step
 
 
 def _evaluate(model: ModelSpec, cluster: ClusterSpec, workload: Workload, p: PlanArrays, eff: Efficiency,
               rt: RuntimeAllowance) -> Evaluation:
-    memory, step = _priced(model, cluster, workload, p, rt, with_time=True, eff=eff)
-    assert step is not None
+    structure = _Structure(model, cluster, workload, p, rt)
+    memory, step = structure.memory, structure.step_times(eff)
     usable = rt.usable(cluster)
     tokens = workload.global_batch_size * workload.seq_len
     flops_per_token = model.flops_per_token(workload.seq_len, include_mtp=workload.train_mtp)
@@ -147,10 +174,8 @@ def _evaluate(model: ModelSpec, cluster: ClusterSpec, workload: Workload, p: Pla
         flops_per_token /= 3.0  # forward only
     model_flops = flops_per_token * tokens
     world = (p.tp * p.pp * p.dp * p.cp).astype(float)
-    peaks = np.array([cluster.gpu.peak_flops.get(name, np.nan) for name in PRECISIONS])[p.precision]
-    # a precision the GPU lacks cannot run: infinite step time, no throughput (rules.precision_supported)
+    peaks = structure.peaks
     supported = np.isfinite(peaks)
-    step.step = np.where(supported, step.step, np.inf)
     tflops = model_flops / step.step / world / 1e12
     return Evaluation(
         memory=memory,
@@ -166,4 +191,4 @@ def _evaluate(model: ModelSpec, cluster: ClusterSpec, workload: Workload, p: Pla
     )
 
 
-__all__ = ["Evaluation", "evaluate", "peak_memory"]
+__all__ = ["Evaluation", "evaluate", "peak_memory", "step_time_function"]

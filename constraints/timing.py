@@ -9,8 +9,15 @@ Per micro-batch on pipeline rank i (`constraints.compute` for the compute):
   plus the LM head on the last stage (once more per trained MTP module);
 - tensor parallelism: per layer and pass, two all-gathers and two reduce-scatters of the micro-batch's
   hidden states with sequence parallelism, or two all-reduces without — the same ring volume,
-  4 · RS(T·h·b) (Korthikanti et al. 2022 §4.2.2); ``tp_comm_overlap`` (which Megatron allows only with
-  sequence parallelism) hides up to η_tp of the GEMMs' time of it;
+  4 · RS(T·h·b) (Korthikanti et al. 2022 §4.2.2). Backward, Megatron's column-parallel linears (QKV, FC1)
+  all-reduce their input gradient asynchronously while their weight-gradient GEMM runs; with sequence
+  parallelism they all-gather the saved input shard again during the input-gradient GEMM and
+  reduce-scatter the input gradient during the weight-gradient GEMM, while the all-gathers of the
+  row-parallel linears' output gradients stay exposed (Megatron-LM mpu/layers.py
+  ColumnParallelLinearWithAsyncAllreduce / ColumnParallelLinearWithSequenceParallelism, Megatron-Core's
+  LinearWithGradAccumulationAndAsyncCommunication): each hidden up to η_tp of those GEMMs' time.
+  ``tp_comm_overlap`` (Transformer Engine userbuffers, which Megatron allows only with sequence
+  parallelism) hides up to η_tp of all the GEMMs' time of the forward 4 · RS and the backward 6 · RS;
 - context parallelism: ring attention passes the rank's K and V cp − 1 times forward (K, V and their
   gradients backward), hidden behind attention up to η_cp (Liu et al. 2023, Ring Attention);
 - expert parallelism: an all-to-all dispatch and combine per MoE layer and pass; with ``ep_comm_overlap``

@@ -5,9 +5,21 @@ Three physical parts, each with its own roof:
   ((M·K + K·N + M·N)·element size) at HBM bandwidth × η_mem, whichever is slower (roofline, Williams et
   al. 2009) — so the thin GEMMs of high tensor parallelism and small micro-batches pay for their memory
   traffic. Backward runs two GEMMs of the same size per forward GEMM (input and weight gradients).
-- attention core (flash): the Q·Kᵀ and P·V FLOPs of the unmasked (query, key) pairs — causal halves them,
-  sliding windows cap them — at the bf16 peak × η_attn of the workload's stack (its attention kernel); backward executes 2.5× the forward FLOPs
+- attention core, flash: the Q·Kᵀ and P·V FLOPs of the unmasked (query, key) pairs — causal halves them,
+  sliding windows cap them — at the bf16 peak × η_attn of the workload's stack (its attention kernel);
+  backward executes 2.5× the forward FLOPs
   (FlashAttention-2, Dao 2023 §3.1).
+- attention core, eager (Megatron-LM before flash attention, HF's eager path): the score matrix of all
+  s × s pairs per head (masking comes after the product) is materialised, so the core is two batched
+  GEMMs per head and sequence (Q·Kᵀ writes the s² scores, P·V reads the probabilities; roofline at the
+  16-bit GEMM rate) plus the memory-bound passes over the a·s²·b scores: forward the softmax (Megatron's
+  fused scale-mask-softmax reads and writes them once; HF's eager path scales, adds the mask, upcasts to
+  fp32 for the softmax and casts back) and the attention dropout (reads the probabilities, writes them
+  and a 1-byte mask); backward four GEMMs of the same size (dP = dO·Vᵀ, dV = Pᵀ·dO, dQ = dS·K,
+  dK = dSᵀ·Q), the dropout backward (gradient and mask in, gradient out) and the softmax backward
+  (gradient and probabilities in, gradient out). Korthikanti et al. 2022 §5 (the 5·a·s²·b bytes of
+  softmax output, dropout mask and dropout output that selective recompute drops; Table 4 times the
+  22B layer's attention-core recompute at 1.3 of 20.3 ms).
 - memory-bound elementwise kernels: norms, RoPE, activation functions, residual/bias-dropout-add, MoE
   permutation, fp8 casts, at HBM bandwidth × η_mem; backward moves about twice the forward bytes.
 Plus a fixed launch cost per kernel, and per MoE layer and pass the host time that dropless routing's
@@ -38,7 +50,9 @@ KERNELS_PER_LAYER_FORWARD = 14
 class LayerTimes:
     """Seconds per micro-batch on one GPU, (n,) arrays: forward and backward of one dense and one MoE
     layer, the attention core (forward) alone (what selective recompute repeats and what CP overlaps), the
-    GEMM time of one layer (what TP communication can hide behind), and what can hide an MoE layer's
+    GEMM time of one layer (what TP communication can hide behind) and of its column-parallel linears fed
+    by the hidden state (QKV, FC1: their weight-gradient GEMMs hide the backward collective of their input
+    gradient), and what can hide an MoE layer's
     expert all-to-all: another micro-batch's work on the layer (everything but the host synchronisation
     and the launches) with batch-level overlap, else only the shared experts."""
 
@@ -47,8 +61,11 @@ class LayerTimes:
     moe_forward: np.ndarray
     moe_backward: np.ndarray
     attention_forward: np.ndarray
+    attention_backward: np.ndarray
     dense_gemm_forward: np.ndarray
     moe_gemm_forward: np.ndarray
+    dense_column_forward: np.ndarray
+    moe_column_forward: np.ndarray
     moe_expert_forward: np.ndarray
     moe_overlappable_forward: np.ndarray
     moe_shared_forward: np.ndarray
@@ -112,7 +129,7 @@ def _sequence(roof: Roofline, rate: np.ndarray, m: np.ndarray, mms: tuple, tp: n
 def elementwise_parts(f: ModelFacts, p: PlanArrays, b: np.ndarray, tp: np.ndarray, width: float) -> dict[str, np.ndarray]:
     """Forward bytes per token that the memory-bound kernels of one layer move, by kernel (see the module
     docstring), with an MLP of ``width``. Fused: each norm reads and writes h, each of the 2 residual adds
-    reads 2h and writes h, RoPE reads and writes q and k, the activation reads (1+g)·f and writes f, fp8
+    reads 2h and writes h, RoPE (where the model has it) reads and writes q and k, the activation reads (1+g)·f and writes f, fp8
     casts read b and write 1 byte per GEMM input. Unfused PyTorch eager ops (HF's RMSNorm: upcast,
     square, mean, multiply, downcast, scale — (28 + 4b)·h; RoPE's rotate-half slices, concatenation, two
     multiplies and an add — 5 passes; SiLU then product — (1 + g + 3)·f) move more."""
@@ -125,10 +142,31 @@ def elementwise_parts(f: ModelFacts, p: PlanArrays, b: np.ndarray, tp: np.ndarra
     return {
         "norms": f.norms_per_layer * norm / sp_div,
         "residual": 2 * 3 * b * h / sp_div,
-        "rope": np.where(fused, 1.0, 5.0) * 2 * b * (f.q_width + f.k_width) / tp,
+        "rope": np.where(fused, 1.0, 5.0) * 2 * b * (f.q_width + f.k_width) / tp * f.rotary,
         "activation": np.where(fused, (2 + gate), (2 + gate + 2 * gate)) * b * width / tp,
         "cast": np.where(fp8, (b + 1.0) * (2 * h + f.out_width / tp + width / tp), 0.0),
     }
+
+
+def eager_attention(f: ModelFacts, p: PlanArrays, roof: Roofline, b: np.ndarray, tp: np.ndarray, tokens: np.ndarray,
+                    w: Workload) -> tuple[np.ndarray, np.ndarray]:
+    """(forward, backward) seconds of the materialised attention core (module docstring): all s × s
+    (query, key) pairs of the rank's heads over its ``tokens``."""
+    fused = p.kernels == code("kernels", "fused")
+    s = float(w.seq_len)
+    batch = (f.heads / tp) * tokens / s  # (head, sequence) pairs on the GPU
+    scores = batch * s * s
+    qk = _gemm(roof, roof.half_flops, s, f.q_width / f.heads, s, b)  # writes the scores
+    pv = _gemm(roof, roof.half_flops, s, s, f.out_width / f.heads, b)  # reads the probabilities
+    mask = 1.0 if w.dropout > 0 else 0.0
+    # bytes per score: the softmax (fused: read, write; HF: scale, mask add, fp32 softmax, cast back) and
+    # the dropout (read, write, 1-byte mask); backward: dropout (gradient and mask in, gradient out) and
+    # softmax (gradient and probabilities in, gradient out; HF's in fp32, with the casts' backward)
+    forward_bytes = np.where(fused, 2 * b, 6 * b + 8) + mask * (2 * b + 1)
+    backward_bytes = np.where(fused, 3 * b, 3 * b + 16) + mask * (2 * b + 1)
+    forward = batch * (qk + pv) + scores * forward_bytes / roof.hbm
+    backward = 2 * batch * (qk + pv) + scores * backward_bytes / roof.hbm
+    return forward, backward
 
 
 def layer_times(f: ModelFacts, gpu: GPUSpec, eff: Efficiency, p: PlanArrays, w: Workload,
@@ -149,7 +187,10 @@ def layer_times(f: ModelFacts, gpu: GPUSpec, eff: Efficiency, p: PlanArrays, w: 
     sliding = f.sliding_layer_share
     keys_avg = (1 - sliding) * global_keys + sliding * window_keys
     core_flops = 2.0 * (f.heads / tp) * ((f.q_width + f.out_width) / f.heads) * keys_avg * tokens
-    attention = core_flops / roof.attention_flops
+    attention, attention_backward = eager_attention(f, p, roof, b, tp, tokens, w)
+    flash = p.attention_kernel == code("attention_kernel", "flash")
+    attention = np.where(flash, core_flops / roof.attention_flops, attention)
+    attention_backward = np.where(flash, 2.5 * attention, attention_backward)
 
     # dense MLP: the attention sequence continues into it (torchtitan counts matmuls per layer)
     dense_mlp = np.zeros(len(p))
@@ -186,7 +227,12 @@ def layer_times(f: ModelFacts, gpu: GPUSpec, eff: Efficiency, p: PlanArrays, w: 
 
     dense_forward = attn_gemm + dense_mlp + attention + dense_elementwise + launch
     moe_forward = attn_gemm + moe_gemm + attention + moe_elementwise + launch + roof.moe_sync
-    backward = lambda gemm, elementwise: 2 * gemm + 2.5 * attention + 2 * elementwise + 2 * launch  # noqa: E731
+    backward = lambda gemm, elementwise: 2 * gemm + attention_backward + 2 * elementwise + 2 * launch  # noqa: E731
+
+    # column-parallel linears fed by the hidden state (their backward all-reduces the input gradient)
+    fed = lambda mms: sum((_matmul_time(roof, rate, tokens, mm, tp, gemm_b) for mm in mms  # noqa: E731
+                           if mm[2] == "column" and mm[0] == f.hidden), np.zeros(len(p)))
+    attn_column = fed(f.attention_matmuls)
 
     # selective recompute: the forward work each module repeats, per layer (RECOMPUTE_MODULES order)
     up_projections = tuple(mm for mm in f.attention_matmuls if mm[2] == "column" and mm[0] != f.hidden)
@@ -215,8 +261,11 @@ def layer_times(f: ModelFacts, gpu: GPUSpec, eff: Efficiency, p: PlanArrays, w: 
         moe_forward=moe_forward,
         moe_backward=backward(attn_gemm + moe_gemm, moe_elementwise) + roof.moe_sync,
         attention_forward=attention,
+        attention_backward=attention_backward,
         dense_gemm_forward=attn_gemm + dense_mlp,
         moe_gemm_forward=attn_gemm + moe_gemm,
+        dense_column_forward=attn_column + (fed(f.mlp_matmuls(f.ffn)) if f.ffn else 0.0),
+        moe_column_forward=attn_column + (fed(f.mlp_matmuls(f.shared_ffn)) if f.shared_ffn else 0.0),
         moe_expert_forward=expert_gemm,
         moe_overlappable_forward=moe_forward - launch - roof.moe_sync,
         moe_shared_forward=shared_gemm,

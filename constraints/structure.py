@@ -34,6 +34,7 @@ class ModelFacts:
     norm_is_layernorm: bool
     norms_per_layer: int
     qk_norm_width: int  # elements per token that QK-norm normalises (0 without QK-norm)
+    rotary: bool  # rotary position embeddings (RoPE) applied to q and k in every layer
     experts: int
     top_k: int
     expert_ffn: int
@@ -154,6 +155,7 @@ def model_facts(spec: ModelSpec) -> ModelFacts:
         norm_is_layernorm=spec.norm_type == "layernorm",
         norms_per_layer=spec.norms_per_layer,
         qk_norm_width=qk_norm,
+        rotary=spec.position_embedding == "rope",
         experts=moe.num_experts if moe else 0,
         top_k=moe.experts_per_token if moe else 0,
         expert_ffn=moe.expert_ffn_hidden_size if moe else 0,

@@ -9,9 +9,17 @@ Per micro-batch on pipeline rank i (`constraints.compute` for the compute):
   plus the LM head on the last stage (once more per trained MTP module);
 - tensor parallelism: per layer and pass, two all-gathers and two reduce-scatters of the micro-batch's
   hidden states with sequence parallelism, or two all-reduces without — the same ring volume,
-  4 · RS(T·h·b) (Korthikanti et al. 2022 §4.2.2); ``tp_comm_overlap`` (which Megatron allows only with
-  sequence parallelism) hides up to η_tp of the GEMMs' time of it (η: the overlap fractions of the workload's stack,
-  `Efficiency.overlap`, 0 where the stack has no such mechanism);
+  4 · RS(T·h·b) (Korthikanti et al. 2022 §4.2.2). Backward, Megatron's column-parallel linears (QKV, FC1)
+  all-reduce their input gradient asynchronously while their weight-gradient GEMM runs; with sequence
+  parallelism they all-gather the saved input shard again during the input-gradient GEMM and
+  reduce-scatter the input gradient during the weight-gradient GEMM, while the all-gathers of the
+  row-parallel linears' output gradients stay exposed (Megatron-LM mpu/layers.py
+  ColumnParallelLinearWithAsyncAllreduce / ColumnParallelLinearWithSequenceParallelism, Megatron-Core's
+  LinearWithGradAccumulationAndAsyncCommunication): each hidden up to η_tp of those GEMMs' time on a stack that does this (``stacks.json``
+  ``tp_backward_async``: Megatron's; PyTorch's DTensor waits for each collective).
+  ``tp_comm_overlap`` (Transformer Engine userbuffers, which Megatron allows only with sequence
+  parallelism) hides up to η_tp of all the GEMMs' time of the forward 4 · RS and the backward 6 · RS
+  (η: the overlap fractions of the workload's stack, `Efficiency.overlap`, 0 where it has no such mechanism);
 - context parallelism: ring attention passes the rank's K and V cp − 1 times forward (K, V and their
   gradients backward), hidden behind attention up to η_cp (Liu et al. 2023, Ring Attention);
 - expert parallelism: an all-to-all dispatch and combine per MoE layer and pass; with ``ep_comm_overlap``
@@ -49,7 +57,7 @@ from parallelplan.constraints.activations import activation_bytes
 from parallelplan.constraints.arrays import PlanArrays, code
 from parallelplan.constraints.collectives import Fabric, ring_bytes
 from parallelplan.constraints.compute import LayerTimes
-from parallelplan.constraints.efficiency import Efficiency
+from parallelplan.constraints.efficiency import Efficiency, stacks
 from parallelplan.constraints.memory import micro_batches, recomputed_share
 from parallelplan.constraints.plan import RECOMPUTE_MODULES, Workload
 from parallelplan.constraints.stages import StageLayout, StageParams
@@ -59,7 +67,18 @@ from parallelplan.hardware import ClusterSpec
 
 STATE_PASSES = 2
 """A fused optimizer update reads and writes each of its states once: bytes moved = 2 × (master + optimizer
-states) + the gradient read + the new weight written."""
+states) + the gradient read + the new weight written (`update_bytes_per_param`)."""
+
+
+def update_bytes_per_param(p: PlanArrays, per: BytesPerParam) -> np.ndarray:
+    """HBM bytes per parameter of one optimizer step: the fused update (``STATE_PASSES``); the global
+    gradient norm for clipping, which reads every gradient once more (Megatron-LM's clip_grad_norm_fp32,
+    on by default with --clip-grad 1.0; torch.nn.utils.clip_grad_norm_); the master weights read again to
+    write the 16-bit compute copy (Megatron's _copy_main_params_to_model_params, after the update); and
+    under fp16 loss scaling the unscale-and-check-for-inf pass over the gradients, a read and a write
+    (torch._amp_foreach_non_finite_check_and_unscale_, Megatron's _unscale_main_grads_and_check_for_nan)."""
+    fp16 = p.precision == code("precision", "fp16")
+    return STATE_PASSES * (per.master + per.optimizer) + per.grads + per.weights + per.grads + per.master + 2 * fp16 * per.grads
 
 
 @dataclass
@@ -110,6 +129,7 @@ def step_times(
     backward = dense_l * col(times.dense_backward) + moe_l * col(times.moe_backward) + heads * col(times.head_backward)
     gemm_fwd = dense_l * col(times.dense_gemm_forward) + moe_l * col(times.moe_gemm_forward)
     attention_fwd = layers * col(times.attention_forward)
+    attention_bwd = layers * col(times.attention_backward)
     sac = dense_l * col(times.dense_sac_recompute) + moe_l * col(times.moe_sac_recompute)
     mode = p.recompute[:, None]
     full = recomputed_share(p, layout) * (mode == code("recompute", "full"))  # share of layers rebuilt
@@ -124,24 +144,29 @@ def step_times(
         full = np.zeros_like(forward)
         on = dict.fromkeys(on, 0.0)
 
-    # tensor parallelism: 4 reduce-scatter-equivalents of the hidden states per layer and pass
+    # tensor parallelism, in reduce-scatter-equivalents R of the hidden states per layer: 4 forward
     hidden_bytes = tokens * f.hidden * b
-    tp_per_pass = 4 * layers * col(fabric.reduce_scatter(hidden_bytes, tp, 1))
+    rs = layers * col(fabric.reduce_scatter(hidden_bytes, tp, 1))
     overlap_tp = col(p.tp_comm_overlap & p.sequence_parallel) > 0
-    tp_forward = _hidden(tp_per_pass, gemm_fwd, hide["tp"], overlap_tp)
+    tp_forward = _hidden(4 * rs, gemm_fwd, hide["tp"], overlap_tp)
     # recompute repeats the forward collectives: all of them under full, the MLP / MoE block's half
     # under the mlp / moe modules
     block_share = (on["mlp"] * dense_l + on["moe"] * moe_l) / np.maximum(layers, 1) / 2
     tp_exposed = (1 + full + block_share) * tp_forward
     if training:
-        tp_exposed = tp_exposed + _hidden(tp_per_pass, 2 * gemm_fwd, hide["tp"], overlap_tp)
+        asynchronous_backward = stacks()[w.stack]["tp_backward_async"]
+        column = hide["tp"] * asynchronous_backward * (dense_l * col(times.dense_column_forward)
+                                                       + moe_l * col(times.moe_column_forward))
+        sequence_parallel = col(p.sequence_parallel) > 0
+        asynchronous = np.where(sequence_parallel, 2 * rs + 2 * np.maximum(2 * rs - column, 0.0), np.maximum(4 * rs - column, 0.0))
+        tp_exposed = tp_exposed + np.where(overlap_tp, np.maximum(6 * rs - hide["tp"] * 2 * gemm_fwd, 0.0), asynchronous)
 
     # context parallelism: ring exchange of K and V, hidden behind attention
     kv_bytes = tokens * (f.k_width + f.v_width) * b / tp
     ring = col((cp - 1) * fabric.ring_step(kv_bytes, cp, tp)) * layers
     cp_exposed = (1 + full) * np.maximum(ring - hide["cp"] * attention_fwd, 0.0)
     if training:
-        cp_exposed = cp_exposed + np.maximum(2 * ring - hide["cp"] * 2.5 * attention_fwd, 0.0)
+        cp_exposed = cp_exposed + np.maximum(2 * ring - hide["cp"] * attention_bwd, 0.0)
 
     # expert parallelism: dispatch and combine all-to-alls per MoE layer and pass
     routed_bytes = f.top_k * tokens * f.hidden * b / tp if f.experts else np.zeros(len(p))
@@ -155,7 +180,7 @@ def step_times(
     sp_div = np.where(p.sequence_parallel, tp, 1)
     boundary = col(fabric.send(hidden_bytes / sp_div, tp * cp * dp) * p.vpp)
     wraps = col(p.vpp) > 1  # interleaved chunks continue from the last rank to the first
-    pp_comm = np.where(layout.last & ~wraps, 0.0, boundary) + np.where((layout.first & ~wraps) | ~training, 0.0, boundary)
+    pp_comm = np.where(layout.last & ~wraps, 0.0, boundary) + np.where((layout.first & ~wraps) | (not training), 0.0, boundary)
     pp_comm = np.where(col(p.pp) > 1, pp_comm, 0.0)
 
     # data parallelism per micro-batch: FSDP-style gathers and reductions, ZeRO-2's gradient reduce-scatter
@@ -210,7 +235,7 @@ def step_times(
         param_gather = np.where(zero1 | zero2, param_gather, 0.0)
         gather_exposed = _hidden(param_gather, forward, hide["dp"], col(p.param_gather_overlap) > 0)
         updated = params.dense / col(div.states) + params.expert / col(div.expert_states)
-        update_bytes = updated * col(STATE_PASSES * (per.master + per.optimizer) + per.grads + per.weights)
+        update_bytes = updated * col(update_bytes_per_param(p, per))
         offloaded = col(p.offload != code("offload", "none")) > 0
         pcie = cluster.gpu.pcie_bandwidth * eff.memory_bound
         hbm = cluster.gpu.hbm_bandwidth * eff.memory_bound

@@ -18,8 +18,9 @@ Cases (``benchmarks/data/korthikanti2022.json``):
 Each case is one of Calculon's application files (hidden, feed-forward, heads, blocks, sequence) and
 execution files (layout, batch, recompute, sequence parallelism, overlap); ours prices the same case,
 translated field by field in `our_inputs` (a GPT-style model with the Megatron papers' 51,200-token
-vocabulary and dropout 0.1; Megatron 2022's fused kernels without flash attention — selective recompute
-exists because the attention scores were materialised; the cluster preset of the system's GPU).
+vocabulary and dropout 0.1; the megatron-2022 stack — Megatron-LM's fused kernels without flash
+attention (selective recompute exists because the attention scores were materialised), pipeline sends
+scattered over the TP ranks, no overlapped gradient reduction; the cluster preset of the system's GPU).
 """
 
 from __future__ import annotations
@@ -94,7 +95,8 @@ def our_inputs(application: dict, execution: dict, cluster: str, data: dict):
                 recompute=recompute, recompute_modules=modules, precision=PRECISION[execution["datatype"]],
                 attention_kernel="eager", tp_comm_overlap=execution["tensor_par_overlap"] != "none",
                 grad_reduce_overlap=execution["data_par_overlap"])
-    workload = Workload(seq_len=application["seq_size"], global_batch_size=execution["batch_size"], dropout=data["dropout"])
+    workload = Workload(seq_len=application["seq_size"], global_batch_size=execution["batch_size"], dropout=data["dropout"],
+                        stack="megatron-2022")
     return model, load_cluster(cluster, gpus=execution["num_procs"]), plan, workload
 
 

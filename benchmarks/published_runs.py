@@ -15,8 +15,9 @@ data file's value, which `benchmarks.fit_efficiency` fitted on all rows; each fo
 
 Data: benchmarks/data/published_runs_dev.json (114 runs with sources, from the project's reference data,
 each with the software ``stack`` it ran on, `Workload.stack`: torchtitan for the torchtitan suites, maxtext
-for the MaxText recipes, megatron for Megatron-LM, NeMo and NeMo AutoModel — whose runs use Transformer
-Engine's kernels, per their notes).
+for the MaxText recipes, megatron-2022 for the 2021 Megatron-LM README (the runs of Narayanan et al. 2021,
+without flash attention: eager attention), megatron for Megatron-Core, NeMo and NeMo AutoModel — whose
+runs use Transformer Engine's kernels, per their notes).
 A row is used when it publishes a step time or tokens/s and its layout is complete (tp, pp, micro and
 global batch, sequence length, precision — stated or implied by the source's own note). What each row
 needs beyond what it states is assumed the way the source's framework defaults it, and listed per row:
@@ -148,6 +149,7 @@ def _plan(run: dict, assumptions: list[str]) -> Plan:
         sharding="fsdp" if fsdp else ("zero1" if dp * cp > 1 else "none"),
         recompute=recompute if recompute in ("none", "selective", "selective_mm", "full") else "none",
         precision=_precision(run), kernels=kernels, tp_comm_overlap=not torchtitan or async_tp,
+        attention_kernel="eager" if run["stack"] == "megatron-2022" else "flash",
     )
 
 

@@ -32,7 +32,7 @@ WORKLOAD_OPTIONS = [
     click.option("--seq-len", type=click.IntRange(min=1), default=4096, show_default=True, help="Tokens per sequence."),
     click.option("--dropout", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.0, show_default=True),
     click.option("--train-mtp", is_flag=True, help="Also train DeepSeek-V3's multi-token-prediction modules."),
-    click.option("--stack", type=click.Choice(["megatron", "torchtitan", "deepspeed", "maxtext", "custom"]),
+    click.option("--stack", type=click.Choice(["megatron", "megatron-2022", "torchtitan", "deepspeed", "maxtext", "custom"]),
                  help="The software that runs the plan: its attention kernel and what its overlap hides price the step "
                       "(constraints/data/stacks.json) [default: megatron; plan launch: the target's]."),
 ]

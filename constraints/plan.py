@@ -49,7 +49,7 @@ SCHEDULES = ("1f1b", "interleaved", "zero_bubble")
 KERNELS = ("fused", "unfused")
 ATTENTION_KERNELS = ("flash", "eager")
 WORKLOAD_KINDS = ("pretrain", "finetune", "inference")
-STACKS = ("megatron", "torchtitan", "deepspeed", "maxtext", "custom")
+STACKS = ("megatron", "megatron-2022", "torchtitan", "deepspeed", "maxtext", "custom")
 """The software stacks of ``data/stacks.json`` (`Workload.stack`)."""
 _ZERO_STAGE_SHARDING = {0: "none", 1: "zero1", 2: "zero2", 3: "zero3"}
 
@@ -147,7 +147,7 @@ class Workload(_Frozen):
     global_batch_size: Count
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
     train_mtp: bool = False
-    stack: Literal["megatron", "torchtitan", "deepspeed", "maxtext", "custom"] = "megatron"
+    stack: Literal["megatron", "megatron-2022", "torchtitan", "deepspeed", "maxtext", "custom"] = "megatron"
 
     @property
     def training(self) -> bool:

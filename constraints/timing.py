@@ -28,7 +28,10 @@ Per micro-batch on pipeline rank i (`constraints.compute` for the compute):
   the host synchronisation that must precede a dispatch), else only behind the shared experts
   (``--moe-shared-expert-overlap``);
 - pipeline parallelism: the activations sent to the next stage forward and their gradient backward
-  (vpp times with interleaving, where the last rank also sends its chunks back to the first);
+  (vpp times with interleaving, where the last rank also sends its chunks back to the first); a stack
+  with ``pipeline_scatter_gather`` (Megatron-LM of 2021–22, ``--scatter-gather-tensors-in-pipeline``,
+  Narayanan et al. 2021 §4.1) sends 1/tp of them from each TP rank on its own link and all-gathers them
+  over the TP group on arrival (without sequence parallelism; with it the tensor is already split);
 - ZeRO-3 / FSDP / HSDP: all-gather of the stage's weights forward (hidden behind forward up to η_dp with
   ``param_gather_overlap``) and again backward, the reduce-scatter of its gradients, and for HSDP the
   all-reduce of the gradient shards across replicas (hidden behind backward with
@@ -178,7 +181,12 @@ def step_times(
 
     # pipeline send/receive of the stage boundary's activations (vpp times with interleaving)
     sp_div = np.where(p.sequence_parallel, tp, 1)
-    boundary = col(fabric.send(hidden_bytes / sp_div, tp * cp * dp) * p.vpp)
+    if stacks()[w.stack]["pipeline_scatter_gather"]:  # each TP rank sends its 1/tp, the receiver all-gathers
+        send = np.where(p.sequence_parallel, fabric.send(hidden_bytes / tp, tp * cp * dp),
+                        fabric.send(hidden_bytes / tp, tp * cp * dp) + fabric.reduce_scatter(hidden_bytes, tp, 1))
+    else:
+        send = fabric.send(hidden_bytes / sp_div, tp * cp * dp)
+    boundary = col(send * p.vpp)
     wraps = col(p.vpp) > 1  # interleaved chunks continue from the last rank to the first
     pp_comm = np.where(layout.last & ~wraps, 0.0, boundary) + np.where((layout.first & ~wraps) | (not training), 0.0, boundary)
     pp_comm = np.where(col(p.pp) > 1, pp_comm, 0.0)

@@ -354,16 +354,17 @@ def main() -> None:
                         f"{', '.join(f['held'])} |\n" for f in cv["folds"])
     (RESULTS / "published_runs.md").write_text(head + "\n" + "\n".join(lines) + "\n")
     if args.update_intervals:
-        write_intervals(step_residuals(cv, {r.id: r.published for r in used}))
+        write_intervals(step_residuals(cv, used))
     print(head)
 
 
-def step_residuals(cv: dict, published: dict[int, float]) -> list[dict]:
+def step_residuals(cv: dict, used: list[Row]) -> list[dict]:
     """log(measured / predicted step time) of every held-out row — log(predicted / published tokens/s) —
-    with its suite and model class (`constraints.uncertainty`)."""
-    return [{"id": run_id, "suite": cv["suites"][run_id], "class": cv["classes"][run_id]["model"].lower(),
-             "log_ratio": round(float(np.log(cv["held_out"][run_id] / published[run_id])), 6)}
-            for run_id in sorted(published) if run_id in cv["held_out"]]
+    with its suite and model class (`constraints.uncertainty`), and the row's tokens/s per GPU under the
+    data file's factors: the fingerprint of the model the residuals belong to (a test recomputes it)."""
+    return [{"id": r.id, "suite": cv["suites"][r.id], "class": cv["classes"][r.id]["model"].lower(),
+             "log_ratio": round(float(np.log(cv["held_out"][r.id] / r.published)), 6), "predicted": round(r.predicted, 3)}
+            for r in sorted(used, key=lambda r: r.id) if r.id in cv["held_out"]]
 
 
 def write_intervals(residuals: list[dict]) -> None:

@@ -1,6 +1,7 @@
 """The named efficiency factors of the time model, overridable.
 
-Shared by every software stack (``data/efficiency.json``): GEMM, memory-bound kernels, NCCL bus
+Shared by every software stack (``data/efficiency.json``): GEMM, memory-bound kernels, the optimizer's
+streaming update, NCCL bus
 bandwidth and latency, kernel launches, MoE host synchronisation. Per stack (``data/stacks.json``,
 `Workload.stack`): ``attention[stack][arch]``, the fraction of the 16-bit dense peak the stack's attention
 kernel reaches (forward; backward executes 2.5× the forward matmul FLOPs at the same fraction, Dao 2023
@@ -29,6 +30,7 @@ class Efficiency:
     gemm: dict[str, dict[str, float]]
     attention: dict[str, dict[str, float]]
     memory_bound: float
+    streaming: float
     network_bus: dict[str, float]
     latency_s: dict[str, float]
     overlap: dict[str, dict[str, float]]

@@ -45,9 +45,10 @@ Once per step and rank: the data-parallel gradient reduction — all-reduce with
 reduce-scatter with ZeRO-1 / Megatron's distributed optimizer, over dp·cp for dense and the
 expert-data-parallel group for expert weights — hidden behind the last backward up to η_dp with
 ``grad_reduce_overlap``; the parameter all-gather after a ZeRO-1/2 update, hidden behind the next
-forward with ``param_gather_overlap``; and the memory-bound optimizer update of the rank's share of
-parameters (its gradients and weights over PCIe when the optimizer is offloaded; the host's own Adam time
-is not modelled).
+forward with ``param_gather_overlap``; and the optimizer update of the rank's share of parameters, one
+fused multi-tensor kernel streaming its exactly counted bytes at η_stream of HBM bandwidth
+(``Efficiency.streaming``; its gradients and weights over PCIe when the optimizer is offloaded; the host's
+own Adam time is not modelled).
 """
 
 from __future__ import annotations
@@ -246,7 +247,7 @@ def step_times(
         update_bytes = updated * col(update_bytes_per_param(p, per))
         offloaded = col(p.offload != code("offload", "none")) > 0
         pcie = cluster.gpu.pcie_bandwidth * eff.memory_bound
-        hbm = cluster.gpu.hbm_bandwidth * eff.memory_bound
+        hbm = cluster.gpu.hbm_bandwidth * eff.streaming  # one fused multi-tensor kernel over exactly counted bytes
         update = np.where(offloaded, updated * col(per.grads + per.weights) / pcie, update_bytes / hbm)
         once = np.where(layout.valid, dp_exposed + gather_exposed + update, -np.inf)
         once_stage = np.argmax(once, axis=1)

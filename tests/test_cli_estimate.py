@@ -106,7 +106,7 @@ def test_a_plan_the_hardware_cannot_run_fails_unpriced(args, rule, message):
 @pytest.mark.parametrize(("content", "message"), [
     ('{"gemm": 3}', "'gemm' is a table"),
     ('{"overlap": {"megatron": {"tp": 1.5}}}', "must be in [0, 1]"),
-    ('{"overlap": {"tp": 0.5}}', "known: megatron, torchtitan"),
+    ('{"overlap": {"tp": 0.5}}', "known: megatron, megatron-2022, torchtitan"),
     ('{"gemm": {"hoper": {"bf16": 0.7}}}', "unknown efficiency factor gemm.hoper"),
     ("[1]", "expected a mapping"),
 ])

@@ -1,4 +1,4 @@
-"""`plan presets`: the built-in models, GPUs and clusters."""
+"""`plan presets`: the built-in models, GPUs, clusters and software stacks."""
 
 from __future__ import annotations
 
@@ -10,19 +10,20 @@ from parallelplan.cli.format import count, table
 
 
 @click.command()
-@click.option("--kind", type=click.Choice(["all", "models", "gpus", "clusters"]), default="all", show_default=True,
+@click.option("--kind", type=click.Choice(["all", "models", "gpus", "clusters", "stacks"]), default="all", show_default=True,
               help="Which presets to list.")
 @click.option("--json", "as_json", is_flag=True, help="Print the presets as JSON.")
 def presets(kind: str, as_json: bool) -> None:
-    """List the built-in model, GPU and cluster presets.
+    """List the built-in model, GPU and cluster presets and the software stacks (--stack).
 
     \b
     Examples:
       plan presets
       plan presets --kind gpus
       plan presets --kind models --json
+      plan presets --kind stacks
     """
-    sections = {"models": _models, "gpus": _gpus, "clusters": _clusters}
+    sections = {"models": _models, "gpus": _gpus, "clusters": _clusters, "stacks": _stacks}
     chosen = list(sections) if kind == "all" else [kind]
     data = {name: sections[name]() for name in chosen}
     if as_json:
@@ -48,6 +49,11 @@ def presets(kind: str, as_json: bool) -> None:
                 for c in data["clusters"]]
         out.append(table(["cluster", "gpu", "nodes x gpus", "in node", "between nodes", "NIC Gb/s per GPU",
                           "NVLink domain"], rows, right=(5, 6)))
+    if "stacks" in data:
+        rows = [(name, s["attention_kernel_name"], f"{s['attention']['hopper']:g}",
+                 ", ".join(f"{kind} {value:g}" for kind, value in s["overlap"].items()), ", ".join(s["targets"]) or "-")
+                for name, s in data["stacks"].items()]
+        out.append(table(["stack", "attention kernel", "attention, Hopper", "overlap (fraction hidden)", "launch targets"], rows))
     click.echo("\n\n".join(out))
 
 
@@ -85,3 +91,11 @@ def _clusters() -> list[dict]:
         rows.append({**cluster.model_dump(), "aliases": list(cluster_aliases(name)),
                      "nic_gbit_s_per_gpu": cluster.node.nic_bandwidth_per_gpu * 8 / 1e9})
     return rows
+
+
+def _stacks() -> dict[str, dict]:
+    """The software stacks of constraints/data/stacks.json, with their factors as the cost model uses them."""
+    from parallelplan.constraints.efficiency import Efficiency, stacks
+
+    eff = Efficiency.default()
+    return {name: {**stack, "attention": eff.attention[name], "overlap": eff.overlap[name]} for name, stack in stacks().items()}

@@ -33,6 +33,8 @@ def test_the_stacks_file_covers_every_stack_architecture_and_overlap():
         assert set(stack["attention"]) == architectures, name
         assert set(stack["overlap"]) == {"tp", "dp", "cp", "ep"}, name
         assert stack["source"] and stack["attention_kernel"] and set(stack["mechanisms"]) == {"tp", "dp", "cp", "ep"}
+    listed = CliRunner().invoke(plan_cli, ["presets", "--kind", "stacks"]).output
+    assert all(name in listed for name in STACKS) and "FlashAttention-2 (SDPA)" in listed
 
 
 def test_every_training_target_runs_exactly_one_stack():

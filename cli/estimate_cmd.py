@@ -212,7 +212,7 @@ def memory_table(est: Estimate) -> str:
         ("weights", gib(mem.weights)), ("gradients", gib(mem.gradients)),
         ("optimizer + master weights", gib(mem.optimizer)), ("activations", gib(mem.activations)),
         ("KV cache", gib(mem.kv_cache)), ("runtime (CUDA, NCCL, frag.)", gib(mem.overhead)),
-        ("total", gib(mem.total) if est.fits else bad(gib(mem.total))), ("GPU memory", gib(mem.usable)),
+        ("total", gib(mem.total) if est.fits else bad(gib(mem.total))), ("usable (GPU less --memory-margin)", gib(mem.usable)),
     ]
     return table([f"memory per GPU ({where})", ""], rows, right=(1,))
 

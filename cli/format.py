@@ -110,8 +110,8 @@ def fit_text(memory) -> str:
     if memory.verdict == "yes":
         return good("yes") + f" (at most {gib(memory.high)} of {gib(memory.usable)})"
     if memory.verdict == "no":
-        return bad("NO") + f": at least {gib(memory.low)}, {gib(memory.usable)} on the GPU"
-    return bad("AT RISK") + (f": {gib(memory.low)} to {gib(memory.high)} may be measured, {gib(memory.usable)} on the GPU "
+        return bad("NO") + f": at least {gib(memory.low)}, {gib(memory.usable)} usable"
+    return bad("AT RISK") + (f": {gib(memory.low)} to {gib(memory.high)} may be measured, {gib(memory.usable)} usable "
                              "(the runtime allowance and the activations' deviation; `plan calibrate` with measured "
                              "peaks narrows it)")
 

@@ -3,11 +3,11 @@
 Shared by every software stack (``data/efficiency.json``): GEMM, memory-bound kernels, the optimizer's
 streaming update, NCCL bus bandwidth and latency, kernel launches, MoE host synchronisation. Per stack
 (``data/stacks.json``, `Workload.stack`): ``attention[stack][arch]``, the fraction of the 16-bit dense peak
-the stack's attention kernel reaches (forward; backward executes 2.5× the forward matmul FLOPs at the same fraction, Dao 2023
-FlashAttention-2 §3.1), and ``overlap[stack][kind]``, the fraction of the overlappable compute that
-actually hides communication of kind tp (TP collectives behind GEMMs), dp (gradient reduction / parameter
-gathers behind backward / forward), cp (the ring's K/V exchange behind attention), ep (expert all-to-alls
-behind another micro-batch's work or the shared experts) — 0 where the stack has no such mechanism.
+the stack's attention kernel reaches (forward; backward executes 2.5× the forward matmul FLOPs at the same
+fraction, Dao 2023 FlashAttention-2 §3.1), and ``overlap[stack][kind]``, the fraction of the overlappable
+compute that actually hides communication of kind tp (TP collectives behind GEMMs), dp (gradient reduction /
+parameter gathers behind backward / forward), cp (the ring's K/V exchange behind attention), ep (expert all-
+to-alls behind another micro-batch's work or the shared experts) — 0 where the stack has no such mechanism.
 
 `Efficiency.default()` reads the data files; `Efficiency.with_overrides({"gemm": {"hopper": {"bf16": 0.7}}})`
 (or ``{"attention": {"torchtitan": {"hopper": 0.3}}}``) returns a copy with some factors replaced (what

@@ -6,8 +6,9 @@ streaming update, NCCL bus bandwidth and latency, kernel launches, MoE host sync
 the stack's attention kernel reaches (forward; backward executes 2.5× the forward matmul FLOPs at the same
 fraction, Dao 2023 FlashAttention-2 §3.1), and ``overlap[stack][kind]``, the fraction of the overlappable
 compute that actually hides communication of kind tp (TP collectives behind GEMMs), dp (gradient reduction /
-parameter gathers behind backward / forward), cp (the ring's K/V exchange behind attention), ep (expert all-
-to-alls behind another micro-batch's work or the shared experts) — 0 where the stack has no such mechanism.
+parameter gathers behind backward / forward), cp (the ring's K/V exchange behind attention), ep (expert
+all-to-alls behind another micro-batch's work or the shared experts) — 0 where the stack has no such
+mechanism.
 
 `Efficiency.default()` reads the data files; `Efficiency.with_overrides({"gemm": {"hopper": {"bf16": 0.7}}})`
 (or ``{"attention": {"torchtitan": {"hopper": 0.3}}}``) returns a copy with some factors replaced (what

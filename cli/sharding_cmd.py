@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from parallelplan.cli.estimate_cmd import build_plan
-from parallelplan.cli.format import bad, gib, good, heading, plural, quiet, table
+from parallelplan.cli.format import bad, gib, good, heading, plural, quiet, step_range, table
 from parallelplan.cli.options import (
     GLOBAL_BATCH_OPTION,
     MODEL_OPTIONS,
@@ -81,6 +81,8 @@ def sharding(model_ref: str, cluster_ref: str | None, nodes: int | None, gpus: i
 
 
 def render(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workload, result: ShardingComparison) -> str:
+    from parallelplan.constraints.uncertainty import step_interval
+
     micro = max(workload.global_batch_size // (plan.dp * plan.micro_batch_size), 1)
     lines = [f"{model.display_name or model.name} on {cluster.total_gpus} x {cluster.gpu.name}: tp {plan.tp} · pp {plan.pp} "
              f"· dp {plan.dp} · cp {plan.cp}, micro-batch {plan.micro_batch_size}, recompute {plan.recompute}, "
@@ -93,13 +95,14 @@ def render(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workloa
         # a column empty on every other row has no header to stand under
         runs = good("yes, recommended") if o.sharding == result.recommended else \
             "yes" if not o.violations else bad(", ".join(v.rule for v in o.violations))
+        total = gib(mem.total) if o.fits else bad(gib(mem.total))
         rows.append((o.name, f"{o.state_bytes_per_param:g}", gib(mem.weights), gib(mem.gradients), gib(mem.optimizer), gib(mem.activations),
-                     gib(mem.total) if o.fits else bad(gib(mem.total)), f"{o.dp_comm_bytes / 1e9:.1f}",
-                     f"{o.dp_comm_s:.3f}", f"{o.step_time_s:.3f}", runs))
+                     total + (" at risk" if mem.verdict == "at risk" else ""), f"{o.dp_comm_bytes / 1e9:.1f}",
+                     f"{o.dp_comm_s:.3f}", f"{o.step_time_s:.3f}", step_range(step_interval(o.step_time_s, model.is_moe)), runs))
     usable = result.options[0].memory.usable if result.options else 0
     lines.append(table(["sharding", "states B/param", "weights", "gradients", "optimizer", "activations",
-                        f"total (of {gib(usable)})", "sent GB/GPU/step", "exposed comm s", "step s", "runs"], rows,
-                       right=(1, 2, 3, 4, 5, 6, 7, 8, 9)))
+                        f"total (of {gib(usable)})", "sent GB/GPU/step", "exposed comm s", "step s", "80% interval s", "runs"],
+                       rows, right=(1, 2, 3, 4, 5, 6, 7, 8, 9, 10)))
     lines += ["", heading("recommendation: " + (next(o.name for o in result.options if o.sharding == result.recommended)
                                                 if result.recommended else "none runs"))]
     lines.append(result.reason)
@@ -111,5 +114,5 @@ def render(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workloa
     if not quiet():
         lines += ["", "Memory is per GPU on the most loaded pipeline stage; 'sent' counts the ring volume of the "
                       "data-parallel collectives (gradient reduction, parameter gathers) one GPU sends per step; "
-                      "'exposed comm' is the part of it the step waits for."]
+                      "'exposed comm' is the part of it the step waits for; 'at risk': the memory range reaches past the GPU."]
     return "\n".join(lines)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import click
 
 from parallelplan.cli.format import gib, heading, quiet, table
-from parallelplan.cli.options import DETECT_REF, detection_snapshot, load_efficiency, load_target_cluster
+from parallelplan.cli.options import DETECT_REF, cost_model, detection_snapshot, load_target_cluster
 
 if TYPE_CHECKING:
     from parallelplan.constraints import TopologyReport
@@ -36,9 +36,13 @@ if TYPE_CHECKING:
               help="Collective message size (MiB).")
 @click.option("--efficiency", "efficiency_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Efficiency-factor overrides (bus efficiencies, latencies).")
+@click.option("--calibration", "calibration_file", type=click.Path(dir_okay=False, path_type=Path),
+              envvar="PLAN_CALIBRATION", show_envvar=True,
+              help="A calibration profile (`plan calibrate RUNS --out FILE`): its fitted bus efficiencies price the "
+                   "collectives; --efficiency overrides it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def topology(cluster_ref: str | None, nodes: int | None, gpus: int | None, snapshot: Path | None, record: Path | None,
-             message_mib: int, efficiency_file: Path | None, as_json: bool) -> None:
+             message_mib: int, efficiency_file: Path | None, calibration_file: Path | None, as_json: bool) -> None:
     """The interconnect of this machine's node, or of a cluster, and what collectives cost on it.
 
     \b
@@ -54,7 +58,7 @@ def topology(cluster_ref: str | None, nodes: int | None, gpus: int | None, snaps
     from parallelplan.hardware import DetectionError, detect_node, record_snapshot
     from parallelplan.hardware.detect import sized_cluster
 
-    efficiency = load_efficiency(efficiency_file)
+    efficiency = cost_model(efficiency_file, calibration_file)["efficiency"]
     if cluster_ref not in (None, DETECT_REF):
         if snapshot or record:
             raise DetectionError("--snapshot and --record read a node; they do not go with --cluster")

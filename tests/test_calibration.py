@@ -109,6 +109,21 @@ def test_the_profile_prices_every_command(tmp_path, monkeypatch):
     assert json.loads(CliRunner().invoke(plan_cli, args).stdout)["estimate"]["step_time_s"] == pytest.approx(calibrated)
 
 
+def test_topology_prices_collectives_with_the_profiles_bus_efficiency(tmp_path):
+    profile, override = tmp_path / "profile.json", tmp_path / "eff.json"
+    profile.write_text(json.dumps({"efficiency": {"network_bus": {"intra_node": 0.4}}, "runtime": {}}))
+    override.write_text(json.dumps({"network_bus": {"intra_node": 0.8}}))
+    args = ["topology", "-c", "dgx-h100", "--json"]
+
+    def all_reduce_8(*extra: str) -> float:
+        report = json.loads(CliRunner().invoke(plan_cli, [*args, *extra]).stdout)
+        return next(row for row in report["groups"] if row["size"] == 8)["all_reduce_s"]
+
+    default, calibrated = all_reduce_8(), all_reduce_8("--calibration", str(profile))
+    assert calibrated > 1.8 * default  # half the NVLink bus efficiency: about twice the all-reduce
+    assert all_reduce_8("--calibration", str(profile), "--efficiency", str(override)) == pytest.approx(default)
+
+
 GOOD = {"model": MODEL, "cluster": "dgx-h100", "nodes": 1, "seq_len": 4096, "global_batch_size": 32, "tp": 1,
         "step_time_s": 2.5}
 

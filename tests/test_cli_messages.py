@@ -149,8 +149,8 @@ def test_every_line_of_the_sharding_table_has_the_headers_columns():
     start = next(i for i, line in enumerate(lines) if line.startswith("sharding "))
     rows = lines[start:lines.index("", start)]
     columns = [len(re.split(r"\s{2,}", row.strip())) for row in rows]
-    assert len(rows) == 2 + 6 and columns == [11] * len(rows), rows  # header, rule, six shardings
-    assert re.fullmatch(r"-+( {2}-+){10}", rows[1])
+    assert len(rows) == 2 + 6 and columns == [12] * len(rows), rows  # header, rule, six shardings
+    assert re.fullmatch(r"-+( {2}-+){11}", rows[1])
     assert sum(row.endswith("yes, recommended") for row in rows) == 1
 
 

@@ -12,23 +12,24 @@ as a share of the measured activations and temporaries (weights, gradients and s
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
+
+from benchmarks.uncertainty_data import write_section
 
 ROOT = Path(__file__).parents[1]
 
 
 def measured_cases() -> list[dict]:
     sys.path.insert(0, str(ROOT / "tests"))  # the reference recipe and its cases live with the tests
-    from test_memory_reference import CASES, case_errors
+    from test_memory_reference import CASES, MOE_FAMILIES, deviations, measure
 
     out = []
     for family, layers, seq_len, options in CASES:
-        error, of_activations = case_errors(family, layers, seq_len, options)
+        measured, predicted, _ = measure(family, layers, seq_len, options)
+        error, of_activations = deviations(measured, predicted)
         out.append({"case": f"{family}, {layers} layers, {seq_len} tokens" + "".join(f", {k}={v}" for k, v in options.items()),
-                    "class": "moe" if family in ("qwen3_moe", "mixtral") else "dense", "error": round(error, 5),
+                    "class": "moe" if family in MOE_FAMILIES else "dense", "error": round(error, 5),
                     "of_activations": None if of_activations is None else round(of_activations, 5)})
         print(f"{out[-1]['case']}: {100 * error:+.2f}% of the peak"
               + ("" if of_activations is None else f", {100 * of_activations:+.2f}% of the activations"), flush=True)
@@ -41,14 +42,10 @@ def main() -> None:
     args = parser.parse_args()
     cases = measured_cases()
     if args.update_intervals:
-        path = ROOT / "constraints" / "data" / "uncertainty.json"
-        data = json.loads(path.read_text())
-        data["memory"] = {"source": f"python -m benchmarks.memory_reference --update-intervals ({time.strftime('%Y-%m-%d')}): "
-                                    "predicted/measured - 1 of the tensors (weights, gradients, optimizer states, "
-                                    "activations) against PyTorch's MemTracker, and (predicted - measured) / measured "
-                                    "activations and temporaries, per case of tests/test_memory_reference.py",
-                          "cases": cases}
-        path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+        write_section("memory", "python -m benchmarks.memory_reference --update-intervals",
+                      "predicted/measured - 1 of the tensors (weights, gradients, optimizer states, activations) against "
+                      "PyTorch's MemTracker, and (predicted - measured) / measured activations and temporaries, per case "
+                      "of tests/test_memory_reference.py", "cases", cases)
 
 
 if __name__ == "__main__":

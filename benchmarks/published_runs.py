@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.uncertainty_data import write_section
 from parallelplan.constraints.calibration import MeasuredRun, calibrate
 from parallelplan.constraints.check import selective_ladder
 from parallelplan.constraints.efficiency import Efficiency
@@ -354,7 +355,9 @@ def main() -> None:
                         f"{', '.join(f['held'])} |\n" for f in cv["folds"])
     (RESULTS / "published_runs.md").write_text(head + "\n" + "\n".join(lines) + "\n")
     if args.update_intervals:
-        write_intervals(step_residuals(cv, used))
+        write_section("step_time", "python -m benchmarks.published_runs --update-intervals",
+                      "leave-one-source-out residuals of the published runs the rules accept", "residuals",
+                      step_residuals(cv, used))
     print(head)
 
 
@@ -365,15 +368,6 @@ def step_residuals(cv: dict, used: list[Row]) -> list[dict]:
     return [{"id": r.id, "suite": cv["suites"][r.id], "class": cv["classes"][r.id]["model"].lower(),
              "log_ratio": round(float(np.log(cv["held_out"][r.id] / r.published)), 6), "predicted": round(r.predicted, 3)}
             for r in sorted(used, key=lambda r: r.id) if r.id in cv["held_out"]]
-
-
-def write_intervals(residuals: list[dict]) -> None:
-    path = Path(__file__).parents[1] / "constraints" / "data" / "uncertainty.json"
-    data = json.loads(path.read_text())
-    data["step_time"] = {"source": f"python -m benchmarks.published_runs --update-intervals ({time.strftime('%Y-%m-%d')}): "
-                                   "leave-one-source-out residuals of the published runs the rules accept",
-                         "residuals": residuals}
-    path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
 
 
 if __name__ == "__main__":

@@ -116,6 +116,11 @@ def fit_text(memory) -> str:
                              "peaks narrows it)")
 
 
+def risk_mark(memory) -> str:
+    """`` at risk`` after a memory figure whose range reaches past the GPU (`MemoryBreakdown.verdict`)."""
+    return " at risk" if memory.verdict == "at risk" else ""
+
+
 def step_range(interval: tuple[float, float]) -> str:
     """The 80% step-time interval: '1.10–1.45'."""
     return f"{interval[0]:.3f}–{interval[1]:.3f}"

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from parallelplan.cli.estimate_cmd import build_plan
-from parallelplan.cli.format import bad, gib, good, heading, plural, quiet, step_range, table
+from parallelplan.cli.format import bad, gib, good, heading, plural, quiet, risk_mark, step_range, table
 from parallelplan.cli.options import (
     GLOBAL_BATCH_OPTION,
     MODEL_OPTIONS,
@@ -97,7 +97,7 @@ def render(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workloa
             "yes" if not o.violations else bad(", ".join(v.rule for v in o.violations))
         total = gib(mem.total) if o.fits else bad(gib(mem.total))
         rows.append((o.name, f"{o.state_bytes_per_param:g}", gib(mem.weights), gib(mem.gradients), gib(mem.optimizer), gib(mem.activations),
-                     total + (" at risk" if mem.verdict == "at risk" else ""), f"{o.dp_comm_bytes / 1e9:.1f}",
+                     total + risk_mark(mem), f"{o.dp_comm_bytes / 1e9:.1f}",
                      f"{o.dp_comm_s:.3f}", f"{o.step_time_s:.3f}", step_range(step_interval(o.step_time_s, model.is_moe)), runs))
     usable = result.options[0].memory.usable if result.options else 0
     lines.append(table(["sharding", "states B/param", "weights", "gradients", "optimizer", "activations",

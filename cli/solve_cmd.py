@@ -27,6 +27,7 @@ from parallelplan.cli.format import (
     plural,
     progress,
     quiet,
+    risk_mark,
     side_by_side,
     step_range,
     table,
@@ -306,7 +307,7 @@ def _header(model: ModelSpec, cluster: ClusterSpec, workload: Workload, gpu_coun
 
 def _headroom(found: Solution) -> str:
     """Memory headroom, marked when the plan's memory range reaches past the GPU (`MemoryBreakdown.verdict`)."""
-    return f"{found.objective['memory_headroom_gib']:.2f}" + (" at risk" if found.estimate.memory.verdict == "at risk" else "")
+    return f"{found.objective['memory_headroom_gib']:.2f}" + risk_mark(found.estimate.memory)
 
 
 def _cost(values: dict[str, float]) -> str:

@@ -268,7 +268,7 @@ class _Priced:
             groups.setdefault((model_key, key, run.workload), []).append(i)
         self.groups = [(models[m], clusters[k], w, np.array(rows)) for (m, k, w), rows in groups.items()]
         self.n = len(runs)
-        self._step_functions: dict[RuntimeAllowance, dict[int, Any]] = {}
+        self._step_functions: dict[RuntimeAllowance, list[Any]] = {}
 
     def evaluate(self, efficiency: Efficiency, runtime: RuntimeAllowance) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(step time, peak memory, activation bytes) of every run, in run order."""
@@ -281,12 +281,12 @@ class _Priced:
     def step(self, efficiency: Efficiency, runtime: RuntimeAllowance) -> np.ndarray:
         """The step time of every run (what the fit evaluates hundreds of times: only the efficiency-dependent
         part is recomputed, `evaluate.step_time_function`)."""
-        functions = self._step_functions.setdefault(runtime, {})
+        if runtime not in self._step_functions:
+            self._step_functions[runtime] = [step_time_function(model, cluster, workload, [self.plans[i] for i in rows],
+                                                                runtime=runtime) for model, cluster, workload, rows in self.groups]
         out = np.empty(self.n)
-        for g, (model, cluster, workload, rows) in enumerate(self.groups):
-            if g not in functions:
-                functions[g] = step_time_function(model, cluster, workload, [self.plans[i] for i in rows], runtime=runtime)
-            out[rows] = functions[g](efficiency)
+        for (_, _, _, rows), step in zip(self.groups, self._step_functions[runtime], strict=True):
+            out[rows] = step(efficiency)
         return out
 
 

@@ -92,11 +92,15 @@ def _grouped(function, model, cluster, workload, plans, efficiency, runtime):
     return _by_depth(function, model, cluster, workload, p, eff, rt)
 
 
+def _depth_groups(p: PlanArrays) -> list[np.ndarray]:
+    """The rows of each pipeline depth."""
+    return [np.flatnonzero(p.pp == depth) for depth in np.unique(p.pp)]
+
+
 def _by_depth(function, model, cluster, workload, p, eff, rt):
-    depths = np.unique(p.pp)
-    if len(depths) == 1:
+    groups = _depth_groups(p)
+    if len(groups) == 1:
         return function(model, cluster, workload, p, eff, rt)
-    groups = [np.flatnonzero(p.pp == depth) for depth in depths]
     parts = [function(model, cluster, workload, p.take(rows), eff, rt) for rows in groups]
     return _scatter(parts, groups, len(p))
 
@@ -151,8 +155,7 @@ def step_time_function(model: ModelSpec, cluster: ClusterSpec, workload: Workloa
     once: what calibration evaluates hundreds of times (the same numbers as `evaluate(...).time.step`)."""
     p = PlanArrays.from_plans(plans)
     rt = runtime or RuntimeAllowance.default()
-    groups = [np.flatnonzero(p.pp == depth) for depth in np.unique(p.pp)]
-    structures = [(rows, _Structure(model, cluster, workload, p.take(rows), rt)) for rows in groups]
+    structures = [(rows, _Structure(model, cluster, workload, p.take(rows), rt)) for rows in _depth_groups(p)]
 
     def step(eff: Efficiency) -> np.ndarray:
         out = np.empty(len(p))

@@ -31,6 +31,7 @@ TOLERANCE = 0.05
 head-room for PyTorch's allocator details while catching any real regression."""
 
 CLUSTER = load_cluster("dgx-h100", nodes=1)
+MOE_FAMILIES = ("qwen3_moe", "mixtral")
 
 
 def hf_config(family: str) -> dict:
@@ -78,11 +79,10 @@ def measure(family: str, layers: int, seq_len: int, options: dict) -> tuple[dict
     return measured, predicted, memory
 
 
-def case_errors(family: str, layers: int, seq_len: int, options: dict) -> tuple[float, float | None]:
-    """predicted / measured − 1 of one case's peak tensors, and (predicted − measured) over the measured
+def deviations(measured: dict, predicted: int) -> tuple[float, float | None]:
+    """predicted / measured − 1 of a case's peak tensors, and (predicted − measured) over the measured
     activations and temporaries — the deviation as a share of the part that is not exact (weights,
     gradients and states are); None for a peak that holds none (`benchmarks.memory_reference`)."""
-    measured, predicted, _ = measure(family, layers, seq_len, options)
     peak = sum(measured[kind] for kind in ("PARAM", "GRAD", "OPT", "ACT", "TEMP"))
     transient = measured["ACT"] + measured["TEMP"]
     return predicted / peak - 1, (predicted - peak) / transient if transient else None
@@ -94,11 +94,10 @@ def case_errors(family: str, layers: int, seq_len: int, options: dict) -> tuple[
 def test_peak_training_memory_matches_memtracker(family, layers, seq_len, options):
     measured, predicted, memory = measure(family, layers, seq_len, options)
     measured_peak = sum(measured[kind] for kind in ("PARAM", "GRAD", "OPT", "ACT", "TEMP"))
-    error = predicted / measured_peak - 1
+    error, of_activations = deviations(measured, predicted)
     # every estimate's memory range is as wide as the class's recorded deviations (constraints/data/uncertainty.json)
-    smallest, largest = activation_deviation(moe=family in ("qwen3_moe", "mixtral"))
-    transient = measured["ACT"] + measured["TEMP"]
-    of_activations = (predicted - measured_peak) / transient if transient else 0.0
+    smallest, largest = activation_deviation(moe=family in MOE_FAMILIES)
+    of_activations = 0.0 if of_activations is None else of_activations
     assert smallest - 0.002 <= of_activations <= largest + 0.002, (
         f"{100 * of_activations:+.2f}% of the activations is outside the recorded [{100 * smallest:+.2f}%, "
         f"{100 * largest:+.2f}%]: rerun python -m benchmarks.memory_reference --update-intervals")

@@ -36,6 +36,11 @@ class RuntimeAllowance:
     fragmentation: float
     memory_margin: float = 0.0
 
+    def __post_init__(self) -> None:
+        margin = self.memory_margin
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0.0 <= margin < 1.0:
+            raise ValueError(f"memory_margin must be a fraction of GPU memory in [0, 1), got {margin!r}")
+
     def usable(self, cluster: ClusterSpec) -> float:
         """Bytes a plan may take on one GPU: its memory less the margin."""
         return cluster.gpu.memory_bytes * (1.0 - self.memory_margin)

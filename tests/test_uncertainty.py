@@ -110,3 +110,6 @@ def test_the_solver_keeps_the_memory_margin():
     assert result.exit_code == 1 and f"{usable:.1f} GiB" in result.output
     result = run("solve", "-m", "llama-3.1-8b", "--memory-margin", "0.7")
     assert result.exit_code == 2 and "--memory-margin" in result.output
+    for bad in (1.0, -0.1, "5%", True):
+        with pytest.raises(ValueError, match="memory_margin must be a fraction of GPU memory in"):
+            replace(RuntimeAllowance.default(), memory_margin=bad)

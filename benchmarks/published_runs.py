@@ -188,7 +188,8 @@ def setup(run: dict, efficiency: Efficiency | None = None) -> Setup | str:
     cluster = load_cluster(CLUSTER_PRESETS[run["gpu_type"]], gpus=run["num_gpus"])
     plan = _plan(run, assumptions)
     workload = Workload(seq_len=run["seq_length"], global_batch_size=run["global_batch_size"],
-                        train_mtp="w/ MTP" in run["model_name"], stack=run["stack"])
+                        train_mtp="w/ MTP" in run["model_name"], stack=run["stack"],
+                        moe_dispatcher="deepep" if "DeepEP" in (run.get("notes") or "") else "alltoall")
     result = evaluate(model, cluster, workload, [plan], efficiency=efficiency)
     if run.get("activation_recompute") is None and not result.fits[0]:
         # a run that trained did not run out of memory, and its authors tuned it: take the fastest

@@ -14,7 +14,18 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from parallelplan.cli.format import bad, fit_text, gib, heading, plural, quiet, side_by_side, step_range, table
+from parallelplan.cli.format import (
+    bad,
+    fit_text,
+    gib,
+    heading,
+    plural,
+    quiet,
+    side_by_side,
+    software,
+    step_range,
+    table,
+)
 from parallelplan.cli.options import (
     GLOBAL_BATCH_OPTION,
     MODEL_OPTIONS,
@@ -95,7 +106,7 @@ BUDGET_OPTIONS = [
 @with_options(MODEL_OPTIONS)
 @click.option("--json", "as_json", is_flag=True, help="Print the constraints.Assessment as JSON.")
 def estimate(model_ref: str, cluster_ref: str | None, nodes: int | None, gpus: int | None, plan_file: Path | None,
-             kind: str, seq_len: int, global_batch: int | None, dropout: float, train_mtp: bool, stack: str | None, tokens: float | None,
+             kind: str, seq_len: int, global_batch: int | None, dropout: float, train_mtp: bool, stack: str | None, moe_dispatcher: str, tokens: float | None,
              price_per_gpu_hour: float | None, efficiency_file: Path | None, calibration_file: Path | None,
              memory_margin: float,
              allow_cross_domain: bool, as_json: bool,
@@ -116,7 +127,7 @@ def estimate(model_ref: str, cluster_ref: str | None, nodes: int | None, gpus: i
     fields = plan_fields_from(plan_file, plan_fields)
     cluster = load_target_cluster(cluster_ref, nodes, gpus, given_world_size(fields))
     plan = build_plan(fields, cluster.total_gpus)
-    workload = build_workload(kind=kind, seq_len=seq_len, dropout=dropout, train_mtp=train_mtp, stack=stack,
+    workload = build_workload(kind=kind, seq_len=seq_len, dropout=dropout, train_mtp=train_mtp, stack=stack, moe_dispatcher=moe_dispatcher,
                               global_batch_size=global_batch or default_global_batch(kind, seq_len, plan))
     report = assess_plan(model, cluster, plan, workload, tokens=tokens, price_per_gpu_hour=price_per_gpu_hour,
                          costs=cost_model(efficiency_file, calibration_file, memory_margin), allow_cross_domain=allow_cross_domain)
@@ -247,7 +258,7 @@ def render(model: ModelSpec, cluster: ClusterSpec, report: Assessment) -> str:
         heading(f"plan: {describe_plan(plan, model)}"),
         f"workload: {workload.kind}, {workload.seq_len} tokens x {plural(workload.global_batch_size, 'sequence')}"
         + (f" ({plural(micro, 'micro-batch', 'micro-batches')} per pipeline per step)" if workload.training else "")
-        + f", on {workload.stack}",
+        + f", on {software(workload, model)}",
         "",
     ]
     if est is not None:

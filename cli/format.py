@@ -124,3 +124,10 @@ def risk_mark(memory) -> str:
 def step_range(interval: tuple[float, float]) -> str:
     """The 80% step-time interval: '1.10–1.45'."""
     return f"{interval[0]:.3f}–{interval[1]:.3f}"
+
+
+def software(workload, model) -> str:
+    """The stack a workload is priced on, with its MoE dispatcher when the model has experts."""
+    if model.moe is None:
+        return workload.stack
+    return f"{workload.stack} ({'DeepEP' if workload.moe_dispatcher == 'deepep' else 'all-to-all'} dispatch)"

@@ -35,6 +35,9 @@ WORKLOAD_OPTIONS = [
     click.option("--stack", type=click.Choice(["megatron", "megatron-2022", "torchtitan", "deepspeed", "maxtext", "custom"]),
                  help="The software that runs the plan: its attention kernel and what its overlap hides price the step "
                       "(constraints/data/stacks.json) [default: megatron; plan launch: the target's]."),
+    click.option("--moe-dispatcher", type=click.Choice(["alltoall", "deepep"]), default="alltoall", show_default=True,
+                 help="How an MoE model's tokens reach their experts: NCCL all-to-alls of every routed copy, or DeepEP "
+                      "(one copy per remote node, then NVLink) where the stack offers it."),
 ]
 MODEL_OPTIONS = [
     click.option("--efficiency", "efficiency_file", type=click.Path(dir_okay=False, path_type=Path),

@@ -12,6 +12,8 @@ Jeaugey 2019 "Massively scale your deep learning training with NCCL 2.4" for the
     t = (n₁−1)/n₁ · M/(η₁B₁) + (n₂−1)/n₂ · (M/n₁)/(η₂B₂) + (n₁−1)·α₁ + (n₂−1)·α₂
 All-reduce is a reduce-scatter plus an all-gather (twice that). All-to-all: each GPU sends (n−1)/n of
 M, its intra-domain share over B₁ and the rest over its NIC concurrently (the slower sets the time).
+DeepEP's dispatch sends each token once per remote domain
+that holds one of its experts, then over NVLink (`Fabric.node_deduplicated_dispatch`).
 Point-to-point: M over B₁ within a domain, else over the NIC; a step of a ring (CP's K/V exchange) is as
 slow as its slowest hop, so over the NIC once the group spans domains. η are NCCL bus efficiencies, α per-step
 latencies (``Efficiency.network_bus``, ``Efficiency.latency_s``).
@@ -73,6 +75,27 @@ class Fabric:
         size_f = np.maximum(np.asarray(size, dtype=float), 1.0)
         intra = nbytes * (n1 - 1) / size_f / self.intra_bw
         inter = nbytes * (size_f - n1) / size_f / self.inter_bw
+        latency = (n1 - 1) * self.intra_alpha + (n2 - 1) * self.inter_alpha
+        return np.where(size > 1, np.maximum(intra, inter) + latency, 0.0)
+
+    def node_deduplicated_dispatch(self, copy_bytes: np.ndarray, copies: int, experts: int, size: np.ndarray,
+                                   stride: np.ndarray) -> np.ndarray:
+        """DeepEP's dispatch (or its mirror, the combine) of tokens to ``copies`` of ``experts`` experts
+        spread evenly over the group (DeepSeek-AI 2025, DeepEP README "normal kernels"; DeepSeek-V3
+        report §3.2.2): a token crosses the network once per remote domain that holds one of its experts
+        (to the GPU of the same local index there) and is forwarded over NVLink to the experts' GPUs.
+        Under uniform routing a domain holding E/n₂ of the E experts receives none of a token's k with
+        probability C(E − E/n₂, k) / C(E, k), so the expected remote domains per token are
+        (n₂ − 1)·(1 − C(E − E/n₂, k)/C(E, k)), against (n − n₁)/n · k copies for NCCL's all-to-all.
+        ``copy_bytes``: one copy of the GPU's tokens. The NIC and NVLink work concurrently."""
+        n1, n2 = self.split(size, stride)
+        per_domain = experts / n2
+        untouched = np.ones_like(per_domain, dtype=float)
+        for i in range(copies):  # C(E − E/n₂, k) / C(E, k) as a product of k ratios
+            untouched = untouched * np.maximum(experts - per_domain - i, 0.0) / (experts - i)
+        remote_domains = (n2 - 1) * (1 - untouched)
+        inter = copy_bytes * remote_domains / self.inter_bw
+        intra = copy_bytes * copies * (n1 - 1) / n1 / self.intra_bw
         latency = (n1 - 1) * self.intra_alpha + (n2 - 1) * self.inter_alpha
         return np.where(size > 1, np.maximum(intra, inter) + latency, 0.0)
 

@@ -140,7 +140,10 @@ class Workload(_Frozen):
     ``dropout`` is the hidden/attention dropout probability (0 in modern pre-training); ``train_mtp``
     trains DeepSeek-V3's multi-token-prediction modules too. ``stack`` is the software that runs it
     (``data/stacks.json``: its attention kernel and overlap mechanisms price the step; a launch target
-    implies its stack)."""
+    implies its stack). ``moe_dispatcher`` is how MoE tokens reach their experts' GPUs: ``alltoall``
+    (NCCL all-to-alls of every routed copy: Megatron-Core's alltoall dispatcher, torchtitan's standard
+    backend) or ``deepep`` (DeepEP: one copy per remote node, then NVLink; Megatron-Core's flex
+    dispatcher, torchtitan's deepep backend) — where the stack offers it (``stacks.json``)."""
 
     kind: Literal["pretrain", "finetune", "inference"] = "pretrain"
     seq_len: Count
@@ -148,6 +151,17 @@ class Workload(_Frozen):
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
     train_mtp: bool = False
     stack: Literal["megatron", "megatron-2022", "torchtitan", "deepspeed", "maxtext", "custom"] = "megatron"
+    moe_dispatcher: Literal["alltoall", "deepep"] = "alltoall"
+
+    @model_validator(mode="after")
+    def _stack_dispatches(self) -> Workload:
+        from parallelplan.constraints.efficiency import stacks
+
+        offered = stacks()[self.stack]["moe_dispatchers"]
+        if self.moe_dispatcher not in offered:
+            raise ValueError(f"moe_dispatcher {self.moe_dispatcher!r}: the {self.stack} stack offers "
+                             f"{', '.join(offered)}")
+        return self
 
     @property
     def training(self) -> bool:

@@ -22,7 +22,8 @@ Per micro-batch on pipeline rank i (`constraints.compute` for the compute):
   (η: the overlap fractions of the workload's stack, `Efficiency.overlap`, 0 where it has no such mechanism);
 - context parallelism: ring attention passes the rank's K and V cp − 1 times forward (K, V and their
   gradients backward), hidden behind attention up to η_cp (Liu et al. 2023, Ring Attention);
-- expert parallelism: an all-to-all dispatch and combine per MoE layer and pass; with ``ep_comm_overlap``
+- expert parallelism: a dispatch and a combine per MoE layer and pass — NCCL all-to-alls of the k
+  routed copies, or with ``moe_dispatcher`` deepep one copy per remote domain holding an expert; with ``ep_comm_overlap``
   (Megatron-Core's ``--overlap-moe-expert-parallel-comm``: one micro-batch's all-to-all runs while
   another computes, as in DeepSeek-V3's DualPipe) hidden behind up to η_ep of the layer's compute (not
   the host synchronisation that must precede a dispatch), else only behind the shared experts
@@ -173,8 +174,12 @@ def step_times(
         cp_exposed = cp_exposed + np.maximum(2 * ring - hide["cp"] * attention_bwd, 0.0)
 
     # expert parallelism: dispatch and combine all-to-alls per MoE layer and pass
-    routed_bytes = f.top_k * tokens * f.hidden * b / tp if f.experts else np.zeros(len(p))
-    a2a = 2 * moe_l * col(fabric.all_to_all(routed_bytes, ep, etp))
+    token_bytes = tokens * f.hidden * b / tp
+    if f.experts and w.moe_dispatcher == "deepep":
+        dispatch = fabric.node_deduplicated_dispatch(token_bytes, f.top_k, f.experts, ep, etp)
+    else:
+        dispatch = fabric.all_to_all(f.top_k * token_bytes if f.experts else np.zeros(len(p)), ep, etp)
+    a2a = 2 * moe_l * col(dispatch)
     cover = moe_l * np.where(col(p.ep_comm_overlap) > 0, col(times.moe_overlappable_forward), col(times.moe_shared_forward))
     ep_comm = (1 + full + on["moe"]) * np.maximum(a2a - hide["ep"] * cover, 0.0)
     if training:

@@ -118,12 +118,16 @@ def model_arguments(job: Job) -> list[str]:
 
 
 def moe_arguments(job: Job) -> list[str]:
-    """Experts, routing and the dense/MoE layer pattern; the all-to-all dispatcher with expert parallelism."""
+    """Experts, routing and the dense/MoE layer pattern; with expert parallelism the all-to-all dispatcher,
+    or the flex dispatcher on DeepEP (`Workload.moe_dispatcher`)."""
     m, p = job.model.moe, job.plan
     out = [f"--num-experts={m.num_experts}", f"--moe-router-topk={m.experts_per_token}",
            f"--moe-ffn-hidden-size={m.expert_ffn_hidden_size}", "--moe-grouped-gemm",
-           "--moe-router-load-balancing-type=aux_loss",
-           f"--moe-token-dispatcher-type={'alltoall' if p.ep > 1 else 'allgather'}"]
+           "--moe-router-load-balancing-type=aux_loss"]
+    if p.ep > 1 and job.workload.moe_dispatcher == "deepep":
+        out += ["--moe-token-dispatcher-type=flex", "--moe-flex-dispatcher-backend=deepep"]
+    else:
+        out.append(f"--moe-token-dispatcher-type={'alltoall' if p.ep > 1 else 'allgather'}")
     if m.num_shared_experts:
         out.append(f"--moe-shared-expert-intermediate-size={m.num_shared_experts * m.shared_expert_ffn_hidden_size}")
         if m.shared_expert_gate:

@@ -91,6 +91,9 @@ def check(job: Job) -> None:
         if p.ep > 1 and (p.etp != 1 or (shard * p.cp * p.tp) % p.ep):
             raise unsupported(NAME, f"ep {p.ep} with expert-tp {p.etp} (EP borrows ranks from FSDP × CP × TP: "
                                     f"{shard}·{p.cp}·{p.tp}, and expert TP is 1)", AGAIN)
+        if p.ep > 1 and job.workload.moe_dispatcher == "deepep":
+            raise unsupported(NAME, "DeepEP dispatch from its flags (it chooses the token dispatcher in the "
+                                    "model's config)", "solve with --moe-dispatcher alltoall")
         if p.ep == 1 and p.etp != p.tp:
             raise unsupported(NAME, f"expert-tp {p.etp} without EP (experts follow TP)", AGAIN)
     if m.mtp_layers and job.workload.train_mtp:

@@ -47,6 +47,7 @@ def deepspeed_cases() -> dict[str, Solution]:
 def megatron_cases() -> dict[str, Solution]:
     long = Workload(seq_len=32768, global_batch_size=64)
     mtp = Workload(seq_len=4096, global_batch_size=4096, train_mtp=True)
+    deepep = WORK.model_copy(update={"moe_dispatcher": "deepep"})
     return {
         "tp pp vpp sp fsdp selective": _solve("llama-3.1-70b", 4, "megatron"),
         "cp zero1 full recompute": _solve(EIGHT_B, 2, "megatron", {"cp": 2, "sharding": "zero1", "recompute": "full"},
@@ -55,6 +56,7 @@ def megatron_cases() -> dict[str, Solution]:
             EIGHT_B, 3, "megatron", {"pp": 3, "tp": 2, "sharding": "zero1"},
             {"precision": ["fp8"], "recompute": ["full"]}),
         "moe ep etp alltoall": _solve("mixtral-8x7b", 2, "megatron", {"ep": 4, "etp": 1}),
+        "moe ep across nodes deepep": _solve("qwen3-30b-a3b", 2, "megatron", {"ep": 16, "etp": 1}, workload=deepep),
         "mla shared experts dense layers mtp": _solve(
             "deepseek-v3", 32, "megatron", {"tp": 2, "pp": 16, "ep": 8, "etp": 1, "vpp": 1, "cp": 1}, workload=mtp),
         "hsdp": _solve(EIGHT_B, 2, "megatron", {"sharding": "hsdp", "tp": 1, "pp": 1}),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 
 from parallelplan.constraints import (
@@ -25,6 +26,7 @@ from parallelplan.constraints import (
     evaluate,
 )
 from parallelplan.constraints.activations import layer_activations
+from parallelplan.constraints.collectives import Fabric
 from parallelplan.constraints.structure import model_facts
 from parallelplan.hardware import load_cluster
 from parallelplan.models import load_model
@@ -485,3 +487,32 @@ def test_batch_level_overlap_hides_the_expert_all_to_all():
     overlapped = estimate(DEEPSEEK, h100(32), plan, work).time.ep_comm
     serial = estimate(DEEPSEEK, h100(32), plan.model_copy(update={"ep_comm_overlap": False}), work).time.ep_comm
     assert serial > overlapped
+
+
+def test_deepep_sends_each_token_once_per_remote_node_that_holds_one_of_its_experts():
+    """Two DGX nodes, 16 experts (8 per node), top-2: a token misses the other node with probability
+    C(8, 2)/C(16, 2) = 28/120, so it crosses the network 1 − 28/120 times, against k·(n − n₁)/n = 1 copy
+    for NCCL's all-to-all; NVLink forwards k·(n₁ − 1)/n₁ copies in both."""
+    eff = Efficiency.default()
+    fabric = Fabric.of(h100(2), eff)
+    copy = np.array([64e6])
+    size, stride = np.array([16]), np.array([1])
+    remote = 1 - 28 / 120
+    expected = max(copy[0] * remote / fabric.inter_bw, copy[0] * 2 * 7 / 8 / fabric.intra_bw) \
+        + 7 * fabric.intra_alpha + fabric.inter_alpha
+    assert fabric.node_deduplicated_dispatch(copy, 2, 16, size, stride)[0] == pytest.approx(expected)
+    assert fabric.all_to_all(2 * copy, size, stride)[0] > expected
+    inside = np.array([8])  # one node: nothing to deduplicate, the same NVLink traffic as the all-to-all
+    assert fabric.node_deduplicated_dispatch(copy, 2, 16, inside, stride)[0] == pytest.approx(
+        fabric.all_to_all(2 * copy, inside, stride)[0])
+
+
+def test_deepep_shortens_the_exposed_expert_exchange_across_nodes_only():
+    plan = Plan(dp=16, ep=16, sharding="zero1", recompute="full", ep_comm_overlap=False)
+    work = Workload(seq_len=4096, global_batch_size=64)
+    deepep = work.model_copy(update={"moe_dispatcher": "deepep"})
+    qwen = load_model("qwen3-30b-a3b")  # 128 experts, top-8
+    assert estimate(qwen, h100(2), plan, deepep).time.ep_comm < estimate(qwen, h100(2), plan, work).time.ep_comm
+    node = plan.model_copy(update={"dp": 8, "ep": 8})
+    assert estimate(qwen, h100(1), node, deepep).time.ep_comm == pytest.approx(
+        estimate(qwen, h100(1), node, work).time.ep_comm)

@@ -29,10 +29,15 @@ def test_the_stacks_file_covers_every_stack_architecture_and_overlap():
     option = next(p for p in plan_cli.commands["estimate"].params if p.name == "stack")
     assert tuple(option.type.choices) == STACKS
     architectures = set(Efficiency.default().gemm)
+    dispatchers = typing.get_args(Workload.model_fields["moe_dispatcher"].annotation)
+    option = next(p for p in plan_cli.commands["estimate"].params if p.name == "moe_dispatcher")
+    assert tuple(option.type.choices) == dispatchers
     for name, stack in stacks().items():
         assert set(stack["attention"]) == architectures, name
         assert set(stack["overlap"]) == {"tp", "dp", "cp", "ep"}, name
-        assert stack["source"] and stack["attention_kernel"] and set(stack["mechanisms"]) == {"tp", "dp", "cp", "ep"}
+        assert stack["source"] and stack["attention_kernel"]
+        assert set(stack["mechanisms"]) == {"tp", "dp", "cp", "ep", "moe_dispatch"}, name
+        assert "alltoall" in stack["moe_dispatchers"] and set(stack["moe_dispatchers"]) <= set(dispatchers), name
     listed = CliRunner().invoke(plan_cli, ["presets", "--kind", "stacks"]).output
     assert all(name in listed for name in STACKS) and "FlashAttention-2 (SDPA)" in listed
 
@@ -172,3 +177,23 @@ def test_megatron_2022_scatters_pipeline_sends_and_does_not_overlap_the_gradient
             for stack in ("megatron", "megatron-2022")}
     assert time["megatron-2022"].pp_comm < time["megatron"].pp_comm
     assert time["megatron-2022"].dp_comm > time["megatron"].dp_comm
+
+
+def test_a_dispatcher_the_stack_does_not_offer_is_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="moe_dispatcher 'deepep': the deepspeed stack offers alltoall"):
+        Workload(seq_len=4096, global_batch_size=64, stack="deepspeed", moe_dispatcher="deepep")
+    result = run("estimate", "-m", "mixtral-8x7b", "-c", "dgx-h100", "--ep", "8", "--stack", "maxtext",
+                 "--moe-dispatcher", "deepep")
+    assert result.exit_code == 2 and "the maxtext stack offers alltoall" in result.output
+    result = run("estimate", "-m", "qwen3-30b-a3b", "-c", "dgx-h100", "--nodes", "2", "--ep", "16", "--sharding", "zero1",
+                 "--recompute", "full", "--moe-dispatcher", "deepep")
+    assert result.exit_code == 0 and "on megatron (DeepEP dispatch)" in result.output
+    # torchtitan has DeepEP, but 0.3.0 selects it in the model's config, which the target does not write
+    result = run("launch", "-m", "mixtral-8x7b", "-c", "dgx-h100", "--nodes", "2", "--ep", "8", "--target", "torchtitan",
+                 "--moe-dispatcher", "deepep", "--out", str(tmp_path / "tt"))
+    assert result.exit_code == 2 and "--moe-dispatcher alltoall" in result.output
+    rows = [{"model": "qwen3-30b-a3b", "cluster": "dgx-h100", "nodes": 2, "seq_len": 4096, "global_batch_size": 64,
+             "ep": 16, "moe_dispatcher": "deepep", "step_time_s": 10.0}]
+    path = tmp_path / "runs.json"
+    path.write_text(json.dumps(rows))
+    assert read_runs(path)[0].workload.moe_dispatcher == "deepep"

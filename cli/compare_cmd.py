@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 @with_options(MODEL_OPTIONS)
 @click.option("--json", "as_json", is_flag=True, help="Print the list of solver.Comparison as JSON.")
 def compare(model_refs: tuple[str, ...], cluster_refs: tuple[str, ...], nodes: int | None, gpus: int | None, kind: str,
-            seq_len: int, dropout: float, train_mtp: bool, stack: str | None, moe_dispatcher: str, objective: str, tokens: float | None, as_json: bool,
+            seq_len: int, dropout: float, train_mtp: bool, stack: str | None, moe_dispatcher: str, moe_imbalance: float, objective: str, tokens: float | None, as_json: bool,
             **search: Any) -> None:
     """Best plans of several models and/or clusters, side by side.
 
@@ -57,7 +57,7 @@ def compare(model_refs: tuple[str, ...], cluster_refs: tuple[str, ...], nodes: i
         raise SolverInputError("--model and --cluster each name a value once")
     models = [load_model(ref) for ref in model_refs]
     clusters = [load_target_cluster(ref, nodes, gpus) for ref in (cluster_refs or (None,))]
-    workload = build_workload(kind=kind, seq_len=seq_len, dropout=dropout, train_mtp=train_mtp, stack=stack, moe_dispatcher=moe_dispatcher,
+    workload = build_workload(kind=kind, seq_len=seq_len, dropout=dropout, train_mtp=train_mtp, stack=stack, moe_dispatcher=moe_dispatcher, moe_imbalance=moe_imbalance,
                               global_batch_size=search["global_batch"] or default_global_batch(kind, seq_len))
     with progress("compare") as report:
         rows = compare_pairs(models, clusters, workload, tokens=tokens, progress=report,

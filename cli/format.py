@@ -127,7 +127,9 @@ def step_range(interval: tuple[float, float]) -> str:
 
 
 def software(workload, model) -> str:
-    """The stack a workload is priced on, with its MoE dispatcher when the model has experts."""
+    """The stack a workload is priced on, with its MoE dispatcher and routing balance when the model has experts."""
     if model.moe is None:
         return workload.stack
-    return f"{workload.stack} ({'DeepEP' if workload.moe_dispatcher == 'deepep' else 'all-to-all'} dispatch)"
+    balance = ("balanced routing" if workload.moe_imbalance == 1
+               else f"busiest expert rank {workload.moe_imbalance:g}x the mean")
+    return f"{workload.stack} ({'DeepEP' if workload.moe_dispatcher == 'deepep' else 'all-to-all'} dispatch, {balance})"

@@ -82,7 +82,7 @@ def _solution(target: str, options: dict[str, Any], as_json: bool):
     search = search_arguments(options)
     model, cluster, workload = build_inputs(options["model_ref"], options["cluster_ref"], options["nodes"], options["gpus"],
                                             options["kind"], options["seq_len"], options["dropout"], options["train_mtp"],
-                                            options["stack"], options["moe_dispatcher"], options["global_batch"], search["fixed"])
+                                            options["stack"], options["moe_dispatcher"], options["moe_imbalance"], options["global_batch"], search["fixed"])
     limits = constraints(target)
     for name, value in search["fixed"].items():
         needed = _refused(limits, name, value)

@@ -38,6 +38,9 @@ WORKLOAD_OPTIONS = [
     click.option("--moe-dispatcher", type=click.Choice(["alltoall", "deepep"]), default="alltoall", show_default=True,
                  help="How an MoE model's tokens reach their experts: NCCL all-to-alls of every routed copy, or DeepEP "
                       "(one copy per remote node, then NVLink) where the stack offers it."),
+    click.option("--moe-imbalance", type=click.FloatRange(min=1.0), default=1.0, show_default=True,
+                 help="Routed tokens on the busiest expert-parallel rank over the mean (1 = balanced routing, as "
+                      "the published MoE benchmarks force; learned routing measures more)."),
 ]
 MODEL_OPTIONS = [
     click.option("--efficiency", "efficiency_file", type=click.Path(dir_okay=False, path_type=Path),

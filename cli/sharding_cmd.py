@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 @with_options(MODEL_OPTIONS)
 @click.option("--json", "as_json", is_flag=True, help="Print the constraints.ShardingComparison as JSON.")
 def sharding(model_ref: str, cluster_ref: str | None, nodes: int | None, gpus: int | None, hsdp_shard_size: int | None,
-             kind: str, seq_len: int, dropout: float, train_mtp: bool, stack: str | None, moe_dispatcher: str, global_batch: int | None,
+             kind: str, seq_len: int, dropout: float, train_mtp: bool, stack: str | None, moe_dispatcher: str, moe_imbalance: float, global_batch: int | None,
              efficiency_file: Path | None, calibration_file: Path | None,
              memory_margin: float, allow_cross_domain: bool, as_json: bool,
              **plan_fields: Any) -> None:
@@ -68,7 +68,7 @@ def sharding(model_ref: str, cluster_ref: str | None, nodes: int | None, gpus: i
     fields = {name: value for name, value in plan_fields.items() if value is not None}
     cluster = load_target_cluster(cluster_ref, nodes, gpus, given_world_size(fields))
     plan = build_plan(fields, cluster.total_gpus)
-    workload = build_workload(kind=kind, seq_len=seq_len, dropout=dropout, train_mtp=train_mtp, stack=stack, moe_dispatcher=moe_dispatcher,
+    workload = build_workload(kind=kind, seq_len=seq_len, dropout=dropout, train_mtp=train_mtp, stack=stack, moe_dispatcher=moe_dispatcher, moe_imbalance=moe_imbalance,
                               global_batch_size=global_batch or default_global_batch(kind, seq_len, plan))
     result = compare_sharding(model, cluster, plan, workload, hsdp_shard_size=hsdp_shard_size,
                               allow_cross_domain=allow_cross_domain, **cost_model(efficiency_file, calibration_file, memory_margin))

@@ -96,7 +96,7 @@ SEARCH_OPTIONS = [
 @with_options(MODEL_OPTIONS)
 @click.option("--json", "as_json", is_flag=True, help="Print the solver.Solution as JSON.")
 def solve(model_ref: str, cluster_ref: str, nodes: int | None, gpus: int | None, kind: str, seq_len: int,
-          dropout: float, train_mtp: bool, stack: str | None, moe_dispatcher: str, objective: str, tolerance: float, top_k: int, as_json: bool,
+          dropout: float, train_mtp: bool, stack: str | None, moe_dispatcher: str, moe_imbalance: float, objective: str, tolerance: float, top_k: int, as_json: bool,
           **search: Any) -> None:
     """The best plan for an objective, proved optimal by CP-SAT, and why it wins.
 
@@ -111,7 +111,7 @@ def solve(model_ref: str, cluster_ref: str, nodes: int | None, gpus: int | None,
     from parallelplan.solver import solve as solve_plan
 
     arguments = search_arguments(search)
-    model, cluster, workload = build_inputs(model_ref, cluster_ref, nodes, gpus, kind, seq_len, dropout, train_mtp, stack, moe_dispatcher,
+    model, cluster, workload = build_inputs(model_ref, cluster_ref, nodes, gpus, kind, seq_len, dropout, train_mtp, stack, moe_dispatcher, moe_imbalance,
                                             search["global_batch"], arguments["fixed"])
     try:
         with progress("solve") as report:
@@ -134,7 +134,7 @@ def solve(model_ref: str, cluster_ref: str, nodes: int | None, gpus: int | None,
 @with_options(MODEL_OPTIONS)
 @click.option("--json", "as_json", is_flag=True, help="Print the list of solver.Solution as JSON.")
 def pareto(model_ref: str, cluster_ref: str, nodes: int | None, gpus: int | None, kind: str, seq_len: int,
-           dropout: float, train_mtp: bool, stack: str | None, moe_dispatcher: str, objectives: str, as_json: bool, **search: Any) -> None:
+           dropout: float, train_mtp: bool, stack: str | None, moe_dispatcher: str, moe_imbalance: float, objectives: str, as_json: bool, **search: Any) -> None:
     """The plans no other plan beats on every objective at once, each proved optimal in its slice.
 
     \b
@@ -146,7 +146,7 @@ def pareto(model_ref: str, cluster_ref: str, nodes: int | None, gpus: int | None
     from parallelplan.solver import pareto as pareto_plans
 
     arguments = search_arguments(search)
-    model, cluster, workload = build_inputs(model_ref, cluster_ref, nodes, gpus, kind, seq_len, dropout, train_mtp, stack, moe_dispatcher,
+    model, cluster, workload = build_inputs(model_ref, cluster_ref, nodes, gpus, kind, seq_len, dropout, train_mtp, stack, moe_dispatcher, moe_imbalance,
                                             search["global_batch"], arguments["fixed"])
     names = [name.strip() for name in objectives.split(",") if name.strip()]
     try:
@@ -163,7 +163,7 @@ def pareto(model_ref: str, cluster_ref: str, nodes: int | None, gpus: int | None
 # -- parsing --------------------------------------------------------------------------------------------
 
 def build_inputs(model_ref: str, cluster_ref: str | None, nodes: int | None, gpus: int | None, kind: str, seq_len: int,
-                 dropout: float, train_mtp: bool, stack: str | None, moe_dispatcher: str, global_batch: int | None,
+                 dropout: float, train_mtp: bool, stack: str | None, moe_dispatcher: str, moe_imbalance: float, global_batch: int | None,
                  fixed: dict[str, Any]) -> tuple[ModelSpec, ClusterSpec, Workload]:
     """Model, cluster and workload of a search. Without --nodes/--gpus, a pinned dp sizes the cluster to
     tp·pp·dp·cp GPUs (unpinned degrees count 1)."""
@@ -171,7 +171,7 @@ def build_inputs(model_ref: str, cluster_ref: str | None, nodes: int | None, gpu
 
     model = load_model(model_ref)
     cluster = load_target_cluster(cluster_ref, nodes, gpus, given_world_size(fixed))
-    workload = build_workload(kind=kind, seq_len=seq_len, dropout=dropout, train_mtp=train_mtp, stack=stack, moe_dispatcher=moe_dispatcher,
+    workload = build_workload(kind=kind, seq_len=seq_len, dropout=dropout, train_mtp=train_mtp, stack=stack, moe_dispatcher=moe_dispatcher, moe_imbalance=moe_imbalance,
                               global_batch_size=global_batch or default_global_batch(kind, seq_len))
     return model, cluster, workload
 

@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 @click.option("--json", "as_json", is_flag=True, help="Print the constraints.Assessment as JSON.")
 def validate(model_ref: str, cluster_ref: str | None, nodes: int | None, gpus: int | None, plan_file: Path | None,
              deepspeed_file: Path | None, kind: str, seq_len: int, global_batch: int | None, dropout: float,
-             train_mtp: bool, stack: str | None, moe_dispatcher: str, efficiency_file: Path | None, calibration_file: Path | None,
+             train_mtp: bool, stack: str | None, moe_dispatcher: str, moe_imbalance: float, efficiency_file: Path | None, calibration_file: Path | None,
              memory_margin: float, allow_cross_domain: bool,
              as_json: bool,
              **plan_fields: Any) -> None:
@@ -82,7 +82,7 @@ def validate(model_ref: str, cluster_ref: str | None, nodes: int | None, gpus: i
     else:
         cluster = load_target_cluster(cluster_ref, nodes, gpus, given_world_size(fields))
     plan = build_plan(fields, cluster.total_gpus)
-    workload = build_workload(kind=kind, seq_len=seq_len, dropout=dropout, train_mtp=train_mtp, stack=stack, moe_dispatcher=moe_dispatcher,
+    workload = build_workload(kind=kind, seq_len=seq_len, dropout=dropout, train_mtp=train_mtp, stack=stack, moe_dispatcher=moe_dispatcher, moe_imbalance=moe_imbalance,
                               global_batch_size=global_batch or default_global_batch(kind, seq_len, plan))
     report = assess_plan(model, cluster, plan, workload, tokens=None, price_per_gpu_hour=None,
                          costs=cost_model(efficiency_file, calibration_file, memory_margin), allow_cross_domain=allow_cross_domain)

@@ -22,7 +22,7 @@ Parallelism: tensor-parallel regions (Q, K, V, attention output, MLP interiors) 
 (norm inputs and outputs, GEMM inputs, masks) only with sequence parallelism (Korthikanti §4.2.2).
 Context parallelism splits the sequence: tokens per GPU = micro_batch · seq_len / cp. Routed experts:
 balanced routing gives the etp ranks of an expert k·T·etp/tp routed tokens each, with the FFN widths split
-by etp.
+by etp; the busiest rank holds `Workload.moe_imbalance` times that (`busiest_rank_load`).
 Recompute: ``selective`` recomputes ``Plan.recompute_modules`` (Megatron-Core's selective recompute
 modules, `megatron/core/transformer/transformer_layer.py`), each dropping what it rebuilds: ``core_attn``
 the attention core's own tensors (eager attention's score matrices, flash attention's log-sum-exp;
@@ -65,6 +65,12 @@ class LayerActivations:
     moe_full: np.ndarray
     dense_kept: np.ndarray
     moe_kept: np.ndarray
+
+
+def busiest_rank_load(p: PlanArrays, w: Workload) -> np.ndarray:
+    """Routed tokens on the busiest expert-parallel rank over the balanced share (`Workload.moe_imbalance`),
+    at most ep (every token on one rank); 1 without expert parallelism (one rank computes them all)."""
+    return np.minimum(w.moe_imbalance, p.ep.astype(float))
 
 
 def _norm(f: ModelFacts, b: np.ndarray, fused: np.ndarray, width: float) -> np.ndarray:
@@ -118,7 +124,7 @@ def layer_activations(f: ModelFacts, p: PlanArrays, w: Workload) -> LayerActivat
         # permutation indices and the routing weight (26 bytes)
         routed_fused = 2 * b * h * p.etp / tp + b * ((1 + gate) * f.expert_ffn + f.expert_ffn) / tp
         routed_unfused = (2 * b * h + 4 * b * f.expert_ffn + 26.0) / tp
-        routed = k * np.where(fused, routed_fused, routed_unfused)
+        routed = k * busiest_rank_load(p, w) * np.where(fused, routed_fused, routed_unfused)
         moe_mlp = (mlp_norm + router) / sp_div + routed + (ffn(f.shared_ffn) / tp if f.shared_ffn else 0.0)
     else:
         moe_mlp = np.zeros_like(b)
@@ -150,7 +156,7 @@ def layer_activations(f: ModelFacts, p: PlanArrays, w: Workload) -> LayerActivat
     dense_freed = attention_freed + np.where(on["mlp"], mlp_block, on["layernorm"] * norm_output)
     if f.experts:
         moe_block = moe_mlp - (layer_input + mask * h / sp_div)
-        parts = (on["layernorm"] * norm_output + on["moe_act"] * k * b * f.expert_ffn / tp
+        parts = (on["layernorm"] * norm_output + on["moe_act"] * k * busiest_rank_load(p, w) * b * f.expert_ffn / tp
                  + on["shared_experts"] * (ffn(f.shared_ffn) / tp if f.shared_ffn else 0.0))
         moe_freed = attention_freed + np.where(on["moe"], moe_block, parts)
     else:

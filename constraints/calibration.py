@@ -7,8 +7,8 @@ Runs (`read_runs`): a CSV file, or a JSON list of objects (or ``{"runs": [...]}`
 ``model`` and ``cluster`` (what ``load_model`` / ``load_cluster`` take), ``nodes`` or ``gpus``,
 ``seq_len``, ``global_batch_size``, ``step_time_s`` or ``tokens_per_s``, optionally ``peak_memory_gib``
 (the largest ``torch.cuda.max_memory_reserved`` over the GPUs), ``kind`` and ``stack`` (the software that
-ran it, `Workload.stack`; default megatron), ``moe_dispatcher`` (`Workload.moe_dispatcher`; default
-alltoall), and any `Plan` field as a
+ran it, `Workload.stack`; default megatron), ``moe_dispatcher`` and ``moe_imbalance`` (`Workload`'s;
+default alltoall and 1), and any `Plan` field as a
 column (``tp``, ``pp``, ``micro_batch_size``, ``sharding``, ``recompute``, ...; lists separated by ``;``;
 an empty cell takes the field's default, ``dp`` the GPUs left by tp·pp·cp).
 
@@ -61,7 +61,7 @@ vector left after projecting out the already chosen factors') is its own: otherw
 it apart from them, and fitting both would trade one against the other."""
 RUNS_PER_FACTOR = 3
 FOLDS = 5
-RUN_COLUMNS = ("model", "cluster", "nodes", "gpus", "kind", "stack", "moe_dispatcher", "seq_len", "global_batch_size", "step_time_s",
+RUN_COLUMNS = ("model", "cluster", "nodes", "gpus", "kind", "stack", "moe_dispatcher", "moe_imbalance", "seq_len", "global_batch_size", "step_time_s",
                "tokens_per_s", "peak_memory_gib")
 
 
@@ -205,6 +205,7 @@ def _run(path: Path, row: int, cells: dict[str, Any]) -> MeasuredRun:
     try:
         workload = Workload(kind=values.get("kind", "pretrain"), stack=values.get("stack", "megatron"),
                             moe_dispatcher=values.get("moe_dispatcher", "alltoall"),
+                            moe_imbalance=values.get("moe_imbalance", 1.0),
                             seq_len=values["seq_len"], global_batch_size=values["global_batch_size"])
     except ValidationError as err:
         raise PlanError(f"{where}: {describe_validation_error(err, 'workload')}") from None

@@ -24,7 +24,8 @@ Three physical parts, each with its own roof:
   permutation, fp8 casts, at HBM bandwidth × η_mem; backward moves about twice the forward bytes.
 Plus a fixed launch cost per kernel, and per MoE layer and pass the host time that dropless routing's
 device-to-host synchronisation exposes (``Efficiency.moe_host_sync_s``). Tensor parallelism splits the GEMM widths and the heads; context
-parallelism splits the tokens; each GPU of an MoE layer computes the routed share k·T/tp of its tokens.
+parallelism splits the tokens; each GPU of an MoE layer computes the routed share k·T/tp of its tokens, times
+the busiest rank's load (`Workload.moe_imbalance`).
 GEMMs run at fp8 under fp8 training except the LM head and router (Transformer Engine's recipe).
 """
 
@@ -34,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from parallelplan.constraints.activations import activation_bytes
+from parallelplan.constraints.activations import activation_bytes, busiest_rank_load
 from parallelplan.constraints.arrays import PlanArrays, code
 from parallelplan.constraints.efficiency import Efficiency
 from parallelplan.constraints.plan import PRECISIONS, RECOMPUTE_MODULES, Workload
@@ -204,9 +205,10 @@ def layer_times(f: ModelFacts, gpu: GPUSpec, eff: Efficiency, p: PlanArrays, w: 
     expert_gemm = np.zeros(len(p))
     shared_gemm = np.zeros(len(p))
     routed_bytes = 0.0
+    load = busiest_rank_load(p, w)  # the busiest expert-parallel rank sets the pace
     if f.experts:
         etp = p.etp.astype(float)
-        routed = f.top_k * tokens * etp / tp  # routed tokens this GPU's expert shards compute
+        routed = f.top_k * load * tokens * etp / tp  # routed tokens this GPU's expert shards compute
         local_experts = f.experts / p.ep
         per_expert = routed / local_experts
         for mm in f.mlp_matmuls(f.expert_ffn):
@@ -216,11 +218,11 @@ def layer_times(f: ModelFacts, gpu: GPUSpec, eff: Efficiency, p: PlanArrays, w: 
         router_gemm = _gemm(roof, roof.half_flops, tokens, f.hidden * one, f.experts * one, b)
         moe_gemm = expert_gemm + shared_gemm + router_gemm
         # permute, unpermute and the routing softmax: read and write k copies of each token's hidden state
-        routed_bytes = (4.0 * f.top_k * f.hidden * b / tp + 8.0 * f.experts) * tokens / roof.hbm
+        routed_bytes = (4.0 * f.top_k * load * f.hidden * b / tp + 8.0 * f.experts) * tokens / roof.hbm
 
     seconds = lambda parts: {name: value * tokens / roof.hbm for name, value in parts.items()}  # noqa: E731
     dense_parts = seconds(elementwise_parts(f, p, b, tp, f.ffn))
-    moe_parts = seconds(elementwise_parts(f, p, b, tp, f.top_k * f.expert_ffn + f.shared_ffn))
+    moe_parts = seconds(elementwise_parts(f, p, b, tp, f.top_k * load * f.expert_ffn + f.shared_ffn))
     dense_elementwise = sum(dense_parts.values())
     moe_elementwise = sum(moe_parts.values()) + routed_bytes
     launch = KERNELS_PER_LAYER_FORWARD * roof.launch
@@ -238,7 +240,7 @@ def layer_times(f: ModelFacts, gpu: GPUSpec, eff: Efficiency, p: PlanArrays, w: 
     up_projections = tuple(mm for mm in f.attention_matmuls if mm[2] == "column" and mm[0] != f.hidden)
     up_gemm = sum((_matmul_time(roof, rate, tokens, mm, tp, gemm_b) for mm in up_projections), np.zeros(len(p)))
     norm_one = dense_parts["norms"] / f.norms_per_layer
-    moe_share = (f.top_k * f.expert_ffn / (f.top_k * f.expert_ffn + f.shared_ffn)) if f.experts else 0.0
+    moe_share = (f.top_k * load * f.expert_ffn / (f.top_k * load * f.expert_ffn + f.shared_ffn)) if f.experts else 0.0
     zero = np.zeros(len(p))
     modules = {
         "core_attn": (attention, attention),

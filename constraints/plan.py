@@ -143,7 +143,10 @@ class Workload(_Frozen):
     implies its stack). ``moe_dispatcher`` is how MoE tokens reach their experts' GPUs: ``alltoall``
     (NCCL all-to-alls of every routed copy: Megatron-Core's alltoall dispatcher, torchtitan's standard
     backend) or ``deepep`` (DeepEP: one copy per remote node, then NVLink; Megatron-Core's flex
-    dispatcher, torchtitan's deepep backend) — where the stack offers it (``stacks.json``)."""
+    dispatcher, torchtitan's deepep backend) — where the stack offers it (``stacks.json``).
+    ``moe_imbalance``: routed tokens on the busiest expert-parallel rank over the mean (1 = balanced, as
+    the published benchmarks force with their balanced gates; learned routing measures more). That rank
+    sets the pace: its expert GEMMs, permutations, activations and received tokens scale with it."""
 
     kind: Literal["pretrain", "finetune", "inference"] = "pretrain"
     seq_len: Count
@@ -152,6 +155,7 @@ class Workload(_Frozen):
     train_mtp: bool = False
     stack: Literal["megatron", "megatron-2022", "torchtitan", "deepspeed", "maxtext", "custom"] = "megatron"
     moe_dispatcher: Literal["alltoall", "deepep"] = "alltoall"
+    moe_imbalance: Annotated[float, Field(ge=1.0, allow_inf_nan=False)] = 1.0
 
     @model_validator(mode="after")
     def _stack_dispatches(self) -> Workload:

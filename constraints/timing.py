@@ -23,7 +23,8 @@ Per micro-batch on pipeline rank i (`constraints.compute` for the compute):
 - context parallelism: ring attention passes the rank's K and V cp − 1 times forward (K, V and their
   gradients backward), hidden behind attention up to η_cp (Liu et al. 2023, Ring Attention);
 - expert parallelism: a dispatch and a combine per MoE layer and pass — NCCL all-to-alls of the k
-  routed copies, or with ``moe_dispatcher`` deepep one copy per remote domain holding an expert; with ``ep_comm_overlap``
+  routed copies, or with ``moe_dispatcher`` deepep one copy per remote domain holding an expert, as long
+  as the busiest rank's receipt (``moe_imbalance`` times the mean); with ``ep_comm_overlap``
   (Megatron-Core's ``--overlap-moe-expert-parallel-comm``: one micro-batch's all-to-all runs while
   another computes, as in DeepSeek-V3's DualPipe) hidden behind up to η_ep of the layer's compute (not
   the host synchronisation that must precede a dispatch), else only behind the shared experts
@@ -58,7 +59,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from parallelplan.constraints.activations import activation_bytes
+from parallelplan.constraints.activations import activation_bytes, busiest_rank_load
 from parallelplan.constraints.arrays import PlanArrays, code
 from parallelplan.constraints.collectives import Fabric, ring_bytes
 from parallelplan.constraints.compute import LayerTimes
@@ -179,7 +180,7 @@ def step_times(
         dispatch = fabric.node_deduplicated_dispatch(token_bytes, f.top_k, f.experts, ep, etp)
     else:
         dispatch = fabric.all_to_all(f.top_k * token_bytes if f.experts else np.zeros(len(p)), ep, etp)
-    a2a = 2 * moe_l * col(dispatch)
+    a2a = 2 * moe_l * col(dispatch * busiest_rank_load(p, w))  # the busiest rank receives the most
     cover = moe_l * np.where(col(p.ep_comm_overlap) > 0, col(times.moe_overlappable_forward), col(times.moe_shared_forward))
     ep_comm = (1 + full + on["moe"]) * np.maximum(a2a - hide["ep"] * cover, 0.0)
     if training:

@@ -516,3 +516,20 @@ def test_deepep_shortens_the_exposed_expert_exchange_across_nodes_only():
     node = plan.model_copy(update={"dp": 8, "ep": 8})
     assert estimate(qwen, h100(1), node, deepep).time.ep_comm == pytest.approx(
         estimate(qwen, h100(1), node, work).time.ep_comm)
+
+
+def test_the_busiest_expert_rank_sets_the_pace_and_holds_the_most_activations():
+    """``moe_imbalance`` scales the busiest rank's routed tokens: its exchange (no shared experts to
+    hide it behind: Qwen3-30B-A3B) doubles at 2x the mean, its routed activations grow linearly, and
+    the load stops at ep (every token on one rank); without expert parallelism nothing changes."""
+    qwen = load_model("qwen3-30b-a3b")
+    plan = Plan(dp=8, ep=8, sharding="zero1", recompute="none", ep_comm_overlap=False)
+    at = {x: estimate(qwen, h100(1), plan, Workload(seq_len=4096, global_batch_size=64, moe_imbalance=x)) for x in (1, 2, 3, 8, 100)}
+    assert at[2].time.ep_comm == pytest.approx(2 * at[1].time.ep_comm)
+    assert at[2].time.compute > at[1].time.compute
+    step = at[2].memory.activations - at[1].memory.activations
+    assert step > 0 and at[3].memory.activations - at[2].memory.activations == pytest.approx(step)
+    assert at[100].step_time_s == at[8].step_time_s and at[100].memory.total == at[8].memory.total
+    replicated = Plan(dp=8, sharding="zero1", recompute="full")
+    assert estimate(qwen, h100(1), replicated, Workload(seq_len=4096, global_batch_size=64, moe_imbalance=2)) \
+        .step_time_s == estimate(qwen, h100(1), replicated, Workload(seq_len=4096, global_batch_size=64)).step_time_s

@@ -187,7 +187,7 @@ def test_a_dispatcher_the_stack_does_not_offer_is_bad_input(tmp_path):
     assert result.exit_code == 2 and "the maxtext stack offers alltoall" in result.output
     result = run("estimate", "-m", "qwen3-30b-a3b", "-c", "dgx-h100", "--nodes", "2", "--ep", "16", "--sharding", "zero1",
                  "--recompute", "full", "--moe-dispatcher", "deepep")
-    assert result.exit_code == 0 and "on megatron (DeepEP dispatch)" in result.output
+    assert result.exit_code == 0 and "on megatron (DeepEP dispatch, balanced routing)" in result.output
     # torchtitan has DeepEP, but 0.3.0 selects it in the model's config, which the target does not write
     result = run("launch", "-m", "mixtral-8x7b", "-c", "dgx-h100", "--nodes", "2", "--ep", "8", "--target", "torchtitan",
                  "--moe-dispatcher", "deepep", "--out", str(tmp_path / "tt"))
@@ -197,3 +197,11 @@ def test_a_dispatcher_the_stack_does_not_offer_is_bad_input(tmp_path):
     path = tmp_path / "runs.json"
     path.write_text(json.dumps(rows))
     assert read_runs(path)[0].workload.moe_dispatcher == "deepep"
+
+
+def test_an_imbalance_below_balanced_is_bad_input():
+    result = run("estimate", "-m", "qwen3-30b-a3b", "-c", "dgx-h100", "--ep", "8", "--moe-imbalance", "0.5")
+    assert result.exit_code == 2 and "--moe-imbalance" in result.output
+    result = run("estimate", "-m", "qwen3-30b-a3b", "-c", "dgx-h100", "--ep", "8", "--sharding", "zero1", "--recompute", "full",
+                 "--moe-imbalance", "1.25")
+    assert result.exit_code == 0 and "busiest expert rank 1.25x the mean" in result.output

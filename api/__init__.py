@@ -29,7 +29,7 @@ _EXPORTS = {
     **dict.fromkeys(("Plan", "Workload", "Estimate", "PlanError", "Violation", "estimate", "check", "evaluate",
                      "assess", "compare_sharding", "describe_topology", "calibrate", "read_runs"),
                     "parallelplan.constraints"),
-    **dict.fromkeys(("Solution", "Infeasible", "SolverInputError", "solve", "pareto", "compare"),
+    **dict.fromkeys(("Solution", "Infeasible", "SolverInputError", "solve", "pareto", "compare", "place", "Role", "Placement", "solve_pools"),
                     "parallelplan.solver"),
     **dict.fromkeys(("EmitError", "emit", "list_targets", "read_config"), "parallelplan.emitters"),
 }

@@ -23,6 +23,7 @@ from parallelplan.cli.calibrate_cmd import calibrate
 from parallelplan.cli.compare_cmd import compare
 from parallelplan.cli.estimate_cmd import estimate
 from parallelplan.cli.launch_cmd import launch, slurm
+from parallelplan.cli.place_cmd import place
 from parallelplan.cli.presets_cmd import presets
 from parallelplan.cli.sharding_cmd import sharding
 from parallelplan.cli.solve_cmd import pareto, solve
@@ -108,13 +109,15 @@ def plan(ctx: click.Context, color: bool | None) -> None:
       plan validate --model llama-3.1-70b --tp 4 --dp 1
       plan sharding --model llama-3.1-8b --dp 8
       plan compare --model llama-3.1-8b --model llama-3.1-70b --cluster dgx-h100 --cluster dgx-a100 --nodes 4
+      plan place --model llama-3.1-70b --model llama-3.1-8b --nodes 8
       plan launch --model llama-3.1-70b --nodes 2 --target deepspeed --out run/
     """
     if color is not None:
         ctx.color = color
 
 
-for command in (presets, analyze, topology, estimate, validate, sharding, solve, pareto, compare, launch, slurm, calibrate):
+for command in (presets, analyze, topology, estimate, validate, sharding, solve, pareto, compare, place, launch, slurm,
+                calibrate):
     plan.add_command(command)
 plan.add_command(solve, name="recommend")
 for command in UNAVAILABLE:

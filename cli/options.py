@@ -13,7 +13,7 @@ from parallelplan.cli.format import quiet
 
 if TYPE_CHECKING:
     from parallelplan.constraints import Efficiency, Plan, Workload
-    from parallelplan.hardware import ClusterSpec
+    from parallelplan.hardware import ClusterSpec, PooledCluster
 
 TARGET_OPTIONS = [
     click.option("--model", "-m", "model_ref", required=True,
@@ -128,18 +128,24 @@ def _detect(nodes: int | None, gpus: int | None, required: bool) -> ClusterSpec 
 
 
 def load_target_cluster(cluster_ref: str | None, nodes: int | None, gpus: int | None,
-                        plan_gpus: int | None = None) -> ClusterSpec:
+                        plan_gpus: int | None = None, *, pools: bool = False) -> ClusterSpec | PooledCluster:
     """The cluster of ``--cluster``, sized by ``--nodes`` / ``--gpus``, else by ``plan_gpus`` (the GPUs
     a fully given plan runs on), else the preset's own size. Without ``--cluster``: the node detected on
-    this machine (`DETECT_ENV`), else `DEFAULT_CLUSTER`; either is announced on stderr, never silent."""
-    from parallelplan.hardware import load_cluster
+    this machine (`DETECT_ENV`), else `DEFAULT_CLUSTER`; either is announced on stderr, never silent.
+    A heterogeneous cluster file (``pools``) only where the command takes one (``pools``: `plan solve`)."""
+    from parallelplan.hardware import HardwareError, PooledCluster, load_cluster
 
     if nodes is None and gpus is None:
         gpus = plan_gpus
     if cluster_ref == DETECT_REF:
         return _detect(nodes, gpus, required=True)
     if cluster_ref is not None:
-        return load_cluster(cluster_ref, nodes=nodes, gpus=gpus)
+        cluster = load_cluster(cluster_ref, nodes=nodes, gpus=gpus)
+        if isinstance(cluster, PooledCluster) and not pools:
+            raise HardwareError(f"--cluster {cluster_ref} has pools (a heterogeneous cluster): only `plan solve` plans "
+                                "across pools (no launch target runs a different layout per pool in one job); give one "
+                                "pool's cluster here")
+        return cluster
     cluster = _detect(nodes, gpus, required=False)
     if cluster is not None:
         if not quiet():
@@ -221,6 +227,10 @@ def cost_model(efficiency_file: Path | None, calibration_file: Path | None, memo
     ``--memory-margin`` in the runtime allowance; None = defaults."""
     from dataclasses import replace
 
+    if not 0.0 <= memory_margin < 0.5:  # click's FloatRange lets nan through
+        from parallelplan.constraints import PlanError
+
+        raise PlanError(f"--memory-margin must be a fraction in [0, 0.5), got {memory_margin}")
     efficiency = runtime = None
     if calibration_file is not None:
         from parallelplan.constraints.calibration import load_profile

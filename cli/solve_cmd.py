@@ -48,9 +48,9 @@ from parallelplan.cli.options import (
 
 if TYPE_CHECKING:
     from parallelplan.constraints import Workload
-    from parallelplan.hardware import ClusterSpec
+    from parallelplan.hardware import ClusterSpec, PooledCluster
     from parallelplan.models import ModelSpec
-    from parallelplan.solver import Infeasible, Solution
+    from parallelplan.solver import Infeasible, PooledSolution, Solution
 
 TRUE, FALSE = ("true", "yes", "on"), ("false", "no", "off")
 PIN_FLAGS = ("tp", "pp", "dp", "cp", "ep")
@@ -107,12 +107,16 @@ def solve(model_ref: str, cluster_ref: str, nodes: int | None, gpus: int | None,
       plan solve -m llama-3.1-8b -c dgx-h100 --nodes 4 -o gpus,throughput --min-tokens-per-s 200000
       plan recommend -m mixtral-8x7b -c dgx-a100 --nodes 2 -o cost --range optimizer=adamw,adamw8bit --json
     """
+    from parallelplan.hardware import PooledCluster
     from parallelplan.solver import Infeasible
     from parallelplan.solver import solve as solve_plan
 
     arguments = search_arguments(search)
     model, cluster, workload = build_inputs(model_ref, cluster_ref, nodes, gpus, kind, seq_len, dropout, train_mtp, stack, moe_dispatcher, moe_imbalance,
-                                            search["global_batch"], arguments["fixed"])
+                                            search["global_batch"], arguments["fixed"], pools=True)
+    if isinstance(cluster, PooledCluster):
+        solve_across_pools(model, cluster, workload, objective, top_k, arguments, as_json)
+        return
     try:
         with progress("solve") as report:
             found = solve_plan(model, cluster, workload, objective=parse_objective(objective), tolerance=tolerance,
@@ -164,13 +168,13 @@ def pareto(model_ref: str, cluster_ref: str, nodes: int | None, gpus: int | None
 
 def build_inputs(model_ref: str, cluster_ref: str | None, nodes: int | None, gpus: int | None, kind: str, seq_len: int,
                  dropout: float, train_mtp: bool, stack: str | None, moe_dispatcher: str, moe_imbalance: float, global_batch: int | None,
-                 fixed: dict[str, Any]) -> tuple[ModelSpec, ClusterSpec, Workload]:
+                 fixed: dict[str, Any], *, pools: bool = False) -> tuple[ModelSpec, ClusterSpec, Workload]:
     """Model, cluster and workload of a search. Without --nodes/--gpus, a pinned dp sizes the cluster to
-    tp·pp·dp·cp GPUs (unpinned degrees count 1)."""
+    tp·pp·dp·cp GPUs (unpinned degrees count 1). ``pools``: a heterogeneous cluster file is taken."""
     from parallelplan.models import load_model
 
     model = load_model(model_ref)
-    cluster = load_target_cluster(cluster_ref, nodes, gpus, given_world_size(fixed))
+    cluster = load_target_cluster(cluster_ref, nodes, gpus, given_world_size(fixed), pools=pools)
     workload = build_workload(kind=kind, seq_len=seq_len, dropout=dropout, train_mtp=train_mtp, stack=stack, moe_dispatcher=moe_dispatcher, moe_imbalance=moe_imbalance,
                               global_batch_size=global_batch or default_global_batch(kind, seq_len))
     return model, cluster, workload
@@ -285,6 +289,46 @@ def _integers(text: str, flag: str) -> list[int]:
 
 
 # -- output -----------------------------------------------------------------------------------------------
+
+def solve_across_pools(model: ModelSpec, pooled: PooledCluster, workload: Workload, objective: str, top_k: int,
+                       arguments: dict[str, Any], as_json: bool) -> None:
+    """`plan solve` on a heterogeneous cluster: the batch split over its pools and each pool's plan
+    (`solver.solve_pools`); the options it does not take yet are refused by name."""
+    from parallelplan.solver import Infeasible, SolverInputError, solve_pools
+
+    given = [flag for flag, value in (("--objective", objective != "throughput"), ("--top-k", top_k > 0),
+                                      ("--fix / --tp / --pp …", bool(arguments["fixed"])), ("--range", bool(arguments["ranges"])),
+                                      ("--node-counts", arguments["node_counts"] is not None),
+                                      ("--min-tokens-per-s", arguments["min_tokens_per_s"] is not None),
+                                      ("--price-per-gpu-hour", arguments["price_per_gpu_hour"] is not None)) if value]
+    if given:
+        raise SolverInputError(f"{given[0]}: not taken with a cluster of pools yet (it splits the batch over the pools "
+                               "for throughput); drop it, or solve one pool's cluster")
+    try:
+        found = solve_pools(model, pooled, workload, efficiency=arguments["efficiency"], runtime=arguments["runtime"],
+                            time_limit_s=arguments["time_limit_s"])
+    except Infeasible as err:
+        report_infeasible(err, as_json)
+    click.echo(found.model_dump_json(indent=2) if as_json else render_pools(model, found))
+
+
+def render_pools(model: ModelSpec, found: PooledSolution) -> str:
+    from parallelplan.solver.explain import describe
+
+    w = found.workload
+    rows = [(s.pool, s.gpus, s.sequences, describe(s.solution.plan) if s.solution else "idle",
+             f"{s.solution.estimate.memory.total / 2**30:.1f}" if s.solution else "-",
+             f"{s.solution.estimate.step_time_s:.3f}" if s.solution else "-") for s in found.shares]
+    lines = [f"{model.display_name or model.name} across {len(found.shares)} pools of {found.cluster.name} "
+             f"({found.cluster.total_gpus} GPUs); {w.kind}, {w.seq_len} tokens x {plural(w.global_batch_size, 'sequence')} "
+             f"per step on {software(w, model)}",
+             table(["pool", "GPUs", "sequences", "plan", "memory GiB", "pool step s"], rows, right=(1, 2, 4, 5)),
+             f"step: {found.step_time_s:.3f} s (slowest pool + {found.sync_s:.3f} s gradient all-reduce across pools), "
+             f"{found.tokens_per_s:,.0f} tokens/s ({'proved optimal' if found.optimal else 'not proved'})"]
+    if not quiet():
+        lines += ["", "why:"] + [f"  - {line}" for line in found.explanation]
+    return "\n".join(lines)
+
 
 def report_infeasible(err: Infeasible, as_json: bool) -> None:
     if as_json:

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from parallelplan.common.files import existing_path, looks_like_path, read_mapping
 from parallelplan.common.validation import describe_validation_error
 from parallelplan.hardware.errors import HardwareError
+from parallelplan.hardware.pools import PooledCluster, is_pooled, pooled_cluster
 from parallelplan.hardware.presets import (
     cluster_preset,
     gpu_by_name,
@@ -39,6 +40,8 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 
 def _fields_from_dict(data: dict[str, Any]) -> dict[str, Any]:
+    if is_pooled(data):
+        return dict(data)
     data = dict(data)
     base = data.pop("base", None)
     if base is None:
@@ -116,10 +119,11 @@ def load_cluster(
     *,
     nodes: int | None = None,
     gpus: int | None = None,
-) -> ClusterSpec:
+) -> ClusterSpec | PooledCluster:
     """Resolve ``ref`` (see the module docstring) and size it: ``nodes`` whole nodes, or ``gpus`` in total
     (a multiple of the GPUs per node, or fewer than one node's: a partly used node), or both (``gpus``
-    spread evenly over ``nodes`` nodes, e.g. nodes=2, gpus=4 uses 2 GPUs of each)."""
+    spread evenly over ``nodes`` nodes, e.g. nodes=2, gpus=4 uses 2 GPUs of each). A file or dict with
+    ``pools`` is a heterogeneous cluster: a `PooledCluster` (`hardware.pools`), sized by its pools."""
     if isinstance(ref, ClusterSpec):
         fields, what = ref.model_dump(), f"cluster {ref.name}"
     elif isinstance(ref, dict):
@@ -144,6 +148,10 @@ def load_cluster(
         raise HardwareError(
             f"cluster reference must be a preset name, a path or a dict; got {type(ref).__name__}"
         )
+    if is_pooled(fields):
+        if nodes is not None or gpus is not None:
+            raise HardwareError(f"{what} has pools: size each pool in the file (pools[i].nodes), not with nodes/gpus")
+        return pooled_cluster(fields, what)
     fields = _resize(fields, nodes, gpus, what)
     try:
         return ClusterSpec.model_validate(fields)

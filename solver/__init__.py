@@ -3,6 +3,8 @@
 - `solve(model, cluster, workload, objective=..., fixed=..., ranges=...) -> Solution`
 - `pareto(model, cluster, workload, objectives=(...)) -> list[Solution]`
 - `compare(models, clusters, workload) -> list[Comparison]`: the best plan of every pair, side by side
+- `place(roles, cluster) -> Placement`: several models (`Role`) sharing one cluster, nodes per role proved by CP-SAT
+- `solve_pools(model, pooled, workload) -> PooledSolution`: one model data-parallel across a heterogeneous cluster's pools
 - `Infeasible` (the conflicting constraints and the changes that would help), `SolverInputError`.
 `Plan` and `Workload` are re-exported from `constraints`. The search modules (and OR-Tools) load on first
 use, so catching the error types costs a command nothing.
@@ -16,8 +18,13 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "Solution": "parallelplan.solver.solution", "Alternative": "parallelplan.solver.solution",
     "SearchStats": "parallelplan.solver.solution", "compare": "parallelplan.solver.comparison",
     "Comparison": "parallelplan.solver.comparison", "InfeasibleCell": "parallelplan.solver.comparison",
+    "place": "parallelplan.solver.placement", "Role": "parallelplan.solver.placement",
+    "Placement": "parallelplan.solver.placement", "RolePlacement": "parallelplan.solver.placement",
+    "solve_pools": "parallelplan.solver.pools", "PooledSolution": "parallelplan.solver.pools",
+    "PoolShare": "parallelplan.solver.pools",
     "OBJECTIVES": "parallelplan.solver.objectives", "Plan": "parallelplan.constraints",
     "Workload": "parallelplan.constraints"})
 
-__all__ = ["OBJECTIVES", "Alternative", "Comparison", "Infeasible", "InfeasibleCell", "Plan", "SearchStats", "Solution", "SolverInputError",
-           "Workload", "compare", "pareto", "solve"]
+__all__ = ["OBJECTIVES", "Alternative", "Comparison", "Infeasible", "InfeasibleCell", "Placement", "Plan", "PoolShare",
+           "PooledSolution", "Role", "RolePlacement", "SearchStats", "Solution", "SolverInputError", "Workload", "compare",
+           "pareto", "place", "solve", "solve_pools"]

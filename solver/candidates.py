@@ -1,6 +1,19 @@
 """Every plan of a search space, priced: `priced_candidates(space)` enumerates the space
 (`solver.space`), evaluates it with the vectorized cost model, and adds the partial full-recompute plans.
 
+With a `StepBound` (a search whose first objective is step time) only the structures that can hold a plan
+the search may pick are priced in full — branch and bound over structures (degrees and pipeline layout).
+Recompute only adds time: it adds forward work and repeats forward collectives to every stage's
+per-micro-batch time, and the pipeline time (m − β)·max tᵢ + β·Σ tᵢ and the once-per-step terms do not
+fall when a tᵢ grows (`constraints.timing`); so the step time of a structure's plan is at least that of
+its twin without recompute. Pricing each structure's recompute-free twins gives a lower bound per
+structure; structures are then priced in full in increasing order of it until the next bound exceeds
+what the search can still pick, (1 + tolerance) × the best feasible step of the rank-th best structure
+(rank 2 covers the runner-up of another layout, more with ``top_k``). Twins whose plans cannot fit even
+with the space's most memory-saving recompute are left out of the bound (their plans are never
+feasible), so every plan that fits in a structure left out is slower than every plan the search can
+pick; the faster plans that do not fit, which the explanation cites, are then those priced.
+
 Partial recompute (Megatron's ``--recompute-method block --recompute-num-layers k``): memory falls and time
 grows with k, so for every full-recompute plan that fits, the smallest k that still fits is the only one
 any objective but memory can want; it is found by bisection on the memory model alone
@@ -10,35 +23,75 @@ any objective but memory can want; it is found by bisection on the memory model 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, is_dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, fields, is_dataclass, replace
 
 import numpy as np
 
 from parallelplan.constraints import Efficiency, PlanArrays, RuntimeAllowance, evaluate
 from parallelplan.constraints.arrays import ALL_LAYERS, code
 from parallelplan.constraints.evaluate import Evaluation, peak_memory
-from parallelplan.solver.space import SearchSpace, enumerate_with_structure, least_memory_executions, structures
+from parallelplan.solver.space import (
+    Execution,
+    SearchSpace,
+    Structure,
+    enumerate_with_structure,
+    executions,
+    least_memory_executions,
+    least_memory_recomputes,
+    materialize,
+    structures,
+    valid_pairs,
+)
 
 
 @dataclass
 class Candidates:
-    """Plans (n rows) and their cost-model outputs."""
+    """Plans (n rows) and their cost-model outputs; ``bounded``: plans of the space left unpriced because a
+    lower bound on their step time rules them out (`StepBound`)."""
 
     plans: PlanArrays
     evaluation: Evaluation
     gpus: np.ndarray
     layout: np.ndarray  # one id per (cluster size, degrees, pipeline layout)
+    bounded: int = 0
 
     def __len__(self) -> int:
         return len(self.plans)
 
     @classmethod
-    def concat(cls, parts: list[Candidates]) -> Candidates:
-        """Candidates of several cluster sizes together (the GPU count is a column)."""
+    def concat(cls, parts: list[Candidates], *, same_layouts: bool = False) -> Candidates:
+        """Candidates of several cluster sizes together (the GPU count is a column), or with
+        ``same_layouts`` several batches of one size (their layout ids already distinct)."""
+        if len(parts) == 1:
+            return parts[0]
         evaluation = _map_arrays(lambda *arrays: np.concatenate(arrays), *[c.evaluation for c in parts])
-        offsets = np.cumsum([0] + [int(c.layout.max()) + 1 for c in parts[:-1]])
+        offsets = np.zeros(len(parts), dtype=np.int64) if same_layouts else \
+            np.cumsum([0] + [int(c.layout.max()) + 1 for c in parts[:-1]])
         return cls(PlanArrays.concat([c.plans for c in parts]), evaluation, np.concatenate([c.gpus for c in parts]),
-                   np.concatenate([c.layout + offset for c, offset in zip(parts, offsets, strict=True)]))
+                   np.concatenate([c.layout + offset for c, offset in zip(parts, offsets, strict=True)]),
+                   sum(c.bounded for c in parts))
+
+
+@dataclass(frozen=True)
+class StepBound:
+    """What a search whose first objective is step time can pick (module docstring): plans within
+    (1 + ``tolerance``) of the best feasible step of the ``rank``-th best structure; ``feasible`` says
+    which priced plans count."""
+
+    rank: int
+    tolerance: float
+    feasible: Callable[[Candidates], np.ndarray]
+
+    def threshold(self, best_per_structure: np.ndarray) -> float:
+        """The step time above which no plan can be picked, from the structures' best feasible steps so far."""
+        if len(best_per_structure) < self.rank:
+            return np.inf
+        return float((1 + self.tolerance) * np.partition(best_per_structure, self.rank - 1)[self.rank - 1])
+
+
+BATCH_PLANS = 25000
+"""Plans priced per batch of structures under a `StepBound` (a batch costs ~0.1 s on one core)."""
 
 
 def _map_arrays(function, *values):
@@ -120,16 +173,47 @@ def _structures_that_can_fit(space: SearchSpace, rows: list, runtime: RuntimeAll
 
 
 def priced_candidates(space: SearchSpace, *, every_recompute_depth: bool = False, prune: bool = True,
-                      efficiency: Efficiency | None = None, runtime: RuntimeAllowance | None = None) -> Candidates | None:
+                      efficiency: Efficiency | None = None, runtime: RuntimeAllowance | None = None,
+                      bound: StepBound | None = None) -> Candidates | None:
     """The priced plans of ``space`` (None when the space holds no structurally valid plan); ``prune``
-    drops the structures no plan of which fits (exact for searches, not for diagnosing infeasibility)."""
-    model, cluster, workload = space.model, space.cluster, space.workload
+    drops the structures no plan of which fits (exact for searches, not for diagnosing infeasibility);
+    ``bound`` prices only what a step-time search can pick (module docstring)."""
     rows = structures(space)
-    if prune and workload.training and rows:
+    if prune and space.workload.training and rows:
         rows = [rows[i] for i in _structures_that_can_fit(space, rows, runtime)]
-    plans, layout = enumerate_with_structure(space, rows)
-    if len(plans) == 0:
+    execs = executions(space)
+    s_idx, e_idx = valid_pairs(space, rows, execs)
+    if len(s_idx) == 0:
         return None
+    if bound is None or not space.workload.training or every_recompute_depth:
+        return _price(space, rows, execs, s_idx, e_idx, every_recompute_depth, efficiency, runtime)
+    lower = _step_lower_bounds(space, rows, execs, efficiency, runtime)
+    plans_of = np.bincount(s_idx, minlength=len(rows))
+    order = np.flatnonzero(plans_of)  # the structures with valid plans, by increasing bound
+    order = order[np.argsort(lower[order], kind="stable")]
+    best = np.full(len(rows), np.inf)  # best feasible step per structure priced so far
+    parts: list[Candidates] = []
+    start = 0
+    while start < len(order) and lower[order[start]] <= bound.threshold(best):
+        end = start + 1 + int(np.searchsorted(np.cumsum(plans_of[order[start + 1:]]), BATCH_PLANS))
+        chosen = np.zeros(len(rows), dtype=bool)
+        chosen[order[start:end]] = True
+        pick = chosen[s_idx]
+        part = _price(space, rows, execs, s_idx[pick], e_idx[pick], False, efficiency, runtime)
+        ok = bound.feasible(part)
+        np.minimum.at(best, part.layout[ok], part.evaluation.time.step[ok])
+        parts.append(part)
+        start = end
+    unpriced = np.ones(len(rows), dtype=bool)
+    unpriced[order[:start]] = False
+    return replace(Candidates.concat(parts, same_layouts=True), bounded=int(plans_of[unpriced].sum()))
+
+
+def _price(space: SearchSpace, rows: list[Structure], execs: list[Execution], s_idx: np.ndarray, e_idx: np.ndarray,
+           every_recompute_depth: bool, efficiency: Efficiency | None, runtime: RuntimeAllowance | None) -> Candidates:
+    """The given (structure, execution) plans and their partial-recompute plans, priced; layout = structure index."""
+    model, cluster, workload = space.model, space.cluster, space.workload
+    plans, layout = materialize(space, rows, execs, s_idx, e_idx), s_idx
     if workload.training:
         fits = peak_memory(model, cluster, workload, plans, runtime=runtime).total <= _usable(space, runtime)
         partial = _partial_recompute(space, plans, fits, every_recompute_depth, runtime)
@@ -138,3 +222,44 @@ def priced_candidates(space: SearchSpace, *, every_recompute_depth: bool = False
             layout = np.concatenate([layout, layout[partial[1]]])
     result = evaluate(model, cluster, workload, plans, efficiency=efficiency, runtime=runtime)
     return Candidates(plans, result, np.full(len(plans), cluster.total_gpus, dtype=np.int64), layout)
+
+
+def _step_lower_bounds(space: SearchSpace, rows: list[Structure], execs: list[Execution],
+                       efficiency: Efficiency | None, runtime: RuntimeAllowance | None) -> np.ndarray:
+    """Per structure, the least step time of its plans' recompute-free twins (module docstring) over the
+    twins whose plans can fit — their least memory, with the space's most memory-saving recompute
+    (`least_memory_recomputes`), within the GPU: a lower bound on the step time of every plan of the
+    structure that fits. +inf for a structure none of whose plans fits; −inf for one without twins (never
+    ruled out)."""
+    none = code("recompute", "none")
+    twins = list(dict.fromkeys(replace(e, recompute=none, recompute_modules=0) for e in execs))
+    s_idx, e_idx = valid_pairs(space, rows, twins)
+    lower = np.full(len(rows), -np.inf)
+    if len(s_idx) == 0:
+        return lower
+    plans = materialize(space, rows, twins, s_idx, e_idx)
+    choices = least_memory_recomputes(execs)
+    variants = plans.take(np.tile(np.arange(len(plans)), len(choices)))
+    variants.recompute = np.repeat([r for r, _ in choices], len(plans)).astype(np.int64)
+    variants.recompute_modules = np.repeat([m for _, m in choices], len(plans)).astype(np.int64)
+    least = peak_memory(space.model, space.cluster, space.workload, variants, runtime=runtime).total
+    can_fit = least.reshape(len(choices), len(plans)).min(axis=0) <= _usable(space, runtime)
+    best = np.full(len(rows), np.inf)
+    if can_fit.any():
+        step = evaluate(space.model, space.cluster, space.workload, plans.take(np.flatnonzero(can_fit)),
+                        efficiency=efficiency, runtime=runtime).time.step
+        np.minimum.at(best, s_idx[can_fit], step)
+    has_twin = np.bincount(s_idx, minlength=len(rows)) > 0
+    return np.where(has_twin, best, -np.inf)
+
+
+def best_feasible_step(space: SearchSpace, *, efficiency: Efficiency | None = None,
+                       runtime: RuntimeAllowance | None = None) -> float | None:
+    """The least step time (seconds) of the plans of ``space`` that fit, or None when none does: the
+    throughput optimum alone, priced by the step-time bound (the composed searches' table entries)."""
+    def feasible(c: Candidates) -> np.ndarray:
+        return c.evaluation.fits & np.isfinite(c.evaluation.time.step)
+
+    cands = priced_candidates(space, efficiency=efficiency, runtime=runtime, bound=StepBound(1, 0.0, feasible))
+    ok = feasible(cands) if cands is not None else None
+    return None if ok is None or not ok.any() else float(cands.evaluation.time.step[ok].min())

@@ -50,11 +50,13 @@ def compare(winner: Estimate, other: Estimate, limit: int = 3) -> str:
 
 def explain(*, objective: str, proved: bool, plans: int, fitting: int, candidates: int, winner: Plan,
             winner_estimate: Estimate, runner_up: Plan | None, fastest_unfit: tuple[Plan, float, float] | None,
-            estimate_of: Callable[[Plan], Estimate]) -> list[str]:
+            estimate_of: Callable[[Plan], Estimate], bounded: int = 0) -> list[str]:
     """Sentences for `Solution.explanation`."""
     proof = "proved optimal by CP-SAT" if proved else "the best CP-SAT found within the time limit (not proved)"
-    lines = [f"Best for {objective} among {plans:,} plans of the search space ({fitting:,} fit in memory; CP-SAT "
-             f"chose among the {candidates:,} non-dominated ones): {proof}."]
+    ruled_out = (f"; {bounded:,} more were ruled out unpriced, a lower bound on their step time exceeding what "
+                 "the search can pick" if bounded else "")
+    lines = [f"Best for {objective} among {plans:,} priced plans of the search space ({fitting:,} fit in memory; CP-SAT "
+             f"chose among the {candidates:,} non-dominated ones{ruled_out}): {proof}."]
     step = winner_estimate.step_time_s
     if runner_up is not None:
         other = estimate_of(runner_up)
@@ -65,7 +67,8 @@ def explain(*, objective: str, proved: bool, plans: int, fitting: int, candidate
                      f"{winner_estimate.memory.total / GIB:.1f} GiB.")
     if fastest_unfit is not None:
         plan, unfit_step, unfit_memory = fastest_unfit
-        lines.append(f"Faster plans do not fit; the nearest to fitting, {describe(plan)}, would take {unfit_step:.3f} s "
+        nearest = "the nearest to fitting of those priced" if bounded else "the nearest to fitting"
+        lines.append(f"Faster plans do not fit; {nearest}, {describe(plan)}, would take {unfit_step:.3f} s "
                      f"({1 - unfit_step / step:.1%} less) but needs {unfit_memory / GIB:.1f} GiB per GPU "
                      f"(the GPU has {winner_estimate.memory.usable / GIB:.1f} GiB).")
     headroom = (winner_estimate.memory.usable - winner_estimate.memory.total) / GIB

@@ -104,3 +104,22 @@ def frontier(rows: int, objectives: Sequence[np.ndarray], tie_rank: np.ndarray, 
     keep = [i for i in range(len(chosen))
             if not any(np.all(matrix[j] <= matrix[i]) and np.any(matrix[j] < matrix[i]) for j in range(len(chosen)))]
     return [(int(chosen[i]), points[int(chosen[i])]) for i in keep]
+
+
+def minimize_in_turn(model: cp_model.CpModel, stages: Sequence[cp_model.LinearExprT], time_limit_s: float,
+                     workers: int = 2) -> tuple[cp_model.CpSolver, bool] | None:
+    """Minimise each expression in turn, fixing each optimum before the next (a lexicographic objective
+    over a model built by the caller, as the composed searches build theirs); the solver holding the last
+    solution and whether every stage was proved, or None when the model has no solution."""
+    solver = cp_model.CpSolver()
+    solver.parameters.max_time_in_seconds = time_limit_s
+    solver.parameters.num_workers = workers
+    proved = True
+    for stage in stages:
+        model.Minimize(stage)
+        status = solver.Solve(model)
+        if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+            return None
+        proved &= status == cp_model.OPTIMAL
+        model.Add(stage == int(round(solver.ObjectiveValue())))
+    return solver, proved

@@ -101,20 +101,25 @@ UNPRICED = np.iinfo(np.int64).max // 4
 above every real value, and summable a few times without overflow."""
 
 
-def _fixed_point(values: np.ndarray, scale: float) -> np.ndarray:
+def fixed_point(values: np.ndarray, scale: float) -> np.ndarray:
     """``values`` × ``scale`` rounded to int64, `UNPRICED` where not finite or beyond it."""
     scaled = np.asarray(values, dtype=float) * scale
     usable = np.isfinite(scaled) & (scaled < UNPRICED)
     return np.where(usable, np.round(np.where(usable, scaled, 0)), UNPRICED).astype(np.int64)
 
 
+def nanoseconds(seconds: float) -> int:
+    """One step time in the fixed point every search decides on (`criteria`'s ``step_ns``)."""
+    return int(fixed_point(np.array([seconds]), 1e9)[0])
+
+
 def criteria(candidates: Candidates, price_per_gpu_hour: float | None) -> Criteria:
     e = candidates.evaluation
     step = e.time.step
-    step_ns = _fixed_point(step, 1e9)
+    step_ns = fixed_point(step, 1e9)
     price = price_per_gpu_hour if price_per_gpu_hour is not None else 0.0
     usd_per_hour = candidates.gpus * price
-    cost = _fixed_point(step * usd_per_hour / 3600, 1e9)
+    cost = fixed_point(step * usd_per_hour / 3600, 1e9)
     memory = np.ceil(e.memory.total).astype(np.int64)
     return Criteria(step_ns=step_ns, cost_nusd=cost, memory_bytes=memory, gpus=candidates.gpus.astype(np.int64),
                     simplicity=simplicity_score(candidates.plans).astype(np.int64), tokens_per_s=e.tokens_per_s,

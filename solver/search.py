@@ -24,7 +24,7 @@ import numpy as np
 from parallelplan.constraints import Efficiency, Plan, RuntimeAllowance, Workload, estimate
 from parallelplan.hardware import ClusterSpec, load_cluster
 from parallelplan.models import ModelSpec
-from parallelplan.solver.candidates import Candidates, priced_candidates
+from parallelplan.solver.candidates import Candidates, StepBound, priced_candidates
 from parallelplan.solver.errors import Infeasible, SolverInputError
 from parallelplan.solver.explain import explain
 from parallelplan.solver.frontier import first_fronts
@@ -66,7 +66,7 @@ class _Search:
                  fixed: Mapping[str, Any] | None, ranges: Mapping[str, Any] | None, allow_uneven_stages: bool,
                  allow_cross_domain: bool, allow_partial_recompute: bool, price_per_gpu_hour: float | None, min_tokens_per_s: float | None,
                  node_counts: Sequence[int] | None, efficiency: Efficiency | None, runtime: RuntimeAllowance | None,
-                 progress: Progress | None = None):
+                 progress: Progress | None = None, step_bound: tuple[int, float] | None = None):
         if min_tokens_per_s is not None and not min_tokens_per_s > 0:
             raise SolverInputError(f"min_tokens_per_s must be > 0, got {min_tokens_per_s!r}")
         self.model, self.workload, self.target = model, workload, min_tokens_per_s
@@ -78,9 +78,11 @@ class _Search:
         self.price = gpu_hour_price(cluster, price_per_gpu_hour, required="cost" in names)
         sizes = self._node_counts(cluster, names, node_counts)
         self.clusters = {n * cluster.node.gpus_per_node: load_cluster(cluster, nodes=n) for n in sizes}
+        # step time first, one cluster size: price only what the search can pick (`solver.candidates`)
+        bound = StepBound(*step_bound, feasible=self.feasible) if step_bound is not None and len(sizes) == 1 else None
         parts = []
         for gpus, sized in self.clusters.items():
-            part = self.priced(replace(self.space, cluster=sized))
+            part = self.priced(replace(self.space, cluster=sized), bound=bound)
             if progress is not None:
                 progress(f"priced {0 if part is None else len(part):,} plans on {gpus} GPUs")
             if part is not None:
@@ -99,9 +101,9 @@ class _Search:
             return sorted(set(powers) | {cluster.num_nodes})
         return [cluster.num_nodes]
 
-    def priced(self, space: SearchSpace, *, prune: bool = True) -> Candidates | None:
+    def priced(self, space: SearchSpace, *, prune: bool = True, bound: StepBound | None = None) -> Candidates | None:
         return priced_candidates(space, every_recompute_depth=self.every_depth, prune=prune,
-                                 efficiency=self.efficiency, runtime=self.runtime)
+                                 efficiency=self.efficiency, runtime=self.runtime, bound=bound)
 
     def solvable(self) -> tuple[Candidates, np.ndarray, Criteria]:
         """The candidates, which of them are feasible, and their criteria; `Infeasible` when none is."""
@@ -179,7 +181,7 @@ def solve(model: ModelSpec, cluster: ClusterSpec, workload: Workload, *, objecti
                      allow_cross_domain=allow_cross_domain, allow_partial_recompute=allow_partial_recompute,
                      price_per_gpu_hour=price_per_gpu_hour,
                      min_tokens_per_s=min_tokens_per_s, node_counts=node_counts, efficiency=efficiency, runtime=runtime,
-                     progress=progress)
+                     progress=progress, step_bound=(max(top_k + 1, 2), tolerance) if weights is None and names[0] == "throughput" else None)
     cands, feasible, crit = search.solvable()
     picks: list[int] = []
     proved = True
@@ -211,14 +213,14 @@ def solve(model: ModelSpec, cluster: ClusterSpec, workload: Workload, *, objecti
         plans=len(cands), fitting=int(feasible.sum()), candidates=candidates, winner=plan, winner_estimate=result,
         runner_up=_runner_up(cands, crit, feasible, names, weights, winner),
         fastest_unfit=_fastest_unfit(cands, crit, winner),
-        estimate_of=lambda p: search.estimate(p, gpus),
+        estimate_of=lambda p: search.estimate(p, gpus), bounded=cands.bounded,
     )
     alternatives = tuple(Alternative(plan=cands.plans.plan(r), objective=crit.values(r, usable)) for r in picks[1:])
     return Solution(
         plan=plan, model=model, cluster=search.cluster_of(gpus), workload=workload, estimate=result, objective=crit.values(winner, usable), optimal=proved,
         solve_time_s=time.perf_counter() - started, gpus=gpus, explanation=tuple(lines), alternatives=alternatives,
         search=SearchStats(plans=len(cands), fitting=int(feasible.sum()), candidates=candidates,
-                           gpu_counts=tuple(sorted(search.clusters))),
+                           gpu_counts=tuple(sorted(search.clusters)), bounded=cands.bounded),
     )
 
 

@@ -24,12 +24,15 @@ class Alternative(_Frozen):
 
 class SearchStats(_Frozen):
     """How big the search was: plans enumerated and priced, how many fit, how many (non-dominated)
-    candidates CP-SAT chose among, and the cluster sizes searched."""
+    candidates CP-SAT chose among, and the cluster sizes searched; ``bounded``: plans of the space left
+    unpriced because a lower bound on their step time shows none of them can be picked
+    (`solver.candidates.StepBound`)."""
 
     plans: int
     fitting: int
     candidates: int
     gpu_counts: tuple[int, ...]
+    bounded: int = 0
 
 
 class Solution(_Frozen):

@@ -34,6 +34,7 @@ buffers and every communication overlap on (Megatron-Core's production settings)
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Sequence
@@ -265,11 +266,12 @@ def stage_layouts(space: SearchSpace, pp: int) -> list[tuple[int, tuple[int, ...
     return list(dict.fromkeys(out))
 
 
-def uneven_splits(layers: int, pp: int) -> list[tuple[int, ...]]:
+@functools.cache
+def uneven_splits(layers: int, pp: int) -> tuple[tuple[int, ...], ...]:
     """Stage splits with lighter first and last stages (module docstring): middle stages of ⌈L/pp⌉ or
     ⌈L/pp⌉ + 1 layers, the first and last sharing the rest, each between 1 and a middle stage."""
     if pp < 2:
-        return []
+        return ()
     out = []
     base = -(-layers // pp)
     for middle in (base, base + 1):
@@ -278,7 +280,7 @@ def uneven_splits(layers: int, pp: int) -> list[tuple[int, ...]]:
             last = rest - first
             if 1 <= last <= middle and (first, last) != (middle, middle):
                 out.append((first,) + (middle,) * (pp - 2) + (last,))
-    return out
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -350,25 +352,57 @@ def enumerate_with_structure(space: SearchSpace, rows: list[Structure] | None = 
     """`enumerate_plans`, with the index into ``rows`` of each plan's structure."""
     rows = structures(space) if rows is None else rows
     execs = executions(space) if execs is None else execs
-    if not rows or not execs:
-        return _empty(), np.zeros(0, dtype=np.int64)
+    pairs = valid_pairs(space, rows, execs)
+    return materialize(space, rows, execs, *pairs), pairs[0]
+
+
+def _columns(rows: list[Structure], execs: list[Execution]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
+    """The structures' degree columns, the executions' choice columns, and the structures' stage layouts
+    ((rows, widest pipeline) layers, 0-padded)."""
     structure = {name: np.array([r[i] for r in rows], dtype=np.int64)
                  for i, name in enumerate(("tp", "cp", "pp", "dp", "ep", "etp", "vpp"))}
+    choice = {name: np.array([getattr(x, name) for x in execs]) for name in Execution.__dataclass_fields__}
     width = max((len(r[7]) for r in rows if r[7] is not None), default=0)
     stages = np.zeros((len(rows), width), dtype=np.int64)
     for i, r in enumerate(rows):
         if r[7] is not None:
             stages[i, : len(r[7])] = r[7]
-    e = {name: np.array([getattr(x, name) for x in execs]) for name in Execution.__dataclass_fields__}
-    s_idx = np.repeat(np.arange(len(rows)), len(execs))
-    e_idx = np.tile(np.arange(len(execs)), len(rows))
-    col = {name: values[s_idx] for name, values in structure.items()}
-    col |= {name: values[e_idx] for name, values in e.items()}
-    col["structure"] = s_idx
-    keep = _valid(space, col)
-    col = {name: values[keep] for name, values in col.items()}
-    layers_per_stage = stages[s_idx][keep] if width else None
-    return _plan_arrays(space, col, layers_per_stage), col["structure"]
+    return structure, choice, stages
+
+
+def valid_pairs(space: SearchSpace, rows: list[Structure], execs: list[Execution]) -> tuple[np.ndarray, np.ndarray]:
+    """(structure index, execution index) of every structurally valid plan, in structure-major order: the
+    plan-level rules evaluated once over the rows × executions grid (numpy broadcasting), nothing else
+    materialised."""
+    if not rows or not execs:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    structure, choice, _ = _columns(rows, execs)
+    grid = {name: values[:, None] for name, values in structure.items()} | {name: values[None, :] for name, values in choice.items()}
+    valid = np.broadcast_to(_valid(space, grid), (len(rows), len(execs)))
+    s_idx, e_idx = np.nonzero(valid)
+    return s_idx.astype(np.int64), e_idx.astype(np.int64)
+
+
+def materialize(space: SearchSpace, rows: list[Structure], execs: list[Execution], s_idx: np.ndarray,
+                e_idx: np.ndarray) -> PlanArrays:
+    """The plans of the given (structure, execution) pairs as columns."""
+    if len(s_idx) == 0:
+        return _empty()
+    structure, choice, stages = _columns(rows, execs)
+    col = {name: values[s_idx] for name, values in structure.items()} | {name: values[e_idx] for name, values in choice.items()}
+    return _plan_arrays(space, col, stages[s_idx] if stages.shape[1] else None)
+
+
+def least_memory_recomputes(execs: list[Execution]) -> list[tuple[int, int]]:
+    """The (recompute, modules) choices of ``execs`` among which any plan's least memory lies: full
+    recompute and the most thorough selective module set (one of the two keeps least; every other
+    recompute choice keeps more than both), or every choice when neither is searched."""
+    choices = list(dict.fromkeys((e.recompute, e.recompute_modules) for e in execs))
+    selective = [m for r, m in choices if r == code("recompute", "selective")]
+    thorough = max(selective, key=lambda mask: bin(mask).count("1"), default=None)
+    least = [(r, m) for r, m in choices if r == code("recompute", "full")
+             or (r == code("recompute", "selective") and m == thorough)]
+    return least or choices
 
 
 def least_memory_executions(space: SearchSpace) -> list[Execution]:
@@ -379,11 +413,8 @@ def least_memory_executions(space: SearchSpace) -> list[Execution]:
     execs = executions(space)
     smallest = min(e.micro_batch_size for e in execs)
     execs = [e for e in execs if e.micro_batch_size == smallest]
-    selective = [e.recompute_modules for e in execs if e.recompute == code("recompute", "selective")]
-    thorough = max(selective, key=lambda mask: bin(mask).count("1"), default=None)
-    chosen = [e for e in execs if e.recompute == code("recompute", "full")
-              or (e.recompute == code("recompute", "selective") and e.recompute_modules == thorough)]
-    return chosen or execs
+    least = least_memory_recomputes(execs)
+    return [e for e in execs if (e.recompute, e.recompute_modules) in least]
 
 
 def _valid(space: SearchSpace, c: dict[str, np.ndarray]) -> np.ndarray:

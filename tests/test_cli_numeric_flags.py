@@ -16,6 +16,7 @@ BASE_ARGS = {
     "analyze": MODEL, "topology": CLUSTER, "estimate": MODEL + CLUSTER, "validate": MODEL + CLUSTER,
     "sharding": MODEL + CLUSTER, "solve": MODEL + CLUSTER, "recommend": MODEL + CLUSTER, "pareto": MODEL + CLUSTER,
     "compare": MODEL + CLUSTER, "launch": MODEL + CLUSTER + ["--target", "torchrun"], "slurm": MODEL + CLUSTER,
+    "place": MODEL + MODEL + ["--name", "a", "--name", "b"] + CLUSTER + ["--nodes", "2"],
 }
 """The smallest valid call of each command that has numeric flags (a 1B model on one node keeps it fast)."""
 NUMERIC_FLAGS = {

@@ -1,0 +1,202 @@
+"""`solve_pools(model, pooled, workload)`: one model trained data-parallel across the pools of a
+heterogeneous cluster (`hardware.PooledCluster`) — each pool runs replicas of its own layout (its own tp,
+pp, micro-batch, sharding … on its own GPUs) on its share of every global batch, and the pools then
+all-reduce their gradients over the link between them.
+
+Step time of a split (b₁ … b_k sequences, Σ bᵢ = B, a pool with bᵢ = 0 idle):
+    max over used pools of tᵢ(bᵢ) + 2·(k′ − 1)/k′ · Ψ·4 B / B_link + 2·(k′ − 1)·α
+where tᵢ(bᵢ) is pool i's best step on bᵢ sequences (its own gradient reduction and optimizer update
+included: the throughput optimum of `solve` there), k′ the pools used, Ψ the parameters, 4 bytes per fp32
+gradient, B_link the link's bandwidth per direction and α its latency — a ring all-reduce across the pools
+(Thakur et al. 2005), after the pools' own reductions and before their updates, not overlapped.
+
+The search factors like `solver.placement`: per pool a table of tᵢ on the shares 0, u, 2u, … B (u = B/8,
+or B over its largest divisor ≤ 8), then CP-SAT chooses one share per pool with Σ = B, minimising the
+step time above, then the sum of the pools' steps, then the shares in pool order (larger first for the
+pools listed first). `brute_force` checks it in the tests.
+
+What this does not do yet: pipeline stages across pools (layers split by pool speed) — a heterogeneous
+pipeline needs the stage boundary over the link and a per-pool stage layout, which no launch target
+expresses either.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Mapping, Sequence
+
+from ortools.sat.python import cp_model
+from pydantic import BaseModel, ConfigDict
+
+from parallelplan.constraints import Efficiency, RuntimeAllowance, Workload
+from parallelplan.hardware import PooledCluster
+from parallelplan.models import ModelSpec
+from parallelplan.solver.candidates import best_feasible_step
+from parallelplan.solver.errors import Infeasible, SolverInputError
+from parallelplan.solver.model import minimize_in_turn
+from parallelplan.solver.objectives import nanoseconds
+from parallelplan.solver.search import solve
+from parallelplan.solver.solution import Solution
+from parallelplan.solver.space import SearchSpace
+
+SHARE_STEPS = 8
+"""Global-batch shares per pool are multiples of B / (the largest divisor of B up to this)."""
+GRADIENT_BYTES = 4
+"""Bytes per parameter the pools exchange: fp32 gradients (Megatron-Core's default reduction dtype)."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class PoolShare(_Frozen):
+    """A pool's part: its sequences per step, its plan there (None when idle), and its table (best step in
+    seconds per share of sequences; None where no plan fits)."""
+
+    pool: str
+    gpus: int
+    sequences: int
+    solution: Solution | None
+    table: dict[int, float | None]
+
+
+class PooledSolution(_Frozen):
+    """The split and the pools' plans. ``step_time_s`` = the slowest used pool's step + ``sync_s`` (the
+    gradient all-reduce across pools); ``optimal``: CP-SAT proved every stage over the tables."""
+
+    cluster: PooledCluster
+    workload: Workload
+    shares: tuple[PoolShare, ...]
+    step_time_s: float
+    sync_s: float
+    tokens_per_s: float
+    optimal: bool
+    solve_time_s: float
+    explanation: tuple[str, ...]
+
+
+def batch_shares(batch: int, steps: int = SHARE_STEPS) -> list[int]:
+    """0, u, 2u, … batch with u = batch / (its largest divisor ≤ ``steps``)."""
+    divisor = max(d for d in range(1, steps + 1) if batch % d == 0)
+    unit = batch // divisor
+    return [unit * i for i in range(divisor + 1)]
+
+
+def sync_time_ns(model: ModelSpec, pooled: PooledCluster, used: int, efficiency: Efficiency | None = None) -> int:
+    """The cross-pool gradient all-reduce of ``used`` pools, in nanoseconds (module docstring)."""
+    if used < 2:
+        return 0
+    alpha = pooled.link.latency or (efficiency or Efficiency.default()).latency_s["inter_node"]
+    return nanoseconds(2 * (used - 1) / used * model.total_params * GRADIENT_BYTES / pooled.link.bandwidth
+                       + 2 * (used - 1) * alpha)
+
+
+def share_table(model: ModelSpec, pooled: PooledCluster, workload: Workload, pool: int, shares: Sequence[int], *,
+                efficiency: Efficiency | None = None, runtime: RuntimeAllowance | None = None) -> dict[int, int | None]:
+    """Pool ``pool``'s best feasible step in nanoseconds on each share of sequences (0 for an idle pool,
+    None where no plan fits)."""
+    out: dict[int, int | None] = {}
+    for b in shares:
+        if b == 0:
+            out[b] = 0
+            continue
+        space = SearchSpace(model, pooled.pools[pool].cluster, workload.model_copy(update={"global_batch_size": b}))
+        best = best_feasible_step(space, efficiency=efficiency, runtime=runtime)
+        out[b] = None if best is None else nanoseconds(best)
+    return out
+
+
+def _key(steps: Sequence[int], shares: Sequence[int], sync: Mapping[int, int], batch: int) -> tuple[int, int, int]:
+    """The lexicographic criteria of a split (module docstring); the last prefers larger shares for the
+    pools listed first (one answer per request)."""
+    used = sum(b > 0 for b in shares)
+    code = 0
+    for b in shares:
+        code = code * (batch + 1) + (batch - b)
+    return max(steps) + sync[used], sum(steps), code
+
+
+def brute_force(tables: Sequence[Mapping[int, int | None]], sync: Mapping[int, int], batch: int) -> tuple[int, ...] | None:
+    """Every split of ``batch`` over the tables' shares, the best by `_key` (the tests' reference)."""
+    options = [[(b, s) for b, s in table.items() if s is not None] for table in tables]
+    best = None
+    for combo in itertools.product(*options):
+        shares = [b for b, _ in combo]
+        if sum(shares) != batch:
+            continue
+        key = _key([s for _, s in combo], shares, sync, batch)
+        if best is None or key < best[0]:
+            best = (key, tuple(shares))
+    return None if best is None else best[1]
+
+
+def choose(tables: Sequence[Mapping[int, int | None]], sync: Mapping[int, int], batch: int, *,
+           time_limit_s: float = 30.0) -> tuple[tuple[int, ...], bool] | None:
+    """CP-SAT's share per pool (module docstring) and whether every stage was proved; None when no split fits."""
+    model = cp_model.CpModel()
+    choices = [[(b, s, model.NewBoolVar(f"p{p}_b{b}")) for b, s in table.items() if s is not None]
+               for p, table in enumerate(tables)]
+    if any(not c for c in choices):
+        return None
+    for c in choices:
+        model.AddExactlyOne(x for _, _, x in c)
+    model.Add(sum(b * x for c in choices for b, _, x in c) == batch)
+    used = sum(x for c in choices for b, _, x in c if b > 0)
+    counts = {k: model.NewBoolVar(f"used_{k}") for k in range(1, len(tables) + 1)}
+    model.AddExactlyOne(counts.values())
+    model.Add(sum(k * z for k, z in counts.items()) == used)
+    slowest = model.NewIntVar(0, max(s for c in choices for _, s, _ in c), "slowest")
+    for c in choices:
+        model.Add(slowest >= sum(s * x for _, s, x in c))
+    code = sum((batch + 1) ** (len(tables) - 1 - p) * (batch - b) * x for p, c in enumerate(choices) for b, _, x in c)
+    stages = [slowest + sum(sync[k] * z for k, z in counts.items()), sum(s * x for c in choices for _, s, x in c), code]
+    solved = minimize_in_turn(model, stages, time_limit_s)
+    if solved is None:
+        return None
+    solver, proved = solved
+    return tuple(next(b for b, _, x in c if solver.Value(x)) for c in choices), proved
+
+
+def solve_pools(model: ModelSpec, pooled: PooledCluster, workload: Workload, *, efficiency: Efficiency | None = None,
+                runtime: RuntimeAllowance | None = None, time_limit_s: float = 30.0) -> PooledSolution:
+    """The best split of the global batch over the pools and each pool's plan (module docstring);
+    `Infeasible` when no split has every used pool fit."""
+    started = time.perf_counter()
+    if not workload.training:
+        raise SolverInputError("solve_pools plans training across pools; serve each pool on its own (`plan solve` "
+                               "with one pool's cluster)")
+    batch = workload.global_batch_size
+    shares = batch_shares(batch)
+    tables = [share_table(model, pooled, workload, i, shares, efficiency=efficiency, runtime=runtime)
+              for i in range(len(pooled.pools))]
+    sync = {k: sync_time_ns(model, pooled, k, efficiency) for k in range(0, len(pooled.pools) + 1)}
+    picked = choose(tables, sync, batch, time_limit_s=time_limit_s)
+    if picked is None:
+        fits = [f"{p.name}: {', '.join(str(b) for b, s in t.items() if b and s is not None) or 'none'}"
+                for p, t in zip(pooled.pools, tables, strict=True)]
+        raise Infeasible(f"{model.name} has no split of {batch} sequences over the pools of {pooled.name} with every "
+                         f"pool used fitting; the shares (sequences) each pool fits: {'; '.join(fits)}",
+                         [f"memory of {model.name} on each pool", f"global batch {batch} in steps of {shares[1]}"],
+                         ["solve each pool alone (`plan solve` with its cluster) to see why", "add pools or nodes",
+                          "a global batch with more divisors"])
+    split, proved = picked
+    out = []
+    for pool, b, table in zip(pooled.pools, split, tables, strict=True):
+        found = None if b == 0 else solve(model, pool.cluster, workload.model_copy(update={"global_batch_size": b}),
+                                          efficiency=efficiency, runtime=runtime, time_limit_s=time_limit_s)
+        out.append(PoolShare(pool=pool.name, gpus=pool.cluster.total_gpus, sequences=b, solution=found,
+                             table={k: None if v is None else v / 1e9 for k, v in table.items()}))
+    used = [s for s in out if s.solution is not None]
+    sync_s = sync[len(used)] / 1e9
+    step = max(s.solution.estimate.step_time_s for s in used) + sync_s
+    slowest = max(used, key=lambda s: s.solution.estimate.step_time_s)
+    lines = [f"{'Proved optimal' if proved else 'Best found within the time limit'} by CP-SAT over each pool's best step "
+             f"on shares of {shares[1]} sequences: {', '.join(f'{s.pool} {s.sequences}' for s in out)} of {batch} "
+             f"sequences per step.",
+             f"Step {step:.3f} s = the slowest pool, {slowest.pool}, {slowest.solution.estimate.step_time_s:.3f} s + the "
+             f"gradient all-reduce across {len(used)} pools over the link, {sync_s:.3f} s."]
+    lines += [f"{s.pool}: idle — every share it could take makes the step slower." for s in out if s.solution is None]
+    return PooledSolution(cluster=pooled, workload=workload, shares=tuple(out), step_time_s=step, sync_s=sync_s,
+                          tokens_per_s=batch * workload.seq_len / step, optimal=proved,
+                          solve_time_s=time.perf_counter() - started, explanation=tuple(lines))

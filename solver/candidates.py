@@ -179,13 +179,15 @@ def priced_candidates(space: SearchSpace, *, every_recompute_depth: bool = False
     drops the structures no plan of which fits (exact for searches, not for diagnosing infeasibility);
     ``bound`` prices only what a step-time search can pick (module docstring)."""
     rows = structures(space)
-    if prune and space.workload.training and rows:
+    bounded = bound is not None and space.workload.training and not every_recompute_depth
+    # the bound's own fit check covers this one (a structure none of whose plans fits is never priced)
+    if prune and space.workload.training and rows and not bounded:
         rows = [rows[i] for i in _structures_that_can_fit(space, rows, runtime)]
     execs = executions(space)
     s_idx, e_idx = valid_pairs(space, rows, execs)
     if len(s_idx) == 0:
         return None
-    if bound is None or not space.workload.training or every_recompute_depth:
+    if not bounded:
         return _price(space, rows, execs, s_idx, e_idx, every_recompute_depth, efficiency, runtime)
     lower = _step_lower_bounds(space, rows, execs, efficiency, runtime)
     plans_of = np.bincount(s_idx, minlength=len(rows))
@@ -194,7 +196,8 @@ def priced_candidates(space: SearchSpace, *, every_recompute_depth: bool = False
     best = np.full(len(rows), np.inf)  # best feasible step per structure priced so far
     parts: list[Candidates] = []
     start = 0
-    while start < len(order) and lower[order[start]] <= bound.threshold(best):
+    # +inf: no plan of the structure can fit (nor could any of the rest, sorted after it)
+    while start < len(order) and lower[order[start]] < np.inf and lower[order[start]] <= bound.threshold(best):
         end = start + 1 + int(np.searchsorted(np.cumsum(plans_of[order[start + 1:]]), BATCH_PLANS))
         chosen = np.zeros(len(rows), dtype=bool)
         chosen[order[start:end]] = True
@@ -204,6 +207,8 @@ def priced_candidates(space: SearchSpace, *, every_recompute_depth: bool = False
         np.minimum.at(best, part.layout[ok], part.evaluation.time.step[ok])
         parts.append(part)
         start = end
+    if not parts:  # no plan of any structure can fit: the search is infeasible
+        return None
     unpriced = np.ones(len(rows), dtype=bool)
     unpriced[order[:start]] = False
     return replace(Candidates.concat(parts, same_layouts=True), bounded=int(plans_of[unpriced].sum()))
@@ -238,12 +243,16 @@ def _step_lower_bounds(space: SearchSpace, rows: list[Structure], execs: list[Ex
     if len(s_idx) == 0:
         return lower
     plans = materialize(space, rows, twins, s_idx, e_idx)
-    choices = least_memory_recomputes(execs)
-    variants = plans.take(np.tile(np.arange(len(plans)), len(choices)))
-    variants.recompute = np.repeat([r for r, _ in choices], len(plans)).astype(np.int64)
-    variants.recompute_modules = np.repeat([m for _, m in choices], len(plans)).astype(np.int64)
-    least = peak_memory(space.model, space.cluster, space.workload, variants, runtime=runtime).total
-    can_fit = least.reshape(len(choices), len(plans)).min(axis=0) <= _usable(space, runtime)
+    can_fit = np.zeros(len(plans), dtype=bool)
+    for recompute, modules in least_memory_recomputes(execs):  # each choice tried on the twins not yet known to fit
+        rest = np.flatnonzero(~can_fit)
+        if len(rest) == 0:
+            break
+        variant = plans.take(rest)
+        variant.recompute = np.full(len(rest), recompute, dtype=np.int64)
+        variant.recompute_modules = np.full(len(rest), modules, dtype=np.int64)
+        memory = peak_memory(space.model, space.cluster, space.workload, variant, runtime=runtime).total
+        can_fit[rest] = memory <= _usable(space, runtime)
     best = np.full(len(rows), np.inf)
     if can_fit.any():
         step = evaluate(space.model, space.cluster, space.workload, plans.take(np.flatnonzero(can_fit)),

@@ -9,7 +9,7 @@ as a bound before the next, and a final stage on a unique tie rank picks exactly
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -123,3 +123,23 @@ def minimize_in_turn(model: cp_model.CpModel, stages: Sequence[cp_model.LinearEx
         proved &= status == cp_model.OPTIMAL
         model.Add(stage == int(round(solver.ObjectiveValue())))
     return solver, proved
+
+
+Choices = list[list[tuple[int, int, cp_model.IntVar]]]
+"""Per table, its (key, value, Boolean) entries."""
+
+
+def one_per_table(model: cp_model.CpModel, tables: Sequence[Mapping[int, int | None]]) -> tuple[Choices, cp_model.IntVar] | None:
+    """A Boolean per table entry with a value (None: not allowed), exactly one chosen per table, and the
+    largest chosen value as a variable (what the composed searches minimise first); None when a table
+    has no allowed entry."""
+    choices = [[(key, value, model.NewBoolVar(f"t{t}_{key}")) for key, value in table.items() if value is not None]
+               for t, table in enumerate(tables)]
+    if any(not c for c in choices):
+        return None
+    for c in choices:
+        model.AddExactlyOne(x for _, _, x in c)
+    largest = model.NewIntVar(0, max(v for c in choices for _, v, _ in c), "largest")
+    for c in choices:
+        model.Add(largest >= sum(v * x for _, v, x in c))
+    return choices, largest

@@ -30,7 +30,7 @@ from parallelplan.hardware import ClusterSpec, load_cluster
 from parallelplan.models import ModelSpec
 from parallelplan.solver.candidates import best_feasible_step
 from parallelplan.solver.errors import Infeasible, SolverInputError
-from parallelplan.solver.model import minimize_in_turn
+from parallelplan.solver.model import minimize_in_turn, one_per_table
 from parallelplan.solver.objectives import nanoseconds
 from parallelplan.solver.search import solve
 from parallelplan.solver.solution import Solution
@@ -119,16 +119,11 @@ def choose(tables: Sequence[Mapping[int, int | None]], total: int, *, time_limit
     """CP-SAT's node count per role (module docstring) and whether every stage was proved; None when no
     combination fits in ``total`` nodes."""
     model = cp_model.CpModel()
-    choices = [[(n, s, model.NewBoolVar(f"r{r}_n{n}")) for n, s in table.items() if s is not None]
-               for r, table in enumerate(tables)]
-    if any(not c for c in choices):
+    built = one_per_table(model, tables)
+    if built is None:
         return None
-    for c in choices:
-        model.AddExactlyOne(x for _, _, x in c)
+    choices, slowest = built
     model.Add(sum(n * x for c in choices for n, _, x in c) <= total)
-    slowest = model.NewIntVar(0, max(s for c in choices for _, s, _ in c), "slowest")
-    for c in choices:
-        model.Add(slowest >= sum(s * x for _, s, x in c))
     weights = [(total + 1) ** (len(tables) - 1 - r) for r in range(len(tables))]
     stages = [slowest, sum(s * x for c in choices for _, s, x in c), sum(n * x for c in choices for n, _, x in c),
               sum(w * n * x for w, c in zip(weights, choices, strict=True) for n, _, x in c)]

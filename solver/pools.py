@@ -34,7 +34,7 @@ from parallelplan.hardware import PooledCluster
 from parallelplan.models import ModelSpec
 from parallelplan.solver.candidates import best_feasible_step
 from parallelplan.solver.errors import Infeasible, SolverInputError
-from parallelplan.solver.model import minimize_in_turn
+from parallelplan.solver.model import minimize_in_turn, one_per_table
 from parallelplan.solver.objectives import nanoseconds
 from parallelplan.solver.search import solve
 from parallelplan.solver.solution import Solution
@@ -135,20 +135,15 @@ def choose(tables: Sequence[Mapping[int, int | None]], sync: Mapping[int, int], 
            time_limit_s: float = 30.0) -> tuple[tuple[int, ...], bool] | None:
     """CP-SAT's share per pool (module docstring) and whether every stage was proved; None when no split fits."""
     model = cp_model.CpModel()
-    choices = [[(b, s, model.NewBoolVar(f"p{p}_b{b}")) for b, s in table.items() if s is not None]
-               for p, table in enumerate(tables)]
-    if any(not c for c in choices):
+    built = one_per_table(model, tables)
+    if built is None:
         return None
-    for c in choices:
-        model.AddExactlyOne(x for _, _, x in c)
+    choices, slowest = built
     model.Add(sum(b * x for c in choices for b, _, x in c) == batch)
     used = sum(x for c in choices for b, _, x in c if b > 0)
     counts = {k: model.NewBoolVar(f"used_{k}") for k in range(1, len(tables) + 1)}
     model.AddExactlyOne(counts.values())
     model.Add(sum(k * z for k, z in counts.items()) == used)
-    slowest = model.NewIntVar(0, max(s for c in choices for _, s, _ in c), "slowest")
-    for c in choices:
-        model.Add(slowest >= sum(s * x for _, s, x in c))
     code = sum((batch + 1) ** (len(tables) - 1 - p) * (batch - b) * x for p, c in enumerate(choices) for b, _, x in c)
     stages = [slowest + sum(sync[k] * z for k, z in counts.items()), sum(s * x for c in choices for _, s, x in c), code]
     solved = minimize_in_turn(model, stages, time_limit_s)

@@ -400,8 +400,8 @@ def least_memory_recomputes(execs: list[Execution]) -> list[tuple[int, int]]:
     choices = list(dict.fromkeys((e.recompute, e.recompute_modules) for e in execs))
     selective = [m for r, m in choices if r == code("recompute", "selective")]
     thorough = max(selective, key=lambda mask: bin(mask).count("1"), default=None)
-    least = [(r, m) for r, m in choices if r == code("recompute", "full")
-             or (r == code("recompute", "selective") and m == thorough)]
+    full = [(r, m) for r, m in choices if r == code("recompute", "full")]  # first: it usually keeps least
+    least = full + [(r, m) for r, m in choices if r == code("recompute", "selective") and m == thorough]
     return least or choices
 
 

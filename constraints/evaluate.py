@@ -2,8 +2,9 @@
 
 `estimate` (one plan, with notes) runs exactly this on a batch of one, so the two cannot disagree.
 Per-stage quantities are (n, C) arrays over each plan's rank classes (`constraints.stages`); plans are
-evaluated in groups of equal pp so that a pp = 1 plan does not pay for another plan's stage layout
-(every row's arithmetic is the same whatever its batch, so the grouping changes no number).
+evaluated in groups of equal pp so that a pp = 1 plan does not pay for another plan's stage layout, small
+depths merged (`GROUP_ROWS`) so that a group's fixed cost is not paid per depth (every row's arithmetic
+is the same whatever its batch, so the grouping changes no number).
 """
 
 from __future__ import annotations
@@ -92,9 +93,28 @@ def _grouped(function, model, cluster, workload, plans, efficiency, runtime):
     return _by_depth(function, model, cluster, workload, p, eff, rt)
 
 
+GROUP_ROWS = 16384
+"""Depth groups smaller than this are priced together (each group is one pass of the whole model, whose
+fixed cost dominates small groups; together they pay for the largest stage layout among them instead)."""
+
+
 def _depth_groups(p: PlanArrays) -> list[np.ndarray]:
-    """The rows of each pipeline depth."""
-    return [np.flatnonzero(p.pp == depth) for depth in np.unique(p.pp)]
+    """The rows of each pipeline depth, the small depths (under `GROUP_ROWS` rows) merged in order of
+    depth until each merged group reaches it."""
+    groups: list[np.ndarray] = []
+    pending: list[np.ndarray] = []
+    for depth in np.unique(p.pp):
+        rows = np.flatnonzero(p.pp == depth)
+        if len(rows) >= GROUP_ROWS:
+            groups.append(rows)
+            continue
+        pending.append(rows)
+        if sum(map(len, pending)) >= GROUP_ROWS:
+            groups.append(np.concatenate(pending))
+            pending = []
+    if pending:
+        groups.append(np.concatenate(pending))
+    return groups
 
 
 def _by_depth(function, model, cluster, workload, p, eff, rt):

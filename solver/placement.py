@@ -2,9 +2,10 @@
 how many nodes each gets, and its best plan there.
 
 A composed problem cannot be enumerated as one space (the product of the roles' spaces), but it factors:
-1. per role, a priced table of its best feasible step time on every node count 1 … N (each entry the
-   throughput optimum of `solve` on that many nodes, found by the same branch and bound over structures,
-   `solver.candidates`, without the explanation);
+1. per role, a priced table of its best feasible step time on every node count from 1 up to what the
+   other roles' fewest fitting node counts leave (each entry the throughput optimum of `solve` on that
+   many nodes, found by the same branch and bound over structures, `solver.candidates`, without the
+   explanation);
 2. CP-SAT chooses one node count per role (a Boolean per table entry, exactly one per role) with the
    nodes they take together at most the cluster's, and minimises, lexicographically: the slowest role's
    step time (the roles advance in lockstep, as an RL step's concurrent actor, critic and reward models
@@ -153,13 +154,22 @@ def place(roles: Sequence[Role], cluster: ClusterSpec, *, efficiency: Efficiency
         raise Infeasible(f"{len(roles)} roles need at least {len(roles)} whole nodes; the cluster has {total}",
                          [f"{len(roles)} roles on whole nodes", f"{total} nodes"], [f"use ≥ {len(roles)} nodes"])
     counts = range(1, total - len(roles) + 2)  # every role keeps at least one node for the others
-    tables = [step_table(r, cluster, counts, efficiency=efficiency, runtime=runtime) for r in roles]
-    for role, table in zip(roles, tables, strict=True):
-        if all(s is None for s in table.values()):
+    tables: list[dict[int, int | None]] = []
+    for role in roles:  # each role's table up to the fewest nodes it fits on
+        table: dict[int, int | None] = {}
+        for n in counts:
+            table |= step_table(role, cluster, [n], efficiency=efficiency, runtime=runtime)
+            if table[n] is not None:
+                break
+        else:
             raise Infeasible(f"role {role.name!r}: {role.model.name} fits on no count of {cluster.node.name} nodes up to "
                              f"{counts[-1]} (the other roles keep a node each)", [f"role {role.name!r}: memory on ≤ {counts[-1]} nodes"],
                              ["solve it alone (`plan solve`) to see why, or give the cluster more nodes"])
-    least = [min(n for n, s in t.items() if s is not None) for t in tables]
+        tables.append(table)
+    least = [max(t) for t in tables]
+    for r, (role, table) in enumerate(zip(roles, tables, strict=True)):  # the rest, as far as the others leave room
+        room = total - sum(least) + least[r]
+        table |= step_table(role, cluster, range(least[r] + 1, room + 1), efficiency=efficiency, runtime=runtime)
     picked = choose(tables, total, time_limit_s=time_limit_s)
     if picked is None:
         raise Infeasible(f"the roles need at least {sum(least)} nodes together ({', '.join(f'{r.name} {n}' for r, n in zip(roles, least, strict=True))}); "
@@ -174,7 +184,7 @@ def place(roles: Sequence[Role], cluster: ClusterSpec, *, efficiency: Efficiency
                                     table={k: None if v is None else v / 1e9 for k, v in table.items()}))
     slowest = max(shares, key=lambda s: s.solution.estimate.step_time_s)
     lines = [f"{'Proved optimal' if proved else 'Best found within the time limit'} by CP-SAT over each role's best step "
-             f"time on 1 to {counts[-1]} nodes: the slowest role, {slowest.role}, takes "
+             f"time on every node count the other roles leave room for: the slowest role, {slowest.role}, takes "
              f"{slowest.solution.estimate.step_time_s:.3f} s per step on {slowest.nodes} of {total} nodes."]
     for share in shares:
         faster = {k: v for k, v in share.table.items() if v is not None and k > share.nodes}

@@ -9,6 +9,7 @@ as a bound before the next, and a final stage on a unique tie rank picks exactly
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -143,3 +144,19 @@ def one_per_table(model: cp_model.CpModel, tables: Sequence[Mapping[int, int | N
     for c in choices:
         model.Add(largest >= sum(v * x for _, v, x in c))
     return choices, largest
+
+
+def best_combination(tables: Sequence[Mapping[int, int | None]], admissible: Callable[[list[int]], bool],
+                     key: Callable[[list[int], list[int]], tuple]) -> tuple[int, ...] | None:
+    """Brute force over one entry per table (the entries with a value): the admissible combination of
+    keys with the least ``key(keys, values)``; None when none is admissible — the composed searches'
+    reference for CP-SAT in the tests."""
+    options = [[(k, v) for k, v in table.items() if v is not None] for table in tables]
+    best = None
+    for combo in itertools.product(*options):
+        keys, values = [k for k, _ in combo], [v for _, v in combo]
+        if admissible(keys):
+            rank = key(keys, values)
+            if best is None or rank < best[0]:
+                best = (rank, tuple(keys))
+    return None if best is None else best[1]

@@ -18,7 +18,6 @@ on its node count for its full `Solution` (plan, estimate, explanation).
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -31,7 +30,7 @@ from parallelplan.hardware import ClusterSpec, load_cluster
 from parallelplan.models import ModelSpec
 from parallelplan.solver.candidates import best_feasible_step
 from parallelplan.solver.errors import Infeasible, SolverInputError
-from parallelplan.solver.model import minimize_in_turn, one_per_table
+from parallelplan.solver.model import best_combination, minimize_in_turn, one_per_table
 from parallelplan.solver.objectives import nanoseconds
 from parallelplan.solver.search import solve
 from parallelplan.solver.solution import Solution
@@ -104,16 +103,8 @@ def _order_key(steps: Sequence[int], nodes: Sequence[int], total: int) -> tuple[
 def brute_force(tables: Sequence[Mapping[int, int | None]], total: int) -> tuple[int, ...] | None:
     """Every combination of the tables' node counts that fits in ``total`` nodes, the best by
     `_order_key` (the tests' reference for CP-SAT); None when none fits."""
-    options = [[(n, s) for n, s in table.items() if s is not None] for table in tables]
-    best = None
-    for combo in itertools.product(*options):
-        nodes = [n for n, _ in combo]
-        if sum(nodes) > total:
-            continue
-        key = _order_key([s for _, s in combo], nodes, total)
-        if best is None or key < best[0]:
-            best = (key, tuple(nodes))
-    return None if best is None else best[1]
+    return best_combination(tables, lambda nodes: sum(nodes) <= total,
+                            lambda nodes, steps: _order_key(steps, nodes, total))
 
 
 def choose(tables: Sequence[Mapping[int, int | None]], total: int, *, time_limit_s: float = 30.0) -> tuple[tuple[int, ...], bool] | None:

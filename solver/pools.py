@@ -22,7 +22,6 @@ expresses either.
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Mapping, Sequence
 
@@ -34,7 +33,7 @@ from parallelplan.hardware import PooledCluster
 from parallelplan.models import ModelSpec
 from parallelplan.solver.candidates import best_feasible_step
 from parallelplan.solver.errors import Infeasible, SolverInputError
-from parallelplan.solver.model import minimize_in_turn, one_per_table
+from parallelplan.solver.model import best_combination, minimize_in_turn, one_per_table
 from parallelplan.solver.objectives import nanoseconds
 from parallelplan.solver.search import solve
 from parallelplan.solver.solution import Solution
@@ -119,16 +118,8 @@ def _key(steps: Sequence[int], shares: Sequence[int], sync: Mapping[int, int], b
 
 def brute_force(tables: Sequence[Mapping[int, int | None]], sync: Mapping[int, int], batch: int) -> tuple[int, ...] | None:
     """Every split of ``batch`` over the tables' shares, the best by `_key` (the tests' reference)."""
-    options = [[(b, s) for b, s in table.items() if s is not None] for table in tables]
-    best = None
-    for combo in itertools.product(*options):
-        shares = [b for b, _ in combo]
-        if sum(shares) != batch:
-            continue
-        key = _key([s for _, s in combo], shares, sync, batch)
-        if best is None or key < best[0]:
-            best = (key, tuple(shares))
-    return None if best is None else best[1]
+    return best_combination(tables, lambda shares: sum(shares) == batch,
+                            lambda shares, steps: _key(steps, shares, sync, batch))
 
 
 def choose(tables: Sequence[Mapping[int, int | None]], sync: Mapping[int, int], batch: int, *,

@@ -13,7 +13,6 @@ from parallelplan.cli.format import bad, heading, plural, progress, quiet, step_
 from parallelplan.cli.options import (
     MODEL_OPTIONS,
     WORKLOAD_OPTIONS,
-    FiniteFloatRange,
     build_workload,
     default_global_batch,
     load_target_cluster,
@@ -34,7 +33,7 @@ if TYPE_CHECKING:
 @click.option("--gpus", type=click.IntRange(min=1), help="Total GPUs of every cluster (instead of --nodes).")
 @with_options(WORKLOAD_OPTIONS)
 @click.option("--objective", "-o", default="throughput", show_default=True, help="As in `plan solve`.")
-@click.option("--tokens", type=FiniteFloatRange(min=0, min_open=True),
+@click.option("--tokens", type=click.FloatRange(min=0, min_open=True),
               help="Training token budget (e.g. 1e12): adds each plan's time and cost to train on it.")
 @with_options(SEARCH_OPTIONS)
 @with_options(MODEL_OPTIONS)

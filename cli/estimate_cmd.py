@@ -31,7 +31,6 @@ from parallelplan.cli.options import (
     MODEL_OPTIONS,
     TARGET_OPTIONS,
     WORKLOAD_OPTIONS,
-    FiniteFloatRange,
     build_workload,
     cost_model,
     default_global_batch,
@@ -89,9 +88,9 @@ PLAN_OPTIONS = [
 
 
 BUDGET_OPTIONS = [
-    click.option("--tokens", type=FiniteFloatRange(min=0, min_open=True),
+    click.option("--tokens", type=click.FloatRange(min=0, min_open=True),
                  help="Training token budget (e.g. 1e12): adds the time and cost to train on it."),
-    click.option("--price", "price_per_gpu_hour", type=FiniteFloatRange(min=0, min_open=True),
+    click.option("--price", "price_per_gpu_hour", type=click.FloatRange(min=0, min_open=True),
                  help="USD per GPU-hour for the cost [default: the median on-demand offer in hardware/data/prices.json]."),
 ]
 

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,20 +14,6 @@ from parallelplan.cli.format import quiet
 if TYPE_CHECKING:
     from parallelplan.constraints import Efficiency, Plan, Workload
     from parallelplan.hardware import ClusterSpec, PooledCluster
-
-class FiniteFloatRange(click.FloatRange):
-    """click's FloatRange, refusing nan and ±inf (FloatRange's comparisons let nan through, and inf wherever
-    the range is open above): every float flag of `plan` takes this type, so a bad number is a usage error
-    naming the flag."""
-
-    name = "float range"
-
-    def convert(self, value, param, ctx):
-        number = super().convert(value, param, ctx)
-        if not math.isfinite(number):
-            self.fail(f"{value!r} is not a finite number", param, ctx)
-        return number
-
 
 TARGET_OPTIONS = [
     click.option("--model", "-m", "model_ref", required=True,
@@ -45,7 +30,7 @@ DEFAULT_CLUSTER = "dgx-h100"
 WORKLOAD_OPTIONS = [
     click.option("--kind", type=click.Choice(["pretrain", "finetune", "inference"]), default="pretrain", show_default=True),
     click.option("--seq-len", type=click.IntRange(min=1), default=4096, show_default=True, help="Tokens per sequence."),
-    click.option("--dropout", type=FiniteFloatRange(0.0, 1.0, max_open=True), default=0.0, show_default=True),
+    click.option("--dropout", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.0, show_default=True),
     click.option("--train-mtp", is_flag=True, help="Also train DeepSeek-V3's multi-token-prediction modules."),
     click.option("--stack", type=click.Choice(["megatron", "megatron-2022", "torchtitan", "deepspeed", "maxtext", "custom"]),
                  help="The software that runs the plan: its attention kernel and what its overlap hides price the step "
@@ -53,7 +38,7 @@ WORKLOAD_OPTIONS = [
     click.option("--moe-dispatcher", type=click.Choice(["alltoall", "deepep"]), default="alltoall", show_default=True,
                  help="How an MoE model's tokens reach their experts: NCCL all-to-alls of every routed copy, or DeepEP "
                       "(one copy per remote node, then NVLink) where the stack offers it."),
-    click.option("--moe-imbalance", type=FiniteFloatRange(min=1.0), default=1.0, show_default=True,
+    click.option("--moe-imbalance", type=click.FloatRange(min=1.0), default=1.0, show_default=True,
                  help="Routed tokens on the busiest expert-parallel rank over the mean (1 = balanced routing, as "
                       "the published MoE benchmarks force; learned routing measures more)."),
 ]
@@ -65,7 +50,7 @@ MODEL_OPTIONS = [
                  help="A calibration profile (`plan calibrate RUNS --out FILE`): its fitted efficiency factors and "
                       "runtime allowance price every plan; --efficiency overrides it."),
     click.option("--allow-cross-domain", is_flag=True, help="Let TP groups span NVLink domains (CP groups always may: their ring is priced over the network)."),
-    click.option("--memory-margin", type=FiniteFloatRange(0.0, 0.5, max_open=True), default=0.0, show_default=True,
+    click.option("--memory-margin", type=click.FloatRange(0.0, 0.5, max_open=True), default=0.0, show_default=True,
                  help="Fraction of GPU memory every plan must leave free (0.05 = fit in 95%): room for what the "
                       "estimate's memory range says the run may measure above it."),
 ]
@@ -242,6 +227,10 @@ def cost_model(efficiency_file: Path | None, calibration_file: Path | None, memo
     ``--memory-margin`` in the runtime allowance; None = defaults."""
     from dataclasses import replace
 
+    if not 0.0 <= memory_margin < 0.5:  # click's FloatRange lets nan through
+        from parallelplan.constraints import PlanError
+
+        raise PlanError(f"--memory-margin must be a fraction in [0, 0.5), got {memory_margin}")
     efficiency = runtime = None
     if calibration_file is not None:
         from parallelplan.constraints.calibration import load_profile

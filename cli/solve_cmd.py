@@ -38,7 +38,6 @@ from parallelplan.cli.options import (
     MODEL_OPTIONS,
     TARGET_OPTIONS,
     WORKLOAD_OPTIONS,
-    FiniteFloatRange,
     build_workload,
     cost_model,
     default_global_batch,
@@ -70,15 +69,15 @@ SEARCH_OPTIONS = [
                  help="Search a field over a range or list, e.g. pp=1:8, precision=bf16,fp8, "
                       "optimizer=adamw,adamw8bit (repeatable; replaces the default domain)."),
     GLOBAL_BATCH_OPTION,
-    click.option("--price", "price_per_gpu_hour", type=FiniteFloatRange(min=0, min_open=True),
+    click.option("--price", "price_per_gpu_hour", type=click.FloatRange(min=0, min_open=True),
                  help="USD per GPU-hour for the cost objective [default: the median on-demand offer in "
                       "hardware/data/prices.json]."),
-    click.option("--min-tokens-per-s", type=FiniteFloatRange(min=0, min_open=True),
+    click.option("--min-tokens-per-s", type=click.FloatRange(min=0, min_open=True),
                  help="Throughput every plan must reach (needed by the gpus objective)."),
     click.option("--node-counts", help="Cluster sizes (nodes, comma-separated) the cost and gpus objectives search "
                                        "[default: powers of two up to --nodes, and --nodes]."),
     click.option("--even-stages", is_flag=True, help="Only even pipeline stages (no lighter first/last stage)."),
-    click.option("--time-limit", type=FiniteFloatRange(min=0, min_open=True), default=30.0, show_default=True,
+    click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
                  help="CP-SAT time limit per solve (seconds); a plan found within it but not proved says so."),
 ]
 
@@ -89,7 +88,7 @@ SEARCH_OPTIONS = [
 @click.option("--objective", "-o", default="throughput", show_default=True,
               help="throughput, cost, memory_headroom, gpus or simplicity; a comma list is lexicographic "
                    "(gpus,throughput); name=weight pairs are weighted (throughput=1,cost=0.5).")
-@click.option("--tolerance", type=FiniteFloatRange(0.0, 1.0, max_open=True), default=0.0, show_default=True,
+@click.option("--tolerance", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.0, show_default=True,
               help="Lexicographic slack: later objectives may cost each earlier one this fraction of its optimum.")
 @click.option("--top-k", type=click.IntRange(0, 100), default=0, show_default=True,
               help="Also list the best plans of this many other layouts.")

@@ -108,7 +108,7 @@ def test_the_solver_keeps_the_memory_margin():
     result = run("solve", "-m", "llama-3.1-70b", "-c", "dgx-h100", "--gpus", "2", "--memory-margin", "0.45")
     usable = 0.55 * cluster.gpu.memory_bytes / GIB  # what the margin leaves is what the explanation is against
     assert result.exit_code == 1 and f"{usable:.1f} GiB" in result.output
-    for bad in ("0.7", "nan"):  # click's FloatRange lets nan through: FiniteFloatRange refuses it
+    for bad in ("0.7", "nan"):  # click's FloatRange lets nan through: cost_model refuses it
         result = run("solve", "-m", "llama-3.1-8b", "--memory-margin", bad)
         assert result.exit_code == 2 and "--memory-margin" in result.output
     for bad in (1.0, -0.1, "5%", True):

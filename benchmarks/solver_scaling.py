@@ -18,8 +18,9 @@ otherwise; objective throughput):
   cluster presets, GPU counts 8 … 16,384 and sequence lengths 2K … 32K;
 - pareto: the non-dominated set over throughput and memory headroom, and over throughput, cost and GPUs;
 - composed: two and three models sharing 8 nodes (`solver.place`) and one model across a two-pool
-  heterogeneous cluster (`solver.solve_pools`), ≤ 3 s each, CP-SAT's choice beside brute force over
-  the same step tables.
+  heterogeneous cluster (`solver.solve_pools`: the batch split alone, and the faster of that and a
+  pipeline across the pools), ≤ 3 s each, CP-SAT's choice beside brute force over the same step tables
+  (for the pipeline, `solver.pool_pipeline.brute_force`: every layout priced as a whole pipeline).
 Per case: the median solve time of REPEATS runs (wall clock, this machine), whether CP-SAT proved the
 optimum, the oracle's time (`solver.exhaustive.oracle`, vectorized enumeration of the same space with every
 partial-recompute depth and no pruning; skipped above ORACLE_LIMIT plans) and whether both found the same
@@ -51,6 +52,7 @@ from parallelplan.models import load_model
 from parallelplan.solver import Infeasible, Role, pareto, place, solve, solve_pools
 from parallelplan.solver.exhaustive import oracle
 from parallelplan.solver.placement import brute_force as placement_brute_force
+from parallelplan.solver.pool_pipeline import brute_force as pipeline_brute_force
 from parallelplan.solver.pools import brute_force as pools_brute_force
 from parallelplan.solver.pools import sync_time_ns
 from parallelplan.solver.space import SearchSpace, executions, structures
@@ -217,14 +219,22 @@ def composed_cases() -> list[dict]:
                            "pools": [{"cluster": "dgx-h100", "nodes": 2, "name": "h100"},
                                      {"cluster": "dgx-a100", "nodes": 2, "name": "a100"}]})
     model, batch = load_model("llama-3.1-8b"), Workload(seq_len=4096, global_batch_size=256)
-    times, split = _timed(lambda: solve_pools(model, pooled, batch))
+    times, split = _timed(lambda: solve_pools(model, pooled, batch, layouts=("data_parallel",)))
     tables = [{b: None if v is None else round(v * 1e9) for b, v in share.table.items()} for share in split.shares]
     started = time.perf_counter()
     syncs = {k: sync_time_ns(model, pooled, k) for k in range(len(pooled.pools) + 1)}
     same = pools_brute_force(tables, syncs, 256) == tuple(share.sequences for share in split.shares)
-    out.append(_composed_row("llama-3.1-8b across 2 H100 + 2 A100 nodes (pools), 256 sequences",
+    out.append(_composed_row("llama-3.1-8b across 2 H100 + 2 A100 nodes (pools), 256 sequences, batch split",
                              " / ".join(f"{share.pool} {share.sequences} seq" for share in split.shares), split.step_time_s,
                              split.optimal, times, time.perf_counter() - started, same))
+    times, both = _timed(lambda: solve_pools(model, pooled, batch))
+    started = time.perf_counter()
+    slow_way = pipeline_brute_force(model, pooled, batch)
+    same = both.layout == "pipeline" and slow_way is not None and abs(slow_way - both.step_time_s) <= 1e-9 * slow_way
+    choice = (" then ".join(f"{s.pool} {sum(s.layers_per_stage)} layers (tp {s.tp}, pp {s.pp})" for s in both.pipeline.stages)
+              if both.pipeline else both.layout)
+    out.append(_composed_row("llama-3.1-8b across the same pools, batch split or pipeline across them (the faster)",
+                             choice, both.step_time_s, both.optimal, times, time.perf_counter() - started, same))
     return out
 
 

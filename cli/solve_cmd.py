@@ -292,8 +292,9 @@ def _integers(text: str, flag: str) -> list[int]:
 
 def solve_across_pools(model: ModelSpec, pooled: PooledCluster, workload: Workload, objective: str, top_k: int,
                        arguments: dict[str, Any], as_json: bool) -> None:
-    """`plan solve` on a heterogeneous cluster: the batch split over its pools and each pool's plan
-    (`solver.solve_pools`); the options it does not take yet are refused by name."""
+    """`plan solve` on a heterogeneous cluster: the batch split over its pools with each pool's plan, or a
+    pipeline across them, whichever is faster (`solver.solve_pools`); the options it does not take yet are
+    refused by name."""
     from parallelplan.solver import Infeasible, SolverInputError, solve_pools
 
     given = [flag for flag, value in (("--objective", objective != "throughput"), ("--top-k", top_k > 0),
@@ -302,7 +303,7 @@ def solve_across_pools(model: ModelSpec, pooled: PooledCluster, workload: Worklo
                                       ("--min-tokens-per-s", arguments["min_tokens_per_s"] is not None),
                                       ("--price-per-gpu-hour", arguments["price_per_gpu_hour"] is not None)) if value]
     if given:
-        raise SolverInputError(f"{given[0]}: not taken with a cluster of pools yet (it splits the batch over the pools "
+        raise SolverInputError(f"{given[0]}: not taken with a cluster of pools yet (it searches the pools' layouts "
                                "for throughput); drop it, or solve one pool's cluster")
     try:
         found = solve_pools(model, pooled, workload, efficiency=arguments["efficiency"], runtime=arguments["runtime"],
@@ -316,15 +317,25 @@ def render_pools(model: ModelSpec, found: PooledSolution) -> str:
     from parallelplan.solver.explain import describe
 
     w = found.workload
-    rows = [(s.pool, s.gpus, s.sequences, describe(s.solution.plan) if s.solution else "idle",
-             f"{s.solution.estimate.memory.total / 2**30:.1f}" if s.solution else "-",
-             f"{s.solution.estimate.step_time_s:.3f}" if s.solution else "-") for s in found.shares]
-    lines = [f"{model.display_name or model.name} across {len(found.shares)} pools of {found.cluster.name} "
+    lines = [f"{model.display_name or model.name} across {len(found.cluster.pools)} pools of {found.cluster.name} "
              f"({found.cluster.total_gpus} GPUs); {w.kind}, {w.seq_len} tokens x {plural(w.global_batch_size, 'sequence')} "
-             f"per step on {software(w, model)}",
-             table(["pool", "GPUs", "sequences", "plan", "memory GiB", "pool step s"], rows, right=(1, 2, 4, 5)),
-             f"step: {found.step_time_s:.3f} s (slowest pool + {found.sync_s:.3f} s gradient all-reduce across pools), "
-             f"{found.tokens_per_s:,.0f} tokens/s ({'proved optimal' if found.optimal else 'not proved'})"]
+             f"per step on {software(w, model)}"]
+    if found.pipeline is not None:
+        piped = found.pipeline
+        rows = [(s.pool, s.gpus, f"tp {s.tp} · pp {s.pp} · dp {piped.dp}", "/".join(map(str, s.layers_per_stage)),
+                 f"{max(s.memory_bytes) / 2**30:.1f}", f"{max(s.microbatch_times_s) * 1e3:.1f}") for s in piped.stages]
+        lines += [f"pipeline across the pools, first to last stage; micro-batch {piped.micro_batch_size} x "
+                  f"{piped.micro_batches}, sharding {piped.sharding}, recompute {piped.recompute}, {piped.precision}",
+                  table(["pool", "GPUs", "layout", "layers per stage", "memory GiB", "slowest rank ms"], rows, right=(1, 4, 5)),
+                  f"step: {found.step_time_s:.3f} s (pipeline {piped.pipeline_s:.3f} s + {piped.once_s:.3f} s gradient "
+                  f"reduction and update), {found.tokens_per_s:,.0f} tokens/s (exhaustive over the pipeline layouts)"]
+    else:
+        rows = [(s.pool, s.gpus, s.sequences, describe(s.solution.plan) if s.solution else "idle",
+                 f"{s.solution.estimate.memory.total / 2**30:.1f}" if s.solution else "-",
+                 f"{s.solution.estimate.step_time_s:.3f}" if s.solution else "-") for s in found.shares]
+        lines += [table(["pool", "GPUs", "sequences", "plan", "memory GiB", "pool step s"], rows, right=(1, 2, 4, 5)),
+                  f"step: {found.step_time_s:.3f} s (slowest pool + {found.sync_s:.3f} s gradient all-reduce across pools), "
+                  f"{found.tokens_per_s:,.0f} tokens/s ({'proved optimal' if found.optimal else 'not proved'})"]
     if not quiet():
         lines += ["", "why:"] + [f"  - {line}" for line in found.explanation]
     return "\n".join(lines)

@@ -19,13 +19,13 @@ import numpy as np
 from parallelplan.constraints.arrays import PlanArrays
 from parallelplan.constraints.compute import layer_times
 from parallelplan.constraints.efficiency import Efficiency
-from parallelplan.constraints.memory import MemoryArrays, stage_memory
+from parallelplan.constraints.memory import ClassMemory, MemoryArrays, class_memory
 from parallelplan.constraints.plan import PRECISIONS, Plan, Workload
 from parallelplan.constraints.runtime import RuntimeAllowance
-from parallelplan.constraints.stages import stage_layout, stage_params
+from parallelplan.constraints.stages import StageLayout, stage_layout, stage_params
 from parallelplan.constraints.states import bytes_per_param, shard_divisors
 from parallelplan.constraints.structure import attention_keys, model_facts
-from parallelplan.constraints.timing import StepTimes, step_times
+from parallelplan.constraints.timing import ClassTimes, StepTimes, class_times, step_times
 from parallelplan.hardware import ClusterSpec
 from parallelplan.models import ModelSpec
 
@@ -147,26 +147,60 @@ class _Structure:
     """What one depth group of plans is, whatever the efficiency factors: its stage layout, parameters,
     bytes per parameter, shard divisors, memory and attention spans; `step_times` prices it."""
 
-    def __init__(self, model: ModelSpec, cluster: ClusterSpec, workload: Workload, p: PlanArrays, rt: RuntimeAllowance):
+    def __init__(self, model: ModelSpec, cluster: ClusterSpec, workload: Workload, p: PlanArrays, rt: RuntimeAllowance,
+                 merge: bool = True):
         self.cluster, self.workload, self.p = cluster, workload, p
         self.f = f = model_facts(model)
-        self.layout = stage_layout(f, p, train_mtp=workload.train_mtp)
+        self.layout = stage_layout(f, p, train_mtp=workload.train_mtp, merge=merge)
         self.params = stage_params(f, p, self.layout)
         self.per = bytes_per_param(p, f.adafactor_state_ratio)
         self.div = shard_divisors(p)
         kv_latent = (model.mla.kv_lora_rank + model.mla.qk_rope_head_dim) if model.mla else 0
-        self.memory = stage_memory(f, cluster, p, workload, rt, self.layout, self.params, self.per, self.div,
-                                   kv_latent=kv_latent, kv_head_dim=model.head_dim or 0)
+        self.class_memory = class_memory(f, cluster, p, workload, rt, self.layout, self.params, self.per, self.div,
+                                         kv_latent=kv_latent, kv_head_dim=model.head_dim or 0)
+        self.memory = self.class_memory.worst(self.layout)
         self.keys = attention_keys(model, workload.seq_len, causal=True)
         # a precision the GPU lacks cannot run: infinite step time, no throughput (rules.precision_supported)
         self.peaks = np.array([cluster.gpu.peak_flops.get(name, np.nan) for name in PRECISIONS])[p.precision]
 
-    def step_times(self, eff: Efficiency) -> StepTimes:
+    def _inputs(self, eff: Efficiency) -> tuple:
         times = layer_times(self.f, self.cluster.gpu, eff, self.p, self.workload, self.keys)
-        step = step_times(self.f, self.cluster, eff, self.p, self.workload, self.layout, self.params, times, self.per,
-                          self.div)
+        return self.f, self.cluster, eff, self.p, self.workload, self.layout, self.params, times, self.per, self.div
+
+    def step_times(self, eff: Efficiency) -> StepTimes:
+        step = step_times(*self._inputs(eff))
         step.step = np.where(np.isfinite(self.peaks), step.step, np.inf)
         return step
+
+    def class_times(self, eff: Efficiency) -> ClassTimes:
+        return class_times(*self._inputs(eff))
+
+
+@dataclass
+class StageCosts:
+    """Every pipeline rank of n plans priced on its own, (n, P) arrays (column i: rank i, ``layout.valid``
+    where the plan has it): what a pipeline whose ranks sit on different hardware is assembled from
+    (`solver.pool_pipeline`)."""
+
+    layout: StageLayout
+    times: ClassTimes | None
+    memory: ClassMemory
+    usable_memory: float
+    supported: np.ndarray
+    """(n,) whether the GPU runs the plan's precision."""
+
+
+def stage_costs(model: ModelSpec, cluster: ClusterSpec, workload: Workload, plans: PlanArrays, *,
+                efficiency: Efficiency | None = None, runtime: RuntimeAllowance | None = None,
+                times: bool = True) -> StageCosts:
+    """The per-rank times (unless ``times`` is False) and memory of ``plans`` on ``cluster``: the same
+    formulas as `evaluate`, before they are reduced to the critical rank."""
+    rt = runtime or RuntimeAllowance.default()
+    structure = _Structure(model, cluster, workload, plans, rt, merge=False)
+    priced = structure.class_times(efficiency or Efficiency.default()) if times else None
+    return StageCosts(layout=structure.layout, times=priced,
+                      memory=structure.class_memory, usable_memory=rt.usable(cluster),
+                      supported=np.isfinite(structure.peaks))
 
 
 def step_time_function(model: ModelSpec, cluster: ClusterSpec, workload: Workload, plans: Sequence[Plan], *,
@@ -214,4 +248,4 @@ def _evaluate(model: ModelSpec, cluster: ClusterSpec, workload: Workload, p: Pla
     )
 
 
-__all__ = ["Evaluation", "evaluate", "peak_memory", "step_time_function"]
+__all__ = ["Evaluation", "StageCosts", "evaluate", "peak_memory", "stage_costs", "step_time_function"]

@@ -95,10 +95,44 @@ def kv_cache_bytes_per_token_layer(f: ModelFacts, p: PlanArrays, mla_latent: int
     return b * 2 * heads_per_gpu * head_dim
 
 
+@dataclass
+class ClassMemory:
+    """Bytes on one GPU of each rank class, (n, C) arrays (the parts of `MemoryArrays`; ``total`` is -inf
+    on invalid columns)."""
+
+    weights: np.ndarray
+    gradients: np.ndarray
+    optimizer: np.ndarray
+    activations: np.ndarray
+    kv_cache: np.ndarray
+    overhead: np.ndarray
+    total: np.ndarray
+    in_flight: np.ndarray
+
+    def worst(self, layout: StageLayout) -> MemoryArrays:
+        """The most loaded class of each plan."""
+        stage = np.argmax(self.total, axis=1)
+        pick = lambda a: np.take_along_axis(np.broadcast_to(a, self.total.shape), stage[:, None], axis=1)[:, 0]  # noqa: E731
+        return MemoryArrays(weights=pick(self.weights), gradients=pick(self.gradients), optimizer=pick(self.optimizer),
+                            activations=pick(self.activations), kv_cache=pick(self.kv_cache),
+                            overhead=pick(self.overhead), total=pick(self.total),
+                            stage=np.take_along_axis(layout.index, stage[:, None], axis=1)[:, 0],
+                            in_flight=pick(self.in_flight))
+
+
 def stage_memory(
     f: ModelFacts, cluster: ClusterSpec, p: PlanArrays, w: Workload, runtime: RuntimeAllowance, layout: StageLayout,
     params: StageParams, per: BytesPerParam, div: ShardDivisors, *, kv_latent: int, kv_head_dim: int,
 ) -> MemoryArrays:
+    """Bytes on one GPU of each plan's most loaded rank (`class_memory`'s worst class)."""
+    return class_memory(f, cluster, p, w, runtime, layout, params, per, div, kv_latent=kv_latent,
+                        kv_head_dim=kv_head_dim).worst(layout)
+
+
+def class_memory(
+    f: ModelFacts, cluster: ClusterSpec, p: PlanArrays, w: Workload, runtime: RuntimeAllowance, layout: StageLayout,
+    params: StageParams, per: BytesPerParam, div: ShardDivisors, *, kv_latent: int, kv_head_dim: int,
+) -> ClassMemory:
     col = lambda a: np.asarray(a, dtype=float)[:, None]  # noqa: E731 - (n,) → (n, 1) for stage broadcasting
 
     training = w.training
@@ -181,16 +215,8 @@ def stage_memory(
     overhead = col(runtime.fixed_bytes(p, cluster)) + runtime.fragmentation * activations
     totals = weights + states + grads_at_peak + activations + kv + overhead
     totals = np.where(layout.valid, totals, -np.inf)
-    stage = np.argmax(totals, axis=1)
-    pick = lambda a: np.take_along_axis(np.broadcast_to(a, totals.shape), stage[:, None], axis=1)[:, 0]  # noqa: E731
-    return MemoryArrays(
-        weights=pick(weights),
-        gradients=pick(grads_at_peak),
-        optimizer=pick(states),
-        activations=pick(activations),
-        kv_cache=pick(kv),
-        overhead=pick(overhead),
-        total=pick(totals),
-        stage=np.take_along_axis(layout.index, stage[:, None], axis=1)[:, 0],
-        in_flight=pick(flight),
-    )
+    shape = totals.shape
+    return ClassMemory(weights=np.broadcast_to(weights, shape), gradients=np.broadcast_to(grads_at_peak, shape),
+                       optimizer=np.broadcast_to(states, shape), activations=np.broadcast_to(activations, shape),
+                       kv_cache=np.broadcast_to(kv, shape), overhead=np.broadcast_to(overhead, shape), total=totals,
+                       in_flight=np.broadcast_to(flight, shape))

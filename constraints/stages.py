@@ -47,17 +47,18 @@ class StageLayout:
         return self.layers - self.moe_layers
 
 
-def stage_layout(facts: ModelFacts, p: PlanArrays, *, train_mtp: bool = False) -> StageLayout:
-    """The rank classes of each plan. A layout depends only on pp, vpp and the explicit stages, so it is
-    computed once per distinct combination and shared by the plans that have it."""
+def stage_layout(facts: ModelFacts, p: PlanArrays, *, train_mtp: bool = False, merge: bool = True) -> StageLayout:
+    """The rank classes of each plan (with ``merge`` False, every rank a class of its own, column i rank i).
+    A layout depends only on pp, vpp and the explicit stages, so it is computed once per distinct
+    combination and shared by the plans that have it."""
     keys = np.stack([p.pp, p.vpp], axis=1)
     if p.layers_per_stage is not None:
         keys = np.concatenate([keys, p.layers_per_stage], axis=1)
     first, inverse = _distinct_rows(keys)
     if len(first) < len(p):
-        layout = _layout(facts, p.take(first), train_mtp)
+        layout = _layout(facts, p.take(first), train_mtp, merge)
         return StageLayout(**{name: getattr(layout, name)[inverse] for name in StageLayout.__dataclass_fields__})
-    return _layout(facts, p, train_mtp)
+    return _layout(facts, p, train_mtp, merge)
 
 
 def _distinct_rows(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -75,7 +76,7 @@ def _distinct_rows(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return first, inverse.reshape(-1)
 
 
-def _layout(facts: ModelFacts, p: PlanArrays, train_mtp: bool) -> StageLayout:
+def _layout(facts: ModelFacts, p: PlanArrays, train_mtp: bool, merge: bool) -> StageLayout:
     n = len(p)
     explicit = p.layers_per_stage
     width = int(p.pp.max()) if explicit is None else max(int(p.pp.max()), explicit.shape[1])
@@ -95,7 +96,12 @@ def _layout(facts: ModelFacts, p: PlanArrays, train_mtp: bool) -> StageLayout:
         moe = np.where(has, given_moe, moe)
     last = index == pp - 1
     mtp = np.where(last, facts.mtp_layers if train_mtp else 0, 0)
-    return _classes(valid, index == 0, last, layers + mtp, moe + (mtp if facts.experts else 0), mtp)
+    moe = moe + (mtp if facts.experts else 0)
+    if not merge:
+        return StageLayout(valid=valid, first=valid & (index == 0), last=valid & last, index=np.array(index),
+                           weight=valid.astype(np.int64), layers=np.where(valid, layers + mtp, 0),
+                           moe_layers=np.where(valid, moe, 0), mtp=np.where(valid, mtp, 0))
+    return _classes(valid, index == 0, last, layers + mtp, moe, mtp)
 
 
 def _classes(valid: np.ndarray, first: np.ndarray, last: np.ndarray, layers: np.ndarray, moe: np.ndarray,

@@ -115,10 +115,74 @@ def _hidden(comm: np.ndarray, cover: np.ndarray, fraction: float, enabled: np.nd
     return np.where(enabled, np.maximum(comm - fraction * cover, 0.0), comm)
 
 
+@dataclass
+class ClassTimes:
+    """Seconds per rank class, (n, C) arrays (`constraints.stages`): the per-micro-batch terms, which sum to
+    ``per_microbatch`` (-inf on invalid columns), and the once-per-step ones (``once``: their sum, -inf on
+    invalid columns). ``boundary`` ((n, 1)) is one pipeline send of the stage boundary's activations, which
+    ``pp_comm`` counts forward on every rank but the last and backward on every rank but the first."""
+
+    compute: np.ndarray
+    tp_comm: np.ndarray
+    cp_comm: np.ndarray
+    ep_comm: np.ndarray
+    pp_comm: np.ndarray
+    dp_per_microbatch: np.ndarray
+    per_microbatch: np.ndarray
+    dp_once: np.ndarray
+    update: np.ndarray
+    once: np.ndarray
+    boundary: np.ndarray
+    bytes_per_microbatch: np.ndarray
+    once_bytes: np.ndarray
+
+
+def bubble_factor(p: PlanArrays) -> np.ndarray:
+    """β of the pipeline formula (module docstring): 1 for 1F1B, 1/vpp interleaved, 1/3 zero-bubble."""
+    return np.select([p.schedule == code("schedule", "interleaved"), p.schedule == code("schedule", "zero_bubble")],
+                     [1.0 / p.vpp, 1.0 / 3.0], default=1.0)
+
+
 def step_times(
     f: ModelFacts, cluster: ClusterSpec, eff: Efficiency, p: PlanArrays, w: Workload, layout: StageLayout,
     params: StageParams, times: LayerTimes, per: BytesPerParam, div: ShardDivisors,
 ) -> StepTimes:
+    """The step of each plan from its rank classes' times (module docstring)."""
+    c = class_times(f, cluster, eff, p, w, layout, params, times, per, div)
+    critical = np.argmax(c.per_microbatch, axis=1)
+    pick = lambda a: np.take_along_axis(np.broadcast_to(a, c.per_microbatch.shape), critical[:, None], axis=1)[:, 0]  # noqa: E731
+    t_max = pick(c.per_microbatch)
+    total = (layout.weight * np.where(layout.valid, c.per_microbatch, 0.0)).sum(axis=1)
+    m = micro_batches(p, w).astype(float)
+    pipeline = m * t_max + bubble_factor(p) * (total - t_max)
+    if w.training:
+        once_stage = np.argmax(c.once, axis=1)
+        pick_once = lambda a: np.take_along_axis(np.broadcast_to(a, c.once.shape), once_stage[:, None], axis=1)[:, 0]  # noqa: E731
+        dp_once, optimizer = pick_once(c.dp_once), pick_once(c.update)
+        step_bytes = m[:, None] * c.bytes_per_microbatch + c.once_bytes
+        dp_bytes = np.where(layout.valid, step_bytes, 0.0).max(axis=1)
+    else:
+        dp_once = optimizer = dp_bytes = np.zeros(len(p))
+    return StepTimes(
+        step=pipeline + dp_once + optimizer,
+        compute=m * pick(c.compute),
+        tp_comm=m * pick(c.tp_comm),
+        cp_comm=m * pick(c.cp_comm),
+        ep_comm=m * pick(c.ep_comm),
+        pp_comm=m * pick(c.pp_comm),
+        dp_comm=m * pick(c.dp_per_microbatch) + dp_once,
+        bubble=pipeline - m * t_max,
+        optimizer=optimizer,
+        critical_stage=np.take_along_axis(layout.index, critical[:, None], axis=1)[:, 0],
+        dp_bytes=dp_bytes,
+    )
+
+
+def class_times(
+    f: ModelFacts, cluster: ClusterSpec, eff: Efficiency, p: PlanArrays, w: Workload, layout: StageLayout,
+    params: StageParams, times: LayerTimes, per: BytesPerParam, div: ShardDivisors,
+) -> ClassTimes:
+    """Each rank class's per-micro-batch and once-per-step times (module docstring)."""
     fabric = Fabric.of(cluster, eff)
     hide = eff.overlap[w.stack]  # what the stack's overlap mechanisms hide, by kind
     col = lambda a: np.asarray(a, dtype=float)[:, None]  # noqa: E731
@@ -231,16 +295,10 @@ def step_times(
     compute = forward + backward + recompute
     per_microbatch = compute + tp_exposed + cp_exposed + ep_comm + pp_comm + dp_per_microbatch
     per_microbatch = np.where(layout.valid, per_microbatch, -np.inf)
-    critical = np.argmax(per_microbatch, axis=1)
-    pick = lambda a: np.take_along_axis(np.broadcast_to(a, per_microbatch.shape), critical[:, None], axis=1)[:, 0]  # noqa: E731
-    t_max = pick(per_microbatch)
-    total = (layout.weight * np.where(layout.valid, per_microbatch, 0.0)).sum(axis=1)
-    m = micro_batches(p, w).astype(float)
-    bubble_factor = np.select([p.schedule == code("schedule", "interleaved"), p.schedule == code("schedule", "zero_bubble")],
-                              [1.0 / p.vpp, 1.0 / 3.0], default=1.0)
-    pipeline = m * t_max + bubble_factor * (total - t_max)
 
     # once per step: gradient reduction, parameter gather, optimizer update
+    zeros = np.zeros_like(per_microbatch)
+    dp_once = update = once_bytes = zeros
     if training:
         unsharded = col(p.sharding == code("sharding", "none")) > 0
         zero1 = col(p.sharding == code("sharding", "zero1")) > 0
@@ -255,30 +313,15 @@ def step_times(
         pcie = cluster.gpu.pcie_bandwidth * eff.memory_bound
         hbm = cluster.gpu.hbm_bandwidth * eff.streaming  # one fused multi-tensor kernel over exactly counted bytes
         update = np.where(offloaded, updated * col(per.grads + per.weights) / pcie, update_bytes / hbm)
-        once = np.where(layout.valid, dp_exposed + gather_exposed + update, -np.inf)
-        once_stage = np.argmax(once, axis=1)
-        pick_once = lambda a: np.take_along_axis(np.broadcast_to(a, once.shape), once_stage[:, None], axis=1)[:, 0]  # noqa: E731
-        dp_once = pick_once(dp_exposed + gather_exposed)
-        optimizer = pick_once(update)
+        dp_once = dp_exposed + gather_exposed
         weight_gather_bytes = ring_bytes(weights[0], dp_groups[0][0]) + ring_bytes(weights[1], dp_groups[1][0])
         once_bytes = (np.select([unsharded, zero1], [2 * dp_scatter_bytes, dp_scatter_bytes], default=0.0)
                       + np.where(zero1 | zero2, weight_gather_bytes, 0.0))
-        step_bytes = col(micro_batches(p, w).astype(float)) * bytes_per_microbatch + once_bytes
-        dp_bytes = np.where(layout.valid, step_bytes, 0.0).max(axis=1)
-    else:
-        dp_once = optimizer = dp_bytes = np.zeros(len(p))
-
-    step = pipeline + dp_once + optimizer
-    return StepTimes(
-        step=step,
-        compute=m * pick(compute),
-        tp_comm=m * pick(tp_exposed),
-        cp_comm=m * pick(cp_exposed),
-        ep_comm=m * pick(ep_comm),
-        pp_comm=m * pick(pp_comm),
-        dp_comm=m * pick(dp_per_microbatch) + dp_once,
-        bubble=pipeline - m * t_max,
-        optimizer=optimizer,
-        critical_stage=np.take_along_axis(layout.index, critical[:, None], axis=1)[:, 0],
-        dp_bytes=dp_bytes,
-    )
+    once = np.where(layout.valid, dp_once + update, -np.inf)
+    return ClassTimes(compute=compute, tp_comm=tp_exposed, cp_comm=cp_exposed, ep_comm=ep_comm, pp_comm=pp_comm,
+                      dp_per_microbatch=dp_per_microbatch, per_microbatch=per_microbatch,
+                      dp_once=np.broadcast_to(dp_once, per_microbatch.shape),
+                      update=np.broadcast_to(update, per_microbatch.shape), once=once,
+                      boundary=np.where(col(p.pp) > 1, boundary, 0.0),
+                      bytes_per_microbatch=np.broadcast_to(bytes_per_microbatch, per_microbatch.shape),
+                      once_bytes=np.broadcast_to(once_bytes, per_microbatch.shape))

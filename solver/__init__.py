@@ -4,7 +4,7 @@
 - `pareto(model, cluster, workload, objectives=(...)) -> list[Solution]`
 - `compare(models, clusters, workload) -> list[Comparison]`: the best plan of every pair, side by side
 - `place(roles, cluster) -> Placement`: several models (`Role`) sharing one cluster, nodes per role proved by CP-SAT
-- `solve_pools(model, pooled, workload) -> PooledSolution`: one model data-parallel across a heterogeneous cluster's pools
+- `solve_pools(model, pooled, workload) -> PooledSolution`: one model across a heterogeneous cluster's pools (the batch split over them, or a pipeline across them)
 - `Infeasible` (the conflicting constraints and the changes that would help), `SolverInputError`.
 `Plan` and `Workload` are re-exported from `constraints`. The search modules (and OR-Tools) load on first
 use, so catching the error types costs a command nothing.
@@ -21,10 +21,11 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "place": "parallelplan.solver.placement", "Role": "parallelplan.solver.placement",
     "Placement": "parallelplan.solver.placement", "RolePlacement": "parallelplan.solver.placement",
     "solve_pools": "parallelplan.solver.pools", "PooledSolution": "parallelplan.solver.pools",
-    "PoolShare": "parallelplan.solver.pools",
+    "PoolShare": "parallelplan.solver.pools", "PoolPipeline": "parallelplan.solver.pool_pipeline",
+    "PoolStages": "parallelplan.solver.pool_pipeline",
     "OBJECTIVES": "parallelplan.solver.objectives", "Plan": "parallelplan.constraints",
     "Workload": "parallelplan.constraints"})
 
-__all__ = ["OBJECTIVES", "Alternative", "Comparison", "Infeasible", "InfeasibleCell", "Placement", "Plan", "PoolShare",
-           "PooledSolution", "Role", "RolePlacement", "SearchStats", "Solution", "SolverInputError", "Workload", "compare",
+__all__ = ["OBJECTIVES", "Alternative", "Comparison", "Infeasible", "InfeasibleCell", "Placement", "Plan", "PoolPipeline", "PoolShare",
+           "PoolStages", "PooledSolution", "Role", "RolePlacement", "SearchStats", "Solution", "SolverInputError", "Workload", "compare",
            "pareto", "place", "solve", "solve_pools"]

@@ -1,4 +1,5 @@
-"""`solve_pools(model, pooled, workload)`: one model trained data-parallel across the pools of a
+"""`solve_pools(model, pooled, workload)`: one model trained across the pools of a heterogeneous cluster.
+This module's layout is data-parallel across the pools of a
 heterogeneous cluster (`hardware.PooledCluster`) — each pool runs replicas of its own layout (its own tp,
 pp, micro-batch, sharding … on its own GPUs) on its share of every global batch, and the pools then
 all-reduce their gradients over the link between them.
@@ -15,15 +16,15 @@ or B over its largest divisor ≤ 8), then CP-SAT chooses one share per pool wit
 step time above, then the sum of the pools' steps, then the shares in pool order (larger first for the
 pools listed first). `brute_force` checks it in the tests.
 
-What this does not do yet: pipeline stages across pools (layers split by pool speed) — a heterogeneous
-pipeline needs the stage boundary over the link and a per-pool stage layout, which no launch target
-expresses either.
+The other layout, pipeline stages across the pools (`solver.pool_pipeline`), is searched beside this one;
+`solve_pools` returns the faster (``layouts`` restricts it to one) and says what the other would take.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 from ortools.sat.python import cp_model
 from pydantic import BaseModel, ConfigDict
@@ -35,6 +36,7 @@ from parallelplan.solver.candidates import best_feasible_step
 from parallelplan.solver.errors import Infeasible, SolverInputError
 from parallelplan.solver.model import best_combination, minimize_in_turn, one_per_table
 from parallelplan.solver.objectives import nanoseconds
+from parallelplan.solver.pool_pipeline import MAX_PIPELINE_POOLS, PoolPipeline, best_pool_pipeline
 from parallelplan.solver.search import solve
 from parallelplan.solver.solution import Solution
 from parallelplan.solver.space import SearchSpace
@@ -60,17 +62,28 @@ class PoolShare(_Frozen):
     table: dict[int, float | None]
 
 
+LAYOUTS = ("data_parallel", "pipeline")
+"""How one model spans the pools: the batch split over them (this module) or its layers (`solver.pool_pipeline`)."""
+
+
 class PooledSolution(_Frozen):
-    """The split and the pools' plans. ``step_time_s`` = the slowest used pool's step + ``sync_s`` (the
-    gradient all-reduce across pools); ``optimal``: CP-SAT proved every stage over the tables."""
+    """The faster layout across the pools. ``data_parallel``: ``shares`` holds the split and the pools'
+    plans, ``step_time_s`` = the slowest used pool's step + ``sync_s`` (the gradient all-reduce across
+    pools). ``pipeline``: ``pipeline`` holds the stages per pool (``shares`` empty, ``sync_s`` 0).
+    ``optimal``: the layout's search is exact (CP-SAT proved every stage over the tables, or the
+    pipeline enumeration is exhaustive); ``alternatives``: the best step of each layout searched (None
+    where none fits)."""
 
     cluster: PooledCluster
     workload: Workload
+    layout: Literal["data_parallel", "pipeline"]
     shares: tuple[PoolShare, ...]
+    pipeline: PoolPipeline | None
     step_time_s: float
     sync_s: float
     tokens_per_s: float
     optimal: bool
+    alternatives: dict[str, float | None]
     solve_time_s: float
     explanation: tuple[str, ...]
 
@@ -145,30 +158,81 @@ def choose(tables: Sequence[Mapping[int, int | None]], sync: Mapping[int, int], 
 
 
 def solve_pools(model: ModelSpec, pooled: PooledCluster, workload: Workload, *, efficiency: Efficiency | None = None,
-                runtime: RuntimeAllowance | None = None, time_limit_s: float = 30.0) -> PooledSolution:
-    """The best split of the global batch over the pools and each pool's plan (module docstring);
-    `Infeasible` when no split has every used pool fit."""
+                runtime: RuntimeAllowance | None = None, time_limit_s: float = 30.0,
+                layouts: Sequence[str] = LAYOUTS) -> PooledSolution:
+    """The faster of the ``layouts`` across the pools: the best split of the global batch with each pool's
+    plan (module docstring), or the best pipeline across them (`solver.pool_pipeline`); `Infeasible` when
+    neither fits."""
     started = time.perf_counter()
     if not workload.training:
         raise SolverInputError("solve_pools plans training across pools; serve each pool on its own (`plan solve` "
                                "with one pool's cluster)")
+    unknown = sorted(set(layouts) - set(LAYOUTS))
+    if unknown or not layouts:
+        raise SolverInputError(f"layouts: {unknown[0] if unknown else 'none given'} is not a layout; use "
+                               f"{', '.join(LAYOUTS)}")
     batch = workload.global_batch_size
     shares = batch_shares(batch)
-    tables = [share_table(model, pooled, workload, i, shares, efficiency=efficiency, runtime=runtime)
-              for i in range(len(pooled.pools))]
-    sync = {k: sync_time_ns(model, pooled, k, efficiency) for k in range(0, len(pooled.pools) + 1)}
-    picked = choose(tables, sync, batch, time_limit_s=time_limit_s)
-    if picked is None:
+    split = tables = None
+    if "data_parallel" in layouts:
+        tables = [share_table(model, pooled, workload, i, shares, efficiency=efficiency, runtime=runtime)
+                  for i in range(len(pooled.pools))]
+        sync = {k: sync_time_ns(model, pooled, k, efficiency) for k in range(0, len(pooled.pools) + 1)}
+        split = choose(tables, sync, batch, time_limit_s=time_limit_s)
+    piped = (best_pool_pipeline(model, pooled, workload, efficiency=efficiency, runtime=runtime)
+             if "pipeline" in layouts else None)
+    split_step = None if split is None else _key([tables[i][b] for i, b in enumerate(split[0])], split[0], sync, batch)[0] / 1e9
+    alternatives = {"data_parallel": split_step, "pipeline": None if piped is None else piped.step_time_s}
+    if split is None and piped is None:
+        raise _infeasible(model, pooled, batch, shares, tables, layouts)
+    if split is None or (piped is not None and piped.step_time_s < split_step):
+        return _pipelined(pooled, workload, piped, alternatives, started)
+    return _split(model, pooled, workload, split, tables, sync, shares, alternatives, efficiency, runtime, time_limit_s,
+                  started)
+
+
+def _infeasible(model: ModelSpec, pooled: PooledCluster, batch: int, shares: Sequence[int],
+                tables: Sequence[Mapping[int, int | None]] | None, layouts: Sequence[str]) -> Infeasible:
+    conflicts, lines = [f"memory of {model.name} on each pool"], []
+    if tables is not None:
         fits = [f"{p.name}: {', '.join(str(b) for b, s in t.items() if b and s is not None) or 'none'}"
                 for p, t in zip(pooled.pools, tables, strict=True)]
-        raise Infeasible(f"{model.name} has no split of {batch} sequences over the pools of {pooled.name} with every "
-                         f"pool used fitting; the shares (sequences) each pool fits: {'; '.join(fits)}",
-                         [f"memory of {model.name} on each pool", f"global batch {batch} in steps of {shares[1]}"],
-                         ["solve each pool alone (`plan solve` with its cluster) to see why", "add pools or nodes",
-                          "a global batch with more divisors"])
-    split, proved = picked
+        lines.append(f"no split of {batch} sequences over the pools of {pooled.name} with every pool used fitting "
+                     f"(the shares, in sequences, each pool fits: {'; '.join(fits)})")
+        conflicts.append(f"global batch {batch} in steps of {shares[1]}")
+    if "pipeline" in layouts:
+        lines.append("no pipeline across the pools fits either" if len(pooled.pools) <= MAX_PIPELINE_POOLS else
+                     f"a pipeline spans at most {MAX_PIPELINE_POOLS} pools, this cluster has {len(pooled.pools)}")
+    return Infeasible(f"{model.name}: {'; '.join(lines)}", conflicts,
+                      ["solve each pool alone (`plan solve` with its cluster) to see why", "add pools or nodes",
+                       "a global batch with more divisors"])
+
+
+def _pipelined(pooled: PooledCluster, workload: Workload, piped: PoolPipeline, alternatives: dict[str, float | None],
+               started: float) -> PooledSolution:
+    blocks = ", then ".join(f"{s.pool} {sum(s.layers_per_stage)} layers (tp {s.tp}, pp {s.pp})" for s in piped.stages)
+    slowest = max(t for s in piped.stages for t in s.microbatch_times_s)
+    lines = [f"Pipeline across the pools, best of {piped.plans_priced:,} layouts priced (every order, cut, tp, dp and "
+             f"execution choice): {blocks}; dp {piped.dp}, {piped.micro_batches} micro-batches of {piped.micro_batch_size}.",
+             f"Step {piped.step_time_s:.3f} s = {piped.micro_batches} x the slowest rank's {slowest * 1e3:.1f} ms per "
+             f"micro-batch + the bubble (the other ranks' times once) = {piped.pipeline_s:.3f} s, + {piped.once_s:.3f} s "
+             f"gradient reduction and optimizer update; the boundary crosses the link in {piped.link_s * 1e3:.2f} ms "
+             "per micro-batch and direction."]
+    if alternatives["data_parallel"] is not None:
+        lines.append(f"Splitting the batch over the pools instead: {alternatives['data_parallel']:.3f} s.")
+    return PooledSolution(cluster=pooled, workload=workload, layout="pipeline", shares=(), pipeline=piped,
+                          step_time_s=piped.step_time_s, sync_s=0.0, tokens_per_s=piped.tokens_per_s, optimal=True,
+                          alternatives=alternatives, solve_time_s=time.perf_counter() - started, explanation=tuple(lines))
+
+
+def _split(model: ModelSpec, pooled: PooledCluster, workload: Workload, split: tuple[tuple[int, ...], bool],
+           tables: Sequence[Mapping[int, int | None]], sync: Mapping[int, int], shares: Sequence[int],
+           alternatives: dict[str, float | None], efficiency: Efficiency | None, runtime: RuntimeAllowance | None,
+           time_limit_s: float, started: float) -> PooledSolution:
+    picked, proved = split
+    batch = workload.global_batch_size
     out = []
-    for pool, b, table in zip(pooled.pools, split, tables, strict=True):
+    for pool, b, table in zip(pooled.pools, picked, tables, strict=True):
         found = None if b == 0 else solve(model, pool.cluster, workload.model_copy(update={"global_batch_size": b}),
                                           efficiency=efficiency, runtime=runtime, time_limit_s=time_limit_s)
         out.append(PoolShare(pool=pool.name, gpus=pool.cluster.total_gpus, sequences=b, solution=found,
@@ -183,6 +247,8 @@ def solve_pools(model: ModelSpec, pooled: PooledCluster, workload: Workload, *, 
              f"Step {step:.3f} s = the slowest pool, {slowest.pool}, {slowest.solution.estimate.step_time_s:.3f} s + the "
              f"gradient all-reduce across {len(used)} pools over the link, {sync_s:.3f} s."]
     lines += [f"{s.pool}: idle — every share it could take makes the step slower." for s in out if s.solution is None]
-    return PooledSolution(cluster=pooled, workload=workload, shares=tuple(out), step_time_s=step, sync_s=sync_s,
-                          tokens_per_s=batch * workload.seq_len / step, optimal=proved,
-                          solve_time_s=time.perf_counter() - started, explanation=tuple(lines))
+    if alternatives["pipeline"] is not None:
+        lines.append(f"A pipeline across the pools instead: {alternatives['pipeline']:.3f} s.")
+    return PooledSolution(cluster=pooled, workload=workload, layout="data_parallel", shares=tuple(out), pipeline=None,
+                          step_time_s=step, sync_s=sync_s, tokens_per_s=batch * workload.seq_len / step, optimal=proved,
+                          alternatives=alternatives, solve_time_s=time.perf_counter() - started, explanation=tuple(lines))

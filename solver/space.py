@@ -183,7 +183,7 @@ def _integer_candidates(name: str, space: SearchSpace, high: int) -> list[int]:
     return list(range(1, high + 1))
 
 
-def _tp_domain(space: SearchSpace) -> list[int]:
+def tp_domain(space: SearchSpace) -> list[int]:
     """The tp values the model's widths admit, within the pin or range."""
     m = space.model
     limit = m.num_attention_heads if space.allow_cross_domain else min(space.fast_domain, m.num_attention_heads)
@@ -223,7 +223,7 @@ def _cp_domain(space: SearchSpace) -> list[int]:
 def degree_combinations(space: SearchSpace) -> list[tuple[int, int, int, int, int, int]]:
     """(tp, cp, pp, dp, ep, etp) with tp·cp·pp·dp = GPUs and every divisibility rule on degrees."""
     m, gpus = space.model, space.cluster.total_gpus
-    tps = _tp_domain(space)
+    tps = tp_domain(space)
     cps = _cp_domain(space)
     pps = space.domain("pp", range(1, m.num_layers + 1))
     out = []

@@ -61,7 +61,7 @@ def test_two_real_pools_follow_the_formula():
     pooled = load_cluster(POOLS)
     assert isinstance(pooled, PooledCluster) and pooled.total_gpus == 32
     model, work = load_model("llama-3.1-8b"), Workload(seq_len=4096, global_batch_size=256)
-    found = solve_pools(model, pooled, work)
+    found = solve_pools(model, pooled, work, layouts=("data_parallel",))
     h100, a100 = found.shares
     assert found.optimal and h100.sequences + a100.sequences == 256 and h100.sequences > a100.sequences
     sync = model.total_params * 4 / 100e9 + 2 * Efficiency.default().latency_s["inter_node"]
@@ -97,7 +97,11 @@ def test_plan_solve_splits_over_pools_and_other_commands_refuse_them(tmp_path):
     path.write_text(json.dumps(POOLS))
     run = lambda *args: CliRunner().invoke(plan, list(args))  # noqa: E731
     result = run("solve", "-m", "llama-3.1-8b", "-c", str(path), "--global-batch", "256")
-    assert result.exit_code == 0 and "gradient all-reduce across pools" in result.output and "a100" in result.output
+    # here a pipeline across the pools beats splitting the batch (tests/test_pool_pipeline.py), and says by how much
+    assert result.exit_code == 0 and "pipeline across the pools" in result.output and "a100" in result.output
+    assert "Splitting the batch over the pools instead" in result.output
+    small = run("solve", "-m", "llama-3.2-1b", "-c", str(path), "--global-batch", "256")
+    assert small.exit_code == 0 and "gradient all-reduce across pools" in small.output
     refused = run("launch", "-m", "llama-3.1-8b", "-c", str(path), "--target", "megatron")
     assert refused.exit_code == 2 and "no launch target runs a different layout per pool" in refused.output
     assert run("solve", "-m", "llama-3.1-8b", "-c", str(path), "--tp", "2").exit_code == 2

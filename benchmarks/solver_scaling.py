@@ -17,7 +17,8 @@ otherwise; objective throughput):
 - generated: a hypothesis family (derandomised, so the same instances every run) of preset models,
   cluster presets, GPU counts 8 … 16,384 and sequence lengths 2K … 32K;
 - pareto: the non-dominated set over throughput and memory headroom, and over throughput, cost and GPUs;
-- composed: two and three models sharing 8 nodes (`solver.place`) and one model across a two-pool
+- composed: two and three models sharing 8 nodes (`solver.place`), an RL step's three roles taking turns
+  on shared nodes beside a fourth on its own (`Role.group`), and one model across a two-pool
   heterogeneous cluster (`solver.solve_pools`: the batch split alone, and the faster of that and a
   pipeline across the pools), ≤ 3 s each, CP-SAT's choice beside brute force over the same step tables
   (for the pipeline, `solver.pool_pipeline.brute_force`: every layout priced as a whole pipeline).
@@ -46,12 +47,13 @@ from typing import Any
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from parallelplan.constraints import Workload
+from parallelplan.constraints import RuntimeAllowance, Workload
 from parallelplan.hardware import load_cluster
 from parallelplan.models import load_model
 from parallelplan.solver import Infeasible, Role, pareto, place, solve, solve_pools
 from parallelplan.solver.exhaustive import oracle
 from parallelplan.solver.placement import brute_force as placement_brute_force
+from parallelplan.solver.placement import brute_force_parts as parts_brute_force
 from parallelplan.solver.pool_pipeline import brute_force as pipeline_brute_force
 from parallelplan.solver.pools import brute_force as pools_brute_force
 from parallelplan.solver.pools import sync_time_ns
@@ -215,6 +217,19 @@ def composed_cases() -> list[dict]:
         same = placement_brute_force(tables, 8) == tuple(r.nodes for r in placed.roles)
         out.append(_composed_row(name, " / ".join(f"{r.role} {r.nodes} nodes" for r in placed.roles), placed.step_time_s,
                                  placed.optimal, times, time.perf_counter() - started, same))
+    m8, cluster = load_model("llama-3.1-8b"), load_cluster("dgx-h100", nodes=2)
+    tune, score = Workload(kind="finetune", seq_len=4096, global_batch_size=256), Workload(kind="inference", seq_len=4096, global_batch_size=256)
+    roles = [Role(name=n, model=m8, workload=tune, group="ppo") for n in ("actor", "critic", "reference")]
+    roles.append(Role(name="reward", model=m8, workload=score))
+    times, placed = _timed(lambda: place(roles, cluster))
+    started = time.perf_counter()
+    parts = [[r.options for r in placed.roles[:3]], [placed.roles[3].options]]
+    usable = int(RuntimeAllowance.default().usable(cluster) // 2**20)
+    best = parts_brute_force(parts, 2, usable)
+    same = best is not None and tuple(n for n, _ in best[1]) == (placed.roles[0].nodes, placed.roles[3].nodes)
+    out.append(_composed_row("RL step: 3 llama-3.1-8b fine-tuning roles taking turns on shared nodes + an 8B reward model, 2 H100 nodes",
+                             " / ".join(f"{r.role} {r.nodes} node" for r in placed.roles), placed.step_time_s, placed.optimal,
+                             times, time.perf_counter() - started, same))
     pooled = load_cluster({"name": "2 DGX H100 + 2 DGX A100", "link": {"bandwidth": "100 GB/s"},
                            "pools": [{"cluster": "dgx-h100", "nodes": 2, "name": "h100"},
                                      {"cluster": "dgx-a100", "nodes": 2, "name": "a100"}]})

@@ -268,14 +268,22 @@ def _step_lower_bounds(space: SearchSpace, rows: list[Structure], execs: list[Ex
     return np.where(has_twin, best, -np.inf)
 
 
-def best_feasible_step(space: SearchSpace, *, efficiency: Efficiency | None = None,
-                       runtime: RuntimeAllowance | None = None) -> float | None:
-    """The least step time (seconds) of the plans of ``space`` that fit, or None when none does: the
-    throughput optimum alone, priced by the step-time bound (the composed searches' table entries)."""
+def best_feasible(space: SearchSpace, *, efficiency: Efficiency | None = None,
+                  runtime: RuntimeAllowance | None = None) -> tuple[Candidates, np.ndarray] | None:
+    """The plans the step-time bound prices to find the throughput optimum of ``space`` and the mask of
+    those that fit and run, or None when none does (the composed searches' table entries)."""
     def feasible(c: Candidates) -> np.ndarray:
         return c.evaluation.fits & np.isfinite(c.evaluation.time.step)
 
     cands = priced_candidates(space, efficiency=efficiency, runtime=runtime,
                               bound=StepBound(1, 0.0, feasible, batch_plans=TABLE_BATCH_PLANS))
-    ok = feasible(cands) if cands is not None else None
-    return None if ok is None or not ok.any() else float(cands.evaluation.time.step[ok].min())
+    if cands is None or not feasible(cands).any():
+        return None
+    return cands, feasible(cands)
+
+
+def best_feasible_step(space: SearchSpace, *, efficiency: Efficiency | None = None,
+                       runtime: RuntimeAllowance | None = None) -> float | None:
+    """The least step time (seconds) of the plans of ``space`` that fit, or None when none does."""
+    found = best_feasible(space, efficiency=efficiency, runtime=runtime)
+    return None if found is None else float(found[0].evaluation.time.step[found[1]].min())

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
-from ortools.sat.python import cp_model
 
 from parallelplan.constraints import Plan, PlanArrays, check
 from parallelplan.constraints.arrays import code, module_mask
@@ -32,6 +31,7 @@ from parallelplan.constraints.states import state_recipe
 from parallelplan.constraints.structure import model_facts
 from parallelplan.hardware import load_cluster
 from parallelplan.solver.candidates import Candidates
+from parallelplan.solver.cpsat import Model, Result, solve
 from parallelplan.solver.errors import Infeasible
 from parallelplan.solver.explain import describe
 from parallelplan.solver.space import SearchSpace
@@ -105,41 +105,35 @@ def _why_no_plan(space: SearchSpace, name: str, value) -> str:
 def _core(constraints: list[tuple[str, np.ndarray]]) -> list[int]:
     """The smallest set of constraint indices no row satisfies together (deletion-minimised CP-SAT core)."""
     signatures = np.unique(np.stack([mask for _, mask in constraints], axis=1), axis=0)
-    model = cp_model.CpModel()
-    rows = [model.NewBoolVar(f"row_{i}") for i in range(len(signatures))]
-    model.AddExactlyOne(rows) if rows else model.AddBoolOr([])
-    literals = [model.NewBoolVar(f"constraint_{j}") for j in range(len(constraints))]
+    model = Model()
+    rows = [model.bool_var() for _ in range(len(signatures))]
+    model.exactly_one(rows) if rows else model.clause([])
+    literals = [model.bool_var() for _ in range(len(constraints))]
     for i, signature in enumerate(signatures):
         for j, satisfied in enumerate(signature):
             if not satisfied:
-                model.AddImplication(literals[j], rows[i].Not())
-    def infeasible(subset: list[int]) -> bool:
-        model.ClearAssumptions()
-        model.AddAssumptions([literals[j] for j in subset])
-        solver = cp_model.CpSolver()
-        solver.parameters.num_workers = 1
-        return solver.Solve(model) == cp_model.INFEASIBLE
+                model.implies(literals[j], ~rows[i])
+
+    def infeasible(subset: list[int]) -> Result:
+        model.assume([literals[j] for j in subset])
+        return solve(model)
     everything = list(range(len(constraints)))
-    if not infeasible(everything):
+    whole = infeasible(everything)
+    if not whole.infeasible:
         return []
-    model.ClearAssumptions()
-    model.AddAssumptions(literals)
-    solver = cp_model.CpSolver()
-    solver.parameters.num_workers = 1
-    solver.Solve(model)
-    core = sorted({j for j in range(len(literals)) if literals[j].Index() in solver.SufficientAssumptionsForInfeasibility()})
-    core = core or everything
+    core = sorted({j for j in range(len(literals)) if literals[j] in whole.core}) or everything
     for j in list(core):
         trial = [k for k in core if k != j]
-        if trial and infeasible(trial):
+        if trial and infeasible(trial).infeasible:
             core = trial
     return core
 
 
 def diagnose(space: SearchSpace, *, target: float | None, price: Callable[[SearchSpace], Candidates | None],
-             feasible: Callable[[Candidates], np.ndarray]) -> Infeasible:
+             feasible: Callable[[Candidates], np.ndarray], fastest: Callable[[SearchSpace], float | None]) -> Infeasible:
     """The `Infeasible` error of a search of ``space`` (see the module docstring). ``price`` prices a space;
-    ``feasible`` marks the candidates that satisfy memory and the target."""
+    ``feasible`` marks the candidates that satisfy memory and the target; ``fastest`` is the best
+    throughput (tokens/s) of a space's feasible plans, None when it has none."""
     relaxed = space.relaxed()
     candidates = price(relaxed)
     if candidates is None:
@@ -151,7 +145,7 @@ def diagnose(space: SearchSpace, *, target: float | None, price: Callable[[Searc
     core = _core(constraints)
     conflicts = [constraints[j][0] for j in core] or ["the search space's own rules"]
     facts = _facts(space, candidates, fits, fast)
-    suggestions = _suggestions(space, target, price, feasible, [constraints[j][0] for j in core])
+    suggestions = _suggestions(space, fastest, [constraints[j][0] for j in core])
     message = ("No plan satisfies: " + "; ".join(conflicts) + ". " + " ".join(facts)
                + (" Changes that make it feasible: " + "; ".join(suggestions) + "." if suggestions
                   else " No single change tried (more nodes, 8-bit optimizer states, optimizer offload, full "
@@ -180,8 +174,9 @@ def _facts(space: SearchSpace, candidates: Candidates, fits: np.ndarray, fast: n
     return facts
 
 
-def _suggestions(space: SearchSpace, target: float | None, price, feasible, conflicts: list[str]) -> list[str]:
-    """Each nearest change that makes the search feasible, checked by pricing its space."""
+def _suggestions(space: SearchSpace, fastest: Callable[[SearchSpace], float | None], conflicts: list[str]) -> list[str]:
+    """Each nearest change that makes the search feasible, checked by searching its space for its fastest
+    feasible plan."""
     trials: list[tuple[str, SearchSpace]] = []
     nodes = space.cluster.num_nodes
     for factor in (2, 4, 8):
@@ -204,11 +199,10 @@ def _suggestions(space: SearchSpace, target: float | None, price, feasible, conf
     working = []
     for words, trial in trials:
         try:
-            candidates = price(trial)
+            best = fastest(trial)
         except ValueError:
             continue
-        if candidates is not None and feasible(candidates).any():
-            best = float(candidates.evaluation.tokens_per_s[feasible(candidates)].max())
+        if best is not None:
             working.append(f"{words} (best {best:,.0f} tokens/s)")
     return working
 

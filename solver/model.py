@@ -4,7 +4,8 @@ columns (fixed point, `solver.objectives`), so CP-SAT and the oracle decide on t
 `Selection` builds the model apart from solving it: `forbid` rows, bound a criterion (`at_most`), then
 `minimize` one criterion at a time — a lexicographic search adds each optimum (relaxed by its tolerance)
 as a bound before the next, and a final stage on a unique tie rank picks exactly one plan.
-`frontier` runs ε-constraint sweeps for Pareto sets, each point a proved optimum of its slice.
+`frontier` runs ε-constraint sweeps for Pareto sets, each point a proved optimum of its slice. The
+composed searches build their own models (`solver.cpsat`) and share `one_per_table` and `minimize_in_turn`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from ortools.sat.python import cp_model
+
+from parallelplan.solver.cpsat import Model, Result, Terms, solve
 
 
 @dataclass(frozen=True)
@@ -26,33 +28,31 @@ class Optimum:
 
 class Selection:
     def __init__(self, rows: int, *, time_limit_s: float = 30.0, workers: int = 2):
-        self.model = cp_model.CpModel()
-        self.x = [self.model.NewBoolVar(f"plan_{i}") for i in range(rows)]
-        self.model.AddExactlyOne(self.x)
+        self.model = Model()
+        self.x = [self.model.bool_var() for _ in range(rows)]
+        self.model.exactly_one(self.x)
         self.time_limit_s = time_limit_s
         self.workers = workers
 
-    def expression(self, column: np.ndarray) -> cp_model.LinearExpr:
-        return cp_model.LinearExpr.WeightedSum(self.x, [int(v) for v in column])
+    def expression(self, column: np.ndarray) -> Terms:
+        return list(zip(self.x, column.tolist(), strict=True))
 
     def forbid(self, rows: Sequence[int] | np.ndarray) -> None:
         for row in rows:
-            self.model.Add(self.x[int(row)] == 0)
+            self.model.linear([(self.x[int(row)], 1)], 0, 0)
 
     def at_most(self, column: np.ndarray, bound: int) -> None:
-        self.model.Add(self.expression(column) <= int(bound))
+        self.model.linear(self.expression(column), high=int(bound))
 
     def minimize(self, column: np.ndarray) -> Optimum | None:
         """The row minimising ``column`` under the constraints so far (None when none is left)."""
-        self.model.Minimize(self.expression(column))
-        solver = cp_model.CpSolver()
-        solver.parameters.max_time_in_seconds = self.time_limit_s
-        solver.parameters.num_workers = self.workers
-        status = solver.Solve(self.model)
-        if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        terms = self.expression(column)
+        self.model.minimize(terms)
+        result = solve(self.model, time_limit_s=self.time_limit_s, workers=self.workers)
+        if not result.feasible:
             return None
-        row = next(i for i, var in enumerate(self.x) if solver.Value(var))
-        return Optimum(row=row, value=int(round(solver.ObjectiveValue())), proved=status == cp_model.OPTIMAL)
+        row = next(i for i, var in enumerate(self.x) if result.solution[var])
+        return Optimum(row=row, value=result.value(terms), proved=result.optimal)
 
 
 def lexicographic(selection: Selection, stages: Sequence[tuple[np.ndarray, float]], tie_rank: np.ndarray) -> Optimum | None:
@@ -107,42 +107,39 @@ def frontier(rows: int, objectives: Sequence[np.ndarray], tie_rank: np.ndarray, 
     return [(int(chosen[i]), points[int(chosen[i])]) for i in keep]
 
 
-def minimize_in_turn(model: cp_model.CpModel, stages: Sequence[cp_model.LinearExprT], time_limit_s: float,
-                     workers: int = 2) -> tuple[cp_model.CpSolver, bool] | None:
+def minimize_in_turn(model: Model, stages: Sequence[Terms], time_limit_s: float, workers: int = 2) -> tuple[Result, bool] | None:
     """Minimise each expression in turn, fixing each optimum before the next (a lexicographic objective
-    over a model built by the caller, as the composed searches build theirs); the solver holding the last
-    solution and whether every stage was proved, or None when the model has no solution."""
-    solver = cp_model.CpSolver()
-    solver.parameters.max_time_in_seconds = time_limit_s
-    solver.parameters.num_workers = workers
+    over a model built by the caller, as the composed searches build theirs); the last solve's result and
+    whether every stage was proved, or None when the model has no solution."""
     proved = True
+    result = None
     for stage in stages:
-        model.Minimize(stage)
-        status = solver.Solve(model)
-        if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        model.minimize(stage)
+        result = solve(model, time_limit_s=time_limit_s, workers=workers)
+        if not result.feasible:
             return None
-        proved &= status == cp_model.OPTIMAL
-        model.Add(stage == int(round(solver.ObjectiveValue())))
-    return solver, proved
+        proved &= result.optimal
+        value = result.value(stage)
+        model.linear(stage, value, value)
+    return result, proved
 
 
-Choices = list[list[tuple[int, int, cp_model.IntVar]]]
-"""Per table, its (key, value, Boolean) entries."""
+Choices = list[list[tuple[int, int, int]]]
+"""Per table, its (key, value, Boolean variable) entries."""
 
 
-def one_per_table(model: cp_model.CpModel, tables: Sequence[Mapping[int, int | None]]) -> tuple[Choices, cp_model.IntVar] | None:
+def one_per_table(model: Model, tables: Sequence[Mapping[int, int | None]]) -> tuple[Choices, int] | None:
     """A Boolean per table entry with a value (None: not allowed), exactly one chosen per table, and the
     largest chosen value as a variable (what the composed searches minimise first); None when a table
     has no allowed entry."""
-    choices = [[(key, value, model.NewBoolVar(f"t{t}_{key}")) for key, value in table.items() if value is not None]
-               for t, table in enumerate(tables)]
+    choices = [[(key, value, model.bool_var()) for key, value in table.items() if value is not None] for table in tables]
     if any(not c for c in choices):
         return None
     for c in choices:
-        model.AddExactlyOne(x for _, _, x in c)
-    largest = model.NewIntVar(0, max(v for c in choices for _, v, _ in c), "largest")
-    for c in choices:
-        model.Add(largest >= sum(v * x for _, v, x in c))
+        model.exactly_one(x for _, _, x in c)
+    largest = model.int_var(0, max(v for c in choices for _, v, _ in c))
+    for c in choices:  # largest ≥ the table's chosen value
+        model.linear([(largest, 1)] + [(x, -v) for _, v, x in c], low=0)
     return choices, largest
 
 

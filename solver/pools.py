@@ -26,13 +26,13 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
-from ortools.sat.python import cp_model
 from pydantic import BaseModel, ConfigDict
 
 from parallelplan.constraints import Efficiency, RuntimeAllowance, Workload
 from parallelplan.hardware import PooledCluster
 from parallelplan.models import ModelSpec
 from parallelplan.solver.candidates import best_feasible_step
+from parallelplan.solver.cpsat import Model
 from parallelplan.solver.errors import Infeasible, SolverInputError
 from parallelplan.solver.model import best_combination, minimize_in_turn, one_per_table
 from parallelplan.solver.objectives import nanoseconds
@@ -138,23 +138,22 @@ def brute_force(tables: Sequence[Mapping[int, int | None]], sync: Mapping[int, i
 def choose(tables: Sequence[Mapping[int, int | None]], sync: Mapping[int, int], batch: int, *,
            time_limit_s: float = 30.0) -> tuple[tuple[int, ...], bool] | None:
     """CP-SAT's share per pool (module docstring) and whether every stage was proved; None when no split fits."""
-    model = cp_model.CpModel()
+    model = Model()
     built = one_per_table(model, tables)
     if built is None:
         return None
     choices, slowest = built
-    model.Add(sum(b * x for c in choices for b, _, x in c) == batch)
-    used = sum(x for c in choices for b, _, x in c if b > 0)
-    counts = {k: model.NewBoolVar(f"used_{k}") for k in range(1, len(tables) + 1)}
-    model.AddExactlyOne(counts.values())
-    model.Add(sum(k * z for k, z in counts.items()) == used)
-    code = sum((batch + 1) ** (len(tables) - 1 - p) * (batch - b) * x for p, c in enumerate(choices) for b, _, x in c)
-    stages = [slowest + sum(sync[k] * z for k, z in counts.items()), sum(s * x for c in choices for _, s, x in c), code]
+    model.linear([(x, b) for c in choices for b, _, x in c], batch, batch)
+    counts = {k: model.bool_var() for k in range(1, len(tables) + 1)}  # how many pools are used
+    model.exactly_one(counts.values())
+    model.linear([(z, k) for k, z in counts.items()] + [(x, -1) for c in choices for b, _, x in c if b > 0], 0, 0)
+    code = [(x, (batch + 1) ** (len(tables) - 1 - p) * (batch - b)) for p, c in enumerate(choices) for b, _, x in c]
+    stages = [[(slowest, 1)] + [(z, sync[k]) for k, z in counts.items()], [(x, s) for c in choices for _, s, x in c], code]
     solved = minimize_in_turn(model, stages, time_limit_s)
     if solved is None:
         return None
-    solver, proved = solved
-    return tuple(next(b for b, _, x in c if solver.Value(x)) for c in choices), proved
+    result, proved = solved
+    return tuple(next(b for b, _, x in c if result.solution[x]) for c in choices), proved
 
 
 def solve_pools(model: ModelSpec, pooled: PooledCluster, workload: Workload, *, efficiency: Efficiency | None = None,

@@ -24,7 +24,7 @@ import numpy as np
 from parallelplan.constraints import Efficiency, Plan, RuntimeAllowance, Workload, estimate
 from parallelplan.hardware import ClusterSpec, load_cluster
 from parallelplan.models import ModelSpec
-from parallelplan.solver.candidates import Candidates, StepBound, priced_candidates
+from parallelplan.solver.candidates import TABLE_BATCH_PLANS, Candidates, StepBound, priced_candidates
 from parallelplan.solver.errors import Infeasible, SolverInputError
 from parallelplan.solver.explain import explain
 from parallelplan.solver.frontier import first_fronts
@@ -121,7 +121,15 @@ class _Search:
         return ok
 
     def infeasible(self) -> Infeasible:
-        return diagnose(self.space, target=self.target, price=lambda s: self.priced(s, prune=False), feasible=self.feasible)
+        return diagnose(self.space, target=self.target, price=lambda s: self.priced(s, prune=False), feasible=self.feasible,
+                        fastest=self.fastest)
+
+    def fastest(self, space: SearchSpace) -> float | None:
+        """The best throughput of the feasible plans of ``space`` (None when none is), found by the
+        step-time bound: tokens/s falls with step time and the feasibility here only bounds it."""
+        cands = self.priced(space, bound=StepBound(1, 0.0, self.feasible, batch_plans=TABLE_BATCH_PLANS))
+        ok = self.feasible(cands) if cands is not None else None
+        return None if ok is None or not ok.any() else float(cands.evaluation.tokens_per_s[ok].max())
 
     def cluster_of(self, gpus: int) -> ClusterSpec:
         return self.clusters[int(gpus)]

@@ -203,3 +203,24 @@ def test_bad_api_arguments_name_the_field():
         describe_topology(cluster, message_bytes=0)
     with pytest.raises(PlanError, match="tokens must be a positive number"):
         assess(model, cluster, Plan(dp=16), work, tokens=-1.0)
+
+
+def test_a_search_does_not_import_pandas():
+    """`solver.cpsat` reaches CP-SAT without `ortools.sat.python.cp_model`, whose pandas import was ~0.3 s of
+    every command's cold start (issue 16): a whole search, infeasibility core included, leaves it unloaded."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import sys\n"
+              "from parallelplan import load_cluster, load_model, solve, Workload, Infeasible\n"
+              "model, work = load_model('llama-3.1-8b'), Workload(seq_len=2048, global_batch_size=16)\n"
+              "solve(model, load_cluster('dgx-h100'), work)\n"
+              "try:\n"
+              "    solve(load_model('llama-3.1-70b'), load_cluster('dgx-h100', gpus=1), work)\n"
+              "except Infeasible:\n"
+              "    pass\n"
+              "print(sorted(m for m in sys.modules if m.split('.')[0] == 'pandas' or m == 'ortools.sat.python.cp_model'))\n")
+    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                            env={**os.environ, "PLAN_DETECT": "off"}).stdout.strip()
+    assert loaded == "[]"

@@ -44,8 +44,8 @@ from parallelplan.hardware import ClusterSpec
 
 
 @dataclass
-class MemoryArrays:
-    """Bytes on one GPU of the most loaded stage and which stage that is, (n,) arrays."""
+class MemoryParts:
+    """Bytes on one GPU: its parts, their total, and the micro-batches of activations it holds."""
 
     weights: np.ndarray
     gradients: np.ndarray
@@ -54,8 +54,14 @@ class MemoryArrays:
     kv_cache: np.ndarray
     overhead: np.ndarray
     total: np.ndarray
-    stage: np.ndarray
     in_flight: np.ndarray
+
+
+@dataclass
+class MemoryArrays(MemoryParts):
+    """Bytes on one GPU of the most loaded stage and which stage that is, (n,) arrays."""
+
+    stage: np.ndarray
 
 
 def recomputed_share(p: PlanArrays, layout: StageLayout) -> np.ndarray:
@@ -96,18 +102,8 @@ def kv_cache_bytes_per_token_layer(f: ModelFacts, p: PlanArrays, mla_latent: int
 
 
 @dataclass
-class ClassMemory:
-    """Bytes on one GPU of each rank class, (n, C) arrays (the parts of `MemoryArrays`; ``total`` is -inf
-    on invalid columns)."""
-
-    weights: np.ndarray
-    gradients: np.ndarray
-    optimizer: np.ndarray
-    activations: np.ndarray
-    kv_cache: np.ndarray
-    overhead: np.ndarray
-    total: np.ndarray
-    in_flight: np.ndarray
+class ClassMemory(MemoryParts):
+    """Bytes on one GPU of each rank class, (n, C) arrays (``total`` is -inf on invalid columns)."""
 
     def worst(self, layout: StageLayout) -> MemoryArrays:
         """The most loaded class of each plan."""

@@ -135,12 +135,21 @@ def load_target_cluster(cluster_ref: str | None, nodes: int | None, gpus: int | 
     A heterogeneous cluster file (``pools``) only where the command takes one (``pools``: `plan solve`)."""
     from parallelplan.hardware import HardwareError, PooledCluster, load_cluster
 
+    sized_by_plan = nodes is None and gpus is None and plan_gpus is not None
     if nodes is None and gpus is None:
         gpus = plan_gpus
     if cluster_ref == DETECT_REF:
         return _detect(nodes, gpus, required=True)
     if cluster_ref is not None:
-        cluster = load_cluster(cluster_ref, nodes=nodes, gpus=gpus)
+        try:
+            cluster = load_cluster(cluster_ref, nodes=nodes, gpus=gpus)
+        except HardwareError:
+            if not (sized_by_plan and pools):
+                raise
+            # the pins' GPU count sizes a plain cluster; a file of pools sizes itself (its pins hold per pool)
+            cluster = load_cluster(cluster_ref)
+            if not isinstance(cluster, PooledCluster):
+                raise
         if isinstance(cluster, PooledCluster) and not pools:
             raise HardwareError(f"--cluster {cluster_ref} has pools (a heterogeneous cluster): only `plan solve` plans "
                                 "across pools (no launch target runs a different layout per pool in one job); give one "

@@ -293,12 +293,11 @@ def _integers(text: str, flag: str) -> list[int]:
 def solve_across_pools(model: ModelSpec, pooled: PooledCluster, workload: Workload, objective: str, top_k: int,
                        arguments: dict[str, Any], as_json: bool) -> None:
     """`plan solve` on a heterogeneous cluster: the batch split over its pools with each pool's plan, or a
-    pipeline across them, whichever is faster (`solver.solve_pools`); the options it does not take yet are
-    refused by name."""
+    pipeline across them, whichever is faster (`solver.solve_pools`), within the pins and ranges; the
+    options it does not take yet are refused by name."""
     from parallelplan.solver import Infeasible, SolverInputError, solve_pools
 
     given = [flag for flag, value in (("--objective", objective != "throughput"), ("--top-k", top_k > 0),
-                                      ("--fix / --tp / --pp …", bool(arguments["fixed"])), ("--range", bool(arguments["ranges"])),
                                       ("--node-counts", arguments["node_counts"] is not None),
                                       ("--min-tokens-per-s", arguments["min_tokens_per_s"] is not None),
                                       ("--price-per-gpu-hour", arguments["price_per_gpu_hour"] is not None)) if value]
@@ -306,7 +305,8 @@ def solve_across_pools(model: ModelSpec, pooled: PooledCluster, workload: Worklo
         raise SolverInputError(f"{given[0]}: not taken with a cluster of pools yet (it searches the pools' layouts "
                                "for throughput); drop it, or solve one pool's cluster")
     try:
-        found = solve_pools(model, pooled, workload, efficiency=arguments["efficiency"], runtime=arguments["runtime"],
+        found = solve_pools(model, pooled, workload, fixed=arguments["fixed"], ranges=arguments["ranges"],
+                            efficiency=arguments["efficiency"], runtime=arguments["runtime"],
                             time_limit_s=arguments["time_limit_s"])
     except Infeasible as err:
         report_infeasible(err, as_json)

@@ -148,11 +148,50 @@ def _layers(block: int, pp: int, rest: int, first: bool, after: int) -> tuple[in
     return even_split(block, pp) + even_split(rest, after) if first else (rest,) + even_split(block, pp)
 
 
-def _structures(model: ModelSpec, gpus: int, tps: Sequence[int], dps: Sequence[int], first: bool):
+@dataclass
+class PipelineSpace:
+    """What a pipeline across the two pools may use (module docstring), within the pins and ranges: each
+    pool's search space, the execution choices both offer, the data-parallel degrees, each pool's tp
+    values and pipeline depths."""
+
+    spaces: tuple[SearchSpace, SearchSpace]
+    execs: list[Execution]
+    dps: list[int]
+    tps: tuple[list[int], list[int]]
+    pps: tuple[set[int], set[int]]
+
+
+def pipeline_space(model: ModelSpec, pooled: PooledCluster, workload: Workload, fixed: dict | None = None,
+                   ranges: dict | None = None) -> PipelineSpace | None:
+    """The space of pipelines across the pools; None where it is empty: more pools than
+    `MAX_PIPELINE_POOLS`, serving, or pins outside it (cp, ep, etp, vpp, explicit stages, a schedule but
+    1F1B).
+    Degree pins apply to each pool's own block (``tp 8``: tp 8 in both), dp to both."""
+    if len(pooled.pools) != MAX_PIPELINE_POOLS or not workload.training:
+        return None
+    spaces = tuple(SearchSpace(model, p.cluster, workload, fixed=dict(fixed or {}), ranges=dict(ranges or {}))
+                   for p in pooled.pools)
+    first = spaces[0]
+    if (any(1 not in first.domain(name, [1]) for name in ("cp", "ep", "vpp"))
+            or any(name in first.fixed or name in first.ranges for name in ("etp", "layers_per_stage"))
+            or "1f1b" not in first.default_domain("schedule")):
+        return None
+    shared = set(pipeline_executions(spaces[1]))
+    execs = [e for e in pipeline_executions(spaces[0]) if e in shared]
+    gpus = [p.cluster.total_gpus for p in pooled.pools]
+    dps = [d for d in first.domain("dp", range(1, min(gpus) + 1)) if 1 <= d <= min(gpus) and all(g % d == 0 for g in gpus)]
+    tps = tuple([t for t in tp_domain(space) if t <= p.cluster.node.gpus_per_node] for space, p in zip(spaces, pooled.pools, strict=True))
+    pps = tuple(set(space.domain("pp", range(1, model.num_layers + 1))) for space in spaces)
+    if not execs or not dps or not all(tps):
+        return None
+    return PipelineSpace(spaces=spaces, execs=execs, dps=dps, tps=tps, pps=pps)
+
+
+def _structures(model: ModelSpec, gpus: int, tps: Sequence[int], dps: Sequence[int], pps: set[int], first: bool):
     """(virtual structures, (tp, pp, layers) of the pool's block) of one position for every tp, dp and cut."""
     rows, keys = [], []
     for tp, dp in itertools.product(tps, dps):
-        if gpus % (tp * dp):
+        if gpus % (tp * dp) or gpus // (tp * dp) not in pps:
             continue
         pp = gpus // (tp * dp)
         for block in range(pp, model.num_layers):
@@ -169,13 +208,11 @@ def _block_columns(costs_width: int, pp: np.ndarray, first: bool) -> np.ndarray:
 
 
 def _price(model: ModelSpec, pooled: PooledCluster, workload: Workload, pool: int, first: bool, afters: Sequence[int],
-           dps: Sequence[int], execs: list[Execution], efficiency: Efficiency | None, runtime: RuntimeAllowance | None
-           ) -> _Table | None:
+           within: PipelineSpace, efficiency: Efficiency | None, runtime: RuntimeAllowance | None) -> _Table | None:
     """Pool ``pool``'s table at the first or the second position (module docstring); None when it has no row."""
     cluster = pooled.pools[pool].cluster
-    space = SearchSpace(model, cluster, workload)
-    tps = [t for t in tp_domain(space) if t <= cluster.node.gpus_per_node]
-    rows, keys = _structures(model, cluster.total_gpus, tps, dps, first)
+    space, dps, execs = within.spaces[pool], within.dps, within.execs
+    rows, keys = _structures(model, cluster.total_gpus, within.tps[pool], dps, within.pps[pool], first)
     s_idx, e_idx = valid_pairs(space, rows, execs)
     if len(s_idx) == 0:
         return None
@@ -282,27 +319,22 @@ def _join(model: ModelSpec, workload: Workload, front: _Table, back: _Table, aft
     return best
 
 
-def best_pool_pipeline(model: ModelSpec, pooled: PooledCluster, workload: Workload, *,
-                       efficiency: Efficiency | None = None, runtime: RuntimeAllowance | None = None) -> PoolPipeline | None:
-    """The fastest pipeline across the two pools (module docstring); None when the cluster has more pools
-    than `MAX_PIPELINE_POOLS` or no such pipeline fits."""
-    if len(pooled.pools) != MAX_PIPELINE_POOLS or not workload.training:
-        return None
-    spaces = [SearchSpace(model, p.cluster, workload) for p in pooled.pools]
-    shared = set(pipeline_executions(spaces[1]))
-    execs = [e for e in pipeline_executions(spaces[0]) if e in shared]
-    gpus = [p.cluster.total_gpus for p in pooled.pools]
-    dps = [d for d in range(1, min(gpus) + 1) if all(g % d == 0 for g in gpus)]
-    if not execs:
+def best_pool_pipeline(model: ModelSpec, pooled: PooledCluster, workload: Workload, *, fixed: dict | None = None,
+                       ranges: dict | None = None, efficiency: Efficiency | None = None,
+                       runtime: RuntimeAllowance | None = None) -> PoolPipeline | None:
+    """The fastest pipeline across the two pools within the pins and ranges (module docstring, `pipeline_space`);
+    None when the space is empty or no pipeline of it fits."""
+    within = pipeline_space(model, pooled, workload, fixed, ranges)
+    if within is None:
         return None
     best = None
     priced = 0
     for front_pool, back_pool in ((0, 1), (1, 0)):
-        back = _price(model, pooled, workload, back_pool, False, [0], dps, execs, efficiency, runtime)
+        back = _price(model, pooled, workload, back_pool, False, [0], within, efficiency, runtime)
         if back is None:
             continue
         afters = sorted({int(v) for v in back.pp})
-        front = _price(model, pooled, workload, front_pool, True, afters, dps, execs, efficiency, runtime)
+        front = _price(model, pooled, workload, front_pool, True, afters, within, efficiency, runtime)
         if front is None:
             continue
         priced += len(front.plans) + len(back.plans)
@@ -350,24 +382,26 @@ def _describe(model: ModelSpec, pooled: PooledCluster, workload: Workload, order
                         tokens_per_s=workload.global_batch_size * workload.seq_len / step, plans_priced=priced)
 
 
-def brute_force(model: ModelSpec, pooled: PooledCluster, workload: Workload, *, efficiency: Efficiency | None = None,
+def brute_force(model: ModelSpec, pooled: PooledCluster, workload: Workload, *, fixed: dict | None = None,
+                ranges: dict | None = None, efficiency: Efficiency | None = None,
                 runtime: RuntimeAllowance | None = None) -> float | None:
     """The best step of the module's space the slow way, the tests' and the benchmark's reference: every
     layout priced as one whole pipeline (no stand-ins) on each pool's hardware with that pool's tp, each
     rank taken from its own pool and the step assembled rank by rank; None when nothing fits."""
-    layers = model.num_layers
-    spaces = [SearchSpace(model, p.cluster, workload) for p in pooled.pools]
-    shared = set(pipeline_executions(spaces[1]))
-    execs = [e for e in pipeline_executions(spaces[0]) if e in shared]
+    within = pipeline_space(model, pooled, workload, fixed, ranges)
+    if within is None:
+        return None
+    layers, spaces, execs = model.num_layers, within.spaces, within.execs
     gpus = [p.cluster.total_gpus for p in pooled.pools]
     alpha = pooled.link.latency or (efficiency or Efficiency.default()).latency_s["inter_node"]
     best = None
     for a, b in ((0, 1), (1, 0)):
-        tps = [[t for t in tp_domain(spaces[i]) if t <= pooled.pools[i].cluster.node.gpus_per_node] for i in (a, b)]
-        for dp, tp_a, tp_b in itertools.product(range(1, min(gpus) + 1), *tps):
+        for dp, tp_a, tp_b in itertools.product(within.dps, within.tps[a], within.tps[b]):
             if gpus[a] % (tp_a * dp) or gpus[b] % (tp_b * dp):
                 continue
             pp_a, pp_b = gpus[a] // (tp_a * dp), gpus[b] // (tp_b * dp)
+            if pp_a not in within.pps[a] or pp_b not in within.pps[b]:
+                continue
             for cut in range(pp_a, layers - pp_b + 1):
                 stages = even_split(cut, pp_a) + even_split(layers - cut, pp_b)
                 priced = []

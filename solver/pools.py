@@ -105,15 +105,17 @@ def sync_time_ns(model: ModelSpec, pooled: PooledCluster, used: int, efficiency:
 
 
 def share_table(model: ModelSpec, pooled: PooledCluster, workload: Workload, pool: int, shares: Sequence[int], *,
-                efficiency: Efficiency | None = None, runtime: RuntimeAllowance | None = None) -> dict[int, int | None]:
-    """Pool ``pool``'s best feasible step in nanoseconds on each share of sequences (0 for an idle pool,
-    None where no plan fits)."""
+                fixed: dict | None = None, ranges: dict | None = None, efficiency: Efficiency | None = None,
+                runtime: RuntimeAllowance | None = None) -> dict[int, int | None]:
+    """Pool ``pool``'s best feasible step in nanoseconds on each share of sequences within the pins and
+    ranges (0 for an idle pool, None where no plan fits)."""
     out: dict[int, int | None] = {}
     for b in shares:
         if b == 0:
             out[b] = 0
             continue
-        space = SearchSpace(model, pooled.pools[pool].cluster, workload.model_copy(update={"global_batch_size": b}))
+        space = SearchSpace(model, pooled.pools[pool].cluster, workload.model_copy(update={"global_batch_size": b}),
+                            fixed=dict(fixed or {}), ranges=dict(ranges or {}))
         best = best_feasible_step(space, efficiency=efficiency, runtime=runtime)
         out[b] = None if best is None else nanoseconds(best)
     return out
@@ -156,12 +158,14 @@ def choose(tables: Sequence[Mapping[int, int | None]], sync: Mapping[int, int], 
     return tuple(next(b for b, _, x in c if result.solution[x]) for c in choices), proved
 
 
-def solve_pools(model: ModelSpec, pooled: PooledCluster, workload: Workload, *, efficiency: Efficiency | None = None,
+def solve_pools(model: ModelSpec, pooled: PooledCluster, workload: Workload, *, fixed: dict | None = None,
+                ranges: dict | None = None, efficiency: Efficiency | None = None,
                 runtime: RuntimeAllowance | None = None, time_limit_s: float = 30.0,
                 layouts: Sequence[str] = LAYOUTS) -> PooledSolution:
     """The faster of the ``layouts`` across the pools: the best split of the global batch with each pool's
     plan (module docstring), or the best pipeline across them (`solver.pool_pipeline`); `Infeasible` when
-    neither fits."""
+    neither fits. ``fixed`` and ``ranges`` (as `solve` takes them) hold for every pool's plan; with the
+    pipeline, degree pins apply to each pool's block and dp to both (`pool_pipeline.pipeline_space`)."""
     started = time.perf_counter()
     if not workload.training:
         raise SolverInputError("solve_pools plans training across pools; serve each pool on its own (`plan solve` "
@@ -174,20 +178,20 @@ def solve_pools(model: ModelSpec, pooled: PooledCluster, workload: Workload, *, 
     shares = batch_shares(batch)
     split = tables = None
     if "data_parallel" in layouts:
-        tables = [share_table(model, pooled, workload, i, shares, efficiency=efficiency, runtime=runtime)
-                  for i in range(len(pooled.pools))]
+        tables = [share_table(model, pooled, workload, i, shares, fixed=fixed, ranges=ranges, efficiency=efficiency,
+                              runtime=runtime) for i in range(len(pooled.pools))]
         sync = {k: sync_time_ns(model, pooled, k, efficiency) for k in range(0, len(pooled.pools) + 1)}
         split = choose(tables, sync, batch, time_limit_s=time_limit_s)
-    piped = (best_pool_pipeline(model, pooled, workload, efficiency=efficiency, runtime=runtime)
-             if "pipeline" in layouts else None)
+    piped = (best_pool_pipeline(model, pooled, workload, fixed=fixed, ranges=ranges, efficiency=efficiency,
+                                runtime=runtime) if "pipeline" in layouts else None)
     split_step = None if split is None else _key([tables[i][b] for i, b in enumerate(split[0])], split[0], sync, batch)[0] / 1e9
     alternatives = {"data_parallel": split_step, "pipeline": None if piped is None else piped.step_time_s}
     if split is None and piped is None:
         raise _infeasible(model, pooled, batch, shares, tables, layouts)
     if split is None or (piped is not None and piped.step_time_s < split_step):
         return _pipelined(pooled, workload, piped, alternatives, started)
-    return _split(model, pooled, workload, split, tables, sync, shares, alternatives, efficiency, runtime, time_limit_s,
-                  started)
+    return _split(model, pooled, workload, split, tables, sync, shares, alternatives, dict(fixed or {}), dict(ranges or {}),
+                  efficiency, runtime, time_limit_s, started)
 
 
 def _infeasible(model: ModelSpec, pooled: PooledCluster, batch: int, shares: Sequence[int],
@@ -226,14 +230,15 @@ def _pipelined(pooled: PooledCluster, workload: Workload, piped: PoolPipeline, a
 
 def _split(model: ModelSpec, pooled: PooledCluster, workload: Workload, split: tuple[tuple[int, ...], bool],
            tables: Sequence[Mapping[int, int | None]], sync: Mapping[int, int], shares: Sequence[int],
-           alternatives: dict[str, float | None], efficiency: Efficiency | None, runtime: RuntimeAllowance | None,
-           time_limit_s: float, started: float) -> PooledSolution:
+           alternatives: dict[str, float | None], fixed: dict, ranges: dict, efficiency: Efficiency | None,
+           runtime: RuntimeAllowance | None, time_limit_s: float, started: float) -> PooledSolution:
     picked, proved = split
     batch = workload.global_batch_size
     out = []
     for pool, b, table in zip(pooled.pools, picked, tables, strict=True):
         found = None if b == 0 else solve(model, pool.cluster, workload.model_copy(update={"global_batch_size": b}),
-                                          efficiency=efficiency, runtime=runtime, time_limit_s=time_limit_s)
+                                          fixed=fixed, ranges=ranges, efficiency=efficiency, runtime=runtime,
+                                          time_limit_s=time_limit_s)
         out.append(PoolShare(pool=pool.name, gpus=pool.cluster.total_gpus, sequences=b, solution=found,
                              table={k: None if v is None else v / 1e9 for k, v in table.items()}))
     used = [s for s in out if s.solution is not None]

@@ -64,21 +64,29 @@ def pooled_instances(draw):
     pooled = PooledCluster(name="generated", pools=tuple(pools),
                            link={"bandwidth": draw(st.sampled_from([1e9, 1e11]))})
     work = Workload(seq_len=draw(st.sampled_from([128, 512])), global_batch_size=draw(st.sampled_from([2, 4, 8])))
-    return model, pooled, work
+    fixed = draw(st.sampled_from([{}, {}, {"tp": 2}, {"dp": 1}, {"pp": 1}, {"recompute": "full"}, {"sharding": "zero1"},
+                                  {"micro_batch_size": 1}, {"cp": 2}]))
+    return model, pooled, work, fixed
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(pooled_instances())
 def test_the_search_equals_brute_force(case):
-    model, pooled, work = case
-    found = best_pool_pipeline(model, pooled, work)
-    expected = brute_force(model, pooled, work)
+    model, pooled, work, fixed = case
+    found = best_pool_pipeline(model, pooled, work, fixed=fixed)
+    expected = brute_force(model, pooled, work, fixed=fixed)
     assert (found is None) == (expected is None)
     if found is not None:
         assert found.step_time_s == pytest.approx(expected, rel=1e-9)
         assert sum(sum(s.layers_per_stage) for s in found.stages) == model.num_layers
-        for s in found.stages:  # every rank of the plan fits its own pool
+        for s in found.stages:  # every rank of the plan fits its own pool, and the pins hold in each
             assert max(s.memory_bytes) <= s.usable_memory_bytes
+            assert s.tp == fixed.get("tp", s.tp) and s.pp == fixed.get("pp", s.pp)
+        assert (found.dp, found.recompute, found.sharding) == (fixed.get("dp", found.dp), fixed.get("recompute", found.recompute),
+                                                               fixed.get("sharding", found.sharding))
+        assert found.micro_batch_size == fixed.get("micro_batch_size", found.micro_batch_size)
+    if "cp" in fixed:  # context parallelism is outside the pipelines across pools
+        assert found is None
 
 
 def test_a_gpu_half_as_fast_takes_half_the_layers():

@@ -13,7 +13,7 @@ from parallelplan.cli.main import plan
 from parallelplan.constraints import Efficiency, Workload
 from parallelplan.hardware import HardwareError, PooledCluster, load_cluster
 from parallelplan.models import load_model
-from parallelplan.solver import Infeasible, solve, solve_pools
+from parallelplan.solver import Infeasible, Plan, PooledSolution, solve, solve_pools
 from parallelplan.solver.pools import batch_shares, brute_force, choose, sync_time_ns
 
 POOLS = {"name": "mixed", "link": {"bandwidth": "100 GB/s"},
@@ -104,7 +104,14 @@ def test_plan_solve_splits_over_pools_and_other_commands_refuse_them(tmp_path):
     assert small.exit_code == 0 and "gradient all-reduce across pools" in small.output
     refused = run("launch", "-m", "llama-3.1-8b", "-c", str(path), "--target", "megatron")
     assert refused.exit_code == 2 and "no launch target runs a different layout per pool" in refused.output
-    assert run("solve", "-m", "llama-3.1-8b", "-c", str(path), "--tp", "2").exit_code == 2
+    pinned = run("solve", "-m", "llama-3.1-8b", "-c", str(path), "--global-batch", "256", "--tp", "4", "--pp", "2",
+                 "--dp", "2", "--json")  # pins hold in every pool's plan (their GPU count does not size the pools)
+    assert pinned.exit_code == 0, pinned.output
+    found = PooledSolution.model_validate_json(pinned.stdout)
+    plans = ([s.solution.plan for s in found.shares if s.solution] if found.pipeline is None else
+             [Plan(tp=s.tp, pp=s.pp, dp=found.pipeline.dp) for s in found.pipeline.stages])
+    assert plans and all((p.tp, p.pp, p.dp) == (4, 2, 2) for p in plans)
+    assert run("solve", "-m", "llama-3.1-8b", "-c", str(path), "--objective", "cost").exit_code == 2
     assert run("solve", "-m", "llama-3.1-8b", "-c", str(path), "--nodes", "4").exit_code == 2
     too_big = run("solve", "-m", "llama-3.1-405b", "-c", str(path), "--global-batch", "256")
     assert too_big.exit_code == 1 and "no split of 256 sequences" in too_big.output

@@ -116,15 +116,6 @@ class ClassMemory(MemoryParts):
                             in_flight=pick(self.in_flight))
 
 
-def stage_memory(
-    f: ModelFacts, cluster: ClusterSpec, p: PlanArrays, w: Workload, runtime: RuntimeAllowance, layout: StageLayout,
-    params: StageParams, per: BytesPerParam, div: ShardDivisors, *, kv_latent: int, kv_head_dim: int,
-) -> MemoryArrays:
-    """Bytes on one GPU of each plan's most loaded rank (`class_memory`'s worst class)."""
-    return class_memory(f, cluster, p, w, runtime, layout, params, per, div, kv_latent=kv_latent,
-                        kv_head_dim=kv_head_dim).worst(layout)
-
-
 def class_memory(
     f: ModelFacts, cluster: ClusterSpec, p: PlanArrays, w: Workload, runtime: RuntimeAllowance, layout: StageLayout,
     params: StageParams, per: BytesPerParam, div: ShardDivisors, *, kv_latent: int, kv_head_dim: int,

@@ -41,7 +41,7 @@ def sequences_per_replica(job: Job) -> int:
     (vLLM's ``--max-num-seqs``: every DP rank is an engine core with its own scheduler; SGLang's
     ``--max-running-requests``: without DP attention every DP worker's scheduler applies it whole). The
     workload's sequences split over dp, the most loaded replica taking the remainder: what the cost model
-    prices the KV cache at (`constraints.memory.stage_memory`), so the engine admits what the plan fits."""
+    prices the KV cache at (`constraints.memory.class_memory`), so the engine admits what the plan fits."""
     return -(-job.workload.global_batch_size // job.plan.dp)
 
 

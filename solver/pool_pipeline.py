@@ -273,16 +273,6 @@ def _link_time(model: ModelSpec, pooled: PooledCluster, workload: Workload, plan
     return sent / pooled.link.bandwidth + alpha
 
 
-@dataclass
-class _Best:
-    step: float
-    pipeline: float
-    once: float
-    order: tuple[int, int]
-    rows: tuple[int, int]
-    tables: tuple[_Table, _Table]
-
-
 def _join(model: ModelSpec, workload: Workload, front: _Table, back: _Table, afters: Sequence[int]) -> tuple[float, int, int, float, float] | None:
     """The fastest feasible pair of rows (a front row, the back row with the same choice, the rest of the
     layers and as many stages as the front row's memory assumed): (step, front row, back row, pipeline, once)."""

@@ -16,6 +16,7 @@ import numpy as np
 
 from parallelplan.constraints.plan import (
     ATTENTION_KERNELS,
+    CP_COMMS,
     KERNELS,
     OFFLOADS,
     OPTIMIZERS,
@@ -36,6 +37,7 @@ _CATEGORICAL = {
     "schedule": SCHEDULES,
     "kernels": KERNELS,
     "attention_kernel": ATTENTION_KERNELS,
+    "cp_comm": CP_COMMS,
 }
 _BOOLEAN = ("sequence_parallel", "master_weights", "persistent_grads", "tp_comm_overlap", "ep_comm_overlap",
             "grad_reduce_overlap", "param_gather_overlap")
@@ -81,6 +83,7 @@ class PlanArrays:
     schedule: np.ndarray
     kernels: np.ndarray
     attention_kernel: np.ndarray
+    cp_comm: np.ndarray
     persistent_grads: np.ndarray
     tp_comm_overlap: np.ndarray
     ep_comm_overlap: np.ndarray

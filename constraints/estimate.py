@@ -202,7 +202,10 @@ def _notes(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workloa
          "keep TP inside the NVLink domain and enable TP communication overlap",
          "Tensor-parallel collectives are hidden behind the GEMMs (tp_comm_overlap)."),
         (time.cp_comm, plan.cp, "Context-parallel ring exchange", "longer sequences per rank hide it",
-         "The context-parallel ring exchange is hidden behind attention."),
+         "The context-parallel ring exchange is hidden behind attention.") if plan.cp_comm == "p2p" else
+        (time.cp_comm, plan.cp, "Context-parallel all-to-alls (Ulysses)",
+         "ring attention (cp_comm p2p) hides its exchange behind attention; a CP group inside the NVLink domain is faster",
+         None),
         (time.ep_comm, plan.ep, "Expert all-to-all", "an expert-parallel group inside the NVLink domain is faster",
          "Expert all-to-all is hidden behind the MoE layers' other compute (attention, router, shared experts)."),
         (time.pp_comm, plan.pp, "Pipeline sends", "fewer stages or a larger micro-batch amortise them", None),

@@ -23,6 +23,11 @@ Both are the cost model's inputs; the solver re-exports them. Conventions:
   and of every other matmul, recompute the rest); ``full`` keeps only each layer's input and recomputes the layer — on every layer, or on the
   first ``recompute_layers`` of each pipeline rank's layers (Megatron-Core ``--recompute-method block
   --recompute-num-layers``).
+- ``cp_comm``: how context parallelism exchanges the sequence (Megatron-Core ``--cp-comm-type``): ``p2p``
+  is ring attention (each rank keeps its 1/cp of the sequence and passes K and V around the ring, Liu et
+  al. 2023); ``a2a`` is DeepSpeed-Ulysses (Jacobs et al. 2023): all-to-alls turn the sequence split into
+  a head split before attention and back after, so each rank attends over the whole sequence with
+  1/cp of the heads.
 - ``persistent_grads``: gradient buffers live across steps (DDP, FSDP, Megatron, DeepSpeed). A plain
   single-process loop with ``zero_grad(set_to_none=True)`` frees them each step (False).
 """
@@ -48,6 +53,7 @@ OFFLOADS = ("none", "optimizer", "params")
 SCHEDULES = ("1f1b", "interleaved", "zero_bubble")
 KERNELS = ("fused", "unfused")
 ATTENTION_KERNELS = ("flash", "eager")
+CP_COMMS = ("p2p", "a2a")
 WORKLOAD_KINDS = ("pretrain", "finetune", "inference")
 STACKS = ("megatron", "megatron-2022", "torchtitan", "deepspeed", "maxtext", "custom")
 """The software stacks of ``data/stacks.json`` (`Workload.stack`)."""
@@ -65,6 +71,7 @@ class Plan(_Frozen):
     pp: Degree = 1
     dp: Degree = 1
     cp: Degree = 1
+    cp_comm: Literal["p2p", "a2a"] = "p2p"
     ep: Degree = 1
     etp: Degree | None = None
     vpp: Degree = 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
+from parallelplan.constraints.efficiency import stacks
 from parallelplan.constraints.plan import Plan, Workload
 from parallelplan.hardware import ClusterSpec
 from parallelplan.models import ModelSpec
@@ -99,10 +100,26 @@ def structural_violations(model: ModelSpec, cluster: ClusterSpec, plan: Plan, wo
              "Megatron-Core MoE with tp > 1 requires sequence parallelism", "set sequence_parallel")
     else:
         rule("ep_without_experts", plan.ep == 1, f"ep = {plan.ep} but {model.name} has no experts", "set ep 1")
-    if plan.cp > 1:
+    if plan.cp > 1 and plan.cp_comm == "p2p":
         rule("sequence_by_2cp", workload.seq_len % (2 * plan.cp) == 0,
              f"seq_len {workload.seq_len} is not a multiple of 2·cp = {2 * plan.cp} (load-balanced causal context parallelism)",
              f"use cp with 2·cp dividing {workload.seq_len}")
+    if plan.cp > 1 and plan.cp_comm == "a2a":
+        rule("sequence_by_cp", workload.seq_len % plan.cp == 0,
+             f"seq_len {workload.seq_len} is not a multiple of cp = {plan.cp} (Ulysses splits the sequence evenly)",
+             f"use cp dividing {workload.seq_len}")
+        heads = {"attention heads": model.num_attention_heads,
+                 "KV heads": model.num_attention_heads if model.mla is not None else model.num_kv_heads}
+        for what, count in heads.items():
+            rule("a2a_heads_by_tp_cp", count % (plan.tp * plan.cp) == 0,
+                 f"{count} {what} do not split over tp·cp = {plan.tp * plan.cp} (cp_comm a2a gives each CP rank "
+                 "1/cp of each TP rank's heads; Transformer Engine requires it)",
+                 f"use cp_comm p2p, or tp·cp dividing {count}")
+    if plan.cp > 1:
+        offered = stacks()[workload.stack]["cp_comms"]
+        rule("cp_comm_offered_by_stack", plan.cp_comm in offered,
+             f"the {workload.stack} stack has no context parallelism by {plan.cp_comm}",
+             f"use cp_comm {' or '.join(offered)}, or another stack")
     rule("sequence_parallel_needs_tp", plan.tp > 1 or not plan.sequence_parallel,
          "sequence parallelism needs tp > 1", "unset sequence_parallel or raise tp")
     if plan.sequence_parallel and plan.tp > 1:

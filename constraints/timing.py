@@ -20,8 +20,11 @@ Per micro-batch on pipeline rank i (`constraints.compute` for the compute):
   ``tp_comm_overlap`` (Transformer Engine userbuffers, which Megatron allows only with sequence
   parallelism) hides up to η_tp of all the GEMMs' time of the forward 4 · RS and the backward 6 · RS
   (η: the overlap fractions of the workload's stack, `Efficiency.overlap`, 0 where it has no such mechanism);
-- context parallelism: ring attention passes the rank's K and V cp − 1 times forward (K, V and their
-  gradients backward), hidden behind attention up to η_cp (Liu et al. 2023, Ring Attention);
+- context parallelism: ring attention (``cp_comm`` p2p) passes the rank's K and V cp − 1 times forward
+  (K, V and their gradients backward), hidden behind attention up to η_cp (Liu et al. 2023, Ring
+  Attention); Ulysses (a2a) all-to-alls the rank's Q, K, V before attention and the output after, (cp − 1)/cp
+  of them leaving the GPU (Jacobs et al. 2023, DeepSpeed-Ulysses §3.1: 4·N·h/P per link per layer for MHA),
+  and their gradients backward, not overlapped;
 - expert parallelism: a dispatch and a combine per MoE layer and pass — NCCL all-to-alls of the k
   routed copies, or with ``moe_dispatcher`` deepep one copy per remote domain holding an expert, as long
   as the busiest rank's receipt (``moe_imbalance`` times the mean); with ``ep_comm_overlap``
@@ -231,12 +234,18 @@ def class_times(
         asynchronous = np.where(sequence_parallel, 2 * rs + 2 * np.maximum(2 * rs - column, 0.0), np.maximum(4 * rs - column, 0.0))
         tp_exposed = tp_exposed + np.where(overlap_tp, np.maximum(6 * rs - hide["tp"] * 2 * gemm_fwd, 0.0), asynchronous)
 
-    # context parallelism: ring exchange of K and V, hidden behind attention
+    # context parallelism: ring exchange of K and V, hidden behind attention (p2p), or Ulysses' all-to-alls
+    # of Q, K, V and the attention output, exposed (a2a; backward the same of their gradients)
     kv_bytes = tokens * (f.k_width + f.v_width) * b / tp
     ring = col((cp - 1) * fabric.ring_step(kv_bytes, cp, tp)) * layers
-    cp_exposed = (1 + full) * np.maximum(ring - hide["cp"] * attention_fwd, 0.0)
+    ring_exposed = (1 + full) * np.maximum(ring - hide["cp"] * attention_fwd, 0.0)
+    qkvo_bytes = tokens * (2 * f.q_width + f.k_width + f.v_width) * b / tp
+    ulysses = col(fabric.all_to_all(qkvo_bytes, cp, tp)) * layers
+    ulysses_exposed = (1 + full) * ulysses
     if training:
-        cp_exposed = cp_exposed + np.maximum(2 * ring - hide["cp"] * attention_bwd, 0.0)
+        ring_exposed = ring_exposed + np.maximum(2 * ring - hide["cp"] * attention_bwd, 0.0)
+        ulysses_exposed = ulysses_exposed + ulysses
+    cp_exposed = np.where(col(p.cp_comm == code("cp_comm", "a2a")) > 0, ulysses_exposed, ring_exposed)
 
     # expert parallelism: dispatch and combine all-to-alls per MoE layer and pass
     token_bytes = tokens * f.hidden * b / tp

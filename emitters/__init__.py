@@ -42,7 +42,20 @@ def emit(solution, target: str, **options: Any) -> dict[str, str]:
     from parallelplan.emitters.job import Job
 
     module = _module(target)
-    return module.emit(Job.from_solution(solution, **options))
+    files = module.emit(Job.from_solution(solution, **options))  # the target's own refusals first
+    _check_cp_comm(solution.plan, target)
+    return files
+
+
+def _check_cp_comm(plan, target: str) -> None:
+    """A plan's context-parallel exchange must be one the target's stack runs (``stacks.json`` ``cp_comms``)."""
+    from parallelplan.constraints.efficiency import stack_of_target, stacks
+
+    stack = stack_of_target(target)
+    offered = stacks()[stack]["cp_comms"] if stack is not None else []
+    if plan.cp > 1 and stack is not None and plan.cp_comm not in offered:
+        raise EmitError(f"{target} cannot express context parallelism by {plan.cp_comm} (cp_comm); solve with "
+                        f"--fix cp_comm={offered[0]} (it runs {' or '.join(offered)})")
 
 
 __getattr__, __dir__ = lazy_exports(__name__, {"ReadConfig": "parallelplan.emitters.deepspeed",

@@ -152,6 +152,8 @@ def parallel_arguments(job: Job) -> list[str]:
     p, layers = job.plan, job.model.num_layers
     out = [f"--tensor-model-parallel-size={p.tp}", f"--pipeline-model-parallel-size={p.pp}",
            f"--context-parallel-size={p.cp}"]
+    if p.cp > 1 and p.cp_comm != "p2p":  # p2p (ring attention) is Megatron-Core's default
+        out.append(f"--cp-comm-type={p.cp_comm}")
     if job.model.moe is not None:
         out += [f"--expert-model-parallel-size={p.ep}", f"--expert-tensor-parallel-size={p.etp}"]
     if p.sequence_parallel:

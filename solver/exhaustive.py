@@ -25,6 +25,7 @@ import numpy as np
 from parallelplan.constraints import Plan, PlanArrays, RuntimeAllowance, Workload, evaluate
 from parallelplan.constraints.arrays import ALL_LAYERS, code
 from parallelplan.constraints.check import selective_ladder
+from parallelplan.constraints.efficiency import stacks
 from parallelplan.constraints.rules import structural_violations
 from parallelplan.hardware import ClusterSpec
 from parallelplan.models import ModelSpec
@@ -68,6 +69,7 @@ def _raw_plans(space: SearchSpace) -> list[Plan]:
     shardings = [(s, size) for s in space.default_domain("sharding")
                  for size in (space.domain("hsdp_shard_size", [c.node.gpus_per_node]) if s == "hsdp" else [None])]
     schedules = space.default_domain("schedule")
+    cp_comms = [x for x in space.default_domain("cp_comm") if x in stacks()[w.stack]["cp_comms"] or x == "p2p"]
     out = []
     for tp, cp, pp in itertools.product(tps, cps, pps):
         if c.total_gpus % (tp * cp * pp):
@@ -82,13 +84,13 @@ def _raw_plans(space: SearchSpace) -> list[Plan]:
         if "layers_per_stage" in space.fixed or "layers_per_stage" in space.ranges:
             layouts = [(1, tuple(s)) for s in space.domain("layers_per_stage", [])]
         for ep, etp, (vpp, stages), mbs, sp, (sharding, size), (recompute, modules, k), precision, optimizer, \
-                offload, schedule in itertools.product(
+                offload, schedule, cp_comm in itertools.product(
                     eps, etps, layouts, space.default_domain("micro_batch_size"),
                     space.default_domain("sequence_parallel"), shardings, recomputes,
                     space.default_domain("precision"), space.default_domain("optimizer"),
-                    space.default_domain("offload"), schedules):
+                    space.default_domain("offload"), schedules, cp_comms):
             try:
-                plan = Plan(tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, etp=etp, vpp=vpp, micro_batch_size=mbs,
+                plan = Plan(tp=tp, pp=pp, dp=dp, cp=cp, cp_comm=cp_comm, ep=ep, etp=etp, vpp=vpp, micro_batch_size=mbs,
                             sequence_parallel=sp, sharding=sharding, hsdp_shard_size=size, recompute=recompute,
                             recompute_modules=modules, recompute_layers=k, precision=precision, optimizer=optimizer,
                             offload=offload, schedule=schedule, layers_per_stage=stages, **space.settings())
@@ -108,6 +110,8 @@ def _conventional(space: SearchSpace, plan: Plan) -> bool:
             and plan.sequence_parallel != sp_possible:
         return False
     if plan.sharding != "none" and plan.dp * plan.cp == 1:
+        return False
+    if plan.cp == 1 and plan.cp_comm != "p2p":  # no context parallelism: one way to say so
         return False
     if plan.sharding == "hsdp" and not 1 < (plan.hsdp_shard_size or 0) < plan.dp * plan.cp:
         return False

@@ -16,7 +16,10 @@ TERMS = (("compute", "compute"), ("tp_comm", "tensor-parallel communication"), (
 def describe(plan: Plan) -> str:
     """A plan in a few words: its degrees and the choices that differ from the defaults."""
     parts = [f"tp {plan.tp} · pp {plan.pp} · dp {plan.dp}"]
-    parts += [f"{name} {getattr(plan, name)}" for name in ("cp", "ep") if getattr(plan, name) > 1]
+    if plan.cp > 1:
+        parts.append(f"cp {plan.cp}" + (" (Ulysses a2a)" if plan.cp_comm == "a2a" else ""))
+    if plan.ep > 1:
+        parts.append(f"ep {plan.ep}")
     if plan.ep > 1 and plan.etp != plan.tp:
         parts.append(f"etp {plan.etp}")
     if plan.vpp > 1:

@@ -28,7 +28,7 @@ from parallelplan.solver.errors import SolverInputError
 OBJECTIVES = ("throughput", "cost", "memory_headroom", "gpus", "simplicity")
 WEIGHT_SCALE = 10**9
 """Fixed-point unit of a weighted score (1e-9 of one objective's optimum)."""
-TIE_ORDER = ("tp", "pp", "cp", "ep", "etp", "vpp", "micro_batch_size", "sharding", "recompute", "recompute_modules",
+TIE_ORDER = ("tp", "pp", "cp", "cp_comm", "ep", "etp", "vpp", "micro_batch_size", "sharding", "recompute", "recompute_modules",
              "recompute_layers", "precision", "optimizer", "offload", "schedule", "dp")
 SHARDING_COMPLEXITY = {"none": 0, "zero1": 1, "zero2": 2, "zero3": 2, "fsdp": 2, "hsdp": 3}
 
@@ -38,7 +38,8 @@ def simplicity_score(p: PlanArrays) -> np.ndarray:
     besides data parallelism (tp, pp, cp, ep) and for interleaving or uneven stages; sharding none 0,
     zero1 1, zero2 / zero3 / fsdp 2, hsdp 3; recompute selective 1 (2 with modules beyond the attention
     core), full 2 (3 on some layers only), selective_mm 2; optimizer offload 2, parameter offload 3; fp8 1;
-    an optimizer other than AdamW 1; the zero-bubble schedule 1."""
+    an optimizer other than AdamW 1; the zero-bubble schedule 1; Ulysses context parallelism (cp_comm a2a,
+    not Megatron's default) 1."""
     score = (p.tp > 1).astype(np.int64) + (p.pp > 1) + (p.cp > 1) + (p.ep > 1) + (p.vpp > 1)
     if p.layers_per_stage is not None:  # the search gives explicit stages only to uneven splits
         score = score + p.layers_per_stage.any(axis=1)
@@ -51,7 +52,7 @@ def simplicity_score(p: PlanArrays) -> np.ndarray:
         [1 + (p.recompute_modules != core), 2 + (p.recompute_layers != ALL_LAYERS), 2], default=0)
     score = score + 2 * (p.offload == code("offload", "optimizer")) + 3 * (p.offload == code("offload", "params"))
     score = score + (p.precision == code("precision", "fp8")) + (p.optimizer != code("optimizer", "adamw"))
-    return score + (p.schedule == code("schedule", "zero_bubble"))
+    return score + (p.schedule == code("schedule", "zero_bubble")) + (p.cp_comm == code("cp_comm", "a2a"))
 
 
 @dataclass

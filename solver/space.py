@@ -8,6 +8,8 @@ domain by the listed values, or by the values within ``(low, high)`` for integer
   crossing it is allowed;
 - ``cp``: powers of two with ``seq_len`` divisible by 2·cp into chunks of at least one attention tile
   (`ATTENTION_TILE_TOKENS`), across domains too (its ring is priced over the network when it crosses one);
+- ``cp_comm`` (cp > 1): p2p (ring attention) and a2a (Ulysses, with tp·cp dividing the attention and KV
+  heads), as far as the workload's stack offers them (``stacks.json`` ``cp_comms``);
 - ``pp``: 1 … layers; ``dp`` = GPUs / (tp·pp·cp), whole;
 - ``ep``: divisors of the experts with ep·etp dividing dp·cp·tp; ``etp``: 1 or tp (MoE models only);
 - ``vpp`` (interleaved schedule): 2 … 8 with every virtual stage holding the same number of layers and the
@@ -46,6 +48,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from parallelplan.constraints.arrays import ALL_LAYERS, PlanArrays, code, module_mask
 from parallelplan.constraints.check import selective_ladder
+from parallelplan.constraints.efficiency import stacks
 from parallelplan.constraints.plan import RECOMPUTE_MODULES, RECOMPUTES, Plan, Workload
 from parallelplan.hardware import ClusterSpec
 from parallelplan.models import ModelSpec
@@ -62,12 +65,13 @@ DEFAULTS: dict[str, tuple] = {
     "optimizer": ("adamw",),
     "offload": ("none",),
     "schedule": ("1f1b", "interleaved"),
+    "cp_comm": ("p2p", "a2a"),
 }
 """The default domains of the execution choices (module docstring); the rules then narrow them per plan."""
 SEARCHED = (
     "tp", "pp", "dp", "cp", "ep", "etp", "vpp", "micro_batch_size", "sequence_parallel", "sharding",
     "hsdp_shard_size", "recompute", "recompute_modules", "recompute_layers", "precision", "optimizer", "offload",
-    "schedule", "layers_per_stage",
+    "schedule", "layers_per_stage", "cp_comm",
 )
 """Plan fields the search ranges over (``fixed`` and ``ranges`` accept these)."""
 SETTINGS = ("kernels", "attention_kernel", "master_weights", "persistent_grads", "tp_comm_overlap", "ep_comm_overlap",
@@ -297,6 +301,7 @@ class Execution:
     optimizer: int
     offload: int
     zero_bubble: bool
+    cp_comm: int = 0
 
 
 def executions(space: SearchSpace) -> list[Execution]:
@@ -315,17 +320,19 @@ def executions(space: SearchSpace) -> list[Execution]:
     hsdp_sizes = space.domain("hsdp_shard_size", [space.cluster.node.gpus_per_node])
     # the schedule of a vpp > 1 layout is interleaved; the others pick 1f1b or zero_bubble here
     flat = [s for s in space.default_domain("schedule") if s != "interleaved"] or ["1f1b"]
+    offered = stacks()[space.workload.stack]["cp_comms"]  # p2p also stands for "no context parallelism"
+    cp_comms = [c for c in space.default_domain("cp_comm") if c in offered or c == "p2p"]
     out = []
-    for mbs, sp, sharding, (recompute, modules), precision, optimizer, offload, schedule in itertools.product(
+    for mbs, sp, sharding, (recompute, modules), precision, optimizer, offload, schedule, cp_comm in itertools.product(
             space.default_domain("micro_batch_size"), space.default_domain("sequence_parallel"),
             shardings, variants, space.default_domain("precision"), space.default_domain("optimizer"),
-            space.default_domain("offload"), flat):
+            space.default_domain("offload"), flat, cp_comms):
         if not gpu.supports(precision):
             continue
         for size in (hsdp_sizes if sharding == "hsdp" else [1]):
             out.append(Execution(mbs, bool(sp), code("sharding", sharding), size, recompute, modules,
                                  code("precision", precision), code("optimizer", optimizer), code("offload", offload),
-                                 schedule == "zero_bubble"))
+                                 schedule == "zero_bubble", code("cp_comm", cp_comm)))
     return out
 
 
@@ -441,6 +448,14 @@ def _valid(space: SearchSpace, c: dict[str, np.ndarray]) -> np.ndarray:
     ok &= ~interleaved | (("interleaved" in schedules) & ~c["zero_bubble"] & (micro % c["pp"] == 0))
     ok &= interleaved | c["zero_bubble"] | ("1f1b" in schedules)
     ok &= ~c["zero_bubble"] | (c["pp"] > 1)
+    # context parallelism's exchange: one way without it (no duplicate plans); Ulysses splits the heads
+    a2a = c["cp_comm"] == code("cp_comm", "a2a")
+    kv_heads = m.num_attention_heads if m.mla is not None else m.num_kv_heads
+    ok &= ~a2a | ((c["cp"] > 1) & (w.seq_len % c["cp"] == 0) & (m.num_attention_heads % (c["tp"] * c["cp"]) == 0)
+                  & (kv_heads % (c["tp"] * c["cp"]) == 0))
+    ok &= a2a | (c["cp"] == 1) | (w.seq_len % (2 * c["cp"]) == 0)
+    offered = [code("cp_comm", x) for x in stacks()[w.stack]["cp_comms"]]
+    ok &= (c["cp"] == 1) | np.isin(c["cp_comm"], offered)
     return ok
 
 
@@ -468,7 +483,7 @@ def _plan_arrays(space: SearchSpace, c: dict[str, np.ndarray], layers_per_stage:
         kernels=const(code("kernels", default.kernels)), attention_kernel=const(code("attention_kernel", default.attention_kernel)),
         persistent_grads=const(default.persistent_grads, bool), tp_comm_overlap=const(default.tp_comm_overlap, bool),
         ep_comm_overlap=const(default.ep_comm_overlap, bool), grad_reduce_overlap=const(default.grad_reduce_overlap, bool),
-        param_gather_overlap=const(default.param_gather_overlap, bool),
+        param_gather_overlap=const(default.param_gather_overlap, bool), cp_comm=c["cp_comm"].astype(np.int64),
         layers_per_stage=layers_per_stage,
     )
 

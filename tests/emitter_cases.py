@@ -1,7 +1,7 @@
 """Solved plans that together span what each emitter expresses (shared by the fast emitter tests and the
 validator tests): single and multi-node; for DeepSpeed every ZeRO stage, HSDP, AutoTP, CPU offload of the
 optimizer and of parameters, fp16 and full recompute; for Megatron every parallel dimension (TP, PP with
-virtual and uneven stages, CP, EP, expert-TP, SP), every recompute form, fp8, each sharding, MoE with MLA,
+virtual and uneven stages, CP as ring attention and as Ulysses all-to-alls, EP, expert-TP, SP), every recompute form, fp8, each sharding, MoE with MLA,
 shared experts, dense layers and MTP, and a Blackwell node."""
 
 from __future__ import annotations
@@ -50,8 +50,9 @@ def megatron_cases() -> dict[str, Solution]:
     deepep = WORK.model_copy(update={"moe_dispatcher": "deepep"})
     return {
         "tp pp vpp sp fsdp selective": _solve("llama-3.1-70b", 4, "megatron"),
-        "cp zero1 full recompute": _solve(EIGHT_B, 2, "megatron", {"cp": 2, "sharding": "zero1", "recompute": "full"},
-                                          workload=long),
+        "cp zero1 full recompute": _solve(EIGHT_B, 2, "megatron", {"cp": 2, "sharding": "zero1", "recompute": "full",
+                                                                     "cp_comm": "p2p"}, workload=long),
+        "ulysses cp": _solve(EIGHT_B, 2, "megatron", {"cp": 4, "cp_comm": "a2a"}, workload=long),
         "fp8 block recompute uneven stages": _solve(
             EIGHT_B, 3, "megatron", {"pp": 3, "tp": 2, "sharding": "zero1"},
             {"precision": ["fp8"], "recompute": ["full"]}),

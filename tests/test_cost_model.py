@@ -22,6 +22,7 @@ from parallelplan.constraints import (
     PlanArrays,
     RuntimeAllowance,
     Workload,
+    check,
     estimate,
     evaluate,
 )
@@ -533,3 +534,35 @@ def test_the_busiest_expert_rank_sets_the_pace_and_holds_the_most_activations():
     replicated = Plan(dp=8, sharding="zero1", recompute="full")
     assert estimate(qwen, h100(1), replicated, Workload(seq_len=4096, global_batch_size=64, moe_imbalance=2)) \
         .step_time_s == estimate(qwen, h100(1), replicated, Workload(seq_len=4096, global_batch_size=64)).step_time_s
+
+
+def test_ulysses_context_parallelism_prices_its_all_to_alls_by_hand():
+    """cp_comm a2a (DeepSpeed-Ulysses, Jacobs et al. 2023 §3.1): per layer and pass, each GPU sends 7/8 of its
+    sequence chunk's Q, K, V and attention output to the other 7 ranks of an NVLink cp group of 8, unhidden:
+    forward + backward = 2 · L · (7/8 · T·(2·q + k + v)·2 bytes / NVLink bus + 7 α), per micro-batch; the
+    attention's FLOPs and the memory per GPU are those of ring attention (the same work, split by heads)."""
+    model, cluster = load_model("llama-3.1-8b"), load_cluster("dgx-h100", nodes=1)
+    work = Workload(seq_len=65536, global_batch_size=2)
+    ring = Plan(cp=8, sharding="fsdp", recompute="none")
+    ulysses = ring.model_copy(update={"cp_comm": "a2a"})
+    a, b = (estimate(model, cluster, p, work) for p in (ring, ulysses))
+    eff = Efficiency.default()
+    tokens = 65536 / 8
+    volume = tokens * (2 * 4096 + 1024 + 1024) * 2  # q and the output 32·128 wide, k and v 8·128 (GQA), bf16
+    bus = cluster.node.intra_node_bandwidth * eff.network_bus["intra_node"]
+    per_pass = 32 * (7 / 8 * volume / bus + 7 * eff.latency_s["intra_node"])
+    assert b.time.cp_comm == pytest.approx(2 * 2 * per_pass, rel=1e-9)  # 2 micro-batches, forward + backward
+    assert b.time.compute == pytest.approx(a.time.compute, rel=1e-12)
+    assert b.memory.total == pytest.approx(a.memory.total, rel=1e-12)
+    assert not check(model, cluster, ulysses, work)
+
+
+def test_ulysses_rules_name_the_heads_and_the_stack():
+    model, cluster = load_model("llama-3.1-8b"), load_cluster("dgx-h100", nodes=2)
+    work = Workload(seq_len=65536, global_batch_size=16)
+    rules = {v.rule: v for v in check(model, cluster, Plan(cp=16, cp_comm="a2a"), work)}
+    assert "a2a_heads_by_tp_cp" in rules and "8 KV heads do not split over tp·cp = 16" in rules["a2a_heads_by_tp_cp"].message
+    plan = Plan(cp=8, dp=2, cp_comm="a2a", sharding="fsdp", recompute="full")
+    titan = {v.rule for v in check(model, cluster, plan, work.model_copy(update={"stack": "torchtitan"}))}
+    assert titan == {"cp_comm_offered_by_stack"}
+    assert not check(model, cluster, plan, work)

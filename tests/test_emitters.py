@@ -265,3 +265,13 @@ def test_plan_launch_bad_input_exits_2(tmp_path):
     result = run(plan, ["launch", "-m", "llama-3.1-8b", "-c", "dgx-h100", "--target", "deepspeed", "--fix", "cp=2",
                         "--out", str(tmp_path)])
     assert result.exit_code == 2 and "--fix cp=2: the deepspeed target can only run cp = 1" in result.output
+
+
+def test_a_target_whose_stack_has_no_ulysses_refuses_it():
+    """torchtitan's context parallelism is ring-style (stacks.json cp_comms); a plan with cp_comm a2a, which
+    Megatron expresses as --cp-comm-type=a2a, is refused there naming the field and the fix."""
+    solution = torchtitan_cases()["zero2 cp"]
+    ulysses = solution.model_copy(update={"plan": solution.plan.model_copy(update={"cp_comm": "a2a"})})
+    with pytest.raises(EmitError, match=r"torchtitan cannot express context parallelism by a2a \(cp_comm\); solve with --fix cp_comm=p2p"):
+        emit(ulysses, "torchtitan")
+    assert "--cp-comm-type=a2a" in emit(megatron_cases()["ulysses cp"], "megatron")["launch.sh"]

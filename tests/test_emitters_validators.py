@@ -156,6 +156,7 @@ def test_megatron_validates_the_arguments(case):
     assert (args.tensor_model_parallel_size, args.pipeline_model_parallel_size, args.context_parallel_size,
             args.data_parallel_size) == (p.tp, p.pp, p.cp, p.dp)
     assert (args.virtual_pipeline_model_parallel_size or 1) == p.vpp and args.sequence_parallel == p.sequence_parallel
+    assert args.cp_comm_type in (p.cp_comm, [p.cp_comm])  # Megatron keeps one value or one per layer
     assert args.micro_batch_size == p.micro_batch_size and args.global_batch_size == solution.workload.global_batch_size
     assert args.num_layers == m.num_layers and args.hidden_size == m.hidden_size
     if m.moe is not None:

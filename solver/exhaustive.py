@@ -25,13 +25,18 @@ import numpy as np
 from parallelplan.constraints import Plan, PlanArrays, RuntimeAllowance, Workload, evaluate
 from parallelplan.constraints.arrays import ALL_LAYERS, code
 from parallelplan.constraints.check import selective_ladder
-from parallelplan.constraints.efficiency import stacks
 from parallelplan.constraints.rules import structural_violations
 from parallelplan.hardware import ClusterSpec
 from parallelplan.models import ModelSpec
 from parallelplan.solver.candidates import Candidates
 from parallelplan.solver.objectives import Criteria, criteria, gpu_hour_price, weighted_score
-from parallelplan.solver.space import SearchSpace, cp_candidates, enumerate_with_structure, uneven_splits
+from parallelplan.solver.space import (
+    SearchSpace,
+    cp_candidates,
+    cp_comm_domain,
+    enumerate_with_structure,
+    uneven_splits,
+)
 
 
 @dataclass
@@ -69,7 +74,7 @@ def _raw_plans(space: SearchSpace) -> list[Plan]:
     shardings = [(s, size) for s in space.default_domain("sharding")
                  for size in (space.domain("hsdp_shard_size", [c.node.gpus_per_node]) if s == "hsdp" else [None])]
     schedules = space.default_domain("schedule")
-    cp_comms = [x for x in space.default_domain("cp_comm") if x in stacks()[w.stack]["cp_comms"] or x == "p2p"]
+    cp_comms = cp_comm_domain(space)
     out = []
     for tp, cp, pp in itertools.product(tps, cps, pps):
         if c.total_gpus % (tp * cp * pp):

@@ -8,8 +8,9 @@ domain by the listed values, or by the values within ``(low, high)`` for integer
   crossing it is allowed;
 - ``cp``: powers of two with ``seq_len`` divisible by 2·cp into chunks of at least one attention tile
   (`ATTENTION_TILE_TOKENS`), across domains too (its ring is priced over the network when it crosses one);
-- ``cp_comm`` (cp > 1): p2p (ring attention) and a2a (Ulysses, with tp·cp dividing the attention and KV
-  heads), as far as the workload's stack offers them (``stacks.json`` ``cp_comms``);
+- ``cp_comm`` (cp > 1): p2p (ring attention), and from `LONG_CONTEXT_TOKENS` on also a2a (Ulysses, with
+  tp·cp dividing the attention and KV heads), as far as the workload's stack offers them (``stacks.json``
+  ``cp_comms``);
 - ``pp``: 1 … layers; ``dp`` = GPUs / (tp·pp·cp), whole;
 - ``ep``: divisors of the experts with ep·etp dividing dp·cp·tp; ``etp``: 1 or tp (MoE models only);
 - ``vpp`` (interleaved schedule): 2 … 8 with every virtual stage holding the same number of layers and the
@@ -65,7 +66,6 @@ DEFAULTS: dict[str, tuple] = {
     "optimizer": ("adamw",),
     "offload": ("none",),
     "schedule": ("1f1b", "interleaved"),
-    "cp_comm": ("p2p", "a2a"),
 }
 """The default domains of the execution choices (module docstring); the rules then narrow them per plan."""
 SEARCHED = (
@@ -304,6 +304,22 @@ class Execution:
     cp_comm: int = 0
 
 
+LONG_CONTEXT_TOKENS = 32_768
+"""Sequences from which the default search also tries Ulysses (cp_comm a2a) beside ring attention: the
+long-context regime where the two compete (Jacobs et al. 2023 train 256K–1M tokens with it). Below it
+the search keeps to ring attention, Megatron's default — each choice doubles the priced plans of every
+cp > 1 structure (DeepSeek-V3 on 2,048 H100 at 4K tokens: 0.8 → 1.4 s); ``ranges`` opens it anywhere."""
+
+
+def cp_comm_domain(space: SearchSpace) -> list[str]:
+    """The cp_comm values searched (module docstring): the pin or range, else p2p and, for sequences of
+    at least `LONG_CONTEXT_TOKENS`, a2a — as far as the stack offers them; p2p always stands for "no
+    context parallelism" too (the cp = 1 plans)."""
+    offered = stacks()[space.workload.stack]["cp_comms"]
+    default = ("p2p", "a2a") if space.workload.seq_len >= LONG_CONTEXT_TOKENS else ("p2p",)
+    return [c for c in space.domain("cp_comm", default) if c in offered or c == "p2p"]
+
+
 def executions(space: SearchSpace) -> list[Execution]:
     """Every combination of micro-batch, SP, sharding, recompute, precision, optimizer, offload and
     schedule choice; the plan-dependent rules are applied by `enumerate_plans`."""
@@ -320,8 +336,7 @@ def executions(space: SearchSpace) -> list[Execution]:
     hsdp_sizes = space.domain("hsdp_shard_size", [space.cluster.node.gpus_per_node])
     # the schedule of a vpp > 1 layout is interleaved; the others pick 1f1b or zero_bubble here
     flat = [s for s in space.default_domain("schedule") if s != "interleaved"] or ["1f1b"]
-    offered = stacks()[space.workload.stack]["cp_comms"]  # p2p also stands for "no context parallelism"
-    cp_comms = [c for c in space.default_domain("cp_comm") if c in offered or c == "p2p"]
+    cp_comms = cp_comm_domain(space)
     out = []
     for mbs, sp, sharding, (recompute, modules), precision, optimizer, offload, schedule, cp_comm in itertools.product(
             space.default_domain("micro_batch_size"), space.default_domain("sequence_parallel"),
@@ -492,4 +507,4 @@ def _empty() -> PlanArrays:
     return PlanArrays.product(tp=[1]).take(np.zeros(0, dtype=bool))
 
 
-__all__ = ["SEARCHED", "SETTINGS", "SearchSpace", "enumerate_plans", "RECOMPUTE_MODULES", "uneven_splits"]
+__all__ = ["LONG_CONTEXT_TOKENS", "SEARCHED", "SETTINGS", "SearchSpace", "enumerate_plans", "RECOMPUTE_MODULES", "uneven_splits"]

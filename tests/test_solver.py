@@ -46,13 +46,15 @@ def instances(draw):
         spec["ffn_hidden_size"] = draw(st.sampled_from([512, 1024]))
     cluster = small_cluster(draw(st.sampled_from([1, 2])), draw(st.sampled_from([1, 2, 4])),
                             draw(st.sampled_from(["1 GiB", "2 GiB", "16 GiB"])))
-    workload = Workload(kind=draw(st.sampled_from(["pretrain", "finetune"])), seq_len=draw(st.sampled_from([128, 512])),
+    # 32K tokens: the long-context domain, where the search also tries Ulysses (cp_comm a2a) beside ring attention
+    workload = Workload(kind=draw(st.sampled_from(["pretrain", "finetune"])), seq_len=draw(st.sampled_from([128, 512, 32768])),
                         global_batch_size=draw(st.sampled_from([1, 4, 8])))
     objective = draw(st.sampled_from([["throughput"], ["memory_headroom"], ["simplicity", "throughput"],
                                       ["throughput", "simplicity"], ["cost"], {"throughput": 1.0, "memory_headroom": 0.5},
                                       {"simplicity": 1.0, "throughput": 2.0}]))
     tolerance = draw(st.sampled_from([0.0, 0.05])) if isinstance(objective, list) and len(objective) > 1 else 0.0
-    fixed = draw(st.sampled_from([{}, {}, {"tp": 2}, {"pp": 2}, {"recompute": "full"}, {"sharding": "zero1"}]))
+    fixed = draw(st.sampled_from([{}, {}, {"tp": 2}, {"pp": 2}, {"recompute": "full"}, {"sharding": "zero1"},
+                                  {"cp_comm": "a2a"}]))
     return load_model(spec), cluster, workload, objective, tolerance, fixed
 
 

@@ -276,21 +276,19 @@ def group_options(roles: Sequence[Role], cluster: ClusterSpec, usable_mib: int, 
     return out
 
 
-def _part_tables(roles: Sequence[Role], cluster: ClusterSpec, counts: Sequence[int], usable_mib: int,
-                 efficiency: Efficiency | None, runtime: RuntimeAllowance | None) -> tuple[list[dict], list[dict]]:
-    """The part's tables (per role: node count → options) on each node count, and the plans of a group's
-    options (per role: node count → plans; a role alone is solved afresh once placed)."""
-    tables: list[dict] = [{} for _ in roles]
-    plans: list[dict] = [{} for _ in roles]
+def _fill_part(roles: Sequence[Role], tables: list[dict], plans: list[dict], cluster: ClusterSpec,
+               counts: Sequence[int], usable_mib: int, efficiency: Efficiency | None,
+               runtime: RuntimeAllowance | None) -> None:
+    """Add each node count of ``counts`` to the part's tables (per role: node count → options) and to the
+    plans of a group's options (per role: node count → plans; a role alone is solved afresh once placed)."""
     for n in counts:
-        on = load_cluster(cluster, nodes=n)
         if len(roles) == 1:
             step = step_table(roles[0], cluster, [n], efficiency=efficiency, runtime=runtime)[n]
             tables[0][n] = [] if step is None else [(step, 0, 0)]
             continue
+        on = load_cluster(cluster, nodes=n)
         for r, (options, found) in enumerate(group_options(roles, on, usable_mib, efficiency=efficiency, runtime=runtime)):
             tables[r][n], plans[r][n] = options, found
-    return tables, plans
 
 
 def place(roles: Sequence[Role], cluster: ClusterSpec, *, efficiency: Efficiency | None = None,
@@ -322,10 +320,7 @@ def place(roles: Sequence[Role], cluster: ClusterSpec, *, efficiency: Efficiency
         tables: list[dict] = [{} for _ in part]
         plans: list[dict] = [{} for _ in part]
         for n in counts:
-            more = _part_tables(members, cluster, [n], usable_mib, efficiency, runtime)
-            for r in range(len(part)):
-                tables[r] |= more[0][r]
-                plans[r] |= more[1][r]
+            _fill_part(members, tables, plans, cluster, [n], usable_mib, efficiency, runtime)
             if _counts(tables):
                 break
         else:
@@ -338,10 +333,8 @@ def place(roles: Sequence[Role], cluster: ClusterSpec, *, efficiency: Efficiency
     least = [max(tables[0]) for tables, _ in built]
     for p, (part, (tables, plans)) in enumerate(zip(parts, built, strict=True)):  # the rest, as far as the others leave room
         room = total - sum(least) + least[p]
-        more = _part_tables([roles[i] for i in part], cluster, range(least[p] + 1, room + 1), usable_mib, efficiency, runtime)
-        for r in range(len(part)):
-            tables[r] |= more[0][r]
-            plans[r] |= more[1][r]
+        _fill_part([roles[i] for i in part], tables, plans, cluster, range(least[p] + 1, room + 1), usable_mib,
+                   efficiency, runtime)
     found = choose_parts([tables for tables, _ in built], total, usable_mib, time_limit_s=time_limit_s)
     if found is None:
         raise Infeasible(f"the parts need at least {sum(least)} nodes together "

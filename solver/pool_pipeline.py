@@ -224,8 +224,8 @@ def _price(model: ModelSpec, pooled: PooledCluster, workload: Workload, pool: in
     tp, pp, block = key.T
     price = lambda plans, times: stage_costs(model, cluster, workload, plans, efficiency=efficiency,  # noqa: E731
                                              runtime=runtime, times=times)
+    usable = (runtime or RuntimeAllowance.default()).usable(cluster)
     # memory first (the cheaper half), by the stages after the block; time only for the rows that fit
-    usable = None
     if first:
         memory = np.full((len(plans), len(afters)), np.inf)
         rest = model.num_layers - block
@@ -233,14 +233,12 @@ def _price(model: ModelSpec, pooled: PooledCluster, workload: Workload, pool: in
             ok = np.flatnonzero(rest >= after)
             if len(ok) == 0:
                 continue
-            costs = price(_followed_by(plans.take(ok), pp[ok], block[ok], rest[ok], after), False)
-            total, usable = costs.memory.total, costs.usable_memory
+            total = price(_followed_by(plans.take(ok), pp[ok], block[ok], rest[ok], after), False).memory.total
             memory[ok, i] = np.where(_block_columns(total.shape[1], pp[ok], True), total, -np.inf).max(axis=1)
     else:
-        costs = price(plans, False)
-        usable = costs.usable_memory
-        memory = np.where(_block_columns(costs.memory.total.shape[1], pp, False), costs.memory.total, -np.inf).max(axis=1)[:, None]
-    fits = np.flatnonzero((memory <= usable).any(axis=1)) if usable is not None else np.zeros(0, dtype=np.int64)
+        total = price(plans, False).memory.total
+        memory = np.where(_block_columns(total.shape[1], pp, False), total, -np.inf).max(axis=1)[:, None]
+    fits = np.flatnonzero((memory <= usable).any(axis=1))
     if len(fits) == 0:
         return None
     plans, choice, tp, pp, block, memory = plans.take(fits), choice[fits], tp[fits], pp[fits], block[fits], memory[fits]
@@ -265,12 +263,16 @@ def _followed_by(plans: PlanArrays, pp: np.ndarray, block: np.ndarray, rest: np.
     return replace(plans, pp=pp + after, layers_per_stage=matrix[inverse.reshape(-1)])
 
 
+def link_latency(pooled: PooledCluster, efficiency: Efficiency | None) -> float:
+    """One hop over the link between the pools: its own latency, else the network's (`Efficiency.latency_s`)."""
+    return pooled.link.latency or (efficiency or Efficiency.default()).latency_s["inter_node"]
+
+
 def _link_time(model: ModelSpec, pooled: PooledCluster, workload: Workload, plans: PlanArrays,
                efficiency: Efficiency | None) -> np.ndarray:
     """One send of every replica's micro-batch activations over the link between the pools (module docstring)."""
-    alpha = pooled.link.latency or (efficiency or Efficiency.default()).latency_s["inter_node"]
     sent = plans.dp * plans.micro_batch_size * workload.seq_len * model.hidden_size * activation_bytes(plans)
-    return sent / pooled.link.bandwidth + alpha
+    return sent / pooled.link.bandwidth + link_latency(pooled, efficiency)
 
 
 def _join(model: ModelSpec, workload: Workload, front: _Table, back: _Table, afters: Sequence[int]) -> tuple[float, int, int, float, float] | None:
@@ -383,7 +385,7 @@ def brute_force(model: ModelSpec, pooled: PooledCluster, workload: Workload, *, 
         return None
     layers, spaces, execs = model.num_layers, within.spaces, within.execs
     gpus = [p.cluster.total_gpus for p in pooled.pools]
-    alpha = pooled.link.latency or (efficiency or Efficiency.default()).latency_s["inter_node"]
+    alpha = link_latency(pooled, efficiency)
     best = None
     for a, b in ((0, 1), (1, 0)):
         for dp, tp_a, tp_b in itertools.product(within.dps, within.tps[a], within.tps[b]):

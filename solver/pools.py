@@ -36,7 +36,7 @@ from parallelplan.solver.cpsat import Model
 from parallelplan.solver.errors import Infeasible, SolverInputError
 from parallelplan.solver.model import best_combination, minimize_in_turn, one_per_table
 from parallelplan.solver.objectives import nanoseconds
-from parallelplan.solver.pool_pipeline import MAX_PIPELINE_POOLS, PoolPipeline, best_pool_pipeline
+from parallelplan.solver.pool_pipeline import MAX_PIPELINE_POOLS, PoolPipeline, best_pool_pipeline, link_latency
 from parallelplan.solver.search import solve
 from parallelplan.solver.solution import Solution
 from parallelplan.solver.space import SearchSpace
@@ -99,7 +99,7 @@ def sync_time_ns(model: ModelSpec, pooled: PooledCluster, used: int, efficiency:
     """The cross-pool gradient all-reduce of ``used`` pools, in nanoseconds (module docstring)."""
     if used < 2:
         return 0
-    alpha = pooled.link.latency or (efficiency or Efficiency.default()).latency_s["inter_node"]
+    alpha = link_latency(pooled, efficiency)
     return nanoseconds(2 * (used - 1) / used * model.total_params * GRADIENT_BYTES / pooled.link.bandwidth
                        + 2 * (used - 1) * alpha)
 

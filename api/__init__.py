@@ -26,7 +26,7 @@ _EXPORTS = {
     **dict.fromkeys(("ModelSpec", "ModelError", "load_model", "list_presets"), "parallelplan.models"),
     **dict.fromkeys(("ClusterSpec", "GPUSpec", "NodeSpec", "HardwareError", "load_cluster", "list_clusters",
                      "load_gpu", "detect_cluster", "detect_node"), "parallelplan.hardware"),
-    **dict.fromkeys(("Plan", "Workload", "Estimate", "PlanError", "Violation", "estimate", "check", "evaluate",
+    **dict.fromkeys(("Plan", "Workload", "Peft", "Estimate", "PlanError", "Violation", "estimate", "check", "evaluate",
                      "assess", "compare_sharding", "describe_topology", "calibrate", "read_runs"),
                     "parallelplan.constraints"),
     **dict.fromkeys(("Solution", "Infeasible", "SolverInputError", "solve", "pareto", "compare", "place", "Role", "Placement", "solve_pools"),

@@ -25,6 +25,7 @@ from parallelplan.cli.format import (
     software,
     step_range,
     table,
+    workload_kind,
 )
 from parallelplan.cli.options import (
     GLOBAL_BATCH_OPTION,
@@ -259,7 +260,7 @@ def render(model: ModelSpec, cluster: ClusterSpec, report: Assessment) -> str:
     lines = [
         f"{model.display_name or model.name} on {cluster.total_gpus} GPUs: {cluster.num_nodes} x {cluster.node.name}",
         heading(f"plan: {describe_plan(plan, model)}"),
-        f"workload: {workload.kind}, {workload.seq_len} tokens x {plural(workload.global_batch_size, 'sequence')}"
+        f"workload: {workload_kind(workload)}, {workload.seq_len} tokens x {plural(workload.global_batch_size, 'sequence')}"
         + (f" ({plural(micro, 'micro-batch', 'micro-batches')} per pipeline per step)" if workload.training else "")
         + f", on {software(workload, model)}",
         "",

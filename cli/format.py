@@ -5,8 +5,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from parallelplan.constraints import Workload
 
 
 def count(n: float) -> str:
@@ -133,3 +137,12 @@ def software(workload, model) -> str:
     balance = ("balanced routing" if workload.moe_imbalance == 1
                else f"busiest expert rank {workload.moe_imbalance:g}x the mean")
     return f"{workload.stack} ({'DeepEP' if workload.moe_dispatcher == 'deepep' else 'all-to-all'} dispatch, {balance})"
+
+
+def workload_kind(workload: Workload) -> str:
+    """The workload's kind for a heading, with its PEFT method: "finetune (QLoRA r=64 on all-linear)"."""
+    peft = workload.peft
+    if peft is None:
+        return workload.kind
+    method = {"lora": "LoRA", "qlora": "QLoRA"}[peft.method]
+    return f"{workload.kind} ({method} r={peft.rank} on {', '.join(peft.target_modules)})"

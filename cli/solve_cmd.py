@@ -32,6 +32,7 @@ from parallelplan.cli.format import (
     software,
     step_range,
     table,
+    workload_kind,
 )
 from parallelplan.cli.options import (
     GLOBAL_BATCH_OPTION,
@@ -318,7 +319,7 @@ def render_pools(model: ModelSpec, found: PooledSolution) -> str:
 
     w = found.workload
     lines = [f"{model.display_name or model.name} across {len(found.cluster.pools)} pools of {found.cluster.name} "
-             f"({found.cluster.total_gpus} GPUs); {w.kind}, {w.seq_len} tokens x {plural(w.global_batch_size, 'sequence')} "
+             f"({found.cluster.total_gpus} GPUs); {workload_kind(w)}, {w.seq_len} tokens x {plural(w.global_batch_size, 'sequence')} "
              f"per step on {software(w, model)}"]
     if found.pipeline is not None:
         piped = found.pipeline
@@ -357,7 +358,7 @@ def report_infeasible(err: Infeasible, as_json: bool) -> None:
 
 def _header(model: ModelSpec, cluster: ClusterSpec, workload: Workload, gpu_counts: tuple[int, ...]) -> str:
     sizes = f"{cluster.total_gpus} GPUs" if len(gpu_counts) == 1 else f"searching {', '.join(map(str, gpu_counts))} GPUs"
-    return (f"{model.display_name or model.name} on {cluster.node.name} nodes ({sizes}); {workload.kind}, "
+    return (f"{model.display_name or model.name} on {cluster.node.name} nodes ({sizes}); {workload_kind(workload)}, "
             f"{workload.seq_len} tokens x {plural(workload.global_batch_size, 'sequence')} per step on {software(workload, model)}")
 
 

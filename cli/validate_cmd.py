@@ -18,7 +18,7 @@ from parallelplan.cli.estimate_cmd import (
     describe_plan,
     plan_fields_from,
 )
-from parallelplan.cli.format import bad, fit_text, gib, good, heading, plural, quiet, step_range
+from parallelplan.cli.format import bad, fit_text, gib, good, heading, plural, quiet, step_range, workload_kind
 from parallelplan.cli.options import (
     GLOBAL_BATCH_DEFAULT,
     MODEL_OPTIONS,
@@ -115,7 +115,7 @@ def render(model: ModelSpec, cluster: ClusterSpec, report: Assessment, notes: tu
     plan, est, findings = report.plan, report.estimate, report.violations
     verdict = good("PASS: the plan runs and fits") if not findings else bad(f"FAIL: {plural(len(findings), 'finding')}")
     lines = [f"{model.display_name or model.name} on {cluster.total_gpus} GPUs: {cluster.num_nodes} x {cluster.node.name}; "
-             f"{report.workload.kind}, {report.workload.seq_len} tokens x {plural(report.workload.global_batch_size, 'sequence')}",
+             f"{workload_kind(report.workload)}, {report.workload.seq_len} tokens x {plural(report.workload.global_batch_size, 'sequence')}",
              heading(f"plan: {describe_plan(plan, model)}"), "", verdict]
     for v in findings:
         lines += [f"  x {v.rule}: {v.message}", f"    fix: {v.fix}"]

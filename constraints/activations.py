@@ -129,6 +129,14 @@ def layer_activations(f: ModelFacts, p: PlanArrays, w: Workload) -> LayerActivat
     else:
         moe_mlp = np.zeros_like(b)
 
+    if w.peft is not None:  # frozen base, adapters (constraints.peft)
+        from parallelplan.constraints.peft import activation_delta, adapters
+
+        routed_share = f.top_k * busiest_rank_load(p, w) if f.experts else np.zeros_like(b)
+        attention_delta, dense_delta, moe_delta = activation_delta(f, adapters(f, w.peft), p, routed_share)
+        attention_full = attention_full + attention_delta
+        dense_mlp = dense_mlp + dense_delta
+        moe_mlp = moe_mlp + moe_delta
     dense_full = attention_full + dense_mlp
     moe_full = attention_full + moe_mlp
     layer_input = b * h / sp_div
@@ -170,22 +178,34 @@ def layer_activations(f: ModelFacts, p: PlanArrays, w: Workload) -> LayerActivat
     return LayerActivations(dense_full=dense_full, moe_full=moe_full, dense_kept=dense_kept, moe_kept=moe_kept)
 
 
-def head_and_loss_bytes(f: ModelFacts, p: PlanArrays) -> np.ndarray:
+def head_and_loss_bytes(f: ModelFacts, p: PlanArrays, w: Workload) -> np.ndarray:
     """Per token, on the last stage, once per micro-batch: final norm, then logits and the loss at its
     peak. Fused: Megatron's vocab-parallel cross-entropy, (4·h + 4·V)/tp (``theoretical_memory_usage``:
-    "Inputs to output layer and CE loss"); unfused: `LOSS_BYTES_PER_VOCAB_UNFUSED` · V."""
+    "Inputs to output layer and CE loss"); unfused: `LOSS_BYTES_PER_VOCAB_UNFUSED` · V. Under PEFT the
+    frozen final norm and LM head keep no input for their weights' gradients (`peft.norm_freed`)."""
     b = activation_bytes(p)
     fused = p.kernels == code("kernels", "fused")
     tp = p.tp.astype(float)
     sp_div = np.where(p.sequence_parallel, tp, 1.0)
     final_norm = _norm(f, b, fused, f.hidden) / sp_div
+    if w.peft is not None:
+        from parallelplan.constraints.peft import norm_freed
+
+        final_norm = final_norm - norm_freed(f, b, fused) / sp_div
     loss = np.where(fused, 4.0 * f.hidden + 4.0 * f.vocab, LOSS_BYTES_PER_VOCAB_UNFUSED * f.vocab) / tp
     return final_norm + loss
 
 
-def first_stage_bytes(f: ModelFacts, p: PlanArrays, head_dim: int) -> np.ndarray:
+def first_stage_bytes(f: ModelFacts, p: PlanArrays, w: Workload, head_dim: int) -> np.ndarray:
     """Per token, on the first stage per micro-batch in flight: the int64 token ids, and for unfused
-    (HF) models the rotary cos/sin tables each forward builds (2·b·head_dim)."""
+    (HF) models the rotary cos/sin tables each forward builds (2·b·head_dim). Under PEFT, less what the
+    first layer's input norm does not keep (`peft.first_layer_saving`)."""
     b = activation_bytes(p)
-    rotary = np.where(p.kernels == code("kernels", "fused"), 0.0, 2 * b * head_dim)
+    fused = p.kernels == code("kernels", "fused")
+    rotary = np.where(fused, 0.0, 2 * b * head_dim)
+    if w.peft is not None:
+        from parallelplan.constraints.peft import first_layer_saving
+
+        sp_div = np.where(p.sequence_parallel, p.tp.astype(float), 1.0)
+        return 8.0 + rotary - first_layer_saving(f, b, fused) / sp_div
     return 8.0 + rotary

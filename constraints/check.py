@@ -7,11 +7,10 @@ from __future__ import annotations
 from parallelplan.constraints.efficiency import Efficiency
 from parallelplan.constraints.estimate import Estimate, estimate
 from parallelplan.constraints.evaluate import evaluate
+from parallelplan.constraints.peft import workload_state_recipe
 from parallelplan.constraints.plan import Plan, Workload
 from parallelplan.constraints.rules import UNPRICEABLE, Violation, structural_violations
 from parallelplan.constraints.runtime import RuntimeAllowance
-from parallelplan.constraints.states import state_recipe
-from parallelplan.constraints.structure import model_facts
 from parallelplan.hardware import ClusterSpec
 from parallelplan.models import ModelSpec
 
@@ -64,7 +63,7 @@ def _memory_fix(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Wo
             return "; ".join(f"{what} ({total / GIB:.1f} GiB)" for total, what in fitting[:4])
     if not workload.training:
         return "no single change fits: raise tp or pp together, serve fewer sequences at once, or use more GPUs"
-    recipe = state_recipe(plan, model_facts(model).adafactor_state_ratio)
+    recipe = workload_state_recipe(model, plan, workload)
     states = recipe.bytes_per_param * model.total_params
     capacity = cluster.total_gpus * cluster.gpu.memory_bytes
     if states > capacity:

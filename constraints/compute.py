@@ -170,6 +170,46 @@ def eager_attention(f: ModelFacts, p: PlanArrays, roof: Roofline, b: np.ndarray,
     return forward, backward
 
 
+def adapter_times(f: ModelFacts, gpu: GPUSpec, eff: Efficiency, p: PlanArrays, w: Workload, roof: Roofline,
+                  tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Forward seconds per micro-batch that PEFT adds to one (dense, MoE) layer on one GPU: each adapter's
+    two GEMMs (rank r; fp32 unfused, at the fp32 peak, else at the 16-bit one; roofline), their
+    memory-bound passes (`peft.adapter_elementwise_bytes`), and under QLoRA the dequantisation of every
+    4-bit weight of the layer (read NF4, write bf16), once per pass whatever the tokens. Backward repeats
+    each twice (`layer_times` doubles the elementwise part), as the adapters' input and weight
+    gradients and bitsandbytes' second dequantisation for the input gradient."""
+    from parallelplan.constraints.peft import (
+        NF4_BYTES_PER_PARAM,
+        adapter_bytes,
+        adapter_elementwise_bytes,
+        adapters,
+        quantized_layer_params,
+        split_widths,
+    )
+
+    a = adapters(f, w.peft)
+    tp = p.tp.astype(float)
+    fused = p.kernels == code("kernels", "fused")
+    fp32 = gpu.peak_flops.get("fp32", 0.0) * eff.gemm_fraction(gpu.architecture, "fp32")
+    rate = np.where(fused, roof.half_flops, np.where(fp32 > 0, fp32, roof.half_flops))
+    ab = adapter_bytes(p)
+
+    def layer(mms: tuple) -> np.ndarray:
+        total = adapter_elementwise_bytes(a, mms, p, tp) * tokens / roof.hbm
+        r = a.rank * np.ones_like(tp)
+        for mm in mms:
+            k, n = split_widths(mm, tp)
+            total = total + _gemm(roof, rate, tokens, k, r, ab) + _gemm(roof, rate, tokens, r, n, ab)
+        return total
+
+    dense, moe = layer(a.dense_layer(f)), layer(a.moe_layer(f))
+    if a.quantized:
+        dense_q, moe_q = quantized_layer_params(f, tp)
+        per_weight = (NF4_BYTES_PER_PARAM + activation_bytes(p)) / roof.hbm
+        dense, moe = dense + dense_q * per_weight, moe + moe_q * per_weight
+    return dense, moe
+
+
 def layer_times(f: ModelFacts, gpu: GPUSpec, eff: Efficiency, p: PlanArrays, w: Workload,
                 keys: tuple[float, float]) -> LayerTimes:
     roof = Roofline(gpu, eff, p, w.stack)
@@ -227,9 +267,18 @@ def layer_times(f: ModelFacts, gpu: GPUSpec, eff: Efficiency, p: PlanArrays, w: 
     moe_elementwise = sum(moe_parts.values()) + routed_bytes
     launch = KERNELS_PER_LAYER_FORWARD * roof.launch
 
+    # PEFT: frozen GEMMs compute input gradients only; the adapters (and QLoRA's dequantisation) add work
+    # to every pass (constraints.peft)
+    gemm_backward = 2.0 if w.peft is None else 1.0
+    dense_adapter = moe_adapter = np.zeros(len(p))
+    if w.peft is not None:
+        dense_adapter, moe_adapter = adapter_times(f, gpu, eff, p, w, roof, tokens)
+        dense_elementwise = dense_elementwise + dense_adapter
+        moe_elementwise = moe_elementwise + moe_adapter
+
     dense_forward = attn_gemm + dense_mlp + attention + dense_elementwise + launch
     moe_forward = attn_gemm + moe_gemm + attention + moe_elementwise + launch + roof.moe_sync
-    backward = lambda gemm, elementwise: 2 * gemm + attention_backward + 2 * elementwise + 2 * launch  # noqa: E731
+    backward = lambda gemm, elementwise: gemm_backward * gemm + attention_backward + 2 * elementwise + 2 * launch  # noqa: E731
 
     # column-parallel linears fed by the hidden state (their backward all-reduces the input gradient)
     fed = lambda mms: sum((_matmul_time(roof, rate, tokens, mm, tp, gemm_b) for mm in mms  # noqa: E731
@@ -276,5 +325,5 @@ def layer_times(f: ModelFacts, gpu: GPUSpec, eff: Efficiency, p: PlanArrays, w: 
         dense_sac_recompute=dense_even + dense_elementwise,
         moe_sac_recompute=attn_even + moe_gemm + moe_elementwise,
         head_forward=head_gemm + head_elementwise,
-        head_backward=2 * head_gemm + head_elementwise,
+        head_backward=gemm_backward * head_gemm + head_elementwise,
     )

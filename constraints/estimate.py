@@ -12,11 +12,11 @@ from parallelplan.constraints.efficiency import Efficiency
 from parallelplan.constraints.errors import PlanError
 from parallelplan.constraints.evaluate import Evaluation, evaluate
 from parallelplan.constraints.memory import micro_batches
+from parallelplan.constraints.peft import workload_state_recipe
 from parallelplan.constraints.plan import Plan, Workload
 from parallelplan.constraints.rules import UNPRICEABLE, structural_violations
 from parallelplan.constraints.runtime import RuntimeAllowance
-from parallelplan.constraints.states import StateRecipe, state_recipe
-from parallelplan.constraints.structure import model_facts
+from parallelplan.constraints.states import StateRecipe
 from parallelplan.constraints.uncertainty import Verdict, memory_range, step_interval, verdict
 from parallelplan.hardware import ClusterSpec
 from parallelplan.models import ModelSpec
@@ -119,7 +119,7 @@ def estimate(
         raise PlanError("; ".join(f"{v.message}: {v.fix}" for v in fatal))
     arrays = PlanArrays.from_plans([plan])
     e = evaluate(model, cluster, workload, arrays, efficiency=efficiency, runtime=runtime)
-    recipe = state_recipe(plan, model_facts(model).adafactor_state_ratio)
+    recipe = workload_state_recipe(model, plan, workload)
     m, t = e.memory, e.time
     low, high = memory_range(float(m.total[0] - m.overhead[0]), float(m.activations[0] + m.kv_cache[0]), float(m.overhead[0]),
                              model.is_moe)

@@ -20,6 +20,8 @@ from parallelplan.constraints.arrays import PlanArrays
 from parallelplan.constraints.compute import layer_times
 from parallelplan.constraints.efficiency import Efficiency
 from parallelplan.constraints.memory import ClassMemory, MemoryArrays, class_memory
+from parallelplan.constraints.peft import adapter_bytes_per_param, adapters, peft_params
+from parallelplan.constraints.peft import training_flops_per_token as peft_training_flops
 from parallelplan.constraints.plan import PRECISIONS, Plan, Workload
 from parallelplan.constraints.runtime import RuntimeAllowance
 from parallelplan.constraints.stages import StageLayout, stage_layout, stage_params
@@ -153,11 +155,16 @@ class _Structure:
         self.f = f = model_facts(model)
         self.layout = stage_layout(f, p, train_mtp=workload.train_mtp, merge=merge)
         self.params = stage_params(f, p, self.layout)
-        self.per = bytes_per_param(p, f.adafactor_state_ratio)
         self.div = shard_divisors(p)
+        if workload.peft is None:
+            self.peft = None
+            self.per = bytes_per_param(p, f.adafactor_state_ratio)
+        else:  # the adapters train, the base is frozen (constraints.peft)
+            self.peft = peft_params(f, adapters(f, workload.peft), p, self.layout, self.params)
+            self.per = adapter_bytes_per_param(p, f.adafactor_state_ratio)
         kv_latent = (model.mla.kv_lora_rank + model.mla.qk_rope_head_dim) if model.mla else 0
         self.class_memory = class_memory(f, cluster, p, workload, rt, self.layout, self.params, self.per, self.div,
-                                         kv_latent=kv_latent, kv_head_dim=model.head_dim or 0)
+                                         kv_latent=kv_latent, kv_head_dim=model.head_dim or 0, peft=self.peft)
         self.memory = self.class_memory.worst(self.layout)
         self.keys = attention_keys(model, workload.seq_len, causal=True)
         # a precision the GPU lacks cannot run: infinite step time, no throughput (rules.precision_supported)
@@ -168,12 +175,12 @@ class _Structure:
         return self.f, self.cluster, eff, self.p, self.workload, self.layout, self.params, times, self.per, self.div
 
     def step_times(self, eff: Efficiency) -> StepTimes:
-        step = step_times(*self._inputs(eff))
+        step = step_times(*self._inputs(eff), peft=self.peft)
         step.step = np.where(np.isfinite(self.peaks), step.step, np.inf)
         return step
 
     def class_times(self, eff: Efficiency) -> ClassTimes:
-        return class_times(*self._inputs(eff))
+        return class_times(*self._inputs(eff), peft=self.peft)
 
 
 @dataclass
@@ -226,7 +233,10 @@ def _evaluate(model: ModelSpec, cluster: ClusterSpec, workload: Workload, p: Pla
     memory, step = structure.memory, structure.step_times(eff)
     usable = rt.usable(cluster)
     tokens = workload.global_batch_size * workload.seq_len
-    flops_per_token = model.flops_per_token(workload.seq_len, include_mtp=workload.train_mtp)
+    if workload.peft is not None:  # frozen base: input gradients only, plus the adapters
+        flops_per_token = peft_training_flops(model, workload.seq_len, workload.peft)
+    else:
+        flops_per_token = model.flops_per_token(workload.seq_len, include_mtp=workload.train_mtp)
     if not workload.training:
         flops_per_token /= 3.0  # forward only
     model_flops = flops_per_token * tokens

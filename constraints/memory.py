@@ -30,6 +30,7 @@ from parallelplan.constraints.activations import (
     layer_activations,
 )
 from parallelplan.constraints.arrays import PlanArrays, code
+from parallelplan.constraints.peft import PeftParams
 from parallelplan.constraints.plan import Workload
 from parallelplan.constraints.runtime import RuntimeAllowance
 from parallelplan.constraints.stages import StageLayout, StageParams
@@ -119,23 +120,30 @@ class ClassMemory(MemoryParts):
 def class_memory(
     f: ModelFacts, cluster: ClusterSpec, p: PlanArrays, w: Workload, runtime: RuntimeAllowance, layout: StageLayout,
     params: StageParams, per: BytesPerParam, div: ShardDivisors, *, kv_latent: int, kv_head_dim: int,
+    peft: PeftParams | None = None,
 ) -> ClassMemory:
+    """Memory of every rank class (module docstring). Under PEFT (``peft``, with ``per`` the adapters'
+    bytes per parameter) the trained parameters are the adapters and the frozen base adds its weights."""
     col = lambda a: np.asarray(a, dtype=float)[:, None]  # noqa: E731 - (n,) → (n, 1) for stage broadcasting
 
     training = w.training
     offload_params = col(p.offload == code("offload", "params"))
     offload_states = col(p.offload != code("offload", "none"))
-    weights = col(per.resident_weights) * (params.dense / col(div.weights) + params.expert / col(div.expert_weights))
+    trained_dense, trained_expert = (params.dense, params.expert) if peft is None else (peft.adapters, 0.0)
+    weights = col(per.resident_weights) * (trained_dense / col(div.weights) + trained_expert / col(div.expert_weights))
+    if peft is not None:
+        weights = weights + peft.frozen_dense_bytes / col(div.weights) + peft.frozen_expert_bytes / col(div.expert_weights)
     weights = np.where(offload_params > 0, 0.0, weights)
     # FSDP / ZeRO-3 hold the unit being computed and prefetch the next: a layer and the largest of a layer,
     # the embedding (first stage) and the LM head (last stage), gathered in the compute dtype
     unit = np.maximum(params.largest_layer, np.maximum(params.embedding, params.head))
-    gathered = np.where(col(gathers_weights(p)) > 0, (params.largest_layer + unit) * col(per.weights), 0.0)
+    unit_bytes = (params.largest_layer + unit) * col(per.weights) if peft is None else peft.gathered_bytes
+    gathered = np.where(col(gathers_weights(p)) > 0, unit_bytes, 0.0)
     weights = weights + gathered
     if training:
-        grads = col(per.grads) * (params.dense / col(div.grads) + params.expert / col(div.expert_grads))
+        grads = col(per.grads) * (trained_dense / col(div.grads) + trained_expert / col(div.expert_grads))
         states_per_param = col(per.master + per.optimizer)
-        states = states_per_param * (params.dense / col(div.states) + params.expert / col(div.expert_states))
+        states = states_per_param * (trained_dense / col(div.states) + trained_expert / col(div.expert_states))
         states = np.where(offload_states > 0, 0.0, states)
     else:
         grads = states = np.zeros_like(weights)
@@ -149,7 +157,7 @@ def class_memory(
         dense_kept = share * col(acts.dense_kept) + (1 - share) * col(acts.dense_full)
         moe_kept = share * col(acts.moe_kept) + (1 - share) * col(acts.moe_full)
         per_microbatch = layout.dense_layers * dense_kept + layout.moe_layers * moe_kept
-        per_microbatch = per_microbatch + np.where(layout.first, col(first_stage_bytes(f, p, f.head_dim_q)), 0.0)
+        per_microbatch = per_microbatch + np.where(layout.first, col(first_stage_bytes(f, p, w, f.head_dim_q)), 0.0)
         activations = flight * per_microbatch * tokens
         # on top of what is kept, one transient at a time: the LM head and loss (last stage, end of a
         # micro-batch's forward) or, with full recompute, one rebuilt layer during backward
@@ -160,8 +168,10 @@ def class_memory(
     else:  # serving: one layer's working set at a time
         activations = np.zeros_like(weights)
         transient = np.maximum(col(acts.dense_full), col(acts.moe_full))
-    transient = np.maximum(transient, np.where(layout.last, col(head_and_loss_bytes(f, p)), 0.0))
+    transient = np.maximum(transient, np.where(layout.last, col(head_and_loss_bytes(f, p, w)), 0.0))
     activations = activations + transient * tokens
+    if peft is not None:  # QLoRA dequantises one 4-bit weight at a time for its GEMM
+        activations = activations + peft.dequantized_bytes
 
     if w.kind == "inference":
         sequences = col(-(-w.global_batch_size // p.dp))  # the most loaded data-parallel replica
@@ -185,14 +195,17 @@ def class_memory(
         kept_layers = (layout.dense_layers * dense_kept + layout.moe_layers * moe_kept) * tokens
         late_acts = activations - transient * tokens - kept_layers * (layers - 1) / layers
         late_acts = late_acts + np.where(full > 0, rebuild, 0.0) * tokens
-        stage_params_total = np.maximum(params.dense + params.expert, 1.0)
-        late_share = np.clip(1 - (params.largest_layer + params.embedding) / stage_params_total, 0.0, 1.0)
+        if peft is None:
+            stage_params_total = np.maximum(params.dense + params.expert, 1.0)
+            late_share = np.clip(1 - (params.largest_layer + params.embedding) / stage_params_total, 0.0, 1.0)
+        else:
+            late_share = np.clip(1 - peft.adapter_layer / np.maximum(peft.adapters, 1.0), 0.0, 1.0)
         late = late_acts + late_share * grads
         use_late = ~persistent & (late > compute_phase)
         compute_phase = np.where(use_late, late, compute_phase)
         activations = np.where(use_late, late_acts, activations)
         grads_in_compute = np.where(use_late, late_share * grads, grads_in_compute)
-    step_temp = col(optimizer_step_temporaries(p, per)) * (params.dense + params.expert) / col(div.states)
+    step_temp = col(optimizer_step_temporaries(p, per)) * (trained_dense + trained_expert) / col(div.states)
     step_temp = np.where(offload_states > 0, 0.0, step_temp) if training else np.zeros_like(weights)
     step_phase = grads + step_temp
     in_step = step_phase > compute_phase

@@ -55,6 +55,11 @@ KERNELS = ("fused", "unfused")
 ATTENTION_KERNELS = ("flash", "eager")
 CP_COMMS = ("p2p", "a2a")
 WORKLOAD_KINDS = ("pretrain", "finetune", "inference")
+PEFT_METHODS = ("lora", "qlora")
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj",
+                "gate_proj", "up_proj", "down_proj")
+"""LoRA target modules, named as Llama / DeepSeek checkpoints in ``transformers`` name them (peft's
+``target_modules``); ``all-linear`` (peft's shorthand) is every one the model has."""
 STACKS = ("megatron", "megatron-2022", "torchtitan", "deepspeed", "maxtext", "custom")
 """The software stacks of ``data/stacks.json`` (`Workload.stack`)."""
 _ZERO_STAGE_SHARDING = {0: "none", 1: "zero1", 2: "zero2", 3: "zero3"}
@@ -141,6 +146,32 @@ class Plan(_Frozen):
         return self.dp * self.cp
 
 
+class Peft(_Frozen):
+    """Parameter-efficient fine-tuning: LoRA (Hu et al. 2021) adds ``B·A`` (A: r × in, B: out × r, scaled by
+    alpha / r) beside each targeted linear of every decoder layer and trains only those; the base stays
+    frozen. QLoRA (Dettmers et al. 2023) also stores the frozen linears of the decoder layers in 4-bit NF4
+    with double quantisation and computes in bf16. ``target_modules``: names from `LORA_TARGETS`, or
+    ``("all-linear",)``, the QLoRA paper's choice (§4: adapters on every linear layer match full
+    fine-tuning) and our default. Routed experts and the router stay frozen and un-adapted (transformers
+    ≥ 5 stores routed experts as fused 3-D parameters, which peft's ``target_modules`` does not reach);
+    shared experts are MLPs and take the MLP targets."""
+
+    method: Literal["lora", "qlora"] = "lora"
+    rank: Annotated[StrictInt, Field(ge=1, le=65536)] = 16
+    alpha: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] = 32.0
+    target_modules: tuple[str, ...] = ("all-linear",)
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+
+    @model_validator(mode="after")
+    def _known_targets(self) -> Peft:
+        if not self.target_modules:
+            raise ValueError("target_modules is empty: name at least one of all-linear, " + ", ".join(LORA_TARGETS))
+        unknown = [t for t in self.target_modules if t not in (*LORA_TARGETS, "all-linear")]
+        if unknown:
+            raise ValueError(f"target_modules {', '.join(unknown)}: allowed are all-linear, {', '.join(LORA_TARGETS)}")
+        return self
+
+
 class Workload(_Frozen):
     """What runs: ``seq_len`` tokens per sequence, ``global_batch_size`` sequences per optimizer step
     (for ``inference``: sequences served at once, each with a ``seq_len``-token context).
@@ -153,7 +184,8 @@ class Workload(_Frozen):
     dispatcher, torchtitan's deepep backend) — where the stack offers it (``stacks.json``).
     ``moe_imbalance``: routed tokens on the busiest expert-parallel rank over the mean (1 = balanced, as
     the published benchmarks force with their balanced gates; learned routing measures more). That rank
-    sets the pace: its expert GEMMs, permutations, activations and received tokens scale with it."""
+    sets the pace: its expert GEMMs, permutations, activations and received tokens scale with it.
+    ``peft`` (fine-tuning only): train LoRA / QLoRA adapters on a frozen base (`Peft`)."""
 
     kind: Literal["pretrain", "finetune", "inference"] = "pretrain"
     seq_len: Count
@@ -163,9 +195,12 @@ class Workload(_Frozen):
     stack: Literal["megatron", "megatron-2022", "torchtitan", "deepspeed", "maxtext", "custom"] = "megatron"
     moe_dispatcher: Literal["alltoall", "deepep"] = "alltoall"
     moe_imbalance: Annotated[float, Field(ge=1.0, allow_inf_nan=False)] = 1.0
+    peft: Peft | None = None
 
     @model_validator(mode="after")
     def _stack_dispatches(self) -> Workload:
+        if self.peft is not None and self.kind != "finetune":
+            raise ValueError(f"peft {self.peft.method!r} needs kind 'finetune', got kind {self.kind!r}")
         from parallelplan.constraints.efficiency import stacks
 
         offered = stacks()[self.stack]["moe_dispatchers"]

@@ -120,6 +120,10 @@ def structural_violations(model: ModelSpec, cluster: ClusterSpec, plan: Plan, wo
         rule("cp_comm_offered_by_stack", plan.cp_comm in offered,
              f"the {workload.stack} stack has no context parallelism by {plan.cp_comm}",
              f"use cp_comm {' or '.join(offered)}, or another stack")
+    if workload.peft is not None and workload.peft.method == "qlora":
+        rule("qlora_computes_in_16_or_32_bits", plan.precision != "fp8",
+             "QLoRA dequantises its 4-bit weights to the compute dtype (bitsandbytes' bnb_4bit_compute_dtype); there are no fp8 GEMMs",
+             "use precision bf16 (QLoRA's), fp16 or fp32")
     rule("sequence_parallel_needs_tp", plan.tp > 1 or not plan.sequence_parallel,
          "sequence parallelism needs tp > 1", "unset sequence_parallel or raise tp")
     if plan.sequence_parallel and plan.tp > 1:
@@ -166,6 +170,7 @@ def structural_violations(model: ModelSpec, cluster: ClusterSpec, plan: Plan, wo
     return out
 
 
-UNPRICEABLE = ("precision_supported", "layers_per_stage_sum")
+UNPRICEABLE = ("precision_supported", "layers_per_stage_sum", "qlora_computes_in_16_or_32_bits")
 """Rules without which the cost model has no meaning (no tensor cores for the precision; stages that
-do not hold the model): `estimate` refuses such plans, `check` reports them alone."""
+do not hold the model; fp8 GEMMs that QLoRA does not run): `estimate` refuses such plans, `check` reports
+them alone."""

@@ -168,6 +168,8 @@ class StageParams:
     largest_layer: np.ndarray
     embedding: np.ndarray
     head: np.ndarray
+    dense_layer: np.ndarray  # (n, 1): one dense layer's parameters on one GPU
+    moe_layer: np.ndarray  # (n, 1): one MoE layer's
 
 
 def stage_params(facts: ModelFacts, p: PlanArrays, layout: StageLayout) -> StageParams:
@@ -200,4 +202,6 @@ def stage_params(facts: ModelFacts, p: PlanArrays, layout: StageLayout) -> Stage
         largest_layer=np.where(layout.valid, largest, 0.0),
         embedding=np.where(layout.valid, embedding, 0.0),
         head=np.where(layout.valid, head, 0.0),
+        dense_layer=dense_layer,
+        moe_layer=moe_layer,
     )

@@ -68,6 +68,7 @@ from parallelplan.constraints.collectives import Fabric, ring_bytes
 from parallelplan.constraints.compute import LayerTimes
 from parallelplan.constraints.efficiency import Efficiency, stacks
 from parallelplan.constraints.memory import micro_batches, recomputed_share
+from parallelplan.constraints.peft import PeftParams
 from parallelplan.constraints.plan import RECOMPUTE_MODULES, Workload
 from parallelplan.constraints.stages import StageLayout, StageParams
 from parallelplan.constraints.states import BytesPerParam, ShardDivisors, expert_data_parallel, gathers_weights
@@ -148,10 +149,10 @@ def bubble_factor(p: PlanArrays) -> np.ndarray:
 
 def step_times(
     f: ModelFacts, cluster: ClusterSpec, eff: Efficiency, p: PlanArrays, w: Workload, layout: StageLayout,
-    params: StageParams, times: LayerTimes, per: BytesPerParam, div: ShardDivisors,
+    params: StageParams, times: LayerTimes, per: BytesPerParam, div: ShardDivisors, peft: PeftParams | None = None,
 ) -> StepTimes:
     """The step of each plan from its rank classes' times (module docstring)."""
-    c = class_times(f, cluster, eff, p, w, layout, params, times, per, div)
+    c = class_times(f, cluster, eff, p, w, layout, params, times, per, div, peft=peft)
     critical = np.argmax(c.per_microbatch, axis=1)
     pick = lambda a: np.take_along_axis(np.broadcast_to(a, c.per_microbatch.shape), critical[:, None], axis=1)[:, 0]  # noqa: E731
     t_max = pick(c.per_microbatch)
@@ -183,9 +184,11 @@ def step_times(
 
 def class_times(
     f: ModelFacts, cluster: ClusterSpec, eff: Efficiency, p: PlanArrays, w: Workload, layout: StageLayout,
-    params: StageParams, times: LayerTimes, per: BytesPerParam, div: ShardDivisors,
+    params: StageParams, times: LayerTimes, per: BytesPerParam, div: ShardDivisors, peft: PeftParams | None = None,
 ) -> ClassTimes:
-    """Each rank class's per-micro-batch and once-per-step times (module docstring)."""
+    """Each rank class's per-micro-batch and once-per-step times (module docstring). Under PEFT (``peft``;
+    ``per`` the adapters' bytes per parameter) data parallelism reduces and updates the adapters only,
+    while FSDP / ZeRO-3 still gather the frozen base."""
     fabric = Fabric.of(cluster, eff)
     hide = eff.overlap[w.stack]  # what the stack's overlap mechanisms hide, by kind
     col = lambda a: np.asarray(a, dtype=float)[:, None]  # noqa: E731
@@ -272,8 +275,10 @@ def class_times(
     pp_comm = np.where(col(p.pp) > 1, pp_comm, 0.0)
 
     # data parallelism per micro-batch: FSDP-style gathers and reductions, ZeRO-2's gradient reduce-scatter
-    weights = params.dense * col(per.weights), params.expert * col(per.weights)
-    grads = params.dense * col(per.grads), params.expert * col(per.grads)
+    trained = (params.dense, params.expert) if peft is None else (peft.adapters, np.zeros_like(peft.adapters))
+    trained_weights = trained[0] * col(per.weights), trained[1] * col(per.weights)
+    weights = trained_weights if peft is None else (trained_weights[0] + peft.frozen_dense_bytes, peft.frozen_expert_bytes)
+    grads = trained[0] * col(per.grads), trained[1] * col(per.grads)
     shard = (col(div.weights), col(tp)), (col(div.expert_weights), col(ep * etp))
     gathered = col(gathers_weights(p)) > 0
     all_gather = fabric.reduce_scatter(weights[0], *shard[0]) + fabric.reduce_scatter(weights[1], *shard[1])
@@ -313,17 +318,19 @@ def class_times(
         zero1 = col(p.sharding == code("sharding", "zero1")) > 0
         reduction = np.select([unsharded, zero1], [2 * reduce_scatter_dp, reduce_scatter_dp], default=0.0)
         dp_exposed = _hidden(reduction, backward, hide["dp"], col(p.grad_reduce_overlap) > 0)
-        param_gather = fabric.reduce_scatter(weights[0], *dp_groups[0]) + fabric.reduce_scatter(weights[1], *dp_groups[1])
+        param_gather = (fabric.reduce_scatter(trained_weights[0], *dp_groups[0])
+                        + fabric.reduce_scatter(trained_weights[1], *dp_groups[1]))
         param_gather = np.where(zero1 | zero2, param_gather, 0.0)
         gather_exposed = _hidden(param_gather, forward, hide["dp"], col(p.param_gather_overlap) > 0)
-        updated = params.dense / col(div.states) + params.expert / col(div.expert_states)
+        updated = trained[0] / col(div.states) + trained[1] / col(div.expert_states)
         update_bytes = updated * col(update_bytes_per_param(p, per))
         offloaded = col(p.offload != code("offload", "none")) > 0
         pcie = cluster.gpu.pcie_bandwidth * eff.memory_bound
         hbm = cluster.gpu.hbm_bandwidth * eff.streaming  # one fused multi-tensor kernel over exactly counted bytes
         update = np.where(offloaded, updated * col(per.grads + per.weights) / pcie, update_bytes / hbm)
         dp_once = dp_exposed + gather_exposed
-        weight_gather_bytes = ring_bytes(weights[0], dp_groups[0][0]) + ring_bytes(weights[1], dp_groups[1][0])
+        weight_gather_bytes = (ring_bytes(trained_weights[0], dp_groups[0][0])
+                               + ring_bytes(trained_weights[1], dp_groups[1][0]))
         once_bytes = (np.select([unsharded, zero1], [2 * dp_scatter_bytes, dp_scatter_bytes], default=0.0)
                       + np.where(zero1 | zero2, weight_gather_bytes, 0.0))
     once = np.where(layout.valid, dp_once + update, -np.inf)

@@ -6,7 +6,7 @@
 - `place(roles, cluster) -> Placement`: several models (`Role`) sharing one cluster, nodes per role proved by CP-SAT
 - `solve_pools(model, pooled, workload) -> PooledSolution`: one model across a heterogeneous cluster's pools (the batch split over them, or a pipeline across them)
 - `Infeasible` (the conflicting constraints and the changes that would help), `SolverInputError`.
-`Plan` and `Workload` are re-exported from `constraints`. The search modules (and OR-Tools) load on first
+`Plan`, `Workload` and `Peft` are re-exported from `constraints`. The search modules (and OR-Tools) load on first
 use, so catching the error types costs a command nothing.
 """
 
@@ -24,8 +24,8 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "PoolShare": "parallelplan.solver.pools", "PoolPipeline": "parallelplan.solver.pool_pipeline",
     "PoolStages": "parallelplan.solver.pool_pipeline",
     "OBJECTIVES": "parallelplan.solver.objectives", "Plan": "parallelplan.constraints",
-    "Workload": "parallelplan.constraints"})
+    "Workload": "parallelplan.constraints", "Peft": "parallelplan.constraints"})
 
-__all__ = ["OBJECTIVES", "Alternative", "Comparison", "Infeasible", "InfeasibleCell", "Placement", "Plan", "PoolPipeline", "PoolShare",
+__all__ = ["OBJECTIVES", "Alternative", "Comparison", "Infeasible", "InfeasibleCell", "Peft", "Placement", "Plan", "PoolPipeline", "PoolShare",
            "PoolStages", "PooledSolution", "Role", "RolePlacement", "SearchStats", "Solution", "SolverInputError", "Workload", "compare",
            "pareto", "place", "solve", "solve_pools"]

@@ -112,6 +112,10 @@ class SearchSpace:
                     for v in value:
                         _validated(name, v, kind)
         object.__setattr__(self, "fixed", fixed)
+        peft = self.workload.peft
+        if peft is not None and peft.method == "qlora" and fixed.get("precision") == "fp8":
+            raise SolverInputError("fixed: precision 'fp8' with peft 'qlora': QLoRA dequantises its 4-bit weights to a "
+                                   "16- or 32-bit compute dtype; use precision bf16, fp16 or fp32")
         try:
             Plan(**self.settings())
         except ValidationError as err:
@@ -471,6 +475,8 @@ def _valid(space: SearchSpace, c: dict[str, np.ndarray]) -> np.ndarray:
     ok &= a2a | (c["cp"] == 1) | (w.seq_len % (2 * c["cp"]) == 0)
     offered = [code("cp_comm", x) for x in stacks()[w.stack]["cp_comms"]]
     ok &= (c["cp"] == 1) | np.isin(c["cp_comm"], offered)
+    if w.peft is not None and w.peft.method == "qlora":  # rules.qlora_computes_in_16_or_32_bits
+        ok &= c["precision"] != code("precision", "fp8")
     return ok
 
 

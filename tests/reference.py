@@ -108,3 +108,109 @@ def training_step_peak(
     (device_stats,) = peak.values()
     return {str(kind).rsplit(".", 1)[-1]: int(value) for kind, value in device_stats.items()}
 
+
+
+class _NoHook:
+    def remove(self) -> None:
+        pass
+
+
+def _frozen_aware_tracker() -> Any:
+    """PyTorch's `MemTracker`, except that frozen parameters get no gradient hook: torch 2.13's
+    ``_track_module_params_and_buffers`` registers one on every parameter of every module it enters, which
+    raises for a parameter that does not require gradients. They are still counted (as ``PARAM``); they
+    never have a gradient to count."""
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    class FrozenAwareMemTracker(MemTracker):
+        def _track_module_params_and_buffers(self, module, install_grad_hooks=True):  # type: ignore[override]
+            for param in module.parameters():
+                if not param.requires_grad:
+                    self._param_to_grad_hook_handles.setdefault(param, (_NoHook(), _NoHook()))
+            return super()._track_module_params_and_buffers(module, install_grad_hooks)
+
+    return FrozenAwareMemTracker()
+
+
+def lora_model(config: dict[str, Any], *, rank: int, targets: str | list[str], dropout: float = 0.0,
+               dtype: str = "bfloat16", attention: str = "sdpa", device: str = "meta") -> Any:
+    """A `transformers` model wrapped by `peft` (``LoraConfig(r, lora_alpha=2r, target_modules, dropout)``),
+    on the meta device: peft's own defaults apply, so adapters on a 16-bit model are fp32."""
+    import peft
+
+    cfg = transformers.AutoConfig.for_model(**config)
+    cfg._attn_implementation = attention
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=getattr(torch, dtype))
+    lora = peft.LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets, lora_dropout=dropout)
+    return peft.get_peft_model(model, lora)
+
+
+def _as_fake(model: Any, mode: Any) -> None:
+    """Re-create every parameter and buffer of a meta-device ``model`` as a fake tensor of the same shape,
+    dtype and ``requires_grad`` (shared ones stay shared). peft cannot wrap a model built inside
+    FakeTensorMode: it calls ``nn.Module.to``, which in torch 2.13 cannot swap fake parameters."""
+    made: dict[int, Any] = {}
+    with mode:
+        for module in model.modules():
+            for store in (module._parameters, module._buffers):
+                for name, tensor in list(store.items()):
+                    if tensor is None:
+                        continue
+                    if id(tensor) not in made:
+                        fake = torch.empty(tensor.shape, dtype=tensor.dtype)
+                        made[id(tensor)] = torch.nn.Parameter(fake, requires_grad=tensor.requires_grad) if (
+                            isinstance(tensor, torch.nn.Parameter)) else fake
+                    store[name] = made[id(tensor)]
+
+
+def lora_training_step_peak(config: dict[str, Any], seq_len: int, *, batch: int = 1, rank: int = 16,
+                            targets: str | list[str] = "all-linear", dropout: float = 0.0,
+                            dtype: str = "bfloat16") -> dict[str, int]:
+    """`training_step_peak`'s measurement for a `lora_model`: AdamW (foreach) over the trainable
+    parameters only, two steps under MemTracker in FakeTensorMode, the second step's peak by category."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    model = lora_model(config, rank=rank, targets=targets, dropout=dropout, dtype=dtype)
+    mode = FakeTensorMode()
+    _as_fake(model, mode)
+    with mode:
+        model.train()
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, foreach=True)
+        tracker = _frozen_aware_tracker()
+        tracker.track_external(model, opt)
+        ids = torch.randint(0, config["vocab_size"], (batch, seq_len))
+        with tracker:
+            for step in range(2):
+                model(input_ids=ids, labels=ids).loss.backward()
+                opt.step()
+                opt.zero_grad()
+                if step == 0:
+                    tracker.reset_mod_stats()
+        peak = tracker.get_tracker_snapshot("peak")
+    (device_stats,) = peak.values()
+    return {str(kind).rsplit(".", 1)[-1]: int(value) for kind, value in device_stats.items()}
+
+
+def lora_training_flops(config: dict[str, Any], seq_len: int, *, rank: int = 16,
+                        targets: str | list[str] = "all-linear") -> int:
+    """FLOPs FlopCounterMode counts for one forward + backward of a `lora_model` (eager attention, meta
+    device, one sequence)."""
+    model = lora_model(config, rank=rank, targets=targets, attention="eager")
+    ids = torch.randint(0, config["vocab_size"], (1, seq_len)).to("meta")
+    with FlopCounterMode(display=False) as counter:
+        model(input_ids=ids, labels=ids).loss.backward()
+    return counter.get_total_flops()
+
+
+def nf4_bytes(rows: int, cols: int) -> int:
+    """Bytes bitsandbytes holds for one ``rows`` × ``cols`` weight quantised the QLoRA way
+    (``quantize_4bit(blocksize=64, quant_type="nf4", compress_statistics=True)``, on the CPU): the packed
+    codes, the quantised absmax, the nested absmax and both code books, the offset."""
+    from bitsandbytes.functional import quantize_4bit
+
+    weight = torch.randn(rows, cols, dtype=torch.bfloat16)
+    packed, state = quantize_4bit(weight, blocksize=64, quant_type="nf4", compress_statistics=True)
+    tensors = [packed, state.absmax, state.code, state.offset, state.state2.absmax, state.state2.code]
+    return sum(t.numel() * t.element_size() for t in tensors)

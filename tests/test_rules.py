@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from parallelplan.constraints import Plan, PlanError, Workload, check, estimate
+from parallelplan.constraints import Peft, Plan, PlanError, Workload, check, estimate
 from parallelplan.constraints.rules import UNPRICEABLE
 from parallelplan.hardware import load_cluster
 from parallelplan.models import load_model
@@ -52,6 +52,8 @@ CASES = [
      ["8 KV heads", "tp·cp = 16"]),
     ("cp_comm_offered_by_stack", LLAMA_8B, Plan(dp=8, cp=2, cp_comm="a2a"),
      WORK.model_copy(update={"stack": "torchtitan"}), DGX, ["torchtitan", "by a2a"]),
+    ("qlora_computes_in_16_or_32_bits", LLAMA_8B, Plan(dp=16, precision="fp8"),
+     Workload(kind="finetune", seq_len=4096, global_batch_size=64, peft=Peft(method="qlora")), DGX, ["QLoRA", "fp8"]),
     ("sequence_parallel_needs_tp", LLAMA_8B, Plan(dp=16, sequence_parallel=True), WORK, DGX, ["tp > 1"]),
     ("tp_inside_nvlink", LLAMA_8B, Plan(tp=16, sequence_parallel=True), WORK, DGX, ["tp = 16", "8-GPU NVLink domain"]),
     ("precision_supported", LLAMA_8B, Plan(dp=16, precision="fp8"), WORK, load_cluster("dgx-a100", nodes=2), ["fp8"]),

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from parallelplan.constraints import Plan, RuntimeAllowance, Workload, check, evaluate
+from parallelplan.constraints import Peft, Plan, RuntimeAllowance, Workload, check, evaluate
 from parallelplan.constraints.arrays import ALL_LAYERS, code
 from parallelplan.hardware import load_cluster
 from parallelplan.models import load_model
@@ -47,8 +47,11 @@ def instances(draw):
     cluster = small_cluster(draw(st.sampled_from([1, 2])), draw(st.sampled_from([1, 2, 4])),
                             draw(st.sampled_from(["1 GiB", "2 GiB", "16 GiB"])))
     # 32K tokens: the long-context domain, where the search also tries Ulysses (cp_comm a2a) beside ring attention
-    workload = Workload(kind=draw(st.sampled_from(["pretrain", "finetune"])), seq_len=draw(st.sampled_from([128, 512, 32768])),
-                        global_batch_size=draw(st.sampled_from([1, 4, 8])))
+    kind = draw(st.sampled_from(["pretrain", "finetune"]))
+    # fine-tuning: full, LoRA, or QLoRA on two projections (frozen base, adapters trained)
+    peft = draw(st.sampled_from([None, Peft(rank=8), Peft(method="qlora", rank=4, target_modules=("q_proj", "v_proj"))]))
+    workload = Workload(kind=kind, seq_len=draw(st.sampled_from([128, 512, 32768])),
+                        global_batch_size=draw(st.sampled_from([1, 4, 8])), peft=peft if kind == "finetune" else None)
     objective = draw(st.sampled_from([["throughput"], ["memory_headroom"], ["simplicity", "throughput"],
                                       ["throughput", "simplicity"], ["cost"], {"throughput": 1.0, "memory_headroom": 0.5},
                                       {"simplicity": 1.0, "throughput": 2.0}]))

@@ -79,6 +79,11 @@ class Case:
     cluster: str = "dgx-h100"
     ranges: dict[str, Any] = field(default_factory=dict)
     target_s: float | None = None
+    kind: str = "pretrain"
+    peft: dict[str, Any] | None = None  # `constraints.Peft` fields of a fine-tune
+
+    def workload(self) -> Workload:
+        return Workload(kind=self.kind, seq_len=self.seq_len, global_batch_size=self.batch, peft=self.peft)
 
 
 @dataclass
@@ -152,7 +157,7 @@ def generated_cases(examples: int = 12) -> list[Case]:
 
 def run_case(case: Case, *, with_oracle: bool = True) -> Result:
     model, cluster = load_model(case.model), load_cluster(case.cluster, gpus=case.gpus)
-    workload = Workload(seq_len=case.seq_len, global_batch_size=case.batch)
+    workload = case.workload()
     times, found = [], None
     for _ in range(REPEATS):
         started = time.perf_counter()

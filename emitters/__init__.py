@@ -44,6 +44,7 @@ def emit(solution, target: str, **options: Any) -> dict[str, str]:
     module = _module(target)
     files = module.emit(Job.from_solution(solution, **options))  # the target's own refusals first
     _check_cp_comm(solution.plan, target)
+    _check_peft(solution.workload, target)
     return files
 
 
@@ -56,6 +57,14 @@ def _check_cp_comm(plan, target: str) -> None:
     if plan.cp > 1 and stack is not None and plan.cp_comm not in offered:
         raise EmitError(f"{target} cannot express context parallelism by {plan.cp_comm} (cp_comm); solve with "
                         f"--fix cp_comm={offered[0]} (it runs {' or '.join(offered)})")
+
+
+def _check_peft(workload, target: str) -> None:
+    """No target writes adapters yet: a LoRA / QLoRA plan would launch as full fine-tuning, so it is refused
+    by name (`plan solve` and `plan estimate` price it; TRL + peft and torchtune emitters are to come)."""
+    if workload.peft is not None:
+        raise EmitError(f"{target} files for peft {workload.peft.method!r} would train every parameter: no launch target "
+                        "writes LoRA adapters yet; use plan solve / plan estimate for the plan and its numbers")
 
 
 __getattr__, __dir__ = lazy_exports(__name__, {"ReadConfig": "parallelplan.emitters.deepspeed",

@@ -18,6 +18,7 @@ import numpy as np
 
 from parallelplan.constraints import Plan, PlanArrays, check
 from parallelplan.constraints.arrays import code, module_mask
+from parallelplan.constraints.peft import workload_state_recipe
 from parallelplan.constraints.plan import (
     OFFLOADS,
     OPTIMIZERS,
@@ -27,8 +28,6 @@ from parallelplan.constraints.plan import (
     SHARDINGS,
 )
 from parallelplan.constraints.rules import structural_violations
-from parallelplan.constraints.states import state_recipe
-from parallelplan.constraints.structure import model_facts
 from parallelplan.hardware import load_cluster
 from parallelplan.solver.candidates import Candidates
 from parallelplan.solver.cpsat import Model, Result, solve
@@ -161,7 +160,7 @@ def _facts(space: SearchSpace, candidates: Candidates, fits: np.ndarray, fast: n
     plan = candidates.plans.plan(least)
     facts.append(f"The least memory any plan needs is {e.memory.total[least] / GIB:.1f} GiB per GPU ({describe(plan)}); "
                  f"the GPU has {usable / GIB:.1f} GiB.")
-    recipe = state_recipe(plan, model_facts(space.model).adafactor_state_ratio)  # as the least-memory plan keeps them
+    recipe = workload_state_recipe(space.model, plan, space.workload)  # as the least-memory plan keeps them
     states = space.model.total_params * recipe.bytes_per_param
     capacity = space.cluster.total_gpus * usable
     if states > capacity:
@@ -189,6 +188,10 @@ def _suggestions(space: SearchSpace, fastest: Callable[[SearchSpace], float | No
     if space.fixed.get("recompute") not in (None, "full"):
         fixed = {k: v for k, v in space.fixed.items() if k not in ("recompute", "recompute_modules", "recompute_layers")}
         trials.append(("full recompute", replace(space, fixed={**fixed, "recompute": "full"})))
+    peft = space.workload.peft
+    if peft is not None and peft.method == "lora":  # the same adapters on a 4-bit base
+        qlora = space.workload.model_copy(update={"peft": peft.model_copy(update={"method": "qlora"})})
+        trials.append(("QLoRA (the base in 4-bit NF4)", replace(space, workload=qlora)))
     seq = space.workload.seq_len
     if seq >= 2:
         trials.append((f"sequences of {seq // 2} tokens", replace(space, workload=space.workload.model_copy(update={"seq_len": seq // 2}))))

@@ -222,3 +222,23 @@ def test_cli_bad_peft_input_names_the_field_and_exits_2(args, message):
     assert result.exit_code == 2, result.output
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_lora_that_does_not_fit_suggests_qlora_and_counts_frozen_states():
+    from parallelplan.solver import Infeasible, solve
+
+    work = Workload(kind="finetune", seq_len=2048, global_batch_size=16, peft=Peft())
+    with pytest.raises(Infeasible) as err:
+        solve(load_model("llama-3.1-70b"), load_cluster("dgx-h100", gpus=1), work)
+    assert any(s.startswith("QLoRA (the base in 4-bit NF4)") for s in err.value.suggestions)
+    assert "frozen 16-bit base 2" in str(err.value)  # not the 18 bytes of full training
+
+
+def test_launch_targets_refuse_peft_plans_by_name():
+    from parallelplan.emitters import EmitError, emit
+    from parallelplan.solver import solve
+
+    found = solve(load_model("llama-3.1-8b"), CLUSTER,
+                  Workload(kind="finetune", seq_len=4096, global_batch_size=64, peft=Peft()))
+    with pytest.raises(EmitError, match="no launch target writes LoRA adapters yet"):
+        emit(found, "torchrun")

@@ -94,19 +94,7 @@ def training_step_peak(
             opt = torch.optim.SGD(params, lr=1e-4, momentum=0.9, foreach=True)
         else:
             raise ValueError(f"optimizer must be adamw or sgd, got {optimizer!r}")
-        tracker = MemTracker()
-        tracker.track_external(model, opt)
-        ids = torch.randint(0, config["vocab_size"], (batch, seq_len))
-        with tracker:
-            for step in range(2):
-                model(input_ids=ids, labels=ids).loss.backward()
-                opt.step()
-                opt.zero_grad()
-                if step == 0:
-                    tracker.reset_mod_stats()
-        peak = tracker.get_tracker_snapshot("peak")
-    (device_stats,) = peak.values()
-    return {str(kind).rsplit(".", 1)[-1]: int(value) for kind, value in device_stats.items()}
+        return _two_steps_peak(model, opt, MemTracker(), config, batch, seq_len)
 
 
 
@@ -178,17 +166,22 @@ def lora_training_step_peak(config: dict[str, Any], seq_len: int, *, batch: int 
     with mode:
         model.train()
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, foreach=True)
-        tracker = _frozen_aware_tracker()
-        tracker.track_external(model, opt)
-        ids = torch.randint(0, config["vocab_size"], (batch, seq_len))
-        with tracker:
-            for step in range(2):
-                model(input_ids=ids, labels=ids).loss.backward()
-                opt.step()
-                opt.zero_grad()
-                if step == 0:
-                    tracker.reset_mod_stats()
-        peak = tracker.get_tracker_snapshot("peak")
+        return _two_steps_peak(model, opt, _frozen_aware_tracker(), config, batch, seq_len)
+
+
+def _two_steps_peak(model: Any, opt: Any, tracker: Any, config: dict[str, Any], batch: int, seq_len: int) -> dict[str, int]:
+    """Two training steps of ``model`` under ``tracker`` (MemTracker), its stats reset after the first: the
+    peak of a steady-state step by category, in bytes. Runs inside the caller's FakeTensorMode."""
+    tracker.track_external(model, opt)
+    ids = torch.randint(0, config["vocab_size"], (batch, seq_len))
+    with tracker:
+        for step in range(2):
+            model(input_ids=ids, labels=ids).loss.backward()
+            opt.step()
+            opt.zero_grad()
+            if step == 0:
+                tracker.reset_mod_stats()
+    peak = tracker.get_tracker_snapshot("peak")
     (device_stats,) = peak.values()
     return {str(kind).rsplit(".", 1)[-1]: int(value) for kind, value in device_stats.items()}
 

@@ -83,7 +83,9 @@ class Case:
     peft: dict[str, Any] | None = None  # `constraints.Peft` fields of a fine-tune
 
     def workload(self) -> Workload:
-        return Workload(kind=self.kind, seq_len=self.seq_len, global_batch_size=self.batch, peft=self.peft)
+        """The case's workload (``kind="rlhf"`` is DPO, ``batch`` its examples)."""
+        return Workload(kind=self.kind, seq_len=self.seq_len, global_batch_size=self.batch, peft=self.peft,
+                        algorithm="dpo" if self.kind == "rlhf" else None)
 
 
 @dataclass

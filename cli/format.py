@@ -140,9 +140,12 @@ def software(workload, model) -> str:
 
 
 def workload_kind(workload: Workload) -> str:
-    """The workload's kind for a heading, with its PEFT method: "finetune (QLoRA r=64 on all-linear)"."""
-    peft = workload.peft
-    if peft is None:
-        return workload.kind
-    method = {"lora": "LoRA", "qlora": "QLoRA"}[peft.method]
-    return f"{workload.kind} ({method} r={peft.rank} on {', '.join(peft.target_modules)})"
+    """The workload's kind for a heading, with its algorithm and PEFT method:
+    "rlhf (DPO: chosen + rejected per example; QLoRA r=64 on all-linear)"."""
+    parts = []
+    if workload.algorithm == "dpo":
+        parts.append("DPO: chosen + rejected per example")
+    if workload.peft is not None:
+        method = {"lora": "LoRA", "qlora": "QLoRA"}[workload.peft.method]
+        parts.append(f"{method} r={workload.peft.rank} on {', '.join(workload.peft.target_modules)}")
+    return f"{workload.kind} ({'; '.join(parts)})" if parts else workload.kind

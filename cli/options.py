@@ -27,30 +27,35 @@ TARGET_OPTIONS = [
 ]
 DEFAULT_CLUSTER = "dgx-h100"
 """The cluster a command uses without ``--cluster``: one DGX H100 node (the quick start's hardware)."""
-def _remember_peft(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-    ctx.meta.setdefault("peft_options", {})[param.name] = value
+def _remember_workload_option(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    ctx.meta.setdefault("workload_options", {})[param.name] = value
     return value
 
 
-PEFT_OPTIONS = [
+TUNING_OPTIONS = [
+    click.option("--algorithm", type=click.Choice(["dpo"]), expose_value=False, callback=_remember_workload_option,
+                 help="With --kind rlhf: DPO (a chosen and a rejected sequence per example, --global-batch counting "
+                      "examples, beside a frozen reference model on the same GPUs)."),
     click.option("--peft", type=click.Choice(["none", "lora", "qlora"]), default="none", show_default=True,
-                 expose_value=False, callback=_remember_peft,
+                 expose_value=False, callback=_remember_workload_option,
                  help="Fine-tune adapters on a frozen base (needs --kind finetune): LoRA, or QLoRA (4-bit NF4 base)."),
     click.option("--lora-rank", type=click.IntRange(min=1), default=16, show_default=True, expose_value=False,
-                 callback=_remember_peft, help="LoRA rank r."),
+                 callback=_remember_workload_option, help="LoRA rank r."),
     click.option("--lora-alpha", type=click.FloatRange(min=0, min_open=True), default=32.0, show_default=True,
-                 expose_value=False, callback=_remember_peft, help="LoRA alpha (the update is scaled by alpha / r)."),
-    click.option("--lora-targets", default="all-linear", show_default=True, expose_value=False, callback=_remember_peft,
+                 expose_value=False, callback=_remember_workload_option, help="LoRA alpha (the update is scaled by alpha / r)."),
+    click.option("--lora-targets", default="all-linear", show_default=True, expose_value=False, callback=_remember_workload_option,
                  help="Comma-separated linears to adapt: all-linear, or names among q_proj, k_proj, v_proj, o_proj, "
                       "gate_proj, up_proj, down_proj (MLA: q_a_proj, q_b_proj, kv_a_proj_with_mqa, kv_b_proj)."),
     click.option("--lora-dropout", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.0, show_default=True,
-                 expose_value=False, callback=_remember_peft, help="Dropout on the adapters' input."),
+                 expose_value=False, callback=_remember_workload_option, help="Dropout on the adapters' input."),
 ]
-"""Parameter-efficient fine-tuning (`constraints.Peft`). They reach `build_workload` through the click
-context (not as parameters of each command): every command with `WORKLOAD_OPTIONS` takes them."""
+"""Preference tuning (`Workload.algorithm`) and parameter-efficient fine-tuning (`constraints.Peft`). They
+reach `build_workload` through the click context (not as parameters of each command): every command with
+`WORKLOAD_OPTIONS` takes them."""
 
 WORKLOAD_OPTIONS = [
-    click.option("--kind", type=click.Choice(["pretrain", "finetune", "inference"]), default="pretrain", show_default=True),
+    click.option("--kind", type=click.Choice(["pretrain", "finetune", "inference", "rlhf"]), default="pretrain",
+                 show_default=True, help="What runs; rlhf takes --algorithm."),
     click.option("--seq-len", type=click.IntRange(min=1), default=4096, show_default=True, help="Tokens per sequence."),
     click.option("--dropout", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.0, show_default=True),
     click.option("--train-mtp", is_flag=True, help="Also train DeepSeek-V3's multi-token-prediction modules."),
@@ -63,7 +68,7 @@ WORKLOAD_OPTIONS = [
     click.option("--moe-imbalance", type=click.FloatRange(min=1.0), default=1.0, show_default=True,
                  help="Routed tokens on the busiest expert-parallel rank over the mean (1 = balanced routing, as "
                       "the published MoE benchmarks force; learned routing measures more)."),
-    *PEFT_OPTIONS,
+    *TUNING_OPTIONS,
 ]
 MODEL_OPTIONS = [
     click.option("--efficiency", "efficiency_file", type=click.Path(dir_okay=False, path_type=Path),
@@ -233,7 +238,9 @@ def build_workload(**fields: Any) -> Workload:
     if fields.get("stack") is None:  # not given: the Workload's default stack
         fields.pop("stack", None)
     context = click.get_current_context(silent=True)
-    given = context.meta.get("peft_options") if context is not None else None
+    given = context.meta.get("workload_options") if context is not None else None
+    if given and given.get("algorithm") and "algorithm" not in fields:
+        fields["algorithm"] = given["algorithm"]
     if given and given.get("peft", "none") != "none" and "peft" not in fields:
         targets = tuple(t.strip() for t in str(given["lora_targets"]).split(",") if t.strip())
         fields["peft"] = {"method": given["peft"], "rank": given["lora_rank"], "alpha": given["lora_alpha"],

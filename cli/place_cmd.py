@@ -81,7 +81,7 @@ def place(model_refs: tuple[str, ...], names: tuple[str, ...], cluster_ref: str 
                       kind=kinds[name], seq_len=seq_len, dropout=dropout, train_mtp=train_mtp, stack=stack,
                       moe_dispatcher=moe_dispatcher, moe_imbalance=moe_imbalance,
                       global_batch_size=global_batch or default_global_batch(kinds[name], seq_len),
-                      **({} if kinds[name] == "finetune" else {"peft": None})))  # --peft adapts fine-tuned roles
+                      algorithm=None, **({} if kinds[name] == "finetune" else {"peft": None})))  # --peft: fine-tuned roles
              for name, model in zip(role_names, models, strict=True)]
     try:
         placed = place_roles(roles, cluster, **cost_model(efficiency_file, calibration_file, memory_margin))

@@ -215,7 +215,7 @@ def layer_times(f: ModelFacts, gpu: GPUSpec, eff: Efficiency, p: PlanArrays, w: 
     roof = Roofline(gpu, eff, p, w.stack)
     b = activation_bytes(p)
     tp = p.tp.astype(float)
-    tokens = p.micro_batch_size * w.seq_len / p.cp.astype(float)
+    tokens = p.micro_batch_size * w.sequences_per_example * w.seq_len / p.cp.astype(float)
     fp8 = p.precision == code("precision", "fp8")
     gemm_b = np.where(fp8, 1.0, b)
     rate = roof.gemm_flops

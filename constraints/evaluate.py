@@ -232,11 +232,13 @@ def _evaluate(model: ModelSpec, cluster: ClusterSpec, workload: Workload, p: Pla
     structure = _Structure(model, cluster, workload, p, rt)
     memory, step = structure.memory, structure.step_times(eff)
     usable = rt.usable(cluster)
-    tokens = workload.global_batch_size * workload.seq_len
+    tokens = workload.global_batch_size * workload.sequences_per_example * workload.seq_len
     if workload.peft is not None:  # frozen base: input gradients only, plus the adapters
         flops_per_token = peft_training_flops(model, workload.seq_len, workload.peft)
     else:
         flops_per_token = model.flops_per_token(workload.seq_len, include_mtp=workload.train_mtp)
+    if workload.algorithm == "dpo":  # + the reference's forward over the same tokens
+        flops_per_token += model.flops(workload.seq_len).forward_per_token
     if not workload.training:
         flops_per_token /= 3.0  # forward only
     model_flops = flops_per_token * tokens

@@ -30,6 +30,7 @@ from parallelplan.constraints.activations import (
     layer_activations,
 )
 from parallelplan.constraints.arrays import PlanArrays, code
+from parallelplan.constraints.dpo import has_reference_copy, reference_weight_bytes
 from parallelplan.constraints.peft import PeftParams
 from parallelplan.constraints.plan import Workload
 from parallelplan.constraints.runtime import RuntimeAllowance
@@ -133,6 +134,8 @@ def class_memory(
     weights = col(per.resident_weights) * (trained_dense / col(div.weights) + trained_expert / col(div.expert_weights))
     if peft is not None:
         weights = weights + peft.frozen_dense_bytes / col(div.weights) + peft.frozen_expert_bytes / col(div.expert_weights)
+    if has_reference_copy(w):  # DPO's frozen reference on the same GPUs (constraints.dpo)
+        weights = weights + reference_weight_bytes(p, params, div)
     weights = np.where(offload_params > 0, 0.0, weights)
     # FSDP / ZeRO-3 hold the unit being computed and prefetch the next: a layer and the largest of a layer,
     # the embedding (first stage) and the LM head (last stage), gathered in the compute dtype
@@ -148,7 +151,7 @@ def class_memory(
     else:
         grads = states = np.zeros_like(weights)
 
-    tokens = col(p.micro_batch_size * w.seq_len / p.cp)
+    tokens = col(p.micro_batch_size * w.sequences_per_example * w.seq_len / p.cp)
     acts = layer_activations(f, p, w)
     flight = in_flight(p, w, layout.index) if training else np.ones_like(weights)
     if training:

@@ -54,7 +54,9 @@ SCHEDULES = ("1f1b", "interleaved", "zero_bubble")
 KERNELS = ("fused", "unfused")
 ATTENTION_KERNELS = ("flash", "eager")
 CP_COMMS = ("p2p", "a2a")
-WORKLOAD_KINDS = ("pretrain", "finetune", "inference")
+WORKLOAD_KINDS = ("pretrain", "finetune", "inference", "rlhf")
+RL_ALGORITHMS = ("dpo",)
+"""Preference / RL algorithms priced as one workload (`Workload.algorithm`)."""
 PEFT_METHODS = ("lora", "qlora")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj",
                 "gate_proj", "up_proj", "down_proj")
@@ -185,9 +187,12 @@ class Workload(_Frozen):
     ``moe_imbalance``: routed tokens on the busiest expert-parallel rank over the mean (1 = balanced, as
     the published benchmarks force with their balanced gates; learned routing measures more). That rank
     sets the pace: its expert GEMMs, permutations, activations and received tokens scale with it.
-    ``peft`` (fine-tuning only): train LoRA / QLoRA adapters on a frozen base (`Peft`)."""
+    ``peft`` (fine-tuning and RLHF): train LoRA / QLoRA adapters on a frozen base (`Peft`).
+    ``algorithm`` (``kind="rlhf"``): ``dpo`` (Rafailov et al. 2023) trains the policy on a chosen and a
+    rejected sequence per example — ``global_batch_size`` counts examples (pairs) — beside a frozen
+    reference model on the same GPUs (`constraints.dpo`)."""
 
-    kind: Literal["pretrain", "finetune", "inference"] = "pretrain"
+    kind: Literal["pretrain", "finetune", "inference", "rlhf"] = "pretrain"
     seq_len: Count
     global_batch_size: Count
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
@@ -196,11 +201,15 @@ class Workload(_Frozen):
     moe_dispatcher: Literal["alltoall", "deepep"] = "alltoall"
     moe_imbalance: Annotated[float, Field(ge=1.0, allow_inf_nan=False)] = 1.0
     peft: Peft | None = None
+    algorithm: Literal["dpo"] | None = None
 
     @model_validator(mode="after")
     def _stack_dispatches(self) -> Workload:
-        if self.peft is not None and self.kind != "finetune":
-            raise ValueError(f"peft {self.peft.method!r} needs kind 'finetune', got kind {self.kind!r}")
+        if self.peft is not None and self.kind not in ("finetune", "rlhf"):
+            raise ValueError(f"peft {self.peft.method!r} needs kind 'finetune' or 'rlhf', got kind {self.kind!r}")
+        if (self.kind == "rlhf") != (self.algorithm is not None):
+            raise ValueError(f"algorithm: kind 'rlhf' needs one of {', '.join(RL_ALGORITHMS)}, and only it takes one "
+                             f"(got kind {self.kind!r}, algorithm {self.algorithm!r})")
         from parallelplan.constraints.efficiency import stacks
 
         offered = stacks()[self.stack]["moe_dispatchers"]
@@ -212,3 +221,8 @@ class Workload(_Frozen):
     @property
     def training(self) -> bool:
         return self.kind != "inference"
+
+    @property
+    def sequences_per_example(self) -> int:
+        """Sequences one example of the global batch runs through the model: DPO's chosen and rejected, 2."""
+        return 2 if self.algorithm == "dpo" else 1

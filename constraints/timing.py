@@ -194,7 +194,7 @@ def class_times(
     col = lambda a: np.asarray(a, dtype=float)[:, None]  # noqa: E731
     b = activation_bytes(p)
     tp, cp, dp, ep, etp = p.tp, p.cp, p.dp, p.ep, p.etp
-    tokens = p.micro_batch_size * w.seq_len / cp.astype(float)
+    tokens = p.micro_batch_size * w.sequences_per_example * w.seq_len / cp.astype(float)
     dense_l, moe_l = layout.dense_layers, layout.moe_layers
     layers = layout.layers
     training = w.training
@@ -307,6 +307,14 @@ def class_times(
     bytes_per_microbatch = np.where(gathered, sharded_bytes, 0.0) + np.where(zero2, dp_scatter_bytes, 0.0)
 
     compute = forward + backward + recompute
+    if w.algorithm == "dpo":  # the frozen reference's forward scores both sequences first (constraints.dpo)
+        compute = compute + forward
+        tp_exposed = tp_exposed + tp_forward
+        cp_exposed = cp_exposed + np.where(col(p.cp_comm == code("cp_comm", "a2a")) > 0, ulysses,
+                                           np.maximum(ring - hide["cp"] * attention_fwd, 0.0))
+        ep_comm = ep_comm + np.maximum(a2a - hide["ep"] * cover, 0.0)
+        pp_comm = pp_comm + np.where(col(p.pp) > 1, np.where(layout.last & ~wraps, 0.0, boundary), 0.0)
+        dp_per_microbatch = dp_per_microbatch + _hidden(fetch_forward, forward, hide["dp"], col(p.param_gather_overlap) > 0)
     per_microbatch = compute + tp_exposed + cp_exposed + ep_comm + pp_comm + dp_per_microbatch
     per_microbatch = np.where(layout.valid, per_microbatch, -np.inf)
 

@@ -44,7 +44,7 @@ def emit(solution, target: str, **options: Any) -> dict[str, str]:
     module = _module(target)
     files = module.emit(Job.from_solution(solution, **options))  # the target's own refusals first
     _check_cp_comm(solution.plan, target)
-    _check_peft(solution.workload, target)
+    _check_tuning(solution.workload, target)
     return files
 
 
@@ -59,12 +59,15 @@ def _check_cp_comm(plan, target: str) -> None:
                         f"--fix cp_comm={offered[0]} (it runs {' or '.join(offered)})")
 
 
-def _check_peft(workload, target: str) -> None:
-    """No target writes adapters yet: a LoRA / QLoRA plan would launch as full fine-tuning, so it is refused
-    by name (`plan solve` and `plan estimate` price it; TRL + peft and torchtune emitters are to come)."""
-    if workload.peft is not None:
-        raise EmitError(f"{target} files for peft {workload.peft.method!r} would train every parameter: no launch target "
-                        "writes LoRA adapters yet; use plan solve / plan estimate for the plan and its numbers")
+def _check_tuning(workload, target: str) -> None:
+    """No target writes adapters or a preference loss yet: a LoRA / QLoRA or DPO plan would launch as plain
+    fine-tuning, so it is refused by name (`plan solve` and `plan estimate` price it; TRL + peft and
+    torchtune emitters are to come)."""
+    what = [f"peft {workload.peft.method!r}"] if workload.peft is not None else []
+    what += [f"algorithm {workload.algorithm!r}"] if workload.algorithm is not None else []
+    if what:
+        raise EmitError(f"{target} files for {' and '.join(what)} would run plain fine-tuning: no launch target writes "
+                        "LoRA adapters or a DPO loss yet; use plan solve / plan estimate for the plan and its numbers")
 
 
 __getattr__, __dir__ = lazy_exports(__name__, {"ReadConfig": "parallelplan.emitters.deepspeed",

@@ -207,3 +207,85 @@ def nf4_bytes(rows: int, cols: int) -> int:
     packed, state = quantize_4bit(weight, blocksize=64, quant_type="nf4", compress_statistics=True)
     tensors = [packed, state.absmax, state.code, state.offset, state.state2.absmax, state.state2.code]
     return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _sequence_log_probs(logits: Any, ids: Any) -> Any:
+    """Each sequence's summed log-probability of its own next tokens, through the path HF's causal-LM loss
+    takes (``ForCausalLMLoss``: logits upcast to fp32, labels padded and shifted, cross-entropy), unreduced."""
+    import torch.nn.functional as F  # noqa: N812
+
+    labels = F.pad(ids, (0, 1), value=-100)[..., 1:]
+    per_token = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
+                                reduction="none")
+    return -per_token.view(ids.shape).sum(-1)
+
+
+def _base_of(peft_model: Any, config: dict[str, Any]) -> Any:
+    """The `transformers` model under ``peft_model`` without its adapters, holding the very same (frozen)
+    parameter tensors: what peft runs when its adapters are disabled."""
+    cfg = transformers.AutoConfig.for_model(**config)
+    cfg._attn_implementation = "sdpa"
+    with torch.device("meta"):
+        base = transformers.AutoModelForCausalLM.from_config(cfg)
+    shared = {name.removeprefix("base_model.model.").replace(".base_layer", ""): param
+              for name, param in peft_model.named_parameters() if "lora_" not in name}
+    for name, _ in list(base.named_parameters()):
+        module_name, _, attribute = name.rpartition(".")
+        base.get_submodule(module_name)._parameters[attribute] = shared[name]
+    for name, buffer in peft_model.named_buffers():
+        module_name, _, attribute = name.removeprefix("base_model.model.").replace(".base_layer", "").rpartition(".")
+        base.get_submodule(module_name)._buffers[attribute] = buffer
+    base.eval()
+    return base
+
+
+def dpo_training_step_peak(config: dict[str, Any], seq_len: int, *, batch: int = 1, beta: float = 0.1,
+                           lora_rank: int | None = None) -> dict[str, int]:
+    """MemTracker's peak over a DPO step as TRL's ``DPOTrainer`` runs it, by category: the chosen and
+    rejected sequences of ``batch`` examples concatenated into one batch of 2·batch; the frozen reference
+    scores them under ``no_grad`` — a bf16 copy in eval mode, or with ``lora_rank`` (a `lora_model` on
+    all linears) the policy with its adapters disabled (TRL's ``null_ref_context``), here the base model
+    holding the policy's own frozen tensors (MemTracker refuses a module called twice in a step); the policy's forward,
+    the DPO loss −log σ(β·((π_c − ref_c) − (π_r − ref_r))) (Rafailov et al. 2023, eq. 7), backward, AdamW
+    (foreach) over the trained parameters. Built in bf16 in FakeTensorMode; two steps, the second's peak."""
+    from contextlib import nullcontext
+
+    import torch.nn.functional as F  # noqa: N812
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    mode = FakeTensorMode()
+    if lora_rank is not None:
+        policy = lora_model(config, rank=lora_rank, targets="all-linear")
+        _as_fake(policy, mode)
+        reference = _base_of(policy, config)
+    cfg = transformers.AutoConfig.for_model(**config)
+    cfg._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    with mode:
+        if lora_rank is None:
+            policy = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+            reference = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+            reference.requires_grad_(False)
+            reference.eval()
+            external, disabled = (policy, reference), nullcontext
+        else:
+            external, disabled = (policy, reference), nullcontext
+        policy.train()
+        opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-6, foreach=True)
+        tracker = _frozen_aware_tracker()
+        tracker.track_external(*external, opt)
+        ids = torch.randint(0, config["vocab_size"], (2 * batch, seq_len))  # chosen, then rejected
+        with tracker:
+            for step in range(2):
+                with torch.no_grad(), disabled():
+                    ref_logps = _sequence_log_probs(reference(input_ids=ids).logits, ids)
+                logps = _sequence_log_probs(policy(input_ids=ids).logits, ids)
+                margin = (logps[:batch] - ref_logps[:batch]) - (logps[batch:] - ref_logps[batch:])
+                (-F.logsigmoid(beta * margin).mean()).backward()
+                opt.step()
+                opt.zero_grad()
+                if step == 0:
+                    tracker.reset_mod_stats()
+        peak = tracker.get_tracker_snapshot("peak")
+    (device_stats,) = peak.values()
+    return {str(kind).rsplit(".", 1)[-1]: int(value) for kind, value in device_stats.items()}

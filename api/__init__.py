@@ -29,7 +29,8 @@ _EXPORTS = {
     **dict.fromkeys(("Plan", "Workload", "Peft", "Estimate", "PlanError", "Violation", "estimate", "check", "evaluate",
                      "assess", "compare_sharding", "describe_topology", "calibrate", "read_runs"),
                     "parallelplan.constraints"),
-    **dict.fromkeys(("Solution", "Infeasible", "SolverInputError", "solve", "pareto", "compare", "place", "Role", "Placement", "solve_pools"),
+    **dict.fromkeys(("Solution", "Infeasible", "SolverInputError", "solve", "pareto", "compare", "place", "Role", "Placement", "solve_pools",
+                     "cheapest", "profile", "list_profiles"),
                     "parallelplan.solver"),
     **dict.fromkeys(("EmitError", "emit", "list_targets", "read_config"), "parallelplan.emitters"),
 }

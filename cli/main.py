@@ -25,6 +25,7 @@ from parallelplan.cli.estimate_cmd import estimate
 from parallelplan.cli.launch_cmd import launch, slurm
 from parallelplan.cli.place_cmd import place
 from parallelplan.cli.presets_cmd import presets
+from parallelplan.cli.profile_cmd import profile
 from parallelplan.cli.sharding_cmd import sharding
 from parallelplan.cli.solve_cmd import pareto, solve
 from parallelplan.cli.topology_cmd import topology
@@ -117,7 +118,7 @@ def plan(ctx: click.Context, color: bool | None) -> None:
 
 
 for command in (presets, analyze, topology, estimate, validate, sharding, solve, pareto, compare, place, launch, slurm,
-                calibrate):
+                calibrate, profile):
     plan.add_command(command)
 plan.add_command(solve, name="recommend")
 for command in UNAVAILABLE:

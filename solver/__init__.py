@@ -4,6 +4,8 @@
 - `pareto(model, cluster, workload, objectives=(...)) -> list[Solution]`
 - `compare(models, clusters, workload) -> list[Comparison]`: the best plan of every pair, side by side
 - `place(roles, cluster) -> Placement`: several models (`Role`) sharing one cluster, nodes per role proved by CP-SAT
+- `cheapest(model, workload, tokens=, deadline_hours=) -> Cheapest`: the cheapest priced cluster and node count for a run by a deadline
+- `profile(name, model, cluster)`, `list_profiles()`: the workload profiles (``data/profiles.json``) solved
 - `solve_pools(model, pooled, workload) -> PooledSolution`: one model across a heterogeneous cluster's pools (the batch split over them, or a pipeline across them)
 - `Infeasible` (the conflicting constraints and the changes that would help), `SolverInputError`.
 `Plan`, `Workload` and `Peft` are re-exported from `constraints`. The search modules (and OR-Tools) load on first
@@ -24,8 +26,13 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "PoolShare": "parallelplan.solver.pools", "PoolPipeline": "parallelplan.solver.pool_pipeline",
     "PoolStages": "parallelplan.solver.pool_pipeline",
     "OBJECTIVES": "parallelplan.solver.objectives", "Plan": "parallelplan.constraints",
-    "Workload": "parallelplan.constraints", "Peft": "parallelplan.constraints"})
+    "Workload": "parallelplan.constraints", "Peft": "parallelplan.constraints",
+    "cheapest": "parallelplan.solver.cheapest", "Cheapest": "parallelplan.solver.cheapest",
+    "ClusterOption": "parallelplan.solver.cheapest", "profile": "parallelplan.solver.profiles",
+    "list_profiles": "parallelplan.solver.profiles", "load_profile": "parallelplan.solver.profiles",
+    "Profile": "parallelplan.solver.profiles"})
 
-__all__ = ["OBJECTIVES", "Alternative", "Comparison", "Infeasible", "InfeasibleCell", "Peft", "Placement", "Plan", "PoolPipeline", "PoolShare",
+__all__ = ["Cheapest", "ClusterOption", "Profile", "cheapest", "list_profiles", "load_profile", "profile",
+           "OBJECTIVES", "Alternative", "Comparison", "Infeasible", "InfeasibleCell", "Peft", "Placement", "Plan", "PoolPipeline", "PoolShare",
            "PoolStages", "PooledSolution", "Role", "RolePlacement", "SearchStats", "Solution", "SolverInputError", "Workload", "compare",
            "pareto", "place", "solve", "solve_pools"]

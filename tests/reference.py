@@ -94,7 +94,8 @@ def training_step_peak(
             opt = torch.optim.SGD(params, lr=1e-4, momentum=0.9, foreach=True)
         else:
             raise ValueError(f"optimizer must be adamw or sgd, got {optimizer!r}")
-        return _two_steps_peak(model, opt, MemTracker(), config, batch, seq_len)
+        ids = torch.randint(0, config["vocab_size"], (batch, seq_len))
+        return _two_steps_peak(MemTracker(), opt, lambda: model(input_ids=ids, labels=ids).loss, model)
 
 
 
@@ -166,17 +167,18 @@ def lora_training_step_peak(config: dict[str, Any], seq_len: int, *, batch: int 
     with mode:
         model.train()
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, foreach=True)
-        return _two_steps_peak(model, opt, _frozen_aware_tracker(), config, batch, seq_len)
+        ids = torch.randint(0, config["vocab_size"], (batch, seq_len))
+        return _two_steps_peak(_frozen_aware_tracker(), opt, lambda: model(input_ids=ids, labels=ids).loss, model)
 
 
-def _two_steps_peak(model: Any, opt: Any, tracker: Any, config: dict[str, Any], batch: int, seq_len: int) -> dict[str, int]:
-    """Two training steps of ``model`` under ``tracker`` (MemTracker), its stats reset after the first: the
-    peak of a steady-state step by category, in bytes. Runs inside the caller's FakeTensorMode."""
-    tracker.track_external(model, opt)
-    ids = torch.randint(0, config["vocab_size"], (batch, seq_len))
+def _two_steps_peak(tracker: Any, opt: Any, loss: Any, *tracked: Any) -> dict[str, int]:
+    """Two training steps — ``loss()``, backward, ``opt.step()``, ``zero_grad()`` — under ``tracker``
+    (MemTracker, following ``tracked`` modules and ``opt``), its stats reset after the first: the peak of a
+    steady-state step by category, in bytes. Runs inside the caller's FakeTensorMode."""
+    tracker.track_external(*tracked, opt)
     with tracker:
         for step in range(2):
-            model(input_ids=ids, labels=ids).loss.backward()
+            loss().backward()
             opt.step()
             opt.zero_grad()
             if step == 0:
@@ -272,20 +274,13 @@ def dpo_training_step_peak(config: dict[str, Any], seq_len: int, *, batch: int =
             external, disabled = (policy, reference), nullcontext
         policy.train()
         opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-6, foreach=True)
-        tracker = _frozen_aware_tracker()
-        tracker.track_external(*external, opt)
         ids = torch.randint(0, config["vocab_size"], (2 * batch, seq_len))  # chosen, then rejected
-        with tracker:
-            for step in range(2):
-                with torch.no_grad(), disabled():
-                    ref_logps = _sequence_log_probs(reference(input_ids=ids).logits, ids)
-                logps = _sequence_log_probs(policy(input_ids=ids).logits, ids)
-                margin = (logps[:batch] - ref_logps[:batch]) - (logps[batch:] - ref_logps[batch:])
-                (-F.logsigmoid(beta * margin).mean()).backward()
-                opt.step()
-                opt.zero_grad()
-                if step == 0:
-                    tracker.reset_mod_stats()
-        peak = tracker.get_tracker_snapshot("peak")
-    (device_stats,) = peak.values()
-    return {str(kind).rsplit(".", 1)[-1]: int(value) for kind, value in device_stats.items()}
+
+        def loss() -> Any:
+            with torch.no_grad(), disabled():
+                ref_logps = _sequence_log_probs(reference(input_ids=ids).logits, ids)
+            logps = _sequence_log_probs(policy(input_ids=ids).logits, ids)
+            margin = (logps[:batch] - ref_logps[:batch]) - (logps[batch:] - ref_logps[batch:])
+            return -F.logsigmoid(beta * margin).mean()
+
+        return _two_steps_peak(_frozen_aware_tracker(), opt, loss, *external)

@@ -35,6 +35,8 @@ CASES = [
          kind="rlhf", peft=None, target_s=TARGET_S),
     Case("llama-3.1-70b DPO with LoRA on 2 H100 nodes", "llama-3.1-70b", 16, 4096, 64, "rlhf",
          kind="rlhf", peft={"method": "lora"}, target_s=TARGET_S),
+    Case("llama-3.1-8b at 1M tokens per sequence (CP) on 64 H100", "llama-3.1-8b", 64, 1_048_576, 4, "long-context",
+         target_s=TARGET_S),
     Case("qwen3-30b-a3b LoRA (attention) on one 8-GPU H100 node", "qwen3-30b-a3b", 8, 4096, 64, "finetune",
          kind="finetune", peft={"method": "lora", "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
          target_s=TARGET_S),

@@ -131,11 +131,15 @@ def step_range(interval: tuple[float, float]) -> str:
 
 
 def software(workload, model) -> str:
-    """The stack a workload is priced on, with its MoE dispatcher and routing balance when the model has experts."""
+    """The stack a workload is priced on, with its MoE dispatcher, routing balance and token dropping when the
+    model has experts."""
     if model.moe is None:
         return workload.stack
     balance = ("balanced routing" if workload.moe_imbalance == 1
                else f"busiest expert rank {workload.moe_imbalance:g}x the mean")
+    if workload.moe_capacity_factor is not None:
+        padded = ", padded to it" if workload.moe_pad_to_capacity else ""
+        balance += f", tokens dropped above {workload.moe_capacity_factor:g}x each expert's share{padded}"
     return f"{workload.stack} ({'DeepEP' if workload.moe_dispatcher == 'deepep' else 'all-to-all'} dispatch, {balance})"
 
 

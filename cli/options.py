@@ -33,6 +33,12 @@ def _remember_workload_option(ctx: click.Context, param: click.Parameter, value:
 
 
 TUNING_OPTIONS = [
+    click.option("--moe-capacity-factor", type=click.FloatRange(0.0, 64.0, min_open=True), expose_value=False,
+                 callback=_remember_workload_option,
+                 help="MoE token dropping: each expert takes at most this many times its balanced share of tokens "
+                      "[default: dropless]."),
+    click.option("--moe-pad-to-capacity", is_flag=True, expose_value=False, callback=_remember_workload_option,
+                 help="With --moe-capacity-factor: pad every expert's input to its capacity (static shapes)."),
     click.option("--algorithm", type=click.Choice(["dpo"]), expose_value=False, callback=_remember_workload_option,
                  help="With --kind rlhf: DPO (a chosen and a rejected sequence per example, --global-batch counting "
                       "examples, beside a frozen reference model on the same GPUs)."),
@@ -49,9 +55,9 @@ TUNING_OPTIONS = [
     click.option("--lora-dropout", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.0, show_default=True,
                  expose_value=False, callback=_remember_workload_option, help="Dropout on the adapters' input."),
 ]
-"""Preference tuning (`Workload.algorithm`) and parameter-efficient fine-tuning (`constraints.Peft`). They
-reach `build_workload` through the click context (not as parameters of each command): every command with
-`WORKLOAD_OPTIONS` takes them."""
+"""MoE token dropping, preference tuning (`Workload.algorithm`) and parameter-efficient fine-tuning
+(`constraints.Peft`). They reach `build_workload` through the click context (not as parameters of each
+command): every command with `WORKLOAD_OPTIONS` takes them."""
 
 WORKLOAD_OPTIONS = [
     click.option("--kind", type=click.Choice(["pretrain", "finetune", "inference", "rlhf"]), default="pretrain",
@@ -241,6 +247,10 @@ def build_workload(**fields: Any) -> Workload:
     given = context.meta.get("workload_options") if context is not None else None
     if given and given.get("algorithm") and "algorithm" not in fields:
         fields["algorithm"] = given["algorithm"]
+    if given and given.get("moe_capacity_factor") is not None:
+        fields.setdefault("moe_capacity_factor", given["moe_capacity_factor"])
+    if given and given.get("moe_pad_to_capacity"):
+        fields.setdefault("moe_pad_to_capacity", True)
     if given and given.get("peft", "none") != "none" and "peft" not in fields:
         targets = tuple(t.strip() for t in str(given["lora_targets"]).split(",") if t.strip())
         fields["peft"] = {"method": given["peft"], "rank": given["lora_rank"], "alpha": given["lora_alpha"],

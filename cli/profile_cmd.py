@@ -24,13 +24,13 @@ from parallelplan.cli.options import MODEL_OPTIONS, cost_model, load_target_clus
 @click.option("--global-batch", type=click.IntRange(min=1), help="Sequences (DPO: examples) per step [default: the profile's].")
 @click.option("--tokens", type=click.FloatRange(min=0, min_open=True), help="cost: tokens to train.")
 @click.option("--deadline-hours", type=click.FloatRange(min=0, min_open=True), help="cost: hours the run may take.")
-@click.option("--max-nodes", type=click.IntRange(1, 4096), default=64, show_default=True,
-              help="cost: the largest node count tried per preset.")
+@click.option("--max-nodes", type=click.IntRange(1, 4096),
+              help="cost: the largest node count tried per preset [default: 64].")
 @with_options(MODEL_OPTIONS)
 @click.option("--json", "as_json", is_flag=True, help="Print the solution (cost: the options) as JSON.")
 def profile(list_only: bool, name: str | None, model_ref: str | None, cluster_ref: str | None, nodes: int | None,
             gpus: int | None, seq_len: int | None, global_batch: int | None, tokens: float | None,
-            deadline_hours: float | None, max_nodes: int, efficiency_file, calibration_file, allow_cross_domain: bool,
+            deadline_hours: float | None, max_nodes: int | None, efficiency_file, calibration_file, allow_cross_domain: bool,
             memory_margin: float, as_json: bool) -> None:
     """A workload profile solved: its objective, constraints and defaults (each with why), and the plan.
 
@@ -43,6 +43,7 @@ def profile(list_only: bool, name: str | None, model_ref: str | None, cluster_re
     """
     from parallelplan.models import load_model
     from parallelplan.solver import Infeasible, SolverInputError
+    from parallelplan.solver.cheapest import MAX_NODES as CHEAPEST_MAX_NODES
     from parallelplan.solver.profiles import list_profiles, load_profile
     from parallelplan.solver.profiles import profile as solve_profile
 
@@ -58,9 +59,13 @@ def profile(list_only: bool, name: str | None, model_ref: str | None, cluster_re
     if name == "cost":
         if cluster_ref or nodes or gpus:
             raise SolverInputError("profile cost searches every priced cluster preset: drop --cluster/--nodes/--gpus")
-        options["max_nodes"] = max_nodes
+        options["max_nodes"] = max_nodes or CHEAPEST_MAX_NODES
         cluster = None
     else:
+        given = [flag for flag, value in (("--tokens", tokens), ("--deadline-hours", deadline_hours),
+                                          ("--max-nodes", max_nodes)) if value is not None]
+        if given:
+            raise SolverInputError(f"{', '.join(given)} apply to --workload cost only")
         cluster = load_target_cluster(cluster_ref, nodes, gpus)
         options["allow_cross_domain"] = allow_cross_domain
     try:

@@ -69,8 +69,15 @@ class LayerActivations:
 
 def busiest_rank_load(p: PlanArrays, w: Workload) -> np.ndarray:
     """Routed tokens on the busiest expert-parallel rank over the balanced share (`Workload.moe_imbalance`),
-    at most ep (every token on one rank); 1 without expert parallelism (one rank computes them all)."""
-    return np.minimum(w.moe_imbalance, p.ep.astype(float))
+    at most ep (every token on one rank); 1 without expert parallelism (one rank computes them all). With a
+    capacity factor C no expert takes more than C times its share (the rest are dropped), so the load is
+    at most C — and exactly C when experts are padded to their capacity (`Workload.moe_capacity_factor`)."""
+    load = np.minimum(w.moe_imbalance, p.ep.astype(float))
+    if w.moe_capacity_factor is None:
+        return load
+    if w.moe_pad_to_capacity:
+        return np.full(len(p), float(w.moe_capacity_factor))
+    return np.minimum(load, w.moe_capacity_factor)
 
 
 def _norm(f: ModelFacts, b: np.ndarray, fused: np.ndarray, width: float) -> np.ndarray:

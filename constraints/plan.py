@@ -187,6 +187,10 @@ class Workload(_Frozen):
     ``moe_imbalance``: routed tokens on the busiest expert-parallel rank over the mean (1 = balanced, as
     the published benchmarks force with their balanced gates; learned routing measures more). That rank
     sets the pace: its expert GEMMs, permutations, activations and received tokens scale with it.
+    ``moe_capacity_factor``: each expert takes at most that many times its balanced share of routed tokens
+    and drops the rest (GShard / Switch Transformer token dropping; Megatron-Core
+    ``--moe-expert-capacity-factor``); None is dropless. With ``moe_pad_to_capacity`` every expert computes
+    exactly its capacity (``--moe-pad-expert-input-to-capacity``: static shapes, padding included).
     ``peft`` (fine-tuning and RLHF): train LoRA / QLoRA adapters on a frozen base (`Peft`).
     ``algorithm`` (``kind="rlhf"``): ``dpo`` (Rafailov et al. 2023) trains the policy on a chosen and a
     rejected sequence per example — ``global_batch_size`` counts examples (pairs) — beside a frozen
@@ -200,6 +204,8 @@ class Workload(_Frozen):
     stack: Literal["megatron", "megatron-2022", "torchtitan", "deepspeed", "maxtext", "custom"] = "megatron"
     moe_dispatcher: Literal["alltoall", "deepep"] = "alltoall"
     moe_imbalance: Annotated[float, Field(ge=1.0, allow_inf_nan=False)] = 1.0
+    moe_capacity_factor: Annotated[float, Field(gt=0.0, le=64.0, allow_inf_nan=False)] | None = None
+    moe_pad_to_capacity: bool = False
     peft: Peft | None = None
     algorithm: Literal["dpo"] | None = None
 
@@ -207,6 +213,11 @@ class Workload(_Frozen):
     def _stack_dispatches(self) -> Workload:
         if self.peft is not None and self.kind not in ("finetune", "rlhf"):
             raise ValueError(f"peft {self.peft.method!r} needs kind 'finetune' or 'rlhf', got kind {self.kind!r}")
+        if self.moe_pad_to_capacity and self.moe_capacity_factor is None:
+            raise ValueError("moe_pad_to_capacity pads each expert to its capacity: give moe_capacity_factor too")
+        if self.moe_pad_to_capacity and self.moe_dispatcher == "deepep":  # Megatron-Core TransformerConfig's check
+            raise ValueError("moe_pad_to_capacity: DeepEP (Megatron-Core's flex dispatcher) does not pad to capacity; "
+                             "use moe_dispatcher alltoall")
         if (self.kind == "rlhf") != (self.algorithm is not None):
             raise ValueError(f"algorithm: kind 'rlhf' needs one of {', '.join(RL_ALGORITHMS)}, and only it takes one "
                              f"(got kind {self.kind!r}, algorithm {self.algorithm!r})")
@@ -216,6 +227,10 @@ class Workload(_Frozen):
         if self.moe_dispatcher not in offered:
             raise ValueError(f"moe_dispatcher {self.moe_dispatcher!r}: the {self.stack} stack offers "
                              f"{', '.join(offered)}")
+        if self.moe_capacity_factor is not None and not stacks()[self.stack]["moe_token_dropping"]:
+            dropping = [name for name, stack in stacks().items() if stack["moe_token_dropping"]]
+            raise ValueError(f"moe_capacity_factor: the {self.stack} stack runs dropless MoE only; token dropping "
+                             f"runs on {', '.join(dropping)}")
         return self
 
     @property

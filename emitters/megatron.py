@@ -119,7 +119,8 @@ def model_arguments(job: Job) -> list[str]:
 
 def moe_arguments(job: Job) -> list[str]:
     """Experts, routing and the dense/MoE layer pattern; with expert parallelism the all-to-all dispatcher,
-    or the flex dispatcher on DeepEP (`Workload.moe_dispatcher`)."""
+    or the flex dispatcher on DeepEP (`Workload.moe_dispatcher`); the capacity factor and padding of token
+    dropping (`Workload.moe_capacity_factor`)."""
     m, p = job.model.moe, job.plan
     out = [f"--num-experts={m.num_experts}", f"--moe-router-topk={m.experts_per_token}",
            f"--moe-ffn-hidden-size={m.expert_ffn_hidden_size}", "--moe-grouped-gemm",
@@ -128,6 +129,11 @@ def moe_arguments(job: Job) -> list[str]:
         out += ["--moe-token-dispatcher-type=flex", "--moe-flex-dispatcher-backend=deepep"]
     else:
         out.append(f"--moe-token-dispatcher-type={'alltoall' if p.ep > 1 else 'allgather'}")
+    w = job.workload
+    if w.moe_capacity_factor is not None:  # token dropping (dropless without)
+        out.append(f"--moe-expert-capacity-factor={w.moe_capacity_factor:g}")
+        if w.moe_pad_to_capacity:
+            out.append("--moe-pad-expert-input-to-capacity")
     if m.num_shared_experts:
         out.append(f"--moe-shared-expert-intermediate-size={m.num_shared_experts * m.shared_expert_ffn_hidden_size}")
         if m.shared_expert_gate:

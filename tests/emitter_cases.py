@@ -57,6 +57,9 @@ def megatron_cases() -> dict[str, Solution]:
             EIGHT_B, 3, "megatron", {"pp": 3, "tp": 2, "sharding": "zero1"},
             {"precision": ["fp8"], "recompute": ["full"]}),
         "moe ep etp alltoall": _solve("mixtral-8x7b", 2, "megatron", {"ep": 4, "etp": 1}),
+        "moe token dropping padded to capacity": _solve("mixtral-8x7b", 2, "megatron", {"ep": 8, "etp": 1},
+                                                        workload=WORK.model_copy(update={"moe_capacity_factor": 1.25,
+                                                                                         "moe_pad_to_capacity": True})),
         "moe ep across nodes deepep": _solve("qwen3-30b-a3b", 2, "megatron", {"ep": 16, "etp": 1}, workload=deepep),
         "mla shared experts dense layers mtp": _solve(
             "deepseek-v3", 32, "megatron", {"tp": 2, "pp": 16, "ep": 8, "etp": 1, "vpp": 1, "cp": 1}, workload=mtp),

@@ -17,6 +17,7 @@ BASE_ARGS = {
     "sharding": MODEL + CLUSTER, "solve": MODEL + CLUSTER, "recommend": MODEL + CLUSTER, "pareto": MODEL + CLUSTER,
     "compare": MODEL + CLUSTER, "launch": MODEL + CLUSTER + ["--target", "torchrun"], "slurm": MODEL + CLUSTER,
     "place": MODEL + MODEL + ["--name", "a", "--name", "b"] + CLUSTER + ["--nodes", "2"],
+    "profile": ["--workload", "lora"] + MODEL + CLUSTER,
 }
 """The smallest valid call of each command that has numeric flags (a 1B model on one node keeps it fast)."""
 NUMERIC_FLAGS = {

@@ -536,6 +536,31 @@ def test_the_busiest_expert_rank_sets_the_pace_and_holds_the_most_activations():
         .step_time_s == estimate(qwen, h100(1), replicated, Workload(seq_len=4096, global_batch_size=64)).step_time_s
 
 
+def test_a_capacity_factor_caps_the_busiest_expert_rank_and_padding_fixes_it():
+    """Token dropping (``moe_capacity_factor`` C): the busiest rank computes at most C times its share, so
+    an imbalance of 2 under C = 1.25 costs what an imbalance of 1.25 does; padded to capacity every rank
+    computes C times its share even when routing is balanced; dropless (None) leaves the imbalance."""
+    qwen = load_model("qwen3-30b-a3b")
+    plan = Plan(dp=8, ep=8, sharding="zero1", recompute="none", ep_comm_overlap=False)
+
+    def at(**fields):
+        return estimate(qwen, h100(1), plan, Workload(seq_len=4096, global_batch_size=64, **fields))
+
+    capped = at(moe_imbalance=2.0, moe_capacity_factor=1.25)
+    assert capped.step_time_s == at(moe_imbalance=1.25).step_time_s
+    assert capped.memory.total == at(moe_imbalance=1.25).memory.total
+    assert at(moe_capacity_factor=1.25, moe_pad_to_capacity=True).step_time_s == at(moe_imbalance=1.25).step_time_s
+    assert at(moe_capacity_factor=1.25).step_time_s == at().step_time_s  # balanced: nothing to drop
+    assert at(moe_imbalance=2.0).step_time_s > capped.step_time_s
+    with pytest.raises(ValueError, match="give moe_capacity_factor too"):
+        Workload(seq_len=4096, global_batch_size=64, moe_pad_to_capacity=True)
+    with pytest.raises(ValueError, match="DeepEP"):
+        Workload(seq_len=4096, global_batch_size=64, moe_capacity_factor=1.0, moe_pad_to_capacity=True,
+                 moe_dispatcher="deepep")
+    with pytest.raises(ValueError, match="torchtitan stack runs dropless MoE only"):
+        Workload(seq_len=4096, global_batch_size=64, moe_capacity_factor=1.0, stack="torchtitan")
+
+
 def test_ulysses_context_parallelism_prices_its_all_to_alls_by_hand():
     """cp_comm a2a (DeepSpeed-Ulysses, Jacobs et al. 2023 §3.1): per layer and pass, each GPU sends 7/8 of its
     sequence chunk's Q, K, V and attention output to the other 7 ranks of an NVLink cp group of 8, unhidden:

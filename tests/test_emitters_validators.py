@@ -162,6 +162,9 @@ def test_megatron_validates_the_arguments(case):
     if m.moe is not None:
         assert (args.num_experts, args.expert_model_parallel_size, args.expert_tensor_parallel_size) == (
             m.moe.num_experts, p.ep, p.etp)
+        w = solution.workload
+        assert (args.moe_expert_capacity_factor, args.moe_pad_expert_input_to_capacity) == (
+            w.moe_capacity_factor, w.moe_pad_to_capacity)
         assert sum(1 for kind in args.moe_layer_freq if kind == 0) == len(m.moe.dense_layers) if isinstance(
             args.moe_layer_freq, list) else not m.moe.dense_layers
     if p.layers_per_stage is not None:

@@ -52,7 +52,8 @@ def instances(draw):
     peft = draw(st.sampled_from([None, Peft(rank=8), Peft(method="qlora", rank=4, target_modules=("q_proj", "v_proj"))]))
     workload = Workload(kind=kind, seq_len=draw(st.sampled_from([128, 512, 32768])),
                         global_batch_size=draw(st.sampled_from([1, 4, 8])), peft=peft if kind != "pretrain" else None,
-                        algorithm="dpo" if kind == "rlhf" else None)
+                        algorithm="dpo" if kind == "rlhf" else None,
+                        moe_capacity_factor=draw(st.sampled_from([None, 1.25])))
     objective = draw(st.sampled_from([["throughput"], ["memory_headroom"], ["simplicity", "throughput"],
                                       ["throughput", "simplicity"], ["cost"], {"throughput": 1.0, "memory_headroom": 0.5},
                                       {"simplicity": 1.0, "throughput": 2.0}]))

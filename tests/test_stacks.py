@@ -36,8 +36,9 @@ def test_the_stacks_file_covers_every_stack_architecture_and_overlap():
         assert set(stack["attention"]) == architectures, name
         assert set(stack["overlap"]) == {"tp", "dp", "cp", "ep"}, name
         assert stack["source"] and stack["attention_kernel"]
-        assert set(stack["mechanisms"]) == {"tp", "dp", "cp", "ep", "moe_dispatch"}, name
+        assert set(stack["mechanisms"]) == {"tp", "dp", "cp", "ep", "moe_dispatch", "moe_token_dropping"}, name
         assert "alltoall" in stack["moe_dispatchers"] and set(stack["moe_dispatchers"]) <= set(dispatchers), name
+        assert isinstance(stack["moe_token_dropping"], bool), name
     listed = CliRunner().invoke(plan_cli, ["presets", "--kind", "stacks"]).output
     assert all(name in listed for name in STACKS) and "FlashAttention-2 (SDPA)" in listed
 

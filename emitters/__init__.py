@@ -17,7 +17,7 @@ from typing import Any
 from parallelplan.common.lazy import lazy_exports
 from parallelplan.emitters.errors import EmitError
 
-_TARGETS = ("accelerate", "deepspeed", "megatron", "sglang", "slurm", "torchrun", "torchtitan", "vllm")
+_TARGETS = ("accelerate", "deepspeed", "megatron", "sglang", "slurm", "torchrun", "torchtitan", "trl", "vllm")
 """One module per target, `emitters.<target>` (loaded on first use: catching `EmitError` costs nothing)."""
 
 
@@ -60,14 +60,13 @@ def _check_cp_comm(plan, target: str) -> None:
 
 
 def _check_tuning(workload, target: str) -> None:
-    """No target writes adapters or a preference loss yet: a LoRA / QLoRA or DPO plan would launch as plain
-    fine-tuning, so it is refused by name (`plan solve` and `plan estimate` price it; TRL + peft and
-    torchtune emitters are to come)."""
+    """Adapters and a preference loss are written by the trl target only: elsewhere a LoRA / QLoRA or DPO
+    plan would launch as plain fine-tuning, so it is refused by name."""
     what = [f"peft {workload.peft.method!r}"] if workload.peft is not None else []
     what += [f"algorithm {workload.algorithm!r}"] if workload.algorithm is not None else []
-    if what:
-        raise EmitError(f"{target} files for {' and '.join(what)} would run plain fine-tuning: no launch target writes "
-                        "LoRA adapters or a DPO loss yet; use plan solve / plan estimate for the plan and its numbers")
+    if what and target != "trl":
+        raise EmitError(f"{target} files for {' and '.join(what)} would run plain fine-tuning: use --target trl "
+                        "(TRL's SFT and DPO scripts with peft)")
 
 
 __getattr__, __dir__ = lazy_exports(__name__, {"ReadConfig": "parallelplan.emitters.deepspeed",

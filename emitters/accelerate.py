@@ -102,14 +102,16 @@ def deepspeed_section(job: Job) -> dict:
                                  "offload_param_device": "none"}}
 
 
-def check(job: Job, kind: str) -> None:
+def check(job: Job, kind: str, *, script_checkpoints: bool = False) -> None:
+    """Refuse what ``kind`` cannot run; ``script_checkpoints``: the training script turns activation
+    checkpointing on itself (TRL's ``gradient_checkpointing``), whatever the plugin."""
     p = job.plan
     if not job.workload.training:
         raise unsupported(NAME, "an inference plan", "use the vllm or sglang target")
     if p.recompute not in ("none", "full") or (p.recompute_layers is not None and kind != "MEGATRON_LM"):
         raise unsupported(NAME, f"recompute {p.recompute}" + (f" of {p.recompute_layers} layers" if p.recompute_layers else ""),
                           AGAIN + " (none or full)")
-    if p.recompute == "full" and kind in ("DEEPSPEED", "MULTI_GPU"):
+    if p.recompute == "full" and kind in ("DEEPSPEED", "MULTI_GPU") and not script_checkpoints:
         raise unsupported(NAME, f"activation checkpointing in its {kind} config (the model code turns it on)",
                           AGAIN + " with --fix recompute=none, or use the deepspeed target")
     if p.offload == "params" and kind != "FSDP" or p.offload == "optimizer" and kind == "MULTI_GPU":
@@ -118,10 +120,10 @@ def check(job: Job, kind: str) -> None:
         raise unsupported(NAME, f"fp8 with its {kind} plugin", "solve with --fix precision=bf16")
 
 
-def config(job: Job) -> dict:
-    """The ``accelerate_config.yaml`` contents."""
+def config(job: Job, *, script_checkpoints: bool = False) -> dict:
+    """The ``accelerate_config.yaml`` contents (``script_checkpoints``: see `check`)."""
     kind = plugin(job)
-    check(job, kind)
+    check(job, kind, script_checkpoints=script_checkpoints)
     out = {"compute_environment": "LOCAL_MACHINE", "distributed_type": kind,
            "mixed_precision": MIXED_PRECISION[job.plan.precision], "num_machines": job.nodes,
            "num_processes": job.cluster.total_gpus, "machine_rank": 0, "main_process_port": job.master_port,

@@ -10,7 +10,7 @@ import re
 import shlex
 from functools import cache
 
-from parallelplan.constraints import Workload
+from parallelplan.constraints import Peft, Workload
 from parallelplan.emitters import constraints
 from parallelplan.hardware import load_cluster
 from parallelplan.models import load_model
@@ -99,6 +99,23 @@ def accelerate_cases() -> dict[str, Solution]:
         "deepspeed zero1 offload": _solve(EIGHT_B, 2, "accelerate", {"sharding": "zero1", "tp": 1, "pp": 1},
                                           {"offload": ["optimizer"]}),
         "ddp": _solve("llama-3.2-1b", 1, "accelerate", {"sharding": "none", "tp": 1, "pp": 1, "recompute": "none"}),
+    }
+
+
+LORA = Workload(kind="finetune", seq_len=4096, global_batch_size=64, peft=Peft())
+QLORA = Workload(kind="finetune", seq_len=4096, global_batch_size=64,
+                 peft=Peft(method="qlora", rank=64, alpha=16, target_modules=("q_proj", "v_proj"), dropout=0.05))
+DPO = Workload(kind="rlhf", algorithm="dpo", seq_len=2048, global_batch_size=32, peft=Peft())
+
+
+@cache
+def trl_cases() -> dict[str, Solution]:
+    return {
+        "sft lora deepspeed zero1": _solve(EIGHT_B, 1, "trl", {"sharding": "zero1"}, workload=LORA),
+        "sft qlora fsdp2 two nodes": _solve(EIGHT_B, 2, "trl", {"sharding": "fsdp"}, workload=QLORA),
+        "dpo lora ddp checkpointing": _solve(EIGHT_B, 1, "trl", {"sharding": "none", "recompute": "full"}, workload=DPO),
+        "sft full fsdp2 zero2": _solve("llama-3.2-1b", 1, "trl", {"sharding": "zero2"},
+                                       workload=Workload(kind="finetune", seq_len=2048, global_batch_size=64)),
     }
 
 

@@ -41,7 +41,7 @@ def _flags(script: str, program: str) -> list[str]:
 
 
 def test_targets_are_listed():
-    assert list_targets() == ["accelerate", "deepspeed", "megatron", "sglang", "slurm", "torchrun", "torchtitan", "vllm"]
+    assert list_targets() == ["accelerate", "deepspeed", "megatron", "sglang", "slurm", "torchrun", "torchtitan", "trl", "vllm"]
 
 
 @pytest.mark.parametrize("case", list(deepspeed_cases()))
@@ -275,3 +275,31 @@ def test_a_target_whose_stack_has_no_ulysses_refuses_it():
     with pytest.raises(EmitError, match=r"torchtitan cannot express context parallelism by a2a \(cp_comm\); solve with --fix cp_comm=p2p"):
         emit(ulysses, "torchtitan")
     assert "--cp-comm-type=a2a" in emit(megatron_cases()["ulysses cp"], "megatron")["launch.sh"]
+
+
+def test_trl_writes_the_adapters_and_refuses_what_its_scripts_do_not_run():
+    from parallelplan.constraints import Peft, Workload
+    from parallelplan.emitters import EmitError
+    from parallelplan.hardware import load_cluster
+    from parallelplan.models import load_model
+    from parallelplan.solver import solve
+
+    model, node = load_model("llama-3.1-8b"), load_cluster("dgx-h100", nodes=1)
+    qlora = Workload(kind="finetune", seq_len=4096, global_batch_size=64, peft=Peft(method="qlora"))
+    found = solve(model, node, qlora, fixed={"sharding": "fsdp", **constraints("trl")["fixed"]})
+    files = emit(found, "trl")
+    assert {"trl_config.yaml", "accelerate_config.yaml", "launch.sh"} == set(files)
+    text = files["trl_config.yaml"]
+    for line in ("use_peft: true", "load_in_4bit: true", "use_bnb_nested_quant: true", "bnb_4bit_quant_storage: bfloat16",
+                 "lora_target_modules: \"all-linear\"", "max_length: 4096"):
+        assert line in text, line
+    assert "trl.scripts.sft" in files["launch.sh"] and "distributed_type: FSDP" in files["accelerate_config.yaml"]
+    pretrain = solve(model, node, Workload(seq_len=4096, global_batch_size=64), fixed=constraints("trl")["fixed"])
+    with pytest.raises(EmitError, match="TRL cannot express pretrain"):
+        emit(pretrain, "trl")
+    wide = solve(model, node, qlora.model_copy(update={"peft": Peft()}), fixed={"tp": 2})
+    with pytest.raises(EmitError, match="tp 2"):
+        emit(wide, "trl")
+    odd = solve(model, node, qlora.model_copy(update={"peft": Peft(alpha=12.5)}), fixed=constraints("trl")["fixed"])
+    with pytest.raises(EmitError, match="lora_alpha 12.5"):
+        emit(odd, "trl")

@@ -31,12 +31,13 @@ from tests.emitter_cases import (
     megatron_cases,
     serving_cases,
     torchtitan_cases,
+    trl_cases,
 )
 from tests.validators.shims import deepspeed_config, load_megatron, stub_triton
 
 pytestmark = pytest.mark.validators
 ENV = {"MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500", "HOSTFILE": "/tmp/hostfile", "JOB_ID": "42",
-       "SLURM_JOB_ID": "42", "HERE": "/run/plan", "NODE_RANK": "1", "MODEL": "org/model"}
+       "SLURM_JOB_ID": "42", "HERE": "/run/plan", "NODE_RANK": "1", "MODEL": "org/model", "DATASET": "org/data"}
 
 
 def _argv(script: str, program: str) -> list[str]:
@@ -97,6 +98,7 @@ def _all_scripts():
     out = [(t, s) for t in ("torchrun", "slurm") for s in launcher_cases().values()]
     out += [("deepspeed", s) for s in deepspeed_cases().values()] + [("megatron", s) for s in megatron_cases().values()]
     out += [("torchtitan", s) for s in torchtitan_cases().values()] + [("accelerate", s) for s in accelerate_cases().values()]
+    out += [("trl", s) for s in trl_cases().values()]
     return out + [(t, s) for t in ("vllm", "sglang") for s in serving_cases(t).values()]
 
 
@@ -261,7 +263,7 @@ def test_torchtitan_validator_catches_a_wrong_world_size(tmp_path):
 
 # --- Accelerate: ClusterConfig, the launch checks, the plugins built from the launch environment ---------------
 
-def _accelerate(solution, tmp_path):
+def _accelerate(solution, tmp_path, target="accelerate"):
     pytest.importorskip("accelerate")
     if solution.plan.precision == "fp8":
         pytest.importorskip("torchao")  # accelerate's fp8 (AO backend) checks it is importable
@@ -270,7 +272,7 @@ def _accelerate(solution, tmp_path):
     from accelerate.utils import DeepSpeedPlugin, FullyShardedDataParallelPlugin, MegatronLMPlugin
     from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
 
-    files = emit(solution, "accelerate")
+    files = emit(solution, target)
     path = tmp_path / "accelerate_config.yaml"
     path.write_text(files["accelerate_config.yaml"])
     config = ClusterConfig.from_yaml_file(str(path))  # unknown top-level keys raise
@@ -334,6 +336,49 @@ def test_accelerate_cases_use_every_plugin():
 
     assert {plugin(Job.from_solution(s)) for s in accelerate_cases().values()} == {
         "MEGATRON_LM", "FSDP", "DEEPSPEED", "MULTI_GPU"}
+
+
+# --- TRL: its SFT and DPO scripts' own parsers, peft's and bitsandbytes' configs from them, accelerate's loader ----
+
+@pytest.mark.parametrize("case", list(trl_cases()))
+def test_trl_parses_its_config_and_builds_the_adapters(case, tmp_path, monkeypatch):
+    """TRL's own parser reads the config (unknown keys raise) and its helpers build peft's LoraConfig and
+    bitsandbytes' config from it. TrainingArguments refuses bf16 where no GPU supports it: the check is
+    about this CPU-only machine, not the file, so it is told a bf16 GPU is present."""
+    pytest.importorskip("trl")
+    monkeypatch.setattr("transformers.training_args.is_torch_bf16_gpu_available", lambda: True)
+    import importlib
+
+    from trl import get_peft_config, get_quantization_config
+
+    solution = trl_cases()[case]
+    p, w = solution.plan, solution.workload
+    files = emit(solution, "trl")
+    (tmp_path / "trl_config.yaml").write_text(files["trl_config.yaml"])
+    words = [word.replace("/run/plan", str(tmp_path)) for word in _argv(files["launch.sh"], "launch")]
+    module = words[words.index("-m") + 1]
+    assert module == ("trl.scripts.dpo" if w.algorithm == "dpo" else "trl.scripts.sft")
+    parser = importlib.import_module(module).make_parser()
+    _, training, model_args, _ = parser.parse_args_and_config(args=words[words.index("-m") + 2:])  # unknown keys raise
+    assert (training.per_device_train_batch_size, training.gradient_accumulation_steps) == (
+        p.micro_batch_size, w.global_batch_size // (p.micro_batch_size * p.dp))
+    assert training.max_length == w.seq_len and training.gradient_checkpointing == (p.recompute == "full")
+    assert training.bf16 == (p.precision == "bf16") and training.optim.value in ("adamw_torch", "adamw_bnb_8bit")
+    peft = get_peft_config(model_args)
+    if w.peft is None:
+        assert peft is None
+    else:
+        targets = set(w.peft.target_modules)
+        assert (peft.r, peft.lora_alpha, peft.lora_dropout) == (w.peft.rank, w.peft.alpha, w.peft.dropout)
+        assert (peft.target_modules == "all-linear") if targets == {"all-linear"} else set(peft.target_modules) == targets
+        quantization = get_quantization_config(model_args)
+        if w.peft.method == "qlora":
+            assert quantization.load_in_4bit and quantization.bnb_4bit_quant_type == "nf4"
+            assert quantization.bnb_4bit_use_double_quant
+        else:
+            assert quantization is None
+    config, args, _, _ = _accelerate(solution, tmp_path, "trl")
+    assert args.num_processes == solution.cluster.total_gpus
 
 
 # --- vLLM and SGLang: their own server-argument parsers ----------------------------------------------------------

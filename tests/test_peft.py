@@ -240,5 +240,5 @@ def test_launch_targets_refuse_peft_plans_by_name():
 
     found = solve(load_model("llama-3.1-8b"), CLUSTER,
                   Workload(kind="finetune", seq_len=4096, global_batch_size=64, peft=Peft()))
-    with pytest.raises(EmitError, match="no launch target writes LoRA adapters or a DPO loss yet"):
+    with pytest.raises(EmitError, match="use --target trl"):
         emit(found, "torchrun")

@@ -146,11 +146,16 @@ def yaml_text(data: dict, indent: str = "") -> str:
     return "\n".join(lines)
 
 
-def launcher_words(job: Job) -> list[str]:
+def accelerate_words(job: Job) -> list[str]:
+    """``accelerate launch`` with the config beside the script, up to what it launches."""
     words = ["accelerate", "launch", "--config_file=$HERE/accelerate_config.yaml"]
     if job.nodes > 1:
         words += ["--machine_rank=$NODE_RANK", "--main_process_ip=$MASTER_ADDR"]
-    return words + script_words(job, SCRIPT)
+    return words
+
+
+def launcher_words(job: Job) -> list[str]:
+    return accelerate_words(job) + script_words(job, SCRIPT)
 
 
 def emit(job: Job) -> dict[str, str]:

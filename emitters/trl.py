@@ -17,8 +17,8 @@ needs to shard them.
 
 from __future__ import annotations
 
+from parallelplan.emitters.accelerate import accelerate_words, yaml_text
 from parallelplan.emitters.accelerate import config as accelerate_config
-from parallelplan.emitters.accelerate import yaml_text
 from parallelplan.emitters.environment import HERE, command, nccl_environment, script
 from parallelplan.emitters.job import Job, unsupported
 from parallelplan.emitters.serving import model_lines
@@ -78,10 +78,7 @@ def trl_config(job: Job) -> dict:
 def emit(job: Job) -> dict[str, str]:
     data = trl_config(job)
     plugin = accelerate_config(job, script_checkpoints=True)
-    words = ["accelerate", "launch", "--config_file=$HERE/accelerate_config.yaml"]
-    if job.nodes > 1:
-        words += ["--machine_rank=$NODE_RANK", "--main_process_ip=$MASTER_ADDR"]
-    words += ["-m", f"trl.scripts.{script_name(job)}", "--config", "$HERE/trl_config.yaml",
+    words = accelerate_words(job) + ["-m", f"trl.scripts.{script_name(job)}", "--config", "$HERE/trl_config.yaml",
               "--model_name_or_path", "$MODEL", "--dataset_name", "$DATASET"]
     kind = "a preference dataset (prompt, chosen, rejected)" if script_name(job) == "dpo" else "a dataset"
     body = [HERE, *model_lines(job), f'DATASET="${{DATASET:?set DATASET to {kind} on the Hugging Face Hub}}"',

@@ -6,9 +6,11 @@ price), so for each priced preset and node count (powers of two up to ``max_node
 optimum (`candidates.best_feasible_step`, the branch and bound `solve` uses) prices the run, kept when it
 meets the throughput the deadline needs (tokens / deadline); the answer is the cheapest of those, solved
 again in full (`solve`) for its plan and explanation. Presets are tried in order of a lower bound on
-their cost — every token's training FLOPs at the GPU's dense peak (100% MFU), paid at its price — and a
-preset whose bound is not below the best cost found is not searched: no plan on it can be cheaper; nor
-is a node count whose GPUs could not reach the throughput even at their peak. Prices are the median on-demand offer of ``hardware/data/prices.json`` (the table holds no
+their cost — every token's matrix multiplications (`matmul_flops_per_token`) at the fastest rate the cost
+model runs any GEMM on that GPU (its bf16 dense peak × its GEMM efficiency, `Efficiency.gemm_fraction`:
+the default search trains in bf16), paid at its price — and a preset whose bound is not below the best
+cost found is not searched: no plan on it can be cheaper; nor is a node count whose GPUs could not reach
+the throughput even at that rate. Prices are the median on-demand offer of ``hardware/data/prices.json`` (the table holds no
 reserved or spot prices), or the user's ``prices`` by preset.
 """
 
@@ -20,7 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from parallelplan.constraints import Workload
+from parallelplan.constraints import Efficiency, Workload
 from parallelplan.hardware import HardwareError, checked_price, default_price, list_clusters, load_cluster
 from parallelplan.models import ModelSpec
 from parallelplan.solver.candidates import best_feasible_step
@@ -43,7 +45,7 @@ class ClusterOption(BaseModel):
     gpu: str
     usd_per_gpu_hour: float
     lower_bound_usd: float
-    """The run's cost at 100% MFU on this GPU at this price: no plan here costs less."""
+    """The run's matrix multiplications at this GPU's fastest GEMM rate, at this price: no plan here costs less."""
     nodes: int | None = None
     total_usd: float | None = None
     hours: float | None = None
@@ -61,6 +63,25 @@ class Cheapest(BaseModel):
     deadline_hours: float
     best: ClusterOption
     options: list[ClusterOption]
+
+
+def matmul_flops_per_token(model: ModelSpec, workload: Workload) -> float:
+    """Matrix-multiplication FLOPs per trained token that every plan of the cost model executes at least
+    (`models.flops` conventions, the attention core left out): training's forward, input and weight
+    gradients (3 passes); under PEFT its exact count less three times the attention core
+    (`peft.training_flops_per_token`); DPO adds the reference's forward; a capacity factor below 1 leaves
+    that share of the routed experts' work."""
+    from parallelplan.constraints.peft import training_flops_per_token
+
+    counted = model.flops(workload.seq_len)
+    capacity = workload.moe_capacity_factor
+    dropped = (1 - capacity) * counted.routed_experts if capacity is not None and capacity < 1 else 0.0
+    forward = counted.forward_per_token - counted.attention_scores - dropped
+    if workload.peft is not None:  # routed experts are frozen: forward and input gradients
+        matmul = training_flops_per_token(model, workload.seq_len, workload.peft) - 3 * counted.attention_scores - 2 * dropped
+    else:
+        matmul = 3 * forward
+    return matmul + (forward if workload.algorithm == "dpo" else 0.0)
 
 
 def _node_counts(max_nodes: int) -> list[int]:
@@ -85,16 +106,20 @@ def cheapest(model: ModelSpec, workload: Workload, *, tokens: float, deadline_ho
         raise SolverInputError(f"prices name {', '.join(unknown)}, which are not among the clusters searched: "
                                f"{', '.join(names)}")
     rate = tokens / (deadline_hours * 3600.0)
-    flops = model.flops_per_token(workload.seq_len) * tokens
+    flops = matmul_flops_per_token(model, workload)
+    efficiency = cost_model.get("efficiency") or Efficiency.default()
     candidates: list[ClusterOption] = []
+    fastest: dict[str, float] = {}  # FLOP/s of the fastest GEMM per GPU of each preset
     for name in names:
         cluster = load_cluster(name)
         try:
             price = checked_price(prices[name], SolverInputError) if prices and name in prices else default_price(cluster.gpu)
         except HardwareError:
             continue  # no price on record: it cannot be ranked by cost
-        bound = flops / cluster.gpu.mfu_peak_flops / 3600.0 * price
-        candidates.append(ClusterOption(cluster=name, gpu=cluster.gpu.name, usd_per_gpu_hour=price, lower_bound_usd=bound))
+        gpu = cluster.gpu
+        fastest[name] = gpu.peak_flops["bf16"] * efficiency.gemm_fraction(gpu.architecture, "bf16")
+        bound = flops * tokens / fastest[name] / 3600.0 * price
+        candidates.append(ClusterOption(cluster=name, gpu=gpu.name, usd_per_gpu_hour=price, lower_bound_usd=bound))
     if not candidates:
         raise SolverInputError(f"none of the clusters {', '.join(names)} has a price: give prices by cluster")
 
@@ -103,15 +128,16 @@ def cheapest(model: ModelSpec, workload: Workload, *, tokens: float, deadline_ho
     for option in sorted(candidates, key=lambda o: (o.lower_bound_usd, o.cluster)):
         if best is not None and option.lower_bound_usd >= best[0]:
             outcomes[option.cluster] = option.model_copy(update={
-                "reason": f"not searched: even at 100% MFU it costs ${option.lower_bound_usd:,.0f}, above ${best[0]:,.0f}"})
+                "reason": f"not searched: even with every GEMM at its fastest it costs ${option.lower_bound_usd:,.0f}, "
+                          f"above ${best[0]:,.0f}"})
             continue
         node = load_cluster(option.cluster)
         tokens_per_step = workload.global_batch_size * workload.sequences_per_example * workload.seq_len
         own: tuple[float, float, int] | None = None  # (total USD, hours, nodes)
         for nodes in _node_counts(max_nodes):
             gpus = nodes * node.node.gpus_per_node
-            if gpus * node.gpu.mfu_peak_flops < rate * model.flops_per_token(workload.seq_len):
-                continue  # too few GPUs even at their peak
+            if gpus * fastest[option.cluster] < rate * flops:
+                continue  # too few GPUs even with every GEMM at its fastest
             cluster = load_cluster(option.cluster, nodes=nodes)
             step = best_feasible_step(SearchSpace(model, cluster, workload), **cost_model)
             if step is None or tokens_per_step / step < rate:

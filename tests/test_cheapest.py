@@ -41,12 +41,23 @@ def test_cheapest_equals_the_cost_optimum_of_every_preset():
     assert tokens / speed / 3600 == pytest.approx(found.best.hours, rel=1e-6)
 
 
-def test_lower_bound_is_the_tokens_at_full_mfu_at_the_price():
+def test_lower_bound_is_the_matmuls_at_the_fastest_gemm_rate_and_holds():
+    """The bound: 3 passes of the forward matmuls at the bf16 peak × GEMM efficiency; every option costs at
+    least its bound, for full training and for LoRA (whose frozen backward runs about 2 passes)."""
+    from parallelplan.constraints import Efficiency, Peft
+    from parallelplan.solver.cheapest import matmul_flops_per_token
+
     found = cheapest(MODEL, WORK, tokens=1e9, deadline_hours=24, clusters=["dgx-h100"], max_nodes=1)
     gpu = load_cluster("dgx-h100").gpu
-    expected = MODEL.flops_per_token(2048) * 1e9 / gpu.mfu_peak_flops / 3600 * default_price(gpu)
+    counted = MODEL.flops(2048)
+    rate = gpu.peak_flops["bf16"] * Efficiency.default().gemm_fraction(gpu.architecture, "bf16")
+    expected = 3 * (counted.forward_per_token - counted.attention_scores) * 1e9 / rate / 3600 * default_price(gpu)
     assert found.best.lower_bound_usd == pytest.approx(expected)
     assert found.best.total_usd > found.best.lower_bound_usd
+    lora = Workload(kind="finetune", seq_len=2048, global_batch_size=256, peft=Peft())
+    assert matmul_flops_per_token(MODEL, lora) < matmul_flops_per_token(MODEL, WORK.model_copy(update={"kind": "finetune"}))
+    tuned = cheapest(MODEL, lora, tokens=1e9, deadline_hours=24, clusters=PRESETS, max_nodes=2)
+    assert all(o.total_usd >= o.lower_bound_usd for o in tuned.options if o.total_usd is not None)
 
 
 def test_a_deadline_no_cluster_meets_is_infeasible_and_says_the_rate():

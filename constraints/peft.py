@@ -62,6 +62,7 @@ class Adapters:
 
     rank: int
     attention: tuple[tuple[int, int, str], ...]
+    attention_names: tuple[str, ...]  # the adapted attention linears' names, in the same order
     mlp: tuple[str, ...]  # adapted MLP linears (of the dense MLP and of the shared experts)
     quantized: bool
     dropout: float
@@ -105,8 +106,9 @@ def adapters(f: ModelFacts, peft: Peft) -> Adapters:
     if missing:
         raise PeftTargetError(f"peft.target_modules: {', '.join(missing)} not in this model; it has all-linear, "
                               + ", ".join(names))
-    attention = tuple(mm for name, mm in zip(attention_names(f), f.attention_matmuls, strict=True) if name in wanted)
-    return Adapters(rank=peft.rank, attention=attention, mlp=tuple(n for n in MLP_TARGETS if n in wanted),
+    pairs = [(name, mm) for name, mm in zip(attention_names(f), f.attention_matmuls, strict=True) if name in wanted]
+    return Adapters(rank=peft.rank, attention=tuple(mm for _, mm in pairs), attention_names=tuple(n for n, _ in pairs),
+                    mlp=tuple(n for n in MLP_TARGETS if n in wanted),
                     quantized=peft.method == "qlora", dropout=peft.dropout)
 
 
@@ -283,11 +285,12 @@ def activation_delta(f: ModelFacts, a: Adapters, p: PlanArrays, routed_share: np
 
     h = f.hidden
     freed = norm_freed(f, b, fused) / sp_div
-    hidden_fed = tuple(mm for mm in a.attention if mm[0] == h and mm[2] != "row")
+    fed_by_hidden = lambda mm: mm[0] == h and mm[2] != "row"  # noqa: E731 - reads the layer's (normed) input
+    hidden_fed = tuple(mm for mm in a.attention if fed_by_hidden(mm))
     attention = -freed + kept(hidden_fed, h / sp_div)
     attention = attention - np.where(fused, 0.0, b * f.qk_norm_width) / tp
     for mm in a.attention:
-        if mm in hidden_fed:
+        if fed_by_hidden(mm):
             continue
         # the input (attention output, MLA latents) is kept by its producer; an adapter adds a copy or only r
         width = split_widths(mm, tp)[0]
@@ -330,15 +333,14 @@ def training_flops_per_token(spec, seq_len: int, peft: Peft, *, causal: bool = F
     adapter_forward = (spec.num_dense_layers * per_layer(a.dense_layer(f))
                        + spec.num_moe_layers * per_layer(a.moe_layer(f)))
     fed = tuple(mm for mm in f.attention_matmuls if mm[0] == f.hidden and mm[2] != "row")
-    fed_adapted = tuple(mm for mm in a.attention if mm in fed)
+    fed_adapted = tuple(mm for mm in a.attention if mm[0] == f.hidden and mm[2] != "row")
     layer0_frozen = flops(fed)
     layer0_a = float(sum(2 * a.rank * k for k, _, _ in fed_adapted))
     # layer 0's attention core: the gradients of un-adapted Q, K or V (no gradient flows into them) are
     # not computed; each is one forward-equivalent of Q·Kᵀ (dQ, dK) or P·V (dV), dP as long as Q or K needs one
     layer0_core = 0.0
     if not f.latent_width:
-        names = dict(zip(("q_proj", "k_proj", "v_proj"), f.attention_matmuls[:3], strict=False))
-        grad = {name: mm in a.attention for name, mm in names.items()}
+        grad = {name: name in a.attention_names for name in ("q_proj", "k_proj", "v_proj")}
         per_layer = base.attention_scores / spec.num_layers
         qk, pv = per_layer * f.q_width / (f.q_width + f.out_width), per_layer * f.out_width / (f.q_width + f.out_width)
         layer0_core = (qk * (not grad["q_proj"]) + qk * (not grad["k_proj"]) + pv * (not grad["v_proj"])

@@ -244,7 +244,7 @@ def composed_cases() -> list[dict]:
     times, split = _timed(lambda: solve_pools(model, pooled, batch, layouts=("data_parallel",)))
     tables = [{b: None if v is None else round(v * 1e9) for b, v in share.table.items()} for share in split.shares]
     started = time.perf_counter()
-    syncs = {k: sync_time_ns(model, pooled, k) for k in range(len(pooled.pools) + 1)}
+    syncs = {k: sync_time_ns(model, pooled, k, batch) for k in range(len(pooled.pools) + 1)}
     same = pools_brute_force(tables, syncs, 256) == tuple(share.sequences for share in split.shares)
     out.append(_composed_row("llama-3.1-8b across 2 H100 + 2 A100 nodes (pools), 256 sequences, batch split",
                              " / ".join(f"{share.pool} {share.sequences} seq" for share in split.shares), split.step_time_s,

@@ -351,6 +351,19 @@ def training_flops_per_token(spec, seq_len: int, peft: Peft, *, causal: bool = F
     return forward + backward
 
 
+def trained_parameters(spec, peft: Peft | None) -> float:
+    """The parameters that train, over the whole model: every one without PEFT, else the adapters'."""
+    if peft is None:
+        return float(spec.total_params)
+    from parallelplan.constraints.structure import model_facts
+
+    f = model_facts(spec)
+    a = adapters(f, peft)
+    one = np.ones(1)
+    return float(spec.num_dense_layers * adapter_params(a, a.dense_layer(f), one)[0]
+                 + spec.num_moe_layers * adapter_params(a, a.moe_layer(f), one)[0])
+
+
 def state_recipe(spec, plan, peft: Peft) -> StateRecipe:
     """What a PEFT plan keeps per parameter of the model, before sharding, in words: the frozen base's
     weights (NF4 for QLoRA's decoder linears) and the adapters' weights, gradients and optimizer states
@@ -360,10 +373,10 @@ def state_recipe(spec, plan, peft: Peft) -> StateRecipe:
     f = model_facts(spec)
     a = adapters(f, peft)
     p = PlanArrays.from_plans([plan])
+    trained = trained_parameters(spec, peft)
     one = np.ones(1)
-    count = lambda dense, moe: float(spec.num_dense_layers * dense + spec.num_moe_layers * moe)  # noqa: E731
-    trained = count(adapter_params(a, a.dense_layer(f), one)[0], adapter_params(a, a.moe_layer(f), one)[0])
-    quantized = count(*(q[0] for q in quantized_layer_params(f, one))) if a.quantized else 0.0
+    quantized = float(spec.num_dense_layers * quantized_layer_params(f, one)[0][0]
+                      + spec.num_moe_layers * quantized_layer_params(f, one)[1][0]) if a.quantized else 0.0
     base = float(base_weight_bytes(p)[0])
     per = adapter_bytes_per_param(p, f.adafactor_state_ratio)
     adapter = float(per.resident_weights[0] + per.grads[0] + per.master[0] + per.optimizer[0])

@@ -271,7 +271,8 @@ def link_latency(pooled: PooledCluster, efficiency: Efficiency | None) -> float:
 def _link_time(model: ModelSpec, pooled: PooledCluster, workload: Workload, plans: PlanArrays,
                efficiency: Efficiency | None) -> np.ndarray:
     """One send of every replica's micro-batch activations over the link between the pools (module docstring)."""
-    sent = plans.dp * plans.micro_batch_size * workload.seq_len * model.hidden_size * activation_bytes(plans)
+    sequences = plans.dp * plans.micro_batch_size * workload.sequences_per_example
+    sent = sequences * workload.seq_len * model.hidden_size * activation_bytes(plans)
     return sent / pooled.link.bandwidth + link_latency(pooled, efficiency)
 
 
@@ -371,7 +372,8 @@ def _describe(model: ModelSpec, pooled: PooledCluster, workload: Workload, order
                         sharding=shared.sharding, recompute=shared.recompute, precision=shared.precision,
                         step_time_s=step, pipeline_s=pipeline, once_s=once,
                         link_s=float(_link_time(model, pooled, workload, front.plans.take(np.array([f_row])), efficiency)[0]),
-                        tokens_per_s=workload.global_batch_size * workload.seq_len / step, plans_priced=priced)
+                        tokens_per_s=workload.global_batch_size * workload.sequences_per_example * workload.seq_len / step,
+                        plans_priced=priced)
 
 
 def brute_force(model: ModelSpec, pooled: PooledCluster, workload: Workload, *, fixed: dict | None = None,
@@ -413,7 +415,8 @@ def brute_force(model: ModelSpec, pooled: PooledCluster, workload: Workload, *, 
                 for choice in front_rows.keys() & back_rows.keys():
                     i, j = front_rows[choice], back_rows[choice]
                     mbs = int(plans.micro_batch_size[i])
-                    link = dp * mbs * workload.seq_len * model.hidden_size * float(activation_bytes(plans)[i]) / pooled.link.bandwidth + alpha
+                    sent = dp * mbs * workload.sequences_per_example * workload.seq_len * model.hidden_size
+                    link = sent * float(activation_bytes(plans)[i]) / pooled.link.bandwidth + alpha
                     ranks = [(front, i, s) for s in range(pp_a)] + [(back, j, s) for s in range(pp_a, pp_a + pp_b)]
                     if not (front.supported[i] and back.supported[j]
                             and all(c.memory.total[r, s] <= c.usable_memory for c, r, s in ranks)):

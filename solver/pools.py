@@ -29,6 +29,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from parallelplan.constraints import Efficiency, RuntimeAllowance, Workload
+from parallelplan.constraints.peft import trained_parameters
 from parallelplan.hardware import PooledCluster
 from parallelplan.models import ModelSpec
 from parallelplan.solver.candidates import best_feasible_step
@@ -95,12 +96,15 @@ def batch_shares(batch: int, steps: int = SHARE_STEPS) -> list[int]:
     return [unit * i for i in range(divisor + 1)]
 
 
-def sync_time_ns(model: ModelSpec, pooled: PooledCluster, used: int, efficiency: Efficiency | None = None) -> int:
-    """The cross-pool gradient all-reduce of ``used`` pools, in nanoseconds (module docstring)."""
+def sync_time_ns(model: ModelSpec, pooled: PooledCluster, used: int, workload: Workload,
+                 efficiency: Efficiency | None = None) -> int:
+    """The cross-pool gradient all-reduce of ``used`` pools, in nanoseconds (module docstring): of the
+    parameters that train (`peft.trained_parameters`: a PEFT run's adapters only)."""
     if used < 2:
         return 0
     alpha = link_latency(pooled, efficiency)
-    return nanoseconds(2 * (used - 1) / used * model.total_params * GRADIENT_BYTES / pooled.link.bandwidth
+    trained = trained_parameters(model, workload.peft)
+    return nanoseconds(2 * (used - 1) / used * trained * GRADIENT_BYTES / pooled.link.bandwidth
                        + 2 * (used - 1) * alpha)
 
 
@@ -180,7 +184,7 @@ def solve_pools(model: ModelSpec, pooled: PooledCluster, workload: Workload, *, 
     if "data_parallel" in layouts:
         tables = [share_table(model, pooled, workload, i, shares, fixed=fixed, ranges=ranges, efficiency=efficiency,
                               runtime=runtime) for i in range(len(pooled.pools))]
-        sync = {k: sync_time_ns(model, pooled, k, efficiency) for k in range(0, len(pooled.pools) + 1)}
+        sync = {k: sync_time_ns(model, pooled, k, workload, efficiency) for k in range(0, len(pooled.pools) + 1)}
         split = choose(tables, sync, batch, time_limit_s=time_limit_s)
     piped = (best_pool_pipeline(model, pooled, workload, fixed=fixed, ranges=ranges, efficiency=efficiency,
                                 runtime=runtime) if "pipeline" in layouts else None)
@@ -254,5 +258,5 @@ def _split(model: ModelSpec, pooled: PooledCluster, workload: Workload, split: t
     if alternatives["pipeline"] is not None:
         lines.append(f"A pipeline across the pools instead: {alternatives['pipeline']:.3f} s.")
     return PooledSolution(cluster=pooled, workload=workload, layout="data_parallel", shares=tuple(out), pipeline=None,
-                          step_time_s=step, sync_s=sync_s, tokens_per_s=batch * workload.seq_len / step, optimal=proved,
+                          step_time_s=step, sync_s=sync_s, tokens_per_s=batch * workload.sequences_per_example * workload.seq_len / step, optimal=proved,
                           alternatives=alternatives, solve_time_s=time.perf_counter() - started, explanation=tuple(lines))

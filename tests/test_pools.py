@@ -70,7 +70,7 @@ def test_two_real_pools_follow_the_formula():
              for p, s in zip(pooled.pools, found.shares, strict=True)]
     assert found.step_time_s == pytest.approx(max(a.estimate.step_time_s for a in alone) + sync, rel=1e-9)
     tables = [{k: None if v is None else round(v * 1e9) for k, v in s.table.items()} for s in found.shares]
-    syncs = {k: sync_time_ns(model, pooled, k) for k in range(3)}
+    syncs = {k: sync_time_ns(model, pooled, k, work) for k in range(3)}
     assert brute_force(tables, syncs, 256) == (h100.sequences, a100.sequences)
 
 
@@ -117,3 +117,22 @@ def test_plan_solve_splits_over_pools_and_other_commands_refuse_them(tmp_path):
     assert too_big.exit_code == 1 and "no split of 256 sequences" in too_big.output
     with pytest.raises(Infeasible, match="h100: none; a100: none"):
         solve_pools(load_model("llama-3.1-405b"), load_cluster(POOLS), Workload(seq_len=4096, global_batch_size=256))
+
+
+def test_pools_reduce_only_what_trains():
+    """Under LoRA the pools all-reduce the adapters' fp32 gradients, not the frozen base's: the same ring
+    formula over `peft.trained_parameters`; DPO's throughput counts both sequences of each example."""
+    from parallelplan.constraints import Peft
+    from parallelplan.constraints.peft import trained_parameters
+
+    pooled = load_cluster(POOLS)
+    model = load_model("llama-3.1-8b")
+    lora = Workload(kind="finetune", seq_len=4096, global_batch_size=256, peft=Peft())
+    adapters = trained_parameters(model, lora.peft)
+    assert adapters == pytest.approx(41_943_040)  # peft's count for r=16 on every linear of Llama-3.1-8B
+    alpha = Efficiency.default().latency_s["inter_node"]
+    assert sync_time_ns(model, pooled, 2, lora) == round((adapters * 4 / 100e9 + 2 * alpha) * 1e9)
+    assert sync_time_ns(model, pooled, 2, lora) < sync_time_ns(model, pooled, 2, lora.model_copy(update={"peft": None})) / 100
+    dpo = Workload(kind="rlhf", algorithm="dpo", seq_len=2048, global_batch_size=64, peft=Peft())
+    found = solve_pools(model, pooled, dpo, layouts=("data_parallel",))
+    assert found.tokens_per_s == pytest.approx(64 * 2 * 2048 / found.step_time_s)

@@ -51,8 +51,9 @@ PLAN_OPTIONS = [
     click.option("--pp", type=click.IntRange(min=1), help="Pipeline-parallel degree."),
     click.option("--dp", type=click.IntRange(min=1), help="Data-parallel degree [default: GPUs / (tp·pp·cp)]."),
     click.option("--cp", type=click.IntRange(min=1), help="Context-parallel degree."),
-    click.option("--cp-comm", type=click.Choice(["p2p", "a2a"]),
-                 help="Context-parallel exchange: p2p ring attention, a2a Ulysses all-to-alls [default: p2p]."),
+    click.option("--cp-comm", type=click.Choice(["p2p", "a2a", "a2a+p2p"]),
+                 help="Context-parallel exchange: p2p ring attention, a2a Ulysses all-to-alls, a2a+p2p USP (Ulysses "
+                      "inside the node, the ring across) [default: p2p]."),
     click.option("--ep", type=click.IntRange(min=1), help="Expert-parallel degree (inside dp·cp·tp)."),
     click.option("--etp", type=click.IntRange(min=1), help="Expert tensor-parallel degree [default: tp]."),
     click.option("--vpp", type=click.IntRange(min=1), help="Virtual pipeline stages per rank (interleaved schedule)."),
@@ -202,8 +203,10 @@ def parse_stages(text: str) -> tuple[int, ...]:
 def describe_plan(plan: Plan, model: ModelSpec) -> str:
     """The plan's every choice in words; the expert degrees only for a MoE ``model`` (a dense model has no
     experts to place: its ep and etp change nothing, and a wrong ep is reported as a broken rule)."""
+    from parallelplan.solver.explain import CP_COMM_WORDS
+
     parts = [f"tp {plan.tp} · pp {plan.pp} · dp {plan.dp} · cp {plan.cp}"
-             + (f" ({'Ulysses a2a' if plan.cp_comm == 'a2a' else 'ring p2p'})" if plan.cp > 1 else "")]
+             + (f" ({CP_COMM_WORDS[plan.cp_comm]})" if plan.cp > 1 else "")]
     if model.is_moe:
         parts.append(f"ep {plan.ep} (etp {plan.etp})")
     if plan.vpp > 1:

@@ -36,6 +36,12 @@ def ring_bytes(nbytes: np.ndarray, size: np.ndarray) -> np.ndarray:
     return (size_f - 1) / size_f * nbytes
 
 
+def fast_domain(cluster: ClusterSpec) -> int:
+    """GPUs that share the fast interconnect (NVLink / the node's PCIe): the NVLink domain, at least a node,
+    at most the cluster."""
+    return min(max(cluster.nvlink_domain_gpus, cluster.node.gpus_per_node), cluster.total_gpus)
+
+
 @dataclass(frozen=True)
 class Fabric:
     domain: int
@@ -46,7 +52,7 @@ class Fabric:
 
     @classmethod
     def of(cls, cluster: ClusterSpec, eff: Efficiency) -> Fabric:
-        domain = min(max(cluster.nvlink_domain_gpus, cluster.node.gpus_per_node), cluster.total_gpus)
+        domain = fast_domain(cluster)
         inter = cluster.node.nic_bandwidth_per_gpu * eff.network_bus["inter_node"]
         return cls(
             domain=domain,

@@ -27,7 +27,8 @@ Both are the cost model's inputs; the solver re-exports them. Conventions:
   is ring attention (each rank keeps its 1/cp of the sequence and passes K and V around the ring, Liu et
   al. 2023); ``a2a`` is DeepSpeed-Ulysses (Jacobs et al. 2023): all-to-alls turn the sequence split into
   a head split before attention and back after, so each rank attends over the whole sequence with
-  1/cp of the heads.
+  1/cp of the heads; ``a2a+p2p`` is USP, Ulysses inside groups of u ranks and a ring across them
+  (`constraints.usp`).
 - ``persistent_grads``: gradient buffers live across steps (DDP, FSDP, Megatron, DeepSpeed). A plain
   single-process loop with ``zero_grad(set_to_none=True)`` frees them each step (False).
 """
@@ -53,7 +54,7 @@ OFFLOADS = ("none", "optimizer", "params")
 SCHEDULES = ("1f1b", "interleaved", "zero_bubble")
 KERNELS = ("fused", "unfused")
 ATTENTION_KERNELS = ("flash", "eager")
-CP_COMMS = ("p2p", "a2a")
+CP_COMMS = ("p2p", "a2a", "a2a+p2p")
 WORKLOAD_KINDS = ("pretrain", "finetune", "inference", "rlhf")
 RL_ALGORITHMS = ("dpo",)
 """Preference / RL algorithms priced as one workload (`Workload.algorithm`)."""
@@ -78,7 +79,7 @@ class Plan(_Frozen):
     pp: Degree = 1
     dp: Degree = 1
     cp: Degree = 1
-    cp_comm: Literal["p2p", "a2a"] = "p2p"
+    cp_comm: Literal["p2p", "a2a", "a2a+p2p"] = "p2p"
     ep: Degree = 1
     etp: Degree | None = None
     vpp: Degree = 1

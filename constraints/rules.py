@@ -10,10 +10,13 @@ interleaved schedule. Vocabularies are not checked: frameworks pad them to a mul
 
 from __future__ import annotations
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from parallelplan.constraints.collectives import fast_domain
 from parallelplan.constraints.efficiency import stacks
 from parallelplan.constraints.plan import Plan, Workload
+from parallelplan.constraints.usp import ulysses_degree
 from parallelplan.hardware import ClusterSpec
 from parallelplan.models import ModelSpec
 
@@ -100,7 +103,7 @@ def structural_violations(model: ModelSpec, cluster: ClusterSpec, plan: Plan, wo
              "Megatron-Core MoE with tp > 1 requires sequence parallelism", "set sequence_parallel")
     else:
         rule("ep_without_experts", plan.ep == 1, f"ep = {plan.ep} but {model.name} has no experts", "set ep 1")
-    if plan.cp > 1 and plan.cp_comm == "p2p":
+    if plan.cp > 1 and plan.cp_comm != "a2a":  # ring attention, alone or across USP's Ulysses groups
         rule("sequence_by_2cp", workload.seq_len % (2 * plan.cp) == 0,
              f"seq_len {workload.seq_len} is not a multiple of 2·cp = {2 * plan.cp} (load-balanced causal context parallelism)",
              f"use cp with 2·cp dividing {workload.seq_len}")
@@ -115,6 +118,14 @@ def structural_violations(model: ModelSpec, cluster: ClusterSpec, plan: Plan, wo
                  f"{count} {what} do not split over tp·cp = {plan.tp * plan.cp} (cp_comm a2a gives each CP rank "
                  "1/cp of each TP rank's heads; Transformer Engine requires it)",
                  f"use cp_comm p2p, or tp·cp dividing {count}")
+    if plan.cp > 1 and plan.cp_comm == "a2a+p2p":
+        kv = model.num_attention_heads if model.mla is not None else model.num_kv_heads
+        domain = fast_domain(cluster)
+        u = int(ulysses_degree(model.num_attention_heads, kv, np.array([plan.tp]), np.array([plan.cp]), domain)[0])
+        rule("usp_split", u >= 2,
+             f"cp_comm a2a+p2p needs a Ulysses group of u ranks, 1 < u < cp = {plan.cp} dividing it, with tp·u within the "
+             f"{domain}-GPU fast domain and dividing the {model.num_attention_heads} attention and {kv} KV heads; none does",
+             "use cp_comm p2p or a2a, or another cp")
     if plan.cp > 1:
         offered = stacks()[workload.stack]["cp_comms"]
         rule("cp_comm_offered_by_stack", plan.cp_comm in offered,
@@ -143,7 +154,7 @@ def structural_violations(model: ModelSpec, cluster: ClusterSpec, plan: Plan, wo
              f"recompute_layers {plan.recompute_layers} exceeds the {per_rank} layers of a pipeline (virtual) stage",
              f"use recompute_layers ≤ {per_rank}, or leave it unset to recompute every layer")
     # the fast domain: the NVLink domain, or the node's GPUs where they share no NVLink (PCIe servers)
-    domain = min(max(cluster.nvlink_domain_gpus, cluster.node.gpus_per_node), cluster.total_gpus)
+    domain = fast_domain(cluster)
     # CP may span domains: its ring passes K/V once per step, hidden behind attention, and is priced over
     # the network when it crosses it (ring attention across nodes is how 128K-token runs are laid out:
     # Llama 3, Dubey et al. 2024, §3.3.2); TP's per-layer collectives are not hidden that way.

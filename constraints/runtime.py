@@ -23,6 +23,7 @@ from importlib import resources
 import numpy as np
 
 from parallelplan.constraints.arrays import PlanArrays
+from parallelplan.constraints.collectives import fast_domain
 from parallelplan.hardware import ClusterSpec
 from parallelplan.hardware.units import parse_bytes, parse_rate
 
@@ -65,7 +66,7 @@ class RuntimeAllowance:
         """NCCL buffer bytes on one GPU, (n,): ring peers at full channels, all-to-all peers at the
         channels the EP group's span allows (see the module docstring)."""
         rings = (p.tp > 1).astype(int) + (p.cp > 1) + (p.dp * p.cp > 1) + (p.pp > 1)
-        domain = min(max(cluster.nvlink_domain_gpus, cluster.node.gpus_per_node), cluster.total_gpus)
+        domain = fast_domain(cluster)
         a2a_channels = np.where(p.ep * p.etp > domain, self.net_channels_per_peer(cluster), self.nccl_channels)
         a2a = np.where(p.ep > 1, (p.ep - 1) * a2a_channels, 0)
         return (rings * self.nccl_channels + a2a) * self.nccl_bytes_per_peer_channel

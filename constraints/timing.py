@@ -73,6 +73,7 @@ from parallelplan.constraints.plan import RECOMPUTE_MODULES, Workload
 from parallelplan.constraints.stages import StageLayout, StageParams
 from parallelplan.constraints.states import BytesPerParam, ShardDivisors, expert_data_parallel, gathers_weights
 from parallelplan.constraints.structure import ModelFacts
+from parallelplan.constraints.usp import ulysses_degree
 from parallelplan.hardware import ClusterSpec
 
 STATE_PASSES = 2
@@ -237,18 +238,25 @@ def class_times(
         asynchronous = np.where(sequence_parallel, 2 * rs + 2 * np.maximum(2 * rs - column, 0.0), np.maximum(4 * rs - column, 0.0))
         tp_exposed = tp_exposed + np.where(overlap_tp, np.maximum(6 * rs - hide["tp"] * 2 * gemm_fwd, 0.0), asynchronous)
 
-    # context parallelism: ring exchange of K and V, hidden behind attention (p2p), or Ulysses' all-to-alls
-    # of Q, K, V and the attention output, exposed (a2a; backward the same of their gradients)
+    # context parallelism: Ulysses' all-to-alls of Q, K, V and the attention output inside groups of u ranks,
+    # exposed, then the ring exchange of K and V across the cp/u groups, hidden behind attention — u = 1
+    # for p2p (ring attention), cp for a2a (Ulysses), `usp.ulysses_degree` for a2a+p2p (USP)
+    comm = p.cp_comm
+    usp = comm == code("cp_comm", "a2a+p2p")
+    u = np.where(comm == code("cp_comm", "a2a"), cp, 1)
+    if usp.any():
+        kv_heads = f.heads if f.latent_width else f.kv_heads
+        u = np.where(usp, ulysses_degree(f.heads, kv_heads, tp, cp, fabric.domain), u)
+    u = np.maximum(u, 1)
+    r = cp // u
     kv_bytes = tokens * (f.k_width + f.v_width) * b / tp
-    ring = col((cp - 1) * fabric.ring_step(kv_bytes, cp, tp)) * layers
-    ring_exposed = (1 + full) * np.maximum(ring - hide["cp"] * attention_fwd, 0.0)
+    ring = col((r - 1) * fabric.ring_step(kv_bytes, r, tp * u)) * layers
     qkvo_bytes = tokens * (2 * f.q_width + f.k_width + f.v_width) * b / tp
-    ulysses = col(fabric.all_to_all(qkvo_bytes, cp, tp)) * layers
-    ulysses_exposed = (1 + full) * ulysses
+    ulysses = col(fabric.all_to_all(qkvo_bytes, u, tp)) * layers
+    cp_forward = ulysses + np.maximum(ring - hide["cp"] * attention_fwd, 0.0)
+    cp_exposed = (1 + full) * cp_forward
     if training:
-        ring_exposed = ring_exposed + np.maximum(2 * ring - hide["cp"] * attention_bwd, 0.0)
-        ulysses_exposed = ulysses_exposed + ulysses
-    cp_exposed = np.where(col(p.cp_comm == code("cp_comm", "a2a")) > 0, ulysses_exposed, ring_exposed)
+        cp_exposed = cp_exposed + ulysses + np.maximum(2 * ring - hide["cp"] * attention_bwd, 0.0)
 
     # expert parallelism: dispatch and combine all-to-alls per MoE layer and pass
     token_bytes = tokens * f.hidden * b / tp
@@ -310,8 +318,7 @@ def class_times(
     if w.algorithm == "dpo":  # the frozen reference's forward scores both sequences first (constraints.dpo)
         compute = compute + forward
         tp_exposed = tp_exposed + tp_forward
-        cp_exposed = cp_exposed + np.where(col(p.cp_comm == code("cp_comm", "a2a")) > 0, ulysses,
-                                           np.maximum(ring - hide["cp"] * attention_fwd, 0.0))
+        cp_exposed = cp_exposed + cp_forward
         ep_comm = ep_comm + np.maximum(a2a - hide["ep"] * cover, 0.0)
         pp_comm = pp_comm + np.where(col(p.pp) > 1, np.where(layout.last & ~wraps, 0.0, boundary), 0.0)
         dp_per_microbatch = dp_per_microbatch + _hidden(fetch_forward, forward, hide["dp"], col(p.param_gather_overlap) > 0)

@@ -8,6 +8,9 @@ from collections.abc import Callable
 from parallelplan.constraints import Estimate, Plan
 
 GIB = 2**30
+CP_COMM_WORDS = {"p2p": "ring p2p", "a2a": "Ulysses a2a", "a2a+p2p": "USP: Ulysses + ring"}
+"""`Plan.cp_comm` in words (ring attention is the default, named only where every choice is listed)."""
+
 TERMS = (("compute", "compute"), ("tp_comm", "tensor-parallel communication"), ("cp_comm", "context-parallel exchange"),
          ("ep_comm", "expert all-to-all"), ("dp_comm", "data-parallel communication"), ("pp_comm", "pipeline sends"),
          ("bubble", "pipeline bubble"), ("optimizer", "optimizer update"))
@@ -17,7 +20,7 @@ def describe(plan: Plan) -> str:
     """A plan in a few words: its degrees and the choices that differ from the defaults."""
     parts = [f"tp {plan.tp} · pp {plan.pp} · dp {plan.dp}"]
     if plan.cp > 1:
-        parts.append(f"cp {plan.cp}" + (" (Ulysses a2a)" if plan.cp_comm == "a2a" else ""))
+        parts.append(f"cp {plan.cp}" + ("" if plan.cp_comm == "p2p" else f" ({CP_COMM_WORDS[plan.cp_comm]})"))
     if plan.ep > 1:
         parts.append(f"ep {plan.ep}")
     if plan.ep > 1 and plan.etp != plan.tp:

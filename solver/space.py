@@ -9,8 +9,8 @@ domain by the listed values, or by the values within ``(low, high)`` for integer
 - ``cp``: powers of two with ``seq_len`` divisible by 2·cp into chunks of at least one attention tile
   (`ATTENTION_TILE_TOKENS`), across domains too (its ring is priced over the network when it crosses one);
 - ``cp_comm`` (cp > 1): p2p (ring attention), and from `LONG_CONTEXT_TOKENS` on also a2a (Ulysses, with
-  tp·cp dividing the attention and KV heads), as far as the workload's stack offers them (``stacks.json``
-  ``cp_comms``);
+  tp·cp dividing the attention and KV heads) and a2a+p2p (USP, where a Ulysses group fits,
+  `constraints.usp`), as far as the workload's stack offers them (``stacks.json`` ``cp_comms``);
 - ``pp``: 1 … layers; ``dp`` = GPUs / (tp·pp·cp), whole;
 - ``ep``: divisors of the experts with ep·etp dividing dp·cp·tp; ``etp``: 1 or tp (MoE models only);
 - ``vpp`` (interleaved schedule): 2 … 8 with every virtual stage holding the same number of layers and the
@@ -49,8 +49,10 @@ from pydantic import TypeAdapter, ValidationError
 
 from parallelplan.constraints.arrays import ALL_LAYERS, PlanArrays, code, module_mask
 from parallelplan.constraints.check import selective_ladder
+from parallelplan.constraints.collectives import fast_domain
 from parallelplan.constraints.efficiency import stacks
 from parallelplan.constraints.plan import RECOMPUTE_MODULES, RECOMPUTES, Plan, Workload
+from parallelplan.constraints.usp import ulysses_degree
 from parallelplan.hardware import ClusterSpec
 from parallelplan.models import ModelSpec
 from parallelplan.solver.errors import SolverInputError
@@ -125,8 +127,7 @@ class SearchSpace:
 
     @property
     def fast_domain(self) -> int:
-        c = self.cluster
-        return min(max(c.nvlink_domain_gpus, c.node.gpus_per_node), c.total_gpus)
+        return fast_domain(self.cluster)
 
     def domain(self, name: str, default: Sequence[Any]) -> list[Any]:
         """The values of ``name``: the pin, else the range (a list, or (low, high) for integers), else
@@ -317,10 +318,10 @@ cp > 1 structure (DeepSeek-V3 on 2,048 H100 at 4K tokens: 0.8 → 1.4 s); ``rang
 
 def cp_comm_domain(space: SearchSpace) -> list[str]:
     """The cp_comm values searched (module docstring): the pin or range, else p2p and, for sequences of
-    at least `LONG_CONTEXT_TOKENS`, a2a — as far as the stack offers them; p2p always stands for "no
-    context parallelism" too (the cp = 1 plans)."""
+    at least `LONG_CONTEXT_TOKENS`, a2a and a2a+p2p (USP) — as far as the stack offers them; p2p always
+    stands for "no context parallelism" too (the cp = 1 plans)."""
     offered = stacks()[space.workload.stack]["cp_comms"]
-    default = ("p2p", "a2a") if space.workload.seq_len >= LONG_CONTEXT_TOKENS else ("p2p",)
+    default = ("p2p", "a2a", "a2a+p2p") if space.workload.seq_len >= LONG_CONTEXT_TOKENS else ("p2p",)
     return [c for c in space.domain("cp_comm", default) if c in offered or c == "p2p"]
 
 
@@ -473,6 +474,10 @@ def _valid(space: SearchSpace, c: dict[str, np.ndarray]) -> np.ndarray:
     ok &= ~a2a | ((c["cp"] > 1) & (w.seq_len % c["cp"] == 0) & (m.num_attention_heads % (c["tp"] * c["cp"]) == 0)
                   & (kv_heads % (c["tp"] * c["cp"]) == 0))
     ok &= a2a | (c["cp"] == 1) | (w.seq_len % (2 * c["cp"]) == 0)
+    usp = c["cp_comm"] == code("cp_comm", "a2a+p2p")  # rules.usp_split
+    if usp.any():
+        kv = m.num_attention_heads if m.mla is not None else m.num_kv_heads
+        ok &= ~usp | (ulysses_degree(m.num_attention_heads, kv, c["tp"], c["cp"], space.fast_domain) >= 2)
     offered = [code("cp_comm", x) for x in stacks()[w.stack]["cp_comms"]]
     ok &= (c["cp"] == 1) | np.isin(c["cp_comm"], offered)
     if w.peft is not None and w.peft.method == "qlora":  # rules.qlora_computes_in_16_or_32_bits

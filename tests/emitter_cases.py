@@ -53,6 +53,7 @@ def megatron_cases() -> dict[str, Solution]:
         "cp zero1 full recompute": _solve(EIGHT_B, 2, "megatron", {"cp": 2, "sharding": "zero1", "recompute": "full",
                                                                      "cp_comm": "p2p"}, workload=long),
         "ulysses cp": _solve(EIGHT_B, 2, "megatron", {"cp": 4, "cp_comm": "a2a"}, workload=long),
+        "usp cp across nodes": _solve(EIGHT_B, 4, "megatron", {"cp": 16, "tp": 1, "cp_comm": "a2a+p2p"}, workload=long),
         "fp8 block recompute uneven stages": _solve(
             EIGHT_B, 3, "megatron", {"pp": 3, "tp": 2, "sharding": "zero1"},
             {"precision": ["fp8"], "recompute": ["full"]}),

@@ -561,6 +561,25 @@ def test_a_capacity_factor_caps_the_busiest_expert_rank_and_padding_fixes_it():
         Workload(seq_len=4096, global_batch_size=64, moe_capacity_factor=1.0, stack="torchtitan")
 
 
+def test_usp_is_ulysses_inside_the_node_and_a_ring_across_nodes():
+    """cp_comm a2a+p2p (USP) on 4 nodes with cp 16, tp 1: Ulysses over the 8 GPUs of a node (the largest
+    u < cp inside the NVLink domain dividing the 32 heads and 8 KV heads), a ring across the 2 groups. Its
+    exchange is Ulysses' all-to-alls over 8 plus one ring step (not 15) of K and V over the network; memory
+    is ring attention's (the same activations, split by heads within a group)."""
+    from parallelplan.constraints.collectives import fast_domain
+    from parallelplan.constraints.usp import ulysses_degree
+
+    model, cluster = load_model("llama-3.1-8b"), load_cluster("dgx-h100", nodes=4)
+    work = Workload(seq_len=131072, global_batch_size=2)
+    assert int(ulysses_degree(32, 8, np.array([1]), np.array([16]), fast_domain(cluster))[0]) == 8
+    assert int(ulysses_degree(32, 8, np.array([2]), np.array([16]), fast_domain(cluster))[0]) == 4
+    base = dict(cp=16, dp=2, sharding="zero1", recompute="full")
+    ring, ulysses_only, usp = (estimate(model, cluster, Plan(**base, cp_comm=c), work) for c in ("p2p", "a2a", "a2a+p2p"))
+    assert usp.memory.total == ring.memory.total
+    assert ring.time.cp_comm != usp.time.cp_comm != ulysses_only.time.cp_comm
+    assert usp.step_time_s < ulysses_only.step_time_s  # 8-way all-to-alls over NVLink beat 16-way across nodes
+
+
 def test_ulysses_context_parallelism_prices_its_all_to_alls_by_hand():
     """cp_comm a2a (DeepSpeed-Ulysses, Jacobs et al. 2023 §3.1): per layer and pass, each GPU sends 7/8 of its
     sequence chunk's Q, K, V and attention output to the other 7 ranks of an NVLink cp group of 8, unhidden:

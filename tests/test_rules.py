@@ -50,6 +50,7 @@ CASES = [
      ["4098", "cp = 4", "Ulysses"]),
     ("a2a_heads_by_tp_cp", LLAMA_8B, Plan(tp=2, dp=1, cp=8, cp_comm="a2a", sequence_parallel=True), WORK, DGX,
      ["8 KV heads", "tp·cp = 16"]),
+    ("usp_split", LLAMA_8B, Plan(dp=8, cp=2, cp_comm="a2a+p2p"), WORK, DGX, ["a2a+p2p", "cp = 2"]),
     ("cp_comm_offered_by_stack", LLAMA_8B, Plan(dp=8, cp=2, cp_comm="a2a"),
      WORK.model_copy(update={"stack": "torchtitan"}), DGX, ["torchtitan", "by a2a"]),
     ("qlora_computes_in_16_or_32_bits", LLAMA_8B, Plan(dp=16, precision="fp8"),

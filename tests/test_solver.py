@@ -59,7 +59,7 @@ def instances(draw):
                                       {"simplicity": 1.0, "throughput": 2.0}]))
     tolerance = draw(st.sampled_from([0.0, 0.05])) if isinstance(objective, list) and len(objective) > 1 else 0.0
     fixed = draw(st.sampled_from([{}, {}, {"tp": 2}, {"pp": 2}, {"recompute": "full"}, {"sharding": "zero1"},
-                                  {"cp_comm": "a2a"}]))
+                                  {"cp_comm": "a2a"}, {"cp_comm": "a2a+p2p"}]))
     return load_model(spec), cluster, workload, objective, tolerance, fixed
 
 

@@ -270,7 +270,6 @@ def layer_times(f: ModelFacts, gpu: GPUSpec, eff: Efficiency, p: PlanArrays, w: 
     # PEFT: frozen GEMMs compute input gradients only; the adapters (and QLoRA's dequantisation) add work
     # to every pass (constraints.peft)
     gemm_backward = 2.0 if w.peft is None else 1.0
-    dense_adapter = moe_adapter = np.zeros(len(p))
     if w.peft is not None:
         dense_adapter, moe_adapter = adapter_times(f, gpu, eff, p, w, roof, tokens)
         dense_elementwise = dense_elementwise + dense_adapter

@@ -374,9 +374,8 @@ def state_recipe(spec, plan, peft: Peft) -> StateRecipe:
     a = adapters(f, peft)
     p = PlanArrays.from_plans([plan])
     trained = trained_parameters(spec, peft)
-    one = np.ones(1)
-    quantized = float(spec.num_dense_layers * quantized_layer_params(f, one)[0][0]
-                      + spec.num_moe_layers * quantized_layer_params(f, one)[1][0]) if a.quantized else 0.0
+    dense_q, moe_q = quantized_layer_params(f, np.ones(1))
+    quantized = float(spec.num_dense_layers * dense_q[0] + spec.num_moe_layers * moe_q[0]) if a.quantized else 0.0
     base = float(base_weight_bytes(p)[0])
     per = adapter_bytes_per_param(p, f.adafactor_state_ratio)
     adapter = float(per.resident_weights[0] + per.grads[0] + per.master[0] + per.optimizer[0])

@@ -10,13 +10,12 @@ interleaved schedule. Vocabularies are not checked: frameworks pad them to a mul
 
 from __future__ import annotations
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from parallelplan.constraints.collectives import fast_domain
 from parallelplan.constraints.efficiency import stacks
 from parallelplan.constraints.plan import Plan, Workload
-from parallelplan.constraints.usp import ulysses_degree
+from parallelplan.constraints.usp import plan_ulysses_degree
 from parallelplan.hardware import ClusterSpec
 from parallelplan.models import ModelSpec
 
@@ -120,11 +119,10 @@ def structural_violations(model: ModelSpec, cluster: ClusterSpec, plan: Plan, wo
                  f"use cp_comm p2p, or tp·cp dividing {count}")
     if plan.cp > 1 and plan.cp_comm == "a2a+p2p":
         kv = model.num_attention_heads if model.mla is not None else model.num_kv_heads
-        domain = fast_domain(cluster)
-        u = int(ulysses_degree(model.num_attention_heads, kv, np.array([plan.tp]), np.array([plan.cp]), domain)[0])
-        rule("usp_split", u >= 2,
+        rule("usp_split", plan_ulysses_degree(model, plan, cluster) >= 2,
              f"cp_comm a2a+p2p needs a Ulysses group of u ranks, 1 < u < cp = {plan.cp} dividing it, with tp·u within the "
-             f"{domain}-GPU fast domain and dividing the {model.num_attention_heads} attention and {kv} KV heads; none does",
+             f"{fast_domain(cluster)}-GPU fast domain and dividing the {model.num_attention_heads} attention and {kv} KV "
+             "heads; none does",
              "use cp_comm p2p or a2a, or another cp")
     if plan.cp > 1:
         offered = stacks()[workload.stack]["cp_comms"]

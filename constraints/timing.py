@@ -245,8 +245,7 @@ def class_times(
     usp = comm == code("cp_comm", "a2a+p2p")
     u = np.where(comm == code("cp_comm", "a2a"), cp, 1)
     if usp.any():
-        kv_heads = f.heads if f.latent_width else f.kv_heads
-        u = np.where(usp, ulysses_degree(f.heads, kv_heads, tp, cp, fabric.domain), u)
+        u = np.where(usp, ulysses_degree(f.heads, f.kv_heads, tp, cp, fabric.domain), u)
     u = np.maximum(u, 1)
     r = cp // u
     kv_bytes = tokens * (f.k_width + f.v_width) * b / tp
@@ -266,7 +265,8 @@ def class_times(
         dispatch = fabric.all_to_all(f.top_k * token_bytes if f.experts else np.zeros(len(p)), ep, etp)
     a2a = 2 * moe_l * col(dispatch * busiest_rank_load(p, w))  # the busiest rank receives the most
     cover = moe_l * np.where(col(p.ep_comm_overlap) > 0, col(times.moe_overlappable_forward), col(times.moe_shared_forward))
-    ep_comm = (1 + full + on["moe"]) * np.maximum(a2a - hide["ep"] * cover, 0.0)
+    ep_forward = np.maximum(a2a - hide["ep"] * cover, 0.0)
+    ep_comm = (1 + full + on["moe"]) * ep_forward
     if training:
         ep_comm = ep_comm + np.maximum(2 * a2a - hide["ep"] * 2 * cover, 0.0)
 
@@ -279,8 +279,9 @@ def class_times(
         send = fabric.send(hidden_bytes / sp_div, tp * cp * dp)
     boundary = col(send * p.vpp)
     wraps = col(p.vpp) > 1  # interleaved chunks continue from the last rank to the first
-    pp_comm = np.where(layout.last & ~wraps, 0.0, boundary) + np.where((layout.first & ~wraps) | (not training), 0.0, boundary)
-    pp_comm = np.where(col(p.pp) > 1, pp_comm, 0.0)
+    pipelined = col(p.pp) > 1
+    pp_forward = np.where(pipelined, np.where(layout.last & ~wraps, 0.0, boundary), 0.0)
+    pp_comm = pp_forward + np.where(pipelined & ~((layout.first & ~wraps) | (not training)), boundary, 0.0)
 
     # data parallelism per micro-batch: FSDP-style gathers and reductions, ZeRO-2's gradient reduce-scatter
     trained = (params.dense, params.expert) if peft is None else (peft.adapters, np.zeros_like(peft.adapters))
@@ -305,8 +306,8 @@ def class_times(
     fetch_backward = fetch_backward + np.where(zero2, reduce_scatter_dp, 0.0)
     if not training:
         fetch_backward = np.zeros_like(forward)
-    dp_per_microbatch = (_hidden(fetch_forward, forward, hide["dp"], col(p.param_gather_overlap) > 0)
-                         + _hidden(fetch_backward, backward, hide["dp"], col(p.grad_reduce_overlap) > 0))
+    gather_forward = _hidden(fetch_forward, forward, hide["dp"], col(p.param_gather_overlap) > 0)
+    dp_per_microbatch = gather_forward + _hidden(fetch_backward, backward, hide["dp"], col(p.grad_reduce_overlap) > 0)
     # the same collectives as bytes sent per GPU
     gather_bytes = ring_bytes(weights[0], shard[0][0]) + ring_bytes(weights[1], shard[1][0])
     replica_bytes = 2 * (ring_bytes(grads[0] / shard[0][0], replicas[0]) + ring_bytes(grads[1] / shard[1][0], replicas[1]))
@@ -319,9 +320,9 @@ def class_times(
         compute = compute + forward
         tp_exposed = tp_exposed + tp_forward
         cp_exposed = cp_exposed + cp_forward
-        ep_comm = ep_comm + np.maximum(a2a - hide["ep"] * cover, 0.0)
-        pp_comm = pp_comm + np.where(col(p.pp) > 1, np.where(layout.last & ~wraps, 0.0, boundary), 0.0)
-        dp_per_microbatch = dp_per_microbatch + _hidden(fetch_forward, forward, hide["dp"], col(p.param_gather_overlap) > 0)
+        ep_comm = ep_comm + ep_forward
+        pp_comm = pp_comm + pp_forward
+        dp_per_microbatch = dp_per_microbatch + gather_forward
     per_microbatch = compute + tp_exposed + cp_exposed + ep_comm + pp_comm + dp_per_microbatch
     per_microbatch = np.where(layout.valid, per_microbatch, -np.inf)
 

@@ -13,6 +13,18 @@ from __future__ import annotations
 
 import numpy as np
 
+from parallelplan.constraints.collectives import fast_domain
+from parallelplan.constraints.plan import Plan
+from parallelplan.constraints.structure import model_facts
+from parallelplan.hardware import ClusterSpec
+from parallelplan.models import ModelSpec
+
+
+def plan_ulysses_degree(model: ModelSpec, plan: Plan, cluster: ClusterSpec) -> int:
+    """`ulysses_degree` of one plan on ``cluster`` (0: none)."""
+    f = model_facts(model)
+    return int(ulysses_degree(f.heads, f.kv_heads, np.array([plan.tp]), np.array([plan.cp]), fast_domain(cluster))[0])
+
 
 def ulysses_degree(heads: int, kv_heads: int, tp: np.ndarray, cp: np.ndarray, domain: int) -> np.ndarray:
     """u per plan (module docstring), 0 where no u ≥ 2 qualifies; ``tp`` and ``cp`` are (n,) arrays."""

@@ -27,6 +27,7 @@ passed on to ``pretrain_gpt.py``; with none it trains on Megatron's mock data.
 
 from __future__ import annotations
 
+from parallelplan.constraints.usp import plan_ulysses_degree
 from parallelplan.emitters.environment import Variable, command, nccl_environment, script
 from parallelplan.emitters.job import Job, unsupported
 from parallelplan.emitters.torchrun import rendezvous_lines, torchrun_words
@@ -117,18 +118,6 @@ def model_arguments(job: Job) -> list[str]:
     return out
 
 
-def usp_degree(job: Job) -> int:
-    """The Ulysses group of a USP plan, as the cost model priced it (`constraints.usp.ulysses_degree`)."""
-    import numpy as np
-
-    from parallelplan.constraints.collectives import fast_domain
-    from parallelplan.constraints.usp import ulysses_degree
-
-    m, p = job.model, job.plan
-    kv = m.num_attention_heads if m.mla is not None else m.num_kv_heads
-    return int(ulysses_degree(m.num_attention_heads, kv, np.array([p.tp]), np.array([p.cp]), fast_domain(job.cluster))[0])
-
-
 def moe_arguments(job: Job) -> list[str]:
     """Experts, routing and the dense/MoE layer pattern; with expert parallelism the all-to-all dispatcher,
     or the flex dispatcher on DeepEP (`Workload.moe_dispatcher`); the capacity factor and padding of token
@@ -173,7 +162,7 @@ def parallel_arguments(job: Job) -> list[str]:
     if p.cp > 1 and p.cp_comm != "p2p":  # p2p (ring attention) is Megatron-Core's default
         out.append(f"--cp-comm-type={p.cp_comm}")
     if p.cp > 1 and p.cp_comm == "a2a+p2p":  # USP: the Ulysses group size first, then the ring's
-        u = usp_degree(job)
+        u = plan_ulysses_degree(job.model, p, job.cluster)
         out += ["--hierarchical-context-parallel-sizes", str(u), str(p.cp // u)]
     if job.model.moe is not None:
         out += [f"--expert-model-parallel-size={p.ep}", f"--expert-tensor-parallel-size={p.etp}"]

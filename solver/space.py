@@ -476,8 +476,7 @@ def _valid(space: SearchSpace, c: dict[str, np.ndarray]) -> np.ndarray:
     ok &= a2a | (c["cp"] == 1) | (w.seq_len % (2 * c["cp"]) == 0)
     usp = c["cp_comm"] == code("cp_comm", "a2a+p2p")  # rules.usp_split
     if usp.any():
-        kv = m.num_attention_heads if m.mla is not None else m.num_kv_heads
-        ok &= ~usp | (ulysses_degree(m.num_attention_heads, kv, c["tp"], c["cp"], space.fast_domain) >= 2)
+        ok &= ~usp | (ulysses_degree(m.num_attention_heads, kv_heads, c["tp"], c["cp"], space.fast_domain) >= 2)
     offered = [code("cp_comm", x) for x in stacks()[w.stack]["cp_comms"]]
     ok &= (c["cp"] == 1) | np.isin(c["cp_comm"], offered)
     if w.peft is not None and w.peft.method == "qlora":  # rules.qlora_computes_in_16_or_32_bits

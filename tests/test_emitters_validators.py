@@ -160,10 +160,9 @@ def test_megatron_validates_the_arguments(case):
     assert (args.virtual_pipeline_model_parallel_size or 1) == p.vpp and args.sequence_parallel == p.sequence_parallel
     assert args.cp_comm_type in (p.cp_comm, [p.cp_comm])  # Megatron keeps one value or one per layer
     if p.cp_comm == "a2a+p2p":
-        from parallelplan.emitters.job import Job
-        from parallelplan.emitters.megatron import usp_degree
+        from parallelplan.constraints.usp import plan_ulysses_degree
 
-        u = usp_degree(Job.from_solution(solution))
+        u = plan_ulysses_degree(m, p, solution.cluster)
         assert args.hierarchical_context_parallel_sizes == [u, p.cp // u] and 1 < u < p.cp
     assert args.micro_batch_size == p.micro_batch_size and args.global_batch_size == solution.workload.global_batch_size
     assert args.num_layers == m.num_layers and args.hidden_size == m.hidden_size

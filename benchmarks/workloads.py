@@ -1,6 +1,6 @@
 """Workloads beyond pre-training on realistic cases: each answers within its target (2 s, issue 17) and
 its plan equals the exhaustive oracle's where the space is small enough to enumerate. The cheapest-cluster
-search (`solver.cheapest`, the ``cost`` profile) is timed beside them, without a target: it solves every
+search (`solver.cheapest_cluster`, the ``cost`` profile) is timed beside them, without a target: it solves every
 priced preset at every node count its bound does not rule out.
 
 Run from the repository root:  python -m benchmarks.workloads
@@ -56,7 +56,7 @@ def time_cheapest(repeats: int = 3) -> tuple[float, str]:
 
     from parallelplan.constraints import Workload
     from parallelplan.models import load_model
-    from parallelplan.solver.cheapest import cheapest
+    from parallelplan.solver.cheapest_cluster import cheapest
 
     times, found = [], None
     for _ in range(repeats):

@@ -240,7 +240,7 @@ def time_table(est: Estimate) -> str:
     parts = [("compute (incl. recompute)", t.compute), ("TP comm (exposed)", t.tp_comm),
              ("CP comm (exposed)", t.cp_comm), ("expert all-to-all (exposed)", t.ep_comm),
              ("DP / FSDP comm (exposed)", t.dp_comm), ("pipeline sends", t.pp_comm),
-             ("pipeline bubble", t.bubble), ("optimizer update", t.optimizer)]
+             ("pipeline bubble", t.bubble), ("optimizer update", t.optimizer), ("decode (generation)", t.decode)]
     rows = [(name, f"{value:.3f}", f"{100 * value / step:.1f}%") for name, value in parts if value > 0]
     rows.append(("step", f"{step:.3f}", "100.0%"))
     rows.append(("step, 80% interval", step_range(est.step_time_interval_s), ""))

@@ -42,6 +42,10 @@ TUNING_OPTIONS = [
     click.option("--algorithm", type=click.Choice(["dpo"]), expose_value=False, callback=_remember_workload_option,
                  help="With --kind rlhf: DPO (a chosen and a rejected sequence per example, --global-batch counting "
                       "examples, beside a frozen reference model on the same GPUs)."),
+    click.option("--output-len", type=click.IntRange(min=0), default=0, show_default=True, expose_value=False,
+                 callback=_remember_workload_option,
+                 help="With --kind inference: tokens each sequence generates after its --seq-len prompt (the decode "
+                      "after the prefill; 0 prices the prefill alone)."),
     click.option("--peft", type=click.Choice(["none", "lora", "qlora"]), default="none", show_default=True,
                  expose_value=False, callback=_remember_workload_option,
                  help="Fine-tune adapters on a frozen base (needs --kind finetune): LoRA, or QLoRA (4-bit NF4 base)."),
@@ -55,7 +59,7 @@ TUNING_OPTIONS = [
     click.option("--lora-dropout", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.0, show_default=True,
                  expose_value=False, callback=_remember_workload_option, help="Dropout on the adapters' input."),
 ]
-"""MoE token dropping, preference tuning (`Workload.algorithm`) and parameter-efficient fine-tuning
+"""MoE token dropping, generation (`Workload.output_len`), preference tuning (`Workload.algorithm`) and parameter-efficient fine-tuning
 (`constraints.Peft`). They reach `build_workload` through the click context (not as parameters of each
 command): every command with `WORKLOAD_OPTIONS` takes them."""
 
@@ -249,6 +253,8 @@ def build_workload(**fields: Any) -> Workload:
         fields["algorithm"] = given["algorithm"]
     if given and given.get("moe_capacity_factor") is not None:
         fields.setdefault("moe_capacity_factor", given["moe_capacity_factor"])
+    if given and given.get("output_len"):
+        fields.setdefault("output_len", given["output_len"])
     if given and given.get("moe_pad_to_capacity"):
         fields.setdefault("moe_pad_to_capacity", True)
     if given and given.get("peft", "none") != "none" and "peft" not in fields:

@@ -43,7 +43,7 @@ def profile(list_only: bool, name: str | None, model_ref: str | None, cluster_re
     """
     from parallelplan.models import load_model
     from parallelplan.solver import Infeasible, SolverInputError
-    from parallelplan.solver.cheapest import MAX_NODES as CHEAPEST_MAX_NODES
+    from parallelplan.solver.cheapest_cluster import MAX_NODES as CHEAPEST_MAX_NODES
     from parallelplan.solver.profiles import list_profiles, load_profile
     from parallelplan.solver.profiles import profile as solve_profile
 

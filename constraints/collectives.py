@@ -75,6 +75,20 @@ class Fabric:
         inter = (n2 - 1) / n2 * (nbytes / n1) / self.inter_bw + (n2 - 1) * self.inter_alpha
         return np.where(size > 1, intra + inter, 0.0)
 
+    def latency_bound_all_reduce(self, nbytes: np.ndarray, size: np.ndarray, stride: np.ndarray) -> np.ndarray:
+        """All-reduce of a small message as inference engines run it inside the fast domain: one kernel
+        that reads every peer's buffer over NVLink (one-shot: (n−1)·bytes per GPU) or reduce-scatters and
+        all-gathers in place (two-shot: 2·(n−1)/n·bytes), whichever is faster, each after a barrier
+        (vLLM's custom all-reduce, ``csrc/custom_all_reduce.cuh`` cross_device_reduce_1stage / 2stage;
+        TensorRT-LLM's one- and two-shot kernels). A group across domains runs NCCL's ring (two
+        `reduce_scatter`)."""
+        n1, n2 = self.split(size, stride)
+        size_f = np.asarray(size, dtype=float)
+        one_shot = (size_f - 1) * nbytes / self.intra_bw + self.intra_alpha
+        two_shot = 2 * (size_f - 1) / np.maximum(size_f, 1) * nbytes / self.intra_bw + 2 * self.intra_alpha
+        inside = np.minimum(one_shot, two_shot)
+        return np.where(size > 1, np.where(n2 > 1, 2 * self.reduce_scatter(nbytes, size, stride), inside), 0.0)
+
     def all_to_all(self, nbytes: np.ndarray, size: np.ndarray, stride: np.ndarray) -> np.ndarray:
         """Each GPU exchanges (n−1)/n of ``nbytes`` with the other members."""
         n1, n2 = self.split(size, stride)

@@ -74,6 +74,8 @@ class TimeBreakdown(_Frozen):
     pp_comm: float
     bubble: float
     optimizer: float
+    decode: float
+    """Generating ``Workload.output_len`` tokens after the prefill (`constraints.generation`)."""
 
 
 class Estimate(_Frozen):
@@ -132,7 +134,7 @@ def estimate(
     time = TimeBreakdown(
         compute=float(t.compute[0]), tp_comm=float(t.tp_comm[0]), cp_comm=float(t.cp_comm[0]),
         ep_comm=float(t.ep_comm[0]), dp_comm=float(t.dp_comm[0]), pp_comm=float(t.pp_comm[0]),
-        bubble=float(t.bubble[0]), optimizer=float(t.optimizer[0]),
+        bubble=float(t.bubble[0]), optimizer=float(t.optimizer[0]), decode=float(t.decode[0]),
     )
     return Estimate(
         memory=memory,
@@ -182,7 +184,12 @@ def _notes(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workloa
         notes.append(f"Does not fit: {mem.total / GIB:.1f} GiB needed, {mem.usable / GIB:.1f} GiB on the GPU "
                      f"({over:.1f} GiB over). Options: recompute, shard optimizer states (zero1/fsdp), more "
                      "tensor or pipeline parallelism, a smaller micro-batch, or an 8-bit optimizer.")
-    if not workload.training:
+    if not workload.training and workload.output_len:
+        notes.append(f"Generation: the prefill of {workload.global_batch_size} prompts of {workload.seq_len} tokens, "
+                     f"then {time.decode:.3f} s ({_pct(time.decode, step)}) decoding {workload.output_len} tokens of each "
+                     "(every sequence of a replica at once, its KV cache held to the end); tokens/s counts generated "
+                     "tokens.")
+    elif not workload.training:
         notes.append("Serving: the step is one forward pass over the batch's contexts (prefill); tokens/s counts "
                      "the context tokens processed, not generated tokens.")
     own_peak = "" if e.peak_flops[0] == cluster.gpu.mfu_peak_flops else \

@@ -19,7 +19,8 @@ import numpy as np
 from parallelplan.constraints.arrays import PlanArrays
 from parallelplan.constraints.compute import layer_times
 from parallelplan.constraints.efficiency import Efficiency
-from parallelplan.constraints.memory import ClassMemory, MemoryArrays, class_memory
+from parallelplan.constraints.generation import decode_time
+from parallelplan.constraints.memory import ClassMemory, MemoryArrays, class_memory, kv_cache_bytes_per_token_layer
 from parallelplan.constraints.peft import adapter_bytes_per_param, adapters, peft_params
 from parallelplan.constraints.peft import training_flops_per_token as peft_training_flops
 from parallelplan.constraints.plan import PRECISIONS, Plan, Workload
@@ -165,6 +166,7 @@ class _Structure:
         kv_latent = (model.mla.kv_lora_rank + model.mla.qk_rope_head_dim) if model.mla else 0
         self.class_memory = class_memory(f, cluster, p, workload, rt, self.layout, self.params, self.per, self.div,
                                          kv_latent=kv_latent, kv_head_dim=model.head_dim or 0, peft=self.peft)
+        self.kv_per_token_layer = kv_cache_bytes_per_token_layer(f, p, kv_latent, model.head_dim or 0)
         self.memory = self.class_memory.worst(self.layout)
         self.keys = attention_keys(model, workload.seq_len, causal=True)
         # a precision the GPU lacks cannot run: infinite step time, no throughput (rules.precision_supported)
@@ -175,7 +177,11 @@ class _Structure:
         return self.f, self.cluster, eff, self.p, self.workload, self.layout, self.params, times, self.per, self.div
 
     def step_times(self, eff: Efficiency) -> StepTimes:
-        step = step_times(*self._inputs(eff), peft=self.peft)
+        decode = None
+        if self.workload.output_len:
+            decode = decode_time(self.f, self.cluster, eff, self.p, self.workload, self.layout, self.params, self.div,
+                                 self.kv_per_token_layer)
+        step = step_times(*self._inputs(eff), peft=self.peft, decode=decode)
         step.step = np.where(np.isfinite(self.peaks), step.step, np.inf)
         return step
 
@@ -233,6 +239,7 @@ def _evaluate(model: ModelSpec, cluster: ClusterSpec, workload: Workload, p: Pla
     memory, step = structure.memory, structure.step_times(eff)
     usable = rt.usable(cluster)
     tokens = workload.global_batch_size * workload.sequences_per_example * workload.seq_len
+    generated = workload.global_batch_size * workload.output_len
     if workload.peft is not None:  # frozen base: input gradients only, plus the adapters
         flops_per_token = peft_training_flops(model, workload.seq_len, workload.peft)
     else:
@@ -242,6 +249,8 @@ def _evaluate(model: ModelSpec, cluster: ClusterSpec, workload: Workload, p: Pla
     if not workload.training:
         flops_per_token /= 3.0  # forward only
     model_flops = flops_per_token * tokens
+    if generated:  # each generated token's forward, at the mean context it attends over
+        model_flops += model.flops(workload.seq_len + workload.output_len // 2).forward_per_token * generated
     world = (p.tp * p.pp * p.dp * p.cp).astype(float)
     peaks = structure.peaks
     supported = np.isfinite(peaks)
@@ -251,7 +260,7 @@ def _evaluate(model: ModelSpec, cluster: ClusterSpec, workload: Workload, p: Pla
         time=step,
         usable_memory=usable,
         fits=memory.total <= usable,
-        tokens_per_s=tokens / step.step,
+        tokens_per_s=(generated or tokens) / step.step,
         model_flops_per_step=model_flops,
         model_tflops_per_gpu=tflops,
         mfu=np.where(supported, tflops * 1e12 / cluster.gpu.mfu_peak_flops, 0.0),

@@ -178,9 +178,10 @@ def class_memory(
 
     if w.kind == "inference":
         sequences = col(-(-w.global_batch_size // p.dp))  # the most loaded data-parallel replica
-        cached = layout.layers * w.seq_len
+        context = w.seq_len + w.output_len  # the prompt and every generated token (constraints.generation)
+        cached = layout.layers * context
         if f.sliding_window:  # sliding-window layers keep only the window (spread evenly over the stages)
-            cached = cached - layout.layers * f.sliding_layer_share * max(w.seq_len - f.sliding_window, 0)
+            cached = cached - layout.layers * f.sliding_layer_share * max(context - f.sliding_window, 0)
         kv = cached * col(kv_cache_bytes_per_token_layer(f, p, kv_latent, kv_head_dim)) * sequences / col(p.cp)
     else:
         kv = np.zeros_like(weights)

@@ -195,7 +195,10 @@ class Workload(_Frozen):
     ``peft`` (fine-tuning and RLHF): train LoRA / QLoRA adapters on a frozen base (`Peft`).
     ``algorithm`` (``kind="rlhf"``): ``dpo`` (Rafailov et al. 2023) trains the policy on a chosen and a
     rejected sequence per example — ``global_batch_size`` counts examples (pairs) — beside a frozen
-    reference model on the same GPUs (`constraints.dpo`)."""
+    reference model on the same GPUs (`constraints.dpo`).
+    ``output_len`` (kind inference): tokens each sequence generates after its ``seq_len``-token prompt —
+    the decode after the prefill (`constraints.generation`), its KV cache held to the end; 0 prices the
+    prefill alone."""
 
     kind: Literal["pretrain", "finetune", "inference", "rlhf"] = "pretrain"
     seq_len: Count
@@ -209,11 +212,14 @@ class Workload(_Frozen):
     moe_pad_to_capacity: bool = False
     peft: Peft | None = None
     algorithm: Literal["dpo"] | None = None
+    output_len: Annotated[StrictInt, Field(ge=0, le=2**24)] = 0
 
     @model_validator(mode="after")
     def _stack_dispatches(self) -> Workload:
         if self.peft is not None and self.kind not in ("finetune", "rlhf"):
             raise ValueError(f"peft {self.peft.method!r} needs kind 'finetune' or 'rlhf', got kind {self.kind!r}")
+        if self.output_len and self.kind != "inference":
+            raise ValueError(f"output_len: generated tokens are priced for kind 'inference', got kind {self.kind!r}")
         if self.moe_pad_to_capacity and self.moe_capacity_factor is None:
             raise ValueError("moe_pad_to_capacity pads each expert to its capacity: give moe_capacity_factor too")
         if self.moe_pad_to_capacity and self.moe_dispatcher == "deepep":  # Megatron-Core TransformerConfig's check

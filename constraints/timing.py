@@ -96,7 +96,8 @@ def update_bytes_per_param(p: PlanArrays, per: BytesPerParam) -> np.ndarray:
 class StepTimes:
     """Seconds, (n,) arrays. ``compute`` … ``pp_comm`` are m × the critical rank's per-micro-batch terms;
     ``bubble`` is the pipeline fill and drain; ``dp_comm`` the exposed data-parallel (and FSDP)
-    communication; they sum to ``step``."""
+    communication; ``decode`` the generation after an inference step's prefill
+    (`constraints.generation`); they sum to ``step``."""
 
     step: np.ndarray
     compute: np.ndarray
@@ -113,6 +114,7 @@ class StepTimes:
     volumes, `collectives.ring_bytes`: the all-reduce of gradients counts twice, ZeRO-3/FSDP gather the
     weights forward and backward and reduce-scatter the gradients every micro-batch — Rajbhandari et al.
     2020 §7: 2Ψ for DDP and ZeRO-1/2, 3Ψ for ZeRO-3, per micro-batch for the latter)."""
+    decode: np.ndarray
 
 
 def _hidden(comm: np.ndarray, cover: np.ndarray, fraction: float, enabled: np.ndarray | bool) -> np.ndarray:
@@ -151,8 +153,10 @@ def bubble_factor(p: PlanArrays) -> np.ndarray:
 def step_times(
     f: ModelFacts, cluster: ClusterSpec, eff: Efficiency, p: PlanArrays, w: Workload, layout: StageLayout,
     params: StageParams, times: LayerTimes, per: BytesPerParam, div: ShardDivisors, peft: PeftParams | None = None,
+    decode: np.ndarray | None = None,
 ) -> StepTimes:
-    """The step of each plan from its rank classes' times (module docstring)."""
+    """The step of each plan from its rank classes' times (module docstring), plus ``decode`` ((n,) seconds
+    of generation after the prefill, `constraints.generation`) when given."""
     c = class_times(f, cluster, eff, p, w, layout, params, times, per, div, peft=peft)
     critical = np.argmax(c.per_microbatch, axis=1)
     pick = lambda a: np.take_along_axis(np.broadcast_to(a, c.per_microbatch.shape), critical[:, None], axis=1)[:, 0]  # noqa: E731
@@ -168,8 +172,9 @@ def step_times(
         dp_bytes = np.where(layout.valid, step_bytes, 0.0).max(axis=1)
     else:
         dp_once = optimizer = dp_bytes = np.zeros(len(p))
+    decode = np.zeros(len(p)) if decode is None else decode
     return StepTimes(
-        step=pipeline + dp_once + optimizer,
+        step=pipeline + dp_once + optimizer + decode,
         compute=m * pick(c.compute),
         tp_comm=m * pick(c.tp_comm),
         cp_comm=m * pick(c.cp_comm),
@@ -180,6 +185,7 @@ def step_times(
         optimizer=optimizer,
         critical_stage=np.take_along_axis(layout.index, critical[:, None], axis=1)[:, 0],
         dp_bytes=dp_bytes,
+        decode=decode,
     )
 
 

@@ -27,8 +27,8 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "PoolStages": "parallelplan.solver.pool_pipeline",
     "OBJECTIVES": "parallelplan.solver.objectives", "Plan": "parallelplan.constraints",
     "Workload": "parallelplan.constraints", "Peft": "parallelplan.constraints",
-    "cheapest": "parallelplan.solver.cheapest", "Cheapest": "parallelplan.solver.cheapest",
-    "ClusterOption": "parallelplan.solver.cheapest", "profile": "parallelplan.solver.profiles",
+    "cheapest": "parallelplan.solver.cheapest_cluster", "Cheapest": "parallelplan.solver.cheapest_cluster",
+    "ClusterOption": "parallelplan.solver.cheapest_cluster", "profile": "parallelplan.solver.profiles",
     "list_profiles": "parallelplan.solver.profiles", "load_profile": "parallelplan.solver.profiles",
     "Profile": "parallelplan.solver.profiles"})
 

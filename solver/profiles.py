@@ -70,10 +70,10 @@ def profile(name: str, model: ModelSpec, cluster: ClusterSpec | None = None, *,
             workload: dict[str, Any] | None = None, fixed: dict[str, Any] | None = None,
             tokens: float | None = None, deadline_hours: float | None = None, **options: Any):
     """Solve profile ``name`` for ``model``: a `Solution` on ``cluster``, or for ``cost`` a
-    `solver.cheapest.Cheapest` over the priced presets (``tokens`` and ``deadline_hours`` needed; ``options``
+    `solver.cheapest_cluster.Cheapest` over the priced presets (``tokens`` and ``deadline_hours`` needed; ``options``
     are `cheapest`'s). ``workload`` and ``fixed`` override the profile's fields and pins; ``options`` go to
     `solve` otherwise."""
-    from parallelplan.solver.cheapest import cheapest
+    from parallelplan.solver.cheapest_cluster import cheapest
     from parallelplan.solver.search import solve
 
     chosen = load_profile(name)

@@ -1,4 +1,4 @@
-"""`solver.cheapest`: the cheapest priced cluster and node count that trains N tokens by a deadline."""
+"""`solver.cheapest_cluster`: the cheapest priced cluster and node count that trains N tokens by a deadline."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from parallelplan.constraints import Workload
 from parallelplan.hardware import default_price, load_cluster
 from parallelplan.models import load_model
 from parallelplan.solver import Infeasible, SolverInputError, solve
-from parallelplan.solver.cheapest import cheapest
+from parallelplan.solver.cheapest_cluster import cheapest
 
 MODEL = load_model("llama-3.2-1b")
 WORK = Workload(seq_len=2048, global_batch_size=256)
@@ -45,7 +45,7 @@ def test_lower_bound_is_the_matmuls_at_the_fastest_gemm_rate_and_holds():
     """The bound: 3 passes of the forward matmuls at the bf16 peak × GEMM efficiency; every option costs at
     least its bound, for full training and for LoRA (whose frozen backward runs about 2 passes)."""
     from parallelplan.constraints import Efficiency, Peft
-    from parallelplan.solver.cheapest import matmul_flops_per_token
+    from parallelplan.solver.cheapest_cluster import matmul_flops_per_token
 
     found = cheapest(MODEL, WORK, tokens=1e9, deadline_hours=24, clusters=["dgx-h100"], max_nodes=1)
     gpu = load_cluster("dgx-h100").gpu

@@ -1,0 +1,89 @@
+"""Generation after the prefill (`constraints.generation`): the closed-form sum over decode steps, one
+decode step computed by hand as bytes over achieved HBM bandwidth, the KV cache held to the last token."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from parallelplan.constraints import Efficiency, Plan, Workload, estimate
+from parallelplan.constraints.generation import sum_of_max_lines, touched_experts_share
+from parallelplan.constraints.structure import model_facts
+from parallelplan.hardware import load_cluster
+from parallelplan.models import load_model
+
+LLAMA_8B = load_model("llama-3.1-8b")
+H100 = load_cluster("dgx-h100", nodes=1)
+finite = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(finite, finite, finite, finite, st.integers(0, 500), st.integers(0, 500))
+def test_sum_of_max_lines_equals_the_loop(a1, b1, a2, b2, lo, n):
+    expected = sum(max(a1 + b1 * c, a2 + b2 * c) for c in range(lo, lo + n))
+    got = float(sum_of_max_lines(a1, b1, a2, b2, lo, lo + n))
+    assert got == pytest.approx(expected, rel=1e-9, abs=1e-6)
+
+
+def _decode(model, plan, workload):
+    return estimate(model, H100, plan, workload).time.decode
+
+
+def test_one_decode_step_is_bytes_over_achieved_hbm_bandwidth():
+    """One sequence, one token, one GPU: memory-bound. Bytes read = every weight in bf16 except the input
+    embedding table, of which one row (Llama 3.1 8B's head is untied, so V·h of them), plus the KV cache
+    of the prompt and the new token: 32 layers · 2 · 8 KV heads · 128 · 2 bytes per token."""
+    prompt = 1000
+    work = Workload(kind="inference", seq_len=prompt, output_len=1, global_batch_size=1)
+    hidden, vocab = 4096, 128256
+    params = LLAMA_8B.total_params
+    weight_bytes = 2 * (params - vocab * hidden + hidden)
+    kv_bytes = (prompt + 1) * 32 * 2 * 8 * 128 * 2
+    streaming = Efficiency.default().streaming
+    expected = (weight_bytes + kv_bytes) / (H100.node.gpu.hbm_bandwidth * streaming)
+    assert _decode(LLAMA_8B, Plan(), work) == pytest.approx(expected, rel=1e-12)
+
+
+def test_decode_sums_every_step_and_grows_with_the_context():
+    """n tokens cost the n steps at caches L+1 … L+n: more than n times the first step (the cache grows),
+    less than n times the last."""
+    one = _decode(LLAMA_8B, Plan(), Workload(kind="inference", seq_len=4096, output_len=1, global_batch_size=8))
+    last = _decode(LLAMA_8B, Plan(), Workload(kind="inference", seq_len=4096 + 511, output_len=1, global_batch_size=8))
+    many = _decode(LLAMA_8B, Plan(), Workload(kind="inference", seq_len=4096, output_len=512, global_batch_size=8))
+    assert 512 * one < many < 512 * last
+    assert many == pytest.approx(512 * (one + last) / 2, rel=1e-9)  # linear in the cache while memory-bound
+
+
+def test_kv_cache_holds_prompt_and_output():
+    plan = Plan(tp=8)
+    prefill = estimate(LLAMA_8B, H100, plan, Workload(kind="inference", seq_len=3072, global_batch_size=16))
+    generate = estimate(LLAMA_8B, H100, plan, Workload(kind="inference", seq_len=2048, output_len=1024,
+                                                       global_batch_size=16))
+    assert generate.memory.kv_cache == prefill.memory.kv_cache == 16 * 3072 * 32 * 2 * 1 * 128 * 2
+
+
+def test_tensor_parallelism_divides_the_bytes_each_gpu_reads():
+    """Memory-bound decode: tp 8 reads an eighth of the weights and cache per GPU, so it decodes faster
+    than tp 1, by less than 8x (its all-reduces per layer)."""
+    work = Workload(kind="inference", seq_len=2048, output_len=256, global_batch_size=16)
+    alone, split = _decode(LLAMA_8B, Plan(), work), _decode(LLAMA_8B, Plan(tp=8), work)
+    assert alone / 8 < split < alone / 2
+
+
+def test_moe_reads_only_the_experts_its_tokens_touch():
+    """Qwen3-30B-A3B (128 experts, 8 active): one token touches 8/128 of the experts; 64 tokens most."""
+    f = model_facts(load_model("qwen3-30b-a3b"))
+    share = touched_experts_share(f, np.array([1.0, 64.0]))
+    assert share[0] == pytest.approx(8 / 128)
+    assert share[1] == pytest.approx(1 - (1 - 8 / 128) ** 64)
+    qwen = load_model("qwen3-30b-a3b")
+    single = _decode(qwen, Plan(), Workload(kind="inference", seq_len=512, output_len=64, global_batch_size=1))
+    dense_equivalent = 2 * qwen.total_params * 64 / (H100.node.gpu.hbm_bandwidth * Efficiency.default().streaming)
+    assert single < dense_equivalent / 4  # reads a small part of the 30B weights per token
+
+
+def test_output_len_needs_inference():
+    with pytest.raises(ValueError, match="output_len"):
+        Workload(kind="finetune", seq_len=1024, output_len=16, global_batch_size=8)

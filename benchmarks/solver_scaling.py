@@ -225,7 +225,7 @@ def composed_cases() -> list[dict]:
         out.append(_composed_row(name, " / ".join(f"{r.role} {r.nodes} nodes" for r in placed.roles), placed.step_time_s,
                                  placed.optimal, times, time.perf_counter() - started, same))
     m8, cluster = load_model("llama-3.1-8b"), load_cluster("dgx-h100", nodes=2)
-    tune, score = Workload(kind="finetune", seq_len=4096, global_batch_size=256), Workload(kind="inference", seq_len=4096, global_batch_size=256)
+    tune, score = Workload(kind="finetune", seq_len=4096, global_batch_size=256), Workload(kind="score", seq_len=4096, global_batch_size=256)
     roles = [Role(name=n, model=m8, workload=tune, group="ppo") for n in ("actor", "critic", "reference")]
     roles.append(Role(name="reward", model=m8, workload=score))
     times, placed = _timed(lambda: place(roles, cluster))

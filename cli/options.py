@@ -39,13 +39,31 @@ TUNING_OPTIONS = [
                       "[default: dropless]."),
     click.option("--moe-pad-to-capacity", is_flag=True, expose_value=False, callback=_remember_workload_option,
                  help="With --moe-capacity-factor: pad every expert's input to its capacity (static shapes)."),
-    click.option("--algorithm", type=click.Choice(["dpo"]), expose_value=False, callback=_remember_workload_option,
+    click.option("--algorithm", type=click.Choice(["dpo", "ppo", "grpo"]), expose_value=False,
+                 callback=_remember_workload_option,
                  help="With --kind rlhf: DPO (a chosen and a rejected sequence per example, --global-batch counting "
-                      "examples, beside a frozen reference model on the same GPUs)."),
+                      "examples, beside a frozen reference model on the same GPUs); PPO or GRPO (each step generates "
+                      "responses to --global-batch prompts of --seq-len tokens, scores and trains on them; plan solve "
+                      "places the roles)."),
+    click.option("--response-len", type=int, expose_value=False, callback=_remember_workload_option,
+                 help="PPO/GRPO: tokens generated per response [default: 1024]."),
+    click.option("--group-size", type=int, expose_value=False, callback=_remember_workload_option,
+                 help="PPO/GRPO: responses per prompt [default: PPO 1, GRPO 8]."),
+    click.option("--mini-batch", type=int, expose_value=False, callback=_remember_workload_option,
+                 help="PPO/GRPO: sequences per optimizer update [default: all of the step's in one]."),
+    click.option("--rl-epochs", type=int, expose_value=False, callback=_remember_workload_option,
+                 help="PPO/GRPO: passes over the step's sequences [default: 1]."),
+    click.option("--reward-model/--no-reward-model", default=None, expose_value=False,
+                 callback=_remember_workload_option,
+                 help="PPO/GRPO: a learned reward model scores the responses [default: PPO yes, GRPO no (a rule "
+                      "or verifier)]."),
     click.option("--output-len", type=click.IntRange(min=0), default=0, show_default=True, expose_value=False,
                  callback=_remember_workload_option,
                  help="With --kind inference: tokens each sequence generates after its --seq-len prompt (the decode "
                       "after the prefill; 0 prices the prefill alone)."),
+    click.option("--max-concurrency", type=int, expose_value=False, callback=_remember_workload_option,
+                 help="With --kind inference: sequences one data-parallel replica holds at once (vLLM's --max-num-seqs); "
+                      "the rest wait for a later wave [default: all of them]."),
     click.option("--peft", type=click.Choice(["none", "lora", "qlora"]), default="none", show_default=True,
                  expose_value=False, callback=_remember_workload_option,
                  help="Fine-tune adapters on a frozen base (needs --kind finetune): LoRA, or QLoRA (4-bit NF4 base)."),
@@ -64,8 +82,9 @@ TUNING_OPTIONS = [
 command): every command with `WORKLOAD_OPTIONS` takes them."""
 
 WORKLOAD_OPTIONS = [
-    click.option("--kind", type=click.Choice(["pretrain", "finetune", "inference", "rlhf"]), default="pretrain",
-                 show_default=True, help="What runs; rlhf takes --algorithm."),
+    click.option("--kind", type=click.Choice(["pretrain", "finetune", "inference", "score", "rlhf"]), default="pretrain",
+                 show_default=True, help="What runs: training (pretrain, finetune), serving (inference), a forward "
+                                         "without gradients over full sequences (score), or rlhf (takes --algorithm)."),
     click.option("--seq-len", type=click.IntRange(min=1), default=4096, show_default=True, help="Tokens per sequence."),
     click.option("--dropout", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.0, show_default=True),
     click.option("--train-mtp", is_flag=True, help="Also train DeepSeek-V3's multi-token-prediction modules."),
@@ -253,6 +272,17 @@ def build_workload(**fields: Any) -> Workload:
         fields["algorithm"] = given["algorithm"]
     if given and given.get("moe_capacity_factor") is not None:
         fields.setdefault("moe_capacity_factor", given["moe_capacity_factor"])
+    rollout = {name: given.get(flag) for name, flag in (("response_len", "response_len"), ("group_size", "group_size"),
+               ("mini_batch_size", "mini_batch"), ("epochs", "rl_epochs"), ("reward_model", "reward_model"))
+               if given and given.get(flag) is not None}
+    if rollout and fields.get("algorithm") not in ("ppo", "grpo"):
+        flag = {"mini_batch_size": "mini-batch", "epochs": "rl-epochs", "reward_model": "reward-model"}.get(
+            next(iter(rollout)), next(iter(rollout)).replace("_", "-"))
+        raise PlanError(f"--{flag}: a rollout setting, taken with --kind rlhf --algorithm ppo or grpo")
+    if rollout:
+        fields.setdefault("rollout", rollout)
+    if given and given.get("max_concurrency") is not None:
+        fields.setdefault("max_concurrency", given["max_concurrency"])
     if given and given.get("output_len"):
         fields.setdefault("output_len", given["output_len"])
     if given and given.get("moe_pad_to_capacity"):

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
               help="Roles that share the same nodes and run one after the other each step (an RL step's phases); "
                    "repeat for each group.")
 @click.option("--role-kind", "role_kinds", multiple=True, metavar="ROLE=KIND",
-              help="One role's workload kind (pretrain, finetune, inference) instead of --kind; repeatable.")
+              help="One role's workload kind (pretrain, finetune, inference, score) instead of --kind; repeatable.")
 @with_options(WORKLOAD_OPTIONS)
 @with_options([GLOBAL_BATCH_OPTION])
 @with_options(MODEL_OPTIONS)
@@ -58,7 +58,7 @@ def place(model_refs: tuple[str, ...], names: tuple[str, ...], cluster_ref: str 
       plan place -m llama-3.1-70b -m llama-3.1-8b --name actor --name reward -c dgx-h100 --nodes 8
       plan place -m qwen3-30b-a3b -m llama-3.1-8b -c dgx-h100 --nodes 4 --json
       plan place -m llama-3.1-8b -m llama-3.1-8b -m llama-3.1-8b --name actor --name reference --name reward \\
-        --colocate actor,reference --role-kind reference=inference --role-kind reward=inference --kind finetune
+        --colocate actor,reference --role-kind reference=score --role-kind reward=score --kind finetune
     """
     from parallelplan.models import load_model
     from parallelplan.solver import Infeasible, Role, SolverInputError
@@ -123,8 +123,8 @@ def role_kind_map(role_kinds: tuple[str, ...], names: list[str]) -> dict[str, st
         name, _, kind = value.partition("=")
         if name not in names:
             raise SolverInputError(f"--role-kind {value}: no role named {name!r}; the roles are {', '.join(names)}")
-        if kind not in ("pretrain", "finetune", "inference"):
-            raise SolverInputError(f"--role-kind {value}: the kind must be pretrain, finetune or inference")
+        if kind not in ("pretrain", "finetune", "inference", "score"):
+            raise SolverInputError(f"--role-kind {value}: the kind must be pretrain, finetune, inference or score")
         kinds[name] = kind
     return kinds
 

@@ -46,6 +46,7 @@ from parallelplan.cli.options import (
     load_target_cluster,
     with_options,
 )
+from parallelplan.cli.rl_cmd import RL_OPTIONS, rl_given, solve_rl_step
 
 if TYPE_CHECKING:
     from parallelplan.constraints import Workload
@@ -94,8 +95,9 @@ SEARCH_OPTIONS = [
 @click.option("--top-k", type=click.IntRange(0, 100), default=0, show_default=True,
               help="Also list the best plans of this many other layouts.")
 @with_options(SEARCH_OPTIONS)
+@with_options(RL_OPTIONS)
 @with_options(MODEL_OPTIONS)
-@click.option("--json", "as_json", is_flag=True, help="Print the solver.Solution as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the solver.Solution (a PPO/GRPO step: solver.RLSolution) as JSON.")
 def solve(model_ref: str, cluster_ref: str, nodes: int | None, gpus: int | None, kind: str, seq_len: int,
           dropout: float, train_mtp: bool, stack: str | None, moe_dispatcher: str, moe_imbalance: float, objective: str, tolerance: float, top_k: int, as_json: bool,
           **search: Any) -> None:
@@ -107,6 +109,7 @@ def solve(model_ref: str, cluster_ref: str, nodes: int | None, gpus: int | None,
       plan solve -m deepseek-v3 -c dgx-h100 --nodes 256 --fix precision=fp8 --top-k 3
       plan solve -m llama-3.1-8b -c dgx-h100 --nodes 4 -o gpus,throughput --min-tokens-per-s 200000
       plan recommend -m mixtral-8x7b -c dgx-a100 --nodes 2 -o cost --range optimizer=adamw,adamw8bit --json
+      plan solve -m llama-3.1-70b -c dgx-h100 --nodes 8 --kind rlhf --algorithm ppo --seq-len 1024 --global-batch 512
     """
     from parallelplan.hardware import PooledCluster
     from parallelplan.solver import Infeasible
@@ -115,6 +118,11 @@ def solve(model_ref: str, cluster_ref: str, nodes: int | None, gpus: int | None,
     arguments = search_arguments(search)
     model, cluster, workload = build_inputs(model_ref, cluster_ref, nodes, gpus, kind, seq_len, dropout, train_mtp, stack, moe_dispatcher, moe_imbalance,
                                             search["global_batch"], arguments["fixed"], pools=True)
+    if workload.rollout is not None and not isinstance(cluster, PooledCluster):  # a PPO / GRPO step (cli.rl_cmd)
+        rl_given(search, objective, top_k)
+        solve_rl_step(model, cluster, workload, cost_model(search["efficiency_file"], search["calibration_file"],
+                                                           search["memory_margin"]), search["time_limit"], as_json)
+        return
     if isinstance(cluster, PooledCluster):
         solve_across_pools(model, cluster, workload, objective, top_k, arguments, as_json)
         return

@@ -23,14 +23,14 @@ from parallelplan.constraints.efficiency import Efficiency
 from parallelplan.constraints.errors import PlanError
 from parallelplan.constraints.estimate import Estimate, MemoryBreakdown, TimeBreakdown, estimate
 from parallelplan.constraints.evaluate import Evaluation, evaluate
-from parallelplan.constraints.plan import Peft, Plan, Workload
+from parallelplan.constraints.plan import Peft, Plan, Rollout, Workload
 from parallelplan.constraints.rules import Violation, structural_violations
 from parallelplan.constraints.runtime import RuntimeAllowance
 from parallelplan.constraints.sharding import ShardingComparison, ShardingOption, compare_sharding
 from parallelplan.constraints.topology import GroupCost, Tier, TopologyReport, describe_topology
 
 __all__ = [
-    "Assessment", "Budget", "Calibration", "Efficiency", "MeasuredRun", "calibrate", "load_profile", "read_runs", "Estimate", "Evaluation", "GroupCost", "MemoryBreakdown", "Peft", "Plan", "PlanArrays", "PlanError", "RuntimeAllowance",
+    "Assessment", "Budget", "Calibration", "Efficiency", "MeasuredRun", "calibrate", "load_profile", "read_runs", "Estimate", "Evaluation", "GroupCost", "MemoryBreakdown", "Peft", "Plan", "Rollout", "PlanArrays", "PlanError", "RuntimeAllowance",
     "ShardingComparison", "ShardingOption", "Tier", "TimeBreakdown", "TopologyReport", "Violation", "Workload", "assess", "check", "compare_sharding", "describe_topology", "estimate", "evaluate", "structural_violations",
     "training_budget",
 ]

@@ -45,6 +45,10 @@ from parallelplan.constraints.arrays import PlanArrays, code
 from parallelplan.constraints.plan import RECOMPUTE_MODULES, Workload
 from parallelplan.constraints.structure import ModelFacts
 
+SCORE_BYTES_PER_VOCAB_UNFUSED = 10.0
+"""A forward without gradients taking every position's log-probability through HF's loss path, at its
+peak per token and vocabulary entry: the logits in bf16 (2·V), their fp32 upcast (4·V) and the
+log-softmax (4·V) (MemTracker on LlamaForCausalLM and Qwen3-MoE under ``no_grad``, tests/test_rl.py)."""
 LOSS_BYTES_PER_VOCAB_UNFUSED = 12.0
 """HF causal-LM loss at its peak, per token and vocabulary entry: logits in the model dtype kept with the
 outputs, their fp32 upcast and log-softmax (MemTracker on LlamaForCausalLM: 4·V bytes kept as activations
@@ -188,7 +192,9 @@ def layer_activations(f: ModelFacts, p: PlanArrays, w: Workload) -> LayerActivat
 def head_and_loss_bytes(f: ModelFacts, p: PlanArrays, w: Workload) -> np.ndarray:
     """Per token, on the last stage, once per micro-batch: final norm, then logits and the loss at its
     peak. Fused: Megatron's vocab-parallel cross-entropy, (4·h + 4·V)/tp (``theoretical_memory_usage``:
-    "Inputs to output layer and CE loss"); unfused: `LOSS_BYTES_PER_VOCAB_UNFUSED` · V. Under PEFT the
+    "Inputs to output layer and CE loss"); unfused: `LOSS_BYTES_PER_VOCAB_UNFUSED` · V, without gradients
+    (kind score) `SCORE_BYTES_PER_VOCAB_UNFUSED` · V; serving (kind inference) takes the logits of each
+    sequence's last position only, 1/seq_len of them per token. Under PEFT the
     frozen final norm and LM head keep no input for their weights' gradients (`peft.norm_freed`)."""
     b = activation_bytes(p)
     fused = p.kernels == code("kernels", "fused")
@@ -199,7 +205,10 @@ def head_and_loss_bytes(f: ModelFacts, p: PlanArrays, w: Workload) -> np.ndarray
         from parallelplan.constraints.peft import norm_freed
 
         final_norm = final_norm - norm_freed(f, b, fused) / sp_div
-    loss = np.where(fused, 4.0 * f.hidden + 4.0 * f.vocab, LOSS_BYTES_PER_VOCAB_UNFUSED * f.vocab) / tp
+    unfused = SCORE_BYTES_PER_VOCAB_UNFUSED if w.kind == "score" else LOSS_BYTES_PER_VOCAB_UNFUSED
+    loss = np.where(fused, 4.0 * f.hidden + 4.0 * f.vocab, unfused * f.vocab) / tp
+    if w.kind == "inference":  # the next token's logits at each sequence's last position only
+        loss = loss / w.seq_len
     return final_norm + loss
 
 

@@ -14,6 +14,7 @@ from parallelplan.constraints.evaluate import Evaluation, evaluate
 from parallelplan.constraints.memory import micro_batches
 from parallelplan.constraints.peft import workload_state_recipe
 from parallelplan.constraints.plan import Plan, Workload
+from parallelplan.constraints.rl import multi_role
 from parallelplan.constraints.rules import UNPRICEABLE, structural_violations
 from parallelplan.constraints.runtime import RuntimeAllowance
 from parallelplan.constraints.states import StateRecipe
@@ -116,6 +117,8 @@ def estimate(
     efficiency: Efficiency | None = None,
     runtime: RuntimeAllowance | None = None,
 ) -> Estimate:
+    if multi_role(workload):
+        raise PlanError(multi_role(workload))
     fatal = [v for v in structural_violations(model, cluster, plan, workload) if v.rule in UNPRICEABLE]
     if fatal:
         raise PlanError("; ".join(f"{v.message}: {v.fix}" for v in fatal))
@@ -189,6 +192,9 @@ def _notes(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workloa
                      f"then {time.decode:.3f} s ({_pct(time.decode, step)}) decoding {workload.output_len} tokens of each "
                      "(every sequence of a replica at once, its KV cache held to the end); tokens/s counts generated "
                      "tokens.")
+    elif workload.kind == "score":
+        notes.append("Scoring: one forward without gradients over the full sequences, every position's log-probability, "
+                     "no KV cache kept (an RL step's reference, reward or critic forward, or an evaluation).")
     elif not workload.training:
         notes.append("Serving: the step is one forward pass over the batch's contexts (prefill); tokens/s counts "
                      "the context tokens processed, not generated tokens.")

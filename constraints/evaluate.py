@@ -9,6 +9,7 @@ is the same whatever its batch, so the grouping changes no number).
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +21,13 @@ from parallelplan.constraints.arrays import PlanArrays
 from parallelplan.constraints.compute import layer_times
 from parallelplan.constraints.efficiency import Efficiency
 from parallelplan.constraints.generation import decode_time
-from parallelplan.constraints.memory import ClassMemory, MemoryArrays, class_memory, kv_cache_bytes_per_token_layer
+from parallelplan.constraints.memory import (
+    ClassMemory,
+    MemoryArrays,
+    class_memory,
+    concurrent_sequences,
+    kv_cache_bytes_per_token_layer,
+)
 from parallelplan.constraints.peft import adapter_bytes_per_param, adapters, peft_params
 from parallelplan.constraints.peft import training_flops_per_token as peft_training_flops
 from parallelplan.constraints.plan import PRECISIONS, Plan, Workload
@@ -134,7 +141,7 @@ def _scatter(parts: list, groups: list[np.ndarray], n: int):
     if is_dataclass(first):
         return type(first)(**{f.name: _scatter([getattr(x, f.name) for x in parts], groups, n) for f in fields(first)})
     if isinstance(first, np.ndarray):
-        out = np.empty(n, dtype=first.dtype)
+        out = np.empty((n, *first.shape[1:]), dtype=first.dtype)
         for part, rows in zip(parts, groups, strict=True):
             out[rows] = part
         return out
@@ -216,6 +223,47 @@ def stage_costs(model: ModelSpec, cluster: ClusterSpec, workload: Workload, plan
                       supported=np.isfinite(structure.peaks))
 
 
+@dataclass
+class GenerationWaves:
+    """A generation workload's step time and peak memory per GPU at several sequences-at-once per replica,
+    (n, K) arrays (column k: ``concurrencies[k]``), and whether each fits."""
+
+    step: np.ndarray
+    total: np.ndarray
+    fits: np.ndarray
+
+
+def generation_waves(model: ModelSpec, cluster: ClusterSpec, workload: Workload, plans: PlanArrays | Sequence[Plan],
+                     concurrencies: Sequence[int], *, efficiency: Efficiency | None = None,
+                     runtime: RuntimeAllowance | None = None) -> GenerationWaves:
+    """`evaluate`'s step time and memory of a generation workload (kind inference, ``output_len`` > 0) with
+    ``max_concurrency`` set to each of ``concurrencies``: the same numbers, the plans' structure priced once,
+    since only the decode (`constraints.generation`) and the KV cache (one wave's) change with it."""
+    if workload.kind != "inference" or not workload.output_len:
+        raise ValueError("generation_waves prices a generation workload: kind inference with output_len > 0")
+    return _grouped(functools.partial(_waves, concurrencies=tuple(concurrencies)), model, cluster, workload, plans,
+                    efficiency, runtime)
+
+
+def _waves(model: ModelSpec, cluster: ClusterSpec, workload: Workload, p: PlanArrays, eff: Efficiency,
+           rt: RuntimeAllowance, concurrencies: tuple[int, ...]) -> GenerationWaves:
+    structure = _Structure(model, cluster, workload, p, rt)
+    base = structure.step_times(eff)
+    prefill = base.step - base.decode
+    classes = structure.class_memory
+    held = concurrent_sequences(p, workload)[:, None].astype(float)
+    steps, totals = [], []
+    for concurrency in concurrencies:
+        wave = workload.model_copy(update={"max_concurrency": concurrency})
+        decode = decode_time(structure.f, cluster, eff, p, wave, structure.layout, structure.params, structure.div,
+                             structure.kv_per_token_layer)
+        kv = classes.kv_cache * concurrent_sequences(p, wave)[:, None] / held
+        steps.append(prefill + decode)
+        totals.append((classes.total - classes.kv_cache + kv).max(axis=1))
+    step, total = np.stack(steps, axis=1), np.stack(totals, axis=1)
+    return GenerationWaves(step=step, total=total, fits=total <= rt.usable(cluster))
+
+
 def step_time_function(model: ModelSpec, cluster: ClusterSpec, workload: Workload, plans: Sequence[Plan], *,
                        runtime: RuntimeAllowance | None = None) -> Callable[[Efficiency], np.ndarray]:
     """The step times of ``plans`` as a function of the efficiency factors alone, everything else computed
@@ -269,4 +317,4 @@ def _evaluate(model: ModelSpec, cluster: ClusterSpec, workload: Workload, p: Pla
     )
 
 
-__all__ = ["Evaluation", "StageCosts", "evaluate", "peak_memory", "stage_costs", "step_time_function"]
+__all__ = ["Evaluation", "GenerationWaves", "StageCosts", "evaluate", "generation_waves", "peak_memory", "stage_costs", "step_time_function"]

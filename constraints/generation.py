@@ -3,9 +3,10 @@ an RL rollout and a serving request spend most of their time on. The prefill (on
 ``seq_len``-token prompts) is the inference step `constraints.timing` already prices; this module adds the
 decode that follows it.
 
-Each data-parallel replica holds its S = ⌈B/dp⌉ sequences at once (continuous batching with room for all
-of them: the KV cache of prompt and output for every sequence, `constraints.memory`) and decodes one token
-of every sequence per iteration. With pp > 1 the sequences split into pp groups that follow each other
+Each data-parallel replica decodes its S = ⌈B/dp⌉ sequences in waves of at most c = ``max_concurrency``
+(all at once without it): continuous batching holding a wave's KV cache of prompt and output
+(`constraints.memory`), one token of every sequence of the wave per iteration; ⌊S/c⌋ full waves and one
+of the rest. With pp > 1 the sequences split into pp groups that follow each other
 through the stages (vLLM's virtual engines), so every stage runs each group in turn and an iteration takes
 pp · max over stages of t_s(S/pp) — the busiest stage, which also bounds the latency of one group through
 all stages (Σ_s t_s ≤ pp · max_s t_s).
@@ -43,6 +44,7 @@ from parallelplan.constraints.arrays import PlanArrays
 from parallelplan.constraints.collectives import Fabric
 from parallelplan.constraints.compute import Roofline
 from parallelplan.constraints.efficiency import Efficiency
+from parallelplan.constraints.memory import concurrent_sequences, replica_sequences
 from parallelplan.constraints.plan import Workload
 from parallelplan.constraints.stages import StageLayout, StageParams
 from parallelplan.constraints.states import ShardDivisors, gathers_weights
@@ -83,18 +85,31 @@ def touched_experts_share(f: ModelFacts, tokens: np.ndarray) -> np.ndarray:
 
 def decode_time(f: ModelFacts, cluster: ClusterSpec, eff: Efficiency, p: PlanArrays, w: Workload, layout: StageLayout,
                 params: StageParams, div: ShardDivisors, kv_bytes_per_token_layer: np.ndarray) -> np.ndarray:
-    """Seconds to decode ``w.output_len`` tokens of every sequence after the prefill, (n,) (module docstring);
+    """Seconds to decode ``w.output_len`` tokens of every sequence after the prefill, (n,) (module docstring):
+    the replica's ⌈B/dp⌉ sequences in waves of at most ``w.max_concurrency``, the last wave the rest;
     ``kv_bytes_per_token_layer`` (n,) the cache one GPU holds per token and layer."""
+    if w.output_len == 0:
+        return np.zeros(len(p))
+    sequences = replica_sequences(p, w)
+    wave = concurrent_sequences(p, w)
+    full, rest = sequences // wave, sequences % wave
+    one = lambda g: _wave_time(f, cluster, eff, p, w, layout, params, div, kv_bytes_per_token_layer, g)  # noqa: E731
+    last = np.where(rest > 0, one(np.maximum(rest, 1)), 0.0) if rest.any() else 0.0
+    return full * one(wave) + last
+
+
+def _wave_time(f: ModelFacts, cluster: ClusterSpec, eff: Efficiency, p: PlanArrays, w: Workload, layout: StageLayout,
+               params: StageParams, div: ShardDivisors, kv_bytes_per_token_layer: np.ndarray,
+               sequences: np.ndarray) -> np.ndarray:
+    """Seconds for one replica to decode ``w.output_len`` tokens of ``sequences`` (n,) sequences at once."""
     col = lambda a: np.asarray(a, dtype=float)[:, None]  # noqa: E731
     n_out = w.output_len
-    if n_out == 0:
-        return np.zeros(len(p))
     gpu = cluster.gpu
     roof = Roofline(gpu, eff, p, w.stack)
     fabric = Fabric.of(cluster, eff)
     b = col(activation_bytes(p))
     tp, cp, pp = col(p.tp), col(p.cp), col(p.pp)
-    group = col(-(-w.global_batch_size // p.dp)) / pp  # sequences per group of the replica
+    group = col(sequences) / pp  # sequences per group of the replica
 
     # weights read per step: the stage's minus the embedding table (a lookup of g rows), experts touched
     replicas = np.maximum(col(p.ep * p.etp) / tp, 1.0)  # replicas whose tokens one expert-parallel group routes

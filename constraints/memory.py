@@ -93,6 +93,17 @@ def in_flight(p: PlanArrays, w: Workload, stage_index: np.ndarray) -> np.ndarray
     return np.where(interleaved, chunks / vpp, plain).astype(float)
 
 
+def replica_sequences(p: PlanArrays, w: Workload) -> np.ndarray:
+    """Sequences of the most loaded data-parallel replica: ⌈B/dp⌉."""
+    return -(-w.global_batch_size // p.dp)
+
+
+def concurrent_sequences(p: PlanArrays, w: Workload) -> np.ndarray:
+    """Sequences a serving replica holds at once: all of its own, at most ``w.max_concurrency``."""
+    sequences = replica_sequences(p, w)
+    return sequences if w.max_concurrency is None else np.minimum(sequences, w.max_concurrency)
+
+
 def kv_cache_bytes_per_token_layer(f: ModelFacts, p: PlanArrays, mla_latent: int, head_dim: int) -> np.ndarray:
     """Cached bytes per token per layer on one GPU: 2 · (KV heads / tp) · head_dim (KV heads replicated
     when fewer than tp), or MLA's latent + rope key, which is not split (DeepSeek-V2 §2.1.2)."""
@@ -177,7 +188,7 @@ def class_memory(
         activations = activations + peft.dequantized_bytes
 
     if w.kind == "inference":
-        sequences = col(-(-w.global_batch_size // p.dp))  # the most loaded data-parallel replica
+        sequences = col(concurrent_sequences(p, w))  # the most loaded data-parallel replica's wave
         context = w.seq_len + w.output_len  # the prompt and every generated token (constraints.generation)
         cached = layout.layers * context
         if f.sliding_window:  # sliding-window layers keep only the window (spread evenly over the stages)

@@ -55,9 +55,12 @@ SCHEDULES = ("1f1b", "interleaved", "zero_bubble")
 KERNELS = ("fused", "unfused")
 ATTENTION_KERNELS = ("flash", "eager")
 CP_COMMS = ("p2p", "a2a", "a2a+p2p")
-WORKLOAD_KINDS = ("pretrain", "finetune", "inference", "rlhf")
-RL_ALGORITHMS = ("dpo",)
-"""Preference / RL algorithms priced as one workload (`Workload.algorithm`)."""
+WORKLOAD_KINDS = ("pretrain", "finetune", "inference", "score", "rlhf")
+RL_ALGORITHMS = ("dpo", "ppo", "grpo")
+"""Preference / RL algorithms (`Workload.algorithm`): DPO is one model's step (`constraints.dpo`); PPO and
+GRPO are several roles' (`constraints.rl`, searched by `solver.solve_rl`)."""
+GENERATING_ALGORITHMS = ("ppo", "grpo")
+"""The algorithms whose step generates its training data (`Rollout`)."""
 PEFT_METHODS = ("lora", "qlora")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj",
                 "gate_proj", "up_proj", "down_proj")
@@ -175,9 +178,29 @@ class Peft(_Frozen):
         return self
 
 
+class Rollout(_Frozen):
+    """What one PPO / GRPO step generates and trains on (`Workload.rollout`): each of the step's prompts
+    (``global_batch_size``, of ``seq_len`` tokens) gets ``group_size`` responses of ``response_len``
+    tokens; the policy then trains on those sequences in updates of ``mini_batch_size`` sequences
+    (None: one update on all of them) for ``epochs`` passes. ``group_size`` None is the algorithm's
+    usual default: 1 for PPO, 8 for GRPO (TRL's ``GRPOConfig.num_generations``; GRPO needs ≥ 2, its
+    advantage is each response's reward against its group's). ``reward_model``: a learned reward model
+    scores the responses (None: PPO yes, as in Ouyang et al. 2022; GRPO no, a rule or verifier scores
+    them as in DeepSeek-R1 — no GPU time)."""
+
+    response_len: Annotated[StrictInt, Field(ge=1, le=2**24)] = 1024
+    group_size: Annotated[StrictInt, Field(ge=1, le=4096)] | None = None
+    mini_batch_size: Count | None = None
+    epochs: Annotated[StrictInt, Field(ge=1, le=64)] = 1
+    reward_model: bool | None = None
+
+
 class Workload(_Frozen):
     """What runs: ``seq_len`` tokens per sequence, ``global_batch_size`` sequences per optimizer step
-    (for ``inference``: sequences served at once, each with a ``seq_len``-token context).
+    (for ``inference``: sequences served at once, each with a ``seq_len``-token context, the next token's
+    logits computed at the last position only, as serving engines and ``generate`` do; for ``score``: one
+    forward without gradients over ``global_batch_size`` full sequences, every position's log-probability
+    computed and no KV cache kept — an RL step's reference, reward and critic forwards, or an evaluation).
     ``dropout`` is the hidden/attention dropout probability (0 in modern pre-training); ``train_mtp``
     trains DeepSeek-V3's multi-token-prediction modules too. ``stack`` is the software that runs it
     (``data/stacks.json``: its attention kernel and overlap mechanisms price the step; a launch target
@@ -195,12 +218,18 @@ class Workload(_Frozen):
     ``peft`` (fine-tuning and RLHF): train LoRA / QLoRA adapters on a frozen base (`Peft`).
     ``algorithm`` (``kind="rlhf"``): ``dpo`` (Rafailov et al. 2023) trains the policy on a chosen and a
     rejected sequence per example — ``global_batch_size`` counts examples (pairs) — beside a frozen
-    reference model on the same GPUs (`constraints.dpo`).
+    reference model on the same GPUs (`constraints.dpo`); ``ppo`` (Schulman et al. 2017, as Ouyang et al.
+    2022 run it: actor, critic, reference and reward models) and ``grpo`` (Shao et al. 2024, DeepSeekMath:
+    actor and reference, ``group_size`` responses per prompt, no critic) generate their data each step
+    (``rollout``, `Rollout`): ``seq_len`` is the prompt, ``global_batch_size`` the prompts per step, and
+    the step's roles are placed and planned by `solver.solve_rl` (`constraints.rl`).
     ``output_len`` (kind inference): tokens each sequence generates after its ``seq_len``-token prompt —
     the decode after the prefill (`constraints.generation`), its KV cache held to the end; 0 prices the
-    prefill alone."""
+    prefill alone. ``max_concurrency`` (kind inference): sequences one data-parallel replica holds at
+    once (vLLM's ``--max-num-seqs``, SGLang's ``--max-running-requests``): its sequences run in waves of at
+    most this many, the KV cache sized for one wave; None: all of them at once."""
 
-    kind: Literal["pretrain", "finetune", "inference", "rlhf"] = "pretrain"
+    kind: Literal["pretrain", "finetune", "inference", "score", "rlhf"] = "pretrain"
     seq_len: Count
     global_batch_size: Count
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
@@ -211,13 +240,35 @@ class Workload(_Frozen):
     moe_capacity_factor: Annotated[float, Field(gt=0.0, le=64.0, allow_inf_nan=False)] | None = None
     moe_pad_to_capacity: bool = False
     peft: Peft | None = None
-    algorithm: Literal["dpo"] | None = None
+    algorithm: Literal["dpo", "ppo", "grpo"] | None = None
     output_len: Annotated[StrictInt, Field(ge=0, le=2**24)] = 0
+    max_concurrency: Count | None = None
+    rollout: Rollout | None = None
 
     @model_validator(mode="after")
     def _stack_dispatches(self) -> Workload:
         if self.peft is not None and self.kind not in ("finetune", "rlhf"):
             raise ValueError(f"peft {self.peft.method!r} needs kind 'finetune' or 'rlhf', got kind {self.kind!r}")
+        if self.algorithm in GENERATING_ALGORITHMS:
+            rollout = self.rollout or Rollout()
+            if self.algorithm == "grpo" and rollout.group_size == 1:
+                raise ValueError("rollout.group_size: GRPO compares each response with the others of its prompt's "
+                                 "group, so it needs at least 2 (TRL's default: 8)")
+            if rollout.group_size is None or rollout.reward_model is None:
+                grpo = self.algorithm == "grpo"
+                rollout = rollout.model_copy(update={
+                    "group_size": rollout.group_size or (8 if grpo else 1),
+                    "reward_model": (not grpo) if rollout.reward_model is None else rollout.reward_model})
+            object.__setattr__(self, "rollout", rollout)
+            sequences = self.global_batch_size * rollout.group_size
+            if rollout.mini_batch_size is not None and sequences % rollout.mini_batch_size:
+                raise ValueError(f"rollout.mini_batch_size {rollout.mini_batch_size} must divide the step's {sequences} "
+                                 f"sequences ({self.global_batch_size} prompts x {rollout.group_size} responses)")
+        elif self.rollout is not None:
+            raise ValueError(f"rollout: only kind 'rlhf' with algorithm {' or '.join(GENERATING_ALGORITHMS)} "
+                             f"generates, got kind {self.kind!r}, algorithm {self.algorithm!r}")
+        if self.max_concurrency is not None and self.kind != "inference":
+            raise ValueError(f"max_concurrency: sequences served at once apply to kind 'inference', got kind {self.kind!r}")
         if self.output_len and self.kind != "inference":
             raise ValueError(f"output_len: generated tokens are priced for kind 'inference', got kind {self.kind!r}")
         if self.moe_pad_to_capacity and self.moe_capacity_factor is None:
@@ -242,7 +293,7 @@ class Workload(_Frozen):
 
     @property
     def training(self) -> bool:
-        return self.kind != "inference"
+        return self.kind not in ("inference", "score")
 
     @property
     def sequences_per_example(self) -> int:

@@ -40,9 +40,11 @@ def sequences_per_replica(job: Job) -> int:
     """The concurrent sequences of one data-parallel replica, the limit each engine takes per DP rank
     (vLLM's ``--max-num-seqs``: every DP rank is an engine core with its own scheduler; SGLang's
     ``--max-running-requests``: without DP attention every DP worker's scheduler applies it whole). The
-    workload's sequences split over dp, the most loaded replica taking the remainder: what the cost model
-    prices the KV cache at (`constraints.memory.class_memory`), so the engine admits what the plan fits."""
-    return -(-job.workload.global_batch_size // job.plan.dp)
+    workload's sequences split over dp, the most loaded replica taking the remainder, at most the
+    workload's ``max_concurrency``: what the cost model prices the KV cache at
+    (`constraints.memory.concurrent_sequences`), so the engine admits what the plan fits."""
+    sequences = -(-job.workload.global_batch_size // job.plan.dp)
+    return min(sequences, job.workload.max_concurrency or sequences)
 
 
 def dtype(job: Job) -> str:
@@ -52,8 +54,9 @@ def dtype(job: Job) -> str:
 
 def check(job: Job, name: str) -> None:
     p = job.plan
-    if job.workload.training:
-        raise unsupported(name, "a training plan", "solve with --kind inference")
+    if job.workload.kind != "inference":
+        what = "a training plan" if job.workload.training else f"a {job.workload.kind} plan"
+        raise unsupported(name, what, "solve with --kind inference")
     if p.sharding != "none":
         raise unsupported(name, f"{p.sharding} sharding (serving replicates the weights over dp)",
                           f"solve for it with `plan launch --target {name.lower()}`")

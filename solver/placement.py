@@ -28,6 +28,7 @@ group's.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import time
 from collections.abc import Mapping, Sequence
@@ -241,12 +242,26 @@ def _options(cands: Candidates, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 def nondominated_options(table: np.ndarray) -> np.ndarray:
     """Indices of the rows of an (n, 3) integer table no other row is at most in every column (one of
     equal rows), in increasing step order: a sweep in (step, resident, transient) order keeps a row when
-    no row kept before it has resident and transient both at most its own."""
+    no row kept before it has resident and transient both at most its own — the kept rows' lower-left
+    staircase in (resident, transient), residents rising and transients falling, answers that by
+    bisection (the fastest row of each (resident, transient) pair is the only one that can be kept)."""
+    order = np.lexsort(table.T[::-1])
+    _, first = np.unique(table[order][:, 1:], axis=0, return_index=True)
+    residents: list[int] = []
+    transients: list[int] = []
     kept: list[int] = []
-    for i in np.lexsort(table.T[::-1]):
-        _, resident, transient = table[i]
-        if not any(table[k, 1] <= resident and table[k, 2] <= transient for k in kept):
-            kept.append(int(i))
+    for i in order[np.sort(first)]:
+        _, resident, transient = (int(v) for v in table[i])
+        k = bisect.bisect_right(residents, resident)
+        if k and transients[k - 1] <= transient:
+            continue
+        kept.append(int(i))
+        start = k - 1 if k and residents[k - 1] == resident else k
+        end = start
+        while end < len(residents) and transients[end] >= transient:
+            end += 1
+        residents[start:end] = [resident]
+        transients[start:end] = [transient]
     return np.array(kept, dtype=np.int64)
 
 

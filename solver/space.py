@@ -28,6 +28,8 @@ domain by the listed values, or by the values within ``(low, high)`` for integer
 - ``recompute``: none; selective with Megatron's module ladder (`constraints.check.selective_ladder`);
   full on every layer; and full on the fewest layers per virtual stage that fit (found after pricing,
   `solver.candidates`);
+- for a workload without a backward (inference, score) only recompute none and the shardings that shard
+  weights (none, fsdp, hsdp): the others would price the same plans again;
 - ``precision``: bf16; ``optimizer``: adamw; ``offload``: none; ``schedule``: 1f1b, interleaved when
   vpp > 1 — open fp8, other optimizers, CPU offload or zero_bubble with ``ranges`` (an infeasible search
   says which of them would make it feasible).
@@ -52,6 +54,7 @@ from parallelplan.constraints.check import selective_ladder
 from parallelplan.constraints.collectives import fast_domain
 from parallelplan.constraints.efficiency import stacks
 from parallelplan.constraints.plan import RECOMPUTE_MODULES, RECOMPUTES, Plan, Workload
+from parallelplan.constraints.rl import multi_role
 from parallelplan.constraints.usp import ulysses_degree
 from parallelplan.hardware import ClusterSpec
 from parallelplan.models import ModelSpec
@@ -96,6 +99,8 @@ class SearchSpace:
     widen: bool = False  # ranges add to the default domains instead of replacing them (`relaxed`)
 
     def __post_init__(self) -> None:
+        if multi_role(self.workload):
+            raise SolverInputError(multi_role(self.workload))
         fixed = dict(self.fixed)
         if "zero_stage" in fixed:  # DeepSpeed's name for the sharding
             stage = _validated("zero_stage", fixed.pop("zero_stage"), "fixed")
@@ -338,6 +343,12 @@ def executions(space: SearchSpace) -> list[Execution]:
             variants += [(code("recompute", mode), module_mask(modules)) for modules in ladder]
         elif mode in RECOMPUTES:
             variants.append((code("recompute", mode), 0))
+    if not space.workload.training:  # no backward, no optimizer: recompute and ZeRO-1/2 change nothing
+        none = code("recompute", "none")
+        if any(mode == none for mode, _ in variants):
+            variants = [(mode, modules) for mode, modules in variants if mode == none]
+        if "none" in shardings:
+            shardings = [s for s in shardings if s not in ("zero1", "zero2")]
     hsdp_sizes = space.domain("hsdp_shard_size", [space.cluster.node.gpus_per_node])
     # the schedule of a vpp > 1 layout is interleaved; the others pick 1f1b or zero_bubble here
     flat = [s for s in space.default_domain("schedule") if s != "interleaved"] or ["1f1b"]

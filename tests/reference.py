@@ -284,3 +284,65 @@ def dpo_training_step_peak(config: dict[str, Any], seq_len: int, *, batch: int =
             return -F.logsigmoid(beta * margin).mean()
 
         return _two_steps_peak(_frozen_aware_tracker(), opt, loss, *external)
+
+
+def _fake_model(config: dict[str, Any], mode: Any) -> Any:
+    """The HF causal LM of ``config`` in bf16 and eval mode, frozen, built inside FakeTensorMode ``mode``."""
+    cfg = transformers.AutoConfig.for_model(**config)
+    cfg._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    with mode:
+        model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+    model.requires_grad_(False)
+    model.eval()
+    return model
+
+
+def _peak(tracker: Any) -> dict[str, int]:
+    (device_stats,) = tracker.get_tracker_snapshot("peak").values()
+    return {str(kind).rsplit(".", 1)[-1]: int(value) for kind, value in device_stats.items()}
+
+
+def scoring_forward_peak(config: dict[str, Any], seq_len: int, *, batch: int = 1) -> dict[str, int]:
+    """MemTracker's peak by category over an RL scoring forward as verl and OpenRLHF run it for the
+    reference or the old policy: ``no_grad``, ``use_cache=False``, the logits of ``batch`` full sequences,
+    then each token's log-probability (``log_softmax`` in fp32, gathered). bf16 weights, FakeTensorMode."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    mode = FakeTensorMode()
+    model = _fake_model(config, mode)
+    with mode:
+        ids = torch.randint(0, config["vocab_size"], (batch, seq_len))
+        tracker = _frozen_aware_tracker()
+        tracker.track_external(model)
+        with tracker, torch.no_grad():
+            _sequence_log_probs(model(input_ids=ids, use_cache=False).logits, ids)
+        return _peak(tracker)
+
+
+def generation_peak(config: dict[str, Any], prompt: int, new_tokens: int, *, batch: int = 1) -> tuple[dict[str, int], int]:
+    """MemTracker's peak by category over greedy generation — the prefill of ``batch`` prompts of
+    ``prompt`` tokens keeping only the last position's logits (``logits_to_keep=1``, as ``generate`` does),
+    then the decode steps through a ``DynamicCache`` that generate the other ``new_tokens`` − 1 — and the bytes the cache holds at the end
+    (every layer's keys and values). The peak is the largest of the calls' (MemTracker follows one call of
+    each module between resets). bf16 weights, no_grad, FakeTensorMode."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    mode = FakeTensorMode()
+    model = _fake_model(config, mode)
+    with mode:
+        ids = torch.randint(0, config["vocab_size"], (batch, prompt))
+        cache = transformers.DynamicCache(config=model.config)
+        tracker = _frozen_aware_tracker()
+        tracker.track_external(model)
+        peaks = []
+        with tracker, torch.no_grad():
+            out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            for _ in range(new_tokens - 1):  # the prefill's logits gave the first new token
+                peaks.append(_peak(tracker))
+                tracker.reset_mod_stats()  # MemTracker follows one call of a module per reset
+                token = out.logits[:, -1:].argmax(-1)
+                out = model(input_ids=token, past_key_values=out.past_key_values, use_cache=True)
+            peaks.append(_peak(tracker))
+        held = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+        return max(peaks, key=lambda p: sum(p.values())), held

@@ -89,7 +89,7 @@ def test_algorithm_and_kind_go_together():
     with pytest.raises(ValueError, match="only it takes one"):
         Workload(kind="finetune", algorithm="dpo", seq_len=2048, global_batch_size=8)
     with pytest.raises(ValueError, match="algorithm"):
-        Workload(kind="rlhf", algorithm="ppo", seq_len=2048, global_batch_size=8)
+        Workload(kind="rlhf", algorithm="sft", seq_len=2048, global_batch_size=8)
 
 
 def test_cli_prices_dpo():

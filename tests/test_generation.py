@@ -84,6 +84,18 @@ def test_moe_reads_only_the_experts_its_tokens_touch():
     assert single < dense_equivalent / 4  # reads a small part of the 30B weights per token
 
 
+def test_waves_of_sequences_hold_one_waves_cache():
+    """64 sequences in waves of 16 decode as four waves of 16, each holding only its own KV cache."""
+    base = dict(kind="inference", seq_len=1024, output_len=256)
+    waves = estimate(LLAMA_8B, H100, Plan(tp=8), Workload(**base, global_batch_size=64, max_concurrency=16))
+    one = estimate(LLAMA_8B, H100, Plan(tp=8), Workload(**base, global_batch_size=16))
+    assert waves.time.decode == pytest.approx(4 * one.time.decode, rel=1e-12)
+    assert waves.memory.kv_cache == one.memory.kv_cache
+    uneven = estimate(LLAMA_8B, H100, Plan(tp=8), Workload(**base, global_batch_size=40, max_concurrency=16))
+    rest = estimate(LLAMA_8B, H100, Plan(tp=8), Workload(**base, global_batch_size=8))
+    assert uneven.time.decode == pytest.approx(2 * one.time.decode + rest.time.decode, rel=1e-12)
+
+
 def test_output_len_needs_inference():
     with pytest.raises(ValueError, match="output_len"):
         Workload(kind="finetune", seq_len=1024, output_len=16, global_batch_size=8)

@@ -149,7 +149,7 @@ def test_roles_colocated_on_one_node_take_turns_within_its_memory():
     m8 = load_model("llama-3.1-8b")
     train = Workload(kind="finetune", seq_len=4096, global_batch_size=256)
     roles = [Role(name=name, model=m8, workload=train, group="ppo") for name in ("actor", "critic", "reference")]
-    roles.append(Role(name="reward", model=m8, workload=Workload(kind="inference", seq_len=4096, global_batch_size=256)))
+    roles.append(Role(name="reward", model=m8, workload=Workload(kind="score", seq_len=4096, global_batch_size=256)))
     cluster = load_cluster("dgx-h100", nodes=2)
     placed = place(roles, cluster)
     group, reward = placed.roles[:3], placed.roles[3]
@@ -174,13 +174,13 @@ def test_plan_place_colocates_and_refuses_bad_groups():
     run = lambda *args: CliRunner().invoke(plan, ["place", "-m", "llama-3.1-8b", "-m", "llama-3.1-8b", "-m", "llama-3.1-8b",  # noqa: E731
                                                   "--name", "actor", "--name", "reference", "--name", "reward",
                                                   "-c", "dgx-h100", "--nodes", "4", "--global-batch", "256", *args])
-    result = run("--colocate", "actor,reference", "--role-kind", "reference=inference", "--role-kind", "reward=inference",
+    result = run("--colocate", "actor,reference", "--role-kind", "reference=score", "--role-kind", "reward=score",
                  "--kind", "finetune")
     assert result.exit_code == 0, result.output
-    assert "actor+reference" in result.output and "inference" in result.output
+    assert "actor+reference" in result.output and "score" in result.output
     for args, message in ((["--colocate", "actor,critic"], "no role named 'critic'"),
                           (["--colocate", "actor"], "name two or more roles"),
                           (["--colocate", "actor,reward", "--colocate", "reward,reference"], "already in group"),
-                          (["--role-kind", "reward=serve"], "pretrain, finetune or inference")):
+                          (["--role-kind", "reward=serve"], "pretrain, finetune, inference or score")):
         bad = run(*args)
         assert bad.exit_code == 2 and message in bad.output, bad.output

@@ -14,14 +14,15 @@ from parallelplan.cli.options import MODEL_OPTIONS, cost_model, load_target_clus
 
 @click.command()
 @click.option("--list", "list_only", is_flag=True, help="List the profiles and what each is for.")
-@click.option("--workload", "-w", "name", help="The profile: pretrain, finetune, lora, qlora, dpo, inference, "
-                                               "long-context, moe or cost (see --list).")
+@click.option("--workload", "-w", "name", help="The profile: pretrain, finetune, lora, qlora, dpo, ppo, grpo, "
+                                               "inference, long-context, moe or cost (see --list).")
 @click.option("--model", "-m", "model_ref", help="Preset name or alias, a config.json or its folder, or a HF repo id.")
 @click.option("--cluster", "-c", "cluster_ref", help="Cluster preset or file [default: dgx-h100; cost: every priced preset].")
 @click.option("--nodes", type=click.IntRange(min=1), help="Number of nodes [default: the cluster's].")
 @click.option("--gpus", type=click.IntRange(min=1), help="Total GPUs (whole nodes, or part of one node).")
 @click.option("--seq-len", type=click.IntRange(min=1), help="Tokens per sequence [default: the profile's].")
-@click.option("--global-batch", type=click.IntRange(min=1), help="Sequences (DPO: examples) per step [default: the profile's].")
+@click.option("--global-batch", type=click.IntRange(min=1),
+              help="Sequences (DPO: examples; PPO, GRPO: prompts) per step [default: the profile's].")
 @click.option("--tokens", type=click.FloatRange(min=0, min_open=True), help="cost: tokens to train.")
 @click.option("--deadline-hours", type=click.FloatRange(min=0, min_open=True), help="cost: hours the run may take.")
 @click.option("--max-nodes", type=click.IntRange(1, 4096),
@@ -76,6 +77,11 @@ def profile(list_only: bool, name: str | None, model_ref: str | None, cluster_re
 
         report_infeasible(err, as_json)
     if as_json:
+        if chosen.workload.get("rollout") is not None:
+            from parallelplan.cli.rl_cmd import rl_json
+
+            click.echo(rl_json(found))
+            return
         click.echo(found.model_dump_json(indent=2) if name != "cost" else json.dumps(
             json.loads(found.model_dump_json(exclude={"best": {"solution"}, "options": {"__all__": {"solution"}}})), indent=2))
         return
@@ -88,6 +94,11 @@ def profile(list_only: bool, name: str | None, model_ref: str | None, cluster_re
     click.echo("")
     if name == "cost":
         click.echo(render_cheapest(found))
+        return
+    if chosen.workload.get("rollout") is not None:
+        from parallelplan.cli.rl_cmd import render_rl
+
+        click.echo(render_rl(model, cluster, chosen.build_workload(overrides), found))
         return
     from parallelplan.cli.solve_cmd import render_solution
 

@@ -79,8 +79,12 @@ def solve_rl_step(model: ModelSpec, cluster: ClusterSpec, workload: Workload, co
                          nodes=_pins(given.get("role_nodes") or ()), time_limit_s=time_limit_s, **cost)
     except Infeasible as err:
         report_infeasible(err, as_json)
-    click.echo(found.model_dump_json(indent=2, exclude={"roles": {"__all__": {"estimates"}}}) if as_json
-               else render_rl(model, cluster, workload, found))
+    click.echo(rl_json(found) if as_json else render_rl(model, cluster, workload, found))
+
+
+def rl_json(found: RLSolution) -> str:
+    """`solver.RLSolution` as JSON, without each role's full estimates (`solve_rl` in Python keeps them)."""
+    return found.model_dump_json(indent=2, exclude={"roles": {"__all__": {"estimates"}}})
 
 
 def render_rl(model: ModelSpec, cluster: ClusterSpec, workload: Workload, found: RLSolution) -> str:

@@ -1,7 +1,7 @@
 """Workload profiles (``data/profiles.json``): a named workload with its search settings and objective, each
 default with why — `list_profiles()`, `load_profile(name)`, and `profile(name, model, cluster)`, which
-runs the solver on it (`solve`, or `cheapest` for the ``cost`` profile) so that its plan is proved optimal
-like any other. A caller's overrides (workload fields, pins) replace the profile's defaults.
+runs the solver on it (`solve`; `solve_rl` for ``ppo`` and ``grpo``; `cheapest` for ``cost``) so that its
+plan is proved optimal like any other. A caller's overrides (workload fields, pins) replace the profile's defaults.
 """
 
 from __future__ import annotations
@@ -71,8 +71,8 @@ def profile(name: str, model: ModelSpec, cluster: ClusterSpec | None = None, *,
             tokens: float | None = None, deadline_hours: float | None = None, **options: Any):
     """Solve profile ``name`` for ``model``: a `Solution` on ``cluster``, or for ``cost`` a
     `solver.cheapest_cluster.Cheapest` over the priced presets (``tokens`` and ``deadline_hours`` needed; ``options``
-    are `cheapest`'s). ``workload`` and ``fixed`` override the profile's fields and pins; ``options`` go to
-    `solve` otherwise."""
+    are `cheapest`'s), for ``ppo`` and ``grpo`` an `RLSolution` (``options`` `solve_rl`'s). ``workload`` and
+    ``fixed`` override the profile's fields and pins; ``options`` go to `solve` otherwise."""
     from parallelplan.solver.cheapest_cluster import cheapest
     from parallelplan.solver.search import solve
 
@@ -90,4 +90,16 @@ def profile(name: str, model: ModelSpec, cluster: ClusterSpec | None = None, *,
         return cheapest(model, work, tokens=tokens, deadline_hours=deadline_hours, **options)
     if cluster is None:
         raise SolverInputError(f"profile {name} plans on a cluster: give one")
+    if work.rollout is not None:  # PPO / GRPO: several roles, each in its own space
+        from parallelplan.solver.rl import solve_rl
+
+        extra = [k for k, v in options.items() if k not in _RL_OPTIONS and v]
+        if pins or extra:
+            raise SolverInputError(f"profile {name} places several roles, each in its own search space: it takes no "
+                                   f"{'pins' if pins else ', '.join(extra)}")
+        return solve_rl(model, cluster, work, **{k: v for k, v in options.items() if k in _RL_OPTIONS})
     return solve(model, cluster, work, objective=chosen.objective, fixed=pins, **options)
+
+
+_RL_OPTIONS = ("efficiency", "runtime", "time_limit_s", "critic", "reward", "placement", "nodes")
+"""The keyword arguments of `profile` that `solve_rl` takes (the others are `solve`'s search options)."""

@@ -12,14 +12,15 @@ from parallelplan.solver import SolverInputError, solve
 from parallelplan.solver.profiles import list_profiles, load_profile, profile
 
 NODE = load_cluster("dgx-h100", nodes=1)
-NAMES = ["pretrain", "finetune", "lora", "qlora", "dpo", "inference", "long-context", "moe", "cost"]
+NAMES = ["pretrain", "finetune", "lora", "qlora", "dpo", "ppo", "grpo", "inference", "long-context", "moe", "cost"]
 
 
 def test_the_profiles_of_the_issue_exist_and_every_default_says_why():
     assert [p.name for p in list_profiles()] == NAMES
     for p in list_profiles():
         work = p.build_workload()
-        given = set(p.workload) - {"kind", "algorithm"}
+        given = set(p.workload) - {"kind", "algorithm", "rollout"}
+        given |= {f"rollout.{key}" for key in p.workload.get("rollout", {})}
         assert given <= set(p.why), f"{p.name}: {given - set(p.why)} without a why"
         assert set(p.fixed) <= set(p.why) and "objective" in p.why
         assert work.seq_len == p.workload["seq_len"]
@@ -37,6 +38,19 @@ def test_a_profile_is_the_solver_on_its_workload_and_pins(name, model):
     for field, value in chosen.fixed.items():
         assert getattr(found.plan, field) == value
     assert found.workload == chosen.build_workload()
+
+
+@pytest.mark.parametrize("name,model,nodes,prompts", [("grpo", "llama-3.1-8b", 1, 32), ("ppo", "llama-3.1-8b", 2, 256)])
+def test_rl_profiles_are_solve_rl_on_their_step(name, model, nodes, prompts):
+    from parallelplan.solver import solve_rl
+
+    spec, cluster = load_model(model), load_cluster("dgx-h100", nodes=nodes)
+    overrides = {"global_batch_size": prompts}
+    found = profile(name, spec, cluster, workload=overrides)
+    direct = solve_rl(spec, cluster, load_profile(name).build_workload(overrides))
+    assert found.step_time_s == direct.step_time_s and [r.plan for r in found.roles] == [r.plan for r in direct.roles]
+    with pytest.raises(SolverInputError, match="takes no pins"):
+        profile(name, spec, cluster, fixed={"tp": 2})
 
 
 def test_overrides_replace_the_defaults():

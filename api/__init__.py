@@ -26,13 +26,13 @@ _EXPORTS = {
     **dict.fromkeys(("ModelSpec", "ModelError", "load_model", "list_presets"), "parallelplan.models"),
     **dict.fromkeys(("ClusterSpec", "GPUSpec", "NodeSpec", "HardwareError", "load_cluster", "list_clusters",
                      "load_gpu", "detect_cluster", "detect_node"), "parallelplan.hardware"),
-    **dict.fromkeys(("Plan", "Workload", "Peft", "Estimate", "PlanError", "Violation", "estimate", "check", "evaluate",
+    **dict.fromkeys(("Plan", "Workload", "Peft", "Rollout", "Estimate", "PlanError", "Violation", "estimate", "check", "evaluate",
                      "assess", "compare_sharding", "describe_topology", "calibrate", "read_runs"),
                     "parallelplan.constraints"),
     **dict.fromkeys(("Solution", "Infeasible", "SolverInputError", "solve", "pareto", "compare", "place", "Role", "Placement", "solve_pools",
-                     "cheapest", "profile", "list_profiles"),
+                     "cheapest", "profile", "list_profiles", "solve_rl", "RLSolution"),
                     "parallelplan.solver"),
-    **dict.fromkeys(("EmitError", "emit", "list_targets", "read_config"), "parallelplan.emitters"),
+    **dict.fromkeys(("EmitError", "emit", "list_targets", "read_config", "rl_constraints"), "parallelplan.emitters"),
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

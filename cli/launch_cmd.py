@@ -13,6 +13,7 @@ import click
 
 from parallelplan.cli.format import quiet
 from parallelplan.cli.options import MODEL_OPTIONS, WORKLOAD_OPTIONS, with_options
+from parallelplan.cli.rl_cmd import RL_OPTIONS
 from parallelplan.cli.solve_cmd import (
     PIN_FLAGS,
     SEARCH_OPTIONS,
@@ -83,6 +84,8 @@ def _solution(target: str, options: dict[str, Any], as_json: bool):
     model, cluster, workload = build_inputs(options["model_ref"], options["cluster_ref"], options["nodes"], options["gpus"],
                                             options["kind"], options["seq_len"], options["dropout"], options["train_mtp"],
                                             options["stack"], options["moe_dispatcher"], options["moe_imbalance"], options["global_batch"], search["fixed"])
+    if workload.rollout is not None:  # a PPO / GRPO step: its roles placed and planned inside what the target runs
+        return _rl_solution(target, model, cluster, workload, options, search, as_json)
     limits = constraints(target)
     for name, value in search["fixed"].items():
         needed = _refused(limits, name, value)
@@ -98,6 +101,27 @@ def _solution(target: str, options: dict[str, Any], as_json: bool):
     search["allow_partial_recompute"] = limits.get("allow_partial_recompute", True)
     try:
         return solve(model, cluster, workload, objective=parse_objective(options["objective"]), **search)
+    except Infeasible as err:
+        report_infeasible(err, as_json)
+
+
+def _rl_solution(target: str, model, cluster, workload, options: dict[str, Any], search: dict[str, Any], as_json: bool):
+    """`solver.solve_rl` for ``target``: each role in the target's limits, its placement when it runs one."""
+    from parallelplan.cli.rl_cmd import rl_arguments, rl_given
+    from parallelplan.emitters import rl_constraints, rl_placement
+    from parallelplan.solver import Infeasible, SolverInputError, solve_rl
+
+    rl_given({**options, "node_counts": search["node_counts"], "min_tokens_per_s": search["min_tokens_per_s"]},
+             options["objective"], 0)
+    limits, runs = rl_constraints(target), rl_placement(target)
+    given = rl_arguments()
+    if runs is not None and given["placement"] not in (None, runs):
+        raise SolverInputError(f"--placement {given['placement']}: {target} runs the {runs} placement only")
+    if runs is not None and given["nodes"] and runs == "colocated":
+        raise SolverInputError(f"--role-nodes: {target} runs every role on every GPU (colocated)")
+    try:
+        return solve_rl(model, cluster, workload, **{**given, "placement": runs or given["placement"]}, limits=limits,
+                        efficiency=search["efficiency"], runtime=search["runtime"], time_limit_s=search["time_limit_s"])
     except Infeasible as err:
         report_infeasible(err, as_json)
 
@@ -139,7 +163,8 @@ def _write(target: str, options: dict[str, Any]) -> None:
                     "master_port": options["master_port"], "job_name": options["job_name"]}
     slurm = {"time_limit": options.get("slurm_time"), "partition": options.get("partition"), "account": options.get("account")}
     emit_options |= {k: v for k, v in slurm.items() if v is not None}
-    files = emit(solution, target, **emit_options)  # EmitError: bad input, reported by `cli.main`
+    rl_step = hasattr(solution, "roles")
+    files = emit(solution, target, **({} if rl_step else emit_options))  # EmitError: bad input, reported by `cli.main`
     out: Path | None = options["out_dir"]
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -151,8 +176,13 @@ def _write(target: str, options: dict[str, Any]) -> None:
     if as_json:
         click.echo(json.dumps({"target": target, "solution": solution.model_dump(mode="json"), "files": files}, indent=2))
         return
-    click.echo(f"{target}: {describe(solution.plan)} on {solution.gpus} GPUs "
-               f"({'proved optimal' if solution.optimal else 'not proved optimal'})")
+    if rl_step:
+        click.echo(f"{target}: {solution.algorithm.upper()} step, {solution.placement}, {solution.step_time_s:.1f} s per "
+                   f"step ({'proved optimal' if solution.optimal else 'not proved optimal'}): "
+                   + "; ".join(f"{r.role} {describe(r.plan)}" for r in solution.roles))
+    else:
+        click.echo(f"{target}: {describe(solution.plan)} on {solution.gpus} GPUs "
+                   f"({'proved optimal' if solution.optimal else 'not proved optimal'})")
     if out is not None:
         click.echo("\n".join(f"  wrote {out / name}" for name in files))
         return
@@ -161,11 +191,12 @@ def _write(target: str, options: dict[str, Any]) -> None:
 
 
 @click.command()
-@click.option("--target", "-t", help="accelerate, deepspeed, megatron, sglang, slurm, torchrun, torchtitan or vllm "
-                                     "[default: torchrun, said on stderr].")
+@click.option("--target", "-t", help="accelerate, deepspeed, megatron, sglang, slurm, torchrun, torchtitan, trl, verl "
+                                     "(PPO / GRPO steps) or vllm [default: torchrun, said on stderr].")
 @with_options(SOURCE_OPTIONS)
 @with_options(WORKLOAD_OPTIONS)
 @with_options(SEARCH_OPTIONS)
+@with_options(RL_OPTIONS)
 @with_options(MODEL_OPTIONS)
 @with_options(LAUNCH_OPTIONS)
 def launch(target: str, **options: Any) -> None:
@@ -177,6 +208,7 @@ def launch(target: str, **options: Any) -> None:
       plan launch --model llama-3.1-8b --nodes 2 --gpus 4 --tp 2 --pp 2 --dp 1
       plan solve -m llama-3.1-8b -c dgx-h100 --nodes 1 --json > plan.json
       plan launch --solution plan.json --target torchrun --out run/ --script train.py --script-arg --lr=3e-4
+      plan launch -m qwen3-30b-a3b --nodes 2 --kind rlhf --algorithm grpo --seq-len 1024 --global-batch 64 --target verl
     """
     from parallelplan.emitters import EmitError, list_targets
 

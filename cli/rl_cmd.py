@@ -64,19 +64,24 @@ def rl_given(search: dict[str, Any], objective: str, top_k: int) -> None:
                                "search space; pin roles' nodes with --role-nodes, or plan one role with --kind finetune")
 
 
+def rl_arguments() -> dict[str, Any]:
+    """`solve_rl`'s critic, reward, placement and nodes from the RL options on the click context."""
+    from parallelplan.models import load_model
+
+    given = click.get_current_context().meta.get("rl_options", {})
+    return {"critic": load_model(given["critic_ref"]) if given.get("critic_ref") else None,
+            "reward": load_model(given["reward_ref"]) if given.get("reward_ref") else None,
+            "placement": given.get("placement"), "nodes": _pins(given.get("role_nodes") or ())}
+
+
 def solve_rl_step(model: ModelSpec, cluster: ClusterSpec, workload: Workload, cost: dict[str, Any], time_limit_s: float,
                   as_json: bool) -> None:
     """Run `solver.solve_rl` with the RL options and print its report (or JSON)."""
     from parallelplan.cli.solve_cmd import report_infeasible
-    from parallelplan.models import load_model
     from parallelplan.solver import Infeasible, solve_rl
 
-    given = click.get_current_context().meta.get("rl_options", {})
-    critic = load_model(given["critic_ref"]) if given.get("critic_ref") else None
-    reward = load_model(given["reward_ref"]) if given.get("reward_ref") else None
     try:
-        found = solve_rl(model, cluster, workload, critic=critic, reward=reward, placement=given.get("placement"),
-                         nodes=_pins(given.get("role_nodes") or ()), time_limit_s=time_limit_s, **cost)
+        found = solve_rl(model, cluster, workload, **rl_arguments(), time_limit_s=time_limit_s, **cost)
     except Infeasible as err:
         report_infeasible(err, as_json)
     click.echo(rl_json(found) if as_json else render_rl(model, cluster, workload, found))
@@ -84,7 +89,7 @@ def solve_rl_step(model: ModelSpec, cluster: ClusterSpec, workload: Workload, co
 
 def rl_json(found: RLSolution) -> str:
     """`solver.RLSolution` as JSON, without each role's full estimates (`solve_rl` in Python keeps them)."""
-    return found.model_dump_json(indent=2, exclude={"roles": {"__all__": {"estimates"}}})
+    return found.model_dump_json(indent=2, exclude={"roles": {"__all__": {"estimates"}}, "models": True})
 
 
 def render_rl(model: ModelSpec, cluster: ClusterSpec, workload: Workload, found: RLSolution) -> str:

@@ -1,8 +1,10 @@
 """Solved plan → launch files and commands, one small module per framework, deciding nothing:
 
-- `emit(solution, target, **options) -> dict[filename, content]` (options: `emitters.job.OPTIONS`);
+- `emit(solution, target, **options) -> dict[filename, content]` (options: `emitters.job.OPTIONS`); a PPO /
+  GRPO step (`solver.RLSolution`) goes to the targets that run one (verl);
 - `list_targets()`; `constraints(target)`: the pins, ranges and switches that keep a search inside what the
-  target can express (`plan launch` solves with them);
+  target can express (`plan launch` solves with them); `rl_constraints(target)`: the same per role of an RL
+  step (`solver.solve_rl`'s ``limits``);
 - `EmitError` for a plan the framework cannot express, naming the framework and the dimension;
 - `read_config(data, world_size) -> ReadConfig`: a user's DeepSpeed JSON read back into `Plan` fields, the
   global batch, findings and notes (`emitters.deepspeed`, loaded on first use).
@@ -17,7 +19,7 @@ from typing import Any
 from parallelplan.common.lazy import lazy_exports
 from parallelplan.emitters.errors import EmitError
 
-_TARGETS = ("accelerate", "deepspeed", "megatron", "sglang", "slurm", "torchrun", "torchtitan", "trl", "vllm")
+_TARGETS = ("accelerate", "deepspeed", "megatron", "sglang", "slurm", "torchrun", "torchtitan", "trl", "verl", "vllm")
 """One module per target, `emitters.<target>` (loaded on first use: catching `EmitError` costs nothing)."""
 
 
@@ -37,11 +39,31 @@ def constraints(target: str) -> dict[str, Any]:
     return {key: dict(value) if isinstance(value, dict) else value for key, value in found.items()}
 
 
+def rl_constraints(target: str) -> dict[str, dict[str, Any]]:
+    """Per role of a PPO / GRPO step, the pins and ranges that keep its search inside what ``target`` runs."""
+    found = getattr(_module(target), "RL_CONSTRAINTS", None)
+    if found is None:
+        runs = [t for t in _TARGETS if getattr(_module(t), "RL_CONSTRAINTS", None) is not None]
+        raise EmitError(f"the {target} target writes no PPO or GRPO step yet; use --target {' or '.join(runs)}")
+    return {role: {k: dict(v) if isinstance(v, dict) else v for k, v in limits.items()} for role, limits in found.items()}
+
+
+def rl_placement(target: str) -> str | None:
+    """The placement ``target`` runs an RL step in (verl: colocated), None when it runs either."""
+    rl_constraints(target)
+    return getattr(_module(target), "RL_PLACEMENT", None)
+
+
 def emit(solution, target: str, **options: Any) -> dict[str, str]:
-    """The files of ``target`` for a solved plan (`solver.Solution`)."""
+    """The files of ``target`` for a solved plan (`solver.Solution`) or RL step (`solver.RLSolution`)."""
     from parallelplan.emitters.job import Job
 
     module = _module(target)
+    if hasattr(solution, "roles"):  # an RL step: several roles
+        rl_constraints(target)  # a target that runs none says so
+        if options:
+            raise EmitError(f"{target} takes no launch options for an RL step, got {sorted(options)}")
+        return module.emit_rl(solution)
     files = module.emit(Job.from_solution(solution, **options))  # the target's own refusals first
     _check_cp_comm(solution.plan, target)
     _check_tuning(solution.workload, target)
@@ -73,4 +95,4 @@ __getattr__, __dir__ = lazy_exports(__name__, {"ReadConfig": "parallelplan.emitt
                                                 "read_config": "parallelplan.emitters.deepspeed"})
 """Names exported from a target's module, imported when first asked for."""
 
-__all__ = ["EmitError", "ReadConfig", "constraints", "emit", "list_targets", "read_config"]
+__all__ = ["EmitError", "ReadConfig", "constraints", "emit", "list_targets", "read_config", "rl_constraints", "rl_placement"]

@@ -6,19 +6,25 @@ from __future__ import annotations
 import math
 
 from parallelplan.emitters.job import Job, unsupported
+from parallelplan.models import ModelSpec
 from parallelplan.models.presets import get_preset
 
 PORT = 8000
 
 
 def model_reference(job: Job) -> str:
+    """The Hugging Face repo id of the job's model (`repo_id`)."""
+    return repo_id(job.model)
+
+
+def repo_id(model: ModelSpec) -> str:
     """The Hugging Face repo id: the preset's alias that names one, the model's own name when it is one,
-    else ``$MODEL`` (the script asks for it)."""
-    preset = get_preset(job.model.name)
+    else "" (the script asks for it)."""
+    preset = get_preset(model.name)
     repos = [alias for alias in (preset.aliases if preset else ()) if "/" in alias]
     if repos:
         return repos[0]
-    return job.model.name if "/" in job.model.name else ""
+    return model.name if "/" in model.name else ""
 
 
 def model_lines(job: Job) -> list[str]:

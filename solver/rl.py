@@ -30,7 +30,7 @@ import itertools
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -95,6 +95,10 @@ class RLSolution(_Frozen):
 
     algorithm: str
     placement: Placement
+    workload: Workload
+    cluster: ClusterSpec
+    models: dict[str, ModelSpec]
+    """Each role's model, by role."""
     step_time_s: float
     phases: dict[str, float]
     roles: tuple[RLRole, ...]
@@ -147,21 +151,27 @@ class _Options:
         return self.take([int(np.lexsort(self.table().T[::-1])[0])])
 
 
-def _priced(model: ModelSpec, cluster: ClusterSpec, workload: Workload, efficiency, runtime):
-    return priced_candidates(SearchSpace(model, cluster, workload), efficiency=efficiency, runtime=runtime)
+def _priced(model: ModelSpec, cluster: ClusterSpec, workload: Workload, efficiency, runtime, limits: Mapping[str, Any]):
+    space = SearchSpace(model, cluster, workload, fixed=dict(limits.get("fixed", {})), ranges=dict(limits.get("ranges", {})),
+                        allow_partial_recompute=limits.get("allow_partial_recompute", True))
+    return priced_candidates(space, efficiency=efficiency, runtime=runtime)
 
 
 def role_options(role: str, model: ModelSpec, cluster: ClusterSpec, workload: Workload, *,
-                 efficiency: Efficiency | None = None, runtime: RuntimeAllowance | None = None) -> _Options:
-    """Every plan of ``role``'s search space on ``cluster`` that fits and runs, priced (module docstring)."""
+                 efficiency: Efficiency | None = None, runtime: RuntimeAllowance | None = None,
+                 limits: Mapping[str, Any] | None = None) -> _Options:
+    """Every plan of ``role``'s search space on ``cluster`` that fits and runs, priced (module docstring);
+    ``limits``: the role's pins and ranges (``{"fixed": ..., "ranges": ..., "allow_partial_recompute": ...}``,
+    a launch target's, as `emitters.constraints` gives a single model's)."""
+    limits = limits or {}
     usable = (runtime or RuntimeAllowance.default()).usable(cluster)
     empty = np.zeros(0)
     none = _Options(role, model, None, empty, empty, empty, empty, empty)
     if role == "rollout":
-        return _rollout_options(model, cluster, workload, efficiency, runtime) or none
+        return _rollout_options(model, cluster, workload, efficiency, runtime, limits) or none
     scoring = rl.scoring_workload(workload)
     if role in rl.TRAINED:
-        cands = _priced(model, cluster, rl.training_workload(workload, role), efficiency, runtime)
+        cands = _priced(model, cluster, rl.training_workload(workload, role), efficiency, runtime, limits)
         if cands is None:
             return none
         e = cands.evaluation
@@ -177,7 +187,7 @@ def role_options(role: str, model: ModelSpec, cluster: ClusterSpec, workload: Wo
         keep = np.flatnonzero(ok)
         return _Options(role, model, plans.take(keep), np.zeros(len(keep)), score.time.step[keep],
                         rl.updates(workload) * e.time.step[rows][keep], resident[keep], transient[keep])
-    cands = _priced(model, cluster, scoring, efficiency, runtime)
+    cands = _priced(model, cluster, scoring, efficiency, runtime, limits)
     if cands is None:
         return none
     e = cands.evaluation
@@ -187,11 +197,12 @@ def role_options(role: str, model: ModelSpec, cluster: ClusterSpec, workload: Wo
                     e.memory.weights[rows], (e.memory.total - e.memory.weights)[rows])
 
 
-def _rollout_options(model: ModelSpec, cluster: ClusterSpec, workload: Workload, efficiency, runtime) -> _Options | None:
+def _rollout_options(model: ModelSpec, cluster: ClusterSpec, workload: Workload, efficiency, runtime,
+                     limits: Mapping[str, Any]) -> _Options | None:
     """The rollout's plans, each with every sequences-at-once per replica: all of them, or waves of a power
     of two fewer (the engine's ``max_num_seqs``), the KV cache of one wave against the time of several."""
     generation = rl.generation_workload(workload)
-    cands = _priced(model, cluster, generation, efficiency, runtime)
+    cands = _priced(model, cluster, generation, efficiency, runtime, limits)
     if cands is None:
         return None
     total = rl.sequences(workload)
@@ -284,18 +295,19 @@ class _Cache:
     """Role options by (role kind, model, node count): the reference and reward models, or actor and critic,
     often share one architecture and so one search."""
 
-    def __init__(self, workload: Workload, efficiency, runtime):
-        self.workload, self.efficiency, self.runtime = workload, efficiency, runtime
+    def __init__(self, workload: Workload, efficiency, runtime, limits: Mapping[str, Any]):
+        self.workload, self.efficiency, self.runtime, self.limits = workload, efficiency, runtime, limits
         self.found: dict[tuple, _Options] = {}
 
     def options(self, role: str, model: ModelSpec, cluster: ClusterSpec) -> _Options:
         kind = {"reward": "reference"}.get(role, role)
         if role == "critic" and self.workload.peft is None:
             kind = "actor"  # without peft both train in full: one search
-        key = (kind, model.model_dump_json(), cluster.num_nodes, cluster.node.name)
+        limits = self.limits.get(role, {})
+        key = (kind, model.model_dump_json(), cluster.num_nodes, cluster.node.name, repr(limits))
         if key not in self.found:
             self.found[key] = role_options(role if kind == role else kind, model, cluster, self.workload,
-                                           efficiency=self.efficiency, runtime=self.runtime)
+                                           efficiency=self.efficiency, runtime=self.runtime, limits=limits)
         found = self.found[key]
         return _Options(role, found.model, found.plans, found.generate, found.score, found.train, found.resident,
                         found.transient, found.concurrency)
@@ -306,8 +318,10 @@ def _why_none(role: str, model: ModelSpec, cluster: ClusterSpec, cache: _Cache) 
     w = cache.workload
     workload = (rl.training_workload(w, role) if role in rl.TRAINED else  # the rollout: one sequence at a time
                 rl.generation_workload(w, 1) if role == "rollout" else rl.scoring_workload(w))
+    limits = cache.limits.get(role, {})
     try:
-        solve(model, cluster, workload, efficiency=cache.efficiency, runtime=cache.runtime)
+        solve(model, cluster, workload, fixed=dict(limits.get("fixed", {})), ranges=dict(limits.get("ranges", {})),
+              efficiency=cache.efficiency, runtime=cache.runtime)
     except Infeasible as err:
         facts = err.details.get("facts") or err.conflicts
         return f"{role} fits no plan on the {cluster.total_gpus} GPUs: " + " ".join(facts)
@@ -372,10 +386,13 @@ def _split(names, models, cluster, cache: _Cache, pins: Mapping[str, int], time_
 
 def solve_rl(actor: ModelSpec, cluster: ClusterSpec, workload: Workload, *, critic: ModelSpec | None = None,
              reward: ModelSpec | None = None, placement: Placement | None = None,
-             nodes: Mapping[str, int] | None = None, efficiency: Efficiency | None = None, runtime: RuntimeAllowance | None = None,
+             nodes: Mapping[str, int] | None = None, limits: Mapping[str, Mapping[str, Any]] | None = None,
+             efficiency: Efficiency | None = None, runtime: RuntimeAllowance | None = None,
              time_limit_s: float = 30.0) -> RLSolution:
     """The fastest placement and plans of a PPO / GRPO step (module docstring); ``nodes`` pins some roles'
-    node counts (the split placement, as OpenRLHF's ``--actor_num_nodes`` … fix them). `Infeasible` when
+    node counts (the split placement, as OpenRLHF's ``--actor_num_nodes`` … fix them); ``limits`` gives roles
+    pins and ranges of their own (by role name: ``{"fixed": …, "ranges": …}``, what a launch target runs,
+    `emitters.rl_constraints`). `Infeasible` when
     no placement fits, `SolverInputError` on a workload that is not one or pins that cannot hold."""
     started = time.perf_counter()
     if workload.algorithm not in GENERATING_ALGORITHMS:
@@ -395,12 +412,16 @@ def solve_rl(actor: ModelSpec, cluster: ClusterSpec, workload: Workload, *, crit
         placement = "split"
     models = _models(actor, critic, reward)
     usable = rt.usable(cluster)
-    results, reasons = _search(names, models, cluster, workload, placement, pins, eff, rt, time_limit_s)
+    limits = {role: dict(value) for role, value in (limits or {}).items()}
+    unknown = sorted(set(limits) - set(rl.ROLES))
+    if unknown:
+        raise SolverInputError(f"limits: {', '.join(unknown)} not a role; the roles are {', '.join(rl.ROLES)}")
+    results, reasons = _search(names, models, cluster, workload, placement, pins, eff, rt, time_limit_s, limits)
     if not results:
         raise Infeasible(f"no placement of the {workload.algorithm.upper()} step fits {plural_nodes(cluster.num_nodes)} "
                          f"of {cluster.node.name} ({', '.join(reasons)} searched)",
                          [f"{k}: {v}" for k, v in reasons.items()],
-                         _checked_changes(models, cluster, workload, eff, rt, time_limit_s))
+                         _checked_changes(models, cluster, workload, eff, rt, time_limit_s, limits))
     built = {kind: _build(kind, chosen, names, models['actor'], cluster, workload, eff, rt)
              for kind, (chosen, _) in results.items()}
     kind = min(built, key=lambda k: (built[k][0]["step"], PLACEMENTS.index(k)))
@@ -416,17 +437,19 @@ def solve_rl(actor: ModelSpec, cluster: ClusterSpec, workload: Workload, *, crit
     rollout = rl.rollout_of(workload)
     proved, how = results[kind][1]
     lines = _explain(kind, phases, step, memory, usable, alternative, proved, how)
-    return RLSolution(algorithm=workload.algorithm, placement=kind, step_time_s=step, phases=phases, roles=tuple(roles_out),
+    return RLSolution(algorithm=workload.algorithm, placement=kind, workload=workload, cluster=cluster,
+                      models={name: models[name] for name in names}, step_time_s=step, phases=phases, roles=tuple(roles_out),
                       memory_per_phase=memory, usable_bytes=int(usable), sequences=sequences,
                       generated_tokens_per_s=sequences * rollout.response_len / step, optimal=bool(proved),
                       solve_time_s=time.perf_counter() - started, alternative=alternative, explanation=tuple(lines))
 
 
 def _search(names, models, cluster: ClusterSpec, workload: Workload, placement: Placement | None,
-            pins: Mapping[str, int], eff: Efficiency, rt: RuntimeAllowance, time_limit_s: float) -> tuple[dict, dict]:
+            pins: Mapping[str, int], eff: Efficiency, rt: RuntimeAllowance, time_limit_s: float,
+            limits: Mapping[str, Any]) -> tuple[dict, dict]:
     """Each placement searched (``placement`` alone when pinned): the chosen options with (proved, how) by
     placement, and the reason by placement where none fits."""
-    cache = _Cache(workload, eff, rt)
+    cache = _Cache(workload, eff, rt, limits)
     results: dict[str, tuple] = {}
     reasons: dict[str, str] = {}
     for kind in ([placement] if placement else PLACEMENTS):
@@ -442,7 +465,7 @@ def _search(names, models, cluster: ClusterSpec, workload: Workload, placement: 
 
 
 def _checked_changes(models, cluster: ClusterSpec, workload: Workload, eff: Efficiency, rt: RuntimeAllowance,
-                     time_limit_s: float) -> list[str]:
+                     time_limit_s: float, limits: Mapping[str, Any]) -> list[str]:
     """The changes to an infeasible step that make it fit, each searched: twice the nodes, half the
     prompts per step, a LoRA adapter on the actor (which also drops the reference copy)."""
     tries = []
@@ -457,7 +480,7 @@ def _checked_changes(models, cluster: ClusterSpec, workload: Workload, eff: Effi
         tries.append(("a LoRA adapter on the actor (--peft lora)", cluster, changed(peft=Peft().model_dump())))
     changes = []
     for what, on, w in tries:
-        results, _ = _search(rl.roles(w), models, on, w, None, {}, eff, rt, time_limit_s)
+        results, _ = _search(rl.roles(w), models, on, w, None, {}, eff, rt, time_limit_s, limits)
         if results:
             changes.append(f"{what}: fits ({', '.join(results)})")
     return changes

@@ -120,6 +120,28 @@ def trl_cases() -> dict[str, Solution]:
     }
 
 
+def _rl_step(model: str, nodes: int, algorithm: str, prompts: int, peft: Peft | None = None, **rollout):
+    """A PPO / GRPO step solved inside verl's per-role constraints, colocated (what verl runs)."""
+    from parallelplan.constraints import Rollout
+    from parallelplan.emitters import rl_constraints
+    from parallelplan.solver import solve_rl
+
+    work = Workload(kind="rlhf", algorithm=algorithm, seq_len=1024, global_batch_size=prompts, peft=peft,
+                    rollout=Rollout(**rollout))
+    return solve_rl(load_model(model), load_cluster("dgx-h100", nodes=nodes), work, placement="colocated",
+                    limits=rl_constraints("verl"))
+
+
+@cache
+def verl_cases() -> dict:
+    return {
+        "grpo lora one node": _rl_step(EIGHT_B, 1, "grpo", 64, Peft(), response_len=512),
+        "ppo with a critic on two nodes": _rl_step(EIGHT_B, 2, "ppo", 256, response_len=1024, mini_batch_size=64,
+                                                   reward_model=False),
+        "grpo moe in waves": _rl_step("qwen3-30b-a3b", 2, "grpo", 64, response_len=2048, group_size=5),
+    }
+
+
 SERVE = Workload(kind="inference", seq_len=8192, global_batch_size=64)
 
 

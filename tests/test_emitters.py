@@ -41,7 +41,8 @@ def _flags(script: str, program: str) -> list[str]:
 
 
 def test_targets_are_listed():
-    assert list_targets() == ["accelerate", "deepspeed", "megatron", "sglang", "slurm", "torchrun", "torchtitan", "trl", "vllm"]
+    assert list_targets() == ["accelerate", "deepspeed", "megatron", "sglang", "slurm", "torchrun", "torchtitan", "trl", "verl",
+                              "vllm"]
 
 
 @pytest.mark.parametrize("case", list(deepspeed_cases()))

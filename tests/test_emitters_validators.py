@@ -15,10 +15,12 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -32,10 +34,12 @@ from tests.emitter_cases import (
     serving_cases,
     torchtitan_cases,
     trl_cases,
+    verl_cases,
 )
-from tests.validators.shims import deepspeed_config, load_megatron, stub_triton
+from tests.validators.shims import deepspeed_config, load_megatron, load_verl, stub_triton
 
 pytestmark = pytest.mark.validators
+FIXTURES = Path(__file__).parent / "fixtures" / "hf_configs"
 ENV = {"MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500", "HOSTFILE": "/tmp/hostfile", "JOB_ID": "42",
        "SLURM_JOB_ID": "42", "HERE": "/run/plan", "NODE_RANK": "1", "MODEL": "org/model", "DATASET": "org/data"}
 
@@ -98,7 +102,7 @@ def _all_scripts():
     out = [(t, s) for t in ("torchrun", "slurm") for s in launcher_cases().values()]
     out += [("deepspeed", s) for s in deepspeed_cases().values()] + [("megatron", s) for s in megatron_cases().values()]
     out += [("torchtitan", s) for s in torchtitan_cases().values()] + [("accelerate", s) for s in accelerate_cases().values()]
-    out += [("trl", s) for s in trl_cases().values()]
+    out += [("trl", s) for s in trl_cases().values()] + [("verl", s) for s in verl_cases().values()]
     return out + [(t, s) for t in ("vllm", "sglang") for s in serving_cases(t).values()]
 
 
@@ -512,3 +516,73 @@ def test_plan_launch_deepspeed_output_passes_the_validators(tmp_path):
         pytest.skip("shellcheck is not installed (pip install -e '.[validators]')")
     done = subprocess.run([shellcheck, "--shell=bash", str(script)], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout
+
+
+# --- verl: Hydra's composition of ppo_trainer.yaml and verl's own validate_config ------------------------------
+
+def _verl():
+    """verl unpacked by install.sh (`shims.load_verl`), or skip."""
+    try:
+        return load_verl()
+    except ImportError as err:
+        pytest.skip(str(err))
+
+
+@pytest.fixture(scope="module")
+def verl_model(tmp_path_factory) -> str:
+    """A model folder verl can read offline: Llama's config.json and a small word-level tokenizer (verl
+    loads both to validate a model's settings)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    folder = tmp_path_factory.mktemp("verl-model")
+    shutil.copy(FIXTURES / "llama" / "config.json", folder / "config.json")
+    words = Tokenizer(models.WordLevel({"<unk>": 0, "<s>": 1, "</s>": 2, "hello": 3}, unk_token="<unk>"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=words, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                            pad_token="</s>").save_pretrained(folder)
+    return str(folder)
+
+
+def _verl_config(text: str, model: str):
+    """Compose verl's ``ppo_trainer`` config with the overrides of an emitted ``run_verl.sh`` (the paths the
+    script reads from the environment given placeholder values), as ``verl.trainer.main_ppo`` does."""
+    verl = _verl()
+    from hydra import compose, initialize_config_dir
+
+    command = text[text.index("python3 \\"):].replace("\\\n", " ")
+    words = shlex.split(command)
+    settings = words[words.index("verl.trainer.main_ppo") + 1:]
+    values = {"$MODEL": model, "$CRITIC_MODEL": model, "$TRAIN_FILES": "train.parquet",
+              "$VAL_FILES": "val.parquet"}
+    settings = [re.sub(r"\$[A-Z_]+", lambda m: values[m.group(0)], s) for s in settings]
+    config_dir = os.path.join(os.path.dirname(verl.__file__), "trainer", "config")
+    with initialize_config_dir(config_dir=config_dir, version_base=None):
+        return compose(config_name="ppo_trainer", overrides=settings)
+
+
+@pytest.mark.parametrize("case", list(verl_cases()))
+def test_verl_composes_and_validates_the_step(case, verl_model):
+    _verl()
+    from verl.utils.config import validate_config
+
+    solution = verl_cases()[case]
+    config = _verl_config(emit(solution, "verl")["run_verl.sh"], verl_model)
+    roles = {r.role for r in solution.roles}
+    with contextlib.redirect_stdout(io.StringIO()):
+        validate_config(config, use_reference_policy="reference" in roles, use_critic="critic" in roles)
+    assert config.trainer.n_gpus_per_node * config.trainer.nnodes == solution.cluster.total_gpus
+    assert config.actor_rollout_ref.rollout.n == solution.workload.rollout.group_size
+
+
+def test_verl_validator_catches_a_broken_batch(verl_model):
+    """A step whose sequences the GPUs cannot share evenly is rejected by verl itself."""
+    _verl()
+    from verl.utils.config import validate_config
+
+    solution = verl_cases()["ppo with a critic on two nodes"]
+    text = emit(solution, "verl")["run_verl.sh"].replace("data.train_batch_size=256", "data.train_batch_size=250")
+    with pytest.raises(AssertionError, match="divisible"), contextlib.redirect_stdout(io.StringIO()):
+        validate_config(_verl_config(text, verl_model), use_reference_policy=True, use_critic=True)
+    with pytest.raises(Exception, match="fsdp_sizes"):  # an unknown key: Hydra's composition refuses it
+        _verl_config(text.replace("critic.fsdp.fsdp_size", "critic.fsdp.fsdp_sizes"), verl_model)

@@ -286,3 +286,30 @@ def test_cli_plans_a_grpo_step():
     found = json.loads(result.output)
     assert found["placement"] == "colocated" and [r["role"] for r in found["roles"]] == ["rollout", "actor", "reference"]
     assert found["step_time_s"] == pytest.approx(sum(found["phases"].values()))
+
+
+# -- the verl launch files ------------------------------------------------------------------------------------
+
+def test_verl_writes_the_solved_step_and_refuses_what_it_cannot_run():
+    from parallelplan.emitters import EmitError, emit, rl_constraints
+
+    cluster = load_cluster("dgx-h100", nodes=2)
+    w = step("grpo", prompts=64, response_len=1024, group_size=4, mini_batch_size=128)
+    found = solve_rl(LLAMA_8B, cluster, w, placement="colocated", limits=rl_constraints("verl"))
+    text = emit(found, "verl")["run_verl.sh"]
+    roles = {r.role: r.plan for r in found.roles}
+    for setting in ("algorithm.adv_estimator=grpo", "data.train_batch_size=64", "data.max_response_length=1024",
+                    "actor_rollout_ref.actor.ppo_mini_batch_size=32",  # 128 sequences = 32 prompts' groups of 4
+                    f"actor_rollout_ref.rollout.tensor_model_parallel_size={roles['rollout'].tp}",
+                    "actor_rollout_ref.rollout.n=4", "trainer.nnodes=2",
+                    f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={roles['actor'].micro_batch_size}"):
+        assert setting in text, setting
+    assert all(p.tp == p.pp == p.ep == 1 for role, p in roles.items() if role != "rollout")  # verl's FSDP backend
+    split = solve_rl(LLAMA_8B, load_cluster("dgx-h100", nodes=3), w, placement="split")
+    with pytest.raises(EmitError, match="verl cannot express the split placement"):
+        emit(split, "verl")
+    with pytest.raises(EmitError, match="learned reward model"):
+        emit(solve_rl(LLAMA_8B, load_cluster("dgx-h100", nodes=2), step("ppo", prompts=64, response_len=512),
+                      placement="colocated", limits=rl_constraints("verl")), "verl")
+    with pytest.raises(EmitError, match="writes no PPO or GRPO step yet; use --target verl"):
+        emit(found, "trl")

@@ -8,6 +8,8 @@
   the GPU's architecture and Transformer Engine's version, which are answered here for the target GPU.
 - `deepspeed_config(data, dp)`: DeepSpeed's own `DeepSpeedConfig` parse of a ds_config dict for a
   data-parallel size, without a process group (a Megatron-style mpu answers the size).
+- `load_verl()`: verl 0.9.1 unpacked by `install.sh` (its wheel pins an older transformers and installs
+  top-level ``tests`` and ``scripts`` packages), imported from the end of sys.path.
 """
 
 from __future__ import annotations
@@ -110,6 +112,20 @@ def load_megatron(compute_capability: str):
     arguments.is_te_min_version = lambda *args, **kwargs: True
     torch.cuda.get_device_capability = lambda *args, **kwargs: (major, minor)
     return arguments
+
+
+def load_verl():
+    """The ``verl`` package unpacked by `install.sh` (last on sys.path: its wheel also holds top-level
+    ``tests`` and ``scripts`` packages, which must not shadow this repository's). Raises ImportError when
+    `install.sh` has not run or what verl imports is missing."""
+    root = VALIDATORS / "verl"
+    if not (root / "verl" / "utils" / "config.py").exists():
+        raise ImportError(f"verl is not unpacked under {root} (run tests/validators/install.sh)")
+    if str(root) not in sys.path:
+        sys.path.append(str(root))
+    import verl
+
+    return verl
 
 
 class _DataParallelSize:

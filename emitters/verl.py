@@ -126,7 +126,7 @@ def emit_rl(solution: RLSolution) -> dict[str, str]:
     if "critic" in solution.models:
         critic = repo_id(solution.models["critic"])
         body.append(f'CRITIC_MODEL="${{CRITIC_MODEL:-{critic or "$MODEL"}}}"  # the critic: a value head on this model')
-    body += ['TRAIN_FILES="${TRAIN_FILES:?set TRAIN_FILES to the prompts in verl\'s parquet format}"',
+    body += ['TRAIN_FILES="${TRAIN_FILES:?set TRAIN_FILES to the prompts, a parquet file in the verl data format}"',
              'VAL_FILES="${VAL_FILES:-$TRAIN_FILES}"']
     if solution.cluster.num_nodes > 1:
         body.append(f"# {solution.cluster.num_nodes} nodes: start Ray on each first (ray start --head here, "

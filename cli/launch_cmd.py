@@ -58,7 +58,7 @@ def _solution(target: str, options: dict[str, Any], as_json: bool):
 
     from parallelplan.common.validation import describe_validation_error
     from parallelplan.constraints.efficiency import stack_of_target
-    from parallelplan.emitters import constraints, list_targets
+    from parallelplan.emitters import constraints, single_model_targets
     from parallelplan.solver import Infeasible, Solution, SolverInputError, solve
 
     solution_file = options.pop("solution_file")
@@ -91,7 +91,7 @@ def _solution(target: str, options: dict[str, Any], as_json: bool):
         needed = _refused(limits, name, value)
         if needed is not None:
             flag = f"--{name} {value}" if name in PIN_FLAGS and options[name] is not None else f"--fix {name}={value}"
-            others = [other for other in list_targets()
+            others = [other for other in single_model_targets()
                       if other != target and _refused(constraints(other), name, value) is None]
             instead = f"drop the pin, or choose a target that runs it: {', '.join(others)}" if others \
                 else "drop the pin (no target runs it)"

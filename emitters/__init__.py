@@ -48,6 +48,11 @@ def rl_constraints(target: str) -> dict[str, dict[str, Any]]:
     return {role: {k: dict(v) if isinstance(v, dict) else v for k, v in limits.items()} for role, limits in found.items()}
 
 
+def single_model_targets() -> list[str]:
+    """The targets that write a single model's plan (verl writes RL steps only)."""
+    return [t for t in list_targets() if not getattr(_module(t), "RL_ONLY", False)]
+
+
 def rl_placement(target: str) -> str | None:
     """The placement ``target`` runs an RL step in (verl: colocated), None when it runs either."""
     rl_constraints(target)
@@ -95,4 +100,5 @@ __getattr__, __dir__ = lazy_exports(__name__, {"ReadConfig": "parallelplan.emitt
                                                 "read_config": "parallelplan.emitters.deepspeed"})
 """Names exported from a target's module, imported when first asked for."""
 
-__all__ = ["EmitError", "ReadConfig", "constraints", "emit", "list_targets", "read_config", "rl_constraints", "rl_placement"]
+__all__ = ["EmitError", "ReadConfig", "constraints", "emit", "list_targets", "read_config", "rl_constraints", "rl_placement",
+           "single_model_targets"]

@@ -40,6 +40,8 @@ RL_CONSTRAINTS: dict[str, dict[str, Any]] = {
     "actor": _FSDP_ROLE, "critic": _FSDP_ROLE, "reference": _FSDP_ROLE,
 }
 """Each role's pins and ranges in a search for verl (`solver.solve_rl`'s ``limits``)."""
+RL_ONLY = True
+"""verl writes PPO / GRPO steps only (`emitters.single_model_targets`)."""
 RL_PLACEMENT = "colocated"
 """verl's hybrid engine runs every role on every GPU."""
 

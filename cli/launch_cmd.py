@@ -117,8 +117,8 @@ def _rl_solution(target: str, model, cluster, workload, options: dict[str, Any],
     given = rl_arguments()
     if runs is not None and given["placement"] not in (None, runs):
         raise SolverInputError(f"--placement {given['placement']}: {target} runs the {runs} placement only")
-    if runs is not None and given["nodes"] and runs == "colocated":
-        raise SolverInputError(f"--role-nodes: {target} runs every role on every GPU (colocated)")
+    if runs is not None and given["gpus"] and runs == "colocated":
+        raise SolverInputError(f"--role-gpus: {target} runs every role on every GPU (colocated)")
     try:
         return solve_rl(model, cluster, workload, **{**given, "placement": runs or given["placement"]}, limits=limits,
                         efficiency=search["efficiency"], runtime=search["runtime"], time_limit_s=search["time_limit_s"])

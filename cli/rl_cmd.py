@@ -29,8 +29,9 @@ RL_OPTIONS = [
     click.option("--placement", type=click.Choice(["colocated", "split"]), expose_value=False, callback=_remember,
                  help="PPO/GRPO: every role on every GPU taking turns (verl), or roles on nodes of their own "
                       "(OpenRLHF) [default: the faster]."),
-    click.option("--role-nodes", multiple=True, metavar="ROLE=N", expose_value=False, callback=_remember,
-                 help="PPO/GRPO: pin a role's nodes (rollout, actor, critic, reference, reward; implies split)."),
+    click.option("--role-gpus", multiple=True, metavar="ROLE=N", expose_value=False, callback=_remember,
+                 help="PPO/GRPO: pin a role's GPUs (rollout, actor, critic, reference, reward; a power of two within "
+                      "a node or whole nodes; implies split)."),
 ]
 """Options of a PPO / GRPO step (`plan solve`); they reach `solve_rl_step` through the click context."""
 
@@ -44,9 +45,9 @@ def _pins(items: tuple[str, ...]) -> dict[str, int]:
         try:
             pins[role.strip()] = int(count)
         except ValueError:
-            raise SolverInputError(f"--role-nodes takes ROLE=N (e.g. actor=4), got {item!r}") from None
+            raise SolverInputError(f"--role-gpus takes ROLE=N (e.g. actor=16), got {item!r}") from None
         if not sep:
-            raise SolverInputError(f"--role-nodes takes ROLE=N (e.g. actor=4), got {item!r}")
+            raise SolverInputError(f"--role-gpus takes ROLE=N (e.g. actor=16), got {item!r}")
     return pins
 
 
@@ -61,17 +62,17 @@ def rl_given(search: dict[str, Any], objective: str, top_k: int) -> None:
                + tuple((f"--{d}", search.get(d) is not None) for d in ("tp", "pp", "dp", "cp", "ep")) if value]
     if refused:
         raise SolverInputError(f"{refused[0]}: a PPO/GRPO step is planned for its step time, each role in its own "
-                               "search space; pin roles' nodes with --role-nodes, or plan one role with --kind finetune")
+                               "search space; pin roles' GPUs with --role-gpus, or plan one role with --kind finetune")
 
 
 def rl_arguments() -> dict[str, Any]:
-    """`solve_rl`'s critic, reward, placement and nodes from the RL options on the click context."""
+    """`solve_rl`'s critic, reward, placement and GPU pins from the RL options on the click context."""
     from parallelplan.models import load_model
 
     given = click.get_current_context().meta.get("rl_options", {})
     return {"critic": load_model(given["critic_ref"]) if given.get("critic_ref") else None,
             "reward": load_model(given["reward_ref"]) if given.get("reward_ref") else None,
-            "placement": given.get("placement"), "nodes": _pins(given.get("role_nodes") or ())}
+            "placement": given.get("placement"), "gpus": _pins(given.get("role_gpus") or ())}
 
 
 def solve_rl_step(model: ModelSpec, cluster: ClusterSpec, workload: Workload, cost: dict[str, Any], time_limit_s: float,

@@ -19,7 +19,7 @@ One step, synchronous (verl's and OpenRLHF's default): for B prompts of L tokens
    compute-dtype weights from the training shards (verl's FSDP → vLLM resharding gathers each tensor
    in full), an all-gather of 2Ψ bytes over the GPUs; on separate GPUs (split) the actor's first rank
    broadcasts them to the engines over the network (OpenRLHF's NCCL broadcast, pipelined: 2Ψ bytes
-   over one NIC's bandwidth, plus a hop's latency).
+   over one NIC's bandwidth, plus a hop's latency; over NVLink on a one-node cluster).
 """
 
 from __future__ import annotations
@@ -108,8 +108,9 @@ def sync_time(weight_bytes: float, cluster: ClusterSpec, gpus: int, placement: L
     fabric = Fabric.of(cluster, efficiency)
     if placement == "colocated":
         return float(fabric.reduce_scatter(np.array(weight_bytes), np.array(gpus), np.array(1)))
-    bandwidth = fabric.inter_bw if np.isfinite(fabric.inter_bw) else fabric.intra_bw
-    return weight_bytes / bandwidth + fabric.inter_alpha
+    if cluster.num_nodes == 1 or not np.isfinite(fabric.inter_bw):  # the engines are on the same node
+        return weight_bytes / fabric.intra_bw + fabric.intra_alpha
+    return weight_bytes / fabric.inter_bw + fabric.inter_alpha
 
 
 __all__ = ["PHASES", "ROLES", "TRAINED", "generation_workload", "multi_role", "roles", "rollout_of", "scoring_workload",

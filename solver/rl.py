@@ -9,9 +9,11 @@ Two placements are searched, and the faster returned (``placement`` pins one):
   the frozen models' weights) of every role, plus the largest of what one role adds while it runs (its
   activations, the rollout's weights and KV cache — the engine frees them between generations, verl's
   ``free_cache_engine`` / vLLM's sleep mode — and the runtime's overhead), within the usable memory;
-- ``split`` (OpenRLHF's distributed layout, Hu et al. 2024): every role on whole nodes of its own — step =
-  generate + sync + the slowest scoring forward + the slowest training (the roles of a phase run at
-  once on their own GPUs, the other GPUs wait).
+- ``split`` (OpenRLHF's distributed layout, Hu et al. 2024): every role on GPUs of its own — whole nodes,
+  or a power of two dividing a node's GPUs (`shares`: any such set that sums to at most the cluster's
+  GPUs packs onto its nodes), as OpenRLHF's ``--actor_num_gpus_per_node 2`` … give them — step = generate
+  + sync + the slowest scoring forward + the slowest training (the roles of a phase run at once on their
+  own GPUs, the other GPUs wait).
 A role's options are the plans of its own search space (`solver.space`) on its GPUs, priced by the cost
 model: the rollout's on the generation workload, the frozen models' on the scoring forward (kind score),
 a trained role's on one optimizer update, times the updates of a step, plus its scoring forward run on
@@ -19,16 +21,18 @@ the same plan (its old log-probabilities or values, computed by the training eng
 Colocated, each role keeps the plans that fit and are not dominated in (its time, resident MiB,
 transient MiB) — its fastest alone when those fit together — and CP-SAT chooses one per role with the
 residents plus the largest transient within a GPU, minimising the step (`placement.choose_parts` on one
-node count, the whole cluster). Split, each role's option on n nodes is its fastest plan there, and CP-SAT
-chooses the node counts (`choose_split`), minimising the step, then the nodes used, then the counts in role
+node count, the whole cluster). Split, each role's option on g GPUs is its fastest plan there, and CP-SAT
+chooses the GPU counts (`choose_split`), minimising the step, then the GPUs used, then the counts in role
 order. `brute_force_split` and `placement.brute_force_parts` check both in the tests.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -69,8 +73,8 @@ class _Frozen(BaseModel):
 
 
 class RLRole(_Frozen):
-    """One role of the step: its model, its GPUs (``nodes`` of its own when split, None when it shares
-    every GPU), its plan, its seconds in each phase it runs in, and its memory on each of its GPUs: what
+    """One role of the step: its model, its GPUs (split: ``gpus`` of its own on ``nodes`` nodes, whole nodes or
+    part of one; colocated: every GPU, ``nodes`` None), its plan, its seconds in each phase it runs in, and its memory on each of its GPUs: what
     stays between phases and the most its phases add. ``estimates``: the cost model's `Estimate` of the
     plan on each workload the role runs (generate, score, train — one optimizer update)."""
 
@@ -227,12 +231,12 @@ def _rollout_options(model: ModelSpec, cluster: ClusterSpec, workload: Workload,
 # -- the split placement's choice ------------------------------------------------------------------------
 
 PhaseTimes = tuple[int, int, int]
-"""A role's (generate, score, train) nanoseconds on a node count."""
+"""A role's (generate, score, train) nanoseconds on a GPU count."""
 
 
 def brute_force_split(tables: Sequence[Mapping[int, PhaseTimes]], total: int) -> tuple[tuple[int, int, int], tuple[int, ...]] | None:
-    """Every node count per role (tables: node count → its phase times; a count missing: nothing fits
-    there) within ``total`` nodes: the least (step, nodes, code) and the counts — the tests' reference."""
+    """Every GPU count per role (tables: GPU count → its phase times; a count missing: nothing fits there)
+    within ``total`` GPUs: the least (step, GPUs, code) and the counts — the tests' reference."""
     best = None
     for counts in itertools.product(*(sorted(t) for t in tables)):
         if sum(counts) > total:
@@ -253,7 +257,7 @@ def _code(counts: Sequence[int], total: int) -> int:
 
 def choose_split(tables: Sequence[Mapping[int, PhaseTimes]], total: int, *,
                  time_limit_s: float = 30.0) -> tuple[tuple[int, int, int], tuple[int, ...], bool] | None:
-    """CP-SAT's node count per role (`brute_force_split`'s criteria): the criteria, the counts and whether
+    """CP-SAT's GPU count per role (`brute_force_split`'s criteria): the criteria, the counts and whether
     every stage was proved; None when no counts fit."""
     if any(not t for t in tables):
         return None
@@ -299,15 +303,34 @@ class _Cache:
         self.workload, self.efficiency, self.runtime, self.limits = workload, efficiency, runtime, limits
         self.found: dict[tuple, _Options] = {}
 
-    def options(self, role: str, model: ModelSpec, cluster: ClusterSpec) -> _Options:
+    def _key(self, role: str, model: ModelSpec, cluster: ClusterSpec) -> tuple:
         kind = {"reward": "reference"}.get(role, role)
         if role == "critic" and self.workload.peft is None:
             kind = "actor"  # without peft both train in full: one search
         limits = self.limits.get(role, {})
-        key = (kind, model.model_dump_json(), cluster.num_nodes, cluster.node.name, repr(limits))
+        return kind, model.model_dump_json(), cluster.num_nodes, cluster.total_gpus, cluster.node.name, repr(limits)
+
+    def fill(self, requests: Sequence[tuple[str, ModelSpec, ClusterSpec]]) -> None:
+        """Search the (role, model, cluster) requests not searched yet, on the machine's cores (numpy
+        releases the interpreter lock in its array loops; every search is independent)."""
+        todo = {}
+        for role, model, cluster in requests:
+            key = self._key(role, model, cluster)
+            if key not in self.found and key not in todo:
+                todo[key] = (key[0], model, cluster, self.limits.get(role, {}))
+        run = lambda job: role_options(job[0], job[1], job[2], self.workload, efficiency=self.efficiency,  # noqa: E731
+                                       runtime=self.runtime, limits=job[3])
+        workers = min(len(todo), os.cpu_count() or 1, 4)
+        if workers > 1:
+            with ThreadPoolExecutor(workers) as pool:
+                self.found.update(zip(todo, pool.map(run, todo.values()), strict=True))
+        else:
+            self.found.update((key, run(job)) for key, job in todo.items())
+
+    def options(self, role: str, model: ModelSpec, cluster: ClusterSpec) -> _Options:
+        key = self._key(role, model, cluster)
         if key not in self.found:
-            self.found[key] = role_options(role if kind == role else kind, model, cluster, self.workload,
-                                           efficiency=self.efficiency, runtime=self.runtime, limits=limits)
+            self.fill([(role, model, cluster)])
         found = self.found[key]
         return _Options(role, found.model, found.plans, found.generate, found.score, found.train, found.resident,
                         found.transient, found.concurrency)
@@ -331,6 +354,7 @@ def _why_none(role: str, model: ModelSpec, cluster: ClusterSpec, cache: _Cache) 
 
 def _colocated(names, models, cluster, cache: _Cache, usable_mib: int, time_limit_s: float):
     """The colocated placement: the chosen option per role and whether CP-SAT proved it, or the reason none fits."""
+    cache.fill([(r, models[r], cluster) for r in names])
     options = [cache.options(r, models[r], cluster) for r in names]
     empty = [o for o in options if not len(o)]
     if empty:
@@ -357,40 +381,60 @@ def _colocated(names, models, cluster, cache: _Cache, usable_mib: int, time_limi
                  "fastest set that fits together")
 
 
+def shares(cluster: ClusterSpec) -> list[int]:
+    """The GPU counts a role of the split placement may take: a power of two dividing a node's GPUs (part of
+    one node), or whole nodes. Any set of them whose sum is at most the cluster's GPUs fits it: the whole
+    nodes take nodes of their own, and parts of a node, each a power of two dividing its GPUs, fill the
+    remaining nodes exactly, largest first."""
+    per_node = cluster.node.gpus_per_node
+    parts = [2**j for j in range(per_node.bit_length()) if 2**j < per_node and per_node % 2**j == 0]
+    return parts + [n * per_node for n in range(1, cluster.num_nodes + 1)]
+
+
+def _on(cluster: ClusterSpec, gpus: int) -> ClusterSpec:
+    """The part of ``cluster`` a share of ``gpus`` GPUs is: whole nodes, or part of one node."""
+    per_node = cluster.node.gpus_per_node
+    return load_cluster(cluster, nodes=gpus // per_node) if gpus >= per_node else load_cluster(cluster, gpus=gpus)
+
+
 def _split(names, models, cluster, cache: _Cache, pins: Mapping[str, int], time_limit_s: float):
-    """The split placement: (node count, the fastest option there) per role and whether CP-SAT proved the
-    counts, or the reason none fits; ``pins`` fix some roles' node counts."""
-    total, k = cluster.num_nodes, len(names)
+    """The split placement: (GPU count, the fastest option there) per role and whether CP-SAT proved the
+    counts, or the reason none fits; ``pins`` fix some roles' GPU counts."""
+    total, k = cluster.total_gpus, len(names)
     if total < k:
-        return None, f"{k} roles on whole nodes of their own need ≥ {k} nodes; the cluster has {total}"
+        return None, f"{k} roles on GPUs of their own need ≥ {k} GPUs; the cluster has {total}"
     best: list[dict[int, _Options]] = [{} for _ in names]
+    room = total - (k - 1)  # every other role keeps a GPU at least
+    counts = {name: [pins[name]] if name in pins else [g for g in shares(cluster) if g <= room] for name in names}
+    cache.fill([(name, models[name], _on(cluster, g)) for name in names for g in counts[name]])
     for r, name in enumerate(names):
-        for n in ([pins[name]] if name in pins else range(1, total - k + 2)):
-            o = cache.options(name, models[name], load_cluster(cluster, nodes=n))
+        for g in counts[name]:
+            o = cache.options(name, models[name], _on(cluster, g))
             if len(o):
-                best[r][n] = o.fastest()
+                best[r][g] = o.fastest()
         if not best[r]:
-            where = f"its {plural_nodes(pins[name])}" if name in pins else f"up to {total - k + 1} nodes of its own"
+            where = f"its {pins[name]} GPUs" if name in pins else f"up to {room} GPUs of its own"
             return None, f"{name} fits no plan on {where}"
-    tables = [{n: tuple(int(v) for v in fixed_point(np.array([o.generate[0], o.score[0], o.train[0]]), 1e9))
-               for n, o in b.items()} for b in best]
+    tables = [{g: tuple(int(v) for v in fixed_point(np.array([o.generate[0], o.score[0], o.train[0]]), 1e9))
+               for g, o in b.items()} for b in best]
     found = choose_split(tables, total, time_limit_s=time_limit_s)
     if found is None:
         least = sum(min(b) for b in best)
-        return None, f"the roles need {least} nodes together; the cluster has {total}"
+        return None, f"the roles need {least} GPUs together; the cluster has {total}"
     _, counts, proved = found
-    return [(n, best[r][n]) for r, n in enumerate(counts)], (
-        proved, "each role runs its fastest plan on its nodes; CP-SAT chose the node counts, every count each role "
-                f"fits on up to {total - k + 1}, for the shortest step")
+    return [(g, best[r][g]) for r, g in enumerate(counts)], (
+        proved, "each role runs its fastest plan on its GPUs; CP-SAT chose the GPU counts (a power of two within a "
+                f"node, or whole nodes; up to {room} each) for the shortest step")
 
 
 def solve_rl(actor: ModelSpec, cluster: ClusterSpec, workload: Workload, *, critic: ModelSpec | None = None,
              reward: ModelSpec | None = None, placement: Placement | None = None,
-             nodes: Mapping[str, int] | None = None, limits: Mapping[str, Mapping[str, Any]] | None = None,
+             gpus: Mapping[str, int] | None = None, limits: Mapping[str, Mapping[str, Any]] | None = None,
              efficiency: Efficiency | None = None, runtime: RuntimeAllowance | None = None,
              time_limit_s: float = 30.0) -> RLSolution:
-    """The fastest placement and plans of a PPO / GRPO step (module docstring); ``nodes`` pins some roles'
-    node counts (the split placement, as OpenRLHF's ``--actor_num_nodes`` … fix them); ``limits`` gives roles
+    """The fastest placement and plans of a PPO / GRPO step (module docstring); ``gpus`` pins some roles'
+    GPU counts (the split placement, as OpenRLHF's ``--actor_num_nodes`` and ``--actor_num_gpus_per_node``
+    … fix them); ``limits`` gives roles
     pins and ranges of their own (by role name: ``{"fixed": …, "ranges": …}``, what a launch target runs,
     `emitters.rl_constraints`). `Infeasible` when
     no placement fits, `SolverInputError` on a workload that is not one or pins that cannot hold."""
@@ -406,7 +450,7 @@ def solve_rl(actor: ModelSpec, cluster: ClusterSpec, workload: Workload, *, crit
     eff = efficiency or Efficiency.default()
     rt = runtime or RuntimeAllowance.default()
     names = rl.roles(workload)
-    pins = dict(nodes or {})
+    pins = dict(gpus or {})
     _check_pins(pins, names, cluster, placement)
     if pins:
         placement = "split"
@@ -487,19 +531,24 @@ def _checked_changes(models, cluster: ClusterSpec, workload: Workload, eff: Effi
 
 
 def _check_pins(pins: Mapping[str, int], names: Sequence[str], cluster: ClusterSpec, placement: Placement | None) -> None:
-    """Pinned node counts name this step's roles, are whole positive counts, and fit the cluster together."""
+    """Pinned GPU counts name this step's roles, are shares the split placement takes (`shares`), and fit
+    the cluster together."""
+    total = cluster.total_gpus
     for role, n in pins.items():
         if role not in names:
-            raise SolverInputError(f"nodes: {role!r} is not a role of this step; its roles are {', '.join(names)}")
+            raise SolverInputError(f"gpus: {role!r} is not a role of this step; its roles are {', '.join(names)}")
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise SolverInputError(f"nodes: {role} = {n!r}; give a whole number of nodes ≥ 1")
-        if n > cluster.num_nodes:
-            raise SolverInputError(f"nodes: {role} = {n} is more than the cluster's {cluster.num_nodes} nodes")
-    if pins and sum(pins.values()) + len(set(names) - set(pins)) > cluster.num_nodes:
-        raise SolverInputError(f"nodes: the pins take {sum(pins.values())} of the cluster's {cluster.num_nodes} nodes, "
-                               f"leaving fewer than one each for {', '.join(n for n in names if n not in pins)}")
+            raise SolverInputError(f"gpus: {role} = {n!r}; give a whole number of GPUs ≥ 1")
+        if n > total:
+            raise SolverInputError(f"gpus: {role} = {n} is more than the cluster's {total} GPUs")
+        if n not in shares(cluster):
+            raise SolverInputError(f"gpus: {role} = {n}: a role takes a power of two dividing a node's "
+                                   f"{cluster.node.gpus_per_node} GPUs, or whole nodes ({', '.join(map(str, shares(cluster)))})")
+    if pins and sum(pins.values()) + len(set(names) - set(pins)) > total:
+        raise SolverInputError(f"gpus: the pins take {sum(pins.values())} of the cluster's {total} GPUs, leaving "
+                               f"fewer than one each for {', '.join(n for n in names if n not in pins)}")
     if pins and placement == "colocated":
-        raise SolverInputError("nodes: pinned node counts place roles on nodes of their own (split), not colocated")
+        raise SolverInputError("gpus: pinned GPU counts place roles on GPUs of their own (split), not colocated")
 
 
 def phase_workload(workload: Workload, role: str, phase: str, concurrency: int | None = None) -> Workload:
@@ -516,8 +565,8 @@ def _build(kind: str, chosen, names, actor_model: ModelSpec, cluster: ClusterSpe
         placed = [(None, o) for o in chosen]
     else:
         placed = chosen
-    for name, (n, o) in zip(names, placed, strict=True):
-        on = cluster if n is None else load_cluster(cluster, nodes=n)
+    for name, (g, o) in zip(names, placed, strict=True):
+        on = cluster if g is None else _on(cluster, g)
         plan = o.plans.plan(0)
         concurrency = int(o.concurrency[0]) or None if o.concurrency is not None else None
         runs = {"generate": o.generate[0], "score": o.score[0], "train": o.train[0]}
@@ -526,7 +575,8 @@ def _build(kind: str, chosen, names, actor_model: ModelSpec, cluster: ClusterSpe
             if seconds > 0:
                 estimates[phase] = estimate(o.model, on, plan, phase_workload(workload, name, phase, concurrency),
                                             efficiency=eff, runtime=rt)
-        roles_out.append(RLRole(role=name, model=o.model.name, nodes=n, gpus=on.total_gpus, plan=plan,
+        roles_out.append(RLRole(role=name, model=o.model.name, nodes=None if g is None else on.num_nodes,
+                                gpus=on.total_gpus, plan=plan,
                                 max_concurrency=concurrency,
                                 phases={k: float(v) for k, v in runs.items() if v > 0},
                                 resident_bytes=int(o.resident[0]), transient_bytes=int(o.transient[0]),

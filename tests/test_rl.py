@@ -32,7 +32,7 @@ from parallelplan.models import load_model
 from parallelplan.solver import Infeasible, SolverInputError, solve, solve_rl
 from parallelplan.solver.objectives import fixed_point
 from parallelplan.solver.placement import MIB
-from parallelplan.solver.rl import brute_force_split, choose_split, role_options
+from parallelplan.solver.rl import brute_force_split, choose_split, role_options, shares
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hf_configs"
 LLAMA_8B = load_model("llama-3.1-8b")
@@ -126,18 +126,23 @@ def test_colocated_choice_is_the_oracle_when_memory_binds():
 
 
 def test_split_choice_is_the_oracle():
-    cluster = load_cluster("dgx-h100", nodes=4)
-    w = step("grpo", prompts=64, response_len=1024, reward_model=True)
+    """GRPO with a reward model, 4 roles on one 8-GPU node: each on 1, 2 or 4 GPUs of it (5 is no share);
+    the step equals brute force over every count of every role's fastest plans."""
+    cluster = load_cluster("dgx-h100", nodes=1)
+    w = step("grpo", prompts=16, response_len=512, reward_model=True)
     found = solve_rl(LLAMA_8B, cluster, w, placement="split")
+    assert shares(cluster) == [1, 2, 4, 8]
     tables = []
     for role in rl.roles(w):
         table = {}
-        for n in range(1, 2):  # 4 roles on 4 nodes: one node each
-            o = role_options(role, LLAMA_8B, load_cluster(cluster, nodes=n), w).fastest()
-            table[n] = tuple(int(v) for v in fixed_point(np.array([o.generate[0], o.score[0], o.train[0]]), 1e9))
+        for g in (1, 2, 4):  # a role may take up to 8 − 3 GPUs
+            o = role_options(role, LLAMA_8B, load_cluster(cluster, gpus=g), w)
+            if len(o):
+                o = o.fastest()
+                table[g] = tuple(int(v) for v in fixed_point(np.array([o.generate[0], o.score[0], o.train[0]]), 1e9))
         tables.append(table)
-    (best, _, _), counts = brute_force_split(tables, 4)
-    assert counts == tuple(r.nodes for r in found.roles)
+    (best, _, _), counts = brute_force_split(tables, 8)
+    assert counts == tuple(r.gpus for r in found.roles) and sum(counts) <= 8
     assert found.step_time_s - found.phases["sync"] == pytest.approx(best / 1e9, abs=1e-8)
 
 
@@ -246,10 +251,12 @@ def test_bad_rollouts_and_pins_are_named():
     with pytest.raises(ValueError, match="rollout: only kind 'rlhf'"):
         Workload(kind="finetune", seq_len=512, global_batch_size=8, rollout=Rollout())
     cluster = load_cluster("dgx-h100", nodes=4)
-    with pytest.raises(SolverInputError, match="actor = 16 is more than the cluster's 4 nodes"):
-        solve_rl(LLAMA_8B, cluster, step("ppo"), nodes={"actor": 16})
+    with pytest.raises(SolverInputError, match="actor = 64 is more than the cluster's 32 GPUs"):
+        solve_rl(LLAMA_8B, cluster, step("ppo"), gpus={"actor": 64})
+    with pytest.raises(SolverInputError, match="actor = 12: a role takes a power of two"):
+        solve_rl(LLAMA_8B, cluster, step("ppo"), gpus={"actor": 12})
     with pytest.raises(SolverInputError, match="'critic' is not a role of this step"):
-        solve_rl(LLAMA_8B, cluster, step("grpo"), nodes={"critic": 1})
+        solve_rl(LLAMA_8B, cluster, step("grpo"), gpus={"critic": 1})
     with pytest.raises(PlanError, match="solve_rl"):
         estimate(LLAMA_8B, H100, Plan(dp=8), step("ppo"))
     with pytest.raises(SolverInputError, match="solve_rl"):
@@ -258,7 +265,7 @@ def test_bad_rollouts_and_pins_are_named():
 
 @pytest.mark.parametrize("args,message", [
     (["--algorithm", "grpo", "--group-size", "0"], "rollout.group_size"),
-    (["--algorithm", "ppo", "--role-nodes", "actor=16"], "nodes: actor = 16 is more than the cluster's 1 nodes"),
+    (["--algorithm", "ppo", "--role-gpus", "actor=16"], "gpus: actor = 16 is more than the cluster's 8 GPUs"),
     (["--algorithm", "ppo", "--tp", "2"], "--tp: a PPO/GRPO step"),
 ])
 def test_cli_bad_rl_input_is_one_line_and_exit_2(args, message):

@@ -190,8 +190,9 @@ def _notes(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workloa
     if not workload.training and workload.output_len:
         notes.append(f"Generation: the prefill of {workload.global_batch_size} prompts of {workload.seq_len} tokens, "
                      f"then {time.decode:.3f} s ({_pct(time.decode, step)}) decoding {workload.output_len} tokens of each "
-                     "(every sequence of a replica at once, its KV cache held to the end); tokens/s counts generated "
-                     "tokens.")
+                     + ("(every sequence of a replica at once" if workload.max_concurrency is None else
+                        f"(a replica's sequences in waves of {workload.max_concurrency}")
+                     + ", its KV cache held to the end); tokens/s counts generated tokens.")
     elif workload.kind == "score":
         notes.append("Scoring: one forward without gradients over the full sequences, every position's log-probability, "
                      "no KV cache kept (an RL step's reference, reward or critic forward, or an evaluation).")

@@ -27,12 +27,13 @@ One decode step of a pipeline stage s for g sequences at a cache of c tokens eac
   (an all-reduce of g · query width per layer), the weights' all-gather when they are sharded (FSDP,
   ZeRO-3: every step gathers the stage) and the send to the next stage — none hidden: a decode step is
   too short to overlap them.
-The sum over the output tokens c = L + 1 … L + n is exact: t_s is linear in c on either side of the
+The prefill's logits give the first output token, so n tokens take n − 1 decode steps (as ``generate``
+and vLLM run them), at caches c = L + 1 … L + n − 1. Their sum is exact: t_s is linear in c on either side of the
 sliding window, and a sum of the larger of two lines over a range of integers has a closed form
 (`sum_of_max_lines`). The stage whose total is largest sets the pace (the busiest stage of every step
 when, as in every layout the search builds, stages differ by whole layers, the embedding and the head).
-Not modelled here: speculative decoding, prefix caching, chunked prefill, and waves of sequences when the
-replica's KV cache cannot hold them all (the serving planner's concurrency, issue 20).
+Not modelled here: speculative decoding, prefix caching, chunked prefill, continuous batching of
+sequences of different lengths (a wave ends together), and the decode logits' memory.
 """
 
 from __future__ import annotations
@@ -115,14 +116,17 @@ def _wave_time(f: ModelFacts, cluster: ClusterSpec, eff: Efficiency, p: PlanArra
     replicas = np.maximum(col(p.ep * p.etp) / tp, 1.0)  # replicas whose tokens one expert-parallel group routes
     touched = touched_experts_share(f, group * replicas)
     embedding_rows = np.where(params.embedding > 0, group * f.hidden / tp, 0.0)
-    weights_read = b * (params.dense - params.embedding + embedding_rows + params.expert * touched)
+    # a tied LM head on a one-stage pipeline is the embedding table itself: its GEMM reads all of it
+    tied_head = (np.where(layout.last & (pp == 1), (f.embedding_params - f.position_params) / tp, 0.0)
+                 if f.tied else 0.0)
+    dense_used = params.dense - params.embedding + tied_head
+    weights_read = b * (dense_used + embedding_rows + params.expert * touched)
     full_layers = layout.layers * (1.0 - f.sliding_layer_share) if f.sliding_window else layout.layers
     sliding_layers = layout.layers - full_layers
     kv_per_token = group * col(kv_bytes_per_token_layer) / cp  # per cached token of one layer
     hbm = gpu.hbm_bandwidth * eff.streaming
 
     # flops per step: 2 per used weight and token (routed experts: k of E, the busiest rank's load)
-    dense_used = params.dense - params.embedding
     expert_used = params.expert * f.top_k / f.experts * col(busiest_rank_load(p, w)) * replicas if f.experts else 0.0
     gemm = 2.0 * group * (dense_used + expert_used) / col(roof.gemm_flops)
     attention_per_cached = 4.0 * group * f.q_width / tp / cp / col(roof.attention_flops)  # per token of context, layer
@@ -140,7 +144,9 @@ def _wave_time(f: ModelFacts, cluster: ClusterSpec, eff: Efficiency, p: PlanArra
     comm = tp_comm + cp_comm + ep_comm + np.where(sharded, gather, 0.0) + send
 
     # Σ over the output tokens: full-attention layers cache c tokens, sliding ones min(c, window)
-    first, last = w.seq_len + 1, w.seq_len + n_out + 1  # the cache holds c tokens while token c is decoded
+    # the prefill's logits give the first token; step k = 1 … n − 1 feeds token k and reads a cache of L + k
+    steps = n_out - 1
+    first, last = w.seq_len + 1, w.seq_len + n_out
     memory_at = lambda layers_c: (weights_read, kv_per_token * layers_c)  # noqa: E731 - (constant, per c)
     compute_at = lambda layers_c: (gemm, attention_per_cached * layers_c)  # noqa: E731
     window = f.sliding_window or last
@@ -152,7 +158,7 @@ def _wave_time(f: ModelFacts, cluster: ClusterSpec, eff: Efficiency, p: PlanArra
     a_m2, b_m2 = weights_read + kv_per_token * sliding_layers * window, kv_per_token * full_layers
     a_c2, b_c2 = gemm + attention_per_cached * sliding_layers * window, attention_per_cached * full_layers
     above = sum_of_max_lines(a_m2 / hbm, b_m2 / hbm, a_c2, b_c2, knee, last)
-    per_stage = below + above + n_out * comm
+    per_stage = below + above + steps * comm
     per_stage = np.where(layout.valid, per_stage, -np.inf)
     return p.pp * per_stage.max(axis=1)
 

@@ -142,7 +142,9 @@ def class_memory(
     offload_params = col(p.offload == code("offload", "params"))
     offload_states = col(p.offload != code("offload", "none"))
     trained_dense, trained_expert = (params.dense, params.expert) if peft is None else (peft.adapters, 0.0)
-    weights = col(per.resident_weights) * (trained_dense / col(div.weights) + trained_expert / col(div.expert_weights))
+    # without an optimizer there is no master copy: FSDP shards the weights themselves, in the compute dtype
+    resident = per.resident_weights if training else per.weights
+    weights = col(resident) * (trained_dense / col(div.weights) + trained_expert / col(div.expert_weights))
     if peft is not None:
         weights = weights + peft.frozen_dense_bytes / col(div.weights) + peft.frozen_expert_bytes / col(div.expert_weights)
     if has_reference_copy(w):  # DPO's frozen reference on the same GPUs (constraints.dpo)

@@ -8,8 +8,9 @@ One step, synchronous (verl's and OpenRLHF's default): for B prompts of L tokens
    the prefill of the S prompts and the decode of R tokens of each (`constraints.generation`, an
    inference workload with ``output_len`` R);
 2. score — forwards over the S full sequences, no gradients, no KV cache (``use_cache=False``): the actor
-   (the old log-probabilities), the reference (its log-probabilities for the KL penalty; none with a
-   peft adapter, whose base with the adapter disabled is the reference), the critic (PPO's values) and
+   (the old log-probabilities), the reference (its log-probabilities for the KL penalty; with a peft
+   adapter no model of its own: the actor runs a second forward with the adapter disabled, verl's and
+   TRL's way, `scoring_forwards`), the critic (PPO's values) and
    the reward model (when one scores: PPO's learned reward; GRPO's rule or verifier costs no GPU time);
 3. train — the actor and, for PPO, the critic: ``epochs`` passes over the S sequences in updates of
    ``mini_batch_size`` (a fine-tune workload of that batch, priced per optimizer step, times the
@@ -60,6 +61,12 @@ def roles(w: Workload) -> tuple[RoleName, ...]:
     present = {"rollout": True, "actor": True, "critic": w.algorithm == "ppo", "reference": w.peft is None,
                "reward": bool(r.reward_model)}
     return tuple(name for name in ROLES if present[name])
+
+
+def scoring_forwards(w: Workload, role: RoleName) -> int:
+    """Forwards over the step's sequences that ``role`` runs in the score phase: one, and the actor a
+    second with a peft adapter (the reference's log-probabilities, its adapter disabled)."""
+    return 2 if role == "actor" and w.peft is not None else 1
 
 
 def sequences(w: Workload) -> int:
@@ -114,4 +121,4 @@ def sync_time(weight_bytes: float, cluster: ClusterSpec, gpus: int, placement: L
 
 
 __all__ = ["PHASES", "ROLES", "TRAINED", "generation_workload", "multi_role", "roles", "rollout_of", "scoring_workload",
-           "sequences", "sync_time", "training_workload", "updates"]
+           "scoring_forwards", "sequences", "sync_time", "training_workload", "updates"]

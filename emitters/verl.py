@@ -8,8 +8,13 @@ FSDP over all of the role's GPUs (``fsdp_size=-1``), HSDP over one node's (``fsd
 replicated (``fsdp_size=1``); HF's modules (``kernels="unfused"``); gradient checkpointing for full
 recompute; fp32 master weights (verl's ``model_dtype`` fp32 with bf16 compute). The rollout is vLLM with
 tensor parallelism (``rollout.tensor_model_parallel_size``; the engines fill the GPUs data-parallel), its
-memory fraction (``gpu_memory_utilization``) what the plan holds on a GPU while generating, and
-``max_num_seqs`` the sequences a replica decodes at once when the plan runs waves. Micro-batches:
+memory fraction (``gpu_memory_utilization``) the room the other roles' resident states leave it within the
+usable memory (rounded down to a hundredth, as vLLM takes a fraction of the whole GPU), and ``max_num_seqs``
+the sequences a replica decodes at once (the plan's waves, else all its sequences; vLLM's default is 256).
+The reference holds its weights in bf16 (``ref.fsdp_config.model_dtype``; verl's default fp32 is for the
+trained roles' master copy); PPO's reference enters through the KL penalty in the reward
+(``algorithm.use_kl_in_reward``), GRPO's through the KL loss (``actor.use_kl_loss``): verl builds a
+reference only for one of them. Micro-batches:
 ``ppo_micro_batch_size_per_gpu`` (training), ``log_prob_micro_batch_size_per_gpu`` (scoring); verl counts
 ``train_batch_size`` and ``ppo_mini_batch_size`` in prompts, so a mini-batch must hold whole groups.
 Not expressed: the split placement (verl colocates), a learned reward model (verl 0.9 serves it through an
@@ -77,6 +82,9 @@ def overrides(solution: RLSolution) -> list[str]:
         raise unsupported(NAME, "a rollout with pipeline, context or expert parallelism, or sharded weights",
                           "plan launch --target verl searches what it runs")
     capacity = cluster.node.gpu.memory_bytes
+    residents = solution.memory_per_phase["generate"] - rollout.transient_bytes
+    memory_fraction = math.floor(100 * (solution.usable_bytes - residents) / capacity) / 100
+    concurrency = rollout.max_concurrency or math.ceil(rl.sequences(w) / rollout.plan.dp)
     out = [f"algorithm.adv_estimator={'grpo' if w.algorithm == 'grpo' else 'gae'}",
            "data.train_files=$TRAIN_FILES", "data.val_files=$VAL_FILES",
            f"data.train_batch_size={w.global_batch_size}", f"data.max_prompt_length={w.seq_len}",
@@ -91,10 +99,9 @@ def overrides(solution: RLSolution) -> list[str]:
            "actor_rollout_ref.rollout.name=vllm",
            f"actor_rollout_ref.rollout.tensor_model_parallel_size={rollout.plan.tp}",
            f"actor_rollout_ref.rollout.n={r.group_size}",
-           f"actor_rollout_ref.rollout.gpu_memory_utilization={math.ceil(100 * rollout.transient_bytes / capacity) / 100}",
+           f"actor_rollout_ref.rollout.gpu_memory_utilization={memory_fraction}",
+           f"actor_rollout_ref.rollout.max_num_seqs={concurrency}",
            f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={actor.plan.micro_batch_size}"]
-    if rollout.max_concurrency is not None:
-        out.append(f"actor_rollout_ref.rollout.max_num_seqs={rollout.max_concurrency}")
     if w.peft is not None:
         if w.peft.method != "lora":
             raise unsupported(NAME, f"{w.peft.method} (4-bit base weights)", "use --peft lora")
@@ -103,7 +110,9 @@ def overrides(solution: RLSolution) -> list[str]:
                 f"actor_rollout_ref.model.target_modules={targets if targets == 'all-linear' else '[' + targets + ']'}"]
     if "reference" in roles:
         ref = roles["reference"].plan
-        out += [f"actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu={ref.micro_batch_size}",
+        out += [f"algorithm.use_kl_in_reward={w.algorithm == 'ppo'}",
+                "actor_rollout_ref.ref.fsdp_config.model_dtype=bf16",
+                f"actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu={ref.micro_batch_size}",
                 f"actor_rollout_ref.ref.fsdp_config.fsdp_size={_fsdp_size(ref, 'reference')}"]
     if "critic" in roles:
         critic = roles["critic"].plan

@@ -189,7 +189,8 @@ def role_options(role: str, model: ModelSpec, cluster: ClusterSpec, workload: Wo
         transient = np.maximum(m.total[rows] - resident, score.memory.total - score.memory.weights)
         ok = score.fits & np.isfinite(score.time.step) & (resident + transient <= usable)
         keep = np.flatnonzero(ok)
-        return _Options(role, model, plans.take(keep), np.zeros(len(keep)), score.time.step[keep],
+        return _Options(role, model, plans.take(keep), np.zeros(len(keep)),
+                        rl.scoring_forwards(workload, role) * score.time.step[keep],
                         rl.updates(workload) * e.time.step[rows][keep], resident[keep], transient[keep])
     cands = _priced(model, cluster, scoring, efficiency, runtime, limits)
     if cands is None:
@@ -604,7 +605,7 @@ def _explain(kind: str, phases: Mapping[str, float], step: float, memory: Mappin
              alternative: str, proved: bool, how: str) -> list[str]:
     gib = 2**30
     layout = ("every role on every GPU, the phases one after the other" if kind == "colocated" else
-              "every role on whole nodes of its own, a phase's roles at once")
+              "every role on GPUs of its own, a phase's roles at once")
     lines = [f"{'Proved optimal' if proved else 'Best found within the time limit'} over each role's plans: "
              f"{kind} ({layout}), {step:.2f} s per step — generate {phases['generate']:.2f} s, sync {phases['sync']:.2f} s, "
              f"score {phases['score']:.2f} s, train {phases['train']:.2f} s.",

@@ -569,12 +569,27 @@ def test_verl_composes_and_validates_the_step(case, verl_model):
     solution = verl_cases()[case]
     if solution.workload.peft is not None:
         pytest.importorskip("vllm")  # verl checks a LoRA actor against its vLLM rollout's version
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+
     config = _verl_config(emit(solution, "verl")["run_verl.sh"], verl_model)
-    roles = {r.role for r in solution.roles}
+    roles = {r.role: r for r in solution.roles}
+    # verl decides from the config which models it builds: the plan's roles (with LoRA, the actor with its
+    # adapters disabled is the reference)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # verl warns that an estimator other than GAE builds no critic
+        critic = need_critic(config)
+    reference = need_reference_policy(config)
+    assert critic == ("critic" in roles)
+    assert reference == ("reference" in roles or solution.workload.peft is not None)
     with contextlib.redirect_stdout(io.StringIO()):
-        validate_config(config, use_reference_policy="reference" in roles, use_critic="critic" in roles)
+        validate_config(config, use_reference_policy=reference, use_critic=critic)
     assert config.trainer.n_gpus_per_node * config.trainer.nnodes == solution.cluster.total_gpus
     assert config.actor_rollout_ref.rollout.n == solution.workload.rollout.group_size
+    rollout = roles["rollout"]
+    replicas = solution.cluster.total_gpus // config.actor_rollout_ref.rollout.tensor_model_parallel_size
+    assert config.actor_rollout_ref.rollout.max_num_seqs * replicas >= solution.sequences
+    assert rollout.transient_bytes <= config.actor_rollout_ref.rollout.gpu_memory_utilization * \
+        solution.cluster.node.gpu.memory_bytes + solution.cluster.node.gpu.memory_bytes / 100
 
 
 def test_verl_validator_catches_a_broken_batch(verl_model):

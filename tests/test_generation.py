@@ -32,11 +32,12 @@ def _decode(model, plan, workload):
 
 
 def test_one_decode_step_is_bytes_over_achieved_hbm_bandwidth():
-    """One sequence, one token, one GPU: memory-bound. Bytes read = every weight in bf16 except the input
+    """One sequence, two tokens — the prefill's logits give the first, one decode step the second — on one
+    GPU: memory-bound. Bytes read = every weight in bf16 except the input
     embedding table, of which one row (Llama 3.1 8B's head is untied, so V·h of them), plus the KV cache
     of the prompt and the new token: 32 layers · 2 · 8 KV heads · 128 · 2 bytes per token."""
     prompt = 1000
-    work = Workload(kind="inference", seq_len=prompt, output_len=1, global_batch_size=1)
+    work = Workload(kind="inference", seq_len=prompt, output_len=2, global_batch_size=1)
     hidden, vocab = 4096, 128256
     params = LLAMA_8B.total_params
     weight_bytes = 2 * (params - vocab * hidden + hidden)
@@ -46,12 +47,25 @@ def test_one_decode_step_is_bytes_over_achieved_hbm_bandwidth():
     assert _decode(LLAMA_8B, Plan(), work) == pytest.approx(expected, rel=1e-12)
 
 
+def test_a_tied_lm_head_reads_the_embedding_table_each_step():
+    """Llama 3.2 1B ties its LM head to the input embedding: the head's GEMM reads the whole table each
+    step, the lookup one more row, so the bytes are every parameter plus a row (16 layers, 8 KV heads of 64)."""
+    model = load_model("llama-3.2-1b")
+    prompt = 1000
+    work = Workload(kind="inference", seq_len=prompt, output_len=2, global_batch_size=1)
+    weight_bytes = 2 * (model.total_params + 2048)
+    kv_bytes = (prompt + 1) * 16 * 2 * 8 * 64 * 2
+    expected = (weight_bytes + kv_bytes) / (H100.node.gpu.hbm_bandwidth * Efficiency.default().streaming)
+    assert _decode(model, Plan(), work) == pytest.approx(expected, rel=1e-12)
+
+
 def test_decode_sums_every_step_and_grows_with_the_context():
-    """n tokens cost the n steps at caches L+1 … L+n: more than n times the first step (the cache grows),
-    less than n times the last."""
-    one = _decode(LLAMA_8B, Plan(), Workload(kind="inference", seq_len=4096, output_len=1, global_batch_size=8))
-    last = _decode(LLAMA_8B, Plan(), Workload(kind="inference", seq_len=4096 + 511, output_len=1, global_batch_size=8))
-    many = _decode(LLAMA_8B, Plan(), Workload(kind="inference", seq_len=4096, output_len=512, global_batch_size=8))
+    """n tokens cost the n − 1 decode steps at caches L+1 … L+n−1 (the prefill gave the first token): more
+    than n − 1 times the first step (the cache grows), less than n − 1 times the last; one token costs none."""
+    one = _decode(LLAMA_8B, Plan(), Workload(kind="inference", seq_len=4096, output_len=2, global_batch_size=8))
+    last = _decode(LLAMA_8B, Plan(), Workload(kind="inference", seq_len=4096 + 511, output_len=2, global_batch_size=8))
+    many = _decode(LLAMA_8B, Plan(), Workload(kind="inference", seq_len=4096, output_len=513, global_batch_size=8))
+    assert _decode(LLAMA_8B, Plan(), Workload(kind="inference", seq_len=4096, output_len=1, global_batch_size=8)) == 0
     assert 512 * one < many < 512 * last
     assert many == pytest.approx(512 * (one + last) / 2, rel=1e-9)  # linear in the cache while memory-bound
 

@@ -172,6 +172,19 @@ def test_every_phase_is_its_workloads_estimate(ppo_step):
     assert generate.time.decode > 0 and generate.memory.kv_cache > 0  # the rollout decodes with a KV cache
 
 
+def test_a_lora_actor_scores_twice_as_its_own_reference():
+    """With a LoRA adapter there is no reference model: the actor runs the reference's forward itself, its
+    adapter disabled, so its score phase is two scoring forwards on its plan."""
+    w = Workload(kind="rlhf", algorithm="grpo", seq_len=512, global_batch_size=16, peft=Peft(),
+                 rollout=Rollout(response_len=256))
+    found = solve_rl(LLAMA_8B, H100, w, placement="colocated")
+    roles = {r.role: r for r in found.roles}
+    assert "reference" not in roles
+    actor = roles["actor"]
+    once = estimate(LLAMA_8B, H100, actor.plan, rl.scoring_workload(w)).step_time_s
+    assert actor.phases["score"] == pytest.approx(2 * once, rel=1e-9)
+
+
 def test_memory_per_phase_holds_every_role_and_fits(ppo_step):
     _, _, found = ppo_step
     for phase, used in found.memory_per_phase.items():
@@ -220,6 +233,16 @@ def test_scoring_forward_memory_matches_memtracker(family, layers, seq_len, batc
     peak = sum(measured[k] for k in ("PARAM", "BUFFER", "ACT", "TEMP"))
     assert memory.kv_cache[0] == 0 and memory.weights[0] == measured["PARAM"]
     assert abs(ours / peak - 1) <= TOLERANCE, f"{ours} vs {measured}"
+
+
+def test_a_frozen_models_fsdp_shard_is_resident_in_the_compute_dtype():
+    """A reference or reward model under FSDP has no optimizer and so no fp32 master copy: each GPU keeps
+    its eighth of the weights in bf16 besides the layer units gathered for compute (which training, whose
+    sharded fp32 parameters are the master copy counted with the optimizer, holds alone)."""
+    plan = Plan(dp=8, sharding="fsdp")
+    frozen = estimate(LLAMA_8B, H100, plan, Workload(kind="score", seq_len=1024, global_batch_size=8))
+    trained = estimate(LLAMA_8B, H100, plan, Workload(kind="pretrain", seq_len=1024, global_batch_size=8))
+    assert frozen.memory.weights == pytest.approx(2 * LLAMA_8B.total_params / 8 + trained.memory.weights, rel=1e-6)
 
 
 @pytest.mark.slow

@@ -23,7 +23,7 @@ if [[ ! -f .validators/verl/verl/utils/config.py ]]; then
   pip download --no-deps --dest .validators/wheels verl==0.9.1
   python -m zipfile -e .validators/wheels/verl-0.9.1-py3-none-any.whl .validators/verl
 fi
-pip install hydra-core codetiming "ray>=2.41.0" "tensordict>=0.8.0,<=0.10.0,!=0.9.0"
+pip install hydra-core codetiming pillow "ray>=2.41.0" "tensordict>=0.8.0,<=0.10.0,!=0.9.0"
 
 pip install --no-deps vllm==0.33.0 sglang==0.5.23
 pip install -r tests/validators/serving-requirements.txt

@@ -152,4 +152,6 @@ def workload_kind(workload: Workload) -> str:
     if workload.peft is not None:
         method = {"lora": "LoRA", "qlora": "QLoRA"}[workload.peft.method]
         parts.append(f"{method} r={workload.peft.rank} on {', '.join(workload.peft.target_modules)}")
+    if workload.example_len is not None:
+        parts.append(f"examples of {workload.example_len} tokens, {'packed' if workload.packing else 'padded'}")
     return f"{workload.kind} ({'; '.join(parts)})" if parts else workload.kind

@@ -64,6 +64,13 @@ TUNING_OPTIONS = [
     click.option("--max-concurrency", type=int, expose_value=False, callback=_remember_workload_option,
                  help="With --kind inference: sequences one data-parallel replica holds at once (vLLM's --max-num-seqs); "
                       "the rest wait for a later wave [default: all of them]."),
+    click.option("--example-len", type=int, expose_value=False, callback=_remember_workload_option,
+                 help="Training or score data whose examples are shorter than --seq-len: their mean tokens. Each "
+                      "sequence is one example padded to --seq-len (the padding computed, throughput counting data "
+                      "tokens), or with --packing several laid end to end [default: every sequence is data]."),
+    click.option("--packing", is_flag=True, expose_value=False, callback=_remember_workload_option,
+                 help="With --example-len: pack examples end to end in each sequence, each attending within itself "
+                      "(flash-attention's variable-length kernel; TRL's packing)."),
     click.option("--peft", type=click.Choice(["none", "lora", "qlora"]), default="none", show_default=True,
                  expose_value=False, callback=_remember_workload_option,
                  help="Fine-tune adapters on a frozen base (needs --kind finetune): LoRA, or QLoRA (4-bit NF4 base)."),
@@ -77,7 +84,8 @@ TUNING_OPTIONS = [
     click.option("--lora-dropout", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.0, show_default=True,
                  expose_value=False, callback=_remember_workload_option, help="Dropout on the adapters' input."),
 ]
-"""MoE token dropping, generation (`Workload.output_len`), preference tuning (`Workload.algorithm`) and parameter-efficient fine-tuning
+"""MoE token dropping, generation (`Workload.output_len`), examples shorter than the sequence (`Workload.example_len`,
+``packing``), preference tuning (`Workload.algorithm`) and parameter-efficient fine-tuning
 (`constraints.Peft`). They reach `build_workload` through the click context (not as parameters of each
 command): every command with `WORKLOAD_OPTIONS` takes them."""
 
@@ -285,6 +293,10 @@ def build_workload(**fields: Any) -> Workload:
         fields.setdefault("max_concurrency", given["max_concurrency"])
     if given and given.get("output_len"):
         fields.setdefault("output_len", given["output_len"])
+    if given and given.get("example_len") is not None:
+        fields.setdefault("example_len", given["example_len"])
+    if given and given.get("packing"):
+        fields.setdefault("packing", True)
     if given and given.get("moe_pad_to_capacity"):
         fields.setdefault("moe_pad_to_capacity", True)
     if given and given.get("peft", "none") != "none" and "peft" not in fields:

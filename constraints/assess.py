@@ -64,7 +64,7 @@ def training_budget(est: Estimate, workload: Workload, gpus: int, tokens: float,
         raise PlanError("a token budget applies to training: use --kind pretrain or finetune")
     if not (math.isfinite(tokens) and tokens > 0):
         raise PlanError(f"tokens must be a positive number (e.g. 1e12), got {tokens!r}")
-    steps = math.ceil(tokens / (workload.global_batch_size * workload.seq_len))
+    steps = math.ceil(tokens / workload.data_tokens_per_step)
     time_s = steps * est.step_time_s
     gpu_hours = time_s * gpus / 3600
     price, basis = price_per_gpu_hour, "given"

@@ -199,6 +199,13 @@ def _notes(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workloa
     elif not workload.training:
         notes.append("Serving: the step is one forward pass over the batch's contexts (prefill); tokens/s counts "
                      "the context tokens processed, not generated tokens.")
+    if workload.example_len is not None:
+        m, seq = workload.example_len, workload.seq_len
+        examples_per_s = float(e.tokens_per_s[0]) / m
+        notes.append(f"Data: examples of {m} tokens, " + (
+            f"packed {seq / m:.1f} to a sequence of {seq}, each attending within itself" if workload.packing else
+            f"each padded to {seq} ({_pct(seq - m, seq)} of the computed tokens are padding)")
+            + f"; tokens/s counts data tokens, {examples_per_s:,.0f} examples/s.")
     own_peak = "" if e.peak_flops[0] == cluster.gpu.mfu_peak_flops else \
         f"; {100 * e.precision_peak_utilization[0]:.1f}% of the {plan.precision} dense peak, {e.peak_flops[0] / 1e12:.0f} TFLOP/s"
     notes.append(f"Step {step:.3f} s: compute {time.compute:.3f} s ({_pct(time.compute, step)}), MFU "

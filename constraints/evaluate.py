@@ -175,7 +175,7 @@ class _Structure:
                                          kv_latent=kv_latent, kv_head_dim=model.head_dim or 0, peft=self.peft)
         self.kv_per_token_layer = kv_cache_bytes_per_token_layer(f, p, kv_latent, model.head_dim or 0)
         self.memory = self.class_memory.worst(self.layout)
-        self.keys = attention_keys(model, workload.seq_len, causal=True)
+        self.keys = attention_keys(model, workload.attention_span, causal=True)
         # a precision the GPU lacks cannot run: infinite step time, no throughput (rules.precision_supported)
         self.peaks = np.array([cluster.gpu.peak_flops.get(name, np.nan) for name in PRECISIONS])[p.precision]
 
@@ -286,14 +286,16 @@ def _evaluate(model: ModelSpec, cluster: ClusterSpec, workload: Workload, p: Pla
     structure = _Structure(model, cluster, workload, p, rt)
     memory, step = structure.memory, structure.step_times(eff)
     usable = rt.usable(cluster)
-    tokens = workload.global_batch_size * workload.sequences_per_example * workload.seq_len
+    # tokens of data (not padding), each at the FLOPs of its example's span
+    tokens = workload.data_tokens_per_step
+    span = workload.example_span
     generated = workload.global_batch_size * workload.output_len
     if workload.peft is not None:  # frozen base: input gradients only, plus the adapters
-        flops_per_token = peft_training_flops(model, workload.seq_len, workload.peft)
+        flops_per_token = peft_training_flops(model, span, workload.peft)
     else:
-        flops_per_token = model.flops_per_token(workload.seq_len, include_mtp=workload.train_mtp)
+        flops_per_token = model.flops_per_token(span, include_mtp=workload.train_mtp)
     if workload.algorithm == "dpo":  # + the reference's forward over the same tokens
-        flops_per_token += model.flops(workload.seq_len).forward_per_token
+        flops_per_token += model.flops(span).forward_per_token
     if not workload.training:
         flops_per_token /= 3.0  # forward only
     model_flops = flops_per_token * tokens

@@ -227,7 +227,17 @@ class Workload(_Frozen):
     the decode after the prefill (`constraints.generation`), its KV cache held to the end; 0 prices the
     prefill alone. ``max_concurrency`` (kind inference): sequences one data-parallel replica holds at
     once (vLLM's ``--max-num-seqs``, SGLang's ``--max-running-requests``): its sequences run in waves of at
-    most this many, the KV cache sized for one wave; None: all of them at once."""
+    most this many, the KV cache sized for one wave; None: all of them at once.
+    ``example_len`` (training and score): the mean tokens of one example of a dataset whose examples are
+    shorter than ``seq_len``; None: every sequence is ``seq_len`` tokens of data (pre-training's concatenated
+    documents). Unpacked (``packing`` False, TRL's and torchtune's default) each sequence is one example padded
+    to ``seq_len``: the padding is computed like data (every GEMM; attention too under SDPA or eager, whose
+    masks skip no work) and throughput counts the examples' tokens only (padding to a batch's longest
+    example costs between the example and ``seq_len``). Packed (``packing`` True: TRL ``packing=True``,
+    torchtune ``packed=True``) the examples lie end to end in sequences of ``seq_len`` tokens, each
+    attending within itself: flash-attention's variable-length kernel runs the attention core over the
+    example's own keys (an eager kernel still computes the whole masked sequence). Examples of equal
+    length are assumed: a spread of lengths l raises packed attention to Σl² / Σl keys per token."""
 
     kind: Literal["pretrain", "finetune", "inference", "score", "rlhf"] = "pretrain"
     seq_len: Count
@@ -244,6 +254,8 @@ class Workload(_Frozen):
     output_len: Annotated[StrictInt, Field(ge=0, le=2**24)] = 0
     max_concurrency: Count | None = None
     rollout: Rollout | None = None
+    example_len: Count | None = None
+    packing: bool = False
 
     @model_validator(mode="after")
     def _stack_dispatches(self) -> Workload:
@@ -271,6 +283,15 @@ class Workload(_Frozen):
             raise ValueError(f"max_concurrency: sequences served at once apply to kind 'inference', got kind {self.kind!r}")
         if self.output_len and self.kind != "inference":
             raise ValueError(f"output_len: generated tokens are priced for kind 'inference', got kind {self.kind!r}")
+        if self.example_len is not None and (self.kind == "inference" or self.algorithm in GENERATING_ALGORITHMS):
+            raise ValueError(f"example_len: examples shorter than seq_len apply to training and score datasets, not "
+                             f"to kind {self.kind!r}{f' algorithm {self.algorithm!r}' if self.algorithm else ''}, "
+                             "whose sequences are the prompt (and its response_len / output_len)")
+        if self.example_len is not None and self.example_len > self.seq_len:
+            raise ValueError(f"example_len {self.example_len} exceeds seq_len {self.seq_len}: a sequence holds at "
+                             "least one example; raise seq_len to the longest example")
+        if self.packing and self.example_len is None:
+            raise ValueError("packing lays examples end to end in each sequence: give example_len, their mean tokens")
         if self.moe_pad_to_capacity and self.moe_capacity_factor is None:
             raise ValueError("moe_pad_to_capacity pads each expert to its capacity: give moe_capacity_factor too")
         if self.moe_pad_to_capacity and self.moe_dispatcher == "deepep":  # Megatron-Core TransformerConfig's check
@@ -294,6 +315,27 @@ class Workload(_Frozen):
     @property
     def training(self) -> bool:
         return self.kind not in ("inference", "score")
+
+    @property
+    def data_tokens_per_sequence(self) -> int:
+        """Tokens of data in one sequence: an unpacked example's own (the rest is padding), else all of them."""
+        return self.example_len if self.example_len is not None and not self.packing else self.seq_len
+
+    @property
+    def data_tokens_per_step(self) -> int:
+        """Tokens of data one step processes (what throughput and token budgets count)."""
+        return self.global_batch_size * self.sequences_per_example * self.data_tokens_per_sequence
+
+    @property
+    def example_span(self) -> int:
+        """Tokens one example's attention spans: the model's FLOPs per token of data."""
+        return self.example_len or self.seq_len
+
+    @property
+    def attention_span(self) -> int:
+        """Tokens a flash-attention kernel runs each query's attention over: a packed example's own, else
+        the whole sequence (padding included)."""
+        return self.example_len if self.packing and self.example_len is not None else self.seq_len
 
     @property
     def sequences_per_example(self) -> int:

@@ -87,13 +87,14 @@ def _check_cp_comm(plan, target: str) -> None:
 
 
 def _check_tuning(workload, target: str) -> None:
-    """Adapters and a preference loss are written by the trl target only: elsewhere a LoRA / QLoRA or DPO
-    plan would launch as plain fine-tuning, so it is refused by name."""
+    """Adapters, a preference loss and packed examples are written by the trl target only: elsewhere a
+    LoRA / QLoRA, DPO or packed plan would launch as plain training, so it is refused by name."""
     what = [f"peft {workload.peft.method!r}"] if workload.peft is not None else []
     what += [f"algorithm {workload.algorithm!r}"] if workload.algorithm is not None else []
+    what += ["packed examples (packing)"] if workload.packing else []
     if what and target != "trl":
         raise EmitError(f"{target} files for {' and '.join(what)} would run plain fine-tuning: use --target trl "
-                        "(TRL's SFT and DPO scripts with peft)")
+                        "(TRL's SFT and DPO scripts with peft; SFT packs)")
 
 
 __getattr__, __dir__ = lazy_exports(__name__, {"ReadConfig": "parallelplan.emitters.deepspeed",

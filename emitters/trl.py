@@ -12,7 +12,9 @@ parallelism with ZeRO-1 (DeepSpeed plugin), ZeRO-2/3 or FSDP (FSDP2 plugin); HF'
 (``dtype``: no fp32 master copy); ``gradient_checkpointing`` for full recompute; AdamW as torch's foreach
 ``adamw_torch`` (what the cost model prices for unfused kernels), 8-bit AdamW as ``adamw_bnb_8bit``.
 QLoRA under FSDP stores the 4-bit weights in bf16 containers (``bnb_4bit_quant_storage``), which FSDP
-needs to shard them.
+needs to shard them. Packed examples (`Workload.packing`) become SFT's ``packing`` (best-fit decreasing)
+with ``padding_free``: each example attends within itself only under FlashAttention's variable-length
+kernel, so the script loads ``flash_attention_2`` (the flash-attn package); DPO does not pack.
 """
 
 from __future__ import annotations
@@ -47,6 +49,10 @@ def check(job: Job) -> None:
             raise unsupported(NAME, f"{name} {getattr(p, name)}", AGAIN)
     if p.recompute_layers is not None:
         raise unsupported(NAME, f"recompute of {p.recompute_layers} layers (gradient checkpointing is all or none)", AGAIN)
+    if w.packing and (w.algorithm == "dpo" or p.attention_kernel != "flash"):
+        raise unsupported(NAME, "packed examples " + ("for DPO (its trainer does not pack pairs)" if w.algorithm == "dpo"
+                                                      else "without flash attention (padding-free packing needs it)"),
+                          "solve without --packing" if w.algorithm == "dpo" else AGAIN)
 
 
 def script_name(job: Job) -> str:
@@ -62,6 +68,9 @@ def trl_config(job: Job) -> dict:
            "bf16": p.precision == "bf16", "fp16": p.precision == "fp16",
            "gradient_checkpointing": p.recompute == "full", "optim": OPTIMIZERS[p.optimizer],
            "dtype": DTYPES[p.precision], "attn_implementation": "sdpa" if p.attention_kernel == "flash" else "eager"}
+    if w.packing:
+        out |= {"packing": True, "packing_strategy": "bfd", "padding_free": True,
+                "attn_implementation": "flash_attention_2"}
     if w.peft is not None:
         targets = list(w.peft.target_modules)
         if not float(w.peft.alpha).is_integer():

@@ -66,11 +66,11 @@ class Cheapest(BaseModel):
 
 
 def matmul_flops_per_token(model: ModelSpec, workload: Workload) -> float:
-    """Matrix-multiplication FLOPs per trained token that every plan of the cost model executes at least
+    """Matrix-multiplication FLOPs per trained token of data that every plan of the cost model executes at least
     (`models.flops` conventions, the attention core left out): training's forward, input and weight
     gradients (3 passes); under PEFT its exact count less three times the attention core
     (`peft.training_flops_per_token`); DPO adds the reference's forward; a capacity factor below 1 leaves
-    that share of the routed experts' work."""
+    that share of the routed experts' work; padding (`Workload.example_len` unpacked) is computed like data."""
     from parallelplan.constraints.peft import training_flops_per_token
 
     counted = model.flops(workload.seq_len)
@@ -81,7 +81,8 @@ def matmul_flops_per_token(model: ModelSpec, workload: Workload) -> float:
         matmul = training_flops_per_token(model, workload.seq_len, workload.peft) - 3 * counted.attention_scores - 2 * dropped
     else:
         matmul = 3 * forward
-    return matmul + (forward if workload.algorithm == "dpo" else 0.0)
+    per_computed_token = matmul + (forward if workload.algorithm == "dpo" else 0.0)
+    return per_computed_token * workload.seq_len / workload.data_tokens_per_sequence  # padding is computed too
 
 
 def _node_counts(max_nodes: int) -> list[int]:
@@ -132,7 +133,7 @@ def cheapest(model: ModelSpec, workload: Workload, *, tokens: float, deadline_ho
                           f"above ${best[0]:,.0f}"})
             continue
         node = load_cluster(option.cluster)
-        tokens_per_step = workload.global_batch_size * workload.sequences_per_example * workload.seq_len
+        tokens_per_step = workload.data_tokens_per_step
         own: tuple[float, float, int] | None = None  # (total USD, hours, nodes)
         for nodes in _node_counts(max_nodes):
             gpus = nodes * node.node.gpus_per_node

@@ -372,7 +372,7 @@ def _describe(model: ModelSpec, pooled: PooledCluster, workload: Workload, order
                         sharding=shared.sharding, recompute=shared.recompute, precision=shared.precision,
                         step_time_s=step, pipeline_s=pipeline, once_s=once,
                         link_s=float(_link_time(model, pooled, workload, front.plans.take(np.array([f_row])), efficiency)[0]),
-                        tokens_per_s=workload.global_batch_size * workload.sequences_per_example * workload.seq_len / step,
+                        tokens_per_s=workload.data_tokens_per_step / step,
                         plans_priced=priced)
 
 

@@ -258,5 +258,5 @@ def _split(model: ModelSpec, pooled: PooledCluster, workload: Workload, split: t
     if alternatives["pipeline"] is not None:
         lines.append(f"A pipeline across the pools instead: {alternatives['pipeline']:.3f} s.")
     return PooledSolution(cluster=pooled, workload=workload, layout="data_parallel", shares=tuple(out), pipeline=None,
-                          step_time_s=step, sync_s=sync_s, tokens_per_s=batch * workload.sequences_per_example * workload.seq_len / step, optimal=proved,
+                          step_time_s=step, sync_s=sync_s, tokens_per_s=workload.data_tokens_per_step / step, optimal=proved,
                           alternatives=alternatives, solve_time_s=time.perf_counter() - started, explanation=tuple(lines))

@@ -117,6 +117,8 @@ def trl_cases() -> dict[str, Solution]:
         "dpo lora ddp checkpointing": _solve(EIGHT_B, 1, "trl", {"sharding": "none", "recompute": "full"}, workload=DPO),
         "sft full fsdp2 zero2": _solve("llama-3.2-1b", 1, "trl", {"sharding": "zero2"},
                                        workload=Workload(kind="finetune", seq_len=2048, global_batch_size=64)),
+        "sft lora packed": _solve(EIGHT_B, 1, "trl", workload=Workload(kind="finetune", seq_len=4096, global_batch_size=64,
+                                                                        peft=Peft(), example_len=700, packing=True)),
     }
 
 

@@ -373,6 +373,9 @@ def test_trl_parses_its_config_and_builds_the_adapters(case, tmp_path, monkeypat
         p.micro_batch_size, w.global_batch_size // (p.micro_batch_size * p.dp))
     assert training.max_length == w.seq_len and training.gradient_checkpointing == (p.recompute == "full")
     assert training.bf16 == (p.precision == "bf16") and training.optim.value in ("adamw_torch", "adamw_bnb_8bit")
+    if w.algorithm != "dpo":  # packed examples attend within themselves: padding-free under FlashAttention
+        assert (training.packing, training.padding_free) == (w.packing, w.packing)
+        assert (model_args.attn_implementation == "flash_attention_2") == w.packing
     peft = get_peft_config(model_args)
     if w.peft is None:
         assert peft is None

@@ -81,11 +81,12 @@ class Case:
     target_s: float | None = None
     kind: str = "pretrain"
     peft: dict[str, Any] | None = None  # `constraints.Peft` fields of a fine-tune
+    workload_fields: dict[str, Any] = field(default_factory=dict)  # any other `Workload` fields (stack, example_len …)
 
     def workload(self) -> Workload:
         """The case's workload (``kind="rlhf"`` is DPO, ``batch`` its examples)."""
         return Workload(kind=self.kind, seq_len=self.seq_len, global_batch_size=self.batch, peft=self.peft,
-                        algorithm="dpo" if self.kind == "rlhf" else None)
+                        algorithm="dpo" if self.kind == "rlhf" else None, **self.workload_fields)
 
 
 @dataclass

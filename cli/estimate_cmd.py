@@ -75,6 +75,9 @@ PLAN_OPTIONS = [
     click.option("--optimizer", type=click.Choice(["adamw", "adamw8bit", "adafactor", "lion", "sgd"]),
                  help="Optimizer [default: adamw]."),
     click.option("--offload", type=click.Choice(["none", "optimizer", "params"]), help="CPU offload [default: none]."),
+    click.option("--offload-activations/--no-offload-activations", default=None,
+                 help="Copy the activations kept for the backward to host memory and back, beside the compute "
+                      "[default: no]."),
     click.option("--schedule", type=click.Choice(["1f1b", "interleaved", "zero_bubble"]),
                  help="Pipeline schedule [default: interleaved when vpp > 1, else 1f1b]."),
     click.option("--layers-per-stage", help="Layers of each pipeline stage, comma-separated (e.g. 19,21,21,19)."),
@@ -219,6 +222,7 @@ def describe_plan(plan: Plan, model: ModelSpec) -> str:
                  + (f" ({', '.join(plan.recompute_modules)})" if plan.recompute_modules else ""))
     parts.append(f"{plan.precision}{'' if plan.master_weights else ' (no master weights)'}")
     parts.append(plan.optimizer + ("" if plan.offload == "none" else f", offload {plan.offload}"))
+    parts.append("activations offloaded to host memory" if plan.offload_activations else "")
     parts.append(f"{plan.schedule} schedule" if plan.pp > 1 else "")
     return ", ".join(p for p in parts if p)
 
@@ -232,6 +236,8 @@ def memory_table(est: Estimate) -> str:
         ("KV cache", gib(mem.kv_cache)), ("runtime (CUDA, NCCL, frag.)", gib(mem.overhead)),
         ("total", gib(mem.total) if est.fits else bad(gib(mem.total))), ("usable (GPU less --memory-margin)", gib(mem.usable)),
     ]
+    if mem.host:
+        rows.append(("in host memory (offloaded)", gib(mem.host)))
     return table([f"memory per GPU ({where})", ""], rows, right=(1,))
 
 
@@ -240,6 +246,7 @@ def time_table(est: Estimate) -> str:
     parts = [("compute (incl. recompute)", t.compute), ("TP comm (exposed)", t.tp_comm),
              ("CP comm (exposed)", t.cp_comm), ("expert all-to-all (exposed)", t.ep_comm),
              ("DP / FSDP comm (exposed)", t.dp_comm), ("pipeline sends", t.pp_comm),
+             ("activation offload (exposed)", t.offload),
              ("pipeline bubble", t.bubble), ("optimizer update", t.optimizer), ("decode (generation)", t.decode)]
     rows = [(name, f"{value:.3f}", f"{100 * value / step:.1f}%") for name, value in parts if value > 0]
     rows.append(("step", f"{step:.3f}", "100.0%"))

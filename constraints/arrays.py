@@ -40,7 +40,7 @@ _CATEGORICAL = {
     "cp_comm": CP_COMMS,
 }
 _BOOLEAN = ("sequence_parallel", "master_weights", "persistent_grads", "tp_comm_overlap", "ep_comm_overlap",
-            "grad_reduce_overlap", "param_gather_overlap")
+            "grad_reduce_overlap", "param_gather_overlap", "offload_activations")
 _INTEGER = ("tp", "pp", "dp", "cp", "ep", "etp", "vpp", "micro_batch_size", "shard_group")
 ALL_LAYERS = 2**30
 """``recompute_layers`` of a plan that recomputes every layer (Plan.recompute_layers None)."""
@@ -89,6 +89,7 @@ class PlanArrays:
     ep_comm_overlap: np.ndarray
     grad_reduce_overlap: np.ndarray
     param_gather_overlap: np.ndarray
+    offload_activations: np.ndarray
     layers_per_stage: np.ndarray | None = None
 
     def __len__(self) -> int:

@@ -33,8 +33,17 @@ def check_and_estimate(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workl
     if any(v.rule in UNPRICEABLE for v in out):
         return out, None
     est = estimate(model, cluster, plan, workload, efficiency=efficiency, runtime=runtime)
-    if not est.fits:
-        mem = est.memory
+    mem = est.memory
+    host_capacity = cluster.node.host_memory_bytes
+    if host_capacity and mem.host * cluster.node.gpus_per_node > host_capacity:
+        out.append(Violation(
+            rule="host_memory_fits",
+            message=(f"the offloads keep {mem.host / GIB:.1f} GiB per GPU in host memory, "
+                     f"{mem.host * cluster.node.gpus_per_node / GIB:,.0f} GiB per node of {cluster.node.gpus_per_node} GPUs; "
+                     f"the node has {host_capacity / GIB:,.0f} GiB"),
+            fix="offload less (offload_activations false, offload none), shard the states over more GPUs, or recompute",
+        ))
+    if mem.total > mem.usable:
         out.append(Violation(
             rule="memory_fits",
             message=(f"stage {mem.stage} needs {mem.total / GIB:.1f} GiB per GPU (weights {mem.weights / GIB:.1f}, "

@@ -43,6 +43,8 @@ class MemoryBreakdown(_Frozen):
     total: int
     stage: int
     in_flight_microbatches: float
+    host: int
+    """Bytes a GPU keeps in host memory (offloaded activations, optimizer states, parameters), the busiest stage's."""
     usable: int
     low: int
     high: int
@@ -73,6 +75,8 @@ class TimeBreakdown(_Frozen):
     ep_comm: float
     dp_comm: float
     pp_comm: float
+    offload: float
+    """Activation copies to and from host memory that the passes' compute does not hide (``offload_activations``)."""
     bubble: float
     optimizer: float
     decode: float
@@ -131,13 +135,13 @@ def estimate(
     memory = MemoryBreakdown(
         weights=int(m.weights[0]), gradients=int(m.gradients[0]), optimizer=int(m.optimizer[0]),
         activations=int(m.activations[0]), kv_cache=int(m.kv_cache[0]), overhead=int(m.overhead[0]),
-        total=int(m.total[0]), stage=int(m.stage[0]), in_flight_microbatches=float(m.in_flight[0]),
+        total=int(m.total[0]), stage=int(m.stage[0]), in_flight_microbatches=float(m.in_flight[0]), host=int(m.host[0]),
         usable=int(e.usable_memory), low=int(low), high=int(high),
     )
     time = TimeBreakdown(
         compute=float(t.compute[0]), tp_comm=float(t.tp_comm[0]), cp_comm=float(t.cp_comm[0]),
         ep_comm=float(t.ep_comm[0]), dp_comm=float(t.dp_comm[0]), pp_comm=float(t.pp_comm[0]),
-        bubble=float(t.bubble[0]), optimizer=float(t.optimizer[0]), decode=float(t.decode[0]),
+        offload=float(t.offload[0]), bubble=float(t.bubble[0]), optimizer=float(t.optimizer[0]), decode=float(t.decode[0]),
     )
     return Estimate(
         memory=memory,
@@ -179,6 +183,12 @@ def _notes(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workloa
     if workload.training:
         notes.append(f"Activations {mem.activations / GIB:.1f} GiB for {mem.in_flight_microbatches:g} micro-batch(es) "
                      f"in flight of {plan.micro_batch_size} x {workload.seq_len} tokens with recompute '{plan.recompute}'.")
+    if mem.host:
+        node = cluster.node
+        capacity = f" of the node's {node.host_memory_bytes / GIB:,.0f} GiB" if node.host_memory_bytes else \
+            " (the cluster does not give its host memory: not checked)"
+        notes.append(f"Host memory {mem.host / GIB:.1f} GiB per GPU, {mem.host * node.gpus_per_node / GIB:,.0f} GiB per "
+                     f"node{capacity} (offloaded activations, optimizer states and parameters).")
     if mem.kv_cache:
         notes.append(f"KV cache {mem.kv_cache / GIB:.1f} GiB for {workload.global_batch_size} sequences of {workload.seq_len} tokens.")
     notes.append(f"Runtime allowance {mem.overhead / GIB:.1f} GiB: CUDA context, NCCL buffers, allocator fragmentation.")
@@ -230,6 +240,10 @@ def _notes(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workloa
         (time.ep_comm, plan.ep, "Expert all-to-all", "an expert-parallel group inside the NVLink domain is faster",
          "Expert all-to-all is hidden behind the MoE layers' other compute (attention, router, shared experts)."),
         (time.pp_comm, plan.pp, "Pipeline sends", "fewer stages or a larger micro-batch amortise them", None),
+        (time.offload, 2 if plan.offload_activations else 1, "Activation copies to and from host memory",
+         "recompute stores less to copy; longer sequences give each copy more compute to hide behind",
+         f"Activations offloaded to host memory ({mem.host / GIB:.1f} GiB per GPU there), their copies hidden "
+         "behind the passes' compute."),
         (time.dp_comm, plan.dp * plan.cp, "Data-parallel communication",
          "gradient-reduction overlap and larger batches per step hide more of it",
          "Data-parallel gradient reduction is hidden behind backward."),

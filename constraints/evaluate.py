@@ -48,6 +48,11 @@ class Evaluation:
     time: StepTimes
     usable_memory: float
     fits: np.ndarray
+    """Fits the GPU (``memory.total`` within ``usable_memory``) and the host (``host_bytes_per_node``
+    within the node's host memory, where the cluster gives it)."""
+    host_bytes_per_node: np.ndarray
+    """Host memory the plan's offloading takes on one node: the most loaded stage's host bytes per GPU
+    times the node's GPUs (an upper bound when a node holds several stages)."""
     tokens_per_s: np.ndarray
     model_flops_per_step: float
     model_tflops_per_gpu: np.ndarray
@@ -86,6 +91,14 @@ def peak_memory(
 PARALLEL_ROWS = 100_000
 """Batches at least this large are split over the machine's cores (numpy releases the GIL in its array
 loops, so threads run them in parallel; each row's arithmetic is unchanged)."""
+
+
+def memory_fits(memory: MemoryArrays, cluster: ClusterSpec, usable: float) -> np.ndarray:
+    """The plans whose GPU memory fits ``usable`` bytes and whose offloading fits the node's host memory
+    (every GPU of the node at the busiest stage's host bytes; not checked where the cluster does not give
+    its host memory)."""
+    host_capacity = cluster.node.host_memory_bytes or np.inf
+    return (memory.total <= usable) & (memory.host * cluster.node.gpus_per_node <= host_capacity)
 
 
 def _grouped(function, model, cluster, workload, plans, efficiency, runtime):
@@ -309,7 +322,8 @@ def _evaluate(model: ModelSpec, cluster: ClusterSpec, workload: Workload, p: Pla
         memory=memory,
         time=step,
         usable_memory=usable,
-        fits=memory.total <= usable,
+        fits=memory_fits(memory, cluster, usable),
+        host_bytes_per_node=memory.host * cluster.node.gpus_per_node,
         tokens_per_s=(generated or tokens) / step.step,
         model_flops_per_step=model_flops,
         model_tflops_per_gpu=tflops,
@@ -319,4 +333,4 @@ def _evaluate(model: ModelSpec, cluster: ClusterSpec, workload: Workload, p: Pla
     )
 
 
-__all__ = ["Evaluation", "GenerationWaves", "StageCosts", "evaluate", "generation_waves", "peak_memory", "stage_costs", "step_time_function"]
+__all__ = ["Evaluation", "GenerationWaves", "StageCosts", "evaluate", "generation_waves", "memory_fits", "peak_memory", "stage_costs", "step_time_function"]

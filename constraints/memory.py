@@ -13,6 +13,10 @@ Gradient buffers: persistent plans hold them throughout; otherwise they appear a
 activations, so the peak is the larger of the end of forward (all activations, no gradients) and the
 backward of the stage's first layer (one layer's activations, every other gradient); the breakdown
 reports what is present at the peak.
+With ``offload_activations`` the stored activations go to host memory as the forward produces them and
+come back a layer ahead of the backward: the GPU keeps ``OFFLOAD_WINDOW_LAYERS`` layers' worth (the one
+being copied and the one computed), the host the rest (``host``, with the optimizer states and
+parameters that ``offload`` moves there).
 Transients on top of the kept activations, one at a time: the LM head and loss on the last stage at the
 end of a micro-batch's forward, or one layer rebuilt by full recompute during backward. The optimizer
 step is a second candidate peak: gradients plus the step's temporaries, once activations are freed.
@@ -25,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from parallelplan.constraints.activations import (
+    LayerActivations,
     first_stage_bytes,
     head_and_loss_bytes,
     layer_activations,
@@ -57,13 +62,22 @@ class MemoryParts:
     overhead: np.ndarray
     total: np.ndarray
     in_flight: np.ndarray
+    host: np.ndarray
+    """Bytes this GPU keeps in host memory: offloaded activations, optimizer states and parameters."""
 
 
 @dataclass
 class MemoryArrays(MemoryParts):
-    """Bytes on one GPU of the most loaded stage and which stage that is, (n,) arrays."""
+    """Bytes on one GPU of the most loaded stage and which stage that is, (n,) arrays; ``host``: the most
+    any stage's GPU keeps in host memory."""
 
     stage: np.ndarray
+
+
+OFFLOAD_WINDOW_LAYERS = 2
+"""Layers of stored activations an offloading GPU still holds: the layer whose activations are in transit
+to or from the host and the one being computed (Megatron-Core keeps at least one layer on the GPU,
+``cpu_offloading_num_layers`` < layers; torchtune and TRL prefetch the next layer's during backward)."""
 
 
 def recomputed_share(p: PlanArrays, layout: StageLayout) -> np.ndarray:
@@ -91,6 +105,38 @@ def in_flight(p: PlanArrays, w: Workload, stage_index: np.ndarray) -> np.ndarray
     chunks = np.minimum(2 * (pp - stage_index - 1) + (vpp - 1) * pp + 1, m * vpp)
     interleaved = p.schedule[:, None] == code("schedule", "interleaved")
     return np.where(interleaved, chunks / vpp, plain).astype(float)
+
+
+def micro_batch_tokens(p: PlanArrays, w: Workload) -> np.ndarray:
+    """Tokens of one micro-batch on one GPU, (n,): its sequences (DPO: both of each pair) over the context ranks."""
+    return p.micro_batch_size * w.sequences_per_example * w.seq_len / p.cp.astype(float)
+
+
+@dataclass
+class StoredActivations:
+    """Bytes per token of one micro-batch that a training rank of each class keeps for its backward, (n, C):
+    per dense and per MoE layer (the recompute mode's, averaged over the rank's layers with partial full
+    recompute), for the whole stage (its layers and, on the first, the embedding's), and for its largest layer."""
+
+    dense: np.ndarray
+    moe: np.ndarray
+    stage: np.ndarray
+    largest_layer: np.ndarray
+
+
+def stored_activations(f: ModelFacts, p: PlanArrays, w: Workload, layout: StageLayout,
+                       acts: LayerActivations | None = None) -> StoredActivations:
+    """`StoredActivations` of each rank class: full recompute on the first ``recompute_layers`` of the rank's
+    layers keeps their inputs only, the rest keep what the recompute mode leaves (`constraints.activations`)."""
+    col = lambda a: np.asarray(a, dtype=float)[:, None]  # noqa: E731
+    acts = acts or layer_activations(f, p, w)
+    share = recomputed_share(p, layout)
+    dense = share * col(acts.dense_kept) + (1 - share) * col(acts.dense_full)
+    moe = share * col(acts.moe_kept) + (1 - share) * col(acts.moe_full)
+    stage = layout.dense_layers * dense + layout.moe_layers * moe
+    stage = stage + np.where(layout.first, col(first_stage_bytes(f, p, w, f.head_dim_q)), 0.0)
+    largest = np.maximum(np.where(layout.dense_layers > 0, dense, 0.0), np.where(layout.moe_layers > 0, moe, 0.0))
+    return StoredActivations(dense=dense, moe=moe, stage=stage, largest_layer=largest)
 
 
 def replica_sequences(p: PlanArrays, w: Workload) -> np.ndarray:
@@ -126,7 +172,8 @@ class ClassMemory(MemoryParts):
                             activations=pick(self.activations), kv_cache=pick(self.kv_cache),
                             overhead=pick(self.overhead), total=pick(self.total),
                             stage=np.take_along_axis(layout.index, stage[:, None], axis=1)[:, 0],
-                            in_flight=pick(self.in_flight))
+                            in_flight=pick(self.in_flight),
+                            host=np.where(layout.valid, self.host, 0.0).max(axis=1))  # the node's busiest, any stage
 
 
 def class_memory(
@@ -149,6 +196,7 @@ def class_memory(
         weights = weights + peft.frozen_dense_bytes / col(div.weights) + peft.frozen_expert_bytes / col(div.expert_weights)
     if has_reference_copy(w):  # DPO's frozen reference on the same GPUs (constraints.dpo)
         weights = weights + reference_weight_bytes(p, params, div)
+    host = np.where(offload_params > 0, weights, 0.0)
     weights = np.where(offload_params > 0, 0.0, weights)
     # FSDP / ZeRO-3 hold the unit being computed and prefetch the next: a layer and the largest of a layer,
     # the embedding (first stage) and the LM head (last stage), gathered in the compute dtype
@@ -160,21 +208,22 @@ def class_memory(
         grads = col(per.grads) * (trained_dense / col(div.grads) + trained_expert / col(div.expert_grads))
         states_per_param = col(per.master + per.optimizer)
         states = states_per_param * (trained_dense / col(div.states) + trained_expert / col(div.expert_states))
+        host = host + np.where(offload_states > 0, states, 0.0)
         states = np.where(offload_states > 0, 0.0, states)
     else:
         grads = states = np.zeros_like(weights)
 
-    tokens = col(p.micro_batch_size * w.sequences_per_example * w.seq_len / p.cp)
+    tokens = col(micro_batch_tokens(p, w))
     acts = layer_activations(f, p, w)
     flight = in_flight(p, w, layout.index) if training else np.ones_like(weights)
     if training:
-        # full recompute on the first recompute_layers of the rank's layers; the rest keep everything
-        share = recomputed_share(p, layout)
-        dense_kept = share * col(acts.dense_kept) + (1 - share) * col(acts.dense_full)
-        moe_kept = share * col(acts.moe_kept) + (1 - share) * col(acts.moe_full)
-        per_microbatch = layout.dense_layers * dense_kept + layout.moe_layers * moe_kept
-        per_microbatch = per_microbatch + np.where(layout.first, col(first_stage_bytes(f, p, w, f.head_dim_q)), 0.0)
-        activations = flight * per_microbatch * tokens
+        kept = stored_activations(f, p, w, layout, acts)
+        dense_kept, moe_kept = kept.dense, kept.moe
+        stored = flight * kept.stage * tokens
+        offloaded = col(p.offload_activations) > 0
+        window = np.minimum(stored, OFFLOAD_WINDOW_LAYERS * kept.largest_layer * tokens)
+        activations = np.where(offloaded, window, stored)
+        host = host + np.where(offloaded, stored - window, 0.0)
         # on top of what is kept, one transient at a time: the LM head and loss (last stage, end of a
         # micro-batch's forward) or, with full recompute, one rebuilt layer during backward
         rebuild = np.maximum(np.where(layout.dense_layers > 0, col(acts.dense_full), 0.0),
@@ -210,7 +259,8 @@ def class_memory(
         # kept activations only that layer's remain, plus its rebuild under full recompute.
         layers = np.maximum(layout.layers, 1)
         kept_layers = (layout.dense_layers * dense_kept + layout.moe_layers * moe_kept) * tokens
-        late_acts = activations - transient * tokens - kept_layers * (layers - 1) / layers
+        late_acts = np.where(offloaded, activations - transient * tokens,  # offloaded: the window throughout
+                             activations - transient * tokens - kept_layers * (layers - 1) / layers)
         late_acts = late_acts + np.where(full > 0, rebuild, 0.0) * tokens
         if peft is None:
             stage_params_total = np.maximum(params.dense + params.expert, 1.0)
@@ -236,4 +286,4 @@ def class_memory(
     return ClassMemory(weights=np.broadcast_to(weights, shape), gradients=np.broadcast_to(grads_at_peak, shape),
                        optimizer=np.broadcast_to(states, shape), activations=np.broadcast_to(activations, shape),
                        kv_cache=np.broadcast_to(kv, shape), overhead=np.broadcast_to(overhead, shape), total=totals,
-                       in_flight=np.broadcast_to(flight, shape))
+                       in_flight=np.broadcast_to(flight, shape), host=np.broadcast_to(host, shape))

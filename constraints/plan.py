@@ -29,6 +29,12 @@ Both are the cost model's inputs; the solver re-exports them. Conventions:
   a head split before attention and back after, so each rank attends over the whole sequence with
   1/cp of the heads; ``a2a+p2p`` is USP, Ulysses inside groups of u ranks and a ring across them
   (`constraints.usp`).
+- ``offload_activations``: what a micro-batch's layers store for the backward (after recompute) goes to
+  pinned host memory as the forward produces it and comes back a layer ahead of the backward that needs
+  it, on copy streams beside the compute (PyTorch's ``save_on_cpu`` with prefetch: torchtune's and TRL's
+  ``activation_offloading``; Megatron-Core ``--cpu-offloading-num-layers``): the GPU keeps two layers'
+  worth, the host the rest (`constraints.memory`), and the copies over PCIe cost what the passes' compute
+  does not hide (`constraints.timing`).
 - ``persistent_grads``: gradient buffers live across steps (DDP, FSDP, Megatron, DeepSpeed). A plain
   single-process loop with ``zero_grad(set_to_none=True)`` frees them each step (False).
 """
@@ -98,6 +104,7 @@ class Plan(_Frozen):
     master_weights: bool = True
     optimizer: Literal["adamw", "adamw8bit", "adafactor", "lion", "sgd"] = "adamw"
     offload: Literal["none", "optimizer", "params"] = "none"
+    offload_activations: bool = False
     schedule: Literal["1f1b", "interleaved", "zero_bubble"] | None = None
     layers_per_stage: tuple[Degree, ...] | None = None
     kernels: Literal["fused", "unfused"] = "fused"

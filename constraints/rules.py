@@ -129,6 +129,25 @@ def structural_violations(model: ModelSpec, cluster: ClusterSpec, plan: Plan, wo
         rule("cp_comm_offered_by_stack", plan.cp_comm in offered,
              f"the {workload.stack} stack has no context parallelism by {plan.cp_comm}",
              f"use cp_comm {' or '.join(offered)}, or another stack")
+    if plan.offload_activations:
+        stack = stacks()[workload.stack]
+        rule("activation_offload_needs_training", workload.training,
+             f"offload_activations: a {workload.kind} forward keeps no activations for a backward", "set offload_activations false")
+        offering = [name for name, s in stacks().items() if s["activation_offload"]]
+        rule("activation_offload_offered_by_stack", stack["activation_offload"],
+             f"the {workload.stack} stack does not offload activations ({stack['mechanisms']['activation_offload']})",
+             f"set offload_activations false, or run on the {' or '.join(offering)} stack")
+        excludes = stack["activation_offload_excludes"]
+        if "pipeline" in excludes:
+            rule("activation_offload_without_pipeline", plan.pp == 1,
+                 f"the {workload.stack} stack offloads activations without pipeline parallelism only (pp = {plan.pp}; "
+                 "Megatron-Core's TransformerConfig refuses cpu_offloading with pipeline parallelism)",
+                 "use pp 1 or offload_activations false")
+        if "recompute" in excludes:
+            rule("activation_offload_without_recompute", plan.recompute == "none",
+                 f"the {workload.stack} stack offloads activations without recompute only (recompute {plan.recompute}; "
+                 "Megatron-Core's TransformerConfig refuses cpu_offloading with activation recomputation)",
+                 "use recompute none or offload_activations false")
     if workload.peft is not None and workload.peft.method == "qlora":
         rule("qlora_computes_in_16_or_32_bits", plan.precision != "fp8",
              "QLoRA dequantises its 4-bit weights to the compute dtype (bitsandbytes' bnb_4bit_compute_dtype); there are no fp8 GEMMs",

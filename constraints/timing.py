@@ -42,7 +42,12 @@ Per micro-batch on pipeline rank i (`constraints.compute` for the compute):
   all-reduce of the gradient shards across replicas (hidden behind backward with
   ``grad_reduce_overlap``); with parameters offloaded, their copy over PCIe each pass;
 - ZeRO-2 (DeepSpeed): the gradient reduce-scatter after every micro-batch's backward, since only the
-  rank's shard of gradients is kept.
+  rank's shard of gradients is kept;
+- activation offload (``offload_activations``): the micro-batch's stored activations
+  (`memory.stored_activations`) cross the GPU's PCIe link to the host during its forward and back during
+  its backward, on copy engines beside the compute: exposed where the pass's compute (backward with its
+  recompute) is shorter than its copy, at η_membound of the link (as the parameter and optimizer
+  offloads; several GPUs sharing a PCIe switch's uplink is not modelled).
 Pipeline of m micro-batches with per-rank times tᵢ: m · max tᵢ + β · (Σ tᵢ − max tᵢ), with the bubble
 factor β = 1 for 1F1B ((pp − 1)/m of the step for balanced stages, Narayanan et al. 2021), 1/vpp
 interleaved, 1/3 for zero-bubble ZB-H1 (Qi et al. 2023, §3).
@@ -67,7 +72,7 @@ from parallelplan.constraints.arrays import PlanArrays, code
 from parallelplan.constraints.collectives import Fabric, ring_bytes
 from parallelplan.constraints.compute import LayerTimes
 from parallelplan.constraints.efficiency import Efficiency, stacks
-from parallelplan.constraints.memory import micro_batches, recomputed_share
+from parallelplan.constraints.memory import micro_batch_tokens, micro_batches, recomputed_share, stored_activations
 from parallelplan.constraints.peft import PeftParams
 from parallelplan.constraints.plan import RECOMPUTE_MODULES, Workload
 from parallelplan.constraints.stages import StageLayout, StageParams
@@ -94,7 +99,7 @@ def update_bytes_per_param(p: PlanArrays, per: BytesPerParam) -> np.ndarray:
 
 @dataclass
 class StepTimes:
-    """Seconds, (n,) arrays. ``compute`` … ``pp_comm`` are m × the critical rank's per-micro-batch terms;
+    """Seconds, (n,) arrays. ``compute`` … ``offload`` are m × the critical rank's per-micro-batch terms;
     ``bubble`` is the pipeline fill and drain; ``dp_comm`` the exposed data-parallel (and FSDP)
     communication; ``decode`` the generation after an inference step's prefill
     (`constraints.generation`); they sum to ``step``."""
@@ -105,6 +110,7 @@ class StepTimes:
     cp_comm: np.ndarray
     ep_comm: np.ndarray
     pp_comm: np.ndarray
+    offload: np.ndarray
     dp_comm: np.ndarray
     bubble: np.ndarray
     optimizer: np.ndarray
@@ -134,6 +140,7 @@ class ClassTimes:
     cp_comm: np.ndarray
     ep_comm: np.ndarray
     pp_comm: np.ndarray
+    offload: np.ndarray
     dp_per_microbatch: np.ndarray
     per_microbatch: np.ndarray
     dp_once: np.ndarray
@@ -180,6 +187,7 @@ def step_times(
         cp_comm=m * pick(c.cp_comm),
         ep_comm=m * pick(c.ep_comm),
         pp_comm=m * pick(c.pp_comm),
+        offload=m * pick(c.offload),
         dp_comm=m * pick(c.dp_per_microbatch) + dp_once,
         bubble=pipeline - m * t_max,
         optimizer=optimizer,
@@ -201,7 +209,7 @@ def class_times(
     col = lambda a: np.asarray(a, dtype=float)[:, None]  # noqa: E731
     b = activation_bytes(p)
     tp, cp, dp, ep, etp = p.tp, p.cp, p.dp, p.ep, p.etp
-    tokens = p.micro_batch_size * w.sequences_per_example * w.seq_len / cp.astype(float)
+    tokens = micro_batch_tokens(p, w)
     dense_l, moe_l = layout.dense_layers, layout.moe_layers
     layers = layout.layers
     training = w.training
@@ -321,6 +329,14 @@ def class_times(
     dp_scatter_bytes = ring_bytes(grads[0], dp_groups[0][0]) + ring_bytes(grads[1], dp_groups[1][0])
     bytes_per_microbatch = np.where(gathered, sharded_bytes, 0.0) + np.where(zero2, dp_scatter_bytes, 0.0)
 
+    # activation offload: the stored activations to the host in forward, back in backward, beside the compute
+    offload = np.zeros_like(forward)
+    if training and p.offload_activations.any():
+        stored = stored_activations(f, p, w, layout).stage * col(tokens)
+        copy = stored / (cluster.gpu.pcie_bandwidth * eff.memory_bound)
+        exposed = np.maximum(copy - forward, 0.0) + np.maximum(copy - (backward + recompute), 0.0)
+        offload = np.where(col(p.offload_activations) > 0, exposed, 0.0)
+
     compute = forward + backward + recompute
     if w.algorithm == "dpo":  # the frozen reference's forward scores both sequences first (constraints.dpo)
         compute = compute + forward
@@ -329,7 +345,7 @@ def class_times(
         ep_comm = ep_comm + ep_forward
         pp_comm = pp_comm + pp_forward
         dp_per_microbatch = dp_per_microbatch + gather_forward
-    per_microbatch = compute + tp_exposed + cp_exposed + ep_comm + pp_comm + dp_per_microbatch
+    per_microbatch = compute + tp_exposed + cp_exposed + ep_comm + pp_comm + offload + dp_per_microbatch
     per_microbatch = np.where(layout.valid, per_microbatch, -np.inf)
 
     # once per step: gradient reduction, parameter gather, optimizer update
@@ -356,7 +372,7 @@ def class_times(
         once_bytes = (np.select([unsharded, zero1], [2 * dp_scatter_bytes, dp_scatter_bytes], default=0.0)
                       + np.where(zero1 | zero2, weight_gather_bytes, 0.0))
     once = np.where(layout.valid, dp_once + update, -np.inf)
-    return ClassTimes(compute=compute, tp_comm=tp_exposed, cp_comm=cp_exposed, ep_comm=ep_comm, pp_comm=pp_comm,
+    return ClassTimes(compute=compute, tp_comm=tp_exposed, cp_comm=cp_exposed, ep_comm=ep_comm, pp_comm=pp_comm, offload=offload,
                       dp_per_microbatch=dp_per_microbatch, per_microbatch=per_microbatch,
                       dp_once=np.broadcast_to(dp_once, per_microbatch.shape),
                       update=np.broadcast_to(update, per_microbatch.shape), once=once,

@@ -34,9 +34,14 @@ def _module(target: str) -> ModuleType:
 
 
 def constraints(target: str) -> dict[str, Any]:
-    """Keyword arguments for `solver.solve` that keep the plan expressible by ``target``."""
-    found = getattr(_module(target), "CONSTRAINTS", {})
-    return {key: dict(value) if isinstance(value, dict) else value for key, value in found.items()}
+    """Keyword arguments for `solver.solve` that keep the plan expressible by ``target`` (activations stay on
+    the GPU unless the target writes their offload, ``OFFLOADS_ACTIVATIONS``)."""
+    module = _module(target)
+    found = getattr(module, "CONSTRAINTS", {})
+    out = {key: dict(value) if isinstance(value, dict) else value for key, value in found.items()}
+    if not getattr(module, "OFFLOADS_ACTIVATIONS", False):
+        out["fixed"] = out.get("fixed", {}) | {"offload_activations": False}
+    return out
 
 
 def rl_constraints(target: str) -> dict[str, dict[str, Any]]:
@@ -70,6 +75,10 @@ def emit(solution, target: str, **options: Any) -> dict[str, str]:
             raise EmitError(f"{target} takes no launch options for an RL step, got {sorted(options)}")
         return module.emit_rl(solution)
     files = module.emit(Job.from_solution(solution, **options))  # the target's own refusals first
+    if solution.plan.offload_activations and not getattr(module, "OFFLOADS_ACTIVATIONS", False):
+        writers = [t for t in _TARGETS if getattr(_module(t), "OFFLOADS_ACTIVATIONS", False)]
+        raise EmitError(f"{target} cannot express activations offloaded to host memory (offload_activations); solve "
+                        f"with --fix offload_activations=false, or use --target {' or '.join(writers)}")
     _check_cp_comm(solution.plan, target)
     _check_tuning(solution.workload, target)
     return files

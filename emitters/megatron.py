@@ -35,6 +35,8 @@ from parallelplan.emitters.torchrun import rendezvous_lines, torchrun_words
 TARGET = "megatron"
 SCRIPT = "pretrain_gpt.py"
 CONSTRAINTS = {"ranges": {"recompute": ["none", "selective", "full"], "schedule": ["1f1b", "interleaved"]}}
+OFFLOADS_ACTIVATIONS = True
+"""``--cpu-offloading-num-layers`` (the megatron stack's rules keep it to pp 1 without recompute)."""
 AGAIN = "solve for it with `plan launch --target megatron`"
 OPTIMIZERS = {"adamw": "adam", "lion": "lion", "sgd": "sgd"}  # Megatron's adam is AdamW (decoupled weight decay)
 ACTIVATIONS = {"silu": "--swiglu", "relu2": "--squared-relu"}  # gated silu / plain squared ReLU; gelu is the default
@@ -186,6 +188,8 @@ def recompute_arguments(job: Job) -> list[str]:
         return ["--recompute-granularity=full", "--recompute-method=block", f"--recompute-num-layers={p.recompute_layers}"]
     if p.recompute == "selective":
         return ["--recompute-granularity=selective", "--recompute-modules", *p.recompute_modules]
+    if p.offload_activations:  # every layer's activations but the last one's go to the host (fewer than the layers)
+        return [f"--cpu-offloading-num-layers={job.model.num_layers - 1}"]
     return []
 
 

@@ -32,6 +32,8 @@ CONSTRAINTS = {"fixed": {"tp": 1, "pp": 1, "cp": 1, "ep": 1, "vpp": 1, "kernels"
                "ranges": {"recompute": ["none", "full"], "sharding": ["none", "zero1", "zero2", "zero3", "fsdp"],
                           "precision": ["bf16", "fp16", "fp32"], "optimizer": ["adamw", "adamw8bit"]},
                "allow_partial_recompute": False}
+OFFLOADS_ACTIVATIONS = True
+"""TRL's ``activation_offloading``."""
 AGAIN = "solve for it with `plan launch --target trl`"
 OPTIMIZERS = {"adamw": "adamw_torch", "adamw8bit": "adamw_bnb_8bit"}
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -68,6 +70,8 @@ def trl_config(job: Job) -> dict:
            "bf16": p.precision == "bf16", "fp16": p.precision == "fp16",
            "gradient_checkpointing": p.recompute == "full", "optim": OPTIMIZERS[p.optimizer],
            "dtype": DTYPES[p.precision], "attn_implementation": "sdpa" if p.attention_kernel == "flash" else "eager"}
+    if p.offload_activations:
+        out["activation_offloading"] = True
     if w.packing:
         out |= {"packing": True, "packing_strategy": "bfd", "padding_free": True,
                 "attn_implementation": "flash_attention_2"}

@@ -37,7 +37,8 @@ if TYPE_CHECKING:
 
 TARGET = "verl"
 NAME = "verl"
-_FSDP_ROLE = {"fixed": {"tp": 1, "pp": 1, "cp": 1, "ep": 1, "vpp": 1, "kernels": "unfused", "offload": "none"},
+_FSDP_ROLE = {"fixed": {"tp": 1, "pp": 1, "cp": 1, "ep": 1, "vpp": 1, "kernels": "unfused", "offload": "none",
+                        "offload_activations": False},
               "ranges": {"sharding": ["none", "fsdp", "hsdp"], "recompute": ["none", "full"]},
               "allow_partial_recompute": False}
 RL_CONSTRAINTS: dict[str, dict[str, Any]] = {
@@ -96,6 +97,7 @@ def overrides(solution: RLSolution) -> list[str]:
            f"actor_rollout_ref.actor.ppo_epochs={r.epochs}",
            f"actor_rollout_ref.actor.fsdp_config.fsdp_size={_fsdp_size(actor.plan, 'actor')}",
            f"actor_rollout_ref.actor.use_kl_loss={w.algorithm == 'grpo'}",
+           f"algorithm.use_kl_in_reward={w.algorithm == 'ppo'}",
            "actor_rollout_ref.rollout.name=vllm",
            f"actor_rollout_ref.rollout.tensor_model_parallel_size={rollout.plan.tp}",
            f"actor_rollout_ref.rollout.n={r.group_size}",
@@ -110,10 +112,11 @@ def overrides(solution: RLSolution) -> list[str]:
                 f"actor_rollout_ref.model.target_modules={targets if targets == 'all-linear' else '[' + targets + ']'}"]
     if "reference" in roles:
         ref = roles["reference"].plan
-        out += [f"algorithm.use_kl_in_reward={w.algorithm == 'ppo'}",
-                "actor_rollout_ref.ref.fsdp_config.model_dtype=bf16",
+        out += ["actor_rollout_ref.ref.fsdp_config.model_dtype=bf16",
                 f"actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu={ref.micro_batch_size}",
                 f"actor_rollout_ref.ref.fsdp_config.fsdp_size={_fsdp_size(ref, 'reference')}"]
+    elif w.peft is not None:  # the actor with its adapter disabled computes the reference's log-probabilities
+        out.append(f"actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu={actor.plan.micro_batch_size}")
     if "critic" in roles:
         critic = roles["critic"].plan
         out += ["critic.model.path=$CRITIC_MODEL",

@@ -30,7 +30,7 @@ import numpy as np
 
 from parallelplan.constraints import Efficiency, PlanArrays, RuntimeAllowance, evaluate
 from parallelplan.constraints.arrays import ALL_LAYERS, code
-from parallelplan.constraints.evaluate import Evaluation, peak_memory
+from parallelplan.constraints.evaluate import Evaluation, memory_fits, peak_memory
 from parallelplan.solver.space import (
     Execution,
     SearchSpace,
@@ -147,7 +147,7 @@ def _partial_recompute(space: SearchSpace, plans: PlanArrays, fits: np.ndarray, 
         trial.recompute_layers = mid[active]
         memory = peak_memory(space.model, space.cluster, space.workload, trial, runtime=runtime)
         ok = np.zeros(len(rows), dtype=bool)
-        ok[active] = memory.total <= _usable(space, runtime)
+        ok[active] = memory_fits(memory, space.cluster, _usable(space, runtime))
         high = np.where(active & ok, mid, high)
         low = np.where(active & ~ok, mid + 1, low)
     found = low <= limit
@@ -226,7 +226,7 @@ def _price(space: SearchSpace, rows: list[Structure], execs: list[Execution], s_
     model, cluster, workload = space.model, space.cluster, space.workload
     plans, layout = materialize(space, rows, execs, s_idx, e_idx), s_idx
     if workload.training:
-        fits = peak_memory(model, cluster, workload, plans, runtime=runtime).total <= _usable(space, runtime)
+        fits = memory_fits(peak_memory(model, cluster, workload, plans, runtime=runtime), cluster, _usable(space, runtime))
         partial = _partial_recompute(space, plans, fits, every_recompute_depth, runtime)
         if partial is not None:
             plans = PlanArrays.concat([plans, partial[0]])

@@ -35,6 +35,7 @@ from parallelplan.solver.space import (
     cp_candidates,
     cp_comm_domain,
     enumerate_with_structure,
+    offload_activations_domain,
     uneven_splits,
 )
 
@@ -75,6 +76,7 @@ def _raw_plans(space: SearchSpace) -> list[Plan]:
                  for size in (space.domain("hsdp_shard_size", [c.node.gpus_per_node]) if s == "hsdp" else [None])]
     schedules = space.default_domain("schedule")
     cp_comms = cp_comm_domain(space)
+    offloads = offload_activations_domain(space)
     out = []
     for tp, cp, pp in itertools.product(tps, cps, pps):
         if c.total_gpus % (tp * cp * pp):
@@ -89,16 +91,17 @@ def _raw_plans(space: SearchSpace) -> list[Plan]:
         if "layers_per_stage" in space.fixed or "layers_per_stage" in space.ranges:
             layouts = [(1, tuple(s)) for s in space.domain("layers_per_stage", [])]
         for ep, etp, (vpp, stages), mbs, sp, (sharding, size), (recompute, modules, k), precision, optimizer, \
-                offload, schedule, cp_comm in itertools.product(
+                offload, schedule, cp_comm, host in itertools.product(
                     eps, etps, layouts, space.default_domain("micro_batch_size"),
                     space.default_domain("sequence_parallel"), shardings, recomputes,
                     space.default_domain("precision"), space.default_domain("optimizer"),
-                    space.default_domain("offload"), schedules, cp_comms):
+                    space.default_domain("offload"), schedules, cp_comms, offloads):
             try:
                 plan = Plan(tp=tp, pp=pp, dp=dp, cp=cp, cp_comm=cp_comm, ep=ep, etp=etp, vpp=vpp, micro_batch_size=mbs,
                             sequence_parallel=sp, sharding=sharding, hsdp_shard_size=size, recompute=recompute,
                             recompute_modules=modules, recompute_layers=k, precision=precision, optimizer=optimizer,
-                            offload=offload, schedule=schedule, layers_per_stage=stages, **space.settings())
+                            offload=offload, offload_activations=host, schedule=schedule, layers_per_stage=stages,
+                            **space.settings())
             except ValueError:
                 continue
             if _conventional(space, plan) and not structural_violations(

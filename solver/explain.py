@@ -13,7 +13,7 @@ CP_COMM_WORDS = {"p2p": "ring p2p", "a2a": "Ulysses a2a", "a2a+p2p": "USP: Ulyss
 
 TERMS = (("compute", "compute"), ("tp_comm", "tensor-parallel communication"), ("cp_comm", "context-parallel exchange"),
          ("ep_comm", "expert all-to-all"), ("dp_comm", "data-parallel communication"), ("pp_comm", "pipeline sends"),
-         ("bubble", "pipeline bubble"), ("optimizer", "optimizer update"))
+         ("offload", "activation offload copies"), ("bubble", "pipeline bubble"), ("optimizer", "optimizer update"))
 
 
 def describe(plan: Plan) -> str:
@@ -42,6 +42,8 @@ def describe(plan: Plan) -> str:
         parts.append(plan.optimizer)
     if plan.offload != "none":
         parts.append(f"offload {plan.offload}")
+    if plan.offload_activations:
+        parts.append("activations offloaded")
     if plan.schedule == "zero_bubble":
         parts.append("zero-bubble schedule")
     return ", ".join(parts)

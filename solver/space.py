@@ -30,6 +30,8 @@ domain by the listed values, or by the values within ``(low, high)`` for integer
   `solver.candidates`);
 - for a workload without a backward (inference, score) only recompute none and the shardings that shard
   weights (none, fsdp, hsdp): the others would price the same plans again;
+- ``offload_activations``: off, and on too for training sequences of 32K tokens or more on a stack that
+  offloads activations (`offload_activations_domain`);
 - ``precision``: bf16; ``optimizer``: adamw; ``offload``: none; ``schedule``: 1f1b, interleaved when
   vpp > 1 — open fp8, other optimizers, CPU offload or zero_bubble with ``ranges`` (an infeasible search
   says which of them would make it feasible).
@@ -76,7 +78,7 @@ DEFAULTS: dict[str, tuple] = {
 SEARCHED = (
     "tp", "pp", "dp", "cp", "ep", "etp", "vpp", "micro_batch_size", "sequence_parallel", "sharding",
     "hsdp_shard_size", "recompute", "recompute_modules", "recompute_layers", "precision", "optimizer", "offload",
-    "schedule", "layers_per_stage", "cp_comm",
+    "schedule", "layers_per_stage", "cp_comm", "offload_activations",
 )
 """Plan fields the search ranges over (``fixed`` and ``ranges`` accept these)."""
 SETTINGS = ("kernels", "attention_kernel", "master_weights", "persistent_grads", "tp_comm_overlap", "ep_comm_overlap",
@@ -312,6 +314,7 @@ class Execution:
     offload: int
     zero_bubble: bool
     cp_comm: int = 0
+    offload_activations: bool = False
 
 
 LONG_CONTEXT_TOKENS = 32_768
@@ -328,6 +331,15 @@ def cp_comm_domain(space: SearchSpace) -> list[str]:
     offered = stacks()[space.workload.stack]["cp_comms"]
     default = ("p2p", "a2a", "a2a+p2p") if space.workload.seq_len >= LONG_CONTEXT_TOKENS else ("p2p",)
     return [c for c in space.domain("cp_comm", default) if c in offered or c == "p2p"]
+
+
+def offload_activations_domain(space: SearchSpace) -> list[bool]:
+    """The offload_activations values searched: the pin or range, else off and, for training sequences of at
+    least `LONG_CONTEXT_TOKENS` on a stack that offloads activations, on (the long-context regime where
+    activations, not states, fill the GPU; ``ranges`` opens it anywhere). Off where nothing is trained."""
+    w = space.workload
+    default = [False, True] if w.seq_len >= LONG_CONTEXT_TOKENS and stacks()[w.stack]["activation_offload"] else [False]
+    return space.domain("offload_activations", default if w.training else [False])
 
 
 def executions(space: SearchSpace) -> list[Execution]:
@@ -354,16 +366,16 @@ def executions(space: SearchSpace) -> list[Execution]:
     flat = [s for s in space.default_domain("schedule") if s != "interleaved"] or ["1f1b"]
     cp_comms = cp_comm_domain(space)
     out = []
-    for mbs, sp, sharding, (recompute, modules), precision, optimizer, offload, schedule, cp_comm in itertools.product(
+    for mbs, sp, sharding, (recompute, modules), precision, optimizer, offload, schedule, cp_comm, host in itertools.product(
             space.default_domain("micro_batch_size"), space.default_domain("sequence_parallel"),
             shardings, variants, space.default_domain("precision"), space.default_domain("optimizer"),
-            space.default_domain("offload"), flat, cp_comms):
+            space.default_domain("offload"), flat, cp_comms, offload_activations_domain(space)):
         if not gpu.supports(precision):
             continue
         for size in (hsdp_sizes if sharding == "hsdp" else [1]):
             out.append(Execution(mbs, bool(sp), code("sharding", sharding), size, recompute, modules,
                                  code("precision", precision), code("optimizer", optimizer), code("offload", offload),
-                                 schedule == "zero_bubble", code("cp_comm", cp_comm)))
+                                 schedule == "zero_bubble", code("cp_comm", cp_comm), bool(host)))
     return out
 
 
@@ -449,6 +461,8 @@ def least_memory_executions(space: SearchSpace) -> list[Execution]:
     full recompute and the most thorough selective module set (one of the two keeps least; every other
     recompute choice keeps more than both), and every value of the other choices."""
     execs = executions(space)
+    if not execs:  # e.g. a pinned cp_comm the stack does not offer
+        return []
     smallest = min(e.micro_batch_size for e in execs)
     execs = [e for e in execs if e.micro_batch_size == smallest]
     least = least_memory_recomputes(execs)
@@ -492,6 +506,13 @@ def _valid(space: SearchSpace, c: dict[str, np.ndarray]) -> np.ndarray:
     ok &= (c["cp"] == 1) | np.isin(c["cp_comm"], offered)
     if w.peft is not None and w.peft.method == "qlora":  # rules.qlora_computes_in_16_or_32_bits
         ok &= c["precision"] != code("precision", "fp8")
+    stack = stacks()[w.stack]  # rules.activation_offload_*
+    offloading = c["offload_activations"]
+    ok &= ~offloading | (w.training and stack["activation_offload"])
+    if "pipeline" in stack["activation_offload_excludes"]:
+        ok &= ~offloading | (c["pp"] == 1)
+    if "recompute" in stack["activation_offload_excludes"]:
+        ok &= ~offloading | (c["recompute"] == code("recompute", "none"))
     return ok
 
 
@@ -520,6 +541,7 @@ def _plan_arrays(space: SearchSpace, c: dict[str, np.ndarray], layers_per_stage:
         persistent_grads=const(default.persistent_grads, bool), tp_comm_overlap=const(default.tp_comm_overlap, bool),
         ep_comm_overlap=const(default.ep_comm_overlap, bool), grad_reduce_overlap=const(default.grad_reduce_overlap, bool),
         param_gather_overlap=const(default.param_gather_overlap, bool), cp_comm=c["cp_comm"].astype(np.int64),
+        offload_activations=c["offload_activations"].astype(bool),
         layers_per_stage=layers_per_stage,
     )
 

@@ -65,6 +65,8 @@ def megatron_cases() -> dict[str, Solution]:
         "mla shared experts dense layers mtp": _solve(
             "deepseek-v3", 32, "megatron", {"tp": 2, "pp": 16, "ep": 8, "etp": 1, "vpp": 1, "cp": 1}, workload=mtp),
         "hsdp": _solve(EIGHT_B, 2, "megatron", {"sharding": "hsdp", "tp": 1, "pp": 1}),
+        "activations offloaded": _solve(EIGHT_B, 1, "megatron", {"cp": 2, "pp": 1, "recompute": "none",
+                                                                 "offload_activations": True}, workload=long),
         "zero2 offload optimizer": _solve(EIGHT_B, 1, "megatron", {"sharding": "zero2"}, {"offload": ["optimizer"]}),
         "no sharding gelu learned positions": _solve("gpt-3-175b", 8, "megatron", {"sharding": "none"}),
         "blackwell tp": _solve("llama-3.1-70b", 2, "megatron", {"tp": 4, "sharding": "zero1"}, cluster="dgx-b200"),
@@ -117,6 +119,8 @@ def trl_cases() -> dict[str, Solution]:
         "dpo lora ddp checkpointing": _solve(EIGHT_B, 1, "trl", {"sharding": "none", "recompute": "full"}, workload=DPO),
         "sft full fsdp2 zero2": _solve("llama-3.2-1b", 1, "trl", {"sharding": "zero2"},
                                        workload=Workload(kind="finetune", seq_len=2048, global_batch_size=64)),
+        "sft long context activations offloaded": _solve(EIGHT_B, 1, "trl", {"offload_activations": True},
+                                                         workload=Workload(kind="finetune", seq_len=16384, global_batch_size=8)),
         "sft lora packed": _solve(EIGHT_B, 1, "trl", workload=Workload(kind="finetune", seq_len=4096, global_batch_size=64,
                                                                         peft=Peft(), example_len=700, packing=True)),
     }

@@ -189,6 +189,25 @@ def test_megatron_validates_the_arguments(case):
     assert args.use_distributed_optimizer == (p.sharding == "zero1") or args.use_megatron_fsdp
     assert args.use_megatron_fsdp == (p.sharding in ("zero2", "zero3", "fsdp", "hsdp"))
     assert (args.fp8 is not None) == (p.precision == "fp8")
+    assert args.cpu_offloading_num_layers == (m.num_layers - 1 if p.offload_activations else 0)
+
+
+def test_megatron_core_takes_the_activation_offload_and_refuses_it_with_a_pipeline():
+    """Megatron-Core's TransformerConfig checks cpu offloading itself (fewer layers than the model's, no
+    pipeline parallelism, no recompute). Its rope fusion needs Transformer Engine, absent on this CPU
+    machine, so that fusion is switched off for the check."""
+    solution = megatron_cases()["activations offloaded"]
+    args = _megatron(solution)
+    arguments = load_megatron(solution.cluster.node.gpu.compute_capability)
+    args.apply_rope_fusion = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        config = arguments.core_transformer_config_from_args(args)
+        assert config.cpu_offloading and config.cpu_offloading_activations
+        assert config.cpu_offloading_num_layers == solution.model.num_layers - 1
+        args.pipeline_model_parallel_size = 2
+        with pytest.raises(ValueError, match="Pipeline parallelism with CPU offloading"):
+            arguments.core_transformer_config_from_args(args)
 
 
 def test_megatron_validator_catches_a_missing_environment_and_a_broken_batch():
@@ -373,6 +392,7 @@ def test_trl_parses_its_config_and_builds_the_adapters(case, tmp_path, monkeypat
         p.micro_batch_size, w.global_batch_size // (p.micro_batch_size * p.dp))
     assert training.max_length == w.seq_len and training.gradient_checkpointing == (p.recompute == "full")
     assert training.bf16 == (p.precision == "bf16") and training.optim.value in ("adamw_torch", "adamw_bnb_8bit")
+    assert training.activation_offloading == p.offload_activations
     if w.algorithm != "dpo":  # packed examples attend within themselves: padding-free under FlashAttention
         assert (training.packing, training.padding_free) == (w.packing, w.packing)
         assert (model_args.attn_implementation == "flash_attention_2") == w.packing

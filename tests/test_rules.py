@@ -68,6 +68,17 @@ CASES = [
     ("recompute_layers_within_stage", LLAMA_8B, Plan(pp=4, dp=4, recompute="full", recompute_layers=9), WORK, DGX,
      ["recompute_layers 9", "8 layers"]),
     ("memory_fits", LLAMA_70B, Plan(dp=16), WORK, DGX, ["GiB per GPU", "the GPU has"]),
+    ("activation_offload_needs_training", LLAMA_8B, Plan(dp=16, offload_activations=True),
+     Workload(kind="inference", seq_len=4096, global_batch_size=64), DGX, ["inference forward", "no activations"]),
+    ("activation_offload_offered_by_stack", LLAMA_8B, Plan(dp=16, offload_activations=True),
+     WORK.model_copy(update={"stack": "torchtitan"}), DGX, ["torchtitan stack does not offload", "activation checkpointing only"]),
+    ("activation_offload_without_pipeline", LLAMA_8B, Plan(pp=2, dp=8, offload_activations=True), WORK, DGX,
+     ["pp = 2", "Megatron-Core"]),
+    ("activation_offload_without_recompute", LLAMA_8B, Plan(dp=16, recompute="full", offload_activations=True), WORK, DGX,
+     ["recompute full", "Megatron-Core"]),
+    ("host_memory_fits", LLAMA_70B, Plan(dp=16, sharding="zero1", offload="optimizer"), WORK,
+     load_cluster("dgx-h100", nodes=2).model_copy(update={"node": DGX.node.model_copy(update={"host_memory_bytes": 64 * 2**30})}),
+     ["in host memory", "the node has 64 GiB"]),
 ]
 
 

@@ -47,13 +47,16 @@ def instances(draw):
     cluster = small_cluster(draw(st.sampled_from([1, 2])), draw(st.sampled_from([1, 2, 4])),
                             draw(st.sampled_from(["1 GiB", "2 GiB", "16 GiB"])))
     # 32K tokens: the long-context domain, where the search also tries Ulysses (cp_comm a2a) beside ring attention
+    # and activations offloaded to host memory
     kind = draw(st.sampled_from(["pretrain", "finetune", "rlhf"]))
     # fine-tuning and DPO: full, LoRA, or QLoRA on two projections (frozen base, adapters trained)
     peft = draw(st.sampled_from([None, Peft(rank=8), Peft(method="qlora", rank=4, target_modules=("q_proj", "v_proj"))]))
     workload = Workload(kind=kind, seq_len=draw(st.sampled_from([128, 512, 32768])),
                         global_batch_size=draw(st.sampled_from([1, 4, 8])), peft=peft if kind != "pretrain" else None,
                         algorithm="dpo" if kind == "rlhf" else None,
-                        moe_capacity_factor=draw(st.sampled_from([None, 1.25])))
+                        moe_capacity_factor=draw(st.sampled_from([None, 1.25])),
+                        # activation offload: Megatron's excludes pipelines and recompute, the custom stack's does not
+                        stack=draw(st.sampled_from(["megatron", "custom"])))
     objective = draw(st.sampled_from([["throughput"], ["memory_headroom"], ["simplicity", "throughput"],
                                       ["throughput", "simplicity"], ["cost"], {"throughput": 1.0, "memory_headroom": 0.5},
                                       {"simplicity": 1.0, "throughput": 2.0}]))

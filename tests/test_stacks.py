@@ -36,9 +36,12 @@ def test_the_stacks_file_covers_every_stack_architecture_and_overlap():
         assert set(stack["attention"]) == architectures, name
         assert set(stack["overlap"]) == {"tp", "dp", "cp", "ep"}, name
         assert stack["source"] and stack["attention_kernel"]
-        assert set(stack["mechanisms"]) == {"tp", "dp", "cp", "ep", "moe_dispatch", "moe_token_dropping"}, name
+        assert set(stack["mechanisms"]) == {"tp", "dp", "cp", "ep", "moe_dispatch", "moe_token_dropping",
+                                            "activation_offload"}, name
         assert "alltoall" in stack["moe_dispatchers"] and set(stack["moe_dispatchers"]) <= set(dispatchers), name
         assert isinstance(stack["moe_token_dropping"], bool), name
+        assert isinstance(stack["activation_offload"], bool), name
+        assert set(stack["activation_offload_excludes"]) <= {"pipeline", "recompute"}, name
     listed = CliRunner().invoke(plan_cli, ["presets", "--kind", "stacks"]).output
     assert all(name in listed for name in STACKS) and "FlashAttention-2 (SDPA)" in listed
 

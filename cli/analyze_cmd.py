@@ -55,8 +55,10 @@ def _render(report: ModelReport) -> str:
         ("hidden size", spec.hidden_size),
         ("attention", f"{attn}, {heads}"),
         ("MLP", f"{mlp}, ffn {spec.ffn_hidden_size}" if spec.ffn_hidden_size else mlp),
-        ("vocabulary", f"{spec.vocab_size} ({'tied' if spec.tie_word_embeddings else 'untied'} embeddings)"),
+        ("vocabulary", f"{spec.vocab_size} ({'tied' if spec.head_tied else 'untied'} embeddings)"),
     ]
+    if spec.num_labels:
+        shape.append(("head", f"{spec.num_labels}-wide classification head (a reward model or critic), not the LM head"))
     if spec.moe:
         m = spec.moe
         shared = f" + {m.num_shared_experts} shared ({m.shared_expert_ffn_hidden_size})" if m.num_shared_experts else ""

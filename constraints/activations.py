@@ -194,7 +194,8 @@ def head_and_loss_bytes(f: ModelFacts, p: PlanArrays, w: Workload) -> np.ndarray
     peak. Fused: Megatron's vocab-parallel cross-entropy, (4·h + 4·V)/tp (``theoretical_memory_usage``:
     "Inputs to output layer and CE loss"); unfused: `LOSS_BYTES_PER_VOCAB_UNFUSED` · V, without gradients
     (kind score) `SCORE_BYTES_PER_VOCAB_UNFUSED` · V; serving (kind inference) takes the logits of each
-    sequence's last position only, 1/seq_len of them per token. Under PEFT the
+    sequence's last position only, 1/seq_len of them per token. V is the head's width: the vocabulary, or a
+    classification or value head's labels (`ModelSpec.num_labels`). Under PEFT the
     frozen final norm and LM head keep no input for their weights' gradients (`peft.norm_freed`)."""
     b = activation_bytes(p)
     fused = p.kernels == code("kernels", "fused")
@@ -206,7 +207,7 @@ def head_and_loss_bytes(f: ModelFacts, p: PlanArrays, w: Workload) -> np.ndarray
 
         final_norm = final_norm - norm_freed(f, b, fused) / sp_div
     unfused = SCORE_BYTES_PER_VOCAB_UNFUSED if w.kind == "score" else LOSS_BYTES_PER_VOCAB_UNFUSED
-    loss = np.where(fused, 4.0 * f.hidden + 4.0 * f.vocab, unfused * f.vocab) / tp
+    loss = np.where(fused, 4.0 * f.hidden + 4.0 * f.head_width, unfused * f.head_width) / tp
     if w.kind == "inference":  # the next token's logits at each sequence's last position only
         loss = loss / w.seq_len
     return final_norm + loss

@@ -303,8 +303,8 @@ def layer_times(f: ModelFacts, gpu: GPUSpec, eff: Efficiency, p: PlanArrays, w: 
     moe_modules = np.stack([modules[name][1] for name in RECOMPUTE_MODULES], axis=1)
 
     # LM head and loss (last stage): GEMM at half precision, softmax/cross-entropy reads logits ~3 times
-    head_gemm = _gemm(roof, roof.half_flops, tokens, f.hidden * one, f.vocab / tp, b)
-    head_elementwise = 3 * 4.0 * f.vocab / tp * tokens / roof.hbm
+    head_gemm = _gemm(roof, roof.half_flops, tokens, f.hidden * one, f.head_width / tp, b)
+    head_elementwise = 3 * 4.0 * f.head_width / tp * tokens / roof.hbm
     return LayerTimes(
         dense_forward=dense_forward,
         dense_backward=backward(attn_gemm + dense_mlp, dense_elementwise),

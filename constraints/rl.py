@@ -14,8 +14,8 @@ One step, synchronous (verl's and OpenRLHF's default): for B prompts of L tokens
    the reward model (when one scores: PPO's learned reward; GRPO's rule or verifier costs no GPU time);
 3. train — the actor and, for PPO, the critic: ``epochs`` passes over the S sequences in updates of
    ``mini_batch_size`` (a fine-tune workload of that batch, priced per optimizer step, times the
-   updates); the critic is priced with its model's LM head (a value head is one column wide: this
-   overstates its step by the head's share of the FLOPs);
+   updates); the critic and the reward model carry a value head, one output per token, in place of the
+   LM head (`ModelSpec.with_value_head`);
 4. sync — the trained weights reach the generator: on shared GPUs (colocated) every GPU gathers the
    compute-dtype weights from the training shards (verl's FSDP → vLLM resharding gathers each tensor
    in full), an all-gather of 2Ψ bytes over the GPUs; on separate GPUs (split) the actor's first rank

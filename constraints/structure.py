@@ -20,7 +20,7 @@ from parallelplan.models.flops import keys_per_query
 @dataclass(frozen=True)
 class ModelFacts:
     hidden: int
-    vocab: int
+    head_width: int  # outputs of the last stage's head: the vocabulary, or a classification / value head's labels
     layers: int
     heads: int
     kv_heads: int
@@ -107,7 +107,9 @@ def _matrix_shapes(spec: ModelSpec) -> list[tuple[int, int, int]]:
         shapes.append((spec.num_moe_layers, d, m.num_experts))
         if m.num_shared_experts:
             shapes.append((spec.num_moe_layers * m.num_shared_experts * mlp_mats, d, m.shared_expert_ffn_hidden_size))
-    shapes.append((1 if spec.tie_word_embeddings else 2, spec.vocab_size, d))
+    shapes.append((1, spec.vocab_size, d))
+    if not spec.head_tied:
+        shapes.append((1, spec.head_width, d))
     return shapes
 
 
@@ -141,7 +143,7 @@ def model_facts(spec: ModelSpec) -> ModelFacts:
     pos = spec.max_position_embeddings * d if spec.position_embedding == "learned" else 0
     return ModelFacts(
         hidden=d,
-        vocab=spec.vocab_size,
+        head_width=spec.head_width,
         layers=spec.num_layers,
         heads=heads,
         kv_heads=kv_heads,
@@ -170,8 +172,8 @@ def model_facts(spec: ModelSpec) -> ModelFacts:
         shared_params=P.shared_expert_params(spec) if moe else 0,
         embedding_params=spec.params.embedding,
         position_params=pos,
-        head_params=spec.vocab_size * d,
-        tied=spec.tie_word_embeddings,
+        head_params=spec.head_width * d,
+        tied=spec.head_tied,
         final_norm_params=P.norm_params(spec, d),
         mtp_layers=spec.mtp_layers,
         mtp_extra_params=P.mtp_module_params(spec) - P.layer_params(spec, moe_layer=moe is not None) if spec.mtp_layers else 0,

@@ -118,7 +118,7 @@ def count_flops(spec: ModelSpec, seq_len: int, *, causal: bool = False, include_
     attention, dense, router, expert, shared = _matmul_flops_per_layer(spec)
     moe_layers = spec.num_moe_layers
     k = spec.moe.experts_per_token if spec.moe is not None else 0
-    lm_head = 2.0 * spec.hidden_size * spec.vocab_size
+    lm_head = 2.0 * spec.hidden_size * spec.head_width
     mtp = 0.0
     if include_mtp and spec.mtp_layers:
         mlp = router + k * expert + shared if spec.moe is not None else dense

@@ -516,6 +516,21 @@ def family_of(cfg: dict[str, Any]) -> str:
     )
 
 
+def classifier_labels(cfg: dict[str, Any]) -> int | None:
+    """Outputs of a classification head in place of the LM head — a checkpoint whose ``architectures`` name a
+    ``*ForSequenceClassification`` or ``*ForTokenClassification`` class (reward models, PPO critics):
+    ``num_labels``, else the length of ``id2label``, else transformers' default of 2 — or None for a
+    language model."""
+    architectures = cfg.get("architectures") or []
+    if not isinstance(architectures, list) or not any(
+            isinstance(a, str) and a.endswith(("ForSequenceClassification", "ForTokenClassification")) for a in architectures):
+        return None
+    labels = cfg.get("num_labels") or len(cfg.get("id2label") or {}) or 2
+    if not isinstance(labels, int) or labels < 1:
+        raise ModelError(f"config.json field 'num_labels' = {labels!r}: expected a positive integer")
+    return labels
+
+
 def spec_fields_from_hf(cfg: dict[str, Any], *, name: str) -> dict[str, Any]:
     """ModelSpec keyword arguments for a HF config dict (raises ModelError on bad or missing fields)."""
     family = family_of(cfg)
@@ -523,5 +538,5 @@ def spec_fields_from_hf(cfg: dict[str, Any], *, name: str) -> dict[str, Any]:
     fields = FAMILIES[family](reader)
     reader.finish()
     fields = {k: v for k, v in fields.items() if v is not None}
-    fields.update(name=name, architecture=family)
+    fields.update(name=name, architecture=family, num_labels=classifier_labels(cfg))
     return fields

@@ -186,6 +186,6 @@ def count_parameters(spec: ModelSpec) -> ParamBreakdown:
         routed_experts_active=experts_active,
         shared_experts=shared,
         norms=(layers * spec.norms_per_layer + 1) * norm_params(spec, d),
-        lm_head=0 if spec.tie_word_embeddings else spec.vocab_size * d,
+        lm_head=0 if spec.head_tied else spec.head_width * d,
         mtp=spec.mtp_layers * mtp_module_params(spec),
     )

@@ -15,6 +15,10 @@ Conventions (every field is in the model's own units: counts, not bytes):
   are expanded into it, so a spec serialises one way only.
 - ``mtp_layers`` multi-token-prediction modules (DeepSeek-V3 §2.2) are counted apart: the official
   671B of DeepSeek-V3 excludes them.
+- ``num_labels``: a classification head of that many outputs in place of the LM head (HF's
+  ``*ForSequenceClassification`` / ``*ForTokenClassification``, ``Linear(hidden, num_labels)`` without bias,
+  never tied to the embedding); 1 is the value head of PPO's critic and of a reward model (OpenRLHF's and
+  verl's critics, HF reward models). None: the LM head, vocabulary-wide.
 """
 
 from __future__ import annotations
@@ -111,6 +115,7 @@ class ModelSpec(_Frozen):
     max_position_embeddings: PositiveInt | None = None
     position_embedding: Literal["rope", "learned", "alibi", "none"] = "rope"
     tie_word_embeddings: bool = False
+    num_labels: PositiveInt | None = None
 
     # attention
     num_attention_heads: PositiveInt
@@ -234,6 +239,20 @@ class ModelSpec(_Frozen):
     @property
     def num_dense_layers(self) -> int:
         return self.num_layers - self.num_moe_layers
+
+    @property
+    def head_width(self) -> int:
+        """Outputs of the head: the vocabulary (LM head) or ``num_labels`` (a classification or value head)."""
+        return self.num_labels or self.vocab_size
+
+    @property
+    def head_tied(self) -> bool:
+        """The head is the input embedding's table (an LM head with tied embeddings)."""
+        return self.tie_word_embeddings and self.num_labels is None
+
+    def with_value_head(self) -> ModelSpec:
+        """This trunk with a one-wide value head (``num_labels`` 1): PPO's critic or a reward model of its family."""
+        return type(self).model_validate(self.model_dump() | {"num_labels": 1})
 
     @property
     def kv_cache_elements_per_token(self) -> int:

@@ -291,9 +291,11 @@ def choose_split(tables: Sequence[Mapping[int, PhaseTimes]], total: int, *,
 
 def _models(actor: ModelSpec, critic: ModelSpec | None, reward: ModelSpec | None) -> dict[str, ModelSpec]:
     """Each role's model: the critic defaults to the actor's architecture, the reward model to the critic's
-    (both are usually initialised from one reward model of the actor's family)."""
-    critic = critic or actor
-    return {"rollout": actor, "actor": actor, "reference": actor, "critic": critic, "reward": reward or critic}
+    (both are usually initialised from one reward model of the actor's family); both with a value head, one
+    output per token (`ModelSpec.with_value_head`)."""
+    critic = (critic or actor).with_value_head()
+    reward = reward.with_value_head() if reward is not None else critic
+    return {"rollout": actor, "actor": actor, "reference": actor, "critic": critic, "reward": reward}
 
 
 class _Cache:
@@ -398,6 +400,24 @@ def _on(cluster: ClusterSpec, gpus: int) -> ClusterSpec:
     return load_cluster(cluster, nodes=gpus // per_node) if gpus >= per_node else load_cluster(cluster, gpus=gpus)
 
 
+def _split_counts(names, models, cluster, cache: _Cache, pins: Mapping[str, int]) -> tuple[dict[str, list[int]], dict[str, int]]:
+    """The GPU counts worth searching per role — its pin, else the shares up to what the other roles leave
+    it at their least: each other role's smallest share with a plan that fits (pinned: its pin), found by
+    searching the shares upward, so no count that could be chosen is skipped (exact pruning) — and those
+    least shares (a role with none is missing)."""
+    total = cluster.total_gpus
+    least = {name: pins[name] for name in names if name in pins}
+    for g in shares(cluster):
+        open_roles = [name for name in names if name not in least]
+        if not open_roles:
+            break
+        cache.fill([(name, models[name], _on(cluster, g)) for name in open_roles])
+        least |= {name: g for name in open_roles if len(cache.options(name, models[name], _on(cluster, g)))}
+    room = {name: total - sum(least.get(other, 1) for other in names if other != name) for name in names}
+    counts = {name: [pins[name]] if name in pins else [g for g in shares(cluster) if g <= room[name]] for name in names}
+    return counts, least
+
+
 def _split(names, models, cluster, cache: _Cache, pins: Mapping[str, int], time_limit_s: float):
     """The split placement: (GPU count, the fastest option there) per role and whether CP-SAT proved the
     counts, or the reason none fits; ``pins`` fix some roles' GPU counts."""
@@ -405,8 +425,11 @@ def _split(names, models, cluster, cache: _Cache, pins: Mapping[str, int], time_
     if total < k:
         return None, f"{k} roles on GPUs of their own need ≥ {k} GPUs; the cluster has {total}"
     best: list[dict[int, _Options]] = [{} for _ in names]
-    room = total - (k - 1)  # every other role keeps a GPU at least
-    counts = {name: [pins[name]] if name in pins else [g for g in shares(cluster) if g <= room] for name in names}
+    counts, least = _split_counts(names, models, cluster, cache, pins)
+    room = total - (k - 1)
+    if len(least) == k and sum(least.values()) > total:
+        return None, (f"the roles need {sum(least.values())} GPUs together at their least ("
+                      + ", ".join(f"{name} {g}" for name, g in least.items()) + f"); the cluster has {total}")
     cache.fill([(name, models[name], _on(cluster, g)) for name in names for g in counts[name]])
     for r, name in enumerate(names):
         for g in counts[name]:
@@ -420,12 +443,11 @@ def _split(names, models, cluster, cache: _Cache, pins: Mapping[str, int], time_
                for g, o in b.items()} for b in best]
     found = choose_split(tables, total, time_limit_s=time_limit_s)
     if found is None:
-        least = sum(min(b) for b in best)
-        return None, f"the roles need {least} GPUs together; the cluster has {total}"
+        return None, f"the roles need {sum(min(b) for b in best)} GPUs together; the cluster has {total}"
     _, counts, proved = found
     return [(g, best[r][g]) for r, g in enumerate(counts)], (
         proved, "each role runs its fastest plan on its GPUs; CP-SAT chose the GPU counts (a power of two within a "
-                f"node, or whole nodes; up to {room} each) for the shortest step")
+                "node, or whole nodes, each at most what the other roles leave at their least) for the shortest step")
 
 
 def solve_rl(actor: ModelSpec, cluster: ClusterSpec, workload: Workload, *, critic: ModelSpec | None = None,

@@ -40,6 +40,15 @@ def parameter_count(config: dict[str, Any]) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def classifier_parameter_count(config: dict[str, Any]) -> int:
+    """Parameters of the config's ``AutoModelForSequenceClassification`` (the trunk and a ``num_labels``-wide
+    score head in place of the LM head: a reward model or PPO critic), built on the meta device."""
+    cfg = transformers.AutoConfig.for_model(**config)
+    with torch.device("meta"):
+        model = transformers.AutoModelForSequenceClassification.from_config(cfg)
+    return sum(p.numel() for p in model.parameters())
+
+
 def training_flops(config: dict[str, Any], seq_len: int, *, device: str, batch: int = 1) -> int:
     """FLOPs FlopCounterMode counts for one forward + backward over ``batch`` sequences."""
     model = build(config, device)

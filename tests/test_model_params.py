@@ -78,6 +78,22 @@ def test_preset_param_count_equals_transformers(name):
     assert load_model(name).total_params == parameter_count(get_preset(name).hf_config)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("family,labels", [("llama", 1), ("qwen3_moe", 1), ("gemma2", 3)])
+def test_a_classifier_checkpoint_counts_its_score_head(family, labels):
+    """A reward model or critic checkpoint (``LlamaForSequenceClassification`` …, ``id2label`` of one entry)
+    has a ``num_labels``-wide head in place of the LM head, untied even where the LM ties it (Gemma 2):
+    its parameters equal what transformers builds for the class."""
+    from reference import classifier_parameter_count
+
+    arch = _fixture_config(family)["architectures"][0].replace("ForCausalLM", "ForSequenceClassification")
+    config = _fixture_config(family) | {"architectures": [arch], "id2label": {str(i): f"LABEL_{i}" for i in range(labels)}}
+    spec = load_model(config)
+    assert spec.num_labels == labels and spec.head_width == labels and not spec.head_tied
+    assert spec.total_params == classifier_parameter_count(config)
+    assert load_model(_fixture_config(family)).with_value_head().params.lm_head == spec.hidden_size
+
+
 def _fixture_config(family: str) -> dict:
     config = json.loads((FIXTURES / family / "config.json").read_text())
     if config.get("model_type") == "RefinedWeb":

@@ -127,7 +127,8 @@ def test_colocated_choice_is_the_oracle_when_memory_binds():
 
 def test_split_choice_is_the_oracle():
     """GRPO with a reward model, 4 roles on one 8-GPU node: each on 1, 2 or 4 GPUs of it (5 is no share);
-    the step equals brute force over every count of every role's fastest plans."""
+    the step equals brute force over every count of every role's fastest plans (the search itself skips
+    the counts the other roles' least shares leave no room for)."""
     cluster = load_cluster("dgx-h100", nodes=1)
     w = step("grpo", prompts=16, response_len=512, reward_model=True)
     found = solve_rl(LLAMA_8B, cluster, w, placement="split")
@@ -136,13 +137,41 @@ def test_split_choice_is_the_oracle():
     for role in rl.roles(w):
         table = {}
         for g in (1, 2, 4):  # a role may take up to 8 − 3 GPUs
-            o = role_options(role, LLAMA_8B, load_cluster(cluster, gpus=g), w)
+            o = role_options(role, found.models[role], load_cluster(cluster, gpus=g), w)
             if len(o):
                 o = o.fastest()
                 table[g] = tuple(int(v) for v in fixed_point(np.array([o.generate[0], o.score[0], o.train[0]]), 1e9))
         tables.append(table)
     (best, _, _), counts = brute_force_split(tables, 8)
     assert counts == tuple(r.gpus for r in found.roles) and sum(counts) <= 8
+    assert found.step_time_s - found.phases["sync"] == pytest.approx(best / 1e9, abs=1e-8)
+
+
+def test_split_skips_only_counts_the_other_roles_leave_no_room_for():
+    """PPO of a 70B actor and critic on 8 nodes: each trained role needs 16 GPUs at least, so neither is
+    searched beyond what the other four roles leave at their least — and the split chosen equals brute
+    force over every share of every role."""
+    from parallelplan.solver.rl import _Cache, _models, _on, _split_counts
+
+    model, cluster = load_model("llama-3.1-70b"), load_cluster("dgx-h100", nodes=8)
+    w = step("ppo", prompts=256, response_len=512, mini_batch_size=128)
+    found = solve_rl(model, cluster, w, placement="split")
+    models, names = _models(model, None, None), rl.roles(w)
+    counts, least = _split_counts(names, models, cluster, _Cache(w, None, None, {}), {})
+    assert least["actor"] == least["critic"] == 16
+    for name in names:
+        assert max(counts[name]) <= 64 - sum(least[o] for o in names if o != name) < 64 - 4
+    tables = []
+    for name in names:
+        table = {}
+        for g in [g for g in shares(cluster) if g <= 64 - 4]:
+            o = role_options(name, models[name], _on(cluster, g), w)
+            if len(o):
+                o = o.fastest()
+                table[g] = tuple(int(v) for v in fixed_point(np.array([o.generate[0], o.score[0], o.train[0]]), 1e9))
+        tables.append(table)
+    (best, _, _), expected = brute_force_split(tables, 64)
+    assert tuple(r.gpus for r in found.roles) == expected
     assert found.step_time_s - found.phases["sync"] == pytest.approx(best / 1e9, abs=1e-8)
 
 
@@ -156,15 +185,18 @@ def ppo_step():
 
 def test_every_phase_is_its_workloads_estimate(ppo_step):
     cluster, w, found = ppo_step
+    # the critic and the reward model score with a value head (one output per token), the actor with its LM head
+    assert found.models["critic"].head_width == found.models["reward"].head_width == 1
+    assert found.models["actor"].head_width == LLAMA_8B.vocab_size
     for role in found.roles:
         on = cluster if role.nodes is None else load_cluster(cluster, nodes=role.nodes)
         for phase, seconds in role.phases.items():
             work = rl.training_workload(w, role.role) if phase == "train" else (
                 rl.generation_workload(w) if phase == "generate" else rl.scoring_workload(w))
-            est = estimate(LLAMA_8B, on, role.plan, work)
+            est = estimate(found.models[role.role], on, role.plan, work)
             per_step = rl.updates(w) if phase == "train" else 1
             assert seconds == pytest.approx(per_step * est.step_time_s, rel=1e-9)
-            assert est.fits and not [v for v in check(LLAMA_8B, on, role.plan, work) if v.severity == "error"]
+            assert est.fits and not [v for v in check(found.models[role.role], on, role.plan, work) if v.severity == "error"]
     total = sum(found.phases.values())
     assert found.step_time_s == pytest.approx(total, rel=1e-12)
     rollout = next(r for r in found.roles if r.role == "rollout")

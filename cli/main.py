@@ -3,8 +3,9 @@
 Exit codes: 0 ok; 1 infeasible, a plan that breaks a rule, or a validation that fails; 2 bad input (an
 unknown model, a malformed file, a bad flag, a file that cannot be read or written, a command not
 available yet); 3 an internal error (a bug in `plan`: please report it with the ``--debug`` traceback).
-Bad input — every `ModelError`, `HardwareError`, `PlanError`, `SolverInputError`, `EmitError` and
-`OSError` — prints one line naming what is wrong and how to fix it. ``--debug`` shows the traceback instead.
+Bad input — every `ModelError`, `HardwareError`, `PlanError`, `SolverInputError`, `EmitError`,
+`DryRunError` and `OSError` — prints one line naming what is wrong and how to fix it. ``--debug`` shows the
+traceback instead.
 
 Every command takes ``--quiet`` (the result only: no notes, explanations or progress) and ``--debug``,
 before or after its name (``plan --quiet solve ...`` = ``plan solve ... --quiet``). Colour only on a
@@ -21,6 +22,7 @@ import click
 from parallelplan.cli.analyze_cmd import analyze
 from parallelplan.cli.calibrate_cmd import calibrate
 from parallelplan.cli.compare_cmd import compare
+from parallelplan.cli.dryrun_cmd import dry_run
 from parallelplan.cli.estimate_cmd import estimate
 from parallelplan.cli.launch_cmd import launch, slurm
 from parallelplan.cli.place_cmd import place
@@ -56,6 +58,7 @@ class _Plan(click.Group):
 
     def invoke(self, ctx: click.Context) -> object:
         from parallelplan.constraints import PlanError
+        from parallelplan.dryrun.errors import DryRunError
         from parallelplan.emitters.errors import EmitError
         from parallelplan.hardware import HardwareError
         from parallelplan.models import ModelError
@@ -65,7 +68,7 @@ class _Plan(click.Group):
             ctx.color = False
         try:
             return super().invoke(ctx)
-        except (ModelError, HardwareError, PlanError, SolverInputError, EmitError, OSError) as err:
+        except (ModelError, HardwareError, PlanError, SolverInputError, EmitError, DryRunError, OSError) as err:
             if ctx.meta.get("plan.debug"):
                 raise
             click.echo(f"error: {_one_line(err)}", err=True)
@@ -118,7 +121,7 @@ def plan(ctx: click.Context, color: bool | None) -> None:
 
 
 for command in (presets, analyze, topology, estimate, validate, sharding, solve, pareto, compare, place, launch, slurm,
-                calibrate, profile):
+                calibrate, profile, dry_run):
     plan.add_command(command)
 plan.add_command(solve, name="recommend")
 for command in UNAVAILABLE:

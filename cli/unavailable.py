@@ -8,8 +8,6 @@ import click
 PLANNED = {
     "optimize": ("tune a running job's plan from its measured profile",
                  "`plan solve` with `--fix` for what you cannot change"),
-    "dry-run": ("run one training step of the plan in real PyTorch (meta device / one GPU) and report its peak memory",
-                "`plan validate` checks the plan against every rule and the memory model"),
 }
 
 

@@ -2,7 +2,7 @@
 
 from parallelplan.models.errors import ModelError
 from parallelplan.models.flops import FlopsBreakdown, decode_flops_per_token
-from parallelplan.models.loader import load_model
+from parallelplan.models.loader import load_hf_config, load_model
 from parallelplan.models.params import ParamBreakdown
 from parallelplan.models.presets import ModelPreset, get_preset, list_presets
 from parallelplan.models.spec import MLASpec, ModelSpec, MoESpec
@@ -18,5 +18,6 @@ __all__ = [
     "decode_flops_per_token",
     "get_preset",
     "list_presets",
+    "load_hf_config",
     "load_model",
 ]

@@ -46,6 +46,12 @@ def spec_from_dict(data: dict[str, Any], *, name: str | None = None, what: str =
 
 
 def _from_path(path: Path, *, shadows_preset: bool = False) -> ModelSpec:
+    data, name = _read_path(path, shadows_preset=shadows_preset)
+    return spec_from_dict(data, name=name, what=str(path))
+
+
+def _read_path(path: Path, *, shadows_preset: bool = False) -> tuple[dict[str, Any], str]:
+    """The mapping a model file (or a folder's config.json) holds, and the model's name."""
     if path.is_dir():
         config = path / "config.json"
         if not config.is_file():
@@ -58,10 +64,14 @@ def _from_path(path: Path, *, shadows_preset: bool = False) -> ModelSpec:
         name = recorded
     else:
         name = path.parent.name if path.name == "config.json" else path.stem
-    return spec_from_dict(data, name=name, what=str(path))
+    return data, name
 
 
 def _from_hub(repo_id: str) -> ModelSpec:
+    return spec_from_dict(_read_hub(repo_id), name=repo_id, what=f"{repo_id}/config.json")
+
+
+def _read_hub(repo_id: str) -> dict[str, Any]:
     """A repo's config.json: from the local cache when it is there (no network call), else downloaded."""
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
     from huggingface_hub.errors import (
@@ -104,8 +114,7 @@ def _from_hub(repo_id: str) -> ModelSpec:
         raise ModelError(f"Hugging Face repo {repo_id!r} has no config.json at its root") from None
     except OSError as err:  # network errors that huggingface_hub lets through
         raise ModelError(f"could not reach the Hugging Face Hub for {repo_id!r} ({err}); {local}") from None
-    data = read_mapping(Path(path), ModelError, "model fields")
-    return spec_from_dict(data, name=repo_id, what=f"{repo_id}/config.json")
+    return read_mapping(Path(path), ModelError, "model fields")
 
 
 def _cache_dir() -> str:
@@ -120,6 +129,26 @@ def load_model(ref: str | os.PathLike[str] | dict[str, Any] | ModelSpec) -> Mode
         return ref
     if isinstance(ref, dict):
         return spec_from_dict(ref)
+    return _resolve(ref, _from_path, lambda preset: preset.to_spec(), _from_hub)
+
+
+def load_hf_config(ref: str | os.PathLike[str] | dict[str, Any]) -> dict[str, Any]:
+    """The HuggingFace ``config.json`` dict behind ``ref`` (a preset's ``hf_config``, a file or folder, a
+    cached or downloadable repo id, or the dict itself), for building the `transformers` architecture
+    (`dryrun`). A model known only in ModelSpec's own fields has none: ModelError says so."""
+    if isinstance(ref, dict):
+        data = ref
+    else:
+        data = _resolve(ref, lambda path, **kw: _read_path(path, **kw)[0], lambda preset: preset.hf_config or {},
+                        _read_hub)
+    if not looks_like_hf_config(data):
+        raise ModelError(f"model {ref if isinstance(ref, str) else data.get('name', 'given')!r} has no HuggingFace "
+                         "config.json form (no model_type), so no `transformers` class builds it; pass a config.json")
+    return data
+
+
+def _resolve(ref: str | os.PathLike[str], from_path, from_preset, from_hub):
+    """Resolve a textual model reference: an existing path, then a preset, then a hub repo id."""
     if not isinstance(ref, (str, os.PathLike)):
         raise ModelError(
             f"model reference must be a preset name, a path, a Hugging Face repo id or a dict; got {type(ref).__name__}"
@@ -129,14 +158,14 @@ def load_model(ref: str | os.PathLike[str] | dict[str, Any] | ModelSpec) -> Mode
         raise ModelError("model reference is empty; give a preset name (see `plan presets`), a path or a repo id")
     path = existing_path(text, ModelError)
     if path is not None:
-        return _from_path(path, shadows_preset=get_preset(text) is not None)
+        return from_path(path, shadows_preset=get_preset(text) is not None)
     preset = get_preset(text)
     if preset is not None:
-        return preset.to_spec()
+        return from_preset(preset)
     if looks_like_path(text):
         raise ModelError(f"no such file or folder: {text}")
     if _REPO_ID.match(text):
-        return _from_hub(text)
+        return from_hub(text)
     known = preset_names_and_aliases()
     matches = difflib.get_close_matches(text.lower(), list(known), n=8, cutoff=0.5)
     close = list(dict.fromkeys(known[m] for m in matches))[:5]

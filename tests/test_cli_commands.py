@@ -158,7 +158,7 @@ def test_compare_needs_two_pairs():
 
 # -- not yet available --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["optimize", "dry-run"])
+@pytest.mark.parametrize("name", ["optimize"])
 def test_planned_commands_say_they_are_not_available(name):
     result = run(name, "--model", "llama-3.1-8b")
     assert result.exit_code == 2

@@ -1,0 +1,112 @@
+"""What one rank of a plan runs, in the terms PyTorch builds it: the pipeline stage the cost model finds
+most loaded, its layers, the micro-batches it holds in flight, the process groups its parameters are split
+over, and the dtypes of its weights and states. No torch here: `rank_job` also decides, before anything is
+built, whether the dry-run can run the plan at all, and names the field when it cannot.
+
+The mechanisms (each PyTorch's own, as torchtitan composes them):
+- tensor parallelism: DTensor ``parallelize_module`` — attention and MLP projections column/row-wise, the
+  token embedding row-wise (vocab-parallel), the LM head column-wise with ``loss_parallel``;
+- ZeRO-3 / FSDP: FSDP2 ``fully_shard`` per decoder layer, the embedding, and the final norm with the LM
+  head; ZeRO-2: the same with ``reshard_after_forward=False`` (FSDP2's ZeRO-2 equivalent, torchtitan's
+  docs); HSDP: ``fully_shard`` on a (replicate, shard) mesh; mixed precision: fp32 sharded parameters (the
+  master copy) with ``MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)``;
+- no sharding / ZeRO-1 with master weights: the layout of Megatron-Core's distributed optimizer — bf16
+  parameters, an fp32 gradient buffer each gradient accumulates into, the fp32 master copy and the
+  optimizer states of this rank's 1/dp of every parameter (`dryrun.optim`);
+- a pipeline stage: only its layers (the embedding on the first, the final norm, head and loss on the last);
+  under 1F1B it runs its in-flight micro-batches' forwards before their backwards, as the schedule's
+  warm-up does (Narayanan et al. 2021, §2.2), receiving activations and gradients as buffers;
+- full recompute: ``torch.utils.checkpoint`` around each of the first ``recompute_layers`` layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from parallelplan.constraints import Estimate, Plan, Workload
+from parallelplan.dryrun.errors import DryRunError
+from parallelplan.models import ModelSpec
+
+
+@dataclass(frozen=True)
+class RankJob:
+    stage: int
+    pp: int
+    layer_start: int
+    layer_count: int
+    in_flight: int
+    micro_batch: int
+    seq_len: int
+    tp: int
+    dp: int
+    sharding: str
+    shard_size: int
+    """Ranks each parameter is sharded over (dp; HSDP's shard size)."""
+    recompute_layers: int
+    param_dtype: str
+    master_weights: bool
+    optimizer: str
+    persistent_grads: bool
+
+    @property
+    def first(self) -> bool:
+        return self.stage == 0
+
+    @property
+    def last(self) -> bool:
+        return self.stage == self.pp - 1
+
+    @property
+    def world(self) -> int:
+        """The ranks the run's process groups span: one pipeline stage's tp · dp."""
+        return self.tp * self.dp
+
+
+_UNBUILT = {
+    "cp": ("context parallelism", 1), "ep": ("expert parallelism", 1), "vpp": ("interleaved virtual stages", 1),
+    "offload": ("offloading states to the host", "none"), "offload_activations": ("activation offload", False),
+    "sequence_parallel": ("sequence parallelism", False),
+}
+
+
+def rank_job(model: ModelSpec, plan: Plan, workload: Workload, estimate: Estimate) -> RankJob:
+    """The busiest rank of ``plan`` (the stage `estimate`'s memory names), or DryRunError naming the first
+    field the dry-run does not build."""
+    for field, (what, built) in _UNBUILT.items():
+        if getattr(plan, field) != built:
+            raise DryRunError(f"plan.{field}={getattr(plan, field)}: the dry-run does not build {what} yet; "
+                              f"dry-run the plan with {field}={built} (its other dimensions are measured the same way)")
+    if plan.schedule != "1f1b":
+        raise DryRunError(f"plan.schedule={plan.schedule}: the dry-run runs the 1F1B schedule only")
+    if model.is_moe and plan.tp > 1:
+        raise DryRunError("plan.tp > 1 on an MoE model: the dry-run does not split experts over tensor ranks (etp) yet; use tp=1")
+    if plan.recompute not in ("none", "full"):
+        raise DryRunError(f"plan.recompute={plan.recompute}: transformers' modules recompute whole layers only; "
+                          "use recompute none or full")
+    if plan.optimizer not in ("adamw", "sgd"):
+        raise DryRunError(f"plan.optimizer={plan.optimizer}: the dry-run steps torch's adamw or sgd")
+    if plan.precision == "fp8":
+        raise DryRunError("plan.precision=fp8: the dry-run computes in bf16, fp16 or fp32")
+    if workload.kind not in ("pretrain", "finetune") or workload.peft is not None or workload.algorithm is not None:
+        raise DryRunError(f"workload.kind={workload.kind}: the dry-run runs a training step without PEFT")
+    counts = _stage_layer_counts(model, plan)
+    stage = estimate.memory.stage
+    micro_batches = workload.global_batch_size // (plan.dp * plan.micro_batch_size)
+    return RankJob(
+        stage=stage, pp=plan.pp, layer_start=sum(counts[:stage]), layer_count=counts[stage],
+        in_flight=min(plan.pp - stage, micro_batches), micro_batch=plan.micro_batch_size, seq_len=workload.seq_len,
+        tp=plan.tp, dp=plan.dp, sharding=plan.sharding, shard_size=plan.hsdp_shard_size or plan.dp,
+        recompute_layers=(plan.recompute_layers or counts[stage]) if plan.recompute == "full" else 0,
+        param_dtype={"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[plan.precision],
+        master_weights=plan.master_weights and plan.precision != "fp32", optimizer=plan.optimizer,
+        persistent_grads=plan.persistent_grads)
+
+
+def _stage_layer_counts(model: ModelSpec, plan: Plan) -> list[int]:
+    """Decoder layers on each pipeline rank, as the cost model splits them (`constraints.stages`)."""
+    from parallelplan.constraints.arrays import PlanArrays
+    from parallelplan.constraints.stages import stage_layout
+    from parallelplan.constraints.structure import model_facts
+
+    layout = stage_layout(model_facts(model), PlanArrays.from_plans([plan]), merge=False)
+    return [int(n) for n in layout.layers[0][: plan.pp]]

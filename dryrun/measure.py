@@ -1,0 +1,146 @@
+"""The full-size dry-run of one rank: the plan's process groups over PyTorch's fake backend (every rank but
+this one is simulated; collectives allocate their real buffers and move nothing), the stage's tensors fake
+(shapes and dtypes without storage), two training steps under PyTorch's ``MemTracker``; the peak over both, by
+MemTracker's categories, is the measurement (the second step's: the first has no optimizer states yet).
+
+One correction to MemTracker: DTensor's sharding propagation builds global-shape fake tensors to infer each
+op's output layout (``ShardingPropagator._propagate_tensor_meta_non_cached``); on a GPU they live on no device
+and cost nothing, but MemTracker's dispatch mode sees them as allocations, so they run untracked here."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.distributed._tools.mem_tracker import MemTracker
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.tensor.parallel import loss_parallel
+from torch.testing._internal.distributed.fake_pg import FakeStore  # the fake backend FSDPMemTracker's docs use
+
+from parallelplan.dryrun.job import RankJob
+from parallelplan.dryrun.optim import ShardedOptimizer
+from parallelplan.dryrun.parallelize import shard, tensor_parallel
+from parallelplan.dryrun.stage import Stage, hf_model, to_fake
+
+FSDP_SHARDINGS = ("zero2", "zero3", "fsdp", "hsdp")
+STEPS = 2
+
+
+def measure_rank(config: dict[str, Any], job: RankJob, progress: Callable[[str], None] = lambda _: None) -> dict[str, int]:
+    """MemTracker's peak bytes by category (``PARAM``, ``BUFFER``, ``GRAD``, ``OPT``, ``ACT``, ``TEMP``, ``OTH``)
+    over one steady-state training step of ``job``'s rank at full size."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    dist.init_process_group("fake", rank=0, world_size=job.world, store=FakeStore())
+    try:
+        meshes = _meshes(job)  # sliced outside FakeTensorMode: a mesh's coordinates are real tensors
+        compute = getattr(torch, job.param_dtype)
+        fsdp = job.sharding in FSDP_SHARDINGS
+        weights = torch.float32 if fsdp and job.master_weights else compute
+        progress(f"building stage {job.stage} of {job.pp}: {job.layer_count} layers at full width")
+        stage = Stage(hf_model(config, job, weights), job)
+        mode = FakeTensorMode(allow_non_fake_inputs=True)
+        to_fake(stage, mode)
+        if job.tp > 1:
+            tensor_parallel(stage, meshes["tp"])
+        if fsdp:
+            shard(stage, meshes["dp"], job, compute)
+        with mode:
+            optimizer = _optimizer(stage, job, fsdp)
+            tracker = MemTracker()
+            if isinstance(optimizer, ShardedOptimizer):
+                tracker.track_external(stage, optimizer.held, optimizer.inner)
+            else:
+                tracker.track_external(stage, optimizer)
+            with _untracked_sharding_propagation(), tracker:
+                for step in range(STEPS):
+                    progress(f"step {step + 1} of {STEPS}: {job.in_flight} micro-batch(es) of {job.micro_batch} x {job.seq_len} tokens")
+                    _train_step(stage, job, optimizer, compute, config, tracker)
+            (device_peak,) = tracker.get_tracker_snapshot("peak").values()
+        return {str(kind).rsplit(".", 1)[-1]: int(value) for kind, value in device_peak.items() if str(kind) != "Total"}
+    finally:
+        dist.destroy_process_group()
+
+
+def _meshes(job: RankJob) -> dict[str, DeviceMesh]:
+    if job.sharding == "hsdp":
+        mesh = init_device_mesh("cpu", (job.dp // job.shard_size, job.shard_size, job.tp), mesh_dim_names=("replicate", "shard", "tp"))
+        return {"dp": mesh["replicate", "shard"], "tp": mesh["tp"]}
+    mesh = init_device_mesh("cpu", (job.dp, job.tp), mesh_dim_names=("dp", "tp"))
+    return {"dp": mesh["dp"], "tp": mesh["tp"]}
+
+
+def _optimizer(stage: Stage, job: RankJob, fsdp: bool) -> Any:
+    params = [p for p in stage.parameters() if p.requires_grad]
+    if fsdp:  # FSDP2 shards the parameters themselves: the optimizer steps the local shards
+        return (torch.optim.AdamW(params, lr=1e-4, foreach=True) if job.optimizer == "adamw"
+                else torch.optim.SGD(params, lr=1e-4, momentum=0.9, foreach=True))
+    return ShardedOptimizer(params, shards=job.dp if job.sharding == "zero1" else 1, master=job.master_weights,
+                            optimizer=job.optimizer, persistent_grads=job.persistent_grads)
+
+
+def _train_step(stage: Stage, job: RankJob, optimizer: Any, compute: torch.dtype, config: dict[str, Any],
+                tracker: MemTracker) -> None:
+    """The stage's in-flight micro-batches forward, then their backwards (1F1B's warm-up and first cool-down),
+    then the optimizer step. A stage that does not end in the loss backpropagates a received gradient.
+    MemTracker follows one forward per module at a time: its per-module statistics (not its peak) are
+    cleared before each micro-batch."""
+    shape = (job.micro_batch, job.seq_len)
+    with loss_parallel() if job.tp > 1 and job.last else contextlib.nullcontext():
+        outputs = []
+        for _ in range(job.in_flight):
+            tracker.reset_mod_stats()
+            if job.first:
+                inputs = torch.randint(0, config["vocab_size"], shape)
+            else:
+                inputs = torch.empty(*shape, config["hidden_size"], dtype=compute, requires_grad=True)
+            outputs.append(stage(inputs, torch.randint(0, config["vocab_size"], shape) if job.last else None))
+        for out in outputs:
+            out.backward() if job.last else out.backward(torch.empty_like(out))
+        del outputs, out
+    optimizer.step()
+    if isinstance(optimizer, ShardedOptimizer):
+        optimizer.zero_grad()
+    else:
+        optimizer.zero_grad(set_to_none=not job.persistent_grads)
+
+
+@contextlib.contextmanager
+def _untracked_sharding_propagation() -> Iterator[None]:
+    from torch.distributed.tensor._sharding_prop import ShardingPropagator
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    original = ShardingPropagator._propagate_tensor_meta_non_cached
+
+    def untracked(self, *args, **kwargs):
+        with _disable_current_modes():
+            return original(self, *args, **kwargs)
+
+    ShardingPropagator._propagate_tensor_meta_non_cached = untracked
+    try:
+        yield
+    finally:
+        ShardingPropagator._propagate_tensor_meta_non_cached = original
+
+
+def mechanism(job: RankJob) -> str:
+    """In words, how PyTorch runs ``job`` (`dryrun.job`'s mapping)."""
+    parts = [f"stage {job.stage} of {job.pp} (layers {job.layer_start}-{job.layer_start + job.layer_count - 1}), "
+             f"{job.in_flight} micro-batch(es) in flight"]
+    if job.tp > 1:
+        parts.append(f"DTensor tensor parallel over {job.tp} ranks (vocab-parallel embedding and loss)")
+    if job.sharding in FSDP_SHARDINGS:
+        how = {"zero2": "FSDP2 without resharding after forward (ZeRO-2)", "hsdp": f"FSDP2 HSDP, shards of {job.shard_size}"}
+        parts.append(how.get(job.sharding, "FSDP2 fully_shard per layer") + f" over {job.dp} ranks"
+                     + (", fp32 master shards with bf16 compute" if job.master_weights else ""))
+    else:
+        parts.append(("16-bit weights, fp32 gradient buffer, fp32 master and optimizer states" if job.master_weights
+                      else "weights, gradients and optimizer states in the weight dtype")
+                     + (f" of 1/{job.dp} of each parameter (ZeRO-1)" if job.sharding == "zero1" else ""))
+    if job.recompute_layers:
+        parts.append(f"activation checkpointing on {job.recompute_layers} layer(s)")
+    return "; ".join(parts)

@@ -1,0 +1,49 @@
+"""The plan's tensor parallelism and sharding applied to a `Stage` with PyTorch's own modules (see
+`dryrun.job` for which mechanism stands for which plan setting)."""
+
+from __future__ import annotations
+
+import torch
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import Replicate, Shard
+from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+from parallelplan.dryrun.errors import DryRunError
+from parallelplan.dryrun.job import RankJob
+from parallelplan.dryrun.stage import Stage
+
+COLUMN = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.up_proj")
+ROW = ("self_attn.o_proj", "mlp.down_proj")
+"""Megatron's split of a decoder layer (Shoeybi et al. 2019, §3): Q, K, V and the MLP's input projections
+by output columns, the attention output and the MLP's output projection by input rows."""
+
+
+def tensor_parallel(stage: Stage, mesh: DeviceMesh) -> None:
+    """Split every layer's projections, the embedding (by vocabulary rows) and the LM head (by vocabulary
+    columns, its loss computed on the shards: `loss_parallel`) over ``mesh``."""
+    for layer in stage.layers:
+        names = {name for name, _ in layer.named_modules()}
+        missing = [name for name in COLUMN + ROW if name not in names]
+        if missing:
+            raise DryRunError(f"{type(layer).__name__} has no {', '.join(missing)}: the dry-run splits Llama-style "
+                              "attention and MLP projections over tensor ranks; use tp=1 for this model")
+        parallelize_module(layer, mesh, {**dict.fromkeys(COLUMN, ColwiseParallel()), **dict.fromkeys(ROW, RowwiseParallel())})
+    if stage.embed_tokens is not None:
+        parallelize_module(stage.embed_tokens, mesh, RowwiseParallel(input_layouts=Replicate()))
+    if stage.lm_head is not None:
+        parallelize_module(stage.lm_head, mesh, ColwiseParallel(output_layouts=Shard(-1), use_local_output=False))
+
+
+def shard(stage: Stage, mesh: DeviceMesh, job: RankJob, compute: torch.dtype) -> None:
+    """FSDP2 over ``mesh`` (1-D: shard; 2-D: HSDP's replicate × shard) in units of one layer, the embedding,
+    and the final norm with the LM head; ZeRO-2 keeps each unit gathered from its forward to its backward."""
+    policy = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32)
+    after_forward = job.sharding != "zero2"
+    if stage.embed_tokens is not None:
+        fully_shard(stage.embed_tokens, mesh=mesh, mp_policy=policy, reshard_after_forward=after_forward)
+    for layer in stage.layers:
+        fully_shard(layer, mesh=mesh, mp_policy=policy, reshard_after_forward=after_forward)
+    if stage.lm_head is not None:
+        fully_shard([stage.norm, stage.lm_head], mesh=mesh, mp_policy=policy, reshard_after_forward=False)
+    fully_shard(stage, mesh=mesh, mp_policy=policy, reshard_after_forward=after_forward)

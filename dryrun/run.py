@@ -1,0 +1,86 @@
+"""`dry_run(model, cluster, plan, workload)`: check the plan's rules, estimate it, then build and run its
+busiest rank in PyTorch at full size (`dryrun.measure`) and report the measured peak beside the estimate.
+
+The estimate is priced for what runs: `transformers`' unfused modules (``kernels="unfused"``), whatever the
+plan asked for, since the dry-run runs those modules. A plan that breaks a rule is not run: `PlanRejected`
+carries the rules' findings."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from parallelplan.constraints import Plan, Violation, Workload, estimate
+from parallelplan.constraints.rules import structural_violations
+from parallelplan.dryrun.errors import DryRunError
+from parallelplan.dryrun.job import rank_job
+from parallelplan.dryrun.report import DryRunReport, components, verdict
+from parallelplan.hardware import ClusterSpec
+from parallelplan.models import ModelSpec, load_hf_config, load_model
+
+INSTALL = "install the `dryrun` extra: pip install -e '.[dryrun]' (torch and transformers)"
+
+
+class PlanRejected(DryRunError):
+    """The plan breaks rules; it is not run. ``violations`` are the rules' findings."""
+
+    def __init__(self, violations: list[Violation]) -> None:
+        self.violations = violations
+        super().__init__("; ".join(f"{v.rule}: {v.message} (fix: {v.fix})" for v in violations))
+
+
+def dry_run(model_ref: str | dict[str, Any], cluster: ClusterSpec, plan: Plan, workload: Workload, *,
+            time_limit_s: float | None = None, progress: Callable[[str], None] = lambda _: None) -> DryRunReport:
+    """Run ``plan``'s busiest rank for real (see the module docstring). ``model_ref`` must have a HF
+    ``config.json`` form (a preset with one, a file, a repo id, or the dict)."""
+    config = load_hf_config(model_ref)
+    model = load_model(model_ref if isinstance(model_ref, (str, dict)) else config)
+    violations = structural_violations(model, cluster, plan, workload)
+    if violations:
+        raise PlanRejected(violations)
+    priced = plan.model_copy(update={"kernels": "unfused"})
+    est = estimate(model, cluster, priced, workload)
+    job = rank_job(model, plan, workload, est)
+    try:
+        from parallelplan.dryrun.measure import measure_rank, mechanism
+    except ImportError as err:
+        raise DryRunError(f"the dry-run needs {err.name}: {INSTALL}") from None
+    started = time.perf_counter()
+    with _time_limit(time_limit_s):
+        measured = measure_rank(config, job, progress)
+    peak = sum(measured.values())
+    memory = est.memory
+    state, margin = verdict(peak, memory.overhead, memory.usable)
+    return DryRunReport(
+        model=_name(model), plan=plan, workload=workload, stage=job.stage, layers=(job.layer_start, job.layer_count),
+        in_flight_microbatches=job.in_flight, mechanism=mechanism(job), components=components(measured, est),
+        measured_peak=peak, estimated_peak=memory.weights + memory.gradients + memory.optimizer + memory.activations,
+        runtime_allowance=memory.overhead, usable=memory.usable, verdict=state, margin=margin,
+        seconds=time.perf_counter() - started, estimate=est)
+
+
+def _name(model: ModelSpec) -> str:
+    return model.display_name or model.name
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float | None) -> Iterator[None]:
+    """Stop the run after ``seconds`` (SIGALRM: the main thread of a POSIX process; elsewhere no limit)."""
+    if not seconds or not hasattr(signal, "SIGALRM"):
+        yield
+        return
+
+    def expired(_signum, _frame):
+        raise DryRunError(f"the dry-run passed its time limit of {seconds:g} s; raise --time-limit, or dry-run "
+                          "fewer layers (a smaller pp stage) or a shorter sequence")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

@@ -1,0 +1,90 @@
+"""One pipeline stage of a `transformers` causal LM as a module of its own: the decoder layers the stage
+holds (built at their real widths with the model's own classes), the token embedding on the first stage,
+the final norm and LM head on the last, and the rotary embedding every stage needs. Built on the meta
+device (nothing allocated, no initialisation), then given the tensors the caller asks for: fake ones for
+the full-size dry-run (`to_fake`), real ones at reduced widths for the multi-process run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import transformers
+
+from parallelplan.dryrun.errors import DryRunError
+from parallelplan.dryrun.job import RankJob
+
+
+class Stage(torch.nn.Module):
+    """``forward(inputs)``: token ids (first stage) or the received hidden states → the loss summed over the
+    micro-batch's tokens (last stage; a mean, as transformers' loss) or the hidden states to send."""
+
+    def __init__(self, model: Any, job: RankJob) -> None:
+        super().__init__()
+        inner = model.model
+        keep = range(job.layer_start, job.layer_start + job.layer_count)
+        self.layers = torch.nn.ModuleList(inner.layers[i] for i in keep)
+        self.rotary_emb = inner.rotary_emb
+        self.embed_tokens = inner.embed_tokens if job.first else None
+        self.norm = inner.norm if job.last else None
+        self.lm_head = model.lm_head if job.last else None
+        self.recompute_layers = job.recompute_layers
+        self.vocab_size = model.config.vocab_size
+
+    def forward(self, inputs: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        hidden = self.embed_tokens(inputs) if self.embed_tokens is not None else inputs
+        positions = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
+        rotary = self.rotary_emb(hidden, positions)
+        for index, layer in enumerate(self.layers):
+            if index < self.recompute_layers:
+                hidden = torch.utils.checkpoint.checkpoint(layer, hidden, position_ids=positions,
+                                                           position_embeddings=rotary, use_reentrant=False)
+            else:
+                hidden = layer(hidden, position_ids=positions, position_embeddings=rotary)
+        if self.lm_head is None:
+            return hidden
+        logits = self.lm_head(self.norm(hidden))
+        # transformers' ForCausalLMLoss: fp32 logits, labels shifted by one, mean over the tokens
+        return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
+
+
+def hf_model(config: dict[str, Any], job: RankJob, dtype: torch.dtype) -> Any:
+    """The `transformers` causal LM of ``config`` with as many layers as the stage reaches, on the meta
+    device, in ``dtype``, with SDPA attention (memory as a flash kernel's: no s×s scores kept)."""
+    try:
+        cfg = transformers.AutoConfig.for_model(**config)
+    except (ValueError, KeyError) as err:
+        raise DryRunError(f"transformers cannot build model_type {config.get('model_type')!r} ({err}); "
+                          "pass a config.json of a model transformers knows") from None
+    cfg.num_hidden_layers = job.layer_start + job.layer_count
+    if isinstance(getattr(cfg, "layer_types", None), list):
+        cfg.layer_types = cfg.layer_types[: cfg.num_hidden_layers]
+    cfg._attn_implementation = "sdpa"
+    cfg.use_cache = False
+    with torch.device("meta"):
+        try:
+            model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+        except ValueError as err:
+            raise DryRunError(f"model_type {config.get('model_type')!r} has no transformers causal-LM class ({err})") from None
+    if not hasattr(model, "model") or not hasattr(model.model, "layers") or not hasattr(model.model, "rotary_emb"):
+        raise DryRunError(f"{type(model).__name__}: the dry-run splits decoder-only models with rotary positions "
+                          "(model.layers, model.rotary_emb); this one has another layout")
+    return model
+
+
+def to_fake(module: torch.nn.Module, mode: Any) -> None:
+    """Replace every meta parameter and buffer of ``module`` by a fake tensor of the same shape, dtype and
+    ``requires_grad`` (shared ones stay shared); buffers that carry values (rotary inverse frequencies)
+    become zeros of their shape — the values do not change what is allocated."""
+    made: dict[int, torch.Tensor] = {}
+    with mode:
+        for sub in module.modules():
+            for store in (sub._parameters, sub._buffers):
+                for name, tensor in list(store.items()):
+                    if tensor is None:
+                        continue
+                    if id(tensor) not in made:
+                        fake = torch.zeros(tensor.shape, dtype=tensor.dtype)
+                        made[id(tensor)] = torch.nn.Parameter(fake, requires_grad=tensor.requires_grad) if (
+                            isinstance(tensor, torch.nn.Parameter)) else fake
+                    store[name] = made[id(tensor)]

@@ -1,0 +1,142 @@
+"""`plan dry-run` / `dryrun.dry_run`: the busiest rank of a plan built from `transformers` at its real
+widths (a few layers, to keep CI short), sharded by PyTorch's own DTensor / FSDP2 over a fake process
+group, one training step under MemTracker — against the cost model's estimate of the same rank.
+
+The measured figures (estimate vs MemTracker, total tensors at the peak) are the issue's evidence; each case
+asserts the estimate within 5% of the measurement, so a regression in either the cost model or the run fails.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from parallelplan.cli.main import plan as plan_cli
+from parallelplan.constraints import Plan, Workload, estimate
+from parallelplan.dryrun import DryRunError, rank_job
+from parallelplan.hardware import load_cluster
+from parallelplan.models import load_model
+
+FIXTURES = Path(__file__).parent / "fixtures" / "hf_configs"
+TOLERANCE = 0.05
+
+
+def config(family: str, layers: int) -> dict:
+    data = json.loads((FIXTURES / family / "config.json").read_text())
+    return {**data, "num_hidden_layers": layers}
+
+
+# (family, layers, sequence, plan): dense and MoE; ZeRO-1/2/3 and FSDP; TP 2 and 4; PP stage 0 (two
+# micro-batches in flight) and the last stage; full recompute. Measured on 2026-12-05 (estimate − measured):
+CASES = [
+    ("llama", 4, 2048, dict(dp=8, sharding="zero1")),                                    # +0.0%
+    ("llama", 4, 4096, dict(dp=8, sharding="zero1", recompute="full")),                  # +0.0%
+    ("llama", 2, 1024, dict(tp=2, dp=4)),                                                # +0.0%
+    ("llama", 4, 2048, dict(tp=2, pp=2, dp=2, layers_per_stage=(3, 1))),                 # -0.7%, stage 0
+    ("llama", 8, 2048, dict(tp=4, pp=2, dp=1)),                                          # -3.8%, last stage
+    ("llama", 4, 2048, dict(dp=8, sharding="zero3")),                                    # +3.6%
+    ("llama", 4, 2048, dict(dp=8, sharding="zero2")),                                    # -4.1%
+    ("qwen3_moe", 4, 2048, dict(dp=8, sharding="fsdp")),                                 # +3.7%
+]
+CLUSTER = load_cluster("dgx-h100", nodes=1)
+
+
+def _run(family: str, layers: int, seq_len: int, fields: dict):
+    from parallelplan.dryrun import dry_run
+
+    plan = Plan(**fields)
+    work = Workload(kind="pretrain", seq_len=seq_len, global_batch_size=8 * plan.dp * plan.micro_batch_size)
+    return dry_run(config(family, layers), CLUSTER, plan, work)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family,layers,seq_len,fields", CASES,
+                         ids=[f"{c[0]}-L{c[1]}-s{c[2]}-" + "-".join(f"{k}={v}" for k, v in c[3].items()) for c in CASES])
+def test_the_estimate_matches_the_measured_rank(family, layers, seq_len, fields):
+    pytest.importorskip("transformers")
+    report = _run(family, layers, seq_len, fields)
+    assert abs(report.deviation) <= TOLERANCE, (
+        f"estimate {report.estimated_peak / 2**20:.0f} MiB vs measured {report.measured_peak / 2**20:.0f} MiB "
+        f"({100 * report.deviation:+.1f}%): " + ", ".join(f"{c.name} {c.measured / 2**20:.0f}/{c.estimated / 2**20:.0f}"
+                                                          for c in report.components))
+    assert report.verdict == "fits" and report.margin == report.usable - report.measured_peak - report.runtime_allowance
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="FSDP2's reduce-scatter of the LM head unit (its bf16 gradient and the "
+                   "fp32 reduce-scatter input) outweighs the estimate's head-and-loss transient at short sequences: "
+                   "estimate -8.9% of the measurement")
+def test_fsdp_at_short_sequences_holds_the_head_gradient_twice():
+    pytest.importorskip("transformers")
+    assert abs(_run("llama", 4, 1024, dict(dp=8, sharding="fsdp")).deviation) <= TOLERANCE
+
+
+def test_the_busiest_stage_and_its_micro_batches():
+    model = load_model("llama-3.1-70b")
+    plan = Plan(tp=8, pp=4, dp=1)
+    work = Workload(kind="pretrain", seq_len=4096, global_batch_size=32)
+    job = rank_job(model, plan, work, estimate(model, load_cluster("dgx-h100", nodes=4), plan, work))
+    assert (job.stage, job.layer_start, job.layer_count, job.in_flight, job.world) == (0, 0, 20, 4, 8)
+
+
+@pytest.mark.parametrize("fields,field", [(dict(cp=2, dp=4), "plan.cp"), (dict(dp=8, vpp=2, pp=1), None),
+                                          (dict(dp=8, optimizer="lion"), "plan.optimizer"),
+                                          (dict(dp=8, recompute="selective"), "plan.recompute")])
+def test_what_the_dry_run_does_not_build_is_named(fields, field):
+    model = load_model("llama-3.1-8b")
+    try:
+        plan = Plan(**fields)
+    except ValueError:
+        return  # the plan itself refuses (vpp without pp): nothing to dry-run
+    work = Workload(kind="pretrain", seq_len=4096, global_batch_size=64)
+    with pytest.raises(DryRunError, match=field):
+        rank_job(model, plan, work, estimate(model, CLUSTER, plan, work))
+
+
+def cli(*args: str):
+    return CliRunner().invoke(plan_cli, ["dry-run", *args])
+
+
+def test_a_plan_that_breaks_rules_is_not_run_and_names_them():
+    result = cli("--model", "llama-3.1-8b", "--tp", "3", "--dp", "1")
+    assert result.exit_code == 1
+    assert "heads_by_tp" in result.output and "fix: use tp in 1, 2, 4, 8" in result.output
+
+
+def test_a_model_without_a_transformers_form_is_one_line_exit_2():
+    result = cli("--model", "gpt-3-175b", "--dp", "8")
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: model 'gpt-3-175b' has no HuggingFace config.json")
+
+
+def test_a_plan_file_that_does_not_parse_is_one_line_exit_2(tmp_path):
+    bad = tmp_path / "plan.json"
+    bad.write_text("{tp: 8,,}")
+    result = cli("--model", "llama-3.1-8b", "--from", str(bad))
+    assert result.exit_code == 2 and result.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_without_torch_it_says_which_extra_to_install():
+    code = ("import sys; sys.modules['torch'] = None; from parallelplan.cli.main import main; "
+            "sys.argv = ['plan', 'dry-run', '--model', 'llama-3.1-8b', '--dp', '8']; main()")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "install the `dryrun` extra" in done.stderr and len(done.stderr.strip().splitlines()) <= 2
+
+
+@pytest.mark.slow
+def test_cli_prints_measured_beside_estimated_and_json(tmp_path):
+    pytest.importorskip("transformers")
+    model = tmp_path / "config.json"
+    model.write_text(json.dumps(config("llama", 2)))
+    args = ("--model", str(model), "--tp", "2", "--dp", "4", "--seq-len", "1024")
+    shown = cli(*args)
+    assert shown.exit_code == 0, shown.output
+    assert "measured" in shown.output and "estimated" in shown.output and "FITS" in shown.output
+    data = json.loads(cli(*args, "--json").stdout)
+    assert data["verdict"] == "fits" and data["measured_peak"] > 0 and data["plan"]["tp"] == 2

@@ -25,7 +25,8 @@ from parallelplan.cli.options import (
 )
 
 if TYPE_CHECKING:
-    from parallelplan.dryrun import DryRunReport
+    from parallelplan.constraints import Plan
+    from parallelplan.dryrun import DryRunReport, SmallRunReport
     from parallelplan.models import ModelSpec
 
 
@@ -38,10 +39,14 @@ if TYPE_CHECKING:
 @click.option("--global-batch", type=click.IntRange(min=1), help=f"Sequences per optimizer step [default: {GLOBAL_BATCH_DEFAULT}].")
 @click.option("--time-limit", type=click.FloatRange(min=1), default=600, show_default=True,
               help="Seconds before the run is stopped.")
-@click.option("--json", "as_json", is_flag=True, help="Print the DryRunReport as JSON.")
+@click.option("--small-scale", is_flag=True,
+              help="Instead: run the plan's process groups for real (one gloo process per rank) on a reduced copy of "
+                   "the model, and check the loss and gradients against the unsharded model's.")
+@click.option("--json", "as_json", is_flag=True, help="Print the DryRunReport (or SmallRunReport) as JSON.")
 def dry_run(model_ref: str, cluster_ref: str | None, nodes: int | None, gpus: int | None, plan_file: Path | None,
             kind: str, seq_len: int, global_batch: int | None, dropout: float, train_mtp: bool, stack: str | None,
-            moe_dispatcher: str, moe_imbalance: float, time_limit: float, as_json: bool, **plan_fields: Any) -> None:
+            moe_dispatcher: str, moe_imbalance: float, time_limit: float, small_scale: bool, as_json: bool,
+            **plan_fields: Any) -> None:
     """Run the plan's busiest rank in PyTorch and measure its peak memory.
 
     \b
@@ -49,8 +54,10 @@ def dry_run(model_ref: str, cluster_ref: str | None, nodes: int | None, gpus: in
       plan dry-run --model llama-3.1-8b --dp 8 --sharding fsdp --seq-len 4096
       plan dry-run --model llama-3.1-70b --nodes 4 --tp 8 --pp 4 --dp 1 --global-batch 32
       plan dry-run --model ./config.json --from plan.json --json
+      plan dry-run --model llama-3.1-8b --tp 2 --dp 2 --small-scale
     """
     from parallelplan.dryrun import dry_run as run
+    from parallelplan.dryrun import dry_run_small
     from parallelplan.dryrun.run import PlanRejected
 
     fields = plan_fields_from(plan_file, plan_fields)
@@ -61,6 +68,12 @@ def dry_run(model_ref: str, cluster_ref: str | None, nodes: int | None, gpus: in
                               global_batch_size=global_batch or default_global_batch(kind, seq_len, plan))
     progress = (lambda _: None) if quiet() or as_json else (lambda line: click.echo(f"  {line}", err=True))
     try:
+        if small_scale:
+            small = dry_run_small(model_ref, cluster, plan, workload, time_limit_s=time_limit, progress=progress)
+            click.echo(small.model_dump_json(indent=2) if as_json else render_small(small))
+            if not small.passed:
+                raise SystemExit(1)
+            return
         report = run(model_ref, cluster, plan, workload, time_limit_s=time_limit, progress=progress)
     except PlanRejected as rejected:
         click.echo(bad(f"FAIL: the plan breaks {len(rejected.violations)} rule(s); not run"))
@@ -72,6 +85,25 @@ def dry_run(model_ref: str, cluster_ref: str | None, nodes: int | None, gpus: in
     click.echo(report.model_dump_json(indent=2) if as_json else render(report, load_model(model_ref)))
     if report.verdict == "OOM":
         raise SystemExit(1)
+
+
+def render_small(report: SmallRunReport) -> str:
+    from parallelplan.dryrun.small import TOLERANCE
+
+    config = report.config
+    state = good("PASS") if report.passed else bad("FAIL")
+    return "\n".join([
+        f"{report.world} processes over gloo, one per rank of {_degrees(report.plan)}; "
+        f"reduced model: {config['num_hidden_layers']} layers, hidden {config['hidden_size']}, vocabulary {config['vocab_size']}, fp32",
+        f"loss {report.loss:.6f} vs the unsharded model's {report.reference_loss:.6f} (relative difference {report.loss_error:.1e})",
+        f"largest gradient difference {report.gradient_error:.1e} of the gradient's largest element"
+        + (f" ({report.worst_parameter})" if report.worst_parameter else ""),
+        f"{state}: tolerance {TOLERANCE:.0e} (fp32 sums in another order); ran in {report.seconds:.1f} s"])
+
+
+def _degrees(plan: Plan) -> str:
+    return f"tp {plan.tp} · pp {plan.pp} · dp {plan.dp}" + (f" · ep {plan.ep}" if plan.ep > 1 else "") + (
+        f", {plan.sharding}" if plan.sharding != "none" else "")
 
 
 def render(report: DryRunReport, model: ModelSpec) -> str:

@@ -39,6 +39,7 @@ class RankJob:
     seq_len: int
     tp: int
     dp: int
+    ep: int
     sharding: str
     shard_size: int
     """Ranks each parameter is sharded over (dp; HSDP's shard size)."""
@@ -72,7 +73,15 @@ _UNBUILT = {
 def rank_job(model: ModelSpec, plan: Plan, workload: Workload, estimate: Estimate) -> RankJob:
     """The busiest rank of ``plan`` (the stage `estimate`'s memory names), or DryRunError naming the first
     field the dry-run does not build."""
+    return stage_job(model, plan, workload, estimate.memory.stage)
+
+
+def stage_job(model: ModelSpec, plan: Plan, workload: Workload, stage: int, *, expert_parallel: bool = False) -> RankJob:
+    """A rank of pipeline stage ``stage`` of ``plan`` (see `rank_job`); ``expert_parallel`` admits ep > 1
+    (the small-scale run splits experts; the full-size one does not yet)."""
     for field, (what, built) in _UNBUILT.items():
+        if field == "ep" and expert_parallel:
+            continue
         if getattr(plan, field) != built:
             raise DryRunError(f"plan.{field}={getattr(plan, field)}: the dry-run does not build {what} yet; "
                               f"dry-run the plan with {field}={built} (its other dimensions are measured the same way)")
@@ -90,12 +99,11 @@ def rank_job(model: ModelSpec, plan: Plan, workload: Workload, estimate: Estimat
     if workload.kind not in ("pretrain", "finetune") or workload.peft is not None or workload.algorithm is not None:
         raise DryRunError(f"workload.kind={workload.kind}: the dry-run runs a training step without PEFT")
     counts = _stage_layer_counts(model, plan)
-    stage = estimate.memory.stage
     micro_batches = workload.global_batch_size // (plan.dp * plan.micro_batch_size)
     return RankJob(
         stage=stage, pp=plan.pp, layer_start=sum(counts[:stage]), layer_count=counts[stage],
         in_flight=min(plan.pp - stage, micro_batches), micro_batch=plan.micro_batch_size, seq_len=workload.seq_len,
-        tp=plan.tp, dp=plan.dp, sharding=plan.sharding, shard_size=plan.hsdp_shard_size or plan.dp,
+        tp=plan.tp, dp=plan.dp, ep=plan.ep, sharding=plan.sharding, shard_size=plan.hsdp_shard_size or plan.dp,
         recompute_layers=(plan.recompute_layers or counts[stage]) if plan.recompute == "full" else 0,
         param_dtype={"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[plan.precision],
         master_weights=plan.master_weights and plan.precision != "fp32", optimizer=plan.optimizer,

@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import Replicate, Shard
-from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, loss_parallel, parallelize_module
 
 from parallelplan.dryrun.errors import DryRunError
 from parallelplan.dryrun.job import RankJob
@@ -47,3 +49,9 @@ def shard(stage: Stage, mesh: DeviceMesh, job: RankJob, compute: torch.dtype) ->
     if stage.lm_head is not None:
         fully_shard([stage.norm, stage.lm_head], mesh=mesh, mp_policy=policy, reshard_after_forward=False)
     fully_shard(stage, mesh=mesh, mp_policy=policy, reshard_after_forward=after_forward)
+
+
+def loss_context(job: RankJob) -> contextlib.AbstractContextManager:
+    """Around a last stage's forward and backward under tensor parallelism: the cross-entropy of the
+    vocabulary-sharded logits (`loss_parallel`), as Megatron's vocab-parallel cross-entropy computes it."""
+    return loss_parallel() if job.tp > 1 and job.last else contextlib.nullcontext()

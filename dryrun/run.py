@@ -11,14 +11,17 @@ import contextlib
 import signal
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from parallelplan.constraints import Plan, Violation, Workload, estimate
 from parallelplan.constraints.rules import structural_violations
 from parallelplan.dryrun.errors import DryRunError
-from parallelplan.dryrun.job import rank_job
+from parallelplan.dryrun.job import rank_job, stage_job
 from parallelplan.dryrun.report import DryRunReport, components, verdict
 from parallelplan.hardware import ClusterSpec
+
+if TYPE_CHECKING:
+    from parallelplan.dryrun.small import SmallRunReport
 from parallelplan.models import ModelSpec, load_hf_config, load_model
 
 INSTALL = "install the `dryrun` extra: pip install -e '.[dryrun]' (torch and transformers)"
@@ -36,11 +39,7 @@ def dry_run(model_ref: str | dict[str, Any], cluster: ClusterSpec, plan: Plan, w
             time_limit_s: float | None = None, progress: Callable[[str], None] = lambda _: None) -> DryRunReport:
     """Run ``plan``'s busiest rank for real (see the module docstring). ``model_ref`` must have a HF
     ``config.json`` form (a preset with one, a file, a repo id, or the dict)."""
-    config = load_hf_config(model_ref)
-    model = load_model(model_ref if isinstance(model_ref, (str, dict)) else config)
-    violations = structural_violations(model, cluster, plan, workload)
-    if violations:
-        raise PlanRejected(violations)
+    config, model = _checked(model_ref, cluster, plan, workload)
     priced = plan.model_copy(update={"kernels": "unfused"})
     est = estimate(model, cluster, priced, workload)
     job = rank_job(model, plan, workload, est)
@@ -60,6 +59,34 @@ def dry_run(model_ref: str | dict[str, Any], cluster: ClusterSpec, plan: Plan, w
         measured_peak=peak, estimated_peak=memory.weights + memory.gradients + memory.optimizer + memory.activations,
         runtime_allowance=memory.overhead, usable=memory.usable, verdict=state, margin=margin,
         seconds=time.perf_counter() - started, estimate=est)
+
+
+def dry_run_small(model_ref: str | dict[str, Any], cluster: ClusterSpec, plan: Plan, workload: Workload, *,
+                  time_limit_s: float = 300, progress: Callable[[str], None] = lambda _: None) -> SmallRunReport:
+    """Run ``plan``'s process groups for real on a reduced copy of the model (`dryrun.small`): one gloo
+    process per rank, one step, the loss and gradients against the unsharded model's."""
+    config, model = _checked(model_ref, cluster, plan, workload)
+    for stage in range(plan.pp):
+        stage_job(model, plan, workload, stage, expert_parallel=True)  # refuses what the run does not build
+    try:
+        import torch  # noqa: F401  (the ranks import it; say so here rather than in every rank's traceback)
+        import transformers  # noqa: F401
+
+        from parallelplan.dryrun.small import run_small
+    except ImportError as err:
+        raise DryRunError(f"the dry-run needs {err.name}: {INSTALL}") from None
+    progress(f"launching {plan.tp * plan.pp * plan.dp} gloo processes on a reduced copy of the model")
+    return run_small(config, plan, time_limit_s=time_limit_s)
+
+
+def _checked(model_ref: str | dict[str, Any], cluster: ClusterSpec, plan: Plan, workload: Workload) -> tuple[dict[str, Any], ModelSpec]:
+    """The model's HF config and spec, once the plan passes its structural rules (else `PlanRejected`)."""
+    config = load_hf_config(model_ref)
+    model = load_model(model_ref if isinstance(model_ref, (str, dict)) else config)
+    violations = structural_violations(model, cluster, plan, workload)
+    if violations:
+        raise PlanRejected(violations)
+    return config, model
 
 
 def _name(model: ModelSpec) -> str:

@@ -48,9 +48,11 @@ class Stage(torch.nn.Module):
         return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
 
 
-def hf_model(config: dict[str, Any], job: RankJob, dtype: torch.dtype) -> Any:
-    """The `transformers` causal LM of ``config`` with as many layers as the stage reaches, on the meta
-    device, in ``dtype``, with SDPA attention (memory as a flash kernel's: no s×s scores kept)."""
+def hf_model(config: dict[str, Any], job: RankJob, dtype: torch.dtype, device: str = "meta") -> Any:
+    """The `transformers` causal LM of ``config`` with as many layers as the stage reaches, on ``device``
+    (meta: nothing allocated or initialised; cpu: initialised from the current seed), in ``dtype``, with SDPA
+    attention (memory as a flash kernel's: no s×s scores kept); on the CPU, experts as transformers' eager
+    loop (``grouped_mm`` needs a GPU)."""
     try:
         cfg = transformers.AutoConfig.for_model(**config)
     except (ValueError, KeyError) as err:
@@ -60,8 +62,10 @@ def hf_model(config: dict[str, Any], job: RankJob, dtype: torch.dtype) -> Any:
     if isinstance(getattr(cfg, "layer_types", None), list):
         cfg.layer_types = cfg.layer_types[: cfg.num_hidden_layers]
     cfg._attn_implementation = "sdpa"
+    if device != "meta":
+        cfg._experts_implementation = "eager"
     cfg.use_cache = False
-    with torch.device("meta"):
+    with torch.device(device):
         try:
             model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=dtype)
         except ValueError as err:

@@ -18,6 +18,7 @@ BASE_ARGS = {
     "compare": MODEL + CLUSTER, "launch": MODEL + CLUSTER + ["--target", "torchrun"], "slurm": MODEL + CLUSTER,
     "place": MODEL + MODEL + ["--name", "a", "--name", "b"] + CLUSTER + ["--nodes", "2"],
     "profile": ["--workload", "lora"] + MODEL + CLUSTER,
+    "dry-run": MODEL + CLUSTER + ["--nodes", "2", "--pp", "16", "--dp", "1"],  # one layer on the busiest stage
 }
 """The smallest valid call of each command that has numeric flags (a 1B model on one node keeps it fast)."""
 NUMERIC_FLAGS = {

@@ -140,3 +140,42 @@ def test_cli_prints_measured_beside_estimated_and_json(tmp_path):
     assert "measured" in shown.output and "estimated" in shown.output and "FITS" in shown.output
     data = json.loads(cli(*args, "--json").stdout)
     assert data["verdict"] == "fits" and data["measured_peak"] > 0 and data["plan"]["tp"] == 2
+
+
+# -- the small-scale run: real process groups (gloo), reduced widths ---------------------------------------
+
+SMALL_CASES = [("llama", dict(tp=2, dp=2)), ("llama", dict(dp=4, sharding="fsdp")), ("llama", dict(pp=2, dp=1)),
+               ("qwen3_moe", dict(dp=2, ep=2))]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family,fields", SMALL_CASES, ids=["-".join(f"{k}={v}" for k, v in c[1].items()) for c in SMALL_CASES])
+def test_the_plans_process_groups_reproduce_the_unsharded_step(family, fields):
+    """One gloo process per rank; the loss and every gradient equal the unsharded model's on the same batch."""
+    pytest.importorskip("transformers")
+    from parallelplan.dryrun import dry_run_small
+
+    plan = Plan(**fields)
+    data = json.loads((FIXTURES / family / "config.json").read_text())
+    cluster = load_cluster("dgx-h100", gpus=plan.tp * plan.pp * plan.dp)
+    report = dry_run_small(data, cluster, plan, Workload(kind="pretrain", seq_len=4096, global_batch_size=8 * plan.dp))
+    assert report.world == plan.tp * plan.pp * plan.dp == len(report.ranks)
+    assert report.passed, f"loss {report.loss} vs {report.reference_loss}; gradient {report.gradient_error} ({report.worst_parameter})"
+    assert {r.stage for r in report.ranks} == set(range(plan.pp))
+    assert report.loss_error < 1e-5 and report.gradient_error < 1e-5
+
+
+def test_the_reduced_model_keeps_the_counts_that_divisibility_depends_on():
+    from parallelplan.dryrun.small import reduced_config
+
+    data = json.loads((FIXTURES / "qwen3_moe" / "config.json").read_text())
+    reduced = reduced_config(data, Plan(dp=4, ep=4), layers=2)
+    assert (reduced["num_attention_heads"], reduced["num_key_value_heads"]) == (32, 4)
+    assert reduced["num_experts"] % 4 == 0 and reduced["num_hidden_layers"] == 2
+    assert load_model(reduced).is_moe
+
+
+@pytest.mark.parametrize("flags,rule", [(("--tp", "3", "--dp", "1"), "attention_heads_by_tp"), (("--pp", "3", "--dp", "1"), "layers_by_pp")])
+def test_a_wrong_plan_is_caught_by_its_rule_before_any_process_starts(flags, rule):
+    result = cli("--model", "llama-3.1-8b", *flags, "--small-scale")
+    assert result.exit_code == 1 and f"x {rule}:" in result.output and "fix:" in result.output

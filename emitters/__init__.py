@@ -106,7 +106,7 @@ def _check_tuning(workload, target: str) -> None:
                         "(TRL's SFT and DPO scripts with peft; SFT packs)")
 
 
-__getattr__, __dir__ = lazy_exports(__name__, {"ReadConfig": "parallelplan.emitters.deepspeed",
+__getattr__, __dir__ = lazy_exports(__name__, {"ReadConfig": "parallelplan.emitters.reading",
                                                 "read_config": "parallelplan.emitters.deepspeed"})
 """Names exported from a target's module, imported when first asked for."""
 

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from parallelplan.constraints import Violation
 from parallelplan.emitters.environment import HERE, command, nccl_environment, script
 from parallelplan.emitters.errors import EmitError
 from parallelplan.emitters.job import Job, unsupported
+from parallelplan.emitters.reading import ReadConfig
 from parallelplan.emitters.torchrun import SCRIPT, rendezvous_lines, script_words
 
 TARGET = "deepspeed"
@@ -137,21 +137,6 @@ DeepSpeedConfigError): features it removed."""
 UNMODELLED_ZERO_KEYS = ("zero_quantized_weights", "zero_quantized_nontrainable_weights", "zero_quantized_gradients",
                         "zenflow")
 AUTO = "auto"  # the HF Trainer / Accelerate integration fills these in from its own arguments
-
-
-@dataclass(frozen=True)
-class ReadConfig:
-    """What a ``ds_config.json`` says about a plan.
-
-    ``plan_fields``: the `constraints.Plan` fields the config determines (a field it leaves open is absent);
-    ``global_batch_size``: sequences per optimizer step (train_batch_size, given or derived), None when the config
-    does not fix it; ``findings``: `constraints.Violation` for what DeepSpeed itself rejects or what makes the plan
-    inconsistent; ``notes``: what the reader assumed or left out ("auto" values, keys it does not model)."""
-
-    plan_fields: dict[str, Any]
-    global_batch_size: int | None
-    findings: tuple[Violation, ...]
-    notes: tuple[str, ...]
 
 
 def _bad(path: str, allowed: str, value: Any) -> EmitError:

@@ -39,13 +39,16 @@ if TYPE_CHECKING:
 @click.option("--global-batch", type=click.IntRange(min=1), help=f"Sequences per optimizer step [default: {GLOBAL_BATCH_DEFAULT}].")
 @click.option("--time-limit", type=click.FloatRange(min=1), default=600, show_default=True,
               help="Seconds before the run is stopped.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="cpu: fake tensors and MemTracker (no GPU needed); cuda: real tensors on this machine's GPU, "
+                   "its allocator's peak and the step time.")
 @click.option("--small-scale", is_flag=True,
               help="Instead: run the plan's process groups for real (one gloo process per rank) on a reduced copy of "
                    "the model, and check the loss and gradients against the unsharded model's.")
 @click.option("--json", "as_json", is_flag=True, help="Print the DryRunReport (or SmallRunReport) as JSON.")
 def dry_run(model_ref: str, cluster_ref: str | None, nodes: int | None, gpus: int | None, plan_file: Path | None,
             kind: str, seq_len: int, global_batch: int | None, dropout: float, train_mtp: bool, stack: str | None,
-            moe_dispatcher: str, moe_imbalance: float, time_limit: float, small_scale: bool, as_json: bool,
+            moe_dispatcher: str, moe_imbalance: float, time_limit: float, device: str, small_scale: bool, as_json: bool,
             **plan_fields: Any) -> None:
     """Run the plan's busiest rank in PyTorch and measure its peak memory.
 
@@ -74,7 +77,7 @@ def dry_run(model_ref: str, cluster_ref: str | None, nodes: int | None, gpus: in
             if not small.passed:
                 raise SystemExit(1)
             return
-        report = run(model_ref, cluster, plan, workload, time_limit_s=time_limit, progress=progress)
+        report = run(model_ref, cluster, plan, workload, device=device, time_limit_s=time_limit, progress=progress)
     except PlanRejected as rejected:
         click.echo(bad(f"FAIL: the plan breaks {len(rejected.violations)} rule(s); not run"))
         for v in rejected.violations:
@@ -120,6 +123,13 @@ def render(report: DryRunReport, model: ModelSpec) -> str:
               "start-up count as weights; compare the totals)",
               f"+ runtime allowance {gib(report.runtime_allowance)} (CUDA context, NCCL, allocator; not measured)",
               "", state(f"{report.verdict.upper()}: {gib(report.measured_peak + report.runtime_allowance)} of "
-                        f"{gib(report.usable)} usable, margin {gib(report.margin)}"),
-              f"(measured in {report.seconds:.1f} s on the CPU: fake tensors, MemTracker)"]
+                        f"{gib(report.usable)} usable, margin {gib(report.margin)}")]
+    if report.out_of_memory:
+        lines.append(f"the GPU ran out of memory: {report.out_of_memory}")
+    if report.reserved is not None:
+        lines.append(f"allocator reserved {gib(report.reserved)} at most")
+    if report.step_seconds is not None:
+        lines.append(f"step {report.step_seconds:.3f} s measured vs {report.estimated_step_seconds:.3f} s estimated "
+                     "(this rank's compute and optimizer update: the fake process group moves no data)")
+    lines.append(f"(measured in {report.seconds:.1f} s on {report.device})")
     return "\n".join(lines)

@@ -16,7 +16,10 @@ The mechanisms (each PyTorch's own, as torchtitan composes them):
 - a pipeline stage: only its layers (the embedding on the first, the final norm, head and loss on the last);
   under 1F1B it runs its in-flight micro-batches' forwards before their backwards, as the schedule's
   warm-up does (Narayanan et al. 2021, §2.2), receiving activations and gradients as buffers;
-- full recompute: ``torch.utils.checkpoint`` around each of the first ``recompute_layers`` layers.
+- full recompute: ``torch.utils.checkpoint`` around each of the first ``recompute_layers`` layers; selective
+  recompute: ``torch.utils.checkpoint`` around each named module of every layer (Megatron-Core's modules:
+  ``core_attn`` the attention function, ``layernorm`` the layer's two norms, ``mlp`` a dense MLP block,
+  ``moe`` an MoE block, ``shared_experts`` its shared experts).
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ class RankJob:
     shard_size: int
     """Ranks each parameter is sharded over (dp; HSDP's shard size)."""
     recompute_layers: int
+    recompute_modules: tuple[str, ...]
+    """Megatron-Core's selective recompute modules (`dryrun.stage.SELECTIVE`), empty without selective recompute."""
     param_dtype: str
     master_weights: bool
     optimizer: str
@@ -62,6 +67,9 @@ class RankJob:
         """The ranks the run's process groups span: one pipeline stage's tp · dp."""
         return self.tp * self.dp
 
+
+SELECTIVE = ("core_attn", "layernorm", "mlp", "moe", "shared_experts")
+"""Selective recompute modules the dry-run checkpoints (`dryrun.stage`)."""
 
 _UNBUILT = {
     "cp": ("context parallelism", 1), "ep": ("expert parallelism", 1), "vpp": ("interleaved virtual stages", 1),
@@ -89,9 +97,12 @@ def stage_job(model: ModelSpec, plan: Plan, workload: Workload, stage: int, *, e
         raise DryRunError(f"plan.schedule={plan.schedule}: the dry-run runs the 1F1B schedule only")
     if model.is_moe and plan.tp > 1:
         raise DryRunError("plan.tp > 1 on an MoE model: the dry-run does not split experts over tensor ranks (etp) yet; use tp=1")
-    if plan.recompute not in ("none", "full"):
-        raise DryRunError(f"plan.recompute={plan.recompute}: transformers' modules recompute whole layers only; "
-                          "use recompute none or full")
+    if plan.recompute == "selective_mm":
+        raise DryRunError("plan.recompute=selective_mm: the dry-run does not build torchtitan's per-op policy yet; "
+                          "use none, full or selective")
+    unbuilt = [m for m in plan.recompute_modules or () if m not in SELECTIVE]
+    if plan.recompute == "selective" and unbuilt:
+        raise DryRunError(f"plan.recompute_modules={','.join(unbuilt)}: the dry-run recomputes {', '.join(SELECTIVE)}")
     if plan.optimizer not in ("adamw", "sgd"):
         raise DryRunError(f"plan.optimizer={plan.optimizer}: the dry-run steps torch's adamw or sgd")
     if plan.precision == "fp8":
@@ -105,6 +116,7 @@ def stage_job(model: ModelSpec, plan: Plan, workload: Workload, stage: int, *, e
         in_flight=min(plan.pp - stage, micro_batches), micro_batch=plan.micro_batch_size, seq_len=workload.seq_len,
         tp=plan.tp, dp=plan.dp, ep=plan.ep, sharding=plan.sharding, shard_size=plan.hsdp_shard_size or plan.dp,
         recompute_layers=(plan.recompute_layers or counts[stage]) if plan.recompute == "full" else 0,
+        recompute_modules=tuple(plan.recompute_modules or ()) if plan.recompute == "selective" else (),
         param_dtype={"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[plan.precision],
         master_weights=plan.master_weights and plan.precision != "fp32", optimizer=plan.optimizer,
         persistent_grads=plan.persistent_grads)

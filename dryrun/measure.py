@@ -10,7 +10,9 @@ and cost nothing, but MemTracker's dispatch mode sees them as allocations, so th
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,25 +32,41 @@ FSDP_SHARDINGS = ("zero2", "zero3", "fsdp", "hsdp")
 STEPS = 2
 
 
-def measure_rank(config: dict[str, Any], job: RankJob, progress: Callable[[str], None] = lambda _: None) -> dict[str, int]:
-    """MemTracker's peak bytes by category (``PARAM``, ``BUFFER``, ``GRAD``, ``OPT``, ``ACT``, ``TEMP``, ``OTH``)
-    over one steady-state training step of ``job``'s rank at full size."""
+@dataclass(frozen=True)
+class Measurement:
+    """What the rank's run measured: ``peak`` bytes by MemTracker's categories (on the CPU) or
+    ``{"ALLOCATED": torch.cuda.max_memory_allocated()}`` (on a GPU, with ``reserved``, its allocator's
+    ``max_memory_reserved``, and ``step_seconds``, the timed second step); ``out_of_memory`` the CUDA
+    allocator's message when the step did not fit (``peak`` then holds what was allocated when it failed)."""
+
+    peak: dict[str, int]
+    device: str
+    step_seconds: float | None = None
+    reserved: int | None = None
+    out_of_memory: str | None = None
+
+
+def measure_rank(config: dict[str, Any], job: RankJob, progress: Callable[[str], None] = lambda _: None,
+                 device: str = "cpu") -> Measurement:
+    """One steady-state training step of ``job``'s rank at full size: fake tensors under MemTracker on the
+    CPU (``device`` cpu), or real tensors on this machine's first GPU (``device`` cuda; the other ranks
+    still simulated by the fake process group, so collectives move nothing and the step time is the rank's
+    compute)."""
     if dist.is_initialized():
         dist.destroy_process_group()
     dist.init_process_group("fake", rank=0, world_size=job.world, store=FakeStore())
     try:
-        meshes = _meshes(job)  # sliced outside FakeTensorMode: a mesh's coordinates are real tensors
+        meshes = _meshes(job, "cuda" if device == "cuda" else "cpu")  # sliced outside FakeTensorMode
         compute = getattr(torch, job.param_dtype)
         fsdp = job.sharding in FSDP_SHARDINGS
         weights = torch.float32 if fsdp and job.master_weights else compute
         progress(f"building stage {job.stage} of {job.pp}: {job.layer_count} layers at full width")
         stage = Stage(hf_model(config, job, weights), job)
+        if device == "cuda":
+            return _on_gpu(stage, job, meshes, compute, config, progress)
         mode = FakeTensorMode(allow_non_fake_inputs=True)
         to_fake(stage, mode)
-        if job.tp > 1:
-            tensor_parallel(stage, meshes["tp"])
-        if fsdp:
-            shard(stage, meshes["dp"], job, compute)
+        _parallelize(stage, job, meshes, compute)
         with mode:
             optimizer = _optimizer(stage, job, fsdp)
             tracker = _GlobalPeakTracker()
@@ -61,11 +79,50 @@ def measure_rank(config: dict[str, Any], job: RankJob, progress: Callable[[str],
                     # the first step only creates the optimizer states: one micro-batch does that
                     micro_batches = job.in_flight if step == STEPS - 1 else 1
                     progress(f"step {step + 1} of {STEPS}: {micro_batches} micro-batch(es) of {job.micro_batch} x {job.seq_len} tokens")
-                    _train_step(stage, job, optimizer, compute, config, tracker, micro_batches)
+                    _train_step(stage, job, optimizer, compute, config, micro_batches, tracker)
             (device_peak,) = tracker.get_tracker_snapshot("peak").values()
-        return {str(kind).rsplit(".", 1)[-1]: int(value) for kind, value in device_peak.items() if str(kind) != "Total"}
+        peak = {str(kind).rsplit(".", 1)[-1]: int(value) for kind, value in device_peak.items() if str(kind) != "Total"}
+        return Measurement(peak=peak, device="cpu (fake tensors, MemTracker)")
     finally:
         dist.destroy_process_group()
+
+
+def _parallelize(stage: Stage, job: RankJob, meshes: dict[str, DeviceMesh], compute: torch.dtype) -> None:
+    if job.tp > 1:
+        tensor_parallel(stage, meshes["tp"])
+    if job.sharding in FSDP_SHARDINGS:
+        shard(stage, meshes["dp"], job, compute)
+
+
+def _on_gpu(stage: Stage, job: RankJob, meshes: dict[str, DeviceMesh], compute: torch.dtype, config: dict[str, Any],
+            progress: Callable[[str], None]) -> Measurement:
+    """The rank on ``cuda:0``: split and sharded on the meta device, then given storage there (FSDP2's
+    meta-device initialisation), parameters drawn from N(0, 0.02); the second step timed, and the CUDA
+    allocator's peaks over it."""
+    name = f"cuda: {torch.cuda.get_device_name(0)}"
+    _parallelize(stage, job, meshes, compute)
+    stage.to_empty(device="cuda")
+    with torch.no_grad():
+        for param in stage.parameters():
+            (param.to_local() if hasattr(param, "to_local") else param).normal_(0.0, 0.02)
+        for buffer in stage.buffers():
+            buffer.zero_()
+    optimizer = _optimizer(stage, job, job.sharding in FSDP_SHARDINGS)
+    try:
+        progress(f"step 1 of {STEPS}: 1 micro-batch (creates the optimizer states)")
+        _train_step(stage, job, optimizer, compute, config, 1)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        progress(f"step 2 of {STEPS}: {job.in_flight} micro-batch(es) of {job.micro_batch} x {job.seq_len} tokens, timed")
+        started = time.perf_counter()
+        _train_step(stage, job, optimizer, compute, config, job.in_flight)
+        torch.cuda.synchronize()
+        seconds = time.perf_counter() - started
+    except torch.OutOfMemoryError as err:
+        return Measurement(peak={"ALLOCATED": int(torch.cuda.max_memory_allocated())}, device=name,
+                           out_of_memory=str(err).strip().splitlines()[0])
+    return Measurement(peak={"ALLOCATED": int(torch.cuda.max_memory_allocated())}, device=name, step_seconds=seconds,
+                       reserved=int(torch.cuda.max_memory_reserved()))
 
 
 class _GlobalPeakTracker(MemTracker):
@@ -79,11 +136,11 @@ class _GlobalPeakTracker(MemTracker):
                 self._peak_mem_snap[device] = dict(snapshot)
 
 
-def _meshes(job: RankJob) -> dict[str, DeviceMesh]:
+def _meshes(job: RankJob, device: str) -> dict[str, DeviceMesh]:
     if job.sharding == "hsdp":
-        mesh = init_device_mesh("cpu", (job.dp // job.shard_size, job.shard_size, job.tp), mesh_dim_names=("replicate", "shard", "tp"))
+        mesh = init_device_mesh(device, (job.dp // job.shard_size, job.shard_size, job.tp), mesh_dim_names=("replicate", "shard", "tp"))
         return {"dp": mesh["replicate", "shard"], "tp": mesh["tp"]}
-    mesh = init_device_mesh("cpu", (job.dp, job.tp), mesh_dim_names=("dp", "tp"))
+    mesh = init_device_mesh(device, (job.dp, job.tp), mesh_dim_names=("dp", "tp"))
     return {"dp": mesh["dp"], "tp": mesh["tp"]}
 
 
@@ -97,21 +154,24 @@ def _optimizer(stage: Stage, job: RankJob, fsdp: bool) -> Any:
 
 
 def _train_step(stage: Stage, job: RankJob, optimizer: Any, compute: torch.dtype, config: dict[str, Any],
-                tracker: MemTracker, micro_batches: int) -> None:
+                micro_batches: int, tracker: MemTracker | None = None) -> None:
     """``micro_batches`` (the stage's in-flight ones) forward, then their backwards (1F1B's warm-up and first cool-down),
     then the optimizer step. A stage that does not end in the loss backpropagates a received gradient.
     MemTracker follows one forward per module at a time: its per-module statistics (not its peak) are
-    cleared before each micro-batch."""
+    cleared before each micro-batch. Inputs live where the stage's parameters do."""
     shape = (job.micro_batch, job.seq_len)
+    device = next(stage.parameters()).device
     with loss_context(job):
         outputs = []
         for _ in range(micro_batches):
-            tracker.reset_mod_stats()
+            if tracker is not None:
+                tracker.reset_mod_stats()
             if job.first:
-                inputs = torch.randint(0, config["vocab_size"], shape)
+                inputs = torch.randint(0, config["vocab_size"], shape, device=device)
             else:
-                inputs = torch.empty(*shape, config["hidden_size"], dtype=compute, requires_grad=True)
-            outputs.append(stage(inputs, torch.randint(0, config["vocab_size"], shape) if job.last else None))
+                inputs = torch.empty(*shape, config["hidden_size"], dtype=compute, device=device, requires_grad=True)
+            labels = torch.randint(0, config["vocab_size"], shape, device=device) if job.last else None
+            outputs.append(stage(inputs, labels))
         for out in outputs:
             out.backward() if job.last else out.backward(torch.empty_like(out))
         del outputs, out

@@ -42,7 +42,8 @@ class ShardedOptimizer:
         if master:
             self.owned = [torch.nn.Parameter(_local(p).detach().reshape(-1)[:n].float().clone()) for p, n in zip(params, self.shares, strict=True)]
             self.main_grads: list[torch.Tensor | None] = [
-                torch.zeros(_local(p).numel(), dtype=torch.float32) if persistent_grads else None for p in params]
+                torch.zeros(_local(p).numel(), dtype=torch.float32, device=_local(p).device) if persistent_grads else None
+                for p in params]
             for index, p in enumerate(params):
                 p.register_post_accumulate_grad_hook(self._accumulator(index))
         else:

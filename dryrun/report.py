@@ -43,6 +43,8 @@ class DryRunReport(BaseModel):
     in_flight_microbatches: int
     mechanism: str
     """How PyTorch ran the plan (`dryrun.job`)."""
+    device: str
+    """Where: ``cpu (fake tensors, MemTracker)``, or ``cuda: <GPU name>``."""
     components: tuple[Component, ...]
     measured_peak: int
     """Bytes of tensors at the rank's peak, MemTracker's sum over its categories."""
@@ -53,6 +55,15 @@ class DryRunReport(BaseModel):
     verdict: Literal["fits", "at risk", "OOM"]
     margin: int
     """usable − (measured peak + runtime allowance), bytes; negative when it does not fit."""
+    out_of_memory: str | None = None
+    """On a GPU: the CUDA allocator's message when the step did not fit (``measured_peak`` is then what was
+    allocated when it failed)."""
+    reserved: int | None = None
+    """On a GPU: ``torch.cuda.max_memory_reserved`` over the step (the allocator's cached blocks included)."""
+    step_seconds: float | None = None
+    """On a GPU: the timed second step — the rank's compute only, as the fake process group moves nothing."""
+    estimated_step_seconds: float | None = None
+    """The estimate's compute for the same micro-batches plus its optimizer update, to set beside ``step_seconds``."""
     seconds: float
     estimate: Estimate
 
@@ -70,7 +81,12 @@ def verdict(measured: int, allowance: int, usable: int) -> tuple[Literal["fits",
 
 
 def components(measured: dict[str, int], est: Estimate) -> tuple[Component, ...]:
+    """MemTracker's categories under the estimate's components; on a GPU (one ``ALLOCATED`` figure) the
+    total alone."""
     memory = est.memory
+    if "ALLOCATED" in measured:
+        return (Component(name="tensors", measured=measured["ALLOCATED"],
+                          estimated=memory.weights + memory.gradients + memory.optimizer + memory.activations),)
     estimated = {"weights": memory.weights, "gradients": memory.gradients, "optimizer": memory.optimizer,
                  "activations": memory.activations, "other": 0}
     return tuple(Component(name=name, measured=sum(measured.get(k, 0) for k in kinds), estimated=estimated[name])

@@ -36,28 +36,42 @@ class PlanRejected(DryRunError):
 
 
 def dry_run(model_ref: str | dict[str, Any], cluster: ClusterSpec, plan: Plan, workload: Workload, *,
-            time_limit_s: float | None = None, progress: Callable[[str], None] = lambda _: None) -> DryRunReport:
-    """Run ``plan``'s busiest rank for real (see the module docstring). ``model_ref`` must have a HF
-    ``config.json`` form (a preset with one, a file, a repo id, or the dict)."""
+            device: str = "cpu", time_limit_s: float | None = None,
+            progress: Callable[[str], None] = lambda _: None) -> DryRunReport:
+    """Run ``plan``'s busiest rank for real (see the module docstring): on the CPU with fake tensors
+    (``device`` cpu), or with real tensors on this machine's GPU (``device`` cuda). ``model_ref`` must have a
+    HF ``config.json`` form (a preset with one, a file, a repo id, or the dict)."""
+    if device not in ("cpu", "cuda"):
+        raise DryRunError(f"device {device!r}: use cpu (fake tensors, any machine) or cuda (this machine's GPU)")
     config, model = _checked(model_ref, cluster, plan, workload)
     priced = plan.model_copy(update={"kernels": "unfused"})
     est = estimate(model, cluster, priced, workload)
     job = rank_job(model, plan, workload, est)
     try:
+        import torch
+
         from parallelplan.dryrun.measure import measure_rank, mechanism
     except ImportError as err:
         raise DryRunError(f"the dry-run needs {err.name}: {INSTALL}") from None
+    if device == "cuda" and not torch.cuda.is_available():
+        raise DryRunError("device cuda: PyTorch sees no CUDA GPU on this machine (torch.cuda.is_available() is False); "
+                          "dry-run on the CPU (the default), which needs none")
     started = time.perf_counter()
     with _time_limit(time_limit_s):
-        measured = measure_rank(config, job, progress)
-    peak = sum(measured.values())
+        measured = measure_rank(config, job, progress, device)
+    peak = sum(measured.peak.values())
     memory = est.memory
     state, margin = verdict(peak, memory.overhead, memory.usable)
+    micro_batches = workload.global_batch_size // (plan.dp * plan.micro_batch_size)
     return DryRunReport(
         model=_name(model), plan=plan, workload=workload, stage=job.stage, layers=(job.layer_start, job.layer_count),
-        in_flight_microbatches=job.in_flight, mechanism=mechanism(job), components=components(measured, est),
-        measured_peak=peak, estimated_peak=memory.weights + memory.gradients + memory.optimizer + memory.activations,
-        runtime_allowance=memory.overhead, usable=memory.usable, verdict=state, margin=margin,
+        in_flight_microbatches=job.in_flight, mechanism=mechanism(job), device=measured.device,
+        components=components(measured.peak, est), measured_peak=peak,
+        estimated_peak=memory.weights + memory.gradients + memory.optimizer + memory.activations,
+        runtime_allowance=memory.overhead, usable=memory.usable,
+        verdict="OOM" if measured.out_of_memory else state, margin=margin, out_of_memory=measured.out_of_memory,
+        reserved=measured.reserved, step_seconds=measured.step_seconds,
+        estimated_step_seconds=est.time.compute * job.in_flight / max(micro_batches, 1) + est.time.optimizer,
         seconds=time.perf_counter() - started, estimate=est)
 
 

@@ -168,7 +168,8 @@ def _worker(spec_path: str) -> None:
     stage_index, replica = rank // (dp * tp), (rank // tp) % dp
     job = jobs[stage_index]
     whole = RankJob(**{**job.__dict__, "stage": 0, "pp": 1, "layer_start": 0,
-                       "layer_count": sum(j.layer_count for j in jobs), "recompute_layers": 0})
+                       "layer_count": sum(j.layer_count for j in jobs), "recompute_layers": 0,
+                       "recompute_modules": ()})
 
     torch.manual_seed(0)
     model = hf_model(config, whole, torch.float32, device="cpu")

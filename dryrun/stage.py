@@ -30,6 +30,9 @@ class Stage(torch.nn.Module):
         self.lm_head = model.lm_head if job.last else None
         self.recompute_layers = job.recompute_layers
         self.vocab_size = model.config.vocab_size
+        for layer in self.layers:
+            for module in _selected(layer, job.recompute_modules):
+                _checkpoint_forward(module)
 
     def forward(self, inputs: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         hidden = self.embed_tokens(inputs) if self.embed_tokens is not None else inputs
@@ -48,6 +51,42 @@ class Stage(torch.nn.Module):
         return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
 
 
+def _selected(layer: torch.nn.Module, modules: tuple[str, ...]) -> list[torch.nn.Module]:
+    """The submodules of ``layer`` that Megatron-Core's selective recompute ``modules`` name (``core_attn``
+    is the attention function, switched in `hf_model`)."""
+    mlp = getattr(layer, "mlp", None)
+    moe = mlp is not None and hasattr(mlp, "experts")
+    out = []
+    if "layernorm" in modules:
+        out += [getattr(layer, name) for name in ("input_layernorm", "post_attention_layernorm") if hasattr(layer, name)]
+    if ("mlp" in modules and mlp is not None and not moe) or ("moe" in modules and moe):
+        out.append(mlp)
+    elif "shared_experts" in modules and moe:
+        out += [getattr(mlp, name) for name in ("shared_expert", "shared_experts") if hasattr(mlp, name)]
+    return out
+
+
+def _checkpoint_forward(module: torch.nn.Module) -> None:
+    """``module`` keeps only its inputs for backward and runs its forward again there."""
+    forward = module.forward
+
+    def recomputed(*args: Any, **kwargs: Any) -> Any:
+        return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+    module.forward = recomputed
+
+
+def _recomputed_sdpa(module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """transformers' SDPA attention under ``torch.utils.checkpoint``: selective recompute's ``core_attn``."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    return torch.utils.checkpoint.checkpoint(ALL_ATTENTION_FUNCTIONS["sdpa"], module, *args, use_reentrant=False, **kwargs)
+
+
+RECOMPUTED_SDPA = "dryrun_recomputed_sdpa"
+transformers.AttentionInterface.register(RECOMPUTED_SDPA, _recomputed_sdpa)
+
+
 def hf_model(config: dict[str, Any], job: RankJob, dtype: torch.dtype, device: str = "meta") -> Any:
     """The `transformers` causal LM of ``config`` with as many layers as the stage reaches, on ``device``
     (meta: nothing allocated or initialised; cpu: initialised from the current seed), in ``dtype``, with SDPA
@@ -61,7 +100,7 @@ def hf_model(config: dict[str, Any], job: RankJob, dtype: torch.dtype, device: s
     cfg.num_hidden_layers = job.layer_start + job.layer_count
     if isinstance(getattr(cfg, "layer_types", None), list):
         cfg.layer_types = cfg.layer_types[: cfg.num_hidden_layers]
-    cfg._attn_implementation = "sdpa"
+    cfg._attn_implementation = RECOMPUTED_SDPA if "core_attn" in job.recompute_modules else "sdpa"
     if device != "meta":
         cfg._experts_implementation = "eager"
     cfg.use_cache = False

@@ -6,8 +6,11 @@ the search may pick are priced in full — branch and bound over structures (deg
 Recompute only adds time: it adds forward work and repeats forward collectives to every stage's
 per-micro-batch time, and the pipeline time (m − β)·max tᵢ + β·Σ tᵢ and the once-per-step terms do not
 fall when a tᵢ grows (`constraints.timing`); so the step time of a structure's plan is at least that of
-its twin without recompute. Pricing each structure's recompute-free twins gives a lower bound per
-structure; structures are then priced in full in increasing order of it until the next bound exceeds
+its twin without recompute. Activation offload likewise only adds time (the copies compute does not hide),
+but it lowers memory, and with it the recompute a plan needs: a recompute plan that offloads less can be
+faster than its recompute-free twin that offloads more. So a twin's fit is judged with its own offload and
+its time priced without any: still a lower bound. Pricing each structure's recompute-free twins gives a
+lower bound per structure; structures are then priced in full in increasing order of it until the next bound exceeds
 what the search can still pick, (1 + tolerance) × the best feasible step of the rank-th best structure
 (rank 2 covers the runner-up of another layout, more with ``top_k``). Twins whose plans cannot fit even
 with the space's most memory-saving recompute are left out of the bound (their plans are never
@@ -237,7 +240,8 @@ def _price(space: SearchSpace, rows: list[Structure], execs: list[Execution], s_
 
 def _step_lower_bounds(space: SearchSpace, rows: list[Structure], execs: list[Execution],
                        efficiency: Efficiency | None, runtime: RuntimeAllowance | None) -> np.ndarray:
-    """Per structure, the least step time of its plans' recompute-free twins (module docstring) over the
+    """Per structure, the least step time of its plans' recompute-free twins, timed without activation offload
+    (module docstring), over the
     twins whose plans can fit — their least memory, with the space's most memory-saving recompute
     (`least_memory_recomputes`), within the GPU: a lower bound on the step time of every plan of the
     structure that fits. +inf for a structure none of whose plans fits; −inf for one without twins (never
@@ -261,8 +265,9 @@ def _step_lower_bounds(space: SearchSpace, rows: list[Structure], execs: list[Ex
         can_fit[rest] = memory <= _usable(space, runtime)
     best = np.full(len(rows), np.inf)
     if can_fit.any():
-        step = evaluate(space.model, space.cluster, space.workload, plans.take(np.flatnonzero(can_fit)),
-                        efficiency=efficiency, runtime=runtime).time.step
+        timed = plans.take(np.flatnonzero(can_fit))  # priced without activation offload: its copies only add time
+        timed.offload_activations = np.zeros(len(timed), dtype=bool)
+        step = evaluate(space.model, space.cluster, space.workload, timed, efficiency=efficiency, runtime=runtime).time.step
         np.minimum.at(best, s_idx[can_fit], step)
     has_twin = np.bincount(s_idx, minlength=len(rows)) > 0
     return np.where(has_twin, best, -np.inf)

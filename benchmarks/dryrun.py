@@ -25,8 +25,11 @@ FULL = [  # (name, model, nodes, plan fields, sequence, global batch, target sec
     ("Llama-3.1-8B, FSDP over 8", "llama-3.1-8b", 1, dict(dp=8, sharding="fsdp"), 4096, 64, None),
     ("Llama-3.1-8B, ZeRO-1 over 8", "llama-3.1-8b", 1, dict(dp=8, sharding="zero1"), 4096, 64, None),
     ("Llama-3.1-8B, TP 2 x PP 4 (stage 0)", "llama-3.1-8b", 1, dict(tp=2, pp=4, dp=1), 2048, 16, None),
+    ("Llama-3.1-70B, TP 8 x PP 4 with sequence parallelism (as DTensor runs it)", "llama-3.1-70b", 4,
+     dict(tp=8, pp=4, dp=1, sequence_parallel=True), 4096, 32, 60.0),
 ]
-SMALL = [("tp 2 x dp 2", "llama-3.1-8b", dict(tp=2, dp=2)), ("FSDP over 4", "llama-3.1-8b", dict(dp=4, sharding="fsdp")),
+SMALL = [("tp 2 x dp 2", "llama-3.1-8b", dict(tp=2, dp=2)),
+         ("tp 2 x dp 2, sequence parallel", "llama-3.1-8b", dict(tp=2, dp=2, sequence_parallel=True)), ("FSDP over 4", "llama-3.1-8b", dict(dp=4, sharding="fsdp")),
          ("pp 2", "llama-3.1-8b", dict(pp=2, dp=1)), ("ep 2 (Qwen3-30B-A3B)", "qwen3-30b-a3b", dict(dp=2, ep=2))]
 SMALL_TARGET_S = 180.0
 

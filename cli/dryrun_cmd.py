@@ -131,5 +131,6 @@ def render(report: DryRunReport, model: ModelSpec) -> str:
     if report.step_seconds is not None:
         lines.append(f"step {report.step_seconds:.3f} s measured vs {report.estimated_step_seconds:.3f} s estimated "
                      "(this rank's compute and optimizer update: the fake process group moves no data)")
+    lines += [f"note: {note}" for note in report.notes if not quiet()]
     lines.append(f"(measured in {report.seconds:.1f} s on {report.device})")
     return "\n".join(lines)

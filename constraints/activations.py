@@ -19,7 +19,9 @@ MoE routing, no dropout masks unless dropout > 0), for two implementations (``Pl
   token the gathered input, gate_up output, activation, product and down output (2·b·h + 4·b·f_e).
 
 Parallelism: tensor-parallel regions (Q, K, V, attention output, MLP interiors) are split by tp; the rest
-(norm inputs and outputs, GEMM inputs, masks) only with sequence parallelism (Korthikanti §4.2.2).
+(norm inputs and outputs, GEMM inputs, masks) only with sequence parallelism (Korthikanti §4.2.2) — on a
+stack whose sequence parallelism keeps each block's all-gathered input (PyTorch DTensor: torchtitan, custom;
+``stacks.json`` ``sequence_parallel_saves_gathered_input``) that input is held whole.
 Context parallelism splits the sequence: tokens per GPU = micro_batch · seq_len / cp. Routed experts:
 balanced routing gives the etp ranks of an expert k·T·etp/tp routed tokens each, with the FFN widths split
 by etp; the busiest rank holds `Workload.moe_imbalance` times that (`busiest_rank_load`).
@@ -42,6 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from parallelplan.constraints.arrays import PlanArrays, code
+from parallelplan.constraints.efficiency import stacks
 from parallelplan.constraints.plan import RECOMPUTE_MODULES, Workload
 from parallelplan.constraints.structure import ModelFacts
 
@@ -139,6 +142,16 @@ def layer_activations(f: ModelFacts, p: PlanArrays, w: Workload) -> LayerActivat
         moe_mlp = (mlp_norm + router) / sp_div + routed + (ffn(f.shared_ffn) / tp if f.shared_ffn else 0.0)
     else:
         moe_mlp = np.zeros_like(b)
+
+    # DTensor's sequence parallelism (SequenceParallel norms, PrepareModuleInput's all-gather) leaves autograd
+    # holding each block's gathered input (b·h) for the weight gradients of its first GEMMs, where
+    # Megatron-Core keeps the 1/tp shard and gathers it again in backward (Korthikanti et al. 2022 §4.2.2);
+    # measured by `plan dry-run` (tests/test_dryrun.py)
+    if stacks()[w.stack]["sequence_parallel_saves_gathered_input"]:
+        gathered = np.where(p.sequence_parallel, b * h * (1 - 1 / sp_div), 0.0)
+        attention_full = attention_full + gathered
+        dense_mlp = dense_mlp + gathered
+        moe_mlp = moe_mlp + (gathered if f.experts else 0.0)
 
     if w.peft is not None:  # frozen base, adapters (constraints.peft)
         from parallelplan.constraints.peft import activation_delta, adapters

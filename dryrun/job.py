@@ -5,7 +5,9 @@ built, whether the dry-run can run the plan at all, and names the field when it 
 
 The mechanisms (each PyTorch's own, as torchtitan composes them):
 - tensor parallelism: DTensor ``parallelize_module`` — attention and MLP projections column/row-wise, the
-  token embedding row-wise (vocab-parallel), the LM head column-wise with ``loss_parallel``;
+  token embedding row-wise (vocab-parallel), the LM head column-wise with ``loss_parallel``; sequence
+  parallelism: the norms ``SequenceParallel``, each block's input gathered and its output reduce-scattered
+  along the sequence (torchtitan's plan);
 - ZeRO-3 / FSDP: FSDP2 ``fully_shard`` per decoder layer, the embedding, and the final norm with the LM
   head; ZeRO-2: the same with ``reshard_after_forward=False`` (FSDP2's ZeRO-2 equivalent, torchtitan's
   docs); HSDP: ``fully_shard`` on a (replicate, shard) mesh; mixed precision: fp32 sharded parameters (the
@@ -41,6 +43,7 @@ class RankJob:
     micro_batch: int
     seq_len: int
     tp: int
+    sequence_parallel: bool
     dp: int
     ep: int
     sharding: str
@@ -74,7 +77,6 @@ SELECTIVE = ("core_attn", "layernorm", "mlp", "moe", "shared_experts")
 _UNBUILT = {
     "cp": ("context parallelism", 1), "ep": ("expert parallelism", 1), "vpp": ("interleaved virtual stages", 1),
     "offload": ("offloading states to the host", "none"), "offload_activations": ("activation offload", False),
-    "sequence_parallel": ("sequence parallelism", False),
 }
 
 
@@ -114,7 +116,7 @@ def stage_job(model: ModelSpec, plan: Plan, workload: Workload, stage: int, *, e
     return RankJob(
         stage=stage, pp=plan.pp, layer_start=sum(counts[:stage]), layer_count=counts[stage],
         in_flight=min(plan.pp - stage, micro_batches), micro_batch=plan.micro_batch_size, seq_len=workload.seq_len,
-        tp=plan.tp, dp=plan.dp, ep=plan.ep, sharding=plan.sharding, shard_size=plan.hsdp_shard_size or plan.dp,
+        tp=plan.tp, sequence_parallel=plan.sequence_parallel and plan.tp > 1, dp=plan.dp, ep=plan.ep, sharding=plan.sharding, shard_size=plan.hsdp_shard_size or plan.dp,
         recompute_layers=(plan.recompute_layers or counts[stage]) if plan.recompute == "full" else 0,
         recompute_modules=tuple(plan.recompute_modules or ()) if plan.recompute == "selective" else (),
         param_dtype={"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[plan.precision],

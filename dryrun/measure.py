@@ -89,7 +89,7 @@ def measure_rank(config: dict[str, Any], job: RankJob, progress: Callable[[str],
 
 def _parallelize(stage: Stage, job: RankJob, meshes: dict[str, DeviceMesh], compute: torch.dtype) -> None:
     if job.tp > 1:
-        tensor_parallel(stage, meshes["tp"])
+        tensor_parallel(stage, meshes["tp"], job.sequence_parallel)
     if job.sharding in FSDP_SHARDINGS:
         shard(stage, meshes["dp"], job, compute)
 
@@ -169,7 +169,8 @@ def _train_step(stage: Stage, job: RankJob, optimizer: Any, compute: torch.dtype
             if job.first:
                 inputs = torch.randint(0, config["vocab_size"], shape, device=device)
             else:
-                inputs = torch.empty(*shape, config["hidden_size"], dtype=compute, device=device, requires_grad=True)
+                received = (job.micro_batch, job.seq_len // (job.tp if job.sequence_parallel else 1), config["hidden_size"])
+                inputs = torch.empty(*received, dtype=compute, device=device, requires_grad=True)
             labels = torch.randint(0, config["vocab_size"], shape, device=device) if job.last else None
             outputs.append(stage(inputs, labels))
         for out in outputs:
@@ -205,7 +206,8 @@ def mechanism(job: RankJob) -> str:
     parts = [f"stage {job.stage} of {job.pp} (layers {job.layer_start}-{job.layer_start + job.layer_count - 1}), "
              f"{job.in_flight} micro-batch(es) in flight"]
     if job.tp > 1:
-        parts.append(f"DTensor tensor parallel over {job.tp} ranks (vocab-parallel embedding and loss)")
+        parts.append(f"DTensor tensor parallel over {job.tp} ranks (vocab-parallel embedding and loss"
+                     + (", sequence parallel)" if job.sequence_parallel else ")"))
     if job.sharding in FSDP_SHARDINGS:
         how = {"zero2": "FSDP2 without resharding after forward (ZeRO-2)", "hsdp": f"FSDP2 HSDP, shards of {job.shard_size}"}
         parts.append(how.get(job.sharding, "FSDP2 fully_shard per layer") + f" over {job.dp} ranks"

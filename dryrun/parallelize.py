@@ -9,7 +9,14 @@ import torch
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import Replicate, Shard
-from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, loss_parallel, parallelize_module
+from torch.distributed.tensor.parallel import (
+    ColwiseParallel,
+    PrepareModuleInput,
+    RowwiseParallel,
+    SequenceParallel,
+    loss_parallel,
+    parallelize_module,
+)
 
 from parallelplan.dryrun.errors import DryRunError
 from parallelplan.dryrun.job import RankJob
@@ -21,20 +28,35 @@ ROW = ("self_attn.o_proj", "mlp.down_proj")
 by output columns, the attention output and the MLP's output projection by input rows."""
 
 
-def tensor_parallel(stage: Stage, mesh: DeviceMesh) -> None:
+def tensor_parallel(stage: Stage, mesh: DeviceMesh, sequence_parallel: bool = False) -> None:
     """Split every layer's projections, the embedding (by vocabulary rows) and the LM head (by vocabulary
-    columns, its loss computed on the shards: `loss_parallel`) over ``mesh``."""
+    columns, its loss computed on the shards: `loss_parallel`) over ``mesh``. With ``sequence_parallel``
+    (Korthikanti et al. 2022 §4.2.2, torchtitan's plan) the residual stream and the norms hold 1/tp of the
+    sequence: each block's input is all-gathered, its output reduce-scattered."""
+    sequence = Shard(1)
     for layer in stage.layers:
         names = {name for name, _ in layer.named_modules()}
         missing = [name for name in COLUMN + ROW if name not in names]
         if missing:
             raise DryRunError(f"{type(layer).__name__} has no {', '.join(missing)}: the dry-run splits Llama-style "
                               "attention and MLP projections over tensor ranks; use tp=1 for this model")
-        parallelize_module(layer, mesh, {**dict.fromkeys(COLUMN, ColwiseParallel()), **dict.fromkeys(ROW, RowwiseParallel())})
+        rows = RowwiseParallel(output_layouts=sequence) if sequence_parallel else RowwiseParallel()
+        layer_plan = {**dict.fromkeys(COLUMN, ColwiseParallel()), **dict.fromkeys(ROW, rows)}
+        if sequence_parallel:
+            layer_plan |= {
+                "input_layernorm": SequenceParallel(), "post_attention_layernorm": SequenceParallel(),
+                "self_attn": PrepareModuleInput(input_kwarg_layouts={"hidden_states": sequence},
+                                                desired_input_kwarg_layouts={"hidden_states": Replicate()}),
+                "mlp": PrepareModuleInput(input_layouts=(sequence,), desired_input_layouts=(Replicate(),))}
+        parallelize_module(layer, mesh, layer_plan)
     if stage.embed_tokens is not None:
-        parallelize_module(stage.embed_tokens, mesh, RowwiseParallel(input_layouts=Replicate()))
+        parallelize_module(stage.embed_tokens, mesh, RowwiseParallel(input_layouts=Replicate(),
+                                                                     output_layouts=sequence if sequence_parallel else Replicate()))
     if stage.lm_head is not None:
-        parallelize_module(stage.lm_head, mesh, ColwiseParallel(output_layouts=Shard(-1), use_local_output=False))
+        if sequence_parallel:
+            parallelize_module(stage.norm, mesh, SequenceParallel())
+        parallelize_module(stage.lm_head, mesh, ColwiseParallel(input_layouts=sequence if sequence_parallel else Replicate(),
+                                                                output_layouts=Shard(-1), use_local_output=False))
 
 
 def shard(stage: Stage, mesh: DeviceMesh, job: RankJob, compute: torch.dtype) -> None:

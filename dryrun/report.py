@@ -66,6 +66,8 @@ class DryRunReport(BaseModel):
     """The estimate's compute for the same micro-batches plus its optimizer update, to set beside ``step_seconds``."""
     seconds: float
     estimate: Estimate
+    notes: tuple[str, ...] = ()
+    """How the estimate beside the measurement was priced, where that differs from the plan's own stack."""
 
     @property
     def deviation(self) -> float:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from parallelplan.constraints import Plan, Violation, Workload, estimate
+from parallelplan.constraints.efficiency import stacks
 from parallelplan.constraints.rules import structural_violations
 from parallelplan.dryrun.errors import DryRunError
 from parallelplan.dryrun.job import rank_job, stage_job
@@ -45,7 +46,8 @@ def dry_run(model_ref: str | dict[str, Any], cluster: ClusterSpec, plan: Plan, w
         raise DryRunError(f"device {device!r}: use cpu (fake tensors, any machine) or cuda (this machine's GPU)")
     config, model = _checked(model_ref, cluster, plan, workload)
     priced = plan.model_copy(update={"kernels": "unfused"})
-    est = estimate(model, cluster, priced, workload)
+    priced_work, notes = _as_run(plan, workload)
+    est = estimate(model, cluster, priced, priced_work)
     job = rank_job(model, plan, workload, est)
     try:
         import torch
@@ -72,7 +74,18 @@ def dry_run(model_ref: str | dict[str, Any], cluster: ClusterSpec, plan: Plan, w
         verdict="OOM" if measured.out_of_memory else state, margin=margin, out_of_memory=measured.out_of_memory,
         reserved=measured.reserved, step_seconds=measured.step_seconds,
         estimated_step_seconds=est.time.compute * job.in_flight / max(micro_batches, 1) + est.time.optimizer,
-        seconds=time.perf_counter() - started, estimate=est)
+        seconds=time.perf_counter() - started, estimate=est, notes=notes)
+
+
+def _as_run(plan: Plan, workload: Workload) -> tuple[Workload, tuple[str, ...]]:
+    """The workload the estimate is priced for: the run's sequence parallelism is DTensor's, which keeps
+    each block's gathered input (``stacks.json``); on a stack that keeps the shard instead the estimate is
+    priced as torchtitan runs it, and a note says so."""
+    if plan.sequence_parallel and plan.tp > 1 and not stacks()[workload.stack]["sequence_parallel_saves_gathered_input"]:
+        note = (f"sequence parallelism runs as PyTorch's DTensor runs it, so the estimate is priced for torchtitan; "
+                f"{workload.stack} keeps each block's 1/tp input shard instead and needs less")
+        return workload.model_copy(update={"stack": "torchtitan"}), (note,)
+    return workload, ()
 
 
 def dry_run_small(model_ref: str | dict[str, Any], cluster: ClusterSpec, plan: Plan, workload: Workload, *,

@@ -169,7 +169,7 @@ def _worker(spec_path: str) -> None:
     job = jobs[stage_index]
     whole = RankJob(**{**job.__dict__, "stage": 0, "pp": 1, "layer_start": 0,
                        "layer_count": sum(j.layer_count for j in jobs), "recompute_layers": 0,
-                       "recompute_modules": ()})
+                       "recompute_modules": (), "tp": 1, "sequence_parallel": False})
 
     torch.manual_seed(0)
     model = hf_model(config, whole, torch.float32, device="cpu")
@@ -194,7 +194,7 @@ def _worker(spec_path: str) -> None:
                 for kind in ("gate_up_proj", "down_proj"):
                     experts[f"layers.{index}.mlp.experts.{kind}"] = slice(share.first, share.first + share.local)
     if tp > 1:
-        tensor_parallel(stage, mesh["tp"])
+        tensor_parallel(stage, mesh["tp"], job.sequence_parallel)
     fsdp = job.sharding in ("zero2", "zero3", "fsdp", "hsdp")
     if fsdp:
         shard(stage, mesh["dp"], job, torch.float32)
@@ -263,7 +263,7 @@ def _pipeline_step(stage: Any, job: RankJob, ids: Any, labels: Any, rank: int, s
     if job.first:
         inputs = ids
     else:
-        inputs = torch.empty(*ids.shape, hidden)
+        inputs = torch.empty(ids.shape[0], ids.shape[1] // (job.tp if job.sequence_parallel else 1), hidden)
         dist.recv(inputs, src=rank - stride)
         inputs.requires_grad_()
     from parallelplan.dryrun.parallelize import loss_context

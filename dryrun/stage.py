@@ -16,8 +16,9 @@ from parallelplan.dryrun.job import RankJob
 
 
 class Stage(torch.nn.Module):
-    """``forward(inputs)``: token ids (first stage) or the received hidden states → the loss summed over the
-    micro-batch's tokens (last stage; a mean, as transformers' loss) or the hidden states to send."""
+    """``forward(inputs)``: token ids (first stage) or the received hidden states (1/tp of the sequence under
+    sequence parallelism) → the loss over the micro-batch's tokens (last stage; a mean, as transformers'
+    loss) or the hidden states to send."""
 
     def __init__(self, model: Any, job: RankJob) -> None:
         super().__init__()
@@ -29,6 +30,7 @@ class Stage(torch.nn.Module):
         self.norm = inner.norm if job.last else None
         self.lm_head = model.lm_head if job.last else None
         self.recompute_layers = job.recompute_layers
+        self.sequence_shards = job.tp if job.sequence_parallel else 1
         self.vocab_size = model.config.vocab_size
         for layer in self.layers:
             for module in _selected(layer, job.recompute_modules):
@@ -36,7 +38,8 @@ class Stage(torch.nn.Module):
 
     def forward(self, inputs: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         hidden = self.embed_tokens(inputs) if self.embed_tokens is not None else inputs
-        positions = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
+        # under sequence parallelism the residual stream holds 1/tp of the sequence; attention sees all of it
+        positions = torch.arange(hidden.shape[1] * self.sequence_shards, device=hidden.device).unsqueeze(0)
         rotary = self.rotary_emb(hidden, positions)
         for index, layer in enumerate(self.layers):
             if index < self.recompute_layers:

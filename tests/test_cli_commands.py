@@ -71,7 +71,7 @@ def test_validate_refuses_two_sources(tmp_path):
     path = tmp_path / "p.json"
     path.write_text("{}")
     result = run("validate", "-m", "llama-3.1-8b", "--plan", str(path), "--deepspeed", str(path))
-    assert result.exit_code == 2 and "either --plan or --deepspeed" in result.stderr
+    assert result.exit_code == 2 and "give one of --plan, --deepspeed, not several" in result.stderr
 
 
 # -- sharding -----------------------------------------------------------------------------------------

@@ -80,6 +80,22 @@ def test_fsdp_at_short_sequences_holds_the_head_gradient_twice():
     assert abs(_run("llama", 4, 1024, dict(dp=8, sharding="fsdp")).deviation) <= TOLERANCE
 
 
+@pytest.mark.slow
+def test_sequence_parallelism_is_priced_as_dtensor_runs_it():
+    """DTensor keeps each block's all-gathered input (stacks.json): the estimate for torchtitan matches the
+    run; the megatron stack's estimate (the 1/tp shard kept) is lower by that input, and the report says so."""
+    pytest.importorskip("transformers")
+    report = _run("llama", 4, 4096, dict(tp=8, dp=1, sequence_parallel=True))
+    assert abs(report.deviation) <= TOLERANCE and report.notes and "torchtitan" in report.notes[0]
+    plan = Plan(tp=8, dp=1, sequence_parallel=True, kernels="unfused")
+    work = Workload(kind="pretrain", seq_len=4096, global_batch_size=8)
+    model = load_model(config("llama", 4))
+    megatron = estimate(model, CLUSTER, plan, work).memory.activations
+    dtensor = estimate(model, CLUSTER, plan, work.model_copy(update={"stack": "torchtitan"})).memory.activations
+    gathered = 2 * 4096 * model.hidden_size * (1 - 1 / 8)  # bf16, one micro-batch of one sequence
+    assert dtensor - megatron == pytest.approx(4 * 2 * gathered, rel=1e-9)  # two blocks in each of 4 layers
+
+
 def test_the_busiest_stage_and_its_micro_batches():
     model = load_model("llama-3.1-70b")
     plan = Plan(tp=8, pp=4, dp=1)
@@ -150,7 +166,7 @@ def test_cli_prints_measured_beside_estimated_and_json(tmp_path):
 
 # -- the small-scale run: real process groups (gloo), reduced widths ---------------------------------------
 
-SMALL_CASES = [("llama", dict(tp=2, dp=2)), ("llama", dict(dp=4, sharding="fsdp")), ("llama", dict(pp=2, dp=1)),
+SMALL_CASES = [("llama", dict(tp=2, dp=2)), ("llama", dict(tp=2, dp=2, sequence_parallel=True)), ("llama", dict(dp=4, sharding="fsdp")), ("llama", dict(pp=2, dp=1)),
                ("qwen3_moe", dict(dp=2, ep=2))]
 
 

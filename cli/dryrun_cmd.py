@@ -122,8 +122,12 @@ def render(report: DryRunReport, model: ModelSpec) -> str:
               "(MemTracker files tensors by how they were made: master copies and gradient buffers made at "
               "start-up count as weights; compare the totals)",
               f"+ runtime allowance {gib(report.runtime_allowance)} (CUDA context, NCCL, allocator; not measured)",
-              "", state(f"{report.verdict.upper()}: {gib(report.measured_peak + report.runtime_allowance)} of "
-                        f"{gib(report.usable)} usable, margin {gib(report.margin)}")]
+              ""]
+    if report.kernel_saving:
+        lines.append(f"- the plan's fused kernels save {gib(report.kernel_saving)} over the transformers modules that ran "
+                     "(by the estimate)")
+    lines.append(state(f"{report.verdict.upper()}: {gib(report.measured_peak - report.kernel_saving + report.runtime_allowance)}"
+                       f" of {gib(report.usable)} usable, margin {gib(report.margin)}"))
     if report.out_of_memory:
         lines.append(f"the GPU ran out of memory: {report.out_of_memory}")
     if report.reserved is not None:

@@ -54,7 +54,11 @@ class DryRunReport(BaseModel):
     usable: int
     verdict: Literal["fits", "at risk", "OOM"]
     margin: int
-    """usable − (measured peak + runtime allowance), bytes; negative when it does not fit."""
+    """usable − (measured peak − kernel saving + runtime allowance), bytes; negative when it does not fit."""
+    kernel_saving: int = 0
+    """What the plan's fused kernels (Transformer Engine, Liger-style) save over the `transformers` modules
+    that ran, by the estimate (its unfused tensors less its fused ones); the verdict and margin take it off
+    the measured peak. 0 for a plan with ``kernels="unfused"``."""
     out_of_memory: str | None = None
     """On a GPU: the CUDA allocator's message when the step did not fit (``measured_peak`` is then what was
     allocated when it failed)."""

@@ -63,18 +63,31 @@ def dry_run(model_ref: str | dict[str, Any], cluster: ClusterSpec, plan: Plan, w
         measured = measure_rank(config, job, progress, device)
     peak = sum(measured.peak.values())
     memory = est.memory
-    state, margin = verdict(peak, memory.overhead, memory.usable)
+    saving = _kernel_saving(model, cluster, plan, priced_work, est)
+    state, margin = verdict(peak - saving, memory.overhead, memory.usable)
     micro_batches = workload.global_batch_size // (plan.dp * plan.micro_batch_size)
     return DryRunReport(
         model=_name(model), plan=plan, workload=workload, stage=job.stage, layers=(job.layer_start, job.layer_count),
         in_flight_microbatches=job.in_flight, mechanism=mechanism(job), device=measured.device,
         components=components(measured.peak, est), measured_peak=peak,
-        estimated_peak=memory.weights + memory.gradients + memory.optimizer + memory.activations,
+        estimated_peak=_tensors(memory),
         runtime_allowance=memory.overhead, usable=memory.usable,
         verdict="OOM" if measured.out_of_memory else state, margin=margin, out_of_memory=measured.out_of_memory,
         reserved=measured.reserved, step_seconds=measured.step_seconds,
         estimated_step_seconds=est.time.compute * job.in_flight / max(micro_batches, 1) + est.time.optimizer,
-        seconds=time.perf_counter() - started, estimate=est, notes=notes)
+        seconds=time.perf_counter() - started, estimate=est, notes=notes, kernel_saving=saving)
+
+
+def _tensors(memory: Any) -> int:
+    return memory.weights + memory.gradients + memory.optimizer + memory.activations
+
+
+def _kernel_saving(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workload, ran: Any) -> int:
+    """Bytes the plan's own fused kernels save over the `transformers` modules that ran, by the estimate
+    (its unfused tensors less its fused ones; 0 for an unfused plan)."""
+    if plan.kernels == "unfused":
+        return 0
+    return max(_tensors(ran.memory) - _tensors(estimate(model, cluster, plan, workload).memory), 0)
 
 
 def _as_run(plan: Plan, workload: Workload) -> tuple[Workload, tuple[str, ...]]:

@@ -147,20 +147,11 @@ def lora_model(config: dict[str, Any], *, rank: int, targets: str | list[str], d
 
 def _as_fake(model: Any, mode: Any) -> None:
     """Re-create every parameter and buffer of a meta-device ``model`` as a fake tensor of the same shape,
-    dtype and ``requires_grad`` (shared ones stay shared). peft cannot wrap a model built inside
+    dtype and ``requires_grad`` (`parallelplan.dryrun.stage.to_fake`). peft cannot wrap a model built inside
     FakeTensorMode: it calls ``nn.Module.to``, which in torch 2.13 cannot swap fake parameters."""
-    made: dict[int, Any] = {}
-    with mode:
-        for module in model.modules():
-            for store in (module._parameters, module._buffers):
-                for name, tensor in list(store.items()):
-                    if tensor is None:
-                        continue
-                    if id(tensor) not in made:
-                        fake = torch.empty(tensor.shape, dtype=tensor.dtype)
-                        made[id(tensor)] = torch.nn.Parameter(fake, requires_grad=tensor.requires_grad) if (
-                            isinstance(tensor, torch.nn.Parameter)) else fake
-                    store[name] = made[id(tensor)]
+    from parallelplan.dryrun.stage import to_fake
+
+    to_fake(model, mode)
 
 
 def lora_training_step_peak(config: dict[str, Any], seq_len: int, *, batch: int = 1, rank: int = 16,

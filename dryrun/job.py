@@ -15,6 +15,10 @@ The mechanisms (each PyTorch's own, as torchtitan composes them):
 - no sharding / ZeRO-1 with master weights: the layout of Megatron-Core's distributed optimizer — bf16
   parameters, an fp32 gradient buffer each gradient accumulates into, the fp32 master copy and the
   optimizer states of this rank's 1/dp of every parameter (`dryrun.optim`);
+- expert parallelism: each MoE layer's experts module replaced by this rank's E/ep experts, tokens
+  dispatched and combined by all-to-all (`dryrun.experts`; at full size with balanced counts, the busiest
+  rank's load); FSDP2 shards those experts over the expert-data-parallel ranks (dp/ep), as torchtitan does,
+  and the distributed optimizer their states likewise (Megatron-Core's expert data-parallel group);
 - a pipeline stage: only its layers (the embedding on the first, the final norm, head and loss on the last);
   under 1F1B it runs its in-flight micro-batches' forwards before their backwards, as the schedule's
   warm-up does (Narayanan et al. 2021, §2.2), receiving activations and gradients as buffers;
@@ -29,6 +33,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from parallelplan.constraints import Estimate, Plan, Workload
+from parallelplan.constraints.activations import busiest_rank_load
+from parallelplan.constraints.arrays import PlanArrays
 from parallelplan.dryrun.errors import DryRunError
 from parallelplan.models import ModelSpec
 
@@ -46,6 +52,9 @@ class RankJob:
     sequence_parallel: bool
     dp: int
     ep: int
+    expert_load: float
+    """Routed copies the rank's experts receive over its balanced share (`constraints.activations.busiest_rank_load`:
+    the workload's imbalance, capped by ep and the capacity factor); 1 without expert parallelism."""
     sharding: str
     shard_size: int
     """Ranks each parameter is sharded over (dp; HSDP's shard size)."""
@@ -75,7 +84,7 @@ SELECTIVE = ("core_attn", "layernorm", "mlp", "moe", "shared_experts")
 """Selective recompute modules the dry-run checkpoints (`dryrun.stage`)."""
 
 _UNBUILT = {
-    "cp": ("context parallelism", 1), "ep": ("expert parallelism", 1), "vpp": ("interleaved virtual stages", 1),
+    "cp": ("context parallelism", 1), "vpp": ("interleaved virtual stages", 1),
     "offload": ("offloading states to the host", "none"), "offload_activations": ("activation offload", False),
 }
 
@@ -86,12 +95,9 @@ def rank_job(model: ModelSpec, plan: Plan, workload: Workload, estimate: Estimat
     return stage_job(model, plan, workload, estimate.memory.stage)
 
 
-def stage_job(model: ModelSpec, plan: Plan, workload: Workload, stage: int, *, expert_parallel: bool = False) -> RankJob:
-    """A rank of pipeline stage ``stage`` of ``plan`` (see `rank_job`); ``expert_parallel`` admits ep > 1
-    (the small-scale run splits experts; the full-size one does not yet)."""
+def stage_job(model: ModelSpec, plan: Plan, workload: Workload, stage: int) -> RankJob:
+    """A rank of pipeline stage ``stage`` of ``plan`` (see `rank_job`)."""
     for field, (what, built) in _UNBUILT.items():
-        if field == "ep" and expert_parallel:
-            continue
         if getattr(plan, field) != built:
             raise DryRunError(f"plan.{field}={getattr(plan, field)}: the dry-run does not build {what} yet; "
                               f"dry-run the plan with {field}={built} (its other dimensions are measured the same way)")
@@ -99,6 +105,10 @@ def stage_job(model: ModelSpec, plan: Plan, workload: Workload, stage: int, *, e
         raise DryRunError(f"plan.schedule={plan.schedule}: the dry-run runs the 1F1B schedule only")
     if model.is_moe and plan.tp > 1:
         raise DryRunError("plan.tp > 1 on an MoE model: the dry-run does not split experts over tensor ranks (etp) yet; use tp=1")
+    if plan.ep > 1 and plan.sharding == "hsdp":
+        raise DryRunError("plan.sharding=hsdp with ep > 1: the dry-run does not lay experts over HSDP's replicate x shard "
+                          "mesh yet; dry-run it with sharding=fsdp (the same expert shards when the HSDP shard group "
+                          "holds the expert-data-parallel ranks)")
     if plan.recompute == "selective_mm":
         raise DryRunError("plan.recompute=selective_mm: the dry-run does not build torchtitan's per-op policy yet; "
                           "use none, full or selective")
@@ -116,7 +126,8 @@ def stage_job(model: ModelSpec, plan: Plan, workload: Workload, stage: int, *, e
     return RankJob(
         stage=stage, pp=plan.pp, layer_start=sum(counts[:stage]), layer_count=counts[stage],
         in_flight=min(plan.pp - stage, micro_batches), micro_batch=plan.micro_batch_size, seq_len=workload.seq_len,
-        tp=plan.tp, sequence_parallel=plan.sequence_parallel and plan.tp > 1, dp=plan.dp, ep=plan.ep, sharding=plan.sharding, shard_size=plan.hsdp_shard_size or plan.dp,
+        tp=plan.tp, sequence_parallel=plan.sequence_parallel and plan.tp > 1, dp=plan.dp, ep=plan.ep,
+        expert_load=float(busiest_rank_load(PlanArrays.from_plans([plan]), workload)[0]), sharding=plan.sharding, shard_size=plan.hsdp_shard_size or plan.dp,
         recompute_layers=(plan.recompute_layers or counts[stage]) if plan.recompute == "full" else 0,
         recompute_modules=tuple(plan.recompute_modules or ()) if plan.recompute == "selective" else (),
         param_dtype={"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[plan.precision],
@@ -126,7 +137,6 @@ def stage_job(model: ModelSpec, plan: Plan, workload: Workload, stage: int, *, e
 
 def _stage_layer_counts(model: ModelSpec, plan: Plan) -> list[int]:
     """Decoder layers on each pipeline rank, as the cost model splits them (`constraints.stages`)."""
-    from parallelplan.constraints.arrays import PlanArrays
     from parallelplan.constraints.stages import stage_layout
     from parallelplan.constraints.structure import model_facts
 

@@ -20,12 +20,13 @@ import torch.distributed as dist
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.distributed._tools.mem_tracker import _TOTAL_KEY as _TOTAL
 from torch.distributed._tools.mem_tracker import MemTracker
-from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.device_mesh import DeviceMesh
 from torch.testing._internal.distributed.fake_pg import FakeStore  # the fake backend FSDPMemTracker's docs use
 
+from parallelplan.dryrun.experts import ExpertParallel, split_experts
 from parallelplan.dryrun.job import RankJob
 from parallelplan.dryrun.optim import ShardedOptimizer
-from parallelplan.dryrun.parallelize import loss_context, shard, tensor_parallel
+from parallelplan.dryrun.parallelize import device_meshes, loss_context, shard, tensor_parallel
 from parallelplan.dryrun.stage import Stage, hf_model, to_fake
 
 FSDP_SHARDINGS = ("zero2", "zero3", "fsdp", "hsdp")
@@ -56,12 +57,14 @@ def measure_rank(config: dict[str, Any], job: RankJob, progress: Callable[[str],
         dist.destroy_process_group()
     dist.init_process_group("fake", rank=0, world_size=job.world, store=FakeStore())
     try:
-        meshes = _meshes(job, "cuda" if device == "cuda" else "cpu")  # sliced outside FakeTensorMode
+        meshes = device_meshes("cuda" if device == "cuda" else "cpu", job)  # sliced outside FakeTensorMode
         compute = getattr(torch, job.param_dtype)
         fsdp = job.sharding in FSDP_SHARDINGS
         weights = torch.float32 if fsdp and job.master_weights else compute
         progress(f"building stage {job.stage} of {job.pp}: {job.layer_count} layers at full width")
         stage = Stage(hf_model(config, job, weights), job)
+        if job.ep > 1:
+            split_experts(stage, meshes["ep"].get_group(), load=job.expert_load)
         if device == "cuda":
             return _on_gpu(stage, job, meshes, compute, config, progress)
         mode = FakeTensorMode(allow_non_fake_inputs=True)
@@ -91,7 +94,7 @@ def _parallelize(stage: Stage, job: RankJob, meshes: dict[str, DeviceMesh], comp
     if job.tp > 1:
         tensor_parallel(stage, meshes["tp"], job.sequence_parallel)
     if job.sharding in FSDP_SHARDINGS:
-        shard(stage, meshes["dp"], job, compute)
+        shard(stage, meshes, job, compute)
 
 
 def _on_gpu(stage: Stage, job: RankJob, meshes: dict[str, DeviceMesh], compute: torch.dtype, config: dict[str, Any],
@@ -136,20 +139,15 @@ class _GlobalPeakTracker(MemTracker):
                 self._peak_mem_snap[device] = dict(snapshot)
 
 
-def _meshes(job: RankJob, device: str) -> dict[str, DeviceMesh]:
-    if job.sharding == "hsdp":
-        mesh = init_device_mesh(device, (job.dp // job.shard_size, job.shard_size, job.tp), mesh_dim_names=("replicate", "shard", "tp"))
-        return {"dp": mesh["replicate", "shard"], "tp": mesh["tp"]}
-    mesh = init_device_mesh(device, (job.dp, job.tp), mesh_dim_names=("dp", "tp"))
-    return {"dp": mesh["dp"], "tp": mesh["tp"]}
-
-
 def _optimizer(stage: Stage, job: RankJob, fsdp: bool) -> Any:
     params = [p for p in stage.parameters() if p.requires_grad]
     if fsdp:  # FSDP2 shards the parameters themselves: the optimizer steps the local shards
         return (torch.optim.AdamW(params, lr=1e-4, foreach=True) if job.optimizer == "adamw"
                 else torch.optim.SGD(params, lr=1e-4, momentum=0.9, foreach=True))
-    return ShardedOptimizer(params, shards=job.dp if job.sharding == "zero1" else 1, master=job.master_weights,
+    experts = {id(p) for module in stage.modules() if isinstance(module, ExpertParallel) for p in module.parameters()}
+    # ZeRO-1 shards each parameter's states over the ranks holding it: dp, or an expert's dp / ep
+    shards = [(job.dp // job.ep if id(p) in experts else job.dp) if job.sharding == "zero1" else 1 for p in params]
+    return ShardedOptimizer(params, shards=shards, master=job.master_weights,
                             optimizer=job.optimizer, persistent_grads=job.persistent_grads)
 
 
@@ -216,6 +214,9 @@ def mechanism(job: RankJob) -> str:
         parts.append(("16-bit weights, fp32 gradient buffer, fp32 master and optimizer states" if job.master_weights
                       else "weights, gradients and optimizer states in the weight dtype")
                      + (f" of 1/{job.dp} of each parameter (ZeRO-1)" if job.sharding == "zero1" else ""))
+    if job.ep > 1:
+        parts.append(f"experts over {job.ep} ranks, tokens by all-to-all with balanced counts"
+                     + (f" ({job.expert_load:g}x the share on this rank)" if job.expert_load != 1 else ""))
     if job.recompute_layers:
         parts.append(f"activation checkpointing on {job.recompute_layers} layer(s)")
     return "; ".join(parts)

@@ -33,12 +33,13 @@ def _local_grad(param: torch.nn.Parameter) -> torch.Tensor:
 
 
 class ShardedOptimizer:
-    def __init__(self, params: list[torch.nn.Parameter], *, shards: int, master: bool, optimizer: str,
+    def __init__(self, params: list[torch.nn.Parameter], *, shards: list[int], master: bool, optimizer: str,
                  persistent_grads: bool) -> None:
+        """``shards[i]``: the ranks sharing ``params[i]``'s optimizer states (1 without ZeRO-1)."""
         self.params = params
         self.master = master
         self.persistent = persistent_grads
-        self.shares = [math.ceil(_local(p).numel() / shards) for p in params]
+        self.shares = [math.ceil(_local(p).numel() / n) for p, n in zip(params, shards, strict=True)]
         if master:
             self.owned = [torch.nn.Parameter(_local(p).detach().reshape(-1)[:n].float().clone()) for p, n in zip(params, self.shares, strict=True)]
             self.main_grads: list[torch.Tensor | None] = [

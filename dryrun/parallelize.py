@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
-from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import Replicate, Shard
 from torch.distributed.tensor.parallel import (
@@ -59,14 +59,38 @@ def tensor_parallel(stage: Stage, mesh: DeviceMesh, sequence_parallel: bool = Fa
                                                                 output_layouts=Shard(-1), use_local_output=False))
 
 
-def shard(stage: Stage, mesh: DeviceMesh, job: RankJob, compute: torch.dtype) -> None:
-    """FSDP2 over ``mesh`` (1-D: shard; 2-D: HSDP's replicate × shard) in units of one layer, the embedding,
-    and the final norm with the LM head; ZeRO-2 keeps each unit gathered from its forward to its backward."""
+def device_meshes(device: str, job: RankJob, pipeline: int = 1) -> dict[str, DeviceMesh]:
+    """This rank's meshes over ``pipeline`` stages of ``job``'s tp · dp ranks (Megatron's order: tensor ranks
+    adjacent, then data, then pipeline): ``tp``; ``dp`` (HSDP: 2-D, replicate × shard); and for expert
+    parallelism ``ep``, ep consecutive data-parallel ranks that split the experts, with ``edp``, the ranks
+    holding the same experts (dp/ep)."""
+    if job.sharding == "hsdp":
+        mesh = init_device_mesh(device, (pipeline, job.dp // job.shard_size, job.shard_size, job.tp),
+                                mesh_dim_names=("pp", "replicate", "shard", "tp"))
+        return {"dp": mesh["replicate", "shard"], "tp": mesh["tp"]}
+    mesh = init_device_mesh(device, (pipeline, job.dp // job.ep, job.ep, job.tp), mesh_dim_names=("pp", "edp", "ep", "tp"))
+    return {"dp": mesh["edp", "ep"]._flatten("dp"), "tp": mesh["tp"], "ep": mesh["ep"], "edp": mesh["edp"]}
+
+
+def shard(stage: Stage, meshes: dict[str, DeviceMesh], job: RankJob, compute: torch.dtype) -> None:
+    """FSDP2 over ``meshes["dp"]`` (1-D: shard; 2-D: HSDP's replicate × shard) in units of one layer, the
+    embedding, and the final norm with the LM head; under expert parallelism each layer's experts are their
+    own unit over the expert-data-parallel ranks (torchtitan's ``dp_shard_mod_ep``); ZeRO-2 keeps each unit
+    gathered from its forward to its backward."""
+    mesh = meshes["dp"]
     policy = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32)
     after_forward = job.sharding != "zero2"
     if stage.embed_tokens is not None:
         fully_shard(stage.embed_tokens, mesh=mesh, mp_policy=policy, reshard_after_forward=after_forward)
     for layer in stage.layers:
+        experts = getattr(getattr(layer, "mlp", None), "experts", None)
+        if job.ep > 1 and experts is not None:
+            fully_shard(experts, mesh=meshes["edp"], mp_policy=policy, reshard_after_forward=after_forward)
+            # their gradients already sum the ep ranks' tokens (the all-to-all's backward): averaged over all
+            # dp replicas, not the dp/ep that reduce them (torchtitan sets the same factor); summed, then
+            # divided, since gloo has no PREMUL_SUM
+            experts.set_gradient_divide_factor(float(job.dp))
+            experts.set_force_sum_reduction_for_comms(True)
         fully_shard(layer, mesh=mesh, mp_policy=policy, reshard_after_forward=after_forward)
     if stage.lm_head is not None:
         fully_shard([stage.norm, stage.lm_head], mesh=mesh, mp_policy=policy, reshard_after_forward=False)

@@ -107,7 +107,7 @@ def dry_run_small(model_ref: str | dict[str, Any], cluster: ClusterSpec, plan: P
     process per rank, one step, the loss and gradients against the unsharded model's."""
     config, model = _checked(model_ref, cluster, plan, workload)
     for stage in range(plan.pp):
-        stage_job(model, plan, workload, stage, expert_parallel=True)  # refuses what the run does not build
+        stage_job(model, plan, workload, stage)  # refuses what the run does not build
     try:
         import torch  # noqa: F401  (the ranks import it; say so here rather than in every rank's traceback)
         import transformers  # noqa: F401

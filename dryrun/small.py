@@ -98,7 +98,7 @@ def run_small(config: dict[str, Any], plan: Plan, *, time_limit_s: float = 300) 
     small = load_model(reduced)
     work = Workload(kind="pretrain", seq_len=SEQ_LEN, global_batch_size=SEQUENCES_PER_REPLICA * plan.dp)
     float_plan = plan.model_copy(update={"precision": "fp32"})
-    jobs = [stage_job(small, float_plan, work, stage, expert_parallel=True) for stage in range(plan.pp)]
+    jobs = [stage_job(small, float_plan, work, stage) for stage in range(plan.pp)]
     world = plan.tp * plan.pp * plan.dp
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
@@ -152,10 +152,9 @@ def _worker(spec_path: str) -> None:
 
     import torch
     import torch.distributed as dist
-    from torch.distributed.device_mesh import init_device_mesh
 
-    from parallelplan.dryrun.experts import ExpertParallel
-    from parallelplan.dryrun.parallelize import shard, tensor_parallel
+    from parallelplan.dryrun.experts import split_experts
+    from parallelplan.dryrun.parallelize import device_meshes, shard, tensor_parallel
     from parallelplan.dryrun.stage import Stage, hf_model
 
     spec = json.loads(Path(spec_path).read_text())
@@ -164,7 +163,7 @@ def _worker(spec_path: str) -> None:
     dist.init_process_group("gloo")  # env://: RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT
     rank, world = dist.get_rank(), dist.get_world_size()
     pp, dp, tp, ep = jobs[0].pp, jobs[0].dp, jobs[0].tp, jobs[0].ep
-    mesh = init_device_mesh("cpu", (pp, dp, tp), mesh_dim_names=("pp", "dp", "tp"))
+    meshes = device_meshes("cpu", jobs[0], pipeline=pp)
     stage_index, replica = rank // (dp * tp), (rank // tp) % dp
     job = jobs[stage_index]
     whole = RankJob(**{**job.__dict__, "stage": 0, "pp": 1, "layer_start": 0,
@@ -186,33 +185,27 @@ def _worker(spec_path: str) -> None:
     whole_name = {name: named_in_whole[id(p)] for name, p in stage.named_parameters()}
     experts: dict[str, slice] = {}
     if ep > 1:
-        expert_group, expert_data_group = _expert_groups(mesh, rank, ep)
-        for index, layer in enumerate(stage.layers):
-            if hasattr(layer.mlp, "experts"):
-                layer.mlp.experts = ExpertParallel(layer.mlp.experts, expert_group)
-                share = layer.mlp.experts
-                for kind in ("gate_up_proj", "down_proj"):
-                    experts[f"layers.{index}.mlp.experts.{kind}"] = slice(share.first, share.first + share.local)
+        experts = split_experts(stage, meshes["ep"].get_group())
     if tp > 1:
-        tensor_parallel(stage, mesh["tp"], job.sequence_parallel)
+        tensor_parallel(stage, meshes["tp"], job.sequence_parallel)
     fsdp = job.sharding in ("zero2", "zero3", "fsdp", "hsdp")
     if fsdp:
-        shard(stage, mesh["dp"], job, torch.float32)
+        shard(stage, meshes, job, torch.float32)
 
     rows = slice(replica * SEQUENCES_PER_REPLICA, (replica + 1) * SEQUENCES_PER_REPLICA)
     loss = _pipeline_step(stage, job, ids[rows], labels[rows], rank, dp * tp, config["hidden_size"])
     if loss is not None:
-        dist.all_reduce(loss, group=mesh["dp"].get_group())
+        dist.all_reduce(loss, group=meshes["dp"].get_group())
         loss = loss / dp
     if not fsdp and dp > 1:
         for name, p in stage.named_parameters():
             grad = p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad
             if name in experts:  # the experts' data-parallel group: ranks holding the same experts
                 if dp // ep > 1:
-                    dist.all_reduce(grad, group=expert_data_group)
+                    dist.all_reduce(grad, group=meshes["edp"].get_group())
                 grad /= dp
             else:
-                dist.all_reduce(grad, group=mesh["dp"].get_group())
+                dist.all_reduce(grad, group=meshes["dp"].get_group())
                 grad /= dp
     worst, error = "", 0.0
     for name, p in stage.named_parameters():
@@ -232,26 +225,6 @@ def _worker(spec_path: str) -> None:
     if rank == 0:
         Path(out).write_text(json.dumps(gathered))
     dist.destroy_process_group()
-
-
-def _expert_groups(mesh: Any, rank: int, ep: int) -> tuple[Any, Any]:
-    """This rank's expert-parallel group (ep consecutive data-parallel ranks of the same stage and tensor rank,
-    which split the experts) and expert-data-parallel group (the ranks holding the same experts). Every rank
-    creates every group, in the same order, as ``new_group`` requires."""
-    import torch.distributed as dist
-
-    grid = mesh.mesh  # (pp, dp, tp) → global rank
-    pp, dp, tp = grid.shape
-    mine = [None, None]
-    for s in range(pp):
-        for t in range(tp):
-            column = grid[s, :, t].tolist()
-            for kind, members in [(0, column[start:start + ep]) for start in range(0, dp, ep)] + \
-                                 [(1, column[offset::ep]) for offset in range(ep)]:
-                group = dist.new_group(members)
-                if rank in members:
-                    mine[kind] = group
-    return mine[0], mine[1]
 
 
 def _pipeline_step(stage: Any, job: RankJob, ids: Any, labels: Any, rank: int, stride: int, hidden: int) -> Any:

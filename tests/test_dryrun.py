@@ -32,8 +32,8 @@ def config(family: str, layers: int) -> dict:
 
 
 # (family, layers, sequence, plan): dense and MoE; ZeRO-1/2/3 and FSDP; TP 2 and 4; PP stage 0 (two
-# micro-batches in flight) and the last stage; full and selective recompute. Measured on 2026-12-05
-# (estimate / measured − 1):
+# micro-batches in flight) and the last stage; full and selective recompute; expert parallelism (balanced
+# all-to-all). Measured on 2026-12-05 (estimate / measured − 1):
 CASES = [
     ("llama", 4, 2048, dict(dp=8, sharding="zero1")),                                    # +0.0%
     ("llama", 4, 4096, dict(dp=8, sharding="zero1", recompute="full")),                  # +0.0%
@@ -46,6 +46,8 @@ CASES = [
     ("llama", 4, 4096, dict(dp=8, sharding="zero1", recompute="selective",
                             recompute_modules=("mlp", "layernorm"))),                          # +0.0%
     ("qwen3_moe", 4, 2048, dict(dp=8, sharding="fsdp", recompute="selective", recompute_modules=("moe",))),  # -0.5%
+    ("qwen3_moe", 4, 2048, dict(dp=8, ep=8, sharding="fsdp")),                           # +1.5%
+    ("qwen3_moe", 4, 2048, dict(dp=8, ep=4, sharding="zero1")),                          # -0.0%
 ]
 CLUSTER = load_cluster("dgx-h100", nodes=1)
 
@@ -83,6 +85,20 @@ def test_fsdp_at_short_sequences_holds_the_head_gradient_twice():
 
 
 @pytest.mark.slow
+def test_the_busiest_expert_rank_receives_its_load_and_the_estimate_follows():
+    """moe_imbalance 2 at ep 4: the measured rank's experts receive twice the balanced copies; the measured
+    peak grows by their activations and the estimate stays within 5%."""
+    pytest.importorskip("transformers")
+    from parallelplan.dryrun import dry_run
+
+    plan = Plan(dp=8, ep=4, sharding="zero1")
+    runs = [dry_run(config("qwen3_moe", 4), CLUSTER, plan, Workload(kind="pretrain", seq_len=2048, global_batch_size=64,
+                                                                     moe_imbalance=load)) for load in (1.0, 2.0)]
+    assert runs[1].measured_peak > runs[0].measured_peak and "2x the share" in runs[1].mechanism
+    assert all(abs(r.deviation) <= TOLERANCE for r in runs), [r.deviation for r in runs]
+
+
+@pytest.mark.slow
 def test_sequence_parallelism_is_priced_as_dtensor_runs_it():
     """DTensor keeps each block's all-gathered input (stacks.json): the estimate for torchtitan matches the
     run; the megatron stack's estimate (the 1/tp shard kept) is lower by that input, and the report says so."""
@@ -110,9 +126,10 @@ def test_the_busiest_stage_and_its_micro_batches():
                                           (dict(dp=8, optimizer="lion"), "plan.optimizer"),
                                           (dict(dp=8, recompute="selective_mm"), "plan.recompute"),
                                           (dict(dp=8, recompute="selective", recompute_modules=("moe_act",)),
-                                           "plan.recompute_modules")])
+                                           "plan.recompute_modules"),
+                                          (dict(dp=8, ep=2, sharding="hsdp", hsdp_shard_size=4), "plan.sharding")])
 def test_what_the_dry_run_does_not_build_is_named(fields, field):
-    model = load_model("llama-3.1-8b")
+    model = load_model("qwen3-30b-a3b" if fields.get("ep", 1) > 1 else "llama-3.1-8b")
     try:
         plan = Plan(**fields)
     except ValueError:
@@ -169,7 +186,7 @@ def test_cli_prints_measured_beside_estimated_and_json(tmp_path):
 # -- the small-scale run: real process groups (gloo), reduced widths ---------------------------------------
 
 SMALL_CASES = [("llama", dict(tp=2, dp=2)), ("llama", dict(tp=2, dp=2, sequence_parallel=True)), ("llama", dict(dp=4, sharding="fsdp")), ("llama", dict(pp=2, dp=1)),
-               ("qwen3_moe", dict(dp=2, ep=2))]
+               ("qwen3_moe", dict(dp=2, ep=2)), ("qwen3_moe", dict(dp=4, ep=2, sharding="fsdp"))]
 
 
 @pytest.mark.slow

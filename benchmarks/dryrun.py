@@ -27,6 +27,8 @@ FULL = [  # (name, model, nodes, plan fields, sequence, global batch, target sec
     ("Llama-3.1-8B, TP 2 x PP 4 (stage 0)", "llama-3.1-8b", 1, dict(tp=2, pp=4, dp=1), 2048, 16, None),
     ("Llama-3.1-70B, TP 8 x PP 4 with sequence parallelism (as DTensor runs it)", "llama-3.1-70b", 4,
      dict(tp=8, pp=4, dp=1, sequence_parallel=True), 4096, 32, 60.0),
+    ("Llama-3.1-70B, TP 8 x PP 4 x VPP 2 (stage 0: 2 chunks of 10 layers, 11 chunk forwards in flight), full recompute",
+     "llama-3.1-70b", 4, dict(tp=8, pp=4, vpp=2, dp=1, recompute="full"), 4096, 32, 60.0),
     ("Qwen3-30B-A3B, EP 8 with FSDP over 8 (48 layers, balanced all-to-all)", "qwen3-30b-a3b", 1,
      dict(dp=8, ep=8, sharding="fsdp"), 4096, 64, None),
     ("Qwen3-30B-A3B, EP 8 with ZeRO-1 over 16, full recompute", "qwen3-30b-a3b", 2,

@@ -56,6 +56,11 @@ LOSS_BYTES_PER_VOCAB_UNFUSED = 12.0
 """HF causal-LM loss at its peak, per token and vocabulary entry: logits in the model dtype kept with the
 outputs, their fp32 upcast and log-softmax (MemTracker on LlamaForCausalLM: 4·V bytes kept as activations
 plus 8·V temporaries at the peak, for bf16 and fp32 alike; tests/test_memory_reference.py)."""
+LOSS_BYTES_PER_VOCAB_LOSS_PARALLEL = 16.0
+"""The same loss over vocabulary-sharded logits (tp > 1), as PyTorch's ``loss_parallel`` computes it (DTensor's
+vocab-parallel log-softmax and NLL; torchtitan), per token and local vocabulary entry: the fp32 log-softmax
+kept (4·V/tp) plus three fp32 temporaries in its backward where the unsharded loss has two (12·V/tp;
+measured by `plan dry-run`, tests/test_dryrun.py)."""
 
 
 def activation_bytes(p: PlanArrays) -> np.ndarray:
@@ -205,7 +210,8 @@ def layer_activations(f: ModelFacts, p: PlanArrays, w: Workload) -> LayerActivat
 def head_and_loss_bytes(f: ModelFacts, p: PlanArrays, w: Workload) -> np.ndarray:
     """Per token, on the last stage, once per micro-batch: final norm, then logits and the loss at its
     peak. Fused: Megatron's vocab-parallel cross-entropy, (4·h + 4·V)/tp (``theoretical_memory_usage``:
-    "Inputs to output layer and CE loss"); unfused: `LOSS_BYTES_PER_VOCAB_UNFUSED` · V, without gradients
+    "Inputs to output layer and CE loss"); unfused: `LOSS_BYTES_PER_VOCAB_UNFUSED` · V (with tp > 1
+    `LOSS_BYTES_PER_VOCAB_LOSS_PARALLEL` · V/tp), without gradients
     (kind score) `SCORE_BYTES_PER_VOCAB_UNFUSED` · V; serving (kind inference) takes the logits of each
     sequence's last position only, 1/seq_len of them per token. V is the head's width: the vocabulary, or a
     classification or value head's labels (`ModelSpec.num_labels`). Under PEFT the
@@ -219,7 +225,8 @@ def head_and_loss_bytes(f: ModelFacts, p: PlanArrays, w: Workload) -> np.ndarray
         from parallelplan.constraints.peft import norm_freed
 
         final_norm = final_norm - norm_freed(f, b, fused) / sp_div
-    unfused = SCORE_BYTES_PER_VOCAB_UNFUSED if w.kind == "score" else LOSS_BYTES_PER_VOCAB_UNFUSED
+    unfused = (SCORE_BYTES_PER_VOCAB_UNFUSED if w.kind == "score"
+               else np.where(tp > 1, LOSS_BYTES_PER_VOCAB_LOSS_PARALLEL, LOSS_BYTES_PER_VOCAB_UNFUSED))
     loss = np.where(fused, 4.0 * f.hidden + 4.0 * f.head_width, unfused * f.head_width) / tp
     if w.kind == "inference":  # the next token's logits at each sequence's last position only
         loss = loss / w.seq_len

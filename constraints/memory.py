@@ -18,8 +18,11 @@ come back a layer ahead of the backward: the GPU keeps ``OFFLOAD_WINDOW_LAYERS``
 being copied and the one computed), the host the rest (``host``, with the optimizer states and
 parameters that ``offload`` moves there).
 Transients on top of the kept activations, one at a time: the LM head and loss on the last stage at the
-end of a micro-batch's forward, or one layer rebuilt by full recompute during backward. The optimizer
-step is a second candidate peak: gradients plus the step's temporaries, once activations are freed.
+end of a micro-batch's forward, or one layer rebuilt by full recompute during backward. Plans that shard
+weights (ZeRO-3, FSDP, HSDP) add what FSDP holds at the same moment — units gathered, gradients unsharded
+and in the reduce-scatter buffer (`GatheredUnits`) — and the peak is the largest such moment. The
+optimizer step is a second candidate peak: gradients plus the step's temporaries, once activations are
+freed and every unit resharded.
 """
 
 from __future__ import annotations
@@ -176,6 +179,79 @@ class ClassMemory(MemoryParts):
                             host=np.where(layout.valid, self.host, 0.0).max(axis=1))  # the node's busiest, any stage
 
 
+FSDP_REDUCE_BYTES = 4.0
+"""Bytes per gradient element FSDP reduce-scatters in: fp32 (FSDP2 ``MixedPrecisionPolicy(reduce_dtype=
+torch.float32)``, torchtitan's default ``mixed_precision_reduce``); measured by `plan dry-run`."""
+
+
+@dataclass
+class GatherMoment:
+    """What a sharded-weights plan holds on top of its shards and kept activations at one moment, bytes
+    ((n, C) arrays): units ``gathered`` in the compute dtype, gradients ``reducing`` (unsharded, and the
+    reduce-scatter buffers), and the activation ``transient``."""
+
+    gathered: np.ndarray
+    reducing: np.ndarray
+    transient: np.ndarray
+
+
+@dataclass
+class GatheredUnits:
+    """FSDP's units of one stage (ZeRO-3, FSDP, HSDP: a decoder layer, the embedding, the final norm with
+    the LM head), as FSDP2's ``fully_shard`` runs them (torch.distributed.fsdp ``FSDPParamGroup``): a unit
+    is all-gathered for its forward and resharded after it, except the head's, kept for its backward; in
+    backward the next unit's all-gather is prefetched while one computes, and a unit's gradients appear
+    unsharded in the compute dtype; after its backward the unit is resharded and its gradients copied into
+    the reduce-scatter input (`FSDP_REDUCE_BYTES`), which is kept until the next unit reduces (one buffer
+    in flight, ``reduce_scatter_max_input_buffers``), with the reduce-scatter output, 1/shard of it.
+    The embedding's own reduce, at the very end of backward, is not priced."""
+
+    layer: np.ndarray
+    head: np.ndarray
+    weight_bytes: np.ndarray
+    shards: np.ndarray
+    last: np.ndarray
+
+    @property
+    def layer_gathered(self) -> np.ndarray:
+        """A layer in backward: itself and the prefetched next one."""
+        return 2 * self.weight_bytes * self.layer
+
+    @property
+    def layer_reducing(self) -> np.ndarray:
+        """A layer in backward: its unsharded gradients and the previous layer's kept reduce-scatter input."""
+        return (self.weight_bytes + FSDP_REDUCE_BYTES) * self.layer
+
+    def peak_moment(self, head_loss: np.ndarray, rebuild: np.ndarray, one_layer: np.ndarray) -> GatherMoment:
+        """The largest of four moments, on top of the kept activations: the end of the last stage's forward
+        (the head gathered, the head and loss transient ``head_loss``); the head's reduce (its gradients
+        unsharded and in the reduce buffer, the last layer prefetched; the loss's tensors freed); the
+        backward of the stage's last layer (two layers gathered, its gradients, the head's kept reduce
+        input on the last stage, the layer ``rebuild`` under full recompute); the next layer's backward
+        (the same with a layer's kept input, ``one_layer`` of activations freed)."""
+        zero = np.zeros_like(self.head)
+        head_reduce = (self.weight_bytes + FSDP_REDUCE_BYTES * (1 + 1 / self.shards)) * self.head
+        previous = np.where(self.last, self.head, self.layer)
+        moments = [
+            GatherMoment(gathered=self.weight_bytes * self.head, reducing=zero, transient=head_loss),
+            GatherMoment(gathered=self.weight_bytes * self.layer, reducing=head_reduce, transient=zero),
+            GatherMoment(gathered=self.layer_gathered,
+                         reducing=self.weight_bytes * self.layer + FSDP_REDUCE_BYTES * previous, transient=rebuild),
+            GatherMoment(gathered=self.layer_gathered, reducing=self.layer_reducing, transient=rebuild - one_layer),
+        ]
+        on_last_stage = (True, True, False, True)
+        totals = np.stack([np.where(self.last | (not last_only), m.gathered + m.reducing + m.transient, -np.inf)
+                           for last_only, m in zip(on_last_stage, moments, strict=True)])
+        pick = np.argmax(totals, axis=0)
+        choose = lambda name: np.choose(pick, [np.broadcast_to(getattr(m, name), pick.shape) for m in moments])  # noqa: E731
+        return GatherMoment(gathered=choose("gathered"), reducing=choose("reducing"), transient=choose("transient"))
+
+
+def gathered_units(params: StageParams, layout: StageLayout, weight_bytes: np.ndarray, shards: np.ndarray) -> GatheredUnits:
+    return GatheredUnits(layer=params.largest_layer, head=params.head, weight_bytes=weight_bytes, shards=shards,
+                         last=np.broadcast_to(layout.last, params.head.shape))
+
+
 def class_memory(
     f: ModelFacts, cluster: ClusterSpec, p: PlanArrays, w: Workload, runtime: RuntimeAllowance, layout: StageLayout,
     params: StageParams, per: BytesPerParam, div: ShardDivisors, *, kv_latent: int, kv_head_dim: int,
@@ -198,12 +274,7 @@ def class_memory(
         weights = weights + reference_weight_bytes(p, params, div)
     host = np.where(offload_params > 0, weights, 0.0)
     weights = np.where(offload_params > 0, 0.0, weights)
-    # FSDP / ZeRO-3 hold the unit being computed and prefetch the next: a layer and the largest of a layer,
-    # the embedding (first stage) and the LM head (last stage), gathered in the compute dtype
-    unit = np.maximum(params.largest_layer, np.maximum(params.embedding, params.head))
-    unit_bytes = (params.largest_layer + unit) * col(per.weights) if peft is None else peft.gathered_bytes
-    gathered = np.where(col(gathers_weights(p)) > 0, unit_bytes, 0.0)
-    weights = weights + gathered
+    gathering = col(gathers_weights(p)) > 0
     if training:
         grads = col(per.grads) * (trained_dense / col(div.grads) + trained_expert / col(div.expert_grads))
         states_per_param = col(per.master + per.optimizer)
@@ -233,7 +304,24 @@ def class_memory(
     else:  # serving: one layer's working set at a time
         activations = np.zeros_like(weights)
         transient = np.maximum(col(acts.dense_full), col(acts.moe_full))
-    transient = np.maximum(transient, np.where(layout.last, col(head_and_loss_bytes(f, p, w)), 0.0))
+    head_loss = np.where(layout.last, col(head_and_loss_bytes(f, p, w)), 0.0)
+    if training and peft is None:
+        units = gathered_units(params, layout, col(per.weights), col(div.grads))
+        moment = units.peak_moment(head_loss * tokens, transient * tokens, kept.largest_layer * tokens)
+        gathered = np.where(gathering, moment.gathered, 0.0)
+        reducing = np.where(gathering, moment.reducing, 0.0)
+        transient = np.where(gathering, moment.transient / tokens, np.maximum(transient, head_loss))
+        # at the backward of the stage's first layer (the late phase below) it is gathered, the next
+        # prefetched, and its gradients reduced
+        late_gathered = np.where(gathering, units.layer_gathered, 0.0)
+        late_reducing = np.where(gathering, units.layer_reducing, 0.0)
+    else:  # serving, or a frozen base under PEFT: the unit computed and the one prefetched, no gradients
+        unit = np.maximum(params.largest_layer, np.maximum(params.embedding, params.head))
+        unit_bytes = (params.largest_layer + unit) * col(per.weights) if peft is None else peft.gathered_bytes
+        gathered = np.where(gathering, unit_bytes, 0.0)
+        reducing = late_reducing = np.zeros_like(gathered)
+        late_gathered = gathered
+        transient = np.maximum(transient, head_loss)
     activations = activations + transient * tokens
     if peft is not None:  # QLoRA dequantises one 4-bit weight at a time for its GEMM
         activations = activations + peft.dequantized_bytes
@@ -251,8 +339,8 @@ def class_memory(
     # Candidate peaks: forward/backward (activations, plus gradients when their buffers persist) and
     # the optimizer step (gradients and the step's temporaries, activations freed).
     persistent = col(p.persistent_grads) > 0
-    compute_phase = activations + np.where(persistent, grads, 0.0)
-    grads_in_compute = np.where(persistent, grads, 0.0)
+    compute_phase = activations + np.where(persistent, grads, 0.0) + gathered + reducing
+    grads_in_compute = np.where(persistent, grads, 0.0) + reducing
     if training:
         # Without persistent buffers gradients appear as backward proceeds. Backward of the stage's
         # first layer is the other extreme: every later layer's and the head's gradients exist, of the
@@ -267,18 +355,20 @@ def class_memory(
             late_share = np.clip(1 - (params.largest_layer + params.embedding) / stage_params_total, 0.0, 1.0)
         else:
             late_share = np.clip(1 - peft.adapter_layer / np.maximum(peft.adapters, 1.0), 0.0, 1.0)
-        late = late_acts + late_share * grads
+        late = late_acts + late_share * grads + late_gathered + late_reducing
         use_late = ~persistent & (late > compute_phase)
         compute_phase = np.where(use_late, late, compute_phase)
         activations = np.where(use_late, late_acts, activations)
-        grads_in_compute = np.where(use_late, late_share * grads, grads_in_compute)
+        grads_in_compute = np.where(use_late, late_share * grads + late_reducing, grads_in_compute)
+        gathered = np.where(use_late, late_gathered, gathered)
     step_temp = col(optimizer_step_temporaries(p, per)) * (trained_dense + trained_expert) / col(div.states)
     step_temp = np.where(offload_states > 0, 0.0, step_temp) if training else np.zeros_like(weights)
-    step_phase = grads + step_temp
+    step_phase = grads + step_temp  # every unit resharded: nothing gathered
     in_step = step_phase > compute_phase
     grads_at_peak = np.where(in_step, grads, grads_in_compute)
     activations = np.where(in_step, 0.0, activations)
     states = states + np.where(in_step, step_temp, 0.0)
+    weights = weights + np.where(in_step, 0.0, gathered)
     overhead = col(runtime.fixed_bytes(p, cluster)) + runtime.fragmentation * activations
     totals = weights + states + grads_at_peak + activations + kv + overhead
     totals = np.where(layout.valid, totals, -np.inf)

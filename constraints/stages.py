@@ -140,6 +140,25 @@ def _classes(valid: np.ndarray, first: np.ndarray, last: np.ndarray, layers: np.
 
 def _default_split(facts: ModelFacts, p: PlanArrays, index: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(layers, MoE layers) per rank under the default split (module docstring), (n, P)."""
+    start, end = _virtual_bounds(facts, p, index, valid)
+    return (end - start).sum(axis=2), (facts.moe_prefix[end] - facts.moe_prefix[start]).sum(axis=2)
+
+
+def virtual_stages(facts: ModelFacts, p: PlanArrays) -> list[list[tuple[int, int]]]:
+    """Each rank's virtual stages of the first plan in ``p``, in the order the rank holds them, as (first
+    layer, layer count): the default split's chunks (module docstring), or one block per rank for explicit
+    ``layers_per_stage``."""
+    pp, vpp = int(p.pp[0]), int(p.vpp[0])
+    if p.layers_per_stage is not None and p.layers_per_stage[0].any():
+        counts = [int(n) for n in p.layers_per_stage[0][:pp]]
+        return [[(sum(counts[:rank]), counts[rank])] for rank in range(pp)]
+    index = np.arange(pp)[None, :]
+    start, end = _virtual_bounds(facts, p.take(np.array([0])), index, np.ones((1, pp), dtype=bool))
+    return [[(int(start[0, rank, k]), int(end[0, rank, k] - start[0, rank, k])) for k in range(vpp)] for rank in range(pp)]
+
+
+def _virtual_bounds(facts: ModelFacts, p: PlanArrays, index: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(first layer, end) of each rank's virtual stages under the default split, (n, P, max vpp)."""
     pp = p.pp[:, None]
     chunk = np.arange(int(p.vpp.max()))[None, None, :]  # k: which virtual stage of the rank
     vpp = p.vpp[:, None, None]
@@ -154,7 +173,7 @@ def _default_split(facts: ModelFacts, p: PlanArrays, index: np.ndarray, valid: n
     live = (chunk < vpp) & valid[:, :, None]
     start = np.where(live, np.minimum(start, facts.layers), 0)
     end = np.where(live, np.minimum(start + size, facts.layers), 0)
-    return (end - start).sum(axis=2), (facts.moe_prefix[end] - facts.moe_prefix[start]).sum(axis=2)
+    return start, end
 
 
 @dataclass

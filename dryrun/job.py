@@ -21,8 +21,11 @@ The mechanisms (each PyTorch's own, as torchtitan composes them):
   and the distributed optimizer their states likewise (Megatron-Core's expert data-parallel group);
 - a pipeline stage: only its layers (the embedding on the first, the final norm, head and loss on the last);
   under 1F1B it runs its in-flight micro-batches' forwards before their backwards, as the schedule's
-  warm-up does (Narayanan et al. 2021, §2.2), receiving activations and gradients as buffers;
-- full recompute: ``torch.utils.checkpoint`` around each of the first ``recompute_layers`` layers; selective
+  warm-up does (Narayanan et al. 2021, §2.2), receiving activations and gradients as buffers; interleaved
+  (vpp > 1): its vpp model chunks, the warm-up's chunk forwards in Megatron's order (its
+  ``get_model_chunk_id``: pp micro-batches through one chunk, then the next), then the backwards;
+- full recompute: ``torch.utils.checkpoint`` around each of the first ``recompute_layers`` layers of each
+  chunk (Megatron's block method); selective
   recompute: ``torch.utils.checkpoint`` around each named module of every layer (Megatron-Core's modules:
   ``core_attn`` the attention function, ``layernorm`` the layer's two norms, ``mlp`` a dense MLP block,
   ``moe`` an MoE block, ``shared_experts`` its shared experts).
@@ -43,9 +46,12 @@ from parallelplan.models import ModelSpec
 class RankJob:
     stage: int
     pp: int
-    layer_start: int
-    layer_count: int
-    in_flight: int
+    chunks: tuple[tuple[int, int], ...]
+    """The rank's model chunks (virtual stages) as (first layer, layer count); one without interleaving."""
+    forward_chunks: tuple[int, ...]
+    """The chunk of each forward the rank runs before its first backward (1F1B's warm-up and first steady
+    forward: min(pp − stage, m) micro-batches of its one chunk; interleaved: Megatron's
+    min(2·(pp − stage − 1) + (vpp − 1)·pp + 1, m·vpp) chunk forwards, in its order)."""
     micro_batch: int
     seq_len: int
     tp: int
@@ -71,6 +77,19 @@ class RankJob:
         return self.stage == 0
 
     @property
+    def in_flight(self) -> int:
+        return len(self.forward_chunks)
+
+    @property
+    def layer_count(self) -> int:
+        return sum(count for _, count in self.chunks)
+
+    @property
+    def layer_end(self) -> int:
+        """One past the rank's highest layer index."""
+        return max(start + count for start, count in self.chunks)
+
+    @property
     def last(self) -> bool:
         return self.stage == self.pp - 1
 
@@ -84,7 +103,7 @@ SELECTIVE = ("core_attn", "layernorm", "mlp", "moe", "shared_experts")
 """Selective recompute modules the dry-run checkpoints (`dryrun.stage`)."""
 
 _UNBUILT = {
-    "cp": ("context parallelism", 1), "vpp": ("interleaved virtual stages", 1),
+    "cp": ("context parallelism", 1),
     "offload": ("offloading states to the host", "none"), "offload_activations": ("activation offload", False),
 }
 
@@ -101,8 +120,11 @@ def stage_job(model: ModelSpec, plan: Plan, workload: Workload, stage: int) -> R
         if getattr(plan, field) != built:
             raise DryRunError(f"plan.{field}={getattr(plan, field)}: the dry-run does not build {what} yet; "
                               f"dry-run the plan with {field}={built} (its other dimensions are measured the same way)")
-    if plan.schedule != "1f1b":
-        raise DryRunError(f"plan.schedule={plan.schedule}: the dry-run runs the 1F1B schedule only")
+    if plan.schedule == "zero_bubble":
+        raise DryRunError("plan.schedule=zero_bubble: the dry-run runs the 1f1b and interleaved schedules")
+    if plan.vpp > 1 and plan.layers_per_stage:
+        raise DryRunError("plan.layers_per_stage with vpp > 1: the dry-run splits interleaved stages by the default "
+                          "split only (explicit stages give each rank's total, not its chunks)")
     if model.is_moe and plan.tp > 1:
         raise DryRunError("plan.tp > 1 on an MoE model: the dry-run does not split experts over tensor ranks (etp) yet; use tp=1")
     if plan.ep > 1 and plan.sharding == "hsdp":
@@ -121,24 +143,28 @@ def stage_job(model: ModelSpec, plan: Plan, workload: Workload, stage: int) -> R
         raise DryRunError("plan.precision=fp8: the dry-run computes in bf16, fp16 or fp32")
     if workload.kind not in ("pretrain", "finetune") or workload.peft is not None or workload.algorithm is not None:
         raise DryRunError(f"workload.kind={workload.kind}: the dry-run runs a training step without PEFT")
-    counts = _stage_layer_counts(model, plan)
+    chunks = tuple(_virtual_stages(model, plan)[stage])
     micro_batches = workload.global_batch_size // (plan.dp * plan.micro_batch_size)
+    if plan.schedule == "interleaved":
+        warm_up = min(2 * (plan.pp - stage - 1) + (plan.vpp - 1) * plan.pp + 1, micro_batches * plan.vpp)
+        forward_chunks = tuple((k % (plan.pp * plan.vpp)) // plan.pp for k in range(warm_up))
+    else:
+        forward_chunks = (0,) * min(plan.pp - stage, micro_batches)
     return RankJob(
-        stage=stage, pp=plan.pp, layer_start=sum(counts[:stage]), layer_count=counts[stage],
-        in_flight=min(plan.pp - stage, micro_batches), micro_batch=plan.micro_batch_size, seq_len=workload.seq_len,
+        stage=stage, pp=plan.pp, chunks=chunks, forward_chunks=forward_chunks,
+        micro_batch=plan.micro_batch_size, seq_len=workload.seq_len,
         tp=plan.tp, sequence_parallel=plan.sequence_parallel and plan.tp > 1, dp=plan.dp, ep=plan.ep,
         expert_load=float(busiest_rank_load(PlanArrays.from_plans([plan]), workload)[0]), sharding=plan.sharding, shard_size=plan.hsdp_shard_size or plan.dp,
-        recompute_layers=(plan.recompute_layers or counts[stage]) if plan.recompute == "full" else 0,
+        recompute_layers=(plan.recompute_layers or max(n for _, n in chunks)) if plan.recompute == "full" else 0,
         recompute_modules=tuple(plan.recompute_modules or ()) if plan.recompute == "selective" else (),
         param_dtype={"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[plan.precision],
         master_weights=plan.master_weights and plan.precision != "fp32", optimizer=plan.optimizer,
         persistent_grads=plan.persistent_grads)
 
 
-def _stage_layer_counts(model: ModelSpec, plan: Plan) -> list[int]:
-    """Decoder layers on each pipeline rank, as the cost model splits them (`constraints.stages`)."""
-    from parallelplan.constraints.stages import stage_layout
+def _virtual_stages(model: ModelSpec, plan: Plan) -> list[list[tuple[int, int]]]:
+    """Each pipeline rank's chunks, as the cost model splits the layers (`constraints.stages`)."""
+    from parallelplan.constraints.stages import virtual_stages
     from parallelplan.constraints.structure import model_facts
 
-    layout = stage_layout(model_facts(model), PlanArrays.from_plans([plan]), merge=False)
-    return [int(n) for n in layout.layers[0][: plan.pp]]
+    return virtual_stages(model_facts(model), PlanArrays.from_plans([plan]))

@@ -79,10 +79,10 @@ def measure_rank(config: dict[str, Any], job: RankJob, progress: Callable[[str],
                 tracker.track_external(stage, optimizer)
             with _untracked_sharding_propagation(), tracker:
                 for step in range(STEPS):
-                    # the first step only creates the optimizer states: one micro-batch does that
-                    micro_batches = job.in_flight if step == STEPS - 1 else 1
-                    progress(f"step {step + 1} of {STEPS}: {micro_batches} micro-batch(es) of {job.micro_batch} x {job.seq_len} tokens")
-                    _train_step(stage, job, optimizer, compute, config, micro_batches, tracker)
+                    # the first step only creates the optimizer states: one forward of each chunk does that
+                    chunks = job.forward_chunks if step == STEPS - 1 else _each_chunk(job)
+                    progress(f"step {step + 1} of {STEPS}: {len(chunks)} forward(s) of {job.micro_batch} x {job.seq_len} tokens")
+                    _train_step(stage, job, optimizer, compute, config, chunks)
             (device_peak,) = tracker.get_tracker_snapshot("peak").values()
         peak = {str(kind).rsplit(".", 1)[-1]: int(value) for kind, value in device_peak.items() if str(kind) != "Total"}
         return Measurement(peak=peak, device="cpu (fake tensors, MemTracker)")
@@ -113,12 +113,12 @@ def _on_gpu(stage: Stage, job: RankJob, meshes: dict[str, DeviceMesh], compute: 
     optimizer = _optimizer(stage, job, job.sharding in FSDP_SHARDINGS)
     try:
         progress(f"step 1 of {STEPS}: 1 micro-batch (creates the optimizer states)")
-        _train_step(stage, job, optimizer, compute, config, 1)
+        _train_step(stage, job, optimizer, compute, config, _each_chunk(job))
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         progress(f"step 2 of {STEPS}: {job.in_flight} micro-batch(es) of {job.micro_batch} x {job.seq_len} tokens, timed")
         started = time.perf_counter()
-        _train_step(stage, job, optimizer, compute, config, job.in_flight)
+        _train_step(stage, job, optimizer, compute, config, job.forward_chunks)
         torch.cuda.synchronize()
         seconds = time.perf_counter() - started
     except torch.OutOfMemoryError as err:
@@ -130,7 +130,15 @@ def _on_gpu(stage: Stage, job: RankJob, meshes: dict[str, DeviceMesh], compute: 
 
 class _GlobalPeakTracker(MemTracker):
     """MemTracker keeping the process-wide peak only: its per-module peaks, which the dry-run does not
-    report, cost a pass over every tracked module at every operator (40% of a 70B stage's run)."""
+    report, cost a pass over every tracked module at every operator (40% of a 70B stage's run), and it
+    would refuse a module's second forward before its backward."""
+
+    def _pre_fw_hook(self, module: torch.nn.Module, inputs: Any) -> None:
+        """A module run forward again before its backward (the next in-flight micro-batch, another chunk's
+        turn) is tracked already: MemTracker would take it for the next iteration and refuse."""
+        if module in self.memory_tracking and not self._mod_tracker.is_bw:
+            return
+        super()._pre_fw_hook(module, inputs)
 
     def _update_peak_stats(self, peak_state) -> None:  # type: ignore[override]
         for device, snapshot in self._curr_mem_snap.items():
@@ -151,28 +159,33 @@ def _optimizer(stage: Stage, job: RankJob, fsdp: bool) -> Any:
                             optimizer=job.optimizer, persistent_grads=job.persistent_grads)
 
 
+def _each_chunk(job: RankJob) -> tuple[int, ...]:
+    return tuple(range(len(job.chunks)))
+
+
 def _train_step(stage: Stage, job: RankJob, optimizer: Any, compute: torch.dtype, config: dict[str, Any],
-                micro_batches: int, tracker: MemTracker | None = None) -> None:
-    """``micro_batches`` (the stage's in-flight ones) forward, then their backwards (1F1B's warm-up and first cool-down),
-    then the optimizer step. A stage that does not end in the loss backpropagates a received gradient.
-    MemTracker follows one forward per module at a time: its per-module statistics (not its peak) are
-    cleared before each micro-batch. Inputs live where the stage's parameters do."""
+                forward_chunks: tuple[int, ...]) -> None:
+    """A forward through each of ``forward_chunks`` (the stage's in-flight ones: the schedule's warm-up), then
+    their backwards, then the optimizer step. A forward that does not end in the loss backpropagates a
+    received gradient. Inputs live where the stage's parameters do."""
     shape = (job.micro_batch, job.seq_len)
     device = next(stage.parameters()).device
+    last_chunk = len(job.chunks) - 1
     with loss_context(job):
         outputs = []
-        for _ in range(micro_batches):
-            if tracker is not None:
-                tracker.reset_mod_stats()
-            if job.first:
+        for chunk in forward_chunks:
+            if job.first and chunk == 0:
                 inputs = torch.randint(0, config["vocab_size"], shape, device=device)
             else:
                 received = (job.micro_batch, job.seq_len // (job.tp if job.sequence_parallel else 1), config["hidden_size"])
                 inputs = torch.empty(*received, dtype=compute, device=device, requires_grad=True)
-            labels = torch.randint(0, config["vocab_size"], shape, device=device) if job.last else None
-            outputs.append(stage(inputs, labels))
-        for out in outputs:
-            out.backward() if job.last else out.backward(torch.empty_like(out))
+            if job.last and chunk == last_chunk:
+                labels = torch.randint(0, config["vocab_size"], shape, device=device)
+                outputs.append((True, stage.loss(inputs, labels, chunk)))
+            else:
+                outputs.append((False, stage(inputs, chunk)))
+        for is_loss, out in outputs:
+            out.backward() if is_loss else out.backward(torch.empty_like(out))
         del outputs, out
     optimizer.step()
     if isinstance(optimizer, ShardedOptimizer):
@@ -201,8 +214,12 @@ def _untracked_sharding_propagation() -> Iterator[None]:
 
 def mechanism(job: RankJob) -> str:
     """In words, how PyTorch runs ``job`` (`dryrun.job`'s mapping)."""
-    parts = [f"stage {job.stage} of {job.pp} (layers {job.layer_start}-{job.layer_start + job.layer_count - 1}), "
-             f"{job.in_flight} micro-batch(es) in flight"]
+    ranges = ", ".join(f"{start}-{start + count - 1}" for start, count in job.chunks)
+    if len(job.chunks) == 1:
+        parts = [f"stage {job.stage} of {job.pp} (layers {ranges}), {job.in_flight} micro-batch(es) in flight"]
+    else:
+        parts = [f"stage {job.stage} of {job.pp}, {len(job.chunks)} interleaved chunks (layers {ranges}), "
+                 f"{job.in_flight} chunk forwards in flight"]
     if job.tp > 1:
         parts.append(f"DTensor tensor parallel over {job.tp} ranks (vocab-parallel embedding and loss"
                      + (", sequence parallel)" if job.sequence_parallel else ")"))

@@ -38,8 +38,8 @@ class DryRunReport(BaseModel):
     plan: Plan
     workload: Workload
     stage: int
-    layers: tuple[int, int]
-    """The stage's decoder layers: first index and count."""
+    layers: tuple[tuple[int, int], ...]
+    """The rank's decoder layers: (first index, count) of each model chunk (one without interleaving)."""
     in_flight_microbatches: int
     mechanism: str
     """How PyTorch ran the plan (`dryrun.job`)."""

@@ -45,9 +45,8 @@ def dry_run(model_ref: str | dict[str, Any], cluster: ClusterSpec, plan: Plan, w
     if device not in ("cpu", "cuda"):
         raise DryRunError(f"device {device!r}: use cpu (fake tensors, any machine) or cuda (this machine's GPU)")
     config, model = _checked(model_ref, cluster, plan, workload)
-    priced = plan.model_copy(update={"kernels": "unfused"})
-    priced_work, notes = _as_run(plan, workload)
-    est = estimate(model, cluster, priced, priced_work)
+    as_run, priced_work, notes = _as_run(plan, workload)
+    est = estimate(model, cluster, as_run.model_copy(update={"kernels": "unfused"}), priced_work)
     job = rank_job(model, plan, workload, est)
     try:
         import torch
@@ -63,11 +62,11 @@ def dry_run(model_ref: str | dict[str, Any], cluster: ClusterSpec, plan: Plan, w
         measured = measure_rank(config, job, progress, device)
     peak = sum(measured.peak.values())
     memory = est.memory
-    saving = _kernel_saving(model, cluster, plan, priced_work, est)
+    saving = _kernel_saving(model, cluster, as_run, priced_work, est)
     state, margin = verdict(peak - saving, memory.overhead, memory.usable)
     micro_batches = workload.global_batch_size // (plan.dp * plan.micro_batch_size)
     return DryRunReport(
-        model=_name(model), plan=plan, workload=workload, stage=job.stage, layers=(job.layer_start, job.layer_count),
+        model=_name(model), plan=plan, workload=workload, stage=job.stage, layers=job.chunks,
         in_flight_microbatches=job.in_flight, mechanism=mechanism(job), device=measured.device,
         components=components(measured.peak, est), measured_peak=peak,
         estimated_peak=_tensors(memory),
@@ -90,15 +89,22 @@ def _kernel_saving(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload:
     return max(_tensors(ran.memory) - _tensors(estimate(model, cluster, plan, workload).memory), 0)
 
 
-def _as_run(plan: Plan, workload: Workload) -> tuple[Workload, tuple[str, ...]]:
-    """The workload the estimate is priced for: the run's sequence parallelism is DTensor's, which keeps
-    each block's gathered input (``stacks.json``); on a stack that keeps the shard instead the estimate is
-    priced as torchtitan runs it, and a note says so."""
+def _as_run(plan: Plan, workload: Workload) -> tuple[Plan, Workload, tuple[str, ...]]:
+    """The plan and workload the estimate is priced for, as PyTorch runs them: ZeRO-3 is FSDP2's
+    ``fully_shard`` (fp32 shards as the master copy), where DeepSpeed also keeps a 16-bit copy of each
+    shard; the run's sequence parallelism is DTensor's, which keeps each block's gathered input
+    (``stacks.json``), so on a stack that keeps the shard instead it is priced for torchtitan. A note says
+    each."""
+    notes = []
+    if plan.sharding == "zero3":
+        plan = plan.model_copy(update={"sharding": "fsdp"})
+        notes.append("ZeRO-3 runs as FSDP2's fully_shard, so the estimate is priced for FSDP; DeepSpeed's ZeRO-3 "
+                     "also keeps a 16-bit copy of each shard (2 bytes per parameter / dp more)")
     if plan.sequence_parallel and plan.tp > 1 and not stacks()[workload.stack]["sequence_parallel_saves_gathered_input"]:
-        note = (f"sequence parallelism runs as PyTorch's DTensor runs it, so the estimate is priced for torchtitan; "
-                f"{workload.stack} keeps each block's 1/tp input shard instead and needs less")
-        return workload.model_copy(update={"stack": "torchtitan"}), (note,)
-    return workload, ()
+        notes.append(f"sequence parallelism runs as PyTorch's DTensor runs it, so the estimate is priced for torchtitan; "
+                     f"{workload.stack} keeps each block's 1/tp input shard instead and needs less")
+        workload = workload.model_copy(update={"stack": "torchtitan"})
+    return plan, workload, tuple(notes)
 
 
 def dry_run_small(model_ref: str | dict[str, Any], cluster: ClusterSpec, plan: Plan, workload: Workload, *,
@@ -106,6 +112,9 @@ def dry_run_small(model_ref: str | dict[str, Any], cluster: ClusterSpec, plan: P
     """Run ``plan``'s process groups for real on a reduced copy of the model (`dryrun.small`): one gloo
     process per rank, one step, the loss and gradients against the unsharded model's."""
     config, model = _checked(model_ref, cluster, plan, workload)
+    if plan.vpp > 1:
+        raise DryRunError(f"plan.vpp={plan.vpp}: the small-scale run passes each stage's activations on once (no "
+                          "interleaved chunks); dry-run interleaved stages at full size (without --small-scale)")
     for stage in range(plan.pp):
         stage_job(model, plan, workload, stage)  # refuses what the run does not build
     try:

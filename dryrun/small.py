@@ -166,8 +166,8 @@ def _worker(spec_path: str) -> None:
     meshes = device_meshes("cpu", jobs[0], pipeline=pp)
     stage_index, replica = rank // (dp * tp), (rank // tp) % dp
     job = jobs[stage_index]
-    whole = RankJob(**{**job.__dict__, "stage": 0, "pp": 1, "layer_start": 0,
-                       "layer_count": sum(j.layer_count for j in jobs), "recompute_layers": 0,
+    whole = RankJob(**{**job.__dict__, "stage": 0, "pp": 1, "chunks": ((0, sum(j.layer_count for j in jobs)),),
+                       "forward_chunks": (0,), "recompute_layers": 0,
                        "recompute_modules": (), "tp": 1, "sequence_parallel": False})
 
     torch.manual_seed(0)
@@ -176,7 +176,7 @@ def _worker(spec_path: str) -> None:
     generator = torch.Generator().manual_seed(1)
     ids = torch.randint(0, config["vocab_size"], (SEQUENCES_PER_REPLICA * dp, SEQ_LEN), generator=generator)
     labels = torch.randint(0, config["vocab_size"], ids.shape, generator=generator)
-    reference_loss = reference(ids, labels)
+    reference_loss = reference.loss(ids, labels)
     reference_loss.backward()
     reference_grads = {name: p.grad for name, p in reference.named_parameters()}
 
@@ -243,7 +243,7 @@ def _pipeline_step(stage: Any, job: RankJob, ids: Any, labels: Any, rank: int, s
 
     if job.last:
         with loss_context(job):
-            out = stage(inputs, labels)
+            out = stage.loss(inputs, labels)
             out.backward()
         loss = out.detach().clone()
         loss = loss.full_tensor() if hasattr(loss, "full_tensor") else loss

@@ -16,15 +16,19 @@ from parallelplan.dryrun.job import RankJob
 
 
 class Stage(torch.nn.Module):
-    """``forward(inputs)``: token ids (first stage) or the received hidden states (1/tp of the sequence under
-    sequence parallelism) → the loss over the micro-batch's tokens (last stage; a mean, as transformers'
-    loss) or the hidden states to send."""
+    """``forward(inputs, chunk)``: token ids (the first stage's first chunk) or the received hidden states (1/tp
+    of the sequence under sequence parallelism) through one model chunk's layers → the logits (the last
+    stage's last chunk) or the hidden states to send; ``loss`` adds the loss,
+    computed outside the module's forward as torchtitan's trainer computes it (so FSDP2's root has freed its
+    last all-gather buffer by then)."""
 
     def __init__(self, model: Any, job: RankJob) -> None:
         super().__init__()
         inner = model.model
-        keep = range(job.layer_start, job.layer_start + job.layer_count)
-        self.layers = torch.nn.ModuleList(inner.layers[i] for i in keep)
+        self.layers = torch.nn.ModuleList(inner.layers[i] for start, count in job.chunks for i in range(start, start + count))
+        ends = [sum(count for _, count in job.chunks[: k + 1]) for k in range(len(job.chunks))]
+        self.chunks = [range(end - count, end) for end, (_, count) in zip(ends, job.chunks, strict=True)]
+        """Positions in ``layers`` of each model chunk's layers."""
         self.rotary_emb = inner.rotary_emb
         self.embed_tokens = inner.embed_tokens if job.first else None
         self.norm = inner.norm if job.last else None
@@ -36,21 +40,27 @@ class Stage(torch.nn.Module):
             for module in _selected(layer, job.recompute_modules):
                 _checkpoint_forward(module)
 
-    def forward(self, inputs: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        hidden = self.embed_tokens(inputs) if self.embed_tokens is not None else inputs
+    def forward(self, inputs: torch.Tensor, chunk: int = 0) -> torch.Tensor:
+        first, last = chunk == 0, chunk == len(self.chunks) - 1
+        hidden = self.embed_tokens(inputs) if first and self.embed_tokens is not None else inputs
         # under sequence parallelism the residual stream holds 1/tp of the sequence; attention sees all of it
         positions = torch.arange(hidden.shape[1] * self.sequence_shards, device=hidden.device).unsqueeze(0)
         rotary = self.rotary_emb(hidden, positions)
-        for index, layer in enumerate(self.layers):
+        for index, position in enumerate(self.chunks[chunk]):
+            layer = self.layers[position]
             if index < self.recompute_layers:
                 hidden = torch.utils.checkpoint.checkpoint(layer, hidden, position_ids=positions,
                                                            position_embeddings=rotary, use_reentrant=False)
             else:
                 hidden = layer(hidden, position_ids=positions, position_embeddings=rotary)
-        if self.lm_head is None:
+        if not last or self.lm_head is None:
             return hidden
-        logits = self.lm_head(self.norm(hidden))
-        # transformers' ForCausalLMLoss: fp32 logits, labels shifted by one, mean over the tokens
+        return self.lm_head(self.norm(hidden))
+
+    def loss(self, inputs: torch.Tensor, labels: torch.Tensor, chunk: int = 0) -> torch.Tensor:
+        """A last stage's forward (of its last chunk), then transformers' ForCausalLMLoss on its logits:
+        upcast to fp32, the cross-entropy's mean over the tokens (the labels are taken as already shifted)."""
+        logits = self(inputs, chunk)
         return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
 
 
@@ -100,7 +110,7 @@ def hf_model(config: dict[str, Any], job: RankJob, dtype: torch.dtype, device: s
     except (ValueError, KeyError) as err:
         raise DryRunError(f"transformers cannot build model_type {config.get('model_type')!r} ({err}); "
                           "pass a config.json of a model transformers knows") from None
-    cfg.num_hidden_layers = job.layer_start + job.layer_count
+    cfg.num_hidden_layers = job.layer_end
     if isinstance(getattr(cfg, "layer_types", None), list):
         cfg.layer_types = cfg.layer_types[: cfg.num_hidden_layers]
     cfg._attn_implementation = RECOMPUTED_SDPA if "core_attn" in job.recompute_modules else "sdpa"

@@ -129,14 +129,29 @@ def test_distributed_optimizer_shards_over_data_and_context_parallel_ranks():
 
 
 def test_fsdp_keeps_fp32_shards_and_no_resident_bf16_copy():
-    """FSDP2 mixed precision: 4 (fp32 shard) + 4 (fp32 gradient) + 8 (Adam) bytes per parameter / d,
-    and in bf16 only the units gathered for compute: the current one and the prefetched next, of which
-    the LM head (with the final norm) is the largest here."""
+    """FSDP2 mixed precision: 4 (fp32 shard) + 4 (fp32 gradient) + 8 (Adam) bytes per parameter / d, and in
+    bf16 only what is gathered at the peak. Llama-3.1-8B's peak is the LM head's reduce (FSDP2's order,
+    measured by `plan dry-run`): the head's gradient unsharded in bf16 (2 bytes) and in the fp32
+    reduce-scatter input (4) with its 1/8 output, while the last layer is prefetched (2 bytes)."""
     mem = estimate(LLAMA_8B, h100(1), Plan(dp=8, sharding="fsdp"), PRETRAIN).memory
-    assert mem.gradients + mem.optimizer == pytest.approx(16 * LLAMA_8B.total_params / 8, rel=1e-12)
+    params = LLAMA_8B.total_params
     h, f, kv, vocab = 4096, 14336, 8 * 128, 128256
     layer = h * (h + 2 * kv + h) + 3 * h * f + 2 * h  # q, k, v, o; gate, up, down; two RMSNorms
-    assert mem.weights == (layer + vocab * h + h) * 2
+    head = vocab * h + h  # the LM head and the final norm
+    assert mem.optimizer == pytest.approx(12 * params / 8, rel=1e-12)
+    assert mem.gradients == pytest.approx(4 * params / 8 + (2 + 4 * (1 + 1 / 8)) * head, rel=1e-12)
+    assert mem.weights == 2 * layer
+
+
+def test_fsdp_holds_no_gathered_unit_at_the_optimizer_step():
+    """After backward every FSDP unit is resharded: a peak in the optimizer step (PyTorch's foreach AdamW,
+    whose sqrt temporaries outweigh a short sequence's activations) holds the shards, gradients and the
+    step's temporaries only."""
+    short = Workload(kind="pretrain", seq_len=128, global_batch_size=8)
+    fsdp = estimate(LLAMA_70B, h100(1), Plan(dp=8, sharding="fsdp", kernels="unfused"), short).memory
+    params = LLAMA_70B.total_params
+    assert fsdp.activations == 0 and fsdp.weights == 0  # no resident bf16 copy, nothing gathered
+    assert fsdp.optimizer == pytest.approx((12 + 4) * params / 8, rel=1e-12)  # states + exp_avg_sq.sqrt()
 
 
 def test_hsdp_shards_within_its_group():

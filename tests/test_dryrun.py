@@ -33,21 +33,26 @@ def config(family: str, layers: int) -> dict:
 
 # (family, layers, sequence, plan): dense and MoE; ZeRO-1/2/3 and FSDP; TP 2 and 4; PP stage 0 (two
 # micro-batches in flight) and the last stage; full and selective recompute; expert parallelism (balanced
-# all-to-all). Measured on 2026-12-05 (estimate / measured − 1):
+# all-to-all); interleaved stages (stage 0 holds 11 chunk forwards: it also holds DTensor's replicated
+# embedding gradient at the end of its first backward, which the estimate does not price).
+# Measured on 2026-12-05 (estimate / measured − 1):
 CASES = [
     ("llama", 4, 2048, dict(dp=8, sharding="zero1")),                                    # +0.0%
     ("llama", 4, 4096, dict(dp=8, sharding="zero1", recompute="full")),                  # +0.0%
     ("llama", 2, 1024, dict(tp=2, dp=4)),                                                # +0.0%
     ("llama", 4, 2048, dict(tp=2, pp=2, dp=2, layers_per_stage=(3, 1))),                 # -0.7%, stage 0
-    ("llama", 8, 2048, dict(tp=4, pp=2, dp=1)),                                          # -3.8%, last stage
-    ("llama", 4, 2048, dict(dp=8, sharding="zero3")),                                    # +3.6%
-    ("llama", 4, 2048, dict(dp=8, sharding="zero2")),                                    # -4.1%
-    ("qwen3_moe", 4, 2048, dict(dp=8, sharding="fsdp")),                                 # +3.7%
+    ("llama", 8, 2048, dict(tp=4, pp=2, dp=1)),                                          # -0.6%, last stage
+    ("llama", 4, 2048, dict(dp=8, sharding="zero3")),                                    # -0.0% (as FSDP2)
+    ("llama", 4, 1024, dict(dp=8, sharding="fsdp")),                                     # -0.1%, the head's reduce
+    ("llama", 4, 2048, dict(dp=8, sharding="zero2")),                                    # -0.0%
+    ("qwen3_moe", 4, 2048, dict(dp=8, sharding="fsdp")),                                 # +0.6%
     ("llama", 4, 4096, dict(dp=8, sharding="zero1", recompute="selective",
                             recompute_modules=("mlp", "layernorm"))),                          # +0.0%
-    ("qwen3_moe", 4, 2048, dict(dp=8, sharding="fsdp", recompute="selective", recompute_modules=("moe",))),  # -0.5%
-    ("qwen3_moe", 4, 2048, dict(dp=8, ep=8, sharding="fsdp")),                           # +1.5%
+    ("qwen3_moe", 4, 2048, dict(dp=8, sharding="fsdp", recompute="selective", recompute_modules=("moe",))),  # -1.8%
+    ("qwen3_moe", 4, 2048, dict(dp=8, ep=8, sharding="fsdp")),                           # -0.0%
     ("qwen3_moe", 4, 2048, dict(dp=8, ep=4, sharding="zero1")),                          # -0.0%
+    ("llama", 16, 4096, dict(tp=2, pp=4, dp=1, vpp=2)),                                  # -4.3%, stage 0
+    ("llama", 8, 2048, dict(tp=2, pp=2, dp=2, vpp=2, recompute="full", recompute_layers=1)),  # +0.5%
 ]
 CLUSTER = load_cluster("dgx-h100", nodes=1)
 
@@ -57,7 +62,7 @@ def _run(family: str, layers: int, seq_len: int, fields: dict):
 
     plan = Plan(**fields)
     work = Workload(kind="pretrain", seq_len=seq_len, global_batch_size=8 * plan.dp * plan.micro_batch_size)
-    return dry_run(config(family, layers), CLUSTER, plan, work)
+    return dry_run(config(family, layers), load_cluster("dgx-h100", gpus=plan.tp * plan.pp * plan.dp), plan, work)
 
 
 @pytest.mark.slow
@@ -72,16 +77,8 @@ def test_the_estimate_matches_the_measured_rank(family, layers, seq_len, fields)
                                                           for c in report.components))
     # the plan asks for fused kernels: the verdict takes off what they save over the modules that ran
     assert report.kernel_saving > 0 and report.verdict == "fits"
+    assert ("FSDP" in " ".join(report.notes)) == (fields.get("sharding") == "zero3")  # ZeRO-3 runs as FSDP2
     assert report.margin == report.usable - (report.measured_peak - report.kernel_saving) - report.runtime_allowance
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="FSDP2's reduce-scatter of the LM head unit (its bf16 gradient and the "
-                   "fp32 reduce-scatter input) outweighs the estimate's head-and-loss transient at short sequences: "
-                   "estimate -8.9% of the measurement")
-def test_fsdp_at_short_sequences_holds_the_head_gradient_twice():
-    pytest.importorskip("transformers")
-    assert abs(_run("llama", 4, 1024, dict(dp=8, sharding="fsdp")).deviation) <= TOLERANCE
 
 
 @pytest.mark.slow
@@ -119,21 +116,31 @@ def test_the_busiest_stage_and_its_micro_batches():
     plan = Plan(tp=8, pp=4, dp=1)
     work = Workload(kind="pretrain", seq_len=4096, global_batch_size=32)
     job = rank_job(model, plan, work, estimate(model, load_cluster("dgx-h100", nodes=4), plan, work))
-    assert (job.stage, job.layer_start, job.layer_count, job.in_flight, job.world) == (0, 0, 20, 4, 8)
+    assert (job.stage, job.chunks, job.in_flight, job.world) == (0, ((0, 20),), 4, 8)
 
 
-@pytest.mark.parametrize("fields,field", [(dict(cp=2, dp=4), "plan.cp"), (dict(dp=8, vpp=2, pp=1), None),
+def test_an_interleaved_rank_runs_its_chunks_in_megatrons_warm_up_order():
+    """Llama-3.1-70B (80 layers) over pp 4 × vpp 2: rank 0 holds virtual stages 0 and 4 (layers 0-9 and
+    40-49) and runs 2·(4 − 1) + (2 − 1)·4 + 1 = 11 chunk forwards before its first backward, pp = 4
+    micro-batches through one chunk before the next (Megatron's get_model_chunk_id)."""
+    model = load_model("llama-3.1-70b")
+    plan = Plan(tp=8, pp=4, vpp=2, dp=1)
+    work = Workload(kind="pretrain", seq_len=4096, global_batch_size=32)
+    job = rank_job(model, plan, work, estimate(model, load_cluster("dgx-h100", nodes=4), plan, work))
+    assert job.stage == 0 and job.chunks == ((0, 10), (40, 10))
+    assert job.forward_chunks == (0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0)
+
+
+@pytest.mark.parametrize("fields,field", [(dict(cp=2, dp=4), "plan.cp"),
                                           (dict(dp=8, optimizer="lion"), "plan.optimizer"),
                                           (dict(dp=8, recompute="selective_mm"), "plan.recompute"),
                                           (dict(dp=8, recompute="selective", recompute_modules=("moe_act",)),
                                            "plan.recompute_modules"),
-                                          (dict(dp=8, ep=2, sharding="hsdp", hsdp_shard_size=4), "plan.sharding")])
+                                          (dict(dp=8, ep=2, sharding="hsdp", hsdp_shard_size=4), "plan.sharding"),
+                                          (dict(pp=2, dp=4, schedule="zero_bubble"), "plan.schedule")])
 def test_what_the_dry_run_does_not_build_is_named(fields, field):
     model = load_model("qwen3-30b-a3b" if fields.get("ep", 1) > 1 else "llama-3.1-8b")
-    try:
-        plan = Plan(**fields)
-    except ValueError:
-        return  # the plan itself refuses (vpp without pp): nothing to dry-run
+    plan = Plan(**fields)
     work = Workload(kind="pretrain", seq_len=4096, global_batch_size=64)
     with pytest.raises(DryRunError, match=field):
         rank_job(model, plan, work, estimate(model, CLUSTER, plan, work))
@@ -204,6 +211,15 @@ def test_the_plans_process_groups_reproduce_the_unsharded_step(family, fields):
     assert report.passed, f"loss {report.loss} vs {report.reference_loss}; gradient {report.gradient_error} ({report.worst_parameter})"
     assert {r.stage for r in report.ranks} == set(range(plan.pp))
     assert report.loss_error < 1e-5 and report.gradient_error < 1e-5
+
+
+def test_the_small_scale_run_refuses_interleaved_stages_by_name():
+    from parallelplan.dryrun import dry_run_small
+
+    data = json.loads((FIXTURES / "llama" / "config.json").read_text())
+    with pytest.raises(DryRunError, match="plan.vpp=2"):
+        dry_run_small(data, load_cluster("dgx-h100", gpus=4), Plan(pp=2, dp=2, vpp=2),
+                      Workload(kind="pretrain", seq_len=4096, global_batch_size=8))
 
 
 def test_the_reduced_model_keeps_the_counts_that_divisibility_depends_on():

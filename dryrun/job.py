@@ -28,7 +28,8 @@ The mechanisms (each PyTorch's own, as torchtitan composes them):
   chunk (Megatron's block method); selective
   recompute: ``torch.utils.checkpoint`` around each named module of every layer (Megatron-Core's modules:
   ``core_attn`` the attention function, ``layernorm`` the layer's two norms, ``mlp`` a dense MLP block,
-  ``moe`` an MoE block, ``shared_experts`` its shared experts).
+  ``moe`` an MoE block, ``shared_experts`` its shared experts); op-level selective recompute (``selective_mm``):
+  each layer under ``torch.utils.checkpoint`` with torchtitan's op policy (`dryrun.stage.SAVED_OPS`).
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ class RankJob:
     recompute_layers: int
     recompute_modules: tuple[str, ...]
     """Megatron-Core's selective recompute modules (`dryrun.stage.SELECTIVE`), empty without selective recompute."""
+    op_recompute: bool
+    """torchtitan's op-level selective checkpointing of every layer (``recompute="selective_mm"``)."""
     param_dtype: str
     master_weights: bool
     optimizer: str
@@ -131,9 +134,10 @@ def stage_job(model: ModelSpec, plan: Plan, workload: Workload, stage: int) -> R
         raise DryRunError("plan.sharding=hsdp with ep > 1: the dry-run does not lay experts over HSDP's replicate x shard "
                           "mesh yet; dry-run it with sharding=fsdp (the same expert shards when the HSDP shard group "
                           "holds the expert-data-parallel ranks)")
-    if plan.recompute == "selective_mm":
-        raise DryRunError("plan.recompute=selective_mm: the dry-run does not build torchtitan's per-op policy yet; "
-                          "use none, full or selective")
+    if plan.recompute == "selective_mm" and plan.ep > 1:
+        raise DryRunError("plan.recompute=selective_mm with ep > 1: the dry-run's expert-parallel experts run one matmul "
+                          "per expert, which torchtitan's op policy would count (its grouped GEMMs it does not); "
+                          "use full or selective recompute, or ep=1")
     unbuilt = [m for m in plan.recompute_modules or () if m not in SELECTIVE]
     if plan.recompute == "selective" and unbuilt:
         raise DryRunError(f"plan.recompute_modules={','.join(unbuilt)}: the dry-run recomputes {', '.join(SELECTIVE)}")
@@ -157,6 +161,7 @@ def stage_job(model: ModelSpec, plan: Plan, workload: Workload, stage: int) -> R
         expert_load=float(busiest_rank_load(PlanArrays.from_plans([plan]), workload)[0]), sharding=plan.sharding, shard_size=plan.hsdp_shard_size or plan.dp,
         recompute_layers=(plan.recompute_layers or max(n for _, n in chunks)) if plan.recompute == "full" else 0,
         recompute_modules=tuple(plan.recompute_modules or ()) if plan.recompute == "selective" else (),
+        op_recompute=plan.recompute == "selective_mm",
         param_dtype={"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[plan.precision],
         master_weights=plan.master_weights and plan.precision != "fp32", optimizer=plan.optimizer,
         persistent_grads=plan.persistent_grads)

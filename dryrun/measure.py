@@ -236,4 +236,6 @@ def mechanism(job: RankJob) -> str:
                      + (f" ({job.expert_load:g}x the share on this rank)" if job.expert_load != 1 else ""))
     if job.recompute_layers:
         parts.append(f"activation checkpointing on {job.recompute_layers} layer(s)")
+    if job.op_recompute:
+        parts.append("torchtitan's op-level selective checkpointing on every layer")
     return "; ".join(parts)

@@ -168,7 +168,7 @@ def _worker(spec_path: str) -> None:
     job = jobs[stage_index]
     whole = RankJob(**{**job.__dict__, "stage": 0, "pp": 1, "chunks": ((0, sum(j.layer_count for j in jobs)),),
                        "forward_chunks": (0,), "recompute_layers": 0,
-                       "recompute_modules": (), "tp": 1, "sequence_parallel": False})
+                       "recompute_modules": (), "op_recompute": False, "tp": 1, "sequence_parallel": False})
 
     torch.manual_seed(0)
     model = hf_model(config, whole, torch.float32, device="cpu")

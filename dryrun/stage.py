@@ -34,6 +34,7 @@ class Stage(torch.nn.Module):
         self.norm = inner.norm if job.last else None
         self.lm_head = model.lm_head if job.last else None
         self.recompute_layers = job.recompute_layers
+        self.op_recompute = job.op_recompute
         self.sequence_shards = job.tp if job.sequence_parallel else 1
         self.vocab_size = model.config.vocab_size
         for layer in self.layers:
@@ -51,6 +52,9 @@ class Stage(torch.nn.Module):
             if index < self.recompute_layers:
                 hidden = torch.utils.checkpoint.checkpoint(layer, hidden, position_ids=positions,
                                                            position_embeddings=rotary, use_reentrant=False)
+            elif self.op_recompute:
+                hidden = torch.utils.checkpoint.checkpoint(layer, hidden, position_ids=positions, position_embeddings=rotary,
+                                                           use_reentrant=False, context_fn=_op_level_policy)
             else:
                 hidden = layer(hidden, position_ids=positions, position_embeddings=rotary)
         if not last or self.lm_head is None:
@@ -77,6 +81,35 @@ def _selected(layer: torch.nn.Module, modules: tuple[str, ...]) -> list[torch.nn
     elif "shared_experts" in modules and moe:
         out += [getattr(mlp, name) for name in ("shared_expert", "shared_experts") if hasattr(mlp, name)]
     return out
+
+
+SAVED_OPS = {
+    torch.ops.aten.mm.default,
+    torch.ops.aten._scaled_dot_product_flash_attention.default,
+    torch.ops.aten._scaled_dot_product_efficient_attention.default,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default,  # the same attention on the CPU
+    torch.ops._c10d_functional.reduce_scatter_tensor.default,
+}
+"""The ops whose outputs torchtitan's op-level selective checkpointing saves (its ``_op_sac_save_list``;
+``activation_checkpoint.mode = "selective"``, ``selective_ac_option = "op"``); of the matmuls, every other
+one (the odd-numbered) only."""
+
+
+def _op_level_policy() -> tuple:
+    """A fresh policy per checkpointed layer call: save `SAVED_OPS`' outputs, but recompute the
+    even-numbered matmuls, counted apart in the forward and in the recompute (torchtitan's policy)."""
+    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+
+    matmuls = {False: 0, True: 0}
+
+    def policy(ctx: Any, func: Any, *args: Any, **kwargs: Any) -> CheckpointPolicy:
+        if func == torch.ops.aten.mm.default:
+            matmuls[ctx.is_recompute] += 1
+            if matmuls[ctx.is_recompute] % 2 == 0:
+                return CheckpointPolicy.PREFER_RECOMPUTE
+        return CheckpointPolicy.MUST_SAVE if func in SAVED_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+
+    return create_selective_checkpoint_contexts(policy)
 
 
 def _checkpoint_forward(module: torch.nn.Module) -> None:

@@ -11,8 +11,8 @@ but it lowers memory, and with it the recompute a plan needs: a recompute plan t
 faster than its recompute-free twin that offloads more. So a twin's fit is judged with its own offload and
 its time priced without any: still a lower bound. Pricing each structure's recompute-free twins gives a
 lower bound per structure; structures are then priced in full in increasing order of it until the next bound exceeds
-what the search can still pick, (1 + tolerance) × the best feasible step of the rank-th best structure
-(rank 2 covers the runner-up of another layout, more with ``top_k``). Twins whose plans cannot fit even
+what the search can still pick, (1 + tolerance) × the best feasible step of the rank-th best structure, in
+the whole nanoseconds the search decides on (rank 2 covers the runner-up of another layout, more with ``top_k``). Twins whose plans cannot fit even
 with the space's most memory-saving recompute are left out of the bound (their plans are never
 feasible), so every plan that fits in a structure left out is slower than every plan the search can
 pick; the faster plans that do not fit, which the explanation cites, are then those priced.
@@ -34,6 +34,7 @@ import numpy as np
 from parallelplan.constraints import Efficiency, PlanArrays, RuntimeAllowance, evaluate
 from parallelplan.constraints.arrays import ALL_LAYERS, code
 from parallelplan.constraints.evaluate import Evaluation, memory_fits, peak_memory
+from parallelplan.solver.objectives import nanoseconds
 from parallelplan.solver.space import (
     Execution,
     SearchSpace,
@@ -89,10 +90,17 @@ class StepBound:
     """Plans priced per batch of structures (None: `BATCH_PLANS`)."""
 
     def threshold(self, best_per_structure: np.ndarray) -> float:
-        """The step time above which no plan can be picked, from the structures' best feasible steps so far."""
+        """The step time above which no plan can be picked, from the structures' best feasible steps so far.
+        The search decides on whole nanoseconds (`solver.objectives.nanoseconds`) and keeps a plan within
+        ⌊(1 + tolerance) · best⌋ of them, so a step that rounds to that many is still pickable: the
+        threshold is half a nanosecond above it (plans that tie to the nanosecond are the tie-break's to
+        order, not the bound's)."""
         if len(best_per_structure) < self.rank:
             return np.inf
-        return float((1 + self.tolerance) * np.partition(best_per_structure, self.rank - 1)[self.rank - 1])
+        best = float(np.partition(best_per_structure, self.rank - 1)[self.rank - 1])
+        if not np.isfinite(best):
+            return np.inf
+        return (np.floor(nanoseconds(best) * (1 + self.tolerance)) + 0.5) / 1e9
 
 
 BATCH_PLANS = 25_000

@@ -16,14 +16,17 @@ first).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from parallelplan.constraints import PlanArrays
 from parallelplan.constraints.arrays import ALL_LAYERS, code, module_mask
 from parallelplan.hardware import ClusterSpec, HardwareError, checked_price, default_price
-from parallelplan.solver.candidates import Candidates
 from parallelplan.solver.errors import SolverInputError
+
+if TYPE_CHECKING:
+    from parallelplan.solver.candidates import Candidates
 
 OBJECTIVES = ("throughput", "cost", "memory_headroom", "gpus", "simplicity")
 WEIGHT_SCALE = 10**9

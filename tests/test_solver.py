@@ -150,6 +150,22 @@ def test_the_step_bound_rules_out_nothing_the_search_can_pick(case, top_k):
         assert plans == [expected.candidates.plans.plan(r) for r in expected.rows]
 
 
+def test_the_step_bound_prices_plans_that_tie_to_the_nanosecond():
+    """Pipeline layouts (1, 2) and (2, 1) of a 3-layer model take the same step up to float round-off; the
+    search decides on whole nanoseconds and its tie-break orders them, so the bound must not leave out the
+    one whose lower bound lies an ulp above the other's step (hypothesis found it, with two runner-ups)."""
+    model = load_model({"name": "generated", "hidden_size": 256, "num_layers": 3, "num_attention_heads": 4,
+                        "num_kv_heads": 2, "vocab_size": 1000, "ffn_hidden_size": 512})
+    cluster = small_cluster(1, 2, "1 GiB")
+    work = Workload(kind="rlhf", algorithm="dpo", seq_len=128, global_batch_size=8, peft=Peft(rank=8))
+    expected = oracle(model, cluster, work, objective=["throughput"], fixed={}, top_k=2)
+    with patch("parallelplan.solver.candidates.BATCH_PLANS", 1):
+        found = solve(model, cluster, work, objective=["throughput"], top_k=2)
+    plans = [found.plan] + [a.plan for a in found.alternatives]
+    assert plans == [expected.candidates.plans.plan(r) for r in expected.rows]
+    assert {p.layers_per_stage for p in plans if p.pp == 2} == {(2, 1)}  # the tie-break's pick
+
+
 def test_the_step_bound_leaves_most_of_a_large_moe_space_unpriced_and_finds_the_same_plan():
     """DeepSeek-V3 on 64 H100: the bounded search and the same objective without the bound (a weighted
     objective of step time alone prices everything) agree on the plan and the runner-up."""

@@ -161,11 +161,11 @@ def test_hsdp_shards_within_its_group():
     assert hsdp.optimizer == pytest.approx(fsdp8.optimizer)
 
 
-@pytest.mark.parametrize("optimizer,state_bytes", [("adamw", 8.0), ("adamw8bit", 2 * (1 + 4 / 2048)),
+@pytest.mark.parametrize("optimizer,state_bytes", [("adamw", 8.0), ("adamw8bit", 2 * (1 + 4 / 256)),
                                                     ("lion", 4.0), ("sgd", 4.0)])
 def test_optimizer_state_bytes(optimizer, state_bytes):
     """fp32 master (4 bytes) plus the optimizer's states: Adam 2 fp32 moments, bitsandbytes 8-bit Adam
-    2 one-byte moments with an fp32 absmax per 2048-value block, Lion and SGD one fp32 moment."""
+    2 one-byte moments with an fp32 absmax per 256-value block, Lion and SGD one fp32 moment."""
     mem = estimate(LLAMA_8B, h100(1), Plan(dp=8, optimizer=optimizer), PRETRAIN).memory
     assert mem.optimizer == pytest.approx((4 + state_bytes) * LLAMA_8B.total_params, rel=1e-12)
 

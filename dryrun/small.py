@@ -224,6 +224,9 @@ def _worker(spec_path: str) -> None:
     dist.gather_object(result, gathered, dst=0)
     if rank == 0:
         Path(out).write_text(json.dumps(gathered))
+    # every rank reaches the teardown before any tears its connections down: gloo aborts a process whose
+    # peer closed first ("terminate called without an active exception", seen once in CI)
+    dist.barrier()
     dist.destroy_process_group()
 
 

@@ -98,16 +98,22 @@ def micro_batches(p: PlanArrays, w: Workload) -> np.ndarray:
     return np.maximum(w.global_batch_size // (p.dp * p.micro_batch_size), 1)
 
 
-def in_flight(p: PlanArrays, w: Workload, stage_index: np.ndarray) -> np.ndarray:
-    """Micro-batch equivalents of activations held by a rank of each class ((n, C); ``stage_index`` is the
-    class's lowest rank)."""
+def warm_up_forwards(p: PlanArrays, w: Workload, stage_index: np.ndarray) -> np.ndarray:
+    """Forwards a rank of each class runs before its first backward ((n, C); ``stage_index`` is the class's
+    lowest rank): micro-batches, or under interleaving model-chunk forwards (module docstring)."""
     pp = p.pp[:, None]
     vpp = p.vpp[:, None]
     m = micro_batches(p, w)[:, None]
     plain = np.minimum(pp - stage_index, m)
     chunks = np.minimum(2 * (pp - stage_index - 1) + (vpp - 1) * pp + 1, m * vpp)
+    return np.where(p.schedule[:, None] == code("schedule", "interleaved"), chunks, plain)
+
+
+def in_flight(p: PlanArrays, w: Workload, stage_index: np.ndarray) -> np.ndarray:
+    """Micro-batch equivalents of activations held by a rank of each class ((n, C)): its warm-up forwards,
+    each 1/vpp of the stage under interleaving."""
     interleaved = p.schedule[:, None] == code("schedule", "interleaved")
-    return np.where(interleaved, chunks / vpp, plain).astype(float)
+    return (warm_up_forwards(p, w, stage_index) / np.where(interleaved, p.vpp[:, None], 1)).astype(float)
 
 
 def micro_batch_tokens(p: PlanArrays, w: Workload) -> np.ndarray:

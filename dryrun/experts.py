@@ -57,8 +57,9 @@ class ExpertParallel(torch.nn.Module):
 
     def forward(self, hidden: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> torch.Tensor:
         tokens, k = top_k_index.shape
-        order = torch.argsort(top_k_index.reshape(-1), stable=True)
-        expert = top_k_index.reshape(-1)[order].contiguous()
+        chosen = top_k_index.reshape(-1)
+        order = torch.argsort(chosen, stable=True)
+        expert = chosen[order]
         token = torch.arange(tokens, device=hidden.device).repeat_interleave(k)[order]
         send_sizes, recv_sizes, per_expert = self._counts(expert)
         arrived_expert = expert.new_empty(sum(recv_sizes))

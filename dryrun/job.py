@@ -36,9 +36,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from parallelplan.constraints import Estimate, Plan, Workload
 from parallelplan.constraints.activations import busiest_rank_load
 from parallelplan.constraints.arrays import PlanArrays
+from parallelplan.constraints.memory import warm_up_forwards
 from parallelplan.dryrun.errors import DryRunError
 from parallelplan.models import ModelSpec
 
@@ -147,18 +150,16 @@ def stage_job(model: ModelSpec, plan: Plan, workload: Workload, stage: int) -> R
         raise DryRunError("plan.precision=fp8: the dry-run computes in bf16, fp16 or fp32")
     if workload.kind not in ("pretrain", "finetune") or workload.peft is not None or workload.algorithm is not None:
         raise DryRunError(f"workload.kind={workload.kind}: the dry-run runs a training step without PEFT")
-    chunks = tuple(_virtual_stages(model, plan)[stage])
-    micro_batches = workload.global_batch_size // (plan.dp * plan.micro_batch_size)
-    if plan.schedule == "interleaved":
-        warm_up = min(2 * (plan.pp - stage - 1) + (plan.vpp - 1) * plan.pp + 1, micro_batches * plan.vpp)
-        forward_chunks = tuple((k % (plan.pp * plan.vpp)) // plan.pp for k in range(warm_up))
-    else:
-        forward_chunks = (0,) * min(plan.pp - stage, micro_batches)
+    arrays = PlanArrays.from_plans([plan])
+    chunks = tuple(_virtual_stages(model, arrays)[stage])
+    warm_up = int(warm_up_forwards(arrays, workload, np.array([[stage]]))[0, 0])
+    # Megatron's get_model_chunk_id: pp micro-batches through one chunk, then the next (one chunk: all 0)
+    forward_chunks = tuple((k % (plan.pp * plan.vpp)) // plan.pp for k in range(warm_up))
     return RankJob(
         stage=stage, pp=plan.pp, chunks=chunks, forward_chunks=forward_chunks,
         micro_batch=plan.micro_batch_size, seq_len=workload.seq_len,
         tp=plan.tp, sequence_parallel=plan.sequence_parallel and plan.tp > 1, dp=plan.dp, ep=plan.ep,
-        expert_load=float(busiest_rank_load(PlanArrays.from_plans([plan]), workload)[0]), sharding=plan.sharding, shard_size=plan.hsdp_shard_size or plan.dp,
+        expert_load=float(busiest_rank_load(arrays, workload)[0]), sharding=plan.sharding, shard_size=plan.hsdp_shard_size or plan.dp,
         recompute_layers=(plan.recompute_layers or max(n for _, n in chunks)) if plan.recompute == "full" else 0,
         recompute_modules=tuple(plan.recompute_modules or ()) if plan.recompute == "selective" else (),
         op_recompute=plan.recompute == "selective_mm",
@@ -167,9 +168,9 @@ def stage_job(model: ModelSpec, plan: Plan, workload: Workload, stage: int) -> R
         persistent_grads=plan.persistent_grads)
 
 
-def _virtual_stages(model: ModelSpec, plan: Plan) -> list[list[tuple[int, int]]]:
+def _virtual_stages(model: ModelSpec, plan: PlanArrays) -> list[list[tuple[int, int]]]:
     """Each pipeline rank's chunks, as the cost model splits the layers (`constraints.stages`)."""
     from parallelplan.constraints.stages import virtual_stages
     from parallelplan.constraints.structure import model_facts
 
-    return virtual_stages(model_facts(model), PlanArrays.from_plans([plan]))
+    return virtual_stages(model_facts(model), plan)

@@ -112,11 +112,11 @@ def _on_gpu(stage: Stage, job: RankJob, meshes: dict[str, DeviceMesh], compute: 
             buffer.zero_()
     optimizer = _optimizer(stage, job, job.sharding in FSDP_SHARDINGS)
     try:
-        progress(f"step 1 of {STEPS}: 1 micro-batch (creates the optimizer states)")
+        progress(f"step 1 of {STEPS}: one forward of each chunk (creates the optimizer states)")
         _train_step(stage, job, optimizer, compute, config, _each_chunk(job))
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-        progress(f"step 2 of {STEPS}: {job.in_flight} micro-batch(es) of {job.micro_batch} x {job.seq_len} tokens, timed")
+        progress(f"step 2 of {STEPS}: {job.in_flight} forward(s) of {job.micro_batch} x {job.seq_len} tokens, timed")
         started = time.perf_counter()
         _train_step(stage, job, optimizer, compute, config, job.forward_chunks)
         torch.cuda.synchronize()

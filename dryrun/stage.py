@@ -6,6 +6,7 @@ the full-size dry-run (`to_fake`), real ones at reduced widths for the multi-pro
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import torch
@@ -26,8 +27,8 @@ class Stage(torch.nn.Module):
         super().__init__()
         inner = model.model
         self.layers = torch.nn.ModuleList(inner.layers[i] for start, count in job.chunks for i in range(start, start + count))
-        ends = [sum(count for _, count in job.chunks[: k + 1]) for k in range(len(job.chunks))]
-        self.chunks = [range(end - count, end) for end, (_, count) in zip(ends, job.chunks, strict=True)]
+        bounds = list(itertools.accumulate((count for _, count in job.chunks), initial=0))
+        self.chunks = [range(begin, end) for begin, end in itertools.pairwise(bounds)]
         """Positions in ``layers`` of each model chunk's layers."""
         self.rotary_emb = inner.rotary_emb
         self.embed_tokens = inner.embed_tokens if job.first else None

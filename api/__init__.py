@@ -30,7 +30,7 @@ _EXPORTS = {
                      "assess", "compare_sharding", "describe_topology", "calibrate", "read_runs"),
                     "parallelplan.constraints"),
     **dict.fromkeys(("Solution", "Infeasible", "SolverInputError", "solve", "pareto", "compare", "place", "Role", "Placement", "solve_pools",
-                     "cheapest", "profile", "list_profiles", "solve_rl", "RLSolution"),
+                     "cheapest", "profile", "list_profiles", "solve_rl", "RLSolution", "optimize", "Ladder"),
                     "parallelplan.solver"),
     **dict.fromkeys(("EmitError", "emit", "list_targets", "read_config", "rl_constraints"), "parallelplan.emitters"),
 }

@@ -38,6 +38,9 @@ COMMANDS = [
     ["estimate", "--model", "llama-3.1-8b", "--tp", "8"],  # no --cluster: tries this machine's NVML first
     ["compare", "--model", "llama-3.1-8b", "--model", "llama-3.1-70b", "--cluster", "dgx-h100", "--nodes", "8"],
     ["launch", "--model", "llama-3.1-8b", "--cluster", "dgx-h100", "--nodes", "2", "--target", "megatron"],
+    # issue 19's bar: the ladder from a naive plan, with the solver's optimum beside it, within 2 s
+    ["optimize", "--model", "llama-3.1-70b", "--cluster", "dgx-h100", "--nodes", "8", "--tp", "8", "--pp", "1", "--dp", "8",
+     "--no-sequence-parallel", "--zero-stage", "0", "--recompute", "full", "--precision", "bf16"],
     ["--help"],
 ]
 ANSWERS = (0, 1)

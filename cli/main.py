@@ -1,8 +1,7 @@
 """`plan`: the command group, the options every command shares and the error policy.
 
 Exit codes: 0 ok; 1 infeasible, a plan that breaks a rule, or a validation that fails; 2 bad input (an
-unknown model, a malformed file, a bad flag, a file that cannot be read or written, a command not
-available yet); 3 an internal error (a bug in `plan`: please report it with the ``--debug`` traceback).
+unknown model, a malformed file, a bad flag, a file that cannot be read or written); 3 an internal error (a bug in `plan`: please report it with the ``--debug`` traceback).
 Bad input — every `ModelError`, `HardwareError`, `PlanError`, `SolverInputError`, `EmitError`,
 `DryRunError` and `OSError` — prints one line naming what is wrong and how to fix it. ``--debug`` shows the
 traceback instead.
@@ -25,13 +24,13 @@ from parallelplan.cli.compare_cmd import compare
 from parallelplan.cli.dryrun_cmd import dry_run
 from parallelplan.cli.estimate_cmd import estimate
 from parallelplan.cli.launch_cmd import launch, slurm
+from parallelplan.cli.optimize_cmd import optimize
 from parallelplan.cli.place_cmd import place
 from parallelplan.cli.presets_cmd import presets
 from parallelplan.cli.profile_cmd import profile
 from parallelplan.cli.sharding_cmd import sharding
 from parallelplan.cli.solve_cmd import pareto, solve
 from parallelplan.cli.topology_cmd import topology
-from parallelplan.cli.unavailable import UNAVAILABLE
 from parallelplan.cli.validate_cmd import validate
 
 
@@ -115,17 +114,16 @@ def plan(ctx: click.Context, color: bool | None) -> None:
       plan compare --model llama-3.1-8b --model llama-3.1-70b --cluster dgx-h100 --cluster dgx-a100 --nodes 4
       plan place --model llama-3.1-70b --model llama-3.1-8b --nodes 8
       plan launch --model llama-3.1-70b --nodes 2 --target deepspeed --out run/
+      plan optimize --model llama-3.1-70b --nodes 8 --tp 8 --recompute full
     """
     if color is not None:
         ctx.color = color
 
 
 for command in (presets, analyze, topology, estimate, validate, sharding, solve, pareto, compare, place, launch, slurm,
-                calibrate, profile, dry_run):
+                calibrate, profile, dry_run, optimize):
     plan.add_command(command)
 plan.add_command(solve, name="recommend")
-for command in UNAVAILABLE:
-    plan.add_command(command)
 
 
 def main() -> None:

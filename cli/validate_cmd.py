@@ -87,7 +87,7 @@ def validate(model_ref: str, cluster_ref: str | None, nodes: int | None, gpus: i
     read, source = None, next((name for name in given if name != "--plan"), None)
     if source is not None:
         cluster = load_target_cluster(cluster_ref, nodes, gpus)
-        read, framework_stack = _read_framework(source, given[source], cluster, model.num_layers)
+        read, framework_stack = read_framework(source, given[source], cluster, model.num_layers)
         fields = read.plan_fields | fields  # flags win
         global_batch = global_batch or read.global_batch_size
         stack = stack or framework_stack
@@ -111,7 +111,7 @@ def validate(model_ref: str, cluster_ref: str | None, nodes: int | None, gpus: i
         raise SystemExit(1)
 
 
-def _read_framework(source: str, path: Path, cluster: ClusterSpec, num_layers: int):
+def read_framework(source: str, path: Path, cluster: ClusterSpec, num_layers: int):
     """(`emitters.reading.ReadConfig`, the stack it runs on) of a framework's configuration file."""
     import json
 

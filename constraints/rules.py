@@ -10,6 +10,8 @@ interleaved schedule. Vocabularies are not checked: frameworks pad them to a mul
 
 from __future__ import annotations
 
+import functools
+
 from pydantic import BaseModel, ConfigDict
 
 from parallelplan.constraints.collectives import fast_domain
@@ -30,7 +32,10 @@ class Violation(BaseModel):
     fix: str
 
 
+@functools.lru_cache(maxsize=1024)
 def _divisors(n: int, limit: int | None = None) -> str:
+    """The divisors of ``n`` up to ``limit``, for a rule's fix (cached: every rule call formats its fix, and
+    the ladder of `plan optimize` checks hundreds of plans of one model)."""
     values = [d for d in range(1, n + 1) if n % d == 0 and (limit is None or d <= limit)]
     return ", ".join(map(str, values[:12])) + (" ..." if len(values) > 12 else "")
 

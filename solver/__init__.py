@@ -7,6 +7,7 @@
 - `cheapest(model, workload, tokens=, deadline_hours=) -> Cheapest`: the cheapest priced cluster and node count for a run by a deadline
 - `profile(name, model, cluster)`, `list_profiles()`: the workload profiles (``data/profiles.json``) solved
 - `solve_rl(actor, cluster, workload) -> RLSolution`: a PPO / GRPO step's roles placed (colocated or split) and planned
+- `optimize(model, cluster, workload, plan, goal=...) -> Ladder`: from a user's plan, the changes worth making one at a time (techniques of ``data/techniques.json``), beside the proved optimum
 - `solve_pools(model, pooled, workload) -> PooledSolution`: one model across a heterogeneous cluster's pools (the batch split over them, or a pipeline across them)
 - `Infeasible` (the conflicting constraints and the changes that would help), `SolverInputError`.
 `Plan`, `Workload` and `Peft` are re-exported from `constraints`. The search modules (and OR-Tools) load on first
@@ -32,9 +33,10 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "ClusterOption": "parallelplan.solver.cheapest_cluster", "profile": "parallelplan.solver.profiles",
     "list_profiles": "parallelplan.solver.profiles", "load_profile": "parallelplan.solver.profiles",
     "Profile": "parallelplan.solver.profiles", "solve_rl": "parallelplan.solver.rl",
-    "RLSolution": "parallelplan.solver.rl", "RLRole": "parallelplan.solver.rl", "Rollout": "parallelplan.constraints"})
+    "RLSolution": "parallelplan.solver.rl", "RLRole": "parallelplan.solver.rl", "Rollout": "parallelplan.constraints",
+    "optimize": "parallelplan.solver.ladder", "Ladder": "parallelplan.solver.ladder"})
 
-__all__ = ["RLRole", "RLSolution", "Rollout", "solve_rl", "Cheapest", "ClusterOption", "Profile", "cheapest", "list_profiles", "load_profile", "profile",
+__all__ = ["Ladder", "optimize", "RLRole", "RLSolution", "Rollout", "solve_rl", "Cheapest", "ClusterOption", "Profile", "cheapest", "list_profiles", "load_profile", "profile",
            "OBJECTIVES", "Alternative", "Comparison", "Infeasible", "InfeasibleCell", "Peft", "Placement", "Plan", "PoolPipeline", "PoolShare",
            "PoolStages", "PooledSolution", "Role", "RolePlacement", "SearchStats", "Solution", "SolverInputError", "Workload", "compare",
            "pareto", "place", "solve", "solve_pools"]

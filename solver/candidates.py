@@ -191,15 +191,22 @@ def _structures_that_can_fit(space: SearchSpace, rows: list, runtime: RuntimeAll
 
 def priced_candidates(space: SearchSpace, *, every_recompute_depth: bool = False, prune: bool = True,
                       efficiency: Efficiency | None = None, runtime: RuntimeAllowance | None = None,
-                      bound: StepBound | None = None) -> Candidates | None:
+                      bound: StepBound | None = None, least_memory: int = 0) -> Candidates | None:
     """The priced plans of ``space`` (None when the space holds no structurally valid plan); ``prune``
     drops the structures no plan of which fits (exact for searches, not for diagnosing infeasibility);
-    ``bound`` prices only what a step-time search can pick (module docstring)."""
+    ``bound`` prices only what a step-time search can pick (module docstring). ``least_memory`` = r > 0
+    (a search whose first objective is memory, kept without tolerance, picking r layouts): each
+    structure's least memory is found among `least_memory_executions`, and only the structures whose
+    least memory of a feasible plan is among the r smallest are priced in full — the optimum lies in
+    one of least memory, every plan that ties with it in such a structure, and each runner-up (the best
+    plan of another layout) in the next ones."""
     rows = structures(space)
     bounded = bound is not None and space.workload.training and not every_recompute_depth
     # the bound's own fit check covers this one (a structure none of whose plans fits is never priced)
     if prune and space.workload.training and rows and not bounded:
         rows = [rows[i] for i in _structures_that_can_fit(space, rows, runtime)]
+    if least_memory and rows:
+        rows = [rows[i] for i in _least_memory_structures(space, rows, least_memory, efficiency, runtime)]
     execs = executions(space)
     s_idx, e_idx = valid_pairs(space, rows, execs)
     if len(s_idx) == 0:
@@ -229,6 +236,25 @@ def priced_candidates(space: SearchSpace, *, every_recompute_depth: bool = False
     unpriced = np.ones(len(rows), dtype=bool)
     unpriced[order[:start]] = False
     return replace(Candidates.concat(parts, same_layouts=True), bounded=int(plans_of[unpriced].sum()))
+
+
+def _least_memory_structures(space: SearchSpace, rows: list[Structure], ranks: int, efficiency: Efficiency | None,
+                             runtime: RuntimeAllowance | None) -> np.ndarray:
+    """Indices of the structures whose least memory of a feasible plan (fits, finite step; in the whole
+    bytes the search decides on) is among the ``ranks`` smallest (`priced_candidates`' ``least_memory``)."""
+    execs = least_memory_executions(space)
+    s_idx, e_idx = valid_pairs(space, rows, execs)
+    if len(s_idx) == 0:
+        return np.zeros(0, dtype=np.int64)
+    probe = _price(space, rows, execs, s_idx, e_idx, False, efficiency, runtime)
+    e = probe.evaluation
+    ok = e.fits & np.isfinite(e.time.step)
+    least = np.full(len(rows), np.inf)
+    np.minimum.at(least, probe.layout[ok], np.ceil(e.memory.total[ok]))
+    values = np.unique(least[np.isfinite(least)])
+    if len(values) == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.flatnonzero(least <= values[min(ranks, len(values)) - 1])
 
 
 def _price(space: SearchSpace, rows: list[Structure], execs: list[Execution], s_idx: np.ndarray, e_idx: np.ndarray,

@@ -117,7 +117,7 @@ def _conventional(space: SearchSpace, plan: Plan) -> bool:
     if "sequence_parallel" not in space.fixed and "sequence_parallel" not in space.ranges \
             and plan.sequence_parallel != sp_possible:
         return False
-    if plan.sharding != "none" and plan.dp * plan.cp == 1:
+    if plan.sharding != "none" and plan.dp * plan.cp == 1 and plan.offload == "none":
         return False
     if plan.cp == 1 and plan.cp_comm != "p2p":  # no context parallelism: one way to say so
         return False

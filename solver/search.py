@@ -66,15 +66,16 @@ class _Search:
                  fixed: Mapping[str, Any] | None, ranges: Mapping[str, Any] | None, allow_uneven_stages: bool,
                  allow_cross_domain: bool, allow_partial_recompute: bool, price_per_gpu_hour: float | None, min_tokens_per_s: float | None,
                  node_counts: Sequence[int] | None, efficiency: Efficiency | None, runtime: RuntimeAllowance | None,
-                 progress: Progress | None = None, step_bound: tuple[int, float] | None = None):
+                 progress: Progress | None = None, step_bound: tuple[int, float] | None = None, widen: bool = False,
+                 least_memory: int = 0):
         if min_tokens_per_s is not None and not min_tokens_per_s > 0:
             raise SolverInputError(f"min_tokens_per_s must be > 0, got {min_tokens_per_s!r}")
         self.model, self.workload, self.target = model, workload, min_tokens_per_s
         self.efficiency, self.runtime = efficiency, runtime
-        self.every_depth = "memory_headroom" in names
+        self.every_depth = "memory_headroom" in names and not least_memory
         self.space = SearchSpace(model, cluster, workload, fixed=dict(fixed or {}), ranges=dict(ranges or {}),
                                  allow_uneven_stages=allow_uneven_stages, allow_cross_domain=allow_cross_domain,
-                                 allow_partial_recompute=allow_partial_recompute)
+                                 allow_partial_recompute=allow_partial_recompute, widen=widen)
         self.price = gpu_hour_price(cluster, price_per_gpu_hour, required="cost" in names)
         sizes = self._node_counts(cluster, names, node_counts)
         self.clusters = {n * cluster.node.gpus_per_node: load_cluster(cluster, nodes=n) for n in sizes}
@@ -82,7 +83,7 @@ class _Search:
         bound = StepBound(*step_bound, feasible=self.feasible) if step_bound is not None and len(sizes) == 1 else None
         parts = []
         for gpus, sized in self.clusters.items():
-            part = self.priced(replace(self.space, cluster=sized), bound=bound)
+            part = self.priced(replace(self.space, cluster=sized), bound=bound, least_memory=least_memory)
             if progress is not None:
                 progress(f"priced {0 if part is None else len(part):,} plans on {gpus} GPUs")
             if part is not None:
@@ -101,8 +102,9 @@ class _Search:
             return sorted(set(powers) | {cluster.num_nodes})
         return [cluster.num_nodes]
 
-    def priced(self, space: SearchSpace, *, prune: bool = True, bound: StepBound | None = None) -> Candidates | None:
-        return priced_candidates(space, every_recompute_depth=self.every_depth, prune=prune,
+    def priced(self, space: SearchSpace, *, prune: bool = True, bound: StepBound | None = None,
+               least_memory: int = 0) -> Candidates | None:
+        return priced_candidates(space, every_recompute_depth=self.every_depth, prune=prune, least_memory=least_memory,
                                  efficiency=self.efficiency, runtime=self.runtime, bound=bound)
 
     def solvable(self) -> tuple[Candidates, np.ndarray, Criteria]:
@@ -171,11 +173,12 @@ def solve(model: ModelSpec, cluster: ClusterSpec, workload: Workload, *, objecti
           allow_uneven_stages: bool = True, allow_cross_domain: bool = False, allow_partial_recompute: bool = True,
           price_per_gpu_hour: float | None = None, min_tokens_per_s: float | None = None, node_counts: Sequence[int] | None = None, top_k: int = 0,
           efficiency: Efficiency | None = None, runtime: RuntimeAllowance | None = None,
-          time_limit_s: float = 30.0, progress: Progress | None = None) -> Solution:
+          time_limit_s: float = 30.0, progress: Progress | None = None, widen: bool = False) -> Solution:
     """The optimal plan (module docstring). ``objective``: a name, a list (lexicographic; each earlier
     objective kept within ``tolerance`` of its optimum), or {name: weight} (weighted sum of each objective
     over its own optimum). ``fixed`` pins plan fields (e.g. {"tp": 8}); ``ranges`` lists or bounds their
-    values (e.g. {"pp": (1, 8), "precision": ["bf16", "fp8"]}). ``min_tokens_per_s`` keeps only plans that
+    values (e.g. {"pp": (1, 8), "precision": ["bf16", "fp8"]}); with ``widen`` the ranges' values are added to
+    the default domains instead of replacing them. ``min_tokens_per_s`` keeps only plans that
     reach that throughput (with ``gpus``: the fewest GPUs that meet it; without: the fewest that fit).
     ``top_k`` adds that many runner-ups. ``progress`` receives status lines as the search advances."""
     started = time.perf_counter()
@@ -189,7 +192,9 @@ def solve(model: ModelSpec, cluster: ClusterSpec, workload: Workload, *, objecti
                      allow_cross_domain=allow_cross_domain, allow_partial_recompute=allow_partial_recompute,
                      price_per_gpu_hour=price_per_gpu_hour,
                      min_tokens_per_s=min_tokens_per_s, node_counts=node_counts, efficiency=efficiency, runtime=runtime,
-                     progress=progress, step_bound=(max(top_k + 1, 2), tolerance) if weights is None and names[0] == "throughput" else None)
+                     progress=progress, step_bound=(max(top_k + 1, 2), tolerance) if weights is None and names[0] == "throughput" else None,
+                     widen=widen,
+                     least_memory=top_k + 1 if weights is None and names[0] == "memory_headroom" and (len(names) == 1 or tolerance == 0) else 0)
     cands, feasible, crit = search.solvable()
     picks: list[int] = []
     proved = True

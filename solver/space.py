@@ -23,7 +23,8 @@ domain by the listed values, or by the values within ``(low, high)`` for integer
 - ``sequence_parallel``: on whenever tp > 1 allows it — in the cost model it never costs time or memory
   (pin it or give a range to search it);
 - ``sharding``: none, zero1 and fsdp; zero2 with pp = 1 (DeepSpeed's pipeline engine takes ZeRO-1 only);
-  hsdp sharded over one node's GPUs when dp·cp spans several nodes; none when dp·cp = 1; zero3 (DeepSpeed)
+  hsdp sharded over one node's GPUs when dp·cp spans several nodes; none when dp·cp = 1 unless states are
+  offloaded (ZeRO-Offload on a single replica: offload takes a sharding stage); zero3 (DeepSpeed)
   when asked for — FSDP shards the same states with less resident memory;
 - ``recompute``: none; selective with Megatron's module ladder (`constraints.check.selective_ladder`);
   full on every layer; and full on the fewest layers per virtual stage that fit (found after pricing,
@@ -459,14 +460,16 @@ def least_memory_executions(space: SearchSpace) -> list[Execution]:
     """The execution choices among which a structure's smallest memory lies: the smallest micro-batch
     (memory never falls with a larger one: in-flight micro-batches × size is capped by the replica's batch),
     full recompute and the most thorough selective module set (one of the two keeps least; every other
-    recompute choice keeps more than both), and every value of the other choices."""
+    recompute choice keeps more than both), and every value of the other choices. Offloading activations,
+    every recompute choice: a stack that offloads without recompute only (Megatron-Core) makes recompute
+    none with offload keep less than full recompute without."""
     execs = executions(space)
     if not execs:  # e.g. a pinned cp_comm the stack does not offer
         return []
     smallest = min(e.micro_batch_size for e in execs)
     execs = [e for e in execs if e.micro_batch_size == smallest]
-    least = least_memory_recomputes(execs)
-    return [e for e in execs if (e.recompute, e.recompute_modules) in least]
+    least = least_memory_recomputes([e for e in execs if not e.offload_activations])
+    return [e for e in execs if e.offload_activations or (e.recompute, e.recompute_modules) in least]
 
 
 def _valid(space: SearchSpace, c: dict[str, np.ndarray]) -> np.ndarray:
@@ -483,7 +486,7 @@ def _valid(space: SearchSpace, c: dict[str, np.ndarray]) -> np.ndarray:
         ok &= c["sequence_parallel"] == sp_possible  # on wherever it can be: it never costs time or memory
     data = c["dp"] * c["cp"]
     s = c["sharding"]
-    ok &= (s == code("sharding", "none")) | (data > 1)
+    ok &= (s == code("sharding", "none")) | (data > 1) | (c["offload"] != code("offload", "none"))
     ok &= (c["pp"] == 1) | ~np.isin(s, [code("sharding", "zero2"), code("sharding", "zero3")])
     hsdp = s == code("sharding", "hsdp")
     ok &= ~hsdp | ((c["hsdp_shard_size"] > 1) & (c["hsdp_shard_size"] < data) & (data % c["hsdp_shard_size"] == 0))

@@ -156,16 +156,6 @@ def test_compare_needs_two_pairs():
     assert result.exit_code == 2 and "two or more models or clusters" in result.stderr
 
 
-# -- not yet available --------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("name", ["optimize"])
-def test_planned_commands_say_they_are_not_available(name):
-    result = run(name, "--model", "llama-3.1-8b")
-    assert result.exit_code == 2
-    assert result.stdout == "" and f"`plan {name}` is not available yet" in result.stderr
-    assert "not available yet" in run(name, "--help").output.lower()
-
-
 # -- shared behaviour ---------------------------------------------------------------------------------
 
 def test_quiet_drops_notes_and_explanations():

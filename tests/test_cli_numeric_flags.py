@@ -19,6 +19,7 @@ BASE_ARGS = {
     "place": MODEL + MODEL + ["--name", "a", "--name", "b"] + CLUSTER + ["--nodes", "2"],
     "profile": ["--workload", "lora"] + MODEL + CLUSTER,
     "dry-run": MODEL + CLUSTER + ["--nodes", "2", "--pp", "16", "--dp", "1"],  # one layer on the busiest stage
+    "optimize": MODEL + CLUSTER,
 }
 """The smallest valid call of each command that has numeric flags (a 1B model on one node keeps it fast)."""
 NUMERIC_FLAGS = {
@@ -26,7 +27,8 @@ NUMERIC_FLAGS = {
                  if isinstance(param, click.Option) and isinstance(param.type, (click.types.IntParamType, click.types.FloatParamType)))
     for name in BASE_ARGS
 }
-LIST_FLAGS = {"solve": ["--node-counts"], "compare": ["--node-counts"], "estimate": ["--layers-per-stage"]}
+LIST_FLAGS = {"solve": ["--node-counts"], "compare": ["--node-counts"], "estimate": ["--layers-per-stage"],
+              "optimize": ["--layers-per-stage"]}
 """Flags that take a comma-separated list of numbers."""
 SPECIAL = ["0", "-1", "-0", "0.5", "1.5", "-2.5", "1e400", "inf", "-inf", "nan", "NaN", "1e12", "1e308",
            str(2**31), str(2**63), str(2**64 + 1), "99999999999999999999999", "abc", "", "1_000", "0x10", " 8"]

@@ -72,7 +72,7 @@ PLAN_OPTIONS = [
     click.option("--precision", type=click.Choice(["bf16", "fp16", "fp8", "fp32"]), help="GEMM precision [default: bf16]."),
     click.option("--master-weights/--no-master-weights", default=None,
                  help="Keep fp32 master weights, gradients and states [default: yes]."),
-    click.option("--optimizer", type=click.Choice(["adamw", "adamw8bit", "adafactor", "lion", "sgd"]),
+    click.option("--optimizer", type=click.Choice(["adamw", "adamw8bit", "adafactor", "lion", "sgd", "came"]),
                  help="Optimizer [default: adamw]."),
     click.option("--offload", type=click.Choice(["none", "optimizer", "params"]), help="CPU offload [default: none]."),
     click.option("--offload-activations/--no-offload-activations", default=None,

@@ -53,7 +53,7 @@ def _names(text: str | None) -> list[str] | None:
               help="The most work a change may take: low = flags; medium = + library swaps, schedule and kernel "
                    "changes; high = + re-layouts (other tp/pp/cp/ep).")
 @click.option("--techniques", "only", help="Only these techniques, comma-separated (see solver/data/techniques.json) "
-                                           "[default: all but adafactor, lion, sgd, and offload unless --goal memory].")
+                                           "[default: all but adafactor, lion, sgd, came, and offload unless --goal memory].")
 @click.option("--skip", help="Techniques to leave out, comma-separated.")
 @click.option("--price", "price_per_gpu_hour", type=click.FloatRange(min=0, min_open=True),
               help="USD per GPU-hour [default: the median on-demand offer in hardware/data/prices.json].")

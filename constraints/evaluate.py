@@ -179,10 +179,10 @@ class _Structure:
         self.div = shard_divisors(p)
         if workload.peft is None:
             self.peft = None
-            self.per = bytes_per_param(p, f.adafactor_state_ratio)
+            self.per = bytes_per_param(p, f.factored_states)
         else:  # the adapters train, the base is frozen (constraints.peft)
             self.peft = peft_params(f, adapters(f, workload.peft), p, self.layout, self.params)
-            self.per = adapter_bytes_per_param(p, f.adafactor_state_ratio)
+            self.per = adapter_bytes_per_param(p, f.factored_states)
         kv_latent = (model.mla.kv_lora_rank + model.mla.qk_rope_head_dim) if model.mla else 0
         self.class_memory = class_memory(f, cluster, p, workload, rt, self.layout, self.params, self.per, self.div,
                                          kv_latent=kv_latent, kv_head_dim=model.head_dim or 0, peft=self.peft)

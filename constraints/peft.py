@@ -37,7 +37,7 @@ from parallelplan.constraints.arrays import PlanArrays, code
 from parallelplan.constraints.errors import PlanError
 from parallelplan.constraints.plan import LORA_TARGETS, Peft
 from parallelplan.constraints.stages import StageLayout, StageParams
-from parallelplan.constraints.states import BytesPerParam, StateRecipe, bytes_per_param
+from parallelplan.constraints.states import BytesPerParam, FactoredStates, StateRecipe, bytes_per_param
 from parallelplan.constraints.structure import ModelFacts
 
 NF4_BYTES_PER_PARAM = 0.5 + 1 / 64 + 4 / (64 * 256)
@@ -202,11 +202,11 @@ def adapter_bytes(p: PlanArrays) -> np.ndarray:
     return np.where(fused, base_weight_bytes(p), ADAPTER_BYTES_UNFUSED)
 
 
-def adapter_bytes_per_param(p: PlanArrays, adafactor_state_ratio: float) -> BytesPerParam:
+def adapter_bytes_per_param(p: PlanArrays, factored: FactoredStates) -> BytesPerParam:
     """Model states per adapter parameter: fused stacks follow the plan's recipe (`states.bytes_per_param`);
     unfused (peft) adapters are fp32 parameters — 4 bytes of weight, 4 of gradient, the optimizer's
     moments in fp32, no separate master copy."""
-    per = bytes_per_param(p, adafactor_state_ratio)
+    per = bytes_per_param(p, factored)
     fused = p.kernels == code("kernels", "fused")
     state = np.where((per.master > 0) | (per.weights == 4.0), 4.0, per.weights)  # the plan's state dtype
     four = np.full(len(p), ADAPTER_BYTES_UNFUSED)
@@ -377,7 +377,7 @@ def state_recipe(spec, plan, peft: Peft) -> StateRecipe:
     dense_q, moe_q = quantized_layer_params(f, np.ones(1))
     quantized = float(spec.num_dense_layers * dense_q[0] + spec.num_moe_layers * moe_q[0]) if a.quantized else 0.0
     base = float(base_weight_bytes(p)[0])
-    per = adapter_bytes_per_param(p, f.adafactor_state_ratio)
+    per = adapter_bytes_per_param(p, f.factored_states)
     adapter = float(per.resident_weights[0] + per.grads[0] + per.master[0] + per.optimizer[0])
     total = base * (spec.total_params - quantized) + NF4_BYTES_PER_PARAM * quantized + adapter * trained
     dtype = "fp32" if base == 4.0 else "16-bit"
@@ -395,4 +395,4 @@ def workload_state_recipe(spec, plan, workload) -> StateRecipe:
 
     if workload.peft is not None:
         return state_recipe(spec, plan, workload.peft)
-    return states.state_recipe(plan, model_facts(spec).adafactor_state_ratio)
+    return states.state_recipe(plan, model_facts(spec).factored_states)

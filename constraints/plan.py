@@ -55,7 +55,7 @@ RECOMPUTES = ("none", "selective", "selective_mm", "full")
 RECOMPUTE_MODULES = ("core_attn", "layernorm", "mla_up_proj", "mlp", "moe_act", "moe", "shared_experts")
 RecomputeModule = Literal["core_attn", "layernorm", "mla_up_proj", "mlp", "moe_act", "moe", "shared_experts"]
 PRECISIONS = ("bf16", "fp16", "fp8", "fp32")
-OPTIMIZERS = ("adamw", "adamw8bit", "adafactor", "lion", "sgd")
+OPTIMIZERS = ("adamw", "adamw8bit", "adafactor", "lion", "sgd", "came")
 OFFLOADS = ("none", "optimizer", "params")
 SCHEDULES = ("1f1b", "interleaved", "zero_bubble")
 KERNELS = ("fused", "unfused")
@@ -102,7 +102,7 @@ class Plan(_Frozen):
     recompute_modules: tuple[RecomputeModule, ...] | None = None
     precision: Literal["bf16", "fp16", "fp8", "fp32"] = "bf16"
     master_weights: bool = True
-    optimizer: Literal["adamw", "adamw8bit", "adafactor", "lion", "sgd"] = "adamw"
+    optimizer: Literal["adamw", "adamw8bit", "adafactor", "lion", "sgd", "came"] = "adamw"
     offload: Literal["none", "optimizer", "params"] = "none"
     offload_activations: bool = False
     schedule: Literal["1f1b", "interleaved", "zero_bubble"] | None = None

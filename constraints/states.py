@@ -10,7 +10,9 @@ Per parameter (Rajbhandari et al. 2020, "ZeRO", §3; Megatron-LM ``theoretical_m
   states in the weight dtype;
 - optimizer states: AdamW 2 moments; 8-bit AdamW 2 one-byte moments (bitsandbytes block-wise
   quantisation, plus one fp32 absmax per 256-value block and moment); Lion 1 moment (Chen et al. 2023);
-  SGD with momentum 1; Adafactor its factored second moment (`ModelFacts.adafactor_state_ratio`).
+  SGD with momentum 1; Adafactor its factored second moment; CAME (Luo et al. 2023, the authors'
+  ``came_pytorch``) a full first moment, the factored second moment and a factored confidence residual
+  (`FactoredStates`, from the model's matrix shapes).
 Sharding groups: ZeRO-1 shards master weights and optimizer states, ZeRO-2 also gradients, ZeRO-3 / FSDP
 / HSDP also weights; dense parameters over the data-parallel group (dp · cp, or the HSDP shard size),
 routed experts over the expert-data-parallel group dp · cp · tp / (ep · etp) (Megatron-Core). Offloading
@@ -33,6 +35,19 @@ allocates one absmax per 256 values (``blocksize = 256``), not the paper's 2048 
 measured on the library's state tensors (tests/test_optimizer_states.py)."""
 
 
+@dataclass(frozen=True)
+class FactoredStates:
+    """State elements per parameter of the optimizers that factor a matrix's statistics into a row and a
+    column vector (r + c values instead of r·c; vectors keep a full one), from the model's matrix shapes
+    (`constraints.structure.model_facts`). Adafactor (Shazeer & Stern 2018, torch.optim.Adafactor): the
+    factored second moment, no first moment. CAME (Luo et al. 2023, ACL; ``came_pytorch.CAME``): a full
+    first moment, the factored second moment and the factored confidence residual (vectors: a full second
+    moment, no residual)."""
+
+    adafactor: float
+    came: float
+
+
 @dataclass
 class BytesPerParam:
     """(n,) arrays: bytes per parameter before sharding. ``weights`` is the compute copy (what GEMMs read
@@ -45,7 +60,7 @@ class BytesPerParam:
     optimizer: np.ndarray
 
 
-def bytes_per_param(p: PlanArrays, adafactor_state_ratio: float) -> BytesPerParam:
+def bytes_per_param(p: PlanArrays, factored: FactoredStates) -> BytesPerParam:
     fp32 = p.precision == code("precision", "fp32")
     weights = np.where(fp32, 4.0, 2.0)
     mixed = p.master_weights & ~fp32
@@ -55,9 +70,9 @@ def bytes_per_param(p: PlanArrays, adafactor_state_ratio: float) -> BytesPerPara
     opt = p.optimizer
     moments = np.select(
         [opt == code("optimizer", "adamw"), opt == code("optimizer", "adamw8bit"), opt == code("optimizer", "lion"),
-         opt == code("optimizer", "sgd")],
-        [2.0 * state, 2.0 * (1.0 + 4.0 / ADAM_8BIT_BLOCK), state, state],
-        default=adafactor_state_ratio * state,
+         opt == code("optimizer", "sgd"), opt == code("optimizer", "came")],
+        [2.0 * state, 2.0 * (1.0 + 4.0 / ADAM_8BIT_BLOCK), state, state, factored.came * state],
+        default=factored.adafactor * state,
     )
     # FSDP / HSDP with mixed precision shard the fp32 parameters themselves (the master copy) and cast
     # to the compute dtype only in the per-layer all-gather (FSDP2 MixedPrecisionPolicy, FSDP1
@@ -79,11 +94,11 @@ class StateRecipe:
         return f"{self.bytes_per_param:g} bytes per parameter ({self.terms})"
 
 
-def state_recipe(plan: Plan, adafactor_state_ratio: float) -> StateRecipe:
+def state_recipe(plan: Plan, factored: FactoredStates) -> StateRecipe:
     """What ``plan`` (a `constraints.Plan`) keeps per parameter: Megatron / DeepSpeed mixed precision
     holds 18 bytes (2 + 4 + 4 + 8 with AdamW); FSDP/HSDP 16, its sharded fp32 parameters being the master
     copy (cast in each layer's all-gather, so no resident bf16 copy)."""
-    per = bytes_per_param(PlanArrays.from_plans([plan]), adafactor_state_ratio)
+    per = bytes_per_param(PlanArrays.from_plans([plan]), factored)
     dtype = {2.0: "bf16" if plan.precision != "fp16" else "fp16", 4.0: "fp32"}
     weights, resident = float(per.weights[0]), float(per.resident_weights[0])
     grads, master, states = float(per.grads[0]), float(per.master[0]), float(per.optimizer[0])

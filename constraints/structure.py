@@ -12,6 +12,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from parallelplan.constraints.states import FactoredStates
 from parallelplan.models import ModelSpec
 from parallelplan.models import params as P
 from parallelplan.models.flops import keys_per_query
@@ -54,7 +55,7 @@ class ModelFacts:
     final_norm_params: int
     mtp_layers: int
     mtp_extra_params: int  # each MTP module beyond its decoder layer: the 2d → d projection and 3 norms
-    adafactor_state_ratio: float  # Adafactor's factored second-moment elements per parameter
+    factored_states: FactoredStates  # Adafactor's and CAME's state elements per parameter
     sliding_window: int  # tokens a sliding-window layer attends to (0: none)
     sliding_layer_share: float  # fraction of the layers that use the sliding window
     attention_matmuls: tuple[tuple[int, int, str], ...]  # (in, out, TP split) in forward order
@@ -113,14 +114,14 @@ def _matrix_shapes(spec: ModelSpec) -> list[tuple[int, int, int]]:
     return shapes
 
 
-def _adafactor_ratio(spec: ModelSpec) -> float:
-    """Adafactor (Shazeer & Stern 2018) keeps a row and a column accumulator per matrix (r + c values
-    instead of r·c) and a full accumulator for vectors; no first moment by default."""
+def _factored_states(spec: ModelSpec) -> FactoredStates:
+    """`FactoredStates` of the model: per matrix a row and a column accumulator (r + c values instead of
+    r·c), per vector a full one; CAME adds a full first moment and a second (residual) row and column."""
     shapes = _matrix_shapes(spec)
     matrix_elements = sum(n * r * c for n, r, c in shapes)
-    factored = sum(n * (r + c) for n, r, c in shapes)
-    vectors = max(spec.total_params - matrix_elements, 0)
-    return (factored + vectors) / spec.total_params
+    factored = sum(n * (r + c) for n, r, c in shapes) / spec.total_params
+    vectors = max(spec.total_params - matrix_elements, 0) / spec.total_params
+    return FactoredStates(adafactor=factored + vectors, came=1.0 + 2.0 * factored + vectors)
 
 
 @lru_cache(maxsize=64)
@@ -177,7 +178,7 @@ def model_facts(spec: ModelSpec) -> ModelFacts:
         final_norm_params=P.norm_params(spec, d),
         mtp_layers=spec.mtp_layers,
         mtp_extra_params=P.mtp_module_params(spec) - P.layer_params(spec, moe_layer=moe is not None) if spec.mtp_layers else 0,
-        adafactor_state_ratio=_adafactor_ratio(spec),
+        factored_states=_factored_states(spec),
         sliding_window=spec.sliding_window or 0,
         sliding_layer_share=(spec.sliding_window_layers or 0) / spec.num_layers,
         attention_matmuls=_attention_matmuls(spec),

@@ -39,7 +39,15 @@ from parallelplan.solver.errors import Infeasible, SolverInputError
 from parallelplan.solver.objectives import gpu_hour_price
 from parallelplan.solver.search import solve
 from parallelplan.solver.space import DEFAULTS, SEARCHED, SETTINGS
-from parallelplan.solver.techniques import Move, Technique, catalog, chosen_techniques, effort_label, moves
+from parallelplan.solver.techniques import (
+    OPTIMIZER_TECHNIQUES,
+    Move,
+    Technique,
+    catalog,
+    chosen_techniques,
+    effort_label,
+    moves,
+)
 
 GOALS = {"throughput": "throughput", "memory": "memory_headroom", "cost": "cost"}
 """Each goal and the solver objective that proves its optimum."""
@@ -304,7 +312,7 @@ def search_domains(start: Plan, final: Plan, chosen: Sequence[Technique]) -> tup
                   "hsdp_shard_size"):
         add(field, getattr(start, field), getattr(final, field))
     add("precision", *[p for p in ("bf16", "fp8") if p in names])
-    add("optimizer", *[t for t in ("adamw8bit", "adafactor", "lion", "sgd") if t in names])
+    add("optimizer", *[t for t in OPTIMIZER_TECHNIQUES if t in names])
     if "recompute" in names:
         add("recompute", "none", "selective", "selective_mm", "full")
     if "micro_batch" in names:

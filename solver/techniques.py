@@ -29,7 +29,7 @@ from parallelplan.solver.errors import SolverInputError
 from parallelplan.solver.space import DEFAULTS, MAX_VPP, SearchSpace, cp_candidates, tp_domain, uneven_splits
 
 MAX_EFFORTS = ("low", "medium", "high")
-OPTIMIZER_TECHNIQUES = ("adamw8bit", "adafactor", "lion", "sgd")
+OPTIMIZER_TECHNIQUES = ("adamw8bit", "adafactor", "lion", "sgd", "came")
 """Techniques that swap the optimizer (each sets ``optimizer`` to its own name)."""
 
 

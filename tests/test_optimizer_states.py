@@ -1,6 +1,6 @@
 """Optimizer-state bytes per parameter (`constraints.states.bytes_per_param`) against the state tensors the
-real optimizers allocate: torch's AdamW, SGD with momentum and Adafactor, and bitsandbytes' Lion and 8-bit
-AdamW (which run on the CPU), each stepped once over a `transformers` Llama built from the fixture config at
+real optimizers allocate: torch's AdamW, SGD with momentum and Adafactor, bitsandbytes' Lion and 8-bit
+AdamW (which run on the CPU) and CAME from its authors' package (``came_pytorch``), each stepped once over a `transformers` Llama built from the fixture config at
 reduced widths, its fp32 parameters the plan's (fp32: no master copy, states in fp32)."""
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ CONFIG = {**json.loads((Path(__file__).parent / "fixtures" / "hf_configs" / "lla
 def _optimizer(name: str, params: list):
     import torch
 
+    if name == "came":
+        return pytest.importorskip("came_pytorch").CAME(params, lr=2e-4)
     if name in ("lion", "adamw8bit"):
         bnb = pytest.importorskip("bitsandbytes")
         return bnb.optim.Lion(params) if name == "lion" else bnb.optim.AdamW8bit(params)
@@ -36,7 +38,7 @@ def _optimizer(name: str, params: list):
 # and nothing at scale; the others are exact
 @pytest.mark.slow
 @pytest.mark.parametrize("name,tolerance", [("adamw", 1e-9), ("sgd", 1e-9), ("lion", 1e-9), ("adafactor", 1e-3),
-                                            ("adamw8bit", 0.015)])
+                                            ("came", 1e-3), ("adamw8bit", 0.015)])
 def test_state_bytes_per_parameter_are_the_optimizers_own(name, tolerance):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
@@ -52,6 +54,6 @@ def test_state_bytes_per_parameter_are_the_optimizers_own(name, tolerance):
     measured = state_bytes / sum(p.numel() for p in params)
     spec = load_model(CONFIG)
     assert spec.total_params == sum(p.numel() for p in params)
-    per = bytes_per_param(PlanArrays.from_plans([Plan(precision="fp32", optimizer=name)]), model_facts(spec).adafactor_state_ratio)
+    per = bytes_per_param(PlanArrays.from_plans([Plan(precision="fp32", optimizer=name)]), model_facts(spec).factored_states)
     assert per.master[0] == 0
     assert measured / per.optimizer[0] - 1 == pytest.approx(0, abs=tolerance), f"{name}: {measured} vs {per.optimizer[0]}"

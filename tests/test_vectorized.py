@@ -37,7 +37,7 @@ def plans(draw, layers: int) -> Plan:
         recompute_layers=draw(st.sampled_from([None, 1, 3])) if recompute == "full" else None,
         recompute_modules=tuple(draw(st.sets(st.sampled_from(RECOMPUTE_MODULES)))) or None if recompute == "selective" else None,
         precision=draw(st.sampled_from(["bf16", "fp8", "fp32"])), master_weights=draw(st.booleans()),
-        optimizer=draw(st.sampled_from(["adamw", "adamw8bit", "adafactor", "lion", "sgd"])),
+        optimizer=draw(st.sampled_from(["adamw", "adamw8bit", "adafactor", "lion", "sgd", "came"])),
         offload=draw(st.sampled_from(["none", "optimizer"])) if sharding != "none" else "none",
         schedule="interleaved" if vpp > 1 else draw(st.sampled_from(["1f1b", "zero_bubble"])),
         layers_per_stage=stages, kernels=draw(st.sampled_from(["fused", "unfused"])),

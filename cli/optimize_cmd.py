@@ -129,12 +129,10 @@ def _read_plan_file(path: Path, cluster: ClusterSpec, num_layers: int) -> tuple[
 
 
 def _framework_of(path: Path, text: str) -> str | None:
-    """Which framework's configuration ``text`` is (validate's option name), or None for a plan file."""
-    if path.suffix == ".toml" or text.lstrip().startswith("["):
-        return "--torchtitan"
-    if text.lstrip().startswith("--") or "pretrain_gpt" in text or "--tensor-model-parallel-size" in text:
-        return "--megatron"
-    if path.suffix == ".json":
+    """Which framework's configuration ``text`` is (validate's option name), or None for a plan file: JSON
+    with DeepSpeed's keys is a ds_config; a TOML or torchtitan's --section.key flags, torchtitan; Megatron's
+    flags, Megatron-LM; ``distributed_type``, Accelerate; any other JSON or YAML, a plan file."""
+    if path.suffix == ".json" or text.lstrip().startswith("{"):
         try:
             data = json.loads(text)
         except json.JSONDecodeError:
@@ -144,6 +142,11 @@ def _framework_of(path: Path, text: str) -> str | None:
         if isinstance(data, dict) and deepspeed_keys & set(data) and not {"tp", "pp", "dp", "plan"} & set(data):
             return "--deepspeed"
         return None
+    if path.suffix == ".toml" or text.lstrip().startswith("[") or "torchtitan" in text or "--parallelism." in text:
+        return "--torchtitan"
+    if text.lstrip().startswith("--") or any(word in text for word in ("pretrain_gpt", "--tensor-model-parallel-size",
+                                                                         "--micro-batch-size")):
+        return "--megatron"
     if "distributed_type:" in text:
         return "--accelerate"
     return None

@@ -8,7 +8,10 @@ MoE routing, no dropout masks unless dropout > 0), for two implementations (``Pl
   1/σ (4 bytes); each GEMM block keeps its input (b·h); flash attention keeps Q, K, V, its output and the
   fp32 log-sum-exp per head (Dao 2023); the fused SwiGLU/GeLU keeps the FC1 output and FC2 input
   (b·(1+g)·f + b·f); bias-dropout-add keeps a 1-byte mask per hidden element when dropout > 0. With the
-  classic MHA/GeLU/dropout block this reproduces Korthikanti's 34·s·b·h (without SP) exactly.
+  classic MHA/GeLU/dropout block this reproduces Korthikanti's 34·s·b·h (without SP) exactly. Under fp8
+  the GEMM inputs kept for the weight gradients are the fp8 library's (`gemm_input_bytes`): with
+  Transformer Engine the norm outputs and the FC2 inputs are 1-byte copies, and the output projection
+  keeps a 1-byte copy of the attention output beside the core's bf16 one.
 ``unfused`` — PyTorch eager modules as HF ``transformers`` writes them (measured with PyTorch's
   MemTracker in tests/test_memory_reference.py): Llama-style RMSNorm keeps an fp32 copy of its input, the
   cast back and the scaled output ((4 + 2b)·h + 4); nn.LayerNorm keeps input and output (2b·h + 8);
@@ -64,8 +67,19 @@ measured by `plan dry-run`, tests/test_dryrun.py)."""
 
 
 def activation_bytes(p: PlanArrays) -> np.ndarray:
-    """Bytes per activation element: 4 in fp32, else 2 (fp8 GEMMs keep bf16 activations)."""
+    """Bytes per activation element: 4 in fp32, else 2 (fp8 training keeps bf16 activations between GEMMs)."""
     return np.where(p.precision == code("precision", "fp32"), 4.0, 2.0)
+
+
+def gemm_input_bytes(p: PlanArrays, w: Workload) -> np.ndarray:
+    """Bytes per element of a GEMM's input kept for its weight gradient: the activation dtype's, or under fp8
+    training with fused kernels the stack's fp8 library's (``stacks.json`` ``fp8``): Transformer Engine keeps
+    the input's fp8 copy (1 byte), torchao the bf16 input itself (its casts redone in backward). With PEFT
+    adapters the base's layout is kept."""
+    fp8 = (p.precision == code("precision", "fp8")) & (p.kernels == code("kernels", "fused"))
+    if w.peft is not None:
+        return activation_bytes(p)
+    return np.where(fp8, float(stacks()[w.stack]["fp8"]["saved_gemm_input_bytes"]), activation_bytes(p))
 
 
 @dataclass
@@ -92,14 +106,16 @@ def busiest_rank_load(p: PlanArrays, w: Workload) -> np.ndarray:
     return np.minimum(load, w.moe_capacity_factor)
 
 
-def _norm(f: ModelFacts, b: np.ndarray, fused: np.ndarray, width: float) -> np.ndarray:
-    """One normalisation over ``width`` features, output included (it is the next GEMM's input)."""
+def _norm(f: ModelFacts, b: np.ndarray, fused: np.ndarray, width: float, out: np.ndarray) -> np.ndarray:
+    """One normalisation over ``width`` features, output included (it is the next GEMM's input, kept at
+    ``out`` bytes per element by a fused GEMM: `gemm_input_bytes`)."""
     unfused = np.where(f.norm_is_layernorm, 2 * b * width + 8, (4 + 2 * b) * width + 4)
-    return np.where(fused, 2 * b * width + 4, unfused)
+    return np.where(fused, (b + out) * width + 4, unfused)
 
 
 def layer_activations(f: ModelFacts, p: PlanArrays, w: Workload) -> LayerActivations:
     b = activation_bytes(p)
+    g = gemm_input_bytes(p, w)  # the GEMM inputs a fused fp8 block keeps: norm outputs, FC2 inputs
     fused = p.kernels == code("kernels", "fused")
     flash = p.attention_kernel == code("attention_kernel", "flash")
     tp = p.tp.astype(float)
@@ -108,7 +124,7 @@ def layer_activations(f: ModelFacts, p: PlanArrays, w: Workload) -> LayerActivat
     h = f.hidden
 
     # attention block: norm (+ its output = QKV input), QK-norm, core, output
-    replicated_attn = _norm(f, b, fused, h) + b * f.latent_width + mask * h
+    replicated_attn = _norm(f, b, fused, h, g) + b * f.latent_width + mask * h
     # QK-norm keeps its fp32 input, 1/σ and the cast back; rotary saves only cos/sin, not the norm output
     qk_norm = np.where(fused, 0.0, (4 + b) * f.qk_norm_width + 4 * (f.heads + f.kv_heads)) if f.qk_norm_width else 0.0
     qkv = b * (f.q_width + f.k_width + f.v_width)
@@ -120,14 +136,17 @@ def layer_activations(f: ModelFacts, p: PlanArrays, w: Workload) -> LayerActivat
     # HF's eager path expands K and V to every query head (repeat_kv)
     eager_extra = np.where(fused, 0.0, b * ((f.q_width - f.k_width) + (f.out_width - f.v_width)))
     core = np.where(flash, lse, eager_scores)
-    tensor_attn = qkv + qk_norm + b * f.out_width + np.where(flash, 0.0, eager_extra)
+    # the attention output, which the core keeps and the output projection reads: one tensor, unless the
+    # projection keeps its own fp8 copy (Transformer Engine)
+    proj_copy = np.where(g < b, g, 0.0) * f.out_width
+    tensor_attn = qkv + qk_norm + b * f.out_width + proj_copy + np.where(flash, 0.0, eager_extra)
     attention_full = replicated_attn / sp_div + (tensor_attn + core) / tp
     # MLP blocks
     gate = 1.0 if f.gated else 0.0
-    mlp_norm = _norm(f, b, fused, h) + mask * h
+    mlp_norm = _norm(f, b, fused, h, g) + mask * h
 
     def ffn(width: float) -> np.ndarray:
-        fused_ffn = b * (1 + gate) * width + b * width
+        fused_ffn = b * (1 + gate) * width + g * width  # FC1 output, FC2 input
         unfused_ffn = b * width * (4.0 if f.gated else 2.0)
         return np.where(fused, fused_ffn, unfused_ffn)
 
@@ -141,7 +160,7 @@ def layer_activations(f: ModelFacts, p: PlanArrays, w: Workload) -> LayerActivat
         # unfused = transformers' grouped_mm experts: per routed token the gathered input and the down
         # projection's output (2·b·h), gate_up output, activation and product (4·b·f_e), three int64
         # permutation indices and the routing weight (26 bytes)
-        routed_fused = 2 * b * h * p.etp / tp + b * ((1 + gate) * f.expert_ffn + f.expert_ffn) / tp
+        routed_fused = 2 * b * h * p.etp / tp + (b * (1 + gate) + g) * f.expert_ffn / tp
         routed_unfused = (2 * b * h + 4 * b * f.expert_ffn + 26.0) / tp
         routed = k * busiest_rank_load(p, w) * np.where(fused, routed_fused, routed_unfused)
         moe_mlp = (mlp_norm + router) / sp_div + routed + (ffn(f.shared_ffn) / tp if f.shared_ffn else 0.0)
@@ -186,14 +205,14 @@ def layer_activations(f: ModelFacts, p: PlanArrays, w: Workload) -> LayerActivat
     # selective: what each recomputed module frees; a whole-block module (mlp, moe) subsumes the
     # smaller ones inside its block (that block's norm output, moe_act, shared_experts)
     on = {name: (p.recompute_modules >> i & 1) > 0 for i, name in enumerate(RECOMPUTE_MODULES)}
-    norm_output = b * h / sp_div
+    norm_output = g * h / sp_div
     attention_freed = (on["core_attn"] * core / tp + on["mla_up_proj"] * (qkv / tp if f.latent_width else 0.0)
                        + on["layernorm"] * (f.norms_per_layer - 1) * norm_output)
     mlp_block = dense_mlp - (layer_input + mask * h / sp_div)  # all but its input and the dropout mask
     dense_freed = attention_freed + np.where(on["mlp"], mlp_block, on["layernorm"] * norm_output)
     if f.experts:
         moe_block = moe_mlp - (layer_input + mask * h / sp_div)
-        parts = (on["layernorm"] * norm_output + on["moe_act"] * k * busiest_rank_load(p, w) * b * f.expert_ffn / tp
+        parts = (on["layernorm"] * norm_output + on["moe_act"] * k * busiest_rank_load(p, w) * g * f.expert_ffn / tp
                  + on["shared_experts"] * (ffn(f.shared_ffn) / tp if f.shared_ffn else 0.0))
         moe_freed = attention_freed + np.where(on["moe"], moe_block, parts)
     else:
@@ -220,7 +239,7 @@ def head_and_loss_bytes(f: ModelFacts, p: PlanArrays, w: Workload) -> np.ndarray
     fused = p.kernels == code("kernels", "fused")
     tp = p.tp.astype(float)
     sp_div = np.where(p.sequence_parallel, tp, 1.0)
-    final_norm = _norm(f, b, fused, f.hidden) / sp_div
+    final_norm = _norm(f, b, fused, f.hidden, b) / sp_div  # the LM head runs in 16 bits under fp8
     if w.peft is not None:
         from parallelplan.constraints.peft import norm_freed
 

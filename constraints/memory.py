@@ -1,6 +1,7 @@
 """Memory per GPU for every pipeline stage, and the most loaded one.
 
-Per stage: model states (`constraints.states` × parameters of the stage's GPU, `constraints.stages`),
+Per stage: model states (`constraints.states` × parameters of the stage's GPU, `constraints.stages`; under
+fp8 with Transformer Engine also its cached fp8 copy of every GEMM weight, `fp8_weight_cache`),
 activations (`constraints.activations`) times the micro-batches in flight, the LM head and loss peak on
 the last stage, the layers FSDP/ZeRO-3 gathers, the KV cache when serving, and the runtime allowance.
 
@@ -39,6 +40,7 @@ from parallelplan.constraints.activations import (
 )
 from parallelplan.constraints.arrays import PlanArrays, code
 from parallelplan.constraints.dpo import has_reference_copy, reference_weight_bytes
+from parallelplan.constraints.efficiency import stacks
 from parallelplan.constraints.peft import PeftParams
 from parallelplan.constraints.plan import Workload
 from parallelplan.constraints.runtime import RuntimeAllowance
@@ -258,6 +260,24 @@ def gathered_units(params: StageParams, layout: StageLayout, weight_bytes: np.nd
                          last=np.broadcast_to(layout.last, params.head.shape))
 
 
+def fp8_weight_cache(p: PlanArrays, w: Workload) -> np.ndarray:
+    """Bytes per GEMM-weight parameter of the fp8 library's quantized weight cache (``stacks.json``
+    ``fp8.weight_cache_bytes``: Transformer Engine keeps each weight's fp8 copy and transpose, 2 bytes, with the
+    module across micro-batches) beside the bf16 weight: under fp8 training with fused kernels and resident
+    weights; 0 otherwise — where the stack makes the weights fp8 parameters once states are sharded
+    (``fp8_params_when_sharded``: Megatron's --fp8-param-gather, an fp8 weight and its transpose taking the
+    bf16 weight's 2 bytes), where ZeRO-3 / FSDP / HSDP gather weights per use (a cache of gathered weights is
+    not modelled) and where parameters are offloaded to the host."""
+    if not w.training:
+        return np.zeros(len(p))
+    fp8 = stacks()[w.stack]["fp8"]
+    on = ((p.precision == code("precision", "fp8")) & (p.kernels == code("kernels", "fused"))
+          & ~gathers_weights(p).astype(bool) & (p.offload != code("offload", "params")))
+    if fp8["fp8_params_when_sharded"]:
+        on &= p.sharding == code("sharding", "none")
+    return np.where(on, float(fp8["weight_cache_bytes"]), 0.0)
+
+
 def class_memory(
     f: ModelFacts, cluster: ClusterSpec, p: PlanArrays, w: Workload, runtime: RuntimeAllowance, layout: StageLayout,
     params: StageParams, per: BytesPerParam, div: ShardDivisors, *, kv_latent: int, kv_head_dim: int,
@@ -278,6 +298,8 @@ def class_memory(
         weights = weights + peft.frozen_dense_bytes / col(div.weights) + peft.frozen_expert_bytes / col(div.expert_weights)
     if has_reference_copy(w):  # DPO's frozen reference on the same GPUs (constraints.dpo)
         weights = weights + reference_weight_bytes(p, params, div)
+    if peft is None:  # the decoder layers' GEMM weights (norms and router included: under 0.1% of them)
+        weights = weights + col(fp8_weight_cache(p, w)) * (params.dense - params.embedding - params.head + params.expert)
     host = np.where(offload_params > 0, weights, 0.0)
     weights = np.where(offload_params > 0, 0.0, weights)
     gathering = col(gathers_weights(p)) > 0

@@ -203,7 +203,7 @@ def structural_violations(model: ModelSpec, cluster: ClusterSpec, plan: Plan, wo
     return out
 
 
-UNPRICEABLE = ("precision_supported", "layers_per_stage_sum", "qlora_computes_in_16_or_32_bits")
+UNPRICEABLE = ("precision_supported", "layers_per_stage_sum", "qlora_computes_in_16_or_32_bits", "hsdp_shard_divides_dp")
 """Rules without which the cost model has no meaning (no tensor cores for the precision; stages that
-do not hold the model; fp8 GEMMs that QLoRA does not run): `estimate` refuses such plans, `check` reports
-them alone."""
+do not hold the model; fp8 GEMMs that QLoRA does not run; HSDP shards that do not tile the data-parallel
+ranks, leaving a fraction of a replica): `estimate` refuses such plans, `check` reports them alone."""

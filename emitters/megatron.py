@@ -11,7 +11,9 @@ Flags are the ones `megatron.training.arguments.add_megatron_arguments` defines,
 - recompute: full on every layer (``uniform`` 1), full on the first k layers of each virtual stage
   (``block`` k), selective with ``--recompute-modules``;
 - precision: ``--bf16``/``--fp16``; fp8 as bf16 with Transformer Engine's ``hybrid`` format (E4M3 forward,
-  E5M2 gradients) and Megatron's default ``delayed`` scaling recipe;
+  E5M2 gradients) and Megatron's default ``delayed`` scaling recipe, with ``--fp8-param-gather`` where states
+  are sharded (fp8 parameters in place of bf16 ones and Transformer Engine's cached fp8 copy, as the cost
+  model prices it: `constraints.memory.fp8_weight_cache`);
 - sharding: ZeRO-1 is Megatron's distributed optimizer; ZeRO-2/3 and FSDP are Megatron-FSDP with
   ``optim_grads`` / ``optim_grads_params``; HSDP is Megatron-FSDP with as many optimizer instances as
   replicas; the plan's overlaps (gradient reduce, parameter gather, TP and EP communication);
@@ -198,6 +200,8 @@ def precision_arguments(job: Job) -> list[str]:
     out = ["--fp16"] if p.precision == "fp16" else ["--bf16"]
     if p.precision == "fp8":
         out += ["--fp8-format=hybrid", "--fp8-recipe=delayed"]
+        if p.sharding != "none":  # fp8 parameters, no bf16 copy beside a cached fp8 one (constraints.memory.fp8_weight_cache)
+            out.append("--fp8-param-gather")
     out.append("--attention-backend=" + ("auto" if p.attention_kernel == "flash" else "unfused"))
     return out
 

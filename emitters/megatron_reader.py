@@ -60,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--optimizer", default="adam")
     parser.add_argument("--data-parallel-sharding-strategy", default="no_shard")
     for flag in ("--sequence-parallel", "--tp-comm-overlap", "--fp16", "--bf16", "--use-distributed-optimizer",
-                 "--use-megatron-fsdp", "--optimizer-cpu-offload", "--overlap-grad-reduce", "--overlap-param-gather"):
+                 "--use-megatron-fsdp", "--optimizer-cpu-offload", "--overlap-grad-reduce", "--overlap-param-gather",
+                 "--fp8-param-gather"):
         parser.add_argument(flag, action="store_true")
     return parser
 
@@ -112,6 +113,10 @@ def read_arguments(words: Sequence[str], world_size: int, num_layers: int | None
     fields |= _sharding(args, dp * cp, notes)
     if args.optimizer_cpu_offload:
         fields["offload"] = "optimizer"
+    if args.fp8_format and fields["sharding"] != "none" and not args.fp8_param_gather:
+        notes.append("fp8 without --fp8-param-gather: Transformer Engine keeps an fp8 copy and transpose of every GEMM "
+                     "weight beside the bf16 one (2 bytes per parameter) that the estimate, pricing fp8 parameters, does "
+                     "not count; add --fp8-param-gather")
     if dp * cp > 1:
         fields["grad_reduce_overlap"] = args.overlap_grad_reduce
         if fields["sharding"] != "none":

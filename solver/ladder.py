@@ -2,9 +2,10 @@
 one change at a time, and how far its end lies from the solver's proved optimum.
 
 The ladder (greedy, every number from the cost model):
-1. While the plan breaks a rule or does not fit, the next rung is the change that repairs it with the least
-   effort: among the moves (`solver.techniques.moves`) leaving the fewest broken rules and the least
-   memory over the GPU's, the lowest effort class, then the best value of the goal.
+1. While the plan breaks a rule or does not fit, the next rung is the change that repairs most per effort:
+   of the moves (`solver.techniques.moves`) that lower the plan's badness — the rules it breaks besides
+   memory, plus its memory over the GPU's as a fraction of the GPU's — the largest fall in badness over
+   the effort class's rank (below), then the best value of the goal.
 2. Once it runs, the next rung is the valid change with the largest gain per effort: the relative
    improvement of the goal's metric (step time; peak memory of the busiest rank; dollars per million
    tokens) over the effort class's rank (a flag 1, a library swap 2, a schedule or kernel change 3, a
@@ -216,7 +217,7 @@ class _Ladder:
             return None, []
         metric, fits, over = self._priced(options)
         if current.violations:
-            return self._repair(current, options, metric, over), []
+            return self._repair(current, options, metric, fits, over), []
         gain = 1 - metric / self.metric(current)
         score = gain / np.array([m.technique.effort_rank for m in options])
         order = sorted(range(len(options)), key=lambda i: (-score[i], options[i].technique.effort_rank, i))
@@ -237,18 +238,24 @@ class _Ladder:
                                    rule=broken[0].rule, message=broken[0].message))
         return None, _distinct(blocked)
 
-    def _repair(self, current: Point, options: list[Move], metric: np.ndarray,
+    def _repair(self, current: Point, options: list[Move], metric: np.ndarray, fits: np.ndarray,
                 over: np.ndarray) -> tuple[Move, Point, float] | None:
-        """The move that repairs ``current`` with the least effort (module docstring), or None when no
-        move leaves fewer broken rules or less memory over the GPU's."""
-        structural = [len(self._broken(m)) for m in options]
-        now = (sum(v.rule not in _MEMORY_RULES for v in current.violations),
-               max(current.memory_bytes / current.usable_bytes - 1, 0.0) if np.isfinite(current.memory_bytes) else np.inf)
-        better = [i for i in range(len(options)) if (structural[i], over[i]) < now]
-        for i in sorted(better, key=lambda i: (structural[i] + (over[i] > 0) > 0, options[i].technique.effort_rank,
-                                               structural[i], over[i], metric[i], i)):
+        """The move that repairs ``current`` most per effort (module docstring), or None when no move
+        lowers its badness: the rules it breaks besides memory, plus the memory over the GPU's as a fraction
+        of it, plus one where the host memory overflows."""
+        structural = np.array([len(self._broken(m)) for m in options], dtype=float)
+        host = (~fits & (over == 0)).astype(float)
+        badness = structural + over + host
+        rules = {v.rule for v in current.violations}
+        over_now = current.memory_bytes / current.usable_bytes - 1 if np.isfinite(current.memory_bytes) else np.inf
+        now = len(rules - set(_MEMORY_RULES)) + max(over_now, 0.0) + ("host_memory_fits" in rules)
+        effort = np.array([m.technique.effort_rank for m in options], dtype=float)
+        with np.errstate(invalid="ignore"):  # an unpriced plan (infinite badness) repaired by any priced move
+            score = np.where(np.isinf(now), 1.0, now - badness) / effort
+        better = [i for i in range(len(options)) if badness[i] < now]
+        for i in sorted(better, key=lambda i: (-score[i], metric[i], i)):
             reached = self.point(options[i].plan, options[i].cluster)
-            if len(reached.violations) < len(current.violations) or (structural[i], over[i]) < now:
+            if len(reached.violations) < len(current.violations) or badness[i] < now:
                 return options[i], reached, 0.0
         return None
 

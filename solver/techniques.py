@@ -286,11 +286,14 @@ def _cp(ctx: _Context, plan: Plan, name: str) -> Iterator[Change]:
 
 
 def _ep(ctx: _Context, plan: Plan, name: str) -> Iterator[Change]:
+    """Another expert-parallel degree, or the experts' own tensor parallelism (etp 1 or tp)."""
     moe = ctx.model.moe
     if moe is not None:
         for ep in range(1, moe.num_experts + 1):
             if moe.num_experts % ep == 0 and ep != plan.ep:
                 yield f"ep {plan.ep} → {ep}", {"ep": ep}, None
+        for etp in sorted({1, plan.tp} - {plan.etp}):
+            yield f"expert tp {plan.etp} → {etp}", {"etp": etp}, None
 
 
 def _nodes(ctx: _Context, plan: Plan, name: str) -> Iterator[Change]:

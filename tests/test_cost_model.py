@@ -625,3 +625,36 @@ def test_ulysses_rules_name_the_heads_and_the_stack():
     titan = {v.rule for v in check(model, cluster, plan, work.model_copy(update={"stack": "torchtitan"}))}
     assert titan == {"cp_comm_offered_by_stack"}
     assert not check(model, cluster, plan, work)
+
+
+def test_fp8_keeps_the_gemm_inputs_its_library_keeps():
+    """Under fp8 the tensors kept for the weight gradients are the fp8 library's (stacks.json ``fp8``, with
+    their sources): Transformer Engine (Megatron) keeps 1-byte copies of the norm outputs (the QKV and FC1
+    inputs) and of the FC2 input, and the output projection a 1-byte copy of the attention output beside
+    the core's bf16 one; torchao (torchtitan) saves the bf16 inputs themselves, as bf16 training does."""
+    f = model_facts(LLAMA_8B)
+    tp = 2
+    layer = {}
+    for stack in ("megatron", "torchtitan"):
+        work = Workload(kind="pretrain", seq_len=4096, global_batch_size=256, stack=stack)
+        for precision in ("bf16", "fp8"):
+            plans = PlanArrays.from_plans([Plan(tp=tp, dp=4, sequence_parallel=True, precision=precision)])
+            layer[stack, precision] = float(layer_activations(f, plans, work).dense_full[0])
+    two_norm_outputs, fc2_input, projection_copy = 2 * f.hidden / tp, f.ffn / tp, f.out_width / tp
+    assert layer["megatron", "bf16"] - layer["megatron", "fp8"] == pytest.approx(
+        two_norm_outputs + fc2_input - projection_copy, rel=1e-12)
+    assert layer["torchtitan", "fp8"] == layer["torchtitan", "bf16"]
+
+
+def test_fp8_weights_are_fp8_parameters_with_the_distributed_optimizer_else_a_cache_beside_bf16():
+    """Megatron with sharded states runs --fp8-param-gather (`plan launch` emits it): an fp8 weight and its
+    transpose take a bf16 weight's 2 bytes. Plain DDP cannot: Transformer Engine then caches an fp8 copy and
+    transpose (2 bytes) of every GEMM weight beside the bf16 one — the decoder layers' parameters, not the
+    embedding and LM head, which run in 16 bits."""
+    def weights(**fields):
+        return estimate(LLAMA_8B, h100(1), Plan(dp=8, **fields), PRETRAIN).memory.weights
+
+    assert weights(sharding="zero1", precision="fp8") == weights(sharding="zero1", precision="bf16")
+    outside_layers = 2 * LLAMA_8B.vocab_size * LLAMA_8B.hidden_size + LLAMA_8B.hidden_size  # embedding, head, final norm
+    cache = 2 * (LLAMA_8B.total_params - outside_layers)
+    assert weights(precision="fp8") - weights(precision="bf16") == pytest.approx(cache, rel=1e-9)

@@ -222,6 +222,23 @@ def test_from_a_deepspeed_config_starts_from_its_plan(tmp_path):
     assert ladder.start.plan.micro_batch_size == 2 and ladder.start.plan.sharding == "none" and ladder.start.plan.dp == 8
 
 
+@pytest.mark.parametrize("target", ["megatron", "torchtitan", "accelerate", "deepspeed"])
+def test_from_the_files_plan_launch_writes_starts_from_their_plan(tmp_path, target):
+    """Each framework's own configuration, as `plan launch` writes it, told apart by its content."""
+    solved = run("solve", "-m", "llama-3.1-8b", "-c", "dgx-h100", "--nodes", "2", "--json")
+    plan = Plan.model_validate(json.loads(solved.stdout)["plan"])
+    assert run("launch", "-m", "llama-3.1-8b", "-c", "dgx-h100", "--nodes", "2", "--target", target,
+               "--out", str(tmp_path)).exit_code == 0
+    name = {"megatron": "launch.sh", "torchtitan": "launch.sh", "deepspeed": "ds_config.json"}.get(target)
+    file = tmp_path / (name or next(p.name for p in tmp_path.iterdir() if p.suffix == ".yaml"))
+    result = run("optimize", "-m", "llama-3.1-8b", "-c", "dgx-h100", "--nodes", "2", "--from", str(file), "--json")
+    assert result.exit_code == 0, result.output
+    start = Ladder.model_validate_json(result.stdout).start.plan
+    assert (start.tp, start.pp, start.dp, start.shard_group) == (plan.tp, plan.pp, plan.dp, plan.shard_group)
+    if target != "accelerate":  # an Accelerate YAML leaves the micro-batch to the training script
+        assert start.micro_batch_size == plan.micro_batch_size
+
+
 def test_from_a_saved_solution_starts_from_its_plan(tmp_path):
     solved = run("solve", "-m", "llama-3.1-8b", "-c", "dgx-h100", "--nodes", "1", "--json")
     assert solved.exit_code == 0, solved.output

@@ -24,6 +24,7 @@ from parallelplan.solver.ladder import MIN_GAIN
 from parallelplan.solver.objectives import fixed_point, nanoseconds
 from parallelplan.solver.space import SearchSpace, enumerate_plans
 from parallelplan.solver.techniques import catalog, chosen_techniques
+from tests.test_solver import small_cluster
 
 NAIVE_70B = Plan(tp=8, pp=1, dp=8, sequence_parallel=False, sharding="none", recompute="full", precision="bf16")
 """Issue 19's naive plan: tp 8, pp 1, dp 8, no sequence parallelism, ZeRO 0, full recompute, bf16."""
@@ -74,12 +75,6 @@ def _assert_consistent(model, cluster, workload, ladder: Ladder) -> None:
 
 # -- the ladder against the solver's optimum (hypothesis) --------------------------------------------
 
-def _small_cluster(nodes: int, per_node: int, memory: str):
-    return load_cluster({"base": "dgx-h100", "num_nodes": nodes, "nvlink_domain_size": per_node,
-                         "node": {"gpus_per_node": per_node, "nics_per_node": per_node, "gpu_numa_nodes": None,
-                                  "gpu": {"memory_bytes": memory}}})
-
-
 @st.composite
 def ladders(draw):
     heads = draw(st.sampled_from([4, 8]))
@@ -91,7 +86,7 @@ def ladders(draw):
     else:
         spec["ffn_hidden_size"] = draw(st.sampled_from([512, 1024]))
     model = load_model(spec)
-    cluster = _small_cluster(draw(st.sampled_from([1, 2])), draw(st.sampled_from([2, 4])),
+    cluster = small_cluster(draw(st.sampled_from([1, 2])), draw(st.sampled_from([2, 4])),
                              draw(st.sampled_from(["1 GiB", "2 GiB", "16 GiB"])))
     workload = Workload(kind=draw(st.sampled_from(["pretrain", "finetune"])), seq_len=draw(st.sampled_from([512, 2048])),
                         global_batch_size=draw(st.sampled_from([4, 8])), stack=draw(st.sampled_from(["megatron", "custom"])))

@@ -324,26 +324,19 @@ def test_an_impossible_pin_says_which_rule_forbids_it():
     assert "64 attention heads do not split over tp = 3" in error.value.conflicts[0]
 
 
-def test_a_memory_search_prices_offloaded_activations_without_recompute():
-    """Megatron-Core offloads activations without recompute only, so recompute none with activations offloaded
-    keeps less than full recompute without: the least-memory pruning must keep it (it once left it out, and
-    the memory optimum of 70B on 64 H100s came out at 7.0 GiB per GPU where this plan takes 6.8)."""
-    model, cluster = load_model("llama-3.1-70b"), load_cluster("dgx-h100", nodes=8)
+@pytest.mark.parametrize("nodes, plan", [
+    # Megatron-Core offloads activations without recompute only, so recompute none with activations offloaded
+    # keeps less than full recompute without: the least-memory pruning must keep it (it once left it out, and
+    # the memory optimum of 70B on 64 H100s came out at 7.0 GiB per GPU where this plan takes 6.8)
+    (8, Plan(tp=8, dp=8, sequence_parallel=True, sharding="fsdp", offload="optimizer", offload_activations=True)),
+    # ZeRO-Offload on one data-parallel replica (Ren et al. 2021 train 13B on one GPU): offload needs a
+    # sharding stage, so dp·cp = 1 with sharding is in the space when states are offloaded
+    (1, Plan(tp=8, dp=1, sequence_parallel=True, sharding="fsdp", offload="optimizer", offload_activations=True)),
+])
+def test_a_memory_search_reaches_the_plans_that_offload(nodes, plan):
+    model, cluster = load_model("llama-3.1-70b"), load_cluster("dgx-h100", nodes=nodes)
     workload = Workload(kind="pretrain", seq_len=4096, global_batch_size=512)
-    offloaded = Plan(tp=8, dp=8, sequence_parallel=True, sharding="fsdp", offload="optimizer", offload_activations=True)
-    assert check(model, cluster, offloaded, workload) == []
+    assert check(model, cluster, plan, workload) == []
     found = solve(model, cluster, workload, objective="memory_headroom",
                   ranges={"offload": ["none", "optimizer"], "offload_activations": [False, True]})
-    assert found.estimate.memory.total <= estimate(model, cluster, offloaded, workload).memory.total
-
-
-def test_a_single_replica_may_shard_its_states_to_offload_them():
-    """ZeRO-Offload on one data-parallel replica (Ren et al. 2021 train 13B on one GPU): offload needs a
-    sharding stage, so dp·cp = 1 with sharding is in the space when states are offloaded."""
-    model, cluster = load_model("llama-3.1-70b"), load_cluster("dgx-h100", nodes=1)
-    workload = Workload(kind="pretrain", seq_len=4096, global_batch_size=256)
-    single = Plan(tp=8, dp=1, sequence_parallel=True, sharding="fsdp", offload="optimizer", offload_activations=True)
-    assert check(model, cluster, single, workload) == []
-    found = solve(model, cluster, workload, objective="memory_headroom",
-                  ranges={"offload": ["none", "optimizer"], "offload_activations": [False, True]})
-    assert found.estimate.memory.total <= estimate(model, cluster, single, workload).memory.total
+    assert found.estimate.memory.total <= estimate(model, cluster, plan, workload).memory.total

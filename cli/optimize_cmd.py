@@ -154,8 +154,8 @@ def _framework_of(path: Path, text: str) -> str | None:
 
 def _values(point: Point) -> tuple[str, str, str]:
     usd = f"{point.usd_per_million_tokens:.3f}" if point.usd_per_million_tokens is not None else "-"
-    step = f"{point.step_time_s:.3f}" if math.isfinite(point.step_time_s) else "-"
-    return step, gib(point.memory_bytes) if math.isfinite(point.memory_bytes) else "-", usd
+    step = f"{point.step_time_s:.3f}" if point.step_time_s is not None else "-"
+    return step, gib(point.memory_bytes) if point.memory_bytes is not None else "-", usd
 
 
 def _signed(value: float | None, digits: int = 3, scale: float = 1.0, unit: str = "") -> str:

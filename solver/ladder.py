@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict
 from parallelplan.constraints import Efficiency, Plan, RuntimeAllowance, Violation, Workload
 from parallelplan.constraints.check import check_and_estimate
 from parallelplan.constraints.evaluate import evaluate
-from parallelplan.constraints.rules import structural_violations
+from parallelplan.constraints.rules import UNPRICEABLE, structural_violations
 from parallelplan.hardware import ClusterSpec
 from parallelplan.models import ModelSpec
 from parallelplan.solver.errors import Infeasible, SolverInputError
@@ -65,14 +65,15 @@ class _Frozen(BaseModel):
 
 
 class Point(_Frozen):
-    """A plan and what the cost model says of it (the busiest rank's memory)."""
+    """A plan and what the cost model says of it (the busiest rank's memory); the step, memory and usable
+    bytes are None where a rule makes the plan unpriceable (`constraints.rules.UNPRICEABLE`)."""
 
     plan: Plan
     gpus: int
-    step_time_s: float
+    step_time_s: float | None
     tokens_per_s: float
-    memory_bytes: float
-    usable_bytes: float
+    memory_bytes: float | None
+    usable_bytes: float | None
     usd_per_million_tokens: float | None
     mfu: float
     violations: tuple[Violation, ...] = ()
@@ -85,8 +86,9 @@ class Rung(_Frozen):
     changes_math: bool
     gain: float
     """Relative improvement of the goal's metric over the rung before (0 for a repair that only makes it run)."""
-    delta_step_s: float
-    delta_memory_bytes: float
+    delta_step_s: float | None
+    delta_memory_bytes: float | None
+    """The changes against the rung before; None where either plan is unpriceable."""
     delta_usd_per_million_tokens: float | None
     reached: Point
 
@@ -188,8 +190,8 @@ class _Ladder:
         violations, est = check_and_estimate(self.model, cluster, plan, self.workload,
                                              allow_cross_domain=self.allow_cross_domain, **self.costs)
         if est is None:
-            return Point(plan=plan, gpus=cluster.total_gpus, step_time_s=float("inf"), tokens_per_s=0.0,
-                         memory_bytes=float("inf"), usable_bytes=float("nan"), usd_per_million_tokens=None, mfu=0.0,
+            return Point(plan=plan, gpus=cluster.total_gpus, step_time_s=None, tokens_per_s=0.0,
+                         memory_bytes=None, usable_bytes=None, usd_per_million_tokens=None, mfu=0.0,
                          violations=tuple(violations))
         return Point(plan=plan, gpus=cluster.total_gpus, step_time_s=est.step_time_s, tokens_per_s=est.tokens_per_s,
                      memory_bytes=est.memory.total, usable_bytes=est.memory.usable,
@@ -203,12 +205,9 @@ class _Ladder:
             return self.price * gpus / 3600 / tokens_per_s * 1e6
 
     def metric(self, point: Point) -> float:
-        """The goal's metric (lower is better)."""
-        if self.goal == "memory":
-            return point.memory_bytes
-        if self.goal == "cost":
-            return point.usd_per_million_tokens if point.usd_per_million_tokens is not None else float("inf")
-        return point.step_time_s
+        """The goal's metric (lower is better; infinite for an unpriceable plan)."""
+        value = {"memory": point.memory_bytes, "cost": point.usd_per_million_tokens, "throughput": point.step_time_s}[self.goal]
+        return float("inf") if value is None else value
 
     def next_rung(self, current: Point, cluster: ClusterSpec,
                   options: list[Move]) -> tuple[tuple[Move, Point, float] | None, list[Blocked]]:
@@ -243,11 +242,13 @@ class _Ladder:
         """The move that repairs ``current`` most per effort (module docstring), or None when no move
         lowers its badness: the rules it breaks besides memory, plus the memory over the GPU's as a fraction
         of it, plus one where the host memory overflows."""
-        structural = np.array([len(self._broken(m)) for m in options], dtype=float)
+        broken = [self._broken(m) for m in options]
+        structural = np.array([len(b) for b in broken], dtype=float)
+        unpriced = np.array([any(v.rule in UNPRICEABLE for v in b) for b in broken])
         host = (~fits & (over == 0)).astype(float)
-        badness = structural + over + host
+        badness = np.where(unpriced, np.inf, structural + over + host)
         rules = {v.rule for v in current.violations}
-        over_now = current.memory_bytes / current.usable_bytes - 1 if np.isfinite(current.memory_bytes) else np.inf
+        over_now = np.inf if current.memory_bytes is None else current.memory_bytes / current.usable_bytes - 1
         now = len(rules - set(_MEMORY_RULES)) + max(over_now, 0.0) + ("host_memory_fits" in rules)
         effort = np.array([m.technique.effort_rank for m in options], dtype=float)
         with np.errstate(invalid="ignore"):  # an unpriced plan (infinite badness) repaired by any priced move
@@ -292,12 +293,12 @@ def _rung(move: Move, before: Point, reached: Point, gain: float) -> Rung:
     usd = None
     if reached.usd_per_million_tokens is not None and before.usd_per_million_tokens is not None:
         usd = reached.usd_per_million_tokens - before.usd_per_million_tokens
-    finite = np.isfinite(before.step_time_s)
+    priced = before.step_time_s is not None and reached.step_time_s is not None
     return Rung(technique=move.technique.name, effort=move.technique.effort, change=move.change,
                 changes_math=move.technique.changes_math, gain=gain,
-                delta_step_s=reached.step_time_s - before.step_time_s if finite else float("nan"),
-                delta_memory_bytes=reached.memory_bytes - before.memory_bytes if finite else float("nan"),
-                delta_usd_per_million_tokens=usd if finite else None, reached=reached)
+                delta_step_s=reached.step_time_s - before.step_time_s if priced else None,
+                delta_memory_bytes=reached.memory_bytes - before.memory_bytes if priced else None,
+                delta_usd_per_million_tokens=usd if priced else None, reached=reached)
 
 
 def search_domains(start: Plan, final: Plan, chosen: Sequence[Technique]) -> tuple[dict[str, Any], dict[str, Any]]:

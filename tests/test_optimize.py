@@ -206,6 +206,19 @@ def test_the_command_prints_the_ladder_and_its_json_is_the_ladder():
         assert rung.change in text.stdout
 
 
+def test_an_unpriceable_plan_is_repaired_first_and_its_json_reads_back():
+    """HSDP shards of 16 on 8 GPUs leave a fraction of a replica (rule hsdp_shard_divides_dp): the cost model
+    cannot price it, the first rung must make it priceable, and the ladder's JSON reads back."""
+    result = run("optimize", "-m", "llama-3.1-8b", "-c", "dgx-h100", "--sharding", "hsdp", "--hsdp-shard-size", "16",
+                 "--json")
+    assert result.exit_code == 0, result.output
+    ladder = Ladder.model_validate_json(result.stdout)
+    assert ladder.start.step_time_s is None and ladder.start.violations[0].rule == "hsdp_shard_divides_dp"
+    first = ladder.rungs[0]
+    assert first.technique == "sharding" and first.reached.step_time_s is not None and first.delta_step_s is None
+    assert not ladder.final.violations and ladder.gap is not None and ladder.gap >= 0
+
+
 def test_from_a_deepspeed_config_starts_from_its_plan(tmp_path):
     config = {"train_batch_size": 256, "train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 16,
               "bf16": {"enabled": True}, "zero_optimization": {"stage": 0}}

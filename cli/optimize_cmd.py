@@ -178,7 +178,7 @@ def render(model: ModelSpec, cluster: ClusterSpec, workload, ladder: Ladder) -> 
     rows = []
     for i, rung in enumerate(ladder.rungs, 1):
         step, memory, usd = _values(rung.reached)
-        gain = "repair" if rung.gain == 0 and i <= len(ladder.rungs) and not _runs(ladder, i - 1) else f"{100 * rung.gain:.1f}%"
+        gain = "repair" if not _runs(ladder, i - 1) else f"{100 * rung.gain:.1f}%"
         rows.append([str(i), rung.change + (" *" if rung.changes_math else ""), effort_label(rung.effort), gain,
                      _signed(rung.delta_step_s), _signed(rung.delta_memory_bytes, 2, 2**30),
                      _signed(rung.delta_usd_per_million_tokens), step, memory, usd])

@@ -71,15 +71,20 @@ def activation_bytes(p: PlanArrays) -> np.ndarray:
     return np.where(p.precision == code("precision", "fp32"), 4.0, 2.0)
 
 
+def fused_fp8(p: PlanArrays) -> np.ndarray:
+    """Plans whose fp8 GEMMs run in the stack's fp8 library's fused modules (Transformer Engine, torchao's
+    float8 linears), whose memory layout ``stacks.json`` ``fp8`` gives."""
+    return (p.precision == code("precision", "fp8")) & (p.kernels == code("kernels", "fused"))
+
+
 def gemm_input_bytes(p: PlanArrays, w: Workload) -> np.ndarray:
     """Bytes per element of a GEMM's input kept for its weight gradient: the activation dtype's, or under fp8
     training with fused kernels the stack's fp8 library's (``stacks.json`` ``fp8``): Transformer Engine keeps
     the input's fp8 copy (1 byte), torchao the bf16 input itself (its casts redone in backward). With PEFT
     adapters the base's layout is kept."""
-    fp8 = (p.precision == code("precision", "fp8")) & (p.kernels == code("kernels", "fused"))
     if w.peft is not None:
         return activation_bytes(p)
-    return np.where(fp8, float(stacks()[w.stack]["fp8"]["saved_gemm_input_bytes"]), activation_bytes(p))
+    return np.where(fused_fp8(p), float(stacks()[w.stack]["fp8"]["saved_gemm_input_bytes"]), activation_bytes(p))
 
 
 @dataclass

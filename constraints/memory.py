@@ -35,6 +35,7 @@ import numpy as np
 from parallelplan.constraints.activations import (
     LayerActivations,
     first_stage_bytes,
+    fused_fp8,
     head_and_loss_bytes,
     layer_activations,
 )
@@ -271,8 +272,7 @@ def fp8_weight_cache(p: PlanArrays, w: Workload) -> np.ndarray:
     if not w.training:
         return np.zeros(len(p))
     fp8 = stacks()[w.stack]["fp8"]
-    on = ((p.precision == code("precision", "fp8")) & (p.kernels == code("kernels", "fused"))
-          & ~gathers_weights(p).astype(bool) & (p.offload != code("offload", "params")))
+    on = fused_fp8(p) & ~gathers_weights(p).astype(bool) & (p.offload != code("offload", "params"))
     if fp8["fp8_params_when_sharded"]:
         on &= p.sharding == code("sharding", "none")
     return np.where(on, float(fp8["weight_cache_bytes"]), 0.0)

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from parallelplan.constraints import Efficiency, Plan, RuntimeAllowance, Violation, Workload
+from parallelplan.constraints import Efficiency, Estimate, Plan, RuntimeAllowance, Violation, Workload
 from parallelplan.constraints.check import check_and_estimate
 from parallelplan.constraints.evaluate import evaluate
 from parallelplan.constraints.rules import UNPRICEABLE, structural_violations
@@ -46,7 +46,6 @@ from parallelplan.solver.techniques import (
     Technique,
     catalog,
     chosen_techniques,
-    effort_label,
     moves,
 )
 
@@ -162,8 +161,7 @@ def optimize(model: ModelSpec, cluster: ClusterSpec, workload: Workload, plan: P
         move, reached, gain = step
         rungs.append(_rung(move, current, reached, gain))
         current, current_cluster = reached, move.cluster
-    optimum, proved, optimum_note = _optimum(model, cluster, workload, start.plan, current.plan, accepted, goal,
-                                             price, allow_cross_domain, costs, time_limit_s)
+    optimum, proved, optimum_note = ladder.optimum(cluster, start.plan, current.plan, accepted, time_limit_s)
     gap = None
     if optimum is not None and not current.violations:
         gap = ladder.metric(current) / ladder.metric(optimum) - 1
@@ -189,14 +187,17 @@ class _Ladder:
         """`check`'s violations and the estimate of ``plan``: the scalar cost model, as `plan estimate` prints it."""
         violations, est = check_and_estimate(self.model, cluster, plan, self.workload,
                                              allow_cross_domain=self.allow_cross_domain, **self.costs)
+        return self.point_of(plan, cluster.total_gpus, est, violations)
+
+    def point_of(self, plan: Plan, gpus: int, est: Estimate | None, violations: Sequence[Violation] = ()) -> Point:
+        """``plan`` on ``gpus`` GPUs as its estimate (None: unpriceable) prices it."""
         if est is None:
-            return Point(plan=plan, gpus=cluster.total_gpus, step_time_s=None, tokens_per_s=0.0,
-                         memory_bytes=None, usable_bytes=None, usd_per_million_tokens=None, mfu=0.0,
-                         violations=tuple(violations))
-        return Point(plan=plan, gpus=cluster.total_gpus, step_time_s=est.step_time_s, tokens_per_s=est.tokens_per_s,
+            return Point(plan=plan, gpus=gpus, step_time_s=None, tokens_per_s=0.0, memory_bytes=None, usable_bytes=None,
+                         usd_per_million_tokens=None, mfu=0.0, violations=tuple(violations))
+        return Point(plan=plan, gpus=gpus, step_time_s=est.step_time_s, tokens_per_s=est.tokens_per_s,
                      memory_bytes=est.memory.total, usable_bytes=est.memory.usable,
-                     usd_per_million_tokens=self.usd_per_million(cluster.total_gpus, est.tokens_per_s),
-                     mfu=est.mfu, violations=tuple(violations))
+                     usd_per_million_tokens=self.usd_per_million(gpus, est.tokens_per_s), mfu=est.mfu,
+                     violations=tuple(violations))
 
     def usd_per_million(self, gpus: int | np.ndarray, tokens_per_s: float | np.ndarray) -> Any:
         if self.price is None:
@@ -260,6 +261,19 @@ class _Ladder:
                 return options[i], reached, 0.0
         return None
 
+    def optimum(self, cluster: ClusterSpec, start: Plan, final: Plan, accepted: Sequence[Technique],
+                time_limit_s: float) -> tuple[Point | None, bool, str | None]:
+        """The solver's optimum for the goal over the techniques accepted (module docstring), whether CP-SAT
+        proved it, and why there is none."""
+        fixed, ranges = search_domains(start, final, accepted)
+        try:
+            sol = solve(self.model, cluster, self.workload, objective=GOALS[self.goal], fixed=fixed, ranges=ranges,
+                        widen=True, allow_cross_domain=self.allow_cross_domain, price_per_gpu_hour=self.price,
+                        time_limit_s=time_limit_s, **self.costs)
+        except Infeasible as err:
+            return None, False, f"the solver finds no plan with these techniques: {err}"
+        return self.point_of(sol.plan, sol.gpus, sol.estimate), sol.optimal, None
+
     def _broken(self, move: Move) -> list[Violation]:
         return structural_violations(self.model, move.cluster, move.plan, self.workload,
                                      allow_cross_domain=self.allow_cross_domain)
@@ -274,7 +288,7 @@ class _Ladder:
             with np.errstate(all="ignore"):  # a plan that breaks a rule may divide by zero; the rules then reject it
                 e = evaluate(self.model, cluster, self.workload, [options[i].plan for i in rows], **self.costs)
             value = {"throughput": e.time.step, "memory": e.memory.total,
-                     "cost": self.usd_per_million(gpus, e.tokens_per_s) if self.price is not None else e.time.step}[self.goal]
+                     "cost": self.usd_per_million(gpus, e.tokens_per_s)}[self.goal]  # the cost goal requires a price
             metric[rows] = np.where(np.isfinite(e.time.step), value, np.inf)
             fits[rows] = e.fits & np.isfinite(e.time.step)
             over[rows] = np.maximum(e.memory.total / e.usable_memory - 1, 0)
@@ -348,23 +362,4 @@ def search_domains(start: Plan, final: Plan, chosen: Sequence[Technique]) -> tup
     return fixed, ranges
 
 
-def _optimum(model: ModelSpec, cluster: ClusterSpec, workload: Workload, start: Plan, final: Plan,
-             chosen: Sequence[Technique], goal: str, price: float | None, allow_cross_domain: bool,
-             costs: dict[str, Any], time_limit_s: float) -> tuple[Point | None, bool, str | None]:
-    """The solver's optimum for the goal over the ladder's techniques (module docstring), as a `Point`."""
-    fixed, ranges = search_domains(start, final, chosen)
-    try:
-        sol = solve(model, cluster, workload, objective=GOALS[goal], fixed=fixed, ranges=ranges, widen=True,
-                    allow_cross_domain=allow_cross_domain, price_per_gpu_hour=price,
-                    time_limit_s=time_limit_s, **costs)
-    except Infeasible as err:
-        return None, False, f"the solver finds no plan with these techniques: {err}"
-    gpus = sol.gpus
-    usd = price * gpus / 3600 / sol.estimate.tokens_per_s * 1e6 if price is not None else None
-    point = Point(plan=sol.plan, gpus=gpus, step_time_s=sol.estimate.step_time_s, tokens_per_s=sol.estimate.tokens_per_s,
-                  memory_bytes=sol.estimate.memory.total, usable_bytes=sol.estimate.memory.usable,
-                  usd_per_million_tokens=usd, mfu=sol.estimate.mfu)
-    return point, sol.optimal, None
-
-
-__all__ = ["GOALS", "MIN_GAIN", "Blocked", "Ladder", "Point", "RiskNote", "Rung", "effort_label", "optimize", "search_domains"]
+__all__ = ["GOALS", "MIN_GAIN", "Blocked", "Ladder", "Point", "RiskNote", "Rung", "optimize", "search_domains"]

@@ -121,8 +121,7 @@ class _Context:
     def __init__(self, model: ModelSpec, cluster: ClusterSpec, workload: Workload, allow_cross_domain: bool,
                  node_counts: Sequence[int]):
         self.model, self.cluster, self.workload = model, cluster, workload
-        self.space = SearchSpace(model, cluster, workload, allow_cross_domain=allow_cross_domain)
-        self.tps = tp_domain(self.space)
+        self.tps = tp_domain(SearchSpace(model, cluster, workload, allow_cross_domain=allow_cross_domain))
         self.node_counts = node_counts
 
 
@@ -254,13 +253,13 @@ def _uneven_stages(ctx: _Context, plan: Plan, name: str) -> Iterator[Change]:
             yield f"stages → {shown}", {"layers_per_stage": split, "vpp": 1, "schedule": schedule}, None
 
 
-def _dp(plan: Plan, gpus: int, tp: int, pp: int, cp: int) -> int | None:
+def _dp(gpus: int, tp: int, pp: int, cp: int) -> int | None:
     return gpus // (tp * pp * cp) if gpus % (tp * pp * cp) == 0 else None
 
 
 def _tp(ctx: _Context, plan: Plan, name: str) -> Iterator[Change]:
     for tp in ctx.tps:
-        dp = _dp(plan, ctx.cluster.total_gpus, tp, plan.pp, plan.cp)
+        dp = _dp(ctx.cluster.total_gpus, tp, plan.pp, plan.cp)
         if tp != plan.tp and dp:
             sp = tp > 1 and (ctx.workload.seq_len // plan.cp) % tp == 0
             etp = tp if plan.etp == plan.tp else plan.etp
@@ -269,7 +268,7 @@ def _tp(ctx: _Context, plan: Plan, name: str) -> Iterator[Change]:
 
 def _pp(ctx: _Context, plan: Plan, name: str) -> Iterator[Change]:
     for pp in range(1, ctx.model.num_layers + 1):
-        dp = _dp(plan, ctx.cluster.total_gpus, plan.tp, pp, plan.cp)
+        dp = _dp(ctx.cluster.total_gpus, plan.tp, pp, plan.cp)
         if pp != plan.pp and dp and ctx.model.num_layers % pp == 0:
             schedule = "zero_bubble" if plan.schedule == "zero_bubble" and pp > 1 else "1f1b"
             yield (f"pp {plan.pp} → {pp} (dp {plan.dp} → {dp})",
@@ -278,7 +277,7 @@ def _pp(ctx: _Context, plan: Plan, name: str) -> Iterator[Change]:
 
 def _cp(ctx: _Context, plan: Plan, name: str) -> Iterator[Change]:
     for cp in cp_candidates(ctx.workload.seq_len, ctx.cluster.total_gpus):
-        dp = _dp(plan, ctx.cluster.total_gpus, plan.tp, plan.pp, cp)
+        dp = _dp(ctx.cluster.total_gpus, plan.tp, plan.pp, cp)
         if cp != plan.cp and dp:
             sp = plan.tp > 1 and (ctx.workload.seq_len // cp) % plan.tp == 0
             yield (f"cp {plan.cp} → {cp} (dp {plan.dp} → {dp})",

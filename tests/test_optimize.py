@@ -296,3 +296,22 @@ def test_every_technique_has_a_move_generator_and_a_cited_risk_or_none():
     assert set(_GENERATORS) == set(catalog())
     for technique in catalog().values():
         assert technique.risk is None or (technique.risk.text and technique.risk.source)
+
+
+@pytest.mark.parametrize("plan", [
+    Plan(tp=2, pp=2, dp=4, ep=4, recompute="full", tp_comm_overlap=False, grad_reduce_overlap=False,
+         param_gather_overlap=False, ep_comm_overlap=False, kernels="unfused", attention_kernel="eager", precision="fp32"),
+    Plan(tp=2, pp=4, dp=2, vpp=2, ep=2, etp=1, sequence_parallel=True, sharding="zero1", offload_activations=True),
+])
+def test_every_move_changes_only_the_fields_its_technique_lists(plan):
+    """techniques.json's ``fields`` say what each technique touches, the changes a move forces on other
+    fields included (a new cp sets sequence parallelism; activation offload on Megatron drops recompute)."""
+    from parallelplan.solver.techniques import moves
+
+    before = plan.model_dump()
+    found = moves(load_model("mixtral-8x7b"), load_cluster("dgx-h100", nodes=2), Workload(seq_len=4096, global_batch_size=64),
+                  plan, list(catalog().values()), node_counts=[1])
+    assert {m.technique.name for m in found} >= {"recompute", "sharding", "tp", "cp", "ep", "nodes", "fp8", "offload_activations"}
+    for move in found:
+        changed = {name for name, value in move.plan.model_dump().items() if before[name] != value}
+        assert changed and changed <= set(move.technique.fields), (move.technique.name, move.change, changed)

@@ -29,6 +29,8 @@ needs beyond what it states is assumed the way the source's framework defaults i
   dp · cp (fsdp); torchtitan's float8 linears = fp8 GEMMs, its "selective" activation checkpointing is
   its op-level policy (selective_mm), rows without torch.compile (stated, or implied by async TP or
   float8) run eager (unfused) kernels, and TP communication is overlapped only with async TP;
+- fp8 rows: the scaling recipe the source states (mxfp8; "current scaling" is tensorwise), else the
+  stack's default (Megatron's delayed scaling, torchtitan's rowwise);
 - when a row does not state recompute and its layout does not fit our memory model without it, the
   fastest recompute that fits (Megatron's selective modules, or full recompute of some layers per rank):
   a run that trained did not run out of memory, and its authors tuned it.
@@ -109,6 +111,17 @@ def _precision(run: dict) -> str | None:
     return None
 
 
+def _fp8_recipe(run: dict) -> str | None:
+    """The fp8 scaling recipe the source states (``mxfp8``; ``current scaling``: tensorwise), else None (the
+    stack's default: Megatron's delayed scaling, torchtitan's rowwise)."""
+    stated = (run.get("precision") or "").lower()
+    if "mxfp8" in stated:
+        return "mxfp8"
+    if "current scaling" in stated:
+        return "tensorwise"
+    return None
+
+
 def _plan(run: dict, assumptions: list[str]) -> Plan:
     tp, pp, cp = run["tp"] or 1, run["pp"] or 1, run.get("cp") or 1
     gpus = run["num_gpus"]
@@ -149,7 +162,7 @@ def _plan(run: dict, assumptions: list[str]) -> Plan:
         micro_batch_size=run["micro_batch_size"], sequence_parallel=bool(sp),
         sharding="fsdp" if fsdp else ("zero1" if dp * cp > 1 else "none"),
         recompute=recompute if recompute in ("none", "selective", "selective_mm", "full") else "none",
-        precision=_precision(run), kernels=kernels, tp_comm_overlap=not torchtitan or async_tp,
+        precision=_precision(run), fp8_recipe=_fp8_recipe(run), kernels=kernels, tp_comm_overlap=not torchtitan or async_tp,
         attention_kernel="eager" if run["stack"] == "megatron-2022" else "flash",
     )
 

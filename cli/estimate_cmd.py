@@ -70,6 +70,10 @@ PLAN_OPTIONS = [
                  help="With --recompute selective: Megatron modules, comma-separated, of core_attn, layernorm, "
                       "mla_up_proj, mlp, moe_act, moe, shared_experts [default: core_attn]."),
     click.option("--precision", type=click.Choice(["bf16", "fp16", "fp8", "fp32"]), help="GEMM precision [default: bf16]."),
+    click.option("--fp8-recipe", type=click.Choice(["delayed", "tensorwise", "rowwise", "blockwise", "mxfp8"]),
+                 help="With --precision fp8: how GEMM inputs get their scales — delayed (amax history), tensorwise "
+                      "(current per-tensor), rowwise (torchao), blockwise (128 values, Hopper), mxfp8 (32 values, "
+                      "Blackwell) [default: the stack's: delayed on Megatron, rowwise on torchtitan, tensorwise on custom]."),
     click.option("--master-weights/--no-master-weights", default=None,
                  help="Keep fp32 master weights, gradients and states [default: yes]."),
     click.option("--optimizer", type=click.Choice(["adamw", "adamw8bit", "adafactor", "lion", "sgd", "came"]),
@@ -220,7 +224,8 @@ def describe_plan(plan: Plan, model: ModelSpec) -> str:
     parts.append({"none": "no sharding", "hsdp": f"hsdp/{plan.hsdp_shard_size}"}.get(plan.sharding, plan.sharding))
     parts.append(f"recompute {plan.recompute}" + (f" ({plan.recompute_layers} layers)" if plan.recompute_layers else "")
                  + (f" ({', '.join(plan.recompute_modules)})" if plan.recompute_modules else ""))
-    parts.append(f"{plan.precision}{'' if plan.master_weights else ' (no master weights)'}")
+    parts.append(f"{plan.precision}{f' ({plan.fp8_recipe} scaling)' if plan.fp8_recipe else ''}"
+                 f"{'' if plan.master_weights else ' (no master weights)'}")
     parts.append(plan.optimizer + ("" if plan.offload == "none" else f", offload {plan.offload}"))
     parts.append("activations offloaded to host memory" if plan.offload_activations else "")
     parts.append(f"{plan.schedule} schedule" if plan.pp > 1 else "")

@@ -48,6 +48,7 @@ import numpy as np
 
 from parallelplan.constraints.arrays import PlanArrays, code
 from parallelplan.constraints.efficiency import stacks
+from parallelplan.constraints.fp8 import kept_input_bytes
 from parallelplan.constraints.plan import RECOMPUTE_MODULES, Workload
 from parallelplan.constraints.structure import ModelFacts
 
@@ -79,12 +80,13 @@ def fused_fp8(p: PlanArrays) -> np.ndarray:
 
 def gemm_input_bytes(p: PlanArrays, w: Workload) -> np.ndarray:
     """Bytes per element of a GEMM's input kept for its weight gradient: the activation dtype's, or under fp8
-    training with fused kernels the stack's fp8 library's (``stacks.json`` ``fp8``): Transformer Engine keeps
-    the input's fp8 copy (1 byte), torchao the bf16 input itself (its casts redone in backward). With PEFT
-    adapters the base's layout is kept."""
-    if w.peft is not None:
+    training with fused kernels the stack's fp8 library's (``stacks.json`` ``fp8.saves_fp8_inputs``):
+    Transformer Engine keeps the input's fp8 column-wise copy with its recipe's scales
+    (`constraints.fp8.kept_input_bytes`: 1 byte, 1 + 1/32 blockwise and MXFP8), torchao the bf16 input itself
+    (its casts redone in backward). With PEFT adapters the base's layout is kept."""
+    if w.peft is not None or not stacks()[w.stack]["fp8"]["saves_fp8_inputs"]:
         return activation_bytes(p)
-    return np.where(fused_fp8(p), float(stacks()[w.stack]["fp8"]["saved_gemm_input_bytes"]), activation_bytes(p))
+    return np.where(fused_fp8(p), kept_input_bytes(p, w), activation_bytes(p))
 
 
 @dataclass

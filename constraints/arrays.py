@@ -17,6 +17,7 @@ import numpy as np
 from parallelplan.constraints.plan import (
     ATTENTION_KERNELS,
     CP_COMMS,
+    FP8_RECIPES,
     KERNELS,
     OFFLOADS,
     OPTIMIZERS,
@@ -44,6 +45,13 @@ _BOOLEAN = ("sequence_parallel", "master_weights", "persistent_grads", "tp_comm_
 _INTEGER = ("tp", "pp", "dp", "cp", "ep", "etp", "vpp", "micro_batch_size", "shard_group")
 ALL_LAYERS = 2**30
 """``recompute_layers`` of a plan that recomputes every layer (Plan.recompute_layers None)."""
+STACK_RECIPE = -1
+"""``fp8_recipe`` code of a plan that takes its stack's default recipe (Plan.fp8_recipe None), or has none."""
+
+
+def recipe_code(recipe: str | None) -> int:
+    """The ``fp8_recipe`` column's code: the index in `FP8_RECIPES`, `STACK_RECIPE` for None."""
+    return STACK_RECIPE if recipe is None else FP8_RECIPES.index(recipe)
 
 
 def module_mask(modules: Sequence[str] | None) -> int:
@@ -73,6 +81,7 @@ class PlanArrays:
     shard_group: np.ndarray
     recompute_layers: np.ndarray
     recompute_modules: np.ndarray  # bit mask over RECOMPUTE_MODULES (0 unless recompute is selective)
+    fp8_recipe: np.ndarray  # index in FP8_RECIPES, STACK_RECIPE for the stack's default
     sequence_parallel: np.ndarray
     sharding: np.ndarray
     recompute: np.ndarray
@@ -103,6 +112,7 @@ class PlanArrays:
         columns["recompute_layers"] = np.array(
             [ALL_LAYERS if p.recompute_layers is None else p.recompute_layers for p in plans], dtype=np.int64)
         columns["recompute_modules"] = np.array([module_mask(p.recompute_modules) for p in plans], dtype=np.int64)
+        columns["fp8_recipe"] = np.array([recipe_code(p.fp8_recipe) for p in plans], dtype=np.int64)
         for name in _BOOLEAN:
             columns[name] = np.array([getattr(p, name) for p in plans], dtype=bool)
         for name, values in _CATEGORICAL.items():
@@ -124,7 +134,7 @@ class PlanArrays:
         given; ``hsdp_shard_size`` (used with sharding "hsdp") sets the shard group; ``recompute_modules``
         values are tuples of module names (empty: the default core_attn). No layers_per_stage."""
         allowed = (set(_INTEGER) - {"shard_group"}) | set(_BOOLEAN) | set(_CATEGORICAL) | {
-            "recompute_layers", "recompute_modules", "hsdp_shard_size"}
+            "recompute_layers", "recompute_modules", "hsdp_shard_size", "fp8_recipe"}
         unknown = sorted(set(choices) - allowed)
         if unknown:
             raise ValueError(f"cannot enumerate {', '.join(unknown)}; fields: {', '.join(sorted(allowed))}")
@@ -141,6 +151,8 @@ class PlanArrays:
                 table = np.array([ALL_LAYERS if v is None else v for v in values], dtype=np.int64)
             elif name == "recompute_modules":
                 table = np.array([module_mask(v) for v in values], dtype=np.int64)
+            elif name == "fp8_recipe":
+                table = np.array([recipe_code(v) for v in values], dtype=np.int64)
             else:
                 table = np.array(values, dtype=bool if name in _BOOLEAN else np.int64)
             columns[name] = table[index]
@@ -152,6 +164,9 @@ class PlanArrays:
             if name not in columns and name != "schedule":
                 columns[name] = np.full(n, values.index(getattr(default, name)), dtype=np.int64)
         columns.setdefault("recompute_layers", np.full(n, ALL_LAYERS, dtype=np.int64))
+        # as in Plan: only an fp8 plan has a recipe
+        recipes = columns.get("fp8_recipe", np.full(n, STACK_RECIPE, dtype=np.int64))
+        columns["fp8_recipe"] = np.where(columns["precision"] == code("precision", "fp8"), recipes, STACK_RECIPE)
         # as in Plan: selective recompute means core_attn unless modules are given; other modes have none
         selective = columns["recompute"] == code("recompute", "selective")
         modules = columns.get("recompute_modules", np.full(n, module_mask(("core_attn",)), dtype=np.int64))
@@ -174,6 +189,8 @@ class PlanArrays:
         values["recompute_layers"] = None if layers == ALL_LAYERS else layers
         mask = int(self.recompute_modules[i])
         values["recompute_modules"] = tuple(m for j, m in enumerate(RECOMPUTE_MODULES) if mask >> j & 1) or None
+        recipe = int(self.fp8_recipe[i])
+        values["fp8_recipe"] = None if recipe == STACK_RECIPE else FP8_RECIPES[recipe]
         if values["sharding"] == "hsdp":
             values["hsdp_shard_size"] = int(self.shard_group[i])
         if self.layers_per_stage is not None and self.layers_per_stage[i].any():

@@ -21,7 +21,7 @@ Three physical parts, each with its own roof:
   softmax output, dropout mask and dropout output that selective recompute drops; Table 4 times the
   22B layer's attention-core recompute at 1.3 of 20.3 ms).
 - memory-bound elementwise kernels: norms, RoPE, activation functions, residual/bias-dropout-add, MoE
-  permutation, fp8 casts, at HBM bandwidth × η_mem; backward moves about twice the forward bytes.
+  permutation, fp8 quantization (the recipe's reads and copies, `constraints.fp8`), at HBM bandwidth × η_mem; backward moves about twice the forward bytes.
 Plus a fixed launch cost per kernel, and per MoE layer and pass the host time that dropless routing's
 device-to-host synchronisation exposes (``Efficiency.moe_host_sync_s``). Tensor parallelism splits the GEMM widths and the heads; context
 parallelism splits the tokens; each GPU of an MoE layer computes the routed share k·T/tp of its tokens, times
@@ -38,6 +38,7 @@ import numpy as np
 from parallelplan.constraints.activations import activation_bytes, busiest_rank_load
 from parallelplan.constraints.arrays import PlanArrays, code
 from parallelplan.constraints.efficiency import Efficiency
+from parallelplan.constraints.fp8 import cast_bytes
 from parallelplan.constraints.plan import PRECISIONS, RECOMPUTE_MODULES, Workload
 from parallelplan.constraints.structure import ModelFacts
 from parallelplan.hardware import GPUSpec
@@ -127,15 +128,16 @@ def _sequence(roof: Roofline, rate: np.ndarray, m: np.ndarray, mms: tuple, tp: n
     return total, even
 
 
-def elementwise_parts(f: ModelFacts, p: PlanArrays, b: np.ndarray, tp: np.ndarray, width: float) -> dict[str, np.ndarray]:
+def elementwise_parts(f: ModelFacts, p: PlanArrays, b: np.ndarray, tp: np.ndarray, width: float,
+                      cast: np.ndarray) -> dict[str, np.ndarray]:
     """Forward bytes per token that the memory-bound kernels of one layer move, by kernel (see the module
     docstring), with an MLP of ``width``. Fused: each norm reads and writes h, each of the 2 residual adds
     reads 2h and writes h, RoPE (where the model has it) reads and writes q and k, the activation reads (1+g)·f and writes f, fp8
-    casts read b and write 1 byte per GEMM input. Unfused PyTorch eager ops (HF's RMSNorm: upcast,
+    quantization moves ``cast`` bytes per GEMM-input value (`constraints.fp8.cast_bytes`: the recipe's reads
+    and fp8 copies). Unfused PyTorch eager ops (HF's RMSNorm: upcast,
     square, mean, multiply, downcast, scale — (28 + 4b)·h; RoPE's rotate-half slices, concatenation, two
     multiplies and an add — 5 passes; SiLU then product — (1 + g + 3)·f) move more."""
     fused = p.kernels == code("kernels", "fused")
-    fp8 = p.precision == code("precision", "fp8")
     h = f.hidden
     sp_div = np.where(p.sequence_parallel, tp, 1.0)
     norm = np.where(fused, 2 * b * h, (28 + 4 * b) * h)
@@ -145,7 +147,7 @@ def elementwise_parts(f: ModelFacts, p: PlanArrays, b: np.ndarray, tp: np.ndarra
         "residual": 2 * 3 * b * h / sp_div,
         "rope": np.where(fused, 1.0, 5.0) * 2 * b * (f.q_width + f.k_width) / tp * f.rotary,
         "activation": np.where(fused, (2 + gate), (2 + gate + 2 * gate)) * b * width / tp,
-        "cast": np.where(fp8, (b + 1.0) * (2 * h + f.out_width / tp + width / tp), 0.0),
+        "cast": cast * (2 * h + f.out_width / tp + width / tp),
     }
 
 
@@ -261,8 +263,9 @@ def layer_times(f: ModelFacts, gpu: GPUSpec, eff: Efficiency, p: PlanArrays, w: 
         routed_bytes = (4.0 * f.top_k * load * f.hidden * b / tp + 8.0 * f.experts) * tokens / roof.hbm
 
     seconds = lambda parts: {name: value * tokens / roof.hbm for name, value in parts.items()}  # noqa: E731
-    dense_parts = seconds(elementwise_parts(f, p, b, tp, f.ffn))
-    moe_parts = seconds(elementwise_parts(f, p, b, tp, f.top_k * load * f.expert_ffn + f.shared_ffn))
+    cast = cast_bytes(p, w, gpu, b)
+    dense_parts = seconds(elementwise_parts(f, p, b, tp, f.ffn, cast))
+    moe_parts = seconds(elementwise_parts(f, p, b, tp, f.top_k * load * f.expert_ffn + f.shared_ffn, cast))
     dense_elementwise = sum(dense_parts.values())
     moe_elementwise = sum(moe_parts.values()) + routed_bytes
     launch = KERNELS_PER_LAYER_FORWARD * roof.launch

@@ -42,6 +42,7 @@ from parallelplan.constraints.activations import (
 from parallelplan.constraints.arrays import PlanArrays, code
 from parallelplan.constraints.dpo import has_reference_copy, reference_weight_bytes
 from parallelplan.constraints.efficiency import stacks
+from parallelplan.constraints.fp8 import weight_cache_bytes
 from parallelplan.constraints.peft import PeftParams
 from parallelplan.constraints.plan import Workload
 from parallelplan.constraints.runtime import RuntimeAllowance
@@ -53,7 +54,7 @@ from parallelplan.constraints.states import (
     optimizer_step_temporaries,
 )
 from parallelplan.constraints.structure import ModelFacts
-from parallelplan.hardware import ClusterSpec
+from parallelplan.hardware import ClusterSpec, GPUSpec
 
 
 @dataclass
@@ -261,21 +262,22 @@ def gathered_units(params: StageParams, layout: StageLayout, weight_bytes: np.nd
                          last=np.broadcast_to(layout.last, params.head.shape))
 
 
-def fp8_weight_cache(p: PlanArrays, w: Workload) -> np.ndarray:
-    """Bytes per GEMM-weight parameter of the fp8 library's quantized weight cache (``stacks.json``
-    ``fp8.weight_cache_bytes``: Transformer Engine keeps each weight's fp8 copy and transpose, 2 bytes, with the
-    module across micro-batches) beside the bf16 weight: under fp8 training with fused kernels and resident
-    weights; 0 otherwise — where the stack makes the weights fp8 parameters once states are sharded
-    (``fp8_params_when_sharded``: Megatron's --fp8-param-gather, an fp8 weight and its transpose taking the
-    bf16 weight's 2 bytes), where ZeRO-3 / FSDP / HSDP gather weights per use (a cache of gathered weights is
-    not modelled) and where parameters are offloaded to the host."""
-    if not w.training:
-        return np.zeros(len(p))
+def fp8_weight_cache(p: PlanArrays, w: Workload, gpu: GPUSpec) -> np.ndarray:
+    """Bytes per GEMM-weight parameter of the fp8 library's quantized weight cache beside the bf16 weight
+    (``stacks.json`` ``fp8.caches_fp8_weights``: Transformer Engine keeps each weight's fp8 copies with the
+    module across micro-batches — the row-wise copy and, on Ada and Hopper or under a directional block
+    recipe, a column-wise one: `constraints.fp8.weight_cache_bytes`, 2 bytes on Hopper) under fp8 training
+    with fused kernels and resident weights; 0 otherwise — where the stack makes the weights fp8 parameters
+    once states are sharded (``fp8_params_when_sharded``: Megatron's --fp8-param-gather, an fp8 weight and
+    its transpose taking the bf16 weight's 2 bytes), where ZeRO-3 / FSDP / HSDP gather weights per use (a
+    cache of gathered weights is not modelled) and where parameters are offloaded to the host."""
     fp8 = stacks()[w.stack]["fp8"]
+    if not w.training or not fp8["caches_fp8_weights"]:
+        return np.zeros(len(p))
     on = fused_fp8(p) & ~gathers_weights(p).astype(bool) & (p.offload != code("offload", "params"))
     if fp8["fp8_params_when_sharded"]:
         on &= p.sharding == code("sharding", "none")
-    return np.where(on, float(fp8["weight_cache_bytes"]), 0.0)
+    return np.where(on, weight_cache_bytes(p, w, gpu), 0.0)
 
 
 def class_memory(
@@ -299,7 +301,7 @@ def class_memory(
     if has_reference_copy(w):  # DPO's frozen reference on the same GPUs (constraints.dpo)
         weights = weights + reference_weight_bytes(p, params, div)
     if peft is None:  # the decoder layers' GEMM weights (norms and router included: under 0.1% of them)
-        weights = weights + col(fp8_weight_cache(p, w)) * (params.dense - params.embedding - params.head + params.expert)
+        weights = weights + col(fp8_weight_cache(p, w, cluster.gpu)) * (params.dense - params.embedding - params.head + params.expert)
     host = np.where(offload_params > 0, weights, 0.0)
     weights = np.where(offload_params > 0, 0.0, weights)
     gathering = col(gathers_weights(p)) > 0

@@ -11,7 +11,9 @@ Both are the cost model's inputs; the solver re-exports them. Conventions:
   fp16 / fp8 training keeps fp32 master weights, fp32 gradients for accumulation and reduction, and fp32
   optimizer states (Megatron-LM, DeepSpeed, FSDP's MixedPrecision); without, weights, gradients and
   states stay in the parameter dtype (plain ``model.to(bfloat16)`` training). fp8 keeps bf16 weights and
-  activations (Transformer Engine casts per GEMM).
+  activations (Transformer Engine casts per GEMM). ``fp8_recipe`` is how fp8 GEMM inputs get their scales
+  (`constraints.fp8`: delayed, tensorwise, rowwise, blockwise, mxfp8); None is the stack's own default
+  (``stacks.json`` ``fp8.recipes``, first entry); only an fp8 plan has one.
 - ``kernels``: ``fused`` = Megatron-Core / Transformer Engine (fused norms, fused SwiGLU, fused
   cross-entropy); ``unfused`` = PyTorch eager modules as HF ``transformers`` writes them (the recipe the
   memory tests measure). ``attention_kernel``: ``flash`` keeps no s² matrix, ``eager`` materialises it.
@@ -55,6 +57,7 @@ RECOMPUTES = ("none", "selective", "selective_mm", "full")
 RECOMPUTE_MODULES = ("core_attn", "layernorm", "mla_up_proj", "mlp", "moe_act", "moe", "shared_experts")
 RecomputeModule = Literal["core_attn", "layernorm", "mla_up_proj", "mlp", "moe_act", "moe", "shared_experts"]
 PRECISIONS = ("bf16", "fp16", "fp8", "fp32")
+FP8_RECIPES = ("delayed", "tensorwise", "rowwise", "blockwise", "mxfp8")
 OPTIMIZERS = ("adamw", "adamw8bit", "adafactor", "lion", "sgd", "came")
 OFFLOADS = ("none", "optimizer", "params")
 SCHEDULES = ("1f1b", "interleaved", "zero_bubble")
@@ -101,6 +104,7 @@ class Plan(_Frozen):
     recompute_layers: Degree | None = None
     recompute_modules: tuple[RecomputeModule, ...] | None = None
     precision: Literal["bf16", "fp16", "fp8", "fp32"] = "bf16"
+    fp8_recipe: Literal["delayed", "tensorwise", "rowwise", "blockwise", "mxfp8"] | None = None
     master_weights: bool = True
     optimizer: Literal["adamw", "adamw8bit", "adafactor", "lion", "sgd", "came"] = "adamw"
     offload: Literal["none", "optimizer", "params"] = "none"
@@ -140,6 +144,8 @@ class Plan(_Frozen):
             object.__setattr__(self, "recompute_modules", canonical)
         elif self.recompute_modules is not None:
             raise ValueError("recompute_modules applies to recompute 'selective' only")
+        if self.fp8_recipe is not None and self.precision != "fp8":
+            raise ValueError(f"fp8_recipe applies to precision 'fp8' only (precision is '{self.precision}')")
         if self.layers_per_stage is not None and len(self.layers_per_stage) != self.pp:
             raise ValueError(f"layers_per_stage lists {len(self.layers_per_stage)} stages but pp is {self.pp}")
         return self

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 
 from parallelplan.constraints.collectives import fast_domain
 from parallelplan.constraints.efficiency import stacks
+from parallelplan.constraints.fp8 import plan_recipe, recipe_facts, runnable_recipes, runs_on, stack_recipes
 from parallelplan.constraints.plan import Plan, Workload
 from parallelplan.constraints.usp import plan_ulysses_degree
 from parallelplan.hardware import ClusterSpec
@@ -187,6 +188,17 @@ def structural_violations(model: ModelSpec, cluster: ClusterSpec, plan: Plan, wo
     rule("precision_supported", gpu.supports(plan.precision),
          f"{gpu.display_name} has no {plan.precision} tensor cores",
          f"use one of {', '.join(p for p in ('bf16', 'fp16', 'fp8', 'fp32') if gpu.supports(p))}")
+    if plan.precision == "fp8" and gpu.supports("fp8"):
+        recipe = plan_recipe(plan.fp8_recipe, workload.stack)
+        offered = stack_recipes(workload.stack)
+        rule("fp8_recipe_offered_by_stack", recipe in offered,
+             f"the {workload.stack} stack's fp8 library ({stacks()[workload.stack]['fp8']['library']}) has no {recipe} recipe",
+             f"use fp8_recipe in {', '.join(offered)}")
+        runnable = runnable_recipes(workload.stack, gpu.architecture)
+        rule("fp8_recipe_runs_on_gpu", runs_on(recipe, gpu.architecture),
+             f"the {recipe} fp8 recipe does not run on {gpu.display_name} ({gpu.architecture}): "
+             f"{recipe_facts(recipe)['name'].split(':')[0]} runs on {', '.join(recipe_facts(recipe)['architectures'])}",
+             f"use fp8_recipe in {', '.join(runnable)}" if runnable else "use precision bf16")
     if plan.sharding == "hsdp":
         rule("hsdp_shard_divides_dp", (plan.dp * plan.cp) % (plan.hsdp_shard_size or 1) == 0,
              f"hsdp_shard_size {plan.hsdp_shard_size} must divide dp·cp = {plan.dp * plan.cp}",

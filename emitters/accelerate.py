@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 
+from parallelplan.constraints.fp8 import target_recipe
 from parallelplan.emitters.environment import HERE, command, nccl_environment, script
 from parallelplan.emitters.job import Job, unsupported
 from parallelplan.emitters.torchrun import SCRIPT, node_rank_lines, script_words
@@ -27,6 +28,8 @@ CONSTRAINTS = {"fixed": {"vpp": 1}, "ranges": {"recompute": ["none", "full"]}, "
 NAME = "Accelerate"
 AGAIN = "solve for it with `plan launch --target accelerate`"
 FSDP_SHARDINGS = ("zero2", "zero3", "fsdp", "hsdp")
+AO_RECIPE = "tensorwise"
+"""The fp8 recipe of ``fp8_config: {backend: AO}``: torchao's Float8LinearConfig default (torchao/float8/config.py)."""
 MIXED_PRECISION = {"bf16": "bf16", "fp16": "fp16", "fp8": "fp8", "fp32": "no"}
 
 
@@ -118,6 +121,9 @@ def check(job: Job, kind: str, *, script_checkpoints: bool = False) -> None:
         raise unsupported(NAME, f"{p.offload} offload with its {kind} plugin", AGAIN)
     if p.precision == "fp8" and kind != "FSDP":
         raise unsupported(NAME, f"fp8 with its {kind} plugin", "solve with --fix precision=bf16")
+    if p.precision == "fp8" and target_recipe(p.fp8_recipe, TARGET) != AO_RECIPE:
+        raise unsupported(NAME, f"the {p.fp8_recipe} fp8 recipe in its config (fp8_config's AO backend runs torchao's "
+                                f"default, {AO_RECIPE})", f"solve with --fix fp8_recipe={AO_RECIPE}")
 
 
 def config(job: Job, *, script_checkpoints: bool = False) -> dict:

@@ -10,8 +10,10 @@ Flags are the ones `megatron.training.arguments.add_megatron_arguments` defines,
   ``--decoder-first/last-pipeline-num-layers``;
 - recompute: full on every layer (``uniform`` 1), full on the first k layers of each virtual stage
   (``block`` k), selective with ``--recompute-modules``;
-- precision: ``--bf16``/``--fp16``; fp8 as bf16 with Transformer Engine's ``hybrid`` format (E4M3 forward,
-  E5M2 gradients) and Megatron's default ``delayed`` scaling recipe, with ``--fp8-param-gather`` where states
+- precision: ``--bf16``/``--fp16``; fp8 as bf16 with the plan's ``--fp8-recipe`` (``delayed``, Megatron's
+  default, ``tensorwise``, ``blockwise``, ``mxfp8``) in Transformer Engine's format for it (``hybrid``, E4M3
+  forward and E5M2 gradients, for the per-tensor recipes; ``e4m3`` throughout for the block recipes, as
+  Transformer Engine's Float8BlockScaling and MXFP8BlockScaling default to), with ``--fp8-param-gather`` where states
   are sharded (fp8 parameters in place of bf16 ones and Transformer Engine's cached fp8 copy, as the cost
   model prices it: `constraints.memory.fp8_weight_cache`);
 - sharding: ZeRO-1 is Megatron's distributed optimizer; ZeRO-2/3 and FSDP are Megatron-FSDP with
@@ -29,6 +31,7 @@ passed on to ``pretrain_gpt.py``; with none it trains on Megatron's mock data.
 
 from __future__ import annotations
 
+from parallelplan.constraints.fp8 import target_recipe
 from parallelplan.constraints.usp import plan_ulysses_degree
 from parallelplan.emitters.environment import Variable, command, nccl_environment, script
 from parallelplan.emitters.job import Job, unsupported
@@ -40,6 +43,9 @@ CONSTRAINTS = {"ranges": {"recompute": ["none", "selective", "full"], "schedule"
 OFFLOADS_ACTIVATIONS = True
 """``--cpu-offloading-num-layers`` (the megatron stack's rules keep it to pp 1 without recompute)."""
 AGAIN = "solve for it with `plan launch --target megatron`"
+FP8_FORMATS = {"delayed": "hybrid", "tensorwise": "hybrid", "blockwise": "e4m3", "mxfp8": "e4m3"}
+"""Transformer Engine's fp8 format per recipe (module docstring): its recipes' defaults (docs,
+features/low_precision_training: E5M2 gradients for the per-tensor recipes, E4M3 throughout for the block ones)."""
 OPTIMIZERS = {"adamw": "adam", "lion": "lion", "sgd": "sgd"}  # Megatron's adam is AdamW (decoupled weight decay)
 ACTIVATIONS = {"silu": "--swiglu", "relu2": "--squared-relu"}  # gated silu / plain squared ReLU; gelu is the default
 FSDP_STRATEGY = {"zero2": "optim_grads", "zero3": "optim_grads_params", "fsdp": "optim_grads_params",
@@ -62,6 +68,10 @@ def check(job: Job) -> None:
     if p.precision == "fp32" or not p.master_weights:
         raise unsupported(name, "training without fp32 master weights" if not p.master_weights else "fp32 GEMMs",
                           "solve with the default precision (bf16) and master weights")
+    if p.precision == "fp8" and p.offload == "optimizer" and target_recipe(p.fp8_recipe, TARGET) != "delayed":
+        raise unsupported(name, f"the {p.fp8_recipe} fp8 recipe with optimizer CPU offload (validate_args takes "
+                                "--fp8-param-gather with --optimizer-cpu-offload under --fp8-recipe delayed only)",
+                          "solve with --fix fp8_recipe=delayed")
     if p.kernels != "fused":
         raise unsupported(name, "unfused (eager PyTorch) kernels", "solve with the default --fix kernels=fused")
     if m.mlp_gated and m.activation != "silu" or not m.mlp_gated and m.activation not in ("gelu", "relu2"):
@@ -199,7 +209,8 @@ def precision_arguments(job: Job) -> list[str]:
     p = job.plan
     out = ["--fp16"] if p.precision == "fp16" else ["--bf16"]
     if p.precision == "fp8":
-        out += ["--fp8-format=hybrid", "--fp8-recipe=delayed"]
+        recipe = target_recipe(p.fp8_recipe, TARGET)
+        out += [f"--fp8-format={FP8_FORMATS[recipe]}", f"--fp8-recipe={recipe}"]
         if p.sharding != "none":  # fp8 parameters, no bf16 copy beside a cached fp8 one (constraints.memory.fp8_weight_cache)
             out.append("--fp8-param-gather")
     out.append("--attention-backend=" + ("auto" if p.attention_kernel == "flash" else "unfused"))

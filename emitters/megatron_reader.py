@@ -9,7 +9,7 @@ defaults where absent: ``--tensor-model-parallel-size``, ``--pipeline-model-para
 ``--tp-comm-overlap``, virtual stages (``--num-layers-per-virtual-pipeline-stage`` or
 ``--virtual-pipeline-model-parallel-size``), uneven stages (``--decoder-first/last-pipeline-num-layers``),
 recompute (``--recompute-granularity``, ``--recompute-method``, ``--recompute-num-layers``,
-``--recompute-modules``), ``--cpu-offloading-num-layers``, precision (``--fp8-format`` / ``--fp16`` /
+``--recompute-modules``), ``--cpu-offloading-num-layers``, precision (``--fp8-format`` with ``--fp8-recipe`` / ``--fp16`` /
 ``--bf16``; none of them: fp32), ``--attention-backend``, ``--optimizer``, sharding
 (``--use-distributed-optimizer``: ZeRO-1; ``--use-megatron-fsdp`` with ``--data-parallel-sharding-strategy``
 and ``--num-distributed-optimizer-instances``), ``--optimizer-cpu-offload``, ``--overlap-grad-reduce`` /
@@ -24,6 +24,7 @@ import shlex
 from collections.abc import Sequence
 
 from parallelplan.constraints import Violation
+from parallelplan.constraints.fp8 import stack_recipes
 from parallelplan.emitters.errors import EmitError
 from parallelplan.emitters.megatron import FSDP_STRATEGY, OPTIMIZERS
 from parallelplan.emitters.reading import ReadConfig
@@ -56,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--recompute-method", choices=["uniform", "block"])
     parser.add_argument("--recompute-modules", nargs="*")
     parser.add_argument("--fp8-format")
+    parser.add_argument("--fp8-recipe", choices=["tensorwise", "delayed", "mxfp8", "blockwise"], default="delayed")
     parser.add_argument("--attention-backend", default="auto")
     parser.add_argument("--optimizer", default="adam")
     parser.add_argument("--data-parallel-sharding-strategy", default="no_shard")
@@ -105,6 +107,8 @@ def read_arguments(words: Sequence[str], world_size: int, num_layers: int | None
     fields |= _stages(args, pp, layers, notes)
     fields |= _recompute(args, layers, notes)
     fields["precision"] = "fp8" if args.fp8_format else "fp16" if args.fp16 else "bf16" if args.bf16 else "fp32"
+    if args.fp8_format:  # Megatron's default recipe is the megatron stack's: a plan that names none
+        fields["fp8_recipe"] = None if args.fp8_recipe == stack_recipes("megatron")[0] else args.fp8_recipe
     fields["master_weights"] = True
     fields["attention_kernel"] = "eager" if args.attention_backend == "unfused" else "flash"
     if args.optimizer not in OPTIMIZER_OF:

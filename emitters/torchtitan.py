@@ -5,8 +5,9 @@ validator tests).
 
 - ``plan_config.py``: a config function ``plan()`` that starts from torchtitan's own config for the model
   (`emitters/data/torchtitan.json`: the models 0.3.0 ships) and sets what the command line cannot — the
-  float8 converter (``Float8LinearConverter``, rowwise recipe, ``lm_head`` kept in bf16 as torchtitan's own
-  405B config does) when the plan's precision differs from that config's.
+  fp8 converter of the plan's recipe (``Float8LinearConverter`` rowwise, ``lm_head`` kept in bf16 as
+  torchtitan's own 405B config does; ``MXFP8LinearConverter`` on the decoder layers) when the plan's
+  precision or recipe differs from that config's.
 - ``launch.sh``: torchrun on ``-m torchtitan.train`` with every parallel degree written out, so nothing of
   the base config's layout leaks through: data-parallel replicate/shard degrees (none = DDP replicate,
   fsdp/zero3 = shard, zero2 = shard with ``fsdp_reshard_after_forward never``, HSDP = shard within
@@ -24,6 +25,7 @@ import json
 from functools import cache
 from importlib import resources
 
+from parallelplan.constraints.fp8 import target_recipe
 from parallelplan.emitters.environment import HERE, command, nccl_environment, script
 from parallelplan.emitters.job import Job, unsupported
 from parallelplan.emitters.torchrun import rendezvous_lines, torchrun_words
@@ -81,6 +83,9 @@ def check(job: Job) -> None:
     if p.precision not in ("bf16", "fp8") or not p.master_weights:
         raise unsupported(NAME, f"{p.precision} training" + ("" if p.master_weights else " without fp32 master weights"),
                           "solve with --range precision=bf16,fp8")
+    if p.precision == "fp8" and target_recipe(p.fp8_recipe, TARGET) not in CONVERTERS:
+        raise unsupported(NAME, f"the {p.fp8_recipe} fp8 recipe (its converters run {' and '.join(CONVERTERS)})",
+                          f"solve with --range fp8_recipe={','.join(CONVERTERS)}")
     if p.optimizer != "adamw":
         raise unsupported(NAME, f"the {p.optimizer} optimizer from its config flags", "solve with --fix optimizer=adamw")
     if p.offload == "optimizer" or p.offload == "params" and p.sharding not in ("fsdp", "zero3", "hsdp"):
@@ -147,21 +152,35 @@ def subcommand(job: Job) -> str:
     return f"activation_checkpoint:{CHECKPOINT[job.plan.recompute]}"
 
 
+CONVERTERS = {
+    "rowwise": ("Float8LinearConverter", 'Float8LinearConverter.Config(recipe_name="rowwise", filter_fqns=["lm_head"], '
+                'model_compile_enabled=True)'),
+    "mxfp8": ("MXFP8LinearConverter", 'MXFP8LinearConverter.Config(fqns=["layers"], model_compile_enabled=True)'),
+}
+"""The plan's fp8 recipe as torchtitan's converter (0.3.0 ``torchtitan.components.quantization``): the decoder
+layers' linears in fp8, the LM head in bf16 (the cost model's fp8 layout; ``filter_fqns`` skips it, ``fqns``
+names the layers)."""
+BASE_RECIPE = "rowwise"
+"""The recipe of torchtitan's own fp8 configs (llama3_405b: Float8LinearConverter's default)."""
+
+
 def plan_config(job: Job) -> str:
-    """``plan_config.py``: torchtitan's config for the model, with the float8 converter matching the plan."""
+    """``plan_config.py``: torchtitan's config for the model, with the fp8 converter matching the plan."""
     e = entry(job)
-    fp8 = job.plan.precision == "fp8"
+    p = job.plan
+    recipe = target_recipe(p.fp8_recipe, TARGET) if p.precision == "fp8" else None
+    base = BASE_RECIPE if e["precision"] == "fp8" else None
     lines = [f'"""{job.summary}', "", f"Written by `plan launch` for torchtitan {VERSION}: torchtitan's own "
              f"{e['config']}() with the", 'linear layers in the precision of the plan; torchrun.sh sets the layout."""',
              "", f"from torchtitan.models.{e['module']} import model_registry",
              f"from torchtitan.models.{e['module']}.config_registry import {e['config']}"]
-    if fp8:
-        lines.insert(5, "from torchtitan.components.quantization import Float8LinearConverter")
+    if recipe is not None:
+        lines.insert(5, f"from torchtitan.components.quantization import {CONVERTERS[recipe][0]}")
     lines += ["", "", "def plan():", f"    config = {e['config']}()"]
-    if fp8 != (e["precision"] == "fp8"):
+    if recipe != base:
         kwargs = [f"{key}={value!r}" for key, value in e["registry_kwargs"].items()]
-        if fp8:
-            kwargs.append('converters=[Float8LinearConverter.Config(filter_fqns=["lm_head"], model_compile_enabled=True)]')
+        if recipe is not None:
+            kwargs.append(f"converters=[{CONVERTERS[recipe][1]}]")
         lines.append(f"    config.model_spec = model_registry({', '.join([repr(e['flavor']), *kwargs])})")
     lines.append("    return config")
     return "\n".join(lines) + "\n"

@@ -12,7 +12,7 @@ without EP the experts follow TP),
 ``pipeline_parallel_microbatch_size``, ``pipeline_parallel_layers_per_stage`` with
 ``pipeline_parallel_first/last_stage_less_layers``; ``training.local_batch_size``, ``global_batch_size``,
 ``seq_len``, ``enable_cpu_offload``, ``mixed_precision_param``; ``activation_checkpoint.mode`` (with
-``selective_ac_option`` ``op``); ``model.converters`` (``float8``: fp8); ``optimizer.name`` (AdamW). A
+``selective_ac_option`` ``op``); ``model.converters`` (``float8``: fp8 in the stack's recipe; ``mx``: fp8 with the mxfp8 recipe); ``optimizer.name`` (AdamW). A
 float8 converter set in a Python config module (``--module``) is not visible here: precision is then left to
 the caller (a note says so)."""
 
@@ -138,8 +138,10 @@ def read_config(sections: Mapping[str, Any], world_size: int, num_layers: int | 
     fields["recompute"] = RECOMPUTE_OF[mode]
     converters = sections.get("model", {}).get("converters", [])
     precision = training.get("mixed_precision_param")
-    if "float8" in converters:
+    if "float8" in converters or "quantize.linear.float8" in converters:
         fields["precision"] = "fp8"
+    elif "mx" in converters or "quantize.linear.mx" in converters:
+        fields["precision"], fields["fp8_recipe"] = "fp8", "mxfp8"
     elif precision is not None:
         fields["precision"] = {"bfloat16": "bf16", "float32": "fp32"}.get(precision, "bf16")
     else:

@@ -35,6 +35,7 @@ from parallelplan.solver.space import (
     cp_candidates,
     cp_comm_domain,
     enumerate_with_structure,
+    fp8_recipe_domain,
     offload_activations_domain,
     uneven_splits,
 )
@@ -77,6 +78,8 @@ def _raw_plans(space: SearchSpace) -> list[Plan]:
     schedules = space.default_domain("schedule")
     cp_comms = cp_comm_domain(space)
     offloads = offload_activations_domain(space)
+    precisions = [(precision, recipe) for precision in space.default_domain("precision")
+                  for recipe in (fp8_recipe_domain(space) if precision == "fp8" else [None])]
     out = []
     for tp, cp, pp in itertools.product(tps, cps, pps):
         if c.total_gpus % (tp * cp * pp):
@@ -90,16 +93,17 @@ def _raw_plans(space: SearchSpace) -> list[Plan]:
             layouts += [(1, s) for s in uneven_splits(m.num_layers, pp)]
         if "layers_per_stage" in space.fixed or "layers_per_stage" in space.ranges:
             layouts = [(1, tuple(s)) for s in space.domain("layers_per_stage", [])]
-        for ep, etp, (vpp, stages), mbs, sp, (sharding, size), (recompute, modules, k), precision, optimizer, \
+        for ep, etp, (vpp, stages), mbs, sp, (sharding, size), (recompute, modules, k), (precision, recipe), optimizer, \
                 offload, schedule, cp_comm, host in itertools.product(
                     eps, etps, layouts, space.default_domain("micro_batch_size"),
                     space.default_domain("sequence_parallel"), shardings, recomputes,
-                    space.default_domain("precision"), space.default_domain("optimizer"),
+                    precisions, space.default_domain("optimizer"),
                     space.default_domain("offload"), schedules, cp_comms, offloads):
             try:
                 plan = Plan(tp=tp, pp=pp, dp=dp, cp=cp, cp_comm=cp_comm, ep=ep, etp=etp, vpp=vpp, micro_batch_size=mbs,
                             sequence_parallel=sp, sharding=sharding, hsdp_shard_size=size, recompute=recompute,
-                            recompute_modules=modules, recompute_layers=k, precision=precision, optimizer=optimizer,
+                            recompute_modules=modules, recompute_layers=k, precision=precision, fp8_recipe=recipe,
+                            optimizer=optimizer,
                             offload=offload, offload_activations=host, schedule=schedule, layers_per_stage=stages,
                             **space.settings())
             except ValueError:

@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict
 from parallelplan.constraints import Efficiency, Estimate, Plan, RuntimeAllowance, Violation, Workload
 from parallelplan.constraints.check import check_and_estimate
 from parallelplan.constraints.evaluate import evaluate
+from parallelplan.constraints.fp8 import runnable_recipes
 from parallelplan.constraints.rules import UNPRICEABLE, structural_violations
 from parallelplan.hardware import ClusterSpec
 from parallelplan.models import ModelSpec
@@ -265,7 +266,8 @@ class _Ladder:
                 time_limit_s: float) -> tuple[Point | None, bool, str | None]:
         """The solver's optimum for the goal over the techniques accepted (module docstring), whether CP-SAT
         proved it, and why there is none."""
-        fixed, ranges = search_domains(start, final, accepted)
+        fixed, ranges = search_domains(start, final, accepted,
+                                       runnable_recipes(self.workload.stack, cluster.gpu.architecture))
         try:
             sol = solve(self.model, cluster, self.workload, objective=GOALS[self.goal], fixed=fixed, ranges=ranges,
                         widen=True, allow_cross_domain=self.allow_cross_domain, price_per_gpu_hour=self.price,
@@ -315,10 +317,12 @@ def _rung(move: Move, before: Point, reached: Point, gain: float) -> Rung:
                 delta_usd_per_million_tokens=usd if priced else None, reached=reached)
 
 
-def search_domains(start: Plan, final: Plan, chosen: Sequence[Technique]) -> tuple[dict[str, Any], dict[str, Any]]:
+def search_domains(start: Plan, final: Plan, chosen: Sequence[Technique],
+                   fp8_recipes: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(fixed, ranges) of the optimum's search: the fields of techniques not chosen pinned to the final
     plan's values; the chosen techniques' values, the start's and the final plan's added to the default
-    domains (``widen``); the settings (kernels, overlaps) the final plan's."""
+    domains (``widen``), the ``fp8_recipes`` that run here with fp8_recipe; the settings (kernels,
+    overlaps) the final plan's."""
     names = {t.name for t in chosen}
     fixed: dict[str, Any] = {name: getattr(final, name) for name in SETTINGS}
     ranges: dict[str, list[Any]] = {}
@@ -334,6 +338,10 @@ def search_domains(start: Plan, final: Plan, chosen: Sequence[Technique]) -> tup
                   "hsdp_shard_size"):
         add(field, getattr(start, field), getattr(final, field))
     add("precision", *[p for p in ("bf16", "fp8") if p in names])
+    if "fp8" in ranges["precision"]:  # a recipe range asks for fp8 (solver.space)
+        add("fp8_recipe", start.fp8_recipe, final.fp8_recipe)
+        if "fp8_recipe" in names:
+            add("fp8_recipe", *fp8_recipes)
     add("optimizer", *[t for t in OPTIMIZER_TECHNIQUES if t in names])
     if "recompute" in names:
         add("recompute", "none", "selective", "selective_mm", "full")
@@ -348,7 +356,7 @@ def search_domains(start: Plan, final: Plan, chosen: Sequence[Technique]) -> tup
     add("schedule", *[s for s in ("interleaved", "zero_bubble") if s in names])
     untouched = {"recompute": ("recompute", "recompute_modules"), "micro_batch": ("micro_batch_size",),
                  "sharding": ("sharding", "hsdp_shard_size"), "offload": ("offload",),
-                 "offload_activations": ("offload_activations",), "interleaved": ("vpp",)}
+                 "offload_activations": ("offload_activations",), "interleaved": ("vpp",), "fp8_recipe": ("fp8_recipe",)}
     for technique, fields in untouched.items():
         if technique not in names:
             for field in fields:

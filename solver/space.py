@@ -33,6 +33,8 @@ domain by the listed values, or by the values within ``(low, high)`` for integer
   weights (none, fsdp, hsdp): the others would price the same plans again;
 - ``offload_activations``: off, and on too for training sequences of 32K tokens or more on a stack that
   offloads activations (`offload_activations_domain`);
+- ``fp8_recipe`` (fp8 plans): the stack's default recipe; a pinned or ranged recipe pins the precision to
+  fp8 where it is not given (`constraints.fp8`);
 - ``precision``: bf16; ``optimizer``: adamw; ``offload``: none; ``schedule``: 1f1b, interleaved when
   vpp > 1 — open fp8, other optimizers, CPU offload or zero_bubble with ``ranges`` (an infeasible search
   says which of them would make it feasible).
@@ -52,10 +54,11 @@ from typing import Any
 import numpy as np
 from pydantic import TypeAdapter, ValidationError
 
-from parallelplan.constraints.arrays import ALL_LAYERS, PlanArrays, code, module_mask
+from parallelplan.constraints.arrays import ALL_LAYERS, STACK_RECIPE, PlanArrays, code, module_mask, recipe_code
 from parallelplan.constraints.check import selective_ladder
 from parallelplan.constraints.collectives import fast_domain
 from parallelplan.constraints.efficiency import stacks
+from parallelplan.constraints.fp8 import runnable_recipes, stack_recipes
 from parallelplan.constraints.plan import RECOMPUTE_MODULES, RECOMPUTES, Plan, Workload
 from parallelplan.constraints.rl import multi_role
 from parallelplan.constraints.usp import ulysses_degree
@@ -79,7 +82,7 @@ DEFAULTS: dict[str, tuple] = {
 SEARCHED = (
     "tp", "pp", "dp", "cp", "ep", "etp", "vpp", "micro_batch_size", "sequence_parallel", "sharding",
     "hsdp_shard_size", "recompute", "recompute_modules", "recompute_layers", "precision", "optimizer", "offload",
-    "schedule", "layers_per_stage", "cp_comm", "offload_activations",
+    "schedule", "layers_per_stage", "cp_comm", "offload_activations", "fp8_recipe",
 )
 """Plan fields the search ranges over (``fixed`` and ``ranges`` accept these)."""
 SETTINGS = ("kernels", "attention_kernel", "master_weights", "persistent_grads", "tp_comm_overlap", "ep_comm_overlap",
@@ -121,6 +124,7 @@ class SearchSpace:
                                                f"pair of integers, got {value!r}")
                     for v in value:
                         _validated(name, v, kind)
+        _pin_fp8_for_recipes(self.cluster, self.workload, fixed, self.ranges)
         object.__setattr__(self, "fixed", fixed)
         peft = self.workload.peft
         if peft is not None and peft.method == "qlora" and fixed.get("precision") == "fp8":
@@ -173,6 +177,27 @@ class SearchSpace:
 
     def settings(self) -> dict[str, Any]:
         return {name: self.fixed[name] for name in SETTINGS if name in self.fixed}
+
+
+def _pin_fp8_for_recipes(cluster: ClusterSpec, workload: Workload, fixed: dict[str, Any], ranges: dict[str, Any]) -> None:
+    """A pinned or ranged ``fp8_recipe`` asks for fp8: it pins the precision to fp8 where the precision is
+    not given, and is refused (SolverInputError, with the values that run) where the precision given has
+    no fp8 or where the stack or the GPU does not run the recipe."""
+    named = ([fixed["fp8_recipe"]] if "fp8_recipe" in fixed else []) + list(ranges.get("fp8_recipe", []))
+    if not named:
+        return
+    precisions = [fixed["precision"]] if "precision" in fixed else list(ranges.get("precision", []))
+    if precisions and "fp8" not in precisions:
+        raise SolverInputError(f"fp8_recipe {', '.join(named)} applies to precision fp8, but the precision given is "
+                               f"{', '.join(precisions)}; add fp8 to the precisions or drop the recipe")
+    if not precisions:
+        fixed["precision"] = "fp8"
+    gpu = cluster.gpu
+    runnable = runnable_recipes(workload.stack, gpu.architecture)
+    for recipe in named:
+        if recipe not in runnable:
+            raise SolverInputError(f"fp8_recipe {recipe!r} does not run on the {workload.stack} stack with "
+                                   f"{gpu.display_name} ({gpu.architecture}); use one of {', '.join(runnable) or 'none: no fp8 here'}")
 
 
 def _validated(name: str, value: Any, kind: str) -> Any:
@@ -316,6 +341,7 @@ class Execution:
     zero_bubble: bool
     cp_comm: int = 0
     offload_activations: bool = False
+    fp8_recipe: int = STACK_RECIPE
 
 
 LONG_CONTEXT_TOKENS = 32_768
@@ -343,6 +369,14 @@ def offload_activations_domain(space: SearchSpace) -> list[bool]:
     return space.domain("offload_activations", default if w.training else [False])
 
 
+def fp8_recipe_domain(space: SearchSpace) -> list[str | None]:
+    """The fp8 recipes an fp8 plan takes: the pin or range, else the stack's default (None); the default
+    is left out where a range also names it (one plan, one form)."""
+    values = space.domain("fp8_recipe", [None])
+    default = stack_recipes(space.workload.stack)[0]
+    return [v for v in values if v is not None or default not in values]
+
+
 def executions(space: SearchSpace) -> list[Execution]:
     """Every combination of micro-batch, SP, sharding, recompute, precision, optimizer, offload and
     schedule choice; the plan-dependent rules are applied by `enumerate_plans`."""
@@ -366,6 +400,7 @@ def executions(space: SearchSpace) -> list[Execution]:
     # the schedule of a vpp > 1 layout is interleaved; the others pick 1f1b or zero_bubble here
     flat = [s for s in space.default_domain("schedule") if s != "interleaved"] or ["1f1b"]
     cp_comms = cp_comm_domain(space)
+    recipes = [recipe_code(r) for r in fp8_recipe_domain(space)]
     out = []
     for mbs, sp, sharding, (recompute, modules), precision, optimizer, offload, schedule, cp_comm, host in itertools.product(
             space.default_domain("micro_batch_size"), space.default_domain("sequence_parallel"),
@@ -373,10 +408,11 @@ def executions(space: SearchSpace) -> list[Execution]:
             space.default_domain("offload"), flat, cp_comms, offload_activations_domain(space)):
         if not gpu.supports(precision):
             continue
-        for size in (hsdp_sizes if sharding == "hsdp" else [1]):
+        for size, recipe in itertools.product(hsdp_sizes if sharding == "hsdp" else [1],
+                                              recipes if precision == "fp8" else [STACK_RECIPE]):
             out.append(Execution(mbs, bool(sp), code("sharding", sharding), size, recompute, modules,
                                  code("precision", precision), code("optimizer", optimizer), code("offload", offload),
-                                 schedule == "zero_bubble", code("cp_comm", cp_comm), bool(host)))
+                                 schedule == "zero_bubble", code("cp_comm", cp_comm), bool(host), recipe))
     return out
 
 
@@ -538,6 +574,7 @@ def _plan_arrays(space: SearchSpace, c: dict[str, np.ndarray], layers_per_stage:
         recompute_layers=recompute_layers.astype(np.int64), recompute_modules=c["recompute_modules"].astype(np.int64),
         sequence_parallel=c["sequence_parallel"].astype(bool), sharding=s.astype(np.int64),
         recompute=c["recompute"].astype(np.int64), precision=c["precision"].astype(np.int64),
+        fp8_recipe=c["fp8_recipe"].astype(np.int64),
         master_weights=const(default.master_weights, bool), optimizer=c["optimizer"].astype(np.int64),
         offload=c["offload"].astype(np.int64), schedule=schedule.astype(np.int64),
         kernels=const(code("kernels", default.kernels)), attention_kernel=const(code("attention_kernel", default.attention_kernel)),

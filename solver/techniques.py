@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from parallelplan.constraints import Plan, Workload
 from parallelplan.constraints.check import selective_ladder
 from parallelplan.constraints.efficiency import stacks
+from parallelplan.constraints.fp8 import plan_recipe, runnable_recipes
 from parallelplan.hardware import ClusterSpec, load_cluster
 from parallelplan.models import ModelSpec
 from parallelplan.solver.errors import SolverInputError
@@ -218,6 +219,15 @@ def _precision(ctx: _Context, plan: Plan, name: str) -> Iterator[Change]:
         yield f"precision {plan.precision} → {name}", {"precision": name}, None
 
 
+def _fp8_recipe(ctx: _Context, plan: Plan, name: str) -> Iterator[Change]:
+    """An fp8 plan's other recipes that its stack and GPU run."""
+    if plan.precision == "fp8":
+        current = plan_recipe(plan.fp8_recipe, ctx.workload.stack)
+        for recipe in runnable_recipes(ctx.workload.stack, ctx.cluster.gpu.architecture):
+            if recipe != current:
+                yield f"fp8 recipe {current} → {recipe}", {"fp8_recipe": recipe}, None
+
+
 def _optimizer(ctx: _Context, plan: Plan, name: str) -> Iterator[Change]:
     yield f"optimizer {plan.optimizer} → {name}", {"optimizer": name}, None
 
@@ -310,7 +320,7 @@ _GENERATORS = {
     "ep_comm_overlap": _switch_on,
     "recompute": _recompute, "micro_batch": _micro_batch, "sharding": _sharding, "offload": _offload,
     "offload_activations": _offload_activations,
-    "bf16": _precision, "fp8": _precision,
+    "bf16": _precision, "fp8": _precision, "fp8_recipe": _fp8_recipe,
     **dict.fromkeys(OPTIMIZER_TECHNIQUES, _optimizer),
     "fused_kernels": _setting("kernels", "fused"), "flash_attention": _setting("attention_kernel", "flash"),
     "interleaved": _interleaved, "zero_bubble": _zero_bubble, "uneven_stages": _uneven_stages,

@@ -70,6 +70,9 @@ def megatron_cases() -> dict[str, Solution]:
         "zero2 offload optimizer": _solve(EIGHT_B, 1, "megatron", {"sharding": "zero2"}, {"offload": ["optimizer"]}),
         "no sharding gelu learned positions": _solve("gpt-3-175b", 8, "megatron", {"sharding": "none"}),
         "blackwell tp": _solve("llama-3.1-70b", 2, "megatron", {"tp": 4, "sharding": "zero1"}, cluster="dgx-b200"),
+        "blackwell mxfp8": _solve("llama-3.1-70b", 2, "megatron", {"tp": 4, "sharding": "zero1", "fp8_recipe": "mxfp8"},
+                                  cluster="dgx-b200"),
+        "hopper blockwise fp8": _solve(EIGHT_B, 1, "megatron", {"sharding": "zero1", "fp8_recipe": "blockwise"}),
     }
 
 
@@ -85,6 +88,8 @@ def torchtitan_cases() -> dict[str, Solution]:
         "mla moe ep": _solve("deepseek-v2-lite", 1, "torchtitan", {"ep": 8, "etp": 1, "cp": 1}),
         "fp8 base config, param offload": _solve("llama-3.1-405b", 8, "torchtitan", {"sharding": "fsdp", "pp": 1},
                                                  {"precision": ["fp8"], "offload": ["params"]}),
+        "mxfp8 on blackwell": _solve(EIGHT_B, 1, "torchtitan", {"sharding": "fsdp", "fp8_recipe": "mxfp8"},
+                                     {"precision": ["fp8"]}, cluster="dgx-b200"),
     }
 
 

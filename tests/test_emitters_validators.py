@@ -24,7 +24,9 @@ from pathlib import Path
 
 import pytest
 
+from parallelplan.constraints.fp8 import target_recipe
 from parallelplan.emitters import emit
+from parallelplan.emitters.megatron import FP8_FORMATS
 from tests.emitter_cases import (
     accelerate_cases,
     command_words,
@@ -189,6 +191,9 @@ def test_megatron_validates_the_arguments(case):
     assert args.use_distributed_optimizer == (p.sharding == "zero1") or args.use_megatron_fsdp
     assert args.use_megatron_fsdp == (p.sharding in ("zero2", "zero3", "fsdp", "hsdp"))
     assert (args.fp8 is not None) == (p.precision == "fp8")
+    if p.precision == "fp8":
+        recipe = target_recipe(p.fp8_recipe, "megatron")
+        assert (args.fp8_recipe, args.fp8) == (recipe, FP8_FORMATS[recipe])
     assert args.cpu_offloading_num_layers == (m.num_layers - 1 if p.offload_activations else 0)
 
 
@@ -224,11 +229,12 @@ def test_megatron_validator_catches_a_missing_environment_and_a_broken_batch():
 def _torchtitan(solution, tmp_path):
     pytest.importorskip("torchtitan")
     stub_triton()
-    from torchtitan.components.quantization import float8
+    from torchtitan.components.quantization import float8, mx
     from torchtitan.config import ConfigManager
     from torchtitan.distributed.parallel_dims import ParallelDims
 
-    float8.has_cuda_capability = lambda *args: True  # the plan's GPU (H100: sm90) instead of this CPU machine
+    # the plan's GPU (H100: sm90, B200: sm100) instead of this CPU machine
+    float8.has_cuda_capability = mx.has_cuda_capability = lambda *args: True
     files = emit(solution, "torchtitan")
     (tmp_path / "plan_config.py").write_text(files["plan_config.py"])
     sys.path.insert(0, str(tmp_path))
@@ -277,6 +283,10 @@ def test_torchtitan_parses_the_job(case, tmp_path):
         assert config.training.local_batch_size == p.micro_batch_size
     kind = type(config.activation_checkpoint).__qualname__ if config.activation_checkpoint else "none"
     assert kind == {"none": "none", "full": "FullAC.Config", "selective_mm": "SelectiveAC.Config"}[p.recompute]
+    linear = {None: "Linear.Config", "rowwise": "Float8Linear.Config", "mxfp8": "MXFP8Linear.Config"}[
+        target_recipe(p.fp8_recipe, "torchtitan") if p.precision == "fp8" else None]
+    assert type(model.layers[0].attention.wo).__qualname__ == linear  # the decoder's linears in the plan's recipe
+    assert type(model.lm_head).__qualname__ == "Linear.Config"  # the LM head in bf16, as the cost model prices it
 
 
 def test_torchtitan_validator_catches_a_wrong_world_size(tmp_path):

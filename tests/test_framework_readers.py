@@ -113,7 +113,19 @@ def test_megatron_findings_and_flags_in_either_form():
     assert sorted(f.rule for f in read.findings) == ["megatron_batch", "megatron_num_layers"]
 
 
+def test_the_fp8_recipe_is_read_from_megatron_flags_and_torchtitan_converters():
+    """Megatron's --fp8-recipe (its default, delayed, is the megatron stack's: a plan that names none);
+    torchtitan's MX converter is fp8 with the mxfp8 recipe."""
+    def recipe(*flags: str) -> str | None:
+        return read_arguments(["--fp8-format", "hybrid", *flags], world_size=8).plan_fields["fp8_recipe"]
+
+    assert (recipe(), recipe("--fp8-recipe", "delayed"), recipe("--fp8-recipe=tensorwise")) == (None, None, "tensorwise")
+    read = read_torchtitan({"model": {"converters": ["quantize.linear.mx"]}}, world_size=8)
+    assert (read.plan_fields["precision"], read.plan_fields["fp8_recipe"]) == ("fp8", "mxfp8")
+
+
 @pytest.mark.parametrize("reader,args,message", [
+    (read_arguments, (["--fp8-format", "e4m3", "--fp8-recipe", "custom"], 8), "--fp8-recipe: invalid choice: 'custom'"),
     (read_arguments, (["--tensor-model-parallel-size", "two"], 8), "--tensor-model-parallel-size"),
     (read_arguments, (["--tensor-model-parallel-size", "3"], 8), "not divisible by tp·pp·cp"),
     (read_arguments, (["--optimizer", "muon"], 8), "--optimizer 'muon'"),

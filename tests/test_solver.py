@@ -61,8 +61,9 @@ def instances(draw):
                                       ["throughput", "simplicity"], ["cost"], {"throughput": 1.0, "memory_headroom": 0.5},
                                       {"simplicity": 1.0, "throughput": 2.0}]))
     tolerance = draw(st.sampled_from([0.0, 0.05])) if isinstance(objective, list) and len(objective) > 1 else 0.0
+    recipes = [] if workload.peft is not None and workload.peft.method == "qlora" else [{"fp8_recipe": "tensorwise"}]
     fixed = draw(st.sampled_from([{}, {}, {"tp": 2}, {"pp": 2}, {"recompute": "full"}, {"sharding": "zero1"},
-                                  {"cp_comm": "a2a"}, {"cp_comm": "a2a+p2p"}]))
+                                  {"cp_comm": "a2a"}, {"cp_comm": "a2a+p2p"}, *recipes]))
     return load_model(spec), cluster, workload, objective, tolerance, fixed
 
 

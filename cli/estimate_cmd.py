@@ -69,7 +69,8 @@ PLAN_OPTIONS = [
     click.option("--recompute-modules",
                  help="With --recompute selective: Megatron modules, comma-separated, of core_attn, layernorm, "
                       "mla_up_proj, mlp, moe_act, moe, shared_experts [default: core_attn]."),
-    click.option("--precision", type=click.Choice(["bf16", "fp16", "fp8", "fp32"]), help="GEMM precision [default: bf16]."),
+    click.option("--precision", type=click.Choice(["bf16", "fp16", "fp8", "fp32", "tf32"]),
+                 help="GEMM precision; tf32 is fp32 training on the TF32 tensor cores [default: bf16]."),
     click.option("--fp8-recipe", type=click.Choice(["delayed", "tensorwise", "rowwise", "blockwise", "mxfp8"]),
                  help="With --precision fp8: how GEMM inputs get their scales — delayed (amax history), tensorwise "
                       "(current per-tensor), rowwise (torchao), blockwise (128 values, Hopper), mxfp8 (32 values, "

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 @click.option("--micro-batch", "micro_batch_size", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--recompute", type=click.Choice(["none", "selective", "selective_mm", "full"]), default="none",
               show_default=True)
-@click.option("--precision", type=click.Choice(["bf16", "fp16", "fp8", "fp32"]), default="bf16", show_default=True)
+@click.option("--precision", type=click.Choice(["bf16", "fp16", "fp8", "fp32", "tf32"]), default="bf16", show_default=True)
 @click.option("--optimizer", type=click.Choice(["adamw", "adamw8bit", "adafactor", "lion", "sgd", "came"]), default="adamw",
               show_default=True)
 @click.option("--hsdp-shard-size", type=click.IntRange(min=2), help="HSDP shard group [default: a node's GPUs / (tp·cp)].")

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from parallelplan.constraints.arrays import PlanArrays, code
+from parallelplan.constraints.arrays import PlanArrays, code, fp32_storage
 from parallelplan.constraints.efficiency import stacks
 from parallelplan.constraints.fp8 import kept_input_bytes
 from parallelplan.constraints.plan import RECOMPUTE_MODULES, Workload
@@ -68,8 +68,9 @@ measured by `plan dry-run`, tests/test_dryrun.py)."""
 
 
 def activation_bytes(p: PlanArrays) -> np.ndarray:
-    """Bytes per activation element: 4 in fp32, else 2 (fp8 training keeps bf16 activations between GEMMs)."""
-    return np.where(p.precision == code("precision", "fp32"), 4.0, 2.0)
+    """Bytes per activation element: 4 in fp32 and tf32, else 2 (fp8 training keeps bf16 activations between
+    GEMMs)."""
+    return np.where(fp32_storage(p), 4.0, 2.0)
 
 
 def fused_fp8(p: PlanArrays) -> np.ndarray:

@@ -18,6 +18,7 @@ from parallelplan.constraints.plan import (
     ATTENTION_KERNELS,
     CP_COMMS,
     FP8_RECIPES,
+    FP32_STORAGE,
     KERNELS,
     OFFLOADS,
     OPTIMIZERS,
@@ -47,6 +48,12 @@ ALL_LAYERS = 2**30
 """``recompute_layers`` of a plan that recomputes every layer (Plan.recompute_layers None)."""
 STACK_RECIPE = -1
 """``fp8_recipe`` code of a plan that takes its stack's default recipe (Plan.fp8_recipe None), or has none."""
+
+
+def fp32_storage(p: PlanArrays) -> np.ndarray:
+    """Plans that keep fp32 weights and activations (`FP32_STORAGE`: fp32, and tf32, whose GEMMs only round
+    their inputs in the tensor cores)."""
+    return np.isin(p.precision, [code("precision", x) for x in FP32_STORAGE])
 
 
 def recipe_code(recipe: str | None) -> int:

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from parallelplan.constraints.activations import activation_bytes, busiest_rank_load
-from parallelplan.constraints.arrays import PlanArrays, code
+from parallelplan.constraints.arrays import PlanArrays, code, fp32_storage
 from parallelplan.constraints.efficiency import Efficiency
 from parallelplan.constraints.fp8 import cast_bytes
 from parallelplan.constraints.plan import PRECISIONS, RECOMPUTE_MODULES, Workload
@@ -90,8 +90,9 @@ class Roofline:
                 peaks[i] = gpu.peak_flops[precision] * eff.gemm_fraction(arch, precision)
         self.gemm_flops = peaks[p.precision]  # 0 where the GPU lacks the precision (a rule rejects those)
         # attention, the LM head and the router run in 16 bits under fp8 training (Transformer Engine), in
-        # fp32 when the plan is fp32 (no flash kernel exists for fp32: attention at the fp32 GEMM rate)
-        fp32 = p.precision == code("precision", "fp32")
+        # fp32 when the plan keeps fp32 tensors (no flash kernel exists for fp32: attention at the plan's GEMM
+        # rate, the fp32 or TF32 tensor-core one)
+        fp32 = fp32_storage(p)
         half = "bf16" if gpu.supports("bf16") else "fp16"
         self.half_flops = np.where(fp32, self.gemm_flops, gpu.peak_flops[half] * eff.gemm_fraction(arch, half))
         self.attention_flops = np.where(fp32, self.gemm_flops, gpu.peak_flops[half] * eff.attention_fraction(arch, stack))

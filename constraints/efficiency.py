@@ -57,6 +57,11 @@ class Efficiency:
         return Efficiency(**values)
 
     def gemm_fraction(self, architecture: str, precision: str) -> float:
+        """The achieved fraction of the architecture's dense peak for ``precision``'s GEMMs. tf32 (fp32
+        tensors on the TF32 tensor cores) takes the 16-bit factor: the same tensor-core GEMM kernels at half
+        the rate (no published tf32 runs here to fit one)."""
+        if precision == "tf32":
+            precision = "bf16"
         table = self.gemm.get(architecture)
         if table is None:
             raise ValueError(f"no GEMM efficiency for GPU architecture {architecture!r}; known: {', '.join(self.gemm)}")

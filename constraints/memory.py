@@ -34,6 +34,7 @@ import numpy as np
 
 from parallelplan.constraints.activations import (
     LayerActivations,
+    activation_bytes,
     first_stage_bytes,
     fused_fp8,
     head_and_loss_bytes,
@@ -166,7 +167,7 @@ def concurrent_sequences(p: PlanArrays, w: Workload) -> np.ndarray:
 def kv_cache_bytes_per_token_layer(f: ModelFacts, p: PlanArrays, mla_latent: int, head_dim: int) -> np.ndarray:
     """Cached bytes per token per layer on one GPU: 2 · (KV heads / tp) · head_dim (KV heads replicated
     when fewer than tp), or MLA's latent + rope key, which is not split (DeepSeek-V2 §2.1.2)."""
-    b = np.where(p.precision == code("precision", "fp32"), 4.0, 2.0)
+    b = activation_bytes(p)
     if mla_latent:
         return b * mla_latent
     heads_per_gpu = np.ceil(f.kv_heads / p.tp)

@@ -11,7 +11,8 @@ Both are the cost model's inputs; the solver re-exports them. Conventions:
   fp16 / fp8 training keeps fp32 master weights, fp32 gradients for accumulation and reduction, and fp32
   optimizer states (Megatron-LM, DeepSpeed, FSDP's MixedPrecision); without, weights, gradients and
   states stay in the parameter dtype (plain ``model.to(bfloat16)`` training). fp8 keeps bf16 weights and
-  activations (Transformer Engine casts per GEMM). ``fp8_recipe`` is how fp8 GEMM inputs get their scales
+  activations (Transformer Engine casts per GEMM). ``tf32`` is fp32 training (fp32 weights, activations
+  and states) whose GEMMs run on the TF32 tensor cores (PyTorch's ``allow_tf32``; Ampere and later). ``fp8_recipe`` is how fp8 GEMM inputs get their scales
   (`constraints.fp8`: delayed, tensorwise, rowwise, blockwise, mxfp8); None is the stack's own default
   (``stacks.json`` ``fp8.recipes``, first entry); only an fp8 plan has one.
 - ``kernels``: ``fused`` = Megatron-Core / Transformer Engine (fused norms, fused SwiGLU, fused
@@ -56,7 +57,10 @@ SHARDINGS = ("none", "zero1", "zero2", "zero3", "fsdp", "hsdp")
 RECOMPUTES = ("none", "selective", "selective_mm", "full")
 RECOMPUTE_MODULES = ("core_attn", "layernorm", "mla_up_proj", "mlp", "moe_act", "moe", "shared_experts")
 RecomputeModule = Literal["core_attn", "layernorm", "mla_up_proj", "mlp", "moe_act", "moe", "shared_experts"]
-PRECISIONS = ("bf16", "fp16", "fp8", "fp32")
+PRECISIONS = ("bf16", "fp16", "fp8", "fp32", "tf32")
+FP32_STORAGE = ("fp32", "tf32")
+"""Precisions that keep fp32 weights and activations: tf32 is fp32 training whose GEMMs round their inputs
+to TF32 (10-bit mantissa, fp32 accumulation) in the tensor cores (PyTorch's allow_tf32)."""
 FP8_RECIPES = ("delayed", "tensorwise", "rowwise", "blockwise", "mxfp8")
 OPTIMIZERS = ("adamw", "adamw8bit", "adafactor", "lion", "sgd", "came")
 OFFLOADS = ("none", "optimizer", "params")
@@ -103,7 +107,7 @@ class Plan(_Frozen):
     recompute: Literal["none", "selective", "selective_mm", "full"] = "none"
     recompute_layers: Degree | None = None
     recompute_modules: tuple[RecomputeModule, ...] | None = None
-    precision: Literal["bf16", "fp16", "fp8", "fp32"] = "bf16"
+    precision: Literal["bf16", "fp16", "fp8", "fp32", "tf32"] = "bf16"
     fp8_recipe: Literal["delayed", "tensorwise", "rowwise", "blockwise", "mxfp8"] | None = None
     master_weights: bool = True
     optimizer: Literal["adamw", "adamw8bit", "adafactor", "lion", "sgd", "came"] = "adamw"

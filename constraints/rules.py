@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict
 from parallelplan.constraints.collectives import fast_domain
 from parallelplan.constraints.efficiency import stacks
 from parallelplan.constraints.fp8 import plan_recipe, recipe_facts, runnable_recipes, runs_on, stack_recipes
-from parallelplan.constraints.plan import Plan, Workload
+from parallelplan.constraints.plan import PRECISIONS, Plan, Workload
 from parallelplan.constraints.usp import plan_ulysses_degree
 from parallelplan.hardware import ClusterSpec
 from parallelplan.models import ModelSpec
@@ -187,7 +187,7 @@ def structural_violations(model: ModelSpec, cluster: ClusterSpec, plan: Plan, wo
     gpu = cluster.gpu
     rule("precision_supported", gpu.supports(plan.precision),
          f"{gpu.display_name} has no {plan.precision} tensor cores",
-         f"use one of {', '.join(p for p in ('bf16', 'fp16', 'fp8', 'fp32') if gpu.supports(p))}")
+         f"use one of {', '.join(p for p in PRECISIONS if gpu.supports(p))}")
     if plan.precision == "fp8" and gpu.supports("fp8"):
         recipe = plan_recipe(plan.fp8_recipe, workload.stack)
         offered = stack_recipes(workload.stack)

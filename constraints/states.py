@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from parallelplan.constraints.arrays import PlanArrays, code
+from parallelplan.constraints.arrays import PlanArrays, code, fp32_storage
 from parallelplan.constraints.plan import Plan
 
 ADAM_8BIT_BLOCK = 256
@@ -61,7 +61,7 @@ class BytesPerParam:
 
 
 def bytes_per_param(p: PlanArrays, factored: FactoredStates) -> BytesPerParam:
-    fp32 = p.precision == code("precision", "fp32")
+    fp32 = fp32_storage(p)
     weights = np.where(fp32, 4.0, 2.0)
     mixed = p.master_weights & ~fp32
     state = np.where(mixed | fp32, 4.0, weights)

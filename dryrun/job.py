@@ -42,6 +42,7 @@ from parallelplan.constraints import Estimate, Plan, Workload
 from parallelplan.constraints.activations import busiest_rank_load
 from parallelplan.constraints.arrays import PlanArrays
 from parallelplan.constraints.memory import warm_up_forwards
+from parallelplan.constraints.plan import FP32_STORAGE
 from parallelplan.dryrun.errors import DryRunError
 from parallelplan.models import ModelSpec
 
@@ -163,8 +164,8 @@ def stage_job(model: ModelSpec, plan: Plan, workload: Workload, stage: int) -> R
         recompute_layers=(plan.recompute_layers or max(n for _, n in chunks)) if plan.recompute == "full" else 0,
         recompute_modules=tuple(plan.recompute_modules or ()) if plan.recompute == "selective" else (),
         op_recompute=plan.recompute == "selective_mm",
-        param_dtype={"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[plan.precision],
-        master_weights=plan.master_weights and plan.precision != "fp32", optimizer=plan.optimizer,
+        param_dtype={"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "tf32": "float32"}[plan.precision],
+        master_weights=plan.master_weights and plan.precision not in FP32_STORAGE, optimizer=plan.optimizer,
         persistent_grads=plan.persistent_grads)
 
 

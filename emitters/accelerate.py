@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 
 from parallelplan.constraints.fp8 import target_recipe
-from parallelplan.emitters.environment import HERE, command, nccl_environment, script
+from parallelplan.emitters.environment import HERE, command, launch_environment, script
 from parallelplan.emitters.job import Job, unsupported
 from parallelplan.emitters.torchrun import SCRIPT, node_rank_lines, script_words
 
@@ -30,7 +30,7 @@ AGAIN = "solve for it with `plan launch --target accelerate`"
 FSDP_SHARDINGS = ("zero2", "zero3", "fsdp", "hsdp")
 AO_RECIPE = "tensorwise"
 """The fp8 recipe of ``fp8_config: {backend: AO}``: torchao's Float8LinearConfig default (torchao/float8/config.py)."""
-MIXED_PRECISION = {"bf16": "bf16", "fp16": "fp16", "fp8": "fp8", "fp32": "no"}
+MIXED_PRECISION = {"bf16": "bf16", "fp16": "fp16", "fp8": "fp8", "fp32": "no", "tf32": "no"}
 
 
 def plugin(job: Job) -> str:
@@ -169,4 +169,4 @@ def emit(job: Job) -> dict[str, str]:
     body = [HERE, *node_rank_lines(job), "exec " + command(launcher_words(job))]
     header = f"# {job.summary}\n# Written by `plan launch` for Accelerate's {data['distributed_type']} plugin.\n"
     return {"accelerate_config.yaml": header + yaml_text(data) + "\n",
-            "launch.sh": script(job.summary, nccl_environment(job.cluster), body)}
+            "launch.sh": script(job.summary, launch_environment(job.plan, job.cluster), body)}

@@ -32,6 +32,7 @@ passed on to ``pretrain_gpt.py``; with none it trains on Megatron's mock data.
 from __future__ import annotations
 
 from parallelplan.constraints.fp8 import target_recipe
+from parallelplan.constraints.plan import FP32_STORAGE
 from parallelplan.constraints.usp import plan_ulysses_degree
 from parallelplan.emitters.environment import Variable, command, nccl_environment, script
 from parallelplan.emitters.job import Job, unsupported
@@ -65,8 +66,8 @@ def check(job: Job) -> None:
         raise unsupported(name, f"the {p.optimizer} optimizer", f"solve with --fix optimizer=adamw ({AGAIN})")
     if p.offload == "params":
         raise unsupported(name, "parameter offload to the CPU", "solve without offload or with --range offload=optimizer")
-    if p.precision == "fp32" or not p.master_weights:
-        raise unsupported(name, "training without fp32 master weights" if not p.master_weights else "fp32 GEMMs",
+    if p.precision in FP32_STORAGE or not p.master_weights:
+        raise unsupported(name, "training without fp32 master weights" if not p.master_weights else f"{p.precision} GEMMs",
                           "solve with the default precision (bf16) and master weights")
     if p.precision == "fp8" and p.offload == "optimizer" and target_recipe(p.fp8_recipe, TARGET) != "delayed":
         raise unsupported(name, f"the {p.fp8_recipe} fp8 recipe with optimizer CPU offload (validate_args takes "

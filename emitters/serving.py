@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+from parallelplan.constraints.plan import FP32_STORAGE
 from parallelplan.emitters.job import Job, unsupported
 from parallelplan.models import ModelSpec
 from parallelplan.models.presets import get_preset
@@ -70,6 +71,6 @@ def check(job: Job, name: str) -> None:
         raise unsupported(name, f"context parallelism (cp {p.cp}) for these plans", "solve with --fix cp=1")
     if p.vpp > 1 or p.layers_per_stage is not None and len(set(p.layers_per_stage)) > 1:
         raise unsupported(name, "virtual or uneven pipeline stages", "solve with --fix vpp=1")
-    if p.precision == "fp32":
-        raise unsupported(name, "fp32 serving in this emitter", "solve with --range precision=bf16,fp8")
+    if p.precision in FP32_STORAGE:
+        raise unsupported(name, f"{p.precision} serving in this emitter", "solve with --range precision=bf16,fp8")
 

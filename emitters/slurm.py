@@ -5,7 +5,7 @@ the partition and account when given."""
 
 from __future__ import annotations
 
-from parallelplan.emitters.environment import command, nccl_environment, script
+from parallelplan.emitters.environment import command, launch_environment, script
 from parallelplan.emitters.job import Job
 from parallelplan.emitters.torchrun import SCRIPT, plan_file, script_words, torchrun_words
 
@@ -29,6 +29,6 @@ def emit(job: Job) -> dict[str, str]:
         body += ['MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
                  f"MASTER_PORT={job.master_port}", 'JOB_ID="$SLURM_JOB_ID"', "export MASTER_ADDR MASTER_PORT JOB_ID", ""]
     body.append("srun --kill-on-bad-exit=1 " + command(torchrun_words(job) + script_words(job, SCRIPT)))
-    text = script(job.summary, nccl_environment(job.cluster), body)
+    text = script(job.summary, launch_environment(job.plan, job.cluster), body)
     shebang, rest = text.split("\n", 1)
     return {"job.sbatch": "\n".join([shebang, *directives(job), rest]), "plan.json": plan_file(job)}

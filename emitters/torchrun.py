@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from parallelplan.emitters.environment import command, nccl_environment, script
+from parallelplan.emitters.environment import command, launch_environment, script
 from parallelplan.emitters.job import Job
 
 TARGET = "torchrun"
@@ -59,4 +59,4 @@ def plan_file(job: Job) -> str:
 def emit(job: Job) -> dict[str, str]:
     body = ["# Run this on every node (the same command on each)." if job.nodes > 1 else "# Single node.",
             *rendezvous_lines(job), "exec " + command(torchrun_words(job) + script_words(job, SCRIPT))]
-    return {"launch.sh": script(job.summary, nccl_environment(job.cluster), body), "plan.json": plan_file(job)}
+    return {"launch.sh": script(job.summary, launch_environment(job.plan, job.cluster), body), "plan.json": plan_file(job)}

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from parallelplan.emitters.accelerate import accelerate_words, yaml_text
 from parallelplan.emitters.accelerate import config as accelerate_config
-from parallelplan.emitters.environment import HERE, command, nccl_environment, script
+from parallelplan.emitters.environment import HERE, command, launch_environment, script
 from parallelplan.emitters.job import Job, unsupported
 from parallelplan.emitters.serving import model_lines
 from parallelplan.emitters.torchrun import node_rank_lines
@@ -30,13 +30,13 @@ TARGET = "trl"
 NAME = "TRL"
 CONSTRAINTS = {"fixed": {"tp": 1, "pp": 1, "cp": 1, "ep": 1, "vpp": 1, "kernels": "unfused", "master_weights": False},
                "ranges": {"recompute": ["none", "full"], "sharding": ["none", "zero1", "zero2", "zero3", "fsdp"],
-                          "precision": ["bf16", "fp16", "fp32"], "optimizer": ["adamw", "adamw8bit"]},
+                          "precision": ["bf16", "fp16", "fp32", "tf32"], "optimizer": ["adamw", "adamw8bit"]},
                "allow_partial_recompute": False}
 OFFLOADS_ACTIVATIONS = True
 """TRL's ``activation_offloading``."""
 AGAIN = "solve for it with `plan launch --target trl`"
 OPTIMIZERS = {"adamw": "adamw_torch", "adamw8bit": "adamw_bnb_8bit"}
-DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "tf32": "float32"}
 
 
 def check(job: Job) -> None:
@@ -67,7 +67,7 @@ def trl_config(job: Job) -> dict:
     p, w = job.plan, job.workload
     out = {"output_dir": "output", "per_device_train_batch_size": p.micro_batch_size,
            "gradient_accumulation_steps": job.gradient_accumulation, "max_length": w.seq_len,
-           "bf16": p.precision == "bf16", "fp16": p.precision == "fp16",
+           "bf16": p.precision == "bf16", "fp16": p.precision == "fp16", "tf32": p.precision == "tf32",
            "gradient_checkpointing": p.recompute == "full", "optim": OPTIMIZERS[p.optimizer],
            "dtype": DTYPES[p.precision], "attn_implementation": "sdpa" if p.attention_kernel == "flash" else "eager"}
     if p.offload_activations:
@@ -100,4 +100,4 @@ def emit(job: Job) -> dict[str, str]:
     return {"trl_config.yaml": header + yaml_text(data) + "\n",
             "accelerate_config.yaml": f"# {job.summary}\n# Accelerate's {plugin['distributed_type']} plugin, for TRL.\n"
                                       + yaml_text(plugin) + "\n",
-            "launch.sh": script(job.summary, nccl_environment(job.cluster), body)}
+            "launch.sh": script(job.summary, launch_environment(job.plan, job.cluster), body)}

@@ -337,7 +337,7 @@ def search_domains(start: Plan, final: Plan, chosen: Sequence[Technique],
                   "offload", "offload_activations", "schedule", "vpp", "layers_per_stage", "cp_comm",
                   "hsdp_shard_size"):
         add(field, getattr(start, field), getattr(final, field))
-    add("precision", *[p for p in ("bf16", "fp8") if p in names])
+    add("precision", *[p for p in ("bf16", "fp8", "tf32") if p in names])
     if "fp8" in ranges["precision"]:  # a recipe range asks for fp8 (solver.space)
         add("fp8_recipe", start.fp8_recipe, final.fp8_recipe)
         if "fp8_recipe" in names:

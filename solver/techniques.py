@@ -97,9 +97,10 @@ def chosen_techniques(cluster: ClusterSpec, goal: str, max_effort: str, only: Se
         if unknown:
             raise SolverInputError(f"{what}: unknown technique {', '.join(map(repr, unknown))}; "
                                    f"the techniques are {', '.join(every)}")
-    if only is not None and "fp8" in only and not cluster.gpu.supports("fp8"):
-        raise SolverInputError(f"techniques: fp8 needs fp8 tensor cores, which the {cluster.gpu.name} lacks "
-                               "(Hopper, Ada and Blackwell have them); leave fp8 out")
+    for precision in ("fp8", "tf32"):
+        if only is not None and precision in only and not cluster.gpu.supports(precision):
+            raise SolverInputError(f"techniques: {precision} needs {precision} tensor cores, which the {cluster.gpu.name} "
+                                   f"lacks; leave {precision} out")
     default_off = set(data["default_off"]) - ({"offload"} if goal == "memory" else set())
     names = list(only) if only is not None else [n for n in every if n not in default_off]
     if "nodes" in names and goal != "cost":
@@ -109,9 +110,10 @@ def chosen_techniques(cluster: ClusterSpec, goal: str, max_effort: str, only: Se
     above = [n for n in names if every[n].effort not in efforts and n not in skip]
     if above:
         notes.append(f"left out above --max-effort {max_effort}: {', '.join(above)}")
-    if "fp8" in names and not cluster.gpu.supports("fp8"):
-        names.remove("fp8")
-        notes.append(f"fp8 left out: the {cluster.gpu.name} has no fp8 tensor cores")
+    for precision in ("fp8", "tf32"):
+        if precision in names and not cluster.gpu.supports(precision):
+            names.remove(precision)
+            notes.append(f"{precision} left out: the {cluster.gpu.name} has no {precision} tensor cores")
     accepted = [every[n] for n in names if n not in skip]
     return accepted, [t for t in accepted if t.effort in efforts], notes
 
@@ -214,8 +216,12 @@ def _offload_activations(ctx: _Context, plan: Plan, name: str) -> Iterator[Chang
         yield "activation offload on", {"offload_activations": True}, None
 
 
+PRECISION_MOVES = {"fp8": ("bf16", "fp16", "fp32", "tf32"), "bf16": ("fp16", "fp32", "tf32"), "tf32": ("fp32",)}
+"""The precisions each precision technique moves from: towards fewer bits per GEMM input, never back."""
+
+
 def _precision(ctx: _Context, plan: Plan, name: str) -> Iterator[Change]:
-    if ctx.cluster.gpu.supports(name) and (name == "fp8" or plan.precision in ("fp32", "fp16")):
+    if ctx.cluster.gpu.supports(name) and plan.precision in PRECISION_MOVES[name]:
         yield f"precision {plan.precision} → {name}", {"precision": name}, None
 
 
@@ -320,7 +326,7 @@ _GENERATORS = {
     "ep_comm_overlap": _switch_on,
     "recompute": _recompute, "micro_batch": _micro_batch, "sharding": _sharding, "offload": _offload,
     "offload_activations": _offload_activations,
-    "bf16": _precision, "fp8": _precision, "fp8_recipe": _fp8_recipe,
+    "bf16": _precision, "fp8": _precision, "tf32": _precision, "fp8_recipe": _fp8_recipe,
     **dict.fromkeys(OPTIMIZER_TECHNIQUES, _optimizer),
     "fused_kernels": _setting("kernels", "fused"), "flash_attention": _setting("attention_kernel", "flash"),
     "interleaved": _interleaved, "zero_bubble": _zero_bubble, "uneven_stages": _uneven_stages,

@@ -128,6 +128,9 @@ def trl_cases() -> dict[str, Solution]:
                                                          workload=Workload(kind="finetune", seq_len=16384, global_batch_size=8)),
         "sft lora packed": _solve(EIGHT_B, 1, "trl", workload=Workload(kind="finetune", seq_len=4096, global_batch_size=64,
                                                                         peft=Peft(), example_len=700, packing=True)),
+        "sft full tf32 on a100": _solve("llama-3.2-1b", 1, "trl", {"precision": "tf32", "sharding": "fsdp"},
+                                        workload=Workload(kind="finetune", seq_len=2048, global_batch_size=64),
+                                        cluster="dgx-a100"),
     }
 
 

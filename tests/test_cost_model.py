@@ -658,3 +658,23 @@ def test_fp8_weights_are_fp8_parameters_with_the_distributed_optimizer_else_a_ca
     outside_layers = 2 * LLAMA_8B.vocab_size * LLAMA_8B.hidden_size + LLAMA_8B.hidden_size  # embedding, head, final norm
     cache = 2 * (LLAMA_8B.total_params - outside_layers)
     assert weights(precision="fp8") - weights(precision="bf16") == pytest.approx(cache, rel=1e-9)
+
+
+def test_tf32_keeps_fp32_memory_and_runs_its_gemms_on_the_tf32_tensor_cores():
+    """tf32 is fp32 training whose GEMMs round their inputs to TF32 in the tensor cores: every byte of
+    memory is fp32's, and the layer's compute-bound GEMMs take fp32's time scaled by the two achieved
+    rates (the TF32 peak at the 16-bit GEMM factor, `Efficiency.gemm_fraction`, against the fp32 peak)."""
+    from parallelplan.constraints.compute import layer_times
+    from parallelplan.constraints.structure import attention_keys
+
+    a100 = load_cluster("dgx-a100")
+    fp32, tf32 = (estimate(LLAMA_8B, a100, Plan(dp=8, sharding="fsdp", recompute="full", precision=p), PRETRAIN)
+                  for p in ("fp32", "tf32"))
+    assert tf32.memory == fp32.memory
+    eff, gpu = Efficiency.default(), a100.gpu
+    plans = PlanArrays.from_plans([Plan(dp=8, precision="fp32"), Plan(dp=8, precision="tf32")])
+    times = layer_times(model_facts(LLAMA_8B), gpu, eff, plans, PRETRAIN, attention_keys(LLAMA_8B, 4096, causal=True))
+    rate = {p: gpu.peak_flops[p] * eff.gemm_fraction(gpu.architecture, p) for p in ("fp32", "tf32")}
+    assert eff.gemm_fraction(gpu.architecture, "tf32") == eff.gemm_fraction(gpu.architecture, "bf16")
+    assert times.dense_gemm_forward[1] == pytest.approx(times.dense_gemm_forward[0] * rate["fp32"] / rate["tf32"], rel=1e-9)
+    assert tf32.step_time_s < fp32.step_time_s / 3

@@ -15,8 +15,12 @@ from click.testing import CliRunner
 
 from parallelplan.cli.main import plan
 from parallelplan.emitters import EmitError, constraints, emit, list_targets
+from parallelplan.hardware import load_cluster
+from parallelplan.models import load_model
+from parallelplan.solver import solve
 from tests.emitter_cases import (
     SERVE,
+    WORK,
     _solve,
     accelerate_cases,
     command_words,
@@ -25,6 +29,7 @@ from tests.emitter_cases import (
     megatron_cases,
     serving_cases,
     torchtitan_cases,
+    trl_cases,
 )
 
 ALLOW = json.loads((Path(__file__).parent.parent / "emitters" / "data" / "allowlists.json").read_text())
@@ -196,6 +201,21 @@ def test_targets_refuse_what_they_cannot_express(target, make, words):
     with pytest.raises(EmitError, match="cannot express") as error:
         emit(make(), target)
     assert words in str(error.value)
+
+
+def test_a_tf32_plan_makes_the_scripts_fp32_gemms_tf32():
+    """A tf32 plan launches the user's fp32 script with PyTorch's override for its GPU vendor (NVIDIA:
+    TORCH_ALLOW_TF32_CUBLAS_OVERRIDE, ROCm: HIPBLASLT_ALLOW_TF32); TRL sets TrainingArguments' tf32;
+    Megatron-LM, which trains in 16 bits or fp8 here, refuses it by name."""
+    nvidia = _solve("llama-3.2-1b", 1, "torchrun", {"precision": "tf32", "sharding": "fsdp"}, cluster="dgx-a100")
+    assert "export TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1" in emit(nvidia, "torchrun")["launch.sh"]
+    assert "TF32" not in emit(launcher_cases()["single node"], "torchrun")["launch.sh"]
+    mi300x = load_cluster({"base": "dgx-h100", "num_nodes": 1, "node": {"gpu": "mi300x"}})
+    amd = solve(load_model("llama-3.2-1b"), mi300x, WORK, fixed={"precision": "tf32", "sharding": "fsdp"})
+    assert "export HIPBLASLT_ALLOW_TF32=1" in emit(amd, "slurm")["job.sbatch"]
+    assert "tf32: true" in emit(trl_cases()["sft full tf32 on a100"], "trl")["trl_config.yaml"]
+    with pytest.raises(EmitError, match="Megatron-LM cannot express tf32 GEMMs"):
+        emit(nvidia, "megatron")
 
 
 @pytest.mark.parametrize(("fixed", "words"), [

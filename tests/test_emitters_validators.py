@@ -381,10 +381,11 @@ def test_accelerate_cases_use_every_plugin():
 @pytest.mark.parametrize("case", list(trl_cases()))
 def test_trl_parses_its_config_and_builds_the_adapters(case, tmp_path, monkeypatch):
     """TRL's own parser reads the config (unknown keys raise) and its helpers build peft's LoraConfig and
-    bitsandbytes' config from it. TrainingArguments refuses bf16 where no GPU supports it: the check is
-    about this CPU-only machine, not the file, so it is told a bf16 GPU is present."""
+    bitsandbytes' config from it. TrainingArguments refuses bf16 and tf32 where no GPU supports them: the
+    check is about this CPU-only machine, not the file, so it is told such a GPU is present."""
     pytest.importorskip("trl")
     monkeypatch.setattr("transformers.training_args.is_torch_bf16_gpu_available", lambda: True)
+    monkeypatch.setattr("transformers.training_args.is_torch_tf32_available", lambda: True)
     import importlib
 
     from trl import get_peft_config, get_quantization_config
@@ -402,6 +403,7 @@ def test_trl_parses_its_config_and_builds_the_adapters(case, tmp_path, monkeypat
         p.micro_batch_size, w.global_batch_size // (p.micro_batch_size * p.dp))
     assert training.max_length == w.seq_len and training.gradient_checkpointing == (p.recompute == "full")
     assert training.bf16 == (p.precision == "bf16") and training.optim.value in ("adamw_torch", "adamw_bnb_8bit")
+    assert bool(training.tf32) == (p.precision == "tf32")
     assert training.activation_offloading == p.offload_activations
     if w.algorithm != "dpo":  # packed examples attend within themselves: padding-free under FlashAttention
         assert (training.packing, training.padding_free) == (w.packing, w.packing)

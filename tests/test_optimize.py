@@ -181,6 +181,18 @@ def test_max_effort_techniques_and_skip_bound_the_changes(llama_70b):
     assert skipped.optimum is not None and skipped.optimum.plan.precision != "fp8"
 
 
+def test_an_fp32_plan_climbs_to_tf32_with_a_flag_and_to_bf16_from_there():
+    """From plain fp32 on A100s the TF32 tensor cores are a flag away; bf16 mixed precision then gains
+    more, and the ladder never moves back up in bits per GEMM input (solver.techniques.PRECISION_MOVES)."""
+    model, cluster = load_model("llama-3.2-1b"), load_cluster("dgx-a100")
+    workload = Workload(kind="pretrain", seq_len=2048, global_batch_size=64)
+    start = Plan(dp=8, sharding="fsdp", precision="fp32")
+    tf32 = optimize(model, cluster, workload, start, techniques=["tf32"])
+    assert [r.change for r in tf32.rungs] == ["precision fp32 → tf32"] and tf32.rungs[0].gain > 0.5
+    both = optimize(model, cluster, workload, start, techniques=["tf32", "bf16"])
+    assert both.rungs[0].change == "precision fp32 → bf16" and len(both.rungs) == 1
+
+
 def test_a_stack_that_offloads_without_recompute_turns_recompute_off_in_the_same_move(llama_70b):
     cluster = load_cluster("dgx-h100", nodes=8)
     workload = Workload(kind="pretrain", seq_len=4096, global_batch_size=512)

@@ -48,9 +48,13 @@ Per micro-batch on pipeline rank i (`constraints.compute` for the compute):
   its backward, on copy engines beside the compute: exposed where the pass's compute (backward with its
   recompute) is shorter than its copy, at η_membound of the link (as the parameter and optimizer
   offloads; several GPUs sharing a PCIe switch's uplink is not modelled).
-Pipeline of m micro-batches with per-rank times tᵢ: m · max tᵢ + β · (Σ tᵢ − max tᵢ), with the bubble
-factor β = 1 for 1F1B ((pp − 1)/m of the step for balanced stages, Narayanan et al. 2021), 1/vpp
-interleaved, 1/3 for zero-bubble ZB-H1 (Qi et al. 2023, §3).
+Pipeline of m micro-batches with per-rank times tᵢ: m · max tᵢ + the bubble, the other ranks' times once:
+Σ tᵢ − max tᵢ for 1F1B ((pp − 1)/m of the step for balanced stages, Narayanan et al. 2021), 1/vpp of it
+interleaved, and for zero-bubble ZB-H1 each of those ranks' time less twice its weight-gradient GEMMs Wᵢ —
+(pp − 1)(F + B − 2W) for balanced stages, B the whole backward (Qi et al. 2024, "Zero Bubble Pipeline
+Parallelism", §2: (p − 1)(T_F + T_B − T_W) with T_B the input gradient alone; DeepSeek-AI 2024, DeepSeek-V3
+report, Table 2): the weight-gradient passes fill the bubble. Wᵢ = the forward GEMMs' time of the rank's
+layers (the weight gradient takes as many FLOPs; none for frozen or PEFT-adapted weights).
 Once per step and rank: the data-parallel gradient reduction — all-reduce without sharding,
 reduce-scatter with ZeRO-1 / Megatron's distributed optimizer, over dp·cp for dense and the
 expert-data-parallel group for expert weights — hidden behind the last backward up to η_dp with
@@ -133,7 +137,9 @@ class ClassTimes:
     """Seconds per rank class, (n, C) arrays (`constraints.stages`): the per-micro-batch terms, which sum to
     ``per_microbatch`` (-inf on invalid columns), and the once-per-step ones (``once``: their sum, -inf on
     invalid columns). ``boundary`` ((n, 1)) is one pipeline send of the stage boundary's activations, which
-    ``pp_comm`` counts forward on every rank but the last and backward on every rank but the first."""
+    ``pp_comm`` counts forward on every rank but the last and backward on every rank but the first.
+    ``weight_grad`` is the rank's weight-gradient GEMM time per micro-batch (within ``compute``), which the
+    zero-bubble schedule moves into the bubble."""
 
     compute: np.ndarray
     tp_comm: np.ndarray
@@ -147,14 +153,24 @@ class ClassTimes:
     update: np.ndarray
     once: np.ndarray
     boundary: np.ndarray
+    weight_grad: np.ndarray
     bytes_per_microbatch: np.ndarray
     once_bytes: np.ndarray
 
 
 def bubble_factor(p: PlanArrays) -> np.ndarray:
-    """β of the pipeline formula (module docstring): 1 for 1F1B, 1/vpp interleaved, 1/3 zero-bubble."""
-    return np.select([p.schedule == code("schedule", "interleaved"), p.schedule == code("schedule", "zero_bubble")],
-                     [1.0 / p.vpp, 1.0 / 3.0], default=1.0)
+    """The share of the other ranks' times that 1F1B-family schedules leave idle (module docstring): 1 for
+    1F1B and zero-bubble (whose weight-gradient passes then fill part of it: `pipeline_bubble`), 1/vpp
+    interleaved."""
+    return np.where(p.schedule == code("schedule", "interleaved"), 1.0 / p.vpp, 1.0)
+
+
+def pipeline_bubble(p: PlanArrays, others: np.ndarray, others_weight_grad: np.ndarray) -> np.ndarray:
+    """Idle time of a step's pipeline (module docstring), from the other ranks' per-micro-batch times and
+    weight-gradient GEMM times (each summed once over the ranks but the critical one)."""
+    bubble = bubble_factor(p) * others
+    zero_bubble = p.schedule == code("schedule", "zero_bubble")
+    return np.where(zero_bubble, np.maximum(others - 2.0 * others_weight_grad, 0.0), bubble)
 
 
 def step_times(
@@ -169,8 +185,9 @@ def step_times(
     pick = lambda a: np.take_along_axis(np.broadcast_to(a, c.per_microbatch.shape), critical[:, None], axis=1)[:, 0]  # noqa: E731
     t_max = pick(c.per_microbatch)
     total = (layout.weight * np.where(layout.valid, c.per_microbatch, 0.0)).sum(axis=1)
+    weight_grad = (layout.weight * np.where(layout.valid, c.weight_grad, 0.0)).sum(axis=1)
     m = micro_batches(p, w).astype(float)
-    pipeline = m * t_max + bubble_factor(p) * (total - t_max)
+    pipeline = m * t_max + pipeline_bubble(p, total - t_max, weight_grad - pick(c.weight_grad))
     if w.training:
         once_stage = np.argmax(c.once, axis=1)
         pick_once = lambda a: np.take_along_axis(np.broadcast_to(a, c.once.shape), once_stage[:, None], axis=1)[:, 0]  # noqa: E731
@@ -377,5 +394,6 @@ def class_times(
                       dp_once=np.broadcast_to(dp_once, per_microbatch.shape),
                       update=np.broadcast_to(update, per_microbatch.shape), once=once,
                       boundary=np.where(col(p.pp) > 1, boundary, 0.0),
+                      weight_grad=gemm_fwd if training and peft is None else np.zeros_like(per_microbatch),
                       bytes_per_microbatch=np.broadcast_to(bytes_per_microbatch, per_microbatch.shape),
                       once_bytes=np.broadcast_to(once_bytes, per_microbatch.shape))

@@ -279,9 +279,10 @@ def test_expert_all_to_all_across_nodes_uses_network_channels_per_peer():
 
 # -- time -----------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("schedule,vpp,beta", [("1f1b", 1, 1.0), ("interleaved", 2, 0.5), ("zero_bubble", 1, 1 / 3)])
+@pytest.mark.parametrize("schedule,vpp,beta", [("1f1b", 1, 1.0), ("interleaved", 2, 0.5)])
 def test_pipeline_bubble_is_at_most_pp_minus_one_over_vpp_m(schedule, vpp, beta):
-    """Bubble / busy time = β · (Σ tᵢ − max tᵢ)/(m · max tᵢ) ≤ β · (pp − 1)/m, equal for balanced stages."""
+    """Bubble / busy time = β · (Σ tᵢ − max tᵢ)/(m · max tᵢ) ≤ β · (pp − 1)/m, equal for balanced stages
+    (zero-bubble's: `test_zero_bubble_fills_the_bubble_with_the_weight_gradient_passes`)."""
     pp, m = 4, 32
     plan = Plan(tp=8, pp=pp, vpp=vpp, schedule=schedule, sequence_parallel=True)
     est = estimate(LLAMA_70B, h100(4), plan, Workload(seq_len=4096, global_batch_size=m))
@@ -678,3 +679,20 @@ def test_tf32_keeps_fp32_memory_and_runs_its_gemms_on_the_tf32_tensor_cores():
     assert eff.gemm_fraction(gpu.architecture, "tf32") == eff.gemm_fraction(gpu.architecture, "bf16")
     assert times.dense_gemm_forward[1] == pytest.approx(times.dense_gemm_forward[0] * rate["fp32"] / rate["tf32"], rel=1e-9)
     assert tf32.step_time_s < fp32.step_time_s / 3
+
+
+def test_zero_bubble_fills_the_bubble_with_the_weight_gradient_passes():
+    """ZB-H1's bubble is (pp − 1)(F + B − 2W) where 1F1B's is (pp − 1)(F + B) (Qi et al. 2024 §2; DeepSeek-V3
+    report, Table 2): for 8 equal layers per stage it is 1F1B's less twice the other ranks' weight-gradient
+    GEMMs, each as long as the forward GEMMs of the rank's layers."""
+    from parallelplan.constraints.compute import layer_times
+    from parallelplan.constraints.structure import attention_keys
+
+    cluster = h100(1)
+    plans = {s: Plan(pp=4, dp=2, sharding="zero1", schedule=s) for s in ("1f1b", "zero_bubble")}
+    bubble = {s: estimate(LLAMA_8B, cluster, plan, PRETRAIN).time.bubble for s, plan in plans.items()}
+    times = layer_times(model_facts(LLAMA_8B), cluster.gpu, Efficiency.default(), PlanArrays.from_plans([plans["1f1b"]]),
+                        PRETRAIN, attention_keys(LLAMA_8B, PRETRAIN.seq_len, causal=True))
+    weight_grad = (LLAMA_8B.num_layers // 4) * float(times.dense_gemm_forward[0])
+    assert bubble["1f1b"] - bubble["zero_bubble"] == pytest.approx(2 * 3 * weight_grad, rel=1e-9)
+    assert bubble["1f1b"] / 3 < bubble["zero_bubble"] < bubble["1f1b"]  # the ideal third needs B = 2F, W = F

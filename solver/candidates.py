@@ -20,8 +20,9 @@ pick; the faster plans that do not fit, which the explanation cites, are then th
 Partial recompute (Megatron's ``--recompute-method block --recompute-num-layers k``): memory falls and time
 grows with k, so for every full-recompute plan that fits, the smallest k that still fits is the only one
 any objective but memory can want; it is found by bisection on the memory model alone
-(`constraints.evaluate.peak_memory`) and added as a plan of its own. When memory is itself an objective
-(``every_recompute_depth``) every k is added instead.
+(`constraints.evaluate.peak_memory`) and added as a plan of its own. When memory is itself an objective,
+or breaks the ties inside a tolerance band of the first objective (plans within it that are equally
+simple: the deeper k, slower but smaller, can win), every k is added instead (``every_recompute_depth``).
 """
 
 from __future__ import annotations

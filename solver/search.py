@@ -67,12 +67,14 @@ class _Search:
                  allow_cross_domain: bool, allow_partial_recompute: bool, price_per_gpu_hour: float | None, min_tokens_per_s: float | None,
                  node_counts: Sequence[int] | None, efficiency: Efficiency | None, runtime: RuntimeAllowance | None,
                  progress: Progress | None = None, step_bound: tuple[int, float] | None = None, widen: bool = False,
-                 least_memory: int = 0):
+                 least_memory: int = 0, memory_breaks_bands: bool = False):
         if min_tokens_per_s is not None and not min_tokens_per_s > 0:
             raise SolverInputError(f"min_tokens_per_s must be > 0, got {min_tokens_per_s!r}")
         self.model, self.workload, self.target = model, workload, min_tokens_per_s
         self.efficiency, self.runtime = efficiency, runtime
-        self.every_depth = "memory_headroom" in names and not least_memory
+        # a deeper partial recompute only saves memory: it can win where memory is an objective, or where the
+        # memory tie-break decides between plans inside a tolerance band of the first objective
+        self.every_depth = ("memory_headroom" in names or memory_breaks_bands) and not least_memory
         self.space = SearchSpace(model, cluster, workload, fixed=dict(fixed or {}), ranges=dict(ranges or {}),
                                  allow_uneven_stages=allow_uneven_stages, allow_cross_domain=allow_cross_domain,
                                  allow_partial_recompute=allow_partial_recompute, widen=widen)
@@ -194,7 +196,8 @@ def solve(model: ModelSpec, cluster: ClusterSpec, workload: Workload, *, objecti
                      min_tokens_per_s=min_tokens_per_s, node_counts=node_counts, efficiency=efficiency, runtime=runtime,
                      progress=progress, step_bound=(max(top_k + 1, 2), tolerance) if weights is None and names[0] == "throughput" else None,
                      widen=widen,
-                     least_memory=top_k + 1 if weights is None and names[0] == "memory_headroom" and (len(names) == 1 or tolerance == 0) else 0)
+                     least_memory=top_k + 1 if weights is None and names[0] == "memory_headroom" and (len(names) == 1 or tolerance == 0) else 0,
+                     memory_breaks_bands=weights is None and tolerance > 0 and len(names) > 1)
     cands, feasible, crit = search.solvable()
     picks: list[int] = []
     proved = True

@@ -151,6 +151,19 @@ def test_the_step_bound_rules_out_nothing_the_search_can_pick(case, top_k):
         assert plans == [expected.candidates.plans.plan(r) for r in expected.rows]
 
 
+def test_inside_a_tolerance_band_the_memory_tie_break_may_pick_a_deeper_partial_recompute():
+    """Hypothesis found it: DPO at 32K tokens on one 2 GiB GPU, throughput within 5% then simplicity. Full
+    recompute of 2 and of 3 layers per stage are both inside the band and equally simple; the tie-break by
+    memory picks 3, which the search had left out (it added only the fewest layers that fit)."""
+    model = load_model({"name": "generated", "hidden_size": 256, "num_layers": 4, "num_attention_heads": 4,
+                        "num_kv_heads": 1, "vocab_size": 1000, "ffn_hidden_size": 512})
+    cluster = small_cluster(1, 1, "2 GiB")
+    workload = Workload(kind="rlhf", algorithm="dpo", seq_len=32768, global_batch_size=1)
+    found = solve(model, cluster, workload, objective=["throughput", "simplicity"], tolerance=0.05)
+    expected = oracle(model, cluster, workload, objective=["throughput", "simplicity"], tolerance=0.05)
+    assert found.plan == expected.plan and (found.plan.recompute, found.plan.recompute_layers) == ("full", 3)
+
+
 def test_the_step_bound_prices_plans_that_tie_to_the_nanosecond():
     """Pipeline layouts (1, 2) and (2, 1) of a 3-layer model take the same step up to float round-off; the
     search decides on whole nanoseconds and its tie-break orders them, so the bound must not leave out the

@@ -83,7 +83,7 @@ PLAN_OPTIONS = [
     click.option("--offload-activations/--no-offload-activations", default=None,
                  help="Copy the activations kept for the backward to host memory and back, beside the compute "
                       "[default: no]."),
-    click.option("--schedule", type=click.Choice(["1f1b", "interleaved", "zero_bubble"]),
+    click.option("--schedule", type=click.Choice(["1f1b", "interleaved", "zero_bubble", "dualpipev"]),
                  help="Pipeline schedule [default: interleaved when vpp > 1, else 1f1b]."),
     click.option("--layers-per-stage", help="Layers of each pipeline stage, comma-separated (e.g. 19,21,21,19)."),
     click.option("--kernels", type=click.Choice(["fused", "unfused"]),

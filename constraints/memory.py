@@ -10,6 +10,8 @@ Micro-batches in flight on pipeline rank i (m micro-batches per step):
 - interleaved with vpp chunks: min(2·(pp − i − 1) + (vpp − 1)·pp + 1, m·vpp) chunks of 1/vpp of the
   stage (Megatron-LM ``get_pp_warmup_microbatches``), which on rank 0 is pp · (1 + (pp − 1)/(pp·vpp))
   micro-batches, Megatron's "interleaved schedule memory penalty".
+- DualPipeV (two chunks per rank in a V): min(2·pp + 1, 2·m) chunks of half the stage on every rank
+  (DeepSeek-AI's DualPipe README, "Activation per device: PP + 1" with PP = 2·pp chunks over pp devices).
 Gradient buffers: persistent plans hold them throughout; otherwise they appear as backward frees
 activations, so the peak is the larger of the end of forward (all activations, no gradients) and the
 backward of the stage's first layer (one layer's activations, every other gradient); the breakdown
@@ -111,14 +113,16 @@ def warm_up_forwards(p: PlanArrays, w: Workload, stage_index: np.ndarray) -> np.
     m = micro_batches(p, w)[:, None]
     plain = np.minimum(pp - stage_index, m)
     chunks = np.minimum(2 * (pp - stage_index - 1) + (vpp - 1) * pp + 1, m * vpp)
-    return np.where(p.schedule[:, None] == code("schedule", "interleaved"), chunks, plain)
+    v_chunks = np.minimum(2 * pp + 1, m * vpp)  # DualPipeV: 2·pp + 1 chunks' worth on every rank
+    return np.select([p.schedule[:, None] == code("schedule", "interleaved"),
+                      p.schedule[:, None] == code("schedule", "dualpipev")], [chunks, v_chunks], default=plain)
 
 
 def in_flight(p: PlanArrays, w: Workload, stage_index: np.ndarray) -> np.ndarray:
     """Micro-batch equivalents of activations held by a rank of each class ((n, C)): its warm-up forwards,
-    each 1/vpp of the stage under interleaving."""
-    interleaved = p.schedule[:, None] == code("schedule", "interleaved")
-    return (warm_up_forwards(p, w, stage_index) / np.where(interleaved, p.vpp[:, None], 1)).astype(float)
+    each 1/vpp of the stage under interleaving and DualPipeV."""
+    chunked = np.isin(p.schedule, [code("schedule", "interleaved"), code("schedule", "dualpipev")])[:, None]
+    return (warm_up_forwards(p, w, stage_index) / np.where(chunked, p.vpp[:, None], 1)).astype(float)
 
 
 def micro_batch_tokens(p: PlanArrays, w: Workload) -> np.ndarray:

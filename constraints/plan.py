@@ -64,7 +64,10 @@ to TF32 (10-bit mantissa, fp32 accumulation) in the tensor cores (PyTorch's allo
 FP8_RECIPES = ("delayed", "tensorwise", "rowwise", "blockwise", "mxfp8")
 OPTIMIZERS = ("adamw", "adamw8bit", "adafactor", "lion", "sgd", "came")
 OFFLOADS = ("none", "optimizer", "params")
-SCHEDULES = ("1f1b", "interleaved", "zero_bubble")
+SCHEDULES = ("1f1b", "interleaved", "zero_bubble", "dualpipev")
+V_SCHEDULES = ("dualpipev",)
+"""Schedules whose two model chunks per rank run down and back up the ranks (a V): rank i holds chunks i and
+2·pp − 1 − i, so rank 0 holds both the embedding and the LM head."""
 KERNELS = ("fused", "unfused")
 ATTENTION_KERNELS = ("flash", "eager")
 CP_COMMS = ("p2p", "a2a", "a2a+p2p")
@@ -113,7 +116,7 @@ class Plan(_Frozen):
     optimizer: Literal["adamw", "adamw8bit", "adafactor", "lion", "sgd", "came"] = "adamw"
     offload: Literal["none", "optimizer", "params"] = "none"
     offload_activations: bool = False
-    schedule: Literal["1f1b", "interleaved", "zero_bubble"] | None = None
+    schedule: Literal["1f1b", "interleaved", "zero_bubble", "dualpipev"] | None = None
     layers_per_stage: tuple[Degree, ...] | None = None
     kernels: Literal["fused", "unfused"] = "fused"
     attention_kernel: Literal["flash", "eager"] = "flash"

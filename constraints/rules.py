@@ -88,11 +88,19 @@ def structural_violations(model: ModelSpec, cluster: ClusterSpec, plan: Plan, wo
         rule("interleaved_microbatches_by_pp", m % plan.pp == 0,
              f"the interleaved schedule needs the {m} micro-batches to be a multiple of pp = {plan.pp}",
              "change the global batch or the micro-batch size")
-    rule("pipeline_schedule_needs_pp", plan.schedule != "zero_bubble" or plan.pp > 1,
-         "the zero-bubble schedule needs pipeline parallelism (pp > 1)", "use schedule 1f1b with pp 1, or raise pp")
+    rule("pipeline_schedule_needs_pp", plan.schedule not in ("zero_bubble", "dualpipev") or plan.pp > 1,
+         f"the {'zero-bubble' if plan.schedule == 'zero_bubble' else 'DualPipeV'} schedule needs pipeline parallelism (pp > 1)", "use schedule 1f1b with pp 1, or raise pp")
+    if plan.schedule == "dualpipev":
+        rule("dualpipev_two_chunks", plan.vpp == 2,
+             f"DualPipeV runs two model chunks per pipeline rank (a V: rank i holds chunks i and 2·pp − 1 − i), not vpp = {plan.vpp}",
+             "set vpp 2")
+        rule("dualpipev_microbatches", m >= 2 * plan.pp,
+             f"DualPipeV needs at least as many micro-batches as model chunks (2·pp = {2 * plan.pp}), the step has {m} "
+             "(torch.distributed.pipelining ScheduleDualPipeV)",
+             f"use a global batch of at least {2 * plan.pp} micro-batches per replica, or a smaller pp")
     if plan.vpp > 1:
-        rule("vpp_needs_interleaved", plan.schedule == "interleaved",
-             f"vpp = {plan.vpp} needs the interleaved schedule", "set schedule 'interleaved' or vpp 1")
+        rule("vpp_needs_interleaved", plan.schedule in ("interleaved", "dualpipev"),
+             f"vpp = {plan.vpp} needs the interleaved or DualPipeV schedule", "set schedule 'interleaved' or vpp 1")
     if model.moe is not None:
         experts = model.moe.num_experts
         rule("experts_by_ep", experts % plan.ep == 0,

@@ -4,6 +4,9 @@ Default split (no ``layers_per_stage``): the L layers are cut into pp · vpp vir
 layers; the remainder goes one layer each to the virtual stages in the middle, because the first and the
 last stage also carry the embedding and the LM head. Rank i holds virtual stages i, i + pp, i + 2·pp, …
 (Megatron's interleaved assignment, Narayanan et al. 2021 §2.2); with vpp = 1 that is one contiguous block.
+Under a V schedule (DualPipeV, `constraints.plan.V_SCHEDULES`) rank i holds virtual stages i and
+2·pp − 1 − i (torch.distributed.pipelining's "v" stage-to-rank mapping): rank 0 holds the embedding and the
+LM head, and is both the first and the last rank.
 
 Ranks that hold the same layers (count, MoE count, first/last role) are priced once, as a rank class:
 its time per micro-batch is the same for all of them, and its memory is that of the lowest-indexed one,
@@ -24,8 +27,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from parallelplan.constraints.arrays import PlanArrays
+from parallelplan.constraints.arrays import PlanArrays, code
+from parallelplan.constraints.plan import V_SCHEDULES
 from parallelplan.constraints.structure import ModelFacts
+
+
+def v_shaped(p: PlanArrays) -> np.ndarray:
+    """Plans whose schedule lays its chunks out in a V (module docstring)."""
+    return np.isin(p.schedule, [code("schedule", s) for s in V_SCHEDULES])
 
 
 @dataclass
@@ -51,7 +60,7 @@ def stage_layout(facts: ModelFacts, p: PlanArrays, *, train_mtp: bool = False, m
     """The rank classes of each plan (with ``merge`` False, every rank a class of its own, column i rank i).
     A layout depends only on pp, vpp and the explicit stages, so it is computed once per distinct
     combination and shared by the plans that have it."""
-    keys = np.stack([p.pp, p.vpp], axis=1)
+    keys = np.stack([p.pp, p.vpp, v_shaped(p)], axis=1)
     if p.layers_per_stage is not None:
         keys = np.concatenate([keys, p.layers_per_stage], axis=1)
     first, inverse = _distinct_rows(keys)
@@ -94,7 +103,7 @@ def _layout(facts: ModelFacts, p: PlanArrays, train_mtp: bool, merge: bool) -> S
         has = (given.sum(axis=1) > 0)[:, None]
         layers = np.where(has, given, layers)
         moe = np.where(has, given_moe, moe)
-    last = index == pp - 1
+    last = np.where(v_shaped(p)[:, None], index == 0, index == pp - 1)
     mtp = np.where(last, facts.mtp_layers if train_mtp else 0, 0)
     moe = moe + (mtp if facts.experts else 0)
     if not merge:
@@ -163,7 +172,8 @@ def _virtual_bounds(facts: ModelFacts, p: PlanArrays, index: np.ndarray, valid: 
     chunk = np.arange(int(p.vpp.max()))[None, None, :]  # k: which virtual stage of the rank
     vpp = p.vpp[:, None, None]
     total = pp[:, :, None] * vpp  # virtual stages S
-    virtual = chunk * pp[:, :, None] + index[:, :, None]  # v = k·pp + i
+    v = v_shaped(p)[:, None, None]  # the second chunk of a V runs back up: 2·pp − 1 − i
+    virtual = np.where(v & (chunk == 1), 2 * pp[:, :, None] - 1 - index[:, :, None], chunk * pp[:, :, None] + index[:, :, None])
     base = facts.layers // total
     rem = facts.layers % total
     lo = (total - rem) // 2

@@ -54,7 +54,11 @@ interleaved, and for zero-bubble ZB-H1 each of those ranks' time less twice its 
 (pp − 1)(F + B − 2W) for balanced stages, B the whole backward (Qi et al. 2024, "Zero Bubble Pipeline
 Parallelism", §2: (p − 1)(T_F + T_B − T_W) with T_B the input gradient alone; DeepSeek-AI 2024, DeepSeek-V3
 report, Table 2): the weight-gradient passes fill the bubble. Wᵢ = the forward GEMMs' time of the rank's
-layers (the weight gradient takes as many FLOPs; none for frozen or PEFT-adapted weights).
+layers (the weight gradient takes as many FLOPs; none for frozen or PEFT-adapted weights). DualPipeV
+(two chunks per rank in a V, DeepSeek-AI's DualPipe README: DualPipe's (PP/2 − 1)(F&B + B − 3W) with PP = 2·pp
+chunks over pp devices and F, B, W per chunk, half a rank's): half of each other rank's time plus its
+backward Bᵢ less 3Wᵢ, F&B taken as F + B (the pair overlaps communication, not compute). Its V sends each
+micro-batch across every rank twice each way, once on rank 0 (which holds the first and the last chunk).
 Once per step and rank: the data-parallel gradient reduction — all-reduce without sharding,
 reduce-scatter with ZeRO-1 / Megatron's distributed optimizer, over dp·cp for dense and the
 expert-data-parallel group for expert weights — hidden behind the last backward up to η_dp with
@@ -79,7 +83,7 @@ from parallelplan.constraints.efficiency import Efficiency, stacks
 from parallelplan.constraints.memory import micro_batch_tokens, micro_batches, recomputed_share, stored_activations
 from parallelplan.constraints.peft import PeftParams
 from parallelplan.constraints.plan import RECOMPUTE_MODULES, Workload
-from parallelplan.constraints.stages import StageLayout, StageParams
+from parallelplan.constraints.stages import StageLayout, StageParams, v_shaped
 from parallelplan.constraints.states import BytesPerParam, ShardDivisors, expert_data_parallel, gathers_weights
 from parallelplan.constraints.structure import ModelFacts
 from parallelplan.constraints.usp import ulysses_degree
@@ -138,8 +142,8 @@ class ClassTimes:
     ``per_microbatch`` (-inf on invalid columns), and the once-per-step ones (``once``: their sum, -inf on
     invalid columns). ``boundary`` ((n, 1)) is one pipeline send of the stage boundary's activations, which
     ``pp_comm`` counts forward on every rank but the last and backward on every rank but the first.
-    ``weight_grad`` is the rank's weight-gradient GEMM time per micro-batch (within ``compute``), which the
-    zero-bubble schedule moves into the bubble."""
+    ``backward_compute`` and ``weight_grad`` are the rank's backward and its weight-gradient GEMMs per
+    micro-batch (within ``compute``), which the zero-bubble schedules move into the bubble."""
 
     compute: np.ndarray
     tp_comm: np.ndarray
@@ -153,6 +157,7 @@ class ClassTimes:
     update: np.ndarray
     once: np.ndarray
     boundary: np.ndarray
+    backward_compute: np.ndarray
     weight_grad: np.ndarray
     bytes_per_microbatch: np.ndarray
     once_bytes: np.ndarray
@@ -165,12 +170,15 @@ def bubble_factor(p: PlanArrays) -> np.ndarray:
     return np.where(p.schedule == code("schedule", "interleaved"), 1.0 / p.vpp, 1.0)
 
 
-def pipeline_bubble(p: PlanArrays, others: np.ndarray, others_weight_grad: np.ndarray) -> np.ndarray:
-    """Idle time of a step's pipeline (module docstring), from the other ranks' per-micro-batch times and
-    weight-gradient GEMM times (each summed once over the ranks but the critical one)."""
-    bubble = bubble_factor(p) * others
-    zero_bubble = p.schedule == code("schedule", "zero_bubble")
-    return np.where(zero_bubble, np.maximum(others - 2.0 * others_weight_grad, 0.0), bubble)
+def pipeline_bubble(p: PlanArrays, others: np.ndarray, others_backward: np.ndarray,
+                    others_weight_grad: np.ndarray) -> np.ndarray:
+    """Idle time of a step's pipeline (module docstring), from the other ranks' per-micro-batch times,
+    backward compute and weight-gradient GEMM times (each summed once over the ranks but the critical one)."""
+    return np.select(
+        [p.schedule == code("schedule", "zero_bubble"), p.schedule == code("schedule", "dualpipev")],
+        [np.maximum(others - 2.0 * others_weight_grad, 0.0),
+         np.maximum(others + others_backward - 3.0 * others_weight_grad, 0.0) / 2.0],
+        default=bubble_factor(p) * others)
 
 
 def step_times(
@@ -185,9 +193,9 @@ def step_times(
     pick = lambda a: np.take_along_axis(np.broadcast_to(a, c.per_microbatch.shape), critical[:, None], axis=1)[:, 0]  # noqa: E731
     t_max = pick(c.per_microbatch)
     total = (layout.weight * np.where(layout.valid, c.per_microbatch, 0.0)).sum(axis=1)
-    weight_grad = (layout.weight * np.where(layout.valid, c.weight_grad, 0.0)).sum(axis=1)
+    others = lambda a: (layout.weight * np.where(layout.valid, a, 0.0)).sum(axis=1) - pick(a)  # noqa: E731
     m = micro_batches(p, w).astype(float)
-    pipeline = m * t_max + pipeline_bubble(p, total - t_max, weight_grad - pick(c.weight_grad))
+    pipeline = m * t_max + pipeline_bubble(p, total - t_max, others(c.backward_compute), others(c.weight_grad))
     if w.training:
         once_stage = np.argmax(c.once, axis=1)
         pick_once = lambda a: np.take_along_axis(np.broadcast_to(a, c.once.shape), once_stage[:, None], axis=1)[:, 0]  # noqa: E731
@@ -312,7 +320,11 @@ def class_times(
     wraps = col(p.vpp) > 1  # interleaved chunks continue from the last rank to the first
     pipelined = col(p.pp) > 1
     pp_forward = np.where(pipelined, np.where(layout.last & ~wraps, 0.0, boundary), 0.0)
-    pp_comm = pp_forward + np.where(pipelined & ~((layout.first & ~wraps) | (not training)), boundary, 0.0)
+    pp_backward = np.where(pipelined & ~((layout.first & ~wraps) | (not training)), boundary, 0.0)
+    v = col(v_shaped(p)) > 0  # a V: rank 0 sends once each way (its first chunk down, its last chunk's gradient)
+    pp_forward = np.where(v & pipelined, np.where(layout.first, boundary / 2, boundary), pp_forward)
+    pp_backward = np.where(v & pipelined & training, np.where(layout.first, boundary / 2, boundary), pp_backward)
+    pp_comm = pp_forward + pp_backward
 
     # data parallelism per micro-batch: FSDP-style gathers and reductions, ZeRO-2's gradient reduce-scatter
     trained = (params.dense, params.expert) if peft is None else (peft.adapters, np.zeros_like(peft.adapters))
@@ -394,6 +406,7 @@ def class_times(
                       dp_once=np.broadcast_to(dp_once, per_microbatch.shape),
                       update=np.broadcast_to(update, per_microbatch.shape), once=once,
                       boundary=np.where(col(p.pp) > 1, boundary, 0.0),
+                      backward_compute=np.broadcast_to(backward, per_microbatch.shape),
                       weight_grad=gemm_fwd if training and peft is None else np.zeros_like(per_microbatch),
                       bytes_per_microbatch=np.broadcast_to(bytes_per_microbatch, per_microbatch.shape),
                       once_bytes=np.broadcast_to(once_bytes, per_microbatch.shape))

@@ -127,8 +127,8 @@ def stage_job(model: ModelSpec, plan: Plan, workload: Workload, stage: int) -> R
         if getattr(plan, field) != built:
             raise DryRunError(f"plan.{field}={getattr(plan, field)}: the dry-run does not build {what} yet; "
                               f"dry-run the plan with {field}={built} (its other dimensions are measured the same way)")
-    if plan.schedule == "zero_bubble":
-        raise DryRunError("plan.schedule=zero_bubble: the dry-run runs the 1f1b and interleaved schedules")
+    if plan.schedule in ("zero_bubble", "dualpipev"):
+        raise DryRunError(f"plan.schedule={plan.schedule}: the dry-run runs the 1f1b and interleaved schedules")
     if plan.vpp > 1 and plan.layers_per_stage:
         raise DryRunError("plan.layers_per_stage with vpp > 1: the dry-run splits interleaved stages by the default "
                           "split only (explicit stages give each rank's total, not its chunks)")

@@ -60,8 +60,8 @@ def check(job: Job) -> None:
         raise unsupported(name, "an inference plan with pretrain_gpt.py", "use the vllm or sglang target")
     if p.recompute == "selective_mm":
         raise unsupported(name, "torchtitan's per-op selective recompute (selective_mm)", AGAIN)
-    if p.schedule == "zero_bubble":
-        raise unsupported(name, "the zero-bubble schedule in pretrain_gpt.py", AGAIN + " (1f1b or interleaved)")
+    if p.schedule in ("zero_bubble", "dualpipev"):
+        raise unsupported(name, f"the {p.schedule} schedule in pretrain_gpt.py", AGAIN + " (1f1b or interleaved)")
     if p.optimizer not in OPTIMIZERS:
         raise unsupported(name, f"the {p.optimizer} optimizer", f"solve with --fix optimizer=adamw ({AGAIN})")
     if p.offload == "params":

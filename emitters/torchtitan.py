@@ -12,7 +12,7 @@ validator tests).
   the base config's layout leaks through: data-parallel replicate/shard degrees (none = DDP replicate,
   fsdp/zero3 = shard, zero2 = shard with ``fsdp_reshard_after_forward never``, HSDP = shard within
   ``hsdp_shard_size``/cp ranks, replicate across), TP with or without sequence parallel, PP with its
-  schedule (``1F1B`` or ``Interleaved1F1B``), layers per stage and the lighter first/last stages, CP, EP
+  schedule (``1F1B``, ``Interleaved1F1B`` or ``DualPipeV`` with compile off, as torch requires), layers per stage and the lighter first/last stages, CP, EP
   (torchtitan borrows EP ranks from FSDP × CP × TP, so expert TP is 1 with EP and TP without), the
   micro-batch (``training.local_batch_size``: micro-batch without PP, the replica's whole batch split in
   micro-batches with PP), global batch and sequence length, CPU offload; recompute ``none``, ``full``
@@ -36,7 +36,7 @@ CONSTRAINTS = {"fixed": {"tp_comm_overlap": False},  # async TP is not emitted (
                "ranges": {"sharding": ["none", "zero2", "fsdp", "hsdp"], "recompute": ["none", "selective_mm", "full"],
                           "schedule": ["1f1b", "interleaved"], "precision": ["bf16"]},
                "allow_partial_recompute": False}
-SCHEDULES = {"1f1b": "1F1B", "interleaved": "Interleaved1F1B"}
+SCHEDULES = {"1f1b": "1F1B", "interleaved": "Interleaved1F1B", "dualpipev": "DualPipeV"}
 CHECKPOINT = {"none": "none", "full": "full", "selective_mm": "selective"}
 AGAIN = "solve for it with `plan launch --target torchtitan`"
 NAME = f"torchtitan {VERSION}"
@@ -83,6 +83,9 @@ def check(job: Job) -> None:
     if p.precision not in ("bf16", "fp8") or not p.master_weights:
         raise unsupported(NAME, f"{p.precision} training" + ("" if p.master_weights else " without fp32 master weights"),
                           "solve with --range precision=bf16,fp8")
+    if p.schedule == "dualpipev" and p.precision == "fp8":
+        raise unsupported(NAME, "DualPipeV with float8 linears (torch's DualPipeV refuses compiled stage modules, "
+                                "which torchao's float8 needs)", "solve with --fix precision=bf16 or another schedule")
     if p.precision == "fp8" and target_recipe(p.fp8_recipe, TARGET) not in CONVERTERS:
         raise unsupported(NAME, f"the {p.fp8_recipe} fp8 recipe (its converters run {' and '.join(CONVERTERS)})",
                           f"solve with --range fp8_recipe={','.join(CONVERTERS)}")
@@ -144,6 +147,8 @@ def arguments(job: Job) -> list[str]:
         out.append("--training.disable_cuda_graphs")
     if p.precision == "fp8":
         out.append("--compile.enable")  # torchao float8 GEMMs reach their speed only under torch.compile
+    if p.schedule == "dualpipev":
+        out.append("--compile.no_enable")  # torch's DualPipeV refuses compiled stage modules (the base config may compile)
     return out
 
 

@@ -8,7 +8,7 @@ Read, with torchtitan 0.3's defaults where absent: ``parallelism.data_parallel_r
 (``never`` is ZeRO-2), ``tensor_parallel_degree``, ``enable_sequence_parallel`` (on with TP),
 ``context_parallel_degree``, ``expert_parallel_degree``, ``expert_tensor_parallel_degree`` (1 with EP;
 without EP the experts follow TP),
-``pipeline_parallel_degree``, ``pipeline_parallel_schedule`` (``1F1B``, ``Interleaved1F1B``),
+``pipeline_parallel_degree``, ``pipeline_parallel_schedule`` (``1F1B``, ``Interleaved1F1B``, ``DualPipeV``),
 ``pipeline_parallel_microbatch_size``, ``pipeline_parallel_layers_per_stage`` with
 ``pipeline_parallel_first/last_stage_less_layers``; ``training.local_batch_size``, ``global_batch_size``,
 ``seq_len``, ``enable_cpu_offload``, ``mixed_precision_param``; ``activation_checkpoint.mode`` (with
@@ -163,6 +163,8 @@ def _stages(par: Mapping[str, Any], pp: int, schedule: str, num_layers: int | No
         return {}
     first = per - _int(par, "pipeline_parallel_first_stage_less_layers", 1, "parallelism")
     last = per - _int(par, "pipeline_parallel_last_stage_less_layers", 1, "parallelism")
+    if schedule == "dualpipev":  # two chunks per rank, in a V
+        return {"vpp": 2}
     if schedule == "interleaved":
         if num_layers is None:
             raise EmitError("torchtitan config: an interleaved schedule needs the model's layer count")

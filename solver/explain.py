@@ -44,8 +44,8 @@ def describe(plan: Plan) -> str:
         parts.append(f"offload {plan.offload}")
     if plan.offload_activations:
         parts.append("activations offloaded")
-    if plan.schedule == "zero_bubble":
-        parts.append("zero-bubble schedule")
+    if plan.schedule in ("zero_bubble", "dualpipev"):
+        parts.append({"zero_bubble": "zero-bubble", "dualpipev": "DualPipeV"}[plan.schedule] + " schedule")
     return ", ".join(parts)
 
 

@@ -29,7 +29,7 @@ no offload, the 1F1B schedule. The pricing is factored: a rank's time does not d
 and its memory only through the number of stages after it, so each pool is priced once per (choice, tp,
 cut) — its memory once per stages after — and the two tables are joined.
 
-Not modelled: more than two pools in one pipeline (`MAX_PIPELINE_POOLS`), interleaved or zero-bubble
+Not modelled: more than two pools in one pipeline (`MAX_PIPELINE_POOLS`), interleaved, zero-bubble or DualPipeV
 schedules across pools, context and expert parallelism (cp = ep = 1). No launch target expresses a pipeline
 whose stages differ in tensor parallelism or GPU type (Megatron-LM and torchtitan build uniform stages).
 """
@@ -105,6 +105,7 @@ def pipeline_executions(space: SearchSpace) -> list[Execution]:
     for e in executions(space):
         selective_default = e.recompute != code("recompute", "selective") or e.recompute_modules == 1
         if (e.sharding in shardings and e.recompute in recomputes and selective_default and not e.zero_bubble
+                and not e.v_schedule
                 and e.offload == code("offload", "none")):
             out.append(e)
     return out

@@ -36,7 +36,8 @@ domain by the listed values, or by the values within ``(low, high)`` for integer
 - ``fp8_recipe`` (fp8 plans): the stack's default recipe; a pinned or ranged recipe pins the precision to
   fp8 where it is not given (`constraints.fp8`);
 - ``precision``: bf16; ``optimizer``: adamw; ``offload``: none; ``schedule``: 1f1b, interleaved when
-  vpp > 1 — open fp8, other optimizers, CPU offload or zero_bubble with ``ranges`` (an infeasible search
+  vpp > 1 — open fp8, other optimizers, CPU offload, zero_bubble or dualpipev (vpp 2, at least 2·pp
+  micro-batches) with ``ranges`` (an infeasible search
   says which of them would make it feasible).
 Fixed for every plan searched: fused kernels, flash attention, fp32 master weights, persistent gradient
 buffers and every communication overlap on (Megatron-Core's production settings).
@@ -342,6 +343,7 @@ class Execution:
     cp_comm: int = 0
     offload_activations: bool = False
     fp8_recipe: int = STACK_RECIPE
+    v_schedule: bool = False  # DualPipeV on the structure's two chunks per rank (vpp 2)
 
 
 LONG_CONTEXT_TOKENS = 32_768
@@ -397,7 +399,8 @@ def executions(space: SearchSpace) -> list[Execution]:
         if "none" in shardings:
             shardings = [s for s in shardings if s not in ("zero1", "zero2")]
     hsdp_sizes = space.domain("hsdp_shard_size", [space.cluster.node.gpus_per_node])
-    # the schedule of a vpp > 1 layout is interleaved; the others pick 1f1b or zero_bubble here
+    # a vpp > 1 layout is interleaved, or with vpp 2 DualPipeV where asked for; the others pick 1f1b or
+    # zero_bubble here
     flat = [s for s in space.default_domain("schedule") if s != "interleaved"] or ["1f1b"]
     cp_comms = cp_comm_domain(space)
     recipes = [recipe_code(r) for r in fp8_recipe_domain(space)]
@@ -412,7 +415,8 @@ def executions(space: SearchSpace) -> list[Execution]:
                                               recipes if precision == "fp8" else [STACK_RECIPE]):
             out.append(Execution(mbs, bool(sp), code("sharding", sharding), size, recompute, modules,
                                  code("precision", precision), code("optimizer", optimizer), code("offload", offload),
-                                 schedule == "zero_bubble", code("cp_comm", cp_comm), bool(host), recipe))
+                                 schedule == "zero_bubble", code("cp_comm", cp_comm), bool(host), recipe,
+                                 schedule == "dualpipev"))
     return out
 
 
@@ -528,10 +532,12 @@ def _valid(space: SearchSpace, c: dict[str, np.ndarray]) -> np.ndarray:
     ok &= ~hsdp | ((c["hsdp_shard_size"] > 1) & (c["hsdp_shard_size"] < data) & (data % c["hsdp_shard_size"] == 0))
     ok &= (c["offload"] == code("offload", "none")) | (s != code("sharding", "none"))
     schedules = space.default_domain("schedule")
-    interleaved = c["vpp"] > 1
+    v = c["v_schedule"]
+    interleaved = (c["vpp"] > 1) & ~v
     ok &= ~interleaved | (("interleaved" in schedules) & ~c["zero_bubble"] & (micro % c["pp"] == 0))
-    ok &= interleaved | c["zero_bubble"] | ("1f1b" in schedules)
+    ok &= (c["vpp"] > 1) | c["zero_bubble"] | (("1f1b" in schedules) & ~v)
     ok &= ~c["zero_bubble"] | (c["pp"] > 1)
+    ok &= ~v | ((c["vpp"] == 2) & (c["pp"] > 1) & (micro >= 2 * c["pp"]))  # rules.dualpipev_*
     # context parallelism's exchange: one way without it (no duplicate plans); Ulysses splits the heads
     a2a = c["cp_comm"] == code("cp_comm", "a2a")
     kv_heads = m.num_attention_heads if m.mla is not None else m.num_kv_heads
@@ -559,8 +565,9 @@ def _plan_arrays(space: SearchSpace, c: dict[str, np.ndarray], layers_per_stage:
     n = len(c["tp"])
     default = Plan(**space.settings())
     const = lambda value, dtype=np.int64: np.full(n, value, dtype=dtype)  # noqa: E731
-    schedule = np.where(c["vpp"] > 1, code("schedule", "interleaved"),
-                        np.where(c["zero_bubble"], code("schedule", "zero_bubble"), code("schedule", "1f1b")))
+    schedule = np.select([c["v_schedule"], c["vpp"] > 1, c["zero_bubble"]],
+                         [code("schedule", "dualpipev"), code("schedule", "interleaved"), code("schedule", "zero_bubble")],
+                         default=code("schedule", "1f1b"))
     data = c["dp"] * c["cp"]
     s = c["sharding"]
     shard_group = np.select([s == code("sharding", "none"), s == code("sharding", "hsdp")], [const(1), c["hsdp_shard_size"]],

@@ -88,6 +88,7 @@ def torchtitan_cases() -> dict[str, Solution]:
         "mla moe ep": _solve("deepseek-v2-lite", 1, "torchtitan", {"ep": 8, "etp": 1, "cp": 1}),
         "fp8 base config, param offload": _solve("llama-3.1-405b", 8, "torchtitan", {"sharding": "fsdp", "pp": 1},
                                                  {"precision": ["fp8"], "offload": ["params"]}),
+        "dualpipev": _solve(EIGHT_B, 2, "torchtitan", {"pp": 2, "sharding": "fsdp"}, {"schedule": ["dualpipev"]}),
         "mxfp8 on blackwell": _solve(EIGHT_B, 1, "torchtitan", {"sharding": "fsdp", "fp8_recipe": "mxfp8"},
                                      {"precision": ["fp8"]}, cluster="dgx-b200"),
     }

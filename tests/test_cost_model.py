@@ -696,3 +696,29 @@ def test_zero_bubble_fills_the_bubble_with_the_weight_gradient_passes():
     weight_grad = (LLAMA_8B.num_layers // 4) * float(times.dense_gemm_forward[0])
     assert bubble["1f1b"] - bubble["zero_bubble"] == pytest.approx(2 * 3 * weight_grad, rel=1e-9)
     assert bubble["1f1b"] / 3 < bubble["zero_bubble"] < bubble["1f1b"]  # the ideal third needs B = 2F, W = F
+
+
+def test_dualpipev_lays_its_chunks_in_a_v_and_prices_deepseeks_bubble():
+    """DualPipeV on pp ranks: rank i holds chunks i and 2·pp − 1 − i (rank 0 the embedding and the LM head),
+    every rank keeps 2·pp + 1 half-stage chunks of activations, and the bubble is DualPipe's
+    (PP/2 − 1)(F&B + B − 3W) over 2·pp chunks of half a rank's work — half of the other ranks' t + B − 3W
+    (DeepSeek-V3 report, Table 2; the DualPipe README)."""
+    from parallelplan.constraints.evaluate import stage_costs
+    from parallelplan.constraints.stages import virtual_stages
+
+    pp = 4
+    plan = Plan(tp=8, pp=pp, dp=2, vpp=2, schedule="dualpipev", sequence_parallel=True, sharding="zero1")
+    work = Workload(seq_len=4096, global_batch_size=512)
+    arrays = PlanArrays.from_plans([plan])
+    chunks = virtual_stages(model_facts(LLAMA_70B), arrays)
+    per_chunk = LLAMA_70B.num_layers // (2 * pp)
+    assert [[start // per_chunk for start, _ in rank] for rank in chunks] == [[i, 2 * pp - 1 - i] for i in range(pp)]
+    costs = stage_costs(LLAMA_70B, h100(8), work, arrays)
+    assert costs.layout.first[0].tolist() == costs.layout.last[0].tolist() == [True] + [False] * (pp - 1)
+    est = estimate(LLAMA_70B, h100(8), plan, work)
+    assert est.memory.stage == 0 and est.memory.in_flight_microbatches == pytest.approx((2 * pp + 1) / 2)
+    t, b, w = (np.asarray(a[0]) for a in (costs.times.per_microbatch, costs.times.backward_compute, costs.times.weight_grad))
+    others = np.arange(pp) != np.argmax(t)
+    assert est.time.bubble == pytest.approx(max((t + b - 3 * w)[others].sum(), 0.0) / 2, rel=1e-9)
+    one_f_one_b = estimate(LLAMA_70B, h100(8), Plan(tp=8, pp=pp, dp=2, sequence_parallel=True, sharding="zero1"), work)
+    assert est.time.bubble < one_f_one_b.time.bubble / 2

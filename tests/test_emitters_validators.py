@@ -253,14 +253,19 @@ def _torchtitan(solution, tmp_path):
 
 
 def _torchtitan_stage_layers(config, dims) -> list[int]:
-    """Transformer layers on each pipeline rank, as torchtitan's own split assigns them (stage i on rank i % pp)."""
+    """Transformer layers on each pipeline rank, as torchtitan's own split assigns them and torch's
+    stage-to-rank mapping places them (a loop for 1F1B and interleaving, a V for DualPipeV)."""
+    from torch.distributed.pipelining._utils import generate_stage_to_rank_mapping
+    from torch.distributed.pipelining.schedules import get_schedule_class
     from torchtitan.distributed.pipeline_parallel import _generate_llm_fqn_per_model_part, _get_pipeline_metadata
 
     stages, layers, first, last = _get_pipeline_metadata(dims, config.parallelism, config.model_spec.model)
     parts = _generate_llm_fqn_per_model_part(stages, layers, first, last)
+    v = get_schedule_class(config.parallelism.pipeline_parallel_schedule).__name__ == "ScheduleDualPipeV"
+    rank_of = generate_stage_to_rank_mapping(dims.pp, len(parts), style="v" if v else "loop")
     per_rank = [0] * dims.pp
     for stage, names in enumerate(parts):
-        per_rank[stage % dims.pp] += sum(1 for name in names if name.startswith("layers."))
+        per_rank[rank_of[stage]] += sum(1 for name in names if name.startswith("layers."))
     return per_rank
 
 

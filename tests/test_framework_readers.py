@@ -44,6 +44,7 @@ def test_torchtitan_command_lines_read_back_to_their_plans(case):
                            solution.model.num_layers)
     _same_plan(solution, read)
     assert {"tp", "pp", "dp", "cp", "ep", "sharding", "recompute", "offload"} <= set(read.plan_fields)
+    assert read.plan_fields.get("vpp", 1) == solution.plan.vpp
     assert read.global_batch_size == solution.workload.global_batch_size and read.seq_len == solution.workload.seq_len
 
 

@@ -16,7 +16,7 @@ A plan no plugin expresses (EP with FSDP, virtual pipeline stages, per-module se
 
 from __future__ import annotations
 
-import json
+import yaml
 
 from parallelplan.constraints.fp8 import target_recipe
 from parallelplan.emitters.environment import HERE, command, launch_environment, script
@@ -140,16 +140,10 @@ def config(job: Job, *, script_checkpoints: bool = False) -> dict:
     return out
 
 
-def yaml_text(data: dict, indent: str = "") -> str:
-    """YAML block mappings of scalars (JSON scalars are YAML scalars)."""
-    lines = []
-    for key, value in data.items():
-        if isinstance(value, dict):
-            lines.append(f"{indent}{key}:\n{yaml_text(value, indent + '  ')}")
-        else:
-            text = value if isinstance(value, str) and value.replace("_", "").isalnum() else json.dumps(value)
-            lines.append(f"{indent}{key}: {text}")
-    return "\n".join(lines)
+def yaml_text(data: dict) -> str:
+    """``data`` as YAML block mappings in its own key order (PyYAML quotes the strings YAML would read as
+    something else, such as mixed_precision's ``'no'``)."""
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=1000).rstrip("\n")
 
 
 def accelerate_words(job: Job) -> list[str]:

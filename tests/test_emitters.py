@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from parallelplan.cli.main import plan
@@ -213,7 +214,9 @@ def test_a_tf32_plan_makes_the_scripts_fp32_gemms_tf32():
     mi300x = load_cluster({"base": "dgx-h100", "num_nodes": 1, "node": {"gpu": "mi300x"}})
     amd = solve(load_model("llama-3.2-1b"), mi300x, WORK, fixed={"precision": "tf32", "sharding": "fsdp"})
     assert "export HIPBLASLT_ALLOW_TF32=1" in emit(amd, "slurm")["job.sbatch"]
-    assert "tf32: true" in emit(trl_cases()["sft full tf32 on a100"], "trl")["trl_config.yaml"]
+    trl = emit(trl_cases()["sft full tf32 on a100"], "trl")
+    assert yaml.safe_load(trl["trl_config.yaml"])["tf32"] is True
+    assert yaml.safe_load(trl["accelerate_config.yaml"])["mixed_precision"] == "no"  # a string: YAML reads a bare no as False
     with pytest.raises(EmitError, match="Megatron-LM cannot express tf32 GEMMs"):
         emit(nvidia, "megatron")
 
@@ -311,10 +314,10 @@ def test_trl_writes_the_adapters_and_refuses_what_its_scripts_do_not_run():
     found = solve(model, node, qlora, fixed={"sharding": "fsdp", **constraints("trl")["fixed"]})
     files = emit(found, "trl")
     assert {"trl_config.yaml", "accelerate_config.yaml", "launch.sh"} == set(files)
-    text = files["trl_config.yaml"]
-    for line in ("use_peft: true", "load_in_4bit: true", "use_bnb_nested_quant: true", "bnb_4bit_quant_storage: bfloat16",
-                 "lora_target_modules: \"all-linear\"", "max_length: 4096"):
-        assert line in text, line
+    config = yaml.safe_load(files["trl_config.yaml"])
+    assert config.items() >= {"use_peft": True, "load_in_4bit": True, "use_bnb_nested_quant": True,
+                              "bnb_4bit_quant_storage": "bfloat16", "lora_target_modules": "all-linear",
+                              "max_length": 4096}.items()
     assert "trl.scripts.sft" in files["launch.sh"] and "distributed_type: FSDP" in files["accelerate_config.yaml"]
     pretrain = solve(model, node, Workload(seq_len=4096, global_batch_size=64), fixed=constraints("trl")["fixed"])
     with pytest.raises(EmitError, match="TRL cannot express pretrain"):

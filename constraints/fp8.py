@@ -72,6 +72,23 @@ def runnable_recipes(stack: str, architecture: str) -> list[str]:
     return [r for r in stack_recipes(stack) if runs_on(r, architecture)]
 
 
+def undominated_recipes(stack: str, architecture: str) -> list[str]:
+    """The runnable recipes (`runnable_recipes`) that no other runnable recipe beats or equals in every byte
+    the cost model counts — reads, fp8 copies, activation and weight scales (module docstring): a dominated
+    recipe is never faster nor smaller, so a search for the best plan needs only these."""
+    def costs(recipe: str) -> tuple[float, ...]:
+        facts = recipe_facts(recipe)
+        transposes = architecture in _facts()["transposing_architectures"]["value"]
+        return (facts["reads"], float(transposes or facts["directional_blocks"]), facts["scale_bytes_per_value"],
+                facts.get("weight_scale_bytes_per_value", 0.0))
+
+    runnable = runnable_recipes(stack, architecture)
+    beaten = {r for r in runnable for other in runnable
+              if other != r and all(a <= b for a, b in zip(costs(other), costs(r), strict=True))
+              and (costs(other) != costs(r) or runnable.index(other) < runnable.index(r))}
+    return [r for r in runnable if r not in beaten]
+
+
 def _per_plan(p: PlanArrays, w: Workload, key: str) -> np.ndarray:
     """A recipe fact of each plan's recipe (the stack's default where the plan names none)."""
     table = np.array([float(recipe_facts(r).get(key, 0.0)) for r in FP8_RECIPES])

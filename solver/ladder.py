@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict
 from parallelplan.constraints import Efficiency, Estimate, Plan, RuntimeAllowance, Violation, Workload
 from parallelplan.constraints.check import check_and_estimate
 from parallelplan.constraints.evaluate import evaluate
-from parallelplan.constraints.fp8 import runnable_recipes
+from parallelplan.constraints.fp8 import undominated_recipes
 from parallelplan.constraints.rules import UNPRICEABLE, structural_violations
 from parallelplan.hardware import ClusterSpec
 from parallelplan.models import ModelSpec
@@ -43,6 +43,7 @@ from parallelplan.solver.search import solve
 from parallelplan.solver.space import DEFAULTS, SEARCHED, SETTINGS
 from parallelplan.solver.techniques import (
     OPTIMIZER_TECHNIQUES,
+    PRECISION_MOVES,
     Move,
     Technique,
     catalog,
@@ -267,7 +268,7 @@ class _Ladder:
         """The solver's optimum for the goal over the techniques accepted (module docstring), whether CP-SAT
         proved it, and why there is none."""
         fixed, ranges = search_domains(start, final, accepted,
-                                       runnable_recipes(self.workload.stack, cluster.gpu.architecture))
+                                       undominated_recipes(self.workload.stack, cluster.gpu.architecture))
         try:
             sol = solve(self.model, cluster, self.workload, objective=GOALS[self.goal], fixed=fixed, ranges=ranges,
                         widen=True, allow_cross_domain=self.allow_cross_domain, price_per_gpu_hour=self.price,
@@ -321,8 +322,9 @@ def search_domains(start: Plan, final: Plan, chosen: Sequence[Technique],
                    fp8_recipes: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(fixed, ranges) of the optimum's search: the fields of techniques not chosen pinned to the final
     plan's values; the chosen techniques' values, the start's and the final plan's added to the default
-    domains (``widen``), the ``fp8_recipes`` that run here with fp8_recipe; the settings (kernels,
-    overlaps) the final plan's."""
+    domains (``widen``) — tf32 where the start is fp32 or tf32 (no move reaches it from fewer bits), and
+    with fp8_recipe the ``fp8_recipes`` that can be best here (`constraints.fp8.undominated_recipes`); the
+    settings (kernels, overlaps) the final plan's."""
     names = {t.name for t in chosen}
     fixed: dict[str, Any] = {name: getattr(final, name) for name in SETTINGS}
     ranges: dict[str, list[Any]] = {}
@@ -337,7 +339,9 @@ def search_domains(start: Plan, final: Plan, chosen: Sequence[Technique],
                   "offload", "offload_activations", "schedule", "vpp", "layers_per_stage", "cp_comm",
                   "hsdp_shard_size"):
         add(field, getattr(start, field), getattr(final, field))
-    add("precision", *[p for p in ("bf16", "fp8", "tf32") if p in names])
+    add("precision", *[p for p in ("bf16", "fp8") if p in names])
+    if "tf32" in names and start.precision in PRECISION_MOVES["tf32"] + ("tf32",):
+        add("precision", "tf32")
     if "fp8" in ranges["precision"]:  # a recipe range asks for fp8 (solver.space)
         add("fp8_recipe", start.fp8_recipe, final.fp8_recipe)
         if "fp8_recipe" in names:

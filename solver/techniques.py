@@ -141,6 +141,11 @@ def moves(model: ModelSpec, cluster: ClusterSpec, workload: Workload, plan: Plan
                 moved = Plan.model_validate(plan.model_dump(exclude={"zero_stage"}) | update)
             except ValidationError:
                 continue
+            if moved.sharding != "none" and moved.dp * moved.cp == 1 and moved.offload == "none":
+                # one data-parallel rank has nothing to shard over: the search space's form of the plan
+                moved = Plan.model_validate(moved.model_dump(exclude={"zero_stage"}) | {"sharding": "none",
+                                                                                      "hsdp_shard_size": None})
+                change += f", sharding {plan.sharding} → none (one data-parallel rank)"
             key = (moved, (sized or cluster).total_gpus)
             if key not in seen:
                 seen.add(key)
@@ -199,9 +204,21 @@ def _sharding(ctx: _Context, plan: Plan, name: str) -> Iterator[Change]:
             yield f"sharding {plan.sharding} → {shown}", {"sharding": sharding, "hsdp_shard_size": size}, None
 
 
+OFFLOAD_SHARDING = {"optimizer": ("zero1", "zero2", "zero3", "fsdp", "hsdp"), "params": ("zero3", "fsdp", "hsdp")}
+"""The shardings each offload runs on (ZeRO-Offload and ZeRO-Infinity offload a ZeRO stage's partition:
+rules.optimizer_offload_needs_sharding, param_offload_needs_sharding)."""
+
+
 def _offload(ctx: _Context, plan: Plan, name: str) -> Iterator[Change]:
+    """Another offload; one that needs a sharding stage the plan lacks brings the least that runs it (ZeRO-1
+    for the optimizer, FSDP for the parameters), as ZeRO-Offload does on a single data-parallel rank."""
     for offload in ("none", "optimizer", "params"):
-        yield f"offload {plan.offload} → {offload}", {"offload": offload}, None
+        needs = OFFLOAD_SHARDING.get(offload, ())
+        if needs and plan.sharding not in needs:
+            yield (f"offload {plan.offload} → {offload}, sharding {plan.sharding} → {needs[0]}",
+                   {"offload": offload, "sharding": needs[0], "hsdp_shard_size": None}, None)
+        else:
+            yield f"offload {plan.offload} → {offload}", {"offload": offload}, None
 
 
 def _offload_activations(ctx: _Context, plan: Plan, name: str) -> Iterator[Change]:

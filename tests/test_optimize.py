@@ -181,6 +181,19 @@ def test_max_effort_techniques_and_skip_bound_the_changes(llama_70b):
     assert skipped.optimum is not None and skipped.optimum.plan.precision != "fp8"
 
 
+def test_a_relayout_to_one_data_parallel_rank_drops_the_sharding_and_stays_within_the_optimum():
+    """Hypothesis found it: a pp move took an FSDP plan to dp 1, where sharding over one rank is outside the
+    solver's space (the cost model would price its FSDP layout, 16 bytes a parameter, and the ladder ended
+    below the proved optimum). Such a move now drops the sharding, as the search space writes the plan."""
+    model = load_model({"name": "generated", "hidden_size": 512, "num_layers": 4, "num_attention_heads": 4,
+                        "num_kv_heads": 2, "ffn_hidden_size": 512, "vocab_size": 8000})
+    cluster = small_cluster(1, 2, "1 GiB")
+    workload = Workload(seq_len=2048, global_batch_size=4)
+    ladder = optimize(model, cluster, workload, Plan(dp=2))
+    _assert_consistent(model, cluster, workload, ladder)
+    assert all(r.reached.plan.sharding == "none" for r in ladder.rungs if r.reached.plan.dp * r.reached.plan.cp == 1)
+
+
 def test_an_fp32_plan_climbs_to_tf32_with_a_flag_and_to_bf16_from_there():
     """From plain fp32 on A100s the TF32 tensor cores are a flag away; bf16 mixed precision then gains
     more, and the ladder never moves back up in bits per GEMM input (solver.techniques.PRECISION_MOVES)."""

@@ -180,7 +180,8 @@ def adapter_times(f: ModelFacts, gpu: GPUSpec, eff: Efficiency, p: PlanArrays, w
     memory-bound passes (`peft.adapter_elementwise_bytes`), and under QLoRA the dequantisation of every
     4-bit weight of the layer (read NF4, write bf16), once per pass whatever the tokens. Backward repeats
     each twice (`layer_times` doubles the elementwise part), as the adapters' input and weight
-    gradients and bitsandbytes' second dequantisation for the input gradient."""
+    gradients and bitsandbytes' second dequantisation for the input gradient. A tf32 plan's fp32 adapter GEMMs
+    run at the TF32 rate."""
     from parallelplan.constraints.peft import (
         NF4_BYTES_PER_PARAM,
         adapter_bytes,
@@ -194,6 +195,9 @@ def adapter_times(f: ModelFacts, gpu: GPUSpec, eff: Efficiency, p: PlanArrays, w
     tp = p.tp.astype(float)
     fused = p.kernels == code("kernels", "fused")
     fp32 = gpu.peak_flops.get("fp32", 0.0) * eff.gemm_fraction(gpu.architecture, "fp32")
+    if gpu.supports("tf32"):  # a tf32 plan runs the fp32 adapters' GEMMs on the TF32 tensor cores too
+        tf32 = gpu.peak_flops["tf32"] * eff.gemm_fraction(gpu.architecture, "tf32")
+        fp32 = np.where(p.precision == code("precision", "tf32"), tf32, fp32)
     rate = np.where(fused, roof.half_flops, np.where(fp32 > 0, fp32, roof.half_flops))
     ab = adapter_bytes(p)
 

@@ -110,15 +110,17 @@ def _layout(facts: ModelFacts, p: PlanArrays, train_mtp: bool, merge: bool) -> S
         return StageLayout(valid=valid, first=valid & (index == 0), last=valid & last, index=np.array(index),
                            weight=valid.astype(np.int64), layers=np.where(valid, layers + mtp, 0),
                            moe_layers=np.where(valid, moe, 0), mtp=np.where(valid, mtp, 0))
-    return _classes(valid, index == 0, last, layers + mtp, moe, mtp)
+    turn = v_shaped(p)[:, None] & (index == pp - 1)  # a V's last rank passes its chunk on locally
+    return _classes(valid, index == 0, last, layers + mtp, moe, mtp, turn)
 
 
 def _classes(valid: np.ndarray, first: np.ndarray, last: np.ndarray, layers: np.ndarray, moe: np.ndarray,
-             mtp: np.ndarray) -> StageLayout:
-    """Group each plan's ranks (n, P) into classes of identical ranks (module docstring)."""
+             mtp: np.ndarray, turn: np.ndarray) -> StageLayout:
+    """Group each plan's ranks (n, P) into classes of identical ranks (module docstring); the rank where a V
+    turns (``turn``) is a class of its own (it sends less)."""
     n, width = valid.shape
     span = int(layers.max()) + 1
-    key = ((layers * span + moe) * 2 + first) * 2 + last
+    key = (((layers * span + moe) * 2 + first) * 2 + last) * 2 + turn
     sentinel = np.iinfo(np.int64).max
     key = np.where(valid, key, sentinel)
     order = np.argsort(key, axis=1, kind="stable")  # equal keys keep rank order: the first is the lowest

@@ -58,7 +58,8 @@ layers (the weight gradient takes as many FLOPs; none for frozen or PEFT-adapted
 (two chunks per rank in a V, DeepSeek-AI's DualPipe README: DualPipe's (PP/2 − 1)(F&B + B − 3W) with PP = 2·pp
 chunks over pp devices and F, B, W per chunk, half a rank's): half of each other rank's time plus its
 backward Bᵢ less 3Wᵢ, F&B taken as F + B (the pair overlaps communication, not compute). Its V sends each
-micro-batch across every rank twice each way, once on rank 0 (which holds the first and the last chunk).
+micro-batch across every rank twice each way, once on rank 0 (which holds the first and the last chunk)
+and on the last rank (where the V turns, chunk pp − 1 to chunk pp on the same GPU: torch's V schedules).
 Once per step and rank: the data-parallel gradient reduction — all-reduce without sharding,
 reduce-scatter with ZeRO-1 / Megatron's distributed optimizer, over dp·cp for dense and the
 expert-data-parallel group for expert weights — hidden behind the last backward up to η_dp with
@@ -321,9 +322,12 @@ def class_times(
     pipelined = col(p.pp) > 1
     pp_forward = np.where(pipelined, np.where(layout.last & ~wraps, 0.0, boundary), 0.0)
     pp_backward = np.where(pipelined & ~((layout.first & ~wraps) | (not training)), boundary, 0.0)
-    v = col(v_shaped(p)) > 0  # a V: rank 0 sends once each way (its first chunk down, its last chunk's gradient)
-    pp_forward = np.where(v & pipelined, np.where(layout.first, boundary / 2, boundary), pp_forward)
-    pp_backward = np.where(v & pipelined & training, np.where(layout.first, boundary / 2, boundary), pp_backward)
+    # a V: rank 0 (the first chunk's output down, the last chunk's gradient up) and the rank where the V turns
+    # (it hands chunk pp − 1's output to chunk pp locally) send once each way, the others twice
+    v = col(v_shaped(p)) > 0
+    once = layout.first | (layout.index == col(p.pp) - 1)
+    pp_forward = np.where(v & pipelined, np.where(once, boundary / 2, boundary), pp_forward)
+    pp_backward = np.where(v & pipelined & training, np.where(once, boundary / 2, boundary), pp_backward)
     pp_comm = pp_forward + pp_backward
 
     # data parallelism per micro-batch: FSDP-style gathers and reductions, ZeRO-2's gradient reduce-scatter

@@ -38,20 +38,22 @@ def nccl_environment(cluster: ClusterSpec) -> list[Variable]:
     return out
 
 
+_TF32_OVERRIDE = Variable("TORCH_ALLOW_TF32_CUBLAS_OVERRIDE", "1", "tf32 plan: PyTorch's float32 matmuls on the "
+                          "TF32 tensor cores whatever the script sets torch.backends.cuda.matmul.allow_tf32 to")
 TF32_OVERRIDES = {
-    "nvidia": Variable("TORCH_ALLOW_TF32_CUBLAS_OVERRIDE", "1", "tf32 plan: PyTorch's cuBLAS float32 matmuls on the TF32 "
-                       "tensor cores whatever the script sets torch.backends.cuda.matmul.allow_tf32 to"),
-    "amd": Variable("HIPBLASLT_ALLOW_TF32", "1", "tf32 plan: PyTorch on ROCm lets hipBLASLt use TF32 for float32 "
-                    "matmuls only with this set"),
+    "nvidia": [_TF32_OVERRIDE],
+    "amd": [Variable("HIPBLASLT_ALLOW_TF32", "1", "tf32 plan: PyTorch on ROCm lets hipBLASLt use TF32 for float32 "
+                     "matmuls only with this set (a gate: the override below turns it on)"), _TF32_OVERRIDE],
 }
-"""The variable that makes a plain PyTorch script's fp32 GEMMs TF32, per GPU vendor (read by PyTorch's
-``at::Context`` — aten/src/ATen/Context.cpp — at start-up)."""
+"""The variables that make a plain PyTorch script's fp32 GEMMs TF32, per GPU vendor (read by PyTorch's
+``at::Context`` — aten/src/ATen/Context.cpp, allowTF32CuBLAS — at start-up: on ROCm HIPBLASLT_ALLOW_TF32
+gates TF32, which the override then turns on)."""
 
 
 def launch_environment(plan: Plan, cluster: ClusterSpec) -> list[Variable]:
     """What a launcher of the user's own PyTorch script sets: the NCCL settings, and for a tf32 plan the
     variable that turns its fp32 GEMMs to TF32."""
-    return nccl_environment(cluster) + ([TF32_OVERRIDES[cluster.gpu.vendor]] if plan.precision == "tf32" else [])
+    return nccl_environment(cluster) + (TF32_OVERRIDES[cluster.gpu.vendor] if plan.precision == "tf32" else [])
 
 
 HERE = 'HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"  # the folder of this script and its files'

@@ -159,12 +159,12 @@ def read_config(sections: Mapping[str, Any], world_size: int, num_layers: int | 
 
 def _stages(par: Mapping[str, Any], pp: int, schedule: str, num_layers: int | None) -> dict:
     per = par.get("pipeline_parallel_layers_per_stage")
+    if schedule == "dualpipev":  # two chunks per rank, in a V, whatever the layers per stage
+        return {"vpp": 2}
     if per is None:
         return {}
     first = per - _int(par, "pipeline_parallel_first_stage_less_layers", 1, "parallelism")
     last = per - _int(par, "pipeline_parallel_last_stage_less_layers", 1, "parallelism")
-    if schedule == "dualpipev":  # two chunks per rank, in a V
-        return {"vpp": 2}
     if schedule == "interleaved":
         if num_layers is None:
             raise EmitError("torchtitan config: an interleaved schedule needs the model's layer count")

@@ -22,7 +22,10 @@ grows with k, so for every full-recompute plan that fits, the smallest k that st
 any objective but memory can want; it is found by bisection on the memory model alone
 (`constraints.evaluate.peak_memory`) and added as a plan of its own. When memory is itself an objective,
 or breaks the ties inside a tolerance band of the first objective (plans within it that are equally
-simple: the deeper k, slower but smaller, can win), every k is added instead (``every_recompute_depth``).
+simple: the deeper k, slower but smaller, can win), every k is added instead (``every_recompute_depth``),
+and so it is for plans that offload activations, whose time need not grow with k (more recompute leaves
+fewer activations to copy over PCIe: a copy the compute did not hide can shrink by more than the
+recompute adds).
 """
 
 from __future__ import annotations
@@ -137,19 +140,36 @@ def _partial_recompute(space: SearchSpace, plans: PlanArrays, fits: np.ndarray, 
         return None
     full = (plans.recompute == code("recompute", "full")) & (plans.recompute_layers == ALL_LAYERS)
     depth = _virtual_stage_layers(space, plans)
-    base = full & fits & (depth > 1) if not every_depth else full & (depth > 1)
-    rows = np.flatnonzero(base)
+    every = every_depth | plans.offload_activations  # offloading, more recompute also leaves less to copy
+    base = full & (depth > 1) & (fits | every)
+    if not base.any():
+        return None
+    parts = [part for part in (_every_depth(plans, np.flatnonzero(base & every), depth),
+                               _fewest_fitting_depth(space, plans, np.flatnonzero(base & ~every), depth, runtime))
+             if part is not None]
+    if not parts:
+        return None
+    return PlanArrays.concat([out for out, _ in parts]), np.concatenate([parents for _, parents in parts])
+
+
+def _every_depth(plans: PlanArrays, rows: np.ndarray, depth: np.ndarray) -> tuple[PlanArrays, np.ndarray] | None:
+    """Every partial depth k in [1, depth − 1] of the full-recompute plans at ``rows``."""
+    if len(rows) == 0:
+        return None
+    counts = depth[rows] - 1
+    index = np.repeat(np.arange(len(rows)), counts)
+    out = plans.take(rows).take(index)
+    out.recompute_layers = np.concatenate([np.arange(1, c + 1) for c in counts]).astype(np.int64)
+    return out, rows[index]
+
+
+def _fewest_fitting_depth(space: SearchSpace, plans: PlanArrays, rows: np.ndarray, depth: np.ndarray,
+                          runtime: RuntimeAllowance | None) -> tuple[PlanArrays, np.ndarray] | None:
+    """The smallest partial depth that fits of each full-recompute plan at ``rows``, where there is one."""
     if len(rows) == 0:
         return None
     parent = plans.take(rows)
     limit = depth[rows] - 1
-    if every_depth:
-        counts = limit
-        index = np.repeat(np.arange(len(rows)), counts)
-        k = np.concatenate([np.arange(1, c + 1) for c in counts])
-        out = parent.take(index)
-        out.recompute_layers = k.astype(np.int64)
-        return out, rows[index]
     # bisection: the smallest k in [1, limit] that fits (k = limit + 1 is "every layer", which fits)
     low, high = np.ones(len(rows), dtype=np.int64), limit + 1
     while np.any(low < high):

@@ -17,9 +17,10 @@ from dataclasses import replace
 import numpy as np
 
 from parallelplan.constraints import Plan, PlanArrays, check
-from parallelplan.constraints.arrays import code, module_mask
+from parallelplan.constraints.arrays import code, module_mask, recipe_code
 from parallelplan.constraints.peft import workload_state_recipe
 from parallelplan.constraints.plan import (
+    CP_COMMS,
     OFFLOADS,
     OPTIMIZERS,
     PRECISIONS,
@@ -37,7 +38,7 @@ from parallelplan.solver.space import SearchSpace
 
 GIB = 2**30
 _CATEGORIES = {"sharding": SHARDINGS, "recompute": RECOMPUTES, "precision": PRECISIONS, "optimizer": OPTIMIZERS,
-               "offload": OFFLOADS, "schedule": SCHEDULES}
+               "offload": OFFLOADS, "schedule": SCHEDULES, "cp_comm": CP_COMMS}
 
 
 def _matches(plans: PlanArrays, name: str, values: list) -> np.ndarray:
@@ -47,6 +48,8 @@ def _matches(plans: PlanArrays, name: str, values: list) -> np.ndarray:
         return np.isin(getattr(plans, name), codes)
     if name == "recompute_modules":
         return np.isin(plans.recompute_modules, [module_mask(v) for v in values])
+    if name == "fp8_recipe":
+        return np.isin(plans.fp8_recipe, [recipe_code(v) for v in values])
     if name == "recompute_layers":
         return np.isin(plans.recompute_layers, values)
     if name == "hsdp_shard_size":

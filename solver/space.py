@@ -401,7 +401,12 @@ def executions(space: SearchSpace) -> list[Execution]:
     hsdp_sizes = space.domain("hsdp_shard_size", [space.cluster.node.gpus_per_node])
     # a vpp > 1 layout is interleaved, or with vpp 2 DualPipeV where asked for; the others pick 1f1b or
     # zero_bubble here
-    flat = [s for s in space.default_domain("schedule") if s != "interleaved"] or ["1f1b"]
+    # (the 1f1b execution stands for the interleaved layouts too: `_valid` keeps its vpp-1 plans only where
+    # 1f1b itself is asked for)
+    domain = space.default_domain("schedule")
+    flat = [s for s in domain if s != "interleaved"]
+    if "interleaved" in domain and "1f1b" not in flat or not flat:
+        flat.append("1f1b")
     cp_comms = cp_comm_domain(space)
     recipes = [recipe_code(r) for r in fp8_recipe_domain(space)]
     out = []

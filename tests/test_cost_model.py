@@ -717,8 +717,25 @@ def test_dualpipev_lays_its_chunks_in_a_v_and_prices_deepseeks_bubble():
     assert costs.layout.first[0].tolist() == costs.layout.last[0].tolist() == [True] + [False] * (pp - 1)
     est = estimate(LLAMA_70B, h100(8), plan, work)
     assert est.memory.stage == 0 and est.memory.in_flight_microbatches == pytest.approx((2 * pp + 1) / 2)
+    sends = np.asarray(costs.times.pp_comm[0])  # rank 0 and the rank where the V turns send once each way
+    assert sends[0] == sends[-1] == pytest.approx(sends[1] / 2) and sends[1] == sends[2]
     t, b, w = (np.asarray(a[0]) for a in (costs.times.per_microbatch, costs.times.backward_compute, costs.times.weight_grad))
     others = np.arange(pp) != np.argmax(t)
     assert est.time.bubble == pytest.approx(max((t + b - 3 * w)[others].sum(), 0.0) / 2, rel=1e-9)
     one_f_one_b = estimate(LLAMA_70B, h100(8), Plan(tp=8, pp=pp, dp=2, sequence_parallel=True, sharding="zero1"), work)
     assert est.time.bubble < one_f_one_b.time.bubble / 2
+
+
+def test_a_tf32_plans_fp32_lora_adapters_run_on_the_tf32_tensor_cores():
+    """peft keeps unfused adapters in fp32; under a tf32 plan (PyTorch's TF32 override) their GEMMs take the
+    TF32 rate (a rank large enough that they are compute-bound; thin adapters are bound by their bytes)."""
+    from parallelplan.constraints import Peft
+    from parallelplan.constraints.compute import Roofline, adapter_times
+
+    a100, eff = load_cluster("dgx-a100"), Efficiency.default()
+    work = Workload(kind="finetune", seq_len=4096, global_batch_size=64, peft=Peft(rank=4096, alpha=4096))
+    plans = PlanArrays.from_plans([Plan(dp=8, precision=p, kernels="unfused", master_weights=False)
+                                   for p in ("fp32", "tf32")])
+    roof = Roofline(a100.gpu, eff, plans, work.stack)
+    dense, _ = adapter_times(model_facts(LLAMA_8B), a100.gpu, eff, plans, work, roof, np.full(2, 4096.0))
+    assert dense[1] < dense[0]

@@ -205,15 +205,16 @@ def test_targets_refuse_what_they_cannot_express(target, make, words):
 
 
 def test_a_tf32_plan_makes_the_scripts_fp32_gemms_tf32():
-    """A tf32 plan launches the user's fp32 script with PyTorch's override for its GPU vendor (NVIDIA:
-    TORCH_ALLOW_TF32_CUBLAS_OVERRIDE, ROCm: HIPBLASLT_ALLOW_TF32); TRL sets TrainingArguments' tf32;
+    """A tf32 plan launches the user's fp32 script with PyTorch's override (TORCH_ALLOW_TF32_CUBLAS_OVERRIDE; on
+    ROCm also HIPBLASLT_ALLOW_TF32, which gates it); TRL sets TrainingArguments' tf32;
     Megatron-LM, which trains in 16 bits or fp8 here, refuses it by name."""
     nvidia = _solve("llama-3.2-1b", 1, "torchrun", {"precision": "tf32", "sharding": "fsdp"}, cluster="dgx-a100")
     assert "export TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1" in emit(nvidia, "torchrun")["launch.sh"]
     assert "TF32" not in emit(launcher_cases()["single node"], "torchrun")["launch.sh"]
     mi300x = load_cluster({"base": "dgx-h100", "num_nodes": 1, "node": {"gpu": "mi300x"}})
     amd = solve(load_model("llama-3.2-1b"), mi300x, WORK, fixed={"precision": "tf32", "sharding": "fsdp"})
-    assert "export HIPBLASLT_ALLOW_TF32=1" in emit(amd, "slurm")["job.sbatch"]
+    sbatch = emit(amd, "slurm")["job.sbatch"]
+    assert "export HIPBLASLT_ALLOW_TF32=1" in sbatch and "export TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1" in sbatch
     trl = emit(trl_cases()["sft full tf32 on a100"], "trl")
     assert yaml.safe_load(trl["trl_config.yaml"])["tf32"] is True
     assert yaml.safe_load(trl["accelerate_config.yaml"])["mixed_precision"] == "no"  # a string: YAML reads a bare no as False

@@ -14,7 +14,7 @@ from parallelplan.constraints.fp8 import cast_bytes, recipe_facts
 from parallelplan.constraints.structure import attention_keys, model_facts
 from parallelplan.hardware import load_cluster
 from parallelplan.models import load_model
-from parallelplan.solver import SolverInputError, solve
+from parallelplan.solver import Infeasible, SolverInputError, solve
 from parallelplan.solver.exhaustive import oracle
 
 LLAMA_8B = load_model("llama-3.1-8b")
@@ -119,6 +119,14 @@ def test_recipes_the_stack_or_gpu_do_not_run_are_refused():
         solve(LLAMA_8B, H100, WORK, fixed={"fp8_recipe": "mxfp8"})
     with pytest.raises(SolverInputError, match="applies to precision fp8"):
         solve(LLAMA_8B, H100, WORK, fixed={"fp8_recipe": "delayed", "precision": "bf16"})
+
+
+def test_an_infeasible_search_with_a_pinned_recipe_blames_what_conflicts():
+    """70B on one node with tp 1 and pp 1 does not fit in any recipe: the explanation names memory, not the
+    recipe every fp8 plan of the search has (a review found the recipe's pin matched no plan)."""
+    with pytest.raises(Infeasible) as error:
+        solve(load_model("llama-3.1-70b"), H100, WORK, fixed={"tp": 1, "pp": 1, "fp8_recipe": "delayed"})
+    assert "fp8_recipe" not in str(error.value).split(".")[0] and "fit" in str(error.value)
 
 
 @pytest.mark.parametrize("cluster,recipes", [(H100, ["delayed", "tensorwise", "blockwise"]),

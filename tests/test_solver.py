@@ -152,6 +152,31 @@ def test_the_step_bound_rules_out_nothing_the_search_can_pick(case, top_k):
         assert plans == [expected.candidates.plans.plan(r) for r in expected.rows]
 
 
+@pytest.mark.parametrize("schedules", [["interleaved", "dualpipev"], ["interleaved", "zero_bubble"],
+                                       ["zero_bubble", "dualpipev"], ["1f1b", "dualpipev"]])
+@pytest.mark.parametrize("fixed", [{}, {"pp": 2, "vpp": 2}])
+def test_a_schedule_range_without_1f1b_keeps_the_interleaved_layouts(schedules, fixed):
+    """A review found it: interleaved plans come from the 1f1b execution, which a range without 1f1b had
+    left out, so CP-SAT chose among fewer plans than the oracle."""
+    model = load_model({"name": "generated", "hidden_size": 256, "num_layers": 8, "num_attention_heads": 4,
+                        "num_kv_heads": 2, "vocab_size": 1000, "ffn_hidden_size": 512})
+    cluster, workload = small_cluster(1, 4, "16 GiB"), Workload(seq_len=1024, global_batch_size=16)
+    found = solve(model, cluster, workload, ranges={"schedule": schedules}, fixed=fixed)
+    expected = oracle(model, cluster, workload, ranges={"schedule": schedules}, fixed=fixed)
+    assert found.plan == expected.plan and found.plan.schedule in schedules
+
+
+def test_with_activations_offloaded_a_deeper_partial_recompute_can_be_faster():
+    """Hypothesis found it: at 32K tokens on one 2 GiB GPU with activations offloaded, full recompute of 2
+    layers is faster than of 1 (fewer activations cross PCIe than the recompute costs), so the fewest layers
+    that fit is not the fastest; every depth is priced for such plans."""
+    model = load_model({"name": "generated", "hidden_size": 256, "num_layers": 4, "num_attention_heads": 4,
+                        "num_kv_heads": 1, "vocab_size": 8000, "ffn_hidden_size": 512})
+    cluster, workload = small_cluster(1, 1, "2 GiB"), Workload(seq_len=32768, global_batch_size=1, stack="custom")
+    found, expected = solve(model, cluster, workload), oracle(model, cluster, workload)
+    assert found.plan == expected.plan and (found.plan.recompute_layers, found.plan.offload_activations) == (2, True)
+
+
 def test_inside_a_tolerance_band_the_memory_tie_break_may_pick_a_deeper_partial_recompute():
     """Hypothesis found it: DPO at 32K tokens on one 2 GiB GPU, throughput within 5% then simplicity. Full
     recompute of 2 and of 3 layers per stage are both inside the band and equally simple; the tie-break by

@@ -7,14 +7,14 @@ Writes benchmarks/results/cli_latency.json and cli_latency.md.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import shutil
 import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
+
+from benchmarks.results_files import write_results
 
 COMMANDS = [
     ["solve", "--model", "llama-3.1-70b", "--cluster", "dgx-h100"],  # the issue's cold-start bar (infeasible: exit 1)
@@ -45,7 +45,6 @@ COMMANDS = [
 ]
 ANSWERS = (0, 1)
 """Exit codes of an answer: 0, or 1 for an infeasible plan / a failed validation (also a full answer)."""
-RESULTS = Path(__file__).parent / "results"
 
 
 def _plan_executable() -> list[str]:
@@ -72,14 +71,11 @@ def main() -> None:
     rows = [measure(args, options.repeat) for args in COMMANDS]
     record = {"machine": f"{platform.machine()}, {platform.python_implementation()} {platform.python_version()}",
               "date": time.strftime("%Y-%m-%d"), "results": rows}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "cli_latency.json").write_text(json.dumps(record, indent=2) + "\n")
     lines = [f"# CLI wall time ({record['machine']}, {record['date']})", "",
              "| command | median s | min s | max s | runs |", "|---|---:|---:|---:|---:|"]
     lines += [f"| `{r['command']}` | {r['median_s']:.3f} | {r['min_s']:.3f} | {r['max_s']:.3f} | {r['repeat']} |"
               for r in rows]
-    (RESULTS / "cli_latency.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results("cli_latency", record, lines)
 
 
 if __name__ == "__main__":

@@ -7,13 +7,11 @@ Writes benchmarks/results/optimize_ladders.json and optimize_ladders.md.
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 
+from benchmarks.results_files import write_results
 from parallelplan import Peft, Plan, Workload, load_cluster, load_model, optimize
 
-RESULTS = Path(__file__).parent / "results"
 CASES = [
     ("Llama 3.1 70B, naive (issue 19)", "llama-3.1-70b", 8, Workload(seq_len=4096, global_batch_size=1024),
      Plan(tp=8, dp=8, recompute="full"), "throughput"),
@@ -45,17 +43,14 @@ def main() -> None:
                      "start_step_s": ladder.start.step_time_s, "final_step_s": ladder.final.step_time_s,
                      "final_runs": not ladder.final.violations,
                      "gap": ladder.gap, "optimum_proved": ladder.optimum_proved, "optimum_note": ladder.optimum_note})
-    RESULTS.mkdir(exist_ok=True)
     record = {"date": time.strftime("%Y-%m-%d"), "cases": rows}
-    (RESULTS / "optimize_ladders.json").write_text(json.dumps(record, indent=2) + "\n")
     lines = [f"# plan optimize ladders ({record['date']}, in-process, imports excluded)", "",
              "| case | goal | rungs | runs at the end | gap to the optimum | s |", "|---|---|---|---|---:|---:|"]
     for r in rows:
         gap = f"{100 * r['gap']:.1f}%" if r["gap"] is not None else (r["optimum_note"] or "-")[:60]
         lines.append(f"| {r['case']} | {r['goal']} | {'; '.join(r['rungs']) or '-'} | {'yes' if r['final_runs'] else 'no'} | "
                      f"{gap} | {r['seconds']:.2f} |")
-    (RESULTS / "optimize_ladders.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results("optimize_ladders", record, lines)
 
 
 if __name__ == "__main__":

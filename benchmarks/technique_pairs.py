@@ -17,16 +17,14 @@ take at each layout — not of an out-of-sample factor.
 from __future__ import annotations
 
 import collections
-import json
 import statistics
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from benchmarks.published_runs import _precision, _published, runs, setup
+from benchmarks.results_files import write_results
 from parallelplan.constraints.evaluate import evaluate
 
-RESULTS = Path(__file__).parent / "results"
 TECHNIQUES = {"precision": _precision, "activation_recompute": lambda r: r.get("activation_recompute"),
               "virtual_pipeline_stages": lambda r: r.get("virtual_pipeline_stages") or 1,
               "dp_sharding": lambda r: r.get("dp_sharding"), "sequence_parallel": lambda r: r.get("sequence_parallel"),
@@ -96,8 +94,6 @@ def main() -> None:
     record = {"date": time.strftime("%Y-%m-%d"), "pairs": [asdict(p) for p in found],
               "median_abs_error": statistics.median(errors) if errors else None,
               "max_abs_error": max(errors) if errors else None}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "technique_pairs.json").write_text(json.dumps(record, indent=2) + "\n")
     lines = [f"# One technique's speed-up: published against predicted ({record['date']})", "",
              "| technique | runs | model | change | published | predicted | error | also changes |",
              "|---|---|---|---|---:|---:|---:|---|"]
@@ -110,8 +106,7 @@ def main() -> None:
             own = [abs(p.error) for p in found if p.technique == technique]
             lines.append(f"- {technique}: {len(own)} pairs, median |error| {100 * statistics.median(own):.1f}%, "
                          f"max {100 * max(own):.1f}%")
-    (RESULTS / "technique_pairs.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results("technique_pairs", record, lines)
 
 
 if __name__ == "__main__":

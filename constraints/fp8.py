@@ -67,6 +67,11 @@ def runs_on(recipe: str, architecture: str) -> bool:
     return architecture in recipe_facts(recipe)["architectures"]
 
 
+def _transposes(architecture: str) -> bool:
+    """Whether the architecture's fp8 GEMMs need a transposed operand (``transposing_architectures``)."""
+    return architecture in _facts()["transposing_architectures"]["value"]
+
+
 def runnable_recipes(stack: str, architecture: str) -> list[str]:
     """The stack's recipes that GPUs of ``architecture`` run, its default first."""
     return [r for r in stack_recipes(stack) if runs_on(r, architecture)]
@@ -78,7 +83,7 @@ def undominated_recipes(stack: str, architecture: str) -> list[str]:
     recipe is never faster nor smaller, so a search for the best plan needs only these."""
     def costs(recipe: str) -> tuple[float, ...]:
         facts = recipe_facts(recipe)
-        transposes = architecture in _facts()["transposing_architectures"]["value"]
+        transposes = _transposes(architecture)
         return (facts["reads"], float(transposes or facts["directional_blocks"]), facts["scale_bytes_per_value"],
                 facts.get("weight_scale_bytes_per_value", 0.0))
 
@@ -101,7 +106,7 @@ def copies(p: PlanArrays, w: Workload, gpu: GPUSpec) -> np.ndarray:
     and the GPU transposes or the recipe's blocks are directional, else 1."""
     if not stacks()[w.stack]["fp8"]["saves_fp8_inputs"]:
         return np.ones(len(p))
-    transposes = gpu.architecture in _facts()["transposing_architectures"]["value"]
+    transposes = _transposes(gpu.architecture)
     return np.where(transposes | (_per_plan(p, w, "directional_blocks") > 0), 2.0, 1.0)
 
 

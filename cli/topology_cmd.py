@@ -132,8 +132,8 @@ def render(report: TopologyReport) -> str:
                  f"per GPU per direction"),
         ("NICs", f"{node.nics_per_node} x {node.nic_bandwidth * 8 / 1e9:.0f} Gb/s "
                  f"({node.nic_bandwidth_per_gpu * 8 / 1e9:.0f} Gb/s per GPU), {c.inter_node_fabric}, "
-                 f"GPUDirect RDMA {'yes' if c.gpudirect_rdma else 'no'}, in-network reduction "
-                 f"{'yes' if c.in_network_reduction else 'no'}"),
+                 f"GPUDirect RDMA {'yes' if c.gpudirect_rdma else 'no'}, NVLink SHARP "
+                 f"{'yes' if c.in_network_reduction else 'no'}, IB SHARP {'yes' if c.ib_sharp else 'no'}"),
         ("NUMA", f"{node.numa_nodes} node(s)" + (f", GPU -> NUMA {list(node.gpu_numa_nodes)}" if node.gpu_numa_nodes else "")),
         ("cluster", f"{c.num_nodes} node(s), {c.total_gpus} GPUs, NVLink domain {c.nvlink_domain_gpus} GPUs"),
     ]

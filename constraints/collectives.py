@@ -17,6 +17,20 @@ that holds one of its experts, then over NVLink (`Fabric.node_deduplicated_dispa
 Point-to-point: M over B₁ within a domain, else over the NIC; a step of a ring (CP's K/V exchange) is as
 slow as its slowest hop, so over the NIC once the group spans domains. η are NCCL bus efficiencies, α per-step
 latencies (``Efficiency.network_bus``, ``Efficiency.latency_s``).
+
+In-network reduction changes what an all-reduce moves (`Fabric.all_reduce`; NCCL's tuner picks the faster
+algorithm, so the time is the lesser). NVLink SHARP (NVLS, NCCL ≥ 2.17, third-generation NVSwitch and later,
+`ClusterSpec.in_network_reduction`): each GPU's chunk is reduced by the switch from every member's copy
+(multimem load-reduce) and multicast back, so a GPU sends and receives (1 + 1/n₁)·M instead of the ring's
+2(n₁−1)/n₁·M — at its own efficiency η_nvls (NVIDIA/nccl issues #807, #895). Across domains NCCL's NVLSTree runs
+that inside each domain and a tree over the NICs on each GPU's 1/n₁ (NCCL 2.18.1 release notes). IB SHARP
+(`ClusterSpec.ib_sharp`, NCCL's CollNet through the SHARP plugin) reduces in the InfiniBand switches: each NIC
+sends its M/n₁ once and receives the sum once, instead of 2(n₂−1)/n₂ of it. For reduce-scatter and all-gather
+NVLS moves M one way and M/n the other against the ring's (n−1)/n·M each way (NVIDIA/nccl issue #1506): no
+faster on bandwidth (it frees SMs, which this model does not price), so they stay rings. NVLS's own buffers
+(16 channels × 2 × 8 steps × 128 KiB per member in NCCL's current src/transport/nvls.cc defaults, ≈ 256 MiB on
+8 GPUs; ≈ 2.25 GiB logged by NCCL 2.18-era builds) are not priced in memory: no measurement here ties them
+to a NCCL version.
 """
 
 from __future__ import annotations
@@ -49,17 +63,24 @@ class Fabric:
     inter_bw: float
     intra_alpha: float
     inter_alpha: float
+    nvls_bw: float = 0.0  # η_nvls·B₁ where the NVSwitches reduce (NVLS), else 0
+    nvls_alpha: float = 0.0
+    ib_sharp: bool = False
 
     @classmethod
     def of(cls, cluster: ClusterSpec, eff: Efficiency) -> Fabric:
         domain = fast_domain(cluster)
         inter = cluster.node.nic_bandwidth_per_gpu * eff.network_bus["inter_node"]
+        nvls = cluster.in_network_reduction and cluster.node.intra_node_fabric == "nvswitch"
         return cls(
             domain=domain,
             intra_bw=cluster.node.intra_node_bandwidth * eff.network_bus["intra_node"],
             inter_bw=inter if inter > 0 else np.inf,
             intra_alpha=eff.latency_s["intra_node"],
             inter_alpha=eff.latency_s["inter_node"],
+            nvls_bw=cluster.node.intra_node_bandwidth * eff.network_bus["nvls"] if nvls else 0.0,
+            nvls_alpha=eff.latency_s["nvls"],
+            ib_sharp=cluster.ib_sharp and cluster.num_nodes > 1,
         )
 
     def split(self, size: np.ndarray, stride: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -75,19 +96,32 @@ class Fabric:
         inter = (n2 - 1) / n2 * (nbytes / n1) / self.inter_bw + (n2 - 1) * self.inter_alpha
         return np.where(size > 1, intra + inter, 0.0)
 
+    def all_reduce(self, nbytes: np.ndarray, size: np.ndarray, stride: np.ndarray) -> np.ndarray:
+        """All-reduce of ``nbytes`` over the group (seconds): the hierarchical ring — a reduce-scatter and an
+        all-gather, 2(n₁−1)/n₁·M/(η₁B₁) inside each domain and 2(n₂−1)/n₂·(M/n₁)/(η₂B₂) across — with each
+        part replaced by its in-network form where the fabric has one and it is faster (module docstring):
+        NVLS (1 + 1/n₁)·M/(η_nvls·B₁) + α_nvls inside, IB SHARP (M/n₁)/(η₂B₂) + 2α₂ across."""
+        n1, n2 = self.split(size, stride)
+        intra = 2 * ((n1 - 1) / n1 * nbytes / self.intra_bw + (n1 - 1) * self.intra_alpha)
+        if self.nvls_bw > 0:
+            intra = np.where(n1 > 1, np.minimum(intra, (1 + 1 / n1) * nbytes / self.nvls_bw + self.nvls_alpha), intra)
+        inter = 2 * ((n2 - 1) / n2 * (nbytes / n1) / self.inter_bw + (n2 - 1) * self.inter_alpha)
+        if self.ib_sharp:
+            inter = np.where(n2 > 1, np.minimum(inter, nbytes / n1 / self.inter_bw + 2 * self.inter_alpha), inter)
+        return np.where(size > 1, intra + inter, 0.0)
+
     def latency_bound_all_reduce(self, nbytes: np.ndarray, size: np.ndarray, stride: np.ndarray) -> np.ndarray:
         """All-reduce of a small message as inference engines run it inside the fast domain: one kernel
         that reads every peer's buffer over NVLink (one-shot: (n−1)·bytes per GPU) or reduce-scatters and
         all-gathers in place (two-shot: 2·(n−1)/n·bytes), whichever is faster, each after a barrier
         (vLLM's custom all-reduce, ``csrc/custom_all_reduce.cuh`` cross_device_reduce_1stage / 2stage;
-        TensorRT-LLM's one- and two-shot kernels). A group across domains runs NCCL's ring (two
-        `reduce_scatter`)."""
+        TensorRT-LLM's one- and two-shot kernels). A group across domains runs NCCL (`all_reduce`)."""
         n1, n2 = self.split(size, stride)
         size_f = np.asarray(size, dtype=float)
         one_shot = (size_f - 1) * nbytes / self.intra_bw + self.intra_alpha
         two_shot = 2 * (size_f - 1) / np.maximum(size_f, 1) * nbytes / self.intra_bw + 2 * self.intra_alpha
         inside = np.minimum(one_shot, two_shot)
-        return np.where(size > 1, np.where(n2 > 1, 2 * self.reduce_scatter(nbytes, size, stride), inside), 0.0)
+        return np.where(size > 1, np.where(n2 > 1, self.all_reduce(nbytes, size, stride), inside), 0.0)
 
     def all_to_all(self, nbytes: np.ndarray, size: np.ndarray, stride: np.ndarray) -> np.ndarray:
         """Each GPU exchanges (n−1)/n of ``nbytes`` with the other members."""

@@ -261,11 +261,15 @@ def class_times(
         full = np.zeros_like(forward)
         on = dict.fromkeys(on, 0.0)
 
-    # tensor parallelism, in reduce-scatter-equivalents R of the hidden states per layer: 4 forward
+    # tensor parallelism per layer, forward: 2 all-gathers and 2 reduce-scatters of the hidden states under
+    # sequence parallelism (4 reduce-scatter-equivalents R), else 2 all-reduces A (2R on a ring; in-network
+    # reduction makes them faster: `collectives.Fabric.all_reduce`)
     hidden_bytes = tokens * f.hidden * b
     rs = layers * col(fabric.reduce_scatter(hidden_bytes, tp, 1))
+    ar = layers * col(fabric.all_reduce(hidden_bytes, tp, 1))
+    sequence_parallel = col(p.sequence_parallel) > 0
     overlap_tp = col(p.tp_comm_overlap & p.sequence_parallel) > 0
-    tp_forward = _hidden(4 * rs, gemm_fwd, hide["tp"], overlap_tp)
+    tp_forward = _hidden(np.where(sequence_parallel, 4 * rs, 2 * ar), gemm_fwd, hide["tp"], overlap_tp)
     # recompute repeats the forward collectives: all of them under full, the MLP / MoE block's half
     # under the mlp / moe modules
     block_share = (on["mlp"] * dense_l + on["moe"] * moe_l) / np.maximum(layers, 1) / 2
@@ -274,8 +278,7 @@ def class_times(
         asynchronous_backward = stacks()[w.stack]["tp_backward_async"]
         column = hide["tp"] * asynchronous_backward * (dense_l * col(times.dense_column_forward)
                                                        + moe_l * col(times.moe_column_forward))
-        sequence_parallel = col(p.sequence_parallel) > 0
-        asynchronous = np.where(sequence_parallel, 2 * rs + 2 * np.maximum(2 * rs - column, 0.0), np.maximum(4 * rs - column, 0.0))
+        asynchronous = np.where(sequence_parallel, 2 * rs + 2 * np.maximum(2 * rs - column, 0.0), np.maximum(2 * ar - column, 0.0))
         tp_exposed = tp_exposed + np.where(overlap_tp, np.maximum(6 * rs - hide["tp"] * 2 * gemm_fwd, 0.0), asynchronous)
 
     # context parallelism: Ulysses' all-to-alls of Q, K, V and the attention output inside groups of u ranks,
@@ -340,8 +343,8 @@ def class_times(
     all_gather = fabric.reduce_scatter(weights[0], *shard[0]) + fabric.reduce_scatter(weights[1], *shard[1])
     grad_scatter = fabric.reduce_scatter(grads[0], *shard[0]) + fabric.reduce_scatter(grads[1], *shard[1])
     replicas = (col(dp * cp) / col(div.weights), col(expert_data_parallel(p)) / col(div.expert_weights))
-    across_replicas = 2 * (fabric.reduce_scatter(grads[0] / shard[0][0], replicas[0], col(tp) * shard[0][0])
-                           + fabric.reduce_scatter(grads[1] / shard[1][0], replicas[1], col(ep * etp) * shard[1][0]))
+    across_replicas = (fabric.all_reduce(grads[0] / shard[0][0], replicas[0], col(tp) * shard[0][0])
+                       + fabric.all_reduce(grads[1] / shard[1][0], replicas[1], col(ep * etp) * shard[1][0]))
     offloaded_params = col(p.offload == code("offload", "params")) > 0
     host_copy = np.where(offloaded_params, (weights[0] / shard[0][0] + weights[1] / shard[1][0])
                          / (cluster.gpu.pcie_bandwidth * eff.memory_bound), 0.0)
@@ -387,7 +390,8 @@ def class_times(
     if training:
         unsharded = col(p.sharding == code("sharding", "none")) > 0
         zero1 = col(p.sharding == code("sharding", "zero1")) > 0
-        reduction = np.select([unsharded, zero1], [2 * reduce_scatter_dp, reduce_scatter_dp], default=0.0)
+        all_reduce_dp = fabric.all_reduce(grads[0], *dp_groups[0]) + fabric.all_reduce(grads[1], *dp_groups[1])
+        reduction = np.select([unsharded, zero1], [all_reduce_dp, reduce_scatter_dp], default=0.0)
         dp_exposed = _hidden(reduction, backward, hide["dp"], col(p.grad_reduce_overlap) > 0)
         param_gather = (fabric.reduce_scatter(trained_weights[0], *dp_groups[0])
                         + fabric.reduce_scatter(trained_weights[1], *dp_groups[1]))

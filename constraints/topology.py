@@ -78,10 +78,11 @@ def describe_topology(cluster: ClusterSpec, *, message_bytes: int = MESSAGE_BYTE
     ones = np.ones_like(sizes)
     nbytes = np.full(len(sizes), float(message_bytes))
     gather = fabric.reduce_scatter(nbytes, sizes, ones)
+    reduce = fabric.all_reduce(nbytes, sizes, ones)
     all_to_all = fabric.all_to_all(nbytes, sizes, ones)
     domains = fabric.split(sizes, ones)[1]
     groups = tuple(
-        GroupCost(size=int(n), domains=int(d), all_reduce_s=float(2 * g), all_gather_s=float(g), all_to_all_s=float(a),
-                  bus_bandwidth=float(message_bytes / (2 * g) * 2 * (n - 1) / n))
-        for n, d, g, a in zip(sizes, domains, gather, all_to_all, strict=True))
+        GroupCost(size=int(n), domains=int(d), all_reduce_s=float(r), all_gather_s=float(g), all_to_all_s=float(a),
+                  bus_bandwidth=float(message_bytes / r * 2 * (n - 1) / n))
+        for n, d, r, g, a in zip(sizes, domains, reduce, gather, all_to_all, strict=True))
     return TopologyReport(cluster=cluster, tiers=tuple(tiers), message_bytes=message_bytes, groups=groups)

@@ -32,6 +32,9 @@ def nccl_environment(cluster: ClusterSpec) -> list[Variable]:
     if node.intra_node_fabric == "nvswitch" and cluster.in_network_reduction:
         out.append(Variable("NCCL_NVLS_ENABLE", "1", "NVLink SHARP: all-reduce inside the NVSwitch "
                                                      "(NCCL's default 2 enables it only where it detects support)"))
+    if cluster.num_nodes > 1 and cluster.ib_sharp:
+        out.append(Variable("NCCL_COLLNET_ENABLE", "1", "IB SHARP: all-reduce inside the InfiniBand switches through "
+                                                         "NCCL's CollNet (needs the SHARP plugin and aggregation manager)"))
     if node.intra_node_fabric == "pcie":
         out.append(Variable("NCCL_P2P_LEVEL", "PXB", "no NVLink: peer-to-peer only between GPUs under one PCIe switch, "
                                                      "through host memory otherwise"))

@@ -141,7 +141,11 @@ class ClusterSpec(_Frozen):
     """``num_nodes`` identical nodes. ``nvlink_domain_size`` is how many GPUs share one NVLink fabric
     (8 on DGX/HGX, 72 on GB200/GB300 NVL72, 2 for bridged PCIe pairs, 1 without NVLink); collectives
     inside a domain run at NVLink speed, across domains over the NICs. ``gpudirect_rdma``: NICs read and
-    write GPU memory directly. ``in_network_reduction``: NVLink SHARP (NVLS) or IB SHARP is available."""
+    write GPU memory directly. ``in_network_reduction``: the NVSwitches reduce (NVLink SHARP, NVLS: third-
+    generation NVSwitch and later; NCCL ≥ 2.17 uses it for all-reduce). ``ib_sharp``: the InfiniBand switches
+    reduce (SHARP, reached by NCCL's CollNet through the SHARP plugin) — a property of the switches and their
+    aggregation manager that no node can see, off unless the cluster description says so. Both price the
+    all-reduce (`constraints.collectives.Fabric.all_reduce`)."""
 
     name: str = Field(min_length=1)
     node: NodeSpec
@@ -150,6 +154,7 @@ class ClusterSpec(_Frozen):
     nvlink_domain_size: PositiveInt
     gpudirect_rdma: bool
     in_network_reduction: bool = False
+    ib_sharp: bool = False
     source: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
 
@@ -163,6 +168,9 @@ class ClusterSpec(_Frozen):
             )
         if self.node.intra_node_fabric == "pcie" and domain != 1:
             raise ValueError("a node without NVLink (intra_node_fabric 'pcie') has nvlink_domain_size 1")
+        if self.ib_sharp and self.inter_node_fabric != "infiniband":
+            raise ValueError(f"ib_sharp is SHARP in InfiniBand switches; inter_node_fabric is {self.inter_node_fabric!r} "
+                             "(set ib_sharp false, or inter_node_fabric 'infiniband')")
         if self.total_gpus > MAX_GPUS:
             raise ValueError(f"{self.num_nodes:,} nodes of {per_node} GPUs are {self.total_gpus:,} GPUs; plan models "
                              f"clusters of up to {MAX_GPUS:,} GPUs ({MAX_GPUS // per_node:,} such nodes)")

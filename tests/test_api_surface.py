@@ -136,9 +136,10 @@ def test_hsdp_appears_only_when_it_splits_the_group():
 # -- topology -----------------------------------------------------------------------------------------
 
 def test_topology_bus_bandwidth_is_nccl_tests_definition():
-    """Inside one NVLink domain a large all-reduce reaches the effective NVLink bandwidth as busbw
-    (nccl-tests PERFORMANCE.md: busbw = algbw · 2(n−1)/n equals the link speed for a ring)."""
-    report = describe_topology(load_cluster("dgx-h100", nodes=4))
+    """Inside one NVLink domain a large ring all-reduce reaches the effective NVLink bandwidth as busbw
+    (nccl-tests PERFORMANCE.md: busbw = algbw · 2(n−1)/n equals the link speed for a ring). DGX A100's
+    second-generation NVSwitch has no NVLink SHARP, so NCCL runs the ring there."""
+    report = describe_topology(load_cluster("dgx-a100", nodes=4))
     nvlink = report.tiers[0]
     inside = next(g for g in report.groups if g.size == 8)
     assert inside.domains == 1 and inside.bus_bandwidth == pytest.approx(nvlink.effective_bandwidth, rel=0.02)

@@ -113,7 +113,7 @@ def test_topology_prices_collectives_with_the_profiles_bus_efficiency(tmp_path):
     profile, override = tmp_path / "profile.json", tmp_path / "eff.json"
     profile.write_text(json.dumps({"efficiency": {"network_bus": {"intra_node": 0.4}}, "runtime": {}}))
     override.write_text(json.dumps({"network_bus": {"intra_node": 0.8}}))
-    args = ["topology", "-c", "dgx-h100", "--json"]
+    args = ["topology", "-c", "dgx-a100", "--json"]  # NCCL's ring: no NVLink SHARP on second-generation NVSwitch
 
     def all_reduce_8(*extra: str) -> float:
         report = json.loads(CliRunner().invoke(plan_cli, [*args, *extra]).stdout)

@@ -326,6 +326,61 @@ def test_tensor_parallel_communication_follows_the_fabric():
     assert across.time.tp_comm > 3 * fast  # a TP group spanning two nodes runs over the NICs
 
 
+NVLS_BUSBW_8XH100 = {4: 370e9, 5: 420e9, 6: 440e9, 7: 460e9, 8: 480e9}
+"""Measured all_reduce_perf bus bandwidth (large messages, NCCL_ALGO=NVLS) on n GPUs of one 8x H100 SXM node:
+a user's nccl-tests run reported in NVIDIA/nccl issue #1455; 480 GB/s at 8 also NCCL's maintainer in
+nccl-tests issue #212. Ring on the same node: 365-370 GB/s."""
+
+
+@pytest.mark.parametrize("n", sorted(NVLS_BUSBW_8XH100))
+def test_nvlink_sharp_all_reduce_matches_measured_bus_bandwidth(n):
+    """With NVLS the switch reduces each chunk and multicasts it back: (1 + 1/n)·M per GPU each way, against
+    the ring's 2(n−1)/n·M (constraints.collectives). One efficiency fitted at n = 8 must carry to 4-7 GPUs."""
+    fabric = Fabric.of(h100(1), Efficiency.default())
+    nbytes = np.array([8.0 * 2**30])
+    seconds = fabric.all_reduce(nbytes, np.array([n]), np.array([1]))[0]
+    busbw = nbytes[0] / seconds * 2 * (n - 1) / n
+    assert busbw == pytest.approx(NVLS_BUSBW_8XH100[n], rel=0.03)
+    ring = 2 * fabric.reduce_scatter(nbytes, np.array([n]), np.array([1]))[0]
+    assert seconds < ring
+
+
+def test_in_network_reduction_prices_only_all_reduces_and_only_where_the_fabric_has_it():
+    """Two GPUs: the ring moves M each way, NVLS (1 + 1/2)·M at a lower efficiency — NCCL's tuner keeps the
+    ring, and so does the model. A DGX A100 (no NVLS) prices every all-reduce as the ring. IB SHARP (declared
+    by the cluster) sends each GPU's 1/n₁ share once over its NIC instead of 2(n₂−1)/n₂ of it."""
+    eff = Efficiency.default()
+    nbytes, one = np.array([2.0**30]), np.array([1])
+    h100_fabric = Fabric.of(h100(1), eff)
+    pair = h100_fabric.all_reduce(nbytes, np.array([2]), one)[0]
+    assert pair == pytest.approx(2 * h100_fabric.reduce_scatter(nbytes, np.array([2]), one)[0])
+    a100 = Fabric.of(load_cluster("dgx-a100", nodes=4), eff)
+    for size in (2, 8, 32):
+        assert a100.all_reduce(nbytes, np.array([size]), one)[0] == pytest.approx(
+            2 * a100.reduce_scatter(nbytes, np.array([size]), one)[0])
+    plain = load_cluster("dgx-a100", nodes=4)
+    sharp = Fabric.of(plain.model_copy(update={"ib_sharp": True}), eff)
+    across = np.array([4]), np.array([8])  # one GPU per node: the whole all-reduce crosses the NICs
+    ring = a100.all_reduce(nbytes, *across)[0]
+    expected = nbytes[0] / sharp.inter_bw + 2 * sharp.inter_alpha
+    assert sharp.all_reduce(nbytes, *across)[0] == pytest.approx(expected)
+    assert ring == pytest.approx(2 * 3 / 4 * nbytes[0] / a100.inter_bw + 6 * a100.inter_alpha)
+    with pytest.raises(ValueError, match="ib_sharp is SHARP in InfiniBand switches"):
+        load_cluster("dgx-h100", nodes=2).model_validate(
+            {**load_cluster("dgx-h100", nodes=2).model_dump(), "inter_node_fabric": "roce", "ib_sharp": True})
+
+
+def test_tensor_parallel_all_reduces_use_nvlink_sharp_and_sequence_parallel_does_not():
+    """Without sequence parallelism TP's forward runs 2 all-reduces per layer, which NVLS speeds up; with it,
+    all-gathers and reduce-scatters, which it does not (NVIDIA/nccl issue #1506)."""
+    unhidden = PRETRAIN.model_copy(update={"stack": "custom"})
+    nvls, ring = h100(1), h100(1).model_copy(update={"in_network_reduction": False})
+    for sp, faster in ((False, True), (True, False)):
+        plan = Plan(tp=8, sequence_parallel=sp, tp_comm_overlap=False, recompute="full", sharding="zero1")
+        with_nvls, without = (estimate(LLAMA_70B, c, plan, unhidden).time.tp_comm for c in (nvls, ring))
+        assert (with_nvls < 0.85 * without) if faster else with_nvls == pytest.approx(without)
+
+
 def test_data_parallel_reduction_is_hidden_by_overlap():
     cluster = h100(4)
     plan = Plan(tp=8, dp=4, sequence_parallel=True, sharding="zero1")

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from parallelplan.cli.main import plan
 from parallelplan.emitters import EmitError, constraints, emit, list_targets
+from parallelplan.emitters.environment import nccl_environment
 from parallelplan.hardware import load_cluster
 from parallelplan.models import load_model
 from parallelplan.solver import solve
@@ -119,6 +120,19 @@ def test_scripts_are_valid_bash_with_known_nccl_variables(target, tmp_path):
             assert all(v in ALLOW["nccl_level_values"] for v in levels)
             scripts += 1
     assert scripts == 1
+
+
+def test_ib_sharp_turns_on_collnet_only_across_nodes():
+    """A cluster that declares SHARP in its InfiniBand switches gets NCCL's CollNet (NCCL_COLLNET_ENABLE=1,
+    research notes' table); one node, or a cluster without it, does not; NVLS is asked for on NVSwitch nodes
+    with NVLink SHARP."""
+    def names(cluster) -> set[str]:
+        return {v.name for v in nccl_environment(cluster)}
+    two = load_cluster("dgx-h100", nodes=2)
+    assert "NCCL_COLLNET_ENABLE" in names(two.model_copy(update={"ib_sharp": True}))
+    assert "NCCL_COLLNET_ENABLE" not in names(two)
+    assert "NCCL_COLLNET_ENABLE" not in names(load_cluster("dgx-h100", nodes=1).model_copy(update={"ib_sharp": True}))
+    assert "NCCL_NVLS_ENABLE" in names(two) and "NCCL_NVLS_ENABLE" not in names(load_cluster("dgx-a100", nodes=2))
 
 
 def _arguments(script: str, program: str) -> list[str]:

@@ -32,7 +32,7 @@ OBJECTIVES = ("throughput", "cost", "memory_headroom", "gpus", "simplicity")
 WEIGHT_SCALE = 10**9
 """Fixed-point unit of a weighted score (1e-9 of one objective's optimum)."""
 TIE_ORDER = ("tp", "pp", "cp", "cp_comm", "ep", "etp", "vpp", "micro_batch_size", "sharding", "recompute", "recompute_modules",
-             "recompute_layers", "precision", "optimizer", "offload", "schedule", "dp")
+             "recompute_layers", "precision", "fp8_recipe", "optimizer", "offload", "offload_activations", "schedule", "dp")
 SHARDING_COMPLEXITY = {"none": 0, "zero1": 1, "zero2": 2, "zero3": 2, "fsdp": 2, "hsdp": 3}
 
 

@@ -206,6 +206,21 @@ def test_the_step_bound_prices_plans_that_tie_to_the_nanosecond():
     assert {p.layers_per_stage for p in plans if p.pp == 2} == {(2, 1)}  # the tie-break's pick
 
 
+def test_the_tie_break_orders_plans_that_differ_only_in_activation_offload():
+    """Two layers, full recompute of one: what offload would move is already a single layer, so the plans with
+    activations offloaded and kept take the same step and memory; the tie-break must order them (it did not
+    name offload_activations, so search and oracle could each pick one — hypothesis found it)."""
+    model = load_model({"name": "generated", "hidden_size": 256, "num_layers": 2, "num_attention_heads": 4,
+                        "num_kv_heads": 1, "vocab_size": 1000, "ffn_hidden_size": 512})
+    work = Workload(kind="finetune", seq_len=32768, global_batch_size=1, stack="custom", peft=Peft(rank=8))
+    cluster = small_cluster(1, 1, "1 GiB")
+    expected = oracle(model, cluster, work, objective=["throughput"], fixed={"recompute": "full"})
+    with patch("parallelplan.solver.candidates.BATCH_PLANS", 1):
+        found = solve(model, cluster, work, objective=["throughput"], fixed={"recompute": "full"})
+    assert found.plan == expected.candidates.plans.plan(expected.rows[0])
+    assert not found.plan.offload_activations  # the tie-break's pick: off before on
+
+
 def test_the_step_bound_leaves_most_of_a_large_moe_space_unpriced_and_finds_the_same_plan():
     """DeepSeek-V3 on 64 H100: the bounded search and the same objective without the bound (a weighted
     objective of step time alone prices everything) agree on the plan and the runner-up."""

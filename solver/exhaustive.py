@@ -208,8 +208,10 @@ def _best(crit: Criteria, objective: Sequence[str] | Mapping[str, float], tolera
             best = int(column.min())
             bound = int(np.floor(best * (1 + tolerance))) if i < len(objective) - 1 and best > 0 else best
             rows = rows[column <= bound]
-    for name in ("simplicity", "throughput", "memory_headroom"):
-        if name not in objective:
-            column = crit.column(name)[rows]
-            rows = rows[column == column.min()]
+    tie_breaks = [name for name in ("simplicity", "throughput", "memory_headroom") if name not in objective]
+    if not isinstance(objective, Mapping) and tolerance > 0:
+        tie_breaks += list(objective[:-1])  # the banded objectives exactly, last
+    for name in tie_breaks:
+        column = crit.column(name)[rows]
+        rows = rows[column == column.min()]
     return int(rows[np.argmin(crit.tie_rank(rows))])

@@ -178,35 +178,40 @@ def _facts(space: SearchSpace, candidates: Candidates, fits: np.ndarray, fast: n
 
 def _suggestions(space: SearchSpace, fastest: Callable[[SearchSpace], float | None], conflicts: list[str]) -> list[str]:
     """Each nearest change that makes the search feasible, checked by searching its space for its fastest
-    feasible plan."""
-    trials: list[tuple[str, SearchSpace]] = []
+    feasible plan; a change the request's own pins rule out (QLoRA beside a pinned fp8 recipe) is no
+    suggestion."""
+    trials: list[tuple[str, Callable[[], SearchSpace]]] = []
     nodes = space.cluster.num_nodes
     for factor in (2, 4, 8):
         trials.append((f"{factor * nodes} nodes ({factor * space.cluster.total_gpus} GPUs)",
-                       replace(space, cluster=load_cluster(space.cluster, nodes=factor * nodes))))
-    without = {k: v for k, v in space.fixed.items() if k not in ("optimizer",)}
-    trials.append(("8-bit AdamW optimizer states", replace(space, fixed=without, ranges={**space.ranges, "optimizer": ["adamw8bit"]})))
-    without = {k: v for k, v in space.fixed.items() if k not in ("offload",)}
-    trials.append(("optimizer offload to CPU memory", replace(space, fixed=without, ranges={**space.ranges, "offload": ["optimizer"]})))
+                       lambda factor=factor: replace(space, cluster=load_cluster(space.cluster, nodes=factor * nodes))))
+    without_optimizer = {k: v for k, v in space.fixed.items() if k not in ("optimizer",)}
+    trials.append(("8-bit AdamW optimizer states",
+                   lambda: replace(space, fixed=without_optimizer, ranges={**space.ranges, "optimizer": ["adamw8bit"]})))
+    without_offload = {k: v for k, v in space.fixed.items() if k not in ("offload",)}
+    trials.append(("optimizer offload to CPU memory",
+                   lambda: replace(space, fixed=without_offload, ranges={**space.ranges, "offload": ["optimizer"]})))
     if space.fixed.get("recompute") not in (None, "full"):
         fixed = {k: v for k, v in space.fixed.items() if k not in ("recompute", "recompute_modules", "recompute_layers")}
-        trials.append(("full recompute", replace(space, fixed={**fixed, "recompute": "full"})))
+        trials.append(("full recompute", lambda: replace(space, fixed={**fixed, "recompute": "full"})))
     peft = space.workload.peft
     if peft is not None and peft.method == "lora":  # the same adapters on a 4-bit base
         qlora = space.workload.model_copy(update={"peft": peft.model_copy(update={"method": "qlora"})})
-        trials.append(("QLoRA (the base in 4-bit NF4)", replace(space, workload=qlora)))
+        trials.append(("QLoRA (the base in 4-bit NF4)", lambda: replace(space, workload=qlora)))
     seq = space.workload.seq_len
     if seq >= 2:
-        trials.append((f"sequences of {seq // 2} tokens", replace(space, workload=space.workload.model_copy(update={"seq_len": seq // 2}))))
+        halved = space.workload.model_copy(update={"seq_len": seq // 2})
+        trials.append((f"sequences of {seq // 2} tokens", lambda: replace(space, workload=halved)))
     for name in list(space.fixed) + list(space.ranges):
         if any(text.startswith(f"{name} ") for text in conflicts):
-            trials.append((f"free {name}", replace(space, fixed={k: v for k, v in space.fixed.items() if k != name},
-                                                   ranges={k: v for k, v in space.ranges.items() if k != name})))
+            trials.append((f"free {name}", lambda name=name: replace(
+                space, fixed={k: v for k, v in space.fixed.items() if k != name},
+                ranges={k: v for k, v in space.ranges.items() if k != name})))
     working = []
-    for words, trial in trials:
+    for words, make in trials:
         try:
-            best = fastest(trial)
-        except ValueError:
+            best = fastest(make())
+        except ValueError:  # SolverInputError included: the change contradicts a pin
             continue
         if best is not None:
             working.append(f"{words} (best {best:,.0f} tokens/s)")

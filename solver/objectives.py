@@ -8,9 +8,10 @@ both decide on.
 - ``gpus``: the GPU count (searched over cluster sizes): the fewest that fit, or that reach the
   throughput target when one is given.
 - ``simplicity``: `simplicity_score`, minimised.
-Ties on every objective asked for break deterministically by simplicity, then step time, then memory,
-then the plan's fields in the order of `TIE_ORDER`, sequence parallelism and the stage sizes (smaller
-first).
+Ties on every objective asked for break deterministically by simplicity, then step time, then memory
+(each unless asked for), then — inside a tolerance band — the banded objectives themselves, exactly (so a
+plan slower and no smaller than another never wins a tie), then the plan's fields in the order of
+`TIE_ORDER`, sequence parallelism and the stage sizes (smaller first).
 """
 
 from __future__ import annotations

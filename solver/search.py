@@ -153,6 +153,8 @@ def _stages(names: list[str], weights: dict[str, float] | None, crit: Criteria, 
     for name in ("simplicity", "throughput", "memory_headroom"):
         if name not in names:
             stages.append((crit.column(name)[rows], 0.0))
+    if weights is None and tolerance > 0:  # last, the banded objectives exactly: a dominated plan never wins a tie
+        stages += [(crit.column(name)[rows], 0.0) for name in names[:-1]]
     return stages
 
 

@@ -221,6 +221,36 @@ def test_the_tie_break_orders_plans_that_differ_only_in_activation_offload():
     assert not found.plan.offload_activations  # the tie-break's pick: off before on
 
 
+def test_inside_a_tolerance_band_a_slower_plan_of_equal_memory_never_wins_the_tie():
+    """Throughput within 5%, then simplicity: two plans of one layout, equally simple and of the same memory
+    (full recompute of 2 layers, and of 1 with activations offloaded), differ only in step. The search's
+    candidates are each layout's non-dominated plans, so the tie must go to the faster, in the oracle too
+    (it went to the field order, which put the slower first — hypothesis found it)."""
+    model = load_model({"name": "generated", "hidden_size": 256, "num_layers": 4, "num_attention_heads": 4,
+                        "num_kv_heads": 2, "vocab_size": 8000, "ffn_hidden_size": 512})
+    cluster = small_cluster(1, 2, "2 GiB")
+    work = Workload(seq_len=32768, global_batch_size=4, stack="custom")
+    objective = ["throughput", "simplicity"]
+    expected = oracle(model, cluster, work, objective=objective, tolerance=0.05, fixed={}, top_k=2)
+    with patch("parallelplan.solver.candidates.BATCH_PLANS", 1):
+        found = solve(model, cluster, work, objective=objective, tolerance=0.05, top_k=2)
+    plans = [found.plan] + [a.plan for a in found.alternatives]
+    assert plans == [expected.candidates.plans.plan(r) for r in expected.rows]
+    assert any(p.pp == 2 and p.recompute_layers == 2 and not p.offload_activations for p in plans)
+
+
+def test_an_infeasible_lora_search_with_a_pinned_fp8_recipe_suggests_no_qlora():
+    """QLoRA computes in 16 bits: beside a pinned fp8 recipe it is no suggestion, and trying it must not turn
+    the explanation of an infeasible search into an input error (hypothesis found it)."""
+    model = load_model({"name": "generated", "hidden_size": 256, "num_layers": 2, "num_attention_heads": 4,
+                        "num_kv_heads": 1, "vocab_size": 1000, "ffn_hidden_size": 512})
+    work = Workload(kind="finetune", seq_len=128, global_batch_size=1, peft=Peft(rank=8))
+    runtime = replace(RuntimeAllowance.default(), memory_margin=0.3)
+    with pytest.raises(Infeasible) as err:
+        solve(model, small_cluster(1, 2, "1 GiB"), work, fixed={"fp8_recipe": "tensorwise"}, runtime=runtime)
+    assert not any("QLoRA" in s for s in err.value.suggestions)
+
+
 def test_the_step_bound_leaves_most_of_a_large_moe_space_unpriced_and_finds_the_same_plan():
     """DeepSeek-V3 on 64 H100: the bounded search and the same objective without the bound (a weighted
     objective of step time alone prices everything) agree on the plan and the runner-up."""

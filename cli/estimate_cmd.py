@@ -75,6 +75,9 @@ PLAN_OPTIONS = [
                  help="With --precision fp8: how GEMM inputs get their scales — delayed (amax history), tensorwise "
                       "(current per-tensor), rowwise (torchao), blockwise (128 values, Hopper), mxfp8 (32 values, "
                       "Blackwell) [default: the stack's: delayed on Megatron, rowwise on torchtitan, tensorwise on custom]."),
+    click.option("--fp8-bf16-layers", type=click.IntRange(min=0),
+                 help="With --precision fp8: keep the model's first and last N layers in bf16 (Megatron's "
+                      "--first-last-layers-bf16) [default: 0]."),
     click.option("--master-weights/--no-master-weights", default=None,
                  help="Keep fp32 master weights, gradients and states [default: yes]."),
     click.option("--optimizer", type=click.Choice(["adamw", "adamw8bit", "adafactor", "lion", "sgd", "came"]),
@@ -88,7 +91,9 @@ PLAN_OPTIONS = [
     click.option("--layers-per-stage", help="Layers of each pipeline stage, comma-separated (e.g. 19,21,21,19)."),
     click.option("--kernels", type=click.Choice(["fused", "unfused"]),
                  help="fused: Megatron/Transformer Engine; unfused: PyTorch eager / HF transformers [default: fused]."),
-    click.option("--attention-kernel", type=click.Choice(["flash", "eager"]), help="Attention kernel [default: flash]."),
+    click.option("--attention-kernel", type=click.Choice(["flash", "flash2", "flash3", "cudnn", "eager"]),
+                 help="Attention kernel: flash (the stack's own), flash2, flash3 (Hopper), cudnn, or eager "
+                      "(the s x s scores materialised) [default: flash]."),
     click.option("--tp-comm-overlap/--no-tp-comm-overlap", default=None, help="Overlap TP collectives with GEMMs [default: yes]."),
     click.option("--ep-comm-overlap/--no-ep-comm-overlap", default=None,
                  help="Overlap one micro-batch's expert all-to-all with another's compute [default: yes]."),
@@ -226,10 +231,13 @@ def describe_plan(plan: Plan, model: ModelSpec) -> str:
     parts.append(f"recompute {plan.recompute}" + (f" ({plan.recompute_layers} layers)" if plan.recompute_layers else "")
                  + (f" ({', '.join(plan.recompute_modules)})" if plan.recompute_modules else ""))
     parts.append(f"{plan.precision}{f' ({plan.fp8_recipe} scaling)' if plan.fp8_recipe else ''}"
+                 f"{f', first and last {plan.fp8_bf16_layers} layers bf16' if plan.fp8_bf16_layers else ''}"
                  f"{'' if plan.master_weights else ' (no master weights)'}")
     parts.append(plan.optimizer + ("" if plan.offload == "none" else f", offload {plan.offload}"))
     parts.append("activations offloaded to host memory" if plan.offload_activations else "")
     parts.append(f"{plan.schedule} schedule" if plan.pp > 1 else "")
+    parts.append("unfused kernels" if plan.kernels == "unfused" else "")
+    parts.append("" if plan.attention_kernel == "flash" else f"{plan.attention_kernel} attention")
     return ", ".join(p for p in parts if p)
 
 

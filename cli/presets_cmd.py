@@ -50,12 +50,12 @@ def presets(kind: str, as_json: bool) -> None:
         out.append(table(["cluster", "gpu", "nodes x gpus", "in node", "between nodes", "NIC Gb/s per GPU",
                           "NVLink domain"], rows, right=(5, 6)))
     if "stacks" in data:
-        rows = [(name, s["attention_kernel_name"], f"{s['attention']['hopper']:g}",
+        rows = [(name, s["attention_kernel_name"], f"{s['attention']['hopper']:g}", ", ".join(s["attention_kernels"]),
                  ", ".join(f"{kind} {value:g}" for kind, value in s["overlap"].items()), ", ".join(s["fp8"]["recipes"]),
                  ", ".join(s["targets"]) or "-")
                 for name, s in data["stacks"].items()]
-        out.append(table(["stack", "attention kernel", "attention, Hopper", "overlap (fraction hidden)",
-                          "fp8 recipes (default first)", "launch targets"], rows))
+        out.append(table(["stack", "attention kernel", "attention, Hopper", "attention kernels offered",
+                          "overlap (fraction hidden)", "fp8 recipes (default first)", "launch targets"], rows))
     click.echo("\n\n".join(out))
 
 

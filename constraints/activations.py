@@ -125,7 +125,7 @@ def layer_activations(f: ModelFacts, p: PlanArrays, w: Workload) -> LayerActivat
     b = activation_bytes(p)
     g = gemm_input_bytes(p, w)  # the GEMM inputs a fused fp8 block keeps: norm outputs, FC2 inputs
     fused = p.kernels == code("kernels", "fused")
-    flash = p.attention_kernel == code("attention_kernel", "flash")
+    flash = p.attention_kernel != code("attention_kernel", "eager")
     tp = p.tp.astype(float)
     sp_div = np.where(p.sequence_parallel, tp, 1.0)  # divisor of the non-tensor-parallel regions
     mask = 1.0 if w.dropout > 0 else 0.0

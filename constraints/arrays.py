@@ -9,7 +9,7 @@ and returns arrays of shape (n,) (or (n, stages)); a scalar `estimate` is the sa
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -43,7 +43,7 @@ _CATEGORICAL = {
 }
 _BOOLEAN = ("sequence_parallel", "master_weights", "persistent_grads", "tp_comm_overlap", "ep_comm_overlap",
             "grad_reduce_overlap", "param_gather_overlap", "offload_activations")
-_INTEGER = ("tp", "pp", "dp", "cp", "ep", "etp", "vpp", "micro_batch_size", "shard_group")
+_INTEGER = ("tp", "pp", "dp", "cp", "ep", "etp", "vpp", "micro_batch_size", "shard_group", "fp8_bf16_layers")
 ALL_LAYERS = 2**30
 """``recompute_layers`` of a plan that recomputes every layer (Plan.recompute_layers None)."""
 STACK_RECIPE = -1
@@ -89,6 +89,7 @@ class PlanArrays:
     recompute_layers: np.ndarray
     recompute_modules: np.ndarray  # bit mask over RECOMPUTE_MODULES (0 unless recompute is selective)
     fp8_recipe: np.ndarray  # index in FP8_RECIPES, STACK_RECIPE for the stack's default
+    fp8_bf16_layers: np.ndarray  # layers at each end kept in bf16 (0 unless precision is fp8)
     sequence_parallel: np.ndarray
     sharding: np.ndarray
     recompute: np.ndarray
@@ -174,6 +175,7 @@ class PlanArrays:
         # as in Plan: only an fp8 plan has a recipe
         recipes = columns.get("fp8_recipe", np.full(n, STACK_RECIPE, dtype=np.int64))
         columns["fp8_recipe"] = np.where(columns["precision"] == code("precision", "fp8"), recipes, STACK_RECIPE)
+        columns["fp8_bf16_layers"] = np.where(columns["precision"] == code("precision", "fp8"), columns["fp8_bf16_layers"], 0)
         # as in Plan: selective recompute means core_attn unless modules are given; other modes have none
         selective = columns["recompute"] == code("recompute", "selective")
         modules = columns.get("recompute_modules", np.full(n, module_mask(("core_attn",)), dtype=np.int64))
@@ -220,6 +222,15 @@ class PlanArrays:
                                               else np.pad(v, ((0, 0), (0, width - v.shape[1])))
                                               for part, v in zip(parts, values, strict=True)])
         return cls(**out)
+
+    def bf16_ends(self) -> PlanArrays | None:
+        """The plans as the layers they keep in bf16 run (`Plan.fp8_bf16_layers`): the fp8 rows that keep
+        some turned bf16; None where no row keeps any."""
+        keeps = self.fp8_bf16_layers > 0
+        if not keeps.any():
+            return None
+        return replace(self, precision=np.where(keeps, code("precision", "bf16"), self.precision),
+                       fp8_recipe=np.where(keeps, STACK_RECIPE, self.fp8_recipe), fp8_bf16_layers=np.zeros_like(self.fp8_bf16_layers))
 
     def take(self, index: np.ndarray) -> PlanArrays:
         """The plans at ``index`` (a boolean mask or integer positions)."""

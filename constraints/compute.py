@@ -37,6 +37,7 @@ import numpy as np
 
 from parallelplan.constraints.activations import activation_bytes, busiest_rank_load
 from parallelplan.constraints.arrays import PlanArrays, code, fp32_storage
+from parallelplan.constraints.attention import plan_ratios
 from parallelplan.constraints.efficiency import Efficiency
 from parallelplan.constraints.fp8 import cast_bytes
 from parallelplan.constraints.plan import PRECISIONS, RECOMPUTE_MODULES, Workload
@@ -77,6 +78,7 @@ class LayerTimes:
     moe_sac_recompute: np.ndarray
     head_forward: np.ndarray
     head_backward: np.ndarray
+    bf16: LayerTimes | None = None  # the same layers run in bf16, where an fp8 plan keeps some (PlanArrays.bf16_ends)
 
 
 class Roofline:
@@ -95,7 +97,8 @@ class Roofline:
         fp32 = fp32_storage(p)
         half = "bf16" if gpu.supports("bf16") else "fp16"
         self.half_flops = np.where(fp32, self.gemm_flops, gpu.peak_flops[half] * eff.gemm_fraction(arch, half))
-        self.attention_flops = np.where(fp32, self.gemm_flops, gpu.peak_flops[half] * eff.attention_fraction(arch, stack))
+        kernel = eff.attention_fraction(arch, stack) * plan_ratios(p, stack, arch)  # the plan's flash kernel
+        self.attention_flops = np.where(fp32, self.gemm_flops, gpu.peak_flops[half] * kernel)
         self.hbm = gpu.hbm_bandwidth * eff.memory_bound
         self.launch = eff.kernel_launch_s
         self.moe_sync = eff.moe_host_sync_s
@@ -236,7 +239,7 @@ def layer_times(f: ModelFacts, gpu: GPUSpec, eff: Efficiency, p: PlanArrays, w: 
     keys_avg = (1 - sliding) * global_keys + sliding * window_keys
     core_flops = 2.0 * (f.heads / tp) * ((f.q_width + f.out_width) / f.heads) * keys_avg * tokens
     attention, attention_backward = eager_attention(f, p, roof, b, tp, tokens, w)
-    flash = p.attention_kernel == code("attention_kernel", "flash")
+    flash = p.attention_kernel != code("attention_kernel", "eager")
     attention = np.where(flash, core_flops / roof.attention_flops, attention)
     attention_backward = np.where(flash, 2.5 * attention, attention_backward)
 
@@ -333,4 +336,5 @@ def layer_times(f: ModelFacts, gpu: GPUSpec, eff: Efficiency, p: PlanArrays, w: 
         moe_sac_recompute=attn_even + moe_gemm + moe_elementwise,
         head_forward=head_gemm + head_elementwise,
         head_backward=gemm_backward * head_gemm + head_elementwise,
+        bf16=None if (ends := p.bf16_ends()) is None else layer_times(f, gpu, eff, ends, w, keys),
     )

@@ -62,6 +62,12 @@ def target_recipe(recipe: str | None, target: str) -> str:
     return plan_recipe(recipe, stack)
 
 
+def bf16_layers_recipes(stack: str) -> list[str]:
+    """The recipes under which the stack keeps the first and last layers in bf16 (``stacks.json``
+    ``fp8.bf16_layers_recipes``; `Plan.fp8_bf16_layers`)."""
+    return stacks()[stack]["fp8"]["bf16_layers_recipes"]
+
+
 def runs_on(recipe: str, architecture: str) -> bool:
     """Whether GPUs of ``architecture`` run the recipe (``data/fp8_recipes.json`` ``architectures``)."""
     return architecture in recipe_facts(recipe)["architectures"]

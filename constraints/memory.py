@@ -133,13 +133,27 @@ def micro_batch_tokens(p: PlanArrays, w: Workload) -> np.ndarray:
 @dataclass
 class StoredActivations:
     """Bytes per token of one micro-batch that a training rank of each class keeps for its backward, (n, C):
-    per dense and per MoE layer (the recompute mode's, averaged over the rank's layers with partial full
-    recompute), for the whole stage (its layers and, on the first, the embedding's), and for its largest layer."""
+    for its layers (each layer's recompute mode's, averaged over the rank's layers with partial full
+    recompute; the layers an fp8 plan keeps in bf16 at their bf16 bytes), for the whole stage (the layers and,
+    on the first, the embedding's), for its largest layer, and what its largest layer holds before recompute
+    frees it (the rebuild of one layer under full recompute)."""
 
-    dense: np.ndarray
-    moe: np.ndarray
+    layers: np.ndarray
     stage: np.ndarray
     largest_layer: np.ndarray
+    largest_full: np.ndarray
+
+
+def layer_kinds(f: ModelFacts, p: PlanArrays, w: Workload, layout: StageLayout,
+                acts: LayerActivations) -> list[tuple[np.ndarray, LayerActivations, str]]:
+    """(layers of the kind on each class (n, C), their activations, "dense" | "moe"): the dense and MoE
+    layers, and apart from them those an fp8 plan keeps in bf16 (`PlanArrays.bf16_ends`)."""
+    ends = p.bf16_ends()
+    if ends is None:
+        return [(layout.dense_layers, acts, "dense"), (layout.moe_layers, acts, "moe")]
+    bf16 = layer_activations(f, ends, w)
+    return [(layout.dense_layers - layout.bf16_dense_layers, acts, "dense"), (layout.moe_layers - layout.bf16_moe_layers, acts, "moe"),
+            (layout.bf16_dense_layers, bf16, "dense"), (layout.bf16_moe_layers, bf16, "moe")]
 
 
 def stored_activations(f: ModelFacts, p: PlanArrays, w: Workload, layout: StageLayout,
@@ -149,12 +163,14 @@ def stored_activations(f: ModelFacts, p: PlanArrays, w: Workload, layout: StageL
     col = lambda a: np.asarray(a, dtype=float)[:, None]  # noqa: E731
     acts = acts or layer_activations(f, p, w)
     share = recomputed_share(p, layout)
-    dense = share * col(acts.dense_kept) + (1 - share) * col(acts.dense_full)
-    moe = share * col(acts.moe_kept) + (1 - share) * col(acts.moe_full)
-    stage = layout.dense_layers * dense + layout.moe_layers * moe
-    stage = stage + np.where(layout.first, col(first_stage_bytes(f, p, w, f.head_dim_q)), 0.0)
-    largest = np.maximum(np.where(layout.dense_layers > 0, dense, 0.0), np.where(layout.moe_layers > 0, moe, 0.0))
-    return StoredActivations(dense=dense, moe=moe, stage=stage, largest_layer=largest)
+    layers = largest = largest_full = np.zeros(layout.layers.shape)
+    for count, kind_acts, kind in layer_kinds(f, p, w, layout, acts):
+        kept = share * col(getattr(kind_acts, f"{kind}_kept")) + (1 - share) * col(getattr(kind_acts, f"{kind}_full"))
+        layers = layers + count * kept
+        largest = np.maximum(largest, np.where(count > 0, kept, 0.0))
+        largest_full = np.maximum(largest_full, np.where(count > 0, col(getattr(kind_acts, f"{kind}_full")), 0.0))
+    stage = layers + np.where(layout.first, col(first_stage_bytes(f, p, w, f.head_dim_q)), 0.0)
+    return StoredActivations(layers=layers, stage=stage, largest_layer=largest, largest_full=largest_full)
 
 
 def replica_sequences(p: PlanArrays, w: Workload) -> np.ndarray:
@@ -305,8 +321,11 @@ def class_memory(
         weights = weights + peft.frozen_dense_bytes / col(div.weights) + peft.frozen_expert_bytes / col(div.expert_weights)
     if has_reference_copy(w):  # DPO's frozen reference on the same GPUs (constraints.dpo)
         weights = weights + reference_weight_bytes(p, params, div)
-    if peft is None:  # the decoder layers' GEMM weights (norms and router included: under 0.1% of them)
-        weights = weights + col(fp8_weight_cache(p, w, cluster.gpu)) * (params.dense - params.embedding - params.head + params.expert)
+    if peft is None:  # the decoder layers' GEMM weights (norms and router included: under 0.1% of them), but
+        # those of the layers kept in bf16
+        gemm = params.dense - params.embedding - params.head + params.expert
+        bf16 = layout.bf16_dense_layers * params.dense_layer + layout.bf16_moe_layers * params.moe_layer
+        weights = weights + col(fp8_weight_cache(p, w, cluster.gpu)) * (gemm - bf16)
     host = np.where(offload_params > 0, weights, 0.0)
     weights = np.where(offload_params > 0, 0.0, weights)
     gathering = col(gathers_weights(p)) > 0
@@ -324,7 +343,6 @@ def class_memory(
     flight = in_flight(p, w, layout.index) if training else np.ones_like(weights)
     if training:
         kept = stored_activations(f, p, w, layout, acts)
-        dense_kept, moe_kept = kept.dense, kept.moe
         stored = flight * kept.stage * tokens
         offloaded = col(p.offload_activations) > 0
         window = np.minimum(stored, OFFLOAD_WINDOW_LAYERS * kept.largest_layer * tokens)
@@ -332,8 +350,7 @@ def class_memory(
         host = host + np.where(offloaded, stored - window, 0.0)
         # on top of what is kept, one transient at a time: the LM head and loss (last stage, end of a
         # micro-batch's forward) or, with full recompute, one rebuilt layer during backward
-        rebuild = np.maximum(np.where(layout.dense_layers > 0, col(acts.dense_full), 0.0),
-                             np.where(layout.moe_layers > 0, col(acts.moe_full), 0.0))
+        rebuild = kept.largest_full
         full = col(p.recompute == code("recompute", "full"))
         transient = np.where(full > 0, rebuild, 0.0)
     else:  # serving: one layer's working set at a time
@@ -381,7 +398,7 @@ def class_memory(
         # first layer is the other extreme: every later layer's and the head's gradients exist, of the
         # kept activations only that layer's remain, plus its rebuild under full recompute.
         layers = np.maximum(layout.layers, 1)
-        kept_layers = (layout.dense_layers * dense_kept + layout.moe_layers * moe_kept) * tokens
+        kept_layers = kept.layers * tokens
         late_acts = np.where(offloaded, activations - transient * tokens,  # offloaded: the window throughout
                              activations - transient * tokens - kept_layers * (layers - 1) / layers)
         late_acts = late_acts + np.where(full > 0, rebuild, 0.0) * tokens

@@ -14,10 +14,15 @@ Both are the cost model's inputs; the solver re-exports them. Conventions:
   activations (Transformer Engine casts per GEMM). ``tf32`` is fp32 training (fp32 weights, activations
   and states) whose GEMMs run on the TF32 tensor cores (PyTorch's ``allow_tf32``; Ampere and later). ``fp8_recipe`` is how fp8 GEMM inputs get their scales
   (`constraints.fp8`: delayed, tensorwise, rowwise, blockwise, mxfp8); None is the stack's own default
-  (``stacks.json`` ``fp8.recipes``, first entry); only an fp8 plan has one.
+  (``stacks.json`` ``fp8.recipes``, first entry); only an fp8 plan has one. ``fp8_bf16_layers`` k keeps the
+  model's first k and last k decoder layers in bf16 under fp8 (Megatron-LM ``--first-last-layers-bf16``;
+  the ends are where fp8 training is most sensitive, Micikevicius et al. 2022 §4): they run and keep
+  activations as a bf16 plan's, wherever the pipeline puts them.
 - ``kernels``: ``fused`` = Megatron-Core / Transformer Engine (fused norms, fused SwiGLU, fused
   cross-entropy); ``unfused`` = PyTorch eager modules as HF ``transformers`` writes them (the recipe the
-  memory tests measure). ``attention_kernel``: ``flash`` keeps no s² matrix, ``eager`` materialises it.
+  memory tests measure). ``attention_kernel``: ``flash`` is the stack's own flash kernel, ``flash2``,
+  ``flash3`` and ``cudnn`` name one (FlashAttention-2, FlashAttention-3, cuDNN fused attention: priced
+  relative to the stack's, `constraints.attention`); none keeps an s² matrix; ``eager`` materialises it.
 - ``recompute``: ``selective`` recomputes the modules in ``recompute_modules`` (Megatron-Core
   ``--recompute-granularity selective --recompute-modules ...``; the default, ``core_attn``, is the
   attention core of Korthikanti et al. 2022 §5; ``layernorm``, ``mla_up_proj``, ``mlp``, ``moe_act``,
@@ -69,7 +74,7 @@ V_SCHEDULES = ("dualpipev",)
 """Schedules whose two model chunks per rank run down and back up the ranks (a V): rank i holds chunks i and
 2·pp − 1 − i, so rank 0 holds both the embedding and the LM head."""
 KERNELS = ("fused", "unfused")
-ATTENTION_KERNELS = ("flash", "eager")
+ATTENTION_KERNELS = ("flash", "flash2", "flash3", "cudnn", "eager")
 CP_COMMS = ("p2p", "a2a", "a2a+p2p")
 WORKLOAD_KINDS = ("pretrain", "finetune", "inference", "score", "rlhf")
 RL_ALGORITHMS = ("dpo", "ppo", "grpo")
@@ -112,6 +117,7 @@ class Plan(_Frozen):
     recompute_modules: tuple[RecomputeModule, ...] | None = None
     precision: Literal["bf16", "fp16", "fp8", "fp32", "tf32"] = "bf16"
     fp8_recipe: Literal["delayed", "tensorwise", "rowwise", "blockwise", "mxfp8"] | None = None
+    fp8_bf16_layers: Annotated[StrictInt, Field(ge=0)] = 0
     master_weights: bool = True
     optimizer: Literal["adamw", "adamw8bit", "adafactor", "lion", "sgd", "came"] = "adamw"
     offload: Literal["none", "optimizer", "params"] = "none"
@@ -119,7 +125,7 @@ class Plan(_Frozen):
     schedule: Literal["1f1b", "interleaved", "zero_bubble", "dualpipev"] | None = None
     layers_per_stage: tuple[Degree, ...] | None = None
     kernels: Literal["fused", "unfused"] = "fused"
-    attention_kernel: Literal["flash", "eager"] = "flash"
+    attention_kernel: Literal["flash", "flash2", "flash3", "cudnn", "eager"] = "flash"
     persistent_grads: bool = True
     tp_comm_overlap: bool = True
     ep_comm_overlap: bool = True
@@ -153,6 +159,8 @@ class Plan(_Frozen):
             raise ValueError("recompute_modules applies to recompute 'selective' only")
         if self.fp8_recipe is not None and self.precision != "fp8":
             raise ValueError(f"fp8_recipe applies to precision 'fp8' only (precision is '{self.precision}')")
+        if self.fp8_bf16_layers and self.precision != "fp8":
+            raise ValueError(f"fp8_bf16_layers applies to precision 'fp8' only (precision is '{self.precision}')")
         if self.layers_per_stage is not None and len(self.layers_per_stage) != self.pp:
             raise ValueError(f"layers_per_stage lists {len(self.layers_per_stage)} stages but pp is {self.pp}")
         return self

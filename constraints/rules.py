@@ -14,9 +14,17 @@ import functools
 
 from pydantic import BaseModel, ConfigDict
 
+from parallelplan.constraints import attention
 from parallelplan.constraints.collectives import fast_domain
 from parallelplan.constraints.efficiency import stacks
-from parallelplan.constraints.fp8 import plan_recipe, recipe_facts, runnable_recipes, runs_on, stack_recipes
+from parallelplan.constraints.fp8 import (
+    bf16_layers_recipes,
+    plan_recipe,
+    recipe_facts,
+    runnable_recipes,
+    runs_on,
+    stack_recipes,
+)
 from parallelplan.constraints.plan import PRECISIONS, Plan, Workload
 from parallelplan.constraints.usp import plan_ulysses_degree
 from parallelplan.hardware import ClusterSpec
@@ -174,9 +182,20 @@ def structural_violations(model: ModelSpec, cluster: ClusterSpec, plan: Plan, wo
              f"sequence parallelism splits each rank's {local}-token sequence over tp = {plan.tp}, which does not divide it",
              f"use a sequence length that is a multiple of cp·tp = {plan.cp * plan.tp}")
     if plan.cp > 1:
-        rule("cp_needs_flash_attention", plan.attention_kernel == "flash",
+        rule("cp_needs_flash_attention", plan.attention_kernel != "eager",
              "context parallelism runs ring attention inside the fused attention kernel (Transformer Engine); eager attention has none",
              "use attention_kernel 'flash' or cp 1")
+    kernel, arch = plan.attention_kernel, cluster.gpu.architecture
+    if kernel not in (attention.STACK_DEFAULT, "eager"):
+        name, stack = attention.kernel_name(kernel), workload.stack
+        fix = f"use attention_kernel in {', '.join(['flash', *attention.priced_kernels(stack, arch)])}"
+        rule("attention_kernel_offered_by_stack",
+             kernel in attention.offered_kernels(stack) or kernel == attention.default_kernel(stack, arch),
+             f"the {stack} stack cannot be asked for {name}", fix)
+        runs = attention.runs_on(kernel, arch)
+        rule("attention_kernel_runs_on_gpu", runs and attention.speed_ratio(kernel, stack, arch) is not None,
+             f"{name} has no published speed beside the {stack} stack's own kernel on {arch}, so it is not priced there"
+             if runs else f"{name} does not run on {cluster.gpu.display_name} ({arch})", fix)
     if plan.recompute_layers is not None:
         per_rank = -(-model.num_layers // (plan.pp * plan.vpp))
         if plan.layers_per_stage is not None:
@@ -207,6 +226,12 @@ def structural_violations(model: ModelSpec, cluster: ClusterSpec, plan: Plan, wo
              f"the {recipe} fp8 recipe does not run on {gpu.display_name} ({gpu.architecture}): "
              f"{recipe_facts(recipe)['name'].split(':')[0]} runs on {', '.join(recipe_facts(recipe)['architectures'])}",
              f"use fp8_recipe in {', '.join(runnable)}" if runnable else "use precision bf16")
+    if plan.fp8_bf16_layers:
+        recipe, able = plan_recipe(plan.fp8_recipe, workload.stack), bf16_layers_recipes(workload.stack)
+        rule("fp8_bf16_layers_recipe", recipe in able,
+             f"the {workload.stack} stack keeps layers in bf16 under fp8 " + (f"with {', '.join(able)} scaling only, not {recipe}"
+                                                                           if able else "with no recipe"),
+             f"use fp8_recipe in {', '.join(able)}" if able else "use fp8_bf16_layers 0")
     if plan.sharding == "hsdp":
         rule("hsdp_shard_divides_dp", (plan.dp * plan.cp) % (plan.hsdp_shard_size or 1) == 0,
              f"hsdp_shard_size {plan.hsdp_shard_size} must divide dp·cp = {plan.dp * plan.cp}",

@@ -50,10 +50,16 @@ class StageLayout:
     layers: np.ndarray
     moe_layers: np.ndarray
     mtp: np.ndarray  # MTP modules on the stage (counted in layers / moe_layers too)
+    bf16_layers: np.ndarray  # of the layers, those an fp8 plan keeps in bf16 (`bf16_end_layers`)
+    bf16_moe_layers: np.ndarray
 
     @property
     def dense_layers(self) -> np.ndarray:
         return self.layers - self.moe_layers
+
+    @property
+    def bf16_dense_layers(self) -> np.ndarray:
+        return self.bf16_layers - self.bf16_moe_layers
 
 
 def stage_layout(facts: ModelFacts, p: PlanArrays, *, train_mtp: bool = False, merge: bool = True) -> StageLayout:
@@ -85,6 +91,21 @@ def _distinct_rows(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return first, inverse.reshape(-1)
 
 
+def bf16_end_layers(facts: ModelFacts, p: PlanArrays, start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(layers, MoE layers) an fp8 plan keeps in bf16 (`Plan.fp8_bf16_layers` k: the model's first k and last
+    k layers) among each rank's virtual stages [start, end), (n, P, V) → (n, P)."""
+    k = p.fp8_bf16_layers[:, None, None]
+    head_end = np.minimum(k, facts.layers)
+    tail_start = np.maximum(facts.layers - k, head_end)  # no layer counted twice where 2k exceeds the model
+    count = np.zeros(start.shape[:2], dtype=np.int64)
+    moe = np.zeros_like(count)
+    for lo, hi in ((0, head_end), (tail_start, facts.layers)):
+        a, b = np.clip(start, lo, hi), np.clip(end, lo, hi)
+        count = count + (b - a).sum(axis=2)
+        moe = moe + (facts.moe_prefix[b] - facts.moe_prefix[a]).sum(axis=2)
+    return count, moe
+
+
 def _layout(facts: ModelFacts, p: PlanArrays, train_mtp: bool, merge: bool) -> StageLayout:
     n = len(p)
     explicit = p.layers_per_stage
@@ -92,35 +113,39 @@ def _layout(facts: ModelFacts, p: PlanArrays, train_mtp: bool, merge: bool) -> S
     index = np.broadcast_to(np.arange(width), (n, width))
     pp = p.pp[:, None]
     valid = index < pp
-    layers, moe = _default_split(facts, p, index, valid)
+    start, end = _virtual_bounds(facts, p, index, valid)
+    layers, moe = (end - start).sum(axis=2), (facts.moe_prefix[end] - facts.moe_prefix[start]).sum(axis=2)
     if explicit is not None:  # rows with explicit stages (all-zero rows use the default split)
         given = np.zeros((n, width), dtype=np.int64)
         given[:, : explicit.shape[1]] = explicit
         given = np.where(valid, given, 0)
-        starts = np.cumsum(given, axis=1) - given
+        starts = np.minimum(np.cumsum(given, axis=1) - given, facts.layers)
         ends = np.minimum(starts + given, facts.layers)
-        given_moe = facts.moe_prefix[ends] - facts.moe_prefix[np.minimum(starts, facts.layers)]
-        has = (given.sum(axis=1) > 0)[:, None]
-        layers = np.where(has, given, layers)
-        moe = np.where(has, given_moe, moe)
+        has = (given.sum(axis=1) > 0)[:, None, None]
+        width_v = start.shape[2]
+        start = np.where(has, np.pad(starts[:, :, None], ((0, 0), (0, 0), (0, width_v - 1))), start)
+        end = np.where(has, np.pad(ends[:, :, None], ((0, 0), (0, 0), (0, width_v - 1))), end)
+        layers, moe = (end - start).sum(axis=2), (facts.moe_prefix[end] - facts.moe_prefix[start]).sum(axis=2)
+    bf16, bf16_moe = bf16_end_layers(facts, p, start, end)
     last = np.where(v_shaped(p)[:, None], index == 0, index == pp - 1)
     mtp = np.where(last, facts.mtp_layers if train_mtp else 0, 0)
     moe = moe + (mtp if facts.experts else 0)
     if not merge:
         return StageLayout(valid=valid, first=valid & (index == 0), last=valid & last, index=np.array(index),
                            weight=valid.astype(np.int64), layers=np.where(valid, layers + mtp, 0),
-                           moe_layers=np.where(valid, moe, 0), mtp=np.where(valid, mtp, 0))
+                           moe_layers=np.where(valid, moe, 0), mtp=np.where(valid, mtp, 0),
+                           bf16_layers=np.where(valid, bf16, 0), bf16_moe_layers=np.where(valid, bf16_moe, 0))
     turn = v_shaped(p)[:, None] & (index == pp - 1)  # a V's last rank passes its chunk on locally
-    return _classes(valid, index == 0, last, layers + mtp, moe, mtp, turn)
+    return _classes(valid, index == 0, last, layers + mtp, moe, mtp, turn, bf16, bf16_moe)
 
 
 def _classes(valid: np.ndarray, first: np.ndarray, last: np.ndarray, layers: np.ndarray, moe: np.ndarray,
-             mtp: np.ndarray, turn: np.ndarray) -> StageLayout:
+             mtp: np.ndarray, turn: np.ndarray, bf16: np.ndarray, bf16_moe: np.ndarray) -> StageLayout:
     """Group each plan's ranks (n, P) into classes of identical ranks (module docstring); the rank where a V
     turns (``turn``) is a class of its own (it sends less)."""
     n, width = valid.shape
     span = int(layers.max()) + 1
-    key = (((layers * span + moe) * 2 + first) * 2 + last) * 2 + turn
+    key = ((((((layers * span + moe) * 2 + first) * 2 + last) * 2 + turn) * span + bf16) * span) + bf16_moe
     sentinel = np.iinfo(np.int64).max
     key = np.where(valid, key, sentinel)
     order = np.argsort(key, axis=1, kind="stable")  # equal keys keep rank order: the first is the lowest
@@ -146,13 +171,9 @@ def _classes(valid: np.ndarray, first: np.ndarray, last: np.ndarray, layers: np.
         layers=pick(layers),
         moe_layers=pick(moe),
         mtp=pick(mtp),
+        bf16_layers=pick(bf16),
+        bf16_moe_layers=pick(bf16_moe),
     )
-
-
-def _default_split(facts: ModelFacts, p: PlanArrays, index: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(layers, MoE layers) per rank under the default split (module docstring), (n, P)."""
-    start, end = _virtual_bounds(facts, p, index, valid)
-    return (end - start).sum(axis=2), (facts.moe_prefix[end] - facts.moe_prefix[start]).sum(axis=2)
 
 
 def virtual_stages(facts: ModelFacts, p: PlanArrays) -> list[list[tuple[int, int]]]:

@@ -72,6 +72,7 @@ own Adam time is not modelled).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -241,19 +242,31 @@ def class_times(
     training = w.training
     heads = layout.last + layout.mtp  # LM head passes on the stage
 
-    layer_forward = dense_l * col(times.dense_forward) + moe_l * col(times.moe_forward)
+    def over_layers(name: str, kinds: tuple[str, ...] = ("dense", "moe"),
+                    reduce: Callable[[np.ndarray], np.ndarray] = lambda a: a) -> np.ndarray:
+        """Σ over the class's layers of LayerTimes.<kind>_<name> (``reduce``d to (n,)), the layers an fp8
+        plan keeps in bf16 at their bf16 times (`LayerTimes.bf16`)."""
+        counts = {"dense": (dense_l, layout.bf16_dense_layers), "moe": (moe_l, layout.bf16_moe_layers)}
+        total = np.zeros_like(dense_l, dtype=float)
+        for kind in kinds:
+            value = reduce(getattr(times, f"{kind}_{name}"))
+            total = total + counts[kind][0] * col(value)
+            if times.bf16 is not None:
+                total = total + counts[kind][1] * col(reduce(getattr(times.bf16, f"{kind}_{name}")) - value)
+        return total
+
+    layer_forward = over_layers("forward")
     forward = layer_forward + heads * col(times.head_forward)
-    backward = dense_l * col(times.dense_backward) + moe_l * col(times.moe_backward) + heads * col(times.head_backward)
-    gemm_fwd = dense_l * col(times.dense_gemm_forward) + moe_l * col(times.moe_gemm_forward)
+    backward = over_layers("backward") + heads * col(times.head_backward)
+    gemm_fwd = over_layers("gemm_forward")
     attention_fwd = layers * col(times.attention_forward)
     attention_bwd = layers * col(times.attention_backward)
-    sac = dense_l * col(times.dense_sac_recompute) + moe_l * col(times.moe_sac_recompute)
+    sac = over_layers("sac_recompute")
     mode = p.recompute[:, None]
     full = recomputed_share(p, layout) * (mode == code("recompute", "full"))  # share of layers rebuilt
     bits = (p.recompute_modules[:, None] >> np.arange(len(RECOMPUTE_MODULES))) & 1  # (n, modules)
     on = {name: col(bits[:, i]) for i, name in enumerate(RECOMPUTE_MODULES)}
-    modules = (dense_l * col((times.dense_module_recompute * bits).sum(axis=1))
-               + moe_l * col((times.moe_module_recompute * bits).sum(axis=1)))
+    modules = over_layers("module_recompute", reduce=lambda a: (a * bits).sum(axis=1))
     recompute = np.select([mode == code("recompute", "selective"), mode == code("recompute", "selective_mm")],
                           [modules, sac], default=full * layer_forward)
     if not training:
@@ -276,8 +289,7 @@ def class_times(
     tp_exposed = (1 + full + block_share) * tp_forward
     if training:
         asynchronous_backward = stacks()[w.stack]["tp_backward_async"]
-        column = hide["tp"] * asynchronous_backward * (dense_l * col(times.dense_column_forward)
-                                                       + moe_l * col(times.moe_column_forward))
+        column = hide["tp"] * asynchronous_backward * over_layers("column_forward")
         asynchronous = np.where(sequence_parallel, 2 * rs + 2 * np.maximum(2 * rs - column, 0.0), np.maximum(2 * ar - column, 0.0))
         tp_exposed = tp_exposed + np.where(overlap_tp, np.maximum(6 * rs - hide["tp"] * 2 * gemm_fwd, 0.0), asynchronous)
 
@@ -307,7 +319,7 @@ def class_times(
     else:
         dispatch = fabric.all_to_all(f.top_k * token_bytes if f.experts else np.zeros(len(p)), ep, etp)
     a2a = 2 * moe_l * col(dispatch * busiest_rank_load(p, w))  # the busiest rank receives the most
-    cover = moe_l * np.where(col(p.ep_comm_overlap) > 0, col(times.moe_overlappable_forward), col(times.moe_shared_forward))
+    cover = np.where(col(p.ep_comm_overlap) > 0, over_layers("overlappable_forward", ("moe",)), over_layers("shared_forward", ("moe",)))
     ep_forward = np.maximum(a2a - hide["ep"] * cover, 0.0)
     ep_comm = (1 + full + on["moe"]) * ep_forward
     if training:

@@ -80,8 +80,31 @@ def emit(solution, target: str, **options: Any) -> dict[str, str]:
         raise EmitError(f"{target} cannot express activations offloaded to host memory (offload_activations); solve "
                         f"with --fix offload_activations=false, or use --target {' or '.join(writers)}")
     _check_cp_comm(solution.plan, target)
+    _check_attention_kernel(solution.plan, solution.cluster.gpu.architecture, target)
+    if solution.plan.fp8_bf16_layers and target not in BF16_LAYER_TARGETS:
+        raise EmitError(f"{target} cannot keep layers in bf16 under fp8 (fp8_bf16_layers); solve with --fix "
+                        f"fp8_bf16_layers=0, or use --target {' or '.join(BF16_LAYER_TARGETS)}")
     _check_tuning(solution.workload, target)
     return files
+
+
+BF16_LAYER_TARGETS = ("megatron",)
+"""The targets that write `Plan.fp8_bf16_layers` (Megatron-LM's --first-last-layers-bf16)."""
+
+
+def _check_attention_kernel(plan, architecture: str, target: str) -> None:
+    """A plan that names an attention kernel must name one the target's stack runs on the GPU
+    (`constraints.attention.priced_kernels`); ``flash`` (the stack's own) and ``eager`` every stack runs."""
+    from parallelplan.constraints.attention import STACK_DEFAULT, priced_kernels
+    from parallelplan.constraints.efficiency import stack_of_target
+
+    stack = stack_of_target(target)
+    if stack is None or plan.attention_kernel in (STACK_DEFAULT, "eager"):
+        return
+    priced = priced_kernels(stack, architecture)
+    if plan.attention_kernel not in priced:
+        raise EmitError(f"{target} cannot be asked for attention kernel {plan.attention_kernel} on {architecture}; solve "
+                        f"with --fix attention_kernel=flash (it runs {', '.join(['flash', *priced, 'eager'])})")
 
 
 def _check_cp_comm(plan, target: str) -> None:

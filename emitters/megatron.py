@@ -64,6 +64,9 @@ def check(job: Job) -> None:
         raise unsupported(name, f"the {p.schedule} schedule in pretrain_gpt.py", AGAIN + " (1f1b or interleaved)")
     if p.optimizer not in OPTIMIZERS:
         raise unsupported(name, f"the {p.optimizer} optimizer", f"solve with --fix optimizer=adamw ({AGAIN})")
+    if p.fp8_bf16_layers > m.num_layers // p.pp:  # TransformerConfig's bound on --num-layers-at-{start,end}-in-bf16
+        raise unsupported(name, f"{p.fp8_bf16_layers} bf16 layers at each end (at most num_layers // pp = "
+                                f"{m.num_layers // p.pp})", f"solve with --fix fp8_bf16_layers={m.num_layers // p.pp} or fewer")
     if p.offload == "params":
         raise unsupported(name, "parameter offload to the CPU", "solve without offload or with --range offload=optimizer")
     if p.precision in FP32_STORAGE or not p.master_weights:
@@ -212,10 +215,20 @@ def precision_arguments(job: Job) -> list[str]:
     if p.precision == "fp8":
         recipe = target_recipe(p.fp8_recipe, TARGET)
         out += [f"--fp8-format={FP8_FORMATS[recipe]}", f"--fp8-recipe={recipe}"]
+        if p.fp8_bf16_layers:
+            k = p.fp8_bf16_layers
+            out += ["--first-last-layers-bf16", f"--num-layers-at-start-in-bf16={k}", f"--num-layers-at-end-in-bf16={k}"]
         if p.sharding != "none":  # fp8 parameters, no bf16 copy beside a cached fp8 one (constraints.memory.fp8_weight_cache)
             out.append("--fp8-param-gather")
-    out.append("--attention-backend=" + ("auto" if p.attention_kernel == "flash" else "unfused"))
+    out.append(f"--attention-backend={ATTENTION_BACKENDS[p.attention_kernel]}")
     return out
+
+
+ATTENTION_BACKENDS = {"flash": "auto", "flash2": "flash", "flash3": "flash", "cudnn": "fused", "eager": "unfused"}
+"""Megatron-LM's --attention-backend (AttnBackend: flash, fused, unfused, local, auto) for each
+`Plan.attention_kernel`: Transformer Engine's flash backend runs FlashAttention-3 on Hopper where the
+flash-attn 3 package is installed and FlashAttention-2 otherwise (the job's Python environment decides
+which), fused is cuDNN's, auto is TE's own choice (cuDNN on Hopper and Blackwell)."""
 
 
 def optimizer_arguments(job: Job) -> list[str]:

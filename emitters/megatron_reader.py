@@ -9,8 +9,8 @@ defaults where absent: ``--tensor-model-parallel-size``, ``--pipeline-model-para
 ``--tp-comm-overlap``, virtual stages (``--num-layers-per-virtual-pipeline-stage`` or
 ``--virtual-pipeline-model-parallel-size``), uneven stages (``--decoder-first/last-pipeline-num-layers``),
 recompute (``--recompute-granularity``, ``--recompute-method``, ``--recompute-num-layers``,
-``--recompute-modules``), ``--cpu-offloading-num-layers``, precision (``--fp8-format`` with ``--fp8-recipe`` / ``--fp16`` /
-``--bf16``; none of them: fp32), ``--attention-backend``, ``--optimizer``, sharding
+``--recompute-modules``), ``--cpu-offloading-num-layers``, precision (``--fp8-format`` with ``--fp8-recipe`` and ``--first-last-layers-bf16`` /
+``--fp16`` / ``--bf16``; none of them: fp32), ``--attention-backend``, ``--optimizer``, sharding
 (``--use-distributed-optimizer``: ZeRO-1; ``--use-megatron-fsdp`` with ``--data-parallel-sharding-strategy``
 and ``--num-distributed-optimizer-instances``), ``--optimizer-cpu-offload``, ``--overlap-grad-reduce`` /
 ``--overlap-param-gather``, ``--micro-batch-size``, ``--global-batch-size``, ``--seq-length`` and
@@ -58,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--recompute-modules", nargs="*")
     parser.add_argument("--fp8-format")
     parser.add_argument("--fp8-recipe", choices=["tensorwise", "delayed", "mxfp8", "blockwise"], default="delayed")
+    parser.add_argument("--first-last-layers-bf16", action="store_true")
+    parser.add_argument("--num-layers-at-start-in-bf16", type=int, default=1)
+    parser.add_argument("--num-layers-at-end-in-bf16", type=int, default=1)
     parser.add_argument("--attention-backend", default="auto")
     parser.add_argument("--optimizer", default="adam")
     parser.add_argument("--data-parallel-sharding-strategy", default="no_shard")
@@ -109,8 +112,17 @@ def read_arguments(words: Sequence[str], world_size: int, num_layers: int | None
     fields["precision"] = "fp8" if args.fp8_format else "fp16" if args.fp16 else "bf16" if args.bf16 else "fp32"
     if args.fp8_format:  # Megatron's default recipe is the megatron stack's: a plan that names none
         fields["fp8_recipe"] = None if args.fp8_recipe == stack_recipes("megatron")[0] else args.fp8_recipe
+        if args.first_last_layers_bf16:
+            start, end = args.num_layers_at_start_in_bf16, args.num_layers_at_end_in_bf16
+            fields["fp8_bf16_layers"] = max(start, end)
+            if start != end:
+                notes.append(f"--num-layers-at-start-in-bf16 {start} and --num-layers-at-end-in-bf16 {end} differ: "
+                             f"priced as {max(start, end)} at each end")
     fields["master_weights"] = True
-    fields["attention_kernel"] = "eager" if args.attention_backend == "unfused" else "flash"
+    fields["attention_kernel"] = {"unfused": "eager", "fused": "cudnn", "flash": "flash2"}.get(args.attention_backend, "flash")
+    if args.attention_backend == "flash":
+        notes.append("--attention-backend flash read as FlashAttention-2 (Transformer Engine runs FlashAttention-3 "
+                     "instead where flash-attn 3 is installed: --attention-kernel flash3 prices that)")
     if args.optimizer not in OPTIMIZER_OF:
         raise EmitError(f"Megatron arguments: --optimizer {args.optimizer!r} is not modelled; use one of {', '.join(OPTIMIZER_OF)}")
     fields["optimizer"] = OPTIMIZER_OF[args.optimizer]

@@ -51,10 +51,15 @@ def check(job: Job) -> None:
             raise unsupported(NAME, f"{name} {getattr(p, name)}", AGAIN)
     if p.recompute_layers is not None:
         raise unsupported(NAME, f"recompute of {p.recompute_layers} layers (gradient checkpointing is all or none)", AGAIN)
-    if w.packing and (w.algorithm == "dpo" or p.attention_kernel != "flash"):
+    if w.packing and (w.algorithm == "dpo" or p.attention_kernel == "eager"):
         raise unsupported(NAME, "packed examples " + ("for DPO (its trainer does not pack pairs)" if w.algorithm == "dpo"
                                                       else "without flash attention (padding-free packing needs it)"),
                           "solve without --packing" if w.algorithm == "dpo" else AGAIN)
+
+
+ATTN_IMPLEMENTATIONS = {"flash": "sdpa", "flash2": "flash_attention_2", "flash3": "flash_attention_3", "eager": "eager"}
+"""transformers' ``attn_implementation`` for each `Plan.attention_kernel` the custom stack offers: ``sdpa``
+runs PyTorch's flash backend (FlashAttention-2), the others the flash-attn packages or the eager module."""
 
 
 def script_name(job: Job) -> str:
@@ -69,12 +74,12 @@ def trl_config(job: Job) -> dict:
            "gradient_accumulation_steps": job.gradient_accumulation, "max_length": w.seq_len,
            "bf16": p.precision == "bf16", "fp16": p.precision == "fp16", "tf32": p.precision == "tf32",
            "gradient_checkpointing": p.recompute == "full", "optim": OPTIMIZERS[p.optimizer],
-           "dtype": DTYPES[p.precision], "attn_implementation": "sdpa" if p.attention_kernel == "flash" else "eager"}
+           "dtype": DTYPES[p.precision], "attn_implementation": ATTN_IMPLEMENTATIONS[p.attention_kernel]}
     if p.offload_activations:
         out["activation_offloading"] = True
-    if w.packing:
+    if w.packing:  # padding-free packing needs the flash-attn package's variable-length kernels
         out |= {"packing": True, "packing_strategy": "bfd", "padding_free": True,
-                "attn_implementation": "flash_attention_2"}
+                "attn_implementation": "flash_attention_3" if p.attention_kernel == "flash3" else "flash_attention_2"}
     if w.peft is not None:
         targets = list(w.peft.target_modules)
         if not float(w.peft.alpha).is_integer():

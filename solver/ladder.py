@@ -171,10 +171,29 @@ def optimize(model: ModelSpec, cluster: ClusterSpec, workload: Workload, plan: P
     every = catalog()
     risks = tuple(RiskNote(technique=n, text=every[n].risk.text, source=every[n].risk.source)
                   for n in used if every[n].risk is not None)
+    if current.plan.precision == "fp8" and not current.plan.fp8_bf16_layers and current.step_time_s is not None:
+        risks += (_bf16_ends_price(ladder, current, current_cluster),)
     return Ladder(goal=goal, max_effort=max_effort, techniques=tuple(t.name for t in chosen), start=start,
                   rungs=tuple(rungs), final=current, optimum=optimum, optimum_proved=proved, gap=gap,
                   optimum_any_layout=bool({t.name for t in accepted} & set(LAYOUT_TECHNIQUES)),
                   optimum_note=optimum_note, blocked=tuple(blocked), risks=risks, notes=tuple(notes))
+
+
+def _bf16_ends_price(ladder: _Ladder, fp8: Point, cluster: ClusterSpec) -> RiskNote:
+    """What the fp8 risk's remedy costs on the compound plan: its first and last layers in bf16
+    (`Plan.fp8_bf16_layers` 1), priced by the cost model, with the rule it breaks where its recipe forbids it."""
+    ends = ladder.point(fp8.plan.model_copy(update={"fp8_bf16_layers": 1}), cluster)
+    if ends.step_time_s is None or ends.memory_bytes is None or fp8.step_time_s is None or fp8.memory_bytes is None:
+        text = "keeping the first and last layer in bf16 cannot be priced here"
+    else:
+        text = (f"keeping the first and last layer in bf16 (--fp8-bf16-layers 1) costs "
+                f"{ends.step_time_s / fp8.step_time_s - 1:+.1%} step time and "
+                f"{(ends.memory_bytes - fp8.memory_bytes) / 2**30:+.2f} GiB on the compound plan")
+    broken = [v for v in ends.violations if v.rule == "fp8_bf16_layers_recipe"]
+    if broken:
+        text += f" ({broken[0].message}: {broken[0].fix})"
+    return RiskNote(technique="fp8_bf16_layers", text=text,
+                    source="Megatron-LM --first-last-layers-bf16; Micikevicius et al. 2022, arXiv:2209.05433")
 
 
 class _Ladder:
@@ -370,6 +389,8 @@ def search_domains(start: Plan, final: Plan, chosen: Sequence[Technique],
                     fixed[field] = getattr(final, field)
     if not names & set(LAYOUT_TECHNIQUES):
         fixed |= {"tp": final.tp, "pp": final.pp, "cp": final.cp, "ep": final.ep, "etp": final.etp}
+    if final.fp8_bf16_layers:  # bf16 layers are a setting of fp8 plans: the optimum stays fp8
+        ranges["precision"] = ["fp8"]
     ranges = {field: values for field, values in ranges.items() if values}
     assert set(ranges) <= set(SEARCHED)
     return fixed, ranges

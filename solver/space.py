@@ -56,10 +56,11 @@ import numpy as np
 from pydantic import TypeAdapter, ValidationError
 
 from parallelplan.constraints.arrays import ALL_LAYERS, STACK_RECIPE, PlanArrays, code, module_mask, recipe_code
+from parallelplan.constraints.attention import priced_kernels
 from parallelplan.constraints.check import selective_ladder
 from parallelplan.constraints.collectives import fast_domain
 from parallelplan.constraints.efficiency import stacks
-from parallelplan.constraints.fp8 import runnable_recipes, stack_recipes
+from parallelplan.constraints.fp8 import bf16_layers_recipes, runnable_recipes, stack_recipes
 from parallelplan.constraints.plan import RECOMPUTE_MODULES, RECOMPUTES, Plan, Workload
 from parallelplan.constraints.rl import multi_role
 from parallelplan.constraints.usp import ulysses_degree
@@ -87,7 +88,7 @@ SEARCHED = (
 )
 """Plan fields the search ranges over (``fixed`` and ``ranges`` accept these)."""
 SETTINGS = ("kernels", "attention_kernel", "master_weights", "persistent_grads", "tp_comm_overlap", "ep_comm_overlap",
-            "grad_reduce_overlap", "param_gather_overlap")
+            "grad_reduce_overlap", "param_gather_overlap", "fp8_bf16_layers")
 """Plan fields held at one value in a search (``fixed`` may set them)."""
 
 
@@ -126,13 +127,14 @@ class SearchSpace:
                     for v in value:
                         _validated(name, v, kind)
         _pin_fp8_for_recipes(self.cluster, self.workload, fixed, self.ranges)
+        _check_attention_kernel(self.cluster, self.workload, fixed)
         object.__setattr__(self, "fixed", fixed)
         peft = self.workload.peft
         if peft is not None and peft.method == "qlora" and fixed.get("precision") == "fp8":
             raise SolverInputError("fixed: precision 'fp8' with peft 'qlora': QLoRA dequantises its 4-bit weights to a "
                                    "16- or 32-bit compute dtype; use precision bf16, fp16 or fp32")
         try:
-            Plan(**self.settings())
+            self.default_plan()
         except ValidationError as err:
             raise SolverInputError(f"fixed: {err.errors(include_url=False)[0]['msg']}") from None
 
@@ -179,11 +181,22 @@ class SearchSpace:
     def settings(self) -> dict[str, Any]:
         return {name: self.fixed[name] for name in SETTINGS if name in self.fixed}
 
+    def default_plan(self) -> Plan:
+        """A plan with the settings (fp8 where they keep layers in bf16 under fp8)."""
+        return Plan(**self.settings(), **({"precision": "fp8"} if self.fixed.get("fp8_bf16_layers") else {}))
+
 
 def _pin_fp8_for_recipes(cluster: ClusterSpec, workload: Workload, fixed: dict[str, Any], ranges: dict[str, Any]) -> None:
     """A pinned or ranged ``fp8_recipe`` asks for fp8: it pins the precision to fp8 where the precision is
     not given, and is refused (SolverInputError, with the values that run) where the precision given has
-    no fp8 or where the stack or the GPU does not run the recipe."""
+    no fp8 or where the stack or the GPU does not run the recipe. Pinned ``fp8_bf16_layers`` (a setting of
+    fp8 plans only) pins fp8, and is refused beside any other precision."""
+    if fixed.get("fp8_bf16_layers"):
+        precisions = [fixed["precision"]] if "precision" in fixed else list(ranges.get("precision", ["fp8"]))
+        if precisions != ["fp8"]:
+            raise SolverInputError(f"fp8_bf16_layers {fixed['fp8_bf16_layers']} keeps layers in bf16 under fp8, but "
+                                   f"the precision given is {', '.join(precisions)}; pin precision fp8 or drop it")
+        fixed["precision"] = "fp8"
     named = ([fixed["fp8_recipe"]] if "fp8_recipe" in fixed else []) + list(ranges.get("fp8_recipe", []))
     if not named:
         return
@@ -199,6 +212,17 @@ def _pin_fp8_for_recipes(cluster: ClusterSpec, workload: Workload, fixed: dict[s
         if recipe not in runnable:
             raise SolverInputError(f"fp8_recipe {recipe!r} does not run on the {workload.stack} stack with "
                                    f"{gpu.display_name} ({gpu.architecture}); use one of {', '.join(runnable) or 'none: no fp8 here'}")
+
+
+def _check_attention_kernel(cluster: ClusterSpec, workload: Workload, fixed: dict[str, Any]) -> None:
+    """A pinned attention kernel the stack does not offer, or that is not priced on the GPU
+    (`constraints.attention`), is refused with the kernels that are."""
+    kernel = fixed.get("attention_kernel")
+    priced = priced_kernels(workload.stack, cluster.gpu.architecture)
+    if kernel is not None and kernel not in ("flash", "eager", *priced):
+        raise SolverInputError(f"attention_kernel {kernel!r} is not offered by the {workload.stack} stack on "
+                               f"{cluster.gpu.display_name} ({cluster.gpu.architecture}); use one of "
+                               f"{', '.join(['flash', *priced, 'eager'])}")
 
 
 def _validated(name: str, value: Any, kind: str) -> Any:
@@ -373,9 +397,15 @@ def offload_activations_domain(space: SearchSpace) -> list[bool]:
 
 def fp8_recipe_domain(space: SearchSpace) -> list[str | None]:
     """The fp8 recipes an fp8 plan takes: the pin or range, else the stack's default (None); the default
-    is left out where a range also names it (one plan, one form)."""
+    is left out where a range also names it (one plan, one form). With layers kept in bf16
+    (``fp8_bf16_layers``), only recipes the stack keeps them under: by default each that runs on the GPU."""
+    stack = space.workload.stack
+    default = stack_recipes(stack)[0]
+    if space.fixed.get("fp8_bf16_layers"):  # only the recipes that keep layers in bf16 (rules.fp8_bf16_layers_recipe)
+        able = bf16_layers_recipes(stack)
+        values = space.domain("fp8_recipe", [r for r in runnable_recipes(stack, space.cluster.gpu.architecture) if r in able])
+        return [v for v in values if (default if v is None else v) in able]
     values = space.domain("fp8_recipe", [None])
-    default = stack_recipes(space.workload.stack)[0]
     return [v for v in values if v is not None or default not in values]
 
 
@@ -568,7 +598,7 @@ def _valid(space: SearchSpace, c: dict[str, np.ndarray]) -> np.ndarray:
 
 def _plan_arrays(space: SearchSpace, c: dict[str, np.ndarray], layers_per_stage: np.ndarray | None) -> PlanArrays:
     n = len(c["tp"])
-    default = Plan(**space.settings())
+    default = space.default_plan()
     const = lambda value, dtype=np.int64: np.full(n, value, dtype=dtype)  # noqa: E731
     schedule = np.select([c["v_schedule"], c["vpp"] > 1, c["zero_bubble"]],
                          [code("schedule", "dualpipev"), code("schedule", "interleaved"), code("schedule", "zero_bubble")],
@@ -586,7 +616,7 @@ def _plan_arrays(space: SearchSpace, c: dict[str, np.ndarray], layers_per_stage:
         recompute_layers=recompute_layers.astype(np.int64), recompute_modules=c["recompute_modules"].astype(np.int64),
         sequence_parallel=c["sequence_parallel"].astype(bool), sharding=s.astype(np.int64),
         recompute=c["recompute"].astype(np.int64), precision=c["precision"].astype(np.int64),
-        fp8_recipe=c["fp8_recipe"].astype(np.int64),
+        fp8_recipe=c["fp8_recipe"].astype(np.int64), fp8_bf16_layers=const(default.fp8_bf16_layers),
         master_weights=const(default.master_weights, bool), optimizer=c["optimizer"].astype(np.int64),
         offload=c["offload"].astype(np.int64), schedule=schedule.astype(np.int64),
         kernels=const(code("kernels", default.kernels)), attention_kernel=const(code("attention_kernel", default.attention_kernel)),

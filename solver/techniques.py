@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from parallelplan.constraints import Plan, Workload
+from parallelplan.constraints.attention import STACK_DEFAULT, priced_kernels, speed_ratio
 from parallelplan.constraints.check import selective_ladder
 from parallelplan.constraints.efficiency import stacks
 from parallelplan.constraints.fp8 import plan_recipe, runnable_recipes
@@ -255,6 +256,21 @@ def _optimizer(ctx: _Context, plan: Plan, name: str) -> Iterator[Change]:
     yield f"optimizer {plan.optimizer} → {name}", {"optimizer": name}, None
 
 
+def _attention_kernel(ctx: _Context, plan: Plan, name: str) -> Iterator[Change]:
+    """Eager attention to the stack's flash kernel or a faster one; a flash kernel to a faster one the stack
+    offers on this GPU (`constraints.attention`: all keep the same memory, so only speed moves)."""
+    stack, arch, current = ctx.workload.stack, ctx.cluster.gpu.architecture, plan.attention_kernel
+
+    def ratio(kernel: str) -> float:
+        return speed_ratio(kernel, stack, arch) or 0.0
+
+    named = priced_kernels(stack, arch)
+    targets = ([STACK_DEFAULT] + [k for k in named if ratio(k) > 1.0] if current == "eager"
+               else [k for k in named if ratio(k) > ratio(current)])
+    for kernel in targets:
+        yield f"attention kernel {current} → {kernel}", {"attention_kernel": kernel}, None
+
+
 def _setting(field: str, value: str) -> Any:
     def generate(ctx: _Context, plan: Plan, name: str) -> Iterator[Change]:
         yield f"{field.replace('_', ' ')} {getattr(plan, field)} → {value}", {field: value}, None
@@ -351,7 +367,7 @@ _GENERATORS = {
     "offload_activations": _offload_activations,
     "bf16": _precision, "fp8": _precision, "tf32": _precision, "fp8_recipe": _fp8_recipe,
     **dict.fromkeys(OPTIMIZER_TECHNIQUES, _optimizer),
-    "fused_kernels": _setting("kernels", "fused"), "flash_attention": _setting("attention_kernel", "flash"),
+    "fused_kernels": _setting("kernels", "fused"), "flash_attention": _attention_kernel,
     "interleaved": _interleaved, "zero_bubble": _zero_bubble, "dualpipev": _dualpipev, "uneven_stages": _uneven_stages,
     "tp": _tp, "pp": _pp, "cp": _cp, "ep": _ep, "nodes": _nodes,
 }

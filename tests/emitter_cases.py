@@ -73,6 +73,8 @@ def megatron_cases() -> dict[str, Solution]:
         "blackwell mxfp8": _solve("llama-3.1-70b", 2, "megatron", {"tp": 4, "sharding": "zero1", "fp8_recipe": "mxfp8"},
                                   cluster="dgx-b200"),
         "hopper blockwise fp8": _solve(EIGHT_B, 1, "megatron", {"sharding": "zero1", "fp8_recipe": "blockwise"}),
+        "flash-attention 3": _solve(EIGHT_B, 1, "megatron", {"sharding": "zero1", "attention_kernel": "flash3"}),
+        "fp8 ends in bf16": _solve(EIGHT_B, 1, "megatron", {"sharding": "zero1", "pp": 2, "fp8_bf16_layers": 2}),
     }
 
 
@@ -132,6 +134,8 @@ def trl_cases() -> dict[str, Solution]:
         "sft full tf32 on a100": _solve("llama-3.2-1b", 1, "trl", {"precision": "tf32", "sharding": "fsdp"},
                                         workload=Workload(kind="finetune", seq_len=2048, global_batch_size=64),
                                         cluster="dgx-a100"),
+        "sft full flash-attention 3": _solve("llama-3.2-1b", 1, "trl", {"sharding": "fsdp", "attention_kernel": "flash3"},
+                                             workload=Workload(kind="finetune", seq_len=2048, global_batch_size=64)),
     }
 
 

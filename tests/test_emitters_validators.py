@@ -194,7 +194,12 @@ def test_megatron_validates_the_arguments(case):
     if p.precision == "fp8":
         recipe = target_recipe(p.fp8_recipe, "megatron")
         assert (args.fp8_recipe, args.fp8) == (recipe, FP8_FORMATS[recipe])
+        assert args.first_last_layers_bf16 == (p.fp8_bf16_layers > 0)
+        if p.fp8_bf16_layers:
+            assert args.num_layers_at_start_in_bf16 == args.num_layers_at_end_in_bf16 == p.fp8_bf16_layers
     assert args.cpu_offloading_num_layers == (m.num_layers - 1 if p.offload_activations else 0)
+    backend = {"flash": "auto", "flash2": "flash", "flash3": "flash", "cudnn": "fused", "eager": "unfused"}
+    assert str(getattr(args.attention_backend, "name", args.attention_backend)) == backend[p.attention_kernel]
 
 
 def test_megatron_core_takes_the_activation_offload_and_refuses_it_with_a_pipeline():
@@ -212,6 +217,22 @@ def test_megatron_core_takes_the_activation_offload_and_refuses_it_with_a_pipeli
         assert config.cpu_offloading_num_layers == solution.model.num_layers - 1
         args.pipeline_model_parallel_size = 2
         with pytest.raises(ValueError, match="Pipeline parallelism with CPU offloading"):
+            arguments.core_transformer_config_from_args(args)
+
+
+def test_megatron_core_takes_the_bf16_ends_and_refuses_them_under_delayed_scaling():
+    """TransformerConfig checks --first-last-layers-bf16 itself: not with delayed scaling, at most
+    num_layers // pp at each end (megatron/core/transformer/transformer_config.py)."""
+    solution = megatron_cases()["fp8 ends in bf16"]
+    args = _megatron(solution)
+    arguments = load_megatron(solution.cluster.node.gpu.compute_capability)
+    args.apply_rope_fusion = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        config = arguments.core_transformer_config_from_args(args)
+        assert config.first_last_layers_bf16 and config.num_layers_at_start_in_bf16 == solution.plan.fp8_bf16_layers
+        args.fp8_recipe = "delayed"
+        with pytest.raises(ValueError, match="[Dd]elayed scaling"):
             arguments.core_transformer_config_from_args(args)
 
 
@@ -412,7 +433,8 @@ def test_trl_parses_its_config_and_builds_the_adapters(case, tmp_path, monkeypat
     assert training.activation_offloading == p.offload_activations
     if w.algorithm != "dpo":  # packed examples attend within themselves: padding-free under FlashAttention
         assert (training.packing, training.padding_free) == (w.packing, w.packing)
-        assert (model_args.attn_implementation == "flash_attention_2") == w.packing
+        expected = {"flash": "sdpa", "flash2": "flash_attention_2", "flash3": "flash_attention_3", "eager": "eager"}
+        assert model_args.attn_implementation == ("flash_attention_2" if w.packing else expected[p.attention_kernel])
     peft = get_peft_config(model_args)
     if w.peft is None:
         assert peft is None

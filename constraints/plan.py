@@ -17,7 +17,8 @@ Both are the cost model's inputs; the solver re-exports them. Conventions:
   (``stacks.json`` ``fp8.recipes``, first entry); only an fp8 plan has one. ``fp8_bf16_layers`` k keeps the
   model's first k and last k decoder layers in bf16 under fp8 (Megatron-LM ``--first-last-layers-bf16``;
   the ends are where fp8 training is most sensitive, Micikevicius et al. 2022 §4): they run and keep
-  activations as a bf16 plan's, wherever the pipeline puts them.
+  activations as a bf16 plan's, wherever the pipeline puts them (a serving plan's decode still prices every
+  layer at the plan's precision).
 - ``kernels``: ``fused`` = Megatron-Core / Transformer Engine (fused norms, fused SwiGLU, fused
   cross-entropy); ``unfused`` = PyTorch eager modules as HF ``transformers`` writes them (the recipe the
   memory tests measure). ``attention_kernel``: ``flash`` is the stack's own flash kernel, ``flash2``,

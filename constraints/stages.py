@@ -8,7 +8,10 @@ Under a V schedule (DualPipeV, `constraints.plan.V_SCHEDULES`) rank i holds virt
 2·pp − 1 − i (torch.distributed.pipelining's "v" stage-to-rank mapping): rank 0 holds the embedding and the
 LM head, and is both the first and the last rank.
 
-Ranks that hold the same layers (count, MoE count, first/last role) are priced once, as a rank class:
+An fp8 plan that keeps its first and last k layers in bf16 (`Plan.fp8_bf16_layers`) has them counted on
+whichever ranks hold them (`bf16_end_layers`), and priced there as bf16 layers.
+
+Ranks that hold the same layers (count, MoE count, bf16 count, first/last role) are priced once, as a rank class:
 its time per micro-batch is the same for all of them, and its memory is that of the lowest-indexed one,
 which holds the most micro-batches in flight. A class carries how many ranks it stands for (``weight``)
 and that rank's index, so a 128-stage pipeline costs a handful of classes, not 128 stages.
@@ -113,19 +116,18 @@ def _layout(facts: ModelFacts, p: PlanArrays, train_mtp: bool, merge: bool) -> S
     index = np.broadcast_to(np.arange(width), (n, width))
     pp = p.pp[:, None]
     valid = index < pp
-    start, end = _virtual_bounds(facts, p, index, valid)
-    layers, moe = (end - start).sum(axis=2), (facts.moe_prefix[end] - facts.moe_prefix[start]).sum(axis=2)
-    if explicit is not None:  # rows with explicit stages (all-zero rows use the default split)
+    start, end = _virtual_bounds(facts, p, index, valid)  # (n, P, V): each rank's layers [start, end)
+    if explicit is not None:  # rows with explicit stages, one block per rank (all-zero rows: the default split)
         given = np.zeros((n, width), dtype=np.int64)
         given[:, : explicit.shape[1]] = explicit
         given = np.where(valid, given, 0)
         starts = np.minimum(np.cumsum(given, axis=1) - given, facts.layers)
         ends = np.minimum(starts + given, facts.layers)
         has = (given.sum(axis=1) > 0)[:, None, None]
-        width_v = start.shape[2]
-        start = np.where(has, np.pad(starts[:, :, None], ((0, 0), (0, 0), (0, width_v - 1))), start)
-        end = np.where(has, np.pad(ends[:, :, None], ((0, 0), (0, 0), (0, width_v - 1))), end)
-        layers, moe = (end - start).sum(axis=2), (facts.moe_prefix[end] - facts.moe_prefix[start]).sum(axis=2)
+        block = ((0, 0), (0, 0), (0, start.shape[2] - 1))
+        start = np.where(has, np.pad(starts[:, :, None], block), start)
+        end = np.where(has, np.pad(ends[:, :, None], block), end)
+    layers, moe = (end - start).sum(axis=2), (facts.moe_prefix[end] - facts.moe_prefix[start]).sum(axis=2)
     bf16, bf16_moe = bf16_end_layers(facts, p, start, end)
     last = np.where(v_shaped(p)[:, None], index == 0, index == pp - 1)
     mtp = np.where(last, facts.mtp_layers if train_mtp else 0, 0)

@@ -202,38 +202,39 @@ def test_megatron_validates_the_arguments(case):
     assert str(getattr(args.attention_backend, "name", args.attention_backend)) == backend[p.attention_kernel]
 
 
-def test_megatron_core_takes_the_activation_offload_and_refuses_it_with_a_pipeline():
-    """Megatron-Core's TransformerConfig checks cpu offloading itself (fewer layers than the model's, no
-    pipeline parallelism, no recompute). Its rope fusion needs Transformer Engine, absent on this CPU
-    machine, so that fusion is switched off for the check."""
-    solution = megatron_cases()["activations offloaded"]
+def _transformer_config(solution, **changes):
+    """Megatron-Core's TransformerConfig from the emitted arguments with ``changes`` made to them (it checks
+    what validate_args leaves to it). Its rope fusion needs Transformer Engine, absent on this CPU machine, so
+    that fusion is switched off for the check."""
     args = _megatron(solution)
     arguments = load_megatron(solution.cluster.node.gpu.compute_capability)
     args.apply_rope_fusion = False
+    for name, value in changes.items():
+        setattr(args, name, value)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        config = arguments.core_transformer_config_from_args(args)
-        assert config.cpu_offloading and config.cpu_offloading_activations
-        assert config.cpu_offloading_num_layers == solution.model.num_layers - 1
-        args.pipeline_model_parallel_size = 2
-        with pytest.raises(ValueError, match="Pipeline parallelism with CPU offloading"):
-            arguments.core_transformer_config_from_args(args)
+        return arguments.core_transformer_config_from_args(args)
+
+
+def test_megatron_core_takes_the_activation_offload_and_refuses_it_with_a_pipeline():
+    """TransformerConfig checks cpu offloading itself: fewer layers than the model's, no pipeline
+    parallelism, no recompute."""
+    solution = megatron_cases()["activations offloaded"]
+    config = _transformer_config(solution)
+    assert config.cpu_offloading and config.cpu_offloading_activations
+    assert config.cpu_offloading_num_layers == solution.model.num_layers - 1
+    with pytest.raises(ValueError, match="Pipeline parallelism with CPU offloading"):
+        _transformer_config(solution, pipeline_model_parallel_size=2)
 
 
 def test_megatron_core_takes_the_bf16_ends_and_refuses_them_under_delayed_scaling():
     """TransformerConfig checks --first-last-layers-bf16 itself: not with delayed scaling, at most
     num_layers // pp at each end (megatron/core/transformer/transformer_config.py)."""
     solution = megatron_cases()["fp8 ends in bf16"]
-    args = _megatron(solution)
-    arguments = load_megatron(solution.cluster.node.gpu.compute_capability)
-    args.apply_rope_fusion = False
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        config = arguments.core_transformer_config_from_args(args)
-        assert config.first_last_layers_bf16 and config.num_layers_at_start_in_bf16 == solution.plan.fp8_bf16_layers
-        args.fp8_recipe = "delayed"
-        with pytest.raises(ValueError, match="[Dd]elayed scaling"):
-            arguments.core_transformer_config_from_args(args)
+    config = _transformer_config(solution)
+    assert config.first_last_layers_bf16 and config.num_layers_at_start_in_bf16 == solution.plan.fp8_bf16_layers
+    with pytest.raises(ValueError, match="[Dd]elayed scaling"):
+        _transformer_config(solution, fp8_recipe="delayed")
 
 
 def test_megatron_validator_catches_a_missing_environment_and_a_broken_batch():

@@ -88,8 +88,9 @@ def emit(solution, target: str, **options: Any) -> dict[str, str]:
     return files
 
 
-BF16_LAYER_TARGETS = ("megatron",)
-"""The targets that write `Plan.fp8_bf16_layers` (Megatron-LM's --first-last-layers-bf16)."""
+BF16_LAYER_TARGETS = ("megatron", "torchtitan")
+"""The targets that write `Plan.fp8_bf16_layers` (Megatron-LM's --first-last-layers-bf16, torchtitan's fp8
+converters told which layers to leave out)."""
 
 
 def _check_attention_kernel(plan, architecture: str, target: str) -> None:

@@ -6,8 +6,9 @@ validator tests).
 - ``plan_config.py``: a config function ``plan()`` that starts from torchtitan's own config for the model
   (`emitters/data/torchtitan.json`: the models 0.3.0 ships) and sets what the command line cannot — the
   fp8 converter of the plan's recipe (``Float8LinearConverter`` rowwise, ``lm_head`` kept in bf16 as
-  torchtitan's own 405B config does; ``MXFP8LinearConverter`` on the decoder layers) when the plan's
-  precision or recipe differs from that config's.
+  torchtitan's own 405B config does; ``MXFP8LinearConverter`` on the decoder layers; the first and last
+  ``fp8_bf16_layers`` layers left out of either) when the plan's precision, recipe or bf16 layers differ
+  from that config's.
 - ``launch.sh``: torchrun on ``-m torchtitan.train`` with every parallel degree written out, so nothing of
   the base config's layout leaks through: data-parallel replicate/shard degrees (none = DDP replicate,
   fsdp/zero3 = shard, zero2 = shard with ``fsdp_reshard_after_forward never``, HSDP = shard within
@@ -157,14 +158,22 @@ def subcommand(job: Job) -> str:
     return f"activation_checkpoint:{CHECKPOINT[job.plan.recompute]}"
 
 
-CONVERTERS = {
-    "rowwise": ("Float8LinearConverter", 'Float8LinearConverter.Config(recipe_name="rowwise", filter_fqns=["lm_head"], '
-                'model_compile_enabled=True)'),
-    "mxfp8": ("MXFP8LinearConverter", 'MXFP8LinearConverter.Config(fqns=["layers"], model_compile_enabled=True)'),
-}
-"""The plan's fp8 recipe as torchtitan's converter (0.3.0 ``torchtitan.components.quantization``): the decoder
-layers' linears in fp8, the LM head in bf16 (the cost model's fp8 layout; ``filter_fqns`` skips it, ``fqns``
-names the layers)."""
+CONVERTERS = {"rowwise": "Float8LinearConverter", "mxfp8": "MXFP8LinearConverter"}
+"""The plan's fp8 recipe as torchtitan's converter (0.3.0 ``torchtitan.components.quantization``)."""
+
+
+def converter(recipe: str, job: Job) -> str:
+    """The converter's config: the decoder layers' linears in fp8, the LM head in bf16 (the cost model's fp8
+    layout), and the first and last ``fp8_bf16_layers`` layers in bf16 too — Float8's ``filter_fqns`` skips
+    the linears whose name contains one of its strings, MXFP8's ``fqns`` converts those whose name contains
+    one of its (``layers.3.``: the dot keeps ``layers.3`` from naming ``layers.30``)."""
+    k, layers = job.plan.fp8_bf16_layers, job.model.num_layers
+    ends = [i for i in range(layers) if i < k or i >= layers - k]
+    if recipe == "rowwise":
+        skipped = ["lm_head", *(f"layers.{i}." for i in ends)]
+        return f'Float8LinearConverter.Config(recipe_name="rowwise", filter_fqns={skipped!r}, model_compile_enabled=True)'.replace("'", '"')
+    converted = [f"layers.{i}." for i in range(layers) if i not in ends] if ends else ["layers"]
+    return f"MXFP8LinearConverter.Config(fqns={converted!r}, model_compile_enabled=True)".replace("'", '"')
 BASE_RECIPE = "rowwise"
 """The recipe of torchtitan's own fp8 configs (llama3_405b: Float8LinearConverter's default)."""
 
@@ -180,12 +189,12 @@ def plan_config(job: Job) -> str:
              "", f"from torchtitan.models.{e['module']} import model_registry",
              f"from torchtitan.models.{e['module']}.config_registry import {e['config']}"]
     if recipe is not None:
-        lines.insert(5, f"from torchtitan.components.quantization import {CONVERTERS[recipe][0]}")
+        lines.insert(5, f"from torchtitan.components.quantization import {CONVERTERS[recipe]}")
     lines += ["", "", "def plan():", f"    config = {e['config']}()"]
-    if recipe != base:
+    if recipe != base or p.fp8_bf16_layers:
         kwargs = [f"{key}={value!r}" for key, value in e["registry_kwargs"].items()]
         if recipe is not None:
-            kwargs.append(f"converters=[{CONVERTERS[recipe][1]}]")
+            kwargs.append(f"converters=[{converter(recipe, job)}]")
         lines.append(f"    config.model_spec = model_registry({', '.join([repr(e['flavor']), *kwargs])})")
     lines.append("    return config")
     return "\n".join(lines) + "\n"

@@ -398,12 +398,14 @@ def offload_activations_domain(space: SearchSpace) -> list[bool]:
 def fp8_recipe_domain(space: SearchSpace) -> list[str | None]:
     """The fp8 recipes an fp8 plan takes: the pin or range, else the stack's default (None); the default
     is left out where a range also names it (one plan, one form). With layers kept in bf16
-    (``fp8_bf16_layers``), only recipes the stack keeps them under: by default each that runs on the GPU."""
+    (``fp8_bf16_layers``), only recipes the stack keeps them under: by default its own where it may, else each
+    of those that runs on the GPU."""
     stack = space.workload.stack
     default = stack_recipes(stack)[0]
     if space.fixed.get("fp8_bf16_layers"):  # only the recipes that keep layers in bf16 (rules.fp8_bf16_layers_recipe)
         able = bf16_layers_recipes(stack)
-        values = space.domain("fp8_recipe", [r for r in runnable_recipes(stack, space.cluster.gpu.architecture) if r in able])
+        runnable = [r for r in runnable_recipes(stack, space.cluster.gpu.architecture) if r in able]
+        values = space.domain("fp8_recipe", [None] if default in runnable else runnable)
         return [v for v in values if (default if v is None else v) in able]
     values = space.domain("fp8_recipe", [None])
     return [v for v in values if v is not None or default not in values]

@@ -93,6 +93,10 @@ def torchtitan_cases() -> dict[str, Solution]:
         "dualpipev": _solve(EIGHT_B, 2, "torchtitan", {"pp": 2, "sharding": "fsdp"}, {"schedule": ["dualpipev"]}),
         "mxfp8 on blackwell": _solve(EIGHT_B, 1, "torchtitan", {"sharding": "fsdp", "fp8_recipe": "mxfp8"},
                                      {"precision": ["fp8"]}, cluster="dgx-b200"),
+        "fp8 ends in bf16": _solve(EIGHT_B, 1, "torchtitan", {"sharding": "fsdp", "fp8_bf16_layers": 2}, {"precision": ["fp8"]},
+                                   workload=WORK.model_copy(update={"stack": "torchtitan"})),
+        "mxfp8 ends in bf16": _solve(EIGHT_B, 1, "torchtitan", {"sharding": "fsdp", "fp8_recipe": "mxfp8", "fp8_bf16_layers": 1},
+                                     {"precision": ["fp8"]}, cluster="dgx-b200", workload=WORK.model_copy(update={"stack": "torchtitan"})),
     }
 
 

@@ -312,7 +312,9 @@ def test_torchtitan_parses_the_job(case, tmp_path):
     assert kind == {"none": "none", "full": "FullAC.Config", "selective_mm": "SelectiveAC.Config"}[p.recompute]
     linear = {None: "Linear.Config", "rowwise": "Float8Linear.Config", "mxfp8": "MXFP8Linear.Config"}[
         target_recipe(p.fp8_recipe, "torchtitan") if p.precision == "fp8" else None]
-    assert type(model.layers[0].attention.wo).__qualname__ == linear  # the decoder's linears in the plan's recipe
+    k, count = p.fp8_bf16_layers, m.num_layers
+    for i in range(count):  # the decoder's linears in the plan's recipe, but the first and last k in bf16
+        assert type(model.layers[i].attention.wo).__qualname__ == ("Linear.Config" if i < k or i >= count - k else linear)
     assert type(model.lm_head).__qualname__ == "Linear.Config"  # the LM head in bf16, as the cost model prices it
 
 

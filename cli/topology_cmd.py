@@ -150,7 +150,12 @@ def render(report: TopologyReport) -> str:
     lines += ["", table(["group GPUs", "domains", f"all-reduce {size} ms", "bus GB/s", "all-gather ms", "all-to-all ms"],
                         rows, right=(0, 1, 2, 3, 4, 5))]
     if not quiet():
+        from parallelplan.constraints.collectives import ib_sharp, nvlink_sharp
+
+        reduction = [name for name, on in (("NVLink SHARP inside the domain", nvlink_sharp(report.cluster)),
+                                           ("IB SHARP across nodes", ib_sharp(report.cluster))) if on]
         lines += ["", "Groups are consecutive ranks (as TP, then CP and DP, are laid out); a group spanning several "
-                      "domains runs a ring inside each and one per GPU across them over its own NIC. Bus bandwidth is "
-                      "nccl-tests' busbw, comparable with all_reduce_perf."]
+                      "domains runs a ring inside each and one per GPU across them over its own NIC"
+                  + (f"; all-reduces use {' and '.join(reduction)} where faster" if reduction else "")
+                  + ". Bus bandwidth is nccl-tests' busbw, comparable with all_reduce_perf."]
     return "\n".join(lines)

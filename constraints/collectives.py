@@ -56,6 +56,16 @@ def fast_domain(cluster: ClusterSpec) -> int:
     return min(max(cluster.nvlink_domain_gpus, cluster.node.gpus_per_node), cluster.total_gpus)
 
 
+def nvlink_sharp(cluster: ClusterSpec) -> bool:
+    """Whether the NVSwitches reduce (NVLS): the cluster says so and its GPUs meet in NVSwitches."""
+    return cluster.in_network_reduction and cluster.node.intra_node_fabric == "nvswitch"
+
+
+def ib_sharp(cluster: ClusterSpec) -> bool:
+    """Whether the InfiniBand switches reduce an all-reduce across nodes (SHARP, NCCL's CollNet)."""
+    return cluster.ib_sharp and cluster.num_nodes > 1
+
+
 @dataclass(frozen=True)
 class Fabric:
     domain: int
@@ -71,16 +81,15 @@ class Fabric:
     def of(cls, cluster: ClusterSpec, eff: Efficiency) -> Fabric:
         domain = fast_domain(cluster)
         inter = cluster.node.nic_bandwidth_per_gpu * eff.network_bus["inter_node"]
-        nvls = cluster.in_network_reduction and cluster.node.intra_node_fabric == "nvswitch"
         return cls(
             domain=domain,
             intra_bw=cluster.node.intra_node_bandwidth * eff.network_bus["intra_node"],
             inter_bw=inter if inter > 0 else np.inf,
             intra_alpha=eff.latency_s["intra_node"],
             inter_alpha=eff.latency_s["inter_node"],
-            nvls_bw=cluster.node.intra_node_bandwidth * eff.network_bus["nvls"] if nvls else 0.0,
+            nvls_bw=cluster.node.intra_node_bandwidth * eff.network_bus["nvls"] if nvlink_sharp(cluster) else 0.0,
             nvls_alpha=eff.latency_s["nvls"],
-            ib_sharp=cluster.ib_sharp and cluster.num_nodes > 1,
+            ib_sharp=ib_sharp(cluster),
         )
 
     def split(self, size: np.ndarray, stride: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

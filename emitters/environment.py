@@ -9,6 +9,7 @@ import shlex
 from dataclasses import dataclass
 
 from parallelplan.constraints import Plan
+from parallelplan.constraints.collectives import ib_sharp, nvlink_sharp
 from parallelplan.hardware import ClusterSpec
 
 
@@ -29,10 +30,10 @@ def nccl_environment(cluster: ClusterSpec) -> list[Variable]:
         if cluster.gpudirect_rdma and 2 * node.nics_per_node >= node.gpus_per_node:
             out.append(Variable("NCCL_NET_GDR_LEVEL", "PXB", "GPUDirect RDMA between a GPU and a NIC behind the same PCIe "
                                                               "switches (the node has one NIC per GPU or per GPU pair)"))
-    if node.intra_node_fabric == "nvswitch" and cluster.in_network_reduction:
+    if nvlink_sharp(cluster):
         out.append(Variable("NCCL_NVLS_ENABLE", "1", "NVLink SHARP: all-reduce inside the NVSwitch "
                                                      "(NCCL's default 2 enables it only where it detects support)"))
-    if cluster.num_nodes > 1 and cluster.ib_sharp:
+    if ib_sharp(cluster):
         out.append(Variable("NCCL_COLLNET_ENABLE", "1", "IB SHARP: all-reduce inside the InfiniBand switches through "
                                                          "NCCL's CollNet (needs the SHARP plugin and aggregation manager)"))
     if node.intra_node_fabric == "pcie":

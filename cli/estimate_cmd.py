@@ -86,8 +86,9 @@ PLAN_OPTIONS = [
     click.option("--offload-activations/--no-offload-activations", default=None,
                  help="Copy the activations kept for the backward to host memory and back, beside the compute "
                       "[default: no]."),
-    click.option("--schedule", type=click.Choice(["1f1b", "interleaved", "zero_bubble", "dualpipev"]),
-                 help="Pipeline schedule [default: interleaved when vpp > 1, else 1f1b]."),
+    click.option("--schedule", type=click.Choice(["1f1b", "interleaved", "zero_bubble", "dualpipev", "zbv"]),
+                 help="Pipeline schedule; dualpipev and zbv run two chunks per rank in a V (vpp 2) [default: "
+                      "interleaved when vpp > 1, else 1f1b]."),
     click.option("--layers-per-stage", help="Layers of each pipeline stage, comma-separated (e.g. 19,21,21,19)."),
     click.option("--kernels", type=click.Choice(["fused", "unfused"]),
                  help="fused: Megatron/Transformer Engine; unfused: PyTorch eager / HF transformers [default: fused]."),

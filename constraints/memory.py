@@ -12,6 +12,9 @@ Micro-batches in flight on pipeline rank i (m micro-batches per step):
   micro-batches, Megatron's "interleaved schedule memory penalty".
 - DualPipeV (two chunks per rank in a V): min(2·pp + 1, 2·m) chunks of half the stage on every rank
   (DeepSeek-AI's DualPipe README, "Activation per device: PP + 1" with PP = 2·pp chunks over pp devices).
+- ZB-V (the same V): min(2·pp, 2·m) chunks on every rank — the most chunks whose forward has run and whose
+  weight gradient has not, counted along torch's ScheduleZBVZeroBubble order (whatever F, B, W take: the
+  order is fixed); pp micro-batches, 1F1B's first stage, as Qi et al. 2023 §6 state.
 Gradient buffers: persistent plans hold them throughout; otherwise they appear as backward frees
 activations, so the peak is the larger of the end of forward (all activations, no gradients) and the
 backward of the stage's first layer (one layer's activations, every other gradient); the breakdown
@@ -47,7 +50,7 @@ from parallelplan.constraints.dpo import has_reference_copy, reference_weight_by
 from parallelplan.constraints.efficiency import stacks
 from parallelplan.constraints.fp8 import weight_cache_bytes
 from parallelplan.constraints.peft import PeftParams
-from parallelplan.constraints.plan import Workload
+from parallelplan.constraints.plan import V_SCHEDULES, Workload
 from parallelplan.constraints.runtime import RuntimeAllowance
 from parallelplan.constraints.stages import StageLayout, StageParams
 from parallelplan.constraints.states import (
@@ -114,14 +117,16 @@ def warm_up_forwards(p: PlanArrays, w: Workload, stage_index: np.ndarray) -> np.
     plain = np.minimum(pp - stage_index, m)
     chunks = np.minimum(2 * (pp - stage_index - 1) + (vpp - 1) * pp + 1, m * vpp)
     v_chunks = np.minimum(2 * pp + 1, m * vpp)  # DualPipeV: 2·pp + 1 chunks' worth on every rank
+    zbv_chunks = np.minimum(2 * pp, m * vpp)  # ZB-V: 2·pp chunks (a 1F1B first stage's pp micro-batches) on every rank
     return np.select([p.schedule[:, None] == code("schedule", "interleaved"),
-                      p.schedule[:, None] == code("schedule", "dualpipev")], [chunks, v_chunks], default=plain)
+                      p.schedule[:, None] == code("schedule", "dualpipev"), p.schedule[:, None] == code("schedule", "zbv")],
+                     [chunks, v_chunks, zbv_chunks], default=plain)
 
 
 def in_flight(p: PlanArrays, w: Workload, stage_index: np.ndarray) -> np.ndarray:
     """Micro-batch equivalents of activations held by a rank of each class ((n, C)): its warm-up forwards,
-    each 1/vpp of the stage under interleaving and DualPipeV."""
-    chunked = np.isin(p.schedule, [code("schedule", "interleaved"), code("schedule", "dualpipev")])[:, None]
+    each 1/vpp of the stage under interleaving and the V schedules."""
+    chunked = np.isin(p.schedule, [code("schedule", s) for s in ("interleaved", *V_SCHEDULES)])[:, None]
     return (warm_up_forwards(p, w, stage_index) / np.where(chunked, p.vpp[:, None], 1)).astype(float)
 
 

@@ -70,10 +70,13 @@ to TF32 (10-bit mantissa, fp32 accumulation) in the tensor cores (PyTorch's allo
 FP8_RECIPES = ("delayed", "tensorwise", "rowwise", "blockwise", "mxfp8")
 OPTIMIZERS = ("adamw", "adamw8bit", "adafactor", "lion", "sgd", "came")
 OFFLOADS = ("none", "optimizer", "params")
-SCHEDULES = ("1f1b", "interleaved", "zero_bubble", "dualpipev")
-V_SCHEDULES = ("dualpipev",)
+SCHEDULES = ("1f1b", "interleaved", "zero_bubble", "dualpipev", "zbv")
+V_SCHEDULES = ("dualpipev", "zbv")
 """Schedules whose two model chunks per rank run down and back up the ranks (a V): rank i holds chunks i and
 2·pp − 1 − i, so rank 0 holds both the embedding and the LM head."""
+SCHEDULE_NAMES = {"1f1b": "1F1B", "interleaved": "interleaved", "zero_bubble": "zero-bubble (ZB-H1)",
+                  "dualpipev": "DualPipeV", "zbv": "ZB-V"}
+"""Each schedule as the literature names it."""
 KERNELS = ("fused", "unfused")
 ATTENTION_KERNELS = ("flash", "flash2", "flash3", "cudnn", "eager")
 CP_COMMS = ("p2p", "a2a", "a2a+p2p")
@@ -123,7 +126,7 @@ class Plan(_Frozen):
     optimizer: Literal["adamw", "adamw8bit", "adafactor", "lion", "sgd", "came"] = "adamw"
     offload: Literal["none", "optimizer", "params"] = "none"
     offload_activations: bool = False
-    schedule: Literal["1f1b", "interleaved", "zero_bubble", "dualpipev"] | None = None
+    schedule: Literal["1f1b", "interleaved", "zero_bubble", "dualpipev", "zbv"] | None = None
     layers_per_stage: tuple[Degree, ...] | None = None
     kernels: Literal["fused", "unfused"] = "fused"
     attention_kernel: Literal["flash", "flash2", "flash3", "cudnn", "eager"] = "flash"

@@ -25,7 +25,7 @@ from parallelplan.constraints.fp8 import (
     runs_on,
     stack_recipes,
 )
-from parallelplan.constraints.plan import PRECISIONS, Plan, Workload
+from parallelplan.constraints.plan import PRECISIONS, SCHEDULE_NAMES, V_SCHEDULES, Plan, Workload
 from parallelplan.constraints.usp import plan_ulysses_degree
 from parallelplan.hardware import ClusterSpec
 from parallelplan.models import ModelSpec
@@ -96,19 +96,22 @@ def structural_violations(model: ModelSpec, cluster: ClusterSpec, plan: Plan, wo
         rule("interleaved_microbatches_by_pp", m % plan.pp == 0,
              f"the interleaved schedule needs the {m} micro-batches to be a multiple of pp = {plan.pp}",
              "change the global batch or the micro-batch size")
-    rule("pipeline_schedule_needs_pp", plan.schedule not in ("zero_bubble", "dualpipev") or plan.pp > 1,
-         f"the {'zero-bubble' if plan.schedule == 'zero_bubble' else 'DualPipeV'} schedule needs pipeline parallelism (pp > 1)", "use schedule 1f1b with pp 1, or raise pp")
-    if plan.schedule == "dualpipev":
-        rule("dualpipev_two_chunks", plan.vpp == 2,
-             f"DualPipeV runs two model chunks per pipeline rank (a V: rank i holds chunks i and 2·pp − 1 − i), not vpp = {plan.vpp}",
+    name = SCHEDULE_NAMES.get(plan.schedule, plan.schedule)
+    rule("pipeline_schedule_needs_pp", plan.schedule not in ("zero_bubble", *V_SCHEDULES) or plan.pp > 1,
+         f"the {name} schedule needs pipeline parallelism (pp > 1)", "use schedule 1f1b with pp 1, or raise pp")
+    if plan.schedule in V_SCHEDULES:
+        rule("v_schedule_two_chunks", plan.vpp == 2,
+             f"{name} runs two model chunks per pipeline rank (a V: rank i holds chunks i and 2·pp − 1 − i), not vpp = {plan.vpp}",
              "set vpp 2")
-        rule("dualpipev_microbatches", m >= 2 * plan.pp,
-             f"DualPipeV needs at least as many micro-batches as model chunks (2·pp = {2 * plan.pp}), the step has {m} "
-             "(torch.distributed.pipelining ScheduleDualPipeV)",
-             f"use a global batch of at least {2 * plan.pp} micro-batches per replica, or a smaller pp")
+        least = 2 * plan.pp - (plan.schedule == "zbv")
+        rule("v_schedule_microbatches", m >= least,
+             f"{name} needs at least {least} micro-batches (2·pp{' − 1' if plan.schedule == 'zbv' else ''}), the step has {m} "
+             f"(torch.distributed.pipelining Schedule{'ZBVZeroBubble' if plan.schedule == 'zbv' else 'DualPipeV'}"
+             f"{': its order is built for that many, and the cost model priced from it' if plan.schedule == 'zbv' else ''})",
+             f"use a global batch of at least {least} micro-batches per replica, or a smaller pp")
     if plan.vpp > 1:
-        rule("vpp_needs_interleaved", plan.schedule in ("interleaved", "dualpipev"),
-             f"vpp = {plan.vpp} needs the interleaved or DualPipeV schedule", "set schedule 'interleaved' or vpp 1")
+        rule("vpp_needs_interleaved", plan.schedule in ("interleaved", *V_SCHEDULES),
+             f"vpp = {plan.vpp} needs the interleaved, DualPipeV or ZB-V schedule", "set schedule 'interleaved' or vpp 1")
     if model.moe is not None:
         experts = model.moe.num_experts
         rule("experts_by_ep", experts % plan.ep == 0,

@@ -60,6 +60,13 @@ chunks over pp devices and F, B, W per chunk, half a rank's): half of each other
 backward Bᵢ less 3Wᵢ, F&B taken as F + B (the pair overlaps communication, not compute). Its V sends each
 micro-batch across every rank twice each way, once on rank 0 (which holds the first and the last chunk)
 and on the last rank (where the V turns, chunk pp − 1 to chunk pp on the same GPU: torch's V schedules).
+ZB-V (torch.distributed.pipelining's ScheduleZBVZeroBubble, the V layout of DualPipeV): no closed form is
+published for unequal F, B, W (Qi et al. give its bubble for equal times; their code and torch's docstring
+schedule by simulation), so the step was derived from torch's own action order: as longest paths through
+it (max-plus, communication left out), every rank's step for m ≥ 2·pp − 1 micro-batches is
+2m(F + B + W) plus the largest of eight linear forms in the per-chunk F, B (input gradient) and W (`ZBV_FORMS`),
+whatever m — (pp − 1)·F on equal times, a sixth of 1F1B's; tests/test_zbv.py rebuilds it from torch's
+order. F, B, W are the other ranks' per-chunk averages.
 Once per step and rank: the data-parallel gradient reduction — all-reduce without sharding,
 reduce-scatter with ZeRO-1 / Megatron's distributed optimizer, over dp·cp for dense and the
 expert-data-parallel group for expert weights — hidden behind the last backward up to η_dp with
@@ -172,14 +179,29 @@ def bubble_factor(p: PlanArrays) -> np.ndarray:
     return np.where(p.schedule == code("schedule", "interleaved"), 1.0 / p.vpp, 1.0)
 
 
+def zbv_forms(pp: np.ndarray) -> np.ndarray:
+    """ZB-V's bubble coefficients (module docstring): (n, 8, 3) integer multiples of the per-chunk (F, B, W)
+    whose largest sum is the idle time of a step of torch's ScheduleZBVZeroBubble on pp ranks."""
+    q = np.asarray(pp, dtype=float)[:, None]
+    one, zero = np.ones_like(q), np.zeros_like(q)
+    forms = [(zero, one, q - 2), (zero, q - 1, zero), (zero, 2 * (q - 1), -2 * (q - 1)), (one, zero, q - 2),
+             (2 * q - 3, -(q - 2), zero), (2 * q - 3, one, -2 * (q - 1)), (2 * (q - 1), -(q - 1), -one),
+             (2 * (q - 1), zero, -(2 * q - 1))]
+    return np.stack([np.concatenate(form, axis=1) for form in forms], axis=1)
+
+
 def pipeline_bubble(p: PlanArrays, others: np.ndarray, others_backward: np.ndarray,
                     others_weight_grad: np.ndarray) -> np.ndarray:
     """Idle time of a step's pipeline (module docstring), from the other ranks' per-micro-batch times,
     backward compute and weight-gradient GEMM times (each summed once over the ranks but the critical one)."""
+    chunks = 2.0 * np.maximum(p.pp - 1, 1)  # ZB-V: the other ranks' two chunks each, averaged
+    per_chunk = np.stack([others - others_backward, others_backward - others_weight_grad, others_weight_grad], axis=1) / chunks[:, None]
+    zbv = np.maximum((zbv_forms(p.pp) * per_chunk[:, None, :]).sum(axis=2).max(axis=1), 0.0)
     return np.select(
-        [p.schedule == code("schedule", "zero_bubble"), p.schedule == code("schedule", "dualpipev")],
+        [p.schedule == code("schedule", "zero_bubble"), p.schedule == code("schedule", "dualpipev"),
+         p.schedule == code("schedule", "zbv")],
         [np.maximum(others - 2.0 * others_weight_grad, 0.0),
-         np.maximum(others + others_backward - 3.0 * others_weight_grad, 0.0) / 2.0],
+         np.maximum(others + others_backward - 3.0 * others_weight_grad, 0.0) / 2.0, zbv],
         default=bubble_factor(p) * others)
 
 

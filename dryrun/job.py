@@ -127,7 +127,7 @@ def stage_job(model: ModelSpec, plan: Plan, workload: Workload, stage: int) -> R
         if getattr(plan, field) != built:
             raise DryRunError(f"plan.{field}={getattr(plan, field)}: the dry-run does not build {what} yet; "
                               f"dry-run the plan with {field}={built} (its other dimensions are measured the same way)")
-    if plan.schedule in ("zero_bubble", "dualpipev"):
+    if plan.schedule not in ("1f1b", "interleaved"):
         raise DryRunError(f"plan.schedule={plan.schedule}: the dry-run runs the 1f1b and interleaved schedules")
     if plan.vpp > 1 and plan.layers_per_stage:
         raise DryRunError("plan.layers_per_stage with vpp > 1: the dry-run splits interleaved stages by the default "

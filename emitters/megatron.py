@@ -32,7 +32,7 @@ passed on to ``pretrain_gpt.py``; with none it trains on Megatron's mock data.
 from __future__ import annotations
 
 from parallelplan.constraints.fp8 import target_recipe
-from parallelplan.constraints.plan import FP32_STORAGE
+from parallelplan.constraints.plan import FP32_STORAGE, V_SCHEDULES
 from parallelplan.constraints.usp import plan_ulysses_degree
 from parallelplan.emitters.environment import Variable, command, nccl_environment, script
 from parallelplan.emitters.job import Job, unsupported
@@ -60,7 +60,7 @@ def check(job: Job) -> None:
         raise unsupported(name, "an inference plan with pretrain_gpt.py", "use the vllm or sglang target")
     if p.recompute == "selective_mm":
         raise unsupported(name, "torchtitan's per-op selective recompute (selective_mm)", AGAIN)
-    if p.schedule in ("zero_bubble", "dualpipev"):
+    if p.schedule in ("zero_bubble", *V_SCHEDULES):
         raise unsupported(name, f"the {p.schedule} schedule in pretrain_gpt.py", AGAIN + " (1f1b or interleaved)")
     if p.optimizer not in OPTIMIZERS:
         raise unsupported(name, f"the {p.optimizer} optimizer", f"solve with --fix optimizer=adamw ({AGAIN})")

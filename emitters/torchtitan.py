@@ -13,7 +13,7 @@ validator tests).
   the base config's layout leaks through: data-parallel replicate/shard degrees (none = DDP replicate,
   fsdp/zero3 = shard, zero2 = shard with ``fsdp_reshard_after_forward never``, HSDP = shard within
   ``hsdp_shard_size``/cp ranks, replicate across), TP with or without sequence parallel, PP with its
-  schedule (``1F1B``, ``Interleaved1F1B`` or ``DualPipeV`` with compile off, as torch requires), layers per stage and the lighter first/last stages, CP, EP
+  schedule (``1F1B``, ``Interleaved1F1B``, or ``DualPipeV`` / ``ZBVZeroBubble`` with compile off, as torch requires), layers per stage and the lighter first/last stages, CP, EP
   (torchtitan borrows EP ranks from FSDP × CP × TP, so expert TP is 1 with EP and TP without), the
   micro-batch (``training.local_batch_size``: micro-batch without PP, the replica's whole batch split in
   micro-batches with PP), global batch and sequence length, CPU offload; recompute ``none``, ``full``
@@ -27,6 +27,7 @@ from functools import cache
 from importlib import resources
 
 from parallelplan.constraints.fp8 import target_recipe
+from parallelplan.constraints.plan import V_SCHEDULES
 from parallelplan.emitters.environment import HERE, command, nccl_environment, script
 from parallelplan.emitters.job import Job, unsupported
 from parallelplan.emitters.torchrun import rendezvous_lines, torchrun_words
@@ -37,7 +38,7 @@ CONSTRAINTS = {"fixed": {"tp_comm_overlap": False},  # async TP is not emitted (
                "ranges": {"sharding": ["none", "zero2", "fsdp", "hsdp"], "recompute": ["none", "selective_mm", "full"],
                           "schedule": ["1f1b", "interleaved"], "precision": ["bf16"]},
                "allow_partial_recompute": False}
-SCHEDULES = {"1f1b": "1F1B", "interleaved": "Interleaved1F1B", "dualpipev": "DualPipeV"}
+SCHEDULES = {"1f1b": "1F1B", "interleaved": "Interleaved1F1B", "dualpipev": "DualPipeV", "zbv": "ZBVZeroBubble"}
 CHECKPOINT = {"none": "none", "full": "full", "selective_mm": "selective"}
 AGAIN = "solve for it with `plan launch --target torchtitan`"
 NAME = f"torchtitan {VERSION}"
@@ -84,8 +85,8 @@ def check(job: Job) -> None:
     if p.precision not in ("bf16", "fp8") or not p.master_weights:
         raise unsupported(NAME, f"{p.precision} training" + ("" if p.master_weights else " without fp32 master weights"),
                           "solve with --range precision=bf16,fp8")
-    if p.schedule == "dualpipev" and p.precision == "fp8":
-        raise unsupported(NAME, "DualPipeV with float8 linears (torch's DualPipeV refuses compiled stage modules, "
+    if p.schedule in V_SCHEDULES and p.precision == "fp8":
+        raise unsupported(NAME, f"{SCHEDULES[p.schedule]} with float8 linears (torch's V schedules refuse compiled stage modules, "
                                 "which torchao's float8 needs)", "solve with --fix precision=bf16 or another schedule")
     if p.precision == "fp8" and target_recipe(p.fp8_recipe, TARGET) not in CONVERTERS:
         raise unsupported(NAME, f"the {p.fp8_recipe} fp8 recipe (its converters run {' and '.join(CONVERTERS)})",
@@ -148,8 +149,8 @@ def arguments(job: Job) -> list[str]:
         out.append("--training.disable_cuda_graphs")
     if p.precision == "fp8":
         out.append("--compile.enable")  # torchao float8 GEMMs reach their speed only under torch.compile
-    if p.schedule == "dualpipev":
-        out.append("--compile.no_enable")  # torch's DualPipeV refuses compiled stage modules (the base config may compile)
+    if p.schedule in V_SCHEDULES:
+        out.append("--compile.no_enable")  # torch's V schedules refuse compiled stage modules (the base config may compile)
     return out
 
 

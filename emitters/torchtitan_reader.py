@@ -8,7 +8,7 @@ Read, with torchtitan 0.3's defaults where absent: ``parallelism.data_parallel_r
 (``never`` is ZeRO-2), ``tensor_parallel_degree``, ``enable_sequence_parallel`` (on with TP),
 ``context_parallel_degree``, ``expert_parallel_degree``, ``expert_tensor_parallel_degree`` (1 with EP;
 without EP the experts follow TP),
-``pipeline_parallel_degree``, ``pipeline_parallel_schedule`` (``1F1B``, ``Interleaved1F1B``, ``DualPipeV``),
+``pipeline_parallel_degree``, ``pipeline_parallel_schedule`` (``1F1B``, ``Interleaved1F1B``, ``DualPipeV``, ``ZBVZeroBubble``),
 ``pipeline_parallel_microbatch_size``, ``pipeline_parallel_layers_per_stage`` with
 ``pipeline_parallel_first/last_stage_less_layers``; ``training.local_batch_size``, ``global_batch_size``,
 ``seq_len``, ``enable_cpu_offload``, ``mixed_precision_param``; ``activation_checkpoint.mode`` (with
@@ -23,6 +23,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+from parallelplan.constraints.plan import V_SCHEDULES
 from parallelplan.emitters.errors import EmitError
 from parallelplan.emitters.reading import ReadConfig
 from parallelplan.emitters.torchtitan import SCHEDULES
@@ -159,7 +160,7 @@ def read_config(sections: Mapping[str, Any], world_size: int, num_layers: int | 
 
 def _stages(par: Mapping[str, Any], pp: int, schedule: str, num_layers: int | None) -> dict:
     per = par.get("pipeline_parallel_layers_per_stage")
-    if schedule == "dualpipev":  # two chunks per rank, in a V, whatever the layers per stage
+    if schedule in V_SCHEDULES:  # two chunks per rank, in a V, whatever the layers per stage
         return {"vpp": 2}
     if per is None:
         return {}

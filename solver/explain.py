@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from parallelplan.constraints import Estimate, Plan
+from parallelplan.constraints.plan import SCHEDULE_NAMES, V_SCHEDULES
 
 GIB = 2**30
 CP_COMM_WORDS = {"p2p": "ring p2p", "a2a": "Ulysses a2a", "a2a+p2p": "USP: Ulysses + ring"}
@@ -44,8 +45,8 @@ def describe(plan: Plan) -> str:
         parts.append(f"offload {plan.offload}")
     if plan.offload_activations:
         parts.append("activations offloaded")
-    if plan.schedule in ("zero_bubble", "dualpipev"):
-        parts.append({"zero_bubble": "zero-bubble", "dualpipev": "DualPipeV"}[plan.schedule] + " schedule")
+    if plan.schedule in ("zero_bubble", *V_SCHEDULES):
+        parts.append(f"{SCHEDULE_NAMES[plan.schedule]} schedule")
     return ", ".join(parts)
 
 

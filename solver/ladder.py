@@ -376,10 +376,10 @@ def search_domains(start: Plan, final: Plan, chosen: Sequence[Technique],
         add("offload", "optimizer", "params")
     if "offload_activations" in names:
         add("offload_activations", True)
-    add("schedule", *[s for s in ("interleaved", "zero_bubble", "dualpipev") if s in names])
+    add("schedule", *[s for s in ("interleaved", "zero_bubble", "dualpipev", "zbv") if s in names])
     untouched = {"recompute": ("recompute", "recompute_modules"), "micro_batch": ("micro_batch_size",),
                  "sharding": ("sharding", "hsdp_shard_size"), "offload": ("offload",),
-                 "offload_activations": ("offload_activations",), ("interleaved", "dualpipev"): ("vpp",),
+                 "offload_activations": ("offload_activations",), ("interleaved", "dualpipev", "zbv"): ("vpp",),
                  "fp8_recipe": ("fp8_recipe",)}
     for techniques, fields in untouched.items():
         if not names & set(techniques if isinstance(techniques, tuple) else (techniques,)):

@@ -23,6 +23,7 @@ import numpy as np
 
 from parallelplan.constraints import PlanArrays
 from parallelplan.constraints.arrays import ALL_LAYERS, code, module_mask
+from parallelplan.constraints.plan import V_SCHEDULES
 from parallelplan.hardware import ClusterSpec, HardwareError, checked_price, default_price
 from parallelplan.solver.errors import SolverInputError
 
@@ -42,7 +43,7 @@ def simplicity_score(p: PlanArrays) -> np.ndarray:
     besides data parallelism (tp, pp, cp, ep) and for interleaving or uneven stages; sharding none 0,
     zero1 1, zero2 / zero3 / fsdp 2, hsdp 3; recompute selective 1 (2 with modules beyond the attention
     core), full 2 (3 on some layers only), selective_mm 2; optimizer offload 2, parameter offload 3; fp8 1;
-    an optimizer other than AdamW 1; the zero-bubble and DualPipeV schedules 1; Ulysses context parallelism (cp_comm a2a,
+    an optimizer other than AdamW 1; the zero-bubble, DualPipeV and ZB-V schedules 1; Ulysses context parallelism (cp_comm a2a,
     not Megatron's default) 1, USP (a2a+p2p, two levels to set up) 2."""
     score = (p.tp > 1).astype(np.int64) + (p.pp > 1) + (p.cp > 1) + (p.ep > 1) + (p.vpp > 1)
     if p.layers_per_stage is not None:  # the search gives explicit stages only to uneven splits
@@ -56,7 +57,7 @@ def simplicity_score(p: PlanArrays) -> np.ndarray:
         [1 + (p.recompute_modules != core), 2 + (p.recompute_layers != ALL_LAYERS), 2], default=0)
     score = score + 2 * (p.offload == code("offload", "optimizer")) + 3 * (p.offload == code("offload", "params"))
     score = score + (p.precision == code("precision", "fp8")) + (p.optimizer != code("optimizer", "adamw"))
-    return (score + (p.schedule == code("schedule", "zero_bubble")) + (p.schedule == code("schedule", "dualpipev"))
+    return (score + np.isin(p.schedule, [code("schedule", s) for s in ("zero_bubble", *V_SCHEDULES)])
             + (p.cp_comm == code("cp_comm", "a2a"))
             + 2 * (p.cp_comm == code("cp_comm", "a2a+p2p")))
 

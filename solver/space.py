@@ -36,8 +36,8 @@ domain by the listed values, or by the values within ``(low, high)`` for integer
 - ``fp8_recipe`` (fp8 plans): the stack's default recipe; a pinned or ranged recipe pins the precision to
   fp8 where it is not given (`constraints.fp8`);
 - ``precision``: bf16; ``optimizer``: adamw; ``offload``: none; ``schedule``: 1f1b, interleaved when
-  vpp > 1 — open fp8, other optimizers, CPU offload, zero_bubble or dualpipev (vpp 2, at least 2·pp
-  micro-batches) with ``ranges`` (an infeasible search
+  vpp > 1 — open fp8, other optimizers, CPU offload, zero_bubble, dualpipev or zbv (vpp 2, at least 2·pp,
+  for ZB-V 2·pp − 1, micro-batches) with ``ranges`` (an infeasible search
   says which of them would make it feasible).
 Fixed for every plan searched: fused kernels, flash attention, fp32 master weights, persistent gradient
 buffers and every communication overlap on (Megatron-Core's production settings).
@@ -61,7 +61,7 @@ from parallelplan.constraints.check import selective_ladder
 from parallelplan.constraints.collectives import fast_domain
 from parallelplan.constraints.efficiency import stacks
 from parallelplan.constraints.fp8 import bf16_layers_recipes, runnable_recipes, stack_recipes
-from parallelplan.constraints.plan import RECOMPUTE_MODULES, RECOMPUTES, Plan, Workload
+from parallelplan.constraints.plan import RECOMPUTE_MODULES, RECOMPUTES, V_SCHEDULES, Plan, Workload
 from parallelplan.constraints.rl import multi_role
 from parallelplan.constraints.usp import ulysses_degree
 from parallelplan.hardware import ClusterSpec
@@ -367,7 +367,7 @@ class Execution:
     cp_comm: int = 0
     offload_activations: bool = False
     fp8_recipe: int = STACK_RECIPE
-    v_schedule: bool = False  # DualPipeV on the structure's two chunks per rank (vpp 2)
+    v_schedule: bool = False  # a V on the structure's two chunks per rank (vpp 2): ZB-V with zero_bubble, else DualPipeV
 
 
 LONG_CONTEXT_TOKENS = 32_768
@@ -452,8 +452,8 @@ def executions(space: SearchSpace) -> list[Execution]:
                                               recipes if precision == "fp8" else [STACK_RECIPE]):
             out.append(Execution(mbs, bool(sp), code("sharding", sharding), size, recompute, modules,
                                  code("precision", precision), code("optimizer", optimizer), code("offload", offload),
-                                 schedule == "zero_bubble", code("cp_comm", cp_comm), bool(host), recipe,
-                                 schedule == "dualpipev"))
+                                 schedule in ("zero_bubble", "zbv"), code("cp_comm", cp_comm), bool(host), recipe,
+                                 schedule in V_SCHEDULES))
     return out
 
 
@@ -574,7 +574,7 @@ def _valid(space: SearchSpace, c: dict[str, np.ndarray]) -> np.ndarray:
     ok &= ~interleaved | (("interleaved" in schedules) & ~c["zero_bubble"] & (micro % c["pp"] == 0))
     ok &= (c["vpp"] > 1) | c["zero_bubble"] | (("1f1b" in schedules) & ~v)
     ok &= ~c["zero_bubble"] | (c["pp"] > 1)
-    ok &= ~v | ((c["vpp"] == 2) & (c["pp"] > 1) & (micro >= 2 * c["pp"]))  # rules.dualpipev_*
+    ok &= ~v | ((c["vpp"] == 2) & (c["pp"] > 1) & (micro >= 2 * c["pp"] - c["zero_bubble"]))  # rules.v_schedule_*
     # context parallelism's exchange: one way without it (no duplicate plans); Ulysses splits the heads
     a2a = c["cp_comm"] == code("cp_comm", "a2a")
     kv_heads = m.num_attention_heads if m.mla is not None else m.num_kv_heads
@@ -602,8 +602,9 @@ def _plan_arrays(space: SearchSpace, c: dict[str, np.ndarray], layers_per_stage:
     n = len(c["tp"])
     default = space.default_plan()
     const = lambda value, dtype=np.int64: np.full(n, value, dtype=dtype)  # noqa: E731
-    schedule = np.select([c["v_schedule"], c["vpp"] > 1, c["zero_bubble"]],
-                         [code("schedule", "dualpipev"), code("schedule", "interleaved"), code("schedule", "zero_bubble")],
+    schedule = np.select([c["v_schedule"] & c["zero_bubble"], c["v_schedule"], c["vpp"] > 1, c["zero_bubble"]],
+                         [code("schedule", "zbv"), code("schedule", "dualpipev"), code("schedule", "interleaved"),
+                          code("schedule", "zero_bubble")],
                          default=code("schedule", "1f1b"))
     data = c["dp"] * c["cp"]
     s = c["sharding"]

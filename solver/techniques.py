@@ -25,6 +25,7 @@ from parallelplan.constraints.attention import STACK_DEFAULT, priced_kernels, sp
 from parallelplan.constraints.check import selective_ladder
 from parallelplan.constraints.efficiency import stacks
 from parallelplan.constraints.fp8 import plan_recipe, runnable_recipes
+from parallelplan.constraints.plan import V_SCHEDULES
 from parallelplan.hardware import ClusterSpec, load_cluster
 from parallelplan.models import ModelSpec
 from parallelplan.solver.errors import SolverInputError
@@ -291,15 +292,15 @@ def _zero_bubble(ctx: _Context, plan: Plan, name: str) -> Iterator[Change]:
         yield f"schedule {plan.schedule} → zero_bubble", {"schedule": "zero_bubble", "vpp": 1, "layers_per_stage": stages}, None
 
 
-def _dualpipev(ctx: _Context, plan: Plan, name: str) -> Iterator[Change]:
-    """DualPipeV where the layers split into 2·pp equal chunks."""
+def _v_schedule(ctx: _Context, plan: Plan, name: str) -> Iterator[Change]:
+    """DualPipeV or ZB-V (``name``) where the layers split into 2·pp equal chunks."""
     if plan.pp > 1 and ctx.model.num_layers % (2 * plan.pp) == 0:
-        yield f"schedule {plan.schedule} → dualpipev", {"schedule": "dualpipev", "vpp": 2, "layers_per_stage": None}, None
+        yield f"schedule {plan.schedule} → {name}", {"schedule": name, "vpp": 2, "layers_per_stage": None}, None
 
 
 def _uneven_stages(ctx: _Context, plan: Plan, name: str) -> Iterator[Change]:
     if plan.pp > 1:
-        schedule = plan.schedule if plan.schedule not in ("interleaved", "dualpipev") else "1f1b"
+        schedule = plan.schedule if plan.schedule not in ("interleaved", *V_SCHEDULES) else "1f1b"
         splits = list(uneven_splits(ctx.model.num_layers, plan.pp))
         if ctx.model.num_layers % plan.pp == 0:
             splits.append(None)  # back to the even split
@@ -368,7 +369,7 @@ _GENERATORS = {
     "bf16": _precision, "fp8": _precision, "tf32": _precision, "fp8_recipe": _fp8_recipe,
     **dict.fromkeys(OPTIMIZER_TECHNIQUES, _optimizer),
     "fused_kernels": _setting("kernels", "fused"), "flash_attention": _attention_kernel,
-    "interleaved": _interleaved, "zero_bubble": _zero_bubble, "dualpipev": _dualpipev, "uneven_stages": _uneven_stages,
+    "interleaved": _interleaved, "zero_bubble": _zero_bubble, "dualpipev": _v_schedule, "zbv": _v_schedule, "uneven_stages": _uneven_stages,
     "tp": _tp, "pp": _pp, "cp": _cp, "ep": _ep, "nodes": _nodes,
 }
 """Each technique's move generator: (change in words, the Plan fields it sets, the resized cluster or None)."""

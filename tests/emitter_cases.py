@@ -91,6 +91,7 @@ def torchtitan_cases() -> dict[str, Solution]:
         "fp8 base config, param offload": _solve("llama-3.1-405b", 8, "torchtitan", {"sharding": "fsdp", "pp": 1},
                                                  {"precision": ["fp8"], "offload": ["params"]}),
         "dualpipev": _solve(EIGHT_B, 2, "torchtitan", {"pp": 2, "sharding": "fsdp"}, {"schedule": ["dualpipev"]}),
+        "zbv": _solve(EIGHT_B, 2, "torchtitan", {"pp": 4, "sharding": "fsdp"}, {"schedule": ["zbv"]}),
         "mxfp8 on blackwell": _solve(EIGHT_B, 1, "torchtitan", {"sharding": "fsdp", "fp8_recipe": "mxfp8"},
                                      {"precision": ["fp8"]}, cluster="dgx-b200"),
         "fp8 ends in bf16": _solve(EIGHT_B, 1, "torchtitan", {"sharding": "fsdp", "fp8_bf16_layers": 2}, {"precision": ["fp8"]},

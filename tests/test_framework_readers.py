@@ -128,10 +128,11 @@ def test_the_fp8_recipe_is_read_from_megatron_flags_and_torchtitan_converters():
     assert (read.plan_fields["precision"], read.plan_fields["fp8_recipe"]) == ("fp8", "mxfp8")
 
 
-def test_torchtitans_dualpipev_holds_two_chunks_per_rank_without_layers_per_stage():
-    read = read_torchtitan({"parallelism": {"pipeline_parallel_degree": 4, "pipeline_parallel_schedule": "DualPipeV"}},
+@pytest.mark.parametrize("name, schedule", [("DualPipeV", "dualpipev"), ("ZBVZeroBubble", "zbv")])
+def test_torchtitans_v_schedules_hold_two_chunks_per_rank_without_layers_per_stage(name, schedule):
+    read = read_torchtitan({"parallelism": {"pipeline_parallel_degree": 4, "pipeline_parallel_schedule": name}},
                            world_size=8, num_layers=32)
-    assert (read.plan_fields["schedule"], read.plan_fields["vpp"]) == ("dualpipev", 2)
+    assert (read.plan_fields["schedule"], read.plan_fields["vpp"]) == (schedule, 2)
 
 
 @pytest.mark.parametrize("reader,args,message", [

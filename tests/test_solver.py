@@ -63,7 +63,7 @@ def instances(draw):
     tolerance = draw(st.sampled_from([0.0, 0.05])) if isinstance(objective, list) and len(objective) > 1 else 0.0
     recipes = [] if workload.peft is not None and workload.peft.method == "qlora" else [{"fp8_recipe": "tensorwise"}]
     fixed = draw(st.sampled_from([{}, {}, {"tp": 2}, {"pp": 2}, {"recompute": "full"}, {"sharding": "zero1"},
-                                  {"cp_comm": "a2a"}, {"cp_comm": "a2a+p2p"}, {"precision": "tf32"}, {"schedule": "dualpipev"},
+                                  {"cp_comm": "a2a"}, {"cp_comm": "a2a+p2p"}, {"precision": "tf32"}, {"schedule": "dualpipev"}, {"schedule": "zbv"},
                                   *recipes]))
     return load_model(spec), cluster, workload, objective, tolerance, fixed
 

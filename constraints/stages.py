@@ -128,7 +128,7 @@ def _layout(facts: ModelFacts, p: PlanArrays, train_mtp: bool, merge: bool) -> S
         start = np.where(has, np.pad(starts[:, :, None], block), start)
         end = np.where(has, np.pad(ends[:, :, None], block), end)
     layers, moe = (end - start).sum(axis=2), (facts.moe_prefix[end] - facts.moe_prefix[start]).sum(axis=2)
-    bf16, bf16_moe = bf16_end_layers(facts, p, start, end)
+    bf16, bf16_moe = bf16_end_layers(facts, p, start, end) if p.fp8_bf16_layers.any() else (np.zeros_like(layers),) * 2
     last = np.where(v_shaped(p)[:, None], index == 0, index == pp - 1)
     mtp = np.where(last, facts.mtp_layers if train_mtp else 0, 0)
     moe = moe + (mtp if facts.experts else 0)

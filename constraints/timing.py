@@ -194,9 +194,12 @@ def pipeline_bubble(p: PlanArrays, others: np.ndarray, others_backward: np.ndarr
                     others_weight_grad: np.ndarray) -> np.ndarray:
     """Idle time of a step's pipeline (module docstring), from the other ranks' per-micro-batch times,
     backward compute and weight-gradient GEMM times (each summed once over the ranks but the critical one)."""
-    chunks = 2.0 * np.maximum(p.pp - 1, 1)  # ZB-V: the other ranks' two chunks each, averaged
-    per_chunk = np.stack([others - others_backward, others_backward - others_weight_grad, others_weight_grad], axis=1) / chunks[:, None]
-    zbv = np.maximum((zbv_forms(p.pp) * per_chunk[:, None, :]).sum(axis=2).max(axis=1), 0.0)
+    zbv = np.zeros_like(others)
+    rows = np.flatnonzero(p.schedule == code("schedule", "zbv"))
+    if len(rows):  # the other ranks' two chunks each, averaged
+        chunks = 2.0 * np.maximum(p.pp[rows] - 1, 1)[:, None]
+        per_chunk = np.stack([others - others_backward, others_backward - others_weight_grad, others_weight_grad], axis=1)[rows] / chunks
+        zbv[rows] = np.maximum((zbv_forms(p.pp[rows]) * per_chunk[:, None, :]).sum(axis=2).max(axis=1), 0.0)
     return np.select(
         [p.schedule == code("schedule", "zero_bubble"), p.schedule == code("schedule", "dualpipev"),
          p.schedule == code("schedule", "zbv")],

@@ -30,8 +30,6 @@ from parallelplan.constraints.plan import ATTENTION_KERNELS
 
 STACK_DEFAULT = "flash"
 """The kernel name that means the stack's own flash kernel."""
-FLASH_KERNELS = tuple(k for k in ATTENTION_KERNELS if k != "eager")
-"""Kernels that keep no s² matrix."""
 
 
 @cache
@@ -79,10 +77,10 @@ def priced_kernels(stack: str, architecture: str) -> list[str]:
     return [k for k in named if runs_on(k, architecture) and speed_ratio(k, stack, architecture) is not None]
 
 
-def fastest_kernel(stack: str, architecture: str) -> str:
-    """The quickest flash kernel the plan may name: among `priced_kernels`, else the stack's default."""
-    priced = priced_kernels(stack, architecture)
-    return max(priced, key=lambda k: speed_ratio(k, stack, architecture) or 0.0) if priced else STACK_DEFAULT
+def is_priced(kernel: str, stack: str, architecture: str) -> bool:
+    """Whether a plan on the stack and architecture may name the kernel: ``flash`` and ``eager`` always,
+    another where `priced_kernels` has it."""
+    return kernel in (STACK_DEFAULT, "eager") or kernel in priced_kernels(stack, architecture)
 
 
 def plan_ratios(p: PlanArrays, stack: str, architecture: str) -> np.ndarray:

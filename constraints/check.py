@@ -8,7 +8,7 @@ from parallelplan.constraints.efficiency import Efficiency
 from parallelplan.constraints.estimate import Estimate, estimate
 from parallelplan.constraints.evaluate import evaluate
 from parallelplan.constraints.peft import workload_state_recipe
-from parallelplan.constraints.plan import Plan, Workload
+from parallelplan.constraints.plan import SHARDINGS, Plan, Workload
 from parallelplan.constraints.rules import UNPRICEABLE, Violation, structural_violations
 from parallelplan.constraints.runtime import RuntimeAllowance
 from parallelplan.hardware import ClusterSpec
@@ -112,8 +112,7 @@ def _levers(model: ModelSpec, plan: Plan) -> list[tuple[str, Plan]]:
         lever("recompute every layer", recompute_layers=None)
     if plan.dp * plan.cp > 1:
         for sharding in ("zero1", "zero2", "fsdp"):
-            if ("none", "zero1", "zero2", "zero3", "fsdp", "hsdp").index(sharding) > \
-                    ("none", "zero1", "zero2", "zero3", "fsdp", "hsdp").index(plan.sharding):
+            if SHARDINGS.index(sharding) > SHARDINGS.index(plan.sharding):
                 lever(f"sharding {sharding}", sharding=sharding, zero_stage=None, hsdp_shard_size=None)
     if plan.micro_batch_size > 1:
         lever("micro-batch 1", micro_batch_size=1)

@@ -60,6 +60,9 @@ Degree = Annotated[StrictInt, Field(ge=1, le=MAX_GPUS)]
 Count = Annotated[StrictInt, Field(ge=1, le=2**24)]  # tokens per sequence, sequences per step
 
 SHARDINGS = ("none", "zero1", "zero2", "zero3", "fsdp", "hsdp")
+OFFLOAD_SHARDING = {"optimizer": ("zero1", "zero2", "zero3", "fsdp", "hsdp"), "params": ("zero3", "fsdp", "hsdp")}
+"""The shardings each offload runs on: ZeRO-Offload and ZeRO-Infinity (DeepSpeed offload_optimizer /
+offload_param) and FSDP's CPUOffload move a sharding stage's partition to the host."""
 RECOMPUTES = ("none", "selective", "selective_mm", "full")
 RECOMPUTE_MODULES = ("core_attn", "layernorm", "mla_up_proj", "mlp", "moe_act", "moe", "shared_experts")
 RecomputeModule = Literal["core_attn", "layernorm", "mla_up_proj", "mlp", "moe_act", "moe", "shared_experts"]

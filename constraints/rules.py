@@ -25,7 +25,7 @@ from parallelplan.constraints.fp8 import (
     runs_on,
     stack_recipes,
 )
-from parallelplan.constraints.plan import PRECISIONS, SCHEDULE_NAMES, V_SCHEDULES, Plan, Workload
+from parallelplan.constraints.plan import OFFLOAD_SHARDING, PRECISIONS, SCHEDULE_NAMES, V_SCHEDULES, Plan, Workload
 from parallelplan.constraints.usp import plan_ulysses_degree
 from parallelplan.hardware import ClusterSpec
 from parallelplan.models import ModelSpec
@@ -239,10 +239,10 @@ def structural_violations(model: ModelSpec, cluster: ClusterSpec, plan: Plan, wo
         rule("hsdp_shard_divides_dp", (plan.dp * plan.cp) % (plan.hsdp_shard_size or 1) == 0,
              f"hsdp_shard_size {plan.hsdp_shard_size} must divide dp·cp = {plan.dp * plan.cp}",
              f"use a shard size in {_divisors(plan.dp * plan.cp)}")
-    rule("param_offload_needs_sharding", plan.offload != "params" or plan.sharding in ("zero3", "fsdp", "hsdp"),
+    rule("param_offload_needs_sharding", plan.offload != "params" or plan.sharding in OFFLOAD_SHARDING["params"],
          "offloading parameters needs ZeRO-3/FSDP/HSDP (DeepSpeed offload_param, FSDP CPUOffload)",
          "set sharding zero3 or fsdp")
-    rule("optimizer_offload_needs_sharding", plan.offload != "optimizer" or plan.sharding != "none",
+    rule("optimizer_offload_needs_sharding", plan.offload != "optimizer" or plan.sharding in OFFLOAD_SHARDING["optimizer"],
          "offloading the optimizer needs ZeRO (DeepSpeed offload_optimizer, stage ≥ 1) or FSDP",
          "set sharding zero1 or higher, or offload none")
     rule("deepspeed_pipeline_zero1_only", plan.pp == 1 or plan.sharding not in ("zero2", "zero3"),

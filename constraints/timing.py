@@ -64,7 +64,7 @@ ZB-V (torch.distributed.pipelining's ScheduleZBVZeroBubble, the V layout of Dual
 published for unequal F, B, W (Qi et al. give its bubble for equal times; their code and torch's docstring
 schedule by simulation), so the step was derived from torch's own action order: as longest paths through
 it (max-plus, communication left out), every rank's step for m ≥ 2·pp − 1 micro-batches is
-2m(F + B + W) plus the largest of eight linear forms in the per-chunk F, B (input gradient) and W (`ZBV_FORMS`),
+2m(F + B + W) plus the largest of eight linear forms in the per-chunk F, B (input gradient) and W (`zbv_forms`),
 whatever m — (pp − 1)·F on equal times, a sixth of 1F1B's; tests/test_zbv.py rebuilds it from torch's
 order. F, B, W are the other ranks' per-chunk averages.
 Once per step and rank: the data-parallel gradient reduction — all-reduce without sharding,

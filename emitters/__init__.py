@@ -96,14 +96,12 @@ converters told which layers to leave out)."""
 def _check_attention_kernel(plan, architecture: str, target: str) -> None:
     """A plan that names an attention kernel must name one the target's stack runs on the GPU
     (`constraints.attention.priced_kernels`); ``flash`` (the stack's own) and ``eager`` every stack runs."""
-    from parallelplan.constraints.attention import STACK_DEFAULT, priced_kernels
+    from parallelplan.constraints.attention import is_priced, priced_kernels
     from parallelplan.constraints.efficiency import stack_of_target
 
     stack = stack_of_target(target)
-    if stack is None or plan.attention_kernel in (STACK_DEFAULT, "eager"):
-        return
-    priced = priced_kernels(stack, architecture)
-    if plan.attention_kernel not in priced:
+    if stack is not None and not is_priced(plan.attention_kernel, stack, architecture):
+        priced = priced_kernels(stack, architecture)
         raise EmitError(f"{target} cannot be asked for attention kernel {plan.attention_kernel} on {architecture}; solve "
                         f"with --fix attention_kernel=flash (it runs {', '.join(['flash', *priced, 'eager'])})")
 

@@ -172,9 +172,9 @@ def converter(recipe: str, job: Job) -> str:
     ends = [i for i in range(layers) if i < k or i >= layers - k]
     if recipe == "rowwise":
         skipped = ["lm_head", *(f"layers.{i}." for i in ends)]
-        return f'Float8LinearConverter.Config(recipe_name="rowwise", filter_fqns={skipped!r}, model_compile_enabled=True)'.replace("'", '"')
+        return f'Float8LinearConverter.Config(recipe_name="rowwise", filter_fqns={json.dumps(skipped)}, model_compile_enabled=True)'
     converted = [f"layers.{i}." for i in range(layers) if i not in ends] if ends else ["layers"]
-    return f"MXFP8LinearConverter.Config(fqns={converted!r}, model_compile_enabled=True)".replace("'", '"')
+    return f"MXFP8LinearConverter.Config(fqns={json.dumps(converted)}, model_compile_enabled=True)"
 BASE_RECIPE = "rowwise"
 """The recipe of torchtitan's own fp8 configs (llama3_405b: Float8LinearConverter's default)."""
 

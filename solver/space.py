@@ -56,7 +56,7 @@ import numpy as np
 from pydantic import TypeAdapter, ValidationError
 
 from parallelplan.constraints.arrays import ALL_LAYERS, STACK_RECIPE, PlanArrays, code, module_mask, recipe_code
-from parallelplan.constraints.attention import priced_kernels
+from parallelplan.constraints.attention import is_priced, priced_kernels
 from parallelplan.constraints.check import selective_ladder
 from parallelplan.constraints.collectives import fast_domain
 from parallelplan.constraints.efficiency import stacks
@@ -217,9 +217,9 @@ def _pin_fp8_for_recipes(cluster: ClusterSpec, workload: Workload, fixed: dict[s
 def _check_attention_kernel(cluster: ClusterSpec, workload: Workload, fixed: dict[str, Any]) -> None:
     """A pinned attention kernel the stack does not offer, or that is not priced on the GPU
     (`constraints.attention`), is refused with the kernels that are."""
-    kernel = fixed.get("attention_kernel")
-    priced = priced_kernels(workload.stack, cluster.gpu.architecture)
-    if kernel is not None and kernel not in ("flash", "eager", *priced):
+    kernel, arch = fixed.get("attention_kernel"), cluster.gpu.architecture
+    if kernel is not None and not is_priced(kernel, workload.stack, arch):
+        priced = priced_kernels(workload.stack, arch)
         raise SolverInputError(f"attention_kernel {kernel!r} is not offered by the {workload.stack} stack on "
                                f"{cluster.gpu.display_name} ({cluster.gpu.architecture}); use one of "
                                f"{', '.join(['flash', *priced, 'eager'])}")

@@ -25,7 +25,7 @@ from parallelplan.constraints.attention import STACK_DEFAULT, priced_kernels, sp
 from parallelplan.constraints.check import selective_ladder
 from parallelplan.constraints.efficiency import stacks
 from parallelplan.constraints.fp8 import plan_recipe, runnable_recipes
-from parallelplan.constraints.plan import V_SCHEDULES
+from parallelplan.constraints.plan import OFFLOAD_SHARDING, SHARDINGS, V_SCHEDULES
 from parallelplan.hardware import ClusterSpec, load_cluster
 from parallelplan.models import ModelSpec
 from parallelplan.solver.errors import SolverInputError
@@ -199,16 +199,11 @@ def _micro_batch(ctx: _Context, plan: Plan, name: str) -> Iterator[Change]:
 
 def _sharding(ctx: _Context, plan: Plan, name: str) -> Iterator[Change]:
     node = ctx.cluster.node.gpus_per_node
-    for sharding in ("none", "zero1", "zero2", "zero3", "fsdp", "hsdp"):
+    for sharding in SHARDINGS:
         size = node if sharding == "hsdp" else None
         if sharding != plan.sharding or size != plan.hsdp_shard_size:
             shown = f"hsdp (shards of {node})" if sharding == "hsdp" else sharding
             yield f"sharding {plan.sharding} → {shown}", {"sharding": sharding, "hsdp_shard_size": size}, None
-
-
-OFFLOAD_SHARDING = {"optimizer": ("zero1", "zero2", "zero3", "fsdp", "hsdp"), "params": ("zero3", "fsdp", "hsdp")}
-"""The shardings each offload runs on (ZeRO-Offload and ZeRO-Infinity offload a ZeRO stage's partition:
-rules.optimizer_offload_needs_sharding, param_offload_needs_sharding)."""
 
 
 def _offload(ctx: _Context, plan: Plan, name: str) -> Iterator[Change]:

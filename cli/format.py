@@ -26,6 +26,14 @@ def gib(n_bytes: float) -> str:
     return f"{n_bytes / 2**30:.2f} GiB"
 
 
+def binary_size(n_bytes: int) -> str:
+    """A power-of-two byte count in its largest whole unit: 8 B, 64 KiB, 2 MiB, 1 GiB."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n_bytes >= scale and n_bytes % scale == 0:
+            return f"{n_bytes // scale} {unit}"
+    return f"{n_bytes} B"
+
+
 def flops(n: float) -> str:
     """FLOPs: 4.543e11 → '454.31 GFLOP'."""
     for scale, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from parallelplan.cli.format import gib, heading, quiet, table
+from parallelplan.cli.format import binary_size, gib, heading, quiet, table
 from parallelplan.cli.options import DETECT_REF, cost_model, detection_snapshot, load_target_cluster
 
 if TYPE_CHECKING:
@@ -149,6 +149,7 @@ def render(report: TopologyReport) -> str:
              f"{1e3 * g.all_to_all_s:.2f}") for g in report.groups]
     lines += ["", table(["group GPUs", "domains", f"all-reduce {size} ms", "bus GB/s", "all-gather ms", "all-to-all ms"],
                         rows, right=(0, 1, 2, 3, 4, 5))]
+    lines += ["", protocols_text(report)]
     if not quiet():
         from parallelplan.constraints.collectives import ib_sharp, nvlink_sharp
 
@@ -159,3 +160,16 @@ def render(report: TopologyReport) -> str:
                   + (f"; all-reduces use {' and '.join(reduction)} where faster" if reduction else "")
                   + ". Bus bandwidth is nccl-tests' busbw, comparable with all_reduce_perf."]
     return "\n".join(lines)
+
+
+def protocols_text(report: TopologyReport) -> str:
+    """Which NCCL protocol a ring all-reduce runs at which size, per group the report spans."""
+    names = {"ll": "LL", "ll128": "LL128", "simple": "Simple"}
+    enabled = report.cluster.nccl_protocols
+    per_group: dict[int, list[str]] = {}
+    for r in report.protocols:
+        span = f"{binary_size(r.from_bytes)}–{binary_size(r.to_bytes)}" if r.to_bytes else f"{binary_size(r.from_bytes)} and up"
+        per_group.setdefault(r.size, []).append(f"{names[r.protocol]} {span}")
+    where = "; ".join(f"over {size} GPUs {', '.join(spans)}" for size, spans in per_group.items())
+    return (f"NCCL protocol of a ring all-reduce ({'the cluster sets NCCL_PROTO' if enabled else 'NCCL default'}): "
+            f"{where}")

@@ -9,7 +9,7 @@ n₁ = min(n, max(D // s, 1)) members in each of n₂ = ⌈n / n₁⌉ domains.
 Ring reduce-scatter / all-gather of a buffer of M bytes, hierarchical (intra-domain ring, then one ring
 per GPU across domains on its own NIC, as NCCL's multi-rail rings do; Thakur et al. 2005 for rings,
 Jeaugey 2019 "Massively scale your deep learning training with NCCL 2.4" for the hierarchy):
-    t = (n₁−1)/n₁ · M/(η₁B₁) + (n₂−1)/n₂ · (M/n₁)/(η₂B₂) + (n₁−1)·α₁ + (n₂−1)·α₂
+    t = (n₁−1)/n₁ · M/(η₁B₁) + (n₂−1)/n₂ · (M/n₁)/(η₂B₂) + (n₁−1)·α₁ + (n₂−1)·α₂   (per protocol, below)
 All-reduce is a reduce-scatter plus an all-gather (twice that). All-to-all: each GPU sends (n−1)/n of
 M, its intra-domain share over B₁ and the rest over its NIC concurrently (the slower sets the time).
 DeepEP's dispatch sends each token once per remote domain
@@ -17,6 +17,14 @@ that holds one of its experts, then over NVLink (`Fabric.node_deduplicated_dispa
 Point-to-point: M over B₁ within a domain, else over the NIC; a step of a ring (CP's K/V exchange) is as
 slow as its slowest hop, so over the NIC once the group spans domains. η are NCCL bus efficiencies, α per-step
 latencies (``Efficiency.network_bus``, ``Efficiency.latency_s``).
+
+NCCL runs each ring collective on one of its protocols, the one its own tuning model finds fastest for the
+message (``NCCL_PROTO`` limits the choice; `nccl_protocols`): LL (a flag with every 4 bytes of data: half
+the bandwidth, the lowest latency), LL128 (120 data bytes per 128-byte line, over NVLink) and Simple. Each
+has its data fraction f of the bus bandwidth, a base latency α₀ per call and its own per-step α₁, α₂
+(``Efficiency.nccl_protocols``, NCCL's src/graph/tuning.cc values), so the ring above is
+    t = min over enabled protocols of  (n₁−1)/n₁ · M/(f·η₁B₁) + (n₂−1)/n₂ · (M/n₁)/(f·η₂B₂) + α₀ + (n₁−1)·α₁ + (n₂−1)·α₂
+— small messages (a decode step's, a tiny model's) go LL, large ones Simple.
 
 In-network reduction changes what an all-reduce moves (`Fabric.all_reduce`; NCCL's tuner picks the faster
 algorithm, so the time is the lesser). NVLink SHARP (NVLS, NCCL ≥ 2.17, third-generation NVSwitch and later,
@@ -61,9 +69,39 @@ def nvlink_sharp(cluster: ClusterSpec) -> bool:
     return cluster.in_network_reduction and cluster.node.intra_node_fabric == "nvswitch"
 
 
+NCCL_PROTOCOLS = ("ll", "ll128", "simple")
+"""NCCL's protocols (``NCCL_PROTO`` LL, LL128, Simple)."""
+
+
+def nccl_protocols(cluster: ClusterSpec) -> tuple[str, ...]:
+    """The protocols NCCL may run ring collectives on: the cluster's ``NCCL_PROTO`` where it sets one, else
+    NCCL's default — LL and Simple, and LL128 where NVLink joins NVIDIA GPUs of compute capability 7.0 or
+    later (NVIDIA/nccl src/graph/tuning.cc: LL128 is enabled by default only over NVLink, 'other cases are
+    not tested and may cause silent data corruption')."""
+    if cluster.nccl_protocols is not None:
+        return cluster.nccl_protocols
+    gpu, capability = cluster.gpu, cluster.gpu.compute_capability
+    ll128 = (gpu.vendor == "nvidia" and capability is not None and float(capability) >= 7.0
+             and cluster.node.intra_node_fabric != "pcie")
+    return ("ll", "ll128", "simple") if ll128 else ("ll", "simple")
+
+
 def ib_sharp(cluster: ClusterSpec) -> bool:
     """Whether the InfiniBand switches reduce an all-reduce across nodes (SHARP, NCCL's CollNet)."""
     return cluster.ib_sharp and cluster.num_nodes > 1
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """One NCCL protocol's ring costs on a fabric (``Efficiency.nccl_protocols``): the fraction of the bus
+    bandwidth it carries as data, its base latency per collective and per ring step inside and across
+    the fast domains."""
+
+    name: str
+    bandwidth: float
+    base_s: float
+    intra_s: float
+    inter_s: float
 
 
 @dataclass(frozen=True)
@@ -76,11 +114,14 @@ class Fabric:
     nvls_bw: float = 0.0  # η_nvls·B₁ where the NVSwitches reduce (NVLS), else 0
     nvls_alpha: float = 0.0
     ib_sharp: bool = False
+    protocols: tuple[Protocol, ...] = ()  # the ring collectives' (NCCL_PROTO)
 
     @classmethod
     def of(cls, cluster: ClusterSpec, eff: Efficiency) -> Fabric:
         domain = fast_domain(cluster)
         inter = cluster.node.nic_bandwidth_per_gpu * eff.network_bus["inter_node"]
+        hop = "pcie_s" if cluster.node.intra_node_fabric == "pcie" else "nvlink_s"
+        table = eff.nccl_protocols
         return cls(
             domain=domain,
             intra_bw=cluster.node.intra_node_bandwidth * eff.network_bus["intra_node"],
@@ -90,6 +131,9 @@ class Fabric:
             nvls_bw=cluster.node.intra_node_bandwidth * eff.network_bus["nvls"] if nvlink_sharp(cluster) else 0.0,
             nvls_alpha=eff.latency_s["nvls"],
             ib_sharp=ib_sharp(cluster),
+            protocols=tuple(Protocol(name, table[name]["bandwidth"], table[name]["base_s"], table[name][hop],
+                                     table[name]["network_s"])
+                            for name in NCCL_PROTOCOLS if name in nccl_protocols(cluster)),
         )
 
     def split(self, size: np.ndarray, stride: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -98,26 +142,47 @@ class Fabric:
         per_domain = np.minimum(size, np.maximum(self.domain // np.maximum(stride, 1), 1))
         return per_domain, -(-size // per_domain)
 
-    def reduce_scatter(self, nbytes: np.ndarray, size: np.ndarray, stride: np.ndarray) -> np.ndarray:
-        """Ring reduce-scatter (equally, all-gather) of ``nbytes`` over the group (seconds)."""
+    def _ring(self, protocol: Protocol, nbytes: np.ndarray, n1: np.ndarray, n2: np.ndarray,
+              passes: int) -> tuple[np.ndarray, np.ndarray]:
+        """(inside the domains, across them) of ``passes`` hierarchical ring passes on ``protocol``, its
+        base latency counted inside."""
+        intra = passes * ((n1 - 1) / n1 * nbytes / (protocol.bandwidth * self.intra_bw) + (n1 - 1) * protocol.intra_s)
+        inter = passes * ((n2 - 1) / n2 * (nbytes / n1) / (protocol.bandwidth * self.inter_bw)
+                          + (n2 - 1) * protocol.inter_s)
+        return intra + protocol.base_s, inter
+
+    def ring_times(self, nbytes: np.ndarray, size: np.ndarray, stride: np.ndarray, passes: int) -> np.ndarray:
+        """Each enabled protocol's time (first axis, in ``protocols``' order) for ``passes`` ring passes
+        (1: reduce-scatter or all-gather, 2: all-reduce) of ``nbytes`` over the group."""
         n1, n2 = self.split(size, stride)
-        intra = (n1 - 1) / n1 * nbytes / self.intra_bw + (n1 - 1) * self.intra_alpha
-        inter = (n2 - 1) / n2 * (nbytes / n1) / self.inter_bw + (n2 - 1) * self.inter_alpha
-        return np.where(size > 1, intra + inter, 0.0)
+        return np.stack([sum(self._ring(p, np.asarray(nbytes, dtype=float), n1, n2, passes)) for p in self.protocols])
+
+    def _fastest_ring(self, nbytes: np.ndarray, size: np.ndarray, stride: np.ndarray, passes: int) -> np.ndarray:
+        return self.ring_times(nbytes, size, stride, passes).min(axis=0)
+
+    def reduce_scatter(self, nbytes: np.ndarray, size: np.ndarray, stride: np.ndarray) -> np.ndarray:
+        """Ring reduce-scatter (equally, all-gather) of ``nbytes`` over the group (seconds), on the fastest
+        of the enabled protocols: (n₁−1)/n₁·M/(f·η₁B₁) + (n₂−1)/n₂·(M/n₁)/(f·η₂B₂) + α₀ + (n₁−1)·α₁ + (n₂−1)·α₂
+        with each protocol's data fraction f and latencies (``Efficiency.nccl_protocols``)."""
+        return np.where(size > 1, self._fastest_ring(nbytes, size, stride, 1), 0.0)
 
     def all_reduce(self, nbytes: np.ndarray, size: np.ndarray, stride: np.ndarray) -> np.ndarray:
         """All-reduce of ``nbytes`` over the group (seconds): the hierarchical ring — a reduce-scatter and an
-        all-gather, 2(n₁−1)/n₁·M/(η₁B₁) inside each domain and 2(n₂−1)/n₂·(M/n₁)/(η₂B₂) across — with each
-        part replaced by its in-network form where the fabric has one and it is faster (module docstring):
-        NVLS (1 + 1/n₁)·M/(η_nvls·B₁) + α_nvls inside, IB SHARP (M/n₁)/(η₂B₂) + 2α₂ across."""
-        n1, n2 = self.split(size, stride)
-        intra = 2 * ((n1 - 1) / n1 * nbytes / self.intra_bw + (n1 - 1) * self.intra_alpha)
-        if self.nvls_bw > 0:
-            intra = np.where(n1 > 1, np.minimum(intra, (1 + 1 / n1) * nbytes / self.nvls_bw + self.nvls_alpha), intra)
-        inter = 2 * ((n2 - 1) / n2 * (nbytes / n1) / self.inter_bw + (n2 - 1) * self.inter_alpha)
-        if self.ib_sharp:
-            inter = np.where(n2 > 1, np.minimum(inter, nbytes / n1 / self.inter_bw + 2 * self.inter_alpha), inter)
-        return np.where(size > 1, intra + inter, 0.0)
+        all-gather, 2(n₁−1)/n₁·M/(f·η₁B₁) inside each domain and 2(n₂−1)/n₂·(M/n₁)/(f·η₂B₂) across — on the
+        fastest protocol; or, with Simple's ring parts (NVLS and CollNet run Simple only), each part replaced by
+        its in-network form where the fabric has one and it is faster (module docstring): NVLS
+        (1 + 1/n₁)·M/(η_nvls·B₁) + α_nvls inside, IB SHARP (M/n₁)/(η₂B₂) + 2α₂ across."""
+        ring = self._fastest_ring(nbytes, size, stride, 2)
+        simple = next((p for p in self.protocols if p.name == "simple"), None)
+        if simple is not None and (self.nvls_bw > 0 or self.ib_sharp):
+            n1, n2 = self.split(size, stride)
+            intra, inter = self._ring(simple, nbytes, n1, n2, 2)
+            if self.nvls_bw > 0:
+                intra = np.where(n1 > 1, np.minimum(intra, (1 + 1 / n1) * nbytes / self.nvls_bw + self.nvls_alpha), intra)
+            if self.ib_sharp:
+                inter = np.where(n2 > 1, np.minimum(inter, nbytes / n1 / self.inter_bw + 2 * simple.inter_s), inter)
+            ring = np.minimum(ring, intra + inter)
+        return np.where(size > 1, ring, 0.0)
 
     def latency_bound_all_reduce(self, nbytes: np.ndarray, size: np.ndarray, stride: np.ndarray) -> np.ndarray:
         """All-reduce of a small message as inference engines run it inside the fast domain: one kernel

@@ -1,7 +1,7 @@
 """The named efficiency factors of the time model, overridable.
 
 Shared by every software stack (``data/efficiency.json``): GEMM, memory-bound kernels, the optimizer's
-streaming update, NCCL bus bandwidth and latency, kernel launches, MoE host synchronisation. Per stack
+streaming update, NCCL bus bandwidth, latency and protocols, kernel launches, MoE host synchronisation. Per stack
 (``data/stacks.json``, `Workload.stack`): ``attention[stack][arch]``, the fraction of the 16-bit dense peak
 the stack's attention kernel reaches (forward; backward executes 2.5× the forward matmul FLOPs at the same
 fraction, Dao 2023 FlashAttention-2 §3.1), and ``overlap[stack][kind]``, the fraction of the overlappable
@@ -33,6 +33,7 @@ class Efficiency:
     streaming: float
     network_bus: dict[str, float]
     latency_s: dict[str, float]
+    nccl_protocols: dict[str, dict[str, float]]
     overlap: dict[str, dict[str, float]]
     kernel_launch_s: float
     moe_host_sync_s: float
@@ -84,6 +85,11 @@ def stacks() -> dict[str, dict[str, Any]]:
 @cache
 def _stacks_file() -> dict[str, Any]:
     return json.loads(resources.files("parallelplan.constraints").joinpath("data", "stacks.json").read_text())
+
+
+def stack_schedules(stack: str) -> tuple[str, ...]:
+    """The pipeline schedules the stack's framework runs (``stacks.json`` ``schedules``, with its sources)."""
+    return tuple(stacks()[stack]["schedules"])
 
 
 def stack_of_target(target: str) -> str | None:

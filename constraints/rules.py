@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict
 
 from parallelplan.constraints import attention
 from parallelplan.constraints.collectives import fast_domain
-from parallelplan.constraints.efficiency import stacks
+from parallelplan.constraints.efficiency import stack_schedules, stacks
 from parallelplan.constraints.fp8 import (
     bf16_layers_recipes,
     plan_recipe,
@@ -47,6 +47,12 @@ def _divisors(n: int, limit: int | None = None) -> str:
     the ladder of `plan optimize` checks hundreds of plans of one model)."""
     values = [d for d in range(1, n + 1) if n % d == 0 and (limit is None or d <= limit)]
     return ", ".join(map(str, values[:12])) + (" ..." if len(values) > 12 else "")
+
+
+def schedule_advice(stack: str, schedule: str) -> str:
+    """The fix for a schedule the stack does not run: one it runs, or a stack that runs this one."""
+    others = [name for name in stacks() if schedule in stack_schedules(name)]
+    return f"use schedule {' or '.join(stack_schedules(stack))}, or a stack that runs it ({', '.join(others)})"
 
 
 def structural_violations(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workload, *,
@@ -97,6 +103,10 @@ def structural_violations(model: ModelSpec, cluster: ClusterSpec, plan: Plan, wo
              f"the interleaved schedule needs the {m} micro-batches to be a multiple of pp = {plan.pp}",
              "change the global batch or the micro-batch size")
     name = SCHEDULE_NAMES.get(plan.schedule, plan.schedule)
+    runs = stack_schedules(workload.stack)
+    rule("schedule_run_by_stack", plan.schedule in runs,
+         f"the {workload.stack} stack does not run the {name} schedule; it runs "
+         f"{', '.join(SCHEDULE_NAMES[s] for s in runs)}", schedule_advice(workload.stack, plan.schedule))
     rule("pipeline_schedule_needs_pp", plan.schedule not in ("zero_bubble", *V_SCHEDULES) or plan.pp > 1,
          f"the {name} schedule needs pipeline parallelism (pp > 1)", "use schedule 1f1b with pp 1, or raise pp")
     if plan.schedule in V_SCHEDULES:

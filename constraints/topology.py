@@ -1,6 +1,7 @@
 """`describe_topology(cluster)`: the cluster as the cost model sees it — its bandwidth tiers (the NVLink /
 PCIe domain, the network) and what collectives cost over groups of growing size, computed by the same α-β
-model the step times use (`constraints.collectives`). `plan topology` prints it.
+model the step times use (`constraints.collectives`), and which NCCL protocol its ring all-reduce runs at
+which message size (`protocol_ranges`). `plan topology` prints it.
 
 Bus bandwidth is NCCL-tests' figure of merit (nccl-tests doc/PERFORMANCE.md): for an all-reduce of S bytes
 in t seconds, busbw = S/t · 2(n−1)/n — comparable with a measured ``all_reduce_perf`` run.
@@ -47,11 +48,42 @@ class GroupCost(_Frozen):
     bus_bandwidth: float
 
 
+class ProtocolRange(_Frozen):
+    """NCCL's ring all-reduce over ``size`` consecutive ranks runs ``protocol`` for messages from
+    ``from_bytes`` up to ``to_bytes`` (None: beyond), as the cost model prices the enabled protocols."""
+
+    size: int
+    protocol: str
+    from_bytes: int
+    to_bytes: int | None
+
+
 class TopologyReport(_Frozen):
     cluster: ClusterSpec
     tiers: tuple[Tier, ...]
     message_bytes: int
     groups: tuple[GroupCost, ...]
+    protocols: tuple[ProtocolRange, ...]
+
+
+PROTOCOL_PROBES = 2 ** np.arange(3, 34)
+"""The message sizes the protocol ranges are read at: 8 B to 8 GiB, powers of two."""
+
+
+def protocol_ranges(fabric: Fabric, size: int) -> list[ProtocolRange]:
+    """The fastest ring protocol of an all-reduce over ``size`` consecutive ranks at each probe size,
+    merged into ranges (at power-of-two resolution)."""
+    probes = PROTOCOL_PROBES.astype(float)
+    best = fabric.ring_times(probes, np.full(len(probes), size), np.ones(len(probes), dtype=np.int64), 2).argmin(axis=0)
+    out: list[ProtocolRange] = []
+    for i, index in enumerate(best):
+        name = fabric.protocols[index].name
+        if out and out[-1].protocol == name:
+            continue
+        if out:
+            out[-1] = out[-1].model_copy(update={"to_bytes": int(PROTOCOL_PROBES[i - 1])})
+        out.append(ProtocolRange(size=size, protocol=name, from_bytes=int(PROTOCOL_PROBES[i]), to_bytes=None))
+    return out
 
 
 def group_sizes(total: int, domain: int) -> list[int]:
@@ -85,4 +117,7 @@ def describe_topology(cluster: ClusterSpec, *, message_bytes: int = MESSAGE_BYTE
         GroupCost(size=int(n), domains=int(d), all_reduce_s=float(r), all_gather_s=float(g), all_to_all_s=float(a),
                   bus_bandwidth=float(message_bytes / r * 2 * (n - 1) / n))
         for n, d, r, g, a in zip(sizes, domains, reduce, gather, all_to_all, strict=True))
-    return TopologyReport(cluster=cluster, tiers=tuple(tiers), message_bytes=message_bytes, groups=groups)
+    spans = sorted({fabric.domain, cluster.total_gpus} - {1})
+    protocols = tuple(r for size in spans for r in protocol_ranges(fabric, size))
+    return TopologyReport(cluster=cluster, tiers=tuple(tiers), message_bytes=message_bytes, groups=groups,
+                          protocols=protocols)

@@ -36,6 +36,10 @@ def nccl_environment(cluster: ClusterSpec) -> list[Variable]:
     if ib_sharp(cluster):
         out.append(Variable("NCCL_COLLNET_ENABLE", "1", "IB SHARP: all-reduce inside the InfiniBand switches through "
                                                          "NCCL's CollNet (needs the SHARP plugin and aggregation manager)"))
+    if cluster.nccl_protocols is not None:
+        names = {"ll": "LL", "ll128": "LL128", "simple": "Simple"}
+        out.append(Variable("NCCL_PROTO", ",".join(names[p] for p in cluster.nccl_protocols),
+                            "the cluster's protocols (its nccl_protocols): NCCL picks among these only, as priced"))
     if node.intra_node_fabric == "pcie":
         out.append(Variable("NCCL_P2P_LEVEL", "PXB", "no NVLink: peer-to-peer only between GPUs under one PCIe switch, "
                                                      "through host memory otherwise"))

@@ -145,7 +145,10 @@ class ClusterSpec(_Frozen):
     generation NVSwitch and later; NCCL ≥ 2.17 uses it for all-reduce). ``ib_sharp``: the InfiniBand switches
     reduce (SHARP, reached by NCCL's CollNet through the SHARP plugin) — a property of the switches and their
     aggregation manager that no node can see, off unless the cluster description says so. Both price the
-    all-reduce (`constraints.collectives.Fabric.all_reduce`)."""
+    all-reduce (`constraints.collectives.Fabric.all_reduce`). ``nccl_protocols``: the protocols NCCL may
+    use for ring collectives (``NCCL_PROTO``: ll, ll128, simple); None is NCCL's default — LL and Simple
+    everywhere, LL128 where NVLink joins the GPUs (`constraints.collectives.nccl_protocols`); a cluster
+    whose jobs set NCCL_PROTO (e.g. Simple only) says so here, and its launch scripts set it."""
 
     name: str = Field(min_length=1)
     node: NodeSpec
@@ -155,6 +158,7 @@ class ClusterSpec(_Frozen):
     gpudirect_rdma: bool
     in_network_reduction: bool = False
     ib_sharp: bool = False
+    nccl_protocols: tuple[Literal["ll", "ll128", "simple"], ...] | None = None
     source: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
 
@@ -171,6 +175,10 @@ class ClusterSpec(_Frozen):
         if self.ib_sharp and self.inter_node_fabric != "infiniband":
             raise ValueError(f"ib_sharp is SHARP in InfiniBand switches; inter_node_fabric is {self.inter_node_fabric!r} "
                              "(set ib_sharp false, or inter_node_fabric 'infiniband')")
+        protocols = self.nccl_protocols
+        if protocols is not None and (not protocols or len(set(protocols)) < len(protocols)):
+            raise ValueError(f"nccl_protocols {list(protocols)}: name each of ll, ll128, simple at most once, at "
+                             "least one (or leave it out for NCCL's default)")
         if self.total_gpus > MAX_GPUS:
             raise ValueError(f"{self.num_nodes:,} nodes of {per_node} GPUs are {self.total_gpus:,} GPUs; plan models "
                              f"clusters of up to {MAX_GPUS:,} GPUs ({MAX_GPUS // per_node:,} such nodes)")

@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict
 
 from parallelplan.constraints import Efficiency, Estimate, Plan, RuntimeAllowance, Violation, Workload
 from parallelplan.constraints.check import check_and_estimate
+from parallelplan.constraints.efficiency import stack_schedules
 from parallelplan.constraints.evaluate import evaluate
 from parallelplan.constraints.fp8 import undominated_recipes
 from parallelplan.constraints.rules import UNPRICEABLE, structural_violations
@@ -44,6 +45,7 @@ from parallelplan.solver.space import DEFAULTS, SEARCHED, SETTINGS
 from parallelplan.solver.techniques import (
     OPTIMIZER_TECHNIQUES,
     PRECISION_MOVES,
+    SCHEDULE_TECHNIQUES,
     Move,
     Technique,
     catalog,
@@ -147,7 +149,7 @@ def optimize(model: ModelSpec, cluster: ClusterSpec, workload: Workload, plan: P
     if not cluster.gpu.supports(plan.precision):
         raise SolverInputError(f"precision {plan.precision}: the {cluster.gpu.name} has no {plan.precision} tensor "
                                f"cores; use one of {', '.join(p for p in ('bf16', 'fp16', 'fp32') if cluster.gpu.supports(p))}")
-    accepted, chosen, notes = chosen_techniques(cluster, goal, max_effort, techniques, skip)
+    accepted, chosen, notes = chosen_techniques(cluster, workload.stack, goal, max_effort, techniques, skip)
     price = gpu_hour_price(cluster, price_per_gpu_hour, required=goal == "cost")
     costs = {"efficiency": efficiency, "runtime": runtime}
     nodes = [2**i for i in range(cluster.num_nodes.bit_length()) if 2**i < cluster.num_nodes]
@@ -286,8 +288,8 @@ class _Ladder:
                 time_limit_s: float) -> tuple[Point | None, bool, str | None]:
         """The solver's optimum for the goal over the techniques accepted (module docstring), whether CP-SAT
         proved it, and why there is none."""
-        fixed, ranges = search_domains(start, final, accepted,
-                                       undominated_recipes(self.workload.stack, cluster.gpu.architecture))
+        stack = self.workload.stack
+        fixed, ranges = search_domains(start, final, accepted, stack, undominated_recipes(stack, cluster.gpu.architecture))
         try:
             sol = solve(self.model, cluster, self.workload, objective=GOALS[self.goal], fixed=fixed, ranges=ranges,
                         widen=True, allow_cross_domain=self.allow_cross_domain, price_per_gpu_hour=self.price,
@@ -337,11 +339,11 @@ def _rung(move: Move, before: Point, reached: Point, gain: float) -> Rung:
                 delta_usd_per_million_tokens=usd if priced else None, reached=reached)
 
 
-def search_domains(start: Plan, final: Plan, chosen: Sequence[Technique],
+def search_domains(start: Plan, final: Plan, chosen: Sequence[Technique], stack: str,
                    fp8_recipes: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(fixed, ranges) of the optimum's search: the fields of techniques not chosen pinned to the final
     plan's values; the chosen techniques' values, the start's and the final plan's added to the default
-    domains (``widen``) — tf32 where the start is fp32 or tf32 (no move reaches it from fewer bits), and
+    domains (``widen``) — the schedules among them that ``stack`` runs, tf32 where the start is fp32 or tf32 (no move reaches it from fewer bits), and
     with fp8_recipe the ``fp8_recipes`` that can be best here (`constraints.fp8.undominated_recipes`); the
     settings (kernels, overlaps) the final plan's."""
     names = {t.name for t in chosen}
@@ -376,7 +378,8 @@ def search_domains(start: Plan, final: Plan, chosen: Sequence[Technique],
         add("offload", "optimizer", "params")
     if "offload_activations" in names:
         add("offload_activations", True)
-    add("schedule", *[s for s in ("interleaved", "zero_bubble", "dualpipev", "zbv") if s in names])
+    add("schedule", *[s for s in SCHEDULE_TECHNIQUES if s in names])
+    ranges["schedule"] = [s for s in ranges["schedule"] if s in stack_schedules(stack)]  # a start's may not run
     untouched = {"recompute": ("recompute", "recompute_modules"), "micro_batch": ("micro_batch_size",),
                  "sharding": ("sharding", "hsdp_shard_size"), "offload": ("offload",),
                  "offload_activations": ("offload_activations",), ("interleaved", "dualpipev", "zbv"): ("vpp",),

@@ -59,10 +59,11 @@ from parallelplan.constraints.arrays import ALL_LAYERS, STACK_RECIPE, PlanArrays
 from parallelplan.constraints.attention import is_priced, priced_kernels
 from parallelplan.constraints.check import selective_ladder
 from parallelplan.constraints.collectives import fast_domain
-from parallelplan.constraints.efficiency import stacks
+from parallelplan.constraints.efficiency import stack_schedules, stacks
 from parallelplan.constraints.fp8 import bf16_layers_recipes, runnable_recipes, stack_recipes
 from parallelplan.constraints.plan import RECOMPUTE_MODULES, RECOMPUTES, V_SCHEDULES, Plan, Workload
 from parallelplan.constraints.rl import multi_role
+from parallelplan.constraints.rules import schedule_advice
 from parallelplan.constraints.usp import ulysses_degree
 from parallelplan.hardware import ClusterSpec
 from parallelplan.models import ModelSpec
@@ -128,6 +129,7 @@ class SearchSpace:
                         _validated(name, v, kind)
         _pin_fp8_for_recipes(self.cluster, self.workload, fixed, self.ranges)
         _check_attention_kernel(self.cluster, self.workload, fixed)
+        _check_schedules(self.workload, fixed, self.ranges)
         object.__setattr__(self, "fixed", fixed)
         peft = self.workload.peft
         if peft is not None and peft.method == "qlora" and fixed.get("precision") == "fp8":
@@ -156,8 +158,12 @@ class SearchSpace:
         return list(default) + [v for v in values if v not in default] if self.widen else values
 
     def default_domain(self, name: str) -> list[Any]:
-        """`domain` of a field over its default values (`DEFAULTS`)."""
-        return self.domain(name, DEFAULTS[name])
+        """`domain` of a field over its default values (`DEFAULTS`; the schedules among them the stack runs,
+        `constraints.rules` schedule_run_by_stack)."""
+        default = DEFAULTS[name]
+        if name == "schedule":
+            default = tuple(s for s in default if s in stack_schedules(self.workload.stack))
+        return self.domain(name, default)
 
     def range_values(self, name: str) -> list[Any]:
         """The values a range admits (a list, or the candidates within (low, high) for integers)."""
@@ -223,6 +229,15 @@ def _check_attention_kernel(cluster: ClusterSpec, workload: Workload, fixed: dic
         raise SolverInputError(f"attention_kernel {kernel!r} is not offered by the {workload.stack} stack on "
                                f"{cluster.gpu.display_name} ({cluster.gpu.architecture}); use one of "
                                f"{', '.join(['flash', *priced, 'eager'])}")
+
+
+def _check_schedules(workload: Workload, fixed: dict[str, Any], ranges: dict[str, Any]) -> None:
+    """A pinned or ranged schedule the stack does not run is refused with the ones it runs."""
+    for kind, named in (("fixed", [fixed.get("schedule")]), ("ranges", list(ranges.get("schedule", [])))):
+        for schedule in named:
+            if schedule is not None and schedule not in stack_schedules(workload.stack):
+                raise SolverInputError(f"{kind}: schedule {schedule!r} is not run by the {workload.stack} stack; "
+                                       f"{schedule_advice(workload.stack, schedule)}")
 
 
 def _validated(name: str, value: Any, kind: str) -> Any:

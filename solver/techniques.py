@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from parallelplan.constraints import Plan, Workload
 from parallelplan.constraints.attention import STACK_DEFAULT, priced_kernels, speed_ratio
 from parallelplan.constraints.check import selective_ladder
-from parallelplan.constraints.efficiency import stacks
+from parallelplan.constraints.efficiency import stack_schedules, stacks
 from parallelplan.constraints.fp8 import plan_recipe, runnable_recipes
 from parallelplan.constraints.plan import OFFLOAD_SHARDING, SHARDINGS, V_SCHEDULES
 from parallelplan.hardware import ClusterSpec, load_cluster
@@ -34,6 +34,8 @@ from parallelplan.solver.space import DEFAULTS, MAX_VPP, SearchSpace, cp_candida
 MAX_EFFORTS = ("low", "medium", "high")
 OPTIMIZER_TECHNIQUES = ("adamw8bit", "adafactor", "lion", "sgd", "came")
 """Techniques that swap the optimizer (each sets ``optimizer`` to its own name)."""
+SCHEDULE_TECHNIQUES = ("interleaved", "zero_bubble", "dualpipev", "zbv")
+"""Techniques that change the pipeline schedule (each to the schedule of its own name)."""
 
 
 @dataclass(frozen=True)
@@ -85,12 +87,12 @@ def effort_label(effort: str) -> str:
     return _catalog()["efforts"][effort]["label"]
 
 
-def chosen_techniques(cluster: ClusterSpec, goal: str, max_effort: str, only: Sequence[str] | None = None,
+def chosen_techniques(cluster: ClusterSpec, stack: str, goal: str, max_effort: str, only: Sequence[str] | None = None,
                       skip: Sequence[str] = ()) -> tuple[list[Technique], list[Technique], list[str]]:
     """(the techniques the user accepts, those of them within ``max_effort`` — the ladder's —, notes on
     those left out): ``only`` (names; default every technique but ``default_off``, which the memory goal
-    takes CPU offload from), less ``skip``. Unknown names, and fp8 named for a GPU without fp8, are
-    `SolverInputError`s."""
+    takes CPU offload from, and the schedules ``stack`` does not run), less ``skip``. Unknown names, fp8
+    named for a GPU without fp8 and a schedule named that the stack does not run are `SolverInputError`s."""
     data, every = _catalog(), catalog()
     if max_effort not in MAX_EFFORTS:
         raise SolverInputError(f"max_effort {max_effort!r}: use one of {', '.join(MAX_EFFORTS)}")
@@ -103,12 +105,19 @@ def chosen_techniques(cluster: ClusterSpec, goal: str, max_effort: str, only: Se
         if only is not None and precision in only and not cluster.gpu.supports(precision):
             raise SolverInputError(f"techniques: {precision} needs {precision} tensor cores, which the {cluster.gpu.name} "
                                    f"lacks; leave {precision} out")
+    runs = stack_schedules(stack)
+    unrun = [n for n in SCHEDULE_TECHNIQUES if n not in runs]
+    named_unrun = [n for n in only or () if n in unrun]
+    if named_unrun:
+        raise SolverInputError(f"techniques: the {stack} stack does not run {', '.join(named_unrun)} (it runs "
+                               f"{', '.join(runs)}); leave {'them' if len(named_unrun) > 1 else 'it'} out or choose "
+                               f"a stack that runs {'them' if len(named_unrun) > 1 else 'it'}")
     default_off = set(data["default_off"]) - ({"offload"} if goal == "memory" else set())
-    names = list(only) if only is not None else [n for n in every if n not in default_off]
+    names = list(only) if only is not None else [n for n in every if n not in default_off and n not in unrun]
     if "nodes" in names and goal != "cost":
         names.remove("nodes")  # fewer nodes only ever lengthen the step and shrink memory by nothing
     efforts = set(data["max_effort"][max_effort])
-    notes = []
+    notes = [f"left out: {', '.join(unrun)} — schedules the {stack} stack does not run"] if only is None and unrun else []
     above = [n for n in names if every[n].effort not in efforts and n not in skip]
     if above:
         notes.append(f"left out above --max-effort {max_effort}: {', '.join(above)}")

@@ -107,6 +107,24 @@ def test_topology_json_is_the_api_and_the_table_names_the_tiers():
     assert table.exit_code == 0
     assert "NVLink domain: nvswitch" in table.output and "network: infiniband" in table.output
     assert "all-reduce 1024 MiB ms" in table.output
+    # which protocol NCCL's ring runs at which size, from the same prices (constraints.topology.protocol_ranges)
+    ranges = [(r["size"], r["protocol"]) for r in data["protocols"]]
+    assert ranges == [(8, "ll"), (8, "ll128"), (8, "simple"), (32, "ll"), (32, "ll128"), (32, "simple")]
+    assert data["protocols"][0]["from_bytes"] == 8 and data["protocols"][-1]["to_bytes"] is None
+    assert "NCCL protocol of a ring all-reduce (NCCL default): over 8 GPUs LL 8 B–" in table.output
+
+
+
+def test_a_cluster_file_that_sets_nccl_proto_is_priced_on_those_protocols_only(tmp_path):
+    path = tmp_path / "simple.json"
+    path.write_text(json.dumps({**load_cluster("dgx-a100").model_dump(mode="json"), "nccl_protocols": ["simple"]}))
+    table = run("topology", "--cluster", str(path))
+    assert table.exit_code == 0, table.output
+    assert "NCCL protocol of a ring all-reduce (the cluster sets NCCL_PROTO): over 8 GPUs Simple 8 B and up" in table.output
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**load_cluster("dgx-a100").model_dump(mode="json"), "nccl_protocols": ["fast"]}))
+    refused = run("topology", "--cluster", str(bad))
+    assert refused.exit_code == 2 and "nccl_protocols" in refused.output and "Traceback" not in refused.output
 
 
 # -- estimate --tokens --------------------------------------------------------------------------------

@@ -135,6 +135,15 @@ def test_ib_sharp_turns_on_collnet_only_across_nodes():
     assert "NCCL_NVLS_ENABLE" in names(two) and "NCCL_NVLS_ENABLE" not in names(load_cluster("dgx-a100", nodes=2))
 
 
+def test_a_cluster_that_limits_nccls_protocols_exports_them_and_a_default_cluster_does_not():
+    """NCCL_PROTO takes NCCL's own protocol names (LL, LL128, Simple, comma-separated; NCCL's tuning.cc parses
+    them case-insensitively); the launch scripts set it only where the cluster file does."""
+    cluster = load_cluster("dgx-h100", nodes=2)
+    assert "NCCL_PROTO" not in {v.name for v in nccl_environment(cluster)}
+    limited = {v.name: v.value for v in nccl_environment(cluster.model_copy(update={"nccl_protocols": ("ll", "simple")}))}
+    assert limited["NCCL_PROTO"] == "LL,Simple" and "NCCL_PROTO" in ALLOW["nccl_variables"]
+
+
 def _arguments(script: str, program: str) -> list[str]:
     """Every ``--name`` flag on the ``program`` command line (also after its positional words)."""
     return [w.split("=")[0] for w in command_words(script, program) if w.startswith("--")]

@@ -106,7 +106,7 @@ def test_the_ladder_never_ends_above_the_proved_optimum_and_its_plans_pass_check
     _assert_consistent(model, cluster, workload, ladder)
     if not start.model_dump() == ladder.start.plan.model_dump():
         raise AssertionError("the ladder must start from the user's plan")
-    allowed = {t.name for t in chosen_techniques(cluster, goal, effort)[1]}
+    allowed = {t.name for t in chosen_techniques(cluster, workload.stack, goal, effort)[1]}
     assert {r.technique for r in ladder.rungs} <= allowed
 
 
@@ -129,10 +129,22 @@ def test_the_naive_70b_plan_on_eight_dgx_h100_climbs_to_a_priced_ladder(llama_70
     assert ladder.rungs[0].effort == "flag"
     assert ladder.final.step_time_s < ladder.rungs[0].reached.step_time_s
     assert ladder.optimum_proved and ladder.gap is not None
+    # Megatron-LM runs 1F1B and interleaved only: the ladder and its optimum keep to them, and say so
+    assert ladder.optimum.plan.schedule in ("1f1b", "interleaved")
+    assert not {r.technique for r in ladder.rungs} & {"zero_bubble", "dualpipev", "zbv"}
+    assert "left out: zero_bubble, dualpipev, zbv — schedules the megatron stack does not run" in ladder.notes
     # the changes that alter numerics carry their risk with a source
     for name in {r.technique for r in ladder.rungs if r.changes_math and catalog()[r.technique].risk}:
         assert any(risk.technique == name and risk.source for risk in ladder.risks)
     assert elapsed < 30  # the 2 s bar is measured by benchmarks/cli_latency.py, not by a unit test's clock
+
+
+def test_a_schedule_the_stack_does_not_run_is_no_technique_to_name(llama_70b):
+    with pytest.raises(SolverInputError, match="the megatron stack does not run zbv"):
+        optimize(llama_70b, load_cluster("dgx-h100", nodes=8), Workload(seq_len=4096, global_batch_size=1024),
+                 NAIVE_70B, techniques=["zbv", "pp"])
+    result = run("optimize", "-m", "llama-3.1-70b", "-c", "dgx-h100", "--nodes", "8", "--tp", "8", "--techniques", "zbv")
+    assert result.exit_code == 2 and "the megatron stack does not run zbv" in result.output
 
 
 def test_seventy_b_on_one_h100_node_says_why_no_plan_fits(llama_70b):

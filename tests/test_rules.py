@@ -36,6 +36,8 @@ CASES = [
     ("interleaved_microbatches_by_pp", LLAMA_8B, Plan(pp=4, dp=4, vpp=2), Workload(seq_len=4096, global_batch_size=24),
      DGX, ["6 micro-batches", "pp = 4"]),
     ("pipeline_schedule_needs_pp", LLAMA_8B, Plan(dp=16, schedule="zero_bubble"), WORK, DGX, ["zero-bubble"]),
+    ("schedule_run_by_stack", LLAMA_8B, Plan(pp=4, dp=4, vpp=2, schedule="zbv"), WORK, DGX,
+     ["megatron stack does not run the ZB-V schedule", "1F1B, interleaved"]),
     ("vpp_needs_interleaved", LLAMA_8B, Plan(pp=2, dp=8, vpp=2, schedule="1f1b"), WORK, DGX, ["vpp = 2"]),
     ("v_schedule_two_chunks", LLAMA_8B, Plan(pp=2, dp=8, vpp=4, schedule="dualpipev"), WORK, DGX, ["two model chunks", "vpp = 4"]),
     ("v_schedule_microbatches", LLAMA_8B, Plan(pp=4, dp=4, vpp=2, micro_batch_size=4, schedule="dualpipev"), WORK, DGX,

@@ -89,7 +89,7 @@ def test_zbv_needs_two_chunks_and_the_micro_batches_its_order_is_built_for():
     from parallelplan.models import load_model
 
     model, cluster = load_model("llama-3.1-8b"), load_cluster("dgx-h100", nodes=2)
-    work = Workload(seq_len=4096, global_batch_size=64)
+    work = Workload(seq_len=4096, global_batch_size=64, stack="torchtitan")  # torch's ScheduleZBVZeroBubble
     rules = {v.rule: v.message for v in check(model, cluster, Plan(pp=4, dp=4, vpp=2, micro_batch_size=4, schedule="zbv"), work)}
     assert "ZB-V needs at least 7 micro-batches (2·pp − 1), the step has 4" in rules["v_schedule_microbatches"]
     assert not check(model, cluster, Plan(pp=4, dp=4, vpp=2, micro_batch_size=2, schedule="zbv", sharding="zero1"), work)

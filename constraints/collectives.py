@@ -142,29 +142,30 @@ class Fabric:
         per_domain = np.minimum(size, np.maximum(self.domain // np.maximum(stride, 1), 1))
         return per_domain, -(-size // per_domain)
 
-    def _ring(self, protocol: Protocol, nbytes: np.ndarray, n1: np.ndarray, n2: np.ndarray,
-              passes: int) -> tuple[np.ndarray, np.ndarray]:
-        """(inside the domains, across them) of ``passes`` hierarchical ring passes on ``protocol``, its
-        base latency counted inside."""
-        intra = passes * ((n1 - 1) / n1 * nbytes / (protocol.bandwidth * self.intra_bw) + (n1 - 1) * protocol.intra_s)
-        inter = passes * ((n2 - 1) / n2 * (nbytes / n1) / (protocol.bandwidth * self.inter_bw)
-                          + (n2 - 1) * protocol.inter_s)
-        return intra + protocol.base_s, inter
+    def _ring_parts(self, nbytes: np.ndarray, size: np.ndarray, stride: np.ndarray,
+                    passes: int) -> tuple[np.ndarray, np.ndarray]:
+        """(inside the domains, across them) of ``passes`` hierarchical ring passes on each enabled protocol
+        (first axis, in ``protocols``' order), its base latency counted inside."""
+        n1, n2 = self.split(size, stride)
+        nbytes = np.asarray(nbytes, dtype=float)
+        shape = (-1,) + (1,) * np.broadcast(nbytes, n1).ndim
+        fraction, base, intra_s, inter_s = (np.array([getattr(p, name) for p in self.protocols]).reshape(shape)
+                                            for name in ("bandwidth", "base_s", "intra_s", "inter_s"))
+        intra = base + passes * ((n1 - 1) / n1 * nbytes / self.intra_bw / fraction + (n1 - 1) * intra_s)
+        inter = passes * ((n2 - 1) / n2 * (nbytes / n1) / self.inter_bw / fraction + (n2 - 1) * inter_s)
+        return intra, inter
 
     def ring_times(self, nbytes: np.ndarray, size: np.ndarray, stride: np.ndarray, passes: int) -> np.ndarray:
         """Each enabled protocol's time (first axis, in ``protocols``' order) for ``passes`` ring passes
         (1: reduce-scatter or all-gather, 2: all-reduce) of ``nbytes`` over the group."""
-        n1, n2 = self.split(size, stride)
-        return np.stack([sum(self._ring(p, np.asarray(nbytes, dtype=float), n1, n2, passes)) for p in self.protocols])
-
-    def _fastest_ring(self, nbytes: np.ndarray, size: np.ndarray, stride: np.ndarray, passes: int) -> np.ndarray:
-        return self.ring_times(nbytes, size, stride, passes).min(axis=0)
+        intra, inter = self._ring_parts(nbytes, size, stride, passes)
+        return intra + inter
 
     def reduce_scatter(self, nbytes: np.ndarray, size: np.ndarray, stride: np.ndarray) -> np.ndarray:
         """Ring reduce-scatter (equally, all-gather) of ``nbytes`` over the group (seconds), on the fastest
         of the enabled protocols: (n₁−1)/n₁·M/(f·η₁B₁) + (n₂−1)/n₂·(M/n₁)/(f·η₂B₂) + α₀ + (n₁−1)·α₁ + (n₂−1)·α₂
         with each protocol's data fraction f and latencies (``Efficiency.nccl_protocols``)."""
-        return np.where(size > 1, self._fastest_ring(nbytes, size, stride, 1), 0.0)
+        return np.where(size > 1, self.ring_times(nbytes, size, stride, 1).min(axis=0), 0.0)
 
     def all_reduce(self, nbytes: np.ndarray, size: np.ndarray, stride: np.ndarray) -> np.ndarray:
         """All-reduce of ``nbytes`` over the group (seconds): the hierarchical ring — a reduce-scatter and an
@@ -172,15 +173,17 @@ class Fabric:
         fastest protocol; or, with Simple's ring parts (NVLS and CollNet run Simple only), each part replaced by
         its in-network form where the fabric has one and it is faster (module docstring): NVLS
         (1 + 1/n₁)·M/(η_nvls·B₁) + α_nvls inside, IB SHARP (M/n₁)/(η₂B₂) + 2α₂ across."""
-        ring = self._fastest_ring(nbytes, size, stride, 2)
-        simple = next((p for p in self.protocols if p.name == "simple"), None)
+        parts = self._ring_parts(nbytes, size, stride, 2)
+        ring = (parts[0] + parts[1]).min(axis=0)
+        simple = next((i for i, p in enumerate(self.protocols) if p.name == "simple"), None)
         if simple is not None and (self.nvls_bw > 0 or self.ib_sharp):
             n1, n2 = self.split(size, stride)
-            intra, inter = self._ring(simple, nbytes, n1, n2, 2)
+            intra, inter = parts[0][simple], parts[1][simple]
             if self.nvls_bw > 0:
                 intra = np.where(n1 > 1, np.minimum(intra, (1 + 1 / n1) * nbytes / self.nvls_bw + self.nvls_alpha), intra)
             if self.ib_sharp:
-                inter = np.where(n2 > 1, np.minimum(inter, nbytes / n1 / self.inter_bw + 2 * simple.inter_s), inter)
+                inter = np.where(n2 > 1, np.minimum(inter, nbytes / n1 / self.inter_bw + 2 * self.protocols[simple].inter_s),
+                                 inter)
             ring = np.minimum(ring, intra + inter)
         return np.where(size > 1, ring, 0.0)
 

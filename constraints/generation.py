@@ -13,7 +13,8 @@ all stages (Σ_s t_s ≤ pp · max_s t_s).
 
 One decode step of a pipeline stage s for g sequences at a cache of c tokens each is a roofline
     t_s(c) = max(bytes_s(c) / (η_stream · HBM), flops_s(c) / rate) + comm_s:
-- bytes: the stage's weights on the GPU in the compute dtype, read once per step — the token embedding
+- bytes: the stage's weights on the GPU as served (the linears of an fp8 plan in fp8,
+  `states.served_gemm_weight_bytes`; the rest in 16 bits), read once per step — the token embedding
   only its g rows, routed experts only those the step's tokens touch: E_local · (1 − (1 − k/E)^T), T the
   tokens routed in the expert-parallel group (g per replica it spans), uniform routing — plus the KV cache,
   g · c · (cached bytes per token and layer) per layer (a sliding-window layer min(c, window)); streamed
@@ -48,7 +49,7 @@ from parallelplan.constraints.efficiency import Efficiency
 from parallelplan.constraints.memory import concurrent_sequences, replica_sequences
 from parallelplan.constraints.plan import Workload
 from parallelplan.constraints.stages import StageLayout, StageParams
-from parallelplan.constraints.states import ShardDivisors, gathers_weights
+from parallelplan.constraints.states import ShardDivisors, gathers_weights, served_gemm_weight_bytes
 from parallelplan.constraints.structure import ModelFacts
 from parallelplan.hardware import ClusterSpec
 
@@ -120,7 +121,13 @@ def _wave_time(f: ModelFacts, cluster: ClusterSpec, eff: Efficiency, p: PlanArra
     tied_head = (np.where(layout.last & (pp == 1), (f.embedding_params - f.position_params) / tp, 0.0)
                  if f.tied else 0.0)
     dense_used = params.dense - params.embedding + tied_head
-    weights_read = b * (dense_used + embedding_rows + params.expert * touched)
+    # the linears in the served dtype (fp8 plans: one byte, states.served_gemm_weight_bytes), but the layers
+    # kept in bf16; the embedding rows, the LM head and the norms in 16 bits
+    gemm_bytes = col(served_gemm_weight_bytes(p, training=False))
+    bf16 = layout.bf16_dense_layers * params.dense_layer + layout.bf16_moe_layers * params.moe_layer
+    gemm_dense = params.dense - params.embedding - params.head
+    weights_read = (b * (dense_used - gemm_dense + embedding_rows) + gemm_bytes * gemm_dense
+                    + gemm_bytes * params.expert * touched + (b - gemm_bytes) * bf16)
     full_layers = layout.layers * (1.0 - f.sliding_layer_share) if f.sliding_window else layout.layers
     sliding_layers = layout.layers - full_layers
     kv_per_token = group * col(kv_bytes_per_token_layer) / cp  # per cached token of one layer

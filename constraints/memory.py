@@ -58,6 +58,7 @@ from parallelplan.constraints.states import (
     ShardDivisors,
     gathers_weights,
     optimizer_step_temporaries,
+    served_gemm_weight_bytes,
 )
 from parallelplan.constraints.structure import ModelFacts
 from parallelplan.hardware import ClusterSpec, GPUSpec
@@ -327,10 +328,12 @@ def class_memory(
     if has_reference_copy(w):  # DPO's frozen reference on the same GPUs (constraints.dpo)
         weights = weights + reference_weight_bytes(p, params, div)
     if peft is None:  # the decoder layers' GEMM weights (norms and router included: under 0.1% of them), but
-        # those of the layers kept in bf16
+        # those of the layers kept in bf16: training's fp8 weight cache, or the fp8 weights served in place
+        # of the 16-bit ones (states.served_gemm_weight_bytes)
         gemm = params.dense - params.embedding - params.head + params.expert
         bf16 = layout.bf16_dense_layers * params.dense_layer + layout.bf16_moe_layers * params.moe_layer
-        weights = weights + col(fp8_weight_cache(p, w, cluster.gpu)) * (gemm - bf16)
+        served = np.where(gathers_weights(p).astype(bool), 0.0, served_gemm_weight_bytes(p, training) - per.weights)
+        weights = weights + col(fp8_weight_cache(p, w, cluster.gpu) + served) * (gemm - bf16)
     host = np.where(offload_params > 0, weights, 0.0)
     weights = np.where(offload_params > 0, 0.0, weights)
     gathering = col(gathers_weights(p)) > 0

@@ -82,6 +82,23 @@ def bytes_per_param(p: PlanArrays, factored: FactoredStates) -> BytesPerParam:
     return BytesPerParam(weights=weights, resident_weights=resident, grads=grads, master=master, optimizer=moments)
 
 
+SERVED_FP8_WEIGHT_BYTES = 1.0
+"""Bytes per GEMM weight an inference engine holds and reads for an fp8 plan: vLLM's and SGLang's
+``--quantization fp8`` (a bf16 checkpoint quantized as it loads) and fp8 checkpoints (DeepSeek-V3's) keep
+the linears' weights in fp8, with one fp32 scale per tensor, channel or 128 × 128 block (under 0.03% more);
+the embedding, the LM head and the norms stay in the checkpoint's 16 bits (vLLM's Fp8Config quantizes
+LinearBase layers only)."""
+
+
+def served_gemm_weight_bytes(p: PlanArrays, training: bool) -> np.ndarray:
+    """Bytes per GEMM weight (decoder linears and experts) of each plan as it runs: an fp8 inference plan's
+    `SERVED_FP8_WEIGHT_BYTES`; training keeps its weights in 16 bits (fp8 casts per GEMM) or 32."""
+    weights = np.where(fp32_storage(p), 4.0, 2.0)
+    if training:
+        return weights
+    return np.where(p.precision == code("precision", "fp8"), SERVED_FP8_WEIGHT_BYTES, weights)
+
+
 @dataclass(frozen=True)
 class StateRecipe:
     """One plan's model states per parameter before sharding (`bytes_per_param` of the plan), in words."""

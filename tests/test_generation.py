@@ -47,6 +47,27 @@ def test_one_decode_step_is_bytes_over_achieved_hbm_bandwidth():
     assert _decode(LLAMA_8B, Plan(), work) == pytest.approx(expected, rel=1e-12)
 
 
+def test_an_fp8_plan_serves_its_linears_in_one_byte():
+    """vLLM's and SGLang's fp8 (--quantization fp8, or an fp8 checkpoint) keep the linears' weights in fp8
+    and the embedding, LM head and norms in bf16 (states.served_gemm_weight_bytes): the decode step reads
+    1 byte per linear weight, 2 per head weight, one embedding row; the KV cache stays bf16. The layers'
+    norms are counted with their linears (0.003% of them). Memory holds the same weights: the linears once
+    in fp8, the embedding and the head in bf16."""
+    prompt = 1000
+    work = Workload(kind="inference", seq_len=prompt, output_len=2, global_batch_size=1)
+    hidden, vocab = 4096, 128256
+    head = vocab * hidden + hidden  # the LM head and the final norm
+    layers = LLAMA_8B.total_params - vocab * hidden - head  # linears and their norms
+    kv_bytes = (prompt + 1) * 32 * 2 * 8 * 128 * 2
+    expected = (layers + 2 * (head + hidden) + kv_bytes) / (H100.node.gpu.hbm_bandwidth * Efficiency.default().streaming)
+    fp8 = Plan(precision="fp8")
+    assert _decode(LLAMA_8B, fp8, work) == pytest.approx(expected, rel=1e-12)
+    held = estimate(LLAMA_8B, H100, fp8, work).memory.weights
+    assert held == pytest.approx(layers + 2 * (vocab * hidden + head), rel=1e-12)
+    trained = estimate(LLAMA_8B, H100, fp8, Workload(seq_len=prompt, global_batch_size=8)).memory.weights
+    assert trained >= 2 * LLAMA_8B.total_params  # training keeps 16-bit weights (and Transformer Engine's fp8 copies)
+
+
 def test_a_tied_lm_head_reads_the_embedding_table_each_step():
     """Llama 3.2 1B ties its LM head to the input embedding: the head's GEMM reads the whole table each
     step, the lookup one more row, so the bytes are every parameter plus a row (16 layers, 8 KV heads of 64)."""

@@ -95,6 +95,9 @@ PLAN_OPTIONS = [
     click.option("--attention-kernel", type=click.Choice(["flash", "flash2", "flash3", "cudnn", "eager"]),
                  help="Attention kernel: flash (the stack's own), flash2, flash3 (Hopper), cudnn, or eager "
                       "(the s x s scores materialised) [default: flash]."),
+    click.option("--kv-cache-dtype", type=click.Choice(["auto", "fp8"]),
+                 help="Serving: the KV cache in the activations' dtype (auto) or in fp8, one byte an element "
+                      "(vLLM --kv-cache-dtype fp8, SGLang fp8_e4m3) [default: auto]."),
     click.option("--tp-comm-overlap/--no-tp-comm-overlap", default=None, help="Overlap TP collectives with GEMMs [default: yes]."),
     click.option("--ep-comm-overlap/--no-ep-comm-overlap", default=None,
                  help="Overlap one micro-batch's expert all-to-all with another's compute [default: yes]."),
@@ -239,6 +242,7 @@ def describe_plan(plan: Plan, model: ModelSpec) -> str:
     parts.append(f"{plan.schedule} schedule" if plan.pp > 1 else "")
     parts.append("unfused kernels" if plan.kernels == "unfused" else "")
     parts.append("" if plan.attention_kernel == "flash" else f"{plan.attention_kernel} attention")
+    parts.append("fp8 KV cache" if plan.kv_cache_dtype == "fp8" else "")
     return ", ".join(p for p in parts if p)
 
 

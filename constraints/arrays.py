@@ -20,6 +20,7 @@ from parallelplan.constraints.plan import (
     FP8_RECIPES,
     FP32_STORAGE,
     KERNELS,
+    KV_CACHE_DTYPES,
     OFFLOADS,
     OPTIMIZERS,
     PRECISIONS,
@@ -39,6 +40,7 @@ _CATEGORICAL = {
     "schedule": SCHEDULES,
     "kernels": KERNELS,
     "attention_kernel": ATTENTION_KERNELS,
+    "kv_cache_dtype": KV_CACHE_DTYPES,
     "cp_comm": CP_COMMS,
 }
 _BOOLEAN = ("sequence_parallel", "master_weights", "persistent_grads", "tp_comm_overlap", "ep_comm_overlap",
@@ -100,6 +102,7 @@ class PlanArrays:
     schedule: np.ndarray
     kernels: np.ndarray
     attention_kernel: np.ndarray
+    kv_cache_dtype: np.ndarray
     cp_comm: np.ndarray
     persistent_grads: np.ndarray
     tp_comm_overlap: np.ndarray

@@ -192,8 +192,9 @@ def concurrent_sequences(p: PlanArrays, w: Workload) -> np.ndarray:
 
 def kv_cache_bytes_per_token_layer(f: ModelFacts, p: PlanArrays, mla_latent: int, head_dim: int) -> np.ndarray:
     """Cached bytes per token per layer on one GPU: 2 · (KV heads / tp) · head_dim (KV heads replicated
-    when fewer than tp), or MLA's latent + rope key, which is not split (DeepSeek-V2 §2.1.2)."""
-    b = activation_bytes(p)
+    when fewer than tp), or MLA's latent + rope key, which is not split (DeepSeek-V2 §2.1.2); one byte an
+    element with an fp8 cache (`Plan.kv_cache_dtype`), else the activations' dtype."""
+    b = np.where(p.kv_cache_dtype == code("kv_cache_dtype", "fp8"), 1.0, activation_bytes(p))
     if mla_latent:
         return b * mla_latent
     heads_per_gpu = np.ceil(f.kv_heads / p.tp)

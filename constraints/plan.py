@@ -24,6 +24,9 @@ Both are the cost model's inputs; the solver re-exports them. Conventions:
   memory tests measure). ``attention_kernel``: ``flash`` is the stack's own flash kernel, ``flash2``,
   ``flash3`` and ``cudnn`` name one (FlashAttention-2, FlashAttention-3, cuDNN fused attention: priced
   relative to the stack's, `constraints.attention`); none keeps an s² matrix; ``eager`` materialises it.
+- ``kv_cache_dtype`` (serving): ``auto`` caches keys and values in the activations' dtype, ``fp8`` in one
+  byte (vLLM's and SGLang's ``--kv-cache-dtype fp8`` / ``fp8_e4m3``, a per-tensor scale): half the cache,
+  so twice the sequences in the same memory and half the bytes a decode step reads for them.
 - ``recompute``: ``selective`` recomputes the modules in ``recompute_modules`` (Megatron-Core
   ``--recompute-granularity selective --recompute-modules ...``; the default, ``core_attn``, is the
   attention core of Korthikanti et al. 2022 §5; ``layernorm``, ``mla_up_proj``, ``mlp``, ``moe_act``,
@@ -82,6 +85,7 @@ SCHEDULE_NAMES = {"1f1b": "1F1B", "interleaved": "interleaved", "zero_bubble": "
 """Each schedule as the literature names it."""
 KERNELS = ("fused", "unfused")
 ATTENTION_KERNELS = ("flash", "flash2", "flash3", "cudnn", "eager")
+KV_CACHE_DTYPES = ("auto", "fp8")
 CP_COMMS = ("p2p", "a2a", "a2a+p2p")
 WORKLOAD_KINDS = ("pretrain", "finetune", "inference", "score", "rlhf")
 RL_ALGORITHMS = ("dpo", "ppo", "grpo")
@@ -133,6 +137,7 @@ class Plan(_Frozen):
     layers_per_stage: tuple[Degree, ...] | None = None
     kernels: Literal["fused", "unfused"] = "fused"
     attention_kernel: Literal["flash", "flash2", "flash3", "cudnn", "eager"] = "flash"
+    kv_cache_dtype: Literal["auto", "fp8"] = "auto"
     persistent_grads: bool = True
     tp_comm_overlap: bool = True
     ep_comm_overlap: bool = True

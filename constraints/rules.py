@@ -228,6 +228,13 @@ def structural_violations(model: ModelSpec, cluster: ClusterSpec, plan: Plan, wo
     rule("precision_supported", gpu.supports(plan.precision),
          f"{gpu.display_name} has no {plan.precision} tensor cores",
          f"use one of {', '.join(p for p in PRECISIONS if gpu.supports(p))}")
+    if plan.kv_cache_dtype == "fp8":
+        rule("kv_cache_fp8_needs_serving", workload.kind == "inference",
+             f"an fp8 KV cache is a serving setting; a {workload.kind} step caches no keys and values",
+             "set kv_cache_dtype auto")
+        rule("kv_cache_fp8_runs_on_gpu", gpu.supports("fp8"),
+             f"an fp8 KV cache is priced on GPUs with fp8 support only, and {gpu.display_name} has none",
+             "set kv_cache_dtype auto")
     if plan.precision == "fp8" and gpu.supports("fp8"):
         recipe = plan_recipe(plan.fp8_recipe, workload.stack)
         offered = stack_recipes(workload.stack)

@@ -3,7 +3,8 @@
 
 TP, PP and DP sizes (SGLang's world is dp·tp·pp); ``--ep-size`` for the plan's EP; ``--context-length`` =
 the workload's context, ``--max-running-requests`` = its concurrent sequences per data-parallel rank
-(each DP worker's scheduler applies it); ``--kv-cache-dtype auto``; fp8 plans quantize online
+(each DP worker's scheduler applies it); ``--kv-cache-dtype`` auto, or fp8_e4m3 for the plan's fp8 cache;
+fp8 plans quantize online
 (``--quantization fp8``); ``--mem-fraction-static`` = the plan's weights and KV cache over the GPU's
 capacity (SGLang's static pool holds exactly those), at least 0.8. Multi-node: the same command on every
 node with ``--nnodes``, ``--node-rank`` and ``--dist-init-addr`` of the first node.
@@ -20,6 +21,8 @@ TARGET = "sglang"
 NAME = "SGLang"
 CONSTRAINTS = {"fixed": {"sharding": "none", "cp": 1, "vpp": 1}}
 MIN_STATIC_FRACTION = 0.8
+KV_CACHE_DTYPES = {"auto": "auto", "fp8": "fp8_e4m3"}
+"""SGLang's --kv-cache-dtype for each `Plan.kv_cache_dtype` (its choices name the fp8 format)."""
 
 
 def arguments(job: Job) -> list[str]:
@@ -31,7 +34,7 @@ def arguments(job: Job) -> list[str]:
     static = job.memory.weights + job.memory.kv_cache
     out = [f"--tp-size={p.tp}", f"--pp-size={p.pp}", f"--dp-size={p.dp}", f"--ep-size={p.ep}",
            f"--context-length={w.seq_len}", f"--max-running-requests={sequences_per_replica(job)}", f"--dtype={dtype(job)}",
-           "--kv-cache-dtype=auto", f"--mem-fraction-static={memory_fraction(job, static, MIN_STATIC_FRACTION)}",
+           f"--kv-cache-dtype={KV_CACHE_DTYPES[p.kv_cache_dtype]}", f"--mem-fraction-static={memory_fraction(job, static, MIN_STATIC_FRACTION)}",
            f"--port={PORT}"]
     if p.precision == "fp8":
         out.append("--quantization=fp8")

@@ -3,8 +3,8 @@ parser, `vllm.entrypoints.cli.serve`, checked with its engine arguments in the v
 
 TP, PP and DP sizes; ``--enable-expert-parallel`` when the plan has EP (vLLM's EP group is TP × DP, so the
 plan's ep must equal tp·dp); ``--max-model-len`` = the workload's context, ``--max-num-seqs`` = its
-concurrent sequences per data-parallel rank (vLLM applies it per DP engine); ``--kv-cache-dtype auto``
-(the model dtype, as the cost model prices the cache); fp8 plans quantize the bf16 checkpoint online
+concurrent sequences per data-parallel rank (vLLM applies it per DP engine); ``--kv-cache-dtype`` auto
+(the model dtype) or fp8, the plan's ``kv_cache_dtype`` (as the cost model prices the cache); fp8 plans quantize the bf16 checkpoint online
 (``--quantization fp8``); ``--gpu-memory-utilization`` = the plan's peak memory over the GPU's capacity,
 at least vLLM's default 0.9 (vLLM fills the rest with KV-cache blocks).
 Multi-node: replicas within a node spread over the nodes as data-parallel ranks
@@ -35,7 +35,7 @@ def arguments(job: Job) -> list[str]:
                           f"solve with --fix ep={p.tp * p.dp} or ep=1")
     out = [f"--tensor-parallel-size={p.tp}", f"--pipeline-parallel-size={p.pp}", f"--data-parallel-size={p.dp}",
            f"--max-model-len={w.seq_len}", f"--max-num-seqs={sequences_per_replica(job)}", f"--dtype={dtype(job)}",
-           "--kv-cache-dtype=auto",
+           f"--kv-cache-dtype={p.kv_cache_dtype}",
            f"--gpu-memory-utilization={memory_fraction(job, job.memory.total, DEFAULT_UTILIZATION)}",
            f"--port={PORT}"]
     if p.ep > 1:

@@ -47,6 +47,8 @@ def describe(plan: Plan) -> str:
         parts.append("activations offloaded")
     if plan.schedule in ("zero_bubble", *V_SCHEDULES):
         parts.append(f"{SCHEDULE_NAMES[plan.schedule]} schedule")
+    if plan.kv_cache_dtype == "fp8":
+        parts.append("fp8 KV cache")
     return ", ".join(parts)
 
 

@@ -88,7 +88,7 @@ SEARCHED = (
     "schedule", "layers_per_stage", "cp_comm", "offload_activations", "fp8_recipe",
 )
 """Plan fields the search ranges over (``fixed`` and ``ranges`` accept these)."""
-SETTINGS = ("kernels", "attention_kernel", "master_weights", "persistent_grads", "tp_comm_overlap", "ep_comm_overlap",
+SETTINGS = ("kernels", "attention_kernel", "kv_cache_dtype", "master_weights", "persistent_grads", "tp_comm_overlap", "ep_comm_overlap",
             "grad_reduce_overlap", "param_gather_overlap", "fp8_bf16_layers")
 """Plan fields held at one value in a search (``fixed`` may set them)."""
 
@@ -130,6 +130,7 @@ class SearchSpace:
         _pin_fp8_for_recipes(self.cluster, self.workload, fixed, self.ranges)
         _check_attention_kernel(self.cluster, self.workload, fixed)
         _check_schedules(self.workload, fixed, self.ranges)
+        _check_kv_cache_dtype(self.cluster, self.workload, fixed)
         object.__setattr__(self, "fixed", fixed)
         peft = self.workload.peft
         if peft is not None and peft.method == "qlora" and fixed.get("precision") == "fp8":
@@ -238,6 +239,19 @@ def _check_schedules(workload: Workload, fixed: dict[str, Any], ranges: dict[str
             if schedule is not None and schedule not in stack_schedules(workload.stack):
                 raise SolverInputError(f"{kind}: schedule {schedule!r} is not run by the {workload.stack} stack; "
                                        f"{schedule_advice(workload.stack, schedule)}")
+
+
+def _check_kv_cache_dtype(cluster: ClusterSpec, workload: Workload, fixed: dict[str, Any]) -> None:
+    """A pinned fp8 KV cache on a workload that caches nothing, or on a GPU without fp8, is refused
+    (`constraints.rules` kv_cache_fp8_*: a setting every plan of the search shares)."""
+    if fixed.get("kv_cache_dtype") != "fp8":
+        return
+    if workload.kind != "inference":
+        raise SolverInputError(f"fixed: kv_cache_dtype 'fp8' is a serving setting; a {workload.kind} step caches no "
+                               "keys and values (use kv_cache_dtype auto)")
+    if not cluster.gpu.supports("fp8"):
+        raise SolverInputError(f"fixed: kv_cache_dtype 'fp8' is priced on GPUs with fp8 support only, and "
+                               f"{cluster.gpu.display_name} has none (use kv_cache_dtype auto)")
 
 
 def _validated(name: str, value: Any, kind: str) -> Any:
@@ -638,6 +652,7 @@ def _plan_arrays(space: SearchSpace, c: dict[str, np.ndarray], layers_per_stage:
         master_weights=const(default.master_weights, bool), optimizer=c["optimizer"].astype(np.int64),
         offload=c["offload"].astype(np.int64), schedule=schedule.astype(np.int64),
         kernels=const(code("kernels", default.kernels)), attention_kernel=const(code("attention_kernel", default.attention_kernel)),
+        kv_cache_dtype=const(code("kv_cache_dtype", default.kv_cache_dtype)),
         persistent_grads=const(default.persistent_grads, bool), tp_comm_overlap=const(default.tp_comm_overlap, bool),
         ep_comm_overlap=const(default.ep_comm_overlap, bool), grad_reduce_overlap=const(default.grad_reduce_overlap, bool),
         param_gather_overlap=const(default.param_gather_overlap, bool), cp_comm=c["cp_comm"].astype(np.int64),

@@ -181,6 +181,7 @@ def serving_cases(target: str) -> dict[str, Solution]:
         "replica over nodes": _solve("llama-3.1-405b", 2, target, {"tp": 8, "pp": 2, "dp": 1}, workload=SERVE),
         "moe ep fp8": _solve("mixtral-8x7b", 1, target, {"ep": ep, "tp": ep if target == "sglang" else 4},
                              {"precision": ["fp8"]}, workload=SERVE),
+        "fp8 kv cache": _solve("llama-3.1-70b", 1, target, {"kv_cache_dtype": "fp8"}, workload=SERVE),
     }
 
 

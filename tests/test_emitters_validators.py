@@ -492,6 +492,7 @@ def test_vllm_parses_the_serve_command(case):
         assert engine.enable_expert_parallel == (p.ep > 1) and engine.max_model_len == w.seq_len
         assert engine.max_num_seqs == -(-w.global_batch_size // p.dp) and engine.model == "org/model"  # per DP engine
         assert (engine.quantization == "fp8") == (p.precision == "fp8")
+        assert engine.kv_cache_dtype == p.kv_cache_dtype  # vLLM's own names: auto, fp8
         assert args.headless == bool(headless)
     with pytest.raises(ValueError, match="gpu_memory_utilization"):  # not vacuous: vLLM rejects a utilization above 1
         _vllm_engine_args([w if not w.startswith("--gpu-memory") else "--gpu-memory-utilization=1.5"
@@ -514,6 +515,7 @@ def test_sglang_parses_the_server_command(case):
     assert (args.tp_size, args.pp_size, args.dp_size, args.ep_size) == (p.tp, p.pp, p.dp, p.ep)
     assert args.context_length == w.seq_len and args.max_running_requests == -(-w.global_batch_size // p.dp)  # per DP worker
     assert args.nnodes == solution.cluster.num_nodes and args.model_path == "org/model"
+    assert args.kv_cache_dtype == {"auto": "auto", "fp8": "fp8_e4m3"}[p.kv_cache_dtype]
     assert 0 < args.mem_fraction_static <= 1
 
 

@@ -99,6 +99,39 @@ def test_kv_cache_holds_prompt_and_output():
     assert generate.memory.kv_cache == prefill.memory.kv_cache == 16 * 3072 * 32 * 2 * 1 * 128 * 2
 
 
+SP_EP = {"etp": 1, "sequence_parallel": True}
+
+
+@pytest.mark.parametrize("name, plan, cluster, per_sequence", [
+    # MHA: 32 layers x 2 (K, V) x 32 heads x 128 x 2 bytes, every token of 8192 (one GPU per replica)
+    ("llama-2-7b", Plan(dp=8), "dgx-h100", 8192 * 32 * 2 * 32 * 128 * 2),
+    # MLA: 61 layers x (512 latent + 64 rope key) x 2 bytes, not split over tp (DeepSeek-V2 §2.1.2)
+    ("deepseek-v3", Plan(tp=8, ep=8, precision="fp8", **SP_EP), "hgx-h200", 8192 * 61 * (512 + 64) * 2),
+    # sliding windows: 18 of 36 layers keep 128 tokens; 8 KV heads of 64 over tp 8, one per GPU
+    ("gpt-oss-120b", Plan(tp=8, ep=8, **SP_EP), "dgx-h100", (18 * 8192 + 18 * 128) * 2 * 1 * 64 * 2),
+    # 23 of 46 layers keep a 4096-token window; 16 KV heads of 128 over tp 8, two per GPU
+    ("gemma-2-27b", Plan(tp=8), "dgx-h100", (23 * 8192 + 23 * 4096) * 2 * 2 * 128 * 2),
+])
+def test_kv_cache_bytes_follow_each_cache_layout_and_fp8_halves_them(name, plan, cluster, per_sequence):
+    """Eight sequences of 8192 tokens per replica, the cache computed by hand from each model's layout; an
+    fp8 cache (vLLM --kv-cache-dtype fp8) holds one byte an element."""
+    model, gpus = load_model(name), load_cluster(cluster)
+    work = Workload(kind="inference", seq_len=8192, global_batch_size=8 * plan.dp)
+    assert estimate(model, gpus, plan, work).memory.kv_cache == 8 * per_sequence
+    fp8 = plan.model_copy(update={"kv_cache_dtype": "fp8"})
+    assert estimate(model, gpus, fp8, work).memory.kv_cache == 8 * per_sequence // 2
+
+
+def test_an_fp8_kv_cache_halves_what_a_decode_step_reads_of_it():
+    prompt = 1000
+    work = Workload(kind="inference", seq_len=prompt, output_len=2, global_batch_size=1)
+    hidden, vocab = 4096, 128256
+    weight_bytes = 2 * (LLAMA_8B.total_params - vocab * hidden + hidden)
+    kv_bytes = (prompt + 1) * 32 * 2 * 8 * 128 * 1
+    expected = (weight_bytes + kv_bytes) / (H100.node.gpu.hbm_bandwidth * Efficiency.default().streaming)
+    assert _decode(LLAMA_8B, Plan(kv_cache_dtype="fp8"), work) == pytest.approx(expected, rel=1e-12)
+
+
 def test_tensor_parallelism_divides_the_bytes_each_gpu_reads():
     """Memory-bound decode: tp 8 reads an eighth of the weights and cache per GPU, so it decodes faster
     than tp 1, by less than 8x (its all-reduces per layer)."""

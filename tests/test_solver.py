@@ -178,6 +178,18 @@ def test_a_schedule_the_stack_does_not_run_is_refused_with_the_ones_it_runs(give
         solve(model, small_cluster(1, 4, "16 GiB"), Workload(seq_len=1024, global_batch_size=16), **given)
 
 
+@pytest.mark.parametrize("kind, cluster, words", [
+    ("pretrain", "dgx-h100", "a pretrain step caches no keys and values"),
+    ("inference", "dgx-a100", "fp8 support only, and NVIDIA A100"),
+])
+def test_an_fp8_kv_cache_is_refused_where_no_plan_could_have_it(kind, cluster, words):
+    """A setting every plan of the search shares: refused up front, as rules.kv_cache_fp8_* would refuse
+    each plan, rather than a search that finds nothing."""
+    work = Workload(kind=kind, seq_len=4096, global_batch_size=8)
+    with pytest.raises(SolverInputError, match=words):
+        solve(load_model("llama-3.1-8b"), load_cluster(cluster), work, fixed={"kv_cache_dtype": "fp8"})
+
+
 def test_the_search_offers_only_the_schedules_the_stack_runs():
     """DeepSpeed's PipelineEngine runs 1F1B only: the interleaved plan Megatron-LM is best with here does not
     come out of its default domain."""

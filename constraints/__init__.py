@@ -8,6 +8,8 @@ divisibility / compatibility rules a plan must satisfy, each named and explained
 - `compare_sharding(model, cluster, plan, workload) -> ShardingComparison`: DDP, ZeRO-1/2/3, FSDP, HSDP
   on one plan, with a recommendation.
 - `describe_topology(cluster) -> TopologyReport`: bandwidth tiers and collective costs by group size.
+- `serve(model, cluster, plan, Traffic(...)) -> ServingEstimate`: an inference layout serving requests in
+  steady state (continuous batching): TTFT, TPOT, latency, tokens and requests per second.
 - `evaluate(model, cluster, workload, plans) -> Evaluation`: the same cost model over arrays of plans
   (numpy), for the solver and the oracle; `estimate` is `evaluate` on a batch of one.
 - `Efficiency` and `RuntimeAllowance`: the named, overridable factors (``data/*.json``).
@@ -26,11 +28,12 @@ from parallelplan.constraints.evaluate import Evaluation, evaluate
 from parallelplan.constraints.plan import Peft, Plan, Rollout, Workload
 from parallelplan.constraints.rules import Violation, structural_violations
 from parallelplan.constraints.runtime import RuntimeAllowance
+from parallelplan.constraints.serving import ServingEstimate, Traffic, serve
 from parallelplan.constraints.sharding import ShardingComparison, ShardingOption, compare_sharding
 from parallelplan.constraints.topology import GroupCost, Tier, TopologyReport, describe_topology
 
 __all__ = [
     "Assessment", "Budget", "Calibration", "Efficiency", "MeasuredRun", "calibrate", "load_profile", "read_runs", "Estimate", "Evaluation", "GroupCost", "MemoryBreakdown", "Peft", "Plan", "Rollout", "PlanArrays", "PlanError", "RuntimeAllowance",
     "ShardingComparison", "ShardingOption", "Tier", "TimeBreakdown", "TopologyReport", "Violation", "Workload", "assess", "check", "compare_sharding", "describe_topology", "estimate", "evaluate", "structural_violations",
-    "training_budget",
+    "training_budget", "ServingEstimate", "Traffic", "serve",
 ]

@@ -1,0 +1,73 @@
+"""The serving model in steady state (`constraints.serving`): its iteration formula on a case computed by
+hand, Little's law between concurrency, latency and requests, saturation of an open loop, and what
+fits; the published-measurement comparison is benchmarks.serving_published."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from parallelplan import Plan, PlanError, Traffic, Workload, estimate, load_cluster, load_model, serve
+from parallelplan.constraints.serving import default_limits
+
+LLAMA_8B = load_model("llama-3.1-8b")
+H100 = load_cluster("dgx-h100")
+
+
+def _decode_step(plan: Plan, sequences: int, cache: int) -> float:
+    """One decode step of ``sequences`` per replica at a cache of ``cache`` tokens (generation's own)."""
+    work = Workload(kind="inference", seq_len=cache - 1, output_len=2, global_batch_size=sequences * plan.dp)
+    return estimate(LLAMA_8B, H100, plan, work).time.decode
+
+
+def test_one_running_request_is_a_decode_step_plus_its_share_of_a_prompt():
+    """c = 1: the prompt fits one iteration's budget (n_p = 1), so of N = osl iterations osl − 1 decode:
+    d = (osl − 1)/osl → one sequence, p = isl/osl prompt tokens per iteration at a prompt's per-token
+    prefill cost. TTFT: half an iteration's wait, one decode step beside the chunk, the whole prefill."""
+    plan, isl, osl = Plan(tp=8), 1000, 100
+    est = serve(LLAMA_8B, H100, plan, Traffic(isl=isl, osl=osl, concurrency=1))
+    prefill = estimate(LLAMA_8B, H100, plan, Workload(kind="inference", seq_len=isl, global_batch_size=1)).step_time_s
+    decode = _decode_step(plan, 1, isl + osl // 2)
+    step = decode + isl / osl * prefill / isl
+    assert est.tpot_s == pytest.approx(step, rel=1e-12) and est.prefill_iterations == 1
+    assert est.ttft_s == pytest.approx(step / 2 + decode + prefill, rel=1e-12)
+    assert est.latency_s == pytest.approx(est.ttft_s + (osl - 1) * step, rel=1e-12)
+
+
+def test_littles_law_ties_concurrency_latency_and_requests():
+    for concurrency in (1, 16, 128):
+        est = serve(LLAMA_8B, H100, Plan(tp=2, dp=4), Traffic(isl=2000, osl=500, concurrency=concurrency))
+        per_replica = -(-concurrency // 4)  # the clients spread over the replicas, the busiest taking the rest
+        assert est.concurrency == per_replica
+        assert est.requests_per_s == pytest.approx(4 * per_replica / est.latency_s, rel=1e-12)
+        assert est.output_tokens_per_s == pytest.approx(est.requests_per_s * 500, rel=1e-12)
+        assert est.output_tokens_per_s_per_gpu == pytest.approx(est.output_tokens_per_s / 8, rel=1e-12)
+
+
+def test_an_open_loop_settles_at_its_rate_or_saturates_at_what_fits():
+    plan, traffic = Plan(tp=8), dict(isl=2000, osl=500)
+    light = serve(LLAMA_8B, H100, plan, Traffic(**traffic, request_rate=2.0))
+    assert not light.saturated and light.requests_per_s == pytest.approx(2.0, rel=1e-9)  # what arrives is served
+    most = serve(LLAMA_8B, H100, plan, Traffic(**traffic, concurrency=10**6))
+    flooded = serve(LLAMA_8B, H100, plan, Traffic(**traffic, request_rate=10 * most.requests_per_s))
+    assert flooded.saturated and flooded.concurrency == flooded.max_concurrency == most.concurrency
+    assert flooded.requests_per_s == pytest.approx(most.requests_per_s, rel=1e-12)
+    assert light.tpot_s < most.tpot_s and light.ttft_s < most.ttft_s  # more running requests, longer iterations
+
+
+def test_what_fits_is_the_kv_cache_beside_the_weights_and_the_engines_limit():
+    """An fp8 cache holds twice the requests (until vLLM's max_num_seqs, 1024 on an 80 GB H100, binds)."""
+    traffic = Traffic(isl=8000, osl=2000, concurrency=10**6)
+    bf16 = serve(LLAMA_8B, H100, Plan(tp=8), traffic)
+    fp8 = serve(LLAMA_8B, H100, Plan(tp=8, kv_cache_dtype="fp8"), traffic)
+    assert bf16.max_concurrency < 1024 and fp8.max_concurrency in (2 * bf16.max_concurrency, 2 * bf16.max_concurrency + 1)
+    assert default_limits(H100) == (8192, 1024) and default_limits(load_cluster("dgx-a100")) == (2048, 256)
+    with pytest.raises(PlanError, match="no request of 100000 \\+ 1000 tokens fits beside the weights"):
+        serve(load_model("llama-3.1-70b"), load_cluster("dgx-h100"), Plan(tp=1, dp=8), Traffic(isl=100_000, osl=1000, concurrency=1))
+
+
+def test_traffic_takes_one_load():
+    with pytest.raises(ValidationError, match="concurrency .* or request_rate"):
+        Traffic(isl=100, osl=100)
+    with pytest.raises(ValidationError, match="concurrency .* or request_rate"):
+        Traffic(isl=100, osl=100, concurrency=4, request_rate=2.0)

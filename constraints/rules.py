@@ -55,6 +55,15 @@ def schedule_advice(stack: str, schedule: str) -> str:
     return f"use schedule {' or '.join(stack_schedules(stack))}, or a stack that runs it ({', '.join(others)})"
 
 
+def fp8_kv_cache_messages(workload: Workload, cluster: ClusterSpec) -> dict[str, str]:
+    """Why an fp8 KV cache cannot be priced here, by rule: a workload that caches no keys and values, a GPU
+    without fp8 (the rules below and the search's refusal of a pinned one share the words)."""
+    return {"kv_cache_fp8_needs_serving": f"an fp8 KV cache is a serving setting; a {workload.kind} step caches "
+                                          "no keys and values",
+            "kv_cache_fp8_runs_on_gpu": f"an fp8 KV cache is priced on GPUs with fp8 support only, and "
+                                        f"{cluster.gpu.display_name} has none"}
+
+
 def structural_violations(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workload, *,
                           allow_cross_domain: bool = False) -> list[Violation]:
     """The rules that need no cost model (divisibility, topology, precision, consistency)."""
@@ -229,12 +238,10 @@ def structural_violations(model: ModelSpec, cluster: ClusterSpec, plan: Plan, wo
          f"{gpu.display_name} has no {plan.precision} tensor cores",
          f"use one of {', '.join(p for p in PRECISIONS if gpu.supports(p))}")
     if plan.kv_cache_dtype == "fp8":
-        rule("kv_cache_fp8_needs_serving", workload.kind == "inference",
-             f"an fp8 KV cache is a serving setting; a {workload.kind} step caches no keys and values",
+        why = fp8_kv_cache_messages(workload, cluster)
+        rule("kv_cache_fp8_needs_serving", workload.kind == "inference", why["kv_cache_fp8_needs_serving"],
              "set kv_cache_dtype auto")
-        rule("kv_cache_fp8_runs_on_gpu", gpu.supports("fp8"),
-             f"an fp8 KV cache is priced on GPUs with fp8 support only, and {gpu.display_name} has none",
-             "set kv_cache_dtype auto")
+        rule("kv_cache_fp8_runs_on_gpu", gpu.supports("fp8"), why["kv_cache_fp8_runs_on_gpu"], "set kv_cache_dtype auto")
     if plan.precision == "fp8" and gpu.supports("fp8"):
         recipe = plan_recipe(plan.fp8_recipe, workload.stack)
         offered = stack_recipes(workload.stack)

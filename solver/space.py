@@ -63,7 +63,7 @@ from parallelplan.constraints.efficiency import stack_schedules, stacks
 from parallelplan.constraints.fp8 import bf16_layers_recipes, runnable_recipes, stack_recipes
 from parallelplan.constraints.plan import RECOMPUTE_MODULES, RECOMPUTES, V_SCHEDULES, Plan, Workload
 from parallelplan.constraints.rl import multi_role
-from parallelplan.constraints.rules import schedule_advice
+from parallelplan.constraints.rules import fp8_kv_cache_messages, schedule_advice
 from parallelplan.constraints.usp import ulysses_degree
 from parallelplan.hardware import ClusterSpec
 from parallelplan.models import ModelSpec
@@ -246,12 +246,11 @@ def _check_kv_cache_dtype(cluster: ClusterSpec, workload: Workload, fixed: dict[
     (`constraints.rules` kv_cache_fp8_*: a setting every plan of the search shares)."""
     if fixed.get("kv_cache_dtype") != "fp8":
         return
-    if workload.kind != "inference":
-        raise SolverInputError(f"fixed: kv_cache_dtype 'fp8' is a serving setting; a {workload.kind} step caches no "
-                               "keys and values (use kv_cache_dtype auto)")
-    if not cluster.gpu.supports("fp8"):
-        raise SolverInputError(f"fixed: kv_cache_dtype 'fp8' is priced on GPUs with fp8 support only, and "
-                               f"{cluster.gpu.display_name} has none (use kv_cache_dtype auto)")
+    why = fp8_kv_cache_messages(workload, cluster)
+    for rule, broken in (("kv_cache_fp8_needs_serving", workload.kind != "inference"),
+                         ("kv_cache_fp8_runs_on_gpu", not cluster.gpu.supports("fp8"))):
+        if broken:
+            raise SolverInputError(f"fixed: kv_cache_dtype 'fp8': {why[rule]} (use kv_cache_dtype auto)")
 
 
 def _validated(name: str, value: Any, kind: str) -> Any:

@@ -12,7 +12,7 @@ pp · max over stages of t_s(S/pp) — the busiest stage, which also bounds the 
 all stages (Σ_s t_s ≤ pp · max_s t_s).
 
 One decode step of a pipeline stage s for g sequences at a cache of c tokens each is a roofline
-    t_s(c) = max(bytes_s(c) / (η_stream · HBM), flops_s(c) / rate) + comm_s:
+    t_s(c) = max(bytes_s(c) / (η_stream · HBM), flops_s(c) / rate) + comm_s + launches_s:
 - bytes: the stage's weights on the GPU as served (the linears of an fp8 plan in fp8,
   `states.served_gemm_weight_bytes`; the rest in 16 bits), read once per step — the token embedding
   only its g rows, routed experts only those the step's tokens touch: E_local · (1 − (1 − k/E)^T), T the
@@ -27,7 +27,10 @@ One decode step of a pipeline stage s for g sequences at a cache of c tokens eac
   dispatch and combine per MoE layer, context parallelism's combine of the partial attention outputs
   (an all-reduce of g · query width per layer), the weights' all-gather when they are sharded (FSDP,
   ZeRO-3: every step gathers the stage) and the send to the next stage — none hidden: a decode step is
-  too short to overlap them.
+  too short to overlap them;
+- launches: the stage's layers' kernels at ``kernel_launch_s`` each (`compute.KERNELS_PER_LAYER_FORWARD`,
+  the fixed cost every forward pass pays in `constraints.compute`; CUDA graphs take the host's launch
+  off the path, not the kernels' own start and tail).
 The prefill's logits give the first output token, so n tokens take n − 1 decode steps (as ``generate``
 and vLLM run them), at caches c = L + 1 … L + n − 1. Their sum is exact: t_s is linear in c on either side of the
 sliding window, and a sum of the larger of two lines over a range of integers has a closed form
@@ -44,7 +47,7 @@ import numpy as np
 from parallelplan.constraints.activations import activation_bytes, busiest_rank_load
 from parallelplan.constraints.arrays import PlanArrays
 from parallelplan.constraints.collectives import Fabric
-from parallelplan.constraints.compute import Roofline
+from parallelplan.constraints.compute import KERNELS_PER_LAYER_FORWARD, Roofline
 from parallelplan.constraints.efficiency import Efficiency
 from parallelplan.constraints.memory import concurrent_sequences, replica_sequences
 from parallelplan.constraints.plan import Workload
@@ -165,7 +168,8 @@ def _wave_time(f: ModelFacts, cluster: ClusterSpec, eff: Efficiency, p: PlanArra
     a_m2, b_m2 = weights_read + kv_per_token * sliding_layers * window, kv_per_token * full_layers
     a_c2, b_c2 = gemm + attention_per_cached * sliding_layers * window, attention_per_cached * full_layers
     above = sum_of_max_lines(a_m2 / hbm, b_m2 / hbm, a_c2, b_c2, knee, last)
-    per_stage = below + above + steps * comm
+    launch = layout.layers * KERNELS_PER_LAYER_FORWARD * roof.launch  # every step, as every pass (compute.py)
+    per_stage = below + above + steps * (comm + launch)
     per_stage = np.where(layout.valid, per_stage, -np.inf)
     return p.pp * per_stage.max(axis=1)
 

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from parallelplan.constraints import Efficiency, Plan, Workload, estimate
+from parallelplan.constraints.compute import KERNELS_PER_LAYER_FORWARD
 from parallelplan.constraints.generation import sum_of_max_lines, touched_experts_share
 from parallelplan.constraints.structure import model_facts
 from parallelplan.hardware import load_cluster
@@ -31,9 +32,14 @@ def _decode(model, plan, workload):
     return estimate(model, H100, plan, workload).time.decode
 
 
+def _launches(model) -> float:
+    """One decode step's kernel launches: every layer's forward kernels at kernel_launch_s each."""
+    return model.num_layers * KERNELS_PER_LAYER_FORWARD * Efficiency.default().kernel_launch_s
+
+
 def test_one_decode_step_is_bytes_over_achieved_hbm_bandwidth():
     """One sequence, two tokens — the prefill's logits give the first, one decode step the second — on one
-    GPU: memory-bound. Bytes read = every weight in bf16 except the input
+    GPU: memory-bound, plus the layers' kernel launches. Bytes read = every weight in bf16 except the input
     embedding table, of which one row (Llama 3.1 8B's head is untied, so V·h of them), plus the KV cache
     of the prompt and the new token: 32 layers · 2 · 8 KV heads · 128 · 2 bytes per token."""
     prompt = 1000
@@ -43,7 +49,7 @@ def test_one_decode_step_is_bytes_over_achieved_hbm_bandwidth():
     weight_bytes = 2 * (params - vocab * hidden + hidden)
     kv_bytes = (prompt + 1) * 32 * 2 * 8 * 128 * 2
     streaming = Efficiency.default().streaming
-    expected = (weight_bytes + kv_bytes) / (H100.node.gpu.hbm_bandwidth * streaming)
+    expected = (weight_bytes + kv_bytes) / (H100.node.gpu.hbm_bandwidth * streaming) + _launches(LLAMA_8B)
     assert _decode(LLAMA_8B, Plan(), work) == pytest.approx(expected, rel=1e-12)
 
 
@@ -59,7 +65,8 @@ def test_an_fp8_plan_serves_its_linears_in_one_byte():
     head = vocab * hidden + hidden  # the LM head and the final norm
     layers = LLAMA_8B.total_params - vocab * hidden - head  # linears and their norms
     kv_bytes = (prompt + 1) * 32 * 2 * 8 * 128 * 2
-    expected = (layers + 2 * (head + hidden) + kv_bytes) / (H100.node.gpu.hbm_bandwidth * Efficiency.default().streaming)
+    expected = ((layers + 2 * (head + hidden) + kv_bytes) / (H100.node.gpu.hbm_bandwidth * Efficiency.default().streaming)
+                + _launches(LLAMA_8B))
     fp8 = Plan(precision="fp8")
     assert _decode(LLAMA_8B, fp8, work) == pytest.approx(expected, rel=1e-12)
     held = estimate(LLAMA_8B, H100, fp8, work).memory.weights
@@ -76,7 +83,7 @@ def test_a_tied_lm_head_reads_the_embedding_table_each_step():
     work = Workload(kind="inference", seq_len=prompt, output_len=2, global_batch_size=1)
     weight_bytes = 2 * (model.total_params + 2048)
     kv_bytes = (prompt + 1) * 16 * 2 * 8 * 64 * 2
-    expected = (weight_bytes + kv_bytes) / (H100.node.gpu.hbm_bandwidth * Efficiency.default().streaming)
+    expected = (weight_bytes + kv_bytes) / (H100.node.gpu.hbm_bandwidth * Efficiency.default().streaming) + _launches(model)
     assert _decode(model, Plan(), work) == pytest.approx(expected, rel=1e-12)
 
 
@@ -128,7 +135,7 @@ def test_an_fp8_kv_cache_halves_what_a_decode_step_reads_of_it():
     hidden, vocab = 4096, 128256
     weight_bytes = 2 * (LLAMA_8B.total_params - vocab * hidden + hidden)
     kv_bytes = (prompt + 1) * 32 * 2 * 8 * 128 * 1
-    expected = (weight_bytes + kv_bytes) / (H100.node.gpu.hbm_bandwidth * Efficiency.default().streaming)
+    expected = (weight_bytes + kv_bytes) / (H100.node.gpu.hbm_bandwidth * Efficiency.default().streaming) + _launches(LLAMA_8B)
     assert _decode(LLAMA_8B, Plan(kv_cache_dtype="fp8"), work) == pytest.approx(expected, rel=1e-12)
 
 

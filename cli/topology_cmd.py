@@ -164,12 +164,13 @@ def render(report: TopologyReport) -> str:
 
 def protocols_text(report: TopologyReport) -> str:
     """Which NCCL protocol a ring all-reduce runs at which size, per group the report spans."""
-    names = {"ll": "LL", "ll128": "LL128", "simple": "Simple"}
+    from parallelplan.constraints.collectives import NCCL_PROTOCOLS
+
     enabled = report.cluster.nccl_protocols
     per_group: dict[int, list[str]] = {}
     for r in report.protocols:
         span = f"{binary_size(r.from_bytes)}–{binary_size(r.to_bytes)}" if r.to_bytes else f"{binary_size(r.from_bytes)} and up"
-        per_group.setdefault(r.size, []).append(f"{names[r.protocol]} {span}")
+        per_group.setdefault(r.size, []).append(f"{NCCL_PROTOCOLS[r.protocol]} {span}")
     where = "; ".join(f"over {size} GPUs {', '.join(spans)}" for size, spans in per_group.items())
     return (f"NCCL protocol of a ring all-reduce ({'the cluster sets NCCL_PROTO' if enabled else 'NCCL default'}): "
             f"{where}")

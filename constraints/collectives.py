@@ -69,8 +69,8 @@ def nvlink_sharp(cluster: ClusterSpec) -> bool:
     return cluster.in_network_reduction and cluster.node.intra_node_fabric == "nvswitch"
 
 
-NCCL_PROTOCOLS = ("ll", "ll128", "simple")
-"""NCCL's protocols (``NCCL_PROTO`` LL, LL128, Simple)."""
+NCCL_PROTOCOLS = {"ll": "LL", "ll128": "LL128", "simple": "Simple"}
+"""NCCL's protocols, each with the name ``NCCL_PROTO`` and NCCL's logs give it."""
 
 
 def nccl_protocols(cluster: ClusterSpec) -> tuple[str, ...]:
@@ -121,7 +121,7 @@ class Fabric:
         domain = fast_domain(cluster)
         inter = cluster.node.nic_bandwidth_per_gpu * eff.network_bus["inter_node"]
         hop = "pcie_s" if cluster.node.intra_node_fabric == "pcie" else "nvlink_s"
-        table = eff.nccl_protocols
+        table, enabled = eff.nccl_protocols, nccl_protocols(cluster)
         return cls(
             domain=domain,
             intra_bw=cluster.node.intra_node_bandwidth * eff.network_bus["intra_node"],
@@ -133,7 +133,7 @@ class Fabric:
             ib_sharp=ib_sharp(cluster),
             protocols=tuple(Protocol(name, table[name]["bandwidth"], table[name]["base_s"], table[name][hop],
                                      table[name]["network_s"])
-                            for name in NCCL_PROTOCOLS if name in nccl_protocols(cluster)),
+                            for name in NCCL_PROTOCOLS if name in enabled),
         )
 
     def split(self, size: np.ndarray, stride: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -51,7 +51,7 @@ from parallelplan.constraints.compute import KERNELS_PER_LAYER_FORWARD, Roofline
 from parallelplan.constraints.efficiency import Efficiency
 from parallelplan.constraints.memory import concurrent_sequences, replica_sequences
 from parallelplan.constraints.plan import Workload
-from parallelplan.constraints.stages import StageLayout, StageParams
+from parallelplan.constraints.stages import StageLayout, StageParams, bf16_layer_params
 from parallelplan.constraints.states import ShardDivisors, gathers_weights, served_gemm_weight_bytes
 from parallelplan.constraints.structure import ModelFacts
 from parallelplan.hardware import ClusterSpec
@@ -126,11 +126,10 @@ def _wave_time(f: ModelFacts, cluster: ClusterSpec, eff: Efficiency, p: PlanArra
     dense_used = params.dense - params.embedding + tied_head
     # the linears in the served dtype (fp8 plans: one byte, states.served_gemm_weight_bytes), but the layers
     # kept in bf16; the embedding rows, the LM head and the norms in 16 bits
-    gemm_bytes = col(served_gemm_weight_bytes(p, training=False))
-    bf16 = layout.bf16_dense_layers * params.dense_layer + layout.bf16_moe_layers * params.moe_layer
+    gemm_bytes = col(served_gemm_weight_bytes(p, activation_bytes(p)))
     gemm_dense = params.dense - params.embedding - params.head
     weights_read = (b * (dense_used - gemm_dense + embedding_rows) + gemm_bytes * gemm_dense
-                    + gemm_bytes * params.expert * touched + (b - gemm_bytes) * bf16)
+                    + gemm_bytes * params.expert * touched + (b - gemm_bytes) * bf16_layer_params(layout, params))
     full_layers = layout.layers * (1.0 - f.sliding_layer_share) if f.sliding_window else layout.layers
     sliding_layers = layout.layers - full_layers
     kv_per_token = group * col(kv_bytes_per_token_layer) / cp  # per cached token of one layer

@@ -52,7 +52,7 @@ from parallelplan.constraints.fp8 import weight_cache_bytes
 from parallelplan.constraints.peft import PeftParams
 from parallelplan.constraints.plan import V_SCHEDULES, Workload
 from parallelplan.constraints.runtime import RuntimeAllowance
-from parallelplan.constraints.stages import StageLayout, StageParams
+from parallelplan.constraints.stages import StageLayout, StageParams, bf16_layer_params
 from parallelplan.constraints.states import (
     BytesPerParam,
     ShardDivisors,
@@ -332,9 +332,9 @@ def class_memory(
         # those of the layers kept in bf16: training's fp8 weight cache, or the fp8 weights served in place
         # of the 16-bit ones (states.served_gemm_weight_bytes)
         gemm = params.dense - params.embedding - params.head + params.expert
-        bf16 = layout.bf16_dense_layers * params.dense_layer + layout.bf16_moe_layers * params.moe_layer
-        served = np.where(gathers_weights(p).astype(bool), 0.0, served_gemm_weight_bytes(p, training) - per.weights)
-        weights = weights + col(fp8_weight_cache(p, w, cluster.gpu) + served) * (gemm - bf16)
+        served = 0.0 if training else np.where(gathers_weights(p).astype(bool), 0.0,
+                                               served_gemm_weight_bytes(p, per.weights) - per.weights)
+        weights = weights + col(fp8_weight_cache(p, w, cluster.gpu) + served) * (gemm - bf16_layer_params(layout, params))
     host = np.where(offload_params > 0, weights, 0.0)
     weights = np.where(offload_params > 0, 0.0, weights)
     gathering = col(gathers_weights(p)) > 0

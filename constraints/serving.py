@@ -134,8 +134,8 @@ def serve(model: ModelSpec, cluster: ClusterSpec, plan: Plan, traffic: Traffic, 
     def decode_step(decoding: int) -> float:  # one step of `decoding` requests per replica at the mean context
         return priced(context - 1, 2, decoding).time.decode
 
-    def steady(c: float) -> tuple[int, float, float]:
-        """(prefill iterations, iteration time, TTFT) of c running requests per replica."""
+    def steady(c: float) -> tuple[int, float, float, float]:
+        """(prefill iterations, iteration time, TTFT, request latency) of c running requests per replica."""
         n_p = math.ceil(traffic.isl / budget)
         for _ in range(FIXED_POINT_ROUNDS):
             iterations = n_p + traffic.osl - 1
@@ -143,11 +143,11 @@ def serve(model: ModelSpec, cluster: ClusterSpec, plan: Plan, traffic: Traffic, 
             decode = decode_step(max(round(decoding), 1))
             step = decode + c * traffic.isl / iterations * prefill_per_token
             n_p = math.ceil(traffic.isl / max(budget - decoding, 1.0))
-        return n_p, step, step / 2 + n_p * decode + traffic.isl * prefill_per_token
+        ttft = step / 2 + n_p * decode + traffic.isl * prefill_per_token
+        return n_p, step, ttft, ttft + (traffic.osl - 1) * step
 
     def latency(c: float) -> float:
-        _, step, ttft = steady(c)
-        return ttft + (traffic.osl - 1) * step
+        return steady(c)[3]
 
     saturated = False
     if traffic.concurrency is not None:
@@ -162,8 +162,7 @@ def serve(model: ModelSpec, cluster: ClusterSpec, plan: Plan, traffic: Traffic, 
                 mid = (low + high) / 2
                 low, high = (low, mid) if mid >= rate * latency(mid) else (mid, high)
             c = high
-    n_p, step, ttft = steady(c)
-    total = ttft + (traffic.osl - 1) * step
+    n_p, step, ttft, total = steady(c)
     requests = replicas * c / total
     return ServingEstimate(replicas=replicas, gpus=gpus, concurrency=c, max_concurrency=max_concurrency,
                            prefill_iterations=n_p, ttft_s=ttft, tpot_s=step, latency_s=total, requests_per_s=requests,

@@ -226,6 +226,11 @@ class StageParams:
     moe_layer: np.ndarray  # (n, 1): one MoE layer's
 
 
+def bf16_layer_params(layout: StageLayout, params: StageParams) -> np.ndarray:
+    """Parameters on one GPU of the layers an fp8 plan keeps in bf16 (`StageLayout.bf16_layers`), (n, C)."""
+    return layout.bf16_dense_layers * params.dense_layer + layout.bf16_moe_layers * params.moe_layer
+
+
 def stage_params(facts: ModelFacts, p: PlanArrays, layout: StageLayout) -> StageParams:
     tp = p.tp[:, None].astype(float)
     ep = p.ep[:, None].astype(float)

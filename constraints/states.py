@@ -90,12 +90,9 @@ the embedding, the LM head and the norms stay in the checkpoint's 16 bits (vLLM'
 LinearBase layers only)."""
 
 
-def served_gemm_weight_bytes(p: PlanArrays, training: bool) -> np.ndarray:
-    """Bytes per GEMM weight (decoder linears and experts) of each plan as it runs: an fp8 inference plan's
-    `SERVED_FP8_WEIGHT_BYTES`; training keeps its weights in 16 bits (fp8 casts per GEMM) or 32."""
-    weights = np.where(fp32_storage(p), 4.0, 2.0)
-    if training:
-        return weights
+def served_gemm_weight_bytes(p: PlanArrays, weights: np.ndarray) -> np.ndarray:
+    """Bytes per GEMM weight (decoder linears and experts) an inference engine holds and reads for each plan:
+    `SERVED_FP8_WEIGHT_BYTES` for an fp8 plan, else ``weights`` (the plan's 16 or 32 bits)."""
     return np.where(p.precision == code("precision", "fp8"), SERVED_FP8_WEIGHT_BYTES, weights)
 
 

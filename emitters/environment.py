@@ -9,7 +9,7 @@ import shlex
 from dataclasses import dataclass
 
 from parallelplan.constraints import Plan
-from parallelplan.constraints.collectives import ib_sharp, nvlink_sharp
+from parallelplan.constraints.collectives import NCCL_PROTOCOLS, ib_sharp, nvlink_sharp
 from parallelplan.hardware import ClusterSpec
 
 
@@ -37,8 +37,7 @@ def nccl_environment(cluster: ClusterSpec) -> list[Variable]:
         out.append(Variable("NCCL_COLLNET_ENABLE", "1", "IB SHARP: all-reduce inside the InfiniBand switches through "
                                                          "NCCL's CollNet (needs the SHARP plugin and aggregation manager)"))
     if cluster.nccl_protocols is not None:
-        names = {"ll": "LL", "ll128": "LL128", "simple": "Simple"}
-        out.append(Variable("NCCL_PROTO", ",".join(names[p] for p in cluster.nccl_protocols),
+        out.append(Variable("NCCL_PROTO", ",".join(NCCL_PROTOCOLS[p] for p in cluster.nccl_protocols),
                             "the cluster's protocols (its nccl_protocols): NCCL picks among these only, as priced"))
     if node.intra_node_fabric == "pcie":
         out.append(Variable("NCCL_P2P_LEVEL", "PXB", "no NVLink: peer-to-peer only between GPUs under one PCIe switch, "

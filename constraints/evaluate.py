@@ -10,6 +10,7 @@ is the same whatever its batch, so the grouping changes no number).
 from __future__ import annotations
 
 import functools
+import math
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -275,6 +276,27 @@ def _waves(model: ModelSpec, cluster: ClusterSpec, workload: Workload, p: PlanAr
         totals.append((classes.total - classes.kv_cache + kv).max(axis=1))
     step, total = np.stack(steps, axis=1), np.stack(totals, axis=1)
     return GenerationWaves(step=step, total=total, fits=total <= rt.usable(cluster))
+
+
+def decode_step_function(model: ModelSpec, cluster: ClusterSpec, plan: Plan, context: int, *,
+                         efficiency: Efficiency | None = None,
+                         runtime: RuntimeAllowance | None = None) -> Callable[[int], float]:
+    """One decode step of g sequences per replica of ``plan`` at a cache of ``context`` tokens, as a
+    function of g alone, the plan's structure priced once: the same number as `evaluate(...).time.decode`
+    of kind inference, seq_len context − 1, output_len 2 (one step), global batch g·dp — what the serving
+    model asks at every concurrency it tries (`constraints.serving`)."""
+    eff, rt = efficiency or Efficiency.default(), runtime or RuntimeAllowance.default()
+    work = Workload(kind="inference", seq_len=context - 1, output_len=2, global_batch_size=plan.dp)
+    s = _Structure(model, cluster, work, PlanArrays.from_plans([plan]), rt)
+    supported = bool(np.isfinite(s.peaks)[0])
+
+    def step(sequences: int) -> float:
+        if not supported:
+            return math.inf
+        wave = work.model_copy(update={"global_batch_size": sequences * plan.dp})
+        return float(decode_time(s.f, cluster, eff, s.p, wave, s.layout, s.params, s.div, s.kv_per_token_layer)[0])
+
+    return step
 
 
 def step_time_function(model: ModelSpec, cluster: ClusterSpec, workload: Workload, plans: Sequence[Plan], *,

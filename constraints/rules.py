@@ -81,7 +81,13 @@ def structural_violations(model: ModelSpec, cluster: ClusterSpec, plan: Plan, wo
     rule("attention_heads_by_tp", heads % plan.tp == 0,
          f"{heads} attention heads do not split over tp = {plan.tp}",
          f"use tp in {_divisors(heads, 64)}")
-    if model.mla is None:
+    if model.mla is None and workload.kind == "inference":
+        kv = model.num_kv_heads
+        rule("kv_heads_by_tp", kv % plan.tp == 0 or plan.tp % kv == 0,
+             f"{kv} KV heads neither split over tp = {plan.tp} nor replicate evenly over it (vLLM's "
+             "QKVParallelLinear: tp divides the KV heads, or they divide tp and each is copied tp/heads times)",
+             f"use tp in {_divisors(kv, 64)} or a multiple of {kv}")
+    elif model.mla is None:
         kv = model.num_kv_heads
         rule("kv_heads_by_tp", kv % plan.tp == 0,
              f"{kv} KV heads do not split over tp = {plan.tp} (Megatron-Core requires num_query_groups % tp == 0)",
@@ -142,8 +148,8 @@ def structural_violations(model: ModelSpec, cluster: ClusterSpec, plan: Plan, wo
         rule("expert_parallel_inside_dp_cp_tp", inner % (plan.ep * plan.etp) == 0,
              f"ep·etp = {plan.ep * plan.etp} must divide dp·cp·tp = {inner} (Megatron-Core's expert layout)",
              "lower ep or etp, or raise dp")
-        rule("moe_tp_needs_sequence_parallel", plan.tp == 1 or plan.sequence_parallel,
-             "Megatron-Core MoE with tp > 1 requires sequence parallelism", "set sequence_parallel")
+        rule("moe_tp_needs_sequence_parallel", plan.tp == 1 or plan.sequence_parallel or not workload.training,
+             "Megatron-Core MoE training with tp > 1 requires sequence parallelism", "set sequence_parallel")
     else:
         rule("ep_without_experts", plan.ep == 1, f"ep = {plan.ep} but {model.name} has no experts", "set ep 1")
     if plan.cp > 1 and plan.cp_comm != "a2a":  # ring attention, alone or across USP's Ulysses groups

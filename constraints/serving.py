@@ -10,26 +10,30 @@ weights and KV cache read once, the collectives of d tokens) plus the p prompt t
 per-token cost of a whole prompt's prefill (`constraints.timing`: compute-bound, the weights already read
 by the step) — the stall-free batching of Sarathi-Serve (Agrawal et al. 2024, OSDI, §4):
     T(d, p) = t_decode(d, isl + osl/2) + p · t_prefill(isl) / isl
-A request spends n_p iterations in prefill (its prompt over the iteration's free budget, B − d tokens)
-and osl − 1 decoding (the prefill's logits give the first token). With c requests running per replica
-in steady state a share (osl − 1)/(n_p + osl − 1) of them decode, d = c·(osl − 1)/N, and each iteration
-takes p = c·isl/N prompt tokens, N = n_p + osl − 1 — solved as a fixed point in n_p. Then
+A request spends n_p iterations in prefill (the q prompt tokens it computes — all isl, less those a
+prefix cache holds (``prefix_hit_rate``) — over the iteration's free budget, B − d tokens) and osl − 1
+decoding (the prefill's logits give the first token). With c requests running per replica in steady
+state a share (osl − 1)/(n_p + osl − 1) of them decode, d = c·(osl − 1)/N, and each iteration takes
+p = c·q/N prompt tokens, N = n_p + osl − 1 — solved as a fixed point in n_p. Then
     TPOT = T,  latency = TTFT + (osl − 1) · TPOT,  requests/s = replicas · c / latency  (Little's law),
-    TTFT = T/2 + n_p · t_decode(d) + isl · t_prefill(isl) / isl
+    TTFT = T/2 + n_p · t_decode(d) + q · t_prefill(isl) / isl
 — a request arrives halfway through an iteration on average, then its prompt's chunks ride n_p
-iterations beside the decoding requests. A closed loop (``concurrency``: benchmark clients that send the next request when one
-returns) sets c; an open loop (``request_rate``) sets the c that Little's law gives, c = λ · latency(c),
-and saturates where that c exceeds what fits: then the queue grows without bound and TTFT with it.
-What fits: the KV cache of c requests at their full isl + osl tokens beside the weights, activations and
-runtime of the replica (`constraints.memory`), and at most the engine's ``max_num_seqs``.
-Not modelled yet: prefix caching, speculative decoding, disaggregated prefill and decode, queueing
-variance (the times are steady-state means), and distributions of lengths.
+iterations beside the decoding requests. A closed loop (``concurrency``: benchmark clients that send the
+next request when one returns) sets c; an open loop (``request_rate``) sets the c that Little's law
+gives, c = λ · latency(c), and saturates where that c exceeds what fits: then the queue grows without
+bound and TTFT with it. What fits: the KV cache of c requests at their full isl + osl tokens beside the
+weights, activations and runtime of the replica (`constraints.memory`), and at most the engine's
+``max_num_seqs``. Prefill and decode on separate GPUs are `constraints.disaggregated`.
+Not modelled yet: speculative decoding, queueing variance (the times are steady-state means), and
+distributions of lengths.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
@@ -37,38 +41,52 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from parallelplan.constraints.efficiency import Efficiency
 from parallelplan.constraints.errors import PlanError
-from parallelplan.constraints.estimate import estimate
+from parallelplan.constraints.estimate import Estimate, MemoryBreakdown, estimate
+from parallelplan.constraints.evaluate import decode_step_function
 from parallelplan.constraints.plan import Plan, Workload
 from parallelplan.constraints.runtime import RuntimeAllowance
 from parallelplan.hardware import ClusterSpec
 from parallelplan.models import ModelSpec
 
 FIXED_POINT_ROUNDS = 8
-"""Rounds of the prefill-iterations fixed point (n_p settles in two or three on every case tried)."""
+"""At most this many rounds of the prefill-iterations fixed point (n_p settles in two or three on every
+case tried; it stops when a round leaves it unchanged)."""
 BISECTION_ROUNDS = 40
 """Halvings of an open loop's concurrency interval: to 1e-12 of the largest that fits."""
 
 
 class Traffic(BaseModel):
     """Requests of ``isl`` prompt tokens and ``osl`` output tokens, at ``concurrency`` running requests
-    for the deployment (a closed loop) or ``request_rate`` requests per second (an open loop); the engine's
-    iteration budget and running-request limit (None: its default, `engine_defaults`)."""
+    for the deployment (a closed loop) or ``request_rate`` requests per second (an open loop) — or neither,
+    for a search that asks how much load a layout takes within its latency targets; the engine's
+    iteration budget and running-request limit (None: its default, `engine_defaults`);
+    ``prefix_hit_rate``, the share of each prompt's tokens found in the engine's prefix cache (vLLM's
+    automatic prefix caching, SGLang's radix cache: a shared system prompt, a chat's earlier turns), whose
+    prefill is skipped — their KV cache is still held per request, as if unshared (a bound: shared blocks
+    are held once)."""
 
     model_config = ConfigDict(frozen=True)
 
     isl: int = Field(ge=1)
     osl: int = Field(ge=1)
     concurrency: int | None = Field(default=None, ge=1)
-    request_rate: float | None = Field(default=None, gt=0)
+    request_rate: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     max_num_batched_tokens: int | None = Field(default=None, ge=1)
     max_num_seqs: int | None = Field(default=None, ge=1)
+    prefix_hit_rate: float = Field(default=0.0, ge=0.0, lt=1.0)
 
     @model_validator(mode="after")
     def _one_load(self) -> Traffic:
-        if (self.concurrency is None) == (self.request_rate is None):
+        if self.concurrency is not None and self.request_rate is not None:
             raise ValueError("give the load as concurrency (requests running at once) or request_rate "
-                             "(requests per second), one of them")
+                             "(requests per second), not both")
         return self
+
+    @property
+    def prefilled_tokens(self) -> int:
+        """The prompt tokens each request computes: those the prefix cache misses (at least one: the last
+        prompt token's logits give the first output token)."""
+        return max(1, round(self.isl * (1 - self.prefix_hit_rate)))
 
 
 class ServingEstimate(BaseModel):
@@ -108,67 +126,115 @@ def default_limits(cluster: ClusterSpec, engine: str = "vllm") -> tuple[int, int
     return spec["max_num_batched_tokens"][size], spec["max_num_seqs"][size]
 
 
+@dataclass(frozen=True)
+class Steady:
+    """One replica's steady state at a concurrency: prefill iterations of a request, the iteration (TPOT),
+    TTFT and the request's latency (module docstring)."""
+
+    prefill_iterations: int
+    tpot_s: float
+    ttft_s: float
+    latency_s: float
+
+
+class ServingReplica:
+    """One replica of an inference layout under a traffic's lengths, priced once and asked per concurrency
+    (`serve`, and the serving search of `solver.serving`, which asks many): what fits, a prompt's
+    per-token prefill cost, the decode step of d running requests, the steady state of c running
+    requests (module docstring)."""
+
+    def __init__(self, model: ModelSpec, cluster: ClusterSpec, plan: Plan, traffic: Traffic, *,
+                 efficiency: Efficiency | None = None, runtime: RuntimeAllowance | None = None) -> None:
+        self.model, self.cluster, self.plan, self.traffic = model, cluster, plan, traffic
+        self.costs = {"efficiency": efficiency, "runtime": runtime}
+        budget, seqs = default_limits(cluster)
+        self.budget, self.max_num_seqs = traffic.max_num_batched_tokens or budget, traffic.max_num_seqs or seqs
+        full = self.priced(traffic.isl + traffic.osl, 0, 1)  # one request per replica at its full length
+        free = full.memory.usable - (full.memory.total - full.memory.kv_cache)
+        if free < full.memory.kv_cache:
+            raise PlanError(f"no request of {traffic.isl} + {traffic.osl} tokens fits beside the weights: "
+                            f"{(full.memory.total - full.memory.kv_cache) / 2**30:.1f} GiB of "
+                            f"{full.memory.usable / 2**30:.1f} GiB taken before its KV cache")
+        self.max_concurrency = min(int(free // full.memory.kv_cache), self.max_num_seqs)
+        self.kv_bytes_per_token = full.memory.kv_cache / (traffic.isl + traffic.osl)  # per GPU, the busiest
+        self.prefill_per_token = self.priced(traffic.isl, 0, 1).step_time_s / traffic.isl
+        self.prefill_s = traffic.prefilled_tokens * self.prefill_per_token
+        self.context = traffic.isl + traffic.osl // 2
+        self._decode_step = decode_step_function(model, cluster, plan, self.context, efficiency=efficiency,
+                                                 runtime=runtime)
+        self._decode: dict[int, float] = {}
+
+    def priced(self, seq_len: int, output_len: int, per_replica: int) -> Estimate:
+        work = Workload(kind="inference", seq_len=seq_len, output_len=output_len,
+                        global_batch_size=per_replica * self.plan.dp)
+        return estimate(self.model, self.cluster, self.plan, work, **self.costs)
+
+    def memory(self, concurrency: int) -> MemoryBreakdown:
+        """Per GPU with ``concurrency`` requests per replica at their full length (what an engine's pool must hold)."""
+        return self.priced(self.traffic.isl + self.traffic.osl, 0, concurrency).memory
+
+    def decode_step(self, decoding: float) -> float:
+        """One decode step of ``decoding`` requests (rounded, at least one) at the mean context."""
+        d = max(round(decoding), 1)
+        if d not in self._decode:
+            self._decode[d] = self._decode_step(d)
+        return self._decode[d]
+
+    def steady(self, c: float) -> Steady:
+        """The steady state of c running requests (module docstring), n_p found as a fixed point."""
+        t = self.traffic
+        prefilled = t.prefilled_tokens
+        n_p = math.ceil(prefilled / self.budget)
+        for _ in range(FIXED_POINT_ROUNDS):
+            iterations = n_p + t.osl - 1
+            decoding = c * (t.osl - 1) / iterations
+            decode = self.decode_step(decoding)
+            step = decode + c * prefilled / iterations * self.prefill_per_token
+            n_p, settled = math.ceil(prefilled / max(self.budget - decoding, 1.0)), n_p
+            if n_p == settled:
+                break
+        ttft = step / 2 + n_p * decode + self.prefill_s
+        return Steady(n_p, step, ttft, ttft + (t.osl - 1) * step)
+
+
+def little_concurrency(rate: float, latency: Callable[[float], float], most: float) -> tuple[float, bool]:
+    """The mean running requests c = rate · latency(c) of an open loop (Little's law), latency growing
+    with c, found by bisection on [0, most]; (most, True) where even ``most`` cannot keep up (saturated)."""
+    if rate * latency(most) > most:
+        return most, True
+    low, high = 0.0, most
+    for _ in range(BISECTION_ROUNDS):
+        mid = (low + high) / 2
+        low, high = (low, mid) if mid >= rate * latency(mid) else (mid, high)
+    return high, False
+
+
 def serve(model: ModelSpec, cluster: ClusterSpec, plan: Plan, traffic: Traffic, *,
           efficiency: Efficiency | None = None, runtime: RuntimeAllowance | None = None) -> ServingEstimate:
     """The deployment of ``plan`` (an inference layout; dp replicas) under ``traffic`` (module docstring)."""
-    replicas, gpus = plan.dp, plan.tp * plan.pp * plan.cp * plan.dp
-    budget, seqs = default_limits(cluster)
-    budget, seqs = traffic.max_num_batched_tokens or budget, traffic.max_num_seqs or seqs
-    costs = {"efficiency": efficiency, "runtime": runtime}
+    replica = ServingReplica(model, cluster, plan, traffic, efficiency=efficiency, runtime=runtime)
+    return replica_deployment(replica, traffic)
 
-    def priced(seq_len: int, output_len: int, per_replica: int):
-        work = Workload(kind="inference", seq_len=seq_len, output_len=output_len, global_batch_size=per_replica * replicas)
-        return estimate(model, cluster, plan, work, **costs)
 
-    full = priced(traffic.isl + traffic.osl, 0, 1)  # one request per replica at its full length
-    free = full.memory.usable - (full.memory.total - full.memory.kv_cache)
-    if free < full.memory.kv_cache:
-        raise PlanError(f"no request of {traffic.isl} + {traffic.osl} tokens fits beside the weights: "
-                        f"{(full.memory.total - full.memory.kv_cache) / 2**30:.1f} GiB of "
-                        f"{full.memory.usable / 2**30:.1f} GiB taken before its KV cache")
-    max_concurrency = min(int(free // full.memory.kv_cache), seqs)
-    prefill_per_token = priced(traffic.isl, 0, 1).step_time_s / traffic.isl
-    context = traffic.isl + traffic.osl // 2
-
-    @cache
-    def decode_step(decoding: int) -> float:  # one step of `decoding` requests per replica at the mean context
-        return priced(context - 1, 2, decoding).time.decode
-
-    def steady(c: float) -> tuple[int, float, float, float]:
-        """(prefill iterations, iteration time, TTFT, request latency) of c running requests per replica."""
-        n_p = math.ceil(traffic.isl / budget)
-        for _ in range(FIXED_POINT_ROUNDS):
-            iterations = n_p + traffic.osl - 1
-            decoding = c * (traffic.osl - 1) / iterations
-            decode = decode_step(max(round(decoding), 1))
-            step = decode + c * traffic.isl / iterations * prefill_per_token
-            n_p = math.ceil(traffic.isl / max(budget - decoding, 1.0))
-        ttft = step / 2 + n_p * decode + traffic.isl * prefill_per_token
-        return n_p, step, ttft, ttft + (traffic.osl - 1) * step
-
-    def latency(c: float) -> float:
-        return steady(c)[3]
-
-    saturated = False
+def replica_deployment(replica: ServingReplica, traffic: Traffic, workers: int = 1) -> ServingEstimate:
+    """`serve` on a layout already priced (the search's), ``workers`` copies of it (each its plan's dp
+    replicas: an expert-parallel layout's replicas step together), under ``traffic``'s load."""
+    plan = replica.plan
+    replicas, gpus = workers * plan.dp, workers * plan.tp * plan.pp * plan.cp * plan.dp
     if traffic.concurrency is not None:
-        c = float(min(-(-traffic.concurrency // replicas), max_concurrency))
+        c, saturated = float(min(-(-traffic.concurrency // replicas), replica.max_concurrency)), False
+    elif traffic.request_rate is not None:
+        c, saturated = little_concurrency(traffic.request_rate / replicas, lambda c: replica.steady(c).latency_s,
+                                          float(replica.max_concurrency))
     else:
-        rate = traffic.request_rate / replicas
-        if rate * latency(max_concurrency) > max_concurrency:
-            c, saturated = float(max_concurrency), True
-        else:  # c = rate · latency(c): bisection, latency growing with c
-            low, high = 0.0, float(max_concurrency)
-            for _ in range(BISECTION_ROUNDS):
-                mid = (low + high) / 2
-                low, high = (low, mid) if mid >= rate * latency(mid) else (mid, high)
-            c = high
-    n_p, step, ttft, total = steady(c)
-    requests = replicas * c / total
-    return ServingEstimate(replicas=replicas, gpus=gpus, concurrency=c, max_concurrency=max_concurrency,
-                           prefill_iterations=n_p, ttft_s=ttft, tpot_s=step, latency_s=total, requests_per_s=requests,
-                           output_tokens_per_s=requests * traffic.osl,
-                           output_tokens_per_s_per_gpu=requests * traffic.osl / gpus, tokens_per_s_per_user=1 / step,
+        raise PlanError("serve needs a load: give the traffic's concurrency or request_rate")
+    s = replica.steady(c)
+    requests = replicas * c / s.latency_s
+    return ServingEstimate(replicas=replicas, gpus=gpus, concurrency=c, max_concurrency=replica.max_concurrency,
+                           prefill_iterations=s.prefill_iterations, ttft_s=s.ttft_s, tpot_s=s.tpot_s,
+                           latency_s=s.latency_s, requests_per_s=requests, output_tokens_per_s=requests * traffic.osl,
+                           output_tokens_per_s_per_gpu=requests * traffic.osl / gpus, tokens_per_s_per_user=1 / s.tpot_s,
                            saturated=saturated)
 
 
-__all__ = ["ServingEstimate", "Traffic", "default_limits", "serve"]
+__all__ = ["ServingEstimate", "ServingReplica", "Steady", "Traffic", "default_limits", "little_concurrency", "replica_deployment", "serve"]

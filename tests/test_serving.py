@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from parallelplan import Plan, PlanError, Traffic, Workload, estimate, load_cluster, load_model, serve
-from parallelplan.constraints.serving import default_limits
+from parallelplan.constraints.serving import ServingReplica, default_limits
 
 LLAMA_8B = load_model("llama-3.1-8b")
 H100 = load_cluster("dgx-h100")
@@ -66,8 +66,19 @@ def test_what_fits_is_the_kv_cache_beside_the_weights_and_the_engines_limit():
         serve(load_model("llama-3.1-70b"), load_cluster("dgx-h100"), Plan(tp=1, dp=8), Traffic(isl=100_000, osl=1000, concurrency=1))
 
 
-def test_traffic_takes_one_load():
-    with pytest.raises(ValidationError, match="concurrency .* or request_rate"):
-        Traffic(isl=100, osl=100)
-    with pytest.raises(ValidationError, match="concurrency .* or request_rate"):
+def test_traffic_takes_at_most_one_load_and_serve_needs_one():
+    with pytest.raises(ValidationError, match="concurrency .* or request_rate .* not both"):
         Traffic(isl=100, osl=100, concurrency=4, request_rate=2.0)
+    with pytest.raises(PlanError, match="serve needs a load"):
+        serve(LLAMA_8B, H100, Plan(tp=8), Traffic(isl=100, osl=100))
+
+
+def test_a_prefix_cache_hit_skips_that_share_of_the_prompts_prefill_only():
+    """Half the prompt cached: the prefill a request waits for halves, what fits does not change (the
+    cached blocks are counted per request), and the decode step is the same."""
+    plan, load = Plan(tp=8), dict(isl=4000, osl=200, concurrency=1)
+    cold, warm = (ServingReplica(LLAMA_8B, H100, plan, Traffic(**load, prefix_hit_rate=h)) for h in (0.0, 0.5))
+    assert warm.prefill_s == pytest.approx(cold.prefill_s / 2, rel=1e-12)
+    assert warm.max_concurrency == cold.max_concurrency and warm.decode_step(1) == cold.decode_step(1)
+    a, b = serve(LLAMA_8B, H100, plan, Traffic(**load)), serve(LLAMA_8B, H100, plan, Traffic(**load, prefix_hit_rate=0.5))
+    assert b.ttft_s < a.ttft_s and b.tpot_s < a.tpot_s  # a smaller prompt chunk rides each iteration

@@ -1,0 +1,125 @@
+"""Disaggregated serving: prompts prefilled on x prefill workers, their KV cache sent to y decode workers,
+which generate the rest (DistServe: Zhong et al. 2024, OSDI §3; Splitwise: Patel et al. 2024, ISCA), as
+vLLM's NixlConnector and SGLang's ``--disaggregation-mode`` run it behind a router that sends each request
+to a prefill worker, then to a decode worker. A worker is an inference layout (a `Plan`, its dp replicas
+each an engine); both roles are priced by `constraints.serving.ServingReplica`. An open loop of λ
+requests per second (``Traffic.request_rate``):
+
+- Prefill: each replica computes one prompt's q tokens (those its prefix cache misses) at a prompt's
+  per-token cost, S = q · t_prefill(isl) / isl — compute-bound, so batching prompts into one iteration
+  does not shorten a token's share. The x · dp_p replicas share the arrivals, each busy a share
+  ρ = λ · S / (x · dp_p) of the time; a request waits in an M/D/1 queue (Poisson arrivals, a fixed
+  service time), on average ρ · S / (2(1 − ρ)) (the Pollaczek–Khinchine formula).
+- KV transfer: the prompt's cache, isl tokens, from the prefill replica's GPUs to the decode replica's,
+  every GPU moving its shard at once over its own link: isl · (the larger side's bytes per token per
+  GPU) / link (`collectives.Fabric.send`: NVLink where the deployment fits one NVLink domain, the NIC
+  otherwise) — after the prefill, not overlapped with it (vLLM's NixlConnector reads the finished blocks).
+      TTFT = S + ρ · S / (2(1 − ρ)) + transfer
+- Decode: the first token came from the prefill; the decode replicas run osl − 1 steps of every running
+  request and no prompt chunk. With c running requests per replica TPOT = t_decode(c) at the mean
+  context (`ServingReplica.decode_step`), a request holds its slot (osl − 1) · TPOT, so Little's law gives
+  c = λ / (y · dp_d) · (osl − 1) · t_decode(c); beyond what fits (the KV cache of c whole requests) the
+  loop saturates.
+The targets met at the highest load a pool takes: `prefill_utilization_within` (the ρ whose TTFT is the
+target) and the decode search's largest c whose step is within the TPOT target (`solver.serving`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from parallelplan.constraints.collectives import Fabric, fast_domain
+from parallelplan.constraints.efficiency import Efficiency
+from parallelplan.constraints.errors import PlanError
+from parallelplan.constraints.serving import ServingReplica, little_concurrency
+
+
+class DisaggregatedEstimate(BaseModel):
+    """A disaggregated deployment in steady state (module docstring): its pools, what users see, and each
+    pool's load (``prefill_utilization`` ρ, ``decode_concurrency`` c per decode replica)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    prefill_workers: int
+    decode_workers: int
+    gpus: int
+    prefill_utilization: float
+    decode_concurrency: float
+    max_decode_concurrency: int
+    kv_transfer_s: float
+    ttft_s: float
+    tpot_s: float
+    latency_s: float
+    requests_per_s: float
+    output_tokens_per_s: float
+    output_tokens_per_s_per_gpu: float
+    tokens_per_s_per_user: float
+    saturated: bool
+
+
+def worker_gpus(replica: ServingReplica) -> int:
+    p = replica.plan
+    return p.tp * p.pp * p.cp * p.dp
+
+
+@dataclass(frozen=True)
+class Pools:
+    """A prefill layout and a decode layout priced for one traffic's lengths."""
+
+    prefill: ServingReplica
+    decode: ServingReplica
+    efficiency: Efficiency
+
+    def __post_init__(self) -> None:
+        if self.prefill.traffic.osl < 2:
+            raise PlanError(f"osl {self.prefill.traffic.osl}: the prefill gives the only output token, so a "
+                            "decode pool has nothing to do; serve it aggregated")
+
+    def transfer_s(self, gpus: int) -> float:
+        """One prompt's KV cache from its prefill GPUs to its decode GPUs (module docstring), over NVLink
+        when the deployment's ``gpus`` fit one NVLink domain."""
+        cluster = self.prefill.cluster
+        domain = fast_domain(cluster)
+        per_gpu = self.prefill.traffic.isl * max(self.prefill.kv_bytes_per_token, self.decode.kv_bytes_per_token)
+        stride = 1 if gpus <= domain else domain
+        return float(Fabric.of(cluster, self.efficiency).send(np.array(per_gpu), np.array(stride)))
+
+    def ttft_s(self, utilization: float, gpus: int) -> float:
+        s = self.prefill.prefill_s
+        return s + utilization * s / (2 * (1 - utilization)) + self.transfer_s(gpus)
+
+
+def prefill_utilization_within(pools: Pools, ttft_target_s: float, gpus: int) -> float:
+    """The highest prefill utilisation ρ whose TTFT is within the target: S(1 + ρ/(2(1 − ρ))) + transfer
+    = T gives ρ = 2r/(1 + 2r), r = (T − transfer − S)/S; 0 where even an idle prefill misses it."""
+    s = pools.prefill.prefill_s
+    r = (ttft_target_s - pools.transfer_s(gpus) - s) / s
+    return 2 * r / (1 + 2 * r) if r > 0 else 0.0
+
+
+def disaggregate(pools: Pools, prefill_workers: int, decode_workers: int, request_rate: float) -> DisaggregatedEstimate:
+    """The deployment of ``prefill_workers`` prefill and ``decode_workers`` decode workers at
+    ``request_rate`` requests per second (module docstring)."""
+    p, d = pools.prefill, pools.decode
+    osl = p.traffic.osl
+    gpus = prefill_workers * worker_gpus(p) + decode_workers * worker_gpus(d)
+    prefill_capacity = prefill_workers * p.plan.dp / p.prefill_s
+    utilization = min(request_rate / prefill_capacity, 1.0)
+    per_replica = request_rate / (decode_workers * d.plan.dp)
+    c, saturated = little_concurrency(per_replica, lambda c: (osl - 1) * d.decode_step(c), float(d.max_concurrency))
+    served = min(request_rate, prefill_capacity, decode_workers * d.plan.dp * c / ((osl - 1) * d.decode_step(c)))
+    saturated = saturated or utilization >= 1.0
+    ttft = pools.ttft_s(utilization, gpus) if utilization < 1.0 else float("inf")
+    tpot = d.decode_step(c)
+    return DisaggregatedEstimate(
+        prefill_workers=prefill_workers, decode_workers=decode_workers, gpus=gpus, prefill_utilization=utilization,
+        decode_concurrency=c, max_decode_concurrency=d.max_concurrency, kv_transfer_s=pools.transfer_s(gpus),
+        ttft_s=ttft, tpot_s=tpot, latency_s=ttft + (osl - 1) * tpot, requests_per_s=served,
+        output_tokens_per_s=served * osl, output_tokens_per_s_per_gpu=served * osl / gpus,
+        tokens_per_s_per_user=1 / tpot, saturated=saturated)
+
+
+__all__ = ["DisaggregatedEstimate", "Pools", "disaggregate", "prefill_utilization_within", "worker_gpus"]

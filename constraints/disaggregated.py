@@ -26,8 +26,6 @@ target) and the decode search's largest c whose step is within the TPOT target (
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
@@ -65,27 +63,25 @@ def worker_gpus(replica: ServingReplica) -> int:
     return p.tp * p.pp * p.cp * p.dp
 
 
-@dataclass(frozen=True)
 class Pools:
-    """A prefill layout and a decode layout priced for one traffic's lengths."""
+    """A prefill layout and a decode layout priced for one traffic's lengths, and one prompt's KV transfer
+    between them (module docstring), within an NVLink domain and across the network."""
 
-    prefill: ServingReplica
-    decode: ServingReplica
-    efficiency: Efficiency
-
-    def __post_init__(self) -> None:
-        if self.prefill.traffic.osl < 2:
-            raise PlanError(f"osl {self.prefill.traffic.osl}: the prefill gives the only output token, so a "
+    def __init__(self, prefill: ServingReplica, decode: ServingReplica, efficiency: Efficiency) -> None:
+        if prefill.traffic.osl < 2:
+            raise PlanError(f"osl {prefill.traffic.osl}: the prefill gives the only output token, so a "
                             "decode pool has nothing to do; serve it aggregated")
+        self.prefill, self.decode = prefill, decode
+        cluster = prefill.cluster
+        self.domain = fast_domain(cluster)
+        per_gpu = prefill.traffic.isl * max(prefill.kv_bytes_per_token, decode.kv_bytes_per_token)
+        sends = Fabric.of(cluster, efficiency).send(np.array([per_gpu, per_gpu]), np.array([1, self.domain]))
+        self._inside, self._across = float(sends[0]), float(sends[1])
 
     def transfer_s(self, gpus: int) -> float:
-        """One prompt's KV cache from its prefill GPUs to its decode GPUs (module docstring), over NVLink
-        when the deployment's ``gpus`` fit one NVLink domain."""
-        cluster = self.prefill.cluster
-        domain = fast_domain(cluster)
-        per_gpu = self.prefill.traffic.isl * max(self.prefill.kv_bytes_per_token, self.decode.kv_bytes_per_token)
-        stride = 1 if gpus <= domain else domain
-        return float(Fabric.of(cluster, self.efficiency).send(np.array(per_gpu), np.array(stride)))
+        """One prompt's KV cache from its prefill GPUs to its decode GPUs, over NVLink when the deployment's
+        ``gpus`` fit one NVLink domain, else over the NIC."""
+        return self._inside if gpus <= self.domain else self._across
 
     def ttft_s(self, utilization: float, gpus: int) -> float:
         s = self.prefill.prefill_s

@@ -200,7 +200,7 @@ class ServingReplica:
 def little_concurrency(rate: float, latency: Callable[[float], float], most: float) -> tuple[float, bool]:
     """The mean running requests c = rate · latency(c) of an open loop (Little's law), latency growing
     with c, found by bisection on [0, most]; (most, True) where even ``most`` cannot keep up (saturated)."""
-    if rate * latency(most) > most:
+    if rate * latency(most) > most * (1 + 1e-9):  # beyond rounding: a rate set by ``most`` itself is carried
         return most, True
     low, high = 0.0, most
     for _ in range(BISECTION_ROUNDS):

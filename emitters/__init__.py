@@ -88,6 +88,25 @@ def emit(solution, target: str, **options: Any) -> dict[str, str]:
     return files
 
 
+SERVING_TARGETS = ("vllm", "sglang")
+
+
+def emit_serving(solution, target: str, plan=None) -> dict[str, str]:
+    """The files of ``target`` (vLLM or SGLang) for a serving deployment (`solver.ServingSolution`): its
+    best, or ``plan`` (one of its `ServingPlan`s): ``serve.sh`` aggregated; ``prefill.sh``, ``decode.sh``
+    and ``router.sh`` disaggregated."""
+    from parallelplan.emitters.job import Job
+
+    if target not in SERVING_TARGETS:
+        raise EmitError(f"target {target!r} does not serve; a serving plan is written for {' or '.join(SERVING_TARGETS)}")
+    module, chosen = _module(target), plan or solution.best
+    jobs = [Job.from_worker(solution, worker) for worker in chosen.workers]
+    if chosen.serving == "aggregated":
+        return module.emit(jobs[0])
+    prefill, decode = chosen.workers
+    return module.emit_disaggregated(jobs[0], jobs[1], prefill.count, decode.count)
+
+
 BF16_LAYER_TARGETS = ("megatron", "torchtitan")
 """The targets that write `Plan.fp8_bf16_layers` (Megatron-LM's --first-last-layers-bf16, torchtitan's fp8
 converters told which layers to leave out)."""
@@ -132,5 +151,5 @@ __getattr__, __dir__ = lazy_exports(__name__, {"ReadConfig": "parallelplan.emitt
                                                 "read_config": "parallelplan.emitters.deepspeed"})
 """Names exported from a target's module, imported when first asked for."""
 
-__all__ = ["EmitError", "ReadConfig", "constraints", "emit", "list_targets", "read_config", "rl_constraints", "rl_placement",
+__all__ = ["EmitError", "ReadConfig", "constraints", "emit", "emit_serving", "list_targets", "read_config", "rl_constraints", "rl_placement",
            "single_model_targets"]

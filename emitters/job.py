@@ -50,6 +50,25 @@ class Job:
         return cls(solution.plan, solution.model, solution.cluster, solution.workload, solution.estimate.memory,
                    summary=summary, **options)
 
+    @classmethod
+    def from_worker(cls, solution, worker) -> Job:
+        """One engine of a serving deployment (`solver.serving`): an aggregated pool's workers as one
+        engine's data-parallel ranks (vLLM's and SGLang's DP), a disaggregated pool's worker as one
+        instance; its requests at most the worker's concurrency per replica, on the nodes it spans."""
+        from parallelplan.solver.explain import describe
+
+        plan = worker.plan
+        if worker.role == "aggregated" and worker.count > 1:
+            plan = plan.model_copy(update={"dp": worker.count * plan.dp})
+        t = solution.traffic
+        workload = Workload(kind="inference", seq_len=t.isl, output_len=t.osl,
+                            global_batch_size=worker.concurrency * plan.dp, max_concurrency=worker.concurrency)
+        per_node = solution.cluster.node.gpus_per_node
+        cluster = solution.cluster.model_copy(update={"num_nodes": -(-plan.world_size // per_node)})
+        summary = (f"{solution.model.display_name or solution.model.name} serving, {worker.role} "
+                   f"({worker.count} x {plan.world_size} GPUs of {solution.cluster.node.name}): {describe(plan)}")
+        return cls(plan, solution.model, cluster, workload, worker.memory, summary=summary)
+
     @property
     def nodes(self) -> int:
         return self.cluster.num_nodes

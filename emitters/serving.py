@@ -38,9 +38,19 @@ def model_lines(job: Job) -> list[str]:
 
 def memory_fraction(job: Job, used_bytes: int, floor: float) -> float:
     """``used_bytes`` of the plan over the GPU's capacity, rounded up to a hundredth, at least ``floor``
-    (the engine's own default: a larger pool only adds concurrency)."""
+    (the engine's own default: a larger pool only adds concurrency), and at most the share the cost model
+    leaves usable (`MemoryBreakdown.usable`: the CUDA context, NCCL's buffers and the allocator's slack
+    outside it), rounded down — below 1.0, whatever the plan: a plan that fills its memory gets the pool
+    that fits, not the whole GPU the engine cannot have."""
     capacity = job.cluster.node.gpu.memory_bytes
-    return max(floor, math.ceil(100 * used_bytes / capacity) / 100)
+    usable = math.floor(100 * job.memory.usable / capacity) / 100
+    return min(max(floor, math.ceil(100 * used_bytes / capacity) / 100), usable)
+
+
+def context_length(job: Job) -> int:
+    """The longest request the engine admits: the prompt and the tokens it generates (vLLM's
+    ``--max-model-len``, SGLang's ``--context-length`` count both)."""
+    return job.workload.seq_len + job.workload.output_len
 
 
 def sequences_per_replica(job: Job) -> int:
@@ -59,7 +69,9 @@ def dtype(job: Job) -> str:
     return "float16" if job.plan.precision == "fp16" else "bfloat16"
 
 
-def check(job: Job, name: str) -> None:
+def check(job: Job, name: str, *, uneven_stages: bool = False) -> None:
+    """Refuse what the target cannot serve; ``uneven_stages``: it takes pipeline stages of different
+    layer counts (vLLM's ``VLLM_PP_LAYER_PARTITION``)."""
     p = job.plan
     if job.workload.kind != "inference":
         what = "a training plan" if job.workload.training else f"a {job.workload.kind} plan"
@@ -69,8 +81,19 @@ def check(job: Job, name: str) -> None:
                           f"solve for it with `plan launch --target {name.lower()}`")
     if p.cp > 1:
         raise unsupported(name, f"context parallelism (cp {p.cp}) for these plans", "solve with --fix cp=1")
-    if p.vpp > 1 or p.layers_per_stage is not None and len(set(p.layers_per_stage)) > 1:
-        raise unsupported(name, "virtual or uneven pipeline stages", "solve with --fix vpp=1")
+    if p.vpp > 1:
+        raise unsupported(name, "virtual pipeline stages", "solve with --fix vpp=1")
+    if not uneven_stages and p.layers_per_stage is not None and len(set(p.layers_per_stage)) > 1:
+        raise unsupported(name, "uneven pipeline stages", "solve with a pp that divides the layers, or use --target vllm")
     if p.precision in FP32_STORAGE:
         raise unsupported(name, f"{p.precision} serving in this emitter", "solve with --range precision=bf16,fp8")
 
+
+
+def disaggregated_scripts(scripts: dict[str, str], prefill_count: int, decode_count: int, *,
+                          router: list[str]) -> dict[str, str]:
+    """The prefill and decode scripts of a disaggregated deployment and ``router.sh``: how many of each to
+    start, then the router's lines."""
+    head = ["#!/usr/bin/env bash", f"# Start {prefill_count} prefill instance(s) (prefill.sh) and {decode_count} "
+            "decode instance(s) (decode.sh), each on its own GPUs; then the router:", "set -euo pipefail", ""]
+    return {"prefill.sh": scripts["prefill"], "decode.sh": scripts["decode"], "router.sh": "\n".join(head + router) + "\n"}

@@ -1,20 +1,35 @@
 """SGLang (0.5): the ``sglang.launch_server`` command for an inference plan's degrees (flags: SGLang's
 `ServerArgs.add_cli_args`, checked with ``ServerArgs.from_cli_args`` in the validator tests).
 
-TP, PP and DP sizes (SGLang's world is dp·tp·pp); ``--ep-size`` for the plan's EP; ``--context-length`` =
-the workload's context, ``--max-running-requests`` = its concurrent sequences per data-parallel rank
+TP, PP and DP sizes (SGLang's world is dp·tp·pp); ``--ep-size`` for the plan's EP; an expert-parallel plan
+whose EP spans its data-parallel replicas (ep = tp·dp) is SGLang's data-parallel attention: one engine of
+``--tp-size`` tp·dp with ``--attn-dp-size`` dp (attention replicated dp ways, tp-way within each) and the
+experts over ``--ep-size``; ``--context-length`` = the prompt and output tokens, ``--max-running-requests`` = its concurrent sequences per data-parallel rank
 (each DP worker's scheduler applies it); ``--kv-cache-dtype`` auto, or fp8_e4m3 for the plan's fp8 cache;
 fp8 plans quantize online
 (``--quantization fp8``); ``--mem-fraction-static`` = the plan's weights and KV cache over the GPU's
-capacity (SGLang's static pool holds exactly those), at least 0.8. Multi-node: the same command on every
-node with ``--nnodes``, ``--node-rank`` and ``--dist-init-addr`` of the first node.
+capacity (SGLang's static pool holds exactly those), at least 0.8, at most the usable share (< 1).
+Multi-node: the same command on every node with ``--nnodes``, ``--node-rank`` and ``--dist-init-addr``
+of the first node. Disaggregated serving (`emit_disaggregated`): prefill and decode servers
+(``--disaggregation-mode``, the KV cache moved by NIXL, ``--disaggregation-transfer-backend nixl``) and
+SGLang's router in PD mode (``sglang_router.launch_router --pd-disaggregation``, SGLang's PD
+disaggregation docs).
 """
 
 from __future__ import annotations
 
 from parallelplan.emitters.environment import command, nccl_environment, script
 from parallelplan.emitters.job import Job, unsupported
-from parallelplan.emitters.serving import PORT, check, dtype, memory_fraction, model_lines, sequences_per_replica
+from parallelplan.emitters.serving import (
+    PORT,
+    check,
+    context_length,
+    disaggregated_scripts,
+    dtype,
+    memory_fraction,
+    model_lines,
+    sequences_per_replica,
+)
 from parallelplan.emitters.torchrun import node_rank_lines
 
 TARGET = "sglang"
@@ -25,17 +40,26 @@ KV_CACHE_DTYPES = {"auto": "auto", "fp8": "fp8_e4m3"}
 """SGLang's --kv-cache-dtype for each `Plan.kv_cache_dtype` (its choices name the fp8 format)."""
 
 
-def arguments(job: Job) -> list[str]:
-    check(job, NAME)
-    p, w = job.plan, job.workload
+def parallel_arguments(job: Job) -> list[str]:
+    """TP, PP, DP and EP sizes; an EP spanning the replicas as data-parallel attention (module docstring)."""
+    p = job.plan
+    if p.ep > 1 and p.dp > 1 and p.ep == p.tp * p.dp:
+        return [f"--tp-size={p.tp * p.dp}", f"--pp-size={p.pp}", f"--attn-dp-size={p.dp}", f"--ep-size={p.ep}"]
     if p.ep > 1 and p.tp % p.ep:
-        raise unsupported(NAME, f"ep {p.ep} with tp {p.tp} (its experts are split inside the TP group)",
+        raise unsupported(NAME, f"ep {p.ep} with tp {p.tp} · dp {p.dp} (its experts are split inside the TP group, "
+                          "or over TP × DP with data-parallel attention)",
                           f"solve with --fix ep={p.tp} or ep=1")
+    return [f"--tp-size={p.tp}", f"--pp-size={p.pp}", f"--dp-size={p.dp}", f"--ep-size={p.ep}"]
+
+
+def arguments(job: Job, port: int = PORT) -> list[str]:
+    check(job, NAME)
+    p = job.plan
     static = job.memory.weights + job.memory.kv_cache
-    out = [f"--tp-size={p.tp}", f"--pp-size={p.pp}", f"--dp-size={p.dp}", f"--ep-size={p.ep}",
-           f"--context-length={w.seq_len}", f"--max-running-requests={sequences_per_replica(job)}", f"--dtype={dtype(job)}",
-           f"--kv-cache-dtype={KV_CACHE_DTYPES[p.kv_cache_dtype]}", f"--mem-fraction-static={memory_fraction(job, static, MIN_STATIC_FRACTION)}",
-           f"--port={PORT}"]
+    out = [*parallel_arguments(job), f"--context-length={context_length(job)}",
+           f"--max-running-requests={sequences_per_replica(job)}", f"--dtype={dtype(job)}",
+           f"--kv-cache-dtype={KV_CACHE_DTYPES[p.kv_cache_dtype]}",
+           f"--mem-fraction-static={memory_fraction(job, static, MIN_STATIC_FRACTION)}", f"--port={port}"]
     if p.precision == "fp8":
         out.append("--quantization=fp8")
     if job.nodes > 1:
@@ -43,7 +67,27 @@ def arguments(job: Job) -> list[str]:
     return out
 
 
+def server_lines(job: Job, extra: list[str] = (), port: int = PORT) -> list[str]:
+    words = ["python3", "-m", "sglang.launch_server", "--model-path=$MODEL", *arguments(job, port), *extra]
+    return model_lines(job) + node_rank_lines(job) + ["exec " + command(words)]
+
+
 def emit(job: Job) -> dict[str, str]:
-    words = ["python3", "-m", "sglang.launch_server", "--model-path=$MODEL", *arguments(job)]
-    body = model_lines(job) + node_rank_lines(job) + ["exec " + command(words)]
-    return {"serve.sh": script(job.summary, nccl_environment(job.cluster), body)}
+    return {"serve.sh": script(job.summary, nccl_environment(job.cluster), server_lines(job))}
+
+
+def emit_disaggregated(prefill: Job, decode: Job, prefill_count: int, decode_count: int) -> dict[str, str]:
+    """prefill.sh and decode.sh, one server each (start ``prefill_count`` and ``decode_count`` of them on
+    their own GPUs), and router.sh: SGLang's router in PD mode over their addresses."""
+    ports = {"prefill": PORT + 100, "decode": PORT + 200}
+    scripts = {role: script(job.summary, nccl_environment(job.cluster),
+                            server_lines(job, [f"--disaggregation-mode={role}", "--disaggregation-transfer-backend=nixl"],
+                                         ports[role]))
+               for role, job in (("prefill", prefill), ("decode", decode))}
+    router = [f'PREFILL="${{PREFILL:?set PREFILL to the prefill servers, e.g. http://host1:{ports["prefill"]}}}"',
+              f'DECODE="${{DECODE:?set DECODE to the decode servers, e.g. http://host2:{ports["decode"]}}}"',
+              "args=(--pd-disaggregation --host 0.0.0.0 --port 8000)",
+              'for url in $PREFILL; do args+=(--prefill "$url"); done',
+              'for url in $DECODE; do args+=(--decode "$url"); done',
+              'exec python3 -m sglang_router.launch_router "${args[@]}"']
+    return disaggregated_scripts(scripts, prefill_count, decode_count, router=router)

@@ -263,11 +263,12 @@ def price_layouts(request: Request, layouts: list[Plan]) -> Priced:
     return Priced(replicas, misfits)
 
 
-def aggregated_plan(request: Request, replica: ServingReplica, capacity: int) -> ServingPlan | None:
+def aggregated_plan(request: Request, replica: ServingReplica, capacity: int) -> Candidate | None:
     """The deployment of one layout at its ``capacity`` per replica: every worker that fits the cluster
     with no load, else the fewest workers that carry the load; None where the cluster is too small."""
     t, g = request.traffic, worker_gpus(replica)
-    most = request.gpus // g
+    most = 1 if replica.plan.ep > 1 else request.gpus // g  # an expert-parallel worker is one engine: its EP
+    # group spans all its data-parallel ranks (vLLM, SGLang), so more of them are another, larger layout
     if t.request_rate is not None:
         per_worker = replica.plan.dp * capacity / replica.steady(capacity).latency_s
         count, load = math.ceil(t.request_rate / per_worker * (1 - 1e-12)), t
@@ -281,13 +282,10 @@ def aggregated_plan(request: Request, replica: ServingReplica, capacity: int) ->
     figures = replica_deployment(replica, load, workers=count)
     if figures.saturated or not request.targets.met(figures.ttft_s, figures.tpot_s):
         return None
-    worker = Worker(role="aggregated", plan=replica.plan, count=count, concurrency=math.ceil(figures.concurrency),
-                    memory=replica.memory(capacity))
-    return ServingPlan(serving="aggregated", workers=(worker,), aggregated=figures,
-                       usd_per_million_tokens=price_per_million(request.cluster, figures.gpus, figures.output_tokens_per_s))
+    return Candidate("aggregated", (("aggregated", replica, count, math.ceil(figures.concurrency)),), figures)
 
 
-def disaggregated_plan(request: Request, pools: Pools, decode_capacity_: int) -> ServingPlan | None:
+def disaggregated_plan(request: Request, pools: Pools, decode_capacity_: int) -> Candidate | None:
     """The best split of the cluster between ``pools``' prefill and decode workers (module docstring)."""
     t, targets = request.traffic, request.targets
     p, d = pools.prefill, pools.decode
@@ -317,13 +315,30 @@ def disaggregated_plan(request: Request, pools: Pools, decode_capacity_: int) ->
             break
     else:
         return None
-    workers = (Worker(role="prefill", plan=p.plan, count=x, concurrency=1, memory=p.memory(1)),
-               Worker(role="decode", plan=d.plan, count=y, concurrency=decode_capacity_, memory=d.memory(decode_capacity_)))
-    return ServingPlan(serving="disaggregated", workers=workers, disaggregated=figures,
-                       usd_per_million_tokens=price_per_million(request.cluster, figures.gpus, figures.output_tokens_per_s))
+    prompts = min(max(p.budget // t.prefilled_tokens, 1), p.max_concurrency)  # the prompts one iteration computes
+    return Candidate("disaggregated", (("prefill", p, x, prompts), ("decode", d, y, decode_capacity_)), figures)
 
 
-def rank(plan: ServingPlan, objective: str) -> tuple:
+@dataclass(frozen=True)
+class Candidate:
+    """A deployment the search priced, before it is written out: each pool as (role, replica, workers,
+    requests per replica), and its figures."""
+
+    serving: Literal["aggregated", "disaggregated"]
+    pools: tuple[tuple[str, ServingReplica, int, int], ...]
+    figures: ServingEstimate | DisaggregatedEstimate
+
+
+def written(candidate: Candidate, cluster: ClusterSpec) -> ServingPlan:
+    """The `ServingPlan` of a candidate: each pool's memory at its requests, the price per token."""
+    workers = tuple(Worker(role=role, plan=replica.plan, count=count, concurrency=concurrency,
+                           memory=replica.memory(concurrency)) for role, replica, count, concurrency in candidate.pools)
+    f = candidate.figures
+    return ServingPlan(serving=candidate.serving, workers=workers, **{candidate.serving: f},
+                       usd_per_million_tokens=price_per_million(cluster, f.gpus, f.output_tokens_per_s))
+
+
+def rank(plan: Candidate | ServingPlan, objective: str) -> tuple:
     """The objective's order, ties to tokens/s per user, then fewer GPUs (module docstring); larger is better."""
     f = plan.figures
     first = -f.gpus if objective == "gpus" else f.output_tokens_per_s_per_gpu
@@ -363,8 +378,10 @@ def serve_plan(model: ModelSpec, cluster: ClusterSpec, traffic: Traffic, *, mode
     candidates = aggregated + disaggregated
     if not candidates:
         raise infeasible(request, priced, serving)
-    best_of = lambda plans: max(plans, key=lambda p: rank(p, objective)) if plans else None  # noqa: E731
-    frontier = tuple(pareto_frontier(request, priced, serving)) if pareto else ()
+    def best_of(found: list[Candidate]) -> ServingPlan | None:
+        return written(max(found, key=lambda p: rank(p, objective)), cluster) if found else None
+
+    frontier = tuple(written(c, cluster) for c in pareto_frontier(request, priced, serving)) if pareto else ()
     return ServingSolution(model=model, cluster=cluster, traffic=traffic, targets=targets, objective=objective,
                            best=best_of(candidates), best_aggregated=best_of(aggregated),
                            best_disaggregated=best_of(disaggregated), frontier=frontier, layouts=len(layouts),
@@ -384,7 +401,7 @@ def disaggregation_refused(traffic: Traffic, targets: Targets) -> str | None:
     return None
 
 
-def disaggregated_plans(request: Request, priced: Priced) -> list[ServingPlan]:
+def disaggregated_plans(request: Request, priced: Priced) -> list[Candidate]:
     """The best split of every (prefill, decode) layout pair that share their weights' and cache's dtypes."""
     decode_caps = {plan: decode_capacity(r, request.targets) for plan, r in priced.replicas.items()}
     eff = request.efficiency or Efficiency.default()
@@ -419,7 +436,7 @@ def infeasible(request: Request, priced: Priced, serving: str) -> Infeasible:
     if targets.ttft_s is not None and fastest_ttft[1].ttft_s > targets.ttft_s:
         s = fastest_ttft[1].ttft_s
         conflicts.append(f"TTFT ≤ {targets.ttft_s * 1e3:.0f} ms: the fastest layout ({describe_layout(fastest_ttft[0])}) "
-                         f"takes {s * 1e3:.0f} ms for a {t.isl}-token prompt alone ({s / targets.ttft_s:.2f}x the target)")
+                         f"takes {s * 1e3:.1f} ms for a {t.isl}-token prompt alone ({s / targets.ttft_s:.2f}x the target)")
         fixes += [f"--ttft {math.ceil(s * 1e3)} (ms) or more", "a prefix-cache hit rate (--prefix-hit-rate) or shorter prompts"]
     if targets.tpot_s is not None and fastest_tpot[1].tpot_s > targets.tpot_s:
         s = fastest_tpot[1].tpot_s
@@ -452,7 +469,7 @@ def infeasible(request: Request, priced: Priced, serving: str) -> Infeasible:
         + (["disaggregated serving (--serving auto)"] if serving == "aggregated" else []))
 
 
-def pareto_frontier(request: Request, priced: Priced, serving: str) -> list[ServingPlan]:
+def pareto_frontier(request: Request, priced: Priced, serving: str) -> list[Candidate]:
     """The deployments no other beats on both tokens/s per GPU and tokens/s per user (aiconfigurator's
     chart): every layout at concurrencies 1, 2, 4, … up to the most within the TTFT target (the TPOT
     target is what the chart trades, so it does not filter), aggregated and, where searched,
@@ -469,13 +486,20 @@ def pareto_frontier(request: Request, priced: Priced, serving: str) -> list[Serv
         for prefill, decode in pairs(priced):
             for c in doubling(decode.max_concurrency):
                 points.append(disaggregated_plan(sweep, Pools(prefill, decode, eff), c))
-    points = [p for p in points if p is not None]
-    key = lambda p: (p.figures.output_tokens_per_s_per_gpu, p.figures.tokens_per_s_per_user)  # noqa: E731
-    dominated = lambda p: any(key(q) != key(p) and key(q)[0] >= key(p)[0] and key(q)[1] >= key(p)[1]  # noqa: E731
-                              for q in points)
-    front = [p for p in points if not dominated(p)]
-    unique = {key(p): p for p in sorted(front, key=lambda p: rank(p, "throughput"))}
-    return sorted(unique.values(), key=lambda p: p.figures.tokens_per_s_per_user)
+    return non_dominated([p for p in points if p is not None])
+
+
+def non_dominated(points: list[Candidate]) -> list[Candidate]:
+    """The points no other beats on both tokens/s per GPU and tokens/s per user, one per distinct pair
+    (the best by `rank`), sorted by tokens/s per user: sweep from the fastest per user down, keeping each
+    point with more tokens/s per GPU than every faster one."""
+    key = lambda p: (p.figures.tokens_per_s_per_user, p.figures.output_tokens_per_s_per_gpu)  # noqa: E731
+    front, best_per_gpu = [], -math.inf
+    for p in sorted(points, key=lambda p: (key(p), rank(p, "throughput")), reverse=True):
+        if p.figures.output_tokens_per_s_per_gpu > best_per_gpu:
+            front.append(p)
+            best_per_gpu = p.figures.output_tokens_per_s_per_gpu
+    return front[::-1]
 
 
 def doubling(most: int) -> list[int]:

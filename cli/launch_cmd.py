@@ -166,13 +166,7 @@ def _write(target: str, options: dict[str, Any]) -> None:
     rl_step = hasattr(solution, "roles")
     files = emit(solution, target, **({} if rl_step else emit_options))  # EmitError: bad input, reported by `cli.main`
     out: Path | None = options["out_dir"]
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        for name, content in files.items():
-            path = out / name
-            path.write_text(content)
-            if content.startswith("#!"):
-                path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    write_files(files, out)
     if as_json:
         click.echo(json.dumps({"target": target, "solution": solution.model_dump(mode="json"), "files": files}, indent=2))
         return
@@ -183,6 +177,23 @@ def _write(target: str, options: dict[str, Any]) -> None:
     else:
         click.echo(f"{target}: {describe(solution.plan)} on {solution.gpus} GPUs "
                    f"({'proved optimal' if solution.optimal else 'not proved optimal'})")
+    show_files(files, out)
+
+
+def write_files(files: dict[str, str], out: Path | None) -> None:
+    """Write ``files`` into ``out`` (scripts made executable); nothing without ``out``."""
+    if out is None:
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        path = out / name
+        path.write_text(content)
+        if content.startswith("#!"):
+            path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+
+
+def show_files(files: dict[str, str], out: Path | None) -> None:
+    """Say where the files went, or print them."""
     if out is not None:
         click.echo("\n".join(f"  wrote {out / name}" for name in files))
         return

@@ -28,6 +28,7 @@ from parallelplan.cli.optimize_cmd import optimize
 from parallelplan.cli.place_cmd import place
 from parallelplan.cli.presets_cmd import presets
 from parallelplan.cli.profile_cmd import profile
+from parallelplan.cli.serve_plan_cmd import serve_plan
 from parallelplan.cli.sharding_cmd import sharding
 from parallelplan.cli.solve_cmd import pareto, solve
 from parallelplan.cli.topology_cmd import topology
@@ -115,13 +116,14 @@ def plan(ctx: click.Context, color: bool | None) -> None:
       plan place --model llama-3.1-70b --model llama-3.1-8b --nodes 8
       plan launch --model llama-3.1-70b --nodes 2 --target deepspeed --out run/
       plan optimize --model llama-3.1-70b --nodes 8 --tp 8 --recompute full
+      plan serve-plan --model llama-3.1-70b --isl 4000 --osl 1000 --ttft 2000 --tpot 30
     """
     if color is not None:
         ctx.color = color
 
 
 for command in (presets, analyze, topology, estimate, validate, sharding, solve, pareto, compare, place, launch, slurm,
-                calibrate, profile, dry_run, optimize):
+                calibrate, profile, dry_run, optimize, serve_plan):
     plan.add_command(command)
 plan.add_command(solve, name="recommend")
 

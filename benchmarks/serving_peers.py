@@ -17,9 +17,8 @@ sequence of the batch decoded together, its KV cache held to the end), the node'
 case's layout, each with a batch: TTFT is the step less its decode, TPOT the decode over its ``osl − 1``
 steps (the prefill's logits give the first token), tokens/s per GPU the generated tokens over the step
 and the GPUs. The layout must pass `check`'s rules (experts whole on each GPU, etp 1, with sequence
-parallelism where Megatron-Core's MoE rule asks for it). Static batches are what both tools price today; the serving planner of
-issue 20 (continuous batching under TTFT/TPOT targets) will be set beside aiconfigurator's ``default``
-search here.
+parallelism where Megatron-Core's MoE rule asks for it). Static batches check the two cost models term by term; the two searches
+under TTFT/TPOT targets are set side by side in `benchmarks.serving_search`.
 """
 
 from __future__ import annotations
@@ -109,8 +108,10 @@ def peer(program: str, case: Case) -> tuple[dict[str, float], str]:
     return found, oom.group(0)[:160] if oom else ("" if found else f"no estimate (exit {done.returncode})")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def peer_program(description: str) -> tuple[str, list[str]]:
+    """The aiconfigurator program from the command line (``--aiconfigurator``, ``PLAN_AICONFIGURATOR``, the
+    PATH) and its version lines; a clear error where it is not installed."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--aiconfigurator", default=os.environ.get("PLAN_AICONFIGURATOR") or shutil.which("aiconfigurator"),
                         help="the aiconfigurator program (module docstring says how to install it)")
     args = parser.parse_args()
@@ -118,10 +119,15 @@ def main() -> None:
         parser.error("aiconfigurator not found: install it in its own environment (python -m venv aic && "
                      "aic/bin/pip install aiconfigurator==0.12.0) and pass --aiconfigurator aic/bin/aiconfigurator")
     version = subprocess.run([args.aiconfigurator, "version"], capture_output=True, text=True).stdout.strip().splitlines()
+    return args.aiconfigurator, version
+
+
+def main() -> None:
+    program, version = peer_program(__doc__.splitlines()[0])
     rows = []
     for case in CASES:
         ttft, tpot, tokens, memory = ours(case)
-        found, note = peer(args.aiconfigurator, case)
+        found, note = peer(program, case)
         rows.append(Row(case.name, round(ttft, 1), round(tpot, 2), round(tokens, 1), memory,
                         found.get("ttft_ms"), found.get("tpot_ms"), found.get("tokens_per_s_per_gpu"), note))
 

@@ -24,7 +24,8 @@ One decode step of a pipeline stage s for g sequences at a cache of c tokens eac
   per token and layer, at the attention rate (`compute.Roofline`);
 - comm_s: tensor parallelism's two all-reduces per layer of g·h activations (latency-bound: the
   inference engines' one- or two-shot kernels, `collectives.Fabric.latency_bound_all_reduce`), the expert
-  dispatch and combine per MoE layer, context parallelism's combine of the partial attention outputs
+  dispatch and combine per MoE layer (an all-to-all over ep; with experts split over etp > tp ranks, an
+  all-gather of the etp/tp replicas' hidden states and a reduce-scatter of the outputs), context parallelism's combine of the partial attention outputs
   (an all-reduce of g · query width per layer), the weights' all-gather when they are sharded (FSDP,
   ZeRO-3: every step gathers the stage) and the send to the next stage — none hidden: a decode step is
   too short to overlap them;
@@ -146,11 +147,17 @@ def _wave_time(f: ModelFacts, cluster: ClusterSpec, eff: Efficiency, p: PlanArra
     cp_comm = layout.layers * col(fabric.latency_bound_all_reduce((group * f.q_width * b / tp)[:, 0], p.cp, p.tp))
     routed = group * f.top_k * f.hidden * b / tp
     ep_comm = layout.moe_layers * 2 * col(fabric.all_to_all(routed[:, 0], p.ep, p.etp)) if f.experts else 0.0
+    # experts split wider than attention (etp > tp: expert TP across data-parallel attention replicas): each
+    # MoE layer all-gathers the hidden states of the etp/tp replicas that share the experts and
+    # reduce-scatters the outputs back (vLLM's allgather_reducescatter MoE backend, SGLang's DP attention)
+    spread = np.maximum(p.etp // p.tp, 1)
+    etp_comm = (layout.moe_layers * 2 * col(fabric.reduce_scatter(hidden[:, 0] * spread, spread, p.tp))
+                if f.experts else 0.0)
     sharded = col(gathers_weights(p)) > 0
     gather = (fabric.reduce_scatter(b * params.dense, col(div.weights), tp)
               + fabric.reduce_scatter(b * params.expert, col(div.expert_weights), col(p.ep * p.etp)))
     send = np.where((pp > 1) & ~layout.last, col(fabric.send((hidden / tp)[:, 0], p.tp * p.cp * p.dp)), 0.0)
-    comm = tp_comm + cp_comm + ep_comm + np.where(sharded, gather, 0.0) + send
+    comm = tp_comm + cp_comm + ep_comm + etp_comm + np.where(sharded, gather, 0.0) + send
 
     # Σ over the output tokens: full-attention layers cache c tokens, sliding ones min(c, window)
     # the prefill's logits give the first token; step k = 1 … n − 1 feeds token k and reads a cache of L + k

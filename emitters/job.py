@@ -52,21 +52,25 @@ class Job:
 
     @classmethod
     def from_worker(cls, solution, worker) -> Job:
-        """One engine of a serving deployment (`solver.serving`): an aggregated pool's workers as one
-        engine's data-parallel ranks (vLLM's and SGLang's DP), a disaggregated pool's worker as one
-        instance; its requests at most the worker's concurrency per replica, on the nodes it spans."""
+        """One engine of a serving deployment (`solver.serving`): a dense model's aggregated workers as one
+        engine's data-parallel ranks (vLLM's and SGLang's DP); a MoE model's worker, or a disaggregated
+        pool's, as one engine the summary says to start that many copies of (a MoE engine's DP ranks
+        share its experts, so copies are separate engines); its requests at most the worker's
+        concurrency per replica, on the nodes it spans."""
         from parallelplan.solver.explain import describe
 
-        plan = worker.plan
-        if worker.role == "aggregated" and worker.count > 1:
-            plan = plan.model_copy(update={"dp": worker.count * plan.dp})
+        plan, copies = worker.plan, worker.count
+        if worker.role == "aggregated" and copies > 1 and solution.model.moe is None:
+            plan, copies = plan.model_copy(update={"dp": copies * plan.dp}), 1  # one engine, its DP ranks the copies
         t = solution.traffic
         workload = Workload(kind="inference", seq_len=t.isl, output_len=t.osl,
                             global_batch_size=worker.concurrency * plan.dp, max_concurrency=worker.concurrency)
         per_node = solution.cluster.node.gpus_per_node
         cluster = solution.cluster.model_copy(update={"num_nodes": -(-plan.world_size // per_node)})
-        summary = (f"{solution.model.display_name or solution.model.name} serving, {worker.role} "
-                   f"({worker.count} x {plan.world_size} GPUs of {solution.cluster.node.name}): {describe(plan)}")
+        start = (f"start {copies} copies of this engine, each on its own {plan.world_size} GPUs, behind a load balancer"
+                 if copies > 1 else f"{plan.world_size} GPUs of {solution.cluster.node.name}")
+        summary = (f"{solution.model.display_name or solution.model.name} serving, {worker.role} ({start}): "
+                   f"{describe(plan)}")
         return cls(plan, solution.model, cluster, workload, worker.memory, summary=summary)
 
     @property

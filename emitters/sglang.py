@@ -2,9 +2,9 @@
 `ServerArgs.add_cli_args`, checked with ``ServerArgs.from_cli_args`` in the validator tests).
 
 TP, PP and DP sizes (SGLang's world is dp·tp·pp); ``--ep-size`` for the plan's EP; an expert-parallel plan
-whose EP spans its data-parallel replicas (ep = tp·dp) is SGLang's data-parallel attention: one engine of
-``--tp-size`` tp·dp with ``--attn-dp-size`` dp (attention replicated dp ways, tp-way within each) and the
-experts over ``--ep-size``; ``--context-length`` = the prompt and output tokens, ``--max-running-requests`` = its concurrent sequences per data-parallel rank
+whose experts span its data-parallel replicas (ep = tp·dp, or expert TP etp = tp·dp) is SGLang's
+data-parallel attention: one engine of ``--tp-size`` tp·dp with ``--attn-dp-size`` dp (attention
+replicated dp ways, tp-way within each) and the experts over ``--ep-size`` (1: split by TP); ``--context-length`` = the prompt and output tokens, ``--max-running-requests`` = its concurrent sequences per data-parallel rank
 (each DP worker's scheduler applies it); ``--kv-cache-dtype`` auto, or fp8_e4m3 for the plan's fp8 cache;
 fp8 plans quantize online
 (``--quantization fp8``); ``--mem-fraction-static`` = the plan's weights and KV cache over the GPU's
@@ -43,7 +43,7 @@ KV_CACHE_DTYPES = {"auto": "auto", "fp8": "fp8_e4m3"}
 def parallel_arguments(job: Job) -> list[str]:
     """TP, PP, DP and EP sizes; an EP spanning the replicas as data-parallel attention (module docstring)."""
     p = job.plan
-    if p.ep > 1 and p.dp > 1 and p.ep == p.tp * p.dp:
+    if p.dp > 1 and (p.ep > 1 and p.ep == p.tp * p.dp or p.ep == 1 and p.etp == p.tp * p.dp):
         return [f"--tp-size={p.tp * p.dp}", f"--pp-size={p.pp}", f"--attn-dp-size={p.dp}", f"--ep-size={p.ep}"]
     if p.ep > 1 and p.tp % p.ep:
         raise unsupported(NAME, f"ep {p.ep} with tp {p.tp} · dp {p.dp} (its experts are split inside the TP group, "

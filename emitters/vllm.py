@@ -54,6 +54,9 @@ def arguments(job: Job, port: int = PORT) -> list[str]:
     if p.ep > 1 and p.ep != p.tp * p.dp:
         raise unsupported(NAME, f"ep {p.ep} with tp {p.tp} · dp {p.dp} (its expert-parallel group is TP × DP)",
                           f"solve with --fix ep={p.tp * p.dp} or ep=1")
+    if job.model.moe is not None and p.ep == 1 and p.dp > 1 and p.etp != p.tp * p.dp:
+        raise unsupported(NAME, f"experts split over etp {p.etp} under dp {p.dp} (without expert parallelism it "
+                          f"splits them over TP × DP = {p.tp * p.dp})", f"solve with --fix etp={p.tp * p.dp}, or ep={p.tp * p.dp}")
     out = [f"--tensor-parallel-size={p.tp}", f"--pipeline-parallel-size={p.pp}", f"--data-parallel-size={p.dp}",
            f"--max-model-len={context_length(job)}", f"--max-num-seqs={sequences_per_replica(job)}", f"--dtype={dtype(job)}",
            f"--kv-cache-dtype={p.kv_cache_dtype}",

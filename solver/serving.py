@@ -9,9 +9,10 @@ the search is exhaustive and exact without CP-SAT:
 - layouts: every worker the serving rules admit (`constraints.rules`, less ``world_size``: workers take
   part of the cluster) — tp dividing the NVLink domain, pp stages (uneven where they must be) once tp fills the domain
   (pipeline stages across domains, tensor parallelism within, as vLLM's docs lay out a model too large
-  for one node), for MoE models expert
-  parallelism over tp·k GPUs with k data-parallel attention replicas (vLLM's ``--enable-expert-parallel``
-  with ``--data-parallel-size``, SGLang's DP attention), each at the precisions and KV-cache dtypes asked
+  for one node), for MoE models the experts over tp·k GPUs under k data-parallel attention replicas,
+  by expert parallelism (vLLM's ``--enable-expert-parallel`` with ``--data-parallel-size``, SGLang's DP
+  attention with ``--ep-size``) or by tensor parallelism (vLLM's default for DP without EP, SGLang's DP
+  attention with MoE TP), each at the precisions and KV-cache dtypes asked
   (default: every one the GPU runs) — a few dozen;
 - per layout, the largest concurrency within the targets, found by bisection: TTFT and TPOT grow with
   the requests running (each iteration carries more decode tokens and prompt chunk), and throughput with
@@ -175,6 +176,13 @@ class Request:
         return self.cluster.total_gpus
 
 
+def coupled(plan: Plan) -> bool:
+    """Whether the plan's data-parallel replicas are one engine — its experts spread over them (by EP, or
+    by expert TP across data-parallel attention) — so that more of it is another, larger layout rather
+    than more copies (vLLM and SGLang shard a MoE model's experts over all of an engine's DP ranks)."""
+    return plan.dp > 1 and (plan.ep > 1 or plan.etp > plan.tp)
+
+
 def stages(layers: int, pp: int) -> tuple[int, ...] | None:
     """Layers per pipeline stage where pp does not divide them, the first stages taking one more (written
     to vLLM's ``VLLM_PP_LAYER_PARTITION``); None where it does."""
@@ -196,13 +204,14 @@ def worker_layouts(model: ModelSpec, cluster: ClusterSpec, fixed: dict) -> list[
     out = []
     for tp in (t for t in range(1, domain + 1) if domain % t == 0):
         for pp in (p for p in range(1, gpus // tp + 1) if (p == 1 or tp == domain) and gpus % (tp * p) == 0):
-            groups = [(1, 1)]  # (dp, ep) of one worker
+            groups = [(1, 1, tp)]  # (dp, ep, etp) of one worker
             if model.moe is not None and pp == 1:
-                experts = model.moe.num_experts
-                groups += [(k, tp * k) for k in range(1, gpus // tp + 1)
-                           if tp * k > 1 and gpus % (tp * k) == 0 and experts % (tp * k) == 0]
-            for (dp, ep), precision, kv in itertools.product(groups, precisions, caches):
-                plan = Plan(tp=tp, pp=pp, dp=dp, ep=ep, etp=1 if ep > 1 else None, precision=precision,
+                experts, width = model.moe.num_experts, model.moe.expert_ffn_hidden_size
+                sizes = [k for k in range(1, gpus // tp + 1) if gpus % (tp * k) == 0]
+                groups += [(k, tp * k, 1) for k in sizes if tp * k > 1 and experts % (tp * k) == 0]
+                groups += [(k, 1, tp * k) for k in sizes if k > 1 and width % (tp * k) == 0]
+            for (dp, ep, etp), precision, kv in itertools.product(groups, precisions, caches):
+                plan = Plan(tp=tp, pp=pp, dp=dp, ep=ep, etp=etp, precision=precision,
                             kv_cache_dtype=kv, layers_per_stage=stages(model.num_layers, pp))
                 if any(getattr(plan, name) != value for name, value in fixed.items()):
                     continue
@@ -267,8 +276,7 @@ def aggregated_plan(request: Request, replica: ServingReplica, capacity: int) ->
     """The deployment of one layout at its ``capacity`` per replica: every worker that fits the cluster
     with no load, else the fewest workers that carry the load; None where the cluster is too small."""
     t, g = request.traffic, worker_gpus(replica)
-    most = 1 if replica.plan.ep > 1 else request.gpus // g  # an expert-parallel worker is one engine: its EP
-    # group spans all its data-parallel ranks (vLLM, SGLang), so more of them are another, larger layout
+    most = 1 if coupled(replica.plan) else request.gpus // g
     if t.request_rate is not None:
         per_worker = replica.plan.dp * capacity / replica.steady(capacity).latency_s
         count, load = math.ceil(t.request_rate / per_worker * (1 - 1e-12)), t

@@ -174,3 +174,20 @@ def test_waves_of_sequences_hold_one_waves_cache():
 def test_output_len_needs_inference():
     with pytest.raises(ValueError, match="output_len"):
         Workload(kind="finetune", seq_len=1024, output_len=16, global_batch_size=8)
+
+
+def test_experts_split_beyond_attention_gather_and_scatter_their_tokens(monkeypatch):
+    """Experts split over etp = 8 GPUs under 8 data-parallel attention replicas (tp 1): each MoE layer
+    all-gathers the 8 replicas' hidden states and reduce-scatters the outputs — a ring of g·h·b·8 bytes
+    each way per layer, the only reduce-scatter an unsharded decode step has (taken out, the step loses
+    exactly that)."""
+    from parallelplan.constraints.collectives import Fabric
+    from parallelplan.constraints.evaluate import decode_step_function
+
+    mixtral, plan, g = load_model("mixtral-8x7b"), Plan(tp=1, dp=8, ep=1, etp=8), 16
+    full = decode_step_function(mixtral, H100, plan, 2048)(g)
+    fabric = Fabric.of(H100, Efficiency.default())
+    ring = float(fabric.reduce_scatter(np.array([g * mixtral.hidden_size * 2.0 * 8]), np.array([8]), np.array([1]))[0])
+    monkeypatch.setattr(Fabric, "reduce_scatter", lambda self, n, size, stride: np.zeros(np.shape(n)))
+    without = decode_step_function(mixtral, H100, plan, 2048)(g)
+    assert full - without == pytest.approx(mixtral.num_layers * 2 * ring, rel=1e-9)

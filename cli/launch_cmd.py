@@ -99,6 +99,13 @@ def _solution(target: str, options: dict[str, Any], as_json: bool):
     search["fixed"] = limits.get("fixed", {}) | search["fixed"]
     search["ranges"] = limits.get("ranges", {}) | search["ranges"]
     search["allow_partial_recompute"] = limits.get("allow_partial_recompute", True)
+    if limits.get("memory_margin"):  # the serving engines are given at most part of the GPU
+        from dataclasses import replace
+
+        from parallelplan.constraints.runtime import RuntimeAllowance
+
+        runtime = search["runtime"] or RuntimeAllowance.default()
+        search["runtime"] = replace(runtime, memory_margin=max(runtime.memory_margin, limits["memory_margin"]))
     try:
         return solve(model, cluster, workload, objective=parse_objective(options["objective"]), **search)
     except Infeasible as err:

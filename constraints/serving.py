@@ -22,8 +22,8 @@ iterations beside the decoding requests. A closed loop (``concurrency``: benchma
 next request when one returns) sets c; an open loop (``request_rate``) sets the c that Little's law
 gives, c = λ · latency(c), and saturates where that c exceeds what fits: then the queue grows without
 bound and TTFT with it. What fits: the KV cache of c requests at their full isl + osl tokens beside the
-weights, activations and runtime of the replica (`constraints.memory`), and at most the engine's
-``max_num_seqs``. Prefill and decode on separate GPUs are `constraints.disaggregated`.
+weights, activations and runtime of the replica (`constraints.memory`), within the share of the GPU an
+engine is given (`max_memory_fraction`), and at most the engine's ``max_num_seqs``. Prefill and decode on separate GPUs are `constraints.disaggregated`.
 Not modelled yet: speculative decoding, queueing variance (the times are steady-state means), and
 distributions of lengths.
 """
@@ -116,6 +116,11 @@ def engine_defaults() -> dict:
     return json.loads(resources.files("parallelplan.constraints").joinpath("data", "serving_engines.json").read_text())
 
 
+def max_memory_fraction() -> float:
+    """The most of a GPU's memory a serving engine is given (``data/serving_engines.json``, with its source)."""
+    return engine_defaults()["max_memory_fraction"]["value"]
+
+
 def default_limits(cluster: ClusterSpec, engine: str = "vllm") -> tuple[int, int]:
     """(max_num_batched_tokens, max_num_seqs) the engine takes on the cluster's GPU by default."""
     spec = engine_defaults()["engines"][engine]
@@ -150,11 +155,12 @@ class ServingReplica:
         budget, seqs = default_limits(cluster)
         self.budget, self.max_num_seqs = traffic.max_num_batched_tokens or budget, traffic.max_num_seqs or seqs
         full = self.priced(traffic.isl + traffic.osl, 0, 1)  # one request per replica at its full length
-        free = full.memory.usable - (full.memory.total - full.memory.kv_cache)
+        budget_bytes = min(full.memory.usable, max_memory_fraction() * cluster.gpu.memory_bytes)
+        free = budget_bytes - (full.memory.total - full.memory.kv_cache)
         if free < full.memory.kv_cache:
             raise PlanError(f"no request of {traffic.isl} + {traffic.osl} tokens fits beside the weights: "
                             f"{(full.memory.total - full.memory.kv_cache) / 2**30:.1f} GiB of "
-                            f"{full.memory.usable / 2**30:.1f} GiB taken before its KV cache")
+                            f"{budget_bytes / 2**30:.1f} GiB an engine is given taken before its KV cache")
         self.max_concurrency = min(int(free // full.memory.kv_cache), self.max_num_seqs)
         self.kv_bytes_per_token = full.memory.kv_cache / (traffic.isl + traffic.osl)  # per GPU, the busiest
         self.prefill_per_token = self.priced(traffic.isl, 0, 1).step_time_s / traffic.isl
@@ -237,4 +243,4 @@ def replica_deployment(replica: ServingReplica, traffic: Traffic, workers: int =
                            saturated=saturated)
 
 
-__all__ = ["ServingEstimate", "ServingReplica", "Steady", "Traffic", "default_limits", "little_concurrency", "replica_deployment", "serve"]
+__all__ = ["ServingEstimate", "ServingReplica", "Steady", "Traffic", "default_limits", "little_concurrency", "max_memory_fraction", "replica_deployment", "serve"]

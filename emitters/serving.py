@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 
 from parallelplan.constraints.plan import FP32_STORAGE
+from parallelplan.constraints.serving import max_memory_fraction
+from parallelplan.emitters.errors import EmitError
 from parallelplan.emitters.job import Job, unsupported
 from parallelplan.models import ModelSpec
 from parallelplan.models.presets import get_preset
@@ -38,13 +40,16 @@ def model_lines(job: Job) -> list[str]:
 
 def memory_fraction(job: Job, used_bytes: int, floor: float) -> float:
     """``used_bytes`` of the plan over the GPU's capacity, rounded up to a hundredth, at least ``floor``
-    (the engine's own default: a larger pool only adds concurrency), and at most the share the cost model
-    leaves usable (`MemoryBreakdown.usable`: the CUDA context, NCCL's buffers and the allocator's slack
-    outside it), rounded down — below 1.0, whatever the plan: a plan that fills its memory gets the pool
-    that fits, not the whole GPU the engine cannot have."""
-    capacity = job.cluster.node.gpu.memory_bytes
-    usable = math.floor(100 * job.memory.usable / capacity) / 100
-    return min(max(floor, math.ceil(100 * used_bytes / capacity) / 100), usable)
+    (the engine's own default: a larger pool only adds concurrency) and at most the share an engine is
+    given (`constraints.serving.max_memory_fraction`, < 1); a plan that needs more is refused with the
+    margin that would solve it."""
+    capacity, most = job.cluster.node.gpu.memory_bytes, max_memory_fraction()
+    need = math.ceil(100 * used_bytes / capacity) / 100
+    if need > most:
+        raise EmitError(f"the plan needs {need:.2f} of the GPU's memory; a serving engine is given at most {most} "
+                        f"(constraints/data/serving_engines.json): solve with --memory-margin {1 - most:.2f}, or use "
+                        "plan serve-plan, whose plans fit it")
+    return min(max(floor, need), most)
 
 
 def context_length(job: Job) -> int:

@@ -18,6 +18,7 @@ disaggregation docs).
 
 from __future__ import annotations
 
+from parallelplan.constraints.serving import max_memory_fraction
 from parallelplan.emitters.environment import command, nccl_environment, script
 from parallelplan.emitters.job import Job, unsupported
 from parallelplan.emitters.serving import (
@@ -34,7 +35,7 @@ from parallelplan.emitters.torchrun import node_rank_lines
 
 TARGET = "sglang"
 NAME = "SGLang"
-CONSTRAINTS = {"fixed": {"sharding": "none", "cp": 1, "vpp": 1}}
+CONSTRAINTS = {"fixed": {"sharding": "none", "cp": 1, "vpp": 1}, "memory_margin": 1 - max_memory_fraction()}
 MIN_STATIC_FRACTION = 0.8
 KV_CACHE_DTYPES = {"auto": "auto", "fp8": "fp8_e4m3"}
 """SGLang's --kv-cache-dtype for each `Plan.kv_cache_dtype` (its choices name the fp8 format)."""

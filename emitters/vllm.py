@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 
+from parallelplan.constraints.serving import max_memory_fraction
 from parallelplan.emitters.environment import Variable, command, nccl_environment, script
 from parallelplan.emitters.job import Job, unsupported
 from parallelplan.emitters.serving import (
@@ -38,7 +39,7 @@ from parallelplan.emitters.torchrun import node_rank_lines
 
 TARGET = "vllm"
 NAME = "vLLM"
-CONSTRAINTS = {"fixed": {"sharding": "none", "cp": 1, "vpp": 1}}
+CONSTRAINTS = {"fixed": {"sharding": "none", "cp": 1, "vpp": 1}, "memory_margin": 1 - max_memory_fraction()}
 DEFAULT_UTILIZATION = 0.9  # vLLM's default --gpu-memory-utilization
 RPC_PORT = 13345  # vLLM's default --data-parallel-rpc-port
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import re
 import shlex
+from dataclasses import replace
 from functools import cache
 
 from parallelplan.constraints import Peft, Workload
+from parallelplan.constraints.runtime import RuntimeAllowance
 from parallelplan.emitters import constraints
 from parallelplan.hardware import load_cluster
 from parallelplan.models import load_model
@@ -24,9 +26,11 @@ def _solve(model: str, nodes: int, target: str, fixed: dict | None = None, range
            cluster: str = "dgx-h100", workload: Workload = WORK) -> Solution:
     """The best plan inside the target's constraints, with the case's pins and ranges on top."""
     limits = constraints(target)
+    runtime = RuntimeAllowance.default()
+    runtime = replace(runtime, memory_margin=limits.get("memory_margin", runtime.memory_margin))  # as plan launch does
     return solve(load_model(model), load_cluster(cluster, nodes=nodes), workload,
                  fixed=limits.get("fixed", {}) | (fixed or {}), ranges=limits.get("ranges", {}) | (ranges or {}),
-                 allow_partial_recompute=limits.get("allow_partial_recompute", True))
+                 allow_partial_recompute=limits.get("allow_partial_recompute", True), runtime=runtime)
 
 
 @cache
@@ -182,6 +186,31 @@ def serving_cases(target: str) -> dict[str, Solution]:
         "moe ep fp8": _solve("mixtral-8x7b", 1, target, {"ep": ep, "tp": ep if target == "sglang" else 4},
                              {"precision": ["fp8"]}, workload=SERVE),
         "fp8 kv cache": _solve("llama-3.1-70b", 1, target, {"kv_cache_dtype": "fp8"}, workload=SERVE),
+    }
+
+
+@cache
+def serving_plans() -> dict:
+    """Serving deployments of the serving search (`solver.serving`) for vLLM and SGLang: a dense model
+    aggregated and disaggregated, a MoE model's experts over data-parallel attention by EP and by expert
+    TP, and pipeline stages of uneven layers."""
+    from parallelplan.constraints import Traffic
+    from parallelplan.solver.serving import serve_plan
+
+    node, traffic = load_cluster("dgx-h100"), Traffic(isl=2000, osl=400)
+    mixtral, bf16 = load_model("mixtral-8x7b"), {"precision": "bf16", "kv_cache_dtype": "auto"}
+
+    def plan(model, cluster, serving, fixed=None):
+        found = serve_plan(model, cluster, traffic, ttft_s=1.0, tpot_s=0.05, serving=serving, fixed=fixed)
+        return found, found.best
+
+    return {
+        "dense aggregated": plan(load_model(EIGHT_B), node, "aggregated"),
+        "dense disaggregated": plan(load_model(EIGHT_B), node, "disaggregated"),
+        "moe ep over dp attention": plan(mixtral, node, "aggregated", bf16 | {"tp": 1, "ep": 8}),
+        "moe expert tp over dp attention": plan(mixtral, node, "aggregated", bf16 | {"tp": 2, "ep": 1}),
+        "uneven pipeline stages": plan(load_model("deepseek-v3"), load_cluster("hgx-h200", nodes=2), "aggregated",
+                                       {"pp": 2, "precision": "fp8"}),
     }
 
 

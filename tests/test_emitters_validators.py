@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from parallelplan.constraints.fp8 import target_recipe
-from parallelplan.emitters import emit
+from parallelplan.emitters import emit, emit_serving
 from parallelplan.emitters.megatron import FP8_FORMATS
 from tests.emitter_cases import (
     accelerate_cases,
@@ -34,6 +34,7 @@ from tests.emitter_cases import (
     launcher_cases,
     megatron_cases,
     serving_cases,
+    serving_plans,
     torchtitan_cases,
     trl_cases,
     verl_cases,
@@ -517,6 +518,57 @@ def test_sglang_parses_the_server_command(case):
     assert args.nnodes == solution.cluster.num_nodes and args.model_path == "org/model"
     assert args.kv_cache_dtype == {"auto": "auto", "fp8": "fp8_e4m3"}[p.kv_cache_dtype]
     assert 0 < args.mem_fraction_static <= 1
+
+
+def _serving_scripts(case: str, target: str):
+    """(script name, its worker, the worker's engine plan) of each launch file of a serving case."""
+    found, plan = serving_plans()[case]
+    files = emit_serving(found, target)
+    names = ["serve.sh"] if plan.serving == "aggregated" else ["prefill.sh", "decode.sh"]
+    for name, worker in zip(names, plan.workers, strict=True):
+        dense = found.model.moe is None and plan.serving == "aggregated"
+        engine = worker.plan.model_copy(update={"dp": worker.count * worker.plan.dp}) if dense else worker.plan
+        yield files[name], worker, engine, found.traffic
+
+
+@pytest.mark.parametrize("case", list(serving_plans()))
+def test_vllm_parses_the_serving_plans_commands(case):
+    for text, worker, p, traffic in _serving_scripts(case, "vllm"):
+        argv = [w for w in _argv(text, "vllm") if w != "${HEADLESS[@]}"]
+        args, engine = _vllm_engine_args(argv)
+        assert (engine.tensor_parallel_size, engine.pipeline_parallel_size, engine.data_parallel_size) == (p.tp, p.pp, p.dp)
+        assert engine.enable_expert_parallel == (p.ep > 1) and engine.max_model_len == traffic.isl + traffic.osl
+        assert engine.max_num_seqs == worker.concurrency and 0.5 < engine.gpu_memory_utilization < 1.0
+        assert (engine.kv_transfer_config is not None) == (worker.role != "aggregated")
+        if worker.role != "aggregated":
+            assert engine.kv_transfer_config.kv_connector == "NixlConnector"
+        if p.layers_per_stage is not None:
+            assert f"export VLLM_PP_LAYER_PARTITION={','.join(map(str, p.layers_per_stage))}" in text
+
+
+@pytest.mark.parametrize("case", [c for c in serving_plans() if c != "uneven pipeline stages"])
+def test_sglang_parses_the_serving_plans_commands(case):
+    pytest.importorskip("sglang")
+    stub_triton()
+    from sglang.srt.server_args import ServerArgs
+
+    for text, worker, p, traffic in _serving_scripts(case, "sglang"):
+        parser = argparse.ArgumentParser()
+        ServerArgs.add_cli_args(parser)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            args = ServerArgs.from_cli_args(parser.parse_args(_argv(text, "sglang.launch_server")))
+        attention_dp = p.dp > 1 and found_coupled(p)
+        assert args.tp_size == (p.tp * p.dp if attention_dp else p.tp) and args.ep_size == p.ep
+        assert args.context_length == traffic.isl + traffic.osl and args.max_running_requests == worker.concurrency
+        assert 0.5 < args.mem_fraction_static < 1.0
+        assert args.disaggregation_mode == ("null" if worker.role == "aggregated" else worker.role)
+
+
+def found_coupled(plan) -> bool:
+    from parallelplan.solver.serving import coupled
+
+    return coupled(plan)
 
 
 # --- SLURM: sbatch --test-only from Debian's slurm-client with a minimal configuration ---------------------------

@@ -43,6 +43,11 @@ if TYPE_CHECKING:
               help="Prefill and decode in one engine, on separate workers, or the better of both.")
 @click.option("--prefix-hit-rate", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.0, show_default=True,
               help="Share of each prompt found in the prefix cache (its prefill skipped).")
+@click.option("--speculative-tokens", type=click.IntRange(1, 16),
+              help="Speculative decoding: draft tokens proposed per step (the model's MTP module or an EAGLE head).")
+@click.option("--accepted-tokens", type=click.FloatRange(min=0.0),
+              help="With --speculative-tokens: draft tokens kept per step on average, as your engine measures it "
+                   "(its mean acceptance length minus 1).")
 @click.option("--fix", "fix", multiple=True, metavar="NAME=VALUE",
               help="Pin a worker field: tp, pp, ep, precision (bf16|fp8), kv_cache_dtype (auto|fp8); repeatable.")
 @click.option("--pareto", is_flag=True, help="Also print the frontier of tokens/s per GPU against tokens/s per user.")
@@ -52,7 +57,7 @@ if TYPE_CHECKING:
 @click.option("--json", "as_json", is_flag=True, help="Print the ServingSolution as JSON.")
 def serve_plan(model_ref: str, cluster_ref: str | None, nodes: int | None, gpus: int | None, isl: int, osl: int, mode: str,
                ttft: float | None, tpot: float | None, rate: float | None, concurrency: int | None, serving: str,
-               prefix_hit_rate: float, fix: tuple[str, ...], pareto: bool, target: str | None, out_dir: Path | None,
+               prefix_hit_rate: float, speculative_tokens: int | None, accepted_tokens: float | None, fix: tuple[str, ...], pareto: bool, target: str | None, out_dir: Path | None,
                efficiency_file: Path | None, calibration_file: Path | None, allow_cross_domain: bool,
                memory_margin: float, as_json: bool) -> None:
     """Plan a serving deployment under latency targets.
@@ -62,10 +67,15 @@ def serve_plan(model_ref: str, cluster_ref: str | None, nodes: int | None, gpus:
       plan serve-plan -m qwen3-32b -c dgx-h100 --isl 4000 --osl 1000 --ttft 2000 --tpot 30
       plan serve-plan -m llama-3.1-70b -c dgx-h100 --mode realtime --rate 20 --emit vllm --out serve/
       plan serve-plan -m deepseek-v3 -c dgx-h200 --nodes 2 --serving disaggregated --pareto --json
+      plan serve-plan -m deepseek-v3 -c dgx-h200 --nodes 2 --speculative-tokens 1 --accepted-tokens 0.8
     """
+    from pydantic import ValidationError
+
     from parallelplan.cli.launch_cmd import show_files, write_files
     from parallelplan.cli.solve_cmd import parse_assignments, report_infeasible
+    from parallelplan.common.validation import describe_validation_error
     from parallelplan.constraints import Traffic
+    from parallelplan.constraints.serving import Speculation
     from parallelplan.emitters import emit_serving
     from parallelplan.models import load_model
     from parallelplan.solver import Infeasible, SolverInputError
@@ -79,7 +89,16 @@ def serve_plan(model_ref: str, cluster_ref: str | None, nodes: int | None, gpus:
         raise SolverInputError("--allow-cross-domain: serving workers keep tensor parallelism within the NVLink domain")
     model = load_model(model_ref)
     cluster = load_target_cluster(cluster_ref, nodes, gpus)
-    traffic = Traffic(isl=isl, osl=osl, request_rate=rate, concurrency=concurrency, prefix_hit_rate=prefix_hit_rate)
+    if (speculative_tokens is None) != (accepted_tokens is None):
+        raise SolverInputError("--speculative-tokens and --accepted-tokens go together: the draft length and the "
+                               "mean tokens of it kept per step (your engine's acceptance length minus 1)")
+    try:
+        speculation = (Speculation(draft_tokens=speculative_tokens, accepted=accepted_tokens)
+                       if speculative_tokens is not None else None)
+        traffic = Traffic(isl=isl, osl=osl, request_rate=rate, concurrency=concurrency, prefix_hit_rate=prefix_hit_rate,
+                          speculation=speculation)
+    except ValidationError as err:
+        raise SolverInputError(describe_validation_error(err, "traffic")) from None
     try:
         found = search(model, cluster, traffic, mode=mode, ttft_s=ttft / 1e3 if ttft else None,
                        tpot_s=tpot / 1e3 if tpot else None, serving=serving,

@@ -15,11 +15,12 @@ requests per second (``Traffic.request_rate``):
   GPU) / link (`collectives.Fabric.send`: NVLink where the deployment fits one NVLink domain, the NIC
   otherwise) — after the prefill, not overlapped with it (vLLM's NixlConnector reads the finished blocks).
       TTFT = S + ρ · S / (2(1 − ρ)) + transfer
-- Decode: the first token came from the prefill; the decode replicas run osl − 1 steps of every running
-  request and no prompt chunk. With c running requests per replica TPOT = t_decode(c) at the mean
-  context (`ServingReplica.decode_step`), a request holds its slot (osl − 1) · TPOT, so Little's law gives
-  c = λ / (y · dp_d) · (osl − 1) · t_decode(c); beyond what fits (the KV cache of c whole requests) the
-  loop saturates.
+- Decode: the first token came from the prefill; the decode replicas run D = osl − 1 iterations of every
+  running request ((osl − 1)/(1 + a) with speculative decoding) and no prompt chunk. With c running
+  requests per replica an iteration takes t_decode(c) at the mean context (`ServingReplica.decode_step`),
+  TPOT = t_decode(c)/(1 + a), a request holds its slot D · t_decode(c), so Little's law gives
+  c = λ / (y · dp_d) · D · t_decode(c); beyond what fits (the KV cache of c whole requests) the loop
+  saturates.
 The targets met at the highest load a pool takes: `prefill_utilization_within` (the ρ whose TTFT is the
 target) and the decode search's largest c whose step is within the TPOT target (`solver.serving`).
 """
@@ -105,17 +106,17 @@ def disaggregate(pools: Pools, prefill_workers: int, decode_workers: int, reques
     prefill_capacity = prefill_workers * p.plan.dp / p.prefill_s
     utilization = min(request_rate / prefill_capacity, 1.0)
     per_replica = request_rate / (decode_workers * d.plan.dp)
-    c, saturated = little_concurrency(per_replica, lambda c: (osl - 1) * d.decode_step(c), float(d.max_concurrency))
-    served = min(request_rate, prefill_capacity, decode_workers * d.plan.dp * c / ((osl - 1) * d.decode_step(c)))
+    held = lambda c: d.decode_iterations * d.decode_step(c)  # noqa: E731 - how long a request holds its slot
+    c, saturated = little_concurrency(per_replica, held, float(d.max_concurrency))
+    served = min(request_rate, prefill_capacity, decode_workers * d.plan.dp * c / held(c))
     saturated = saturated or utilization >= 1.0
     ttft = pools.ttft_s(utilization, gpus) if utilization < 1.0 else float("inf")
-    tpot = d.decode_step(c)
     return DisaggregatedEstimate(
         prefill_workers=prefill_workers, decode_workers=decode_workers, gpus=gpus, prefill_utilization=utilization,
         decode_concurrency=c, max_decode_concurrency=d.max_concurrency, kv_transfer_s=pools.transfer_s(gpus),
-        ttft_s=ttft, tpot_s=tpot, latency_s=ttft + (osl - 1) * tpot, requests_per_s=served,
+        ttft_s=ttft, tpot_s=d.tpot(c), latency_s=ttft + held(c), requests_per_s=served,
         output_tokens_per_s=served * osl, output_tokens_per_s_per_gpu=served * osl / gpus,
-        tokens_per_s_per_user=1 / tpot, saturated=saturated)
+        tokens_per_s_per_user=1 / d.tpot(c), saturated=saturated)
 
 
 __all__ = ["DisaggregatedEstimate", "Pools", "disaggregate", "prefill_utilization_within", "worker_gpus"]

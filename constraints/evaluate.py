@@ -278,13 +278,14 @@ def _waves(model: ModelSpec, cluster: ClusterSpec, workload: Workload, p: PlanAr
     return GenerationWaves(step=step, total=total, fits=total <= rt.usable(cluster))
 
 
-def decode_step_function(model: ModelSpec, cluster: ClusterSpec, plan: Plan, context: int, *,
+def decode_step_function(model: ModelSpec, cluster: ClusterSpec, plan: Plan, context: int, *, fed: int = 1,
                          efficiency: Efficiency | None = None,
                          runtime: RuntimeAllowance | None = None) -> Callable[[int], float]:
     """One decode step of g sequences per replica of ``plan`` at a cache of ``context`` tokens, as a
     function of g alone, the plan's structure priced once: the same number as `evaluate(...).time.decode`
     of kind inference, seq_len context − 1, output_len 2 (one step), global batch g·dp — what the serving
-    model asks at every concurrency it tries (`constraints.serving`)."""
+    model asks at every concurrency it tries (`constraints.serving`); ``fed`` tokens of each sequence per
+    step (speculative decoding's verification, `constraints.generation`)."""
     eff, rt = efficiency or Efficiency.default(), runtime or RuntimeAllowance.default()
     work = Workload(kind="inference", seq_len=context - 1, output_len=2, global_batch_size=plan.dp)
     s = _Structure(model, cluster, work, PlanArrays.from_plans([plan]), rt)
@@ -294,7 +295,7 @@ def decode_step_function(model: ModelSpec, cluster: ClusterSpec, plan: Plan, con
         if not supported:
             return math.inf
         wave = work.model_copy(update={"global_batch_size": sequences * plan.dp})
-        return float(decode_time(s.f, cluster, eff, s.p, wave, s.layout, s.params, s.div, s.kv_per_token_layer)[0])
+        return float(decode_time(s.f, cluster, eff, s.p, wave, s.layout, s.params, s.div, s.kv_per_token_layer, fed)[0])
 
     return step
 

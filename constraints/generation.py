@@ -90,24 +90,28 @@ def touched_experts_share(f: ModelFacts, tokens: np.ndarray) -> np.ndarray:
 
 
 def decode_time(f: ModelFacts, cluster: ClusterSpec, eff: Efficiency, p: PlanArrays, w: Workload, layout: StageLayout,
-                params: StageParams, div: ShardDivisors, kv_bytes_per_token_layer: np.ndarray) -> np.ndarray:
+                params: StageParams, div: ShardDivisors, kv_bytes_per_token_layer: np.ndarray, fed: int = 1) -> np.ndarray:
     """Seconds to decode ``w.output_len`` tokens of every sequence after the prefill, (n,) (module docstring):
     the replica's ⌈B/dp⌉ sequences in waves of at most ``w.max_concurrency``, the last wave the rest;
-    ``kv_bytes_per_token_layer`` (n,) the cache one GPU holds per token and layer."""
+    ``kv_bytes_per_token_layer`` (n,) the cache one GPU holds per token and layer; ``fed`` tokens of each
+    sequence per step (`_wave_time`)."""
     if w.output_len == 0:
         return np.zeros(len(p))
     sequences = replica_sequences(p, w)
     wave = concurrent_sequences(p, w)
     full, rest = sequences // wave, sequences % wave
-    one = lambda g: _wave_time(f, cluster, eff, p, w, layout, params, div, kv_bytes_per_token_layer, g)  # noqa: E731
+    one = lambda g: _wave_time(f, cluster, eff, p, w, layout, params, div, kv_bytes_per_token_layer, g, fed)  # noqa: E731
     last = np.where(rest > 0, one(np.maximum(rest, 1)), 0.0) if rest.any() else 0.0
     return full * one(wave) + last
 
 
 def _wave_time(f: ModelFacts, cluster: ClusterSpec, eff: Efficiency, p: PlanArrays, w: Workload, layout: StageLayout,
                params: StageParams, div: ShardDivisors, kv_bytes_per_token_layer: np.ndarray,
-               sequences: np.ndarray) -> np.ndarray:
-    """Seconds for one replica to decode ``w.output_len`` tokens of ``sequences`` (n,) sequences at once."""
+               sequences: np.ndarray, fed: int = 1) -> np.ndarray:
+    """Seconds for one replica to decode ``w.output_len`` tokens of ``sequences`` (n,) sequences at once,
+    each step feeding ``fed`` tokens of every sequence (speculative decoding's verification of fed − 1 draft
+    tokens: the weights and the cache read once, the GEMMs, the attention over the cache, the routed
+    tokens and the collectives for every fed token)."""
     col = lambda a: np.asarray(a, dtype=float)[:, None]  # noqa: E731
     n_out = w.output_len
     gpu = cluster.gpu
@@ -116,11 +120,12 @@ def _wave_time(f: ModelFacts, cluster: ClusterSpec, eff: Efficiency, p: PlanArra
     b = col(activation_bytes(p))
     tp, cp, pp = col(p.tp), col(p.cp), col(p.pp)
     group = col(sequences) / pp  # sequences per group of the replica
+    tokens = group * fed  # tokens each step feeds
 
     # weights read per step: the stage's minus the embedding table (a lookup of g rows), experts touched
     replicas = np.maximum(col(p.ep * p.etp) / tp, 1.0)  # replicas whose tokens one expert-parallel group routes
-    touched = touched_experts_share(f, group * replicas)
-    embedding_rows = np.where(params.embedding > 0, group * f.hidden / tp, 0.0)
+    touched = touched_experts_share(f, tokens * replicas)
+    embedding_rows = np.where(params.embedding > 0, tokens * f.hidden / tp, 0.0)
     # a tied LM head on a one-stage pipeline is the embedding table itself: its GEMM reads all of it
     tied_head = (np.where(layout.last & (pp == 1), (f.embedding_params - f.position_params) / tp, 0.0)
                  if f.tied else 0.0)
@@ -138,14 +143,14 @@ def _wave_time(f: ModelFacts, cluster: ClusterSpec, eff: Efficiency, p: PlanArra
 
     # flops per step: 2 per used weight and token (routed experts: k of E, the busiest rank's load)
     expert_used = params.expert * f.top_k / f.experts * col(busiest_rank_load(p, w)) * replicas if f.experts else 0.0
-    gemm = 2.0 * group * (dense_used + expert_used) / col(roof.gemm_flops)
-    attention_per_cached = 4.0 * group * f.q_width / tp / cp / col(roof.attention_flops)  # per token of context, layer
+    gemm = 2.0 * tokens * (dense_used + expert_used) / col(roof.gemm_flops)
+    attention_per_cached = 4.0 * tokens * f.q_width / tp / cp / col(roof.attention_flops)  # per token of context, layer
 
     # communication per step, exposed
-    hidden = group * f.hidden * b
+    hidden = tokens * f.hidden * b
     tp_comm = layout.layers * 2 * col(fabric.latency_bound_all_reduce(hidden[:, 0], p.tp, 1))
-    cp_comm = layout.layers * col(fabric.latency_bound_all_reduce((group * f.q_width * b / tp)[:, 0], p.cp, p.tp))
-    routed = group * f.top_k * f.hidden * b / tp
+    cp_comm = layout.layers * col(fabric.latency_bound_all_reduce((tokens * f.q_width * b / tp)[:, 0], p.cp, p.tp))
+    routed = tokens * f.top_k * f.hidden * b / tp
     ep_comm = layout.moe_layers * 2 * col(fabric.all_to_all(routed[:, 0], p.ep, p.etp)) if f.experts else 0.0
     # experts split wider than attention (etp > tp: expert TP across data-parallel attention replicas): each
     # MoE layer all-gathers the hidden states of the etp/tp replicas that share the experts and

@@ -24,8 +24,10 @@ gives, c = λ · latency(c), and saturates where that c exceeds what fits: then 
 bound and TTFT with it. What fits: the KV cache of c requests at their full isl + osl tokens beside the
 weights, activations and runtime of the replica (`constraints.memory`), within the share of the GPU an
 engine is given (`max_memory_fraction`), and at most the engine's ``max_num_seqs``. Prefill and decode on separate GPUs are `constraints.disaggregated`.
-Not modelled yet: speculative decoding, queueing variance (the times are steady-state means), and
-distributions of lengths.
+With speculative decoding (`Speculation`: k draft tokens, a accepted on average) a decoding request
+takes D = (osl − 1)/(1 + a) iterations instead of osl − 1, each feeding it k + 1 tokens (its share of the
+budget) and costing the verification step plus the draft's k passes; TPOT = T/(1 + a).
+Not modelled yet: queueing variance (the times are steady-state means), and distributions of lengths.
 """
 
 from __future__ import annotations
@@ -55,6 +57,29 @@ BISECTION_ROUNDS = 40
 """Halvings of an open loop's concurrency interval: to 1e-12 of the largest that fits."""
 
 
+class Speculation(BaseModel):
+    """Speculative decoding: each iteration a draft proposes ``draft_tokens`` k tokens per request, the
+    model verifies them in one step that feeds k + 1 tokens of each request, and on average ``accepted``
+    of them are kept, so the step emits 1 + accepted tokens (Leviathan et al. 2023, ICML; Chen et al.
+    2023). The draft is ``draft_layers`` layers of the model's own shape run once per draft token — one for
+    DeepSeek-V3's multi-token-prediction module (DeepSeek-V3 report §2.2) and for an EAGLE head (Li et al.
+    2024) — each pass costing that share of a decode step (its layers' weights and cache). The acceptance
+    is the user's measurement (vLLM and SGLang report the mean acceptance length, 1 + accepted), as
+    aiconfigurator's ``--nextn-accepted`` asks: it depends on the data, not on the layout."""
+
+    model_config = ConfigDict(frozen=True)
+
+    draft_tokens: int = Field(ge=1, le=16)
+    accepted: float = Field(ge=0.0, allow_inf_nan=False)
+    draft_layers: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _accepted_within_drafts(self) -> Speculation:
+        if self.accepted > self.draft_tokens:
+            raise ValueError(f"accepted {self.accepted}: at most the {self.draft_tokens} draft tokens are kept per step")
+        return self
+
+
 class Traffic(BaseModel):
     """Requests of ``isl`` prompt tokens and ``osl`` output tokens, at ``concurrency`` running requests
     for the deployment (a closed loop) or ``request_rate`` requests per second (an open loop) — or neither,
@@ -63,7 +88,7 @@ class Traffic(BaseModel):
     ``prefix_hit_rate``, the share of each prompt's tokens found in the engine's prefix cache (vLLM's
     automatic prefix caching, SGLang's radix cache: a shared system prompt, a chat's earlier turns), whose
     prefill is skipped — their KV cache is still held per request, as if unshared (a bound: shared blocks
-    are held once)."""
+    are held once); ``speculation``, speculative decoding (`Speculation`)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -74,6 +99,7 @@ class Traffic(BaseModel):
     max_num_batched_tokens: int | None = Field(default=None, ge=1)
     max_num_seqs: int | None = Field(default=None, ge=1)
     prefix_hit_rate: float = Field(default=0.0, ge=0.0, lt=1.0)
+    speculation: Speculation | None = None
 
     @model_validator(mode="after")
     def _one_load(self) -> Traffic:
@@ -133,8 +159,9 @@ def default_limits(cluster: ClusterSpec, engine: str = "vllm") -> tuple[int, int
 
 @dataclass(frozen=True)
 class Steady:
-    """One replica's steady state at a concurrency: prefill iterations of a request, the iteration (TPOT),
-    TTFT and the request's latency (module docstring)."""
+    """One replica's steady state at a concurrency: prefill iterations of a request, the time per output
+    token (the iteration, over the tokens a decode step emits with speculation), TTFT and the request's
+    latency (module docstring)."""
 
     prefill_iterations: int
     tpot_s: float
@@ -166,8 +193,15 @@ class ServingReplica:
         self.prefill_per_token = self.priced(traffic.isl, 0, 1).step_time_s / traffic.isl
         self.prefill_s = traffic.prefilled_tokens * self.prefill_per_token
         self.context = traffic.isl + traffic.osl // 2
-        self._decode_step = decode_step_function(model, cluster, plan, self.context, efficiency=efficiency,
-                                                 runtime=runtime)
+        spec = traffic.speculation
+        self.fed = 1 + (spec.draft_tokens if spec else 0)  # tokens of each request a decode step feeds
+        self.emitted = 1 + (spec.accepted if spec else 0.0)  # tokens of each request a decode step emits
+        self.decode_iterations = (traffic.osl - 1) / self.emitted  # of a request, after its prefill's token
+        self._one_token = decode_step_function(model, cluster, plan, self.context, efficiency=efficiency,
+                                               runtime=runtime)
+        self._verify = self._one_token if self.fed == 1 else decode_step_function(
+            model, cluster, plan, self.context, fed=self.fed, efficiency=efficiency, runtime=runtime)
+        self._draft_share = (spec.draft_tokens * spec.draft_layers / model.num_layers) if spec else 0.0
         self._decode: dict[int, float] = {}
 
     def priced(self, seq_len: int, output_len: int, per_replica: int) -> Estimate:
@@ -180,27 +214,32 @@ class ServingReplica:
         return self.priced(self.traffic.isl + self.traffic.osl, 0, concurrency).memory
 
     def decode_step(self, decoding: float) -> float:
-        """One decode step of ``decoding`` requests (rounded, at least one) at the mean context."""
+        """One decode iteration of ``decoding`` requests (rounded, at least one) at the mean context: a step
+        feeding ``fed`` tokens of each, and with speculation the draft's passes (`Speculation`)."""
         d = max(round(decoding), 1)
         if d not in self._decode:
-            self._decode[d] = self._decode_step(d)
+            self._decode[d] = self._verify(d) + (self._draft_share * self._one_token(d) if self._draft_share else 0.0)
         return self._decode[d]
+
+    def tpot(self, decoding: float) -> float:
+        """The time per output token of a request decoding beside ``decoding`` others alone: the iteration
+        over the tokens it emits."""
+        return self.decode_step(decoding) / self.emitted
 
     def steady(self, c: float) -> Steady:
         """The steady state of c running requests (module docstring), n_p found as a fixed point."""
-        t = self.traffic
-        prefilled = t.prefilled_tokens
+        prefilled, decoding_iterations = self.traffic.prefilled_tokens, self.decode_iterations
         n_p = math.ceil(prefilled / self.budget)
         for _ in range(FIXED_POINT_ROUNDS):
-            iterations = n_p + t.osl - 1
-            decoding = c * (t.osl - 1) / iterations
+            iterations = n_p + decoding_iterations
+            decoding = c * decoding_iterations / iterations
             decode = self.decode_step(decoding)
             step = decode + c * prefilled / iterations * self.prefill_per_token
-            n_p, settled = math.ceil(prefilled / max(self.budget - decoding, 1.0)), n_p
+            n_p, settled = math.ceil(prefilled / max(self.budget - decoding * self.fed, 1.0)), n_p
             if n_p == settled:
                 break
         ttft = step / 2 + n_p * decode + self.prefill_s
-        return Steady(n_p, step, ttft, ttft + (t.osl - 1) * step)
+        return Steady(n_p, step / self.emitted, ttft, ttft + decoding_iterations * step)
 
 
 def little_concurrency(rate: float, latency: Callable[[float], float], most: float) -> tuple[float, bool]:
@@ -243,4 +282,4 @@ def replica_deployment(replica: ServingReplica, traffic: Traffic, workers: int =
                            saturated=saturated)
 
 
-__all__ = ["ServingEstimate", "ServingReplica", "Steady", "Traffic", "default_limits", "little_concurrency", "max_memory_fraction", "replica_deployment", "serve"]
+__all__ = ["ServingEstimate", "ServingReplica", "Speculation", "Steady", "Traffic", "default_limits", "little_concurrency", "max_memory_fraction", "replica_deployment", "serve"]

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, field
 
 from parallelplan.constraints import MemoryBreakdown, Plan, Workload
+from parallelplan.constraints.serving import Speculation
 from parallelplan.emitters.errors import EmitError
 from parallelplan.hardware import ClusterSpec
 from parallelplan.models import ModelSpec
@@ -31,6 +32,7 @@ class Job:
     partition: str | None = None
     account: str | None = None
     summary: str = field(default="")
+    speculation: Speculation | None = None  # a serving plan's speculative decoding (`constraints.serving`)
 
     @classmethod
     def from_solution(cls, solution: Solution, **options) -> Job:
@@ -71,7 +73,8 @@ class Job:
                  if copies > 1 else f"{plan.world_size} GPUs of {solution.cluster.node.name}")
         summary = (f"{solution.model.display_name or solution.model.name} serving, {worker.role} ({start}): "
                    f"{describe(plan)}")
-        return cls(plan, solution.model, cluster, workload, worker.memory, summary=summary)
+        return cls(plan, solution.model, cluster, workload, worker.memory, summary=summary,
+                   speculation=t.speculation if worker.role != "prefill" else None)
 
     @property
     def nodes(self) -> int:

@@ -102,3 +102,16 @@ def disaggregated_scripts(scripts: dict[str, str], prefill_count: int, decode_co
     head = ["#!/usr/bin/env bash", f"# Start {prefill_count} prefill instance(s) (prefill.sh) and {decode_count} "
             "decode instance(s) (decode.sh), each on its own GPUs; then the router:", "set -euo pipefail", ""]
     return {"prefill.sh": scripts["prefill"], "decode.sh": scripts["decode"], "router.sh": "\n".join(head + router) + "\n"}
+
+
+def mtp_drafts(job: Job, name: str) -> int:
+    """The draft tokens of the job's speculative decoding (0: none), which these targets run with the model's
+    own multi-token-prediction module; a model without one is refused (its draft model is the user's)."""
+    spec = job.speculation
+    if spec is None:
+        return 0
+    if not job.model.mtp_layers:
+        raise unsupported(name, f"speculative decoding for {job.model.name}, which has no multi-token-prediction "
+                          "module (its draft model is yours to name)",
+                          "plan without --speculative-tokens and add the engine's draft-model flags")
+    return spec.draft_tokens

@@ -8,7 +8,8 @@ concurrent sequences per data-parallel rank (vLLM applies it per DP engine); ``-
 (the model dtype) or fp8, the plan's ``kv_cache_dtype`` (as the cost model prices the cache); fp8 plans quantize the bf16 checkpoint online
 (``--quantization fp8``); ``--gpu-memory-utilization`` = the plan's peak memory over the GPU's capacity,
 at least vLLM's default 0.9 (vLLM fills the rest with KV-cache blocks), at most the usable share (< 1).
-Disaggregated serving (`emit_disaggregated`): prefill and decode instances of their own layouts, each
+Speculative decoding with the model's multi-token-prediction module: ``--speculative-config`` method mtp
+with the plan's draft tokens. Disaggregated serving (`emit_disaggregated`): prefill and decode instances of their own layouts, each
 with ``--kv-transfer-config`` naming the NIXL connector (vLLM's ``NixlConnector``, ``kv_role`` kv_both:
 the router decides which instance prefills), behind a router that sends each request to a prefill
 instance, then to a decode instance.
@@ -33,6 +34,7 @@ from parallelplan.emitters.serving import (
     dtype,
     memory_fraction,
     model_lines,
+    mtp_drafts,
     sequences_per_replica,
 )
 from parallelplan.emitters.torchrun import node_rank_lines
@@ -67,6 +69,9 @@ def arguments(job: Job, port: int = PORT) -> list[str]:
         out.append("--enable-expert-parallel")
     if p.precision == "fp8":
         out.append("--quantization=fp8")
+    drafts = mtp_drafts(job, NAME)
+    if drafts:
+        out.append(f"--speculative-config={json.dumps({'method': 'mtp', 'num_speculative_tokens': drafts}, separators=(',', ':'))}")
     return out + node_arguments(job)
 
 

@@ -240,7 +240,7 @@ def aggregated_capacity(replica: ServingReplica, targets: Targets) -> int:
 def decode_capacity(replica: ServingReplica, targets: Targets) -> int:
     """The most requests a decode replica runs at once within the TPOT target."""
     return largest_within(replica.max_concurrency,
-                          lambda c: targets.tpot_s is None or replica.decode_step(c) <= targets.tpot_s * (1 + 1e-9))
+                          lambda c: targets.tpot_s is None or replica.tpot(c) <= targets.tpot_s * (1 + 1e-9))
 
 
 def _latencies(replica: ServingReplica, c: float) -> tuple[float, float]:
@@ -298,7 +298,7 @@ def disaggregated_plan(request: Request, pools: Pools, decode_capacity_: int) ->
     t, targets = request.traffic, request.targets
     p, d = pools.prefill, pools.decode
     gp, gd = worker_gpus(p), worker_gpus(d)
-    decode_rate = d.plan.dp * decode_capacity_ / ((t.osl - 1) * d.decode_step(decode_capacity_))
+    decode_rate = d.plan.dp * decode_capacity_ / (d.decode_iterations * d.decode_step(decode_capacity_))
     best = None
     for x in range(1, (request.gpus - gd) // gp + 1):
         for y in range(1, (request.gpus - x * gp) // gd + 1):
@@ -420,6 +420,7 @@ def disaggregated_plans(request: Request, priced: Priced) -> list[Candidate]:
 
 def describe_layout(plan: Plan) -> str:
     parts = [f"tp {plan.tp}"] + [f"{name} {getattr(plan, name)}" for name in ("pp", "dp", "ep") if getattr(plan, name) > 1]
+    parts += [f"etp {plan.etp}"] if plan.etp > plan.tp else []  # experts split wider than attention
     return " ".join(parts) + f", {plan.precision} weights, {'fp8' if plan.kv_cache_dtype == 'fp8' else 'bf16'} KV cache"
 
 

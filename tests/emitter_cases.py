@@ -193,15 +193,16 @@ def serving_cases(target: str) -> dict[str, Solution]:
 def serving_plans() -> dict:
     """Serving deployments of the serving search (`solver.serving`) for vLLM and SGLang: a dense model
     aggregated and disaggregated, a MoE model's experts over data-parallel attention by EP and by expert
-    TP, and pipeline stages of uneven layers."""
+    TP, pipeline stages of uneven layers, and speculative decoding with the model's MTP module."""
     from parallelplan.constraints import Traffic
+    from parallelplan.constraints.serving import Speculation
     from parallelplan.solver.serving import serve_plan
 
     node, traffic = load_cluster("dgx-h100"), Traffic(isl=2000, osl=400)
     mixtral, bf16 = load_model("mixtral-8x7b"), {"precision": "bf16", "kv_cache_dtype": "auto"}
 
-    def plan(model, cluster, serving, fixed=None):
-        found = serve_plan(model, cluster, traffic, ttft_s=1.0, tpot_s=0.05, serving=serving, fixed=fixed)
+    def plan(model, cluster, serving, fixed=None, load=traffic):
+        found = serve_plan(model, cluster, load, ttft_s=1.0, tpot_s=0.05, serving=serving, fixed=fixed)
         return found, found.best
 
     return {
@@ -211,6 +212,9 @@ def serving_plans() -> dict:
         "moe expert tp over dp attention": plan(mixtral, node, "aggregated", bf16 | {"tp": 2, "ep": 1}),
         "uneven pipeline stages": plan(load_model("deepseek-v3"), load_cluster("hgx-h200", nodes=2), "aggregated",
                                        {"pp": 2, "precision": "fp8"}),
+        "mtp speculation": plan(load_model("deepseek-v3"), load_cluster("hgx-h200", nodes=2), "aggregated",
+                                {"precision": "fp8", "tp": 8},
+                                traffic.model_copy(update={"speculation": Speculation(draft_tokens=2, accepted=1.5)})),
     }
 
 

@@ -59,3 +59,16 @@ def test_emit_writes_the_launch_files(tmp_path):
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["decode.sh", "prefill.sh", "router.sh"]
     assert "--disaggregation-mode=prefill" in (tmp_path / "prefill.sh").read_text()
+
+
+def test_speculative_decoding_reaches_the_search_and_the_engine_flags():
+    args = ("serve-plan", "-m", "deepseek-v3", "-c", "hgx-h200", "--nodes", "2", "--isl", "2000", "--osl", "500",
+            "--fix", "precision=fp8", "--serving", "aggregated")
+    plain = json.loads(run(*args, "--json").output)["solution"]["best"]
+    result = run(*args, "--speculative-tokens", "1", "--accepted-tokens", "0.9", "--json", "--emit", "vllm")
+    fast = json.loads(result.output)
+    assert fast["solution"]["traffic"]["speculation"] == {"draft_tokens": 1, "accepted": 0.9, "draft_layers": 1}
+    assert fast["solution"]["best"]["aggregated"]["output_tokens_per_s_per_gpu"] > \
+        plain["aggregated"]["output_tokens_per_s_per_gpu"]
+    assert '--speculative-config={"method":"mtp","num_speculative_tokens":1}' in fast["files"]["serve.sh"]
+    assert run(*args, "--speculative-tokens", "1").exit_code == 2  # the acceptance is the user's measurement

@@ -544,6 +544,8 @@ def test_vllm_parses_the_serving_plans_commands(case):
             assert engine.kv_transfer_config.kv_connector == "NixlConnector"
         if p.layers_per_stage is not None:
             assert f"export VLLM_PP_LAYER_PARTITION={','.join(map(str, p.layers_per_stage))}" in text
+        spec = traffic.speculation
+        assert engine.speculative_config == ({"method": "mtp", "num_speculative_tokens": spec.draft_tokens} if spec else None)
 
 
 @pytest.mark.parametrize("case", [c for c in serving_plans() if c != "uneven pipeline stages"])
@@ -563,6 +565,8 @@ def test_sglang_parses_the_serving_plans_commands(case):
         assert args.context_length == traffic.isl + traffic.osl and args.max_running_requests == worker.concurrency
         assert 0.5 < args.mem_fraction_static < 1.0
         assert args.disaggregation_mode == ("null" if worker.role == "aggregated" else worker.role)
+        spec = traffic.speculation
+        assert (args.speculative_algorithm, args.speculative_num_steps) == (("NEXTN", spec.draft_tokens) if spec else (None, None))
 
 
 def found_coupled(plan) -> bool:

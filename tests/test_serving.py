@@ -82,3 +82,33 @@ def test_a_prefix_cache_hit_skips_that_share_of_the_prompts_prefill_only():
     assert warm.max_concurrency == cold.max_concurrency and warm.decode_step(1) == cold.decode_step(1)
     a, b = serve(LLAMA_8B, H100, plan, Traffic(**load)), serve(LLAMA_8B, H100, plan, Traffic(**load, prefix_hit_rate=0.5))
     assert b.ttft_s < a.ttft_s and b.tpot_s < a.tpot_s  # a smaller prompt chunk rides each iteration
+
+
+def test_speculation_verifies_the_drafts_in_one_step_and_emits_the_accepted():
+    """k = 3 drafts, 2 kept: an iteration is one step feeding 4 tokens of each request plus 3 draft passes
+    of one layer's share of a step, and it emits 3 tokens, so TPOT is a third of it; a request decodes in
+    (osl − 1)/3 iterations."""
+    from parallelplan.constraints.evaluate import decode_step_function
+    from parallelplan.constraints.serving import Speculation
+
+    deepseek, h200 = load_model("deepseek-v3"), load_cluster("hgx-h200", nodes=1)
+    plan, spec = Plan(tp=8, precision="fp8"), Speculation(draft_tokens=3, accepted=2.0)
+    traffic = Traffic(isl=2000, osl=301, speculation=spec)
+    replica = ServingReplica(deepseek, h200, plan, traffic)
+    context = 2000 + 301 // 2
+    verify = decode_step_function(deepseek, h200, plan, context, fed=4)(8)
+    one = decode_step_function(deepseek, h200, plan, context)(8)
+    assert replica.decode_step(8) == pytest.approx(verify + 3 * one / deepseek.num_layers, rel=1e-12)
+    assert replica.tpot(8) == pytest.approx(replica.decode_step(8) / 3, rel=1e-12) and replica.decode_iterations == 100
+    assert one < verify < decode_step_function(deepseek, h200, plan, context)(32)  # the cache read once, not 4 times
+    plain = ServingReplica(deepseek, h200, plan, Traffic(isl=2000, osl=301))
+    assert replica.tpot(1) < plain.tpot(1)  # memory-bound at one request: the verification costs little
+    rejected = ServingReplica(deepseek, h200, plan, Traffic(isl=2000, osl=301, speculation=Speculation(draft_tokens=3, accepted=0)))
+    assert rejected.tpot(1) > plain.tpot(1)  # nothing kept: the drafts and their verification are pure cost
+
+
+def test_speculation_keeps_at_most_its_drafts():
+    from parallelplan.constraints.serving import Speculation
+
+    with pytest.raises(ValidationError, match="at most the 2 draft tokens"):
+        Speculation(draft_tokens=2, accepted=2.5)

@@ -64,13 +64,13 @@ def _scan_disaggregated(request: Request) -> float:
             gp, gd = a.world_size, b.world_size
             for c in range(1, decode.max_concurrency + 1):
                 step = decode.decode_step(c)
-                if step > targets.tpot_s:
+                if decode.tpot(c) > targets.tpot_s:
                     break
                 for x in range(1, NODE.total_gpus // gp + 1):
                     for y in range(1, (NODE.total_gpus - x * gp) // gd + 1):
                         gpus = x * gp + y * gd
                         rho = prefill_utilization_within(pools, targets.ttft_s, gpus)
-                        rate = min(x * a.dp * rho / prefill.prefill_s, y * b.dp * c / ((t.osl - 1) * step))
+                        rate = min(x * a.dp * rho / prefill.prefill_s, y * b.dp * c / (decode.decode_iterations * step))
                         best = max(best, rate * t.osl / gpus)
     return best
 

@@ -50,6 +50,8 @@ from parallelplan.constraints.runtime import RuntimeAllowance
 from parallelplan.hardware import ClusterSpec
 from parallelplan.models import ModelSpec
 
+MAX_CONTEXT = 2**24
+"""The longest request (prompt and output) priced: the cost model's longest sequence (`Workload.seq_len`)."""
 FIXED_POINT_ROUNDS = 8
 """At most this many rounds of the prefill-iterations fixed point (n_p settles in two or three on every
 case tried; it stops when a round leaves it unchanged)."""
@@ -103,6 +105,9 @@ class Traffic(BaseModel):
 
     @model_validator(mode="after")
     def _one_load(self) -> Traffic:
+        if self.isl + self.osl > MAX_CONTEXT:
+            raise ValueError(f"isl + osl = {self.isl + self.osl} tokens: a request's context is at most {MAX_CONTEXT} "
+                             "(the cost model's longest sequence)")
         if self.concurrency is not None and self.request_rate is not None:
             raise ValueError("give the load as concurrency (requests running at once) or request_rate "
                              "(requests per second), not both")

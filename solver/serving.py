@@ -203,7 +203,7 @@ def worker_layouts(model: ModelSpec, cluster: ClusterSpec, fixed: dict) -> list[
     work = Workload(kind="inference", seq_len=128, global_batch_size=1)
     out = []
     for tp in (t for t in range(1, domain + 1) if domain % t == 0):
-        for pp in (p for p in range(1, gpus // tp + 1) if (p == 1 or tp == domain) and gpus % (tp * p) == 0):
+        for pp in (p for p in range(1, min(gpus // tp, model.num_layers) + 1) if (p == 1 or tp == domain) and gpus % (tp * p) == 0):
             groups = [(1, 1, tp)]  # (dp, ep, etp) of one worker
             if model.moe is not None and pp == 1:
                 experts, width = model.moe.num_experts, model.moe.expert_ffn_hidden_size
@@ -301,7 +301,7 @@ def disaggregated_plan(request: Request, pools: Pools, decode_capacity_: int) ->
     decode_rate = d.plan.dp * decode_capacity_ / (d.decode_iterations * d.decode_step(decode_capacity_))
     best = None
     for x in range(1, (request.gpus - gd) // gp + 1):
-        for y in range(1, (request.gpus - x * gp) // gd + 1):
+        for y in split_candidates(request, pools, x, decode_rate):
             gpus = x * gp + y * gd
             prefill_rate = x * p.plan.dp * prefill_utilization_within(pools, targets.ttft_s, gpus) / p.prefill_s
             rate = min(prefill_rate, y * decode_rate)
@@ -325,6 +325,27 @@ def disaggregated_plan(request: Request, pools: Pools, decode_capacity_: int) ->
         return None
     prompts = min(max(p.budget // t.prefilled_tokens, 1), p.max_concurrency)  # the prompts one iteration computes
     return Candidate("disaggregated", (("prefill", p, x, prompts), ("decode", d, y, decode_capacity_)), figures)
+
+
+def split_candidates(request: Request, pools: Pools, x: int, decode_rate: float) -> set[int]:
+    """The decode worker counts y that can be best beside x prefill workers. With no load, tokens/s per
+    GPU min(x·a, y·b)/(x·g_p + y·g_d) rises with y until the decode pool's rate y·b meets the prefill's
+    x·a and falls after, on either side of the NVLink domain (where the KV transfer, and so a, changes):
+    the y on each side of each balance point and of the domain's edge. With a load, the fewest y that
+    carry it (more only adds GPUs and can only push the transfer off NVLink). The tests check this
+    against every y."""
+    p, d, t = pools.prefill, pools.decode, request.traffic
+    gp, gd = worker_gpus(p), worker_gpus(d)
+    most = (request.gpus - x * gp) // gd
+    if t.request_rate is not None:
+        wanted = {math.ceil(t.request_rate / decode_rate * (1 - 1e-12))}
+    else:
+        edge = (pools.domain - x * gp) // gd
+        wanted = {1, most, edge, edge + 1}
+        for gpus in (pools.domain, pools.domain + 1):  # the prefill's rate inside and across the domain
+            balance = x * p.plan.dp * prefill_utilization_within(pools, request.targets.ttft_s, gpus) / p.prefill_s / decode_rate
+            wanted |= {math.floor(balance), math.ceil(balance)}
+    return {y for y in wanted if 1 <= y <= most}
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ BASE_ARGS = {
     "profile": ["--workload", "lora"] + MODEL + CLUSTER,
     "dry-run": MODEL + CLUSTER + ["--nodes", "2", "--pp", "16", "--dp", "1"],  # one layer on the busiest stage
     "optimize": MODEL + CLUSTER,
+    "serve-plan": MODEL + CLUSTER + ["--isl", "500", "--osl", "100"],
 }
 """The smallest valid call of each command that has numeric flags (a 1B model on one node keeps it fast)."""
 NUMERIC_FLAGS = {

@@ -23,13 +23,20 @@ if TYPE_CHECKING:
     from parallelplan.solver.serving import ServingPlan, ServingSolution
 
 
+DEFAULT_ISL, DEFAULT_OSL = 4000, 1000
+"""Request lengths without --isl/--osl/--lengths: aiconfigurator's defaults, so the two tools answer alike."""
+
+
 @click.command("serve-plan")
 @click.option("--model", "-m", "model_ref", required=True, help="A model: preset, config.json, or HF repo id.")
 @click.option("--cluster", "-c", "cluster_ref", help="A cluster preset or file [default: the detected node, else dgx-h100; said on stderr].")
 @click.option("--nodes", type=click.IntRange(min=1), help="Nodes of the cluster [default: the preset's].")
 @click.option("--gpus", type=click.IntRange(min=1), help="Total GPUs (instead of --nodes).")
-@click.option("--isl", type=click.IntRange(min=1), default=4000, show_default=True, help="Prompt tokens per request.")
-@click.option("--osl", type=click.IntRange(min=1), default=1000, show_default=True, help="Output tokens per request.")
+@click.option("--isl", type=click.IntRange(min=1), help=f"Prompt tokens per request [default: {DEFAULT_ISL}].")
+@click.option("--osl", type=click.IntRange(min=1), help=f"Output tokens per request [default: {DEFAULT_OSL}].")
+@click.option("--lengths", "lengths_text", metavar="ISL:OSL:SHARE,...",
+              help="A distribution of request lengths instead of --isl/--osl: classes of prompt and output tokens "
+                   "with their shares, e.g. 1000:200:0.7,8000:500:0.3.")
 @click.option("--mode", type=click.Choice(["batch", "streaming", "realtime"]), default="streaming", show_default=True,
               help="Default targets: batch none; streaming TTFT 2 s, TPOT 200 ms (MLPerf server); realtime 450 ms, "
                    "40 ms (MLPerf interactive). Means, not percentiles.")
@@ -55,7 +62,8 @@ if TYPE_CHECKING:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), help="Folder for --emit's files.")
 @with_options(MODEL_OPTIONS)
 @click.option("--json", "as_json", is_flag=True, help="Print the ServingSolution as JSON.")
-def serve_plan(model_ref: str, cluster_ref: str | None, nodes: int | None, gpus: int | None, isl: int, osl: int, mode: str,
+def serve_plan(model_ref: str, cluster_ref: str | None, nodes: int | None, gpus: int | None, isl: int | None,
+               osl: int | None, lengths_text: str | None, mode: str,
                ttft: float | None, tpot: float | None, rate: float | None, concurrency: int | None, serving: str,
                prefix_hit_rate: float, speculative_tokens: int | None, accepted_tokens: float | None, fix: tuple[str, ...], pareto: bool, target: str | None, out_dir: Path | None,
                efficiency_file: Path | None, calibration_file: Path | None, allow_cross_domain: bool,
@@ -65,6 +73,7 @@ def serve_plan(model_ref: str, cluster_ref: str | None, nodes: int | None, gpus:
     \b
     Examples:
       plan serve-plan -m qwen3-32b -c dgx-h100 --isl 4000 --osl 1000 --ttft 2000 --tpot 30
+      plan serve-plan -m llama-3.1-8b --lengths 1000:200:0.7,8000:500:0.3 --rate 40
       plan serve-plan -m llama-3.1-70b -c dgx-h100 --mode realtime --rate 20 --emit vllm --out serve/
       plan serve-plan -m deepseek-v3 -c dgx-h200 --nodes 2 --serving disaggregated --pareto --json
       plan serve-plan -m deepseek-v3 -c dgx-h200 --nodes 2 --speculative-tokens 1 --accepted-tokens 0.8
@@ -95,8 +104,12 @@ def serve_plan(model_ref: str, cluster_ref: str | None, nodes: int | None, gpus:
     try:
         speculation = (Speculation(draft_tokens=speculative_tokens, accepted=accepted_tokens)
                        if speculative_tokens is not None else None)
-        traffic = Traffic(isl=isl, osl=osl, request_rate=rate, concurrency=concurrency, prefix_hit_rate=prefix_hit_rate,
-                          speculation=speculation)
+        lengths = parse_lengths(lengths_text) if lengths_text else None
+        if lengths and (isl is not None or osl is not None):
+            raise SolverInputError("--lengths gives the distribution of --isl and --osl: give one or the other")
+        sizes = {} if lengths else {"isl": isl or DEFAULT_ISL, "osl": osl or DEFAULT_OSL}
+        traffic = Traffic(**sizes, lengths=lengths, request_rate=rate, concurrency=concurrency,
+                          prefix_hit_rate=prefix_hit_rate, speculation=speculation)
     except ValidationError as err:
         raise SolverInputError(describe_validation_error(err, "traffic")) from None
     try:
@@ -117,14 +130,33 @@ def serve_plan(model_ref: str, cluster_ref: str | None, nodes: int | None, gpus:
         show_files(files, out_dir)
 
 
+def parse_lengths(text: str) -> tuple:
+    """``ISL:OSL:SHARE,...`` as `Lengths` classes; a malformed class is named."""
+    from parallelplan.constraints.serving import Lengths
+    from parallelplan.solver import SolverInputError
+
+    out = []
+    for item in text.split(","):
+        parts = item.strip().split(":")
+        try:
+            isl, osl, share = int(parts[0]), int(parts[1]), float(parts[2])
+            if len(parts) != 3:
+                raise ValueError
+        except (ValueError, IndexError):
+            raise SolverInputError(f"--lengths {item.strip()!r}: give each class as ISL:OSL:SHARE, e.g. 1000:200:0.7") from None
+        out.append(Lengths(isl=isl, osl=osl, share=share))
+    return tuple(out)
+
+
 def render(found: ServingSolution) -> str:
     t, targets = found.traffic, found.targets
     bound = lambda s: f"{s * 1e3:g} ms" if s is not None else "none"  # noqa: E731
     load = (f"{t.request_rate:g} requests/s" if t.request_rate is not None else
             f"{t.concurrency} concurrent requests" if t.concurrency is not None else "the most each GPU serves")
     goal = "fewest GPUs" if found.objective == "gpus" else "most output tokens/s per GPU"
+    sizes = f"{t.isl} + {t.osl} tokens per request" + (f" (means of {len(t.lengths)} classes)" if t.lengths else "")
     lines = [heading(f"{found.model.display_name or found.model.name} on {found.cluster.total_gpus} x "
-                     f"{found.cluster.gpu.display_name}: {t.isl} + {t.osl} tokens per request, {load}"),
+                     f"{found.cluster.gpu.display_name}: {sizes}, {load}"),
              f"{targets.mode} targets: TTFT {bound(targets.ttft_s)}, TPOT {bound(targets.tpot_s)} (means); "
              f"objective: {goal}; {found.layouts} worker layouts searched in {found.solve_time_s:.2f} s", ""]
     rows = [("best" if p == found.best else "", *cells(p)) for p in (found.best_aggregated, found.best_disaggregated) if p]

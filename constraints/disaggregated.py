@@ -8,13 +8,14 @@ requests per second (``Traffic.request_rate``):
 - Prefill: each replica computes one prompt's q tokens (those its prefix cache misses) at a prompt's
   per-token cost, S = q · t_prefill(isl) / isl — compute-bound, so batching prompts into one iteration
   does not shorten a token's share. The x · dp_p replicas share the arrivals, each busy a share
-  ρ = λ · S / (x · dp_p) of the time; a request waits in an M/D/1 queue (Poisson arrivals, a fixed
-  service time), on average ρ · S / (2(1 − ρ)) (the Pollaczek–Khinchine formula).
+  ρ = λ · E[S] / (x · dp_p) of the time; a request waits in an M/G/1 queue (Poisson arrivals, the service
+  times of the length classes), on average ρ · E[S²] / (2 E[S] (1 − ρ)) (the Pollaczek–Khinchine
+  formula; ρ · S / (2(1 − ρ)) for one length).
 - KV transfer: the prompt's cache, isl tokens, from the prefill replica's GPUs to the decode replica's,
   every GPU moving its shard at once over its own link: isl · (the larger side's bytes per token per
   GPU) / link (`collectives.Fabric.send`: NVLink where the deployment fits one NVLink domain, the NIC
   otherwise) — after the prefill, not overlapped with it (vLLM's NixlConnector reads the finished blocks).
-      TTFT = S + ρ · S / (2(1 − ρ)) + transfer
+      TTFT = E[S] + ρ · E[S²] / (2 E[S] (1 − ρ)) + transfer   (the prompt's mean isl tokens sent)
 - Decode: the first token came from the prefill; the decode replicas run D = osl − 1 iterations of every
   running request ((osl − 1)/(1 + a) with speculative decoding) and no prompt chunk. With c running
   requests per replica an iteration takes t_decode(c) at the mean context (`ServingReplica.decode_step`),
@@ -69,13 +70,13 @@ class Pools:
     between them (module docstring), within an NVLink domain and across the network."""
 
     def __init__(self, prefill: ServingReplica, decode: ServingReplica, efficiency: Efficiency) -> None:
-        if prefill.traffic.osl < 2:
-            raise PlanError(f"osl {prefill.traffic.osl}: the prefill gives the only output token, so a "
+        if max(c.osl for c in prefill.traffic.classes) < 2:
+            raise PlanError("osl 1: the prefill gives the only output token, so a "
                             "decode pool has nothing to do; serve it aggregated")
         self.prefill, self.decode = prefill, decode
         cluster = prefill.cluster
         self.domain = fast_domain(cluster)
-        per_gpu = prefill.traffic.isl * max(prefill.kv_bytes_per_token, decode.kv_bytes_per_token)
+        per_gpu = prefill.mean_isl * max(prefill.kv_bytes_per_token, decode.kv_bytes_per_token)
         sends = Fabric.of(cluster, efficiency).send(np.array([per_gpu, per_gpu]), np.array([1, self.domain]))
         self._inside, self._across = float(sends[0]), float(sends[1])
 
@@ -86,14 +87,20 @@ class Pools:
 
     def ttft_s(self, utilization: float, gpus: int) -> float:
         s = self.prefill.prefill_s
-        return s + utilization * s / (2 * (1 - utilization)) + self.transfer_s(gpus)
+        return s + utilization * self.residual_s / (2 * (1 - utilization)) + self.transfer_s(gpus)
+
+    @property
+    def residual_s(self) -> float:
+        """E[S²]/E[S] of the prompts' prefill times (S itself for one length)."""
+        return self.prefill.prefill_s_squared / self.prefill.prefill_s
 
 
 def prefill_utilization_within(pools: Pools, ttft_target_s: float, gpus: int) -> float:
-    """The highest prefill utilisation ρ whose TTFT is within the target: S(1 + ρ/(2(1 − ρ))) + transfer
-    = T gives ρ = 2r/(1 + 2r), r = (T − transfer − S)/S; 0 where even an idle prefill misses it."""
+    """The highest prefill utilisation ρ whose TTFT is within the target: E[S] + ρ·R/(2(1 − ρ)) + transfer
+    = T gives ρ = 2r/(1 + 2r), r = (T − transfer − E[S])/R, R = E[S²]/E[S]; 0 where even an idle prefill
+    misses it."""
     s = pools.prefill.prefill_s
-    r = (ttft_target_s - pools.transfer_s(gpus) - s) / s
+    r = (ttft_target_s - pools.transfer_s(gpus) - s) / pools.residual_s
     return 2 * r / (1 + 2 * r) if r > 0 else 0.0
 
 
@@ -101,7 +108,7 @@ def disaggregate(pools: Pools, prefill_workers: int, decode_workers: int, reques
     """The deployment of ``prefill_workers`` prefill and ``decode_workers`` decode workers at
     ``request_rate`` requests per second (module docstring)."""
     p, d = pools.prefill, pools.decode
-    osl = p.traffic.osl
+    osl = d.mean_osl
     gpus = prefill_workers * worker_gpus(p) + decode_workers * worker_gpus(d)
     prefill_capacity = prefill_workers * p.plan.dp / p.prefill_s
     utilization = min(request_rate / prefill_capacity, 1.0)

@@ -82,8 +82,21 @@ class Speculation(BaseModel):
         return self
 
 
+class Lengths(BaseModel):
+    """One class of requests of a length distribution: ``isl`` prompt and ``osl`` output tokens, a
+    ``share`` of the requests (the shares need not add up to one: they are weights)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    isl: int = Field(ge=1)
+    osl: int = Field(ge=1)
+    share: float = Field(gt=0.0, allow_inf_nan=False)
+
+
 class Traffic(BaseModel):
-    """Requests of ``isl`` prompt tokens and ``osl`` output tokens, at ``concurrency`` running requests
+    """Requests of ``isl`` prompt tokens and ``osl`` output tokens — or of a distribution of lengths,
+    ``lengths`` (a histogram of `Lengths` classes: a dataset's, or a benchmark's random lengths), whose
+    request-weighted means ``isl`` and ``osl`` then are (rounded) — at ``concurrency`` running requests
     for the deployment (a closed loop) or ``request_rate`` requests per second (an open loop) — or neither,
     for a search that asks how much load a layout takes within its latency targets; the engine's
     iteration budget and running-request limit (None: its default, `engine_defaults`);
@@ -94,8 +107,9 @@ class Traffic(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    isl: int = Field(ge=1)
-    osl: int = Field(ge=1)
+    isl: int | None = Field(default=None, ge=1)
+    osl: int | None = Field(default=None, ge=1)
+    lengths: tuple[Lengths, ...] | None = Field(default=None, min_length=1)
     concurrency: int | None = Field(default=None, ge=1)
     request_rate: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     max_num_batched_tokens: int | None = Field(default=None, ge=1)
@@ -105,8 +119,21 @@ class Traffic(BaseModel):
 
     @model_validator(mode="after")
     def _one_load(self) -> Traffic:
-        if self.isl + self.osl > MAX_CONTEXT:
-            raise ValueError(f"isl + osl = {self.isl + self.osl} tokens: a request's context is at most {MAX_CONTEXT} "
+        if self.lengths is not None:
+            total = sum(c.share for c in self.lengths)
+            means = (round(sum(c.share * c.isl for c in self.lengths) / total),
+                     round(sum(c.share * c.osl for c in self.lengths) / total))
+            if (self.isl, self.osl) not in ((None, None), means):
+                raise ValueError(f"isl and osl are the distribution's means ({means[0]}, {means[1]}) when lengths are "
+                                 "given: give lengths alone")
+            object.__setattr__(self, "isl", means[0])
+            object.__setattr__(self, "osl", means[1])
+        elif self.isl is None or self.osl is None:
+            raise ValueError("give the requests' lengths: isl and osl (prompt and output tokens), or a distribution "
+                             "of them (lengths)")
+        longest = max(c.isl + c.osl for c in self.classes)
+        if longest > MAX_CONTEXT:
+            raise ValueError(f"isl + osl = {longest} tokens: a request's context is at most {MAX_CONTEXT} "
                              "(the cost model's longest sequence)")
         if self.concurrency is not None and self.request_rate is not None:
             raise ValueError("give the load as concurrency (requests running at once) or request_rate "
@@ -114,10 +141,22 @@ class Traffic(BaseModel):
         return self
 
     @property
-    def prefilled_tokens(self) -> int:
-        """The prompt tokens each request computes: those the prefix cache misses (at least one: the last
-        prompt token's logits give the first output token)."""
-        return max(1, round(self.isl * (1 - self.prefix_hit_rate)))
+    def classes(self) -> tuple[Lengths, ...]:
+        """The length classes, their shares adding up to one (one class of the fixed lengths)."""
+        if self.lengths is None:
+            return (Lengths(isl=self.isl, osl=self.osl, share=1.0),)
+        total = sum(c.share for c in self.lengths)
+        return tuple(c.model_copy(update={"share": c.share / total}) for c in self.lengths)
+
+    @property
+    def longest(self) -> Lengths:
+        """The class of the longest requests (prompt and output): what an engine's context must hold."""
+        return max(self.classes, key=lambda c: c.isl + c.osl)
+
+    def prefilled_tokens(self, isl: int) -> int:
+        """The prompt tokens a request of ``isl`` computes: those the prefix cache misses (at least one: the
+        last prompt token's logits give the first output token)."""
+        return max(1, round(isl * (1 - self.prefix_hit_rate)))
 
 
 class ServingEstimate(BaseModel):
@@ -186,22 +225,36 @@ class ServingReplica:
         self.costs = {"efficiency": efficiency, "runtime": runtime}
         budget, seqs = default_limits(cluster)
         self.budget, self.max_num_seqs = traffic.max_num_batched_tokens or budget, traffic.max_num_seqs or seqs
-        full = self.priced(traffic.isl + traffic.osl, 0, 1)  # one request per replica at its full length
+        self.classes = classes = traffic.classes
+        longest = traffic.longest
+        self.full = full = self.priced(longest.isl + longest.osl, 0, 1)  # one of the longest requests, whole
         budget_bytes = min(full.memory.usable, max_memory_fraction() * cluster.gpu.memory_bytes)
         free = budget_bytes - (full.memory.total - full.memory.kv_cache)
         if free < full.memory.kv_cache:
-            raise PlanError(f"no request of {traffic.isl} + {traffic.osl} tokens fits beside the weights: "
+            raise PlanError(f"no request of {longest.isl} + {longest.osl} tokens fits beside the weights: "
                             f"{(full.memory.total - full.memory.kv_cache) / 2**30:.1f} GiB of "
                             f"{budget_bytes / 2**30:.1f} GiB an engine is given taken before its KV cache")
-        self.max_concurrency = min(int(free // full.memory.kv_cache), self.max_num_seqs)
-        self.kv_bytes_per_token = full.memory.kv_cache / (traffic.isl + traffic.osl)  # per GPU, the busiest
-        self.prefill_per_token = self.priced(traffic.isl, 0, 1).step_time_s / traffic.isl
-        self.prefill_s = traffic.prefilled_tokens * self.prefill_per_token
-        self.context = traffic.isl + traffic.osl // 2
+        # a running request holds its whole cache; the classes run in proportion to their decode time
+        held = [c.share * c.osl for c in classes]
+        held_length = sum(h * (c.isl + c.osl) for h, c in zip(held, classes, strict=True)) / sum(held)
+        self.kv_request_bytes = full.memory.kv_cache * held_length / (longest.isl + longest.osl)
+        self.max_concurrency = min(int(free // self.kv_request_bytes), self.max_num_seqs)
+        self.kv_bytes_per_token = full.memory.kv_cache / (longest.isl + longest.osl)  # per GPU, the busiest
+        per_token = {isl: self.priced(isl, 0, 1).step_time_s / isl for isl in {c.isl for c in classes}}
+        self.prefilled = [traffic.prefilled_tokens(c.isl) for c in classes]  # each class's computed prompt
+        service = [q * per_token[c.isl] for q, c in zip(self.prefilled, classes, strict=True)]
+        self.prefill_s = sum(c.share * t for c, t in zip(classes, service, strict=True))  # a prompt's, mean
+        self.prefill_s_squared = sum(c.share * t * t for c, t in zip(classes, service, strict=True))
+        self.mean_prefilled = sum(c.share * q for c, q in zip(classes, self.prefilled, strict=True))
+        self.mean_isl = sum(c.share * c.isl for c in classes)
+        self.mean_osl = sum(c.share * c.osl for c in classes)
         spec = traffic.speculation
         self.fed = 1 + (spec.draft_tokens if spec else 0)  # tokens of each request a decode step feeds
         self.emitted = 1 + (spec.accepted if spec else 0.0)  # tokens of each request a decode step emits
-        self.decode_iterations = (traffic.osl - 1) / self.emitted  # of a request, after its prefill's token
+        self.class_iterations = [(c.osl - 1) / self.emitted for c in classes]  # decoding, after the prefill's token
+        self.decode_iterations = sum(c.share * d for c, d in zip(classes, self.class_iterations, strict=True))
+        decoding = [c.share * max(c.osl - 1, 1) for c in classes]  # the decoding requests' mean context
+        self.context = round(sum(w * (c.isl + c.osl // 2) for w, c in zip(decoding, classes, strict=True)) / sum(decoding))
         self._one_token = decode_step_function(model, cluster, plan, self.context, efficiency=efficiency,
                                                runtime=runtime)
         self._verify = self._one_token if self.fed == 1 else decode_step_function(
@@ -215,8 +268,13 @@ class ServingReplica:
         return estimate(self.model, self.cluster, self.plan, work, **self.costs)
 
     def memory(self, concurrency: int) -> MemoryBreakdown:
-        """Per GPU with ``concurrency`` requests per replica at their full length (what an engine's pool must hold)."""
-        return self.priced(self.traffic.isl + self.traffic.osl, 0, concurrency).memory
+        """Per GPU with ``concurrency`` running requests per replica, as `max_concurrency` counts them: the
+        weights, activations and runtime beside one longest request, and the KV cache of ``concurrency``
+        requests at the mean cache a running request holds (what an engine's pool is sized from)."""
+        one = self.full.memory
+        delta = round(concurrency * self.kv_request_bytes) - one.kv_cache
+        return one.model_copy(update={"kv_cache": one.kv_cache + delta, "total": one.total + delta,
+                                      "low": one.low + delta, "high": one.high + delta})
 
     def decode_step(self, decoding: float) -> float:
         """One decode iteration of ``decoding`` requests (rounded, at least one) at the mean context: a step
@@ -232,19 +290,21 @@ class ServingReplica:
         return self.decode_step(decoding) / self.emitted
 
     def steady(self, c: float) -> Steady:
-        """The steady state of c running requests (module docstring), n_p found as a fixed point."""
-        prefilled, decoding_iterations = self.traffic.prefilled_tokens, self.decode_iterations
-        n_p = math.ceil(prefilled / self.budget)
+        """The steady state of c running requests (module docstring), each class's prefill iterations found
+        as a fixed point; the figures are means over the requests."""
+        shares = [cls.share for cls in self.classes]
+        n_p = [math.ceil(q / self.budget) for q in self.prefilled]
         for _ in range(FIXED_POINT_ROUNDS):
-            iterations = n_p + decoding_iterations
-            decoding = c * decoding_iterations / iterations
+            iterations = sum(w * n for w, n in zip(shares, n_p, strict=True)) + self.decode_iterations
+            decoding = c * self.decode_iterations / iterations
             decode = self.decode_step(decoding)
-            step = decode + c * prefilled / iterations * self.prefill_per_token
-            n_p, settled = math.ceil(prefilled / max(self.budget - decoding * self.fed, 1.0)), n_p
+            step = decode + c * self.prefill_s / iterations
+            n_p, settled = [math.ceil(q / max(self.budget - decoding * self.fed, 1.0)) for q in self.prefilled], n_p
             if n_p == settled:
                 break
-        ttft = step / 2 + n_p * decode + self.prefill_s
-        return Steady(n_p, step / self.emitted, ttft, ttft + decoding_iterations * step)
+        mean_n_p = sum(w * n for w, n in zip(shares, n_p, strict=True))
+        ttft = step / 2 + mean_n_p * decode + self.prefill_s
+        return Steady(math.ceil(mean_n_p - 1e-9), step / self.emitted, ttft, ttft + self.decode_iterations * step)
 
 
 def little_concurrency(rate: float, latency: Callable[[float], float], most: float) -> tuple[float, bool]:
@@ -282,8 +342,8 @@ def replica_deployment(replica: ServingReplica, traffic: Traffic, workers: int =
     requests = replicas * c / s.latency_s
     return ServingEstimate(replicas=replicas, gpus=gpus, concurrency=c, max_concurrency=replica.max_concurrency,
                            prefill_iterations=s.prefill_iterations, ttft_s=s.ttft_s, tpot_s=s.tpot_s,
-                           latency_s=s.latency_s, requests_per_s=requests, output_tokens_per_s=requests * traffic.osl,
-                           output_tokens_per_s_per_gpu=requests * traffic.osl / gpus, tokens_per_s_per_user=1 / s.tpot_s,
+                           latency_s=s.latency_s, requests_per_s=requests, output_tokens_per_s=requests * replica.mean_osl,
+                           output_tokens_per_s_per_gpu=requests * replica.mean_osl / gpus, tokens_per_s_per_user=1 / s.tpot_s,
                            saturated=saturated)
 
 

@@ -65,7 +65,8 @@ class Job:
         if worker.role == "aggregated" and copies > 1 and solution.model.moe is None:
             plan, copies = plan.model_copy(update={"dp": copies * plan.dp}), 1  # one engine, its DP ranks the copies
         t = solution.traffic
-        workload = Workload(kind="inference", seq_len=t.isl, output_len=t.osl,
+        longest = t.longest  # the engine's context holds the longest request
+        workload = Workload(kind="inference", seq_len=longest.isl, output_len=longest.osl,
                             global_batch_size=worker.concurrency * plan.dp, max_concurrency=worker.concurrency)
         per_node = solution.cluster.node.gpus_per_node
         cluster = solution.cluster.model_copy(update={"num_nodes": -(-plan.world_size // per_node)})

@@ -323,7 +323,7 @@ def disaggregated_plan(request: Request, pools: Pools, decode_capacity_: int) ->
             break
     else:
         return None
-    prompts = min(max(p.budget // t.prefilled_tokens, 1), p.max_concurrency)  # the prompts one iteration computes
+    prompts = min(max(int(p.budget // p.mean_prefilled), 1), p.max_concurrency)  # the prompts one iteration computes
     return Candidate("disaggregated", (("prefill", p, x, prompts), ("decode", d, y, decode_capacity_)), figures)
 
 
@@ -419,7 +419,7 @@ def serve_plan(model: ModelSpec, cluster: ClusterSpec, traffic: Traffic, *, mode
 
 def disaggregation_refused(traffic: Traffic, targets: Targets) -> str | None:
     """Why a disaggregated deployment is not searched for this request, or None."""
-    if traffic.osl < 2:
+    if max(c.osl for c in traffic.classes) < 2:
         return "disaggregated not searched: with one output token the prefill does all the work"
     if traffic.concurrency is not None:
         return ("disaggregated not searched for a closed loop (--concurrency): its pools are priced at a "

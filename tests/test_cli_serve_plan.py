@@ -72,3 +72,14 @@ def test_speculative_decoding_reaches_the_search_and_the_engine_flags():
         plain["aggregated"]["output_tokens_per_s_per_gpu"]
     assert '--speculative-config={"method":"mtp","num_speculative_tokens":1}' in fast["files"]["serve.sh"]
     assert run(*args, "--speculative-tokens", "1").exit_code == 2  # the acceptance is the user's measurement
+
+
+def test_a_length_distribution_is_given_as_classes():
+    result = run("serve-plan", "-m", "llama-3.1-8b", "-c", "dgx-h100", "--lengths", "1000:200:0.7,8000:500:0.3",
+                 "--emit", "vllm", "--json")
+    assert result.exit_code == 0, result.output
+    got = json.loads(result.output)
+    assert (got["solution"]["traffic"]["isl"], got["solution"]["traffic"]["osl"]) == (3100, 290)
+    assert "--max-model-len=8500" in got["files"]["serve.sh"]  # the engine holds the longest request
+    both = run("serve-plan", "-m", "llama-3.1-8b", "--lengths", "1000:200:1", "--isl", "100")
+    assert both.exit_code == 2 and "give one or the other" in both.output

@@ -112,3 +112,35 @@ def test_speculation_keeps_at_most_its_drafts():
 
     with pytest.raises(ValidationError, match="at most the 2 draft tokens"):
         Speculation(draft_tokens=2, accepted=2.5)
+
+
+def test_a_distribution_of_lengths_is_priced_by_its_classes():
+    """Prompts of 1000 and 3000 tokens (outputs 100 and 300), half each: the means are the traffic's isl
+    and osl; a running request holds its whole cache, the classes running in proportion to their output,
+    (100 · 1100 + 300 · 3300)/400 = 2750 tokens on average; a prompt's prefill is the mean of the classes';
+    the engine's context holds the longest; one class is the fixed lengths exactly."""
+    from parallelplan.constraints.serving import Lengths
+
+    mix = Traffic(lengths=(Lengths(isl=1000, osl=100, share=1), Lengths(isl=3000, osl=300, share=1)), concurrency=16)
+    assert (mix.isl, mix.osl) == (2000, 200) and mix.longest.isl == 3000
+    replica = ServingReplica(LLAMA_8B, H100, Plan(tp=8), mix)
+    whole = ServingReplica(LLAMA_8B, H100, Plan(tp=8), Traffic(isl=3000, osl=300))
+    assert replica.kv_request_bytes == pytest.approx(whole.kv_request_bytes * 2750 / 3300, rel=1e-12)
+    short = ServingReplica(LLAMA_8B, H100, Plan(tp=8), Traffic(isl=1000, osl=100))
+    assert replica.prefill_s == pytest.approx((short.prefill_s + whole.prefill_s) / 2, rel=1e-12)
+    assert replica.prefill_s_squared == pytest.approx((short.prefill_s**2 + whole.prefill_s**2) / 2, rel=1e-12)
+    est = serve(LLAMA_8B, H100, Plan(tp=8), mix)
+    assert est.output_tokens_per_s == pytest.approx(est.requests_per_s * 200, rel=1e-12)
+    one = Traffic(lengths=(Lengths(isl=2000, osl=500, share=3),), concurrency=16)
+    assert serve(LLAMA_8B, H100, Plan(tp=8), one) == serve(LLAMA_8B, H100, Plan(tp=8), Traffic(isl=2000, osl=500, concurrency=16))
+
+
+def test_lengths_come_as_fixed_values_or_a_distribution():
+    from parallelplan.constraints.serving import Lengths
+
+    with pytest.raises(ValidationError, match="give the requests' lengths"):
+        Traffic(isl=100)
+    with pytest.raises(ValidationError, match="isl and osl are the distribution's means"):
+        Traffic(isl=100, osl=10, lengths=(Lengths(isl=200, osl=20, share=1),))
+    mix = Traffic(lengths=(Lengths(isl=200, osl=20, share=1), Lengths(isl=400, osl=40, share=3)))
+    assert Traffic.model_validate(mix.model_dump()) == mix  # its means reload with it

@@ -222,3 +222,21 @@ def test_emitted_commands_carry_the_serving_plan(serving, target):
     fraction = float(text.split("memory-utilization=" if target == "vllm" else "mem-fraction-static=")[1].split()[0])
     assert 0.5 < fraction < 1.0
     assert "--max-model-len=2400" in text if target == "vllm" else "--context-length=2400" in text
+
+
+def test_a_spread_of_prompt_lengths_waits_longer_in_the_prefill_queue():
+    """Two prompt lengths: the queue's wait is ρ · E[S²]/(2 E[S](1 − ρ)) (M/G/1), the transfer the mean
+    prompt's cache."""
+    from parallelplan.constraints.serving import Lengths
+
+    mix = Traffic(lengths=(Lengths(isl=1000, osl=300, share=1), Lengths(isl=5000, osl=300, share=1)))
+    prefill, decode = ServingReplica(LLAMA_8B, NODE, Plan(tp=2), mix), ServingReplica(LLAMA_8B, NODE, Plan(tp=4), mix)
+    pools = Pools(prefill, decode, EFF)
+    est = disaggregate(pools, 1, 1, 2.0)
+    s, s2 = prefill.prefill_s, prefill.prefill_s_squared
+    rho = 2.0 * s
+    assert s2 > s * s  # a spread of service times
+    assert est.ttft_s == pytest.approx(s + rho * s2 / (2 * s * (1 - rho)) + est.kv_transfer_s, rel=1e-12)
+    fabric = Fabric.of(NODE, EFF)
+    per_gpu = 3000 * max(prefill.kv_bytes_per_token, decode.kv_bytes_per_token)
+    assert est.kv_transfer_s == pytest.approx(per_gpu / fabric.intra_bw + fabric.intra_alpha, rel=1e-12)

@@ -41,6 +41,10 @@ COMMANDS = [
     # issue 19's bar: the ladder from a naive plan, with the solver's optimum beside it, within 2 s
     ["optimize", "--model", "llama-3.1-70b", "--cluster", "dgx-h100", "--nodes", "8", "--tp", "8", "--pp", "1", "--dp", "8",
      "--no-sequence-parallel", "--zero-stage", "0", "--recompute", "full", "--precision", "bf16"],
+    # issue 20's bar: a serving search within 2 s (aggregated and disaggregated, and the frontier)
+    ["serve-plan", "--model", "qwen3-32b", "--cluster", "dgx-h100", "--ttft", "2000", "--tpot", "30"],
+    ["serve-plan", "--model", "deepseek-v3", "--cluster", "hgx-h200", "--nodes", "2", "--ttft", "2000", "--tpot", "30",
+     "--pareto"],
     ["--help"],
 ]
 ANSWERS = (0, 1)

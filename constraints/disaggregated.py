@@ -29,35 +29,23 @@ target) and the decode search's largest c whose step is within the TPOT target (
 from __future__ import annotations
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
 
 from parallelplan.constraints.collectives import Fabric, fast_domain
 from parallelplan.constraints.efficiency import Efficiency
 from parallelplan.constraints.errors import PlanError
-from parallelplan.constraints.serving import ServingReplica, little_concurrency
+from parallelplan.constraints.serving import ServedFigures, ServingReplica, little_concurrency
 
 
-class DisaggregatedEstimate(BaseModel):
-    """A disaggregated deployment in steady state (module docstring): its pools, what users see, and each
-    pool's load (``prefill_utilization`` ρ, ``decode_concurrency`` c per decode replica)."""
-
-    model_config = ConfigDict(frozen=True)
+class DisaggregatedEstimate(ServedFigures):
+    """A disaggregated deployment in steady state (module docstring): its pools, each pool's load
+    (``prefill_utilization`` ρ, ``decode_concurrency`` c per decode replica) and a prompt's KV transfer."""
 
     prefill_workers: int
     decode_workers: int
-    gpus: int
     prefill_utilization: float
     decode_concurrency: float
     max_decode_concurrency: int
     kv_transfer_s: float
-    ttft_s: float
-    tpot_s: float
-    latency_s: float
-    requests_per_s: float
-    output_tokens_per_s: float
-    output_tokens_per_s_per_gpu: float
-    tokens_per_s_per_user: float
-    saturated: bool
 
 
 def worker_gpus(replica: ServingReplica) -> int:

@@ -159,18 +159,14 @@ class Traffic(BaseModel):
         return max(1, round(isl * (1 - self.prefix_hit_rate)))
 
 
-class ServingEstimate(BaseModel):
-    """The deployment in steady state (module docstring); ``concurrency`` (the mean running requests: an
-    open loop's need not be whole) and ``max_concurrency`` per replica; ``saturated`` when an open loop's rate exceeds what the replicas serve (the figures are
-    then those at ``max_concurrency``, and TTFT grows with the queue)."""
+class ServedFigures(BaseModel):
+    """What a deployment's users see in steady state, aggregated or disaggregated: its GPUs, the mean
+    TTFT, TPOT and request latency, requests and output tokens per second (per GPU, per user), and
+    whether an open loop's rate exceeds what it serves (``saturated``: the queue grows without bound)."""
 
     model_config = ConfigDict(frozen=True)
 
-    replicas: int
     gpus: int
-    concurrency: float
-    max_concurrency: int
-    prefill_iterations: int
     ttft_s: float
     tpot_s: float
     latency_s: float
@@ -179,6 +175,17 @@ class ServingEstimate(BaseModel):
     output_tokens_per_s_per_gpu: float
     tokens_per_s_per_user: float
     saturated: bool
+
+
+class ServingEstimate(ServedFigures):
+    """An aggregated deployment in steady state (module docstring): its replicas, ``concurrency`` (the
+    mean running requests: an open loop's need not be whole) and ``max_concurrency`` per replica, a
+    request's prefill iterations; when ``saturated`` the figures are those at ``max_concurrency``."""
+
+    replicas: int
+    concurrency: float
+    max_concurrency: int
+    prefill_iterations: int
 
 
 @cache
@@ -347,4 +354,4 @@ def replica_deployment(replica: ServingReplica, traffic: Traffic, workers: int =
                            saturated=saturated)
 
 
-__all__ = ["ServingEstimate", "ServingReplica", "Speculation", "Steady", "Traffic", "default_limits", "little_concurrency", "max_memory_fraction", "replica_deployment", "serve"]
+__all__ = ["ServedFigures", "ServingEstimate", "ServingReplica", "Speculation", "Steady", "Traffic", "default_limits", "little_concurrency", "max_memory_fraction", "replica_deployment", "serve"]

@@ -200,7 +200,6 @@ def worker_layouts(model: ModelSpec, cluster: ClusterSpec, fixed: dict) -> list[
     gpu, gpus, domain = cluster.gpu, cluster.total_gpus, fast_domain(cluster)
     precisions = [p for p in ("bf16", "fp8") if gpu.supports(p)]
     caches = ["auto", "fp8"] if gpu.supports("fp8") else ["auto"]
-    work = Workload(kind="inference", seq_len=128, global_batch_size=1)
     out = []
     for tp in (t for t in range(1, domain + 1) if domain % t == 0):
         for pp in (p for p in range(1, min(gpus // tp, model.num_layers) + 1) if (p == 1 or tp == domain) and gpus % (tp * p) == 0):
@@ -239,8 +238,7 @@ def aggregated_capacity(replica: ServingReplica, targets: Targets) -> int:
 
 def decode_capacity(replica: ServingReplica, targets: Targets) -> int:
     """The most requests a decode replica runs at once within the TPOT target."""
-    return largest_within(replica.max_concurrency,
-                          lambda c: targets.tpot_s is None or replica.tpot(c) <= targets.tpot_s * (1 + 1e-9))
+    return largest_within(replica.max_concurrency, lambda c: targets.met(0.0, replica.tpot(c)))
 
 
 def _latencies(replica: ServingReplica, c: float) -> tuple[float, float]:

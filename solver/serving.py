@@ -220,20 +220,24 @@ def worker_layouts(model: ModelSpec, cluster: ClusterSpec, fixed: dict) -> list[
     return out
 
 
-def largest_within(most: int, ok) -> int:
-    """The largest c in [1, most] with ok(c), ok true up to some c and false beyond; 0 where ok(1) fails."""
-    if most < 1 or not ok(1):
+def largest_within(most: int, ok, known: int = 1) -> int:
+    """The largest c in [1, most] with ok(c), ok true up to some c and false beyond; 0 where ok(1) fails.
+    ``known``: a c already known to pass, from which the search gallops (doubling) before it bisects."""
+    if most < 1 or not ok(known):
         return 0
-    low, high = 1, most
+    low, high = known, most
+    while low < high and 2 * low <= high and ok(2 * low):
+        low *= 2
+    high = min(high, 2 * low - 1) if low < high and 2 * low <= high else high
     while low < high:
         mid = (low + high + 1) // 2
         low, high = (mid, high) if ok(mid) else (low, mid - 1)
     return low
 
 
-def aggregated_capacity(replica: ServingReplica, targets: Targets) -> int:
-    """The most requests a replica runs at once within the targets (0: not even one)."""
-    return largest_within(replica.max_concurrency, lambda c: targets.met(*_latencies(replica, c)))
+def aggregated_capacity(replica: ServingReplica, targets: Targets, known: int = 1) -> int:
+    """The most requests a replica runs at once within the targets (0: not even one); ``known`` passes."""
+    return largest_within(replica.max_concurrency, lambda c: targets.met(*_latencies(replica, c)), known)
 
 
 def decode_capacity(replica: ServingReplica, targets: Targets) -> int:
@@ -408,7 +412,7 @@ def serve_plan(model: ModelSpec, cluster: ClusterSpec, traffic: Traffic, *, mode
     def best_of(found: list[Candidate]) -> ServingPlan | None:
         return written(max(found, key=lambda p: rank(p, objective)), cluster) if found else None
 
-    frontier = tuple(written(c, cluster) for c in pareto_frontier(request, priced, serving)) if pareto else ()
+    frontier = tuple(written(c, cluster) for c in pareto_frontier(request, priced, serving, capacities)) if pareto else ()
     return ServingSolution(model=model, cluster=cluster, traffic=traffic, targets=targets, objective=objective,
                            best=best_of(candidates), best_aggregated=best_of(aggregated),
                            best_disaggregated=best_of(disaggregated), frontier=frontier, layouts=len(layouts),
@@ -497,17 +501,18 @@ def infeasible(request: Request, priced: Priced, serving: str) -> Infeasible:
         + (["disaggregated serving (--serving auto)"] if serving == "aggregated" else []))
 
 
-def pareto_frontier(request: Request, priced: Priced, serving: str) -> list[Candidate]:
+def pareto_frontier(request: Request, priced: Priced, serving: str, capacities: dict[Plan, int]) -> list[Candidate]:
     """The deployments no other beats on both tokens/s per GPU and tokens/s per user (aiconfigurator's
     chart): every layout at concurrencies 1, 2, 4, … up to the most within the TTFT target (the TPOT
-    target is what the chart trades, so it does not filter), aggregated and, where searched,
+    target is what the chart trades, so it does not filter; ``capacities``, each layout's within both
+    targets, is where that search starts), aggregated and, where searched,
     disaggregated at each decode concurrency; sorted by tokens/s per user."""
     loose = request.targets.model_copy(update={"tpot_s": None})
     sweep = Request(request.model, request.cluster, request.traffic.model_copy(update={"request_rate": None,
                     "concurrency": None}), loose, request.efficiency, request.runtime)
     points = []
-    for replica in priced.replicas.values() if serving != "disaggregated" else ():
-        for c in doubling(aggregated_capacity(replica, loose)):
+    for plan, replica in priced.replicas.items() if serving != "disaggregated" else ():
+        for c in doubling(aggregated_capacity(replica, loose, capacities.get(plan) or 1)):
             points.append(aggregated_plan(sweep, replica, c))
     if serving != "aggregated" and disaggregation_refused(sweep.traffic, loose) is None:
         eff = request.efficiency or Efficiency.default()

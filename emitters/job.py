@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 
 from parallelplan.constraints import MemoryBreakdown, Plan, Workload
-from parallelplan.constraints.serving import Speculation
+from parallelplan.constraints.serving import Speculation, default_limits
 from parallelplan.emitters.errors import EmitError
 from parallelplan.hardware import ClusterSpec
 from parallelplan.models import ModelSpec
@@ -33,6 +33,7 @@ class Job:
     account: str | None = None
     summary: str = field(default="")
     speculation: Speculation | None = None  # a serving plan's speculative decoding (`constraints.serving`)
+    batched_tokens: int | None = None  # a serving plan's tokens per engine iteration (its chunked-prefill budget)
 
     @classmethod
     def from_solution(cls, solution: Solution, **options) -> Job:
@@ -75,7 +76,8 @@ class Job:
         summary = (f"{solution.model.display_name or solution.model.name} serving, {worker.role} ({start}): "
                    f"{describe(plan)}")
         return cls(plan, solution.model, cluster, workload, worker.memory, summary=summary,
-                   speculation=t.speculation if worker.role != "prefill" else None)
+                   speculation=t.speculation if worker.role != "prefill" else None,
+                   batched_tokens=t.max_num_batched_tokens or default_limits(solution.cluster)[0])
 
     @property
     def nodes(self) -> int:

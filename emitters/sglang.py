@@ -9,7 +9,8 @@ replicated dp ways, tp-way within each) and the experts over ``--ep-size`` (1: s
 fp8 plans quantize online
 (``--quantization fp8``); ``--mem-fraction-static`` = the plan's weights and KV cache over the GPU's
 capacity (SGLang's static pool holds exactly those), at least 0.8, at most the usable share (< 1).
-Speculative decoding with the model's multi-token-prediction module: ``--speculative-algorithm NEXTN``,
+A serving plan's iteration budget as ``--chunked-prefill-size`` (the serving model prices vLLM's default
+budget, which SGLang is told). Speculative decoding with the model's multi-token-prediction module: ``--speculative-algorithm NEXTN``,
 the plan's draft tokens as steps of one chain. Multi-node: the same command on every node with ``--nnodes``, ``--node-rank`` and ``--dist-init-addr``
 of the first node. Disaggregated serving (`emit_disaggregated`): prefill and decode servers
 (``--disaggregation-mode``, the KV cache moved by NIXL, ``--disaggregation-transfer-backend nixl``) and
@@ -65,6 +66,8 @@ def arguments(job: Job, port: int = PORT) -> list[str]:
            f"--mem-fraction-static={memory_fraction(job, static, MIN_STATIC_FRACTION)}", f"--port={port}"]
     if p.precision == "fp8":
         out.append("--quantization=fp8")
+    if job.batched_tokens:  # the iteration budget the serving plan was priced with (vLLM's default)
+        out.append(f"--chunked-prefill-size={job.batched_tokens}")
     drafts = mtp_drafts(job, NAME)
     if drafts:  # NEXTN: the model's MTP module as the draft, one chain of drafts per step
         out += ["--speculative-algorithm=NEXTN", f"--speculative-num-steps={drafts}", "--speculative-eagle-topk=1",

@@ -8,6 +8,7 @@ concurrent sequences per data-parallel rank (vLLM applies it per DP engine); ``-
 (the model dtype) or fp8, the plan's ``kv_cache_dtype`` (as the cost model prices the cache); fp8 plans quantize the bf16 checkpoint online
 (``--quantization fp8``); ``--gpu-memory-utilization`` = the plan's peak memory over the GPU's capacity,
 at least vLLM's default 0.9 (vLLM fills the rest with KV-cache blocks), at most the usable share (< 1).
+A serving plan's iteration budget as ``--max-num-batched-tokens`` (the chunked prefill it was priced with).
 Speculative decoding with the model's multi-token-prediction module: ``--speculative-config`` method mtp
 with the plan's draft tokens. Disaggregated serving (`emit_disaggregated`): prefill and decode instances of their own layouts, each
 with ``--kv-transfer-config`` naming the NIXL connector (vLLM's ``NixlConnector``, ``kv_role`` kv_both:
@@ -69,6 +70,8 @@ def arguments(job: Job, port: int = PORT) -> list[str]:
         out.append("--enable-expert-parallel")
     if p.precision == "fp8":
         out.append("--quantization=fp8")
+    if job.batched_tokens:  # the iteration budget the serving plan was priced with
+        out.append(f"--max-num-batched-tokens={job.batched_tokens}")
     drafts = mtp_drafts(job, NAME)
     if drafts:
         out.append(f"--speculative-config={json.dumps({'method': 'mtp', 'num_speculative_tokens': drafts}, separators=(',', ':'))}")

@@ -539,6 +539,7 @@ def test_vllm_parses_the_serving_plans_commands(case):
         assert (engine.tensor_parallel_size, engine.pipeline_parallel_size, engine.data_parallel_size) == (p.tp, p.pp, p.dp)
         assert engine.enable_expert_parallel == (p.ep > 1) and engine.max_model_len == traffic.isl + traffic.osl
         assert engine.max_num_seqs == worker.concurrency and 0.5 < engine.gpu_memory_utilization < 1.0
+        assert engine.max_num_batched_tokens == 8192  # the H100's and H200's default budget, priced
         assert (engine.kv_transfer_config is not None) == (worker.role != "aggregated")
         if worker.role != "aggregated":
             assert engine.kv_transfer_config.kv_connector == "NixlConnector"
@@ -563,7 +564,7 @@ def test_sglang_parses_the_serving_plans_commands(case):
         attention_dp = p.dp > 1 and found_coupled(p)
         assert args.tp_size == (p.tp * p.dp if attention_dp else p.tp) and args.ep_size == p.ep
         assert args.context_length == traffic.isl + traffic.osl and args.max_running_requests == worker.concurrency
-        assert 0.5 < args.mem_fraction_static < 1.0
+        assert 0.5 < args.mem_fraction_static < 1.0 and args.chunked_prefill_size == 8192
         assert args.disaggregation_mode == ("null" if worker.role == "aggregated" else worker.role)
         spec = traffic.speculation
         assert (args.speculative_algorithm, args.speculative_num_steps) == (("NEXTN", spec.draft_tokens) if spec else (None, None))

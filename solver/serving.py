@@ -402,6 +402,8 @@ def serve_plan(model: ModelSpec, cluster: ClusterSpec, traffic: Traffic, *, mode
     disaggregated = []
     if serving != "aggregated":
         why = disaggregation_refused(traffic, targets)
+        if why and serving == "disaggregated":
+            raise SolverInputError(f"{why}; or ask for --serving aggregated or auto")
         if why:
             notes.append(why)
         else:
@@ -409,6 +411,7 @@ def serve_plan(model: ModelSpec, cluster: ClusterSpec, traffic: Traffic, *, mode
     candidates = aggregated + disaggregated
     if not candidates:
         raise infeasible(request, priced, serving)
+
     def best_of(found: list[Candidate]) -> ServingPlan | None:
         return written(max(found, key=lambda p: rank(p, objective)), cluster) if found else None
 

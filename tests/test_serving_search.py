@@ -184,6 +184,8 @@ def test_modes_set_mlperf_targets_and_bad_input_is_named():
 def test_batch_mode_fills_the_cache_and_leaves_disaggregation_out():
     found = serve_plan(LLAMA_8B, NODE, Traffic(isl=1000, osl=1000), mode="batch")
     assert found.best_disaggregated is None and any("without a TTFT target" in n for n in found.notes)
+    with pytest.raises(SolverInputError, match="without a TTFT target .* --serving aggregated or auto"):
+        serve_plan(LLAMA_8B, NODE, Traffic(isl=1000, osl=1000), mode="batch", serving="disaggregated")
     worker = found.best.workers[0]
     assert worker.concurrency == ServingReplica(LLAMA_8B, NODE, worker.plan, Traffic(isl=1000, osl=1000)).max_concurrency
 

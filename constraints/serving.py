@@ -23,11 +23,17 @@ next request when one returns) sets c; an open loop (``request_rate``) sets the 
 gives, c = λ · latency(c), and saturates where that c exceeds what fits: then the queue grows without
 bound and TTFT with it. What fits: the KV cache of c requests at their full isl + osl tokens beside the
 weights, activations and runtime of the replica (`constraints.memory`), within the share of the GPU an
-engine is given (`max_memory_fraction`), and at most the engine's ``max_num_seqs``. Prefill and decode on separate GPUs are `constraints.disaggregated`.
+engine is given (`max_memory_fraction`), and at most the engine's ``max_num_seqs``. Prefill and decode
+on separate GPUs are `constraints.disaggregated`.
 With speculative decoding (`Speculation`: k draft tokens, a accepted on average) a decoding request
 takes D = (osl − 1)/(1 + a) iterations instead of osl − 1, each feeding it k + 1 tokens (its share of the
 budget) and costing the verification step plus the draft's k passes; TPOT = T/(1 + a).
-Not modelled yet: queueing variance (the times are steady-state means), and distributions of lengths.
+A distribution of lengths (``Traffic.lengths``: classes of isl, osl and share) is priced by its classes:
+the iteration carries their mean prompt chunk (each at its own prompt's per-token cost), decodes at the
+decoding requests' mean context (each class weighted by its share and its decode iterations), n_p is
+each class's own, TTFT and latency are the classes' means, and a running request holds its whole cache,
+the classes weighted by how long each runs (share · osl); one class is the fixed lengths above.
+Not modelled yet: queueing variance (the times are steady-state means, not percentiles).
 """
 
 from __future__ import annotations

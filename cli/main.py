@@ -28,6 +28,7 @@ from parallelplan.cli.optimize_cmd import optimize
 from parallelplan.cli.place_cmd import place
 from parallelplan.cli.presets_cmd import presets
 from parallelplan.cli.profile_cmd import profile
+from parallelplan.cli.serve_cmd import serve
 from parallelplan.cli.serve_plan_cmd import serve_plan
 from parallelplan.cli.sharding_cmd import sharding
 from parallelplan.cli.solve_cmd import pareto, solve
@@ -123,7 +124,7 @@ def plan(ctx: click.Context, color: bool | None) -> None:
 
 
 for command in (presets, analyze, topology, estimate, validate, sharding, solve, pareto, compare, place, launch, slurm,
-                calibrate, profile, dry_run, optimize, serve_plan):
+                calibrate, profile, dry_run, optimize, serve_plan, serve):
     plan.add_command(command)
 plan.add_command(solve, name="recommend")
 

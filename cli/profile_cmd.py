@@ -49,7 +49,10 @@ def profile(list_only: bool, name: str | None, model_ref: str | None, cluster_re
     from parallelplan.solver.profiles import profile as solve_profile
 
     if list_only:
-        click.echo(table(["profile", "what it plans"], [[p.name, p.summary] for p in list_profiles()]))
+        if as_json:
+            click.echo(json.dumps([p.model_dump(mode="json") for p in list_profiles()], indent=2))
+        else:
+            click.echo(table(["profile", "what it plans"], [[p.name, p.summary] for p in list_profiles()]))
         return
     if name is None or model_ref is None:
         raise SolverInputError("give --workload NAME and --model (or --list for the profiles)")

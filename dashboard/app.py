@@ -1,0 +1,49 @@
+"""The FastAPI app of `plan serve`: ``POST /api/parallelism/<endpoint>`` for each of `endpoints.ENDPOINTS`,
+its body the command's flags (the OpenAPI schema at ``/openapi.json`` lists them), its answer the
+command's ``--json`` (200), its infeasibility explained (422), bad input in the CLI's one line (400: an
+unknown field, a wrong type or a value the command refuses), a request the queue cannot take (503), one
+past the time limit (504)."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from parallelplan import __version__
+from parallelplan.dashboard.endpoints import Endpoint, arguments, endpoints
+from parallelplan.dashboard.runner import Busy, Runner
+
+WORKERS, QUEUE, TIMEOUT_S = 2, 64, 120.0
+"""Defaults of `plan serve`: searches at once, requests waiting, seconds per request."""
+
+
+def create_app(workers: int = WORKERS, queue: int = QUEUE, timeout_s: float = TIMEOUT_S) -> FastAPI:
+    app = FastAPI(title="plan", version=__version__,
+                  description="The best parallelism plan for training or serving a transformer on a GPU cluster: "
+                              "each endpoint is a `plan` command, its body the command's flags.")
+    runner = Runner(workers, queue, timeout_s)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_body(_request: Request, error: RequestValidationError) -> JSONResponse:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"] if part != "body")
+        return JSONResponse(status_code=400, content={"error": f"{where}: {first['msg']}"})
+
+    for endpoint in endpoints().values():
+        app.post(f"/api/parallelism/{endpoint.name}", name=endpoint.name, summary=f"plan {endpoint.command.name}",
+                 description=(endpoint.command.help or "").split("\n\n")[0])(_handler(endpoint, runner))
+    return app
+
+
+def _handler(endpoint: Endpoint, runner: Runner):
+    async def handle(body) -> JSONResponse:
+        try:
+            outcome = await runner.run(arguments(endpoint, body))
+        except Busy as busy:
+            return JSONResponse(status_code=503, content={"error": str(busy)})
+        return JSONResponse(status_code=outcome.status, content=outcome.body)
+
+    handle.__name__ = endpoint.name.replace("-", "_")
+    handle.__annotations__ = {"body": endpoint.body, "return": JSONResponse}  # FastAPI reads the body's model here
+    return handle

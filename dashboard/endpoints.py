@@ -1,0 +1,93 @@
+"""The advisor's endpoints (``/api/parallelism/<name>``) and the `plan` command behind each: a request's
+body holds the command's own flags (their Python names: ``model_ref`` is ``--model``, ``nodes`` is
+``--nodes``), typed from the command's click parameters so that the OpenAPI schema lists them, and
+becomes that command's argument list — one parser, one set of checks, so every endpoint answers exactly
+what ``plan <command> ... --json`` prints.
+
+Flags that name files on the server (``--efficiency``, ``--calibration``, ``--solution``, ``--snapshot``,
+``--out``, ...) are not offered: a client names no path on the server's disk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import click
+from pydantic import BaseModel, ConfigDict, create_model
+
+from parallelplan.cli.main import plan
+
+ENDPOINTS = {
+    "topology": ("topology", ()), "presets": ("presets", ()), "recommend": ("solve", ()),
+    "analyze-model": ("analyze", ()), "sharding": ("sharding", ()), "launch": ("launch", ()),
+    "validate": ("validate", ()), "optimize": ("optimize", ()), "profiles": ("profile", ("--list",)),
+    "profile": ("profile", ()), "pareto": ("pareto", ()), "estimate": ("estimate", ()), "compare": ("compare", ()),
+    "slurm": ("slurm", ()), "serve-plan": ("serve-plan", ()),
+}
+"""Endpoint → (the `plan` command, arguments it always takes): the original advisor's names, and the
+serving planner's."""
+HIDDEN = {"as_json", "help", "list_only", "quiet", "debug"}
+"""Parameters the endpoint sets itself (``--json``; ``--list`` is the profiles endpoint) or that shape the
+output rather than the question (``--quiet``, ``--debug``)."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    name: str
+    command: click.Command
+    fixed: tuple[str, ...]
+    body: type[BaseModel]
+
+
+def _field_type(param: click.Option) -> Any:
+    kind = param.type
+    if isinstance(kind, click.Choice):
+        base: Any = Literal[tuple(str(c) for c in kind.choices)]
+    elif isinstance(kind, click.types.IntParamType):
+        base = int
+    elif isinstance(kind, click.types.FloatParamType):
+        base = float
+    elif param.is_flag or isinstance(kind, click.types.BoolParamType):
+        base = bool
+    else:
+        base = str
+    return list[base] if param.multiple else base
+
+
+def _offered(param: click.Parameter) -> bool:
+    return (isinstance(param, click.Option) and param.name not in HIDDEN and param.expose_value
+            and not isinstance(param.type, click.Path | click.File))
+
+
+def _body(name: str, command: click.Command) -> type[BaseModel]:
+    fields = {p.name: (_field_type(p), ...) if p.required else (_field_type(p) | None, None)
+              for p in command.params if _offered(p)}
+    title = "".join(part.capitalize() for part in name.split("-")) + "Request"
+    return create_model(title, __config__=ConfigDict(extra="forbid"), **fields)
+
+
+def endpoints() -> dict[str, Endpoint]:
+    out = {}
+    for name, (command_name, fixed) in ENDPOINTS.items():
+        command = plan.commands[command_name]
+        out[name] = Endpoint(name, command, fixed, _body(name, command))
+    return out
+
+
+def arguments(endpoint: Endpoint, body: BaseModel) -> list[str]:
+    """The command line of ``body``: each given field as its flag (a boolean flag as itself or its
+    ``--no-`` form, a repeatable one once per item), then ``--json``."""
+    args = [endpoint.command.name, *endpoint.fixed]
+    params = {p.name: p for p in endpoint.command.params if _offered(p)}
+    for name, value in body.model_dump(exclude_none=True).items():
+        param = params[name]
+        if param.is_flag:
+            if value:
+                args.append(param.opts[0])
+            elif param.secondary_opts:
+                args.append(param.secondary_opts[0])
+            continue
+        for item in value if param.multiple else [value]:
+            args += [param.opts[0], str(item)]
+    return [*args, "--json"]

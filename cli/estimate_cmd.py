@@ -30,6 +30,7 @@ from parallelplan.cli.format import (
 from parallelplan.cli.options import (
     GLOBAL_BATCH_OPTION,
     MODEL_OPTIONS,
+    PLOT_OPTION,
     TARGET_OPTIONS,
     WORKLOAD_OPTIONS,
     build_workload,
@@ -125,12 +126,13 @@ BUDGET_OPTIONS = [
 @GLOBAL_BATCH_OPTION
 @with_options(BUDGET_OPTIONS)
 @with_options(MODEL_OPTIONS)
+@PLOT_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the constraints.Assessment as JSON.")
 def estimate(model_ref: str, cluster_ref: str | None, nodes: int | None, gpus: int | None, plan_file: Path | None,
              kind: str, seq_len: int, global_batch: int | None, dropout: float, train_mtp: bool, stack: str | None, moe_dispatcher: str, moe_imbalance: float, tokens: float | None,
              price_per_gpu_hour: float | None, efficiency_file: Path | None, calibration_file: Path | None,
              memory_margin: float,
-             allow_cross_domain: bool, as_json: bool,
+             allow_cross_domain: bool, plot_path: Path | None, as_json: bool,
              **plan_fields: Any) -> None:
     """Memory and step time of a plan, with the rules it breaks; with --tokens, the time and cost to
     train on a token budget. Exit 1 when the plan breaks a rule (it is still priced).
@@ -141,6 +143,7 @@ def estimate(model_ref: str, cluster_ref: str | None, nodes: int | None, gpus: i
       plan estimate -m llama-3.1-70b -c dgx-h100 --nodes 64 --tp 8 --pp 4 --seq-len 8192 --tokens 15e12 --price 2.5
       plan estimate -m mixtral-8x7b -c dgx-h100 --nodes 2 --tp 2 --ep 8 --etp 1 --sequence-parallel --json
       plan estimate -m llama-3.1-8b -c dgx-h100 --nodes 1 --kind inference --seq-len 8192 --global-batch 64 --tp 8
+      plan estimate -m llama-3.1-70b -c dgx-h100 --nodes 8 --tp 8 --pp 2 --plot plan.svg
     """
     from parallelplan.models import load_model
 
@@ -156,6 +159,11 @@ def estimate(model_ref: str, cluster_ref: str | None, nodes: int | None, gpus: i
         click.echo(report.model_dump_json(indent=2))
     else:
         click.echo(render(model, cluster, report))
+    if plot_path is not None and report.estimate is not None:
+        from parallelplan.dashboard.charts import estimate_chart
+
+        title = f"{model.display_name or model.name} on {report.gpus} x {cluster.gpu.display_name}"
+        click.echo(f"wrote {estimate_chart(report.estimate, title, plot_path)}", err=True)
     if report.violations:
         raise SystemExit(1)
 

@@ -344,3 +344,13 @@ def cost_model(efficiency_file: Path | None, calibration_file: Path | None, memo
 
         runtime = replace(runtime or RuntimeAllowance.default(), memory_margin=memory_margin)
     return {"efficiency": load_efficiency(efficiency_file, efficiency), "runtime": runtime}
+
+
+def _plot_path(_ctx: click.Context, _param: click.Parameter, value: Path | None) -> Path | None:
+    if value is not None and value.suffix.lower() not in (".svg", ".png", ".pdf"):
+        raise click.BadParameter(f"{value}: write .svg, .png or .pdf (the file's extension picks the format)")
+    return value
+
+
+PLOT_OPTION = click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), callback=_plot_path,
+                           help="Also draw the chart to this .svg, .png or .pdf file (matplotlib: pip install -e '.[plot]').")

@@ -14,6 +14,7 @@ them separates the tuples with ``;``.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -37,6 +38,7 @@ from parallelplan.cli.format import (
 from parallelplan.cli.options import (
     GLOBAL_BATCH_OPTION,
     MODEL_OPTIONS,
+    PLOT_OPTION,
     TARGET_OPTIONS,
     WORKLOAD_OPTIONS,
     build_workload,
@@ -145,15 +147,17 @@ def solve(model_ref: str, cluster_ref: str, nodes: int | None, gpus: int | None,
               help="Two or three of throughput, cost, memory_headroom, gpus, simplicity, comma-separated.")
 @with_options(SEARCH_OPTIONS)
 @with_options(MODEL_OPTIONS)
+@PLOT_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the list of solver.Solution as JSON.")
 def pareto(model_ref: str, cluster_ref: str, nodes: int | None, gpus: int | None, kind: str, seq_len: int,
-           dropout: float, train_mtp: bool, stack: str | None, moe_dispatcher: str, moe_imbalance: float, objectives: str, as_json: bool, **search: Any) -> None:
+           dropout: float, train_mtp: bool, stack: str | None, moe_dispatcher: str, moe_imbalance: float, objectives: str,
+           plot_path: Path | None, as_json: bool, **search: Any) -> None:
     """The plans no other plan beats on every objective at once, each proved optimal in its slice.
 
     \b
     Examples:
       plan pareto --model llama-3.1-70b --cluster dgx-h100 --nodes 8 --seq-len 8192 --global-batch 512
-      plan pareto -m llama-3.1-8b -c dgx-h100 --nodes 8 -o throughput,cost,gpus
+      plan pareto -m llama-3.1-8b -c dgx-h100 --nodes 8 -o throughput,cost,gpus --plot front.svg
     """
     from parallelplan.solver import Infeasible
     from parallelplan.solver import pareto as pareto_plans
@@ -171,6 +175,11 @@ def pareto(model_ref: str, cluster_ref: str, nodes: int | None, gpus: int | None
         click.echo(json.dumps([s.model_dump(mode="json") for s in front], indent=2))
     else:
         click.echo(render_front(model, cluster, workload, front, names))
+    if plot_path is not None:
+        from parallelplan.dashboard.charts import pareto_chart
+
+        title = f"{model.display_name or model.name} on {cluster.total_gpus} x {cluster.gpu.display_name}: Pareto set"
+        click.echo(f"wrote {pareto_chart(front, names, title, plot_path)}", err=True)
 
 
 # -- parsing --------------------------------------------------------------------------------------------

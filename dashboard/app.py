@@ -1,4 +1,5 @@
-"""The FastAPI app of `plan serve`: ``POST /api/parallelism/<endpoint>`` for each of `endpoints.ENDPOINTS`,
+"""The FastAPI app of `plan serve`: the page at ``/`` (``static/``: plain HTML, CSS and JavaScript served
+by this process, nothing fetched from elsewhere), and ``POST /api/parallelism/<endpoint>`` for each of `endpoints.ENDPOINTS`,
 its body the command's flags (the OpenAPI schema at ``/openapi.json`` lists them), its answer the
 command's ``--json`` (200), its infeasibility explained (422), bad input in the CLI's one line (400: an
 unknown field, a wrong type or a value the command refuses), a request the queue cannot take (503), one
@@ -6,9 +7,12 @@ past the time limit (504)."""
 
 from __future__ import annotations
 
+from importlib import resources
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 
 from parallelplan import __version__
 from parallelplan.dashboard.endpoints import Endpoint, arguments, endpoints
@@ -29,6 +33,13 @@ def create_app(workers: int = WORKERS, queue: int = QUEUE, timeout_s: float = TI
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"] if part != "body")
         return JSONResponse(status_code=400, content={"error": f"{where}: {first['msg']}"})
+
+    static = resources.files("parallelplan.dashboard").joinpath("static")
+    app.mount("/static", StaticFiles(directory=str(static)), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:  # the page: static files, no CDN, every figure from the endpoints below
+        return FileResponse(str(static.joinpath("index.html")))
 
     for endpoint in endpoints().values():
         app.post(f"/api/parallelism/{endpoint.name}", name=endpoint.name, summary=f"plan {endpoint.command.name}",

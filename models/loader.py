@@ -1,5 +1,6 @@
 """`load_model(ref)`: a preset name or alias, a ``config.json`` (or a folder holding one), a HuggingFace
-repo id, or a dict (HF ``config.json`` form or `ModelSpec` fields) → a validated `ModelSpec`.
+repo id, or a dict (HF ``config.json`` form or `ModelSpec` fields), or that dict's JSON text (a string
+starting with ``{``: a config pasted into the page or given to ``--model``) → a validated `ModelSpec`.
 
 Resolution order for a string: an existing path, then a preset name/alias (case-insensitive), then a
 HF repo id (``org/name``). A repo's ``config.json`` already in the local Hugging Face cache (``HF_HOME``)
@@ -10,6 +11,7 @@ Nothing else here touches the network.
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import re
 from pathlib import Path
@@ -129,7 +131,20 @@ def load_model(ref: str | os.PathLike[str] | dict[str, Any] | ModelSpec) -> Mode
         return ref
     if isinstance(ref, dict):
         return spec_from_dict(ref)
+    if isinstance(ref, str) and ref.lstrip().startswith("{"):  # a config.json's text, pasted
+        return spec_from_dict(_json_object(ref))
     return _resolve(ref, _from_path, lambda preset: preset.to_spec(), _from_hub)
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    """The JSON object of a model reference given inline (the page's pasted config.json, ``--model '{...}'``)."""
+    try:
+        data = json.loads(text)
+    except ValueError as err:
+        raise ModelError(f"the model given inline is not valid JSON ({err}); paste the whole config.json") from None
+    if not isinstance(data, dict):
+        raise ModelError("the model given inline must be a JSON object: a config.json or ModelSpec fields")
+    return data
 
 
 def load_hf_config(ref: str | os.PathLike[str] | dict[str, Any]) -> dict[str, Any]:

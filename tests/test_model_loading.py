@@ -210,3 +210,12 @@ def test_hub_unreachable_says_so(tmp_path):
     assert done.returncode == 2
     assert "cannot be reached" in done.stderr and "--model ./config.json" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_config_given_inline_as_json_text_loads_like_the_file():
+    """The page's pasted config.json (and ``--model '{...}'``): the same spec as the file's."""
+    path = Path(__file__).parent / "fixtures" / "hf_configs" / "gemma2" / "config.json"
+    assert load_model(path.read_text()) == load_model(str(path))
+    assert load_model(json.dumps(json.loads(path.read_text()))) == load_model(str(path))
+    with pytest.raises(ModelError, match="not valid JSON"):
+        load_model('{"model_type": ')

@@ -40,7 +40,11 @@ def looks_like_path(text: str) -> bool:
 def existing_path(text: str, error: type[ValueError]) -> Path | None:
     """``text`` as a path when something exists there, else None; an unusable path (too long, a
     permission error) raises ``error``."""
-    path = Path(text).expanduser()
+    try:
+        path = Path(text).expanduser()
+    except RuntimeError:  # ~user of a user this machine does not know
+        raise error(f"not a usable path: {text[:80]}{'...' if len(text) > 80 else ''} (no such user's home "
+                    "directory)") from None
     try:
         return path if path.exists() else None
     except OSError as err:

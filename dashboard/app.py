@@ -13,11 +13,30 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from parallelplan import __version__
-from parallelplan.dashboard.endpoints import Endpoint, arguments, endpoints
+from parallelplan.dashboard.endpoints import BadField, Endpoint, arguments, endpoints
 from parallelplan.dashboard.runner import Busy, Runner
 
+
+class Refusal(BaseModel):
+    """A request the command refused, in its one line."""
+
+    error: str
+
+
+RESPONSES = {
+    200: {"description": "The command's --json answer", "content": {"application/json": {"schema": {"type": ["object", "array"]}}}},
+    400: {"description": "Bad input: the field, the value and the fix, in the CLI's one line", "model": Refusal},
+    422: {"description": "Infeasible, or a plan that breaks a rule: the command's --json explanation",
+          "content": {"application/json": {"schema": {"type": "object"}}}},
+    500: {"description": "A bug in plan (never bad input)", "model": Refusal},
+    503: {"description": "More requests than the server runs and queues: retry", "model": Refusal},
+    504: {"description": "Past the server's time limit per request: narrow the search", "model": Refusal},
+}
+"""What each endpoint may answer (the OpenAPI schema's responses)."""
 WORKERS, QUEUE, TIMEOUT_S = 2, 64, 120.0
 """Defaults of `plan serve`: searches at once, requests waiting, seconds per request."""
 
@@ -27,6 +46,10 @@ def create_app(workers: int = WORKERS, queue: int = QUEUE, timeout_s: float = TI
                   description="The best parallelism plan for training or serving a transformer on a GPU cluster: "
                               "each endpoint is a `plan` command, its body the command's flags.")
     runner = Runner(workers, queue, timeout_s)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def refused(_request: Request, error: StarletteHTTPException) -> JSONResponse:  # e.g. a body not JSON
+        return JSONResponse(status_code=error.status_code, content={"error": str(error.detail)}, headers=error.headers)
 
     @app.exception_handler(RequestValidationError)
     async def bad_body(_request: Request, error: RequestValidationError) -> JSONResponse:
@@ -43,7 +66,7 @@ def create_app(workers: int = WORKERS, queue: int = QUEUE, timeout_s: float = TI
 
     for endpoint in endpoints().values():
         app.post(f"/api/parallelism/{endpoint.name}", name=endpoint.name, summary=f"plan {endpoint.command.name}",
-                 description=(endpoint.command.help or "").split("\n\n")[0])(_handler(endpoint, runner))
+                 description=(endpoint.command.help or "").split("\n\n")[0], responses=RESPONSES)(_handler(endpoint, runner))
     return app
 
 
@@ -51,6 +74,8 @@ def _handler(endpoint: Endpoint, runner: Runner):
     async def handle(body) -> JSONResponse:
         try:
             outcome = await runner.run(arguments(endpoint, body))
+        except BadField as bad:
+            return JSONResponse(status_code=400, content={"error": str(bad)})
         except Busy as busy:
             return JSONResponse(status_code=503, content={"error": str(busy)})
         return JSONResponse(status_code=outcome.status, content=outcome.body)

@@ -11,10 +11,10 @@ Flags that name files on the server (``--efficiency``, ``--calibration``, ``--so
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import click
-from pydantic import BaseModel, ConfigDict, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from parallelplan.cli.main import plan
 
@@ -44,15 +44,25 @@ def _field_type(param: click.Option) -> Any:
     kind = param.type
     if isinstance(kind, click.Choice):
         base: Any = Literal[tuple(str(c) for c in kind.choices)]
-    elif isinstance(kind, click.types.IntParamType):
-        base = int
-    elif isinstance(kind, click.types.FloatParamType):
-        base = float
+    elif isinstance(kind, click.types.IntParamType | click.types.FloatParamType):
+        base = Annotated[int if isinstance(kind, click.types.IntParamType) else float, Field(**_bounds(kind))]
     elif param.is_flag or isinstance(kind, click.types.BoolParamType):
         base = bool
     else:
         base = str
     return list[base] if param.multiple else base
+
+
+def _bounds(kind: click.ParamType) -> dict[str, float]:
+    """A click range's bounds as the schema's (``ge``/``gt``, ``le``/``lt``)."""
+    if not isinstance(kind, click.types._NumberRangeBase):
+        return {}
+    out = {}
+    if kind.min is not None:
+        out["gt" if kind.min_open else "ge"] = kind.min
+    if kind.max is not None:
+        out["lt" if kind.max_open else "le"] = kind.max
+    return out
 
 
 def _offered(param: click.Parameter) -> bool:
@@ -64,7 +74,7 @@ def _body(name: str, command: click.Command) -> type[BaseModel]:
     fields = {p.name: (_field_type(p), ...) if p.required else (_field_type(p) | None, None)
               for p in command.params if _offered(p)}
     title = "".join(part.capitalize() for part in name.split("-")) + "Request"
-    return create_model(title, __config__=ConfigDict(extra="forbid"), **fields)
+    return create_model(title, __config__=ConfigDict(extra="forbid", strict=True), **fields)  # false is no number
 
 
 def endpoints() -> dict[str, Endpoint]:
@@ -75,12 +85,19 @@ def endpoints() -> dict[str, Endpoint]:
     return out
 
 
+class BadField(ValueError):
+    """A field no command line can carry."""
+
+
 def arguments(endpoint: Endpoint, body: BaseModel) -> list[str]:
     """The command line of ``body``: each given field as its flag (a boolean flag as itself or its
-    ``--no-`` form, a repeatable one once per item), then ``--json``."""
+    ``--no-`` form, a repeatable one once per item), then ``--json``; `BadField` for text no command
+    line holds (a NUL character)."""
     args = [endpoint.command.name, *endpoint.fixed]
     params = {p.name: p for p in endpoint.command.params if _offered(p)}
     for name, value in body.model_dump(exclude_none=True).items():
+        if any("\x00" in str(item) for item in (value if isinstance(value, list) else [value])):
+            raise BadField(f"{name}: text may not contain a NUL character")
         param = params[name]
         if param.is_flag:
             if value:

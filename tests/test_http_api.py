@@ -92,6 +92,21 @@ def test_bad_input_is_a_400_with_one_line(client):
         "error": "unknown model 'no-such-model': not a preset, a file, or an org/name repo id; `plan presets` lists them"}
 
 
+def test_requests_schemathesis_found_refused_are_400s(client):
+    """What schemathesis, fuzzing the schema, found answered with a 500 or the wrong shape: a NUL in a
+    field (no command line holds one), a body that is not JSON, a boolean for a number, a ~user path."""
+    for body in ({"model_ref": "\x00"}, {"model_refs": ["llama-3.2-1b", "a\x00"]}):
+        endpoint = "compare" if "model_refs" in body else "recommend"
+        answer = client.post(f"/api/parallelism/{endpoint}", json=body)
+        assert answer.status_code == 400 and "NUL character" in answer.json()["error"]
+    garbled = client.post("/api/parallelism/recommend", content=b"{not json", headers={"content-type": "application/json"})
+    assert garbled.status_code == 400 and set(garbled.json()) == {"error"}
+    typed = client.post("/api/parallelism/estimate", json=SMALL | {"memory_margin": False})
+    assert typed.status_code == 400 and typed.json()["error"].startswith("memory_margin:")
+    home = client.post("/api/parallelism/analyze-model", json={"model_ref": "~no-such-user-here/config.json"})
+    assert home.status_code == 400 and "no such user's home directory" in home.json()["error"]
+
+
 def test_infeasible_is_a_422_with_its_explanation(client):
     response = client.post("/api/parallelism/serve-plan", json=SMALL | NODE | {"ttft": 0.01, "isl": 8000})
     assert response.status_code == 422

@@ -147,6 +147,8 @@ def test_bad_files(tmp_path):
         load_model(binary)
     with pytest.raises(ModelError, match="not a usable path"):
         load_model("a" * 300)
+    with pytest.raises(ModelError, match="no such user's home directory"):  # ~user of an unknown user
+        load_model("~no-such-user-here/config.json")
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("name: x\nhidden_size: [4096\n")
     with pytest.raises(ModelError, match=r"not valid YAML \(line \d+, column \d+: ") as err:

@@ -23,8 +23,8 @@ def _guide_commands() -> list[str]:
     for block in re.findall(r"```bash\n(.*?)```", guide, re.S):
         for line in block.replace("\\\n", " ").splitlines():
             line = re.sub(r"\s+#.*$", "", line).strip()
-            if line.startswith("plan "):
-                commands.append(line)
+            if line.startswith("plan ") and not line.startswith("plan serve ") and line != "plan serve":
+                commands.append(line)  # `plan serve` starts a server (tests/test_http_api.py runs one)
     return commands
 
 

@@ -347,8 +347,13 @@ def cost_model(efficiency_file: Path | None, calibration_file: Path | None, memo
 
 
 def _plot_path(_ctx: click.Context, _param: click.Parameter, value: Path | None) -> Path | None:
+    """The chart's file, checked before the search: its kind, and that matplotlib is there to draw it."""
+    import importlib.util
+
     if value is not None and value.suffix.lower() not in (".svg", ".png", ".pdf"):
         raise click.BadParameter(f"{value}: write .svg, .png or .pdf (the file's extension picks the format)")
+    if value is not None and importlib.util.find_spec("matplotlib") is None:
+        raise click.BadParameter("drawing needs matplotlib: pip install -e '.[plot]'")
     return value
 
 

@@ -177,8 +177,8 @@ def cells(plan: ServingPlan) -> tuple:
     from parallelplan.solver.serving import describe_layout
 
     f = plan.figures
-    workers = "; ".join(f"{w.role if plan.serving == 'disaggregated' else ''}{' ' if plan.serving == 'disaggregated' else ''}"
-                        f"{w.count} x [{describe_layout(w.plan)}]" for w in plan.workers)
+    split = plan.serving == "disaggregated"  # name each pool's role
+    workers = "; ".join(f"{w.role + ' ' if split else ''}{w.count} x [{describe_layout(w.plan)}]" for w in plan.workers)
     per_replica = "/".join(str(w.concurrency) for w in plan.workers)
     return (plan.serving, workers, f.gpus, per_replica, f"{f.ttft_s * 1e3:,.0f}", f"{f.tpot_s * 1e3:.1f}",
             f"{f.output_tokens_per_s_per_gpu:,.0f}", f"{f.tokens_per_s_per_user:.1f}", f"{f.requests_per_s:.2f}",

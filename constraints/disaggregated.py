@@ -48,11 +48,6 @@ class DisaggregatedEstimate(ServedFigures):
     kv_transfer_s: float
 
 
-def worker_gpus(replica: ServingReplica) -> int:
-    p = replica.plan
-    return p.tp * p.pp * p.cp * p.dp
-
-
 class Pools:
     """A prefill layout and a decode layout priced for one traffic's lengths, and one prompt's KV transfer
     between them (module docstring), within an NVLink domain and across the network."""
@@ -64,7 +59,7 @@ class Pools:
         self.prefill, self.decode = prefill, decode
         cluster = prefill.cluster
         self.domain = fast_domain(cluster)
-        per_gpu = prefill.mean_isl * max(prefill.kv_bytes_per_token, decode.kv_bytes_per_token)
+        per_gpu = prefill.traffic.mean_isl * max(prefill.kv_bytes_per_token, decode.kv_bytes_per_token)
         sends = Fabric.of(cluster, efficiency).send(np.array([per_gpu, per_gpu]), np.array([1, self.domain]))
         self._inside, self._across = float(sends[0]), float(sends[1])
 
@@ -96,8 +91,8 @@ def disaggregate(pools: Pools, prefill_workers: int, decode_workers: int, reques
     """The deployment of ``prefill_workers`` prefill and ``decode_workers`` decode workers at
     ``request_rate`` requests per second (module docstring)."""
     p, d = pools.prefill, pools.decode
-    osl = d.mean_osl
-    gpus = prefill_workers * worker_gpus(p) + decode_workers * worker_gpus(d)
+    osl = d.traffic.mean_osl
+    gpus = prefill_workers * p.plan.world_size + decode_workers * d.plan.world_size
     prefill_capacity = prefill_workers * p.plan.dp / p.prefill_s
     utilization = min(request_rate / prefill_capacity, 1.0)
     per_replica = request_rate / (decode_workers * d.plan.dp)
@@ -114,4 +109,4 @@ def disaggregate(pools: Pools, prefill_workers: int, decode_workers: int, reques
         tokens_per_s_per_user=1 / d.tpot(c), saturated=saturated)
 
 
-__all__ = ["DisaggregatedEstimate", "Pools", "disaggregate", "prefill_utilization_within", "worker_gpus"]
+__all__ = ["DisaggregatedEstimate", "Pools", "disaggregate", "prefill_utilization_within"]

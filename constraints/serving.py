@@ -126,9 +126,7 @@ class Traffic(BaseModel):
     @model_validator(mode="after")
     def _one_load(self) -> Traffic:
         if self.lengths is not None:
-            total = sum(c.share for c in self.lengths)
-            means = (round(sum(c.share * c.isl for c in self.lengths) / total),
-                     round(sum(c.share * c.osl for c in self.lengths) / total))
+            means = (round(self.mean_isl), round(self.mean_osl))
             if (self.isl, self.osl) not in ((None, None), means):
                 raise ValueError(f"isl and osl are the distribution's means ({means[0]}, {means[1]}) when lengths are "
                                  "given: give lengths alone")
@@ -137,7 +135,7 @@ class Traffic(BaseModel):
         elif self.isl is None or self.osl is None:
             raise ValueError("give the requests' lengths: isl and osl (prompt and output tokens), or a distribution "
                              "of them (lengths)")
-        longest = max(c.isl + c.osl for c in self.classes)
+        longest = self.longest.isl + self.longest.osl
         if longest > MAX_CONTEXT:
             raise ValueError(f"isl + osl = {longest} tokens: a request's context is at most {MAX_CONTEXT} "
                              "(the cost model's longest sequence)")
@@ -153,6 +151,16 @@ class Traffic(BaseModel):
             return (Lengths(isl=self.isl, osl=self.osl, share=1.0),)
         total = sum(c.share for c in self.lengths)
         return tuple(c.model_copy(update={"share": c.share / total}) for c in self.lengths)
+
+    @property
+    def mean_isl(self) -> float:
+        """The requests' mean prompt tokens (``isl`` is it rounded)."""
+        return sum(c.share * c.isl for c in self.classes)
+
+    @property
+    def mean_osl(self) -> float:
+        """The requests' mean output tokens (``osl`` is it rounded)."""
+        return sum(c.share * c.osl for c in self.classes)
 
     @property
     def longest(self) -> Lengths:
@@ -259,8 +267,6 @@ class ServingReplica:
         self.prefill_s = sum(c.share * t for c, t in zip(classes, service, strict=True))  # a prompt's, mean
         self.prefill_s_squared = sum(c.share * t * t for c, t in zip(classes, service, strict=True))
         self.mean_prefilled = sum(c.share * q for c, q in zip(classes, self.prefilled, strict=True))
-        self.mean_isl = sum(c.share * c.isl for c in classes)
-        self.mean_osl = sum(c.share * c.osl for c in classes)
         spec = traffic.speculation
         self.fed = 1 + (spec.draft_tokens if spec else 0)  # tokens of each request a decode step feeds
         self.emitted = 1 + (spec.accepted if spec else 0.0)  # tokens of each request a decode step emits
@@ -343,7 +349,7 @@ def replica_deployment(replica: ServingReplica, traffic: Traffic, workers: int =
     """`serve` on a layout already priced (the search's), ``workers`` copies of it (each its plan's dp
     replicas: an expert-parallel layout's replicas step together), under ``traffic``'s load."""
     plan = replica.plan
-    replicas, gpus = workers * plan.dp, workers * plan.tp * plan.pp * plan.cp * plan.dp
+    replicas, gpus = workers * plan.dp, workers * plan.world_size
     if traffic.concurrency is not None:
         c, saturated = float(min(-(-traffic.concurrency // replicas), replica.max_concurrency)), False
     elif traffic.request_rate is not None:
@@ -355,8 +361,8 @@ def replica_deployment(replica: ServingReplica, traffic: Traffic, workers: int =
     requests = replicas * c / s.latency_s
     return ServingEstimate(replicas=replicas, gpus=gpus, concurrency=c, max_concurrency=replica.max_concurrency,
                            prefill_iterations=s.prefill_iterations, ttft_s=s.ttft_s, tpot_s=s.tpot_s,
-                           latency_s=s.latency_s, requests_per_s=requests, output_tokens_per_s=requests * replica.mean_osl,
-                           output_tokens_per_s_per_gpu=requests * replica.mean_osl / gpus, tokens_per_s_per_user=1 / s.tpot_s,
+                           latency_s=s.latency_s, requests_per_s=requests, output_tokens_per_s=requests * traffic.mean_osl,
+                           output_tokens_per_s_per_gpu=requests * traffic.mean_osl / gpus, tokens_per_s_per_user=1 / s.tpot_s,
                            saturated=saturated)
 
 

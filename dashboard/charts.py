@@ -1,5 +1,5 @@
-"""The charts `plan pareto --plot` and `plan estimate --plot` write (matplotlib, the ``plot`` extra), and
-the page will draw: a Pareto frontier over two of its objectives (a third as colour), and one plan's memory
+"""The charts `plan pareto --plot` and `plan estimate --plot` write (matplotlib, the ``plot`` extra; the page
+draws the same two in its own script): a Pareto frontier over two of its objectives (a third as colour), and one plan's memory
 per GPU and step time as stacked bars, each segment one term of `constraints.Estimate` — no number here
 that the estimate does not hold."""
 

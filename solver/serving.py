@@ -49,7 +49,6 @@ from parallelplan.constraints.disaggregated import (
     Pools,
     disaggregate,
     prefill_utilization_within,
-    worker_gpus,
 )
 from parallelplan.constraints.efficiency import Efficiency
 from parallelplan.constraints.estimate import MemoryBreakdown
@@ -277,7 +276,7 @@ def price_layouts(request: Request, layouts: list[Plan]) -> Priced:
 def aggregated_plan(request: Request, replica: ServingReplica, capacity: int) -> Candidate | None:
     """The deployment of one layout at its ``capacity`` per replica: every worker that fits the cluster
     with no load, else the fewest workers that carry the load; None where the cluster is too small."""
-    t, g = request.traffic, worker_gpus(replica)
+    t, g = request.traffic, replica.plan.world_size
     most = 1 if coupled(replica.plan) else request.gpus // g
     if t.request_rate is not None:
         per_worker = replica.plan.dp * capacity / replica.steady(capacity).latency_s
@@ -299,7 +298,7 @@ def disaggregated_plan(request: Request, pools: Pools, decode_capacity_: int) ->
     """The best split of the cluster between ``pools``' prefill and decode workers (module docstring)."""
     t, targets = request.traffic, request.targets
     p, d = pools.prefill, pools.decode
-    gp, gd = worker_gpus(p), worker_gpus(d)
+    gp, gd = p.plan.world_size, d.plan.world_size
     decode_rate = d.plan.dp * decode_capacity_ / (d.decode_iterations * d.decode_step(decode_capacity_))
     best = None
     for x in range(1, (request.gpus - gd) // gp + 1):
@@ -337,7 +336,7 @@ def split_candidates(request: Request, pools: Pools, x: int, decode_rate: float)
     carry it (more only adds GPUs and can only push the transfer off NVLink). The tests check this
     against every y."""
     p, d, t = pools.prefill, pools.decode, request.traffic
-    gp, gd = worker_gpus(p), worker_gpus(d)
+    gp, gd = p.plan.world_size, d.plan.world_size
     most = (request.gpus - x * gp) // gd
     if t.request_rate is not None:
         wanted = {math.ceil(t.request_rate / decode_rate * (1 - 1e-12))}

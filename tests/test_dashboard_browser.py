@@ -70,12 +70,17 @@ def test_the_page_plans_llama_70b_and_shows_a_chosen_frontier_point(server, brow
     page.click("#front")
     page.wait_for_function("document.getElementById('status').textContent === 'searching the frontier: done'",
                            timeout=120_000)
-    points = page.locator("#scatter circle.point")
+    points = page.locator("#scatter circle.point")  # the default frontier: tokens/s, cost and GPUs
     assert points.count() >= 2
-    chosen = points.nth(points.count() - 1)
+    gpu_labels = page.locator("#scatter text.level").all_text_contents()  # each point labelled with its GPUs
+    assert len(gpu_labels) == points.count() and all(label.endswith(" GPUs") for label in gpu_labels)
+    assert len(set(gpu_labels)) >= 2  # the frontier trades GPUs for throughput
+    last = points.count() - 1
+    chosen = points.nth(last)
     plan_of_point = chosen.locator("title").text_content().split(": ", 1)[1]
     chosen.click()
-    assert page.text_content("#headline").startswith(plan_of_point)
+    headline = page.text_content("#headline")
+    assert headline.startswith(plan_of_point) and f"on {gpu_labels[last].split()[0]} GPUs" in headline
     assert "chosen" in chosen.get_attribute("class")
 
     page.select_option("#target", "torchrun")

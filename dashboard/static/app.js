@@ -5,6 +5,11 @@ const API = "/api/parallelism/";
 const COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
 const MEMORY_TERMS = ["weights", "gradients", "optimizer", "activations", "kv_cache", "overhead"];
 const TIME_TERMS = ["compute", "tp_comm", "cp_comm", "ep_comm", "dp_comm", "pp_comm", "offload", "bubble", "optimizer", "decode"];
+const AXES = {  // objective: [key of the answer's objective, axis label] (dashboard/charts.py's AXES)
+  throughput: ["tokens_per_s", "tokens/s"], cost: ["usd_per_million_tokens", "$ per million tokens"],
+  memory_headroom: ["memory_headroom_gib", "memory headroom per GPU, GiB"], gpus: ["gpus", "GPUs"],
+  simplicity: ["simplicity", "simplicity (parallel dimensions used)"],
+};
 const TARGETS = ["torchrun", "deepspeed", "accelerate", "megatron", "torchtitan", "slurm", "vllm", "sglang"];
 const $ = (id) => document.getElementById(id);
 const SVG = "http://www.w3.org/2000/svg";
@@ -73,27 +78,40 @@ function showSolution(solution) {
   $("why").replaceChildren(...(solution.explanation || []).map((line) => Object.assign(document.createElement("li"), {textContent: line})));
 }
 
-function showFront(front) {
+function showFront(front, objectives) {
   const svg = $("scatter");
   svg.replaceChildren();
   $("pareto").hidden = false;
-  const xs = front.map((s) => s.objective.tokens_per_s), ys = front.map((s) => s.objective.memory_headroom_gib);
+  const [[xKey, xLabel], [yKey, yLabel], third] = objectives.map((o) => AXES[o]);
+  const xs = front.map((s) => s.objective[xKey]), ys = front.map((s) => s.objective[yKey]);
   const [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
   const px = (x) => 60 + 720 * (x1 > x0 ? (x - x0) / (x1 - x0) : 0.5);
   const py = (y) => 380 - 340 * (y1 > y0 ? (y - y0) / (y1 - y0) : 0.5);
+  const levels = third ? [...new Set(front.map((s) => s.objective[third[0]]))].sort((a, b) => a - b) : [];
   element("line", {x1: 60, x2: 780, y1: 390, y2: 390, stroke: "#888"}, svg);
   element("line", {x1: 50, x2: 50, y1: 30, y2: 390, stroke: "#888"}, svg);
-  element("text", {x: 420, y: 415, "text-anchor": "middle"}, svg).textContent = `tokens/s (${Math.round(x0).toLocaleString()} – ${Math.round(x1).toLocaleString()})`;
-  element("text", {x: 15, y: 20}, svg).textContent = `memory headroom per GPU, GiB (${y0.toFixed(1)} – ${y1.toFixed(1)})`;
+  element("text", {x: 420, y: 415, "text-anchor": "middle"}, svg).textContent = `${xLabel} (${figure(x0)} – ${figure(x1)})`;
+  element("text", {x: 15, y: 20}, svg).textContent = `${yLabel} (${figure(y0)} – ${figure(y1)})` +
+    (third ? `; colour and label: ${third[1]}` : "");
   front.forEach((solution, i) => {
-    const point = element("circle", {cx: px(xs[i]), cy: py(ys[i]), r: 6, class: "point", "data-index": i}, svg);
+    const level = third ? solution.objective[third[0]] : null;
+    const colour = third ? COLOURS[levels.indexOf(level) % COLOURS.length] : COLOURS[0];
+    const point = element("circle", {cx: px(xs[i]), cy: py(ys[i]), r: 6, class: "point", fill: colour, "data-index": i}, svg);
     element("title", {}, point).textContent = `${i + 1}: ${describe(solution.plan)}`;
+    const left = px(xs[i]) > 700;  // a label at the right edge goes on the point's left
+    if (third) element("text", {x: px(xs[i]) + (left ? -9 : 9), y: py(ys[i]) + 4, "font-size": 12, class: "level",
+                                "text-anchor": left ? "end" : "start"}, svg).textContent = `${figure(level)} ${third[1]}`;
     point.addEventListener("click", () => {
       svg.querySelectorAll("circle.point").forEach((c) => c.classList.remove("chosen"));
       point.classList.add("chosen");
       showSolution(solution);
     });
   });
+}
+
+function figure(value) {
+  if (Number.isInteger(value) || Math.abs(value) >= 100) return Math.round(value).toLocaleString();
+  return value.toFixed(Math.abs(value) >= 10 ? 1 : 2);
 }
 
 function download(name, content) {
@@ -126,8 +144,9 @@ async function init() {
     run("solving", async () => showSolution(await post("recommend", question())));
   });
   $("front").addEventListener("click", () => run("searching the frontier", async () => {
-    const front = await post("pareto", {...question(), objectives: "throughput,memory_headroom"});
-    showFront(front);
+    const objectives = $("objectives").value;
+    const front = await post("pareto", {...question(), objectives});
+    showFront(front, objectives.split(","));
     showSolution(front[0]);
   }));
   $("launch").addEventListener("click", () => run("writing launch files", async () => {

@@ -27,6 +27,10 @@ ENDPOINTS = {
 }
 """Endpoint → (the `plan` command, arguments it always takes): the original advisor's names, and the
 serving planner's."""
+EXAMPLES = {"model_ref": ["llama-3.1-70b", "llama-3.2-1b"], "model_refs": [["llama-3.2-1b", "llama-3.1-8b"]],
+            "cluster_ref": ["dgx-h100", "hgx-h200"], "cluster_refs": [["dgx-h100"]]}
+"""Example values of the fields naming a preset (the schema's ``examples``: the page's docs, and the
+values schemathesis tries first)."""
 HIDDEN = {"as_json", "help", "list_only", "quiet", "debug"}
 """Parameters the endpoint sets itself (``--json``; ``--list`` is the profiles endpoint) or that shape the
 output rather than the question (``--quiet``, ``--debug``)."""
@@ -71,7 +75,8 @@ def _offered(param: click.Parameter) -> bool:
 
 
 def _body(name: str, command: click.Command) -> type[BaseModel]:
-    fields = {p.name: (_field_type(p), ...) if p.required else (_field_type(p) | None, None)
+    fields = {p.name: (_field_type(p), Field(..., examples=EXAMPLES.get(p.name))) if p.required
+              else (_field_type(p) | None, Field(None, examples=EXAMPLES.get(p.name)))
               for p in command.params if _offered(p)}
     title = "".join(part.capitalize() for part in name.split("-")) + "Request"
     return create_model(title, __config__=ConfigDict(extra="forbid", strict=True), **fields)  # false is no number

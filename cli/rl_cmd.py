@@ -89,8 +89,11 @@ def solve_rl_step(model: ModelSpec, cluster: ClusterSpec, workload: Workload, co
 
 
 def rl_json(found: RLSolution) -> str:
-    """`solver.RLSolution` as JSON, without each role's full estimates (`solve_rl` in Python keeps them)."""
-    return found.model_dump_json(indent=2, exclude={"roles": {"__all__": {"estimates"}}, "models": True})
+    """`solver.RLSolution` as JSON, as `cli.answers.RLSummary` (without each role's full estimates and the
+    models' specs)."""
+    from parallelplan.cli.answers import RLSummary
+
+    return RLSummary.of(found).model_dump_json(indent=2)
 
 
 def render_rl(model: ModelSpec, cluster: ClusterSpec, workload: Workload, found: RLSolution) -> str:

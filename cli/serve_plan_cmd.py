@@ -10,7 +10,6 @@ the targets (the explanation names the target, by how much, and what would meet 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -122,7 +121,9 @@ def serve_plan(model_ref: str, cluster_ref: str | None, nodes: int | None, gpus:
     files = emit_serving(found, target) if target else {}
     write_files(files, out_dir)
     if as_json:
-        click.echo(json.dumps({"solution": found.model_dump(mode="json"), "files": files}, indent=2))
+        from parallelplan.cli.answers import ServingAnswer
+
+        click.echo(ServingAnswer(solution=found, files=files).model_dump_json(indent=2))
         return
     click.echo(render(found))
     if files:

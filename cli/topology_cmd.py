@@ -9,7 +9,6 @@ with ``--cluster``, or for the node this machine is (read through NVML, sysfs an
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -79,8 +78,9 @@ def topology(cluster_ref: str | None, nodes: int | None, gpus: int | None, snaps
         report = describe_topology(sized_cluster(detection, nodes=nodes, gpus=gpus),
                                    message_bytes=message_mib * 2**20, efficiency=efficiency)
     if as_json:
-        click.echo(json.dumps({"detection": detection.model_dump(mode="json"),
-                               "topology": None if report is None else report.model_dump(mode="json")}, indent=2))
+        from parallelplan.cli.answers import NodeTopology
+
+        click.echo(NodeTopology(detection=detection, topology=report).model_dump_json(indent=2))
     else:
         click.echo(render_detection(detection))
         if report is not None:

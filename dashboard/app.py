@@ -66,8 +66,15 @@ def create_app(workers: int = WORKERS, queue: int = QUEUE, timeout_s: float = TI
 
     for endpoint in endpoints().values():
         app.post(f"/api/parallelism/{endpoint.name}", name=endpoint.name, summary=f"plan {endpoint.command.name}",
-                 description=(endpoint.command.help or "").split("\n\n")[0], responses=RESPONSES)(_handler(endpoint, runner))
+                 description=(endpoint.command.help or "").split("\n\n")[0], responses=_responses(endpoint))(_handler(endpoint, runner))
     return app
+
+
+def _responses(endpoint: Endpoint) -> dict:
+    """`RESPONSES`, the 200 answer typed where the endpoint's command prints one type."""
+    if endpoint.answer is None:
+        return RESPONSES
+    return {**RESPONSES, 200: {"description": "The command's --json answer", "model": endpoint.answer}}
 
 
 def _handler(endpoint: Endpoint, runner: Runner):

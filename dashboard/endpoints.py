@@ -42,6 +42,22 @@ class Endpoint:
     command: click.Command
     fixed: tuple[str, ...]
     body: type[BaseModel]
+    answer: Any  # the type of its 200 answer (None: a JSON object or list the schema does not detail)
+
+
+def answers() -> dict[str, Any]:
+    """Endpoint → the type whose JSON its command prints (the schema's 200 answer). ``presets`` (a
+    listing built per kind) and ``launch``/``slurm`` and ``profile`` (several shapes, by target and
+    workload) are left as any JSON object or list."""
+    from parallelplan.cli.answers import NodeTopology, RLSummary, ServingAnswer
+    from parallelplan.constraints import Assessment, ShardingComparison, TopologyReport
+    from parallelplan.models.report import ModelReport
+    from parallelplan.solver import Comparison, Ladder, PooledSolution, Profile, Solution
+
+    return {"topology": TopologyReport | NodeTopology, "recommend": Solution | PooledSolution | RLSummary,
+            "analyze-model": ModelReport, "sharding": ShardingComparison, "validate": Assessment,
+            "estimate": Assessment, "optimize": Ladder, "profiles": list[Profile], "pareto": list[Solution],
+            "compare": list[Comparison], "serve-plan": ServingAnswer}
 
 
 def _field_type(param: click.Option) -> Any:
@@ -83,10 +99,10 @@ def _body(name: str, command: click.Command) -> type[BaseModel]:
 
 
 def endpoints() -> dict[str, Endpoint]:
-    out = {}
+    out, typed = {}, answers()
     for name, (command_name, fixed) in ENDPOINTS.items():
         command = plan.commands[command_name]
-        out[name] = Endpoint(name, command, fixed, _body(name, command))
+        out[name] = Endpoint(name, command, fixed, _body(name, command), typed.get(name))
     return out
 
 

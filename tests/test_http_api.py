@@ -16,10 +16,11 @@ import httpx
 import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
+from pydantic import TypeAdapter
 
 from parallelplan.cli.main import plan
 from parallelplan.dashboard.app import create_app
-from parallelplan.dashboard.endpoints import ENDPOINTS
+from parallelplan.dashboard.endpoints import ENDPOINTS, endpoints
 from parallelplan.dashboard.runner import Busy, Runner
 
 SMALL, NODE = {"model_ref": "llama-3.2-1b"}, {"cluster_ref": "dgx-h100"}
@@ -78,6 +79,20 @@ def test_every_endpoint_answers_what_the_cli_prints(client, name):
     cli = CliRunner().invoke(plan, [*argv, "--json"], env={"PLAN_DETECT": "off"})
     assert response.status_code == {0: 200, 1: 422}[cli.exit_code], response.text
     assert _timeless(response.json()) == _timeless(json.loads(cli.stdout))
+    answer = endpoints()[name].answer
+    if answer is not None and response.status_code == 200:  # the type the schema declares reads it back
+        TypeAdapter(answer).validate_python(response.json())
+
+
+def test_the_schema_declares_each_typed_answer(client):
+    schema = client.get("/openapi.json").json()
+    typed = {name for name, endpoint in endpoints().items() if endpoint.answer is not None}
+    assert {"recommend", "pareto", "estimate", "serve-plan", "topology"} <= typed
+    for name in typed:
+        answer = schema["paths"][f"/api/parallelism/{name}"]["post"]["responses"]["200"]["content"]["application/json"]
+        assert "$ref" in json.dumps(answer["schema"]), name  # a model, not any object
+    rl = schema["components"]["schemas"]["RLSummary"]
+    assert "models" not in rl["properties"] and "roles" in rl["required"]
 
 
 def test_bad_input_is_a_400_with_one_line(client):

@@ -19,9 +19,6 @@ import argparse
 import asyncio
 import os
 import platform
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -30,6 +27,7 @@ import httpx
 import numpy as np
 import psutil
 
+from benchmarks.plan_server import plan_server
 from benchmarks.results_files import write_results
 
 QUESTIONS = [  # recommend bodies: the issue's headline case first, then smaller and larger ones
@@ -40,12 +38,6 @@ QUESTIONS = [  # recommend bodies: the issue's headline case first, then smaller
     {"model_ref": "mixtral-8x7b", "cluster_ref": "dgx-a100", "nodes": 2},
 ]
 ANSWERED, REFUSED = (200, 422), (503,)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class PeakMemory:
@@ -76,9 +68,9 @@ class PeakMemory:
         self._thread.join()
 
 
-async def _fire(port: int, bodies: list[dict], timeout_s: float) -> list[tuple[int, float]]:
+async def _fire(url: str, bodies: list[dict], timeout_s: float) -> list[tuple[int, float]]:
     """Every body posted at once; (status, seconds to the answer) for each."""
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=timeout_s,
+    async with httpx.AsyncClient(base_url=url, timeout=timeout_s,
                                  limits=httpx.Limits(max_connections=len(bodies))) as client:
         async def one(body: dict) -> tuple[int, float]:
             start = time.perf_counter()
@@ -90,20 +82,12 @@ async def _fire(port: int, bodies: list[dict], timeout_s: float) -> list[tuple[i
 
 def run_round(requests: int, workers: int, queue: int, timeout_s: float) -> dict:
     """One server, ``requests`` concurrent recommend requests (the questions in turn), its figures."""
-    port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "parallelplan", "serve", "--port", str(port), "--workers",
-                               str(workers), "--queue", str(queue), "--timeout", str(timeout_s)],
-                              env={**os.environ, "PLAN_DETECT": "off"}, stderr=subprocess.PIPE)
-    try:
-        _wait_until_up(port)
-        bodies = [QUESTIONS[i % len(QUESTIONS)] for i in range(requests)]
+    bodies = [QUESTIONS[i % len(QUESTIONS)] for i in range(requests)]
+    with plan_server("--workers", str(workers), "--queue", str(queue), "--timeout", str(timeout_s)) as (url, server):
         with PeakMemory(server.pid) as memory:
             start = time.perf_counter()
-            outcomes = asyncio.run(_fire(port, bodies, timeout_s + 60))
+            outcomes = asyncio.run(_fire(url, bodies, timeout_s + 60))
             wall = time.perf_counter() - start
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     statuses = Counter(status for status, _ in outcomes)
     answered = [seconds for status, seconds in outcomes if status in ANSWERED]
     refused = [seconds for status, seconds in outcomes if status in REFUSED]
@@ -117,16 +101,6 @@ def run_round(requests: int, workers: int, queue: int, timeout_s: float) -> dict
 
 def _quantile(values: list[float], q: float) -> float | None:
     return float(np.quantile(values, q)) if values else None
-
-
-def _wait_until_up(port: int) -> None:
-    for _ in range(300):
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/openapi.json", timeout=5)
-            return
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise SystemExit(f"plan serve did not answer on port {port}")
 
 
 def _seconds(value: float | None) -> str:

@@ -7,10 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import subprocess
-import sys
-import time
 
 import httpx
 import pytest
@@ -18,6 +14,7 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from pydantic import TypeAdapter
 
+from benchmarks.plan_server import plan_server
 from parallelplan.cli.main import plan
 from parallelplan.dashboard.app import create_app
 from parallelplan.dashboard.endpoints import ENDPOINTS, endpoints
@@ -152,19 +149,6 @@ def test_a_full_queue_refuses_and_a_long_search_is_stopped():
 
 
 def test_a_real_server_answers_on_its_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "parallelplan", "serve", "--port", str(port)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        for _ in range(100):
-            try:
-                answer = httpx.post(f"http://127.0.0.1:{port}/api/parallelism/presets", json={"kind": "gpus"}, timeout=30)
-                break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        assert answer.status_code == 200 and "h100-sxm-80gb" in {g["name"] for g in answer.json()["gpus"]}
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+    with plan_server() as (url, _server):
+        answer = httpx.post(f"{url}/api/parallelism/presets", json={"kind": "gpus"}, timeout=30)
+    assert answer.status_code == 200 and "h100-sxm-80gb" in {g["name"] for g in answer.json()["gpus"]}

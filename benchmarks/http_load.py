@@ -107,12 +107,25 @@ def _seconds(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}"
 
 
+def _at_least(low: float, kind: type):
+    """An argparse type: a number of ``kind`` no smaller than ``low`` (what plan serve accepts)."""
+    def parse(text: str):
+        value = kind(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{text}: must be at least {low}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names it in its error: "invalid int value"
+    return parse
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=50)
-    parser.add_argument("--workers", type=int, default=2, help="plan serve --workers (searches at once)")
-    parser.add_argument("--tight-queue", type=int, default=10, help="the second round's --queue")
-    parser.add_argument("--timeout", type=float, default=120.0, help="plan serve --timeout (seconds per request)")
+    parser.add_argument("--requests", type=_at_least(1, int), default=50)
+    parser.add_argument("--workers", type=_at_least(1, int), default=2, help="plan serve --workers (searches at once)")
+    parser.add_argument("--tight-queue", type=_at_least(0, int), default=10, help="the second round's --queue")
+    parser.add_argument("--timeout", type=_at_least(1, float), default=120.0,
+                        help="plan serve --timeout (seconds per request)")
     options = parser.parse_args()
     rounds = [run_round(options.requests, options.workers, queue, options.timeout)
               for queue in (max(64, options.requests), options.tight_queue)]
